@@ -1,0 +1,1 @@
+"""sipimdn.imdn"""
