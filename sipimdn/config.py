@@ -1,0 +1,208 @@
+"""Configuration of a :class:`~sipimdn.UserAgent`.
+
+Everything a user agent needs to know before it starts lives in one frozen
+dataclass, :class:`UserAgentConfig`, so a configuration can be built once,
+checked once (``__post_init__`` raises :class:`ValueError` on nonsense) and
+shared. Listen endpoints are written the way the CLI takes them,
+``"udp:127.0.0.1:5070"``, ``"tcp:[::1]:0"``, ``"tls:127.0.0.1:5061"``, and
+parsed by :meth:`ListenEndpoint.parse`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "DisplayPrivacy",
+    "ListenEndpoint",
+    "UserAgentConfig",
+]
+
+#: RFC 3261 §18.1.1 default ports per transport.
+DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+class DisplayPrivacy(StrEnum):
+    """What the user agent does with a request for a display notification.
+
+    RFC 5438 §14.2 asks for the user's consent before display notifications
+    are sent; these are the three policies the application can choose.
+    """
+
+    #: Send ``displayed`` when the application calls ``mark_displayed``.
+    SEND = "send"
+    #: Answer every display request with ``forbidden`` (RFC 5438 §5.3).
+    FORBIDDEN = "forbidden"
+    #: Never send a display notification at all (RFC 5438 §7.2.1.2 allows silence).
+    SILENT = "silent"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenEndpoint:
+    """One local address the user agent listens on."""
+
+    #: ``"udp"``, ``"tcp"`` or ``"tls"``.
+    transport: str
+    #: Numeric IPv4 or IPv6 address, IPv6 without brackets.
+    host: str
+    #: Port number; 0 asks the system for a free one.
+    port: int
+
+    def __post_init__(self) -> None:
+        if self.transport not in DEFAULT_PORTS:
+            raise ValueError(f"unknown transport {self.transport!r} (udp, tcp or tls)")
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ValueError(f"listen host must be a numeric IP address, not {self.host!r}") from None
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} out of range")
+
+    @classmethod
+    def parse(cls, text: str) -> ListenEndpoint:
+        """Parse ``transport:host[:port]``; IPv6 hosts go in brackets.
+
+        A missing port means the transport's default (5060, or 5061 for TLS).
+        """
+        transport, sep, rest = text.strip().partition(":")
+        if not sep or not rest:
+            raise ValueError(f"listen endpoint {text!r} is not transport:host[:port]")
+        transport = transport.lower()
+        if transport not in DEFAULT_PORTS:
+            raise ValueError(f"unknown transport {transport!r} in {text!r} (udp, tcp or tls)")
+        port_text: str | None
+        if rest.startswith("["):
+            host, bracket, after = rest[1:].partition("]")
+            if not bracket:
+                raise ValueError(f"unclosed '[' in {text!r}")
+            if after and not after.startswith(":"):
+                raise ValueError(f"junk after ']' in {text!r}")
+            port_text = after[1:] if after else None
+        elif rest.count(":") > 1:
+            # A bare IPv6 address: only acceptable without a port, since the
+            # last group could otherwise be read as one.
+            host, port_text = rest, None
+        else:
+            host, _, tail = rest.partition(":")
+            port_text = tail if _ else None
+        if port_text is None or port_text == "":
+            if port_text == "":
+                raise ValueError(f"empty port in {text!r}")
+            port = DEFAULT_PORTS[transport]
+        else:
+            if not port_text.isdigit():
+                raise ValueError(f"port {port_text!r} in {text!r} is not a number")
+            port = int(port_text)
+        return cls(transport=transport, host=host, port=port)
+
+    @property
+    def is_ipv6(self) -> bool:
+        """True for an IPv6 address."""
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if self.is_ipv6 else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def _default_listen() -> tuple[ListenEndpoint, ...]:
+    return (ListenEndpoint("udp", "127.0.0.1", 0),)
+
+
+@dataclass(frozen=True, slots=True)
+class UserAgentConfig:
+    """Everything a :class:`~sipimdn.UserAgent` is configured with.
+
+    Only ``aor`` is required; the defaults give a loopback UDP user agent
+    with an in-memory store, automatic delivery notifications and display
+    notifications sent on ``mark_displayed``.
+    """
+
+    #: Address of record, e.g. ``"sip:alice@example.com"``: our SIP From and CPIM From.
+    aor: str
+    #: Display name put in From and in CPIM From.
+    display_name: str | None = None
+    #: Local endpoints to listen on (any mix of UDP, TCP, TLS, IPv4 and IPv6).
+    listen: tuple[ListenEndpoint, ...] = field(default_factory=_default_listen)
+    #: Outbound proxy URI (``"sip:proxy.example.com;lr"``): every request goes there.
+    outbound_proxy: str | None = None
+    #: Server-side TLS context, required when a TLS endpoint is listened on.
+    tls_server_context: ssl.SSLContext | None = None
+    #: Client-side TLS context for connections we open.
+    tls_client_context: ssl.SSLContext | None = None
+
+    # RFC 3261 timers (seconds).
+    #: T1, the round-trip estimate.
+    t1: float = 0.5
+    #: T2, the cap of the non-INVITE retransmit interval.
+    t2: float = 4.0
+    #: T4, the time a message may linger in the network.
+    t4: float = 5.0
+
+    # Limits.
+    #: Largest MESSAGE body accepted as received (bytes, before inflation).
+    max_body_bytes: int = 64 * 1024
+    #: Largest body after ``Content-Encoding: deflate/gzip`` inflation.
+    max_inflated_bytes: int = 256 * 1024
+
+    # Receiving.
+    #: Seconds an ``on_message`` handler has to decide the final response.
+    handler_deadline: float = 2.0
+    #: What the stack answers by itself when the handler misses its deadline.
+    #: 202 says "accepted, not yet delivered" (RFC 3428 §7), which is the truth
+    #: at that moment; the delivered notification still follows when the
+    #: handler finishes.
+    deadline_status: int = 202
+    #: Send the requested positive delivery notification after a 2xx on our own.
+    auto_delivery: bool = True
+    #: Policy for display notification requests.
+    display_privacy: DisplayPrivacy = DisplayPrivacy.SEND
+    #: How many (sender, Message-ID) / transaction keys the duplicate cache keeps.
+    dedup_capacity: int = 4096
+    #: How long (seconds) a seen message stays in the duplicate cache.
+    dedup_ttl: float = 3600.0
+
+    # Sending.
+    #: Wrap outgoing messages in ``message/cpim`` (needed to request notifications).
+    use_cpim: bool = True
+    #: After a 415 to ``message/cpim``, retry once as ``text/plain`` and remember the peer.
+    cpim_fallback: bool = True
+    #: Attempts (first send included) for one IMDN before it is given up.
+    imdn_max_attempts: int = 4
+    #: First back-off (seconds) before an IMDN is retried; it doubles each time.
+    imdn_retry_base: float = 1.0
+    #: Longest back-off between two IMDN attempts (seconds).
+    imdn_retry_cap: float = 30.0
+
+    # Persistence.
+    #: SQLite file for what we owe and await; ``":memory:"`` keeps nothing.
+    store_path: str = ":memory:"
+    #: Age (seconds) after which finished or forgotten store entries are removed.
+    state_expiry: float = 7 * 24 * 3600.0
+
+    #: Value of the User-Agent header on requests (empty string: none).
+    user_agent: str = "sipimdn/0.1"
+
+    def __post_init__(self) -> None:
+        if not self.aor or ":" not in self.aor:
+            raise ValueError(f"aor must be a SIP URI such as sip:alice@example.com, not {self.aor!r}")
+        if not self.listen:
+            raise ValueError("at least one listen endpoint is required")
+        if any(ep.transport == "tls" for ep in self.listen) and self.tls_server_context is None:
+            raise ValueError("a tls listen endpoint needs tls_server_context")
+        for name in ("t1", "t2", "t4", "handler_deadline", "imdn_retry_base", "imdn_retry_cap"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.t2 < self.t1:
+            raise ValueError("t2 must not be smaller than t1")
+        if not (200 <= self.deadline_status <= 699):
+            raise ValueError("deadline_status must be a final response code (200-699)")
+        for name in ("max_body_bytes", "max_inflated_bytes", "dedup_capacity", "imdn_max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.dedup_ttl <= 0 or self.state_expiry <= 0:
+            raise ValueError("dedup_ttl and state_expiry must be positive")

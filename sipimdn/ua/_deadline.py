@@ -1,0 +1,96 @@
+"""The application decides the final response, within a deadline.
+
+peers.md pain point 1: apps need 202, 4xx and 6xx, decided asynchronously.
+The ``on_message`` handler runs as a task; whatever it returns within the
+configured deadline becomes the final response. If it is still running at
+the deadline the stack answers by itself (``deadline_status``), so Timer F
+at the sender never fires because the application is slow; the server
+transaction absorbs retransmissions meanwhile. A handler that raises gets
+500 and the error is logged, never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+__all__ = ["Decision", "HandlerOutcome", "decide_response", "normalize_decision"]
+
+_log = logging.getLogger("sipimdn.ua")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A final response chosen by an ``on_message`` handler (or for it)."""
+
+    #: The status code (200-699).
+    status: int
+    #: Reason phrase, or None for the standard one.
+    reason: str | None = None
+
+
+def normalize_decision(value: object) -> Decision:
+    """Turn what a handler returned into a :class:`Decision`.
+
+    ``None`` means 200; an ``int`` is a status; a ``(status, reason)`` tuple
+    or a :class:`Decision` is taken as is. Provisional codes are refused:
+    RFC 4320 forbids a UAS core to answer a non-INVITE with 1xx.
+    """
+    if value is None:
+        return Decision(200)
+    if isinstance(value, Decision):
+        decision = value
+    elif isinstance(value, bool):
+        raise TypeError("a handler must return None, a status code or (status, reason), not a bool")
+    elif isinstance(value, int):
+        decision = Decision(value)
+    elif (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and isinstance(value[1], str)
+    ):
+        decision = Decision(value[0], value[1])
+    else:
+        raise TypeError(f"a handler must return None, a status code or (status, reason), not {value!r}")
+    if not 200 <= decision.status <= 699:
+        raise ValueError(f"a handler must answer with a final status (200-699), not {decision.status}")
+    if decision.reason is not None and any(c in decision.reason for c in "\r\n"):
+        raise ValueError("a reason phrase must not contain CR or LF")
+    return decision
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOutcome:
+    """How the final response to a received MESSAGE was chosen."""
+
+    #: The response to send.
+    decision: Decision
+    #: True if the handler itself chose it in time.
+    by_handler: bool
+    #: The handler's exception, if it raised (or returned something invalid).
+    error: BaseException | None = None
+
+
+async def decide_response(task: asyncio.Task[object], deadline: float, fallback: Decision) -> HandlerOutcome:
+    """Wait up to ``deadline`` seconds for ``task`` (an ``on_message`` handler).
+
+    The task is never cancelled here: past the deadline it keeps running
+    (the application still owns the message) and its late result is only
+    logged by the caller.
+    """
+    done, _ = await asyncio.wait({task}, timeout=deadline)
+    if not done:
+        return HandlerOutcome(fallback, by_handler=False)
+    if task.cancelled():
+        return HandlerOutcome(Decision(500, "Handler Cancelled"), by_handler=False)
+    error = task.exception()
+    if error is not None:
+        _log.error("on_message handler raised; answering 500", exc_info=error)
+        return HandlerOutcome(Decision(500), by_handler=False, error=error)
+    try:
+        return HandlerOutcome(normalize_decision(task.result()), by_handler=True)
+    except (TypeError, ValueError) as exc:
+        _log.error("on_message handler returned an invalid decision; answering 500: %s", exc)
+        return HandlerOutcome(Decision(500), by_handler=False, error=exc)

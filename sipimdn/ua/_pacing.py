@@ -1,0 +1,80 @@
+"""RFC 3428 §8: one outstanding out-of-dialog MESSAGE transaction per URI.
+
+RFC 3428 §8 forbids a UAC to start a new MESSAGE transaction towards a URI
+while an earlier MESSAGE transaction towards that same URI is still pending
+(no final response, no timeout, no transport failure yet). The rule keeps a
+chatty sender from flooding a congested path with parallel transactions,
+each retransmitting on its own over UDP. It applies to every MESSAGE we
+originate, instant messages and IMDNs alike, since an IMDN is a MESSAGE too.
+
+:class:`DestinationQueue` enforces it: each destination key (the normalised
+Request-URI) has at most one holder; later senders wait in FIFO order, so
+messages to one peer also leave in the order the application sent them.
+Different destinations never wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+
+__all__ = ["DestinationQueue"]
+
+
+class DestinationQueue:
+    """A FIFO turn per destination; at most one transaction in flight to each."""
+
+    def __init__(self) -> None:
+        # key -> waiters; the presence of the key means a transaction is pending.
+        self._busy: dict[Hashable, deque[asyncio.Future[None]]] = {}
+
+    def is_pending(self, key: Hashable) -> bool:
+        """True while a transaction towards ``key`` holds the turn."""
+        return key in self._busy
+
+    def waiting(self, key: Hashable) -> int:
+        """How many senders wait behind the current holder for ``key``."""
+        waiters = self._busy.get(key)
+        return 0 if waiters is None else sum(1 for f in waiters if not f.done())
+
+    async def acquire(self, key: Hashable) -> None:
+        """Wait until no other transaction towards ``key`` is pending, then hold the turn."""
+        waiters = self._busy.get(key)
+        if waiters is None:
+            self._busy[key] = deque()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                # The turn was handed to us just as we were cancelled: pass it on,
+                # or the destination would stay blocked forever.
+                self.release(key)
+            else:
+                waiters.remove(future)
+            raise
+
+    def release(self, key: Hashable) -> None:
+        """Give the turn for ``key`` to the next waiter, or free the destination."""
+        waiters = self._busy.get(key)
+        if waiters is None:
+            raise RuntimeError(f"release of {key!r} which is not pending")
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        del self._busy[key]
+
+    @asynccontextmanager
+    async def turn(self, key: Hashable) -> AsyncIterator[None]:
+        """``async with queue.turn(uri):`` runs one transaction towards ``uri``."""
+        await self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key)

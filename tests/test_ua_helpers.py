@@ -1,0 +1,240 @@
+"""The user agent's own building blocks: per-destination queue, peer memory,
+duplicate cache, bounded inflation and the handler deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+
+import pytest
+
+from sipimdn.errors import RemoteProtocolError
+from sipimdn.ua._deadline import Decision, decide_response, normalize_decision
+from sipimdn.ua._dedup import DuplicateCache
+from sipimdn.ua._inflate import inflate
+from sipimdn.ua._pacing import DestinationQueue
+from sipimdn.ua._peers import PeerCapabilities, peer_key
+
+# -- RFC 3428 §8 per-destination queue -------------------------------------------------------
+
+
+async def test_one_pending_transaction_per_destination_in_fifo_order() -> None:
+    queue = DestinationQueue()
+    order: list[str] = []
+    in_flight: dict[str, int] = {"bob": 0, "carol": 0}
+    peak: dict[str, int] = {"bob": 0, "carol": 0}
+
+    async def send(dest: str, name: str) -> None:
+        async with queue.turn(dest):
+            in_flight[dest] += 1
+            peak[dest] = max(peak[dest], in_flight[dest])
+            order.append(name)
+            await asyncio.sleep(0.01)
+            in_flight[dest] -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(send("bob", f"b{i}") for i in range(4)), send("carol", "c0")), 2)
+    assert peak == {"bob": 1, "carol": 1}
+    assert [n for n in order if n.startswith("b")] == ["b0", "b1", "b2", "b3"]
+    # carol never waited behind bob: it started before bob's second message.
+    assert order.index("c0") < order.index("b1")
+    assert not queue.is_pending("bob")
+    assert not queue.is_pending("carol")
+
+
+async def test_cancelled_waiter_does_not_block_the_destination() -> None:
+    queue = DestinationQueue()
+    await queue.acquire("bob")
+    waiter = asyncio.ensure_future(queue.acquire("bob"))
+    third = asyncio.ensure_future(queue.acquire("bob"))
+    await asyncio.sleep(0)
+    assert queue.waiting("bob") == 2
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    queue.release("bob")
+    await asyncio.wait_for(third, 1)
+    assert queue.is_pending("bob")
+    queue.release("bob")
+    assert not queue.is_pending("bob")
+
+
+async def test_turn_handed_to_a_cancelled_waiter_is_passed_on() -> None:
+    queue = DestinationQueue()
+    await queue.acquire("bob")
+    second = asyncio.ensure_future(queue.acquire("bob"))
+    third = asyncio.ensure_future(queue.acquire("bob"))
+    await asyncio.sleep(0)
+    queue.release("bob")  # hands the turn to `second`...
+    second.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.wait_for(third, 1)
+    queue.release("bob")
+    assert not queue.is_pending("bob")
+
+
+def test_release_without_acquire_is_a_bug() -> None:
+    with pytest.raises(RuntimeError):
+        DestinationQueue().release("nobody")
+
+
+# -- per-peer capability memory --------------------------------------------------------------
+
+
+def test_peer_key_ignores_port_and_case() -> None:
+    assert peer_key("SIP", "bob", "Example.COM") == "sip:bob@example.com"
+    assert peer_key("sip", None, "example.com") == "sip:example.com"
+
+
+def test_cpim_rejection_is_remembered_when_fallback_is_on() -> None:
+    peers = PeerCapabilities(cpim_fallback=True)
+    assert peers.use_cpim("sip:bob@h")
+    peers.note_cpim_rejected("sip:bob@h")
+    assert not peers.use_cpim("sip:bob@h")
+    assert peers.use_cpim("sip:carol@h")
+    assert peers.known()["sip:bob@h"].rejects_cpim
+
+
+def test_cpim_rejection_is_not_acted_on_when_fallback_is_off() -> None:
+    peers = PeerCapabilities(cpim_fallback=False)
+    assert not peers.may_fall_back("sip:bob@h")
+    peers.note_cpim_rejected("sip:bob@h")
+    assert peers.use_cpim("sip:bob@h")
+
+
+def test_imdn_rejection_stops_notifications_to_that_peer_only() -> None:
+    peers = PeerCapabilities()
+    peers.note_imdn_rejected("sip:bob@h")
+    assert not peers.imdn_allowed("sip:bob@h")
+    assert peers.imdn_allowed("sip:carol@h")
+    assert peers.use_cpim("sip:bob@h")
+
+
+# -- duplicate cache -------------------------------------------------------------------------
+
+
+def test_duplicate_cache_detects_repeats_until_expiry() -> None:
+    cache = DuplicateCache(capacity=10, ttl=5.0)
+    assert not cache.seen(("sip:a@h", "m1"), now=0.0)
+    assert cache.seen(("sip:a@h", "m1"), now=1.0)
+    assert not cache.seen(("sip:b@h", "m1"), now=1.0)  # same id, other sender
+    assert not cache.seen(("sip:a@h", "m1"), now=5.5)  # expired, counts as new
+    assert len(cache) == 2
+
+
+def test_duplicate_cache_is_bounded_and_remembers_answers() -> None:
+    cache = DuplicateCache(capacity=3, ttl=100.0)
+    for i in range(5):
+        assert not cache.seen(i, now=float(i))
+    assert len(cache) == 3
+    assert not cache.seen(0, now=6.0)  # evicted as oldest
+    cache.set_answer(4, 486)
+    assert cache.answer(4) == 486
+    assert cache.answer(3) is None
+    cache.forget(4)
+    assert not cache.seen(4, now=7.0)
+
+
+# -- bounded inflation -----------------------------------------------------------------------
+
+
+def test_inflate_deflate_zlib_raw_and_gzip() -> None:
+    text = b"hello " * 100
+    raw = zlib.compressobj(wbits=-15)
+    raw_data = raw.compress(text) + raw.flush()
+    assert inflate(zlib.compress(text), "deflate", 10_000) == text
+    assert inflate(raw_data, "deflate", 10_000) == text
+    assert inflate(gzip.compress(text), "gzip", 10_000) == text
+    assert inflate(text, None, 10) == text
+    assert inflate(text, "identity", 10) == text
+    assert inflate(gzip.compress(zlib.compress(text)), "deflate, gzip", 10_000) == text
+
+
+def test_inflate_bomb_is_refused_with_413() -> None:
+    bomb = zlib.compress(b"\0" * 10_000_000)
+    with pytest.raises(RemoteProtocolError) as info:
+        inflate(bomb, "deflate", 1024)
+    assert info.value.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "coding", "status"),
+    [
+        (b"x", "br", 415),
+        (b"not deflate at all", "deflate", 400),
+        (zlib.compress(b"abc")[:-3], "deflate", 400),
+    ],
+)
+def test_inflate_errors_carry_a_status(body: bytes, coding: str, status: int) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        inflate(body, coding, 1024)
+    assert info.value.status_code == status
+
+
+# -- handler decision and deadline -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, Decision(200)),
+        (202, Decision(202)),
+        (486, Decision(486)),
+        ((603, "Declined"), Decision(603, "Declined")),
+        (Decision(480, "Later"), Decision(480, "Later")),
+    ],
+)
+def test_normalize_decision(value: object, expected: Decision) -> None:
+    assert normalize_decision(value) == expected
+
+
+@pytest.mark.parametrize("value", [100, 180, 700, True, "200", (200,), (486, "bad\r\nX: y")])
+def test_normalize_decision_refuses(value: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        normalize_decision(value)
+
+
+async def test_handler_answering_in_time_decides() -> None:
+    async def handler() -> object:
+        await asyncio.sleep(0.01)
+        return 486
+
+    outcome = await decide_response(asyncio.ensure_future(handler()), 1.0, Decision(202))
+    assert outcome.decision == Decision(486)
+    assert outcome.by_handler
+
+
+async def test_slow_handler_gets_the_fallback_and_keeps_running() -> None:
+    finished = asyncio.Event()
+
+    async def handler() -> object:
+        await asyncio.sleep(0.2)
+        finished.set()
+        return None
+
+    task = asyncio.ensure_future(handler())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    outcome = await decide_response(task, 0.05, Decision(202))
+    assert loop.time() - start < 0.15
+    assert outcome.decision == Decision(202)
+    assert not outcome.by_handler
+    assert not task.done()
+    await asyncio.wait_for(finished.wait(), 1)
+
+
+async def test_raising_or_invalid_handler_gets_500(caplog: pytest.LogCaptureFixture) -> None:
+    async def raises() -> object:
+        raise RuntimeError("boom")
+
+    async def invalid() -> object:
+        return "yes"
+
+    outcome = await decide_response(asyncio.ensure_future(raises()), 1.0, Decision(202))
+    assert outcome.decision.status == 500
+    assert isinstance(outcome.error, RuntimeError)
+    outcome = await decide_response(asyncio.ensure_future(invalid()), 1.0, Decision(202))
+    assert outcome.decision.status == 500
+    assert isinstance(outcome.error, TypeError)
+    assert "boom" in caplog.text or "raised" in caplog.text
