@@ -1,0 +1,46 @@
+"""Fixtures for the interop suite: real peers, started and stopped by the tests.
+
+With CI=true a missing peer program fails the test (tests/conftest.py's require_binary);
+on a developer machine it skips.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .sipp import SippRunner
+
+
+def _load_root_conftest() -> ModuleType:
+    # tests/ is not a package and pytest imports every conftest.py under the same module
+    # name "conftest", so `from conftest import ...` could pick up the wrong file. Load the
+    # root one by path under a name of its own instead.
+    path = Path(__file__).resolve().parent.parent / "conftest.py"
+    spec = importlib.util.spec_from_file_location("sipimdn_tests_root_conftest", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+require_binary: Callable[[str], str] = _load_root_conftest().require_binary
+
+
+@pytest.fixture(scope="session")
+def sipp_binary() -> str:
+    """Path of the ``sipp`` program (Debian package sip-tester)."""
+    return require_binary("sipp")
+
+
+@pytest.fixture
+def sipp(sipp_binary: str, tmp_path: Path) -> Iterator[SippRunner]:
+    """Starts SIPp processes with logs under the test's tmp_path; ends them all at teardown."""
+    runner = SippRunner(sipp_binary, tmp_path)
+    yield runner
+    runner.stop_all()
