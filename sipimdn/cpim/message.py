@@ -1,0 +1,529 @@
+"""message/cpim (RFC 3862): the parsed message, its headers, parsing and serialisation.
+
+A CPIM message is a block of strict one-line *message headers*, a blank line,
+then an ordinary MIME entity (MIME headers, blank line, content). Message
+headers are kept exactly as received (CPIM-22: never reformatted or
+reordered) and each is resolved to ``(namespace URI, name)`` by replaying the
+``NS`` declarations in order (CPIM-50..53), so ``z.Message-ID`` with
+``NS: z <urn:ietf:params:imdn>`` is the IMDN Message-ID while an undeclared
+``imdn.Message-ID`` is not. The MIME part follows RFC 2045 rules instead
+(case-insensitive names, folding allowed, CPIM-80). The content stays bytes.
+
+Local policy (CPIM-23): at most ``Limits.max_headers`` message headers,
+``Limits.max_header_bytes`` of message headers, the same bounds for the MIME
+headers. Errors about the input raise :class:`~sipimdn.errors.CpimError`
+(SIP status 400, or 413 past a size bound).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..errors import CpimError
+from . import _grammar
+from .values import CpimAddress, CpimDateTime, Subject, parse_address, parse_datetime
+
+__all__ = [
+    "CONTENT_TYPE",
+    "CPIM_NS",
+    "DEFAULT_LIMITS",
+    "CpimHeader",
+    "CpimMessage",
+    "Limits",
+    "MimeHeader",
+    "parse",
+    "parse_media_type",
+]
+
+CPIM_NS = "urn:ietf:params:cpim-headers:"
+"""Default namespace of unprefixed CPIM headers (RFC 3862 §7.1; §6 misspells it)."""
+
+CONTENT_TYPE = "message/cpim"
+"""The media type (RFC 3862 §7.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Local DoS bounds (RFC 3862 sets none, CPIM-23)."""
+
+    max_headers: int = 100
+    max_header_bytes: int = 16 * 1024
+    max_mime_headers: int = 50
+    max_mime_header_bytes: int = 16 * 1024
+    max_size: int = 1024 * 1024
+    """Whole message/cpim body; the SIP layer normally bounds it first."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class CpimHeader:
+    """One CPIM message header, kept as written.
+
+    ``namespace`` is the URI the header's prefix (or the default namespace)
+    was bound to *at that line*; it is None when the prefix was never declared
+    before use (CPIM-52), which makes the header unknown.
+    """
+
+    raw: str
+    """The whole line as received, without its line ending."""
+    prefix: str | None
+    """Name-prefix as written (``imdn`` in ``imdn.Message-ID``), or None."""
+    name: str
+    """The Name part, case preserved (names are case-sensitive, CPIM-20)."""
+    namespace: str | None
+    """Resolved namespace URI, or None for an undeclared prefix."""
+    params: tuple[tuple[str, str], ...]
+    """Parameters between ``:`` and the SP, values as written (String values keep their quotes)."""
+    value: str
+    """The Header-value as written: escapes not decoded, trailing spaces kept."""
+
+    @property
+    def full_name(self) -> str:
+        """``prefix.Name`` or ``Name`` as written."""
+        return self.name if self.prefix is None else f"{self.prefix}.{self.name}"
+
+    @property
+    def text(self) -> str:
+        """The value with CPIM escapes decoded (for free text such as Subject)."""
+        try:
+            return _grammar.unescape(self.value)
+        except ValueError as exc:
+            raise CpimError(f"bad escape in {self.full_name}: {exc}") from None
+
+    @property
+    def lang(self) -> str | None:
+        """The ``;lang=`` parameter, if any (RFC 3862 §3.3)."""
+        for key, val in self.params:
+            if key == "lang":
+                return val
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class MimeHeader:
+    """One header of the encapsulated MIME entity (RFC 2045 rules: case-insensitive name)."""
+
+    name: str
+    """As written (``Content-type`` stays ``Content-type``)."""
+    value: str
+    """Unfolded and stripped of surrounding whitespace."""
+    raw: str
+    """The header as received, continuation lines included, joined with CRLF."""
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``type/subtype; p=v; q="w"`` into the lower-cased type and a parameter dict.
+
+    Parameter names are lower-cased; quoted values lose their quotes. Raises
+    ``ValueError`` when there is no ``type/subtype``.
+    """
+    head, _, rest = value.partition(";")
+    mime = head.strip().lower()
+    kind, slash, sub = mime.partition("/")
+    if not slash or not kind or not sub or any(c in mime for c in ' \t"'):
+        raise ValueError(f"not a media type: {value!r}")
+    params: dict[str, str] = {}
+    for part in _split_params(rest):
+        key, eq, val = part.partition("=")
+        key = key.strip().lower()
+        if not eq or not key:
+            continue
+        val = val.strip()
+        if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
+            val = val[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        params[key] = val
+    return mime, params
+
+
+def _split_params(text: str) -> Iterator[str]:
+    # Split on ";" outside double quotes.
+    buf: list[str] = []
+    quoted = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            yield "".join(buf)
+            buf = []
+            continue
+        buf.append(ch)
+    if buf:
+        yield "".join(buf)
+
+
+@dataclass(frozen=True)
+class CpimMessage:
+    """A parsed or built message/cpim document. Immutable (RFC 3862 §6, CPIM-81).
+
+    Header access is by namespace URI and name, never by literal prefix:
+    ``msg.get(IMDN_NS, "Message-ID")``. ``to_bytes()`` writes the headers
+    exactly as held, in order, with CRLF line endings.
+    """
+
+    headers: tuple[CpimHeader, ...]
+    """Message headers in received order."""
+    mime_headers: tuple[MimeHeader, ...]
+    """Headers of the encapsulated MIME entity, in order."""
+    body: bytes
+    """The content of the encapsulated entity, untouched."""
+    lenient: tuple[str, ...] = field(default=(), compare=False)
+    """What was tolerated while parsing (for logs); empty for a clean message."""
+
+    # -- access by namespace -------------------------------------------------------
+
+    def get_all(self, namespace: str, name: str) -> list[CpimHeader]:
+        """Every header whose resolved namespace and name match exactly (CPIM-20)."""
+        return [h for h in self.headers if h.name == name and h.namespace == namespace]
+
+    def get(self, namespace: str, name: str) -> CpimHeader | None:
+        """The first matching header, or None."""
+        for h in self.headers:
+            if h.name == name and h.namespace == namespace:
+                return h
+        return None
+
+    def value(self, namespace: str, name: str) -> str | None:
+        """The first matching header's value as written, stripped of trailing spaces, or None."""
+        h = self.get(namespace, name)
+        return None if h is None else h.value.rstrip(" ")
+
+    def namespaces(self) -> dict[str, str]:
+        """Prefix -> URI bindings declared by NS headers (last binding wins; "" is the default)."""
+        out: dict[str, str] = {}
+        for h in self.headers:
+            if h.namespace == CPIM_NS and h.name == "NS":
+                m = _grammar.NS_VALUE_RE.fullmatch(h.value.rstrip(" "))
+                if m is not None:
+                    out[m.group("prefix") or ""] = m.group("uri")
+        return out
+
+    # -- standard headers (RFC 3862 §4) ----------------------------------------------
+
+    @property
+    def from_(self) -> CpimAddress | None:
+        """The From header (first one), or None."""
+        h = self.get(CPIM_NS, "From")
+        return None if h is None else _address(h)
+
+    @property
+    def to(self) -> list[CpimAddress]:
+        """All To headers, in order."""
+        return [_address(h) for h in self.get_all(CPIM_NS, "To")]
+
+    @property
+    def cc(self) -> list[CpimAddress]:
+        """All cc headers, in order."""
+        return [_address(h) for h in self.get_all(CPIM_NS, "cc")]
+
+    @property
+    def date_time(self) -> CpimDateTime | None:
+        """The DateTime header, raw string kept (see :class:`CpimDateTime`), or None."""
+        h = self.get(CPIM_NS, "DateTime")
+        if h is None:
+            return None
+        try:
+            return parse_datetime(h.value)
+        except ValueError as exc:
+            raise CpimError(str(exc)) from None
+
+    @property
+    def datetime(self) -> _dt.datetime | None:
+        """The parsed DateTime (timezone-aware), or None."""
+        dt = self.date_time
+        return None if dt is None else dt.value
+
+    @property
+    def subjects(self) -> list[Subject]:
+        """Every Subject header, unescaped, with its language tag."""
+        return [Subject(text=h.text, lang=h.lang) for h in self.get_all(CPIM_NS, "Subject")]
+
+    @property
+    def subject(self) -> str | None:
+        """The first Subject's text, or None."""
+        subjects = self.subjects
+        return subjects[0].text if subjects else None
+
+    @property
+    def require(self) -> list[str]:
+        """Header names and feature tokens listed in Require headers (CPIM-60)."""
+        out: list[str] = []
+        for h in self.get_all(CPIM_NS, "Require"):
+            out.extend(item.strip() for item in h.value.split(","))
+        return out
+
+    # -- encapsulated MIME entity --------------------------------------------------
+
+    def mime_header(self, name: str) -> str | None:
+        """The first MIME header of that name, case-insensitively (RFC 2045), or None."""
+        lname = name.lower()
+        for h in self.mime_headers:
+            if h.name.lower() == lname:
+                return h.value
+        return None
+
+    @property
+    def content_type(self) -> str | None:
+        """Lower-cased ``type/subtype`` of the encapsulated entity, without parameters."""
+        value = self.mime_header("Content-Type")
+        if value is None:
+            return None
+        try:
+            return parse_media_type(value)[0]
+        except ValueError as exc:
+            raise CpimError(str(exc)) from None
+
+    @property
+    def content_type_params(self) -> dict[str, str]:
+        """Parameters of the encapsulated Content-Type (names lower-cased)."""
+        value = self.mime_header("Content-Type")
+        if value is None:
+            return {}
+        try:
+            return parse_media_type(value)[1]
+        except ValueError as exc:
+            raise CpimError(str(exc)) from None
+
+    @property
+    def content_disposition(self) -> str | None:
+        """Lower-cased disposition type of the encapsulated entity (e.g. ``notification``)."""
+        value = self.mime_header("Content-Disposition")
+        if value is None:
+            return None
+        return value.split(";", 1)[0].strip().lower() or None
+
+    # -- output --------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Serialise: message headers, CRLF, MIME headers, CRLF, content."""
+        lines = [h.raw for h in self.headers]
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        mime = "".join(h.raw + "\r\n" for h in self.mime_headers) + "\r\n"
+        return head.encode("utf-8") + mime.encode("utf-8") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+def _address(h: CpimHeader) -> CpimAddress:
+    try:
+        return parse_address(h.value)
+    except ValueError as exc:
+        raise CpimError(f"{h.full_name}: {exc}") from None
+
+
+# -- parsing -------------------------------------------------------------------------
+
+# Headers in the default namespace whose value syntax is checked at parse time, so
+# a malformed one is refused up front rather than on first access.
+_CHECKED_ADDRESS = frozenset({"From", "To", "cc"})
+
+
+def parse(data: bytes, *, limits: Limits = DEFAULT_LIMITS, outer_mime: bool = False) -> CpimMessage:
+    """Parse a message/cpim body (the SIP body of a MESSAGE with that Content-Type).
+
+    ``outer_mime=True`` also accepts a leading ``Content-Type: Message/CPIM``
+    header block, as printed in the RFC 3862/5438 examples (cpim.md §1).
+    Raises :class:`~sipimdn.errors.CpimError` for anything malformed.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError("cpim.parse takes bytes")
+    data = bytes(data)
+    if len(data) > limits.max_size:
+        raise CpimError(f"message/cpim body larger than {limits.max_size} bytes", 413)
+    lenient: list[str] = []
+    pos = 0
+    if outer_mime:
+        pos = _skip_outer_mime(data, lenient)
+    lines, pos = _header_lines(
+        data,
+        pos,
+        max_count=limits.max_headers,
+        max_bytes=limits.max_header_bytes,
+        what="CPIM",
+        lenient=lenient,
+    )
+    if not lines:
+        raise CpimError("message/cpim has no message headers")
+    headers = _parse_cpim_headers(lines, lenient)
+    mime_lines, pos = _header_lines(
+        data,
+        pos,
+        max_count=limits.max_mime_headers,
+        max_bytes=limits.max_mime_header_bytes,
+        what="MIME",
+        lenient=lenient,
+        allow_eof=True,
+    )
+    mime_headers = _parse_mime_headers(mime_lines)
+    msg = CpimMessage(headers=headers, mime_headers=mime_headers, body=data[pos:], lenient=tuple(lenient))
+    _check_entity(msg)
+    return msg
+
+
+def _skip_outer_mime(data: bytes, lenient: list[str]) -> int:
+    lines, pos = _header_lines(data, 0, max_count=10, max_bytes=4096, what="outer MIME", lenient=lenient)
+    for raw in lines:
+        name, _, value = raw.partition(":")
+        if name.strip().lower() == "content-type" and value.strip().lower().startswith(CONTENT_TYPE):
+            return pos
+    raise CpimError("outer MIME header block has no Content-Type: message/cpim")
+
+
+def _header_lines(
+    data: bytes,
+    pos: int,
+    *,
+    max_count: int,
+    max_bytes: int,
+    what: str,
+    lenient: list[str],
+    allow_eof: bool = False,
+) -> tuple[list[str], int]:
+    """Split header lines up to the first empty line; return them decoded and the body offset.
+
+    Lines end in CRLF (CPIM-15); bare LF is tolerated and noted.
+    """
+    lines: list[str] = []
+    start = pos
+    bare_lf = False
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            if allow_eof:
+                rest = data[pos:]
+                if rest.strip(b"\r"):
+                    lines.append(_decode(rest.rstrip(b"\r"), what))
+                    lenient.append(f"{what} header block not terminated by an empty line")
+                return lines, len(data)
+            raise CpimError(f"{what} header block not terminated by an empty line")
+        if nl - start > max_bytes:
+            raise CpimError(f"{what} header block longer than {max_bytes} bytes", 413)
+        line = data[pos:nl]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        else:
+            bare_lf = True
+        pos = nl + 1
+        if not line:
+            break
+        if len(lines) >= max_count:
+            raise CpimError(f"more than {max_count} {what} headers", 413)
+        lines.append(_decode(line, what))
+    if bare_lf:
+        lenient.append(f"{what} lines end in bare LF")
+    return lines, pos
+
+
+def _decode(line: bytes, what: str) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CpimError(f"{what} header is not valid UTF-8 (RFC 3862 §2.2)") from None
+
+
+def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeader, ...]:
+    prefixes: dict[str, str] = {}
+    default_ns = CPIM_NS
+    out: list[CpimHeader] = []
+    for raw in lines:
+        if raw[:1] in (" ", "\t"):
+            raise CpimError("CPIM header folding/leading whitespace is not allowed (RFC 3862 §2.2)")
+        if any(c < " " or c == "\x7f" for c in raw):
+            raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
+        m = _grammar.HEADER_LINE_RE.fullmatch(raw)
+        if m is None:
+            m = _grammar.HEADER_LINE_LENIENT_RE.fullmatch(raw)
+            if m is None:
+                raise CpimError(f"malformed CPIM header line: {raw[:80]!r}")
+            lenient.append(f"no SP after the colon in {raw.split(':', 1)[0]!r}")
+        prefix = m.group("prefix")
+        name = m.group("local")
+        namespace: str | None = default_ns if prefix is None else prefixes.get(prefix)
+        params = tuple(
+            (pm.group("pname"), pm.group("pvalue"))
+            for pm in _grammar.PARAMETER_RE.finditer(m.group("params"))
+        )
+        header = CpimHeader(
+            raw=raw, prefix=prefix, name=name, namespace=namespace, params=params, value=m.group("value")
+        )
+        if namespace == CPIM_NS:
+            default_ns = _check_core_header(header, prefixes, default_ns)
+        out.append(header)
+    return tuple(out)
+
+
+def _check_core_header(h: CpimHeader, prefixes: dict[str, str], default_ns: str) -> str:
+    """Validate a header of the cpim-headers namespace; apply NS; return the default namespace."""
+    value = h.value.rstrip(" ")
+    if h.name == "NS":
+        m = _grammar.NS_VALUE_RE.fullmatch(value)
+        if m is None:
+            raise CpimError(f"malformed NS header: {value!r}")
+        uri = m.group("uri")
+        if "#" in uri:
+            raise CpimError(f"namespace URI must not have a fragment (RFC 3862 §3.4): {uri!r}")
+        if m.group("prefix") is None:
+            return uri
+        prefixes[m.group("prefix")] = uri
+    elif h.name in _CHECKED_ADDRESS:
+        _address(h)
+    elif h.name == "DateTime":
+        try:
+            parse_datetime(value)
+        except ValueError as exc:
+            raise CpimError(str(exc)) from None
+    elif h.name == "Subject":
+        lang = h.lang
+        if lang is not None and _grammar.LANGUAGE_TAG_RE.fullmatch(lang) is None:
+            raise CpimError(f"bad Subject language tag: {lang!r}")
+        _ = h.text  # decodes escapes; raises CpimError on a lone surrogate
+    elif h.name == "Require":
+        for item in value.split(","):
+            if _grammar.HEADER_NAME_RE.fullmatch(item.strip()) is None:
+                raise CpimError(f"malformed Require entry: {item!r}")
+    return default_ns
+
+
+def _parse_mime_headers(lines: list[str]) -> tuple[MimeHeader, ...]:
+    out: list[MimeHeader] = []
+    for raw in lines:
+        if raw[:1] in (" ", "\t"):
+            # RFC 5322 folding: continuation of the previous header (CPIM-80).
+            if not out:
+                raise CpimError("MIME header block starts with a continuation line")
+            prev = out[-1]
+            out[-1] = MimeHeader(
+                name=prev.name,
+                value=(prev.value + " " + raw.strip()).strip(),
+                raw=prev.raw + "\r\n" + raw,
+            )
+            continue
+        name, colon, value = raw.partition(":")
+        if not colon or not name or name != name.strip() or not _is_field_name(name):
+            raise CpimError(f"malformed MIME header line: {raw[:80]!r}")
+        out.append(MimeHeader(name=name, value=value.strip(), raw=raw))
+    return tuple(out)
+
+
+def _is_field_name(name: str) -> bool:
+    # RFC 5322 ftext: printable US-ASCII except ":".
+    return all("!" <= c <= "~" for c in name)
+
+
+def _check_entity(msg: CpimMessage) -> None:
+    ctype = msg.mime_header("Content-Type")
+    if ctype is None:
+        raise CpimError("encapsulated MIME entity has no Content-Type (RFC 3862 §2.4)")
+    try:
+        parse_media_type(ctype)
+    except ValueError as exc:
+        raise CpimError(str(exc)) from None

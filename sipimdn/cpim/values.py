@@ -1,0 +1,135 @@
+"""Typed values of the standard CPIM headers (RFC 3862 §4): addresses, DateTime, Subject.
+
+Parsers here take the header value exactly as written (escapes not yet
+decoded) and raise ``ValueError`` with a reason; the message layer turns that
+into ``CpimError``. Formatters produce the strict form of the ABNF.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+
+from . import _grammar
+
+__all__ = [
+    "CpimAddress",
+    "CpimDateTime",
+    "Subject",
+    "format_datetime",
+    "parse_address",
+    "parse_datetime",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CpimAddress:
+    """A From/To/cc (or IMDN Original-To / IMDN-Route) value: ``[Formal-name] "<" URI ">"``."""
+
+    uri: str
+    """The URI between the angle brackets, as written."""
+    display_name: str | None = None
+    """The Formal-name, unquoted and unescaped; None when absent."""
+
+    def __str__(self) -> str:
+        """Render the strict RFC 3862 form (quoted String for any display name)."""
+        if self.display_name is None:
+            return f"<{self.uri}>"
+        if _is_token_words(self.display_name):
+            return f"{self.display_name} <{self.uri}>"
+        return f'"{_grammar.escape(self.display_name, quote=chr(34))}" <{self.uri}>'
+
+
+def _is_token_words(text: str) -> bool:
+    # Formal-name = 1*( Token SP ): words of Token characters separated by one SP.
+    words = text.split(" ")
+    return all(_grammar.TOKEN_RE.fullmatch(w) for w in words)
+
+
+def parse_address(value: str) -> CpimAddress:
+    """Parse ``[Formal-name] "<" URI ">"`` (RFC 3862 §4.1-§4.3, RFC 5438 §10)."""
+    m = _grammar.ADDRESS_VALUE_RE.fullmatch(value.rstrip(" "))
+    if m is None:
+        raise ValueError(f"not a CPIM address ([Formal-name] <URI>): {value!r}")
+    display = m.group("display")
+    name: str | None = None
+    if display is not None:
+        display = display.rstrip(" ")
+        name = _grammar.unescape(display[1:-1]) if display.startswith('"') else display
+    return CpimAddress(uri=m.group("uri"), display_name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class CpimDateTime:
+    """A DateTime header value: the raw string (echoed in IMDN ``<datetime>``) and its parse."""
+
+    raw: str
+    """The value exactly as received or generated."""
+    value: _dt.datetime
+    """Timezone-aware; a missing offset is read as UTC."""
+    strict: bool
+    """True when ``raw`` is a valid RFC 3339 date-time, False when only the lenient form matched."""
+
+
+def parse_datetime(raw: str) -> CpimDateTime:
+    """Parse an RFC 3339 date-time, tolerating the field quirks listed in the grammar module."""
+    text = raw.rstrip(" ")
+    strict = True
+    m = _grammar.DATE_TIME_RE.fullmatch(text)
+    if m is None:
+        strict = False
+        m = _grammar.DATE_TIME_LENIENT_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"DateTime is not an RFC 3339 date-time: {raw!r}")
+    frac = m.group("frac")
+    micro = int((frac[1:] + "000000")[:6]) if frac else 0
+    off = m.group("off")
+    tz = _parse_offset(off) if off else _dt.UTC
+    second = int(m.group("s") or 0)
+    # RFC 3339 allows a leap second (:60); datetime does not, so clamp it.
+    second = min(second, 59)
+    try:
+        value = _dt.datetime(
+            int(m.group("y")),
+            int(m.group("mo")),
+            int(m.group("d")),
+            int(m.group("h")),
+            int(m.group("mi")),
+            second,
+            micro,
+            tzinfo=tz,
+        )
+    except ValueError as exc:
+        raise ValueError(f"DateTime out of range: {raw!r} ({exc})") from None
+    return CpimDateTime(raw=raw, value=value, strict=strict)
+
+
+def _parse_offset(off: str) -> _dt.tzinfo:
+    if off in ("Z", "z"):
+        return _dt.UTC
+    sign = -1 if off[0] == "-" else 1
+    body = off[1:]
+    if ":" in body:
+        hours_text, minutes_text = body.split(":")
+    elif len(body) > 2:
+        hours_text, minutes_text = body[:-2], body[-2:]
+    else:
+        hours_text, minutes_text = body, "0"
+    hours, minutes = int(hours_text), int(minutes_text)
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"UTC offset out of range: {off!r}")
+    return _dt.timezone(sign * _dt.timedelta(hours=hours, minutes=minutes))
+
+
+def format_datetime(now: float) -> str:
+    """Format a POSIX timestamp as RFC 3339 UTC with milliseconds, e.g. ``2026-11-24T01:17:57.123Z``."""
+    moment = _dt.datetime.fromtimestamp(now, tz=_dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """A Subject header: unescaped text and its ``;lang=`` tag (None means ``i-default``, §3.3)."""
+
+    text: str
+    lang: str | None = None

@@ -1,0 +1,344 @@
+"""message/imdn+xml documents (RFC 5438 §7.2.1.1, §11): the Notification value, parse and build.
+
+Parsing runs the hardened XML parser (``_safexml``), optionally maps the
+draft-03 "read" naming to display, validates against the shipped
+``imdn.xsd`` (written from RFC 5438 §11.2), then reads the fields. Building
+renders a fixed element order (§11.1) and validates the result against the
+same schema before returning it.
+
+Extension elements (any namespace other than imdn's, §11.1) are kept on parse
+as serialised bytes, both the ones after the notification element
+(``extensions``) and the ones inside ``<status>`` after the value
+(``status_extensions``), and written back on build.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import Final
+
+from lxml import etree
+
+from ..cpim.values import parse_datetime
+from ..errors import ImdnError, LocalProtocolError
+from ._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, parse_xml
+
+__all__ = [
+    "ALLOWED_STATUSES",
+    "CONTENT_TYPE",
+    "XML_NS",
+    "Kind",
+    "Notification",
+    "Status",
+    "build_notification",
+    "make_notification",
+    "parse_notification",
+    "validate",
+]
+
+XML_NS: Final = "urn:ietf:params:xml:ns:imdn"
+"""XML namespace of message/imdn+xml (RFC 5438 §15.2)."""
+
+CONTENT_TYPE: Final = "message/imdn+xml"
+"""Media type of an IMDN document (RFC 5438 §15.1)."""
+
+
+class Kind(StrEnum):
+    """The notification category, named after the request token (RFC 5438 §5)."""
+
+    DELIVERY = "delivery"
+    DISPLAY = "display"
+    PROCESSING = "processing"
+
+    @property
+    def element(self) -> str:
+        """The XML element name: ``delivery-notification`` etc."""
+        return f"{self.value}-notification"
+
+
+class Status(StrEnum):
+    """Every status value of RFC 5438 §11.1.7; which ones fit a kind is in :data:`ALLOWED_STATUSES`."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DISPLAYED = "displayed"
+    PROCESSED = "processed"
+    STORED = "stored"
+    FORBIDDEN = "forbidden"
+    ERROR = "error"
+
+
+ALLOWED_STATUSES: Final[Mapping[Kind, frozenset[Status]]] = {
+    Kind.DELIVERY: frozenset({Status.DELIVERED, Status.FAILED, Status.FORBIDDEN, Status.ERROR}),
+    Kind.DISPLAY: frozenset({Status.DISPLAYED, Status.FORBIDDEN, Status.ERROR}),
+    Kind.PROCESSING: frozenset({Status.PROCESSED, Status.STORED, Status.FORBIDDEN, Status.ERROR}),
+}
+"""Allowed ``<status>`` values per notification kind (imdn.md §2 table)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One IMDN document (``<imdn>``), as parsed or to be built.
+
+    ``recipient_uri`` and ``original_recipient_uri`` are both set or both None
+    (the schema groups them), and ``subject`` needs them (§11.1.3-§11.1.5).
+    """
+
+    message_id: str
+    """The Message-ID of the IM this notification is about (``<message-id>``)."""
+    datetime: str
+    """The IM's DateTime as the sender wrote it (``<datetime>``, an xs:string)."""
+    kind: Kind
+    """Which notification: delivery, display or processing."""
+    status: Status
+    """The reported status; always in ``ALLOWED_STATUSES[kind]``."""
+    recipient_uri: str | None = None
+    """The final recipient the report is about (``<recipient-uri>``)."""
+    original_recipient_uri: str | None = None
+    """The recipient the IM was first addressed to (``<original-recipient-uri>``)."""
+    subject: str | None = None
+    """One Subject of the IM (``<subject>``)."""
+    extensions: tuple[bytes, ...] = ()
+    """Extension elements after the notification element, serialised."""
+    status_extensions: tuple[bytes, ...] = ()
+    """Extension elements inside ``<status>`` after the value, serialised."""
+
+    @property
+    def sent_at(self) -> _dt.datetime | None:
+        """``datetime`` parsed leniently (timezone-aware), or None when it is not a date-time."""
+        try:
+            return parse_datetime(self.datetime).value
+        except ValueError:
+            return None
+
+    def to_xml(self) -> bytes:
+        """Serialise as a UTF-8 message/imdn+xml document (checked against the schema)."""
+        return _render(self)
+
+
+# -- schema ---------------------------------------------------------------------------
+
+_SCHEMA_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+_SCHEMA: Final = etree.XMLSchema(
+    etree.fromstring(resources.files(__package__).joinpath("imdn.xsd").read_bytes(), _SCHEMA_PARSER)
+)
+
+
+def validate(root: etree._Element) -> str | None:
+    """Validate an ``<imdn>`` element against the shipped schema; return the first error or None."""
+    if _SCHEMA.validate(root):
+        return None
+    error = _SCHEMA.error_log.last_error  # type: ignore[attr-defined]  # missing from lxml-stubs
+    return "schema violation" if error is None else f"schema violation: {error.message}"
+
+
+# -- parse ----------------------------------------------------------------------------
+
+
+def _q(local: str) -> str:
+    return f"{{{XML_NS}}}{local}"
+
+
+# draft-ietf-simple-imdn-03 called display notifications "read" (imdn.md §14).
+_DRAFT_RENAMES = {_q("read-notification"): _q("display-notification"), _q("read"): _q("displayed")}
+
+
+def parse_notification(
+    data: bytes,
+    *,
+    accept_draft_read: bool = False,
+    max_size: int = MAX_DOCUMENT_SIZE,
+    max_depth: int = MAX_DEPTH,
+) -> Notification:
+    """Parse and validate a message/imdn+xml document.
+
+    ``accept_draft_read=True`` reads draft-03's ``<read-notification>`` and
+    ``<read/>`` status as display/displayed (input only; never generated).
+
+    A document with no notification element is refused: RFC 5438 §11.1.6
+    makes one mandatory even though the schema's ``<empty/>`` alternative
+    allows none (imdn.md §13 item 1), and there is nothing to act on without it.
+
+    Raises :class:`~sipimdn.errors.ImdnError`.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError("parse_notification takes bytes")
+    root = parse_xml(bytes(data), max_size=max_size, max_depth=max_depth)
+    if root.tag != _q("imdn"):
+        raise ImdnError(f"root element is {root.tag!r}, not imdn in {XML_NS}")
+    if accept_draft_read:
+        for element in root.iter(*_DRAFT_RENAMES):
+            element.tag = _DRAFT_RENAMES[str(element.tag)]
+    problem = validate(root)
+    if problem is not None:
+        raise ImdnError(problem)
+    return _read(root)
+
+
+def _read(root: etree._Element) -> Notification:
+    fields: dict[str, str] = {}
+    kind: Kind | None = None
+    status: Status | None = None
+    extensions: list[bytes] = []
+    status_extensions: list[bytes] = []
+    for child in root:
+        tag = str(child.tag)
+        if not tag.startswith(f"{{{XML_NS}}}"):
+            extensions.append(_serialise(child))
+            continue
+        local = tag[len(XML_NS) + 2 :]
+        if local.endswith("-notification"):
+            kind = Kind(local[: -len("-notification")])
+            status_element = child[0]
+            value = status_element[0]
+            status = Status(str(value.tag)[len(XML_NS) + 2 :])
+            status_extensions.extend(_serialise(e) for e in list(status_element)[1:])
+        else:
+            fields[local] = child.text or ""
+    if kind is None or status is None:
+        raise ImdnError("IMDN has no notification element (RFC 5438 §11.1.6)")
+    # The schema's per-kind <choice> already enforces ALLOWED_STATUSES; keep the
+    # table authoritative in case the schema is ever loosened.
+    if status not in ALLOWED_STATUSES[kind]:
+        raise ImdnError(f"status {status} is not allowed in a {kind} notification")
+    return Notification(
+        # xs:token: the schema collapses whitespace for validation, so do we.
+        message_id=" ".join(fields["message-id"].split()),
+        datetime=fields["datetime"],
+        kind=kind,
+        status=status,
+        recipient_uri=_strip(fields.get("recipient-uri")),
+        original_recipient_uri=_strip(fields.get("original-recipient-uri")),
+        subject=fields.get("subject"),
+        extensions=tuple(extensions),
+        status_extensions=tuple(status_extensions),
+    )
+
+
+def _strip(value: str | None) -> str | None:
+    # xs:anyURI has whiteSpace=collapse: surrounding whitespace is not part of the value.
+    return None if value is None else value.strip()
+
+
+def _serialise(element: etree._Element) -> bytes:
+    element.tail = None
+    return etree.tostring(element, encoding="utf-8")
+
+
+# -- build ----------------------------------------------------------------------------
+
+
+def build_notification(
+    *,
+    message_id: str,
+    datetime: str,
+    kind: Kind | str,
+    status: Status | str,
+    recipient_uri: str | None = None,
+    original_recipient_uri: str | None = None,
+    subject: str | None = None,
+    extensions: tuple[bytes, ...] = (),
+    status_extensions: tuple[bytes, ...] = (),
+) -> bytes:
+    """Build a message/imdn+xml document (UTF-8 bytes) for the IM ``message_id``.
+
+    ``datetime`` is the IM's DateTime string, echoed verbatim (§7.2.1.1).
+    ``original_recipient_uri`` defaults to ``recipient_uri`` because the schema
+    requires both or neither. Raises :class:`~sipimdn.errors.LocalProtocolError`
+    for a status that does not belong to ``kind`` or any other invalid field.
+    """
+    notification = make_notification(
+        message_id=message_id,
+        datetime=datetime,
+        kind=kind,
+        status=status,
+        recipient_uri=recipient_uri,
+        original_recipient_uri=original_recipient_uri,
+        subject=subject,
+        extensions=extensions,
+        status_extensions=status_extensions,
+    )
+    return notification.to_xml()
+
+
+def make_notification(
+    *,
+    message_id: str,
+    datetime: str,
+    kind: Kind | str,
+    status: Status | str,
+    recipient_uri: str | None = None,
+    original_recipient_uri: str | None = None,
+    subject: str | None = None,
+    extensions: tuple[bytes, ...] = (),
+    status_extensions: tuple[bytes, ...] = (),
+) -> Notification:
+    """Check the fields and return a :class:`Notification` (see :func:`build_notification`)."""
+    try:
+        kind = Kind(kind)
+        status = Status(status)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+    if status not in ALLOWED_STATUSES[kind]:
+        raise LocalProtocolError(f"status {status} is not allowed in a {kind} notification (RFC 5438 §5)")
+    if original_recipient_uri is not None and recipient_uri is None:
+        raise LocalProtocolError("original-recipient-uri needs recipient-uri (RFC 5438 §11.1)")
+    if recipient_uri is not None and original_recipient_uri is None:
+        original_recipient_uri = recipient_uri
+    if subject is not None and recipient_uri is None:
+        raise LocalProtocolError("subject needs recipient-uri (RFC 5438 §11.1 schema)")
+    return Notification(
+        message_id=message_id,
+        datetime=datetime,
+        kind=kind,
+        status=status,
+        recipient_uri=recipient_uri,
+        original_recipient_uri=original_recipient_uri,
+        subject=subject,
+        extensions=tuple(extensions),
+        status_extensions=tuple(status_extensions),
+    )
+
+
+def _render(n: Notification) -> bytes:
+    root = etree.Element(_q("imdn"), nsmap={None: XML_NS})  # type: ignore[dict-item]
+    try:
+        _text(root, "message-id", n.message_id)
+        _text(root, "datetime", n.datetime)
+        if n.recipient_uri is not None:
+            _text(root, "recipient-uri", n.recipient_uri)
+            _text(root, "original-recipient-uri", n.original_recipient_uri or n.recipient_uri)
+            if n.subject is not None:
+                _text(root, "subject", n.subject)
+        notification = etree.SubElement(root, _q(Kind(n.kind).element))
+        status = etree.SubElement(notification, _q("status"))
+        etree.SubElement(status, _q(Status(n.status).value))
+        for raw in n.status_extensions:
+            status.append(_extension(raw))
+        for raw in n.extensions:
+            root.append(_extension(raw))
+    except ValueError as exc:  # lxml refuses control characters and bad names
+        raise LocalProtocolError(f"cannot build IMDN: {exc}") from None
+    problem = validate(root)
+    if problem is not None:
+        raise LocalProtocolError(f"cannot build IMDN: {problem}")
+    # Double-quoted declaration as in every RFC 5438 example (lxml writes single quotes).
+    return _XML_DECLARATION + etree.tostring(root, xml_declaration=False, encoding="UTF-8")
+
+
+_XML_DECLARATION: Final = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+def _text(parent: etree._Element, local: str, text: str) -> None:
+    etree.SubElement(parent, _q(local)).text = text
+
+
+def _extension(raw: bytes) -> etree._Element:
+    try:
+        return parse_xml(raw)
+    except ImdnError as exc:
+        raise LocalProtocolError(f"bad IMDN extension element: {exc.reason}") from None

@@ -1,0 +1,187 @@
+"""IMDN CPIM headers (RFC 5438 §6, §10): typed access, Disposition-Notification, Message-ID.
+
+All five headers live in the namespace ``urn:ietf:params:imdn`` and are found
+by that URI whatever prefix the sender bound to it (IMDN-02). ABNF, RFC 5438 §10::
+
+    Disposition-Notification = "Disposition-Notification" ": "
+                               [ notify-req *(COMMA notify-req) ]
+    notify-req  = ("negative-delivery" / "positive-delivery"
+                   / "processing" / "display" / Token) *(SEMI Ext-param)
+    Message-ID  = "Message-ID" ": " Token
+    Original-To = "Original-To" ": " [Formal-name] "<" URI ">"
+    IMDN-Record-Route = "IMDN-Record-Route" ": " [Formal-name] "<" URI ">"
+    IMDN-Route  = "IMDN-Route" ": " [Formal-name] "<" URI ">"
+    SEMI  = *SP ";" *SP
+    COMMA = *SP "," *SP
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ..cpim import _grammar
+from ..cpim.message import CpimHeader, CpimMessage
+from ..cpim.values import CpimAddress, parse_address
+from ..errors import ImdnError, LocalProtocolError
+
+__all__ = [
+    "IMDN_NS",
+    "DispositionRequest",
+    "ImdnHeaders",
+    "NotifyRequest",
+    "format_disposition_notification",
+    "imdn_headers",
+    "new_message_id",
+    "parse_disposition_notification",
+]
+
+IMDN_NS = "urn:ietf:params:imdn"
+"""Namespace URI of the IMDN CPIM headers (RFC 5438 §6.1)."""
+
+
+class DispositionRequest(StrEnum):
+    """The four notify-req values RFC 5438 defines (§6.2)."""
+
+    POSITIVE_DELIVERY = "positive-delivery"
+    NEGATIVE_DELIVERY = "negative-delivery"
+    PROCESSING = "processing"
+    DISPLAY = "display"
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyRequest:
+    """One notify-req: a value (one of :class:`DispositionRequest` or an unknown Token) and its parameters."""
+
+    token: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def known(self) -> DispositionRequest | None:
+        """The RFC 5438 value, or None for an extension token (ignored per IMDN-30)."""
+        try:
+            return DispositionRequest(self.token)
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        return self.token + "".join(f";{k}={v}" for k, v in self.params)
+
+
+# notify-req, with SEMI = *SP ";" *SP around each Ext-param.
+_EXT_PARAM = rf"(?P<k>{_grammar.name})=(?P<v>{_grammar.string}|{_grammar.token}|{_grammar.number})"
+_PARAM_RE = re.compile(rf" *; *{_EXT_PARAM}")
+_NOTIFY_REQ_RE = re.compile(
+    rf"(?P<token>{_grammar.token})(?P<params>(?: *; *{_grammar.name}="
+    rf"(?:{_grammar.string}|{_grammar.token}|{_grammar.number}))*)"
+)
+
+
+def parse_disposition_notification(value: str) -> tuple[NotifyRequest, ...]:
+    """Parse a Disposition-Notification value; empty means "no IMDN requested" (IMDN-17).
+
+    COMMA is ``*SP "," *SP``, so ``positive-delivery,display`` (no space, seen
+    in the field) is valid. Raises ``ValueError`` on anything else.
+    """
+    text = value.strip(" ")
+    if not text:
+        return ()
+    out: list[NotifyRequest] = []
+    for raw_item in text.split(","):
+        item = raw_item.strip(" ")
+        m = _NOTIFY_REQ_RE.fullmatch(item)
+        if m is None:
+            raise ValueError(f"malformed Disposition-Notification entry: {item!r}")
+        params = tuple((p.group("k"), p.group("v")) for p in _PARAM_RE.finditer(m.group("params")))
+        out.append(NotifyRequest(token=m.group("token"), params=params))
+    return tuple(out)
+
+
+def format_disposition_notification(requests: Iterable[NotifyRequest | DispositionRequest | str]) -> str:
+    """Render notify-reqs as ``a, b`` (the spaced form of RFC 5438's examples)."""
+    parts: list[str] = []
+    for req in requests:
+        text = str(req)
+        if _NOTIFY_REQ_RE.fullmatch(text) is None:
+            raise LocalProtocolError(f"not a Disposition-Notification value: {text!r}")
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def new_message_id() -> str:
+    """A fresh Message-ID: 128 random bits from ``secrets`` as base64url (IMDN-12, IMDN-13).
+
+    The alphabet ``A-Z a-z 0-9 - _`` is all NAMECHAR, so the result is a valid
+    CPIM Token (unlike standard base64's ``/`` and ``=``).
+    """
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, slots=True)
+class ImdnHeaders:
+    """The IMDN headers of one CPIM message, typed."""
+
+    message_id: str | None
+    """``Message-ID`` (a CPIM Token), or None when absent."""
+    disposition_notification: tuple[NotifyRequest, ...] | None
+    """All notify-reqs of every Disposition-Notification header; None when no such header."""
+    original_to: CpimAddress | None
+    """``Original-To`` set by an intermediary (§6.4), or None."""
+    record_routes: tuple[CpimAddress, ...]
+    """``IMDN-Record-Route`` values, top (newest) first (§6.5)."""
+    routes: tuple[CpimAddress, ...]
+    """``IMDN-Route`` values in order (§6.6)."""
+
+    @property
+    def requested(self) -> frozenset[DispositionRequest]:
+        """The RFC 5438 notification types requested (unknown tokens dropped, IMDN-30)."""
+        if not self.disposition_notification:
+            return frozenset()
+        return frozenset(r.known for r in self.disposition_notification if r.known is not None)
+
+
+def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
+    """Read and check the IMDN headers of ``msg`` (by namespace URI, any prefix).
+
+    Raises :class:`~sipimdn.errors.ImdnError` when one is malformed or a
+    single-valued header (Message-ID, Original-To) is repeated.
+    """
+    ids = msg.get_all(IMDN_NS, "Message-ID")
+    if len(ids) > 1:
+        raise ImdnError("more than one IMDN Message-ID header")
+    message_id: str | None = None
+    if ids:
+        message_id = ids[0].value.rstrip(" ")
+        if _grammar.TOKEN_RE.fullmatch(message_id) is None:
+            raise ImdnError(f"IMDN Message-ID is not a CPIM Token: {message_id!r}")
+    dn_headers = msg.get_all(IMDN_NS, "Disposition-Notification")
+    disposition: tuple[NotifyRequest, ...] | None = None
+    if dn_headers:
+        # §7.2.1 speaks of the header "fields" in the plural; accept several, concatenated.
+        reqs: list[NotifyRequest] = []
+        for h in dn_headers:
+            try:
+                reqs.extend(parse_disposition_notification(h.value))
+            except ValueError as exc:
+                raise ImdnError(str(exc)) from None
+        disposition = tuple(reqs)
+    originals = msg.get_all(IMDN_NS, "Original-To")
+    if len(originals) > 1:
+        raise ImdnError("more than one Original-To header (RFC 5438 §6.4)")
+    return ImdnHeaders(
+        message_id=message_id,
+        disposition_notification=disposition,
+        original_to=_address(originals[0]) if originals else None,
+        record_routes=tuple(_address(h) for h in msg.get_all(IMDN_NS, "IMDN-Record-Route")),
+        routes=tuple(_address(h) for h in msg.get_all(IMDN_NS, "IMDN-Route")),
+    )
+
+
+def _address(h: CpimHeader) -> CpimAddress:
+    try:
+        return parse_address(h.value)
+    except ValueError as exc:
+        raise ImdnError(f"{h.full_name}: {exc}") from None

@@ -1,0 +1,307 @@
+"""Whole CPIM messages for IMDN (RFC 5438 §7, §9): build an IM, build its IMDN, recognise an IMDN.
+
+* :func:`build_im`: an outgoing instant message with the IMDN request headers
+  (§7.1.1: Message-ID, DateTime, Disposition-Notification).
+* :func:`build_imdn`: the IMDN answering a received IM, in one call
+  (§7.2.1, §7.2.1.1): From/To swapped, a fresh Message-ID, IMDN-Route copied
+  from IMDN-Record-Route in order, encapsulated ``message/imdn+xml`` with
+  ``Content-Disposition: notification`` and no Disposition-Notification.
+* :func:`recognise`: decides whether a received CPIM message is an IMDN
+  (§9: encapsulated ``message/imdn+xml``, ``Content-Disposition:
+  notification``, a notification element) and returns its notifications,
+  aggregated (§8.3) and deflated bodies included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..cpim import _grammar
+from ..cpim.build import build_from_lines, format_header, format_text
+from ..cpim.message import CpimMessage
+from ..cpim.values import CpimAddress, format_datetime
+from ..errors import ImdnError, LocalProtocolError
+from .aggregation import MAX_INFLATED_SIZE, build_multipart, inflate, split_multipart
+from .document import CONTENT_TYPE, Kind, Notification, Status, make_notification, parse_notification
+from .headers import (
+    IMDN_NS,
+    DispositionRequest,
+    NotifyRequest,
+    format_disposition_notification,
+    imdn_headers,
+    new_message_id,
+)
+
+__all__ = [
+    "ReceivedImdn",
+    "build_im",
+    "build_imdn",
+    "build_imdn_message",
+    "imdn_destination",
+    "is_imdn",
+    "recognise",
+]
+
+
+def _address(value: CpimAddress | str) -> CpimAddress:
+    return value if isinstance(value, CpimAddress) else CpimAddress(uri=value)
+
+
+def build_im(
+    *,
+    from_: CpimAddress | str,
+    to: CpimAddress | str | Sequence[CpimAddress | str],
+    body: bytes,
+    now: float,
+    content_type: str = "text/plain; charset=utf-8",
+    notify: Iterable[DispositionRequest | NotifyRequest | str] = (),
+    message_id: str | None = None,
+    subject: str | None = None,
+    subject_lang: str | None = None,
+    cc: Sequence[CpimAddress | str] = (),
+    prefix: str = "imdn",
+    mime_headers: Iterable[tuple[str, str]] = (),
+) -> CpimMessage:
+    """Build an outgoing instant message (RFC 5438 §7.1.1, header order of its example).
+
+    ``now`` (POSIX seconds) becomes the DateTime header (IMDN-14).
+    ``message_id`` defaults to :func:`~sipimdn.imdn.new_message_id`. ``notify``
+    lists the IMDNs to request; empty means none is requested (the
+    Message-ID is still sent, which peers use for de-duplication).
+    Raises :class:`~sipimdn.errors.LocalProtocolError` for invalid input.
+    """
+    recipients = [to] if isinstance(to, CpimAddress | str) else list(to)
+    if not recipients:
+        raise LocalProtocolError("an IM needs at least one To")
+    mid = message_id if message_id is not None else new_message_id()
+    if _grammar.TOKEN_RE.fullmatch(mid) is None:
+        raise LocalProtocolError(f"Message-ID must be a CPIM Token: {mid!r}")
+    lines = [format_header("From", str(_address(from_)))]
+    lines += [format_header("To", str(_address(r))) for r in recipients]
+    lines += [format_header("cc", str(_address(r))) for r in cc]
+    lines.append(format_header("NS", f"{prefix} <{IMDN_NS}>"))
+    lines.append(format_header(f"{prefix}.Message-ID", mid))
+    lines.append(format_header("DateTime", format_datetime(now)))
+    if subject is not None:
+        params = [("lang", subject_lang)] if subject_lang is not None else []
+        lines.append(format_header("Subject", format_text(subject), params))
+    requests = [str(r) for r in notify]
+    if requests:
+        value = format_disposition_notification(requests)
+        lines.append(format_header(f"{prefix}.Disposition-Notification", value))
+    return build_from_lines(lines, content_type=content_type, body=body, mime_headers=mime_headers)
+
+
+def build_imdn(
+    im: CpimMessage,
+    *,
+    kind: Kind | str,
+    status: Status | str,
+    now: float,
+    own_address: CpimAddress | str | None = None,
+    message_id: str | None = None,
+    include_recipient: bool = True,
+    include_subject: bool = False,
+    prefix: str = "imdn",
+) -> CpimMessage:
+    """Build the IMDN answering the received instant message ``im`` (RFC 5438 §7.2.1.1).
+
+    ``own_address`` is which of the IM's recipients we are (default: its first
+    To); it becomes the CPIM From and ``<recipient-uri>``.
+    ``<original-recipient-uri>`` is the IM's Original-To if any, else the same
+    URI. ``include_recipient=False`` leaves both out (undisclosed lists,
+    IMDN-65). The IMDN's DateTime is ``now``; ``<datetime>`` echoes the IM's
+    DateTime verbatim.
+
+    Raises :class:`~sipimdn.errors.LocalProtocolError` when ``im`` is itself an
+    IMDN (IMDN-53, C4), lacks the Message-ID/DateTime/From an IMDN needs, or
+    ``status`` does not belong to ``kind``; and
+    :class:`~sipimdn.errors.ImdnError` when its IMDN headers are malformed.
+    """
+    if is_imdn(im):
+        raise LocalProtocolError("no IMDN is ever sent for an IMDN (RFC 5438 §7.2.1)")
+    headers = imdn_headers(im)
+    if headers.message_id is None:
+        raise LocalProtocolError("the IM has no IMDN Message-ID to report on (RFC 5438 §6.3)")
+    im_datetime = im.date_time
+    if im_datetime is None:
+        raise LocalProtocolError("the IM has no DateTime to echo in <datetime> (RFC 5438 §7.1.1.2)")
+    sender = im.from_
+    if sender is None:
+        raise LocalProtocolError("the IM has no CPIM From to send the IMDN to")
+    me = _own_address(im, own_address)
+    subject = im.subject if include_subject and include_recipient else None
+    notification = make_notification(
+        message_id=headers.message_id,
+        datetime=im_datetime.raw.rstrip(" "),
+        kind=kind,
+        status=status,
+        recipient_uri=me.uri if include_recipient else None,
+        original_recipient_uri=(
+            (headers.original_to.uri if headers.original_to else me.uri) if include_recipient else None
+        ),
+        subject=subject,
+    )
+    return build_imdn_message(
+        notification,
+        from_=me,
+        to=sender,
+        now=now,
+        message_id=message_id,
+        routes=headers.record_routes,
+        prefix=prefix,
+    )
+
+
+def build_imdn_message(
+    notifications: Notification | Sequence[Notification],
+    *,
+    from_: CpimAddress | str,
+    to: CpimAddress | str,
+    now: float,
+    message_id: str | None = None,
+    routes: Sequence[CpimAddress | str] = (),
+    prefix: str = "imdn",
+) -> CpimMessage:
+    """Wrap notification(s) in a CPIM IMDN (RFC 5438 §7.2.1.1), from already-known fields.
+
+    ``from_`` is the IM's recipient (us), ``to`` the IM's CPIM From; ``routes``
+    are the IM's IMDN-Record-Route values in their order (they become
+    IMDN-Route, §7.2.1). One notification gives ``message/imdn+xml``; several
+    give an aggregated ``multipart/mixed`` body (§8.3). ``message_id`` is the
+    IMDN's own Message-ID (default: fresh; keep it stable across retries).
+    No Disposition-Notification and no IMDN-Record-Route are ever written.
+    """
+    if isinstance(notifications, Notification):
+        content_type: str = CONTENT_TYPE
+        body = notifications.to_xml()
+    else:
+        content_type, body = build_multipart([n.to_xml() for n in notifications])
+    mid = message_id if message_id is not None else new_message_id()
+    if _grammar.TOKEN_RE.fullmatch(mid) is None:
+        raise LocalProtocolError(f"Message-ID must be a CPIM Token: {mid!r}")
+    lines = [
+        format_header("From", str(_address(from_))),
+        format_header("To", str(_address(to))),
+        format_header("NS", f"{prefix} <{IMDN_NS}>"),
+        format_header(f"{prefix}.Message-ID", mid),
+        format_header("DateTime", format_datetime(now)),
+    ]
+    lines += [format_header(f"{prefix}.IMDN-Route", str(_address(r))) for r in routes]
+    return build_from_lines(
+        lines,
+        content_type=content_type,
+        body=body,
+        mime_headers=[("Content-Disposition", "notification")],
+    )
+
+
+def _own_address(im: CpimMessage, own: CpimAddress | str | None) -> CpimAddress:
+    recipients = im.to
+    if own is None:
+        if not recipients:
+            raise LocalProtocolError("the IM has no CPIM To; pass own_address")
+        return recipients[0]
+    if isinstance(own, CpimAddress):
+        return own
+    for r in recipients:  # keep the display name the sender gave us
+        if r.uri == own:
+            return r
+    return CpimAddress(uri=own)
+
+
+def imdn_destination(im: CpimMessage) -> str | None:
+    """Where the IMDN for ``im`` goes: the top IMDN-Record-Route URI, else the CPIM From URI (§7.2.1)."""
+    headers = imdn_headers(im)
+    if headers.record_routes:
+        return headers.record_routes[0].uri
+    sender = im.from_
+    return None if sender is None else sender.uri
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedImdn:
+    """A received CPIM message recognised as an IMDN."""
+
+    cpim: CpimMessage
+    """The whole CPIM message."""
+    message_id: str | None
+    """The IMDN's own CPIM Message-ID (not the reported one, which is in each notification)."""
+    notifications: tuple[Notification, ...]
+    """One per document; several for an aggregated IMDN (§8.3)."""
+    disposition_marker: bool
+    """True when ``Content-Disposition: notification`` was present (all three §9 markers)."""
+    aggregated: bool
+    """True for a ``multipart/mixed`` body."""
+
+
+def is_imdn(msg: CpimMessage) -> bool:
+    """Cheap loop guard (C4, IMDN-53): does ``msg`` carry or claim to carry a notification?"""
+    if msg.content_disposition == "notification":
+        return True
+    ctype = msg.mime_header("Content-Type") or ""
+    if ctype.split(";", 1)[0].strip().lower() == CONTENT_TYPE:
+        return True
+    return ctype.lower().startswith("multipart/") and CONTENT_TYPE.encode() in msg.body.lower()
+
+
+def recognise(
+    msg: CpimMessage,
+    *,
+    require_disposition: bool = False,
+    accept_draft_read: bool = False,
+    max_inflated_size: int = MAX_INFLATED_SIZE,
+) -> ReceivedImdn | None:
+    """Return the notifications of an IMDN, or None when ``msg`` is an instant message (IMDN-50, IMDN-51).
+
+    The encapsulated entity must be ``message/imdn+xml`` (or ``multipart/mixed``
+    with such parts, §8.3); ``Content-Encoding: deflate`` is undone first.
+    ``Content-Disposition: notification`` is required only with
+    ``require_disposition=True``: Blink/sipsimple omit it (shared/peers.md),
+    and the result records whether it was there. Each document must hold a
+    notification element. A multipart body mixing IMDN and other parts is
+    refused (IMDN-52). Disposition-Notification headers in an IMDN are
+    ignored (IMDN-53).
+
+    Raises :class:`~sipimdn.errors.ImdnError` when the message claims to be
+    an IMDN but its body is malformed.
+    """
+    marker = msg.content_disposition == "notification"
+    if require_disposition and not marker:
+        return None
+    ctype = msg.content_type
+    if ctype not in (CONTENT_TYPE, "multipart/mixed"):
+        return None
+    body = msg.body
+    encoding = (msg.mime_header("Content-Encoding") or "").strip().lower()
+    if encoding in ("deflate",):
+        body = inflate(body, max_size=max_inflated_size)
+    elif encoding not in ("", "identity"):
+        if ctype == CONTENT_TYPE or marker:
+            raise ImdnError(f"unsupported Content-Encoding {encoding!r} on an IMDN", 415)
+        return None
+    if ctype == CONTENT_TYPE:
+        documents = [body]
+        aggregated = False
+    else:
+        boundary = msg.content_type_params.get("boundary")
+        if boundary is None:
+            raise ImdnError("multipart/mixed without a boundary parameter")
+        parts = split_multipart(body, boundary)
+        imdn_parts = [p for p in parts if p.content_type == CONTENT_TYPE]
+        if not imdn_parts:
+            return None
+        if len(imdn_parts) != len(parts):
+            raise ImdnError("an IM and an IMDN in one multipart body (RFC 5438 §9)")
+        documents = [p.body for p in imdn_parts]
+        aggregated = True
+    notifications = tuple(parse_notification(d, accept_draft_read=accept_draft_read) for d in documents)
+    headers = imdn_headers(msg)
+    return ReceivedImdn(
+        cpim=msg,
+        message_id=headers.message_id,
+        notifications=notifications,
+        disposition_marker=marker,
+        aggregated=aggregated,
+    )
