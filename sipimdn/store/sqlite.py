@@ -1,0 +1,178 @@
+"""The embedded persistent :class:`~sipimdn.store.base.Store`: SQLite from the standard library.
+
+Layout: one table per record kind, each ``(key TEXT PRIMARY KEY, expires_at
+REAL, data TEXT)`` with ``data`` the record as JSON
+(:func:`~sipimdn.store.base.record_to_json`) and an index on ``expires_at``
+for :meth:`SqliteStore.purge`. Keeping the record as one JSON value means a
+new optional field needs no migration; the schema version lives in
+``PRAGMA user_version`` and :data:`_MIGRATIONS` says how to reach each one.
+
+Concurrency: one connection per store, opened with ``check_same_thread=False``
+and used only under ``self._lock``, so the asyncio adapter may call it from
+any worker thread. A file database runs in WAL mode with ``synchronous=NORMAL``:
+a crash may lose the last committed batches but never corrupts the file, and
+readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+
+from ..errors import StoreError
+from .base import (
+    TABLES,
+    AnyRecord,
+    Delete,
+    Put,
+    Snapshot,
+    StoreOp,
+    check_op,
+    record_from_json,
+    record_to_json,
+    snapshot_from_records,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for table in TABLES:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} "
+            "(key TEXT PRIMARY KEY NOT NULL, expires_at REAL NOT NULL, data TEXT NOT NULL)"
+        )
+        conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_expires ON {table}(expires_at)")
+
+
+#: Steps from version N-1 to N, applied in order inside one transaction.
+_MIGRATIONS = {1: _create_v1}
+
+
+class SqliteStore:
+    """A :class:`~sipimdn.store.base.Store` on one SQLite database file.
+
+    ``path`` is a file name or ``":memory:"`` (a private database, for tests).
+    Raises :class:`~sipimdn.errors.StoreError` if the file cannot be opened or
+    was written by a newer schema.
+    """
+
+    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                path, timeout=timeout, check_same_thread=False, isolation_level=None
+            )
+            if path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store schema version {version} is newer than supported {SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[step](conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        """The version recorded in the database file."""
+        with self._lock:
+            return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is closed")
+        return self._conn
+
+    def apply(self, ops: Sequence[StoreOp]) -> None:
+        """Apply operations in order in one transaction."""
+        if not ops:
+            return
+        rows: list[tuple[str, tuple[object, ...]]] = []
+        for op in ops:
+            check_op(op)
+            if isinstance(op, Put):
+                record = op.record
+                rows.append(
+                    (
+                        f"INSERT OR REPLACE INTO {record.TABLE} (key, expires_at, data) VALUES (?, ?, ?)",
+                        (record.key, record.expires_at, record_to_json(record)),
+                    )
+                )
+            elif isinstance(op, Delete):
+                rows.append((f"DELETE FROM {op.table} WHERE key = ?", (op.key,)))
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in rows:
+                        conn.execute(sql, params)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
+
+    def load(self, now: float) -> Snapshot:
+        """Every record that has not expired at ``now``."""
+        records: list[AnyRecord] = []
+        with self._lock:
+            conn = self._connection()
+            try:
+                for table in TABLES:
+                    cursor = conn.execute(f"SELECT data FROM {table} WHERE expires_at > ?", (now,))
+                    records.extend(record_from_json(table, row[0]) for row in cursor)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        return snapshot_from_records(records)
+
+    def purge(self, now: float) -> int:
+        """Delete expired records; return how many."""
+        removed = 0
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for table in TABLES:
+                    removed += conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"store purge failed: {exc}") from exc
+        return removed
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
