@@ -1,0 +1,1 @@
+"""Kamailio interoperability harness: config template, process control, a raw SIP client."""
