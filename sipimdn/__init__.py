@@ -18,20 +18,39 @@ from .errors import (
     TransactionTimeout,
     TransportError,
 )
+from .headers import ContentType, CSeq, NameAddr, Via
+from .message import Headers, Request, Response, make_response
+from .parser import KeepAliveReceived, Limits, StreamFramer, parse_message, salvage_reply_headers
+from .uri import Uri, parse_uri
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationFailed",
+    "CSeq",
+    "ContentType",
     "CpimError",
+    "Headers",
     "ImdnError",
+    "KeepAliveReceived",
+    "Limits",
     "LocalProtocolError",
+    "NameAddr",
     "ProtocolError",
     "RemoteProtocolError",
+    "Request",
+    "Response",
     "SipError",
     "SipParseError",
     "StoreError",
+    "StreamFramer",
     "TransactionTimeout",
     "TransportError",
+    "Uri",
+    "Via",
     "__version__",
+    "make_response",
+    "parse_message",
+    "parse_uri",
+    "salvage_reply_headers",
 ]

@@ -1,0 +1,616 @@
+"""The SIP message model (RFC 3261 §7, §8.2.6): ``Headers``, ``Request``, ``Response``.
+
+Headers are kept as received: ordered rows of (name as spelled, value,
+original line). Untouched rows are written back byte for byte, so a proxy-like
+use (add ``received`` to the top Via, forward) changes only what it changed.
+Typed values (Via, From, CSeq, ...) are parsed on first access and cached
+until the header is modified: most messages are routed on four or five
+headers and nobody reads the rest.
+
+A typed accessor raises ``SipParseError`` (status 400) when the header it
+reads is missing or malformed; ``validate()`` runs all of them at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from . import _abnf
+from .errors import LocalProtocolError, SipParseError
+from .headers import ContentType, CSeq, NameAddr, Via, header_key, is_list_header, split_comma_list
+from .uri import Uri
+
+__all__ = ["REASON_PHRASES", "Headers", "Message", "Request", "Response", "make_response"]
+
+_T = TypeVar("_T")
+
+#: Default reason phrases (RFC 3261 §21 and the IANA response code registry).
+REASON_PHRASES: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    412: "Conditional Request Failed",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    417: "Unknown Resource-Priority",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    423: "Interval Too Brief",
+    428: "Use Identity Header",
+    429: "Provide Referrer Identity",
+    430: "Flow Failed",
+    433: "Anonymity Disallowed",
+    436: "Bad Identity-Info",
+    437: "Unsupported Certificate",
+    438: "Invalid Identity Header",
+    439: "First Hop Lacks Outbound Support",
+    440: "Max-Breadth Exceeded",
+    469: "Bad Info Package",
+    470: "Consent Needed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    494: "Security Agreement Required",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    555: "Push Notification Service Not Supported",
+    580: "Precondition Failure",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+    607: "Unwanted",
+    608: "Rejected",
+}
+
+# One header row: (lookup key, name as spelled, unfolded value, original text
+# of the whole field "Name: value" with any folding, written back verbatim).
+_Row = tuple[str, str, str, str]
+
+
+def _check_name_value(name: str, value: str) -> None:
+    if _abnf.TOKEN_RE.fullmatch(name) is None:
+        raise LocalProtocolError(f"invalid header name {name!r}")
+    if "\r" in value or "\n" in value or "\x00" in value:
+        # A line break in a value would let the caller inject header rows.
+        raise LocalProtocolError(f"line break or NUL in the value of {name}")
+
+
+class Headers:
+    """Ordered, case-insensitive header rows that keep the received spelling.
+
+    Names match case-insensitively and compact forms equal long forms
+    (``i`` is ``Call-ID``). ``get`` returns the first row's whole value;
+    ``get_all`` returns every value with comma lists split (outside quotes and
+    angle brackets; never for the authentication headers or single-valued
+    headers such as Date).
+    """
+
+    __slots__ = ("_rows", "_typed")
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._rows: list[_Row] = []
+        self._typed: dict[str, object] = {}
+        for name, value in items:
+            self.add(name, value)
+
+    @classmethod
+    def _from_rows(cls, rows: list[_Row]) -> Headers:
+        """Wrap rows the parser already validated (no copying, no checks)."""
+        self = cls.__new__(cls)
+        self._rows = rows
+        self._typed = {}
+        return self
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, name: str) -> str | None:
+        """The value of the first row with this name, or None."""
+        key = header_key(name)
+        for row in self._rows:
+            if row[0] == key:
+                return row[2]
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of this header, in order, comma lists split."""
+        key = header_key(name)
+        if is_list_header(key):
+            out: list[str] = []
+            for row in self._rows:
+                if row[0] == key:
+                    out.extend(split_comma_list(row[2]))
+            return out
+        return [row[2] for row in self._rows if row[0] == key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = header_key(name)
+        return any(row[0] == key for row in self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return (row[1] for row in self._rows)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """(name as spelled, value) for every row, in order."""
+        return ((row[1], row[2]) for row in self._rows)
+
+    def raw_lines(self) -> Iterator[str]:
+        """The rows exactly as they will be written (folding kept)."""
+        return (row[3] for row in self._rows)
+
+    def copy(self) -> Headers:
+        """An independent copy (typed values are re-parsed on demand)."""
+        return Headers._from_rows(list(self._rows))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return [(r[0], r[2]) for r in self._rows] == [(r[0], r[2]) for r in other._rows]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.items())!r})"
+
+    # -- writing ---------------------------------------------------------------
+
+    def add(self, name: str, value: str) -> None:
+        """Append a row."""
+        _check_name_value(name, value)
+        key = header_key(name)
+        self._rows.append((key, name, value, f"{name}: {value}"))
+        self._typed.pop(key, None)
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a row before the first row of the same name (or first of all).
+
+        This is how a Via or Record-Route is pushed on top.
+        """
+        _check_name_value(name, value)
+        key = header_key(name)
+        index = next((i for i, row in enumerate(self._rows) if row[0] == key), 0)
+        self._rows.insert(index, (key, name, value, f"{name}: {value}"))
+        self._typed.pop(key, None)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every row of this name with one row, where the first one was."""
+        _check_name_value(name, value)
+        key = header_key(name)
+        new_row = (key, name, value, f"{name}: {value}")
+        rows: list[_Row] = []
+        placed = False
+        for row in self._rows:
+            if row[0] == key:
+                if not placed:
+                    rows.append(new_row)
+                    placed = True
+            else:
+                rows.append(row)
+        if not placed:
+            rows.append(new_row)
+        self._rows = rows
+        self._typed.pop(key, None)
+
+    def remove(self, name: str) -> int:
+        """Remove every row of this name; return how many were removed."""
+        key = header_key(name)
+        before = len(self._rows)
+        self._rows = [row for row in self._rows if row[0] != key]
+        self._typed.pop(key, None)
+        return before - len(self._rows)
+
+    def replace_first_value(self, name: str, value: str) -> None:
+        """Replace the first comma-list element of this header (e.g. the top Via).
+
+        The row keeps its name spelling; the rest of the row's list and every
+        other row are untouched.
+        """
+        _check_name_value(name, value)
+        key = header_key(name)
+        for i, row in enumerate(self._rows):
+            if row[0] == key:
+                rest = split_comma_list(row[2])[1:]
+                new_value = ", ".join([value, *rest])
+                self._rows[i] = (key, row[1], new_value, f"{row[1]}: {new_value}")
+                self._typed.pop(key, None)
+                return
+        self.add(name, value)
+
+    # -- typed cache -------------------------------------------------------------
+
+    def typed(self, key: str, parse: Callable[[], _T]) -> _T:
+        """The cached typed value for ``key``, computed by ``parse`` once."""
+        try:
+            return self._typed[key]  # type: ignore[return-value]
+        except KeyError:
+            value = parse()
+            self._typed[key] = value
+            return value
+
+
+def _missing(name: str) -> SipParseError:
+    return SipParseError(f"missing {name} header")
+
+
+class Message:
+    """What requests and responses share: headers, body and typed accessors."""
+
+    __slots__ = ("body", "headers")
+
+    headers: Headers
+    body: bytes
+
+    # -- typed accessors -------------------------------------------------------
+
+    def _required(self, key: str, label: str) -> str:
+        value = self.headers.get(key)
+        if value is None:
+            raise _missing(label)
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        """Every Via value, top first."""
+
+        def parse() -> list[Via]:
+            return [Via.parse(v) for v in self.headers.get_all("via")]
+
+        return list(self.headers.typed("via", parse))
+
+    @property
+    def top_via(self) -> Via:
+        """The top Via (raises ``SipParseError`` if there is none)."""
+
+        def parse() -> Via:
+            first = self.headers.get("via")
+            if first is None:
+                raise _missing("Via")
+            values = split_comma_list(first)
+            if not values:
+                raise SipParseError("empty Via header")
+            return Via.parse(values[0])
+
+        return self.headers.typed("via:top", parse)
+
+    def set_top_via(self, via: Via) -> None:
+        """Replace the top Via (e.g. to add received/rport, RFC 3581)."""
+        self.headers.replace_first_value("Via", str(via))
+        self.headers._typed["via:top"] = via
+
+    @property
+    def call_id(self) -> str:
+        """Call-ID, compared byte for byte."""
+
+        def parse() -> str:
+            value = self._required("call-id", "Call-ID")
+            # callid = word [ "@" word ]: no whitespace inside.
+            if not value or " " in value or "\t" in value:
+                raise SipParseError(f"bad Call-ID {value[:200]!r}")
+            return value
+
+        return self.headers.typed("call-id", parse)
+
+    @property
+    def cseq(self) -> CSeq:
+        """CSeq (number and method)."""
+        return self.headers.typed("cseq", lambda: CSeq.parse(self._required("cseq", "CSeq")))
+
+    @property
+    def from_(self) -> NameAddr:
+        """From."""
+        return self.headers.typed("from", lambda: NameAddr.parse(self._required("from", "From")))
+
+    @property
+    def to(self) -> NameAddr:
+        """To."""
+        return self.headers.typed("to", lambda: NameAddr.parse(self._required("to", "To")))
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards, or None if absent."""
+
+        def parse() -> int | None:
+            value = self.headers.get("max-forwards")
+            if value is None:
+                return None
+            # Max-Forwards = 1*DIGIT; RFC 3261 §8.1.1.6 and §16.6 treat it as
+            # a hop count that is never above 255 in practice.
+            if not value.isdigit() or not value.isascii() or int(value) > 255:
+                raise SipParseError(f"bad Max-Forwards {value[:50]!r}")
+            return int(value)
+
+        return self.headers.typed("max-forwards", parse)
+
+    @property
+    def content_type(self) -> ContentType | None:
+        """Content-Type, or None if absent."""
+
+        def parse() -> ContentType | None:
+            value = self.headers.get("content-type")
+            return None if value is None else ContentType.parse(value)
+
+        return self.headers.typed("content-type", parse)
+
+    def _name_addr_list(self, key: str) -> list[NameAddr]:
+        return list(self.headers.typed(key, lambda: [NameAddr.parse(v) for v in self.headers.get_all(key)]))
+
+    @property
+    def contact(self) -> list[NameAddr]:
+        """Contact values (empty for none or for the ``*`` wildcard)."""
+        if self.contact_is_wildcard:
+            return []
+        return self._name_addr_list("contact")
+
+    @property
+    def contact_is_wildcard(self) -> bool:
+        """True for ``Contact: *`` (REGISTER only)."""
+        return self.headers.get_all("contact") == ["*"]
+
+    @property
+    def route(self) -> list[NameAddr]:
+        """Route values, top first."""
+        return self._name_addr_list("route")
+
+    @property
+    def record_route(self) -> list[NameAddr]:
+        """Record-Route values, top first."""
+        return self._name_addr_list("record-route")
+
+    @property
+    def expires(self) -> int | None:
+        """Expires in seconds, or None if absent."""
+
+        def parse() -> int | None:
+            value = self.headers.get("expires")
+            if value is None:
+                return None
+            if not value.isdigit() or not value.isascii():
+                raise SipParseError(f"bad Expires {value[:50]!r}")
+            # §20.19 and §10.2.1.1: delta-seconds; values beyond 2**32-1
+            # are treated as 2**32-1.
+            return min(int(value), 2**32 - 1)
+
+        return self.headers.typed("expires", parse)
+
+    @property
+    def content_length(self) -> int | None:
+        """The Content-Length as received (the body length decides on writing)."""
+        value = self.headers.get("content-length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    def validate(self) -> None:
+        """Parse every header sipimdn interprets; raise ``SipParseError`` on the first bad one.
+
+        Checks that Via, From, To, Call-ID and CSeq are present and
+        well-formed, and the optional Max-Forwards, Content-Type, Contact,
+        Route, Record-Route and Expires when present. Results are cached, so
+        later accesses cost nothing.
+        """
+        if not self.vias:
+            raise _missing("Via")
+        self.from_  # noqa: B018 - each access parses and caches
+        self.to  # noqa: B018
+        self.call_id  # noqa: B018
+        self.cseq  # noqa: B018
+        self.max_forwards  # noqa: B018
+        self.expires  # noqa: B018
+        self.content_type  # noqa: B018
+        self.contact  # noqa: B018
+        self.route  # noqa: B018
+        self.record_route  # noqa: B018
+
+    # -- writing -----------------------------------------------------------------
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The wire form; Content-Length is set to the body length in bytes.
+
+        Rows nobody modified are written exactly as received (name spelling,
+        spacing, folding); only line ends are normalised to CRLF.
+        """
+        body = self.body
+        length = str(len(body))
+        lines = [self._start_line()]
+        seen_length = False
+        for key, name, value, raw in self.headers._rows:
+            if key == "content-length":
+                if seen_length:
+                    continue
+                seen_length = True
+                if value != length:
+                    lines.append(f"{name}: {length}")
+                    continue
+            lines.append(raw)
+        if not seen_length:
+            lines.append(f"Content-Length: {length}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+class Request(Message):
+    """A SIP request: method, Request-URI, headers and body (bytes)."""
+
+    __slots__ = ("_uri", "_uri_text", "method")
+
+    def __init__(
+        self,
+        method: str,
+        uri: Uri | str,
+        headers: Headers | Iterable[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        if _abnf.METHOD_RE.fullmatch(method) is None:
+            raise LocalProtocolError(f"invalid method {method!r}")
+        self.method = method
+        self.uri = uri if isinstance(uri, Uri) else Uri.parse(uri)
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
+        self.body = bytes(body)
+
+    @classmethod
+    def _parsed(cls, method: str, uri: Uri, uri_text: str, headers: Headers, body: bytes) -> Request:
+        self = cls.__new__(cls)
+        self.method = method
+        self._uri = uri
+        self._uri_text = uri_text
+        self.headers = headers
+        self.body = body
+        return self
+
+    @property
+    def uri(self) -> Uri:
+        """The Request-URI."""
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self._uri_text = str(value)
+
+    @property
+    def cseq(self) -> CSeq:
+        """CSeq; its method must equal the request method (§8.1.1.5)."""
+        value = super().cseq
+        if value.method != self.method:
+            raise SipParseError(f"CSeq method {value.method} does not match request method {self.method}")
+        return value
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self._uri_text} SIP/2.0"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self._uri_text}>"
+
+
+class Response(Message):
+    """A SIP response: status code, reason phrase, headers and body (bytes)."""
+
+    __slots__ = ("reason", "status_code")
+
+    def __init__(
+        self,
+        status_code: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        if not 100 <= status_code <= 699:
+            raise LocalProtocolError(f"status code {status_code} outside 100-699")
+        if reason is not None and ("\r" in reason or "\n" in reason):
+            raise LocalProtocolError("line break in reason phrase")
+        self.status_code = status_code
+        self.reason = reason if reason is not None else REASON_PHRASES.get(status_code, "")
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers or ())
+        self.body = bytes(body)
+
+    @classmethod
+    def _parsed(cls, status_code: int, reason: str, headers: Headers, body: bytes) -> Response:
+        self = cls.__new__(cls)
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        return self
+
+    def _start_line(self) -> str:
+        return f"SIP/2.0 {self.status_code} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status_code} {self.reason}>"
+
+
+def _derived_to_tag(request: Request) -> str:
+    """A To tag that is the same for every response to the same request.
+
+    Derived from Call-ID, From tag and the top Via branch, so a stateless
+    element (RFC 3261 §8.2.7) and a retransmitted request get the same tag.
+    """
+    branch = request.top_via.branch or ""
+    material = f"{request.call_id}\x00{request.from_.tag or ''}\x00{branch}\x00{request.cseq.number}"
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def make_response(
+    request: Request,
+    status_code: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+) -> Response:
+    """Build a response to ``request`` as RFC 3261 §8.2.6 says.
+
+    Copies every Via (in order), From, Call-ID and CSeq verbatim, and To; if
+    To has no tag and the status is above 100, adds ``to_tag`` or, when none
+    is given, a tag derived from the request so that every response to it
+    carries the same one. A 100 copies Timestamp (§8.2.6.1).
+    Raises ``SipParseError`` if the request lacks a header the response needs.
+    """
+    headers = Headers()
+    headers._rows.extend(row for row in request.headers._rows if row[0] == "via")
+    if "via" not in headers:
+        raise _missing("Via")
+    for key, label in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
+        value = request.headers.get(key)
+        if value is None:
+            raise _missing(label)
+        if key == "to" and status_code > 100 and request.to.tag is None:
+            tag = to_tag if to_tag is not None else _derived_to_tag(request)
+            # Append to the received text so the To URI stays byte-identical.
+            headers.add(label, f"{value};tag={tag}")
+        else:
+            headers.add(label, value)
+    if status_code == 100:
+        timestamp = request.headers.get("timestamp")
+        if timestamp is not None:
+            headers.add("Timestamp", timestamp)
+    return Response(status_code, reason, headers)

@@ -1,0 +1,412 @@
+"""Reading SIP messages off the wire (RFC 3261 §7, §18.3; RFC 5626 §4.4.1).
+
+``parse_message`` takes one datagram; ``StreamFramer`` cuts a TCP/TLS byte
+stream into messages using Content-Length and reports CRLF keep-alives.
+Both raise ``SipParseError`` carrying the status to answer: 400 for bad
+syntax, 505 for a SIP version other than 2.0, 513 when the message or its
+header section is over a limit and 413 when the body alone is.
+
+What is checked here, eagerly: the start line (method, Request-URI, version,
+status code), that every header line is ``token ":" value`` with no control
+characters, and Content-Length. Typed header values are checked when first
+read (see ``Message.validate``). Accepted although the ABNF does not allow
+it, because real senders do it: bare LF line ends, whitespace before the
+colon, space-padded Content-Length (SIPp), a final empty line missing from a
+datagram that has no body, folded lines (obsolete but still legal in SIP).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import _abnf
+from .errors import SipParseError
+from .headers import header_key
+from .message import Headers, Request, Response
+from .uri import Uri
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "KeepAliveReceived",
+    "Limits",
+    "StreamFramer",
+    "parse_message",
+    "salvage_reply_headers",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits for one message; exceeding them raises ``SipParseError``.
+
+    The defaults fit any UDP datagram (65,535 bytes, RFC 3261 §18.1.1) and a
+    generous stream message. ``max_body`` gives 413, the others 513.
+    """
+
+    #: Bytes in the request or status line, line end excluded.
+    max_start_line: int = 8192
+    #: Bytes in the header section (start line and header lines).
+    max_header_bytes: int = 65536
+    #: Header rows (a folded field counts once).
+    max_headers: int = 256
+    #: Body bytes (413 beyond it).
+    max_body: int = 1 << 20
+    #: Whole message, header section plus body.
+    max_message: int = (1 << 20) + 65536
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveReceived:
+    """A CRLF (or bare LF) between messages on a stream (RFC 5626 §4.4.1, RFC 3261 §7.5).
+
+    One event per line end, so the result does not depend on how the bytes
+    were chunked.
+    """
+
+    #: How many line ends in a row, this one included, since the last message.
+    run: int
+
+    @property
+    def is_ping(self) -> bool:
+        """True when this completes a double-CRLF ping; answer it with one CRLF."""
+        return self.run % 2 == 0
+
+
+# The empty line that ends the header section, with CRLF or bare LF line ends.
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+# Control characters never allowed in a header section (HTAB, CR and LF are
+# handled separately). NUL in particular is a classic smuggling vector.
+_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+# Header names seen before and already validated, to their lookup key; most
+# traffic uses a few dozen spellings, so the token check runs once for each.
+_NAME_KEYS: dict[str, str] = {}
+_NAME_KEYS_MAX = 2048
+_METHODS: set[str] = set()
+_WSP = " \t"
+
+
+def _error(reason: str, status: int = 400) -> SipParseError:
+    return SipParseError(reason, status)
+
+
+def _split_lines(text: str) -> list[str]:
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf:
+        raise _error("bare CR in header section")
+    if text.count("\n") == crlf:
+        return text.split("\r\n")
+    return text.replace("\r\n", "\n").split("\n")
+
+
+def _parse_start_line(line: str, limits: Limits) -> tuple[str, Uri, str] | tuple[int, str]:
+    """(method, uri, uri_text) for a request, (status, reason) for a response."""
+    if len(line) > limits.max_start_line:
+        raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
+    if line[:4].upper() == "SIP/":
+        m = _abnf.STATUS_LINE_RE.fullmatch(line)
+        if m is None:
+            raise _error(f"bad status line {line[:200]!r}")
+        version = m.group("version")
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
+            if _abnf.SIP_VERSION_RE.fullmatch(version):
+                raise _error(f"unsupported SIP version {version[:20]!r}", 505)
+            raise _error(f"bad status line {line[:200]!r}")
+        code = int(m.group("code"))
+        if code < 100:
+            raise _error(f"status code {code} below 100")
+        return code, m.group("reason") or ""
+    parts = line.split(" ")
+    if len(parts) != 3:
+        # Request-Line = Method SP Request-URI SP SIP-Version: exactly one SP
+        # each, and no whitespace inside the Request-URI (§7.1, §25.1).
+        raise _error(f"bad request line {line[:200]!r}")
+    method, uri_text, version = parts
+    if method not in _METHODS:
+        if _abnf.METHOD_RE.fullmatch(method) is None:
+            raise _error(f"bad method {method[:50]!r}")
+        if len(_METHODS) < 256:
+            _METHODS.add(method)
+    if version != "SIP/2.0" and version.upper() != "SIP/2.0":
+        if _abnf.SIP_VERSION_RE.fullmatch(version):
+            raise _error(f"unsupported SIP version {version[:20]!r}", 505)
+        raise _error(f"bad request line {line[:200]!r}")
+    return method, Uri.parse(uri_text), uri_text
+
+
+def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    name_keys = _NAME_KEYS
+    for line in lines:
+        if not line:
+            raise _error("empty line inside the header section")
+        if line[0] == " " or line[0] == "\t":
+            # Folded continuation (LWS = [*WSP CRLF] 1*WSP): one space in the
+            # value, original text kept for writing back.
+            if not rows:
+                raise _error("header section starts with a continuation line")
+            prev_key, prev_name, prev_value, prev_raw = rows[-1]
+            continued = line.strip(_WSP)
+            rows[-1] = (prev_key, prev_name, f"{prev_value} {continued}".strip(" "), f"{prev_raw}\r\n{line}")
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise _error(f"header line without a name and colon: {line[:100]!r}")
+        name = line[:colon]
+        key = name_keys.get(name)
+        if key is None:
+            # HCOLON = *( SP / HTAB ) ":" SWS
+            stripped = name.rstrip(" \t")
+            if _abnf.TOKEN_RE.fullmatch(stripped) is None:
+                raise _error(f"bad header name {name[:100]!r}")
+            key = header_key(stripped)
+            if len(name_keys) < _NAME_KEYS_MAX:
+                name_keys[name] = key
+            name = stripped
+        elif name[-1] == " " or name[-1] == "\t":
+            name = name.rstrip(" \t")
+        rows.append((key, name, line[colon + 1 :].strip(" \t"), line))
+    if len(rows) > limits.max_headers:
+        raise _error(f"more than {limits.max_headers} header fields", 513)
+    return rows
+
+
+def _content_length(rows: list[tuple[str, str, str, str]]) -> int | None:
+    """The Content-Length value (``l`` too), None if absent."""
+    found: int | None = None
+    for row in rows:
+        if row[0] == "content-length":
+            value = row[2]
+            if not value.isdigit() or not value.isascii():
+                raise _error(f"bad Content-Length {value[:50]!r}")
+            number = int(value)
+            if found is not None and found != number:
+                raise _error("conflicting Content-Length headers")
+            found = number
+    return found
+
+
+_StartLine = tuple[str, Uri, str] | tuple[int, str]
+
+
+def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
+    if len(head) > limits.max_header_bytes:
+        raise _error(f"header section longer than {limits.max_header_bytes} bytes", 513)
+    text = head.decode("utf-8", "surrogateescape")
+    if _CTL_RE.search(text) is not None:
+        raise _error("control character in header section")
+    lines = _split_lines(text)
+    start = _parse_start_line(lines[0], limits)
+    rows = _parse_header_lines(lines[1:], limits)
+    return start, Headers._from_rows(rows), _content_length(rows)
+
+
+def _build(start: _StartLine, headers: Headers, body: bytes) -> Request | Response:
+    if len(start) == 3:
+        return Request._parsed(start[0], start[1], start[2], headers, body)
+    return Response._parsed(start[0], start[1], headers, body)
+
+
+def parse_message(data: bytes, limits: Limits | None = None) -> Request | Response:
+    """Parse one datagram into a ``Request`` or ``Response`` (RFC 3261 §18.3).
+
+    With Content-Length, bytes beyond it are discarded and fewer is an error
+    (400); without it, the body runs to the end of the datagram. CRLFs before
+    the start line are skipped (§7.5). Raises ``SipParseError``.
+    """
+    if limits is None:
+        limits = DEFAULT_LIMITS
+    if len(data) > limits.max_message:
+        raise _error(f"message longer than {limits.max_message} bytes", 513)
+    start = 0
+    if data[:1] in (b"\r", b"\n"):
+        stripped = data.lstrip(b"\r\n")
+        start = len(data) - len(stripped)
+    if start >= len(data):
+        raise _error("empty message")
+    m = _HEAD_END_RE.search(data, start)
+    if m is not None:
+        head = data[start : m.start()]
+        body_start = m.end()
+    elif data[-1:] == b"\n":
+        # No empty line, but the last header line is complete: a bodiless
+        # datagram whose sender dropped the final CRLF.
+        head = data[start:].rstrip(b"\r\n")
+        body_start = len(data)
+    else:
+        raise _error("header section does not end with an empty line")
+    start_line, headers, length = _parse_head(head, limits)
+    if length is None:
+        body = data[body_start:]
+    else:
+        if length > limits.max_body:
+            raise _error(f"body of {length} bytes exceeds {limits.max_body}", 413)
+        if len(data) - body_start < length:
+            raise _error(f"body shorter than Content-Length ({len(data) - body_start} < {length})")
+        body = data[body_start : body_start + length]
+    if len(body) > limits.max_body:
+        raise _error(f"body of {len(body)} bytes exceeds {limits.max_body}", 413)
+    return _build(start_line, headers, body)
+
+
+class StreamFramer:
+    """Cut a TCP/TLS byte stream into SIP messages (RFC 3261 §18.3, RFC 5626).
+
+    ``feed`` bytes as they arrive, then call ``next_event`` until it returns
+    None. Content-Length is required. Line ends between messages are
+    reported as ``KeepAliveReceived``. Any error is final: the framing is
+    lost, so every later call raises the same error and the connection
+    should be closed (after answering, if ``failed_data`` can be salvaged).
+    The result does not depend on how the stream was chunked.
+    """
+
+    __slots__ = ("_buf", "_error", "_limits", "_pending", "_pos", "_run", "_scan", "failed_data")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._limits = limits or DEFAULT_LIMITS
+        self._buf = bytearray()
+        self._pos = 0  # start of unconsumed bytes
+        self._scan = 0  # where the search for the end of headers resumes
+        self._run = 0  # consecutive line ends since the last message
+        self._pending: tuple[tuple[str, Uri, str] | tuple[int, str], Headers, int, int] | None = None
+        self._error: SipParseError | None = None
+        #: The start of the message that failed to parse (for ``salvage_reply_headers``).
+        self.failed_data: bytes | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as events."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+
+    def __iter__(self) -> Iterator[Request | Response | KeepAliveReceived]:
+        """Every event available now."""
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def next_event(self) -> Request | Response | KeepAliveReceived | None:
+        """The next message or keep-alive, or None when more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except SipParseError as exc:
+            self._error = exc
+            self.failed_data = bytes(self._buf[self._pos : self._pos + self._limits.max_header_bytes])
+            raise
+
+    def _compact(self) -> None:
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = self._scan = 0
+        elif self._pos > 65536:
+            del self._buf[: self._pos]
+            self._scan = max(0, self._scan - self._pos)
+            self._pos = 0
+
+    def _next(self) -> Request | Response | KeepAliveReceived | None:
+        buf = self._buf
+        limits = self._limits
+        if self._pending is None:
+            self._compact()
+            pos = self._pos
+            end = len(buf)
+            if pos >= end:
+                return None
+            first = buf[pos]
+            if first in (0x0A, 0x0D):
+                if first == 0x0D:
+                    if pos + 1 >= end:
+                        return None  # wait: CR alone could start a CRLF
+                    if buf[pos + 1] != 0x0A:
+                        raise _error("bare CR between messages")
+                    pos += 1
+                self._pos = self._scan = pos + 1
+                self._run += 1
+                return KeepAliveReceived(self._run)
+            m = _HEAD_END_RE.search(buf, max(self._scan, pos))
+            if m is None:
+                self._check_incomplete_head(pos, end)
+                # Resume a little before the end: the terminator may straddle chunks.
+                self._scan = max(pos, end - 3)
+                return None
+            head = bytes(buf[pos : m.start()])
+            start_line, headers, length = _parse_head(head, limits)
+            if length is None:
+                raise _error("Content-Length is required on a stream transport")
+            if length > limits.max_body:
+                raise _error(f"body of {length} bytes exceeds {limits.max_body}", 413)
+            if m.end() - pos + length > limits.max_message:
+                raise _error(f"message longer than {limits.max_message} bytes", 513)
+            self._pending = (start_line, headers, m.end(), length)
+        start_line, headers, body_start, length = self._pending
+        if len(buf) - body_start < length:
+            return None
+        body = bytes(buf[body_start : body_start + length])
+        self._pending = None
+        self._pos = self._scan = body_start + length
+        self._run = 0
+        return _build(start_line, headers, body)
+
+    def _check_incomplete_head(self, pos: int, end: int) -> None:
+        limits = self._limits
+        line_end = self._buf.find(b"\n", pos, pos + limits.max_start_line + 2)
+        if end - pos > limits.max_start_line and line_end < 0:
+            raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
+        if end - pos > limits.max_header_bytes + 4:
+            raise _error(f"header section longer than {limits.max_header_bytes} bytes", 513)
+
+
+# Headers a stateless error response must copy (RFC 3261 §8.2.6.2).
+_SALVAGE_KEYS = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def salvage_reply_headers(data: bytes) -> list[tuple[str, str]] | None:
+    """The Via/From/To/Call-ID/CSeq rows of a request that failed to parse.
+
+    Lets a server answer a malformed request with a stateless 400 instead of
+    dropping it. Returns None when ``data`` does not look like a request (a
+    response, garbage, or no readable Via), since nothing can be answered.
+    Header values are returned as received, unchecked.
+    """
+    data = data[:65536].lstrip(b"\r\n")
+    m = _HEAD_END_RE.search(data)
+    head = data[: m.start()] if m is not None else data
+    text = head.decode("utf-8", "replace")
+    lines = text.replace("\r\n", "\n").split("\n")
+    request_line = lines[0].split(" ")
+    if len(request_line) < 3 or _abnf.METHOD_RE.fullmatch(request_line[0]) is None:
+        return None
+    if request_line[-1][:4].upper() != "SIP/":
+        return None
+    fields: list[list[str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if fields:
+                continued = line.strip(_WSP)
+                fields[-1][1] = f"{fields[-1][1]} {continued}"
+            continue
+        name, colon, value = line.partition(":")
+        fields.append([name.strip(" \t") if colon else "", value.strip(" \t")])
+    rows = [
+        (name, value)
+        for name, value in fields
+        if name
+        and _abnf.TOKEN_RE.fullmatch(name) is not None
+        and header_key(name) in _SALVAGE_KEYS
+        and _CTL_RE.search(value) is None
+        and "\r" not in value
+    ]
+    if not any(header_key(name) == "via" for name, _ in rows):
+        return None
+    return rows

@@ -1,0 +1,300 @@
+"""URIs as SIP uses them: sip:, sips: (RFC 3261 §19.1), tel: (RFC 3966), im:/pres:
+(RFC 3860/3859) and any other absoluteURI kept opaque.
+
+``Uri`` is an immutable value object. Equality and hashing follow RFC 3261
+§19.1.4 for sip/sips (and the same rules for im/pres); tel URIs compare with
+visual separators removed (RFC 3966 §4); other schemes compare the scheme
+case-insensitively and the rest exactly. Parsed URIs are cached by text, which
+is safe because they are immutable and cheap because the same handful of URIs
+(our own AOR, the peer's) appears in almost every message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote, unquote
+
+from . import _abnf
+from .errors import LocalProtocolError, SipParseError
+
+__all__ = ["Uri", "parse_uri"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
+
+
+# Parameters that, when present in either URI, must be present in both and
+# match (RFC 3261 §19.1.4, fourth bullet).
+_MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
+
+# Characters that may appear unescaped in each component when we write a URI
+# back (the complements of the ABNF classes in _abnf.py).
+_USER_SAFE = "-_.!~*'()&=+$,;?/"
+_PASSWORD_SAFE = "-_.!~*'()&=+$,"
+_PARAM_SAFE = "-_.!~*'()[]/:&+$"
+_HEADER_SAFE = "-_.!~*'()[]/?:+$"
+
+_SIP_LIKE = frozenset({"sip", "sips", "im", "pres"})
+_TEL_SEPARATORS = str.maketrans("", "", "-.()")
+
+_CACHE: dict[str, Uri] = {}
+_CACHE_MAX = 4096
+
+
+def _ipv6_or_none(host: str) -> str | None:
+    """The canonical text of an IPv6 host, or None if it is not one."""
+    try:
+        return ipaddress.IPv6Address(host).compressed
+    except ValueError:
+        return None
+
+
+def _check_ipv4(host: str) -> bool:
+    """True if host is a dotted quad with every octet <= 255."""
+    return all(int(octet) <= 255 for octet in host.split("."))
+
+
+def _fail(text: str, why: str) -> SipParseError:
+    return SipParseError(f"invalid URI {text[:200]!r}: {why}")
+
+
+def _parse_uri_params(text: str) -> dict[str, str | None]:
+    """Split ``;name[=value]`` pairs (already checked against the grammar)."""
+    params: dict[str, str | None] = {}
+    for part in text.split(";")[1:]:
+        name, eq, value = part.partition("=")
+        # Names compare case-insensitively (§19.1.4), so store them lower-case.
+        params[unquote(name).lower()] = unquote(value) if eq else None
+    return params
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Uri:
+    """A URI: sip, sips, tel, im, pres, or any other scheme kept opaque.
+
+    ``host`` holds an IPv6 address without brackets; ``str()`` adds them back.
+    ``user`` and ``password`` are unescaped. For ``tel:`` the number is in
+    ``user`` and ``host`` is empty. For schemes we do not interpret, ``host``
+    is empty and the part after ``scheme:`` is in ``opaque``.
+    """
+
+    scheme: str
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: Mapping[str, str | None] = field(default_factory=_empty)
+    headers: Mapping[str, str] = field(default_factory=_empty)
+    opaque: str | None = None
+
+    def __post_init__(self) -> None:
+        # Freeze caller-supplied dicts so a shared (cached) Uri cannot change.
+        if type(self.params) is not MappingProxyType:
+            object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        if type(self.headers) is not MappingProxyType:
+            object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+    # -- parsing ---------------------------------------------------------
+
+    @classmethod
+    def parse(cls, text: str) -> Uri:
+        """Parse a URI; raise ``SipParseError`` (400) if it is malformed."""
+        cached = _CACHE.get(text)
+        if cached is not None:
+            return cached
+        uri = cls._parse(text)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[text] = uri
+        return uri
+
+    @classmethod
+    def _parse(cls, text: str) -> Uri:
+        colon = text.find(":")
+        if colon <= 0:
+            raise _fail(text, "no scheme")
+        scheme_text = text[:colon]
+        if _abnf.SCHEME_RE.fullmatch(scheme_text) is None:
+            raise _fail(text, "bad scheme")
+        scheme = scheme_text.lower()
+        rest = text[colon + 1 :]
+        if scheme in _SIP_LIKE:
+            return cls._parse_sip_like(text, scheme, rest)
+        if scheme == "tel":
+            m = _abnf.TEL_URI_RE.fullmatch(rest)
+            if m is None:
+                raise _fail(text, "bad tel: number or parameters")
+            return cls("tel", m.group("number"), params=_parse_uri_params(m.group("params")))
+        if _abnf.OPAQUE_URI_RE.fullmatch(rest) is None:
+            raise _fail(text, "characters not allowed in a URI")
+        return cls(scheme, opaque=rest)
+
+    @classmethod
+    def _parse_sip_like(cls, text: str, scheme: str, rest: str) -> Uri:
+        m = _abnf.SIP_URI_RE.fullmatch(rest)
+        if m is None:
+            raise _fail(text, f"does not match the {scheme}: grammar")
+        user, password, host, port_text, params_text, headers_text = m.groups()
+        if host[0] == "[":
+            canonical = _ipv6_or_none(host[1:-1])
+            if canonical is None:
+                raise _fail(text, "bad IPv6 reference")
+            host = host[1:-1]
+        elif _abnf.IPV4_RE.fullmatch(host) is not None:
+            if not _check_ipv4(host):
+                raise _fail(text, "IPv4 octet above 255")
+        elif _abnf.HOSTNAME_RE.fullmatch(host) is None or host.rstrip(".").rpartition(".")[2][:1].isdigit():
+            # toplabel must start with a letter, so "1.2.3" or "a.1b" is neither
+            # an address nor a host name.
+            raise _fail(text, "bad host")
+        port: int | None = None
+        if port_text is not None:
+            port = int(port_text)
+            if port > 65535:
+                raise _fail(text, "port above 65535")
+        params = _parse_uri_params(params_text) if params_text else {}
+        headers: dict[str, str] = {}
+        if headers_text:
+            for item in headers_text.split("&"):
+                name, _, value = item.partition("=")
+                headers[unquote(name)] = unquote(value)
+        return cls(
+            scheme,
+            unquote(user) if user is not None else None,
+            unquote(password) if password is not None else None,
+            host,
+            port,
+            params,
+            headers,
+        )
+
+    # -- derived values --------------------------------------------------
+
+    @property
+    def transport(self) -> str | None:
+        """The ``transport=`` parameter, lower-case, or None."""
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    @property
+    def secure(self) -> bool:
+        """True for sips: URIs (every hop must use TLS)."""
+        return self.scheme == "sips"
+
+    @property
+    def host_port(self) -> str:
+        """``host[:port]`` with IPv6 brackets, as it appears in the URI."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+    def with_params(self, **params: str | None) -> Uri:
+        """A copy with the given URI parameters set (``None`` makes a flag)."""
+        merged = dict(self.params)
+        merged.update({k.lower(): v for k, v in params.items()})
+        return Uri(
+            self.scheme, self.user, self.password, self.host, self.port, merged, self.headers, self.opaque
+        )
+
+    def without_params(self, *names: str) -> Uri:
+        """A copy without the named URI parameters."""
+        drop = {n.lower() for n in names}
+        kept = {k: v for k, v in self.params.items() if k not in drop}
+        return Uri(
+            self.scheme, self.user, self.password, self.host, self.port, kept, self.headers, self.opaque
+        )
+
+    # -- writing -----------------------------------------------------------
+
+    def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
+        parts = [self.scheme, ":"]
+        if self.scheme == "tel":
+            parts.append(self.user or "")
+        else:
+            if self.user is not None:
+                parts.append(quote(self.user, safe=_USER_SAFE))
+                if self.password is not None:
+                    parts.append(":" + quote(self.password, safe=_PASSWORD_SAFE))
+                parts.append("@")
+            if not self.host:
+                raise LocalProtocolError(f"{self.scheme}: URI without a host")
+            parts.append(self.host_port)
+        for name, value in self.params.items():
+            parts.append(";" + quote(name, safe=_PARAM_SAFE))
+            if value is not None:
+                parts.append("=" + quote(value, safe=_PARAM_SAFE))
+        if self.headers:
+            parts.append(
+                "?"
+                + "&".join(
+                    f"{quote(k, safe=_HEADER_SAFE)}={quote(v, safe=_HEADER_SAFE)}"
+                    for k, v in self.headers.items()
+                )
+            )
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Uri({str(self)!r})"
+
+    # -- comparison (RFC 3261 §19.1.4) -----------------------------------
+
+    def _host_key(self) -> str:
+        if ":" in self.host:
+            canonical = _ipv6_or_none(self.host)
+            if canonical is not None:
+                return canonical
+        return self.host.lower()
+
+    def _key(self) -> tuple[object, ...]:
+        """The parts that must be equal for two URIs to be equal.
+
+        Parameters present in only one URI are ignored unless they are one of
+        user/ttl/method/maddr/transport, so they cannot be part of the key;
+        ``__eq__`` checks the common ones.
+        """
+        if self.opaque is not None:
+            return (self.scheme, self.opaque)
+        if self.scheme == "tel":
+            # RFC 3966 §4: visual separators are not significant; hex digits
+            # and parameter names compare case-insensitively.
+            number = (self.user or "").translate(_TEL_SEPARATORS).lower()
+            return ("tel", number, tuple(sorted((k, (v or "").lower()) for k, v in self.params.items())))
+        special = tuple(
+            (name, (self.params[name] or "").lower()) if name in self.params else (name, None)
+            for name in _MUST_MATCH_PARAMS
+        )
+        headers = tuple(sorted((k.lower(), v) for k, v in self.headers.items()))
+        # userinfo is compared case-sensitively, everything else not.
+        return (self.scheme, self.user, self.password, self._host_key(), self.port, special, headers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Uri):
+            return NotImplemented
+        if self is other:
+            return True
+        if self._key() != other._key():
+            return False
+        if self.opaque is not None or self.scheme == "tel":
+            return True
+        for name, value in self.params.items():
+            if name in other.params:
+                theirs = other.params[name]
+                if (value or "").lower() != (theirs or "").lower():
+                    return False
+        return True
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a URI; raise ``SipParseError`` (400) if it is malformed."""
+    return Uri.parse(text)
