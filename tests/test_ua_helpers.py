@@ -1,4 +1,4 @@
-"""The user agent's own building blocks: per-destination queue, peer memory,
+"""The user agent's own building blocks: per-destination queue,
 duplicate cache, bounded inflation and the handler deadline."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from sipimdn.ua._deadline import Decision, decide_response, normalize_decision
 from sipimdn.ua._dedup import DuplicateCache
 from sipimdn.ua._inflate import inflate
 from sipimdn.ua._pacing import DestinationQueue
-from sipimdn.ua._peers import PeerCapabilities, peer_key
 
 # -- RFC 3428 §8 per-destination queue -------------------------------------------------------
 
@@ -77,38 +76,6 @@ async def test_turn_handed_to_a_cancelled_waiter_is_passed_on() -> None:
 def test_release_without_acquire_is_a_bug() -> None:
     with pytest.raises(RuntimeError):
         DestinationQueue().release("nobody")
-
-
-# -- per-peer capability memory --------------------------------------------------------------
-
-
-def test_peer_key_ignores_port_and_case() -> None:
-    assert peer_key("SIP", "bob", "Example.COM") == "sip:bob@example.com"
-    assert peer_key("sip", None, "example.com") == "sip:example.com"
-
-
-def test_cpim_rejection_is_remembered_when_fallback_is_on() -> None:
-    peers = PeerCapabilities(cpim_fallback=True)
-    assert peers.use_cpim("sip:bob@h")
-    peers.note_cpim_rejected("sip:bob@h")
-    assert not peers.use_cpim("sip:bob@h")
-    assert peers.use_cpim("sip:carol@h")
-    assert peers.known()["sip:bob@h"].rejects_cpim
-
-
-def test_cpim_rejection_is_not_acted_on_when_fallback_is_off() -> None:
-    peers = PeerCapabilities(cpim_fallback=False)
-    assert not peers.may_fall_back("sip:bob@h")
-    peers.note_cpim_rejected("sip:bob@h")
-    assert peers.use_cpim("sip:bob@h")
-
-
-def test_imdn_rejection_stops_notifications_to_that_peer_only() -> None:
-    peers = PeerCapabilities()
-    peers.note_imdn_rejected("sip:bob@h")
-    assert not peers.imdn_allowed("sip:bob@h")
-    assert peers.imdn_allowed("sip:carol@h")
-    assert peers.use_cpim("sip:bob@h")
 
 
 # -- duplicate cache -------------------------------------------------------------------------

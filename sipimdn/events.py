@@ -1,0 +1,76 @@
+"""Events the user agent hands to the application.
+
+Disposition events (``ua.on_disposition``) are the tracker's own frozen
+events, re-exported here so applications import them from one place:
+
+- :class:`DispositionChanged`: the state of one recipient of a message we
+  sent moved (``pending -> accepted -> delivered -> displayed``, or
+  ``failed``/``forbidden``/``error``/``expired``), caused by the SIP final
+  response, a verified IMDN or expiry;
+- :class:`NotificationAccepted`: a verified IMDN arrived (also ``processed``
+  and ``stored``, which change no state);
+- :class:`NotificationRejected`: an IMDN that failed the correlation and
+  anti-forgery checks (RFC 5438 §14, imdn.md C1..C3). It was answered 200 so
+  the sender learns nothing, and it was *not* applied: it is reported so the
+  application can log or alert, never trusted;
+- :class:`TrackingEnded`: the message reached its expiry and is forgotten.
+
+Notification events (``ua.on_notification``) tell what happened to the
+notifications *we* owe: :class:`NotificationSent` (defined here: the IMDN
+MESSAGE got a final response, or failed to), :class:`NotificationAbandoned`
+and :class:`NotificationsDeclined` (from the tracker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .imdn.tracker import (
+    DispositionChanged,
+    DispositionState,
+    NotificationAbandoned,
+    NotificationAccepted,
+    NotificationRejected,
+    NotificationsDeclined,
+    TrackingEnded,
+)
+
+__all__ = [
+    "DispositionChanged",
+    "DispositionEvent",
+    "DispositionState",
+    "NotificationAbandoned",
+    "NotificationAccepted",
+    "NotificationEvent",
+    "NotificationRejected",
+    "NotificationSent",
+    "NotificationsDeclined",
+    "TrackingEnded",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotificationSent:
+    """An IMDN we owed was sent; ``sip_status`` is the answer to its MESSAGE."""
+
+    #: The IMDN's own imdn.Message-ID.
+    notification_id: str
+    #: The Message-ID of the message it reports on.
+    message_id: str
+    #: ``"delivery"``, ``"display"`` or ``"processing"``.
+    kind: str
+    #: The reported status (``"delivered"``, ``"displayed"``, ``"forbidden"``...).
+    status: str
+    #: Where the IMDN went (the Request-URI).
+    to: str
+    #: Final SIP status of the IMDN's MESSAGE; None after a timeout or transport failure.
+    sip_status: int | None
+    #: 1 for the first attempt, then 2, 3... for retries.
+    attempt: int
+
+
+#: What ``ua.on_disposition`` handlers receive.
+DispositionEvent = DispositionChanged | NotificationAccepted | NotificationRejected | TrackingEnded
+
+#: What ``ua.on_notification`` handlers receive.
+NotificationEvent = NotificationSent | NotificationAbandoned | NotificationsDeclined

@@ -1,0 +1,92 @@
+"""The received-message object handed to ``on_message`` handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..cpim import CpimMessage
+    from ..message import Request
+
+__all__ = ["IncomingMessage"]
+
+# (message_id, sender, kind, status) -> whether an IMDN is now owed
+_Reporter = Callable[[str, str, str, str], Awaitable[bool]]
+
+
+@dataclass(eq=False, kw_only=True)
+class IncomingMessage:
+    """One instant message received in a MESSAGE request.
+
+    For ``message/cpim`` bodies ``content_type`` and ``body`` are the
+    *encapsulated* ones; the CPIM envelope is in :attr:`cpim`.
+    """
+
+    #: SIP From URI of the request (the authenticated-ish sender).
+    sender: str
+    #: Display name from the SIP From header, if any.
+    sender_name: str | None
+    #: SIP To URI of the request.
+    recipient: str
+    #: CPIM From URI (None for text/plain).
+    cpim_from: str | None
+    #: CPIM To URIs (empty for text/plain).
+    cpim_to: tuple[str, ...]
+    #: Media type of the content, lower case, without parameters (``"text/plain"``).
+    content_type: str
+    #: Parameters of the content's media type (``{"charset": "utf-8"}``).
+    content_params: dict[str, str]
+    #: The content as bytes, inflated if it came with Content-Encoding.
+    body: bytes
+    #: Subject (CPIM Subject, else SIP Subject), if any.
+    subject: str | None
+    #: CPIM imdn.Message-ID, if any.
+    message_id: str | None
+    #: CPIM DateTime as received (raw text), if any.
+    datetime: str | None
+    #: The notifications requested (``"positive-delivery"``, ``"negative-delivery"``, ``"display"``...).
+    notify: frozenset[str]
+    #: ``"udp"``, ``"tcp"`` or ``"tls"``.
+    transport: str
+    #: The peer's address as (host, port).
+    source: tuple[str, int]
+    #: The raw SIP request.
+    request: Request
+    #: The parsed CPIM envelope, if the body was ``message/cpim``.
+    cpim: CpimMessage | None = None
+    _report: _Reporter | None = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The body decoded with its charset (UTF-8 by default); undecodable bytes are replaced."""
+        charset = self.content_params.get("charset", "utf-8")
+        try:
+            return self.body.decode(charset, "replace")
+        except LookupError:
+            return self.body.decode("utf-8", "replace")
+
+    def _identity(self) -> str:
+        return self.cpim_from or self.sender
+
+    async def mark_displayed(self) -> bool:
+        """Report that the message was shown to the user.
+
+        Sends the display notification if one was requested (subject to the
+        display privacy setting). Returns True if a notification is now owed.
+        """
+        return await self.report("display", "displayed")
+
+    async def report(self, kind: str, status: str) -> bool:
+        """Report an outcome RFC 5438 lets the recipient report.
+
+        ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or
+        ``"error"`` (only after a 2xx answer: never a negative delivery after
+        a non-2xx, IMDN-37), or ``"display"`` with ``"displayed"``,
+        ``"forbidden"`` or ``"error"``. Returns True if a notification is now
+        owed, False if none was requested.
+        """
+        if self.message_id is None or self._report is None:
+            return False
+        return await self._report(self.message_id, self._identity(), kind, status)

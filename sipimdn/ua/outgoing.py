@@ -1,0 +1,129 @@
+"""The handle returned by ``send_message``: Message-ID, final response, disposition state."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..imdn.tracker import DispositionState
+
+if TYPE_CHECKING:
+    from ..message import Response
+
+__all__ = ["SentMessage", "reached"]
+
+# The positive chain; a state later in it implies every earlier one.
+_CHAIN = (
+    DispositionState.PENDING,
+    DispositionState.ACCEPTED,
+    DispositionState.DELIVERED,
+    DispositionState.DISPLAYED,
+)
+
+
+def reached(state: DispositionState, target: DispositionState) -> bool:
+    """Whether ``state`` is ``target`` or lies beyond it on the positive chain.
+
+    ``displayed`` implies ``delivered`` (a display notification may arrive
+    alone or first); a failure state only reaches itself.
+    """
+    if state == target:
+        return True
+    if state in _CHAIN and target in _CHAIN:
+        return _CHAIN.index(state) >= _CHAIN.index(target)
+    return False
+
+
+def _final(state: DispositionState) -> bool:
+    return state not in (DispositionState.PENDING, DispositionState.ACCEPTED, DispositionState.DELIVERED)
+
+
+@dataclass(eq=False)
+class SentMessage:
+    """What ``await ua.send_message(...)`` returns.
+
+    ``state`` follows the recipient through ``pending -> accepted ->
+    delivered -> displayed`` (or ``failed``/``forbidden``/``error``/
+    ``expired``) and never moves back.
+    """
+
+    #: The CPIM imdn.Message-ID (also used as our key for text/plain messages).
+    message_id: str
+    #: The recipient URI.
+    to: str
+    #: The notifications requested (empty after a fallback to text/plain).
+    notify: frozenset[str]
+    #: Current disposition state of the recipient.
+    state: DispositionState = DispositionState.PENDING
+    _response: asyncio.Future[Response] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Nobody may ever await the response: don't let a failure be "never retrieved".
+        self._response.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def final_response(self) -> Response:
+        """The final SIP response (after a CPIM -> text/plain fallback, the retry's).
+
+        Raises :class:`~sipimdn.errors.TransactionTimeout` (Timer F) or
+        :class:`~sipimdn.errors.TransportError` when no response came.
+        """
+        return await asyncio.shield(self._response)
+
+    @property
+    def response_done(self) -> bool:
+        """True once the final response (or its failure) is known."""
+        return self._response.done()
+
+    def reached(self, target: str | DispositionState) -> bool:
+        """Whether the recipient is at ``target`` or beyond it (``displayed`` implies ``delivered``)."""
+        return reached(self.state, DispositionState(target))
+
+    async def await_disposition(
+        self, target: str | DispositionState, timeout: float | None = None
+    ) -> DispositionState:
+        """Wait until the state reaches ``target`` or can no longer reach it; return the state.
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds.
+        """
+        wanted = DispositionState(target)
+
+        def settled() -> bool:
+            return reached(self.state, wanted) or _final(self.state)
+
+        async def wait() -> DispositionState:
+            loop = asyncio.get_running_loop()
+            while not settled():
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+            return self.state
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    # -- driven by the user agent ----------------------------------------------------------
+
+    def _set_state(self, state: DispositionState) -> None:
+        self.state = state
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _set_notify(self, notify: frozenset[str]) -> None:
+        self.notify = notify
+
+    def _set_response(self, response: Response) -> None:
+        if not self._response.done():
+            self._response.set_result(response)
+
+    def _set_failure(self, error: BaseException) -> None:
+        if not self._response.done():
+            self._response.set_exception(error)
