@@ -1,0 +1,113 @@
+"""Identifiers and out-of-dialog requests (RFC 3261 §8.1.1, §19.3; RFC 3428 §4).
+
+Every identifier comes from ``secrets``: branches carry 96 random bits after the magic cookie
+(§8.1.1.7 wants them unique in space and time), tags 64 bits (§19.3 asks for at least 32,
+cryptographically random), Call-IDs 128 bits.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from ..errors import LocalProtocolError
+from ..headers import NameAddr, Via
+from ..message import Request
+from ..transport.flow import Address, Transport
+from ..uri import Uri
+
+__all__ = [
+    "MAGIC_COOKIE",
+    "build_request",
+    "new_branch",
+    "new_call_id",
+    "new_tag",
+    "stamp_via",
+]
+
+#: RFC 3261 §8.1.1.7: every branch we make starts with this.
+MAGIC_COOKIE = "z9hG4bK"
+
+
+def new_branch() -> str:
+    """A fresh Via branch: the magic cookie and 96 random bits."""
+    return MAGIC_COOKIE + secrets.token_hex(12)
+
+
+def new_tag() -> str:
+    """A fresh From/To tag: 64 random bits."""
+    return secrets.token_hex(8)
+
+
+def new_call_id(host: str | None = None) -> str:
+    """A fresh Call-ID: 128 random bits, optionally ``@host`` (§8.1.1.4)."""
+    token = secrets.token_hex(16)
+    return f"{token}@{host}" if host else token
+
+
+def build_request(
+    method: str,
+    request_uri: Uri | str,
+    from_: NameAddr | str,
+    to: NameAddr | str,
+    *,
+    call_id: str | None = None,
+    cseq: int = 1,
+    from_tag: str | None = None,
+    max_forwards: int = 70,
+    route: Iterable[str] = (),
+    contact: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Request:
+    """Build an out-of-dialog request as §8.1.1 says; the Via is added later by ``stamp_via``.
+
+    From gets ``from_tag`` or a fresh tag; To never has one outside a dialog (§8.1.1.2). MESSAGE
+    requests never carry Contact (RFC 3428 §4); ask for one on MESSAGE and this raises.
+    """
+    if not 1 <= cseq < 2**31:
+        raise LocalProtocolError(f"CSeq number {cseq} outside 1..2**31-1 (§8.1.1.5)")
+    if contact is not None and method == "MESSAGE":
+        raise LocalProtocolError("RFC 3428 §4: a MESSAGE request must not contain a Contact header")
+    from_addr = from_ if isinstance(from_, NameAddr) else NameAddr.parse(from_)
+    to_addr = to if isinstance(to, NameAddr) else NameAddr.parse(to)
+    if to_addr.tag is not None:
+        raise LocalProtocolError("an out-of-dialog request must not carry a To tag (§8.1.1.2)")
+    if from_addr.tag is None:
+        from_addr = from_addr.with_tag(from_tag or new_tag())
+    rows: list[tuple[str, str]] = [(name, value) for name, value in (("Route", r) for r in route)]
+    rows += [
+        ("Max-Forwards", str(max_forwards)),
+        ("From", str(from_addr)),
+        ("To", str(to_addr)),
+        ("Call-ID", call_id or new_call_id()),
+        ("CSeq", f"{cseq} {method}"),
+    ]
+    if contact is not None:
+        rows.append(("Contact", contact))
+    for name, value in headers:
+        if name.lower() in {"via", "v", "content-length", "l"}:
+            raise LocalProtocolError(f"{name} is managed by the stack")
+        rows.append((name, value))
+    if content_type is not None:
+        rows.append(("Content-Type", content_type))
+    return Request(method, request_uri, rows, body)
+
+
+def stamp_via(request: Request, transport: Transport, sent_by: Address, *, rport: bool = True,
+              branch: str | None = None) -> Via:
+    """Write our top Via: transport, sent-by, a fresh branch (a new transaction) and ``rport``.
+
+    Replaces the top Via if the request has one (our own from an earlier attempt), prepends one
+    otherwise. Returns the Via written.
+    """
+    params: dict[str, str | None] = {"branch": branch or new_branch()}
+    if rport:
+        params["rport"] = None  # RFC 3581 §3: ask for the source port in the response
+    via = Via(transport.value, sent_by[0], sent_by[1], params)
+    if "via" in request.headers:
+        request.set_top_via(via)
+    else:
+        request.headers.prepend("Via", str(via))
+    return via

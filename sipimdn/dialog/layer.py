@@ -1,0 +1,348 @@
+"""The transaction layer: matching, Via handling and response routing, sans-IO.
+
+Inputs (each takes ``now``): ``send_request`` and ``respond`` from the user, ``receive`` and
+``receive_unparseable`` from the transports, ``transport_error``/``flow_failed`` when a send
+failed, and ``handle_timer``. Outputs are drained: ``messages_to_send()`` (message and flow, in
+order) and ``next_event()``. ``get_timer()`` is the earliest deadline over every transaction.
+
+What this layer does on receipt (RFC 3261 §17.1.3, §17.2.3, §18.1.2, §18.2.1, RFC 3581):
+
+* a request gets ``received`` (and ``rport``, if the sender asked) in its top Via, then is matched
+  to a server transaction by (branch, sent-by, method); a match is a retransmission, absorbed by
+  the transaction (which re-sends its last response), a miss opens a new server transaction and
+  reports ``RequestReceived``;
+* a response is matched to a client transaction by (branch, CSeq method); responses with more than
+  one Via (§8.1.3.3) or no match are dropped;
+* ACK is dropped: we only run non-INVITE transactions and no dialogs, so there is nothing for an
+  ACK to acknowledge but a final response to an INVITE we refused, which needs no action.
+
+Responses are routed per §18.2.2 and RFC 3581 §4: on streams the request's connection; else
+``maddr``, else received:rport from the socket the request came in on, else received at the
+sent-by port, else sent-by.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from ..errors import LocalProtocolError, SipError, SipParseError
+from ..headers import Via
+from ..message import Request, Response, make_response
+from ..parser import salvage_reply_headers
+from ..transport.flow import Flow, Transport, is_ip_literal
+from .events import (
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    TransactionKey,
+    TransactionTimedOut,
+    TransportFailed,
+)
+from .factory import MAGIC_COOKIE
+from .transaction import (
+    ClientTransaction,
+    Deliver,
+    Fail,
+    Failure,
+    Send,
+    ServerTransaction,
+    TimerConfig,
+    TxState,
+)
+
+__all__ = ["Outgoing", "TransactionLayer", "response_flow"]
+
+log = logging.getLogger(__name__)
+
+_Client = ClientTransaction[Request, Response]
+_Server = ServerTransaction[Request, Response]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for the transport, with the path it must take."""
+
+    #: What to send.
+    message: Request | Response
+    #: Where: for a request the chosen destination, for a response the §18.2.2 route.
+    flow: Flow
+    #: The transaction it belongs to (None for stateless answers); report failures against it.
+    key: TransactionKey | None
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def stamp_received(request: Request, flow: Flow) -> None:
+    """Add received (and fill rport) in the top Via, per §18.2.1 and RFC 3581 §4."""
+    via = request.top_via
+    source_ip, source_port = flow.remote
+    params: dict[str, str | None] = {}
+    if via.has_rport:
+        params["received"] = source_ip  # RFC 3581: even when equal to sent-by
+        params["rport"] = str(source_port)
+    elif not _same_ip(via.host, source_ip):
+        params["received"] = source_ip
+    if params:
+        request.set_top_via(via.with_params(**params))
+
+
+def response_flow(request_flow: Flow, via: Via) -> Flow:
+    """Where a response to a request that came on ``request_flow`` with top ``via`` goes (§18.2.2)."""
+    if request_flow.transport.reliable:
+        return request_flow  # the same connection
+    port = via.port or request_flow.transport.default_port
+    maddr = via.maddr
+    if maddr is not None and is_ip_literal(maddr):
+        return Flow(Transport.UDP, (maddr, port), None)
+    received = via.received
+    if received is not None:
+        received = received.strip("[]")
+        rport = via.rport
+        if rport is not None:
+            return Flow(Transport.UDP, (received, rport), request_flow.local)
+        return Flow(Transport.UDP, (received, port), request_flow.local)
+    return Flow(Transport.UDP, (via.host, port), request_flow.local)
+
+
+def server_key(request: Request) -> TransactionKey:
+    """The §17.2.3 key of a received request."""
+    via = request.top_via
+    branch = via.branch
+    host, port = via.sent_by
+    sent_by = f"{host.lower()}:{port or ''}"
+    method = "INVITE" if request.method == "ACK" else request.method
+    if branch is not None and branch.startswith(MAGIC_COOKIE):
+        return TransactionKey(False, branch, method, sent_by)
+    # RFC 2543 peers: the request's identifying fields stand in for the branch (§17.2.3).
+    cseq = request.cseq
+    parts = (str(request.uri), request.to.tag or "", request.from_.tag or "", request.call_id,
+             str(cseq.number), str(via))
+    return TransactionKey(False, "\x00".join(parts), method, sent_by)
+
+
+class TransactionLayer:
+    """Every transaction of one stack, matched, timed and routed. No I/O, no clock."""
+
+    def __init__(self, config: TimerConfig | None = None) -> None:
+        self.config = config or TimerConfig()
+        self._clients: dict[TransactionKey, tuple[_Client, Flow]] = {}
+        self._servers: dict[TransactionKey, tuple[_Server, Flow]] = {}
+        self._events: deque[Event] = deque()
+        self._outgoing: list[Outgoing] = []
+
+    # -- user API -------------------------------------------------------------------------------
+
+    def send_request(self, request: Request, flow: Flow, now: float) -> TransactionKey:
+        """Start a client transaction for ``request`` (its top Via already stamped) along ``flow``."""
+        branch = request.top_via.branch
+        if branch is None or not branch.startswith(MAGIC_COOKIE) or len(branch) < len(MAGIC_COOKIE) + 8:
+            raise LocalProtocolError("a request we send needs a z9hG4bK branch (use factory.stamp_via)")
+        if request.method in ("ACK", "INVITE"):
+            raise LocalProtocolError(f"{request.method} is not a non-INVITE transaction")
+        key = TransactionKey(True, branch, request.method)
+        if key in self._clients:
+            raise LocalProtocolError(f"branch {branch} is already in use")
+        tx: _Client = ClientTransaction(request, reliable=flow.reliable, now=now, config=self.config)
+        self._clients[key] = (tx, flow)
+        self._collect_client(key, tx, flow)
+        return key
+
+    def respond(self, key: TransactionKey, response: Response, now: float) -> bool:
+        """Send the final response of a server transaction.
+
+        Returns False when the transaction is already gone (it gave up waiting: RFC 4320 lets it
+        end silently); raises LocalProtocolError for a provisional or 408 response.
+        """
+        entry = self._servers.get(key)
+        if entry is None:
+            return False
+        tx, flow = entry
+        tx.respond(response, now)
+        self._collect_server(key, tx, flow)
+        return True
+
+    def pending_requests(self) -> int:
+        """Server transactions still waiting for the TU."""
+        return sum(1 for tx, _ in self._servers.values() if tx.state in (TxState.TRYING, TxState.PROCEEDING))
+
+    # -- from the transports -----------------------------------------------------------------------
+
+    def receive(self, message: Request | Response, flow: Flow, now: float) -> None:
+        """A parsed message arrived on ``flow``.
+
+        Raises SipParseError (a RemoteProtocolError) when a header needed for matching is broken;
+        the caller may then answer statelessly with ``receive_unparseable``.
+        """
+        if isinstance(message, Request):
+            self._receive_request(message, flow, now)
+        else:
+            self._receive_response(message, flow, now)
+
+    def receive_unparseable(self, data: bytes, error: SipParseError, flow: Flow) -> bool:
+        """A message that failed to parse: answer it statelessly if it is a request whose Via can be
+        read (§8.2.7, §18.3: "SHOULD 400"), with the parse error in the reason phrase. Returns True
+        if an answer was queued; garbage and broken responses get nothing."""
+        rows = salvage_reply_headers(data)
+        if rows is None:
+            return False
+        status = error.status_code if 400 <= error.status_code <= 699 else 400
+        reason = " ".join(error.reason.split())[:120] or "Bad Request"
+        try:
+            response = Response(status, reason, rows)
+            via = stamp_via_copy(response.top_via, flow)
+            response.set_top_via(via)
+            response_target = response_flow(flow, via)
+        except SipError as exc:
+            log.debug("cannot answer an unparseable request from %s: %s", flow.remote, exc)
+            return False
+        self._outgoing.append(Outgoing(response, response_target, None))
+        return True
+
+    def transport_error(self, key: TransactionKey, now: float, reason: str) -> None:
+        """Sending a message of transaction ``key`` failed."""
+        if key.client:
+            client = self._clients.get(key)
+            if client is not None:
+                client[0].transport_error(now)
+                self._collect_client(key, client[0], client[1], reason)
+            return
+        server = self._servers.get(key)
+        if server is not None and server[0].state is not TxState.TRYING:
+            server[0].transport_error(now)
+            self._collect_server(key, server[0], server[1], reason)
+
+    def flow_failed(self, flow: Flow, now: float, reason: str) -> None:
+        """Nothing more will get through ``flow`` (ICMP error, connect refused, connection lost):
+        every transaction using that transport to that peer address fails."""
+        for key, (client, client_flow) in list(self._clients.items()):
+            if _same_path(client_flow, flow) and client.state in (TxState.TRYING, TxState.PROCEEDING):
+                self.transport_error(key, now, reason)
+        for key, (server, server_flow) in list(self._servers.items()):
+            if _same_path(server_flow, flow) and server.state in (TxState.PROCEEDING, TxState.COMPLETED):
+                self.transport_error(key, now, reason)
+
+    # -- time and output -------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any transaction, or None."""
+        deadlines = [tx.get_timer() for tx, _ in self._clients.values()]
+        deadlines += [tx.get_timer() for tx, _ in self._servers.values()]
+        present = [d for d in deadlines if d is not None]
+        return min(present) if present else None
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every transaction timer due at ``now``."""
+        for key, (client, flow) in list(self._clients.items()):
+            due = client.get_timer()
+            if due is not None and due <= now:
+                client.handle_timer(now)
+                self._collect_client(key, client, flow)
+        for key, (server, flow) in list(self._servers.items()):
+            due = server.get_timer()
+            if due is not None and due <= now:
+                server.handle_timer(now)
+                self._collect_server(key, server, flow)
+
+    def next_event(self) -> Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def messages_to_send(self) -> list[Outgoing]:
+        """Everything to send now, in order."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    @property
+    def transaction_count(self) -> int:
+        """Live client plus server transactions."""
+        return len(self._clients) + len(self._servers)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _receive_request(self, request: Request, flow: Flow, now: float) -> None:
+        stamp_received(request, flow)
+        if request.method == "ACK":
+            log.debug("dropping ACK from %s (no INVITE transactions here)", flow.remote)
+            return
+        request.cseq  # noqa: B018 - a request whose CSeq cannot be read is refused before matching
+        key = server_key(request)
+        entry = self._servers.get(key)
+        if entry is not None:
+            entry[0].receive_request(now)
+            self._collect_server(key, entry[0], entry[1])
+            return
+        route = response_flow(flow, request.top_via)
+
+        def make_trying() -> Response:
+            return make_response(request, 100)
+
+        tx: _Server = ServerTransaction(request, reliable=flow.reliable, now=now, config=self.config,
+                                        make_trying=make_trying)
+        self._servers[key] = (tx, route)
+        self._events.append(RequestReceived(key, request, flow))
+
+    def _receive_response(self, response: Response, flow: Flow, now: float) -> None:
+        vias = response.headers.get_all("via")
+        if len(vias) != 1:
+            log.debug("dropping response with %d Via values (§8.1.3.3)", len(vias))
+            return
+        branch = response.top_via.branch
+        if branch is None:
+            return
+        key = TransactionKey(True, branch, response.cseq.method)
+        entry = self._clients.get(key)
+        if entry is None:
+            log.debug("dropping unmatched %d response from %s", response.status_code, flow.remote)
+            return
+        tx, tx_flow = entry
+        tx.receive_response(response, now)
+        self._collect_client(key, tx, tx_flow, arrived_on=flow)
+
+    def _collect_client(self, key: TransactionKey, tx: _Client, flow: Flow, reason: str = "",
+                        arrived_on: Flow | None = None) -> None:
+        for action in tx.pop_actions():
+            if isinstance(action, Send):
+                assert isinstance(action.message, Request)
+                self._outgoing.append(Outgoing(action.message, flow, key))
+            elif isinstance(action, Deliver):
+                assert isinstance(action.message, Response)
+                self._events.append(ResponseReceived(key, action.message, arrived_on or flow))
+            elif isinstance(action, Fail):
+                if action.failure is Failure.TIMEOUT:
+                    self._events.append(TransactionTimedOut(key))
+                else:
+                    self._events.append(TransportFailed(key, reason or "transport error"))
+        if tx.terminated:
+            del self._clients[key]
+
+    def _collect_server(self, key: TransactionKey, tx: _Server, flow: Flow, reason: str = "") -> None:
+        for action in tx.pop_actions():
+            if isinstance(action, Send):
+                assert isinstance(action.message, Response)
+                self._outgoing.append(Outgoing(action.message, flow, key))
+            elif isinstance(action, Fail):
+                self._events.append(TransportFailed(key, reason or "transport error"))
+        if tx.terminated:
+            del self._servers[key]
+
+
+def stamp_via_copy(via: Via, flow: Flow) -> Via:
+    """``via`` with received/rport as ``stamp_received`` would set them (for stateless answers)."""
+    source_ip, source_port = flow.remote
+    if via.has_rport:
+        return via.with_params(received=source_ip, rport=str(source_port))
+    if not _same_ip(via.host, source_ip):
+        return via.with_params(received=source_ip)
+    return via
+
+
+def _same_path(a: Flow, b: Flow) -> bool:
+    return a.transport is b.transport and a.remote == b.remote

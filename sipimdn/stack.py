@@ -1,0 +1,383 @@
+"""SipStack: the asyncio adapter joining the transaction layer and the transports.
+
+The aioquic shape: every input (a datagram, a stream message, a transport failure, an API call,
+the timer) makes one call into the sans-IO ``TransactionLayer`` and then one ``_pump()``: drain
+its events, hand its messages to the ``TransportManager``, and re-arm the single
+``loop.call_at`` timer only if ``get_timer()`` changed.
+
+Requests we receive go to the handler registered with ``on_request`` as an ``IncomingRequest``,
+run as a tracked task. The handler may answer at once or keep the ``IncomingRequest`` and answer
+later (after its own return); retransmissions are absorbed by the server transaction meanwhile
+and never reach the handler. If no final answer comes within 64*T1 the transaction ends silently
+(RFC 4320: no 408); after 3.5 s (with default timers) it sends 100 Trying by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+
+from .dialog.events import (
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    TransactionKey,
+    TransactionTimedOut,
+    TransportFailed,
+)
+from .dialog.factory import new_tag, stamp_via
+from .dialog.layer import Outgoing, TransactionLayer
+from .dialog.transaction import TimerConfig
+from .errors import LocalProtocolError, SipParseError, TransactionTimeout, TransportError
+from .message import Request, Response, make_response
+from .parser import Limits, parse_message
+from .transport.base import ListenSpec, TransportConfig
+from .transport.flow import Address, Flow, Transport
+from .transport.manager import TransportManager
+from .transport.select import DEFAULT_UDP_MAX, Target, needs_stream, resolve, target_for_uri
+
+__all__ = ["IncomingRequest", "RequestHandler", "SipStack"]
+
+log = logging.getLogger(__name__)
+
+
+class IncomingRequest:
+    """A request the stack received, waiting for its final response.
+
+    ``respond`` may be called once the handler has returned; only the first final response
+    counts (later ones are discarded, as RFC 3261 §17.2.2 says).
+    """
+
+    def __init__(self, stack: SipStack, key: TransactionKey, request: Request, flow: Flow) -> None:
+        self._stack = stack
+        #: The transaction it belongs to.
+        self.key = key
+        #: The request; its top Via carries received/rport.
+        self.request = request
+        #: Where it came from.
+        self.flow = flow
+        #: The To tag every response to it carries (§8.2.6.2).
+        self.to_tag = new_tag()
+        #: The status sent, once a final response has gone out.
+        self.responded: int | None = None
+
+    def respond(self, status: int, reason: str | None = None, headers: Iterable[tuple[str, str]] = (),
+                body: bytes = b"") -> bool:
+        """Send the final response (200-699, not 408). Returns False if it is too late: already
+        answered, or the transaction gave up waiting."""
+        if self.responded is not None:
+            return False
+        if not 200 <= status <= 699:
+            raise LocalProtocolError(f"only final responses here, not {status} (RFC 4320)")
+        response = make_response(self.request, status, reason, to_tag=self.to_tag)
+        for name, value in headers:
+            response.headers.add(name, value)
+        response.body = bytes(body)
+        sent = self._stack._respond(self.key, response)
+        if sent:
+            self.responded = status
+        return sent
+
+    def __repr__(self) -> str:
+        return f"<IncomingRequest {self.request.method} from {self.flow.remote}>"
+
+
+#: What ``on_request`` takes: a sync or async callable.
+RequestHandler = Callable[[IncomingRequest], Awaitable[None] | None]
+
+
+class SipStack:
+    """Transports plus transactions on one event loop. Use ``async with SipStack(...) as stack``.
+
+    ``listen``: the sockets to open (UDP on 127.0.0.1, port 0, by default). ``udp_max``: requests
+    larger than this go over TCP instead of UDP (§18.1.1). ``rport``: ask for RFC 3581 symmetric
+    response routing in our Via.
+    """
+
+    def __init__(
+        self,
+        listen: Iterable[ListenSpec] = (ListenSpec(Transport.UDP, "127.0.0.1", 0),),
+        *,
+        timers: TimerConfig | None = None,
+        transport_config: TransportConfig | None = None,
+        limits: Limits | None = None,
+        udp_max: int = DEFAULT_UDP_MAX,
+        rport: bool = True,
+    ) -> None:
+        self._listen = list(listen)
+        self.timers = timers or TimerConfig()
+        self.udp_max = udp_max
+        self.rport = rport
+        self._limits = limits
+        config = transport_config or TransportConfig()
+        if limits is not None and config.limits is None:
+            config = TransportConfig(config.idle_timeout, config.max_connections, config.max_buffered_bytes,
+                                     config.connect_timeout, config.client_ssl_context, limits)
+        self.layer = TransactionLayer(self.timers)
+        self.transports = TransportManager(self, config)
+        self._handler: RequestHandler | None = None
+        self._waiters: dict[TransactionKey, asyncio.Future[Response]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._pumping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every listening socket. Raises TransportError if one cannot be bound."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        try:
+            for spec in self._listen:
+                await self._listen_one(spec)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _listen_one(self, spec: ListenSpec) -> None:
+        if spec.transport is Transport.TCP and spec.port == 0:
+            # §18.2.1: every UDP port is also listened on with TCP. With port 0 we try the port the
+            # UDP socket on the same host got, so a peer switching to TCP (§18.1.1) finds us.
+            for kind, (host, port) in self.transports.endpoints:
+                if kind is Transport.UDP and host == spec.host:
+                    with contextlib.suppress(TransportError):
+                        await self.transports.listen(ListenSpec(Transport.TCP, spec.host, port))
+                        return
+        await self.transports.listen(spec)
+
+    async def close(self) -> None:
+        """Fail pending requests, cancel handlers and close every socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(TransportError("the SIP stack was closed"))
+        self._waiters.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transports.close()
+
+    async def __aenter__(self) -> SipStack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def endpoints(self) -> list[tuple[Transport, Address]]:
+        """The listening (transport, (host, port)) pairs, with the real ports when 0 was asked."""
+        return self.transports.endpoints
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def on_request(self, handler: RequestHandler) -> Callable[[], None]:
+        """Set the handler of incoming requests; returns a function that removes it.
+
+        Without a handler, requests are answered 503.
+        """
+        self._handler = handler
+
+        def remove() -> None:
+            if self._handler is handler:
+                self._handler = None
+
+        return remove
+
+    async def send_request(self, request: Request, target: Target | None = None) -> Response:
+        """Send ``request`` in a new client transaction and return its final response.
+
+        ``target`` defaults to the first Route (loose routing) or the Request-URI. The stack
+        writes the top Via (fresh branch, rport). Raises ``TransactionTimeout`` (Timer F),
+        ``TransportError`` (cannot resolve, connect, or send; ICMP error; a request over
+        ``udp_max`` bytes whose TCP attempt failed) or ``LocalProtocolError`` (a bad request).
+        """
+        loop = self._require_loop()
+        if target is None:
+            routes = request.route
+            target = target_for_uri(routes[0].uri if routes else request.uri)
+        candidates = await resolve(target)
+        chosen = candidates[0]
+        transport = chosen.transport
+        stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
+        size = len(request.to_bytes())
+        if needs_stream(size, transport, self.udp_max):
+            # §18.1.1: MUST go over a congestion-controlled transport, Via rewritten to match.
+            log.info("request of %d bytes exceeds %d: sending over TCP instead of UDP", size, self.udp_max)
+            transport = Transport.TCP
+            chosen = Target(Transport.TCP, chosen.host, chosen.port, None)
+            stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
+        flow = chosen.flow()
+        key = self.layer.send_request(request, flow, loop.time())
+        future: asyncio.Future[Response] = loop.create_future()
+        self._waiters[key] = future
+        self._pump()
+        try:
+            return await future
+        except TransportError as exc:
+            if transport is not target.transport and target.transport is Transport.UDP:
+                raise TransportError(f"request of {size} bytes is too large for UDP (limit {self.udp_max}, "
+                                     f"RFC 3261 §18.1.1) and TCP failed: {exc}") from exc
+            raise
+        finally:
+            self._waiters.pop(key, None)
+
+    # -- TransportUser ---------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, flow: Flow) -> None:
+        """From UDP: parse, then hand to the layer; answer 400 statelessly if it is broken."""
+        if self._closed:
+            return
+        now = self._now()
+        try:
+            message = parse_message(data, self._limits)
+            self.layer.receive(message, flow, now)
+        except SipParseError as exc:
+            if not self.layer.receive_unparseable(data, exc, flow):
+                log.debug("dropping unreadable datagram from %s: %s", flow.remote, exc)
+        self._pump()
+
+    def stream_message_received(self, message: Request | Response, flow: Flow) -> None:
+        """From a TCP/TLS connection's framer."""
+        if self._closed:
+            return
+        try:
+            self.layer.receive(message, flow, self._now())
+        except SipParseError as exc:
+            with contextlib.suppress(Exception):
+                self.layer.receive_unparseable(message.to_bytes(), exc, flow)
+        self._pump()
+
+    def stream_message_failed(self, data: bytes | None, error: SipParseError, flow: Flow) -> None:
+        """A connection's framing broke; answer what can be answered before it closes."""
+        if data is not None and not self._closed:
+            self.layer.receive_unparseable(data, error, flow)
+            self._pump()
+
+    def flow_failed(self, flow: Flow, error: TransportError) -> None:
+        """ICMP error or connection failure: fail the transactions using that path."""
+        if self._closed:
+            return
+        self.layer.flow_failed(flow, self._now(), str(error))
+        self._pump()
+
+    # -- the pump --------------------------------------------------------------------------------
+
+    def _respond(self, key: TransactionKey, response: Response) -> bool:
+        if self._closed:
+            return False
+        sent = self.layer.respond(key, response, self._now())
+        self._pump()
+        return sent
+
+    def _now(self) -> float:
+        return self._require_loop().time()
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._closed:
+            raise LocalProtocolError("the SIP stack is not running (use `async with SipStack(...)`)")
+        return self._loop
+
+    def _pump(self) -> None:
+        if self._pumping:  # a failure reported while sending: the running pump picks it up
+            return
+        self._pumping = True
+        try:
+            for _ in range(10_000):
+                progressed = False
+                while (event := self.layer.next_event()) is not None:
+                    progressed = True
+                    self._dispatch(event)
+                for outgoing in self.layer.messages_to_send():
+                    progressed = True
+                    self._transmit(outgoing)
+                if not progressed:
+                    break
+            self._arm_timer()
+        finally:
+            self._pumping = False
+
+    def _transmit(self, outgoing: Outgoing) -> None:
+        try:
+            data = outgoing.message.to_bytes()
+            self.transports.send(data, outgoing.flow)
+        except TransportError as exc:
+            log.info("sending to %s failed: %s", outgoing.flow.remote, exc)
+            if outgoing.key is not None:
+                self.layer.transport_error(outgoing.key, self._now(), str(exc))
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, RequestReceived):
+            self._run_handler(IncomingRequest(self, event.key, event.request, event.flow))
+        elif isinstance(event, ResponseReceived):
+            future = self._waiters.get(event.key)
+            if event.final and future is not None and not future.done():
+                future.set_result(event.response)
+        elif isinstance(event, TransactionTimedOut):
+            self._fail(event.key, TransactionTimeout("no final response before Timer F (64*T1)"))
+        elif isinstance(event, TransportFailed):
+            if event.key.client:
+                self._fail(event.key, TransportError(event.reason))
+            else:
+                log.info("response to %s lost: %s", event.key.method, event.reason)
+
+    def _fail(self, key: TransactionKey, error: Exception) -> None:
+        future = self._waiters.get(key)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def _run_handler(self, incoming: IncomingRequest) -> None:
+        handler = self._handler
+        if handler is None:
+            incoming.respond(503, "No request handler")
+            return
+        task = asyncio.get_running_loop().create_task(self._call_handler(handler, incoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call_handler(self, handler: RequestHandler, incoming: IncomingRequest) -> None:
+        try:
+            result = handler(incoming)
+            if result is not None:
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request handler failed on %r", incoming)
+            if incoming.responded is None:
+                incoming.respond(500, "Internal Server Error")
+
+    def _arm_timer(self) -> None:
+        at = self.layer.get_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None and not self._closed:
+            self._timer = self._require_loop().call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        at, self._timer, self._timer_at = self._timer_at, None, None
+        if self._closed or at is None:
+            return
+        # asyncio may run the handle a hair early (clock resolution): never pass a time before the deadline
+        self.layer.handle_timer(max(at, self._now()))
+        self._pump()

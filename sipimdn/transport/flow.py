@@ -1,0 +1,73 @@
+"""Flows: which transport, from where, to where (RFC 3261 §18). Pure data, no I/O.
+
+A ``Flow`` names the path a message took or will take. The transaction layer keeps the flow of
+every request so that responses go back the way §18.2.2 wants (same connection on TCP/TLS, same
+socket on UDP) and so that the transport layer can tell it which transactions a failure touches.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+__all__ = ["Address", "Flow", "Transport", "is_ip_literal"]
+
+#: An (IP literal, port) pair. IPv6 literals carry no brackets.
+Address = tuple[str, int]
+
+
+class Transport(enum.Enum):
+    """The SIP transports we speak; the value is the Via token (RFC 3261 §20.42)."""
+
+    UDP = "UDP"
+    TCP = "TCP"
+    TLS = "TLS"
+
+    @property
+    def reliable(self) -> bool:
+        """Stream transports need no retransmissions (§17.1.2.2) and zero K/J timers."""
+        return self is not Transport.UDP
+
+    @property
+    def default_port(self) -> int:
+        """5060 for UDP and TCP, 5061 for TLS (§18.1.1, §19.1.2)."""
+        return 5061 if self is Transport.TLS else 5060
+
+    @classmethod
+    def from_token(cls, token: str) -> Transport:
+        """Parse a Via or ``transport=`` token case-insensitively; raises ValueError if unknown."""
+        return cls(token.upper())
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """The path of one message.
+
+    ``local`` is None for a request whose connection or socket has not been chosen yet;
+    the transport manager fills it in. ``server_name`` is the host name a TLS peer's certificate
+    must match (None: not TLS, or verify against the IP literal).
+    """
+
+    #: Which transport.
+    transport: Transport
+    #: The peer's (IP, port).
+    remote: Address
+    #: Our (IP, port): the listening UDP socket or the local end of the connection.
+    local: Address | None = None
+    #: The TLS host name to verify, if any.
+    server_name: str | None = None
+
+    @property
+    def reliable(self) -> bool:
+        """True on TCP and TLS."""
+        return self.transport.reliable
+
+
+def is_ip_literal(host: str) -> bool:
+    """True if ``host`` is an IPv4 or IPv6 literal (without brackets)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,251 @@
+"""The transport manager: listening sockets, the connection table, and where bytes go.
+
+RFC 3261 §18 keeps connections in a table keyed by the far end: for connections we opened, the
+destination we connected to; for connections we accepted, the source address. A request to a
+destination with an open connection reuses it (§18.1.1 RECOMMENDED); a response goes back on the
+connection its request came on (§18.2.2). The table has a cap on its size, an idle timeout and a cap
+on bytes queued per connection, so a peer cannot grow our memory or descriptor use without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from ..errors import TransportError
+from .base import ListenSpec, TransportConfig, TransportUser
+from .flow import Address, Flow, Transport
+from .stream import StreamConnection
+from .udp import UdpEndpoint
+
+if TYPE_CHECKING:
+    from ..message import Request, Response
+
+__all__ = ["TransportManager"]
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[Transport, Address, str | None]
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class TransportManager:
+    """Owns every socket of a stack. Only moves bytes; parsed stream messages and failures go to
+    the ``TransportUser``."""
+
+    def __init__(self, user: TransportUser, config: TransportConfig | None = None) -> None:
+        self._user = user
+        self.config = config or TransportConfig()
+        self._udp: list[UdpEndpoint] = []
+        self._servers: list[tuple[Transport, Address, asyncio.Server]] = []
+        self._connections: dict[_Key, StreamConnection] = {}
+        self._all: set[StreamConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # -- listening ------------------------------------------------------------------------------
+
+    async def listen(self, spec: ListenSpec) -> tuple[Transport, Address]:
+        """Start listening; returns the transport and the address actually bound."""
+        if spec.transport is Transport.UDP:
+            endpoint = await UdpEndpoint.open(spec.host, spec.port, self._user.datagram_received,
+                                              self._udp_error)
+            self._udp.append(endpoint)
+            self._arm_sweeper()
+            return (Transport.UDP, endpoint.local)
+        if spec.transport is Transport.TLS and spec.ssl_context is None:
+            raise TransportError("listening on TLS needs a server ssl_context with our certificate")
+        loop = asyncio.get_running_loop()
+        kind = spec.transport
+        try:
+            server = await loop.create_server(
+                lambda: self._new_connection(kind, ("", 0), None, inbound=True),
+                spec.host, spec.port, family=_family(spec.host),
+                ssl=spec.ssl_context if kind is Transport.TLS else None,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {kind.value} {spec.host}:{spec.port}: {exc}") from exc
+        sockname = server.sockets[0].getsockname()
+        local = (str(sockname[0]), int(sockname[1]))
+        self._servers.append((kind, local, server))
+        self._arm_sweeper()
+        return (kind, local)
+
+    @property
+    def endpoints(self) -> list[tuple[Transport, Address]]:
+        """Every listening (transport, bound address), in the order they were opened."""
+        return [(Transport.UDP, e.local) for e in self._udp] + [(k, a) for k, a, _ in self._servers]
+
+    def sent_by(self, transport: Transport, remote_host: str) -> Address:
+        """Our address to put in the Via of a request to ``remote_host`` over ``transport``.
+
+        The listener of that transport and address family if there is one (so the peer could
+        reach us there, §18.1.1); else any listener of the family, as responses on streams come
+        back on the same connection anyway.
+        """
+        family = _family(remote_host)
+        same_family = [(k, a) for k, a in self.endpoints if _family(a[0]) == family]
+        for kind, address in same_family:
+            if kind is transport:
+                return address
+        if same_family:
+            return same_family[0][1]
+        raise TransportError(f"no listening socket for the address family of {remote_host}")
+
+    @property
+    def connection_count(self) -> int:
+        """Open (or opening) TCP and TLS connections."""
+        return len(self._all)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, data: bytes, flow: Flow) -> Flow:
+        """Send ``data`` along ``flow``; returns the flow with our local address when known.
+
+        Raises TransportError when it fails at once; later failures (connect refused, ICMP,
+        connection lost) are reported through ``TransportUser.flow_failed``.
+        """
+        if self._closed:
+            raise TransportError("the transport manager is closed")
+        if flow.transport is Transport.UDP:
+            endpoint = self._udp_for(flow)
+            endpoint.send(data, flow.remote)
+            return Flow(Transport.UDP, flow.remote, endpoint.local)
+        # The key holds the TLS name too: a connection verified for one name is never reused for another.
+        connection = self._connections.get((flow.transport, flow.remote, flow.server_name))
+        if connection is None or connection.closed:
+            connection = self._connect(flow)
+        connection.send(data)
+        return connection.flow
+
+    def _udp_for(self, flow: Flow) -> UdpEndpoint:
+        if flow.local is not None:  # a response: from the socket the request came in on (RFC 3581 §4)
+            for endpoint in self._udp:
+                if endpoint.local == flow.local:
+                    return endpoint
+        family = _family(flow.remote[0])
+        for endpoint in self._udp:
+            if endpoint.family == family:
+                return endpoint
+        raise TransportError(f"no UDP socket for the address family of {flow.remote[0]}")
+
+    def _connect(self, flow: Flow) -> StreamConnection:
+        if len(self._all) >= self.config.max_connections:
+            raise TransportError(f"connection limit ({self.config.max_connections}) reached")
+        connection = self._new_connection(flow.transport, flow.remote, flow.server_name, inbound=False)
+        self._connections[(flow.transport, flow.remote, flow.server_name)] = connection
+        task = asyncio.get_running_loop().create_task(self._open(connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return connection
+
+    async def _open(self, connection: StreamConnection) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = connection.flow.remote
+        tls = connection.kind is Transport.TLS
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: connection, host, port,
+                    ssl=self.config.client_ssl_context if tls else None,
+                    server_hostname=(connection.flow.server_name or host) if tls else None,
+                ),
+                self.config.connect_timeout,
+            )
+        except asyncio.CancelledError:
+            connection.connect_failed(TransportError("connect cancelled"))
+            raise
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError (e.g. a wrong certificate) is an OSError
+            what = "TLS handshake with" if isinstance(exc, ssl.SSLError) else "connect to"
+            reason = str(exc) or type(exc).__name__
+            error = TransportError(f"{connection.kind.value} {what} {host}:{port} failed: {reason}")
+            connection.connect_failed(error)
+
+    def _new_connection(self, kind: Transport, remote: Address, server_name: str | None, *,
+                        inbound: bool) -> StreamConnection:
+        loop = asyncio.get_running_loop()
+        connection = StreamConnection(
+            kind, remote=remote, server_name=server_name, limits=self.config.limits,
+            max_buffered=self.config.max_buffered_bytes, now=loop.time,
+            on_message=self._stream_message, on_bad_message=self._user.stream_message_failed,
+            on_lost=self._lost,
+            on_made=self._accepted if inbound else None,
+        )
+        self._all.add(connection)
+        return connection
+
+    def _accepted(self, connection: StreamConnection) -> None:
+        if self._closed or len(self._all) > self.config.max_connections:
+            log.warning("refusing %s connection from %s: limit of %d reached", connection.kind.value,
+                        connection.flow.remote, self.config.max_connections)
+            connection.abort(None)
+            return
+        self._connections[(connection.kind, connection.flow.remote, None)] = connection
+
+    # -- from the sockets -----------------------------------------------------------------------
+
+    def _stream_message(self, message: Request | Response, flow: Flow) -> None:
+        self._user.stream_message_received(message, flow)
+
+    def _lost(self, connection: StreamConnection, error: TransportError | None) -> None:
+        self._all.discard(connection)
+        for key, value in list(self._connections.items()):
+            if value is connection:
+                del self._connections[key]
+        if error is not None and not self._closed:
+            self._user.flow_failed(connection.flow, error)
+
+    def _udp_error(self, remote: Address, error: TransportError) -> None:
+        if not self._closed:
+            self._user.flow_failed(Flow(Transport.UDP, remote), error)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def _arm_sweeper(self) -> None:
+        if self._sweeper is None and not self._closed:
+            period = max(0.05, min(self.config.idle_timeout / 4, 30.0))
+            self._sweeper = asyncio.get_running_loop().call_later(period, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for connection in list(self._all):
+            if connection.connected and now - connection.last_activity > self.config.idle_timeout:
+                log.debug("closing idle %s connection to %s", connection.kind.value, connection.flow.remote)
+                connection.close()
+                self._all.discard(connection)
+                self._lost(connection, None)
+        self._arm_sweeper()
+
+    async def close(self) -> None:
+        """Close every listener and connection; pending sends are dropped."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for task in list(self._tasks):
+            task.cancel()
+        for endpoint in self._udp:
+            endpoint.close()
+        for _, _, server in self._servers:
+            server.close()
+        for connection in list(self._all):
+            connection.abort(None)
+        for _, _, server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._udp.clear()
+        self._servers.clear()
+        self._connections.clear()
+        self._all.clear()

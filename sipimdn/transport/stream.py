@@ -1,0 +1,173 @@
+"""One TCP or TLS connection: bytes in through the parser's framer, bytes out with a cap.
+
+The connection only moves bytes and cuts them into messages; it knows nothing of transactions.
+A framing error (a header that never ends, a message over the size limit, a missing
+Content-Length) closes the connection: on a stream we cannot find the next message boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..errors import SipParseError, TransportError
+from ..parser import KeepAliveReceived, Limits, StreamFramer
+from .flow import Address, Flow, Transport
+
+if TYPE_CHECKING:
+    from ..message import Request, Response
+
+__all__ = ["StreamConnection"]
+
+log = logging.getLogger(__name__)
+
+
+def _address(raw: object) -> Address | None:
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        return (str(raw[0]), int(raw[1]))
+    return None
+
+
+class StreamConnection(asyncio.Protocol):
+    """A TCP/TLS connection in the manager's table.
+
+    Outbound connections exist (``connected`` False) while connecting; what is sent meanwhile is
+    queued, within the same byte cap, and flushed once the connection is made.
+    """
+
+    def __init__(self, transport_kind: Transport, *, remote: Address, server_name: str | None,
+                 limits: Limits | None, max_buffered: int, now: Callable[[], float],
+                 on_message: Callable[[Request | Response, Flow], None],
+                 on_bad_message: Callable[[bytes | None, SipParseError, Flow], None],
+                 on_lost: Callable[[StreamConnection, TransportError | None], None],
+                 on_made: Callable[[StreamConnection], None] | None = None) -> None:
+        self.kind = transport_kind
+        self.flow = Flow(transport_kind, remote, None, server_name)
+        self.connected = False
+        self.closed = False
+        self._framer = StreamFramer(limits)
+        self._max_buffered = max_buffered
+        self._now = now
+        self._on_message = on_message
+        self._on_bad_message = on_bad_message
+        self._on_lost = on_lost
+        self._on_made = on_made
+        self._transport: asyncio.Transport | None = None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._error: TransportError | None = None
+        self.last_activity = now()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` (or queue it until connected); raises TransportError if impossible."""
+        if self.closed:
+            raise TransportError(f"{self.kind.value} connection to {self._peer()} is closed")
+        self.last_activity = self._now()
+        if self._transport is None:
+            if self._pending_bytes + len(data) > self._max_buffered:
+                raise TransportError(f"more than {self._max_buffered} bytes queued for {self._peer()}")
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            return
+        if self._transport.get_write_buffer_size() + len(data) > self._max_buffered:
+            # The peer stopped reading; holding more would let it grow our memory without bound.
+            error = TransportError(f"{self._peer()} is not reading: over {self._max_buffered} bytes unsent")
+            self.abort(error)
+            raise error
+        self._transport.write(data)
+
+    def close(self) -> None:
+        """Close gracefully (after flushing what is buffered); nobody is told of an error."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self._on_lost(self, None)
+
+    def abort(self, error: TransportError | None = None) -> None:
+        """Drop the connection at once; ``error`` is what pending users are told (None: nothing)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._error = error
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows and reports
+        else:
+            self._on_lost(self, error)
+
+    def connect_failed(self, error: TransportError) -> None:
+        """The manager's connect attempt failed: report and forget what was queued."""
+        self._pending.clear()
+        if not self.closed:
+            self.closed = True
+            self._on_lost(self, error)
+
+    def _peer(self) -> str:
+        host, port = self.flow.remote
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        local = _address(transport.get_extra_info("sockname"))
+        remote = _address(transport.get_extra_info("peername")) or self.flow.remote
+        self.flow = Flow(self.kind, remote, local, self.flow.server_name)
+        self.connected = True
+        self.last_activity = self._now()
+        if self.closed:  # closed while connecting
+            transport.abort()
+            return
+        if self._on_made is not None:
+            self._on_made(self)
+            if self.closed:
+                return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        for data in pending:
+            transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self._now()
+        self._framer.feed(data)
+        for _ in range(10_000):  # bounded: a framer bug must not hang the loop
+            try:
+                event = self._framer.next_event()
+            except SipParseError as exc:
+                # The framing is lost for good. Let the stack answer statelessly if it can read
+                # the Via of what failed, then close once that answer is flushed.
+                log.info("closing %s connection from %s: %s", self.kind.value, self._peer(), exc)
+                self._on_bad_message(self._framer.failed_data, exc, self.flow)
+                self._error = TransportError(f"bad stream from {self._peer()}: {exc.reason}")
+                self.close()
+                return
+            if event is None:
+                return
+            if isinstance(event, KeepAliveReceived):
+                if event.is_ping and self._transport is not None:
+                    self._transport.write(b"\r\n")  # RFC 5626 §4.4.1: answer a ping with a pong
+                continue
+            self._on_message(event, self.flow)
+            if self.closed:
+                return
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; a half-open SIP connection is of no use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:  # we closed or aborted it: report what we decided then
+            error = self._error
+        elif exc is not None:
+            error = TransportError(f"connection to {self._peer()} lost: {exc}")
+        else:
+            error = TransportError(f"connection closed by {self._peer()}")
+        if self._framer.buffered:
+            log.info("%s connection from %s ended in the middle of a message", self.kind.value, self._peer())
+        self.closed = True
+        self._on_lost(self, error)

@@ -1,0 +1,151 @@
+"""UDP: one SIP message per datagram (RFC 3261 §18.3), and ICMP errors reported per destination.
+
+Linux tells an unconnected UDP socket about ICMP errors only when ``IP_RECVERR`` is set; the error
+queue then says which destination failed (§18.4 wants host/net/port/protocol unreachable and
+parameter problems reported, source quench and TTL exceeded ignored). Elsewhere we only learn
+about errors the kernel raises on ``sendto`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import cast
+
+from ..errors import TransportError
+from .flow import Address, Flow, Transport
+
+__all__ = ["UdpEndpoint"]
+
+log = logging.getLogger(__name__)
+
+# Linux constants the socket module does not export.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_SO_EE_ORIGIN_ICMP = 2
+_SO_EE_ORIGIN_ICMP6 = 3
+# struct sock_extended_err { u32 ee_errno; u8 ee_origin, ee_type, ee_code, ee_pad; u32 info, data }
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+# ICMP types worth reporting (§18.4): destination unreachable and parameter problem.
+_REPORTED_ICMP = {(_SO_EE_ORIGIN_ICMP, 3), (_SO_EE_ORIGIN_ICMP, 12),
+                  (_SO_EE_ORIGIN_ICMP6, 1), (_SO_EE_ORIGIN_ICMP6, 4)}
+
+#: Receive buffer large enough for any datagram (RFC 3261 §18.1.1: up to 65,535 bytes).
+MAX_DATAGRAM = 65535
+
+
+def _normalise(addr: tuple[str, int] | tuple[str, int, int, int]) -> Address:
+    return (addr[0], addr[1])
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """A bound UDP socket that sends and receives datagrams for the stack.
+
+    Use ``await UdpEndpoint.open(host, port, on_datagram, on_error)``; ``local`` is the bound
+    address (the real port when 0 was asked).
+    """
+
+    def __init__(self, sock: socket.socket, on_datagram: Callable[[bytes, Flow], None],
+                 on_error: Callable[[Address, TransportError], None]) -> None:
+        self._sock = sock
+        self._on_datagram = on_datagram
+        self._on_error = on_error
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sending_to: Address | None = None
+        self._send_error: TransportError | None = None
+        self.local: Address = _normalise(sock.getsockname())
+
+    @classmethod
+    async def open(cls, host: str, port: int, on_datagram: Callable[[bytes, Flow], None],
+                   on_error: Callable[[Address, TransportError], None]) -> UdpEndpoint:
+        """Bind ``host:port`` and start receiving."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            if sys.platform == "linux":
+                level, opt = ((socket.IPPROTO_IPV6, _IPV6_RECVERR) if family == socket.AF_INET6
+                              else (socket.IPPROTO_IP, _IP_RECVERR))
+                sock.setsockopt(level, opt, 1)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot bind UDP {host}:{port}: {exc.strerror or exc}") from exc
+        endpoint = cls(sock, on_datagram, on_error)
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        return endpoint
+
+    @property
+    def family(self) -> int:
+        """socket.AF_INET or socket.AF_INET6."""
+        return self._sock.family
+
+    def send(self, data: bytes, remote: Address) -> None:
+        """Send one datagram. Raises TransportError if the kernel refuses it at once; ICMP errors
+        that come back later go to ``on_error``."""
+        if self._transport is None or self._transport.is_closing():
+            raise TransportError(f"UDP socket {self.local} is closed")
+        self._sending_to = remote
+        self._send_error = None
+        try:
+            self._transport.sendto(data, remote)
+        finally:
+            self._sending_to = None
+        if self._send_error is not None:
+            error, self._send_error = self._send_error, None
+            raise error
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- asyncio.DatagramProtocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector datagram transport does not subclass DatagramTransport on every version
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        flow = Flow(Transport.UDP, _normalise(addr), self.local)
+        self._on_datagram(data, flow)
+
+    def error_received(self, exc: Exception) -> None:
+        if self._sending_to is not None:  # raised by our own sendto, e.g. EMSGSIZE or no route
+            host, port = self._sending_to
+            self._send_error = TransportError(f"UDP send to {host}:{port} failed: {exc}")
+            return
+        # Drain the error queue: each entry names the destination that bounced.
+        for _ in range(64):
+            try:
+                _data, ancillary, _flags, addr = self._sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc2:
+                log.debug("reading the UDP error queue failed: %s", exc2)
+                return
+            self._report_queued_error(_normalise(addr), ancillary)
+
+    def _report_queued_error(self, remote: Address, ancillary: list[tuple[int, int, bytes]]) -> None:
+        for _level, _kind, payload in ancillary:
+            if len(payload) < _EXTENDED_ERR.size:
+                continue
+            ee_errno, origin, icmp_type, icmp_code, _pad, _info, _d = _EXTENDED_ERR.unpack_from(payload)
+            if (origin, icmp_type) not in _REPORTED_ICMP:
+                log.debug("ignoring ICMP type %d code %d from %s", icmp_type, icmp_code, remote)
+                continue
+            reason = errno.errorcode.get(ee_errno, str(ee_errno))
+            self._on_error(remote, TransportError(f"ICMP error sending to {remote[0]}:{remote[1]}: {reason}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()

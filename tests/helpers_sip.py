@@ -1,0 +1,164 @@
+"""Test helpers others may reuse: a fake clock, a lossy in-memory link and a pair of transaction layers.
+
+``LayerPair`` joins two ``TransactionLayer``s the way two stacks on a network would: every message
+is serialised, carried (or dropped) by a ``Link``, parsed again and received by the other side with
+the right flow. Time only moves when ``run`` advances the ``FakeClock`` to the next deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sipimdn.dialog.events import (
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    TransactionKey,
+    TransactionTimedOut,
+    TransportFailed,
+)
+from sipimdn.dialog.factory import build_request, stamp_via
+from sipimdn.dialog.layer import TransactionLayer
+from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.message import Request, Response, make_response
+from sipimdn.parser import parse_message
+from sipimdn.transport.flow import Address, Flow, Transport
+
+__all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_request"]
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when told."""
+
+    now: float = 0.0
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass
+class Link:
+    """One direction of an in-memory network: drops the first ``drop_first`` datagrams and then
+    every ``drop_every``-th one (0: none), or exactly the indices in ``drop``."""
+
+    drop_first: int = 0
+    drop_every: int = 0
+    drop: frozenset[int] = frozenset()
+    #: Every datagram offered, in order, with its fate.
+    log: list[tuple[float, bytes, bool]] = field(default_factory=list)
+
+    def passes(self, index: int) -> bool:
+        if index < self.drop_first or index in self.drop:
+            return False
+        return not (self.drop_every and (index + 1) % self.drop_every == 0)
+
+    def carry(self, now: float, data: bytes) -> bool:
+        ok = self.passes(len(self.log))
+        self.log.append((now, data, ok))
+        return ok
+
+
+def message_request(to_host: str, to_port: int, body: bytes = b"hello", method: str = "MESSAGE") -> Request:
+    """A MESSAGE to ``sip:bob@host:port`` from alice, without Via (the sender stamps it)."""
+    host = f"[{to_host}]" if ":" in to_host else to_host
+    return build_request(method, f"sip:bob@{host}:{to_port}", "<sip:alice@example.com>",
+                         "<sip:bob@example.com>", body=body, content_type="text/plain")
+
+
+Responder = Callable[[RequestReceived], Response | None]
+
+
+def answer_200(event: RequestReceived) -> Response:
+    return make_response(event.request, 200, to_tag="t0")
+
+
+@dataclass
+class Side:
+    """One stack of a pair: its layer, address, events seen and how it answers requests."""
+
+    layer: TransactionLayer
+    address: Address
+    responder: Responder | None = answer_200
+    events: list[tuple[float, Event]] = field(default_factory=list)
+
+    def of_type(self, kind: type) -> list[Event]:
+        return [e for _, e in self.events if isinstance(e, kind)]
+
+
+class LayerPair:
+    """Two transaction layers (``a`` and ``b``) joined by lossy links, on one fake clock."""
+
+    def __init__(self, *, transport: Transport = Transport.UDP, timers: TimerConfig | None = None,
+                 a_to_b: Link | None = None, b_to_a: Link | None = None) -> None:
+        self.clock = FakeClock()
+        self.transport = transport
+        timers = timers or TimerConfig()
+        self.a = Side(TransactionLayer(timers), ("127.0.0.1", 5060))
+        self.b = Side(TransactionLayer(timers), ("127.0.0.2", 5070))
+        self.links = {id(self.a): a_to_b or Link(), id(self.b): b_to_a or Link()}
+
+    def peer(self, side: Side) -> Side:
+        return self.b if side is self.a else self.a
+
+    def send_request(self, request: Request | None = None, sender: Side | None = None) -> TransactionKey:
+        """Stamp and send ``request`` (a MESSAGE by default) from ``sender`` (``a``) to its peer."""
+        sender = sender or self.a
+        receiver = self.peer(sender)
+        request = request or message_request(*receiver.address)
+        stamp_via(request, self.transport, sender.address)
+        flow = Flow(self.transport, receiver.address, sender.address)
+        key = sender.layer.send_request(request, flow, self.clock.now)
+        self.pump()
+        return key
+
+    def pump(self) -> None:
+        """Move messages and handle events until both sides are quiet at the current time."""
+        for _ in range(1000):
+            moved = False
+            for side in (self.a, self.b):
+                while (event := side.layer.next_event()) is not None:
+                    moved = True
+                    side.events.append((self.clock.now, event))
+                    if isinstance(event, RequestReceived) and side.responder is not None:
+                        response = side.responder(event)
+                        if response is not None:
+                            side.layer.respond(event.key, response, self.clock.now)
+                for out in side.layer.messages_to_send():
+                    moved = True
+                    data = out.message.to_bytes()
+                    receiver = self.peer(side)
+                    assert out.flow.remote == receiver.address, f"routed to {out.flow.remote}"
+                    if self.links[id(side)].carry(self.clock.now, data):
+                        flow = Flow(self.transport, side.address, receiver.address)
+                        receiver.layer.receive(parse_message(data), flow, self.clock.now)
+            if not moved:
+                return
+        raise AssertionError("the pair never went quiet")
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (self.a.layer.get_timer(), self.b.layer.get_timer()) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def run(self, until: float = 1000.0) -> None:
+        """Advance the clock deadline by deadline (up to ``until``), pumping after each."""
+        for _ in range(100_000):
+            self.pump()
+            at = self.next_deadline()
+            if at is None or at > until:
+                return
+            self.clock.now = max(self.clock.now, at)
+            for side in (self.a, self.b):
+                side.layer.handle_timer(self.clock.now)
+        raise AssertionError("timers never settled")
+
+    def outcome(self, key: TransactionKey) -> tuple[float, Event] | None:
+        """When and how ``key`` ended on ``a``: its final response, timeout or transport failure."""
+        for at, event in self.a.events:
+            if isinstance(event, ResponseReceived) and event.key == key and event.final:
+                return at, event
+            if isinstance(event, TransactionTimedOut | TransportFailed) and event.key == key:
+                return at, event
+        return None
