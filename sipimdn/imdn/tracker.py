@@ -67,6 +67,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import ipaddress
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -490,6 +491,7 @@ class TrackerConfig:
 # From/To often use im: where SIP uses sip:, so they compare equal.
 _SIP_FAMILY = {"sip": 5060, "sips": 5061, "im": 5060, "pres": 5060}
 _TEL_VISUAL = str.maketrans("", "", "-.()")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
 def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
@@ -514,7 +516,8 @@ def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
         text = text[start + 1 : end].strip()
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
-    if not colon or not scheme or not rest or not scheme.isascii() or not scheme.replace("+", "").isalnum():
+    # RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+    if not colon or not rest or not _SCHEME.fullmatch(scheme):
         return None
     if scheme in _SIP_FAMILY:
         return _sip_identity(scheme, rest, compare_ports)
@@ -1022,6 +1025,16 @@ class DispositionTracker:
         """Every notification currently owed (queued or in flight)."""
         return tuple(self._owed.values())
 
+    def snapshot(self) -> Snapshot:
+        """Everything the tracker holds, as the store would return it (for checks and exports)."""
+        return Snapshot(
+            sent=tuple(self._sent.values()),
+            owed=tuple(self._owed.values()),
+            received=tuple(self._received.values()),
+            seen=tuple(self._seen.values()),
+            peers=tuple(self._peers.values()),
+        )
+
     def is_duplicate(self, message_id: str, sender: str, sip_from: str | None = None) -> bool:
         """Whether (sender, Message-ID) was already received (without recording anything)."""
         return received_key(self._sender_key(sender, sip_from), message_id) in self._seen
@@ -1216,13 +1229,15 @@ class DispositionTracker:
 
     def _owe(self, record: ReceivedRecord, kind: str, status: str, now: float) -> ReceivedRecord:
         """Create one owed notification (or decline it by rate limit) and mark its type used."""
-        if not self._rate_allows(record.sender_key, now):
-            token = "display" if kind == "display" else "positive-delivery"
-            self._emit(
-                NotificationsDeclined(record.message_id, record.sender, (token,), DeclineReason.RATE_LIMITED)
-            )
-            return _with_owed(record, kind, _DECLINED)
         request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
+        refused = PEER_NO_IMDN in self.peer_flags(request_uri)
+        if refused or not self._rate_allows(record.sender_key, now):
+            token = "display" if kind == "display" else "positive-delivery"
+            if kind == "delivery" and status != "delivered":
+                token = "negative-delivery"
+            reason = DeclineReason.PEER_REFUSES_IMDN if refused else DeclineReason.RATE_LIMITED
+            self._emit(NotificationsDeclined(record.message_id, record.sender, (token,), reason))
+            return _with_owed(record, kind, _DECLINED)
         owed = OwedRecord(
             notification_id=self._new_id(),
             message_id=record.message_id,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..errors import StoreError
@@ -336,7 +336,7 @@ def check_op(op: StoreOp) -> None:
 def _plain(value: Any) -> Any:
     """Turn records (and their tuples) into JSON-ready lists and dicts."""
     if isinstance(value, RecipientRecord):
-        return {name: _plain(getattr(value, name)) for name in RecipientRecord.__dataclass_fields__}
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
@@ -344,7 +344,7 @@ def _plain(value: Any) -> Any:
 
 def record_to_json(record: AnyRecord) -> str:
     """Serialise a record as compact JSON (tuples become lists)."""
-    data = {name: _plain(getattr(record, name)) for name in type(record).__dataclass_fields__}
+    data = {f.name: _plain(getattr(record, f.name)) for f in fields(record)}
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 

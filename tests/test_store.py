@@ -1,0 +1,255 @@
+"""The Store contract, run against MemoryStore and SqliteStore alike, plus SQLite specifics."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipimdn.errors import StoreError
+from sipimdn.store import (
+    SCHEMA_VERSION,
+    Delete,
+    MemoryStore,
+    OwedRecord,
+    PeerRecord,
+    Put,
+    ReceivedRecord,
+    RecipientRecord,
+    SeenRecord,
+    SentRecord,
+    SqliteStore,
+    Store,
+    record_from_json,
+    record_to_json,
+)
+from sipimdn.store.base import AnyRecord
+
+
+def sent(message_id: str = "m1", expires_at: float = 100.0) -> SentRecord:
+    return SentRecord(
+        message_id=message_id,
+        recipients=(
+            RecipientRecord("sip:bob@x", "sip:bob@x", "delivered", delivery="delivered", updated_at=2.0),
+            RecipientRecord("sip:carol@y", "sip:carol@y", "pending", via="sip:list@z"),
+        ),
+        requested=("display", "positive-delivery"),
+        intermediaries=("sip:list@z",),
+        created_at=1.0,
+        deadline=expires_at - 10,
+        expires_at=expires_at,
+        sip_status=202,
+        notification_ids=("n1", "n2"),
+        metadata=(("subject", "héllo ✓"),),
+    )
+
+
+def owed(notification_id: str = "n1", expires_at: float = 100.0) -> OwedRecord:
+    return OwedRecord(
+        notification_id=notification_id,
+        message_id="m1",
+        sender_key="sip:alice@a",
+        kind="display",
+        status="displayed",
+        request_uri="sip:as@r",
+        sip_to="sip:alice@a",
+        cpim_to="<sip:alice@a>",
+        cpim_from=None,
+        recipient_uri="sip:bob@b",
+        original_recipient_uri=None,
+        datetime="2018-02-16T01:42:50+5:30",
+        subject=None,
+        imdn_route=("sip:as@r", "sip:as2@r"),
+        peer_key="sip:as@r",
+        attempts=2,
+        next_attempt_at=9.0,
+        in_flight=True,
+        created_at=1.0,
+        expires_at=expires_at,
+    )
+
+
+def received(message_id: str = "m1", expires_at: float = 100.0) -> ReceivedRecord:
+    return ReceivedRecord(
+        message_id=message_id,
+        sender_key="sip:alice@a",
+        sender="Alice <sip:alice@a>",
+        sip_from="sip:alice@a",
+        recipient="sip:bob@b",
+        original_recipient=None,
+        datetime=None,
+        subject="s",
+        requested=("display", "positive-delivery"),
+        imdn_route=(),
+        answered_status=200,
+        delivery_owed="delivered",
+        display_owed=None,
+        display_policy="send",
+        received_at=1.0,
+        expires_at=expires_at,
+    )
+
+
+def every_kind(expires_at: float = 100.0) -> list[AnyRecord]:
+    return [
+        sent(expires_at=expires_at),
+        owed(expires_at=expires_at),
+        received(expires_at=expires_at),
+        SeenRecord("sip:alice@a", "m1", None, expires_at),
+        PeerRecord("sip:alice@a", ("no-cpim", "no-imdn"), 1.0, expires_at),
+    ]
+
+
+@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite-memory":
+        made = SqliteStore(":memory:")
+    else:
+        made = SqliteStore(str(tmp_path / "state.db"))
+    yield made
+    made.close()
+
+
+def as_set(store: Store, now: float = 0.0) -> set[AnyRecord]:
+    snap = store.load(now)
+    return {*snap.sent, *snap.owed, *snap.received, *snap.seen, *snap.peers}
+
+
+def test_implements_the_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+def test_put_and_load_every_record_kind(store: Store) -> None:
+    records = every_kind()
+    store.apply([Put(r) for r in records])
+    assert as_set(store) == set(records)
+    snap = store.load(0.0)
+    assert snap.sent == (records[0],) and snap.peers == (records[4],)
+
+
+def test_put_replaces_and_delete_removes(store: Store) -> None:
+    store.apply([Put(sent()), Put(sent(expires_at=200.0))])
+    assert store.load(0.0).sent == (sent(expires_at=200.0),)
+    store.apply([Delete("sent", "m1"), Delete("sent", "missing"), Delete("owed", "nothing")])
+    assert as_set(store) == set()
+
+
+def test_operations_apply_in_order(store: Store) -> None:
+    store.apply([Put(owed()), Delete("owed", "n1"), Put(owed("n2"))])
+    assert [o.notification_id for o in store.load(0.0).owed] == ["n2"]
+
+
+def test_bad_batch_changes_nothing(store: Store) -> None:
+    store.apply([Put(owed())])
+    with pytest.raises(StoreError):
+        store.apply([Delete("owed", "n1"), Delete("nonsense", "k")])
+    assert {o.notification_id for o in store.load(0.0).owed} == {"n1"}
+
+
+def test_load_hides_expired_and_purge_removes_them(store: Store) -> None:
+    store.apply([Put(r) for r in every_kind(expires_at=50.0)])
+    store.apply([Put(sent("m2", expires_at=150.0))])
+    assert len(as_set(store, now=49.0)) == 6
+    assert [s.message_id for s in store.load(50.0).sent] == ["m2"]
+    assert store.purge(50.0) == 5
+    assert store.purge(50.0) == 0
+    assert len(as_set(store)) == 1
+
+
+def test_closed_store_raises(store: Store) -> None:
+    store.close()
+    with pytest.raises(StoreError):
+        store.load(0.0)
+    with pytest.raises(StoreError):
+        store.apply([Put(sent())])
+    store.close()  # idempotent
+
+
+def test_concurrent_writers(store: Store) -> None:
+    """The UA calls the store from worker threads; one lock keeps batches whole."""
+
+    def work(worker: int) -> None:
+        for i in range(25):
+            store.apply(
+                [
+                    Put(SeenRecord(f"sip:w{worker}@x", f"m{i}", 200, 100.0)),
+                    Put(PeerRecord(f"sip:w{worker}@x", ("no-imdn",), float(i), 100.0)),
+                ]
+            )
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    snap = store.load(0.0)
+    assert len(snap.seen) == 100 and len(snap.peers) == 4
+    assert {p.updated_at for p in snap.peers} == {24.0}
+
+
+# --- serialisation ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", every_kind(), ids=lambda r: r.TABLE)
+def test_json_round_trip(record: AnyRecord) -> None:
+    assert record_from_json(record.TABLE, record_to_json(record)) == record
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"message_id": "m1"}', '{"peer_key": 1, "unknown": 2}'])
+def test_corrupt_json_is_a_store_error(text: str) -> None:
+    with pytest.raises(StoreError):
+        record_from_json("sent", text)
+    with pytest.raises(StoreError):
+        record_from_json("peer", text)
+    with pytest.raises(StoreError):
+        record_from_json("nonsense", "{}")
+
+
+# --- SQLite specifics ------------------------------------------------------------------------------------
+
+
+def test_sqlite_file_uses_wal_and_versioned_schema(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    with SqliteStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 1
+        store.apply([Put(r) for r in every_kind()])
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+    with SqliteStore(path) as reopened:  # survives a reopen
+        assert as_set(reopened) == set(every_kind())
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = str(tmp_path / "new.db")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteStore(path)
+
+
+def test_sqlite_corrupt_row_is_a_store_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "c.db")
+    with SqliteStore(path) as store:
+        store.apply([Put(sent())])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE sent SET data = 'not json'")
+    conn.commit()
+    conn.close()
+    with SqliteStore(path) as store, pytest.raises(StoreError, match="corrupt"):
+        store.load(0.0)
+
+
+def test_sqlite_unopenable_path(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        SqliteStore(str(tmp_path / "missing-dir" / "x.db"))

@@ -1,0 +1,90 @@
+"""identity_key: the URI comparison behind correlation check C2."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipimdn.imdn.tracker import identity_key, is_anonymous
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("sip:bob@example.com", "SIP:bob@EXAMPLE.COM"),  # scheme and host are case-insensitive
+        ("sip:bob@example.com", "<sip:bob@example.com;transport=tcp>"),  # params dropped
+        ("sip:bob@example.com", '"Bob" <sip:bob@example.com>;tag=x'),  # name-addr
+        ("sip:bob@example.com", "sip:bob:secret@example.com?Subject=hi"),  # password, headers dropped
+        ("sip:bob@example.com", "sips:bob@example.com"),  # one identity family
+        ("sip:bob@example.com", "im:bob@example.com"),  # CPIM identities
+        ("sip:bob@example.com", "pres:bob@example.com"),
+        ("sip:b%6Fb@example.com", "sip:bob@example.com"),  # escaped user
+        ("sip:bob@example.com.", "sip:bob@example.com"),  # trailing root dot
+        ("sip:bob@127.0.0.1", "sip:bob@127.0.0.1:5070"),  # ports ignored by default
+        ("sip:bob@[::1]:5060", "sip:bob@[0:0:0::1]"),  # canonical IPv6
+        ("sip:+1-555-0100@x;user=phone", "sip:+1-555-0100@x"),
+        ("tel:+1-555-0100", "tel:+1.555.0100;phone-context=x"),
+        ("sip:example.com", "sip:EXAMPLE.com"),  # no user part
+    ],
+)
+def test_same_identity(a: str, b: str) -> None:
+    assert identity_key(a) is not None
+    assert identity_key(a) == identity_key(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("sip:bob@example.com", "sip:Bob@example.com"),  # the user part is case-sensitive (RFC 3261 §19.1.4)
+        ("sip:bob@example.com", "sip:bob@example.org"),
+        ("sip:bob@example.com", "sip:alice@example.com"),
+        ("sip:bob@example.com", "sip:example.com"),
+        ("sip:bob@example.com", "tel:bob"),
+        ("sip:bob@example.com", "mailto:bob@example.com"),
+    ],
+)
+def test_different_identity(a: str, b: str) -> None:
+    assert identity_key(a) != identity_key(b)
+
+
+def test_ports_when_compared_default_per_scheme() -> None:
+    assert identity_key("sip:bob@h", compare_ports=True) == identity_key("sip:bob@h:5060", compare_ports=True)
+    assert identity_key("sips:bob@h", compare_ports=True) == identity_key(
+        "sip:bob@h:5061", compare_ports=True
+    )
+    assert identity_key("sip:bob@h", compare_ports=True) != identity_key("sip:bob@h:5070", compare_ports=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,
+        "",
+        "bob",
+        "sip:",
+        "sip:@host",
+        "<sip:bob@host",
+        "sip:bob@",
+        "sip:bob@host:99999",
+        "sip:bob@host:abc",
+        "sip:bob@[::1",
+        "sip:bob@[::1]x",
+        "1ab:c",
+        "sip:bob@:5060",
+    ],
+)
+def test_not_an_identity(text: str | None) -> None:
+    assert identity_key(text) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "anonymous"),
+    [
+        ("<sip:anonymous@anonymous.invalid>", True),
+        ("sip:Anonymous@example.com", True),
+        ("sip:thisis@invalid", True),
+        ("not a uri", True),
+        ("sip:alice@example.com", False),
+    ],
+)
+def test_is_anonymous(uri: str, anonymous: bool) -> None:
+    assert is_anonymous(uri) is anonymous
