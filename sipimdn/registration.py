@@ -4,12 +4,15 @@
 at a registrar. It never sends anything itself; the driving code (the user
 agent) does, in this loop::
 
-    reg.register(now)                       # or unregister(now)
-    for request in reg.requests_to_send():  # RegisterRequest: URI + headers
-        ...build the REGISTER, add Via (new branch) / Max-Forwards, send it...
-    reg.handle_response(status, headers, now)   # the FINAL response only
-    reg.handle_failure(now, reason)             # Timer F, transport error
-    reg.handle_timer(now) when now >= reg.get_timer()
+    reg.register(now)                           # or reg.unregister(now)
+    for request in reg.requests_to_send():      # RegisterRequest: URI + headers, no Via
+        try:
+            response = await stack.send_request(request.to_request(), target)
+        except (TransactionTimeout, TransportError) as exc:
+            reg.handle_failure(loop.time(), str(exc))
+        else:                                   # the FINAL response only
+            reg.handle_response_message(response, loop.time())
+    # and: reg.handle_timer(now) once now >= reg.get_timer()
     while (event := reg.next_event()) is not None: ...
 
 The client owns Call-ID (constant for the client's life), the From tag and the
@@ -17,8 +20,8 @@ CSeq (one higher on every REGISTER, retries included). Digest challenges are
 answered through :class:`sipimdn.auth.Authenticator`; 423 raises the requested
 expiry to the registrar's Min-Expires; a transport failure or 5xx is retried
 with RFC 5626 §4.5 exponential backoff; the binding is refreshed before it
-lapses. Responses are plain ``(name, value)`` header pairs, so the module does
-not depend on the SIP core's message classes.
+lapses. Responses are read as plain ``(name, value)`` header pairs, so the
+state machine can be driven without building message objects.
 
 Rule 1 (after h11): every state change goes through ``_TRANSITIONS``.
 """
@@ -35,6 +38,7 @@ from enum import Enum
 
 from sipimdn.auth import AuthAttempt, Authenticator
 from sipimdn.errors import AuthenticationFailed, LocalProtocolError
+from sipimdn.message import Request, Response
 
 __all__ = [
     "RegState",
@@ -107,6 +111,10 @@ class RegisterRequest:
     """The expiry asked for; 0 for an unregistration."""
 
     method = "REGISTER"
+
+    def to_request(self) -> Request:
+        """This REGISTER as a :class:`sipimdn.message.Request` (no Via yet: the stack stamps it)."""
+        return Request("REGISTER", self.request_uri, self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +455,10 @@ class RegistrationClient:
             self._on_transient(now, status_code, f"{status_code} from registrar", retry_after)
         else:
             self._on_permanent(status_code, f"{status_code} from registrar")
+
+    def handle_response_message(self, response: Response, now: float) -> None:
+        """:meth:`handle_response` for a :class:`sipimdn.message.Response`."""
+        self.handle_response(response.status_code, list(response.headers.items()), now)
 
     def handle_failure(self, now: float, reason: str = "transport failure") -> None:
         """The outstanding REGISTER got no response (Timer F) or could not be sent."""

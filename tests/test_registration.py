@@ -405,3 +405,25 @@ def test_any_sequence_of_inputs_keeps_the_invariants(actions: list[tuple[str, fl
             assert timer is not None and timer >= 0
         if reg.state in (RegState.IDLE, RegState.FAILED):
             assert timer is None and not reg.registered
+
+
+def test_message_adapters_round_trip_through_the_sip_core() -> None:
+    from sipimdn.message import Response
+    from sipimdn.parser import parse_message
+
+    reg = make(instance_id=INSTANCE)
+    reg.register(now=0.0)
+    request = sent_one(reg).to_request()
+    request.headers.prepend("Via", "SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKx1")
+    parsed = parse_message(request.to_bytes())
+    assert parsed.method == "REGISTER" and str(parsed.uri) == "sip:example.com"  # type: ignore[union-attr]
+    assert parsed.cseq.number == 1 and parsed.call_id == "cid-1"
+    response = Response(200, "OK", [
+        ("Via", "SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKx1"),
+        ("Call-ID", "cid-1"),
+        ("CSeq", "1 REGISTER"),
+        ("m", f'<{CONTACT}>;expires=77;+sip.instance="<{INSTANCE}>"'),
+    ])
+    reg.handle_response_message(parse_message(response.to_bytes()), now=0.0)  # type: ignore[arg-type]
+    (event,) = events(reg)
+    assert isinstance(event, RegistrationSucceeded) and event.expires == 77
