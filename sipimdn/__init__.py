@@ -5,6 +5,7 @@ The public API is re-exported here; submodules prefixed with ``_`` are private.
 
 from __future__ import annotations
 
+from .config import DisplayPrivacy, ListenEndpoint, UserAgentConfig
 from .errors import (
     AuthenticationFailed,
     CpimError,
@@ -21,6 +22,7 @@ from .errors import (
 from .headers import ContentType, CSeq, NameAddr, Via
 from .message import Headers, Request, Response, make_response
 from .parser import KeepAliveReceived, Limits, StreamFramer, parse_message, salvage_reply_headers
+from .ua import IncomingMessage, SentMessage, UserAgent
 from .uri import Uri, parse_uri
 
 __version__ = "0.1.0"
@@ -30,16 +32,20 @@ __all__ = [
     "CSeq",
     "ContentType",
     "CpimError",
+    "DisplayPrivacy",
     "Headers",
     "ImdnError",
+    "IncomingMessage",
     "KeepAliveReceived",
     "Limits",
+    "ListenEndpoint",
     "LocalProtocolError",
     "NameAddr",
     "ProtocolError",
     "RemoteProtocolError",
     "Request",
     "Response",
+    "SentMessage",
     "SipError",
     "SipParseError",
     "StoreError",
@@ -47,6 +53,8 @@ __all__ = [
     "TransactionTimeout",
     "TransportError",
     "Uri",
+    "UserAgent",
+    "UserAgentConfig",
     "Via",
     "__version__",
     "make_response",

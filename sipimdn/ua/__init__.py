@@ -2,4 +2,9 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._agent import Registration, UserAgent
+from ._deadline import Decision
+from .incoming import IncomingMessage
+from .outgoing import SentMessage
+
+__all__ = ["Decision", "IncomingMessage", "Registration", "SentMessage", "UserAgent"]

@@ -1,0 +1,425 @@
+"""The ``listen``, ``send`` and ``demo`` subcommands of the ``sipimdn`` CLI.
+
+Shapes (scripts and tests rely on them)::
+
+    sipimdn listen --aor sip:bob@127.0.0.1 --listen udp:127.0.0.1:5070 [--listen tcp:127.0.0.1:5070]
+                   [--listen tls:...] [--status CODE] [--auto-display SECONDS] [--store PATH] [--json]
+    sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
+                 --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
+                 [--transport udp|tcp|tls] [--json]
+    sipimdn demo [--json] [--text TEXT]
+
+With ``--json`` every printed event is one JSON object on one line, with an
+``"event"`` member naming it. ``send`` exits 0 only if the MESSAGE got a 2xx
+and every requested positive notification (``delivered`` for
+positive-delivery, ``displayed`` for display) arrived within ``--wait``
+seconds; otherwise 1. Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import enum
+import json
+import signal
+import ssl
+import sys
+from typing import Any, TextIO
+
+from .config import ListenEndpoint, UserAgentConfig
+from .events import DispositionChanged, DispositionEvent, NotificationEvent
+from .ua import IncomingMessage, SentMessage, UserAgent
+
+__all__ = ["register", "run_demo", "run_listen", "run_send"]
+
+_NOTIFY_KINDS = ("positive-delivery", "negative-delivery", "display")
+#: The state each positive request must reach for ``send`` to succeed.
+_POSITIVE_TARGETS = {"positive-delivery": "delivered", "display": "displayed"}
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return str(value)
+
+
+def _event_name(event: object) -> str:
+    name = type(event).__name__
+    return "".join("-" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+class Printer:
+    """Prints events either readably or as one JSON object per line."""
+
+    def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
+        self._json = as_json
+        self._stream = stream if stream is not None else sys.stdout
+
+    def emit(self, event: str, human: str, /, **fields: Any) -> None:
+        """Print one event: ``text`` for people, ``{"event": event, **fields}`` as JSON."""
+        if self._json:
+            line = json.dumps({"event": event, **{k: _jsonable(v) for k, v in fields.items()}})
+        else:
+            line = human
+        print(line, file=self._stream, flush=True)
+
+    def emit_dataclass(self, event: object, human: str) -> None:
+        """Print a library event (a dataclass) with all its fields."""
+        fields = _jsonable(event)
+        assert isinstance(fields, dict)
+        self.emit(_event_name(event), human, **fields)
+
+
+def _describe(event: object) -> str:
+    """One readable line for a library event."""
+    fields = _jsonable(event)
+    assert isinstance(fields, dict)
+    parts = [f"{k}={v}" for k, v in fields.items() if v not in (None, "", [], {})]
+    return f"{type(event).__name__}: " + " ".join(parts)
+
+
+def _message_fields(message: IncomingMessage) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "from": message.sender,
+        "to": message.recipient,
+        "content_type": message.content_type,
+        "text": message.text,
+        "subject": message.subject,
+        "notify": sorted(message.notify),
+        "transport": message.transport,
+    }
+
+
+# -- shared option handling --------------------------------------------------------------------
+
+
+def _endpoint(text: str) -> ListenEndpoint:
+    try:
+        return ListenEndpoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _notify(text: str) -> frozenset[str]:
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = kinds - set(_NOTIFY_KINDS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown notification {sorted(unknown)} (use {','.join(_NOTIFY_KINDS)})"
+        )
+    return kinds
+
+
+def _status(text: str) -> int:
+    try:
+        code = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a status code") from None
+    if not 200 <= code <= 699:
+        raise argparse.ArgumentTypeError("the status must be a final response code (200-699)")
+    return code
+
+
+def _tls_contexts(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    server: ssl.SSLContext | None = None
+    client: ssl.SSLContext | None = None
+    if args.cert:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(args.cert, args.key)
+    if args.ca:
+        client = ssl.create_default_context(cafile=args.ca)
+    return server, client
+
+
+def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) -> None:
+    parser.add_argument("--aor", required=True, help="our address of record, e.g. sip:bob@127.0.0.1")
+    parser.add_argument("--display-name", default=None, help="display name for From")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        type=_endpoint,
+        default=None,
+        help=f"transport:host:port to listen on, repeatable (default {listen_default or 'none'})",
+    )
+    parser.add_argument("--store", default=":memory:", help="SQLite file for notification state")
+    parser.add_argument("--cert", default=None, help="PEM certificate chain for TLS listening")
+    parser.add_argument("--key", default=None, help="PEM private key for --cert")
+    parser.add_argument("--ca", default=None, help="PEM CA bundle to verify TLS peers")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per event and line")
+
+
+def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> UserAgentConfig:
+    listen = tuple(args.listen) if args.listen else (ListenEndpoint.parse(default_listen),)
+    server, client = _tls_contexts(args)
+    return UserAgentConfig(
+        aor=args.aor,
+        display_name=args.display_name,
+        listen=listen,
+        store_path=args.store,
+        tls_server_context=server,
+        tls_client_context=client,
+        **extra,
+    )
+
+
+# -- listen ------------------------------------------------------------------------------------
+
+
+async def _listen(args: argparse.Namespace, printer: Printer) -> int:
+    config = _config(args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with UserAgent(config) as ua:
+
+            async def on_message(message: IncomingMessage) -> int | None:
+                printer.emit(
+                    "message",
+                    f"message from {message.sender}: {message.text!r}"
+                    + (
+                        f" (notifications requested: {', '.join(sorted(message.notify))})"
+                        if message.notify
+                        else ""
+                    ),
+                    answer=args.status or 200,
+                    **_message_fields(message),
+                )
+                if args.auto_display is not None and message.message_id is not None:
+                    ua.spawn(_display_later(message, args.auto_display))
+                return args.status  # type: ignore[no-any-return]
+
+            async def on_notification(event: NotificationEvent) -> None:
+                printer.emit_dataclass(event, _describe(event))
+
+            async def on_disposition(event: DispositionEvent) -> None:
+                printer.emit_dataclass(event, _describe(event))
+
+            ua.on_message(on_message)
+            ua.on_notification(on_notification)
+            ua.on_disposition(on_disposition)
+            printer.emit(
+                "listening",
+                f"{ua.aor} listening on " + ", ".join(str(e) for e in ua.endpoints) + " (Ctrl-C stops)",
+                aor=ua.aor,
+                endpoints=[str(e) for e in ua.endpoints],
+            )
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    printer.emit("stopped", "stopped")
+    return 0
+
+
+async def _display_later(message: IncomingMessage, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await message.mark_displayed()
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    """``sipimdn listen``: print every message and notification until SIGINT/SIGTERM."""
+    return asyncio.run(_listen(args, Printer(as_json=args.json)))
+
+
+# -- send --------------------------------------------------------------------------------------
+
+
+async def _send(args: argparse.Namespace, printer: Printer) -> int:
+    config = _config(args, "udp:127.0.0.1:0")
+    notify: frozenset[str] = args.notify
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait
+    async with UserAgent(config) as ua:
+
+        async def on_disposition(event: DispositionEvent) -> None:
+            printer.emit_dataclass(event, _describe(event))
+
+        ua.on_disposition(on_disposition)
+        handle = await ua.send_message(args.to, args.text, notify=notify, transport=args.transport)
+        printer.emit(
+            "sent",
+            f"MESSAGE {handle.message_id} to {args.to}"
+            + (f", requesting {', '.join(sorted(notify))}" if notify else ""),
+            message_id=handle.message_id,
+            to=args.to,
+            notify=sorted(notify),
+        )
+        return await _await_outcome(handle, notify, deadline, printer)
+
+
+async def _await_outcome(
+    handle: SentMessage,
+    notify: frozenset[str],
+    deadline: float,
+    printer: Printer,
+    *,
+    show_response: bool = True,
+) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        response = await asyncio.wait_for(handle.final_response(), max(0.0, deadline - loop.time()))
+    except TimeoutError:
+        printer.emit("timeout", "no final response in time", waiting_for="response")
+        return 1
+    except Exception as exc:  # TransactionTimeout, TransportError: report, exit 1
+        printer.emit("failed", f"send failed: {exc}", error=str(exc))
+        return 1
+    if show_response:
+        printer.emit(
+            "response",
+            f"{response.status_code} {response.reason}",
+            message_id=handle.message_id,
+            status=response.status_code,
+            reason=response.reason,
+        )
+    if not 200 <= response.status_code < 300:
+        return 1
+    ok = True
+    wanted = [kind for kind in _POSITIVE_TARGETS if kind in notify]
+    for kind in wanted:
+        target = _POSITIVE_TARGETS[kind]
+        try:
+            state = await handle.await_disposition(target, timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            printer.emit("timeout", f"no {target} notification in time", waiting_for=target)
+            return 1
+        if not handle.reached(target):
+            printer.emit("outcome", f"ended as {state}, not {target}", state=state, expected=target)
+            ok = False
+    summary = " -> ".join(
+        [
+            "MESSAGE",
+            str(response.status_code),
+            *(_POSITIVE_TARGETS[k] for k in wanted),
+        ]
+    )
+    printer.emit("done", f"done: {summary}" if ok else "done (not every notification arrived)", ok=ok)
+    return 0 if ok else 1
+
+
+def run_send(args: argparse.Namespace) -> int:
+    """``sipimdn send``: one message, then the SIP outcome and every notification."""
+    return asyncio.run(_send(args, Printer(as_json=args.json)))
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+_STAGE_TEXT = {
+    "accepted": "1/3 accepted: bob answered {sip_status} to the MESSAGE",
+    "delivered": "2/3 delivered: bob's user agent sent a delivery notification",
+    "displayed": "3/3 displayed: bob's application showed the message and sent a display notification",
+}
+
+
+async def _demo(args: argparse.Namespace, printer: Printer) -> int:
+    # Port 0 in an AOR means "the port we get": no registrar is needed on loopback.
+    bob_config = UserAgentConfig(aor="sip:bob@127.0.0.1:0", display_name="Bob")
+    alice_config = UserAgentConfig(aor="sip:alice@127.0.0.1:0", display_name="Alice")
+    notify = frozenset({"positive-delivery", "display"})
+    async with UserAgent(bob_config) as bob, UserAgent(alice_config) as alice:
+
+        async def show(message: IncomingMessage) -> None:
+            printer.emit(
+                "message",
+                f"[bob]   received {message.text!r} (Message-ID {message.message_id}, "
+                f"asks for {', '.join(sorted(message.notify))})",
+                **_message_fields(message),
+            )
+            # Bob "reads" it a moment later: that sends the display notification.
+            bob.spawn(_display_later(message, 0.2))
+
+        async def report(event: DispositionEvent) -> None:
+            if isinstance(event, DispositionChanged):
+                line = _STAGE_TEXT.get(str(event.state), "{state}").format(
+                    sip_status=event.sip_status, state=event.state
+                )
+                printer.emit_dataclass(event, f"[alice] {line}")
+
+        bob.on_message(show)
+        alice.on_disposition(report)
+        printer.emit(
+            "demo",
+            f"alice {alice.aor} sends to bob {bob.aor} over UDP on loopback, "
+            "asking for delivery and display notifications",
+            alice=alice.aor,
+            bob=bob.aor,
+        )
+        handle = await alice.send_message(bob.aor, args.text, notify=notify)
+        deadline = asyncio.get_running_loop().time() + args.wait
+        return await _await_outcome(handle, notify, deadline, printer, show_response=False)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``sipimdn demo``: two user agents on loopback, a message and its two notifications."""
+    return asyncio.run(_demo(args, Printer(as_json=args.json)))
+
+
+# -- registration ------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``listen``, ``send`` and ``demo`` to the CLI's subparsers.
+
+    Each subparser gets ``func``: a callable taking the parsed namespace and
+    returning the exit status.
+    """
+    listen = subparsers.add_parser("listen", help="receive messages and answer notifications")
+    _add_common(listen, listen_default="udp:127.0.0.1:5060")
+    listen.add_argument("--status", type=_status, default=None, help="answer every MESSAGE with this status")
+    listen.add_argument(
+        "--auto-display",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="mark each message displayed after SECONDS (sends the display notification)",
+    )
+    listen.add_argument(
+        "--no-auto-delivery", action="store_true", help="do not send delivered notifications on our own"
+    )
+    listen.set_defaults(func=run_listen)
+
+    send = subparsers.add_parser("send", help="send one message and wait for its notifications")
+    _add_common(send, listen_default="udp:127.0.0.1:0")
+    send.add_argument("--to", required=True, help="recipient URI, e.g. sip:bob@127.0.0.1:5070")
+    send.add_argument("--text", required=True, help="message text")
+    send.add_argument(
+        "--notify",
+        type=_notify,
+        default=frozenset({"positive-delivery", "negative-delivery"}),
+        help="notifications to request, comma-separated (default positive-delivery,negative-delivery)",
+    )
+    send.add_argument(
+        "--wait", type=float, default=10.0, metavar="SECONDS", help="how long to wait (default 10)"
+    )
+    send.add_argument(
+        "--transport", choices=("udp", "tcp", "tls"), default=None, help="transport to the peer"
+    )
+    send.set_defaults(func=run_send)
+
+    demo = subparsers.add_parser("demo", help="two user agents on loopback: message, delivered, displayed")
+    demo.add_argument("--text", default="Hello Bob, this is Alice.", help="message text")
+    demo.add_argument(
+        "--wait", type=float, default=10.0, metavar="SECONDS", help="how long to wait (default 10)"
+    )
+    demo.add_argument("--json", action="store_true", help="print one JSON object per event and line")
+    demo.set_defaults(func=run_demo)

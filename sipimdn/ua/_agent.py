@@ -1,0 +1,631 @@
+"""``UserAgent``: the asyncio façade applications embed.
+
+Theory of operation. Three sans-IO or self-contained parts do the protocol
+work; this module only wires them to asyncio and to each other:
+
+- the :class:`~sipimdn.stack.SipStack` owns transports and transactions,
+  retransmits, absorbs retransmissions and answers what we tell it to;
+- the :class:`~sipimdn.imdn.tracker.DispositionTracker` knows what we sent
+  and await, what we received and owe, and which IMDNs are genuine;
+- the store keeps the tracker's state across restarts (written by one
+  worker thread, :mod:`._persist`).
+
+Every input (a request from the stack, an API call, the tracker's timer)
+ends in :meth:`UserAgent._pump`: drain the tracker's events, hand its writes
+to the store, re-arm the single timer (aioquic's ``_process_events();
+transmit()``). Application callbacks run as tasks held in a set, whose
+errors are logged (never aiosip's untracked ``ensure_future``), and they
+never delay a SIP answer except where the application is *asked* to decide
+one, bounded by ``handler_deadline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+from ..config import ListenEndpoint, UserAgentConfig
+from ..errors import (
+    CpimError,
+    ImdnError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransactionTimeout,
+    TransportError,
+)
+from ..events import DispositionEvent, NotificationEvent, NotificationSent
+from ..imdn import new_message_id
+from ..imdn.tracker import (
+    PEER_NO_CPIM,
+    DispositionChanged,
+    DispositionTracker,
+    NotificationAbandoned,
+    NotificationAccepted,
+    NotificationOwed,
+    NotificationRejected,
+    NotificationsDeclined,
+    OwedNotification,
+    TrackingEnded,
+)
+from ..message import Request, Response
+from ..store import SqliteStore, Store
+from ..uri import Uri
+from . import _wire
+from ._deadline import Decision, HandlerOutcome, decide_response
+from ._dedup import DuplicateCache
+from ._pacing import DestinationQueue
+from ._persist import StoreWriter
+from .incoming import IncomingMessage
+from .outgoing import SentMessage
+
+__all__ = ["Registration", "UserAgent"]
+
+_log = logging.getLogger("sipimdn.ua")
+
+_E = TypeVar("_E")
+MessageHandler = Callable[[IncomingMessage], Awaitable[object]]
+
+#: Methods we answer; everything else gets 405 with this list (RFC 3261 §8.2.1).
+ALLOW = "MESSAGE, OPTIONS"
+#: Notification kinds an application may request on send_message.
+_NOTIFY_KINDS = frozenset({"positive-delivery", "negative-delivery", "display", "processing"})
+
+
+class Registration:
+    """Returned by ``on_message``/``on_disposition``/``on_notification``; call it to unregister.
+
+    Used as a decorator, the decorated name becomes this object.
+    """
+
+    def __init__(self, handlers: list[Any], handler: Any) -> None:
+        self._handlers = handlers
+        #: The registered callable.
+        self.handler = handler
+
+    def unregister(self) -> None:
+        """Stop calling the handler (idempotent)."""
+        if self.handler in self._handlers:
+            self._handlers.remove(self.handler)
+
+    def __call__(self) -> None:
+        self.unregister()
+
+
+class UserAgent:
+    """Sends and receives instant messages with delivery and display notifications.
+
+    Use as ``async with UserAgent(config) as ua:``; pass ``store=`` to plug
+    in a :class:`~sipimdn.store.Store` of your own (the default is a
+    :class:`~sipimdn.store.SqliteStore` on ``config.store_path``).
+    """
+
+    def __init__(self, config: UserAgentConfig, *, store: Store | None = None) -> None:
+        self.config = config
+        self._aor = Uri.parse(config.aor)
+        self._given_store = store
+        self._message_handlers: list[MessageHandler] = []
+        self._disposition_handlers: list[Callable[[DispositionEvent], Awaitable[None]]] = []
+        self._notification_handlers: list[Callable[[NotificationEvent], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handles: dict[str, SentMessage] = {}
+        self._queue = DestinationQueue()
+        # Plain-text messages have no Message-ID: the tracker cannot dedup them,
+        # so they are remembered here by transaction identity.
+        self._dedup = DuplicateCache(config.dedup_capacity, config.dedup_ttl)
+        self._writer = StoreWriter()
+        self._tracker: DispositionTracker | None = None
+        self._stack: _wire.Stack | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> UserAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store, resume saved state, start listening and send what is owed."""
+        if self._started:
+            raise LocalProtocolError("user agent already started")
+        self._started = True
+        given = self._given_store
+        path = self.config.store_path
+        await self._writer.open(lambda: given if given is not None else SqliteStore(path))
+        now = time.time()
+        snapshot = await self._writer.load(now)
+        self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
+        self._stack = _wire.make_stack(self.config)
+        self._stack.on_request(self._on_request)
+        try:
+            await self._stack.start()
+            self._aor = _resolve_port_zero(self._aor, _wire.endpoints_of(self._stack))
+        except BaseException:
+            await self._stack.close()
+            await self._writer.close()
+            raise
+        self._writer.purge(now)
+        # After a restart the tracker has owed IMDNs due at once: send them.
+        self._pump()
+
+    async def close(self) -> None:
+        """Stop: cancel callbacks and sends in flight, flush the store, close transports."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for handle in self._handles.values():
+            handle._set_failure(TransportError("user agent closed"))
+        if self._stack is not None:
+            await self._stack.close()
+        if self._tracker is not None:
+            self._writer.submit(self._tracker.writes_to_apply())
+        await self._writer.close()
+
+    # -- public properties -------------------------------------------------------------------
+
+    @property
+    def aor(self) -> str:
+        """Our address of record."""
+        return str(self._aor)
+
+    @property
+    def endpoints(self) -> tuple[ListenEndpoint, ...]:
+        """The endpoints actually listened on (port 0 replaced by the bound port)."""
+        return _wire.endpoints_of(self._require_stack())
+
+    def contact_uri(self, transport: str = "udp") -> str:
+        """A URI reaching this user agent directly: AOR user at a listen endpoint of ``transport``."""
+        for endpoint in self.endpoints:
+            if endpoint.transport == transport:
+                host = f"[{endpoint.host}]" if endpoint.is_ipv6 else endpoint.host
+                user = f"{self._aor.user}@" if self._aor.user else ""
+                scheme = "sip"
+                suffix = "" if transport == "udp" else f";transport={transport}"
+                return f"{scheme}:{user}{host}:{endpoint.port}{suffix}"
+        raise LocalProtocolError(f"not listening on {transport}")
+
+    # -- registration ------------------------------------------------------------------------
+
+    def on_message(self, handler: MessageHandler) -> Registration:
+        """Call ``await handler(message)`` for every new instant message.
+
+        The handler decides the final response: return None (200), 202, a
+        4xx/5xx/6xx code or ``(code, reason)``. If it has not returned within
+        ``config.handler_deadline`` seconds the stack answers
+        ``config.deadline_status`` by itself and the handler keeps running.
+        With several handlers the first refusal (in registration order) wins,
+        then 202, then 200. Returns a :class:`Registration`.
+        """
+        self._message_handlers.append(handler)
+        return Registration(self._message_handlers, handler)
+
+    def on_disposition(self, handler: Callable[[DispositionEvent], Awaitable[None]]) -> Registration:
+        """Call ``await handler(event)`` for every disposition event of messages we sent.
+
+        Also for messages sent before a restart. Events: ``DispositionChanged``,
+        ``NotificationAccepted``, ``NotificationRejected`` (unverified, not
+        applied) and ``TrackingEnded``.
+        """
+        self._disposition_handlers.append(handler)
+        return Registration(self._disposition_handlers, handler)
+
+    def on_notification(self, handler: Callable[[NotificationEvent], Awaitable[None]]) -> Registration:
+        """Call ``await handler(event)`` for what happens to notifications we owe."""
+        self._notification_handlers.append(handler)
+        return Registration(self._notification_handlers, handler)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("callback task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _fire(self, handlers: Iterable[Callable[[_E], Awaitable[None]]], event: _E) -> None:
+        for handler in list(handlers):
+            self.spawn(_call(handler, event))
+
+    # -- the pump ----------------------------------------------------------------------------
+
+    def _require_stack(self) -> _wire.Stack:
+        if self._stack is None or self._closed:
+            raise LocalProtocolError("user agent is not running (use `async with UserAgent(...)`)")
+        return self._stack
+
+    def _require_tracker(self) -> DispositionTracker:
+        if self._tracker is None or self._closed:
+            raise LocalProtocolError("user agent is not running (use `async with UserAgent(...)`)")
+        return self._tracker
+
+    def _pump(self) -> None:
+        tracker = self._tracker
+        if tracker is None:
+            return
+        while (event := tracker.next_event()) is not None:
+            self._dispatch(event)
+        self._writer.submit(tracker.writes_to_apply())
+        self._arm_timer(tracker.get_timer())
+
+    def _arm_timer(self, at: float | None) -> None:
+        if self._closed:
+            return
+        if at == self._timer_at and (self._timer is not None or at is None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, at - time.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        at, self._timer_at = self._timer_at, None
+        if self._tracker is None or self._closed:
+            return
+        self._tracker.handle_timer(max(at or 0.0, time.time()))
+        self._pump()
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, DispositionChanged):
+            handle = self._handles.get(event.message_id)
+            if handle is not None:
+                handle._set_state(event.state)
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, NotificationAccepted):
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, NotificationRejected):
+            _log.warning(
+                "unverified IMDN not applied: %s (message %s, from %s)",
+                event.reason,
+                event.message_id,
+                event.sender,
+            )
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, TrackingEnded):
+            self._handles.pop(event.message_id, None)
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, NotificationOwed):
+            if not self._closed:
+                self.spawn(self._send_owed(event.notification))
+        elif isinstance(event, NotificationAbandoned):
+            _log.warning(
+                "IMDN %s for %s abandoned: %s", event.notification_id, event.message_id, event.reason
+            )
+            self._fire(self._notification_handlers, event)
+        elif isinstance(event, NotificationsDeclined):
+            _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
+            self._fire(self._notification_handlers, event)
+        else:  # pragma: no cover - a new tracker event this adapter does not know yet
+            _log.debug("ignored tracker event %r", event)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _on_request(self, incoming: _wire.Incoming) -> None:
+        request = incoming.request
+        method = request.method
+        if method == "MESSAGE":
+            self.spawn(self._receive_message(incoming))
+        elif method == "OPTIONS":
+            incoming.respond(200, None, _wire.capability_headers(ALLOW))
+        elif method == "ACK":
+            # ACK for the 405 we gave an INVITE (RFC 3261 §17.2.1): absorbed.
+            return
+        else:
+            incoming.respond(405, None, [("Allow", ALLOW)])
+
+    async def _receive_message(self, incoming: _wire.Incoming) -> None:
+        request = incoming.request
+        try:
+            inbound = _wire.decode_message(request, self.config)
+        except (RemoteProtocolError, CpimError, ImdnError) as exc:
+            _log.info("refused MESSAGE %s: %s", request.call_id, exc)
+            headers = _wire.capability_headers(ALLOW) if exc.status_code == 415 else []
+            incoming.respond(exc.status_code, _wire.reason_phrase(exc.reason), headers)
+            return
+        if inbound.notification is not None:
+            self._receive_notification(incoming, inbound)
+        else:
+            await self._receive_im(incoming, inbound)
+
+    def _receive_notification(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
+        # Always 200: whether the IMDN correlates is none of the sender's business
+        # (no oracle for guessing Message-IDs, RFC 5438 §14).
+        incoming.respond(200)
+        note = inbound.notification
+        assert note is not None
+        tracker = self._require_tracker()
+        tracker.notification_received(
+            message_id=note.message_id,
+            kind=note.kind,
+            status=note.status,
+            now=time.time(),
+            sender=inbound.cpim_from,
+            sip_from=inbound.sip_from,
+            recipient_uri=note.recipient_uri,
+            original_recipient_uri=note.original_recipient_uri,
+            notification_id=inbound.message_id,
+        )
+        self._pump()
+
+    async def _receive_im(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
+        request = incoming.request
+        tracker = self._require_tracker()
+        now = time.time()
+        sender = inbound.cpim_from or inbound.sip_from
+        tx_key: tuple[str, ...] | None = None
+        if inbound.message_id is not None:
+            reception = tracker.record_received(
+                message_id=inbound.message_id,
+                sender=sender,
+                now=now,
+                requested=inbound.notify,
+                sip_from=inbound.sip_from,
+                recipient=inbound.cpim_to[0] if inbound.cpim_to else str(request.to.uri),
+                original_recipient=inbound.original_to,
+                datetime=inbound.datetime,
+                subject=inbound.subject,
+                imdn_route=inbound.imdn_route,
+                route_trusted=False,
+                is_notification=False,
+            )
+            self._pump()
+            if reception.duplicate:
+                status = reception.previous_status or self.config.deadline_status
+                _log.info("duplicate message %s from %s answered %d", inbound.message_id, sender, status)
+                incoming.respond(status)
+                return
+        else:
+            tx_key = (
+                "tx",
+                inbound.sip_from,
+                request.call_id,
+                request.from_.tag or "",
+                str(request.cseq.number),
+            )
+            if self._dedup.seen(tx_key, now):
+                status = self._dedup.answer(tx_key) or self.config.deadline_status
+                _log.info("duplicate plain message %s answered %d", request.call_id, status)
+                incoming.respond(status)
+                return
+        message = _wire.incoming_message(inbound, incoming, self._report)
+        outcome = await self._decide(message)
+        status = outcome.decision.status
+        incoming.respond(status, outcome.decision.reason)
+        if inbound.message_id is not None:
+            tracker.message_answered(inbound.message_id, sender, status, time.time())
+            self._pump()
+        elif tx_key is not None:
+            if 200 <= status < 300 or status >= 600:
+                self._dedup.set_answer(tx_key, status)
+            else:
+                # Not delivered: a later resend is a fresh attempt for the application.
+                self._dedup.forget(tx_key)
+
+    async def _decide(self, message: IncomingMessage) -> HandlerOutcome:
+        handlers = list(self._message_handlers)
+        if not handlers:
+            # Nobody to deliver to: not delivered (RFC 3428 §7, 4xx = not delivered).
+            return HandlerOutcome(Decision(480, "No Application"), by_handler=False)
+
+        async def run_all() -> object:
+            results = await asyncio.gather(*(handler(message) for handler in handlers))
+            decisions = [_wire.as_decision(result) for result in results]
+            refusals = [d for d in decisions if not 200 <= d.status < 300]
+            if refusals:
+                return refusals[0]
+            return next((d for d in decisions if d.status == 202), decisions[0])
+
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(run_all())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        outcome = await decide_response(
+            task, self.config.handler_deadline, Decision(self.config.deadline_status)
+        )
+        if not task.done():
+            _log.warning(
+                "on_message handler missed its %.1fs deadline; answered %d for it",
+                self.config.handler_deadline,
+                outcome.decision.status,
+            )
+            task.add_done_callback(_log_late_handler)
+        return outcome
+
+    async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
+        tracker = self._require_tracker()
+        owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
+        self._pump()
+        return owed is not None
+
+    async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
+        """Send the display notification for a received message, also one from an earlier run.
+
+        ``sender`` (the CPIM or SIP From of the message) disambiguates when two
+        senders used the same Message-ID. Returns True if a notification is
+        now owed (False: none requested, privacy setting, or unknown message).
+        """
+        tracker = self._require_tracker()
+        owed = tracker.mark_displayed(message_id, time.time(), sender=sender)
+        self._pump()
+        return owed is not None
+
+    # -- owed notifications ------------------------------------------------------------------
+
+    async def _send_owed(self, owed: OwedNotification) -> None:
+        status: int | None = None
+        try:
+            request = _wire.build_imdn_request(self, owed)
+        except (LocalProtocolError, ValueError) as exc:
+            # We cannot build it (bad stored data): retrying would fail the same way.
+            _log.error("cannot build IMDN %s for %s: %s", owed.notification_id, owed.message_id, exc)
+            self._require_tracker().notification_outcome(owed.notification_id, 400, time.time())
+            self._pump()
+            return
+        try:
+            response = await self._transact(Uri.parse(owed.request_uri), request, owed.request_uri)
+            status = response.status_code
+        except (TransactionTimeout, TransportError) as exc:
+            _log.info("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, exc)
+        if self._closed:
+            return
+        self._require_tracker().notification_outcome(owed.notification_id, status, time.time())
+        self._pump()
+        self._fire(
+            self._notification_handlers,
+            NotificationSent(
+                notification_id=owed.notification_id,
+                message_id=owed.message_id,
+                kind=str(owed.kind),
+                status=str(owed.status),
+                to=owed.request_uri,
+                sip_status=status,
+                attempt=owed.attempt,
+            ),
+        )
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        to: str,
+        body: str | bytes,
+        *,
+        content_type: str = "text/plain;charset=utf-8",
+        notify: Iterable[str] = (),
+        subject: str | None = None,
+        cpim: bool | None = None,
+        transport: str | None = None,
+    ) -> SentMessage:
+        """Send one instant message to ``to``; return its :class:`SentMessage` handle at once.
+
+        ``notify`` lists the notifications to request (``"positive-delivery"``,
+        ``"negative-delivery"``, ``"display"``); requesting any needs CPIM.
+        ``cpim`` forces CPIM on or off (default: ``config.use_cpim``, and
+        off for a peer known to refuse it). ``transport`` (``"udp"``,
+        ``"tcp"``, ``"tls"``) forces the transport to the first hop.
+        """
+        tracker = self._require_tracker()
+        self._require_stack()
+        target = Uri.parse(to)
+        wanted = frozenset(notify)
+        unknown = wanted - _NOTIFY_KINDS
+        if unknown:
+            raise LocalProtocolError(f"unknown notification kind(s) {sorted(unknown)}")
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        if cpim is None:
+            use_cpim = self.config.use_cpim and PEER_NO_CPIM not in tracker.peer_flags(to)
+            if not use_cpim and wanted:
+                _log.info("%s refuses CPIM: sending text/plain without notification requests", to)
+                wanted = frozenset()
+        else:
+            use_cpim = cpim
+        if wanted and not use_cpim:
+            raise LocalProtocolError("notifications can only be requested in message/cpim")
+        message_id = new_message_id()  # 128 random bits, CPIM Token-safe (IMDN-12, IMDN-13)
+        now = time.time()
+        tracker.register_sent(message_id=message_id, recipients=[to], requested=set(wanted), now=now)
+        handle = SentMessage(message_id=message_id, to=to, notify=wanted)
+        self._handles[message_id] = handle
+        self._pump()
+        outgoing = _wire.Outgoing(
+            target=target,
+            to=to,
+            body=data,
+            content_type=content_type,
+            subject=subject,
+            message_id=message_id,
+            notify=wanted,
+            sent_at=now,
+            transport=transport,
+        )
+        self.spawn(self._run_send(handle, outgoing, use_cpim))
+        return handle
+
+    async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, use_cpim: bool) -> None:
+        tracker = self._require_tracker()
+        try:
+            request = _wire.build_im_request(self, outgoing, cpim=use_cpim)
+            response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)
+            if (
+                response.status_code == 415
+                and use_cpim
+                and self.config.cpim_fallback
+                and outgoing.content_type.lower().startswith("text/")
+            ):
+                _log.info("%s answered 415 to message/cpim: retrying once as text/plain", outgoing.to)
+                tracker.set_peer_flag(outgoing.to, PEER_NO_CPIM, True, time.time())
+                handle._set_notify(frozenset())
+                self._pump()
+                request = _wire.build_im_request(self, outgoing, cpim=False, previous=request)
+                response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)
+        except (TransactionTimeout, TransportError) as exc:
+            if not self._closed:
+                tracker.response_received(handle.message_id, exc.status_code, time.time())
+                self._pump()
+            handle._set_failure(exc)
+            return
+        tracker.response_received(handle.message_id, response.status_code, time.time())
+        self._pump()
+        handle._set_response(response)
+
+    async def _transact(self, key: Uri, request: Request, to: str, transport: str | None = None) -> Response:
+        """One MESSAGE transaction, never two at once to the same URI (RFC 3428 §8)."""
+        stack = self._require_stack()
+        async with self._queue.turn(key):
+            return await stack.send_request(request, target=_wire.target_for(self.config, to, transport))
+
+
+def _log_late_handler(task: asyncio.Task[Any]) -> None:
+    """A handler finished after its deadline: its answer came too late; say so, and log its error."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        _log.error("on_message handler failed after its deadline", exc_info=error)
+    else:
+        _log.info("on_message handler decided %r after its deadline; the stack had answered", task.result())
+
+
+def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
+    """An AOR written with port 0 means "the port we are bound to" (loopback use without a registrar).
+
+    The endpoint is the first one of the AOR's transport (``;transport=``,
+    TLS for sips, else UDP), preferring one on the AOR's host.
+    """
+    if aor.port != 0:
+        return aor
+    transport = "tls" if aor.secure else (aor.transport or "udp")
+    candidates = [e for e in endpoints if e.transport == transport]
+    if not candidates:
+        raise LocalProtocolError(f"AOR {aor} has port 0 but nothing listens on {transport}")
+    same_host = [e for e in candidates if e.host == aor.host]
+    return dataclasses.replace(aor, port=(same_host or candidates)[0].port)
+
+
+async def _call(handler: Callable[[_E], Awaitable[None]], event: _E) -> None:
+    await handler(event)

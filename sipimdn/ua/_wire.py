@@ -1,0 +1,431 @@
+"""What the user agent puts on and takes off the wire: bodies, CPIM envelopes, requests.
+
+Pure functions between the façade (:mod:`._agent`) and the layers below:
+decoding a received MESSAGE into an :class:`Inbound` (text/plain,
+message/cpim wrapping any type, bare message/imdn+xml, deflate/gzip
+bodies), building the CPIM instant message and the CPIM IMDN, and the
+SIP requests that carry them. Nothing here touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .. import cpim
+from ..config import ListenEndpoint, UserAgentConfig
+from ..dialog.factory import build_request
+from ..dialog.transaction import TimerConfig
+from ..errors import RemoteProtocolError
+from ..headers import NameAddr
+from ..imdn import (
+    CONTENT_TYPE as IMDN_CONTENT_TYPE,
+)
+from ..imdn import (
+    IMDN_NS,
+    Notification,
+    build_im,
+    build_notification,
+    imdn_headers,
+    parse_notification,
+    recognise,
+)
+from ..imdn.tracker import DisplayPolicy, OwedNotification, TrackerConfig
+from ..message import Request
+from ..stack import IncomingRequest, SipStack
+from ..transport.base import ListenSpec, TransportConfig
+from ..transport.flow import Transport
+from ..transport.select import Target, target_for_uri
+from ..uri import Uri
+from ._deadline import Decision, normalize_decision
+from ._inflate import ACCEPT_ENCODING, inflate
+from .incoming import IncomingMessage
+
+Stack = SipStack
+Incoming = IncomingRequest
+
+#: Bodies we take in a MESSAGE (RFC 3261 §8.2.3: the Accept of our 415).
+ACCEPT = "message/cpim, text/plain, message/imdn+xml"
+
+__all__ = [
+    "ACCEPT",
+    "Inbound",
+    "Outgoing",
+    "as_decision",
+    "build_im_request",
+    "build_imdn_request",
+    "capability_headers",
+    "decode_message",
+    "incoming_message",
+    "reason_phrase",
+]
+
+
+def capability_headers(allow: str) -> list[tuple[str, str]]:
+    """Allow/Accept/Accept-Encoding, for OPTIONS answers and 415s."""
+    return [("Allow", allow), ("Accept", ACCEPT), ("Accept-Encoding", ACCEPT_ENCODING)]
+
+
+def reason_phrase(text: str) -> str:
+    """A reason phrase safe to put on a status line (one line, bounded)."""
+    return " ".join(text.split())[:100] or "Error"
+
+
+def as_decision(value: object) -> Decision:
+    """A handler's return value as a :class:`Decision` (raises TypeError/ValueError if invalid)."""
+    return normalize_decision(value)
+
+
+# -- receiving --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A received MESSAGE, decoded."""
+
+    request: Request
+    sip_from: str
+    sip_from_name: str | None
+    sip_to: str
+    content_type: str
+    content_params: dict[str, str]
+    body: bytes
+    cpim: cpim.CpimMessage | None
+    cpim_from: str | None
+    cpim_to: tuple[str, ...]
+    message_id: str | None
+    notify: frozenset[str]
+    datetime: str | None
+    subject: str | None
+    original_to: str | None
+    imdn_route: tuple[str, ...]
+    #: Set when the MESSAGE carries an IMDN rather than an instant message.
+    notification: Notification | None = None
+    #: Further notifications of an aggregated IMDN (RFC 5438 §8.3).
+    more_notifications: tuple[Notification, ...] = ()
+
+
+def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
+    """Decode a MESSAGE body; raises a ``RemoteProtocolError`` carrying the status to answer.
+
+    413 when the body is larger than ``config.max_body_bytes`` (or inflates
+    past ``config.max_inflated_bytes``), 415 for a type or coding we do not
+    take, 400 for a malformed CPIM envelope or IMDN document.
+    """
+    if len(request.body) > config.max_body_bytes:
+        raise RemoteProtocolError(f"body larger than {config.max_body_bytes} bytes", 413)
+    body = inflate(request.body, request.headers.get("Content-Encoding"), config.max_inflated_bytes)
+    ctype = request.content_type
+    if ctype is None:
+        if body:
+            raise RemoteProtocolError("a body without Content-Type", 415)
+        mime, params = "text/plain", {}
+    else:
+        mime, params = ctype.mime, dict(ctype.params)
+    from_ = request.from_
+    base: dict[str, Any] = {
+        "request": request,
+        "sip_from": str(from_.uri),
+        "sip_from_name": from_.display_name,
+        "sip_to": str(request.to.uri),
+    }
+    subject = request.headers.get("Subject")
+    if mime == "text/plain":
+        return Inbound(
+            **base,
+            content_type=mime,
+            content_params=params,
+            body=body,
+            cpim=None,
+            cpim_from=None,
+            cpim_to=(),
+            message_id=None,
+            notify=frozenset(),
+            datetime=None,
+            subject=subject,
+            original_to=None,
+            imdn_route=(),
+        )
+    if mime == IMDN_CONTENT_TYPE:
+        note = parse_notification(body)
+        return Inbound(
+            **base,
+            content_type=mime,
+            content_params=params,
+            body=body,
+            cpim=None,
+            cpim_from=None,
+            cpim_to=(),
+            message_id=None,
+            notify=frozenset(),
+            datetime=note.datetime,
+            subject=subject,
+            original_to=None,
+            imdn_route=(),
+            notification=note,
+        )
+    if mime != cpim.CONTENT_TYPE:
+        raise RemoteProtocolError(f"unsupported Content-Type {mime}", 415)
+    envelope = cpim.parse(body)
+    sender = envelope.from_
+    headers = imdn_headers(envelope)
+    date_time = envelope.date_time
+    common: dict[str, Any] = {
+        **base,
+        "cpim": envelope,
+        "cpim_from": None if sender is None else sender.uri,
+        "cpim_to": tuple(a.uri for a in envelope.to),
+        "message_id": headers.message_id,
+        "datetime": None if date_time is None else date_time.raw.rstrip(" "),
+        "subject": envelope.subject or subject,
+        "original_to": None if headers.original_to is None else headers.original_to.uri,
+        "imdn_route": tuple(a.uri for a in headers.record_routes),
+    }
+    received = recognise(envelope, max_inflated_size=config.max_inflated_bytes)
+    if received is not None:
+        first, *rest = received.notifications
+        return Inbound(
+            **common,
+            content_type=IMDN_CONTENT_TYPE,
+            content_params={},
+            body=envelope.body,
+            notify=frozenset(),
+            notification=first,
+            more_notifications=tuple(rest),
+        )
+    inner = envelope.content_type or "text/plain"
+    return Inbound(
+        **common,
+        content_type=inner.lower(),
+        content_params=dict(envelope.content_type_params),
+        body=envelope.body,
+        notify=frozenset(str(r) for r in headers.requested),
+    )
+
+
+def incoming_message(
+    inbound: Inbound,
+    incoming: Incoming,
+    report: Callable[[str, str, str, str], Awaitable[bool]],
+) -> IncomingMessage:
+    """The application's view of a received instant message."""
+    flow = incoming.flow
+    return IncomingMessage(
+        sender=inbound.sip_from,
+        sender_name=inbound.sip_from_name,
+        recipient=inbound.sip_to,
+        cpim_from=inbound.cpim_from,
+        cpim_to=inbound.cpim_to,
+        content_type=inbound.content_type,
+        content_params=inbound.content_params,
+        body=inbound.body,
+        subject=inbound.subject,
+        message_id=inbound.message_id,
+        datetime=inbound.datetime,
+        notify=inbound.notify,
+        transport=flow.transport.value.lower(),
+        source=(flow.remote[0], flow.remote[1]),
+        request=inbound.request,
+        cpim=inbound.cpim,
+        _report=report,
+    )
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One instant message to send (kept to rebuild it for the text/plain fallback)."""
+
+    target: Uri
+    to: str
+    body: bytes
+    content_type: str
+    subject: str | None
+    message_id: str
+    notify: frozenset[str]
+    sent_at: float
+    transport: str | None
+
+
+class _Sender(Protocol):
+    """What the builders need from the user agent (kept narrow to avoid a cycle)."""
+
+    config: UserAgentConfig
+
+    @property
+    def aor(self) -> str: ...
+
+
+def _our_address(ua: _Sender) -> cpim.CpimAddress:
+    return cpim.CpimAddress(uri=ua.aor, display_name=ua.config.display_name)
+
+
+def build_im_request(ua: _Sender, out: Outgoing, *, cpim: bool, previous: Request | None = None) -> Request:
+    """The MESSAGE carrying ``out``: CPIM-wrapped with IMDN headers, or plain.
+
+    ``previous`` is the request this one retries (after a 415): RFC 3261
+    §8.1.3.5 keeps its Call-ID, From tag and To, with CSeq plus one.
+    """
+    if cpim:
+        envelope = build_im(
+            from_=_our_address(ua),
+            to=out.to,
+            body=out.body,
+            now=out.sent_at,
+            content_type=out.content_type,
+            notify=sorted(out.notify),
+            message_id=out.message_id,
+            subject=out.subject,
+        )
+        return _message_request(
+            ua, out.to, out.to, content_type=cpim_content_type(), body=envelope.to_bytes(), previous=previous
+        )
+    extra = [("Subject", out.subject)] if out.subject else []
+    return _message_request(
+        ua, out.to, out.to, content_type=out.content_type, body=out.body, extra=extra, previous=previous
+    )
+
+
+def cpim_content_type() -> str:
+    """The SIP Content-Type of a CPIM body."""
+    return cpim.CONTENT_TYPE
+
+
+def build_imdn_request(ua: _Sender, owed: OwedNotification) -> Request:
+    """The MESSAGE carrying an IMDN we owe (RFC 5438 §7.2.1.1, §12.1.3.1)."""
+    xml = build_notification(
+        message_id=owed.message_id,
+        datetime=owed.datetime or "",
+        kind=str(owed.kind),
+        status=str(owed.status),
+        recipient_uri=owed.recipient_uri,
+        original_recipient_uri=owed.original_recipient_uri,
+        subject=owed.subject,
+    )
+    me = cpim.CpimAddress(uri=owed.cpim_from or ua.aor)
+    lines = [
+        cpim.format_header("From", str(me)),
+        cpim.format_header("To", str(cpim.CpimAddress(uri=owed.cpim_to or owed.sip_to))),
+        cpim.format_header("NS", f"imdn <{IMDN_NS}>"),
+        cpim.format_header("imdn.Message-ID", owed.notification_id),
+        cpim.format_header("DateTime", cpim.format_datetime(time.time())),
+    ]
+    # §7.2.1: every IMDN-Record-Route of the IM becomes an IMDN-Route, same order.
+    lines += [cpim.format_header("imdn.IMDN-Route", str(cpim.CpimAddress(uri=r))) for r in owed.imdn_route]
+    envelope = cpim.build_from_lines(
+        lines,
+        content_type=IMDN_CONTENT_TYPE,
+        body=xml,
+        mime_headers=[("Content-Disposition", "notification")],
+    )
+    return _message_request(
+        ua, owed.request_uri, owed.sip_to, content_type=cpim.CONTENT_TYPE, body=envelope.to_bytes()
+    )
+
+
+def tracker_config(config: UserAgentConfig) -> TrackerConfig:
+    """The tracker's configuration derived from the user agent's."""
+    return TrackerConfig(
+        auto_delivered=config.auto_delivery,
+        display_policy=DisplayPolicy(config.display_privacy.value),
+        max_attempts=config.imdn_max_attempts,
+        retry_base=config.imdn_retry_base,
+        retry_cap=config.imdn_retry_cap,
+        tracking_ttl=config.state_expiry,
+        received_ttl=config.state_expiry,
+    )
+
+
+def _message_request(
+    ua: _Sender,
+    request_uri: str,
+    to: str,
+    *,
+    content_type: str,
+    body: bytes,
+    extra: Sequence[tuple[str, str]] = (),
+    previous: Request | None = None,
+) -> Request:
+    config = ua.config
+    route = [f"<{_loose(config.outbound_proxy)}>"] if config.outbound_proxy else []
+    headers = list(extra)
+    if config.user_agent:
+        headers.append(("User-Agent", config.user_agent))
+    from_ = NameAddr(Uri.parse(ua.aor), config.display_name)
+    call_id: str | None = None
+    cseq = 1
+    from_tag: str | None = None
+    if previous is not None:
+        call_id = previous.call_id
+        cseq = previous.cseq.number + 1
+        from_tag = previous.from_.tag
+    return build_request(
+        "MESSAGE",
+        request_uri,
+        from_,
+        NameAddr(Uri.parse(to)),
+        call_id=call_id,
+        cseq=cseq,
+        from_tag=from_tag,
+        route=route,
+        headers=headers,
+        body=body,
+        content_type=content_type,
+    )
+
+
+def _loose(proxy: str) -> str:
+    """The outbound proxy as a loose-routing Route URI (RFC 3261 §8.1.1.1 pre-existing route set)."""
+    uri = Uri.parse(proxy)
+    return str(uri) if "lr" in uri.params else f"{uri};lr"
+
+
+# -- the stack --------------------------------------------------------------------------------
+
+
+def make_stack(config: UserAgentConfig) -> SipStack:
+    """A :class:`~sipimdn.stack.SipStack` listening where ``config`` says, with its timers."""
+    specs = [
+        ListenSpec(
+            Transport.from_token(ep.transport),
+            ep.host,
+            ep.port,
+            config.tls_server_context if ep.transport == "tls" else None,
+        )
+        for ep in config.listen
+    ]
+    transport_config = (
+        TransportConfig(client_ssl_context=config.tls_client_context)
+        if config.tls_client_context is not None
+        else None
+    )
+    return SipStack(
+        specs,
+        timers=TimerConfig(t1=config.t1, t2=config.t2, t4=config.t4),
+        transport_config=transport_config,
+    )
+
+
+def endpoints_of(stack: SipStack) -> tuple[ListenEndpoint, ...]:
+    """The stack's bound endpoints as :class:`~sipimdn.config.ListenEndpoint` values."""
+    return tuple(ListenEndpoint(kind.value.lower(), host, port) for kind, (host, port) in stack.endpoints)
+
+
+def target_for(config: UserAgentConfig, to: str, transport: str | None) -> Target | None:
+    """Where the first hop goes when the caller forces a transport; None lets the stack decide.
+
+    Without a forced transport the stack follows the first Route (the
+    outbound proxy) or the Request-URI (RFC 3263 subset).
+    """
+    if transport is None:
+        return None
+    uri = Uri.parse(config.outbound_proxy) if config.outbound_proxy else Uri.parse(to)
+    kind = Transport.from_token(transport)
+    base = target_for_uri(uri.without_params("transport") if uri.scheme == "sip" else uri)
+    port = uri.port or kind.default_port
+    server_name = base.server_name if kind is Transport.TLS else None
+    return Target(kind, base.host, port, server_name)

@@ -1,0 +1,421 @@
+"""Two user agents on loopback: message -> 2xx -> delivered -> displayed, and what goes wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from ua_helpers import RawPeer, Recorder, Tls, make_tls, ua_config
+
+from sipimdn import UserAgent
+from sipimdn.events import (
+    DispositionChanged,
+    DispositionState,
+    NotificationAccepted,
+    NotificationRejected,
+    NotificationSent,
+)
+from sipimdn.imdn import build_im, build_notification
+from sipimdn.imdn.tracker import PEER_NO_CPIM
+from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.transport.base import ListenSpec
+from sipimdn.transport.flow import Transport
+from sipimdn.ua import IncomingMessage
+
+S = DispositionState
+BOTH = {"positive-delivery", "display"}
+
+
+@pytest.fixture(scope="module")
+def tls() -> Tls:
+    return make_tls()
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("transport", "host"),
+    [
+        ("udp", "127.0.0.1"),
+        ("tcp", "127.0.0.1"),
+        ("tls", "127.0.0.1"),
+    ],
+)
+async def test_message_accepted_delivered_displayed(transport: str, host: str, tls: Tls) -> None:
+    use_tls = tls if transport == "tls" else None
+    bob_seen: list[IncomingMessage] = []
+    alice_events = Recorder()
+    async with (
+        UserAgent(ua_config("bob", transport, use_tls, host)) as bob,
+        UserAgent(ua_config("alice", transport, use_tls, host)) as alice,
+    ):
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> None:
+            bob_seen.append(message)
+
+        alice.on_disposition(alice_events)
+        handle = await alice.send_message(bob.aor, "hello Bob ✓", notify=BOTH, subject="hi")
+        assert handle.state is S.PENDING
+        response = await asyncio.wait_for(handle.final_response(), 5)
+        assert response.status_code == 200
+        assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
+        # Step by step: the 2xx made it accepted, the automatic IMDN delivered.
+        assert alice_events.states(handle.message_id) == [S.ACCEPTED, S.DELIVERED]
+        (message,) = bob_seen
+        assert message.text == "hello Bob ✓"
+        assert message.content_type == "text/plain"
+        assert message.subject == "hi"
+        assert message.message_id == handle.message_id
+        assert message.notify == frozenset(BOTH)
+        assert message.transport == transport
+        assert message.sender == alice.aor
+        assert message.cpim_from == alice.aor
+        assert message.request.method == "MESSAGE"
+        assert message.datetime is not None
+        assert await message.mark_displayed() is True
+        assert await handle.await_disposition("displayed", timeout=5) is S.DISPLAYED
+        assert alice_events.states(handle.message_id) == [S.ACCEPTED, S.DELIVERED, S.DISPLAYED]
+        accepted = alice_events.of(NotificationAccepted)
+        assert [(e.kind, e.status) for e in accepted] == [("delivery", "delivered"), ("display", "displayed")]
+        assert not alice_events.of(NotificationRejected)
+
+
+@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_ipv6_message_without_notifications(transport: str) -> None:
+    # Notifications over IPv6 wait for the IMDN codec to accept bracketed hosts in
+    # <recipient-uri> (libxml2's xs:anyURI predates RFC 3986); see the UA report.
+    seen: list[str] = []
+    async with (
+        UserAgent(ua_config("bob", transport, host="::1")) as bob,
+        UserAgent(ua_config("alice", transport, host="::1")) as alice,
+    ):
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> None:
+            seen.append(message.text)
+
+        assert bob.endpoints[0].is_ipv6
+        handle = await alice.send_message(bob.aor, "over v6")
+        assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 200
+        assert handle.state is S.ACCEPTED
+        assert seen == ["over v6"]
+
+
+async def test_manual_delivery_report_and_late_delivered_changes_nothing() -> None:
+    seen: list[IncomingMessage] = []
+    events = Recorder()
+    async with (
+        UserAgent(ua_config("bob", auto_delivery=False)) as bob,
+        UserAgent(ua_config("alice")) as alice,
+    ):
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> None:
+            seen.append(message)
+
+        alice.on_disposition(events)
+        handle = await alice.send_message(bob.aor, "x", notify=BOTH)
+        assert (await handle.final_response()).status_code == 200
+        await asyncio.sleep(0.2)
+        assert handle.state is S.ACCEPTED  # nothing automatic
+        assert await seen[0].mark_displayed()
+        assert await handle.await_disposition("displayed", timeout=5) is S.DISPLAYED
+        # A delivered arriving after displayed moves nothing back (the tracker may
+        # even have stopped tracking the message: displayed is final).
+        seen_events = len(events.events)
+        assert await seen[0].report("delivery", "delivered")
+        await events.wait_for_more(seen_events)
+        await asyncio.sleep(0.1)
+        assert handle.state is S.DISPLAYED
+        assert events.states(handle.message_id) == [S.ACCEPTED, S.DISPLAYED]
+
+
+@pytest.mark.parametrize(("answer", "state"), [(202, S.DELIVERED), (486, S.FAILED), (603, S.FAILED)])
+async def test_handler_decides_the_final_response(answer: int, state: DispositionState) -> None:
+    events = Recorder()
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> int:
+            await asyncio.sleep(0.01)
+            return answer
+
+        alice.on_disposition(events)
+        handle = await alice.send_message(bob.aor, "x", notify={"positive-delivery", "negative-delivery"})
+        response = await asyncio.wait_for(handle.final_response(), 5)
+        assert response.status_code == answer
+        if answer < 300:
+            # 202 is still a 2xx: accepted, then delivered by the automatic IMDN.
+            assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
+        else:
+            assert handle.state is S.FAILED
+            await asyncio.sleep(0.2)
+            # Never a notification after a non-2xx answer (RFC 5438 §7.2.1.1, IMDN-37).
+            assert not events.of(NotificationAccepted)
+        assert events.states(handle.message_id)[-1] is state
+
+
+async def test_slow_handler_hits_the_deadline_and_the_stack_answers() -> None:
+    finished = asyncio.Event()
+    async with (
+        UserAgent(ua_config("bob", handler_deadline=0.2)) as bob,
+        UserAgent(ua_config("alice")) as alice,
+    ):
+
+        @bob.on_message
+        async def slow(message: IncomingMessage) -> int:
+            await asyncio.sleep(1.0)
+            finished.set()
+            return 486  # too late to count
+
+        start = time.monotonic()
+        handle = await alice.send_message(bob.aor, "x", notify={"positive-delivery"})
+        response = await asyncio.wait_for(handle.final_response(), 5)
+        elapsed = time.monotonic() - start
+        assert response.status_code == 202  # config.deadline_status
+        assert elapsed < 0.9
+        await asyncio.wait_for(finished.wait(), 3)
+        assert handle.state in (S.ACCEPTED, S.DELIVERED)
+
+
+async def test_no_handler_means_not_delivered() -> None:
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+        handle = await alice.send_message(bob.aor, "x")
+        assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 480
+        assert handle.state is S.FAILED
+
+
+async def test_duplicate_cpim_message_is_answered_but_handed_up_once() -> None:
+    seen: list[IncomingMessage] = []
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob")) as bob:
+
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> int:
+                seen.append(message)
+                return 202
+
+            host, port = bob.endpoints[0].host, bob.endpoints[0].port
+            sender = f"sip:raw@{raw.address[0]}:{raw.address[1]}"
+            body = build_im(
+                from_=sender, to=bob.aor, body=b"once", now=time.time(), message_id="dup-1"
+            ).to_bytes()
+            statuses = []
+            for _ in range(3):  # new transactions (new branch and Call-ID), same sender and Message-ID
+                data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type="message/cpim", body=body)
+                statuses.append((await raw.transact(data, branch, (host, port))).status_code)
+            assert statuses == [202, 202, 202]  # the duplicate gets the first copy's answer
+            assert [m.text for m in seen] == ["once"]
+    finally:
+        raw.close()
+
+
+async def test_plain_text_duplicate_is_recognised_by_transaction_identity() -> None:
+    seen: list[str] = []
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob")) as bob:
+
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> None:
+                seen.append(message.text)
+
+            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
+            for cseq, text in ((1, "one"), (1, "one"), (2, "two")):
+                data, branch = raw.request_bytes(
+                    "MESSAGE",
+                    bob.aor,
+                    call_id="same-call",
+                    cseq=cseq,
+                    content_type="text/plain",
+                    body=text.encode(),
+                )
+                assert (await raw.transact(data, branch, dest)).status_code == 200
+            # Same Call-ID, From tag and CSeq again: not handed up twice; a new CSeq is a new message.
+            assert seen == ["one", "two"]
+    finally:
+        raw.close()
+
+
+async def test_forged_imdns_change_nothing() -> None:
+    events = Recorder()
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> None:
+                return None
+
+            alice.on_disposition(events)
+            handle = await alice.send_message(bob.aor, "x", notify=BOTH)
+            assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
+            dest = (alice.endpoints[0].host, alice.endpoints[0].port)
+            mallory = f"sip:mallory@{raw.address[0]}:{raw.address[1]}"
+            forged = [
+                # the right Message-ID from the wrong sender (C2)
+                (handle.message_id, mallory, mallory),
+                # the right sender, but a Message-ID we never sent (C1)
+                ("never-sent", bob.aor, bob.aor),
+            ]
+            for message_id, sip_from, recipient in forged:
+                xml = build_notification(
+                    message_id=message_id,
+                    datetime="2024-01-01T00:00:00Z",
+                    kind="display",
+                    status="displayed",
+                    recipient_uri=recipient,
+                )
+                data, branch = raw.request_bytes(
+                    "MESSAGE", alice.aor, from_uri=sip_from, content_type="message/imdn+xml", body=xml
+                )
+                # Answered 200 either way: no oracle for guessing Message-IDs.
+                assert (await raw.transact(data, branch, dest)).status_code == 200
+            rejected = await events.wait_for(NotificationRejected, count=2)
+            assert {str(e.reason) for e in rejected} == {"not-a-recipient", "unknown-message"}
+            await asyncio.sleep(0.1)
+            assert handle.state is S.DELIVERED
+            assert events.states(handle.message_id) == [S.ACCEPTED, S.DELIVERED]
+    finally:
+        raw.close()
+
+
+async def test_415_to_cpim_falls_back_to_text_plain_once_and_is_remembered() -> None:
+    received = []
+
+    async def plain_only(incoming: IncomingRequest) -> None:
+        request = incoming.request
+        received.append(request)
+        ctype = request.content_type
+        if ctype is not None and ctype.mime == "message/cpim":
+            incoming.respond(415, None, [("Accept", "text/plain")])
+        else:
+            incoming.respond(200)
+
+    async with SipStack([ListenSpec(Transport.UDP, "127.0.0.1", 0)]) as server:
+        server.on_request(plain_only)
+        _, (host, port) = server.endpoints[0]
+        peer = f"sip:plain@{host}:{port}"
+        async with UserAgent(ua_config("alice")) as alice:
+            handle = await alice.send_message(peer, "hello", notify={"positive-delivery"})
+            assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 200
+            assert handle.notify == frozenset()  # text/plain cannot carry requests
+            first, retry = received
+            assert first.content_type is not None and first.content_type.mime == "message/cpim"
+            assert retry.content_type is not None and retry.content_type.mime == "text/plain"
+            assert retry.body == b"hello"
+            assert retry.call_id == first.call_id
+            assert retry.cseq.number == first.cseq.number + 1
+            assert PEER_NO_CPIM in alice._require_tracker().peer_flags(peer)
+            # Remembered: the next message goes out as text/plain straight away.
+            second = await alice.send_message(peer, "again", notify={"positive-delivery"})
+            assert (await asyncio.wait_for(second.final_response(), 5)).status_code == 200
+            assert len(received) == 3
+            assert received[2].content_type is not None and received[2].content_type.mime == "text/plain"
+
+
+async def test_options_invite_and_unsupported_bodies() -> None:
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob")) as bob:
+            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
+            data, branch = raw.request_bytes("OPTIONS", bob.aor)
+            options = await raw.transact(data, branch, dest)
+            assert options.status_code == 200
+            assert "MESSAGE" in (options.headers.get("Allow") or "")
+            assert "message/cpim" in (options.headers.get("Accept") or "")
+            data, branch = raw.request_bytes("SUBSCRIBE", bob.aor)
+            refused = await raw.transact(data, branch, dest)
+            assert refused.status_code == 405
+            assert "MESSAGE" in (refused.headers.get("Allow") or "")
+            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type="application/json", body=b"{}")
+            unsupported = await raw.transact(data, branch, dest)
+            assert unsupported.status_code == 415
+            assert "text/plain" in (unsupported.headers.get("Accept") or "")
+            data, branch = raw.request_bytes(
+                "MESSAGE", bob.aor, content_type="text/plain", body=b"x", extra=["Content-Encoding: br"]
+            )
+            coded = await raw.transact(data, branch, dest)
+            assert coded.status_code == 415
+            assert "deflate" in (coded.headers.get("Accept-Encoding") or "")
+    finally:
+        raw.close()
+
+
+async def test_on_message_registration_unregisters() -> None:
+    seen: list[str] = []
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+
+        async def receive(message: IncomingMessage) -> None:
+            seen.append(message.text)
+
+        registration = bob.on_message(receive)
+        assert (await (await alice.send_message(bob.aor, "one")).final_response()).status_code == 200
+        registration()
+        registration.unregister()  # idempotent
+        assert (await (await alice.send_message(bob.aor, "two")).final_response()).status_code == 480
+        assert seen == ["one"]
+
+
+async def test_notification_sent_events_on_the_receiving_side() -> None:
+    sent = Recorder()
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> None:
+            return None
+
+        bob.on_notification(sent)
+        handle = await alice.send_message(bob.aor, "x", notify={"positive-delivery"})
+        assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
+        (event,) = await sent.wait_for(NotificationSent)
+        assert (event.message_id, event.kind, event.status, event.sip_status) == (
+            handle.message_id,
+            "delivery",
+            "delivered",
+            200,
+        )
+        assert event.to == alice.aor
+
+
+async def test_per_destination_queue_keeps_order_under_load() -> None:
+    seen: list[str] = []
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> None:
+            seen.append(message.text)
+
+        handles = [await alice.send_message(bob.aor, f"m{i}") for i in range(20)]
+        responses = await asyncio.wait_for(asyncio.gather(*(h.final_response() for h in handles)), 10)
+        assert [r.status_code for r in responses] == [200] * 20
+        # RFC 3428 §8: one transaction at a time to bob, so they arrive in order.
+        assert seen == [f"m{i}" for i in range(20)]
+
+
+async def test_state_is_only_moved_by_the_tracker_events() -> None:
+    """A DispositionChanged for a message is the only way its handle changes."""
+    events = Recorder()
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+        bob.on_message(_accept)
+        alice.on_disposition(events)
+        handle = await alice.send_message(bob.aor, "x", notify={"positive-delivery"})
+        await handle.await_disposition("delivered", timeout=5)
+        changes = [e for e in events.of(DispositionChanged) if e.message_id == handle.message_id]
+        assert changes[-1].state is handle.state
+
+
+async def _accept(message: IncomingMessage) -> None:
+    return None

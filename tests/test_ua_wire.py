@@ -1,0 +1,223 @@
+"""What the user agent puts on and takes off the wire, checked against the real core and codecs."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+
+import pytest
+
+from sipimdn import cpim
+from sipimdn.config import UserAgentConfig
+from sipimdn.errors import CpimError, ImdnError, RemoteProtocolError
+from sipimdn.imdn import build_im, build_imdn, build_notification, imdn_headers, recognise
+from sipimdn.message import Request
+from sipimdn.parser import parse_message
+from sipimdn.store import OwedRecord
+from sipimdn.ua import _wire
+
+CONFIG = UserAgentConfig(aor="sip:bob@127.0.0.1:5070", display_name="Bob", max_body_bytes=4096)
+
+
+class _Me:
+    def __init__(self, config: UserAgentConfig = CONFIG) -> None:
+        self.config = config
+        self.aor = config.aor
+
+
+def _message(content_type: str | None, body: bytes, extra: str = "") -> Request:
+    ctype = f"Content-Type: {content_type}\r\n" if content_type else ""
+    raw = (
+        "MESSAGE sip:bob@127.0.0.1:5070 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-1\r\n"
+        "Max-Forwards: 70\r\n"
+        'From: "Alice" <sip:alice@127.0.0.1:5060>;tag=a1\r\n'
+        "To: <sip:bob@127.0.0.1:5070>\r\n"
+        "Call-ID: c1@127.0.0.1\r\n"
+        "CSeq: 1 MESSAGE\r\n"
+        f"{ctype}{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    request = parse_message(raw)
+    assert isinstance(request, Request)
+    return request
+
+
+def _im(notify: tuple[str, ...] = ("positive-delivery", "display"), body: bytes = b"hi") -> bytes:
+    return build_im(
+        from_="sip:alice@127.0.0.1:5060",
+        to="sip:bob@127.0.0.1:5070",
+        body=body,
+        now=time.time(),
+        notify=notify,
+        message_id="m-123",
+        subject="greeting",
+    ).to_bytes()
+
+
+def test_decode_plain_text() -> None:
+    inbound = _wire.decode_message(_message("text/plain; charset=utf-8", "héllo".encode()), CONFIG)
+    assert inbound.content_type == "text/plain"
+    assert inbound.body == "héllo".encode()
+    assert inbound.message_id is None
+    assert inbound.notify == frozenset()
+    assert inbound.sip_from == "sip:alice@127.0.0.1:5060"
+    assert inbound.sip_from_name == "Alice"
+    assert inbound.notification is None
+
+
+def test_decode_cpim_im_with_notification_requests() -> None:
+    inbound = _wire.decode_message(_message("message/cpim", _im()), CONFIG)
+    assert inbound.content_type == "text/plain"
+    assert inbound.body == b"hi"
+    assert inbound.message_id == "m-123"
+    assert inbound.notify == frozenset({"positive-delivery", "display"})
+    assert inbound.cpim_from == "sip:alice@127.0.0.1:5060"
+    assert inbound.cpim_to == ("sip:bob@127.0.0.1:5070",)
+    assert inbound.subject == "greeting"
+    assert inbound.datetime is not None
+    assert inbound.notification is None
+
+
+@pytest.mark.parametrize(("coding", "pack"), [("deflate", zlib.compress), ("gzip", gzip.compress)])
+def test_decode_content_encoded_body(coding: str, pack: object) -> None:
+    assert callable(pack)
+    body = pack(_im())
+    inbound = _wire.decode_message(_message("message/cpim", body, f"Content-Encoding: {coding}\r\n"), CONFIG)
+    assert inbound.message_id == "m-123"
+
+
+def test_decode_cpim_imdn_and_bare_imdn() -> None:
+    im = cpim.parse(_im())
+    imdn = build_imdn(im, kind="delivery", status="delivered", now=time.time(), message_id="n-1")
+    inbound = _wire.decode_message(_message("message/cpim", imdn.to_bytes()), CONFIG)
+    assert inbound.notification is not None
+    assert inbound.notification.message_id == "m-123"
+    assert str(inbound.notification.status) == "delivered"
+    assert inbound.message_id == "n-1"
+    assert inbound.notify == frozenset()  # never a request in an IMDN (IMDN-53)
+    xml = build_notification(
+        message_id="m-9", datetime="2024-01-01T00:00:00Z", kind="display", status="displayed"
+    )
+    bare = _wire.decode_message(_message("message/imdn+xml", xml), CONFIG)
+    assert bare.notification is not None
+    assert bare.notification.message_id == "m-9"
+    assert bare.cpim_from is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "extra", "status", "error"),
+    [
+        ("application/json", b"{}", "", 415, RemoteProtocolError),
+        (None, b"naked", "", 415, RemoteProtocolError),
+        ("text/plain", b"x" * 5000, "", 413, RemoteProtocolError),
+        ("text/plain", b"abc", "Content-Encoding: br\r\n", 415, RemoteProtocolError),
+        ("message/cpim", b"this is not cpim", "", 400, CpimError),
+        ("message/imdn+xml", b"<imdn/>", "", 400, ImdnError),
+    ],
+)
+def test_decode_refusals_carry_the_status(
+    content_type: str | None, body: bytes, extra: str, status: int, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as info:
+        _wire.decode_message(_message(content_type, body, extra), CONFIG)
+    assert getattr(info.value, "status_code", None) == status
+
+
+def test_decode_empty_message_is_empty_text() -> None:
+    inbound = _wire.decode_message(_message(None, b""), CONFIG)
+    assert inbound.content_type == "text/plain"
+    assert inbound.body == b""
+
+
+def _outgoing(notify: frozenset[str] = frozenset({"positive-delivery"})) -> _wire.Outgoing:
+    from sipimdn.uri import Uri
+
+    return _wire.Outgoing(
+        target=Uri.parse("sip:alice@127.0.0.1:5060"),
+        to="sip:alice@127.0.0.1:5060",
+        body="héllo".encode(),
+        content_type="text/plain;charset=utf-8",
+        subject="s",
+        message_id="abc123",
+        notify=notify,
+        sent_at=time.time(),
+        transport=None,
+    )
+
+
+def test_build_im_request_cpim_and_its_text_plain_retry() -> None:
+    request = _wire.build_im_request(_Me(), _outgoing(), cpim=True)
+    wire = parse_message(request.to_bytes())
+    assert isinstance(wire, Request)
+    assert wire.method == "MESSAGE"
+    assert "Contact" not in wire.headers  # RFC 3428 §4
+    assert wire.content_type is not None and wire.content_type.mime == "message/cpim"
+    assert wire.from_.tag
+    assert wire.to.tag is None
+    envelope = cpim.parse(wire.body)
+    headers = imdn_headers(envelope)
+    assert headers.message_id == "abc123"
+    assert {str(r) for r in headers.requested} == {"positive-delivery"}
+    assert envelope.body == "héllo".encode()
+    retry = _wire.build_im_request(_Me(), _outgoing(), cpim=False, previous=request)
+    assert retry.content_type is not None and retry.content_type.mime == "text/plain"
+    assert retry.call_id == request.call_id
+    assert retry.from_.tag == request.from_.tag
+    assert retry.cseq.number == request.cseq.number + 1
+    assert retry.headers.get("Subject") == "s"
+
+
+def test_outbound_proxy_becomes_a_loose_route() -> None:
+    config = UserAgentConfig(aor="sip:bob@127.0.0.1", outbound_proxy="sip:127.0.0.1:5065")
+    request = _wire.build_im_request(_Me(config), _outgoing(), cpim=True)
+    assert [str(r.uri) for r in request.route] == ["sip:127.0.0.1:5065;lr"]
+    assert str(request.uri) == "sip:alice@127.0.0.1:5060"
+
+
+def test_build_imdn_request_from_an_owed_record() -> None:
+    owed = OwedRecord(
+        notification_id="n-42",
+        message_id="m-123",
+        sender_key="sip:alice@127.0.0.1",
+        kind="display",
+        status="displayed",
+        request_uri="sip:relay@127.0.0.1:5090",
+        sip_to="sip:alice@127.0.0.1:5060",
+        cpim_to="sip:alice@127.0.0.1:5060",
+        cpim_from="sip:bob@127.0.0.1:5070",
+        recipient_uri="sip:bob@127.0.0.1:5070",
+        original_recipient_uri=None,
+        datetime="2024-01-01T00:00:00Z",
+        subject=None,
+        imdn_route=("sip:relay@127.0.0.1:5090",),
+        peer_key="sip:alice@127.0.0.1",
+        attempts=1,
+        next_attempt_at=0.0,
+        in_flight=True,
+        created_at=0.0,
+        expires_at=100.0,
+    )
+    request = _wire.build_imdn_request(_Me(), owed)
+    assert str(request.uri) == "sip:relay@127.0.0.1:5090"
+    assert str(request.to.uri) == "sip:alice@127.0.0.1:5060"
+    envelope = cpim.parse(request.body)
+    received = recognise(envelope, require_disposition=True)
+    assert received is not None
+    assert received.message_id == "n-42"
+    (note,) = received.notifications
+    assert (note.message_id, str(note.kind), str(note.status)) == ("m-123", "display", "displayed")
+    assert note.datetime == "2024-01-01T00:00:00Z"
+    assert note.recipient_uri == "sip:bob@127.0.0.1:5070"
+    headers = imdn_headers(envelope)
+    assert [r.uri for r in headers.routes] == ["sip:relay@127.0.0.1:5090"]
+    assert headers.disposition_notification is None  # never request an IMDN for an IMDN
+
+
+def test_capability_headers_and_reason_phrase() -> None:
+    headers = dict(_wire.capability_headers("MESSAGE, OPTIONS"))
+    assert headers["Accept"] == "message/cpim, text/plain, message/imdn+xml"
+    assert "deflate" in headers["Accept-Encoding"]
+    assert _wire.reason_phrase("two\r\nlines  here") == "two lines here"
+    assert _wire.reason_phrase("") == "Error"
