@@ -327,7 +327,9 @@ class NameAddr:
             gt = rest.find(">")
             if gt < 0:
                 raise SipParseError(f"missing '>' in {text[:200]!r}")
-            uri_text = rest[1:gt].strip(" \t")
+            # No whitespace inside the brackets: addr-spec has none, and
+            # RFC 4475 §3.1.2.14 prefers rejecting it to guessing.
+            uri_text = rest[1:gt]
             pos = gt + 1
             params = parse_params(rest, pos, "address")
         else:

@@ -287,8 +287,22 @@ class Message:
 
     # -- typed accessors -------------------------------------------------------
 
+    def _single(self, key: str, label: str) -> str | None:
+        """The value of a single-valued header; two rows of it are an error.
+
+        RFC 4475 §3.3.8: a request with several Call-ID/CSeq/From/To values
+        is malformed, and picking one would hide a possible attack.
+        """
+        found: str | None = None
+        for row in self.headers._rows:
+            if row[0] == key:
+                if found is not None:
+                    raise SipParseError(f"more than one {label} header")
+                found = row[2]
+        return found
+
     def _required(self, key: str, label: str) -> str:
-        value = self.headers.get(key)
+        value = self._single(key, label)
         if value is None:
             raise _missing(label)
         return value
@@ -355,7 +369,7 @@ class Message:
         """Max-Forwards, or None if absent."""
 
         def parse() -> int | None:
-            value = self.headers.get("max-forwards")
+            value = self._single("max-forwards", "Max-Forwards")
             if value is None:
                 return None
             # Max-Forwards = 1*DIGIT; RFC 3261 §8.1.1.6 and §16.6 treat it as
@@ -371,7 +385,7 @@ class Message:
         """Content-Type, or None if absent."""
 
         def parse() -> ContentType | None:
-            value = self.headers.get("content-type")
+            value = self._single("content-type", "Content-Type")
             return None if value is None else ContentType.parse(value)
 
         return self.headers.typed("content-type", parse)
@@ -406,7 +420,7 @@ class Message:
         """Expires in seconds, or None if absent."""
 
         def parse() -> int | None:
-            value = self.headers.get("expires")
+            value = self._single("expires", "Expires")
             if value is None:
                 return None
             if not value.isdigit() or not value.isascii():

@@ -80,8 +80,10 @@ class KeepAliveReceived:
 # The empty line that ends the header section, with CRLF or bare LF line ends.
 _HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
 # Control characters never allowed in a header section (HTAB, CR and LF are
-# handled separately). NUL in particular is a classic smuggling vector.
-_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# handled separately). NUL in particular is a classic smuggling vector. The
+# one exception is a quoted-pair (``"\" %x00-09 / %x0B-0C / %x0E-7F``), which
+# RFC 3261 allows inside quoted strings and RFC 4475 §3.1.1.2 exercises.
+_CTL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # Header names seen before and already validated, to their lookup key; most
 # traffic uses a few dozen spellings, so the token check runs once for each.
@@ -136,7 +138,12 @@ def _parse_start_line(line: str, limits: Limits) -> tuple[str, Uri, str] | tuple
         if _abnf.SIP_VERSION_RE.fullmatch(version):
             raise _error(f"unsupported SIP version {version[:20]!r}", 505)
         raise _error(f"bad request line {line[:200]!r}")
-    return method, Uri.parse(uri_text), uri_text
+    uri = Uri.parse(uri_text)
+    if uri.headers:
+        # RFC 3261 §19.1.1 (table): a headers component is not allowed in a
+        # Request-URI (RFC 4475 §3.1.2.11).
+        raise _error(f"Request-URI with a headers component: {uri_text[:200]!r}")
+    return method, uri, uri_text
 
 
 def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str, str]]:
