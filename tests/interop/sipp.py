@@ -69,6 +69,15 @@ def free_port(transports: Iterable[Transport] = ("udp", "tcp"), host: str = LOOP
     raise RuntimeError(f"no port free for {wanted} on {host} after 50 tries")
 
 
+def _free_media_port(host: str = LOOPBACK) -> int:
+    """A UDP port ``p`` with ``p + 2`` free too: SIPp's ``-mp`` binds both (audio, video)."""
+    for _ in range(50):
+        port = free_port(("udp",), host)
+        if port + 2 <= 65535 and _port_is_free(host, port + 2, "udp"):
+            return port
+    raise RuntimeError("no pair of free UDP ports for SIPp's media sockets")
+
+
 def _socket_type(transport: Transport) -> int:
     return socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
 
@@ -227,6 +236,22 @@ class Sipp:
         """:meth:`wait` without blocking the event loop (for tests that run sipimdn in-process)."""
         return await asyncio.to_thread(self.wait)
 
+    def quit(self) -> SippResult:
+        """Ask SIPp to stop gracefully (SIGUSR1 to its PID, as pressing 'q') and wait for it.
+
+        For a server whose last call cannot end the run cleanly by ``-m``: over TCP, a
+        SIPp that exits on its last call closes the connection under a peer that may not
+        be done. SIPp still writes its statistics and exits 0 only if no call failed.
+        """
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGUSR1)
+        return self.wait()
+
+    async def quit_async(self) -> SippResult:
+        """:meth:`quit` without blocking the event loop."""
+        return await asyncio.to_thread(self.quit)
+
     def stop(self) -> None:
         """End SIPp by its PID: SIGTERM, then SIGKILL if it is still there after a moment."""
         if self.process.poll() is not None:
@@ -290,6 +315,10 @@ def start_sipp(binary: str, scenario: Path | str, log_dir: Path, **options: Unpa
         "-m", str(calls),
         "-r", str(options.get("rate", 200)),
         "-s", options.get("service", "bob"),
+        # SIPp also opens a UDP control socket (default 0.0.0.0:8888) and RTP echo sockets
+        # (default 6000 and 6002): pin them to loopback on ports free now.
+        "-ci", LOOPBACK, "-cp", str(free_port(("udp",))),
+        "-mi", LOOPBACK, "-mp", str(_free_media_port()),
         "-nostdin",
         "-default_behaviors", "all,-bye",
         "-timeout", f"{timeout:g}s",

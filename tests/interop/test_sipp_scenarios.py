@@ -9,15 +9,14 @@ IMDN that must come back on a new Call-ID).
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+from lxml import etree
 
 from .sipp import LOOPBACK, SippRunner, Transport
-from .tinypeer import CRLF, ImdnShape, TinyPeer, start_tiny_peer, stop_tiny_peer
+from .tinypeer import CRLF, ImdnShape, TinyPeer, build_cpim_message, start_tiny_peer, stop_tiny_peer
 
 pytestmark = pytest.mark.interop
 
@@ -63,6 +62,23 @@ def test_uac_scenario_passes_against_sipp_uas(
     assert client.messages_log.count("SIP/2.0 200 OK") == 5
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_imdn_scenarios_pass_against_each_other(sipp: SippRunner, transport: Transport) -> None:
+    """uas_cpim_delivered's IMDN passes every check of ooc_imdn_delivered, on UDP and on TCP."""
+    # Three IMs, and the 200 to each IMDN, which SIPp counts as a call of its own: 6 calls.
+    # The server is stopped once the client is done (see Sipp.quit), so -m has a margin.
+    server = sipp.start("uas", "uas_cpim_delivered.xml", calls=100, timeout=10, transport=transport)
+    client = sipp.run(
+        "uac", "uac_cpim_delivered.xml", calls=3, limit=1, timeout=15, transport=transport,
+        remote=(LOOPBACK, server.port), ooc_scenario="ooc_imdn_delivered.xml",
+    )  # fmt: skip
+    served = server.quit()
+    assert (client.exit_code, client.successful, client.failed) == (0, 3, 0), client.describe()
+    assert (served.exit_code, served.successful, served.failed) == (0, 6, 0), served.describe()
+    assert client.actions_log.count("delivered IMDN accepted for message-id sipp-") == 3
+    assert served.actions_log.count("the peer answered an IMDN with 200") == 3
+
+
 def test_cpim_check_uas_rejects_text_plain(sipp: SippRunner) -> None:
     """uas_cpim_check fails a text/plain MESSAGE: its Content-Type check is live."""
     server = sipp.start("uas", "uas_cpim_check.xml", calls=2, timeout=10)
@@ -74,43 +90,6 @@ def test_cpim_check_uas_rejects_text_plain(sipp: SippRunner) -> None:
 
 
 # --- uas_cpim_check against hand-made requests ------------------------------------------
-
-
-def _cpim_request(port: int, local_port: int, *, spoil: str | None) -> bytes:
-    cpim_lines = [
-        "From: <sip:alice@127.0.0.1>",
-        "To: <sip:bob@127.0.0.1>",
-        "DateTime: 2026-06-15T10:00:00Z",
-        "NS: imdn <urn:ietf:params:imdn>",
-        f"imdn.Message-ID: {secrets.token_hex(8)}",
-        "imdn.Disposition-Notification: positive-delivery",
-    ]
-    inner_type = "Content-Type: text/plain;charset=UTF-8"
-    if spoil == "no_datetime":
-        cpim_lines = [line for line in cpim_lines if not line.startswith("DateTime")]
-    if spoil == "no_ns":
-        cpim_lines = [line for line in cpim_lines if not line.startswith("NS:")]
-    if spoil == "no_message_id":
-        cpim_lines = [line for line in cpim_lines if not line.startswith("imdn.Message-ID")]
-    if spoil == "inner_html":
-        inner_type = "Content-Type: text/html"
-    body = CRLF.join(cpim_lines) + CRLF + CRLF + inner_type + CRLF + CRLF + "hello"
-    headers = [
-        f"MESSAGE sip:bob@127.0.0.1:{port} SIP/2.0",
-        f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK{secrets.token_hex(8)}",
-        "Max-Forwards: 70",
-        f"From: <sip:alice@127.0.0.1:{local_port}>;tag={secrets.token_hex(4)}",
-        f"To: <sip:bob@127.0.0.1:{port}>",
-        f"Call-ID: {secrets.token_hex(8)}@127.0.0.1",
-        "CSeq: 1 MESSAGE",
-        "Content-Type: " + ("text/plain" if spoil == "sip_text_plain" else "message/cpim"),
-    ]
-    if spoil == "contact":
-        headers.append(f"Contact: <sip:alice@127.0.0.1:{local_port}>")
-    if spoil == "compact_contact":
-        headers.append(f"m: <sip:alice@127.0.0.1:{local_port}>")
-    headers.append(f"Content-Length: {len(body.encode())}")
-    return (CRLF.join(headers) + CRLF + CRLF + body).encode()
 
 
 @pytest.mark.parametrize(
@@ -126,31 +105,66 @@ def _cpim_request(port: int, local_port: int, *, spoil: str | None) -> bytes:
         "inner_html",
     ],
 )
-async def test_cpim_check_uas_catches_each_defect(sipp: SippRunner, spoil: str | None) -> None:
+async def test_cpim_check_uas_catches_each_defect(
+    sipp: SippRunner, tiny_peer: StartPeer, spoil: str | None
+) -> None:
     """A well-formed CPIM request passes uas_cpim_check; each single defect fails it."""
     server = sipp.start("uas", "uas_cpim_check.xml", calls=1, timeout=10)
-    loop = asyncio.get_running_loop()
-    answers: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Collect(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-            answers.put_nowait(data)
-
-    transport, _ = await loop.create_datagram_endpoint(Collect, local_addr=(LOOPBACK, 0))
-    try:
-        local_port = transport.get_extra_info("sockname")[1]
-        transport.sendto(_cpim_request(server.port, local_port, spoil=spoil), (LOOPBACK, server.port))
-        answer = await asyncio.wait_for(answers.get(), timeout=5)
-    finally:
-        transport.close()
+    peer = await tiny_peer(replace(RIGHT, send=False))
+    request, _ = build_cpim_message((LOOPBACK, server.port), peer.address, spoil=spoil)
+    peer.send(request, (LOOPBACK, server.port))
     served = await server.wait_async()
     # SIPp answers 200 even after a failed check; the verdict is its exit code.
-    assert answer.startswith(b"SIP/2.0 200 OK")
+    assert peer.responses == ["SIP/2.0 200 OK"]
     if spoil is None:
         assert (served.exit_code, served.successful) == (0, 1), served.describe()
     else:
         assert (served.exit_code, served.failed) == (1, 1), served.describe()
         assert served.counter("FailedRegexpDoesntMatch") + served.counter("FailedRegexpShouldntMatch") == 1
+
+
+async def test_uas_sends_a_right_delivered_imdn(sipp: SippRunner, tiny_peer: StartPeer) -> None:
+    """uas_cpim_delivered answers 200 and sends an IMDN that an independent check accepts."""
+    server = sipp.start("uas", "uas_cpim_delivered.xml", calls=2, timeout=10)
+    peer = await tiny_peer(replace(RIGHT, send=False))
+    request, message_id = build_cpim_message((LOOPBACK, server.port), peer.address)
+    peer.send(request, (LOOPBACK, server.port))
+    received = await peer.wait_for_requests(1, timeout=5)
+    served = await server.wait_async()
+    assert (served.exit_code, served.successful) == (0, 2), served.describe()
+    assert peer.responses == ["SIP/2.0 200 OK"]
+    assert len(received) == 1, served.describe()
+    assert "the peer answered an IMDN with 200" in served.actions_log
+    imdn = received[0]
+    alice = f"sip:alice@{peer.address[0]}:{peer.address[1]}"
+    bob = f"sip:bob@{LOOPBACK}:{server.port}"
+    assert imdn.uri == alice
+    assert imdn.headers["to"] == f"<{alice}>"
+    assert imdn.headers["content-type"] == "message/cpim"
+    assert "contact" not in imdn.headers
+    assert imdn.headers["call-id"] not in request.decode()
+    cpim_head, mime_head, xml = _split_cpim(imdn.body)
+    assert f"From: <{bob}>" in cpim_head
+    assert f"To: <{alice}>" in cpim_head
+    assert "NS: imdn <urn:ietf:params:imdn>" in cpim_head
+    assert "imdn.Message-ID: sipp-imdn-" in cpim_head
+    assert "Disposition-Notification" not in cpim_head
+    assert "Content-Type: message/imdn+xml" in mime_head
+    assert "Content-Disposition: notification" in mime_head
+    ns = {"i": "urn:ietf:params:xml:ns:imdn"}
+    root = etree.fromstring(xml.encode(), parser=etree.XMLParser(resolve_entities=False, no_network=True))
+    assert root.tag == "{urn:ietf:params:xml:ns:imdn}imdn"
+    assert root.findtext("i:message-id", namespaces=ns) == message_id
+    assert root.findtext("i:datetime", namespaces=ns) == "2026-06-15T10:00:00Z"
+    assert root.findtext("i:recipient-uri", namespaces=ns) == bob
+    assert root.find("i:delivery-notification/i:status/i:delivered", namespaces=ns) is not None
+
+
+def _split_cpim(body: str) -> tuple[str, str, str]:
+    """CPIM headers, MIME headers, content (RFC 3862 3: blank lines separate them)."""
+    cpim_head, _, rest = body.partition(CRLF + CRLF)
+    mime_head, _, content = rest.partition(CRLF + CRLF)
+    return cpim_head, mime_head, content.strip()
 
 
 # --- the IMDN pair: uac_cpim_delivered + ooc_imdn_delivered -------------------------------
@@ -163,7 +177,7 @@ async def test_imdn_pair_passes_with_a_right_imdn(sipp: SippRunner, tiny_peer: S
         ooc_scenario="ooc_imdn_delivered.xml",
     )  # fmt: skip
     assert (result.exit_code, result.successful, result.failed) == (0, 3, 0), result.describe()
-    assert peer.imdn_responses == ["SIP/2.0 200 OK"] * 3
+    assert peer.responses == ["SIP/2.0 200 OK"] * 3
     assert result.actions_log.count("delivered IMDN received for sipp-") == 3
 
 
@@ -208,7 +222,7 @@ async def test_imdn_pair_fails_on_a_wrong_or_missing_imdn(
     # The MESSAGE itself got its 200; the main call failed waiting for a right IMDN.
     assert result.counter("FailedTimeoutOnRecv") == 1, result.describe()
     assert evidence in result.errors_log + result.actions_log, result.describe()
-    assert peer.imdn_responses == ([] if defect == "none sent" else ["SIP/2.0 200 OK"])
+    assert peer.responses == ([] if defect == "none sent" else ["SIP/2.0 200 OK"])
 
 
 # --- loss ---------------------------------------------------------------------------------

@@ -144,8 +144,8 @@ class TinyPeer(asyncio.DatagramProtocol):
     imdn: ImdnShape = field(default_factory=ImdnShape)
     received: list[ParsedRequest] = field(default_factory=list)
     """Every request received, retransmissions included."""
-    imdn_responses: list[str] = field(default_factory=list)
-    """Status lines of the responses to our IMDNs."""
+    responses: list[str] = field(default_factory=list)
+    """Status lines of the responses to what this peer sent (IMDNs, requests)."""
     transport: asyncio.DatagramTransport | None = None
     _answered_ids: set[str] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -169,7 +169,7 @@ class TinyPeer(asyncio.DatagramProtocol):
             answered = re.search(rb"\r\nCall-ID:[ \t]*([^\r\n]+)", data, re.IGNORECASE)
             if answered is not None:
                 self._acked.add(answered.group(1).decode())
-            self.imdn_responses.append(status_line)
+            self.responses.append(status_line)
             return
         request = parse_request(data)
         if request is None or request.method != "MESSAGE":
@@ -185,6 +185,18 @@ class TinyPeer(asyncio.DatagramProtocol):
             task = asyncio.get_running_loop().create_task(self._send_imdn(request))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def send(self, data: bytes, target: tuple[str, int]) -> None:
+        """Send one datagram (a hand-made request) from this peer's socket."""
+        assert self.transport is not None
+        self.transport.sendto(data, target)
+
+    async def wait_for_requests(self, count: int, timeout: float) -> list[ParsedRequest]:
+        """Wait (bounded) until ``count`` requests have arrived; return what arrived."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.received) < count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return list(self.received)
 
     async def _send_imdn(self, request: ParsedRequest) -> None:
         # RFC 3261 Timer E over UDP (500 ms doubling), bounded to four sends.
@@ -216,3 +228,46 @@ async def stop_tiny_peer(peer: TinyPeer) -> None:
         task.cancel()
     if peer.transport is not None:
         peer.transport.close()
+
+
+def build_cpim_message(
+    target: tuple[str, int], local: tuple[str, int], *, spoil: str | None = None
+) -> tuple[bytes, str]:
+    """A CPIM MESSAGE from alice at ``local`` to bob at ``target`` asking for positive-delivery.
+
+    ``spoil`` names one defect to build in (see the tests). Returns the request and its
+    imdn.Message-ID.
+    """
+    message_id = secrets.token_hex(8)
+    cpim_lines = [
+        f"From: <sip:alice@{local[0]}:{local[1]}>",
+        f"To: <sip:bob@{target[0]}:{target[1]}>",
+        "DateTime: 2026-06-15T10:00:00Z",
+        "NS: imdn <urn:ietf:params:imdn>",
+        f"imdn.Message-ID: {message_id}",
+        "imdn.Disposition-Notification: positive-delivery",
+    ]
+    inner_type = "Content-Type: text/plain;charset=UTF-8"
+    dropped = {"no_datetime": "DateTime", "no_ns": "NS:", "no_message_id": "imdn.Message-ID"}.get(spoil or "")
+    if dropped is not None:
+        cpim_lines = [line for line in cpim_lines if not line.startswith(dropped)]
+    if spoil == "inner_html":
+        inner_type = "Content-Type: text/html"
+    body = CRLF.join(cpim_lines) + CRLF + CRLF + inner_type + CRLF + CRLF + "hello"
+    sip_type = "text/plain" if spoil == "sip_text_plain" else "message/cpim"
+    headers = [
+        f"MESSAGE sip:bob@{target[0]}:{target[1]} SIP/2.0",
+        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bK{secrets.token_hex(8)}",
+        "Max-Forwards: 70",
+        f"From: <sip:alice@{local[0]}:{local[1]}>;tag={secrets.token_hex(4)}",
+        f"To: <sip:bob@{target[0]}:{target[1]}>",
+        f"Call-ID: {secrets.token_hex(8)}@{local[0]}",
+        "CSeq: 1 MESSAGE",
+        f"Content-Type: {sip_type}",
+    ]
+    if spoil == "contact":
+        headers.append(f"Contact: <sip:alice@{local[0]}:{local[1]}>")
+    if spoil == "compact_contact":
+        headers.append(f"m: <sip:alice@{local[0]}:{local[1]}>")
+    headers.append(f"Content-Length: {len(body.encode())}")
+    return (CRLF.join(headers) + CRLF + CRLF + body).encode(), message_id
