@@ -299,13 +299,27 @@ def test_c4_never_notify_a_notification() -> None:
     assert owed(drain(tracker)) == []
 
 
+ANONYMOUS = "<sip:anonymous@anonymous.invalid>"
+
+
 def test_anonymous_sender_declined() -> None:
     """IMDN-42 (§12.1.1): requests from anonymous senders may be ignored."""
     tracker = make()
-    assert receive(tracker, sender="<sip:anonymous@anonymous.invalid>") == ()
-    assert declined(drain(tracker))[0][1] is DeclineReason.ANONYMOUS
+    assert receive(tracker, sender=ANONYMOUS, sip_from=None) == ()
+    assert receive(tracker, message_id="m2", sender=ALICE, sip_from=ANONYMOUS) == ()
+    assert [r for _, r in declined(drain(tracker))] == [DeclineReason.ANONYMOUS] * 2
     tracker2 = make(decline_anonymous=False)
-    assert receive(tracker2, sender="<sip:anonymous@anonymous.invalid>") != ()
+    assert receive(tracker2, sender=ANONYMOUS, sip_from=None) != ()
+
+
+def test_anonymous_cpim_from_with_real_sip_from_is_served() -> None:
+    """peers.md: RCS clients send an anonymous CPIM From; route on the SIP From, never on CPIM."""
+    tracker = make()
+    assert receive(tracker, sender=ANONYMOUS) == FULL_SORTED
+    tracker.message_answered("m1", ANONYMOUS, 200, 1.0)
+    [n] = owed(drain(tracker))
+    assert n.request_uri == ALICE_SIP and n.sip_to == ALICE_SIP and n.cpim_to == ANONYMOUS
+    assert tracker.mark_displayed("m1", 2.0, sender=ANONYMOUS) is not None
 
 
 def test_c5_untrusted_route_is_not_honoured() -> None:
@@ -340,7 +354,7 @@ def test_c5_route_count_is_capped() -> None:
     assert owed(drain(tracker))[0].request_uri == ALICE_SIP
 
 
-def test_c6_rate_limit_per_sender() -> None:
+def test_c6_rate_limit_per_peer() -> None:
     tracker = make(rate_limit=2, rate_window=60.0)
     for i in range(3):
         receive(tracker, message_id=f"m{i}", requested=("positive-delivery",))
@@ -348,7 +362,7 @@ def test_c6_rate_limit_per_sender() -> None:
     events = drain(tracker)
     assert len(owed(events)) == 2
     assert declined(events) == [(("positive-delivery",), DeclineReason.RATE_LIMITED)]
-    # Another sender is not affected; the window slides.
+    # Another peer is not affected; the window slides.
     receive(tracker, message_id="c1", requested=("positive-delivery",), sender="sip:carol@x", sip_from=None)
     tracker.message_answered("c1", "sip:carol@x", 200, 1.0)
     receive(tracker, message_id="m9", requested=("positive-delivery",), now=61.0)

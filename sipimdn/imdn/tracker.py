@@ -456,7 +456,7 @@ class TrackerConfig:
     max_notification_ids: int = 64
     #: How long peer flags (``no-imdn``...) are remembered, so an upgraded peer gets another chance.
     peer_flag_ttl: float = 30 * _DAY
-    #: C6: at most this many notifications generated per sender within ``rate_window`` seconds.
+    #: C6: at most this many notifications generated towards one peer within ``rate_window`` seconds.
     rate_limit: int = 120
     rate_window: float = 60.0
     #: IMDN-42: ignore notification requests from anonymous senders.
@@ -850,9 +850,11 @@ class DispositionTracker:
         ``requested`` its Disposition-Notification tokens (unknown ones are
         ignored, IMDN-30), ``imdn_route`` its IMDN-Record-Route values in
         order, ``recipient`` its CPIM To, ``datetime`` its raw DateTime.
-        ``is_notification`` marks an IMDN (never owed anything, C4).
+        ``is_notification`` marks an IMDN (never owed anything, C4). The same
+        ``sender`` string names the message in later calls
+        (:meth:`message_answered`, :meth:`mark_displayed`, :meth:`report_disposition`).
         """
-        sender_key = self._sender_key(sender, sip_from)
+        sender_key = self._sender_key(sender)
         key = received_key(sender_key, message_id)
         seen = self._seen.get(key)
         if seen is not None:
@@ -868,7 +870,9 @@ class DispositionTracker:
         if is_notification:
             decline(kinds, DeclineReason.LOOP_GUARD)
             return Reception(duplicate=False, previous_status=None, requested=())
-        if self.config.decline_anonymous and is_anonymous(sender):
+        # RCS clients put an anonymous CPIM From on messages whose SIP From is real (peers.md):
+        # the SIP identity decides, and it is also where the IMDN is routed.
+        if self.config.decline_anonymous and is_anonymous(sip_from if sip_from else sender):
             decline(kinds, DeclineReason.ANONYMOUS)
             return Reception(duplicate=False, previous_status=None, requested=())
         route = tuple(imdn_route)
@@ -920,7 +924,7 @@ class DispositionTracker:
         """
         if status_code < 200:
             raise LocalProtocolError(f"{status_code} is not a final status")
-        sender_key = self._sender_key(sender, None)
+        sender_key = self._sender_key(sender)
         key = received_key(sender_key, message_id)
         seen = self._seen.get(key)
         if seen is not None and seen.status is None:
@@ -1035,9 +1039,9 @@ class DispositionTracker:
             peers=tuple(self._peers.values()),
         )
 
-    def is_duplicate(self, message_id: str, sender: str, sip_from: str | None = None) -> bool:
+    def is_duplicate(self, message_id: str, sender: str) -> bool:
         """Whether (sender, Message-ID) was already received (without recording anything)."""
-        return received_key(self._sender_key(sender, sip_from), message_id) in self._seen
+        return received_key(self._sender_key(sender), message_id) in self._seen
 
     # --- peers ---------------------------------------------------------------------------------
 
@@ -1195,12 +1199,13 @@ class DispositionTracker:
 
     # --- internals: receiver side --------------------------------------------------------------
 
-    def _sender_key(self, sender: str, sip_from: str | None) -> str:
-        return self._key(sender) or self._key(sip_from) or f"raw:{sender.strip()}"
+    def _sender_key(self, sender: str) -> str:
+        # From ``sender`` alone, so every later call naming the same sender finds the record.
+        return self._key(sender) or f"raw:{sender.strip()}"
 
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:
-            return self._received.get(received_key(self._sender_key(sender, None), message_id))
+            return self._received.get(received_key(self._sender_key(sender), message_id))
         keys = self._received_by_id.get(message_id, set())
         if len(keys) > 1:
             raise LocalProtocolError(f"several senders used Message-ID {message_id!r}: name the sender")
@@ -1208,15 +1213,15 @@ class DispositionTracker:
 
     def _answered_non_2xx(self, message_id: str, sender: str | None) -> bool:
         if sender is not None:
-            seen = self._seen.get(received_key(self._sender_key(sender, None), message_id))
+            seen = self._seen.get(received_key(self._sender_key(sender), message_id))
             return seen is not None and seen.status is not None and seen.status >= 300
         return any(
             s.message_id == message_id and s.status is not None and s.status >= 300
             for s in self._seen.values()
         )
 
-    def _rate_allows(self, sender_key: str, now: float) -> bool:
-        window = self._rate.setdefault(sender_key, deque())
+    def _rate_allows(self, peer_key: str, now: float) -> bool:
+        window = self._rate.setdefault(peer_key, deque())
         while window and window[0] <= now - self.config.rate_window:
             window.popleft()
         if len(window) >= self.config.rate_limit:
@@ -1230,8 +1235,10 @@ class DispositionTracker:
     def _owe(self, record: ReceivedRecord, kind: str, status: str, now: float) -> ReceivedRecord:
         """Create one owed notification (or decline it by rate limit) and mark its type used."""
         request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
+        peer_key = self._key(request_uri) or request_uri
         refused = PEER_NO_IMDN in self.peer_flags(request_uri)
-        if refused or not self._rate_allows(record.sender_key, now):
+        # C6: limited per destination, not per CPIM sender, which may be a shared anonymous identity.
+        if refused or not self._rate_allows(peer_key, now):
             token = "display" if kind == "display" else "positive-delivery"
             if kind == "delivery" and status != "delivered":
                 token = "negative-delivery"
@@ -1253,7 +1260,7 @@ class DispositionTracker:
             datetime=record.datetime,
             subject=record.subject,
             imdn_route=record.imdn_route,
-            peer_key=self._key(request_uri) or request_uri,
+            peer_key=peer_key,
             attempts=0,
             next_attempt_at=now,
             in_flight=False,
