@@ -1,0 +1,119 @@
+"""SIPp against sipimdn's SipStack (issue 7, SIPp part, transaction and transport level).
+
+The stack runs in this process with a handler that answers every MESSAGE 200 and records
+what it was handed. SIPp sends over UDP and TCP, also with 10% loss; and SIPp is the
+receiver of a request too large for UDP, which the stack must send over TCP by itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from sipimdn.dialog.factory import build_request
+from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.transport.base import ListenSpec
+from sipimdn.transport.flow import Transport as StackTransport
+
+from .sipp import LOOPBACK, SippRunner, Transport
+
+pytestmark = pytest.mark.interop
+
+
+@dataclass
+class Responder:
+    """A SipStack that answers 200 to every MESSAGE and remembers each one it was handed."""
+
+    stack: SipStack
+    handed_up: list[IncomingRequest] = field(default_factory=list)
+
+    def port(self, transport: Transport) -> int:
+        wanted = StackTransport.UDP if transport == "udp" else StackTransport.TCP
+        return next(port for kind, (_, port) in self.stack.endpoints if kind is wanted)
+
+    def call_ids(self) -> Counter[str]:
+        return Counter(incoming.request.call_id for incoming in self.handed_up)
+
+
+@pytest.fixture
+async def responder() -> AsyncIterator[Responder]:
+    listen = [ListenSpec(StackTransport.UDP, LOOPBACK, 0), ListenSpec(StackTransport.TCP, LOOPBACK, 0)]
+    async with SipStack(listen) as stack:
+        result = Responder(stack)
+
+        def answer(incoming: IncomingRequest) -> None:
+            result.handed_up.append(incoming)
+            incoming.respond(200 if incoming.request.method == "MESSAGE" else 405)
+
+        stack.on_request(answer)
+        yield result
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("scenario", ["uac_text.xml", "uac_cpim.xml"])
+async def test_sipp_messages_to_the_stack_all_succeed(
+    sipp: SippRunner, responder: Responder, transport: Transport, scenario: str
+) -> None:
+    calls = 20
+    result = await sipp.run_async(
+        "uac", scenario, calls=calls, timeout=20, transport=transport,
+        remote=(LOOPBACK, responder.port(transport)),
+    )  # fmt: skip
+    assert (result.exit_code, result.successful, result.failed) == (0, calls, 0), result.describe()
+    # Each MESSAGE reached the handler exactly once, over the transport SIPp used.
+    assert len(responder.handed_up) == calls
+    assert set(responder.call_ids().values()) == {1}
+    assert {incoming.flow.transport.value for incoming in responder.handed_up} == {transport.upper()}
+
+
+async def test_sipp_lost_10_to_the_stack_succeeds_through_retransmission(
+    sipp: SippRunner, responder: Responder
+) -> None:
+    """-lost 10 over UDP: every call ends in 200, and no retransmission reaches the handler.
+
+    SIPp drops a tenth of the messages it handles, so requests and answers go missing and
+    SIPp retransmits (Timer E); the stack's server transactions must answer those from
+    their Completed state without handing the request up again. With 100 calls the chance
+    that nothing at all is lost is below 1e-4.
+    """
+    calls = 100
+    result = await sipp.run_async(
+        "uac", "uac_text.xml", calls=calls, rate=500, timeout=40, lost=10,
+        remote=(LOOPBACK, responder.port("udp")),
+    )  # fmt: skip
+    assert (result.exit_code, result.successful, result.failed) == (0, calls, 0), result.describe()
+    assert result.retransmissions > 0, result.describe()
+    assert len(responder.handed_up) == calls
+    assert set(responder.call_ids().values()) == {1}
+
+
+@pytest.mark.parametrize(("size", "expected"), [(1500, "TCP"), (200, "UDP")])
+async def test_the_stack_switches_to_tcp_above_1300_bytes_by_itself(
+    sipp: SippRunner, size: int, expected: str
+) -> None:
+    """RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU (over 1300) goes over TCP.
+
+    The target URI names no transport (RFC 3263 would pick UDP). SIPp listens with the
+    chosen transport only, so its receiving the request shows which one the stack picked.
+    """
+    transport: Transport = "tcp" if expected == "TCP" else "udp"
+    server = sipp.start("uas", "uas_any.xml", calls=1, timeout=15, transport=transport)
+    async with SipStack([ListenSpec(StackTransport.UDP, LOOPBACK, 0)]) as stack:
+        request = build_request(
+            "MESSAGE",
+            f"sip:bob@{LOOPBACK}:{server.port}",
+            f"<sip:alice@{LOOPBACK}>",
+            f"<sip:bob@{LOOPBACK}:{server.port}>",
+            body=b"x" * size,
+            content_type="text/plain",
+        )
+        assert (len(request.to_bytes()) > 1300) is (expected == "TCP")
+        response = await stack.send_request(request)
+    served = await server.wait_async()
+    assert response.status_code == 200
+    assert (served.exit_code, served.successful) == (0, 1), served.describe()
+    assert f"{expected} message received" in served.messages_log
+    assert f"Via: SIP/2.0/{expected} " in served.messages_log
