@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -35,7 +36,7 @@ from .errors import LocalProtocolError, SipParseError, TransactionTimeout, Trans
 from .message import Request, Response, make_response
 from .parser import Limits, parse_message
 from .transport.base import ListenSpec, TransportConfig
-from .transport.flow import Address, Flow, Transport
+from .transport.flow import Address, Flow, Transport, is_ip_literal
 from .transport.manager import TransportManager
 from .transport.select import DEFAULT_UDP_MAX, Target, needs_stream, resolve, target_for_uri
 
@@ -114,8 +115,7 @@ class SipStack:
         self._limits = limits
         config = transport_config or TransportConfig()
         if limits is not None and config.limits is None:
-            config = TransportConfig(config.idle_timeout, config.max_connections, config.max_buffered_bytes,
-                                     config.connect_timeout, config.client_ssl_context, limits)
+            config = dataclasses.replace(config, limits=limits)
         self.layer = TransactionLayer(self.timers)
         self.transports = TransportManager(self, config)
         self._handler: RequestHandler | None = None
@@ -208,30 +208,42 @@ class SipStack:
         ``TransportError`` (cannot resolve, connect, or send; ICMP error; a request over
         ``udp_max`` bytes whose TCP attempt failed) or ``LocalProtocolError`` (a bad request).
         """
-        loop = self._require_loop()
+        self._require_loop()
         if target is None:
             routes = request.route
             target = target_for_uri(routes[0].uri if routes else request.uri)
         candidates = await resolve(target)
-        chosen = candidates[0]
+        for index, candidate in enumerate(candidates):
+            try:
+                return await self._attempt(request, candidate)
+            except TransportError:
+                # RFC 3263 §4.3: on a transport error, the next address (a new transaction)
+                if index + 1 == len(candidates):
+                    raise
+                log.info("%s unreachable, trying the next address of %s", candidate.host, target.host)
+        raise AssertionError("resolve() returned no address")  # pragma: no cover
+
+    async def _attempt(self, request: Request, chosen: Target) -> Response:
+        loop = self._require_loop()
         transport = chosen.transport
         stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
         size = len(request.to_bytes())
-        if needs_stream(size, transport, self.udp_max):
+        switched = needs_stream(size, transport, self.udp_max)
+        if switched:
             # §18.1.1: MUST go over a congestion-controlled transport, Via rewritten to match.
             log.info("request of %d bytes exceeds %d: sending over TCP instead of UDP", size, self.udp_max)
             transport = Transport.TCP
             chosen = Target(Transport.TCP, chosen.host, chosen.port, None)
             stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
-        flow = chosen.flow()
-        key = self.layer.send_request(request, flow, loop.time())
+        key = self.layer.send_request(request, chosen.flow(), loop.time())
         future: asyncio.Future[Response] = loop.create_future()
         self._waiters[key] = future
         self._pump()
         try:
             return await future
         except TransportError as exc:
-            if transport is not target.transport and target.transport is Transport.UDP:
+            if switched:
+                # No silent fallback to UDP: the size rule is a MUST and the caller must know.
                 raise TransportError(f"request of {size} bytes is too large for UDP (limit {self.udp_max}, "
                                      f"RFC 3261 §18.1.1) and TCP failed: {exc}") from exc
             raise
@@ -314,11 +326,14 @@ class SipStack:
             self._pumping = False
 
     def _transmit(self, outgoing: Outgoing) -> None:
+        flow = outgoing.flow
         try:
             data = outgoing.message.to_bytes()
-            self.transports.send(data, outgoing.flow)
+            if isinstance(outgoing.message, Response) and flow.reliable and not self.transports.is_open(flow):
+                flow = _reconnect_flow(outgoing.message, flow)
+            self.transports.send(data, flow)
         except TransportError as exc:
-            log.info("sending to %s failed: %s", outgoing.flow.remote, exc)
+            log.info("sending to %s failed: %s", flow.remote, exc)
             if outgoing.key is not None:
                 self.layer.transport_error(outgoing.key, self._now(), str(exc))
 
@@ -381,3 +396,13 @@ class SipStack:
         # asyncio may run the handle a hair early (clock resolution): never pass a time before the deadline
         self.layer.handle_timer(max(at, self._now()))
         self._pump()
+
+
+def _reconnect_flow(response: Response, flow: Flow) -> Flow:
+    """§18.2.2: the request's connection is gone; connect to the received address (or sent-by
+    host) at the sent-by port, as the client asked to be reached there."""
+    via = response.top_via
+    host = (via.received or via.host).strip("[]")
+    port = via.port or flow.transport.default_port
+    server_name = None if is_ip_literal(via.host) or flow.transport is not Transport.TLS else via.host
+    return Flow(flow.transport, (host, port), None, server_name)

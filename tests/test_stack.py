@@ -481,3 +481,36 @@ async def test_api_misuse() -> None:
                                                    "<sip:bob@example.com>"))
         with pytest.raises(LocalProtocolError):
             await stack.send_request(message_to("127.0.0.1", 5061, scheme="sips", params=";transport=udp"))
+
+
+async def test_response_reconnects_to_sent_by_when_connection_is_gone() -> None:
+    b = SipStack(specs("127.0.0.1", Transport.TCP))
+    held: list[IncomingRequest] = []
+    b.on_request(held.append)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def client_listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await got.put(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    server = await asyncio.start_server(client_listener, "127.0.0.1", 0)
+    listen_port = server.sockets[0].getsockname()[1]
+    async with asyncio.timeout(5), running(b), server:
+        _, writer = await asyncio.open_connection("127.0.0.1", port_of(b, Transport.TCP))
+        writer.write((f"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n"
+                      f"Via: SIP/2.0/TCP 127.0.0.1:{listen_port};branch=z9hG4bKgone\r\n"
+                      "From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: gone1\r\n"
+                      "CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+        await writer.drain()
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if held:
+                break
+        writer.close()  # the request's connection goes away before the answer
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if b.transports.connection_count == 0:
+                break
+        assert held[0].respond(200)
+        head = await got.get()
+        assert head.startswith(b"SIP/2.0 200 OK\r\n") and b"branch=z9hG4bKgone" in head

@@ -127,6 +127,13 @@ class TransportManager:
         connection.send(data)
         return connection.flow
 
+    def is_open(self, flow: Flow) -> bool:
+        """True when a stream flow still has its connection in the table (always True for UDP)."""
+        if flow.transport is Transport.UDP:
+            return True
+        connection = self._connections.get((flow.transport, flow.remote, flow.server_name))
+        return connection is not None and not connection.closed
+
     def _udp_for(self, flow: Flow) -> UdpEndpoint:
         if flow.local is not None:  # a response: from the socket the request came in on (RFC 3581 §4)
             for endpoint in self._udp:
