@@ -197,6 +197,7 @@ class Kamailio:
             "USERS": users,
             "AUTH_FLAGS": "0",  # passwords are plain text, not HA1
             "CHALLENGE_FLAGS": _CHALLENGE_FLAGS[settings.qop],
+            "STALE_FLAGS": str(int(_CHALLENGE_FLAGS[settings.qop]) | 16),
         }
         text = TEMPLATE.read_text()
         for name, value in values.items():
