@@ -123,6 +123,9 @@ class UserAgentConfig:
     """
 
     #: Address of record, e.g. ``"sip:alice@example.com"``: our SIP From and CPIM From.
+    #: Notifications for what we send come back to it. A port of 0
+    #: (``"sip:alice@127.0.0.1:0"``) stands for the port actually bound, for
+    #: use on loopback or a LAN without a registrar.
     aor: str
     #: Display name put in From and in CPIM From.
     display_name: str | None = None
@@ -184,6 +187,9 @@ class UserAgentConfig:
     #: Age (seconds) after which finished or forgotten store entries are removed.
     state_expiry: float = 7 * 24 * 3600.0
 
+    #: On close, seconds given to answers being decided and notifications in flight.
+    close_grace: float = 2.0
+
     #: Value of the User-Agent header on requests (empty string: none).
     user_agent: str = "sipimdn/0.1"
 
@@ -204,5 +210,7 @@ class UserAgentConfig:
         for name in ("max_body_bytes", "max_inflated_bytes", "dedup_capacity", "imdn_max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.close_grace < 0:
+            raise ValueError("close_grace must not be negative")
         if self.dedup_ttl <= 0 or self.state_expiry <= 0:
             raise ValueError("dedup_ttl and state_expiry must be positive")

@@ -111,6 +111,11 @@ class UserAgent:
         self._disposition_handlers: list[Callable[[DispositionEvent], Awaitable[None]]] = []
         self._notification_handlers: list[Callable[[NotificationEvent], Awaitable[None]]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
+        self._wire_tasks: set[asyncio.Task[Any]] = set()
+        # Reports (mark_displayed...) made while a message's answer is still being decided,
+        # keyed by (Message-ID, sender); applied right after the answer (IMDN-38).
+        self._deciding: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._handles: dict[str, SentMessage] = {}
         self._queue = DestinationQueue()
         # Plain-text messages have no Message-ID: the tracker cannot dedup them,
@@ -162,6 +167,13 @@ class UserAgent:
         if self._closed or not self._started:
             self._closed = True
             return
+        # Let what is on the wire finish (an answer being decided, an IMDN in flight)
+        # for a bounded time, so stopping right after mark_displayed still sends it.
+        loop = asyncio.get_running_loop()
+        grace_end = loop.time() + self.config.close_grace
+        # Finishing one task can start another (an answer makes an IMDN due): loop.
+        while (pending := [t for t in self._wire_tasks if not t.done()]) and loop.time() < grace_end:
+            await asyncio.wait(pending, timeout=grace_end - loop.time())
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -239,6 +251,11 @@ class UserAgent:
         task.add_done_callback(self._task_done)
         return task
 
+    def _spawn_wire(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.spawn(coro)
+        self._wire_tasks.add(task)
+        task.add_done_callback(self._wire_tasks.discard)
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -311,7 +328,7 @@ class UserAgent:
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationOwed):
             if not self._closed:
-                self.spawn(self._send_owed(event.notification))
+                self._spawn_wire(self._send_owed(event.notification))
         elif isinstance(event, NotificationAbandoned):
             _log.warning(
                 "IMDN %s for %s abandoned: %s", event.notification_id, event.message_id, event.reason
@@ -329,7 +346,7 @@ class UserAgent:
         request = incoming.request
         method = request.method
         if method == "MESSAGE":
-            self.spawn(self._receive_message(incoming))
+            self._spawn_wire(self._receive_message(incoming))
         elif method == "OPTIONS":
             incoming.respond(200, None, _wire.capability_headers(ALLOW))
         elif method == "ACK":
@@ -413,11 +430,19 @@ class UserAgent:
                 incoming.respond(status)
                 return
         message = _wire.incoming_message(inbound, incoming, self._report)
-        outcome = await self._decide(message)
+        deciding_key = (inbound.message_id, sender) if inbound.message_id is not None else None
+        if deciding_key is not None:
+            self._deciding[deciding_key] = []
+        try:
+            outcome = await self._decide(message)
+        finally:
+            early = self._deciding.pop(deciding_key, []) if deciding_key is not None else []
         status = outcome.decision.status
         incoming.respond(status, outcome.decision.reason)
         if inbound.message_id is not None:
             tracker.message_answered(inbound.message_id, sender, status, time.time())
+            for kind, reported in early:
+                self._apply_report(inbound.message_id, sender, kind, reported)
             self._pump()
         elif tx_key is not None:
             if 200 <= status < 300 or status >= 600:
@@ -457,10 +482,30 @@ class UserAgent:
         return outcome
 
     async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
+        early = self._deciding.get((message_id, sender))
+        if early is not None:
+            # Not answered yet (the handler itself, or a task it started, is reporting):
+            # applied right after the answer, and dropped if the answer is not a 2xx.
+            early.append((kind, status))
+            received = self._require_tracker().received(message_id, sender)
+            requested = () if received is None else received.requested
+            wanted = (
+                "display"
+                if kind == "display"
+                else ("positive-delivery" if status == "delivered" else "negative-delivery")
+            )
+            return wanted in requested
         tracker = self._require_tracker()
         owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
         self._pump()
         return owed is not None
+
+    def _apply_report(self, message_id: str, sender: str, kind: str, status: str) -> None:
+        try:
+            self._require_tracker().report_disposition(message_id, kind, status, time.time(), sender=sender)
+        except LocalProtocolError as exc:
+            # e.g. the answer was not a 2xx: no notification may follow it (IMDN-37).
+            _log.info("early %s/%s report for %s dropped: %s", kind, status, message_id, exc)
 
     async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
         """Send the display notification for a received message, also one from an earlier run.
@@ -563,7 +608,7 @@ class UserAgent:
             sent_at=now,
             transport=transport,
         )
-        self.spawn(self._run_send(handle, outgoing, use_cpim))
+        self._spawn_wire(self._run_send(handle, outgoing, use_cpim))
         return handle
 
     async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, use_cpim: bool) -> None:

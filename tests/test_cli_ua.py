@@ -1,0 +1,196 @@
+"""The ``listen``, ``send`` and ``demo`` subcommands, run as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import pytest
+
+CLI = [sys.executable, "-m", "sipimdn"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _read_line(stream: IO[str], timeout: float) -> str:
+    """One line from a child's stdout, bounded in time."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    try:
+        if not selector.select(timeout):
+            raise TimeoutError("the child printed nothing in time")
+        return stream.readline()
+    finally:
+        selector.close()
+
+
+@contextmanager
+def listener(*extra: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """``sipimdn listen --json`` on a free UDP port; yields the process and its "listening" event."""
+    proc = subprocess.Popen(
+        [*CLI, "listen", "--aor", "sip:bob@127.0.0.1:0", "--listen", "udp:127.0.0.1:0", "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(_read_line(proc.stdout, 15))
+        assert first["event"] == "listening"
+        yield proc, first
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def _send(to: str, *extra: str, wait: str = "5") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *CLI,
+            "send",
+            "--aor",
+            "sip:alice@127.0.0.1:0",
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--to",
+            to,
+            "--text",
+            "hello from the CLI",
+            "--wait",
+            wait,
+            "--json",
+            *extra,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+    )
+
+
+def _stop(proc: subprocess.Popen[str], signum: int = signal.SIGINT) -> tuple[int, list[dict[str, Any]]]:
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=15)
+    return proc.returncode, _json_lines(out)
+
+
+def test_listen_and_send_exchange_a_message_and_its_notifications() -> None:
+    with listener("--auto-display", "0.1") as (proc, listening):
+        bob = listening["aor"]
+        assert bob.startswith("sip:bob@127.0.0.1:") and not bob.endswith(":0")
+        result = _send(bob, "--notify", "positive-delivery,display")
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = _json_lines(result.stdout)
+        kinds = [e["event"] for e in events]
+        assert kinds[0] == "sent"
+        response = next(e for e in events if e["event"] == "response")
+        assert response["status"] == 200
+        states = [e["state"] for e in events if e["event"] == "disposition-changed"]
+        assert states == ["accepted", "delivered", "displayed"]
+        assert events[-1] == {"event": "done", "ok": True}
+        time.sleep(0.3)
+        code, listen_events = _stop(proc)
+    assert code == 0
+    message = next(e for e in listen_events if e["event"] == "message")
+    assert message["text"] == "hello from the CLI"
+    assert message["notify"] == ["display", "positive-delivery"]
+    assert message["message_id"] == events[0]["message_id"]
+    sent = [e for e in listen_events if e["event"] == "notification-sent"]
+    assert sorted((e["kind"], e["status"], e["sip_status"]) for e in sent) == [
+        ("delivery", "delivered", 200),
+        ("display", "displayed", 200),
+    ]
+    assert listen_events[-1]["event"] == "stopped"
+
+
+def test_send_exits_1_when_a_requested_notification_does_not_come() -> None:
+    with listener() as (proc, listening):  # no --auto-display: "displayed" never comes
+        result = _send(listening["aor"], "--notify", "positive-delivery,display", wait="1.5")
+        assert result.returncode == 1
+        events = _json_lines(result.stdout)
+        assert [e["state"] for e in events if e["event"] == "disposition-changed"] == [
+            "accepted",
+            "delivered",
+        ]
+        assert events[-1] == {"event": "timeout", "waiting_for": "displayed"}
+        code, _ = _stop(proc, signal.SIGTERM)
+    assert code == 0
+
+
+def test_listen_status_refuses_and_send_reports_it() -> None:
+    with listener("--status", "486") as (proc, listening):
+        result = _send(listening["aor"])
+        assert result.returncode == 1
+        response = next(e for e in _json_lines(result.stdout) if e["event"] == "response")
+        assert response["status"] == 486
+        code, events = _stop(proc)
+    assert code == 0
+    assert next(e for e in events if e["event"] == "message")["answer"] == 486
+
+
+def test_send_without_notifications_succeeds_on_2xx() -> None:
+    with listener() as (proc, listening):
+        result = _send(listening["aor"], "--notify", "")
+        assert result.returncode == 0, result.stdout + result.stderr
+        _stop(proc)
+
+
+def test_send_to_nobody_fails_cleanly() -> None:
+    result = _send("sip:nobody@127.0.0.1:9", wait="3")
+    assert result.returncode == 1
+    last = _json_lines(result.stdout)[-1]
+    assert last["event"] in {"failed", "timeout"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["send", "--aor", "sip:a@127.0.0.1", "--to", "sip:b@127.0.0.1", "--text", "x", "--notify", "bogus"],
+        ["listen", "--aor", "sip:b@127.0.0.1", "--listen", "sctp:127.0.0.1:1"],
+        ["listen", "--aor", "sip:b@127.0.0.1", "--status", "180"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    result = subprocess.run([*CLI, *argv], check=False, capture_output=True, text=True, timeout=30, env=ENV)
+    assert result.returncode == 2
+    assert "error" in result.stderr
+
+
+def test_demo_prints_the_three_stages() -> None:
+    result = subprocess.run([*CLI, "demo"], check=False, capture_output=True, text=True, timeout=30, env=ENV)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for stage in ("1/3 accepted", "2/3 delivered", "3/3 displayed"):
+        assert stage in out
+    assert out.index("1/3") < out.index("2/3") < out.index("3/3")
+    assert "MESSAGE -> 200 -> delivered -> displayed" in out
+
+
+def test_demo_json_lines_parse() -> None:
+    result = subprocess.run(
+        [*CLI, "demo", "--json"], check=False, capture_output=True, text=True, timeout=30, env=ENV
+    )
+    assert result.returncode == 0, result.stderr
+    events = _json_lines(result.stdout)
+    assert events[0]["event"] == "demo"
+    assert [e["state"] for e in events if e["event"] == "disposition-changed"] == [
+        "accepted",
+        "delivered",
+        "displayed",
+    ]
+    assert events[-1] == {"event": "done", "ok": True}
