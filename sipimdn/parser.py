@@ -201,9 +201,21 @@ def _content_length(rows: list[tuple[str, str, str, str]]) -> int | None:
 _StartLine = tuple[str, Uri, str] | tuple[int, str]
 
 
-def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
+def _check_head_size(head: bytes, limits: Limits) -> None:
+    """The size limits, checked in the order ``StreamFramer`` checks an incomplete head.
+
+    Keeping the order means a stream gives the same error however it is
+    chunked.
+    """
+    line_end = head.find(b"\n", 0, limits.max_start_line + 2)
+    if line_end < 0 and len(head) > limits.max_start_line:
+        raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
     if len(head) > limits.max_header_bytes:
         raise _error(f"header section longer than {limits.max_header_bytes} bytes", 513)
+
+
+def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
+    _check_head_size(head, limits)
     text = head.decode("utf-8", "surrogateescape")
     if _CTL_RE.search(text) is not None:
         raise _error("control character in header section")
@@ -367,8 +379,10 @@ class StreamFramer:
 
     def _check_incomplete_head(self, pos: int, end: int) -> None:
         limits = self._limits
+        # The same checks as for a complete head; the terminator (at most 4
+        # bytes) may still be missing from what is buffered.
         line_end = self._buf.find(b"\n", pos, pos + limits.max_start_line + 2)
-        if end - pos > limits.max_start_line and line_end < 0:
+        if end - pos >= limits.max_start_line + 2 and line_end < 0:
             raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
         if end - pos > limits.max_header_bytes + 4:
             raise _error(f"header section longer than {limits.max_header_bytes} bytes", 513)

@@ -1,0 +1,114 @@
+"""Property tests for Uri.parse: total on any text, round trip, §19.1.4 equality rules."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipimdn import SipParseError, Uri
+
+SETTINGS = settings(max_examples=200, deadline=None)
+
+LOWER = "abcdefghijklmnopqrstuvwxyz"
+label = st.text(alphabet=LOWER + "0123456789", min_size=1, max_size=10)
+top_label = st.builds(lambda first, rest: first + rest, st.sampled_from(LOWER), st.text(LOWER, max_size=6))
+hostname = st.builds(lambda labels, top: ".".join([*labels, top]), st.lists(label, max_size=3), top_label)
+ipv4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
+ipv6 = st.ip_addresses(v=6).map(str)
+host = st.one_of(hostname, ipv4, ipv6)
+# any printable text, including characters that must be escaped
+free_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=1, max_size=12)
+param_name = st.text(alphabet=LOWER + "-_.!~*'", min_size=1, max_size=8)
+params = st.dictionaries(param_name, st.one_of(st.none(), free_text), max_size=4)
+headers = st.dictionaries(st.text(alphabet=LOWER, min_size=1, max_size=6), free_text, max_size=3)
+
+
+@st.composite
+def sip_uris(draw: st.DrawFn) -> Uri:
+    user = draw(st.one_of(st.none(), free_text))
+    password = draw(st.one_of(st.none(), free_text)) if user is not None else None
+    return Uri(
+        draw(st.sampled_from(["sip", "sips"])),
+        user,
+        password,
+        draw(host),
+        draw(st.one_of(st.none(), st.integers(0, 65535))),
+        draw(params),
+        draw(headers),
+    )
+
+
+@SETTINGS
+@given(st.text(max_size=200))
+def test_any_text_parses_or_raises_sip_parse_error(text: str) -> None:
+    try:
+        uri = Uri.parse(text)
+    except SipParseError as exc:
+        assert exc.status_code == 400
+        return
+    again = Uri.parse(str(uri))
+    assert again == uri
+    assert hash(again) == hash(uri)
+
+
+@SETTINGS
+@given(st.text(alphabet="sip:@;=?&%[]:.-_abc123ABC!~*'()/,$+ ", max_size=60))
+def test_uri_shaped_text_parses_or_raises(text: str) -> None:
+    test_any_text_parses_or_raises_sip_parse_error.hypothesis.inner_test(text)  # type: ignore[attr-defined]
+
+
+@SETTINGS
+@given(sip_uris())
+def test_constructed_uris_round_trip(uri: Uri) -> None:
+    text = str(uri)
+    parsed = Uri.parse(text)
+    assert parsed == uri
+    assert hash(parsed) == hash(uri)
+    assert (parsed.user, parsed.password, parsed.port) == (uri.user, uri.password, uri.port)
+    assert dict(parsed.params) == {k.lower(): v for k, v in uri.params.items()}
+    assert dict(parsed.headers) == dict(uri.headers)
+    assert str(parsed) == text
+
+
+@SETTINGS
+@given(sip_uris())
+def test_host_and_param_case_do_not_matter_but_user_case_does(uri: Uri) -> None:
+    shouting = Uri(
+        uri.scheme.upper().lower(),
+        uri.user,
+        uri.password,
+        uri.host.upper(),
+        uri.port,
+        {k.upper(): v for k, v in uri.params.items()},
+        uri.headers,
+    )
+    assert Uri.parse(str(shouting)) == uri
+    if uri.user is not None and uri.user.upper() != uri.user:
+        upper_user = Uri(
+            uri.scheme, uri.user.upper(), uri.password, uri.host, uri.port, uri.params, uri.headers
+        )
+        assert Uri.parse(str(upper_user)) != uri  # userinfo compares case-sensitively
+
+
+@SETTINGS
+@given(sip_uris(), st.sampled_from(["transport", "user", "ttl", "method", "maddr"]), free_text)
+def test_special_params_must_be_in_both(uri: Uri, name: str, value: str) -> None:
+    without = uri.without_params(name)
+    assert without.with_params(**{name: value}) != without
+
+
+@SETTINGS
+@given(sip_uris(), param_name, free_text)
+def test_other_params_in_one_uri_only_are_ignored(uri: Uri, name: str, value: str) -> None:
+    if name in ("transport", "user", "ttl", "method", "maddr") or name in uri.params:
+        return
+    extended = uri.with_params(**{name: value})
+    assert extended == uri
+    assert hash(extended) == hash(uri)
+
+
+@SETTINGS
+@given(st.text(alphabet=LOWER + "0123456789-_.!~*'()", min_size=1, max_size=10), hostname)
+def test_escaped_unreserved_characters_equal_plain_ones(user: str, host_name: str) -> None:
+    escaped = "".join(f"%{ord(c):02X}" for c in user)
+    assert Uri.parse(f"sip:{escaped}@{host_name}") == Uri.parse(f"sip:{user}@{host_name}")
