@@ -23,6 +23,7 @@ from typing import Final
 
 from lxml import etree
 
+from ..cpim import _grammar
 from ..cpim.values import parse_datetime
 from ..errors import ImdnError, LocalProtocolError
 from ._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, parse_xml
@@ -225,8 +226,9 @@ def _strip(value: str | None) -> str | None:
 
 
 def _serialise(element: etree._Element) -> bytes:
-    element.tail = None
-    return etree.tostring(element, encoding="utf-8")
+    # Exclusive C14N: only the namespaces the element uses, a canonical form, so
+    # equal extensions compare equal however they were written.
+    return etree.tostring(element, method="c14n", exclusive=True, with_comments=False, with_tail=False)
 
 
 # -- build ----------------------------------------------------------------------------
@@ -285,6 +287,9 @@ def make_notification(
         raise LocalProtocolError(str(exc)) from None
     if status not in ALLOWED_STATUSES[kind]:
         raise LocalProtocolError(f"status {status} is not allowed in a {kind} notification (RFC 5438 §5)")
+    if _grammar.TOKEN_RE.fullmatch(message_id) is None:
+        # It echoes an IMDN Message-ID header, which is a CPIM Token (RFC 5438 §6.3).
+        raise LocalProtocolError(f"message-id must be a CPIM Token: {message_id!r}")
     if original_recipient_uri is not None and recipient_uri is None:
         raise LocalProtocolError("original-recipient-uri needs recipient-uri (RFC 5438 §11.1)")
     if recipient_uri is not None and original_recipient_uri is None:
@@ -299,13 +304,25 @@ def make_notification(
         recipient_uri=recipient_uri,
         original_recipient_uri=original_recipient_uri,
         subject=subject,
-        extensions=tuple(extensions),
-        status_extensions=tuple(status_extensions),
+        extensions=tuple(_serialise(_extension(raw)) for raw in extensions),
+        status_extensions=tuple(_serialise(_extension(raw)) for raw in status_extensions),
     )
 
 
 def _render(n: Notification) -> bytes:
-    root = etree.Element(_q("imdn"), nsmap={None: XML_NS})  # type: ignore[dict-item]
+    extensions = [_extension(raw) for raw in n.extensions]
+    status_extensions = [_extension(raw) for raw in n.status_extensions]
+    # libxml2 does not write xmlns="" when an element with no namespace is moved
+    # under a default namespace, so such an element inside an extension would
+    # silently join the imdn namespace. Use a prefix for imdn in that (rare) case;
+    # otherwise keep the default-namespace form of every RFC 5438 example.
+    unqualified = any(
+        not str(e.tag).startswith("{")
+        for ext in (*extensions, *status_extensions)
+        for e in ext.iter(tag=etree.Element)
+    )
+    nsmap = {"imdn": XML_NS} if unqualified else {None: XML_NS}
+    root = etree.Element(_q("imdn"), nsmap=nsmap)  # type: ignore[arg-type]
     try:
         _text(root, "message-id", n.message_id)
         _text(root, "datetime", n.datetime)
@@ -317,10 +334,10 @@ def _render(n: Notification) -> bytes:
         notification = etree.SubElement(root, _q(Kind(n.kind).element))
         status = etree.SubElement(notification, _q("status"))
         etree.SubElement(status, _q(Status(n.status).value))
-        for raw in n.status_extensions:
-            status.append(_extension(raw))
-        for raw in n.extensions:
-            root.append(_extension(raw))
+        for ext in status_extensions:
+            status.append(ext)
+        for ext in extensions:
+            root.append(ext)
     except ValueError as exc:  # lxml refuses control characters and bad names
         raise LocalProtocolError(f"cannot build IMDN: {exc}") from None
     problem = validate(root)

@@ -1,0 +1,147 @@
+"""IMDN CPIM headers (RFC 5438 §6, §10; imdn.md §3): typed access, Disposition-Notification,
+Message-ID generation, and refusals."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipimdn import cpim, imdn
+from sipimdn.cpim import _grammar
+from sipimdn.errors import ImdnError, LocalProtocolError
+
+DR = imdn.DispositionRequest
+TAIL = b"\r\nContent-Type: text/plain\r\n\r\nhi"
+
+
+def message(*lines: str, prefix: str = "imdn") -> cpim.CpimMessage:
+    head = f"From: <im:a@example.com>\r\nNS: {prefix} <urn:ietf:params:imdn>\r\n"
+    return cpim.parse((head + "".join(line + "\r\n" for line in lines)).encode() + TAIL)
+
+
+@pytest.mark.parametrize(
+    ("value", "tokens"),
+    [
+        (
+            "positive-delivery, negative-delivery, display",
+            ["positive-delivery", "negative-delivery", "display"],
+        ),
+        ("positive-delivery,display", ["positive-delivery", "display"]),  # peers.md quirk
+        ("processing  ,  display", ["processing", "display"]),  # COMMA = *SP "," *SP
+        ("display", ["display"]),
+        ("", []),  # IMDN-17: empty means nothing requested
+        ("   ", []),
+    ],
+)
+def test_disposition_notification_values(value: str, tokens: list[str]) -> None:
+    assert [r.token for r in imdn.parse_disposition_notification(value)] == tokens
+
+
+def test_unknown_tokens_and_parameters_are_kept() -> None:
+    """RFC 5438 §10 notify-req = (... / Token) *(SEMI Ext-param); IMDN-30 ignores unknown values."""
+    reqs = imdn.parse_disposition_notification('display ; x=1;y="a b", x-custom;ttl=30, positive-delivery')
+    assert reqs == (
+        imdn.NotifyRequest("display", (("x", "1"), ("y", '"a b"'))),
+        imdn.NotifyRequest("x-custom", (("ttl", "30"),)),
+        imdn.NotifyRequest("positive-delivery"),
+    )
+    assert [r.known for r in reqs] == [DR.DISPLAY, None, DR.POSITIVE_DELIVERY]
+    assert (
+        imdn.format_disposition_notification(reqs)
+        == 'display;x=1;y="a b", x-custom;ttl=30, positive-delivery'
+    )
+    assert imdn.parse_disposition_notification(imdn.format_disposition_notification(reqs)) == reqs
+
+
+@pytest.mark.parametrize("value", ["display,", ",display", "display;", "dis play", "display;x", "display;=1"])
+def test_malformed_disposition_notification(value: str) -> None:
+    with pytest.raises(ValueError, match="malformed"):
+        imdn.parse_disposition_notification(value)
+    with pytest.raises(ImdnError, match="malformed"):
+        imdn.imdn_headers(message(f"imdn.Disposition-Notification: {value}"))
+
+
+def test_format_refuses_bad_values() -> None:
+    with pytest.raises(LocalProtocolError):
+        imdn.format_disposition_notification(["bad value"])
+    assert (
+        imdn.format_disposition_notification([DR.DISPLAY, "negative-delivery"])
+        == "display, negative-delivery"
+    )
+
+
+def test_typed_access_with_any_prefix() -> None:
+    """IMDN-02: every IMDN header found by URN under an unusual prefix."""
+    msg = message(
+        "z.Message-ID: Ab-_09",
+        "z.Disposition-Notification: negative-delivery",
+        "z.Disposition-Notification: processing",
+        "z.Original-To: Bob <sip:bob@example.com>",
+        "z.IMDN-Record-Route: <sip:newest.example.com>",
+        "z.IMDN-Record-Route: Server <sip:older.example.com>",
+        "z.IMDN-Route: <sip:route.example.com>",
+        prefix="z",
+    )
+    headers = imdn.imdn_headers(msg)
+    assert headers.message_id == "Ab-_09"
+    assert headers.requested == {DR.NEGATIVE_DELIVERY, DR.PROCESSING}
+    assert headers.original_to == cpim.CpimAddress("sip:bob@example.com", "Bob")
+    assert [r.uri for r in headers.record_routes] == ["sip:newest.example.com", "sip:older.example.com"]
+    assert [r.uri for r in headers.routes] == ["sip:route.example.com"]
+
+
+def test_absent_headers() -> None:
+    headers = imdn.imdn_headers(message())
+    assert headers == imdn.ImdnHeaders(None, None, None, (), ())
+    assert headers.requested == frozenset()
+    empty = imdn.imdn_headers(message("imdn.Disposition-Notification: "))
+    assert empty.disposition_notification == ()
+    assert empty.requested == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        (["imdn.Message-ID: a", "imdn.Message-ID: b"], "more than one IMDN Message-ID"),
+        (["imdn.Message-ID: abc@host"], "not a CPIM Token"),  # imdn.md §3 project note
+        (["imdn.Message-ID: a/b="], "not a CPIM Token"),  # standard base64 is not a Token
+        (["imdn.Message-ID: "], "not a CPIM Token"),
+        (["imdn.Original-To: sip:bob@example.com"], "Original-To"),
+        (["imdn.Original-To: <sip:a@x>", "imdn.Original-To: <sip:b@x>"], "more than one Original-To"),
+        (["imdn.IMDN-Record-Route: nowhere"], "IMDN-Record-Route"),
+        (["imdn.IMDN-Route: <>"], "IMDN-Route"),
+    ],
+)
+def test_refusals(lines: list[str], reason: str) -> None:
+    with pytest.raises(ImdnError, match=reason) as info:
+        imdn.imdn_headers(message(*lines))
+    assert info.value.status_code == 400
+
+
+def test_message_id_generator() -> None:
+    """IMDN-12/13, issue 4 item 2: >= 128 bits from secrets, URL-safe, a valid CPIM Token."""
+    ids = {imdn.new_message_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for mid in list(ids)[:200]:
+        assert _grammar.TOKEN_RE.fullmatch(mid)
+        assert _grammar.NAME_RE.fullmatch(mid)  # not even a "." in it
+        assert len(base64.urlsafe_b64decode(mid + "==")) * 8 >= 128
+
+
+notify_tokens = st.sampled_from(["positive-delivery", "negative-delivery", "display", "processing", "x-ext"])
+ext_params = st.lists(
+    st.tuples(
+        st.from_regex(r"[a-z]{1,6}", fullmatch=True), st.from_regex(r"[A-Za-z0-9.]{1,8}", fullmatch=True)
+    ),
+    max_size=2,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(notify_tokens, ext_params), max_size=5))
+def test_disposition_notification_round_trip(items: list[tuple[str, list[tuple[str, str]]]]) -> None:
+    reqs = tuple(imdn.NotifyRequest(t, tuple(p)) for t, p in items)
+    assert imdn.parse_disposition_notification(imdn.format_disposition_notification(reqs)) == reqs
