@@ -376,7 +376,10 @@ class SipStack:
         except Exception:
             log.exception("request handler failed on %r", incoming)
             if incoming.responded is None:
-                incoming.respond(500, "Internal Server Error")
+                try:
+                    incoming.respond(500, "Internal Server Error")
+                except Exception:  # e.g. the request lacks what a response must copy
+                    log.exception("could not answer 500 to %r", incoming)
 
     def _arm_timer(self) -> None:
         at = self.layer.get_timer()

@@ -18,7 +18,7 @@ from sipimdn.dialog.layer import TransactionLayer, response_flow, stamp_received
 from sipimdn.dialog.transaction import TimerConfig
 from sipimdn.errors import LocalProtocolError, SipParseError
 from sipimdn.headers import Via
-from sipimdn.message import Request, make_response
+from sipimdn.message import Request, Response, make_response
 from sipimdn.parser import parse_message
 from sipimdn.transport.flow import Flow, Transport
 
@@ -429,3 +429,45 @@ def test_transport_error_on_a_response() -> None:
     assert isinstance(event, RequestReceived)
     layer.transport_error(event.key, 0.1, "connection reset")  # nothing sent yet: nothing to fail
     assert layer.next_event() is None and layer.transaction_count == 1
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda d: d.replace(b"CSeq: 7 MESSAGE", b"CSeq: 7 OPTIONS"), "CSeq"),
+    (lambda d: d.replace(b"Call-ID: c1\r\n", b""), "Call-ID"),
+    (lambda d: d.replace(b"From: <sip:a@example.com>;tag=f1", b"From: <<<"), "'>'"),
+])
+def test_requests_missing_what_a_transaction_needs_get_400(mutate: object, reason: str) -> None:
+    layer = TransactionLayer()
+    data = mutate(raw_request("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKm"))  # type: ignore[operator]
+    with pytest.raises(SipParseError) as info:
+        layer.receive(parse_message(data), UDP_FROM, 0)
+    assert reason.lower() in info.value.reason.lower()
+    assert layer.transaction_count == 0 and layer.next_event() is None
+    assert layer.receive_unparseable(data, info.value, UDP_FROM)
+    [out] = layer.messages_to_send()
+    assert isinstance(out.message, Response) and out.message.status_code == 400
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["send", "answer", "wait"]), st.floats(0, 5)), max_size=40))
+def test_layer_timer_is_the_earliest_transaction_deadline(ops: list[tuple[str, float]]) -> None:
+    pair = LayerPair(a_to_b=Link(drop_every=3))
+    pair.b.responder = None
+    now = 0.0
+    for op, dt in ops:
+        now += dt
+        if op == "send":
+            pair.send_request()
+        elif op == "answer":
+            for _, event in pair.b.events:
+                if isinstance(event, RequestReceived):
+                    pair.b.layer.respond(event.key, make_response(event.request, 200), pair.clock.now)
+        else:
+            pair.run(until=now)
+        pair.pump()
+        for side in (pair.a, pair.b):
+            layer = side.layer
+            live = [tx.get_timer() for tx, _ in layer._clients.values()]
+            live += [tx.get_timer() for tx, _ in layer._servers.values()]
+            expected = min((d for d in live if d is not None), default=None)
+            assert layer.get_timer() == expected

@@ -23,7 +23,9 @@ sent-by port, else sent-by.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -137,6 +139,11 @@ class TransactionLayer:
         self._servers: dict[TransactionKey, tuple[_Server, Flow]] = {}
         self._events: deque[Event] = deque()
         self._outgoing: list[Outgoing] = []
+        # Deadlines in a heap with lazy deletion: an entry counts only while it equals
+        # ``_scheduled[key]``, so get_timer and handle_timer cost O(log n), not O(n), under load.
+        self._heap: list[tuple[float, int, TransactionKey]] = []
+        self._scheduled: dict[TransactionKey, float] = {}
+        self._seq = itertools.count()
 
     # -- user API -------------------------------------------------------------------------------
 
@@ -233,23 +240,31 @@ class TransactionLayer:
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction, or None."""
-        deadlines = [tx.get_timer() for tx, _ in self._clients.values()]
-        deadlines += [tx.get_timer() for tx, _ in self._servers.values()]
-        present = [d for d in deadlines if d is not None]
-        return min(present) if present else None
+        heap = self._heap
+        while heap:
+            at, _, key = heap[0]
+            if self._scheduled.get(key) == at:
+                return at
+            heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
+        return None
 
     def handle_timer(self, now: float) -> None:
         """Fire every transaction timer due at ``now``."""
-        for key, (client, flow) in list(self._clients.items()):
-            due = client.get_timer()
-            if due is not None and due <= now:
-                client.handle_timer(now)
-                self._collect_client(key, client, flow)
-        for key, (server, flow) in list(self._servers.items()):
-            due = server.get_timer()
-            if due is not None and due <= now:
-                server.handle_timer(now)
-                self._collect_server(key, server, flow)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, key = heapq.heappop(heap)
+            if self._scheduled.get(key) != at:
+                continue
+            del self._scheduled[key]
+            client = self._clients.get(key)
+            if client is not None:
+                client[0].handle_timer(now)
+                self._collect_client(key, client[0], client[1])
+                continue
+            server = self._servers.get(key)
+            if server is not None:
+                server[0].handle_timer(now)
+                self._collect_server(key, server[0], server[1])
 
     def next_event(self) -> Event | None:
         """The next event, or None."""
@@ -272,7 +287,7 @@ class TransactionLayer:
         if request.method == "ACK":
             log.debug("dropping ACK from %s (no INVITE transactions here)", flow.remote)
             return
-        request.cseq  # noqa: B018 - a request whose CSeq cannot be read is refused before matching
+        _check_request(request)
         key = server_key(request)
         entry = self._servers.get(key)
         if entry is not None:
@@ -287,6 +302,7 @@ class TransactionLayer:
         tx: _Server = ServerTransaction(request, reliable=flow.reliable, now=now, config=self.config,
                                         make_trying=make_trying)
         self._servers[key] = (tx, route)
+        self._schedule(key, tx.get_timer())
         self._events.append(RequestReceived(key, request, flow))
 
     def _receive_response(self, response: Response, flow: Flow, now: float) -> None:
@@ -322,6 +338,7 @@ class TransactionLayer:
                     self._events.append(TransportFailed(key, reason or "transport error"))
         if tx.terminated:
             del self._clients[key]
+        self._schedule(key, tx.get_timer())
 
     def _collect_server(self, key: TransactionKey, tx: _Server, flow: Flow, reason: str = "") -> None:
         for action in tx.pop_actions():
@@ -332,6 +349,14 @@ class TransactionLayer:
                 self._events.append(TransportFailed(key, reason or "transport error"))
         if tx.terminated:
             del self._servers[key]
+        self._schedule(key, tx.get_timer())
+
+    def _schedule(self, key: TransactionKey, at: float | None) -> None:
+        if at is None:
+            self._scheduled.pop(key, None)
+        elif self._scheduled.get(key) != at:
+            self._scheduled[key] = at
+            heapq.heappush(self._heap, (at, next(self._seq), key))
 
 
 def stamp_via_copy(via: Via, flow: Flow) -> Via:
@@ -342,6 +367,19 @@ def stamp_via_copy(via: Via, flow: Flow) -> Via:
     if not _same_ip(via.host, source_ip):
         return via.with_params(received=source_ip)
     return via
+
+
+def _check_request(request: Request) -> None:
+    """The headers every request needs before a transaction can exist for it (§8.1.1, §8.2).
+
+    Other malformed headers are left for the TU: §8.2.2 says those it does not need SHOULD be
+    ignored.
+    """
+    request.from_  # noqa: B018 - each access parses (raising SipParseError) and caches
+    request.to  # noqa: B018
+    request.call_id  # noqa: B018
+    if request.cseq.method != request.method:
+        raise SipParseError(f"CSeq method {request.cseq.method} does not match {request.method}")
 
 
 def _same_path(a: Flow, b: Flow) -> bool:
