@@ -331,8 +331,11 @@ def _uri_key(uri: str) -> tuple[str, str, str, str, str]:
     return scheme.lower(), user, host.lower(), port, transport
 
 
+_DELTA_SECONDS_RE = re.compile(r"[0-9]{1,12}")  # delta-seconds = 1*DIGIT (ASCII digits only)
+
+
 def _int_or_none(text: str | None) -> int | None:
-    if text is None or not text.strip().isdigit():
+    if text is None or _DELTA_SECONDS_RE.fullmatch(text.strip()) is None:
         return None
     return min(int(text.strip()), _MAX_EXPIRES)
 

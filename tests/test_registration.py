@@ -427,3 +427,33 @@ def test_message_adapters_round_trip_through_the_sip_core() -> None:
     reg.handle_response_message(parse_message(response.to_bytes()), now=0.0)  # type: ignore[arg-type]
     (event,) = events(reg)
     assert isinstance(event, RegistrationSucceeded) and event.expires == 77
+
+
+_HEADER_NAMES = st.sampled_from(
+    ["Contact", "m", "Expires", "Min-Expires", "Retry-After", "WWW-Authenticate", "CSeq", "Call-ID"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([200, 202, 401, 407, 423, 480, 503, 403, 606]),
+    st.lists(st.tuples(_HEADER_NAMES, st.text(max_size=60)), max_size=6),
+)
+def test_any_response_headers_are_handled_without_crashing(
+    status: int, junk: list[tuple[str, str]]
+) -> None:
+    reg = make()
+    reg.register(now=0.0)
+    request = sent_one(reg)
+    reply(reg, request, status, junk)  # CSeq/Call-ID first, so the response matches
+    events(reg)
+    assert reg.state in set(RegState)
+    assert (reg.get_timer() is None) == (reg.state in (RegState.FAILED, RegState.REGISTERING))
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    reg = make()
+    reg.register(now=0.0)
+    reply(reg, sent_one(reg), 200, [("Contact", f"<{CONTACT}>;expires=\u00b2"), ("Expires", "\u0663")])
+    (event,) = events(reg)
+    assert isinstance(event, RegistrationSucceeded) and event.expires == 600  # what we asked
