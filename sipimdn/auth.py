@@ -34,7 +34,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sipimdn.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError
 
@@ -672,6 +672,28 @@ class AuthAttempt:
         self._rounds += 1
         self.headers = self._build_headers()
         return list(self.headers)
+
+    def handle_success(self, authentication_info: str | None) -> None:
+        """Take note of a 2xx's ``Authentication-Info`` value (RFC 3261 §20.6, RFC 7616 §3.5).
+
+        A ``nextnonce`` replaces the remembered nonce of the (single) realm this
+        request answered with ``Authorization``, so the next request uses it up
+        front with ``nc`` starting again at 1. A malformed value is ignored: the
+        request already succeeded, and the old nonce still works until it expires.
+        """
+        if not authentication_info:
+            return
+        try:
+            (info,) = parse_challenges("Info " + authentication_info)
+        except (RemoteProtocolError, ValueError):
+            return
+        nextnonce = info.get("nextnonce")
+        realms = [realm for proxy, realm in self._answered if not proxy]
+        if not nextnonce or len(realms) != 1:
+            return
+        cached = self._auth._cache.get((False, realms[0]))
+        if cached is not None and cached.nonce != nextnonce:
+            self._auth._remember(replace(cached, nonce=nextnonce, stale=False))
 
     def _build_headers(self) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []

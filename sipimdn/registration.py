@@ -497,6 +497,8 @@ class RegistrationClient:
     # -- handlers -------------------------------------------------------------------
 
     def _on_success(self, request: RegisterRequest, headers: Sequence[tuple[str, str]], now: float) -> None:
+        if self._attempt is not None:
+            self._attempt.handle_success(_first(headers, "Authentication-Info"))
         self._attempt = None
         self._too_brief_rounds = 0
         if request.expires == 0:

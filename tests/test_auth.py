@@ -459,3 +459,19 @@ def test_challenge_header_names() -> None:
     assert challenge_header_for(407) == "Proxy-Authenticate"
     with pytest.raises(LocalProtocolError):
         challenge_header_for(200)
+
+
+def test_authentication_info_nextnonce_is_used_up_front_next_time() -> None:
+    auth = make_auth()
+    first = auth.start("REGISTER", "sip:example.com")
+    first.handle_challenge(401, ['Digest realm="example.com", nonce="n1", qop="auth"'])
+    first.handle_success('nextnonce="n2", qop=auth, rspauth="abc", cnonce="cn1", nc=00000001')
+    ((_, value),) = auth.start("REGISTER", "sip:example.com").headers
+    got = params_of(value)
+    assert got["nonce"] == "n2" and got["nc"] == "00000001"
+    # Junk, or nothing, changes nothing.
+    second = auth.start("REGISTER", "sip:example.com")
+    second.handle_success('nextnonce="unterminated')
+    second.handle_success(None)
+    second.handle_success("qop=auth")
+    assert params_of(auth.start("REGISTER", "sip:example.com").headers[0][1])["nonce"] == "n2"

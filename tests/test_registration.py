@@ -457,3 +457,16 @@ def test_non_ascii_digits_are_not_numbers() -> None:
     reply(reg, sent_one(reg), 200, [("Contact", f"<{CONTACT}>;expires=\u00b2"), ("Expires", "\u0663")])
     (event,) = events(reg)
     assert isinstance(event, RegistrationSucceeded) and event.expires == 600  # what we asked
+
+
+def test_authentication_info_nextnonce_feeds_the_refresh() -> None:
+    reg = make()
+    reg.register(now=0.0)
+    reply(reg, sent_one(reg), 401, [("WWW-Authenticate", 'Digest realm="example.com", nonce="n1"')])
+    reply(reg, sent_one(reg), 200, [
+        ("Contact", f"<{CONTACT}>;expires=100"), ("Authentication-Info", 'nextnonce="n7"'),
+    ])
+    events(reg)
+    reg.handle_timer(reg.get_timer() or 0.0)
+    (value,) = header(sent_one(reg), "Authorization")
+    assert parse_challenges(value)[0].get("nonce") == "n7"
