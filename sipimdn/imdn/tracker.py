@@ -39,7 +39,7 @@ the notifications the policy allows become :class:`~sipimdn.store.base.OwedRecor
 entries, handed out as :class:`NotificationOwed` events and retried with
 exponential backoff on timeout, 408 and 5xx until acknowledged or given up.
 A non-2xx answer means nothing is ever owed (IMDN-37). Loop guard (C4),
-IMDN-Record-Route trust and cap (C5), per-sender rate limit and anonymous
+IMDN-Record-Route trust and cap (C5), a rate limit per destination peer and anonymous
 senders (C6, IMDN-42) and display privacy (C7) are enforced here and
 reported as :class:`NotificationsDeclined`.
 
@@ -65,6 +65,7 @@ marked displayed, dedup entries and peer flags survive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import ipaddress
 import re
@@ -494,6 +495,7 @@ _TEL_VISUAL = str.maketrans("", "", "-.()")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and the same few peers come back all the time
 def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
     """Normalise a URI (or ``name-addr``) to a string that is equal for the same identity.
 
@@ -619,7 +621,8 @@ class DispositionTracker:
         self._sent: dict[str, SentRecord] = {}
         self._owed: dict[str, OwedRecord] = {}
         self._received: dict[str, ReceivedRecord] = {}
-        self._received_by_id: dict[str, set[str]] = {}
+        # Message-ID -> received keys (a tuple: almost always one sender per Message-ID).
+        self._received_by_id: dict[str, tuple[str, ...]] = {}
         self._seen: dict[str, SeenRecord] = {}
         self._peers: dict[str, PeerRecord] = {}
         self._events: deque[TrackerEvent] = deque()
@@ -627,6 +630,13 @@ class DispositionTracker:
         self._heap: list[tuple[float, int, str, str]] = []
         self._seq = 0
         self._rate: dict[str, deque[float]] = {}
+        self._tables: dict[str, dict[str, Any]] = {
+            _SENT: self._sent,
+            _OWED: self._owed,
+            _RECEIVED: self._received,
+            _SEEN: self._seen,
+            _PEER: self._peers,
+        }
         if snapshot is not None:
             self._restore(snapshot, now)
 
@@ -1206,10 +1216,10 @@ class DispositionTracker:
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:
             return self._received.get(received_key(self._sender_key(sender), message_id))
-        keys = self._received_by_id.get(message_id, set())
+        keys = self._received_by_id.get(message_id, ())
         if len(keys) > 1:
             raise LocalProtocolError(f"several senders used Message-ID {message_id!r}: name the sender")
-        return self._received[next(iter(keys))] if keys else None
+        return self._received[keys[0]] if keys else None
 
     def _answered_non_2xx(self, message_id: str, sender: str | None) -> bool:
         if sender is not None:
@@ -1327,43 +1337,36 @@ class DispositionTracker:
     def _emit(self, event: TrackerEvent) -> None:
         self._events.append(event)
 
-    def _table(self, table: str) -> dict[str, Any]:
-        tables: dict[str, dict[str, Any]] = {
-            _SENT: self._sent,
-            _OWED: self._owed,
-            _RECEIVED: self._received,
-            _SEEN: self._seen,
-            _PEER: self._peers,
-        }
-        return tables[table]
-
     def _deadline(self, table: str, key: str) -> float | None:
-        record = self._table(table).get(key)
+        record = self._tables[table].get(key)
         return None if record is None else _deadline_of(record)
 
     def _put(self, record: AnyRecord, *, write: bool = True) -> None:
-        table = self._table(record.TABLE)
-        old = table.get(record.key)
-        table[record.key] = record
-        if isinstance(record, ReceivedRecord):
-            self._received_by_id.setdefault(record.message_id, set()).add(record.key)
+        table = self._tables[record.TABLE]
+        key = record.key
+        old = table.get(key)
+        table[key] = record
+        if isinstance(record, ReceivedRecord) and old is None:
+            keys = self._received_by_id.get(record.message_id, ())
+            if key not in keys:
+                self._received_by_id[record.message_id] = (*keys, key)
         if write:
             self._writes.append(Put(record))
         deadline = _deadline_of(record)
         if old is None or _deadline_of(old) != deadline:
             self._seq += 1
-            heapq.heappush(self._heap, (deadline, self._seq, record.TABLE, record.key))
+            heapq.heappush(self._heap, (deadline, self._seq, record.TABLE, key))
 
     def _delete(self, table: str, key: str) -> None:
-        record = self._table(table).pop(key, None)
+        record = self._tables[table].pop(key, None)
         if record is None:
             return
         if isinstance(record, ReceivedRecord):
-            keys = self._received_by_id.get(record.message_id)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._received_by_id[record.message_id]
+            rest = tuple(k for k in self._received_by_id.get(record.message_id, ()) if k != key)
+            if rest:
+                self._received_by_id[record.message_id] = rest
+            else:
+                self._received_by_id.pop(record.message_id, None)
         self._writes.append(Delete(table, key))
 
     def _restore(self, snapshot: Snapshot, now: float) -> None:
