@@ -18,6 +18,7 @@ headers. Errors about the input raise :class:`~sipimdn.errors.CpimError`
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -430,6 +431,11 @@ def _decode(line: bytes, what: str) -> str:
         raise CpimError(f"{what} header is not valid UTF-8 (RFC 3862 §2.2)") from None
 
 
+_CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 5322 field-name: printable US-ASCII except ":".
+_FIELD_NAME_RE = re.compile(r"[!-9;-~]+")
+
+
 def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeader, ...]:
     prefixes: dict[str, str] = {}
     default_ns = CPIM_NS
@@ -437,7 +443,7 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
     for raw in lines:
         if raw[:1] in (" ", "\t"):
             raise CpimError("CPIM header folding/leading whitespace is not allowed (RFC 3862 §2.2)")
-        if any(c < " " or c == "\x7f" for c in raw):
+        if _CTL_RE.search(raw) is not None:
             raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
         m = _grammar.HEADER_LINE_RE.fullmatch(raw)
         if m is None:
@@ -508,15 +514,10 @@ def _parse_mime_headers(lines: list[str]) -> tuple[MimeHeader, ...]:
             )
             continue
         name, colon, value = raw.partition(":")
-        if not colon or not name or name != name.strip() or not _is_field_name(name):
+        if not colon or _FIELD_NAME_RE.fullmatch(name) is None:
             raise CpimError(f"malformed MIME header line: {raw[:80]!r}")
         out.append(MimeHeader(name=name, value=value.strip(), raw=raw))
     return tuple(out)
-
-
-def _is_field_name(name: str) -> bool:
-    # RFC 5322 ftext: printable US-ASCII except ":".
-    return all("!" <= c <= "~" for c in name)
 
 
 def _check_entity(msg: CpimMessage) -> None:
