@@ -168,6 +168,13 @@ def test_client_transport_error(provisional: bool) -> None:
     assert tx.state is TxState.TERMINATED and tx.get_timer() is None
 
 
+def test_client_small_timer_jitter_does_not_stretch_the_schedule() -> None:
+    tx = client()
+    tx.pop_actions()
+    tx.handle_timer(0.53)  # E was due at 0.5
+    assert tx.pop_actions() == [Send(REQ)] and tx.get_timer() == 1.5
+
+
 def test_client_late_handle_timer_fires_each_due_timer_once() -> None:
     tx = client()
     tx.pop_actions()

@@ -279,7 +279,12 @@ class ClientTransaction(Generic[ReqT, RespT]):
             self._interval = min(2 * self._interval, self.config.t2)
         else:
             self._interval = self.config.t2  # §17.1.2.2: in Proceeding E is reset to T2
-        self.retransmit_at = now + self._interval
+        # Count from when E was due, not from a slightly late wake-up, so loop jitter does not
+        # stretch the schedule; after a real stall (a whole interval late) count from now instead
+        # of bursting several copies at once.
+        due = self.retransmit_at if self.retransmit_at is not None else now
+        nxt = due + self._interval
+        self.retransmit_at = nxt if nxt > now else now + self._interval
 
     def _deliver(self, now: float, message: RespT | None) -> None:
         assert message is not None

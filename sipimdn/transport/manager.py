@@ -187,15 +187,17 @@ class TransportManager:
             on_lost=self._lost,
             on_made=self._accepted if inbound else None,
         )
-        self._all.add(connection)
+        if not inbound:  # inbound ones count once accepted: a failed TLS handshake never gets there
+            self._all.add(connection)
         return connection
 
     def _accepted(self, connection: StreamConnection) -> None:
-        if self._closed or len(self._all) > self.config.max_connections:
+        if self._closed or len(self._all) >= self.config.max_connections:
             log.warning("refusing %s connection from %s: limit of %d reached", connection.kind.value,
                         connection.flow.remote, self.config.max_connections)
             connection.abort(None)
             return
+        self._all.add(connection)
         self._connections[(connection.kind, connection.flow.remote, None)] = connection
 
     # -- from the sockets -----------------------------------------------------------------------

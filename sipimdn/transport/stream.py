@@ -58,6 +58,7 @@ class StreamConnection(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._error: TransportError | None = None
+        self._reported = False
         self.last_activity = now()
 
     # -- sending --------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class StreamConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
         else:
-            self._on_lost(self, None)
+            self._report(None)
 
     def abort(self, error: TransportError | None = None) -> None:
         """Drop the connection at once; ``error`` is what pending users are told (None: nothing)."""
@@ -99,13 +100,17 @@ class StreamConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()  # connection_lost follows and reports
         else:
-            self._on_lost(self, error)
+            self._report(error)
 
     def connect_failed(self, error: TransportError) -> None:
         """The manager's connect attempt failed: report and forget what was queued."""
         self._pending.clear()
-        if not self.closed:
-            self.closed = True
+        self.closed = True
+        self._report(error)
+
+    def _report(self, error: TransportError | None) -> None:
+        if not self._reported:  # the owner hears about the end of a connection exactly once
+            self._reported = True
             self._on_lost(self, error)
 
     def _peer(self) -> str:
@@ -134,9 +139,12 @@ class StreamConnection(asyncio.Protocol):
             transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # closing after a framing error: the rest of the stream is noise
+            return
         self.last_activity = self._now()
         self._framer.feed(data)
-        for _ in range(10_000):  # bounded: a framer bug must not hang the loop
+        # Every event consumes at least one byte, so this bound is never reached by a correct framer.
+        for _ in range(self._framer.buffered + 1):
             try:
                 event = self._framer.next_event()
             except SipParseError as exc:
@@ -170,4 +178,4 @@ class StreamConnection(asyncio.Protocol):
         if self._framer.buffered:
             log.info("%s connection from %s ended in the middle of a message", self.kind.value, self._peer())
         self.closed = True
-        self._on_lost(self, error)
+        self._report(error)
