@@ -25,6 +25,7 @@ from sipimdn.imdn.tracker import (
     TrackerConfig,
     TrackerEvent,
     TrackingEnded,
+    _Input,
 )
 from sipimdn.store import Delete, Put, SentRecord
 
@@ -575,3 +576,53 @@ def test_config_rejects_nonsense(name: str) -> None:
         TrackerConfig(**bad)
     with pytest.raises(ValueError):
         TrackerConfig(max_attempts=0)
+
+
+# --- every (state, input) pair, driven through the public API ----------------------------------------------
+
+REACH: dict[S, list[tuple[str, ...]]] = {
+    S.PENDING: [],
+    S.ACCEPTED: [("sip", "200")],
+    S.DELIVERED: [("delivery", "delivered")],
+    S.DISPLAYED: [("display", "displayed")],
+    S.FAILED: [("delivery", "failed")],
+    S.FORBIDDEN: [("delivery", "forbidden")],
+    S.ERROR: [("display", "error")],
+    S.EXPIRED: [("expire",)],
+}
+INPUTS: dict[_Input, tuple[str, ...]] = {
+    _Input.SIP_OK: ("sip", "200"),
+    _Input.SIP_FAIL: ("sip", "404"),
+    _Input.EXPIRE: ("expire",),
+    **{member: member.value for member in _Input if isinstance(member.value, tuple)},
+}
+
+
+def drive(tracker: DispositionTracker, step: tuple[str, ...], now: float) -> None:
+    if step[0] == "sip":
+        tracker.response_received("m1", int(step[1]), now)
+    elif step[0] == "expire":
+        tracker.handle_timer(TrackerConfig().tracking_ttl)
+    else:
+        notify(tracker, step[0], step[1], now)
+
+
+@pytest.mark.parametrize("state", list(S))
+@pytest.mark.parametrize("step", list(_Input), ids=lambda i: i.name)
+def test_every_state_and_input(state: S, step: _Input) -> None:
+    """The observable behaviour equals TRANSITIONS; a missing pair changes nothing."""
+    # CAROL stays pending and the SIP outcome unknown, so tracking never ends on its own here.
+    tracker = new_tracker(recipients=(BOB, CAROL))
+    for reach in REACH[state]:
+        drive(tracker, reach, 1.0)
+    assert [s for r, _, s in changes(drain(tracker)) if r == BOB][-1:] == ([state] if REACH[state] else [])
+    expected = TRANSITIONS.get((state, step), state)
+    drive(tracker, INPUTS[step], 2.0)
+    bob = [(p, s) for r, p, s in changes(drain(tracker)) if r == BOB]
+    if expected is state:
+        assert bob == []
+    else:
+        assert bob == [(state, expected)]
+    record = tracker.sent("m1")
+    if record is not None:
+        assert state_of(tracker, "m1") is expected
