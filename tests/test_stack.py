@@ -514,3 +514,19 @@ async def test_response_reconnects_to_sent_by_when_connection_is_gone() -> None:
         assert held[0].respond(200)
         head = await got.get()
         assert head.startswith(b"SIP/2.0 200 OK\r\n") and b"branch=z9hG4bKgone" in head
+
+
+async def test_failed_tls_handshakes_do_not_use_up_connection_slots(certs: Certs) -> None:
+    b = SipStack(specs("127.0.0.1", Transport.TLS, certs=certs),
+                 transport_config=TransportConfig(max_connections=1))
+    b.on_request(Recorder())
+    untrusted = SipStack(specs("127.0.0.1", Transport.UDP))
+    trusted = tls_client(certs.client)
+    async with asyncio.timeout(5), running(b, untrusted, trusted):
+        port = port_of(b, Transport.TLS)
+        for _ in range(3):
+            with pytest.raises(TransportError):
+                await untrusted.send_request(message_to("127.0.0.1", port, params=";transport=tls"))
+        assert b.transports.connection_count == 0
+        response = await trusted.send_request(message_to("127.0.0.1", port, params=";transport=tls"))
+        assert response.status_code == 200
