@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from enum import Enum
 
 from sipimdn.auth import AuthAttempt, Authenticator
-from sipimdn.errors import AuthenticationFailed, LocalProtocolError
+from sipimdn.errors import AuthenticationFailed, LocalProtocolError, SipParseError
 from sipimdn.message import Request, Response
+from sipimdn.uri import Uri
 
 __all__ = [
     "RegState",
@@ -312,7 +313,7 @@ def _parse_contact(text: str) -> _ContactView | None:
 
 
 def _uri_key(uri: str) -> tuple[str, str, str, str, str]:
-    """A coarse RFC 3261 §19.1.4 comparison key: scheme, user, host, port, transport."""
+    """Fallback comparison key for URIs the core cannot parse: scheme, user, host, port, transport."""
     scheme, _, rest = uri.partition(":")
     main, _, param_text = rest.partition(";")
     main = main.split("?", 1)[0]
@@ -332,6 +333,14 @@ def _uri_key(uri: str) -> tuple[str, str, str, str, str]:
 
 
 _DELTA_SECONDS_RE = re.compile(r"[0-9]{1,12}")  # delta-seconds = 1*DIGIT (ASCII digits only)
+
+
+def _same_uri(received: str, ours: str) -> bool:
+    """RFC 3261 §19.1.4 equality through :class:`~sipimdn.uri.Uri`; a coarse key if unparsable."""
+    try:
+        return Uri.parse(received) == Uri.parse(ours)
+    except SipParseError:
+        return _uri_key(received) == _uri_key(ours)
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -631,7 +640,6 @@ class RegistrationClient:
 
     def _granted(self, headers: Sequence[tuple[str, str]], asked: int) -> int:
         """Seconds granted: our Contacts' ``expires``, else Expires, else what we asked."""
-        ours = {_uri_key(uri) for uri in self.settings.contacts}
         instance = self.settings.instance_id
         found: list[int] = []
         listed_any = False
@@ -645,7 +653,7 @@ class RegistrationClient:
                     instance is not None
                     and contact.params.get("+sip.instance", "").strip("<>") == instance
                 )
-                if _uri_key(contact.uri) in ours or same_instance:
+                if same_instance or any(_same_uri(contact.uri, uri) for uri in self.settings.contacts):
                     expires = _int_or_none(contact.params.get("expires"))
                     found.append(expires if expires is not None else -1)
         header = _int_or_none(_first(headers, "Expires"))
