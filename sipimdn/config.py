@@ -131,6 +131,9 @@ class UserAgentConfig:
     display_name: str | None = None
     #: Local endpoints to listen on (any mix of UDP, TCP, TLS, IPv4 and IPv6).
     listen: tuple[ListenEndpoint, ...] = field(default_factory=_default_listen)
+    #: Also listen with TCP on every host listened on with UDP (RFC 3261 §18.2.1),
+    #: on the UDP port when it is free, so requests over 1300 bytes reach us.
+    udp_implies_tcp: bool = True
     #: Outbound proxy URI (``"sip:proxy.example.com;lr"``): every request goes there.
     outbound_proxy: str | None = None
     #: Server-side TLS context, required when a TLS endpoint is listened on.
@@ -164,9 +167,14 @@ class UserAgentConfig:
     auto_delivery: bool = True
     #: Policy for display notification requests.
     display_privacy: DisplayPrivacy = DisplayPrivacy.SEND
-    #: How many (sender, Message-ID) / transaction keys the duplicate cache keeps.
+    #: Honour IMDN-Record-Route in received messages (send our IMDNs through the
+    #: intermediaries they name). Off by default: a forged route turns us into a
+    #: flood source aimed at a third party (imdn.md C5); turn it on behind a
+    #: trusted proxy or list server.
+    trust_imdn_route: bool = False
+    #: How many transaction keys of plain-text messages the duplicate cache keeps.
     dedup_capacity: int = 4096
-    #: How long (seconds) a seen message stays in the duplicate cache.
+    #: How long (seconds) a plain-text message stays in the duplicate cache.
     dedup_ttl: float = 3600.0
 
     # Sending.

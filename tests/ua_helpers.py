@@ -185,3 +185,68 @@ class RawPeer(asyncio.DatagramProtocol):
                     return response
 
         return await asyncio.wait_for(wait(), timeout)
+
+
+class StackPeer:
+    """A bare :class:`SipStack` playing a peer that is not a sipimdn user agent.
+
+    ``answer(request)`` returns the status (and extra headers) for each request
+    it receives, or None to leave it to the test (via ``incoming``).
+    """
+
+    def __init__(self, name: str, answer: Any = None, transport: str = "udp") -> None:
+        from sipimdn.stack import SipStack
+        from sipimdn.transport.base import ListenSpec
+        from sipimdn.transport.flow import Transport
+
+        self.name = name
+        self._answer = answer
+        self.stack = SipStack([ListenSpec(Transport.from_token(transport), "127.0.0.1", 0)])
+        self.requests: list[Request] = []
+        self.incoming: asyncio.Queue[Any] = asyncio.Queue()
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> StackPeer:
+        await self.stack.start()
+        self.stack.on_request(self._on_request)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.close()
+
+    @property
+    def aor(self) -> str:
+        _, (host, port) = self.stack.endpoints[0]
+        return f"sip:{self.name}@{host}:{port}"
+
+    def _on_request(self, incoming: Any) -> None:
+        self.requests.append(incoming.request)
+        self._arrived.set()
+        decision = self._answer(incoming.request) if self._answer is not None else None
+        if decision is None:
+            self.incoming.put_nowait(incoming)
+        elif isinstance(decision, int):
+            incoming.respond(decision)
+        else:
+            status, headers = decision
+            incoming.respond(status, None, headers)
+
+    async def wait_requests(self, count: int, timeout: float = 5.0) -> list[Request]:
+        """Wait until ``count`` requests arrived."""
+
+        async def wait() -> list[Request]:
+            while len(self.requests) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+            return self.requests
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def send_message(self, to: str, content_type: str, body: bytes) -> Response:
+        """Send a MESSAGE from this peer (its AOR as SIP From)."""
+        from sipimdn.dialog.factory import build_request
+
+        request = build_request(
+            "MESSAGE", to, f"<{self.aor}>", f"<{to}>", body=body, content_type=content_type
+        )
+        return await self.stack.send_request(request)

@@ -126,6 +126,7 @@ class UserAgent:
         self._stack: _wire.Stack | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._purge_timer: asyncio.TimerHandle | None = None
         self._started = False
         self._closed = False
 
@@ -158,9 +159,17 @@ class UserAgent:
             await self._stack.close()
             await self._writer.close()
             raise
-        self._writer.purge(now)
+        self._purge_periodically()
         # After a restart the tracker has owed IMDNs due at once: send them.
         self._pump()
+
+    def _purge_periodically(self) -> None:
+        """Drop expired store entries now and then again every hour (or state_expiry, if shorter)."""
+        if self._closed:
+            return
+        self._writer.purge(time.time())
+        interval = min(3600.0, self.config.state_expiry)
+        self._purge_timer = asyncio.get_running_loop().call_later(interval, self._purge_periodically)
 
     async def close(self) -> None:
         """Stop: cancel callbacks and sends in flight, flush the store, close transports."""
@@ -178,6 +187,9 @@ class UserAgent:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._purge_timer is not None:
+            self._purge_timer.cancel()
+            self._purge_timer = None
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -373,20 +385,27 @@ class UserAgent:
         # Always 200: whether the IMDN correlates is none of the sender's business
         # (no oracle for guessing Message-IDs, RFC 5438 §14).
         incoming.respond(200)
-        note = inbound.notification
-        assert note is not None
+        assert inbound.notification is not None
         tracker = self._require_tracker()
-        tracker.notification_received(
-            message_id=note.message_id,
-            kind=note.kind,
-            status=note.status,
-            now=time.time(),
-            sender=inbound.cpim_from,
-            sip_from=inbound.sip_from,
-            recipient_uri=note.recipient_uri,
-            original_recipient_uri=note.original_recipient_uri,
-            notification_id=inbound.message_id,
-        )
+        # An aggregated IMDN (RFC 5438 §8.3) carries several; each is checked on its own.
+        notes = (inbound.notification, *inbound.more_notifications)
+        for index, note in enumerate(notes):
+            # The replay guard remembers notification ids; the parts of one
+            # aggregated IMDN share its Message-ID, so each part gets its own.
+            notification_id = inbound.message_id
+            if notification_id is not None and len(notes) > 1:
+                notification_id = f"{notification_id}#{index}"
+            tracker.notification_received(
+                message_id=note.message_id,
+                kind=note.kind,
+                status=note.status,
+                now=time.time(),
+                sender=inbound.cpim_from,
+                sip_from=inbound.sip_from,
+                recipient_uri=note.recipient_uri,
+                original_recipient_uri=note.original_recipient_uri,
+                notification_id=notification_id,
+            )
         self._pump()
 
     async def _receive_im(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
@@ -407,7 +426,7 @@ class UserAgent:
                 datetime=inbound.datetime,
                 subject=inbound.subject,
                 imdn_route=inbound.imdn_route,
-                route_trusted=False,
+                route_trusted=self.config.trust_imdn_route,
                 is_notification=False,
             )
             self._pump()
@@ -506,6 +525,24 @@ class UserAgent:
         except LocalProtocolError as exc:
             # e.g. the answer was not a 2xx: no notification may follow it (IMDN-37).
             _log.info("early %s/%s report for %s dropped: %s", kind, status, message_id, exc)
+
+    async def report_disposition(
+        self, message_id: str, kind: str, status: str, sender: str | None = None
+    ) -> bool:
+        """Report what became of a received message, also one from an earlier run.
+
+        ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or
+        ``"error"`` (or ``"delivered"`` when ``auto_delivery`` is off), or
+        ``"display"`` with ``"displayed"``, ``"forbidden"`` or ``"error"``.
+        Returns True if a notification is now owed. Raises
+        :class:`~sipimdn.errors.LocalProtocolError` where RFC 5438 forbids the
+        report: after a non-2xx answer (IMDN-37), or a second, different
+        notification of one kind (IMDN-32).
+        """
+        tracker = self._require_tracker()
+        owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
+        self._pump()
+        return owed is not None
 
     async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
         """Send the display notification for a received message, also one from an earlier run.

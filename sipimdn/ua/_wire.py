@@ -24,11 +24,11 @@ from ..imdn import (
     CONTENT_TYPE as IMDN_CONTENT_TYPE,
 )
 from ..imdn import (
-    IMDN_NS,
     Notification,
     build_im,
-    build_notification,
+    build_imdn_message,
     imdn_headers,
+    make_notification,
     parse_notification,
     recognise,
 )
@@ -297,7 +297,7 @@ def cpim_content_type() -> str:
 
 def build_imdn_request(ua: _Sender, owed: OwedNotification) -> Request:
     """The MESSAGE carrying an IMDN we owe (RFC 5438 §7.2.1.1, §12.1.3.1)."""
-    xml = build_notification(
+    note = make_notification(
         message_id=owed.message_id,
         datetime=owed.datetime or "",
         kind=str(owed.kind),
@@ -306,21 +306,15 @@ def build_imdn_request(ua: _Sender, owed: OwedNotification) -> Request:
         original_recipient_uri=owed.original_recipient_uri,
         subject=owed.subject,
     )
-    me = cpim.CpimAddress(uri=owed.cpim_from or ua.aor)
-    lines = [
-        cpim.format_header("From", str(me)),
-        cpim.format_header("To", str(cpim.CpimAddress(uri=owed.cpim_to or owed.sip_to))),
-        cpim.format_header("NS", f"imdn <{IMDN_NS}>"),
-        cpim.format_header("imdn.Message-ID", owed.notification_id),
-        cpim.format_header("DateTime", cpim.format_datetime(time.time())),
-    ]
-    # §7.2.1: every IMDN-Record-Route of the IM becomes an IMDN-Route, same order.
-    lines += [cpim.format_header("imdn.IMDN-Route", str(cpim.CpimAddress(uri=r))) for r in owed.imdn_route]
-    envelope = cpim.build_from_lines(
-        lines,
-        content_type=IMDN_CONTENT_TYPE,
-        body=xml,
-        mime_headers=[("Content-Disposition", "notification")],
+    envelope = build_imdn_message(
+        note,
+        from_=owed.cpim_from or ua.aor,
+        to=owed.cpim_to or owed.sip_to,
+        now=time.time(),
+        # Stable across retries, so the peer can tell a retry from a new IMDN.
+        message_id=owed.notification_id,
+        # §7.2.1: every IMDN-Record-Route of the IM becomes an IMDN-Route, same order.
+        routes=owed.imdn_route,
     )
     return _message_request(
         ua, owed.request_uri, owed.sip_to, content_type=cpim.CONTENT_TYPE, body=envelope.to_bytes()
@@ -398,6 +392,15 @@ def make_stack(config: UserAgentConfig) -> SipStack:
         )
         for ep in config.listen
     ]
+    if config.udp_implies_tcp:
+        # RFC 3261 §18.2.1: listen with TCP wherever we listen with UDP, so a peer
+        # whose request grew past 1300 bytes (§18.1.1) can still reach us. Port 0
+        # makes the stack take the UDP socket's port when it is free.
+        tcp_hosts = {ep.host for ep in config.listen if ep.transport == "tcp"}
+        for ep in config.listen:
+            if ep.transport == "udp" and ep.host not in tcp_hosts:
+                specs.append(ListenSpec(Transport.TCP, ep.host, 0))
+                tcp_hosts.add(ep.host)
     transport_config = (
         TransportConfig(client_ssl_context=config.tls_client_context)
         if config.tls_client_context is not None
