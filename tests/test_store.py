@@ -152,6 +152,13 @@ def test_bad_batch_changes_nothing(store: Store) -> None:
     assert {o.notification_id for o in store.load(0.0).owed} == {"n1"}
 
 
+@pytest.mark.parametrize("op", [Put(object()), Delete("nonsense", "k"), "not an op"])  # type: ignore[arg-type]
+def test_not_an_operation(store: Store, op: object) -> None:
+    with pytest.raises(StoreError):
+        store.apply([Put(owed()), op])  # type: ignore[list-item]
+    assert store.load(0.0).owed == ()
+
+
 def test_load_hides_expired_and_purge_removes_them(store: Store) -> None:
     store.apply([Put(r) for r in every_kind(expires_at=50.0)])
     store.apply([Put(sent("m2", expires_at=150.0))])

@@ -324,10 +324,14 @@ class Store(Protocol):
         ...
 
 
-def check_op(op: StoreOp) -> None:
-    """Raise :class:`StoreError` for an operation naming an unknown table."""
-    if isinstance(op, Delete) and op.table not in _CLASSES:
-        raise StoreError(f"unknown store table {op.table!r}")
+def check_op(op: object) -> None:
+    """Raise :class:`StoreError` for anything but a :class:`Put` of a record or a :class:`Delete`
+    naming a known table (a plugged-in caller may hand us anything)."""
+    if isinstance(op, Delete):
+        if op.table not in _CLASSES:
+            raise StoreError(f"unknown store table {op.table!r}")
+    elif not isinstance(op, Put) or type(op.record) not in _CLASSES.values():
+        raise StoreError(f"not a store operation: {op!r}")
 
 
 # --- serialisation, shared by every store that keeps text -------------------------------------------

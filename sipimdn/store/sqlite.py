@@ -64,17 +64,23 @@ class SqliteStore:
     def __init__(self, path: str, *, timeout: float = 5.0) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                path, timeout=timeout, check_same_thread=False, isolation_level=None
-            )
-            if path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(self._conn)
+            conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
+        try:
+            if path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except (sqlite3.Error, StoreError) as exc:
+            conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open store {path!r}: {exc}") from exc
+        self._conn = conn
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
