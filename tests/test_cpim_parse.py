@@ -271,6 +271,22 @@ def test_outer_mime_only_when_asked() -> None:
         cpim.parse(b"Content-type: text/plain\r\n\r\nFrom: <im:a@b.example>\r\n" + TAIL, outer_mime=True)
 
 
+def test_require_resolved_with_the_bindings_in_force() -> None:
+    """CPIM-60/61: entries may name headers or pure feature tokens; prefixes resolve by URI."""
+    msg = parse_headers(
+        "Require: Early.Thing, Subject",
+        "NS: Early <urn:example:e>",
+        "Require: Early.Thing,feature-x",
+    )
+    assert msg.require == ["Early.Thing", "Subject", "Early.Thing", "feature-x"]
+    assert msg.requirements() == [
+        (None, "Thing"),
+        (CPIM_NS, "Subject"),
+        ("urn:example:e", "Thing"),
+        (CPIM_NS, "feature-x"),
+    ]
+
+
 def test_unknown_headers_kept_in_order() -> None:
     lines = ["X-Vendor: 1", "NS: v <urn:vendor>", "v.Thing: two", "Subject: s", "X-Vendor: 3"]
     msg = parse_headers(*lines)

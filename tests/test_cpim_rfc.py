@@ -48,6 +48,7 @@ def test_rfc3862_5_1_example_values() -> None:
     ]
     assert msg.namespaces() == {"MyFeatures": "mid:MessageFeatures@id.foo.com"}
     assert msg.require == ["MyFeatures.VitalMessageOption"]
+    assert msg.requirements() == [("mid:MessageFeatures@id.foo.com", "VitalMessageOption")]
     features = "mid:MessageFeatures@id.foo.com"
     assert msg.value(features, "VitalMessageOption") == "Confirmation-requested"
     assert msg.value(features, "WackyMessageOption") == "Use-silly-font"

@@ -22,6 +22,7 @@ __all__ = [
     "HEADER_LINE_RE",
     "HEADER_NAME_RE",
     "LANGUAGE_TAG_RE",
+    "LENIENT_TOKEN_RE",
     "NAME_RE",
     "NS_VALUE_RE",
     "PARAMETER_RE",
@@ -125,7 +126,13 @@ date_time_lenient = (
     r"(?P<off>[Zz]|[+\-][0-9]{1,2}(?::?[0-9]{2})?)?"
 )
 
+# Leniency for values that should be a Token but come from peers that put
+# separators in them (``abc@host``): one or more characters, no SP, no CTL.
+# Used on receive only; everything we generate matches TOKEN_RE.
+lenient_token = r"[^\x00-\x20\x7f]+"
+
 NAME_RE = re.compile(name)
+LENIENT_TOKEN_RE = re.compile(lenient_token)
 TOKEN_RE = re.compile(token)
 HEADER_NAME_RE = re.compile(header_name)
 PARAMETER_RE = re.compile(parameter)

@@ -261,6 +261,34 @@ class CpimMessage:
             out.extend(item.strip() for item in h.value.split(","))
         return out
 
+    def requirements(self) -> list[tuple[str | None, str]]:
+        """Require entries resolved to ``(namespace URI, name)`` with the NS bindings in force
+        at each Require line (CPIM-60); the namespace is None for an undeclared prefix.
+
+        RFC 3862 leaves what to do with a requirement one does not understand to
+        the application (CPIM-62): compare these with the headers you support.
+        """
+        prefixes: dict[str, str] = {}
+        default_ns = CPIM_NS
+        out: list[tuple[str | None, str]] = []
+        for h in self.headers:
+            if h.namespace == CPIM_NS and h.name == "NS":
+                m = _grammar.NS_VALUE_RE.fullmatch(h.value.rstrip(" "))
+                if m is not None:
+                    if m.group("prefix") is None:
+                        default_ns = m.group("uri")
+                    else:
+                        prefixes[m.group("prefix")] = m.group("uri")
+            elif h.namespace == CPIM_NS and h.name == "Require":
+                for item in h.value.split(","):
+                    m = _grammar.HEADER_NAME_RE.fullmatch(item.strip(" "))
+                    if m is None:
+                        continue
+                    prefix = m.group("prefix")
+                    ns = default_ns if prefix is None else prefixes.get(prefix)
+                    out.append((ns, m.group("local")))
+        return out
+
     # -- encapsulated MIME entity --------------------------------------------------
 
     def mime_header(self, name: str) -> str | None:

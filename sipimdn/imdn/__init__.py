@@ -2,7 +2,8 @@
 
 ``parse_notification(data)`` returns a :class:`Notification`;
 ``build_notification(...)`` returns the XML bytes; :func:`build_im`,
-:func:`build_imdn` and :func:`recognise` work on whole CPIM messages.
+:func:`build_imdn`, :func:`build_imdn_message` and :func:`recognise` work on
+whole CPIM messages.
 Malformed peer data raises :class:`ImdnError`. The sans-IO tracker lives in
 ``sipimdn.imdn.tracker`` (imported from there, not re-exported here).
 """

@@ -287,8 +287,9 @@ def make_notification(
         raise LocalProtocolError(str(exc)) from None
     if status not in ALLOWED_STATUSES[kind]:
         raise LocalProtocolError(f"status {status} is not allowed in a {kind} notification (RFC 5438 §5)")
-    if _grammar.TOKEN_RE.fullmatch(message_id) is None:
-        # It echoes an IMDN Message-ID header, which is a CPIM Token (RFC 5438 §6.3).
+    if _grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
+        # It echoes the IM's Message-ID header: a CPIM Token (RFC 5438 §6.3), or at
+        # least what imdn_headers() accepts from a peer; never empty or spaced.
         raise LocalProtocolError(f"message-id must be a CPIM Token: {message_id!r}")
     if original_recipient_uri is not None and recipient_uri is None:
         raise LocalProtocolError("original-recipient-uri needs recipient-uri (RFC 5438 §11.1)")

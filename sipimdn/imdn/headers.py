@@ -125,7 +125,7 @@ class ImdnHeaders:
     """The IMDN headers of one CPIM message, typed."""
 
     message_id: str | None
-    """``Message-ID`` (a CPIM Token), or None when absent."""
+    """``Message-ID`` (a CPIM Token; separators tolerated on receive), or None when absent."""
     disposition_notification: tuple[NotifyRequest, ...] | None
     """All notify-reqs of every Disposition-Notification header; None when no such header."""
     original_to: CpimAddress | None
@@ -155,8 +155,11 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
     message_id: str | None = None
     if ids:
         message_id = ids[0].value.rstrip(" ")
-        if _grammar.TOKEN_RE.fullmatch(message_id) is None:
-            raise ImdnError(f"IMDN Message-ID is not a CPIM Token: {message_id!r}")
+        # The ABNF says Token, but refusing a whole IM because its Message-ID holds
+        # a separator (``abc@host``) helps nobody: accept any non-empty value
+        # without SP/CTL, which can still be echoed in <message-id> (xs:token).
+        if _grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
+            raise ImdnError(f"IMDN Message-ID is empty or holds spaces: {message_id!r}")
     dn_headers = msg.get_all(IMDN_NS, "Disposition-Notification")
     disposition: tuple[NotifyRequest, ...] | None = None
     if dn_headers:
