@@ -131,6 +131,8 @@ class SippResult:
     """Directory with ``stats.csv``, ``errors.log``, ``messages.log``, ``actions.log``, ``stdout.txt``."""
     command: tuple[str, ...]
     """The exact command line that was run."""
+    pid: int = 0
+    """SIPp's process id (it appears in [pid]-based values the scenarios send)."""
     timed_out: bool = False
     """True if SIPp outlived its own ``-timeout`` and was killed by the driver."""
 
@@ -228,6 +230,7 @@ class Sipp:
             stats=stats,
             log_dir=self.log_dir,
             command=self.command,
+            pid=self.process.pid,
             timed_out=timed_out,
         )
         return self._result
