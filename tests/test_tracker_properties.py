@@ -53,6 +53,11 @@ class Tick:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Restart:
+    """Throw the tracker away and rebuild it from the store."""
+
+
 notify_st = st.builds(
     Notify,
     message_id=st.sampled_from(["m1", "m2", "unknown"]),
@@ -68,7 +73,7 @@ respond_st = st.builds(
     status_code=st.sampled_from([100, 200, 202, 404, 408, 486, 503, 603]),
 )
 tick_st = st.builds(Tick, seconds=st.sampled_from([0.5, 10.0, 60.0]))
-steps_st = st.lists(st.one_of(notify_st, respond_st, tick_st), max_size=40)
+steps_st = st.lists(st.one_of(notify_st, respond_st, tick_st, st.just(Restart())), max_size=40)
 
 
 def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
@@ -90,14 +95,22 @@ def is_intended(value: str | None) -> bool:
 def test_states_never_move_back_and_unverified_never_applies(
     requested: set[str], steps: list[object]
 ) -> None:
-    tracker = DispositionTracker(TrackerConfig(tracking_ttl=120.0), now=0.0)
+    config = TrackerConfig(tracking_ttl=120.0)
+    store = MemoryStore()
+    tracker = DispositionTracker(config, now=0.0)
     for message_id in ("m1", "m2"):
         tracker.register_sent(message_id=message_id, recipients=RECIPIENTS, requested=requested, now=0.0)
     drain(tracker)
     now = 0.0
     last: dict[tuple[str, str], DispositionState] = {}
     for step in steps:
-        if isinstance(step, Tick):
+        store.apply(tracker.writes_to_apply())
+        if isinstance(step, Restart):
+            before_restart = {m: tracker.sent(m) for m in ("m1", "m2")}
+            tracker = DispositionTracker(config, snapshot=store.load(now), now=now)
+            assert {m: tracker.sent(m) for m in ("m1", "m2")} == before_restart
+            events = drain(tracker)
+        elif isinstance(step, Tick):
             now += step.seconds
             tracker.handle_timer(now)
             events = drain(tracker)
@@ -163,15 +176,15 @@ def test_states_never_move_back_and_unverified_never_applies(
             st.tuples(st.just("display"), st.sampled_from(["r1", "r2", "r3"])),
             st.tuples(st.just("outcome"), st.sampled_from([None, 200, 408, 415, 503, 404])),
             st.tuples(st.just("tick"), st.sampled_from([0.5, 5.0, 100.0])),
+            st.tuples(st.just("restart")),
         ),
         max_size=40,
     )
 )
 def test_receiver_store_mirror_and_at_most_one_per_type(steps: list[tuple[Any, ...]]) -> None:
     store = MemoryStore()
-    tracker = DispositionTracker(
-        TrackerConfig(max_attempts=3, retry_base=1.0, received_ttl=300.0, owed_ttl=200.0), now=0.0
-    )
+    config = TrackerConfig(max_attempts=3, retry_base=1.0, received_ttl=300.0, owed_ttl=200.0)
+    tracker = DispositionTracker(config, now=0.0)
     now = 0.0
     in_flight: list[str] = []
     handed_out: dict[tuple[str, str], str] = {}
@@ -188,6 +201,10 @@ def test_receiver_store_mirror_and_at_most_one_per_type(steps: list[tuple[Any, .
                 assert "IMDN-38" in str(exc)
         elif action == "outcome" and in_flight:
             tracker.notification_outcome(in_flight.pop(0), step[1], now)
+        elif action == "restart":
+            # Owed notifications in flight are handed out again, under the same ids.
+            tracker = DispositionTracker(config, snapshot=store.load(now), now=now)
+            in_flight.clear()
         elif action == "tick":
             now += float(step[1])
             tracker.handle_timer(now)
