@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -369,7 +370,7 @@ class SipStack:
     async def _call_handler(self, handler: RequestHandler, incoming: IncomingRequest) -> None:
         try:
             result = handler(incoming)
-            if result is not None:
+            if inspect.isawaitable(result):  # a sync handler may return anything (even respond()'s bool)
                 await result
         except asyncio.CancelledError:
             raise

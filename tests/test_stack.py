@@ -530,3 +530,14 @@ async def test_failed_tls_handshakes_do_not_use_up_connection_slots(certs: Certs
         assert b.transports.connection_count == 0
         response = await trusted.send_request(message_to("127.0.0.1", port, params=";transport=tls"))
         assert response.status_code == 200
+
+
+async def test_sync_handler_may_return_a_value(caplog: pytest.LogCaptureFixture) -> None:
+    a = SipStack(specs("127.0.0.1", Transport.UDP))
+    b = SipStack(specs("127.0.0.1", Transport.UDP))
+    b.on_request(lambda incoming: incoming.respond(201))  # returns respond()'s bool
+    async with asyncio.timeout(5), running(a, b):
+        response = await a.send_request(message_to("127.0.0.1", port_of(b, Transport.UDP)))
+        assert response.status_code == 201
+        await asyncio.sleep(0.01)
+    assert not [r for r in caplog.records if "handler failed" in r.getMessage()]

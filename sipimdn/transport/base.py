@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .flow import Flow, Transport
@@ -52,11 +52,6 @@ class ListenSpec:
     ssl_context: ssl.SSLContext | None = None
 
 
-def _default_client_ssl() -> ssl.SSLContext:
-    # Peer certificate and host name verified by default (RFC 3261 §26.2.2 SHOULD).
-    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-
-
 @dataclass(frozen=True)
 class TransportConfig:
     """Limits and contexts of the transport manager."""
@@ -69,8 +64,9 @@ class TransportConfig:
     max_buffered_bytes: int = 1 << 20
     #: How long connecting (and the TLS handshake) may take.
     connect_timeout: float = 10.0
-    #: Context for outgoing TLS; verifies the peer by default. Load a client certificate into it
-    #: (``load_cert_chain``) for mutual TLS.
-    client_ssl_context: ssl.SSLContext = field(default_factory=_default_client_ssl)
+    #: Context for outgoing TLS. None: ``ssl.create_default_context()``, made on first use (loading
+    #: the system trust store is slow), which verifies the peer's certificate and host name. Load a
+    #: client certificate into your own context (``load_cert_chain``) for mutual TLS.
+    client_ssl_context: ssl.SSLContext | None = None
     #: Parser limits for stream framing (None: the parser's defaults).
     limits: Limits | None = None

@@ -50,6 +50,7 @@ class TransportManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._default_ssl: ssl.SSLContext | None = None
 
     # -- listening ------------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class TransportManager:
             await asyncio.wait_for(
                 loop.create_connection(
                     lambda: connection, host, port,
-                    ssl=self.config.client_ssl_context if tls else None,
+                    ssl=self._client_ssl() if tls else None,
                     server_hostname=(connection.flow.server_name or host) if tls else None,
                 ),
                 self.config.connect_timeout,
@@ -176,6 +177,12 @@ class TransportManager:
             reason = str(exc) or type(exc).__name__
             error = TransportError(f"{connection.kind.value} {what} {host}:{port} failed: {reason}")
             connection.connect_failed(error)
+
+    def _client_ssl(self) -> ssl.SSLContext:
+        if self._default_ssl is None:
+            # Peer certificate and host name verified (RFC 3261 §26.2.2 SHOULD).
+            self._default_ssl = self.config.client_ssl_context or ssl.create_default_context()
+        return self._default_ssl
 
     def _new_connection(self, kind: Transport, remote: Address, server_name: str | None, *,
                         inbound: bool) -> StreamConnection:
