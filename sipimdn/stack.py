@@ -87,8 +87,8 @@ class IncomingRequest:
         return f"<IncomingRequest {self.request.method} from {self.flow.remote}>"
 
 
-#: What ``on_request`` takes: a sync or async callable.
-RequestHandler = Callable[[IncomingRequest], Awaitable[None] | None]
+#: What ``on_request`` takes: a sync callable (its return value is ignored) or an async one.
+RequestHandler = Callable[[IncomingRequest], Awaitable[object] | object]
 
 
 class SipStack:

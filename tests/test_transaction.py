@@ -95,12 +95,14 @@ def test_client_udp_retransmit_schedule_then_timer_f() -> None:
 
 
 def test_client_schedule_scales_with_t1() -> None:
-    tx = ClientTransaction(REQ, reliable=False, now=10.0, config=TimerConfig(t1=0.05, t2=0.4, t4=0.5))
+    config = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
+    tx: ClientTransaction[str, Resp] = ClientTransaction(REQ, reliable=False, now=10.0, config=config)
     tx.pop_actions()
     events = run_until(tx, 100)
     sends = [round(at - 10, 6) for at, action in events if isinstance(action, Send)]
     assert sends[:5] == [0.05, 0.15, 0.35, 0.75, 1.15]
-    assert events[-1] == (pytest.approx(13.2), Fail(Failure.TIMEOUT))
+    last_at, last = events[-1]
+    assert last_at == pytest.approx(13.2) and last == Fail(Failure.TIMEOUT)
 
 
 def test_client_reliable_sends_once_and_times_out_at_f() -> None:
@@ -135,7 +137,7 @@ def test_client_final_completes_and_absorbs_retransmissions_until_k() -> None:
     tx.receive_response(Resp(500, "other fork"), 2.2)
     assert tx.pop_actions() == []
     assert run_until(tx, 100) == []
-    assert tx.state is TxState.TERMINATED and tx.terminated
+    assert tx.terminated
 
 
 def test_client_final_on_reliable_terminates_at_once() -> None:
@@ -447,6 +449,7 @@ def test_server_invariants(reliable: bool, steps: list[tuple[str, float]]) -> No
         for action in tx.pop_actions():
             assert isinstance(action, Send | Fail)
             if isinstance(action, Send):
+                assert isinstance(action.message, Resp)
                 sent.append((now, action.message))
     provisional = [(at, r) for at, r in sent if r.status_code < 200]
     assert all(r == TRYING_100 and at >= CFG.trying_delay for at, r in provisional)
