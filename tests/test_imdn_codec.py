@@ -318,6 +318,20 @@ def test_recognise_encodings_and_errors() -> None:
         )
 
 
+def test_recognise_lone_recipient_flag_passes_through() -> None:
+    lone = (
+        b'<imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>m</message-id><datetime>d</datetime>'
+        b"<recipient-uri>tel:+15551234</recipient-uri>"
+        b"<delivery-notification><status><delivered/></status></delivery-notification></imdn>"
+    )
+    msg = wrap("Content-Type: message/imdn+xml\r\n", lone)
+    with pytest.raises(ImdnError, match="schema"):
+        imdn.recognise(msg)
+    received = imdn.recognise(msg, accept_lone_recipient=True)
+    assert received is not None
+    assert received.notifications[0].original_recipient_uri == "tel:+15551234"
+
+
 def test_recognise_draft_read_flag_passes_through() -> None:
     legacy = (
         b'<imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>m</message-id><datetime>d</datetime>'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -253,6 +254,43 @@ def test_draft03_read_status_in_delivery_still_refused() -> None:
         imdn.parse_notification(data, accept_draft_read=True)
 
 
+def test_lone_recipient_uri_accepted_only_behind_the_flag() -> None:
+    """A gateway-style document: <recipient-uri> without <original-recipient-uri> (schema rule)."""
+    data = doc(
+        "<message-id>SM55</message-id><datetime>2020-07-07T14:32:00+0000</datetime>"
+        "<recipient-uri>sip:491774699123@10.0.0.146:5060;tgrp=101</recipient-uri>" + DELIVERED
+    )
+    with pytest.raises(ImdnError, match="schema"):
+        imdn.parse_notification(data)
+    note = imdn.parse_notification(data, accept_lone_recipient=True)
+    assert note.recipient_uri == note.original_recipient_uri == "sip:491774699123@10.0.0.146:5060;tgrp=101"
+    assert note.sent_at is not None  # "+0000" read leniently
+    # Only the pairing is repaired: every other schema rule still applies.
+    bad = doc(
+        HEAD + "<recipient-uri>im:b@x</recipient-uri><subject>s</subject><subject>t</subject>" + DELIVERED
+    )
+    with pytest.raises(ImdnError, match="schema"):
+        imdn.parse_notification(bad, accept_lone_recipient=True)
+
+
+def test_validation_from_several_threads() -> None:
+    """Parser and schema are per thread (lxml objects are not thread-safe)."""
+    good = (DATA / "rfc5438_7_2_1_1_delivery.xml").read_bytes()
+    bad = doc(SCHEMA_VIOLATIONS["two notification elements"])
+
+    def work(_: int) -> tuple[str, bool]:
+        note = imdn.parse_notification(good)
+        try:
+            imdn.parse_notification(bad)
+        except ImdnError:
+            return note.message_id, True
+        return note.message_id, False
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, range(64)))
+    assert results == [("34jk324j", True)] * 64
+
+
 # -- hostile documents (C8) -----------------------------------------------------------------
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -316,12 +354,12 @@ def test_parser_itself_neither_expands_nor_fetches() -> None:
     """Defence in depth: even past the DOCTYPE scan, the lxml parser settings hold."""
     started = time.perf_counter()
     try:
-        root = etree.fromstring(BILLION_LAUGHS, _safexml._PARSER)
+        root = etree.fromstring(BILLION_LAUGHS, _safexml.make_parser())
     except etree.XMLSyntaxError as exc:  # libxml2's amplification guard refused it
         assert "amplification" in str(exc)
     else:  # or it kept the references unexpanded
         assert len(etree.tostring(root)) < 10_000
-    root = etree.fromstring(EXTERNAL_ENTITY, _safexml._PARSER)
+    root = etree.fromstring(EXTERNAL_ENTITY, _safexml.make_parser())
     assert b"root:" not in etree.tostring(root)
     assert time.perf_counter() - started < 0.5
 

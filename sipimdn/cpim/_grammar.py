@@ -7,7 +7,9 @@ once at import. Leniencies are commented next to the rule they relax and are
 applied by the parser, never by the generator ("strict on send").
 
 Everything here works on ``str`` (the header block is decoded as UTF-8 first,
-CPIM-14), so "UCS-high" below means "any code point above U+007F".
+CPIM-14), so "UCS-high" below means "any code point above U+007F". The ABNF's
+UTF8-multi also admits the obsolete 5- and 6-byte forms; Python's strict
+UTF-8 decoder (RFC 3629) refuses them, and so do we.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ token = r"{tokenchar}+".format(**globals())
 # Number = 1*DIGIT
 number = r"[0-9]+"
 
-# Escape = "\" ( "u" 4(HEXALPHA / DIGIT) / "b" / "t" / "n" / "r" / DQUOTE / "'" / "\" )
+# Escape = "\" ( "u" 4(HEXDIG) / "b" / "t" / "n" / "r" / DQUOTE / "'" / "\" )
 # The parser honours any "\x" (CPIM-46), so inside a String we accept "\" + any char.
 escape_seq = r"\\[^\x00-\x1f\x7f]"
 

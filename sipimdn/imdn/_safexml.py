@@ -16,12 +16,13 @@ deep nesting, huge documents). The defences, in the order they run:
 from __future__ import annotations
 
 import re
+import threading
 
 from lxml import etree
 
 from ..errors import ImdnError
 
-__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "parse_xml"]
+__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "make_parser", "parse_xml"]
 
 MAX_DOCUMENT_SIZE = 64 * 1024
 """Default cap on one IMDN document in bytes (an IMDN is a few hundred bytes)."""
@@ -29,16 +30,32 @@ MAX_DOCUMENT_SIZE = 64 * 1024
 MAX_DEPTH = 16
 """Default cap on element nesting (the IMDN schema needs 4 plus extensions)."""
 
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    remove_comments=True,
-    remove_pis=True,
-    collect_ids=False,
-)
+
+
+def make_parser() -> etree.XMLParser:
+    """A parser with every expansion and fetch turned off (the settings are the defence)."""
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+        collect_ids=False,
+    )
+
+
+# lxml parser objects should not be shared between threads: keep one per thread.
+_local = threading.local()
+
+
+def _parser() -> etree.XMLParser:
+    parser: etree.XMLParser | None = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = make_parser()
+    return parser
+
 
 _BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"\xff\xfe\x00\x00")
 _XML_DECL_ENCODING_RE = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
@@ -61,7 +78,7 @@ def parse_xml(
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise ImdnError("XML document has a DOCTYPE; DTDs and entities are refused")
     try:
-        root = etree.fromstring(data, _PARSER)
+        root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         raise ImdnError(f"XML not well-formed: {exc}") from None
     except ValueError as exc:  # e.g. lxml refusing some inputs outright

@@ -15,6 +15,7 @@ as serialised bytes, both the ones after the notification element
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,7 +27,7 @@ from lxml import etree
 from ..cpim import _grammar
 from ..cpim.values import parse_datetime
 from ..errors import ImdnError, LocalProtocolError
-from ._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, parse_xml
+from ._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, make_parser, parse_xml
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -123,17 +124,26 @@ class Notification:
 
 # -- schema ---------------------------------------------------------------------------
 
-_SCHEMA_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-_SCHEMA: Final = etree.XMLSchema(
-    etree.fromstring(resources.files(__package__).joinpath("imdn.xsd").read_bytes(), _SCHEMA_PARSER)
+_SCHEMA_TREE: Final = etree.fromstring(
+    resources.files(__package__).joinpath("imdn.xsd").read_bytes(), make_parser()
 )
+# lxml validators are not thread-safe: one compiled schema per thread that validates.
+_local = threading.local()
+
+
+def _schema() -> etree.XMLSchema:
+    schema: etree.XMLSchema | None = getattr(_local, "schema", None)
+    if schema is None:
+        schema = _local.schema = etree.XMLSchema(_SCHEMA_TREE)
+    return schema
 
 
 def validate(root: etree._Element) -> str | None:
     """Validate an ``<imdn>`` element against the shipped schema; return the first error or None."""
-    if _SCHEMA.validate(root):
+    schema = _schema()
+    if schema.validate(root):
         return None
-    error = _SCHEMA.error_log.last_error  # type: ignore[attr-defined]  # missing from lxml-stubs
+    error = schema.error_log.last_error  # type: ignore[attr-defined]  # missing from lxml-stubs
     return "schema violation" if error is None else f"schema violation: {error.message}"
 
 
@@ -152,6 +162,7 @@ def parse_notification(
     data: bytes,
     *,
     accept_draft_read: bool = False,
+    accept_lone_recipient: bool = False,
     max_size: int = MAX_DOCUMENT_SIZE,
     max_depth: int = MAX_DEPTH,
 ) -> Notification:
@@ -159,6 +170,11 @@ def parse_notification(
 
     ``accept_draft_read=True`` reads draft-03's ``<read-notification>`` and
     ``<read/>`` status as display/displayed (input only; never generated).
+
+    ``accept_lone_recipient=True`` accepts a ``<recipient-uri>`` without the
+    ``<original-recipient-uri>`` the schema pairs it with (some SMS/RCS
+    gateways send that) and reads the original as the same URI. Off by default:
+    such a document breaks RFC 5438 §11.
 
     A document with no notification element is refused: RFC 5438 §11.1.6
     makes one mandatory even though the schema's ``<empty/>`` alternative
@@ -174,10 +190,22 @@ def parse_notification(
     if accept_draft_read:
         for element in root.iter(*_DRAFT_RENAMES):
             element.tag = _DRAFT_RENAMES[str(element.tag)]
+    if accept_lone_recipient:
+        _pair_lone_recipient(root)
     problem = validate(root)
     if problem is not None:
         raise ImdnError(problem)
     return _read(root)
+
+
+def _pair_lone_recipient(root: etree._Element) -> None:
+    recipient = root.find(_q("recipient-uri"))
+    if recipient is None or root.find(_q("original-recipient-uri")) is not None:
+        return
+    original = etree.Element(_q("original-recipient-uri"))
+    original.text = recipient.text
+    original.tail = recipient.tail
+    recipient.addnext(original)
 
 
 def _read(root: etree._Element) -> Notification:

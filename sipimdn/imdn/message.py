@@ -251,6 +251,7 @@ def recognise(
     *,
     require_disposition: bool = False,
     accept_draft_read: bool = False,
+    accept_lone_recipient: bool = False,
     max_inflated_size: int = MAX_INFLATED_SIZE,
 ) -> ReceivedImdn | None:
     """Return the notifications of an IMDN, or None when ``msg`` is an instant message (IMDN-50, IMDN-51).
@@ -262,7 +263,8 @@ def recognise(
     and the result records whether it was there. Each document must hold a
     notification element. A multipart body mixing IMDN and other parts is
     refused (IMDN-52). Disposition-Notification headers in an IMDN are
-    ignored (IMDN-53).
+    ignored (IMDN-53). ``accept_draft_read`` and ``accept_lone_recipient`` are
+    passed to :func:`~sipimdn.imdn.parse_notification` for each document.
 
     Raises :class:`~sipimdn.errors.ImdnError` when the message claims to be
     an IMDN but its body is malformed.
@@ -296,7 +298,12 @@ def recognise(
             raise ImdnError("an IM and an IMDN in one multipart body (RFC 5438 §9)")
         documents = [p.body for p in imdn_parts]
         aggregated = True
-    notifications = tuple(parse_notification(d, accept_draft_read=accept_draft_read) for d in documents)
+    notifications = tuple(
+        parse_notification(
+            d, accept_draft_read=accept_draft_read, accept_lone_recipient=accept_lone_recipient
+        )
+        for d in documents
+    )
     headers = imdn_headers(msg)
     return ReceivedImdn(
         cpim=msg,
