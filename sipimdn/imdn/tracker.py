@@ -312,7 +312,9 @@ class DispositionChanged:
     message_id: str
     #: The recipient's URI (as registered, or as the list member was reported).
     recipient: str
+    #: The state before the change.
     previous: DispositionState
+    #: The state now.
     state: DispositionState
     #: Notification kind that caused it (``delivery``/``display``), if a notification did.
     kind: str | None
@@ -328,9 +330,13 @@ class DispositionChanged:
 class NotificationAccepted:
     """A verified notification was recorded (``processing`` ones arrive only as this)."""
 
+    #: Message-ID of the message we sent.
     message_id: str
+    #: The recipient it was applied to.
     recipient: str
+    #: ``delivery``, ``display`` or ``processing``.
     kind: str
+    #: Its status value.
     status: str
     #: The notification's own Message-ID, if it had one.
     notification_id: str | None
@@ -342,8 +348,11 @@ class NotificationAccepted:
 class NotificationRejected:
     """A received notification failed a check and was not applied (log it; answer 200 anyway)."""
 
+    #: The Message-ID it named (possibly one we never sent).
     message_id: str
+    #: Which check failed.
     reason: RejectReason
+    #: The kind and status as received (unnormalised, for the log).
     kind: str
     status: str
     #: The sender it claimed (CPIM From, else SIP From), for the log.
@@ -356,6 +365,7 @@ class NotificationRejected:
 class TrackingEnded:
     """No further notification is awaited for a sent message; its record is dropped."""
 
+    #: Message-ID of the message we sent.
     message_id: str
     #: Final ``(recipient URI, state)`` of every recipient.
     states: tuple[tuple[str, DispositionState], ...]
@@ -365,6 +375,7 @@ class TrackingEnded:
 class NotificationOwed:
     """Send this IMDN now, then report with :meth:`DispositionTracker.notification_outcome`."""
 
+    #: Everything needed to build, route and identify the IMDN.
     notification: OwedRecord
 
 
@@ -372,7 +383,9 @@ class NotificationOwed:
 class NotificationAbandoned:
     """An owed notification was given up."""
 
+    #: The IMDN's own Message-ID.
     notification_id: str
+    #: Message-ID of the received message it was about.
     message_id: str
     #: ``attempts-exhausted``, ``peer-refuses-imdn``, ``rejected-<status>`` or ``expired``.
     reason: str
@@ -382,10 +395,13 @@ class NotificationAbandoned:
 class NotificationsDeclined:
     """Requested notifications we will not send (or route differently), and why."""
 
+    #: Message-ID of the received message.
     message_id: str
+    #: Its sender, as given to :meth:`DispositionTracker.record_received`.
     sender: str
     #: The affected kinds (request tokens).
     kinds: tuple[str, ...]
+    #: Why.
     reason: DeclineReason
 
 
