@@ -3,6 +3,7 @@ build_imdn_message from tracker fields, imdn_destination, recognise and is_imdn.
 
 from __future__ import annotations
 
+import base64
 import zlib
 
 import pytest
@@ -296,6 +297,40 @@ def test_recognise_inflates_deflate_content_encoding() -> None:
     with pytest.raises(ImdnError, match="larger than") as info:
         imdn.recognise(wrap("Content-Type: message/imdn+xml\r\nContent-Encoding: deflate\r\n", bomb))
     assert info.value.status_code == 413
+
+
+def test_recognise_undoes_content_transfer_encoding() -> None:
+    """RFC 3862 §2.4 / CPIM-82: the encapsulated entity may carry a Content-Transfer-Encoding."""
+    b64 = base64.encodebytes(XML)  # 76-column lines, as MIME writes them
+    msg = wrap("Content-Type: message/imdn+xml\r\nContent-Transfer-Encoding: base64\r\n", b64)
+    assert msg.decoded_body() == XML
+    received = imdn.recognise(msg)
+    assert received is not None and received.notifications[0].message_id == "m1"
+    both = wrap(
+        "Content-Type: message/imdn+xml\r\nContent-Transfer-Encoding: BASE64\r\n"
+        "Content-Encoding: deflate\r\n",
+        base64.b64encode(zlib.compress(XML)),
+    )
+    assert imdn.recognise(both) is not None
+    qp = wrap(
+        "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n", b"caf=C3=A9=\r\n!"
+    )
+    assert qp.decoded_body() == "café!".encode()
+    with pytest.raises(ImdnError, match="Content-Transfer-Encoding") as info:
+        imdn.recognise(wrap("Content-Type: message/imdn+xml\r\nContent-Transfer-Encoding: x-uue\r\n", XML))
+    assert info.value.status_code == 415
+    with pytest.raises(ImdnError, match="base64"):
+        imdn.recognise(
+            wrap("Content-Type: message/imdn+xml\r\nContent-Transfer-Encoding: base64\r\n", b"abc")
+        )
+
+
+def test_addresses_as_name_uri_strings() -> None:
+    im = imdn.build_im(from_="Alice <im:alice@x>", to='"Bob B." <im:bob@x>', body=b"", now=0)
+    assert im.from_ == cpim.CpimAddress("im:alice@x", "Alice")
+    assert im.to == [cpim.CpimAddress("im:bob@x", "Bob B.")]
+    with pytest.raises(LocalProtocolError, match="not a CPIM address"):
+        imdn.build_im(from_="Alice <im:alice@x", to="im:bob@x", body=b"", now=0)
 
 
 def test_recognise_encodings_and_errors() -> None:

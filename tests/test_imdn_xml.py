@@ -83,6 +83,15 @@ def test_status_table_on_build_and_parse(kind: Kind, status: Status) -> None:
             imdn.parse_notification(raw)
 
 
+def test_schema_ships_inside_the_package() -> None:
+    """Issue 4 item 3: the XSD is package data (pyproject: imdn/*.xsd), loaded via importlib.resources."""
+    from importlib import resources
+
+    xsd = resources.files("sipimdn.imdn").joinpath("imdn.xsd")
+    assert xsd.is_file()
+    assert b'targetNamespace="urn:ietf:params:xml:ns:imdn"' in xsd.read_bytes()
+
+
 def test_allowed_status_table_matches_rfc() -> None:
     assert {
         Kind.DELIVERY: {Status.DELIVERED, Status.FAILED, Status.FORBIDDEN, Status.ERROR},

@@ -17,7 +17,9 @@ headers. Errors about the input raise :class:`~sipimdn.errors.CpimError`
 
 from __future__ import annotations
 
+import binascii
 import datetime as _dt
+import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -328,6 +330,26 @@ class CpimMessage:
         if value is None:
             return None
         return value.split(";", 1)[0].strip().lower() or None
+
+    def decoded_body(self) -> bytes:
+        """The content with its Content-Transfer-Encoding undone (RFC 2045 §6; CPIM-82).
+
+        ``7bit``, ``8bit``, ``binary`` or no header give :attr:`body` as is;
+        ``base64`` and ``quoted-printable`` are decoded. Raises
+        :class:`~sipimdn.errors.CpimError` for another encoding (415) or bad base64.
+        """
+        cte = (self.mime_header("Content-Transfer-Encoding") or "").strip().lower()
+        if cte in ("", "7bit", "8bit", "binary"):
+            return self.body
+        if cte == "base64":
+            try:
+                # RFC 2045 §6.8: line breaks and other non-alphabet characters are ignored.
+                return binascii.a2b_base64(self.body)
+            except binascii.Error as exc:
+                raise CpimError(f"bad base64 content: {exc}") from None
+        if cte == "quoted-printable":
+            return quopri.decodestring(self.body)
+        raise CpimError(f"unsupported Content-Transfer-Encoding {cte!r}", 415)
 
     # -- output --------------------------------------------------------------------
 

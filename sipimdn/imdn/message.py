@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from ..cpim import _grammar
 from ..cpim.build import build_from_lines, format_header, format_text
 from ..cpim.message import CpimMessage
-from ..cpim.values import CpimAddress, format_datetime
-from ..errors import ImdnError, LocalProtocolError
+from ..cpim.values import CpimAddress, format_datetime, parse_address
+from ..errors import CpimError, ImdnError, LocalProtocolError
 from .aggregation import MAX_INFLATED_SIZE, build_multipart, inflate, split_multipart
 from .document import CONTENT_TYPE, Kind, Notification, Status, make_notification, parse_notification
 from .headers import (
@@ -45,7 +45,15 @@ __all__ = [
 
 
 def _address(value: CpimAddress | str) -> CpimAddress:
-    return value if isinstance(value, CpimAddress) else CpimAddress(uri=value)
+    """A CpimAddress as is; a string is a bare URI, or ``Name <URI>`` when it holds a "<"."""
+    if isinstance(value, CpimAddress):
+        return value
+    if "<" in value:
+        try:
+            return parse_address(value)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
+    return CpimAddress(uri=value)
 
 
 def build_im(
@@ -257,7 +265,8 @@ def recognise(
     """Return the notifications of an IMDN, or None when ``msg`` is an instant message (IMDN-50, IMDN-51).
 
     The encapsulated entity must be ``message/imdn+xml`` (or ``multipart/mixed``
-    with such parts, §8.3); ``Content-Encoding: deflate`` is undone first.
+    with such parts, §8.3); a Content-Transfer-Encoding (base64,
+    quoted-printable) and then ``Content-Encoding: deflate`` are undone first.
     ``Content-Disposition: notification`` is required only with
     ``require_disposition=True``: Blink/sipsimple omit it (shared/peers.md),
     and the result records whether it was there. Each document must hold a
@@ -275,7 +284,10 @@ def recognise(
     ctype = msg.content_type
     if ctype not in (CONTENT_TYPE, "multipart/mixed"):
         return None
-    body = msg.body
+    try:
+        body = msg.decoded_body()
+    except CpimError as exc:
+        raise ImdnError(exc.reason, exc.status_code) from None
     encoding = (msg.mime_header("Content-Encoding") or "").strip().lower()
     if encoding in ("deflate",):
         body = inflate(body, max_size=max_inflated_size)
