@@ -29,7 +29,17 @@ import sys
 from typing import Any, TextIO
 
 from .config import ListenEndpoint, UserAgentConfig
-from .events import DispositionChanged, DispositionEvent, NotificationEvent
+from .events import (
+    DispositionChanged,
+    DispositionEvent,
+    NotificationAbandoned,
+    NotificationAccepted,
+    NotificationEvent,
+    NotificationRejected,
+    NotificationsDeclined,
+    NotificationSent,
+    TrackingEnded,
+)
 from .ua import IncomingMessage, SentMessage, UserAgent
 
 __all__ = ["register", "run_demo", "run_listen", "run_send"]
@@ -88,10 +98,36 @@ class Printer:
 
 def _describe(event: object) -> str:
     """One readable line for a library event."""
-    fields = _jsonable(event)
-    assert isinstance(fields, dict)
-    parts = [f"{k}={v}" for k, v in fields.items() if v not in (None, "", [], {})]
-    return f"{type(event).__name__}: " + " ".join(parts)
+    if isinstance(event, DispositionChanged):
+        if event.sip_status is not None:
+            cause = f"SIP {event.sip_status}"
+        elif event.kind is not None:
+            cause = f"{event.kind} notification: {event.status}"
+        else:
+            cause = "no notification in time"
+        return f"{event.recipient}: {event.previous} -> {event.state} ({cause})"
+    if isinstance(event, NotificationAccepted):
+        return f"notification from {event.recipient}: {event.kind} {event.status}"
+    if isinstance(event, NotificationRejected):
+        return (
+            f"UNVERIFIED notification not applied ({event.reason}): {event.kind} {event.status} "
+            f"for {event.message_id}, claimed by {event.sender}"
+        )
+    if isinstance(event, TrackingEnded):
+        states = ", ".join(f"{uri} {state}" for uri, state in event.states)
+        return f"no more notifications awaited for {event.message_id} ({states})"
+    if isinstance(event, NotificationSent):
+        outcome = f"SIP {event.sip_status}" if event.sip_status is not None else "no answer"
+        again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+        what = f"{event.kind} notification {event.status!r} for {event.message_id}"
+        return f"sent {what} to {event.to}: {outcome}{again}"
+    if isinstance(event, NotificationAbandoned):
+        return f"gave up notification {event.notification_id} for {event.message_id}: {event.reason}"
+    if isinstance(event, NotificationsDeclined):
+        return (
+            f"not sending {', '.join(event.kinds)} for {event.message_id} to {event.sender}: {event.reason}"
+        )
+    return repr(event)
 
 
 def _message_fields(message: IncomingMessage) -> dict[str, Any]:

@@ -213,8 +213,8 @@ class UserAgentConfig:
                 raise ValueError(f"{name} must be positive")
         if self.t2 < self.t1:
             raise ValueError("t2 must not be smaller than t1")
-        if not (200 <= self.deadline_status <= 699):
-            raise ValueError("deadline_status must be a final response code (200-699)")
+        if not (200 <= self.deadline_status <= 699) or self.deadline_status == 408:
+            raise ValueError("deadline_status must be a final response code (200-699) other than 408")
         for name in ("max_body_bytes", "max_inflated_bytes", "dedup_capacity", "imdn_max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -37,10 +38,12 @@ def _read_line(stream: IO[str], timeout: float) -> str:
 
 
 @contextmanager
-def listener(*extra: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+def listener(
+    *extra: str, aor: str = "sip:bob@127.0.0.1:0", listen: str = "udp:127.0.0.1:0"
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     """``sipimdn listen --json`` on a free UDP port; yields the process and its "listening" event."""
     proc = subprocess.Popen(
-        [*CLI, "listen", "--aor", "sip:bob@127.0.0.1:0", "--listen", "udp:127.0.0.1:0", "--json", *extra],
+        [*CLI, "listen", "--aor", aor, "--listen", listen, "--json", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -48,7 +51,12 @@ def listener(*extra: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any
     )
     try:
         assert proc.stdout is not None
-        first = json.loads(_read_line(proc.stdout, 15))
+        line = _read_line(proc.stdout, 15)
+        if not line:
+            proc.wait(10)
+            stderr = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"listen exited with {proc.returncode} before listening: {stderr}")
+        first = json.loads(line)
         assert first["event"] == "listening"
         yield proc, first
     finally:
@@ -57,15 +65,17 @@ def listener(*extra: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any
         proc.wait(10)
 
 
-def _send(to: str, *extra: str, wait: str = "5") -> subprocess.CompletedProcess[str]:
+def _send(
+    to: str, *extra: str, wait: str = "5", aor: str = "sip:alice@127.0.0.1:0", listen: str = "udp:127.0.0.1:0"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             *CLI,
             "send",
             "--aor",
-            "sip:alice@127.0.0.1:0",
+            aor,
             "--listen",
-            "udp:127.0.0.1:0",
+            listen,
             "--to",
             to,
             "--text",
@@ -194,3 +204,65 @@ def test_demo_json_lines_parse() -> None:
         "displayed",
     ]
     assert events[-1] == {"event": "done", "ok": True}
+
+
+def test_listen_and_send_over_tls(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls = ["--cert", str(cert_file), "--key", str(key_file), "--ca", str(ca_file)]
+    with listener(*tls, "--auto-display", "0.1", aor="sips:bob@127.0.0.1:0", listen="tls:127.0.0.1:0") as (
+        proc,
+        listening,
+    ):
+        assert listening["endpoints"][0].startswith("tls:127.0.0.1:")
+        result = _send(
+            listening["aor"],
+            *tls,
+            "--notify",
+            "positive-delivery,display",
+            aor="sips:alice@127.0.0.1:0",
+            listen="tls:127.0.0.1:0",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        states = [e["state"] for e in _json_lines(result.stdout) if e["event"] == "disposition-changed"]
+        assert states == ["accepted", "delivered", "displayed"]
+        code, events = _stop(proc)
+    assert code == 0
+    assert next(e for e in events if e["event"] == "message")["transport"] == "tls"
+
+
+def test_send_text_output_is_readable() -> None:
+    with listener("--auto-display", "0.1") as (proc, listening):
+        result = subprocess.run(
+            [
+                *CLI,
+                "send",
+                "--aor",
+                "sip:alice@127.0.0.1:0",
+                "--to",
+                listening["aor"],
+                "--text",
+                "plain output",
+                "--notify",
+                "positive-delivery,display",
+                "--wait",
+                "5",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=ENV,
+        )
+        _stop(proc)
+    assert result.returncode == 0, result.stderr
+    assert "pending -> accepted (SIP 200)" in result.stdout
+    assert "accepted -> delivered (delivery notification: delivered)" in result.stdout
+    assert "delivered -> displayed (display notification: displayed)" in result.stdout
+    assert result.stdout.rstrip().endswith("done: MESSAGE -> 200 -> delivered -> displayed")

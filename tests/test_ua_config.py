@@ -77,6 +77,8 @@ def test_config_tls_listen_requires_context() -> None:
         {"t2": 0.1},
         {"handler_deadline": -1},
         {"deadline_status": 180},
+        {"deadline_status": 408},
+        {"close_grace": -1},
         {"max_body_bytes": 0},
         {"imdn_max_attempts": 0},
         {"dedup_ttl": 0},

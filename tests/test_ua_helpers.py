@@ -156,7 +156,7 @@ def test_normalize_decision(value: object, expected: Decision) -> None:
     assert normalize_decision(value) == expected
 
 
-@pytest.mark.parametrize("value", [100, 180, 700, True, "200", (200,), (486, "bad\r\nX: y")])
+@pytest.mark.parametrize("value", [100, 180, 408, 700, True, "200", (200,), (486, "bad\r\nX: y")])
 def test_normalize_decision_refuses(value: object) -> None:
     with pytest.raises((TypeError, ValueError)):
         normalize_decision(value)

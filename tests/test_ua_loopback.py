@@ -345,6 +345,12 @@ async def test_options_invite_and_unsupported_bodies() -> None:
             assert unsupported.status_code == 415
             assert "text/plain" in (unsupported.headers.get("Accept") or "")
             data, branch = raw.request_bytes(
+                "MESSAGE", bob.aor, content_type="text/plain", body=b"x", extra=["Require: foo, bar"]
+            )
+            required = await raw.transact(data, branch, dest)
+            assert required.status_code == 420
+            assert required.headers.get("Unsupported") == "foo, bar"
+            data, branch = raw.request_bytes(
                 "MESSAGE", bob.aor, content_type="text/plain", body=b"x", extra=["Content-Encoding: br"]
             )
             coded = await raw.transact(data, branch, dest)
@@ -419,3 +425,29 @@ async def test_state_is_only_moved_by_the_tracker_events() -> None:
 
 async def _accept(message: IncomingMessage) -> None:
     return None
+
+
+async def test_failing_callbacks_are_logged_and_change_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+        bob.on_message(_accept)
+
+        @alice.on_disposition
+        async def broken(event: object) -> None:
+            raise RuntimeError("application bug")
+
+        handle = await alice.send_message(bob.aor, "x", notify={"positive-delivery"})
+        assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
+        await asyncio.sleep(0.05)
+        assert "application bug" in caplog.text
+
+
+@pytest.mark.parametrize("answer", [408, 180, "yes"])
+async def test_invalid_handler_answers_become_500(answer: object) -> None:
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
+
+        @bob.on_message
+        async def receive(message: IncomingMessage) -> object:
+            return answer
+
+        handle = await alice.send_message(bob.aor, "x")
+        assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 500

@@ -357,13 +357,20 @@ class UserAgent:
     def _on_request(self, incoming: _wire.Incoming) -> None:
         request = incoming.request
         method = request.method
+        if method == "ACK":
+            # ACK for the 405 we gave an INVITE (RFC 3261 §17.2.1): absorbed.
+            return
+        required = [
+            tag for value in request.headers.get_all("Require") for tag in value.split(",") if tag.strip()
+        ]
+        if required:
+            # RFC 3261 §8.2.2.3: we support no extension that could be required.
+            incoming.respond(420, None, [("Unsupported", ", ".join(t.strip() for t in required))])
+            return
         if method == "MESSAGE":
             self._spawn_wire(self._receive_message(incoming))
         elif method == "OPTIONS":
             incoming.respond(200, None, _wire.capability_headers(ALLOW))
-        elif method == "ACK":
-            # ACK for the 405 we gave an INVITE (RFC 3261 §17.2.1): absorbed.
-            return
         else:
             incoming.respond(405, None, [("Allow", ALLOW)])
 

@@ -34,8 +34,8 @@ def normalize_decision(value: object) -> Decision:
     """Turn what a handler returned into a :class:`Decision`.
 
     ``None`` means 200; an ``int`` is a status; a ``(status, reason)`` tuple
-    or a :class:`Decision` is taken as is. Provisional codes are refused:
-    RFC 4320 forbids a UAS core to answer a non-INVITE with 1xx.
+    or a :class:`Decision` is taken as is. Provisional codes are refused
+    (the stack alone may send 100, RFC 4320), and so is 408 (RFC 4320 §4.2).
     """
     if value is None:
         return Decision(200)
@@ -56,6 +56,9 @@ def normalize_decision(value: object) -> Decision:
         raise TypeError(f"a handler must return None, a status code or (status, reason), not {value!r}")
     if not 200 <= decision.status <= 699:
         raise ValueError(f"a handler must answer with a final status (200-699), not {decision.status}")
+    if decision.status == 408:
+        # RFC 4320 §4.2: a transaction-stateful element never sends 408 to a non-INVITE.
+        raise ValueError("a MESSAGE is never answered 408 (RFC 4320)")
     if decision.reason is not None and any(c in decision.reason for c in "\r\n"):
         raise ValueError("a reason phrase must not contain CR or LF")
     return decision

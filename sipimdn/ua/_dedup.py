@@ -4,10 +4,12 @@ Retransmissions are absorbed by the server transaction and never get here.
 What does get here is a MESSAGE the peer sent again in a *new* transaction
 (a UAC retry after a lost 200 over TCP, where Timer J is 0, a relay
 re-delivering), which must be answered but not handed to the application
-twice. Keys are the sender's AOR plus the CPIM ``imdn.Message-ID`` when
-there is one, else the SIP transaction identity (Call-ID, From tag, CSeq),
-never Call-ID alone: reSIProcate reuses one Call-ID across pager MESSAGEs.
-Sans-IO: time comes in as ``now``.
+twice. Messages with a CPIM ``imdn.Message-ID`` are de-duplicated by the
+tracker on (sender, Message-ID), persistently; this cache is for plain
+text, which has no Message-ID: its key is the sender plus the SIP
+transaction identity (Call-ID, From tag, CSeq number), never Call-ID alone,
+since reSIProcate reuses one Call-ID across pager MESSAGEs. Sans-IO: time
+comes in as ``now``.
 """
 
 from __future__ import annotations
