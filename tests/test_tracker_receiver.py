@@ -486,3 +486,11 @@ def test_received_record_expires() -> None:
     tracker.handle_timer(50.0)
     assert tracker.received("m1") is None
     assert tracker.mark_displayed("m1", 51.0) is None
+
+
+def test_unparseable_senders_do_not_collide() -> None:
+    """A raw sender key keeps (sender, Message-ID) pairs apart even with spaces in both."""
+    tracker = make()
+    tracker.record_received(message_id="y z", sender="x", now=0.0)
+    assert not tracker.record_received(message_id="z", sender="x y", now=0.0).duplicate
+    assert tracker.record_received(message_id="y z", sender=" x ", now=0.0).duplicate

@@ -1227,7 +1227,9 @@ class DispositionTracker:
 
     def _sender_key(self, sender: str) -> str:
         # From ``sender`` alone, so every later call naming the same sender finds the record.
-        return self._key(sender) or f"raw:{sender.strip()}"
+        # A key holds no space, so the (sender key, Message-ID) pair stays unambiguous.
+        raw = sender.strip().replace("%", "%25").replace(" ", "%20")
+        return self._key(sender) or f"raw:{raw}"
 
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:

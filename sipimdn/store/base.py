@@ -253,7 +253,8 @@ TABLES: tuple[str, ...] = tuple(_CLASSES)
 
 def received_key(sender_key: str, message_id: str) -> str:
     """Key of a received message: a Message-ID is unique per sender only."""
-    # A space can appear in neither an identity key nor a CPIM Token.
+    # A sender key never holds a space, so splitting at the first space is unambiguous even for
+    # the non-Token Message-IDs some peers send.
     return f"{sender_key} {message_id}"
 
 
