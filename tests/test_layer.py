@@ -471,3 +471,15 @@ def test_layer_timer_is_the_earliest_transaction_deadline(ops: list[tuple[str, f
             live += [tx.get_timer() for tx, _ in layer._servers.values()]
             expected = min((d for d in live if d is not None), default=None)
             assert layer.get_timer() == expected
+
+
+def test_server_transaction_cap_answers_503_statelessly() -> None:
+    layer = TransactionLayer(max_server_transactions=2)
+    for i in range(3):
+        data = raw_request(f"SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKcap{i}")
+        layer.receive(parse_message(data), UDP_FROM, 0)
+    assert [type(layer.next_event()) for _ in range(3)] == [RequestReceived, RequestReceived, type(None)]
+    [busy] = layer.messages_to_send()
+    assert isinstance(busy.message, Response) and busy.message.status_code == 503 and busy.key is None
+    assert busy.message.headers.get("Retry-After") == "5"
+    assert layer.transaction_count == 2

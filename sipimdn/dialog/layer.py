@@ -133,8 +133,11 @@ def server_key(request: Request) -> TransactionKey:
 class TransactionLayer:
     """Every transaction of one stack, matched, timed and routed. No I/O, no clock."""
 
-    def __init__(self, config: TimerConfig | None = None) -> None:
+    def __init__(self, config: TimerConfig | None = None, *, max_server_transactions: int = 50_000) -> None:
         self.config = config or TimerConfig()
+        #: Above this many live server transactions new requests get a stateless 503 (§21.5.4):
+        #: each one lives 64*T1 on UDP, so a flood must not grow memory without bound.
+        self.max_server_transactions = max_server_transactions
         self._clients: dict[TransactionKey, tuple[_Client, Flow]] = {}
         self._servers: dict[TransactionKey, tuple[_Server, Flow]] = {}
         self._events: deque[Event] = deque()
@@ -295,6 +298,11 @@ class TransactionLayer:
             self._collect_server(key, entry[0], entry[1])
             return
         route = response_flow(flow, request.top_via)
+        if len(self._servers) >= self.max_server_transactions:
+            busy = make_response(request, 503, "Too Many Transactions")
+            busy.headers.add("Retry-After", "5")
+            self._outgoing.append(Outgoing(busy, route, None))
+            return
 
         def make_trying() -> Response:
             return make_response(request, 100)
