@@ -272,3 +272,11 @@ async def test_manager_reports_refused_connection() -> None:
         assert manager.connection_count == 0
     finally:
         await manager.close()
+
+
+def test_source_address_for_wildcard_listeners() -> None:
+    # A wildcard listener's Via gets the address the routing table picks. (Tests never bind a
+    # wildcard address, so this checks the lookup the substitution relies on.)
+    manager = TransportManager(NullUser(), TransportConfig())
+    assert manager._source_address("127.0.0.1") == "127.0.0.1"
+    assert manager._source_address("127.0.0.1") == "127.0.0.1"  # cached

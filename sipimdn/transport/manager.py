@@ -51,6 +51,7 @@ class TransportManager:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._default_ssl: ssl.SSLContext | None = None
+        self._source_cache: dict[str, str] = {}
 
     # -- listening ------------------------------------------------------------------------------
 
@@ -91,16 +92,34 @@ class TransportManager:
 
         The listener of that transport and address family if there is one (so the peer could
         reach us there, §18.1.1); else any listener of the family, as responses on streams come
-        back on the same connection anyway.
+        back on the same connection anyway. A wildcard listener (0.0.0.0, ::) is replaced by the
+        local address the system would use to reach ``remote_host``.
         """
         family = _family(remote_host)
         same_family = [(k, a) for k, a in self.endpoints if _family(a[0]) == family]
-        for kind, address in same_family:
-            if kind is transport:
-                return address
-        if same_family:
-            return same_family[0][1]
-        raise TransportError(f"no listening socket for the address family of {remote_host}")
+        if not same_family:
+            raise TransportError(f"no listening socket for the address family of {remote_host}")
+        chosen = next((a for k, a in same_family if k is transport), same_family[0][1])
+        host, port = chosen
+        if host in ("0.0.0.0", "::"):
+            host = self._source_address(remote_host)
+        return (host, port)
+
+    def _source_address(self, remote_host: str) -> str:
+        cached = self._source_cache.get(remote_host)
+        if cached is not None:
+            return cached
+        # Connecting a UDP socket sends nothing; it only asks the routing table for our source.
+        with socket.socket(_family(remote_host), socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((remote_host, 9))
+                source = str(probe.getsockname()[0])
+            except OSError as exc:
+                raise TransportError(f"no route to {remote_host}: {exc}") from exc
+        if len(self._source_cache) >= 1024:
+            self._source_cache.clear()
+        self._source_cache[remote_host] = source
+        return source
 
     @property
     def connection_count(self) -> int:
