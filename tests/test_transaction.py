@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipimdn.dialog.transaction import (
+    CLIENT_TRANSITIONS,
+    SERVER_TRANSITIONS,
     ClientTransaction,
     Deliver,
     Fail,
@@ -458,3 +460,31 @@ def test_server_invariants(reliable: bool, steps: list[tuple[str, float]]) -> No
     if finals:
         first_final_at = min(at for at, r in sent if r.status_code >= 200)
         assert all(at <= first_final_at for at, _ in provisional)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kinds=st.lists(st.sampled_from(list(TxInput)), max_size=25), server_side=st.booleans())
+def test_any_input_sequence_follows_the_table_or_is_refused(kinds: list[TxInput], server_side: bool) -> None:
+    table = SERVER_TRANSITIONS if server_side else CLIENT_TRANSITIONS
+    tx: AnyTx = server() if server_side else client()
+    for step, kind in enumerate(kinds):
+        before = tx.state
+        allowed = (before, kind) in table
+        try:
+            if isinstance(tx, ServerTransaction):
+                if kind is TxInput.SEND_FINAL:
+                    tx.respond(Resp(200 + step), float(step))
+                else:
+                    tx._fire(kind, float(step))
+            else:
+                message = Resp(100) if kind is TxInput.RECV_1XX else Resp(200 + step)
+                tx._fire(kind, float(step), message)
+        except LocalProtocolError:
+            assert not allowed and tx.state is before
+            continue
+        assert allowed
+        expected = table[(before, kind)][1]
+        # entering Completed on a reliable transport would chain K/J; these are UDP, so no chaining
+        assert tx.state is expected
+        if tx.state is TxState.TERMINATED:
+            assert tx.get_timer() is None
