@@ -391,6 +391,8 @@ def test_deep_nesting_refused() -> None:
         (b"<imdn", "well-formed"),
         (b"", "well-formed"),
         (b"\x00\x00\x00", "not UTF-8"),
+        ("<?xml version='1.0' encoding='cp500'?><imdn/>".encode("cp500"), "start with '<'"),
+        (b"junk<imdn/>", "start with '<'"),
         (b"<?xml version='1.0'?><!ENTITY x 'y'><imdn/>", "DOCTYPE"),
         (b'<x xmlns="urn:ietf:params:xml:ns:imdn"/>', "not imdn"),
     ],
@@ -405,6 +407,11 @@ def test_size_cap_is_configurable() -> None:
     with pytest.raises(ImdnError, match="larger than 10 bytes"):
         imdn.parse_notification(data, max_size=10)
     assert imdn.parse_notification(data, max_size=len(data)).message_id == "m1"
+
+
+def test_utf8_bom_accepted() -> None:
+    note = imdn.parse_notification(b"\xef\xbb\xbf" + doc(HEAD + DELIVERED))
+    assert note.message_id == "m1"
 
 
 def test_comments_and_processing_instructions_ignored() -> None:

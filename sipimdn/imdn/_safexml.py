@@ -72,6 +72,11 @@ def parse_xml(
         raise ImdnError(f"XML document larger than {max_size} bytes", 413)
     if data.startswith(_BOMS) or (len(data) >= 2 and (data[0] == 0 or data[1] == 0)):
         raise ImdnError("XML document is not UTF-8 (RFC 5438 §11.1)")
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is harmless
+    if data.lstrip(b" \t\r\n")[:1] not in (b"<", b""):
+        # Also catches EBCDIC and other encodings libxml2 would autodetect,
+        # in which the byte scan for "<!DOCTYPE" below would see nothing.
+        raise ImdnError("XML document does not start with '<' in UTF-8 (RFC 5438 §11.1)")
     decl = _XML_DECL_ENCODING_RE.match(data)
     if decl is not None and decl.group(1).lower() not in (b"utf-8", b"utf8"):
         raise ImdnError(f"XML encoding {decl.group(1).decode('ascii')!r} is not UTF-8 (RFC 5438 §11.1)")
@@ -83,9 +88,13 @@ def parse_xml(
         raise ImdnError(f"XML not well-formed: {exc}") from None
     except ValueError as exc:  # e.g. lxml refusing some inputs outright
         raise ImdnError(f"XML not parseable: {exc}") from None
-    doctype: str | None = root.getroottree().docinfo.doctype  # type: ignore[union-attr]
+    docinfo = root.getroottree().docinfo
+    doctype: str | None = docinfo.doctype  # type: ignore[union-attr]
     if doctype:
         raise ImdnError("XML document has a DOCTYPE; DTDs and entities are refused")
+    encoding: str | None = docinfo.encoding
+    if encoding is not None and encoding.lower() not in ("utf-8", "utf8"):
+        raise ImdnError(f"XML encoding {encoding!r} is not UTF-8 (RFC 5438 §11.1)")
     _check_depth(root, max_depth)
     return root
 
