@@ -38,6 +38,18 @@ def sipp_binary() -> str:
     return require_binary("sipp")
 
 
+@pytest.fixture(scope="session")
+def kamailio_binary() -> str:
+    """Path of ``kamailio`` (Debian package kamailio), the registrar of the liblinphone tests."""
+    return require_binary("kamailio")
+
+
+@pytest.fixture(scope="session")
+def linphone_daemon_binary() -> str:
+    """Path of ``linphone-daemon`` (Debian package linphone-cli)."""
+    return require_binary("linphone-daemon")
+
+
 @pytest.fixture
 def sipp(sipp_binary: str, tmp_path: Path) -> Iterator[SippRunner]:
     """Starts SIPp processes with logs under the test's tmp_path; ends them all at teardown."""

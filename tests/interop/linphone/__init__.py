@@ -1,0 +1,1 @@
+"""liblinphone test peers: the Kamailio registrar config and the linphone-daemon driver."""

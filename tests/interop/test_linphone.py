@@ -1,0 +1,173 @@
+"""liblinphone (Debian linphone-cli, linphone-daemon) against sipimdn's UserAgent (issue 7, item 3).
+
+Topology and why: tests/interop/linphone/peers.py. alice is liblinphone, registered with a
+Kamailio registrar; tester is sipimdn's UserAgent in this process, reached by Kamailio
+through a static relay and sending through Kamailio as its outbound proxy.
+
+Not covered here: liblinphone's own *display* notifications, which only a client that
+marks messages read sends (linphone-daemon never does; it needs a small C driver on
+liblinphone-dev, see README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sipimdn import UserAgent
+from sipimdn.config import ListenEndpoint, UserAgentConfig
+from sipimdn.events import DispositionEvent, DispositionState, NotificationRejected
+from sipimdn.ua import IncomingMessage
+
+from .linphone.peers import LinphoneDaemon, Registrar
+from .sipp import LOOPBACK, free_port
+
+pytestmark = pytest.mark.interop
+
+UA_USER = "tester"
+UA_AOR = f"sip:{UA_USER}@{LOOPBACK}"
+ALICE = f"sip:alice@{LOOPBACK}"
+
+
+@dataclass
+class Topology:
+    """Kamailio, liblinphone as alice, and sipimdn's UserAgent as tester, all running."""
+
+    registrar: Registrar
+    alice: LinphoneDaemon
+    ua: UserAgent
+    received: list[IncomingMessage] = field(default_factory=list)
+    dispositions: list[DispositionEvent] = field(default_factory=list)
+
+    async def next_message(self, timeout: float = 10.0) -> IncomingMessage:
+        """The first message sipimdn handed to the application (waits, bounded)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.received and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert self.received, self.describe()
+        return self.received[0]
+
+    def describe(self) -> str:
+        return (
+            f"{self.alice.describe()}\n--- kamailio (tail) ---\n{self.registrar.log_text()[-3000:]}\n"
+            f"--- sipimdn dispositions ---\n{self.dispositions}"
+        )
+
+
+@pytest.fixture
+async def topology(
+    tmp_path: Path, kamailio_binary: str, linphone_daemon_binary: str
+) -> AsyncIterator[Callable[[bool], Awaitable[Topology]]]:
+    """Builds the topology, liblinphone with CPIM on or off; tears everything down by PID."""
+    kamailio, daemon = kamailio_binary, linphone_daemon_binary
+    registrars: list[Registrar] = []
+    daemons: list[LinphoneDaemon] = []
+    agents: list[UserAgent] = []
+
+    async def build(cpim: bool) -> Topology:
+        ua_port = free_port(("udp",))
+        registrar = Registrar(kamailio, tmp_path / "kamailio", ua_user=UA_USER, ua_port=ua_port)
+        registrars.append(registrar)
+        await asyncio.to_thread(registrar.start)
+        alice = LinphoneDaemon(
+            daemon, tmp_path / "alice", user="alice", registrar_port=registrar.port, cpim=cpim
+        )
+        daemons.append(alice)
+        await asyncio.to_thread(alice.start)
+        config = UserAgentConfig(
+            aor=UA_AOR,
+            listen=(ListenEndpoint("udp", LOOPBACK, ua_port),),
+            udp_implies_tcp=False,
+            outbound_proxy=f"sip:{LOOPBACK}:{registrar.port};lr",
+            store_path=":memory:",
+        )
+        ua = UserAgent(config)
+        await ua.start()
+        agents.append(ua)
+        built = Topology(registrar, alice, ua)
+
+        async def on_message(message: IncomingMessage) -> None:
+            built.received.append(message)
+
+        async def on_disposition(event: DispositionEvent) -> None:
+            built.dispositions.append(event)
+
+        ua.on_message(on_message)
+        ua.on_disposition(on_disposition)
+        return built
+
+    yield build
+    for ua in agents:
+        await ua.close()
+    for alice in daemons:
+        await asyncio.to_thread(alice.stop)
+    for registrar in registrars:
+        registrar.stop()
+
+
+async def test_linphone_cpim_message_gets_sipimdn_delivered_then_displayed(
+    topology: Callable[[bool], Awaitable[Topology]],
+) -> None:
+    """liblinphone -> sipimdn: CPIM asking for delivery and display; liblinphone accepts
+    sipimdn's delivered IMDN (DeliveredToUser), then its displayed IMDN (Displayed)."""
+    net = await topology(True)
+    message_id = await asyncio.to_thread(net.alice.send_message, UA_AOR, "Hello sipimdn")
+    message = await net.next_message()
+    assert message.text.strip() == "Hello sipimdn", net.describe()
+    assert message.message_id == message_id
+    assert {"positive-delivery", "display"} <= set(message.notify), net.describe()
+    state = await asyncio.to_thread(net.alice.wait_message_state, message_id, "DeliveredToUser", 10.0)
+    assert state == "DeliveredToUser", net.describe()
+    await message.mark_displayed()
+    state = await asyncio.to_thread(net.alice.wait_message_state, message_id, "Displayed", 10.0)
+    assert state == "Displayed", net.describe()
+
+
+async def test_sipimdn_message_reaches_delivered_through_linphone_imdn(
+    topology: Callable[[bool], Awaitable[Topology]],
+) -> None:
+    """sipimdn -> liblinphone: liblinphone's deflated, loosely formed delivered IMDN (which it
+    sends before its 200 OK) moves the handle to delivered."""
+    net = await topology(True)
+    handle = await net.ua.send_message(ALICE, "Hello liblinphone", notify={"positive-delivery", "display"})
+    response = await asyncio.wait_for(handle.final_response(), 15)
+    assert response.status_code == 200, net.describe()
+    await handle.await_disposition("delivered", timeout=10)
+    assert handle.reached("delivered"), net.describe()
+    received = net.alice.received_messages()
+    assert [event.get("Content") for event in received] == ['"Hello liblinphone"'], net.describe()
+    assert received[0].get("Id") == handle.message_id
+    # What sipimdn had to take: liblinphone logs the IMDN it sent, deflated.
+    assert "Content-Encoding: deflate" in net.alice.log_text(), net.describe()
+
+
+async def test_plain_text_both_ways_with_linphone_cpim_off(
+    topology: Callable[[bool], Awaitable[Topology]],
+) -> None:
+    """liblinphone with CPIM off: text/plain both ways. Its unsolicited delivered IMDN for
+    our plain message is keyed by our Call-ID, which is no message id of ours: it must be
+    reported as rejected and change no state."""
+    net = await topology(False)
+    handle = await net.ua.send_message(ALICE, "plain hello", cpim=False)
+    response = await asyncio.wait_for(handle.final_response(), 15)
+    assert response.status_code == 200, net.describe()
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline and not any(
+        isinstance(event, NotificationRejected) for event in net.dispositions
+    ):
+        await asyncio.sleep(0.05)
+    rejected = [event for event in net.dispositions if isinstance(event, NotificationRejected)]
+    assert rejected, net.describe()
+    assert rejected[0].message_id != handle.message_id
+    assert handle.state is DispositionState.ACCEPTED, net.describe()
+    assert [event.get("Content") for event in net.alice.received_messages()] == ['"plain hello"']
+
+    await asyncio.to_thread(net.alice.send_message, UA_AOR, "plain from liblinphone")
+    message = await net.next_message()
+    assert message.content_type.startswith("text/plain"), net.describe()
+    assert message.text.strip() == "plain from liblinphone"
+    assert not message.notify
