@@ -541,3 +541,29 @@ async def test_sync_handler_may_return_a_value(caplog: pytest.LogCaptureFixture)
         assert response.status_code == 201
         await asyncio.sleep(0.01)
     assert not [r for r in caplog.records if "handler failed" in r.getMessage()]
+
+
+@pytest.mark.parametrize("direction", ["request", "response"])
+async def test_lossy_real_udp_still_completes(direction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = SipStack(specs("127.0.0.1", Transport.UDP), timers=FAST)
+    b = SipStack(specs("127.0.0.1", Transport.UDP), timers=FAST)
+    recorder = Recorder()
+    b.on_request(recorder)
+    async with asyncio.timeout(5), running(a, b):
+        lossy = (a if direction == "request" else b).transports._udp[0]
+        real_send = lossy.send
+        sent: list[bytes] = []
+
+        def drop_first_three(data: bytes, remote: tuple[str, int]) -> None:
+            sent.append(data)
+            if len(sent) > 3:
+                real_send(data, remote)
+
+        monkeypatch.setattr(lossy, "send", drop_first_three)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        response = await a.send_request(message_to("127.0.0.1", port_of(b, Transport.UDP)))
+        elapsed = loop.time() - started
+        assert response.status_code == 200
+        assert len(recorder.seen) == 1
+        assert 0.3 <= elapsed < FAST.timer_f  # the 4th send (at 0.35 s with T1 = 50 ms) got through
