@@ -84,6 +84,8 @@ def test_build_im_defaults() -> None:
         ({"content_type": "text/plain\r\nX: y"}, "line break"),
         ({"body": "text"}, "bytes"),
         ({"prefix": "im.dn"}, "header name"),
+        ({"now": float("nan")}, "DateTime"),
+        ({"now": 1e20}, "DateTime"),
     ],
 )
 def test_build_im_refusals(kwargs: dict[str, object], reason: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 
+from ..errors import LocalProtocolError
 from . import _grammar
 
 __all__ = [
@@ -123,7 +124,10 @@ def _parse_offset(off: str) -> _dt.tzinfo:
 
 def format_datetime(now: float) -> str:
     """Format a POSIX timestamp as RFC 3339 UTC with milliseconds, e.g. ``2026-11-24T01:17:57.123Z``."""
-    moment = _dt.datetime.fromtimestamp(now, tz=_dt.UTC)
+    try:
+        moment = _dt.datetime.fromtimestamp(now, tz=_dt.UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise LocalProtocolError(f"cannot format {now!r} as a DateTime: {exc}") from None
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
