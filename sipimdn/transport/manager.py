@@ -72,6 +72,8 @@ class TransportManager:
                 lambda: self._new_connection(kind, ("", 0), None, inbound=True),
                 spec.host, spec.port, family=_family(spec.host),
                 ssl=spec.ssl_context if kind is Transport.TLS else None,
+                # Handshakes in progress are not in the connection table yet: bound their lifetime.
+                ssl_handshake_timeout=self.config.connect_timeout if kind is Transport.TLS else None,
                 reuse_address=True,
             )
         except OSError as exc:
