@@ -298,3 +298,38 @@ def test_recognise_any_body_returns_or_raises_imdn_error(ctype: str, extra: list
     if received is not None:
         assert received.notifications
         assert all(n.status in imdn.ALLOWED_STATUSES[n.kind] for n in received.notifications)
+
+
+prefixes = st.from_regex(r"[A-Za-z0-9!#$%&'*+^_`|~-]{1,8}", fullmatch=True)
+urns = st.builds(lambda s: f"urn:example:{s}", st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True))
+
+
+@SETTINGS
+@given(
+    bindings=st.lists(st.tuples(prefixes, urns), min_size=1, max_size=4),
+    name=st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,10}", fullmatch=True),
+    stranger=prefixes,
+)
+def test_headers_resolve_by_uri_whatever_the_prefix(
+    bindings: list[tuple[str, str]], name: str, stranger: str
+) -> None:
+    """CPIM-51/52, IMDN-02: access by (URI, name) finds each header under the binding in force."""
+    lines = []
+    expected: dict[str, list[str]] = {}
+    current: dict[str, str] = {}
+    for i, (prefix, urn) in enumerate(bindings):
+        lines.append(f"NS: {prefix} <{urn}>")
+        current[prefix] = urn
+        lines.append(f"{prefix}.{name}: v{i}")
+        expected.setdefault(urn, []).append(f"v{i}")
+    undeclared = stranger not in current
+    lines.append(f"{stranger}.{name}: stray")
+    msg = cpim.parse(
+        ("".join(line + "\r\n" for line in lines) + "\r\nContent-Type: text/plain\r\n\r\n").encode()
+    )
+    for urn, values in expected.items():
+        got = [h.value for h in msg.get_all(urn, name)]
+        stray = [] if undeclared or current[stranger] != urn else ["stray"]
+        assert got == values + stray
+    if undeclared:
+        assert msg.headers[-1].namespace is None
