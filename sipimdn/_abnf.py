@@ -23,6 +23,7 @@ __all__ = [
     "METHOD_RE",
     "OPAQUE_URI_RE",
     "SCHEME_RE",
+    "SIMPLE_PARAMS_RE",
     "SIP_URI_RE",
     "SIP_VERSION_RE",
     "STATUS_LINE_RE",
@@ -72,8 +73,10 @@ hostname = r"(?:{domainlabel}\.)*{domainlabel}\.?".format(**globals())
 HOSTNAME_RE = re.compile(hostname)
 
 # IPv4address    =  1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT
-# (each octet must also be <= 255; the URI code checks that)
-ipv4 = r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}"
+# Stricter than the ABNF: each octet is also 0-255 (RFC 791), so "300.1.1.1"
+# does not match (and is not a host name either, its top label being numeric).
+octet = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+ipv4 = r"{octet}\.{octet}\.{octet}\.{octet}".format(**globals())
 IPV4_RE = re.compile(ipv4)
 
 # IPv6reference  =  "[" IPv6address "]"
@@ -159,6 +162,10 @@ SIP_VERSION_RE = re.compile(r"[Ss][Ii][Pp]/[0-9]+\.[0-9]+")
 STATUS_LINE_RE = re.compile(
     r"(?P<version>[^ ]+) (?P<code>[0-9]{3})(?: (?P<reason>[^\x00-\x08\x0a-\x1f\x7f]*))?"
 )
+
+# The common case of ``*( SEMI generic-param )``: no whitespace and no quoted
+# strings, so the parameters can be split on ";" and "=" after one match.
+SIMPLE_PARAMS_RE = re.compile(r"(?:;{token}(?:=[{token_char}:]+)?)*".format(**globals()))
 
 # generic-param  =  token [ EQUAL gen-value ]
 # gen-value      =  token / host / quoted-string

@@ -245,6 +245,15 @@ def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
     once; silently keeping one would hide the other).
     """
     params: dict[str, str | None] = {}
+    if _abnf.SIMPLE_PARAMS_RE.fullmatch(text, pos) is not None:
+        # Fast path: ";name[=value]" pairs with no whitespace or quotes.
+        for part in text[pos:].split(";")[1:]:
+            name, eq, value = part.partition("=")
+            name = name.lower()
+            if name in params:
+                raise SipParseError(f"parameter {name!r} repeated in {what}")
+            params[name] = value if eq else None
+        return params
     end = len(text)
     match = _abnf.GENERIC_PARAM_RE.match
     while pos < end:
@@ -340,7 +349,7 @@ class NameAddr:
             if not uri_text or any(c in uri_text for c in ' \t,?<>"'):
                 raise SipParseError(f"bad address {text[:200]!r}")
             params = parse_params(rest, len(uri_text), "address") if semi >= 0 else {}
-        return cls(Uri.parse(uri_text), display, params)
+        return cls(Uri.parse(uri_text), display, MappingProxyType(params))
 
     @property
     def tag(self) -> str | None:
@@ -401,9 +410,9 @@ class Via:
             except ValueError:
                 raise SipParseError(f"bad IPv6 address in Via {text[:200]!r}") from None
         elif _abnf.IPV4_RE.fullmatch(host) is not None:
-            if any(int(o) > 255 for o in host.split(".")):
-                raise SipParseError(f"bad IPv4 address in Via {text[:200]!r}")
-        elif _abnf.HOSTNAME_RE.fullmatch(host) is None:
+            pass
+        elif _abnf.HOSTNAME_RE.fullmatch(host) is None or host.rstrip(".").rpartition(".")[2][:1].isdigit():
+            # (a numeric top label means a mistyped address such as 300.1.1.1)
             raise SipParseError(f"bad host in Via {text[:200]!r}")
         port: int | None = None
         if port_text is not None:
@@ -413,26 +422,28 @@ class Via:
         params = parse_params(text, m.end(), "Via")
         if params:
             cls._check_params(params, text)
-        return cls(transport.upper(), host, port, params, "SIP/2.0")
+        return cls(transport.upper(), host, port, MappingProxyType(params), "SIP/2.0")
 
     @staticmethod
     def _check_params(params: Mapping[str, str | None], text: str) -> None:
         # via-ttl = "ttl" EQUAL ttl (1*3DIGIT, 0-255)
-        ttl = params.get("ttl", "0")
-        if ttl is None or not ttl.isdigit() or int(ttl) > 255:
-            raise SipParseError(f"bad ttl in Via {text[:200]!r}")
+        if "ttl" in params:
+            ttl = params["ttl"]
+            if ttl is None or not ttl.isdigit() or not ttl.isascii() or int(ttl) > 255:
+                raise SipParseError(f"bad ttl in Via {text[:200]!r}")
         # RFC 3581: response-port = "rport" [EQUAL 1*DIGIT]
         rport = params.get("rport")
-        if rport is not None and (not rport.isdigit() or not 0 < int(rport) <= 65535):
+        if rport is not None and (not rport.isdigit() or not rport.isascii() or not 0 < int(rport) <= 65535):
             raise SipParseError(f"bad rport in Via {text[:200]!r}")
         # via-received = "received" EQUAL (IPv4address / IPv6address)
-        received = params.get("received", "0.0.0.0")
-        if received is None:
-            raise SipParseError(f"received without a value in Via {text[:200]!r}")
-        try:
-            ipaddress.ip_address(received[1:-1] if received[:1] == "[" else received)
-        except ValueError:
-            raise SipParseError(f"bad received address in Via {text[:200]!r}") from None
+        if "received" in params:
+            received = params["received"]
+            if received is None:
+                raise SipParseError(f"received without a value in Via {text[:200]!r}")
+            try:
+                ipaddress.ip_address(received[1:-1] if received[:1] == "[" else received)
+            except ValueError:
+                raise SipParseError(f"bad received address in Via {text[:200]!r}") from None
         if "branch" in params and not params["branch"]:
             raise SipParseError(f"branch without a value in Via {text[:200]!r}")
 
@@ -544,7 +555,7 @@ class ContentType:
             if value is None:
                 raise SipParseError(f"Content-Type parameter {name!r} without a value")
             params[name] = value
-        return cls(m.group("type"), m.group("subtype"), params)
+        return cls(m.group("type"), m.group("subtype"), MappingProxyType(params))
 
     @property
     def mime(self) -> str:

@@ -14,8 +14,8 @@ reads is missing or malformed; ``validate()`` runs all of them at once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Iterable, Iterator
+from typing import cast
 
 from . import _abnf
 from .errors import LocalProtocolError, SipParseError
@@ -24,7 +24,8 @@ from .uri import Uri
 
 __all__ = ["REASON_PHRASES", "Headers", "Message", "Request", "Response", "make_response"]
 
-_T = TypeVar("_T")
+#: Cache sentinel: ``None`` is a legitimate cached value (header absent).
+_MISS: object = object()
 
 #: Default reason phrases (RFC 3261 §21 and the IANA response code registry).
 REASON_PHRASES: dict[int, str] = {
@@ -204,7 +205,7 @@ class Headers:
         _check_name_value(name, value)
         key = header_key(name)
         self._rows.append((key, name, value, f"{name}: {value}"))
-        self._typed.pop(key, None)
+        self._typed.clear()
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a row before the first row of the same name (or first of all).
@@ -215,7 +216,7 @@ class Headers:
         key = header_key(name)
         index = next((i for i, row in enumerate(self._rows) if row[0] == key), 0)
         self._rows.insert(index, (key, name, value, f"{name}: {value}"))
-        self._typed.pop(key, None)
+        self._typed.clear()
 
     def set(self, name: str, value: str) -> None:
         """Replace every row of this name with one row, where the first one was."""
@@ -234,14 +235,14 @@ class Headers:
         if not placed:
             rows.append(new_row)
         self._rows = rows
-        self._typed.pop(key, None)
+        self._typed.clear()
 
     def remove(self, name: str) -> int:
         """Remove every row of this name; return how many were removed."""
         key = header_key(name)
         before = len(self._rows)
         self._rows = [row for row in self._rows if row[0] != key]
-        self._typed.pop(key, None)
+        self._typed.clear()
         return before - len(self._rows)
 
     def replace_first_value(self, name: str, value: str) -> None:
@@ -257,21 +258,9 @@ class Headers:
                 rest = split_comma_list(row[2])[1:]
                 new_value = ", ".join([value, *rest])
                 self._rows[i] = (key, row[1], new_value, f"{row[1]}: {new_value}")
-                self._typed.pop(key, None)
+                self._typed.clear()
                 return
         self.add(name, value)
-
-    # -- typed cache -------------------------------------------------------------
-
-    def typed(self, key: str, parse: Callable[[], _T]) -> _T:
-        """The cached typed value for ``key``, computed by ``parse`` once."""
-        try:
-            return self._typed[key]  # type: ignore[return-value]
-        except KeyError:
-            value = parse()
-            self._typed[key] = value
-            return value
-
 
 def _missing(name: str) -> SipParseError:
     return SipParseError(f"missing {name} header")
@@ -307,29 +296,33 @@ class Message:
             raise _missing(label)
         return value
 
+    # Each accessor looks in the cache first (the common case once the
+    # transaction layer has routed the message) and parses on a miss.
+
     @property
     def vias(self) -> list[Via]:
         """Every Via value, top first."""
-
-        def parse() -> list[Via]:
-            return [Via.parse(v) for v in self.headers.get_all("via")]
-
-        return list(self.headers.typed("via", parse))
+        cached = self.headers._typed.get("via", _MISS)
+        if cached is _MISS:
+            cached = [Via.parse(v) for v in self.headers.get_all("via")]
+            self.headers._typed["via"] = cached
+        return list(cast("list[Via]", cached))
 
     @property
     def top_via(self) -> Via:
         """The top Via (raises ``SipParseError`` if there is none)."""
-
-        def parse() -> Via:
+        cached = self.headers._typed.get("via:top", _MISS)
+        if cached is _MISS:
             first = self.headers.get("via")
             if first is None:
                 raise _missing("Via")
-            values = split_comma_list(first)
+            # Fast path: no comma means the row holds one via-parm.
+            values = [first] if "," not in first else split_comma_list(first)
             if not values:
                 raise SipParseError("empty Via header")
-            return Via.parse(values[0])
-
-        return self.headers.typed("via:top", parse)
+            cached = Via.parse(values[0])
+            self.headers._typed["via:top"] = cached
+        return cast(Via, cached)
 
     def set_top_via(self, via: Via) -> None:
         """Replace the top Via (e.g. to add received/rport, RFC 3581)."""
@@ -339,59 +332,75 @@ class Message:
     @property
     def call_id(self) -> str:
         """Call-ID, compared byte for byte."""
-
-        def parse() -> str:
+        cached = self.headers._typed.get("call-id", _MISS)
+        if cached is _MISS:
             value = self._required("call-id", "Call-ID")
             # callid = word [ "@" word ]: no whitespace inside.
-            if not value or " " in value or "\t" in value:
+            if " " in value or "\t" in value:
                 raise SipParseError(f"bad Call-ID {value[:200]!r}")
-            return value
-
-        return self.headers.typed("call-id", parse)
+            self.headers._typed["call-id"] = cached = value
+        return cast(str, cached)
 
     @property
     def cseq(self) -> CSeq:
         """CSeq (number and method)."""
-        return self.headers.typed("cseq", lambda: CSeq.parse(self._required("cseq", "CSeq")))
+        cached = self.headers._typed.get("cseq", _MISS)
+        if cached is _MISS:
+            cached = CSeq.parse(self._required("cseq", "CSeq"))
+            self.headers._typed["cseq"] = cached
+        return cast(CSeq, cached)
 
     @property
     def from_(self) -> NameAddr:
         """From."""
-        return self.headers.typed("from", lambda: NameAddr.parse(self._required("from", "From")))
+        cached = self.headers._typed.get("from", _MISS)
+        if cached is _MISS:
+            cached = NameAddr.parse(self._required("from", "From"))
+            self.headers._typed["from"] = cached
+        return cast(NameAddr, cached)
 
     @property
     def to(self) -> NameAddr:
         """To."""
-        return self.headers.typed("to", lambda: NameAddr.parse(self._required("to", "To")))
+        cached = self.headers._typed.get("to", _MISS)
+        if cached is _MISS:
+            cached = NameAddr.parse(self._required("to", "To"))
+            self.headers._typed["to"] = cached
+        return cast(NameAddr, cached)
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards, or None if absent."""
-
-        def parse() -> int | None:
+        cached = self.headers._typed.get("max-forwards", _MISS)
+        if cached is _MISS:
             value = self._single("max-forwards", "Max-Forwards")
-            if value is None:
-                return None
-            # Max-Forwards = 1*DIGIT; RFC 3261 §8.1.1.6 and §16.6 treat it as
-            # a hop count that is never above 255 in practice.
-            if not value.isdigit() or not value.isascii() or int(value) > 255:
-                raise SipParseError(f"bad Max-Forwards {value[:50]!r}")
-            return int(value)
-
-        return self.headers.typed("max-forwards", parse)
+            if value is not None:
+                # Max-Forwards = 1*DIGIT; RFC 3261 §8.1.1.6 and §16.6 treat
+                # it as a hop count that is never above 255 in practice.
+                if not value.isdigit() or not value.isascii() or int(value) > 255:
+                    raise SipParseError(f"bad Max-Forwards {value[:50]!r}")
+                cached = int(value)
+            else:
+                cached = None
+            self.headers._typed["max-forwards"] = cached
+        return cast("int | None", cached)
 
     @property
     def content_type(self) -> ContentType | None:
         """Content-Type, or None if absent."""
-
-        def parse() -> ContentType | None:
+        cached = self.headers._typed.get("content-type", _MISS)
+        if cached is _MISS:
             value = self._single("content-type", "Content-Type")
-            return None if value is None else ContentType.parse(value)
-
-        return self.headers.typed("content-type", parse)
+            cached = None if value is None else ContentType.parse(value)
+            self.headers._typed["content-type"] = cached
+        return cast("ContentType | None", cached)
 
     def _name_addr_list(self, key: str) -> list[NameAddr]:
-        return list(self.headers.typed(key, lambda: [NameAddr.parse(v) for v in self.headers.get_all(key)]))
+        cached = self.headers._typed.get(key, _MISS)
+        if cached is _MISS:
+            cached = [NameAddr.parse(v) for v in self.headers.get_all(key)]
+            self.headers._typed[key] = cached
+        return list(cast("list[NameAddr]", cached))
 
     @property
     def contact(self) -> list[NameAddr]:
@@ -419,17 +428,19 @@ class Message:
     def expires(self) -> int | None:
         """Expires in seconds, or None if absent."""
 
-        def parse() -> int | None:
+        cached = self.headers._typed.get("expires", _MISS)
+        if cached is _MISS:
             value = self._single("expires", "Expires")
-            if value is None:
-                return None
-            if not value.isdigit() or not value.isascii():
-                raise SipParseError(f"bad Expires {value[:50]!r}")
-            # §20.19 and §10.2.1.1: delta-seconds; values beyond 2**32-1
-            # are treated as 2**32-1.
-            return min(int(value), 2**32 - 1)
-
-        return self.headers.typed("expires", parse)
+            if value is not None:
+                if not value.isdigit() or not value.isascii():
+                    raise SipParseError(f"bad Expires {value[:50]!r}")
+                # §20.19 and §10.2.1.1: delta-seconds; values beyond 2**32-1
+                # are treated as 2**32-1.
+                cached = min(int(value), 2**32 - 1)
+            else:
+                cached = None
+            self.headers._typed["expires"] = cached
+        return cast("int | None", cached)
 
     @property
     def content_length(self) -> int | None:

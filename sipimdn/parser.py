@@ -77,17 +77,48 @@ class KeepAliveReceived:
         return self.run % 2 == 0
 
 
-# The empty line that ends the header section, with CRLF or bare LF line ends.
-_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+# The empty line that ends the header section: an LF, an optional CR, an LF
+# (so CRLF and bare-LF line ends both work). The literal LF prefix lets the
+# regex engine skip ahead quickly.
+_HEAD_END_RE = re.compile(rb"\n\r?\n")
+
+
+def _find_head_end(buf: bytes | bytearray, start: int, floor: int) -> tuple[int, int] | None:
+    """(end of header section, start of body) for the first empty line, or None.
+
+    Searched from ``start``; ``floor`` is where the message begins (a CR just
+    before the first LF belongs to the head only if it is inside the message).
+    """
+    m = _HEAD_END_RE.search(buf, start)
+    if m is None:
+        return None
+    first = m.start()
+    head_end = first - 1 if first > floor and buf[first - 1] == 0x0D else first
+    return head_end, m.end()
+
+
 # Control characters never allowed in a header section (HTAB, CR and LF are
 # handled separately). NUL in particular is a classic smuggling vector. The
 # one exception is a quoted-pair (``"\" %x00-09 / %x0B-0C / %x0E-7F``), which
 # RFC 3261 allows inside quoted strings and RFC 4475 §3.1.1.2 exercises.
-_CTL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CTL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
-# Header names seen before and already validated, to their lookup key; most
+
+def _has_bad_control(text: str) -> bool:
+    """True if a control character appears other than right after a backslash."""
+    # The plain character-class search is fast; the escaped case is rare.
+    for m in _CTL_RE.finditer(text):
+        at = m.start()
+        if at == 0 or text[at - 1] != "\\":
+            return True
+    return False
+
+
+# Header names seen before (as spelled, with any space before the colon) and
+# already validated, to (lookup key, name without trailing space); most
 # traffic uses a few dozen spellings, so the token check runs once for each.
-_NAME_KEYS: dict[str, str] = {}
+_NAME_KEYS: dict[str, tuple[str, str]] = {}
 _NAME_KEYS_MAX = 2048
 _METHODS: set[str] = set()
 _WSP = " \t"
@@ -98,11 +129,13 @@ def _error(reason: str, status: int = 400) -> SipParseError:
 
 
 def _split_lines(text: str) -> list[str]:
-    crlf = text.count("\r\n")
+    lines = text.split("\r\n")
+    crlf = len(lines) - 1
     if text.count("\r") != crlf:
         raise _error("bare CR in header section")
     if text.count("\n") == crlf:
-        return text.split("\r\n")
+        return lines
+    # Some bare LF line ends (accepted although RFC 3261 asks for CRLF).
     return text.replace("\r\n", "\n").split("\n")
 
 
@@ -150,6 +183,13 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
     rows: list[tuple[str, str, str, str]] = []
     name_keys = _NAME_KEYS
     for line in lines:
+        name, colon, value = line.partition(":")
+        known = name_keys.get(name)
+        if known is not None and colon:
+            # Fast path: a header name seen (and validated) before. It cannot
+            # start with whitespace, so this is not a continuation line.
+            rows.append((known[0], known[1], value.strip(" \t"), line))
+            continue
         if not line:
             raise _error("empty line inside the header section")
         if line[0] == " " or line[0] == "\t":
@@ -161,23 +201,16 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
             continued = line.strip(_WSP)
             rows[-1] = (prev_key, prev_name, f"{prev_value} {continued}".strip(" "), f"{prev_raw}\r\n{line}")
             continue
-        colon = line.find(":")
-        if colon <= 0:
+        if not colon or not name:
             raise _error(f"header line without a name and colon: {line[:100]!r}")
-        name = line[:colon]
-        key = name_keys.get(name)
-        if key is None:
-            # HCOLON = *( SP / HTAB ) ":" SWS
-            stripped = name.rstrip(" \t")
-            if _abnf.TOKEN_RE.fullmatch(stripped) is None:
-                raise _error(f"bad header name {name[:100]!r}")
-            key = header_key(stripped)
-            if len(name_keys) < _NAME_KEYS_MAX:
-                name_keys[name] = key
-            name = stripped
-        elif name[-1] == " " or name[-1] == "\t":
-            name = name.rstrip(" \t")
-        rows.append((key, name, line[colon + 1 :].strip(" \t"), line))
+        # HCOLON = *( SP / HTAB ) ":" SWS
+        stripped = name.rstrip(" \t")
+        if _abnf.TOKEN_RE.fullmatch(stripped) is None:
+            raise _error(f"bad header name {name[:100]!r}")
+        known = (header_key(stripped), stripped)
+        if len(name_keys) < _NAME_KEYS_MAX:
+            name_keys[name] = known
+        rows.append((known[0], known[1], value.strip(" \t"), line))
     if len(rows) > limits.max_headers:
         raise _error(f"more than {limits.max_headers} header fields", 513)
     return rows
@@ -217,7 +250,8 @@ def _check_head_size(head: bytes, limits: Limits) -> None:
 def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
     _check_head_size(head, limits)
     text = head.decode("utf-8", "surrogateescape")
-    if _CTL_RE.search(text) is not None:
+    # bytes.translate deleting the control bytes is a fast "any present?" test.
+    if len(head.translate(None, _CTL_BYTES)) != len(head) and _has_bad_control(text):
         raise _error("control character in header section")
     lines = _split_lines(text)
     start = _parse_start_line(lines[0], limits)
@@ -248,10 +282,10 @@ def parse_message(data: bytes, limits: Limits | None = None) -> Request | Respon
         start = len(data) - len(stripped)
     if start >= len(data):
         raise _error("empty message")
-    m = _HEAD_END_RE.search(data, start)
-    if m is not None:
-        head = data[start : m.start()]
-        body_start = m.end()
+    found = _find_head_end(data, start, start)
+    if found is not None:
+        head = data[start : found[0]]
+        body_start = found[1]
     elif data[-1:] == b"\n":
         # No empty line, but the last header line is complete: a bodiless
         # datagram whose sender dropped the final CRLF.
@@ -353,21 +387,22 @@ class StreamFramer:
                 self._pos = self._scan = pos + 1
                 self._run += 1
                 return KeepAliveReceived(self._run)
-            m = _HEAD_END_RE.search(buf, max(self._scan, pos))
-            if m is None:
+            found = _find_head_end(buf, max(self._scan, pos), pos)
+            if found is None:
                 self._check_incomplete_head(pos, end)
                 # Resume a little before the end: the terminator may straddle chunks.
                 self._scan = max(pos, end - 3)
                 return None
-            head = bytes(buf[pos : m.start()])
+            head_end, body_start = found
+            head = bytes(buf[pos:head_end])
             start_line, headers, length = _parse_head(head, limits)
             if length is None:
                 raise _error("Content-Length is required on a stream transport")
             if length > limits.max_body:
                 raise _error(f"body of {length} bytes exceeds {limits.max_body}", 413)
-            if m.end() - pos + length > limits.max_message:
+            if body_start - pos + length > limits.max_message:
                 raise _error(f"message longer than {limits.max_message} bytes", 513)
-            self._pending = (start_line, headers, m.end(), length)
+            self._pending = (start_line, headers, body_start, length)
         start_line, headers, body_start, length = self._pending
         if len(buf) - body_start < length:
             return None
@@ -401,8 +436,8 @@ def salvage_reply_headers(data: bytes) -> list[tuple[str, str]] | None:
     Header values are returned as received, unchecked.
     """
     data = data[:65536].lstrip(b"\r\n")
-    m = _HEAD_END_RE.search(data)
-    head = data[: m.start()] if m is not None else data
+    found = _find_head_end(data, 0, 0)
+    head = data[: found[0]] if found is not None else data
     text = head.decode("utf-8", "replace")
     lines = text.replace("\r\n", "\n").split("\n")
     request_line = lines[0].split(" ")

@@ -56,11 +56,6 @@ def _ipv6_or_none(host: str) -> str | None:
         return None
 
 
-def _check_ipv4(host: str) -> bool:
-    """True if host is a dotted quad with every octet <= 255."""
-    return all(int(octet) <= 255 for octet in host.split("."))
-
-
 def _fail(text: str, why: str) -> SipParseError:
     return SipParseError(f"invalid URI {text[:200]!r}: {why}")
 
@@ -148,8 +143,7 @@ class Uri:
                 raise _fail(text, "bad IPv6 reference")
             host = host[1:-1]
         elif _abnf.IPV4_RE.fullmatch(host) is not None:
-            if not _check_ipv4(host):
-                raise _fail(text, "IPv4 octet above 255")
+            pass
         elif _abnf.HOSTNAME_RE.fullmatch(host) is None or host.rstrip(".").rpartition(".")[2][:1].isdigit():
             # toplabel must start with a letter, so "1.2.3" or "a.1b" is neither
             # an address nor a host name.

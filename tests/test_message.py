@@ -125,6 +125,17 @@ def test_header_mutation_invalidates_typed_cache() -> None:
     assert [r.uri.host for r in msg.record_route] == ["rr.example.com"]
 
 
+def test_cached_top_via_follows_header_changes() -> None:
+    msg = parse_request()
+    assert msg.top_via.branch == "z9hG4bKa"
+    msg.headers.prepend("Via", "SIP/2.0/TCP new.example.com;branch=z9hG4bKnew")
+    assert msg.top_via.branch == "z9hG4bKnew"
+    msg.headers.remove("Via")
+    with pytest.raises(SipParseError, match="missing Via"):
+        _ = msg.top_via
+    assert msg.vias == []
+
+
 def test_headers_reject_injection() -> None:
     h = Headers()
     with pytest.raises(LocalProtocolError):
