@@ -4,6 +4,11 @@ Topology and why: tests/interop/linphone/peers.py. alice is liblinphone, registe
 Kamailio registrar; tester is sipimdn's UserAgent in this process, reached by Kamailio
 through a static relay and sending through Kamailio as its outbound proxy.
 
+liblinphone 5.1's January bug (shared/interop-linphone.md 2.7): it rejects any CPIM whose
+DateTime is in January (488). sipimdn stamps DateTime with the current time, so in January
+the ``not_january`` fixture moves the user agent's wall clock (only its own modules' view of
+``time.time``) 31 days on; the rest of the year it changes nothing.
+
 Not covered here: liblinphone's own *display* notifications, which only a client that
 marks messages read sends (linphone-daemon never does; it needs a small C driver on
 liblinphone-dev, see README.md).
@@ -12,8 +17,11 @@ liblinphone-dev, see README.md).
 from __future__ import annotations
 
 import asyncio
+import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -56,6 +64,19 @@ class Topology:
             f"{self.alice.describe()}\n--- kamailio (tail) ---\n{self.registrar.log_text()[-3000:]}\n"
             f"--- sipimdn dispositions ---\n{self.dispositions}"
         )
+
+
+@pytest.fixture(autouse=True)
+def not_january(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the DateTime sipimdn sends out of January, which liblinphone 5.1 rejects."""
+    if datetime.now(UTC).month != 1:
+        return
+    import sipimdn.ua._agent as agent
+    import sipimdn.ua._wire as wire
+
+    shifted = types.SimpleNamespace(time=lambda: time.time() + 31 * 86400)
+    for module in (agent, wire):
+        monkeypatch.setattr(module, "time", shifted)
 
 
 @pytest.fixture
