@@ -483,3 +483,18 @@ def test_server_transaction_cap_answers_503_statelessly() -> None:
     assert isinstance(busy.message, Response) and busy.message.status_code == 503 and busy.key is None
     assert busy.message.headers.get("Retry-After") == "5"
     assert layer.transaction_count == 2
+
+
+def test_closed_connection_does_not_kill_a_server_transaction_awaiting_its_answer() -> None:
+    layer = TransactionLayer()
+    flow = Flow(Transport.TCP, ("192.0.2.7", 40000), ("127.0.0.1", 5060))
+    layer.receive(parse_message(raw_request("SIP/2.0/TCP 192.0.2.7;branch=z9hG4bKkeep")), flow, 0)
+    event = layer.next_event()
+    assert isinstance(event, RequestReceived)
+    layer.handle_timer(TimerConfig().trying_delay)  # 100 Trying sent: Proceeding
+    layer.messages_to_send()
+    layer.flow_failed(flow, 4.0, "connection closed by peer")
+    assert layer.next_event() is None
+    assert layer.respond(event.key, make_response(event.request, 200), 5.0)
+    [out] = layer.messages_to_send()
+    assert out.flow == flow  # the stack reconnects to sent-by when this connection is gone

@@ -231,10 +231,15 @@ class TransactionLayer:
 
     def flow_failed(self, flow: Flow, now: float, reason: str) -> None:
         """Nothing more will get through ``flow`` (ICMP error, connect refused, connection lost):
-        every transaction using that transport to that peer address fails."""
+        every client transaction using that transport to that peer address fails, and on UDP every
+        server transaction whose responses go there."""
         for key, (client, client_flow) in list(self._clients.items()):
             if _same_path(client_flow, flow) and client.state in (TxState.TRYING, TxState.PROCEEDING):
                 self.transport_error(key, now, reason)
+        if flow.reliable:
+            # A closed connection is not a failed send for a server transaction: its final response
+            # can still go out over a new connection to the sent-by address (§18.2.2).
+            return
         for key, (server, server_flow) in list(self._servers.items()):
             if _same_path(server_flow, flow) and server.state in (TxState.PROCEEDING, TxState.COMPLETED):
                 self.transport_error(key, now, reason)

@@ -36,6 +36,9 @@ _EXTENDED_ERR = struct.Struct("=IBBBBII")
 _REPORTED_ICMP = {(_SO_EE_ORIGIN_ICMP, 3), (_SO_EE_ORIGIN_ICMP, 12),
                   (_SO_EE_ORIGIN_ICMP6, 1), (_SO_EE_ORIGIN_ICMP6, 4)}
 
+#: Socket receive buffer asked for (the kernel may cap it, e.g. at net.core.rmem_max).
+_RECEIVE_BUFFER = 1 << 21
+
 #: Receive buffer large enough for any datagram (RFC 3261 §18.1.1: up to 65,535 bytes).
 MAX_DATAGRAM = 65535
 
@@ -72,6 +75,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
+            with contextlib.suppress(OSError):  # bursts of requests must not overflow the default buffer
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
             if sys.platform == "linux":
                 level, opt = ((socket.IPPROTO_IPV6, _IPV6_RECVERR) if family == socket.AF_INET6
                               else (socket.IPPROTO_IP, _IP_RECVERR))
