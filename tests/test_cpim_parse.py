@@ -301,6 +301,15 @@ def test_empty_header_value_and_trailing_space() -> None:
     assert msg.headers[2].raw == "DateTime: 2020-01-01T00:00:00Z "
 
 
+def test_empty_message_header_block() -> None:
+    """CPIM-23: RFC 3862 sets no minimum header set."""
+    data = b"\r\nContent-Type: text/plain\r\n\r\nbody"
+    msg = cpim.parse(data)
+    assert msg.headers == () and msg.body == b"body" and msg.from_ is None
+    assert msg.to_bytes() == data
+    assert imdn.recognise(msg) is None
+
+
 def test_mime_part_without_trailing_blank_line() -> None:
     msg = cpim.parse(b"From: <im:a@b.example>\r\n\r\nContent-Type: text/plain\r\n")
     assert msg.body == b""
@@ -315,7 +324,6 @@ def test_mime_part_without_trailing_blank_line() -> None:
     [
         (b"", "not terminated"),
         (b"From: <im:a@b>\r\nContent-Type: text/plain", "not terminated"),
-        (b"\r\nContent-Type: text/plain\r\n\r\n", "no message headers"),
         (b"Subject: a\x01b\r\n" + TAIL, "control character"),
         (b"Subject: tab\there\r\n" + TAIL, "control character"),
         (b"Subject: \xff\xfe\r\n" + TAIL, "UTF-8"),

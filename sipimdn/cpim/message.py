@@ -355,8 +355,7 @@ class CpimMessage:
 
     def to_bytes(self) -> bytes:
         """Serialise: message headers, CRLF, MIME headers, CRLF, content."""
-        lines = [h.raw for h in self.headers]
-        head = "\r\n".join(lines) + "\r\n\r\n"
+        head = "".join(h.raw + "\r\n" for h in self.headers) + "\r\n"
         mime = "".join(h.raw + "\r\n" for h in self.mime_headers) + "\r\n"
         return head.encode("utf-8") + mime.encode("utf-8") + self.body
 
@@ -402,8 +401,8 @@ def parse(data: bytes, *, limits: Limits = DEFAULT_LIMITS, outer_mime: bool = Fa
         what="CPIM",
         lenient=lenient,
     )
-    if not lines:
-        raise CpimError("message/cpim has no message headers")
+    # No minimum header set (CPIM-23): an empty header block is legal; the
+    # application profile (RFC 5438) decides what it needs.
     headers = _parse_cpim_headers(lines, lenient)
     mime_lines, pos = _header_lines(
         data,
