@@ -215,6 +215,9 @@ def test_quirk_bad_utc_offset_kept_raw_and_parsed_leniently() -> None:
     assert msg.date_time is not None
     assert msg.date_time.raw == "2018-02-16T01:42:50+5:30"
     assert not msg.date_time.strict
+    assert any("DateTime" in note for note in msg.lenient)
+    with pytest.raises(CpimError, match="not strict"):
+        cpim.parse(msg.to_bytes(), strict=True)
     assert msg.datetime == dt.datetime(2018, 2, 15, 20, 12, 50, tzinfo=dt.UTC)
 
 
@@ -241,6 +244,8 @@ def test_quirk_no_space_after_colon_is_tolerated_and_noted() -> None:
     msg = parse_headers("NS: imdn <urn:ietf:params:imdn>", "imdn.Message-ID:abc")
     assert msg.value(IMDN_NS, "Message-ID") == "abc"
     assert msg.lenient and "no SP" in msg.lenient[0]
+    with pytest.raises(CpimError, match="no SP"):
+        cpim.parse(msg.to_bytes(), strict=True)
     assert b"imdn.Message-ID:abc\r\n" in msg.to_bytes()
 
 

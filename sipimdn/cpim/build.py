@@ -72,9 +72,6 @@ def build_from_lines(
     mime = "".join(line + "\r\n" for line in mime_lines) + "\r\n"
     data = head.encode("utf-8") + mime.encode("utf-8") + body
     try:
-        msg = parse(data)
+        return parse(data, strict=True)
     except CpimError as exc:
         raise LocalProtocolError(f"cannot build CPIM message: {exc.reason}") from None
-    if msg.lenient:
-        raise LocalProtocolError(f"cannot build CPIM message: {'; '.join(msg.lenient)}")
-    return msg

@@ -377,11 +377,16 @@ def _address(h: CpimHeader) -> CpimAddress:
 _CHECKED_ADDRESS = frozenset({"From", "To", "cc"})
 
 
-def parse(data: bytes, *, limits: Limits = DEFAULT_LIMITS, outer_mime: bool = False) -> CpimMessage:
+def parse(
+    data: bytes, *, limits: Limits = DEFAULT_LIMITS, outer_mime: bool = False, strict: bool = False
+) -> CpimMessage:
     """Parse a message/cpim body (the SIP body of a MESSAGE with that Content-Type).
 
     ``outer_mime=True`` also accepts a leading ``Content-Type: Message/CPIM``
     header block, as printed in the RFC 3862/5438 examples (cpim.md §1).
+    By default field quirks are tolerated and listed in
+    :attr:`CpimMessage.lenient` (bare LF, no SP after the colon, a lenient
+    DateTime, an unterminated MIME header block); ``strict=True`` refuses them.
     Raises :class:`~sipimdn.errors.CpimError` for anything malformed.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -416,6 +421,8 @@ def parse(data: bytes, *, limits: Limits = DEFAULT_LIMITS, outer_mime: bool = Fa
     mime_headers = _parse_mime_headers(mime_lines)
     msg = CpimMessage(headers=headers, mime_headers=mime_headers, body=data[pos:], lenient=tuple(lenient))
     _check_entity(msg)
+    if strict and lenient:
+        raise CpimError(f"not strict RFC 3862: {'; '.join(lenient)}")
     return msg
 
 
@@ -511,12 +518,12 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
             raw=raw, prefix=prefix, name=name, namespace=namespace, params=params, value=m.group("value")
         )
         if namespace == CPIM_NS:
-            default_ns = _check_core_header(header, prefixes, default_ns)
+            default_ns = _check_core_header(header, prefixes, default_ns, lenient)
         out.append(header)
     return tuple(out)
 
 
-def _check_core_header(h: CpimHeader, prefixes: dict[str, str], default_ns: str) -> str:
+def _check_core_header(h: CpimHeader, prefixes: dict[str, str], default_ns: str, lenient: list[str]) -> str:
     """Validate a header of the cpim-headers namespace; apply NS; return the default namespace."""
     value = h.value.rstrip(" ")
     if h.name == "NS":
@@ -533,7 +540,8 @@ def _check_core_header(h: CpimHeader, prefixes: dict[str, str], default_ns: str)
         _address(h)
     elif h.name == "DateTime":
         try:
-            parse_datetime(value)
+            if not parse_datetime(value).strict:
+                lenient.append(f"DateTime is not strict RFC 3339: {value!r}")
         except ValueError as exc:
             raise CpimError(str(exc)) from None
     elif h.name == "Subject":
