@@ -50,6 +50,12 @@ def linphone_daemon_binary() -> str:
     return require_binary("linphone-daemon")
 
 
+@pytest.fixture(scope="session")
+def baresip_binary() -> str:
+    """Path of ``baresip`` (Debian package baresip-core), the text/plain-only peer."""
+    return require_binary("baresip")
+
+
 @pytest.fixture
 def sipp(sipp_binary: str, tmp_path: Path) -> Iterator[SippRunner]:
     """Starts SIPp processes with logs under the test's tmp_path; ends them all at teardown."""

@@ -1,0 +1,1 @@
+"""baresip as a text/plain-only test peer."""
