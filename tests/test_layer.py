@@ -245,6 +245,11 @@ def test_unparseable_request_with_readable_via_gets_400_with_reason() -> None:
     assert out.key is None
     assert isinstance(out.message, Response) and out.message.status_code == 400
     assert "CSeq" in out.message.reason
+    to_tag = out.message.to.tag
+    assert to_tag is not None  # §8.2.6.2, and the same one for a retransmission (§8.2.7)
+    layer.receive_unparseable(data, info.value, UDP_FROM)
+    [again] = layer.messages_to_send()
+    assert again.message.to.tag == to_tag
     assert out.flow == Flow(Transport.UDP, ("192.0.2.7", 40000), ("127.0.0.1", 5060))
     assert layer.transaction_count == 0
 

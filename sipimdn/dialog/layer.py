@@ -23,6 +23,7 @@ sent-by port, else sent-by.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import ipaddress
 import itertools
@@ -205,6 +206,7 @@ class TransactionLayer:
             return False
         status = error.status_code if 400 <= error.status_code <= 699 else 400
         reason = " ".join(error.reason.split())[:120] or "Bad Request"
+        rows = _with_to_tag(rows)
         try:
             response = Response(status, reason, rows)
             via = stamp_via_copy(response.top_via, flow)
@@ -380,6 +382,19 @@ def stamp_via_copy(via: Via, flow: Flow) -> Via:
     if not _same_ip(via.host, source_ip):
         return via.with_params(received=source_ip)
     return via
+
+
+def _with_to_tag(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """§8.2.6.2: a response gets a To tag if the request had none. A stateless element derives it
+    from the request (§8.2.7), so every retransmission of the broken request gets the same one."""
+    material = "\x00".join(value for _, value in rows).encode("utf-8", "surrogateescape")
+    tag = hashlib.sha256(material).hexdigest()[:16]
+    return [
+        (name, f"{value};tag={tag}")
+        if name.lower() in ("to", "t") and ";tag=" not in value.lower().replace(" ", "")
+        else (name, value)
+        for name, value in rows
+    ]
 
 
 def _check_request(request: Request) -> None:
