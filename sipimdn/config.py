@@ -188,6 +188,12 @@ class UserAgentConfig:
     imdn_retry_base: float = 1.0
     #: Longest back-off between two IMDN attempts (seconds).
     imdn_retry_cap: float = 30.0
+    #: At most this many notifications towards one peer per ``imdn_rate_window``
+    #: seconds; beyond it requests are declined (imdn.md C6: a flood of messages
+    #: must not make us a flood source).
+    imdn_rate_limit: int = 120
+    #: The window of ``imdn_rate_limit``, in seconds.
+    imdn_rate_window: float = 60.0
 
     # Persistence.
     #: SQLite file for what we owe and await; ``":memory:"`` keeps nothing.
@@ -215,7 +221,15 @@ class UserAgentConfig:
             raise ValueError("t2 must not be smaller than t1")
         if not (200 <= self.deadline_status <= 699) or self.deadline_status == 408:
             raise ValueError("deadline_status must be a final response code (200-699) other than 408")
-        for name in ("max_body_bytes", "max_inflated_bytes", "dedup_capacity", "imdn_max_attempts"):
+        if self.imdn_rate_window <= 0:
+            raise ValueError("imdn_rate_window must be positive")
+        for name in (
+            "max_body_bytes",
+            "max_inflated_bytes",
+            "dedup_capacity",
+            "imdn_max_attempts",
+            "imdn_rate_limit",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.close_grace < 0:

@@ -9,7 +9,7 @@ import time
 import pytest
 from ua_helpers import RawPeer, Recorder, Tls, make_tls, ua_config
 
-from sipimdn import UserAgent
+from sipimdn import LocalProtocolError, TransportError, UserAgent
 from sipimdn.events import (
     DispositionChanged,
     DispositionState,
@@ -451,3 +451,30 @@ async def test_invalid_handler_answers_become_500(answer: object) -> None:
 
         handle = await alice.send_message(bob.aor, "x")
         assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 500
+
+
+async def test_start_failure_is_reported_and_cleans_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        ua = UserAgent(ua_config("bob", port=port))
+        with pytest.raises(TransportError):
+            await ua.start()
+        with pytest.raises(LocalProtocolError):
+            await ua.send_message("sip:alice@127.0.0.1:9", "x")
+        await ua.close()  # harmless after a failed start
+
+
+async def test_using_a_user_agent_outside_async_with_is_refused() -> None:
+    ua = UserAgent(ua_config("bob"))
+    with pytest.raises(LocalProtocolError):
+        await ua.send_message("sip:alice@127.0.0.1:9", "x")
+    with pytest.raises(LocalProtocolError):
+        await ua.mark_displayed("m")
+    async with ua:
+        with pytest.raises(LocalProtocolError):
+            await ua.start()
+        with pytest.raises(LocalProtocolError):
+            await ua.send_message("sip:alice@127.0.0.1:9", "x", notify={"bogus"})
+        with pytest.raises(LocalProtocolError):
+            await ua.send_message("sip:alice@127.0.0.1:9", "x", notify={"display"}, cpim=False)

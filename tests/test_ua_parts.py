@@ -26,9 +26,11 @@ class _ThreadRecordingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.threads: set[int] = set()
+        self.applies = 0
 
     def apply(self, ops: Sequence[StoreOp]) -> None:
         self.threads.add(threading.get_ident())
+        self.applies += 1
         super().apply(ops)
 
     def load(self, now: float) -> Snapshot:
@@ -50,6 +52,7 @@ async def test_store_writer_applies_in_order_off_the_loop() -> None:
     assert peers["sip:p0@h"].flags == ()  # the later write won: order kept
     assert threading.get_ident() not in store.threads
     assert len(store.threads) == 1
+    assert store.applies < 51  # batched: far fewer store transactions than submissions
     await writer.close()
     with pytest.raises(RuntimeError):
         writer.submit([Put(_peer("late"))])

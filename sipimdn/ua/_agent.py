@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -116,7 +117,9 @@ class UserAgent:
         # Reports (mark_displayed...) made while a message's answer is still being decided,
         # keyed by (Message-ID, sender); applied right after the answer (IMDN-38).
         self._deciding: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self._handles: dict[str, SentMessage] = {}
+        # Weak: a handle the application dropped needs no updates (a message that
+        # only asked for negative-delivery is tracked for days).
+        self._handles: weakref.WeakValueDictionary[str, SentMessage] = weakref.WeakValueDictionary()
         self._queue = DestinationQueue()
         # Plain-text messages have no Message-ID: the tracker cannot dedup them,
         # so they are remembered here by transaction identity.
@@ -146,17 +149,19 @@ class UserAgent:
         self._started = True
         given = self._given_store
         path = self.config.store_path
-        await self._writer.open(lambda: given if given is not None else SqliteStore(path))
-        now = time.time()
-        snapshot = await self._writer.load(now)
-        self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
-        self._stack = _wire.make_stack(self.config)
-        self._stack.on_request(self._on_request)
         try:
+            await self._writer.open(lambda: given if given is not None else SqliteStore(path))
+            now = time.time()
+            snapshot = await self._writer.load(now)
+            self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
+            self._stack = _wire.make_stack(self.config)
+            self._stack.on_request(self._on_request)
             await self._stack.start()
             self._aor = _resolve_port_zero(self._aor, _wire.endpoints_of(self._stack))
         except BaseException:
-            await self._stack.close()
+            self._closed = True
+            if self._stack is not None:
+                await self._stack.close()
             await self._writer.close()
             raise
         self._purge_periodically()
@@ -195,7 +200,7 @@ class UserAgent:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for handle in self._handles.values():
+        for handle in list(self._handles.values()):
             handle._set_failure(TransportError("user agent closed"))
         if self._stack is not None:
             await self._stack.close()
@@ -291,7 +296,8 @@ class UserAgent:
 
     def _pump(self) -> None:
         tracker = self._tracker
-        if tracker is None:
+        if tracker is None or self._closed:
+            # After close, what the tracker still queues is written by close() itself.
             return
         while (event := tracker.next_event()) is not None:
             self._dispatch(event)

@@ -329,6 +329,8 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
         max_attempts=config.imdn_max_attempts,
         retry_base=config.imdn_retry_base,
         retry_cap=config.imdn_retry_cap,
+        rate_limit=config.imdn_rate_limit,
+        rate_window=config.imdn_rate_window,
         tracking_ttl=config.state_expiry,
         received_ttl=config.state_expiry,
     )
