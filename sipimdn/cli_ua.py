@@ -26,9 +26,11 @@ import json
 import signal
 import ssl
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .config import ListenEndpoint, UserAgentConfig
+from .errors import SipParseError
 from .events import (
     DispositionChanged,
     DispositionEvent,
@@ -40,7 +42,9 @@ from .events import (
     NotificationSent,
     TrackingEnded,
 )
+from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
+from .uri import Uri
 
 __all__ = ["register", "run_demo", "run_listen", "run_send"]
 
@@ -201,11 +205,32 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
     parser.add_argument("--json", action="store_true", help="print one JSON object per event and line")
 
 
+def _reachable_aor(aor: str, listen: Sequence[ListenEndpoint]) -> str:
+    """The AOR with the port we listen on, when it names one of our IP addresses without a port.
+
+    Notifications come back to the AOR. Without a registrar, ``--aor
+    sip:alice@127.0.0.1`` with ``--listen udp:127.0.0.1:0`` would send them to
+    port 5060, where nobody listens; the listen port (0: the one bound) is
+    what the user means.
+    """
+    try:
+        uri = Uri.parse(aor)
+    except SipParseError:
+        return aor  # UserAgentConfig reports it
+    if uri.port is not None or uri.scheme not in ("sip", "sips") or not is_ip_literal(uri.host):
+        return aor
+    wanted = "tls" if uri.secure else (uri.transport or "udp")
+    for endpoint in listen:
+        if endpoint.host == uri.host and endpoint.transport == wanted:
+            return str(dataclasses.replace(uri, port=endpoint.port))
+    return aor
+
+
 def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> UserAgentConfig:
     listen = tuple(args.listen) if args.listen else (ListenEndpoint.parse(default_listen),)
     server, client = _tls_contexts(args)
     return UserAgentConfig(
-        aor=args.aor,
+        aor=_reachable_aor(args.aor, listen),
         display_name=args.display_name,
         listen=listen,
         store_path=args.store,
@@ -297,6 +322,7 @@ async def _send(args: argparse.Namespace, printer: Printer) -> int:
             + (f", requesting {', '.join(sorted(notify))}" if notify else ""),
             message_id=handle.message_id,
             to=args.to,
+            aor=ua.aor,
             notify=sorted(notify),
         )
         return await _await_outcome(handle, notify, deadline, printer)

@@ -266,3 +266,14 @@ def test_send_text_output_is_readable() -> None:
     assert "accepted -> delivered (delivery notification: delivered)" in result.stdout
     assert "delivered -> displayed (display notification: displayed)" in result.stdout
     assert result.stdout.rstrip().endswith("done: MESSAGE -> 200 -> delivered -> displayed")
+
+
+def test_send_with_a_portless_aor_gets_its_notifications_back() -> None:
+    # The issue's own example: --aor without a port, an ephemeral listen port.
+    with listener("--auto-display", "0.1") as (proc, listening):
+        result = _send(listening["aor"], "--notify", "positive-delivery,display", aor="sip:alice@127.0.0.1")
+        assert result.returncode == 0, result.stdout + result.stderr
+        sent = _json_lines(result.stdout)[0]
+        assert sent["aor"].startswith("sip:alice@127.0.0.1:")
+        assert sent["aor"] != "sip:alice@127.0.0.1:0"
+        _stop(proc)

@@ -478,3 +478,6 @@ async def test_using_a_user_agent_outside_async_with_is_refused() -> None:
             await ua.send_message("sip:alice@127.0.0.1:9", "x", notify={"bogus"})
         with pytest.raises(LocalProtocolError):
             await ua.send_message("sip:alice@127.0.0.1:9", "x", notify={"display"}, cpim=False)
+        for bad in ("not a uri", "tel:+123", "sip:"):
+            with pytest.raises(LocalProtocolError):
+                await ua.send_message(bad, "x")

@@ -35,6 +35,7 @@ from ..errors import (
     ImdnError,
     LocalProtocolError,
     RemoteProtocolError,
+    SipParseError,
     TransactionTimeout,
     TransportError,
 )
@@ -626,7 +627,12 @@ class UserAgent:
         """
         tracker = self._require_tracker()
         self._require_stack()
-        target = Uri.parse(to)
+        try:
+            target = Uri.parse(to)
+        except SipParseError as exc:
+            raise LocalProtocolError(f"cannot send to {to!r}: {exc.reason}") from None
+        if target.scheme not in ("sip", "sips"):
+            raise LocalProtocolError(f"cannot send to a {target.scheme}: URI; resolve it to a SIP URI first")
         wanted = frozenset(notify)
         unknown = wanted - _NOTIFY_KINDS
         if unknown:

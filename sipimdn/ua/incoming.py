@@ -74,7 +74,10 @@ class IncomingMessage:
         """Report that the message was shown to the user.
 
         Sends the display notification if one was requested (subject to the
-        display privacy setting). Returns True if a notification is now owed.
+        display privacy setting). It may be called inside the ``on_message``
+        handler, before the answer is decided: the notification then leaves
+        once the message is answered with a 2xx, and never after a refusal.
+        Returns True if a notification is (or will be) owed.
         """
         return await self.report("display", "displayed")
 
