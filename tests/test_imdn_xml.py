@@ -199,6 +199,37 @@ def test_whitespace_collapse_of_token_and_uri_types() -> None:
     assert note.recipient_uri == note.original_recipient_uri == "im:b@x"
 
 
+# -- real peers -------------------------------------------------------------------------------
+
+
+def test_liblinphone_error_notification_with_reason_extension() -> None:
+    """Shape liblinphone writes for a failed delivery (code reading, shared/peers.md): an extra
+    namespace on the root and ``<linphoneimdn:reason code=..>`` after ``<error/>`` in <status>."""
+    data = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n'
+        b'<imdn xmlns="urn:ietf:params:xml:ns:imdn" xmlns:linphoneimdn="http://www.linphone.org/xsds/imdn.xsd">'
+        b"<message-id>Ab12</message-id><datetime>2024-05-01T10:00:00Z</datetime>"
+        b'<delivery-notification><status><error/><linphoneimdn:reason code="488">Not acceptable here'
+        b"</linphoneimdn:reason></status></delivery-notification></imdn>"
+    )
+    note = imdn.parse_notification(data)
+    assert (note.kind, note.status) == (Kind.DELIVERY, Status.ERROR)
+    (reason,) = note.status_extensions
+    assert reason == (
+        b'<linphoneimdn:reason xmlns:linphoneimdn="http://www.linphone.org/xsds/imdn.xsd" code="488">'
+        b"Not acceptable here</linphoneimdn:reason>"
+    )
+    assert imdn.parse_notification(note.to_xml()) == note
+
+
+def test_built_documents_are_compact_for_naive_peers() -> None:
+    """liblinphone reads the status as the *first child node* of <status> (code reading): no
+    whitespace text may sit before it, so we never pretty-print."""
+    built = imdn.build_notification(message_id="m", datetime="d", kind="display", status="displayed")
+    assert b"<status><displayed/></status>" in built
+    assert b"\n " not in built
+
+
 # -- builder refusals ------------------------------------------------------------------------
 
 
