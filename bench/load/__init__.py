@@ -1,0 +1,1 @@
+"""Load benchmarks: processes under test, SIPp load steps, our own latency client."""

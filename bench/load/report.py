@@ -1,0 +1,857 @@
+"""Machine facts, TLS test files, and the rendering of bench/RESULTS.md and its plots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import REPO_DIR
+
+# -- machine and versions ---------------------------------------------------------------------
+
+
+def _first_line(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0].strip() if text else "unknown"
+
+
+def machine_info(argv: list[str], sipp: str | None, kamailio: str | None, *, quick: bool) -> dict[str, Any]:
+    """Command line, date, CPU, memory and the versions of everything measured."""
+    cpu_model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_total = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_total = int(line.split()[1]) * 1024
+    versions: dict[str, str] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    try:
+        from importlib.metadata import version
+
+        versions["sipimdn"] = version("sipimdn")
+    except Exception:
+        versions["sipimdn"] = "unknown"
+    commit = _first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+    versions["sipimdn"] += f" (git {commit})"
+    import lxml.etree
+
+    versions["lxml"] = ".".join(map(str, lxml.etree.LXML_VERSION))
+    versions["libxml2"] = ".".join(map(str, lxml.etree.LIBXML_VERSION))
+    for name in ("uvloop", "matplotlib"):
+        try:
+            module = __import__(name)
+            versions[name] = str(getattr(module, "__version__", "?"))
+        except ImportError:
+            versions[name] = "not installed"
+    sipp_version = "not installed"
+    if sipp:
+        raw = _first_line([sipp, "-v"])
+        match = re.search(
+            r"v\d[\w.\-]*", subprocess.run([sipp, "-v"], capture_output=True, text=True, check=False).stdout
+        )
+        sipp_version = match.group(0) if match else raw
+    versions["sipp"] = sipp_version
+    versions["kamailio"] = (
+        _first_line([kamailio, "-v"]).replace("version: ", "") if kamailio else "not installed"
+    )
+    return {
+        "command": "python bench/run.py " + " ".join(shlex.quote(a) for a in argv),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": quick,
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": round(mem_total / 2**30, 1),
+        "loadavg_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+def make_tls_files(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate and key for 127.0.0.1 (trustme, else the openssl command)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        import trustme
+
+        ca = trustme.CA()
+        issued = ca.issue_cert("127.0.0.1", "localhost")
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+    except ImportError:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    return str(cert), str(key)
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+def best_sustained(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The step with the highest offered rate that was sustained, or None."""
+    good = [s for s in steps if s.get("sustained")]
+    return max(good, key=lambda s: s["offered"]) if good else None
+
+
+def step_at(steps: list[dict[str, Any]], rate: int) -> dict[str, Any] | None:
+    for s in steps:
+        if s["offered"] == rate:
+            return s
+    return None
+
+
+def common_rate(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> int | None:
+    """Highest offered rate at which both sweeps were sustained."""
+    ok_a = {s["offered"] for s in a if s.get("sustained")}
+    ok_b = {s["offered"] for s in b if s.get("sustained")}
+    both = ok_a & ok_b
+    return max(both) if both else None
+
+
+def cpu_ratio(
+    receive: dict[str, Any], name: str, reference: str, transport: str = "udp"
+) -> dict[str, Any] | None:
+    """CPU per message of ``name`` over ``reference`` at the highest rate both sustained."""
+    if name not in receive or reference not in receive:
+        return None
+    a, b = receive[name].get(transport, []), receive[reference].get(transport, [])
+    rate = common_rate(a, b)
+    if rate is None:
+        return None
+    sa, sb = step_at(a, rate), step_at(b, rate)
+    assert sa is not None and sb is not None
+    return {
+        "rate": rate,
+        "value": sa["cpu_us_per_msg"],
+        "reference": sb["cpu_us_per_msg"],
+        "ratio": sa["cpu_us_per_msg"] / sb["cpu_us_per_msg"] if sb["cpu_us_per_msg"] else math.nan,
+    }
+
+
+def _f(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def targets(results: dict[str, Any]) -> list[list[str]]:
+    """The issue's targets: measured value, the bound, and met / missed by how much."""
+    rows: list[list[str]] = []
+    receive = results.get("receive", {})
+    pd = results.get("positive-delivery", {})
+
+    def verdict(value: float | None, bound: float, higher_is_better: bool = False) -> str:
+        if value is None or math.isnan(value):
+            return "not measured"
+        ok = value >= bound if higher_is_better else value <= bound
+        if ok:
+            return "met"
+        factor = bound / value if higher_is_better else value / bound
+        return f"missed ({factor:.1f}x off)"
+
+    for name, ref, bound, label in (
+        ("sipimdn-ua", "floor", 2.0, "MESSAGE(CPIM) -> 200 over UDP, CPU/msg vs the asyncio floor"),
+        ("sipimdn-ua+uvloop", "floor+uvloop", 1.5, "the same under uvloop, vs the uvloop floor"),
+    ):
+        ratio = cpu_ratio(receive, name, ref)
+        if ratio is None:
+            rows.append([label, f"<= {bound}x", "not measured (no common sustained rate)", "not measured"])
+        else:
+            rows.append(
+                [
+                    label,
+                    f"<= {bound}x",
+                    f"{ratio['ratio']:.1f}x ({ratio['value']:.0f} vs {ratio['reference']:.0f} us"
+                    f" at {ratio['rate']:,}/s)",
+                    verdict(ratio["ratio"], bound),
+                ]
+            )
+    # Positive delivery: UA's CPU per message (200 + IMDN sent and acknowledged) vs the floor.
+    ua_pd = pd.get("sipimdn-ua", {}).get("udp", [])
+    floor_steps = receive.get("floor", {}).get("udp", [])
+    rate = common_rate(ua_pd, floor_steps)
+    if rate is not None:
+        a, b = step_at(ua_pd, rate), step_at(floor_steps, rate)
+        assert a is not None and b is not None
+        ratio_value = a["cpu_us_per_msg"] / b["cpu_us_per_msg"]
+        rows.append(
+            [
+                "positive-delivery requested (200 + delivered IMDN acknowledged), CPU/msg vs floor",
+                "<= 3.5x",
+                f"{ratio_value:.1f}x ({a['cpu_us_per_msg']:.0f} vs {b['cpu_us_per_msg']:.0f} us"
+                f" at {rate:,}/s)",
+                verdict(ratio_value, 3.5),
+            ]
+        )
+    else:
+        rows.append(
+            [
+                "positive-delivery requested, CPU/msg vs floor",
+                "<= 3.5x",
+                "no common sustained rate",
+                "not measured",
+            ]
+        )
+    sustain = results.get("sustain")
+    if sustain:
+        sipp = sustain["sipp"]
+        lat = sustain.get("latency", {})
+        ok = sipp["failed"] == 0 and sipp["successful"] == sipp["calls"] and lat.get("p99_us", 1e9) < 20_000
+        ok = ok and sustain["rate"] >= 10_000 and sustain["seconds"] >= 60
+        measured = (
+            f"{sustain['rate']:,}/s for {sustain['seconds']:g} s: "
+            f"achieved {sipp['achieved']:,.0f}/s (SIPp part), "
+            f"{sipp['failed']:,} failed calls, {sipp['retransmissions']:,} retransmissions, "
+            f"p99 {lat.get('p99_us', math.nan) / 1000:.1f} ms"
+        )
+        if sustain["rate"] < 10_000 or sustain["seconds"] < 60:
+            status = "not measured at full size (quick run)"
+        else:
+            status = "met" if ok else "missed"
+        rows.append(["10,000 msg/s UDP for 60 s, 0 failed, p99 < 20 ms", "as stated", measured, status])
+    tls = results.get("tls", {})
+    if "kamailio" in tls and "sipimdn-ua" in tls:
+        pairs = [
+            (k, s)
+            for k, s in zip(tls["kamailio"], tls["sipimdn-ua"], strict=False)
+            if "achieved" in k and "achieved" in s
+        ]
+        if pairs:
+            kam, sip = pairs[-1]
+            share = sip["achieved"] / kam["achieved"] if kam["achieved"] else math.nan
+            unanswered = sip.get("unanswered", 0)
+            rows.append(
+                [
+                    "TLS over one connection, rate vs Kamailio at the same offered load",
+                    ">= 70 %",
+                    f"{share * 100:.0f} % at {kam['offered']:,.0f}/s offered "
+                    f"({sip['achieved']:,.0f} vs {kam['achieved']:,.0f}/s; "
+                    f"sipimdn left {unanswered:,} unanswered)",
+                    verdict(share, 0.7, higher_is_better=True),
+                ]
+            )
+    micro = results.get("micro", {})
+    tracker = micro.get("tracker", {})
+    if "sent_bytes_per_message" in tracker:
+        worst = max(tracker["sent_bytes_per_message"], tracker["received_bytes_per_message"])
+        rows.append(
+            [
+                "RAM per tracked message (100k awaiting notifications)",
+                "<= 1 KiB",
+                f"sent {tracker['sent_bytes_per_message']:,.0f} B, "
+                f"received {tracker['received_bytes_per_message']:,.0f} B "
+                f"({tracker['count']:,} each)",
+                verdict(worst, 1024),
+            ]
+        )
+    store = micro.get("store", {})
+    if "rss_growth" in store:
+        growth = store["rss_growth"] / 2**20
+        rows.append(
+            [
+                "SQLite store at 1M entries keeps RSS flat",
+                "flat",
+                f"{store['count']:,} entries: RSS grew {growth:.1f} MiB "
+                f"(start {store['rss_start'] / 2**20:.0f} MiB)",
+                "met" if growth < 16 else f"missed (grew {growth:.0f} MiB)",
+            ]
+        )
+    return rows
+
+
+def render(results: dict[str, Any], plots: list[str]) -> str:
+    """The whole RESULTS.md."""
+    meta = results["meta"]
+    v = meta["versions"]
+    out: list[str] = ["# sipimdn benchmark results", ""]
+    out += [
+        "Generated by the entry command below; every figure comes from this one run. Absolute numbers",
+        "depend on the machine and on whatever else ran on it; read them as ratios against the",
+        "references measured in the same run (the raw asyncio floor, Kamailio, each under uvloop too).",
+        "",
+    ]
+    out += _table(
+        ["", ""],
+        [
+            ["command", f"`{meta['command']}`"],
+            ["date", meta["date"]],
+            ["machine", f"{meta['nproc']} CPUs ({meta['cpu_model']}), {meta['memory_gib']} GiB RAM"],
+            ["pinning", meta.get("pinning", "-")],
+            [
+                "load average",
+                f"start {', '.join(f'{x:.2f}' for x in meta['loadavg_start'])}; "
+                f"end {', '.join(f'{x:.2f}' for x in meta.get('loadavg_end', (0, 0, 0)))}",
+            ],
+            ["duration", f"{meta.get('total_seconds', '-')} s"],
+            ["Python", v["python"]],
+            ["sipimdn", v["sipimdn"]],
+            ["SIPp", v["sipp"]],
+            ["Kamailio", v["kamailio"]],
+            ["lxml / libxml2", f"{v['lxml']} / {v['libxml2']}"],
+            ["uvloop", v["uvloop"]],
+            ["matplotlib", v["matplotlib"]],
+        ],
+    )
+    if meta.get("quick"):
+        out += [
+            "**Quick mode**: a tiny load to prove the benchmarks run; its figures are not meaningful.",
+            "",
+        ]
+    out += ["## Targets (ratios, same run)", ""]
+    out += _table(["target", "bound", "measured", "verdict"], targets(results))
+    out += _receive_section(results)
+    out += _pd_section(results)
+    out += _tls_section(results)
+    out += _sustain_section(results)
+    out += _send_section(results)
+    out += _micro_section(results)
+    out += _profile_section(results)
+    if plots:
+        out += ["## Plots", ""]
+        out += [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    else:
+        out += ["## Plots", "", "Not drawn: matplotlib is not installed (`pip install -e .[bench]`).", ""]
+    if results.get("skipped"):
+        out += ["## Not run", ""]
+        out += [f"- {name}: {why}" for name, why in results["skipped"].items()] + [""]
+    if results.get("errors"):
+        out += ["## Errors", ""]
+        for name, text in results["errors"].items():
+            out += [f"### {name}", "", "```", text.strip(), "```", ""]
+    durations = results.get("durations", {})
+    if durations:
+        out += ["Time per part: " + ", ".join(f"{k} {v:g} s" for k, v in durations.items()) + ".", ""]
+    return "\n".join(out)
+
+
+def _receive_section(results: dict[str, Any]) -> list[str]:
+    receive = results.get("receive")
+    if not receive:
+        return []
+    out = [
+        "## Receive path: SIPp -> responder -> 200",
+        "",
+        "SIPp (`bench/sipp_scenarios/uac_cpim.xml`: MESSAGE with a CPIM body, no notification requested)",
+        "offers stepped rates, each a bounded run, until a step fails (a failed call, retransmissions",
+        "above 1 % of calls, or under 90 % of the offered rate achieved). UDP is one socket, TCP one",
+        "connection. CPU is the responder's process group, from /proc, per successful MESSAGE.",
+        "`sipimdn-stack` is a bare SipStack answering 200; `sipimdn-ua` is the UserAgent with a",
+        "do-nothing handler (CPIM decoded, dedup and tracking, 200).",
+        "",
+    ]
+    rows = []
+    for name, entry in receive.items():
+        for transport in ("udp", "tcp"):
+            steps = entry.get(transport, [])
+            best = best_sustained(steps)
+            ratio = cpu_ratio(
+                receive, name, "floor" if entry["loop"] != "uvloop" else "floor+uvloop", transport
+            )
+            rows.append(
+                [
+                    name,
+                    transport.upper(),
+                    _f(best["offered"]) if best else "none",
+                    _f(best["cpu_us_per_msg"], 1) if best else "-",
+                    f"{ratio['ratio']:.2f}x at {ratio['rate']:,}/s"
+                    if ratio and name not in ("floor", "floor+uvloop")
+                    else "-",
+                    _f(steps[-1]["offered"]) if steps and not steps[-1]["sustained"] else "not reached",
+                ]
+            )
+    out += ["### Summary", ""]
+    out += _table(
+        [
+            "responder",
+            "transport",
+            "highest sustained offered rate /s",
+            "CPU us/msg there",
+            "CPU/msg vs floor (same loop, same rate)",
+            "first failing step /s",
+        ],
+        rows,
+    )
+    out += ["### Every step", ""]
+    rows = []
+    for name, entry in receive.items():
+        for transport in ("udp", "tcp"):
+            for s in entry.get(transport, []):
+                rows.append(
+                    [
+                        name,
+                        transport.upper(),
+                        _f(s["offered"]),
+                        _f(s["achieved"]),
+                        _f(s["successful"]),
+                        _f(s["failed"]),
+                        _f(s["retransmissions"]),
+                        _f(s["cpu_us_per_msg"], 1),
+                        "yes" if s["sustained"] else "**no**",
+                    ]
+                )
+    out += _table(
+        [
+            "responder",
+            "transport",
+            "offered /s",
+            "achieved /s",
+            "ok calls",
+            "failed",
+            "retrans",
+            "CPU us/msg",
+            "sustained",
+        ],
+        rows,
+    )
+    out += ["### Latency from our own client (UDP, fixed rate, from scheduled send to 200)", ""]
+    rows = []
+    for name, entry in receive.items():
+        for lat in entry.get("latency", []):
+            if "error" in lat:
+                rows.append([name, _f(lat.get("offered")), "error", "", "", "", "", ""])
+                continue
+            rows.append(
+                [
+                    name,
+                    _f(lat["offered"], 0),
+                    _f(lat["achieved"]),
+                    _f(lat["unanswered"]),
+                    _f(lat["p50_us"]),
+                    _f(lat["p90_us"]),
+                    _f(lat["p99_us"]),
+                    _f(lat["cpu_us_per_msg"], 1),
+                ]
+            )
+    out += _table(
+        ["responder", "offered /s", "answered /s", "unanswered", "p50 us", "p90 us", "p99 us", "CPU us/msg"],
+        rows,
+    )
+    return out
+
+
+def _pd_section(results: dict[str, Any]) -> list[str]:
+    pd = results.get("positive-delivery")
+    if not pd:
+        return []
+    out = [
+        "## Receive path with positive-delivery requested",
+        "",
+        "SIPp sends `bench/sipp_scenarios/uac_cpim_pd.xml` (CPIM MESSAGE requesting positive-delivery, each",
+        "call from its own sender, see the scenario); the UA answers 200 and sends the delivered IMDN, which",
+        "reaches SIPp's out-of-call scenario (`ooc_imdn_ack.xml`) and is answered 200. CPU per message",
+        "covers the whole exchange (the 200 and the IMDN transaction). `IMDN 2xx` counts IMDNs the UA saw",
+        "acknowledged during that responder's whole sweep.",
+        "",
+    ]
+    rows = []
+    for name, entry in pd.items():
+        for transport in ("udp", "tcp"):
+            server = entry.get(f"{transport}_server", {})
+            for s in entry.get(transport, []):
+                rows.append(
+                    [
+                        name,
+                        transport.upper(),
+                        _f(s["offered"]),
+                        _f(s["achieved"]),
+                        _f(s["failed"]),
+                        _f(s["retransmissions"]),
+                        _f(s["ooc_messages"]),
+                        _f(s["cpu_us_per_msg"], 1),
+                        "yes" if s["sustained"] else "**no**",
+                    ]
+                )
+            if server:
+                rows.append(
+                    [
+                        name,
+                        transport.upper(),
+                        "whole sweep",
+                        "",
+                        "",
+                        "",
+                        f"IMDN sent {server.get('imdn_sent', 0):,}, 2xx {server.get('imdn_2xx', 0):,}",
+                        "",
+                        "",
+                    ]
+                )
+    out += _table(
+        [
+            "responder",
+            "transport",
+            "offered /s",
+            "achieved /s",
+            "failed",
+            "retrans",
+            "IMDNs reaching SIPp",
+            "CPU us/msg",
+            "sustained",
+        ],
+        rows,
+    )
+    return out
+
+
+def _tls_section(results: dict[str, Any]) -> list[str]:
+    tls = results.get("tls")
+    if not tls:
+        return []
+    out = [
+        "## TLS over one connection: sipimdn UA vs Kamailio",
+        "",
+        "SIPp here has no TLS, so our own client offers the load over one TLS connection (TLS 1.2+, a",
+        "trustme certificate for 127.0.0.1). The client is one Python thread: its own ceiling caps the",
+        "highest steps for both responders.",
+        "",
+    ]
+    rows = []
+    for name, steps in tls.items():
+        for lat in steps:
+            if "error" in lat:
+                rows.append(
+                    [
+                        name,
+                        _f(lat.get("offered")),
+                        "error: " + lat["error"][-120:].replace("\n", " "),
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+                continue
+            rows.append(
+                [
+                    name,
+                    _f(lat["offered"], 0),
+                    _f(lat["achieved"]),
+                    _f(lat["unanswered"]),
+                    _f(lat["p50_us"]),
+                    _f(lat["p99_us"]),
+                    _f(lat["cpu_us_per_msg"], 1),
+                ]
+            )
+    out += _table(
+        ["responder", "offered /s", "answered /s", "unanswered", "p50 us", "p99 us", "CPU us/msg"], rows
+    )
+    return out
+
+
+def _sustain_section(results: dict[str, Any]) -> list[str]:
+    s = results.get("sustain")
+    if not s:
+        return []
+    sipp, lat = s["sipp"], s.get("latency", {})
+    out = [
+        f"## Sustained: {s['rate']:,} msg/s over UDP for {s['seconds']:g} s (sipimdn UA)",
+        "",
+        "SIPp offers 90 % of the rate and our latency client the other 10 % at the same time, so the",
+        "failure counts come from SIPp and the latency percentiles from our client.",
+        "",
+    ]
+    out += _table(
+        [
+            "SIPp offered /s",
+            "achieved /s",
+            "ok calls",
+            "failed",
+            "retrans",
+            "CPU us/msg",
+            "client p50 us",
+            "client p99 us",
+            "client unanswered",
+        ],
+        [
+            [
+                _f(sipp["offered"]),
+                _f(sipp["achieved"]),
+                _f(sipp["successful"]),
+                _f(sipp["failed"]),
+                _f(sipp["retransmissions"]),
+                _f(sipp["cpu_us_per_msg"], 1),
+                _f(lat.get("p50_us")),
+                _f(lat.get("p99_us")),
+                _f(lat.get("unanswered")),
+            ]
+        ],
+    )
+    return out
+
+
+def _send_section(results: dict[str, Any]) -> list[str]:
+    send = results.get("send")
+    if not send:
+        return []
+    out = [
+        "## Send path: a sipimdn UA sends N messages to a SIPp UAS",
+        "",
+        "`bench/load/sender.py`: `UserAgent.send_message` for every message (CPIM, no notification",
+        "requested), at most 256 in flight. RFC 3428 §8 allows one outstanding MESSAGE per destination",
+        "URI, which the UA enforces: with 1 destination the messages go one after another; with 64",
+        "(`sip:bob-0..63@` the same UAS) up to 64 are in flight. The sender process is the one measured",
+        "(pinned to the responder CPU); latency is from `send_message` to the final response, queueing",
+        "behind the window included.",
+        "",
+    ]
+    rows = []
+    for r in send:
+        if "error" in r:
+            rows.append(
+                [
+                    r.get("transport", "?"),
+                    r.get("destinations", "?"),
+                    "error",
+                    r["error"][-200:],
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+            continue
+        rows.append(
+            [
+                r["transport"].upper() + (" (uvloop)" if r.get("loop") == "uvloop" else ""),
+                r["destinations"],
+                f"{r['ok']:,}/{r['count']:,}",
+                _f(r["achieved"]),
+                _f(r["cpu_us_per_msg"], 1),
+                _f(r["p50_us"]),
+                _f(r["p99_us"]),
+                f"{r['uas'].get('successful', 0):,} ok, {r['uas'].get('failed', 0):,} failed",
+            ]
+        )
+    out += _table(
+        [
+            "transport",
+            "destinations",
+            "answered 200",
+            "messages /s",
+            "CPU us/msg",
+            "p50 us",
+            "p99 us",
+            "SIPp UAS",
+        ],
+        rows,
+    )
+    return out
+
+
+def _micro_section(results: dict[str, Any]) -> list[str]:
+    micro = results.get("micro")
+    if not micro:
+        return []
+    out = ["## Micro benchmarks", ""]
+    for key, title in (
+        ("parse", "SIP parser (bench/bench_parse.py)"),
+        ("codecs", "CPIM/IMDN codecs (bench/bench_codecs.py)"),
+    ):
+        data = micro.get(key, {})
+        out += [f"### {title}", ""]
+        if "error" in data:
+            out += [f"Not measured: {data['error'].strip()[-300:]}", ""]
+            continue
+        out += _flatten_table(data)
+    tracker = micro.get("tracker", {})
+    out += ["### Memory per tracked message (DispositionTracker, RSS)", ""]
+    if "error" in tracker:
+        out += [f"Not measured: {tracker['error'][-300:]}", ""]
+    elif tracker:
+        out += _table(
+            [
+                "messages",
+                "sent, answered 200, awaiting delivery + display",
+                "received, 200 + delivered IMDN acknowledged, display still owed",
+            ],
+            [
+                [
+                    _f(tracker["count"]),
+                    f"{tracker['sent_bytes_per_message']:,.0f} B",
+                    f"{tracker['received_bytes_per_message']:,.0f} B",
+                ]
+            ],
+        )
+    store = micro.get("store", {})
+    out += ["### SQLite store (SqliteStore, WAL, batches of 1,000 operations)", ""]
+    if "error" in store:
+        out += [f"Not measured: {store['error'][-300:]}", ""]
+    elif store:
+        samples = ", ".join(f"{s / 2**20:.0f}" for s in store["rss_samples"])
+        out += _table(
+            [
+                "entries",
+                "size on disk",
+                "bytes/entry",
+                "inserts /s",
+                "state upserts /s",
+                "keyed lookups /s",
+                "RSS start -> samples (MiB)",
+            ],
+            [
+                [
+                    _f(store["count"]),
+                    f"{store['size_bytes'] / 2**20:,.0f} MiB",
+                    _f(store["bytes_per_entry"]),
+                    _f(store["insert_per_s"]),
+                    _f(store["update_per_s"]),
+                    _f(store["lookup_per_s"]),
+                    f"{store['rss_start'] / 2**20:.0f} -> {samples}",
+                ]
+            ],
+        )
+        out += [
+            "Lookups are `SELECT ... WHERE key = ?` on the store's own table through a second",
+            "read-only connection: the Store protocol has no single-key read (the tracker keeps the",
+            "live state in memory and reads the store only at start).",
+            "",
+        ]
+    return out
+
+
+def _flatten_table(data: dict[str, Any]) -> list[str]:
+    """Render a bench helper's JSON: ``{case: {figure: value}}``, optionally under ``results``."""
+    cases = data["results"] if isinstance(data.get("results"), dict) else data
+    items = [(str(k), v) for k, v in cases.items() if isinstance(v, dict) and k != "meta"]
+    header: list[str] = []
+    for _name, figures in items:
+        for key, value in figures.items():
+            if isinstance(value, (int, float, str)) and key not in header:
+                header.append(key)
+    rows = []
+    for name, figures in items:
+        cells = []
+        for key in header:
+            value = figures.get(key)
+            if isinstance(value, str):
+                value = value.replace("|", "/").replace("\n", " ")[:160]
+            cells.append(_f(value, 1 if isinstance(value, float) and value < 1000 else 0))
+        rows.append([name, *cells])
+    out = _table(["case", *header], rows) if rows else []
+    meta = data.get("meta")
+    if isinstance(meta, dict):
+        out += ["Environment: " + ", ".join(f"{k} {v}" for k, v in meta.items()), ""]
+    return out
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    profile = results.get("profile")
+    if not profile:
+        return []
+    out = ["## Profile of the receive path (cProfile, main thread of the UA process)", ""]
+    for key, title in (
+        ("receive", "MESSAGE(CPIM) -> 200"),
+        ("positive-delivery", "MESSAGE + delivered IMDN"),
+    ):
+        p = profile.get(key, {})
+        if not p or "error" in p:
+            out += [f"### {title}", "", f"Not measured: {p.get('error', 'missing') if p else 'missing'}", ""]
+            continue
+        n = max(1, p["messages"])
+        out += [
+            f"### {title}: {p['messages']:,} messages at {p['rate']:,}/s",
+            "",
+            "Own time (tottime) per area, in microseconds per message (profiling overhead included):",
+            "",
+        ]
+        out += _table(
+            ["area", "us/msg", "share"],
+            [
+                [area, f"{t * 1e6 / n:.1f}", f"{t / p['total_tottime'] * 100:.0f} %"]
+                for area, t in list(p["areas"].items())[:12]
+            ],
+        )
+        out += ["Top functions by own time:", ""]
+        out += _table(
+            ["function", "calls", "own us/msg", "cumulative us/msg"],
+            [
+                [
+                    f"`{r['function']}`",
+                    _f(r["calls"]),
+                    f"{r['tottime'] * 1e6 / n:.1f}",
+                    f"{r['cumtime'] * 1e6 / n:.1f}",
+                ]
+                for r in p["top_tottime"][:15]
+            ],
+        )
+        out += ["sipimdn functions by cumulative time:", ""]
+        out += _table(
+            ["function", "calls", "cumulative us/msg"],
+            [
+                [f"`{r['function']}`", _f(r["calls"]), f"{r['cumtime'] * 1e6 / n:.1f}"]
+                for r in p["top_cumtime"][:15]
+            ],
+        )
+    return out
+
+
+# -- plots -----------------------------------------------------------------------------------------
+
+
+def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """Achieved rate and CPU per message against offered rate (PNG), if matplotlib imports."""
+    receive = results.get("receive")
+    if not receive:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for transport in ("udp", "tcp"):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for name, entry in receive.items():
+            steps = entry.get(transport, [])
+            if not steps:
+                continue
+            xs = [s["offered"] for s in steps]
+            style = "--" if entry["kind"] == "reference" else "-"
+            ax1.plot(xs, [s["achieved"] for s in steps], style, marker="o", label=name)
+            ax2.plot(xs, [s["cpu_us_per_msg"] for s in steps], style, marker="o", label=name)
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+            ax.set_xlabel("offered rate (MESSAGE/s)")
+            ax.grid(True, which="both", alpha=0.3)
+        ax1.set_ylabel("achieved rate (MESSAGE/s)")
+        ax1.set_yscale("log")
+        ax1.set_title(f"Achieved rate, {transport.upper()}")
+        ax2.set_ylabel("responder CPU per message (us)")
+        ax2.set_yscale("log")
+        ax2.set_title(f"CPU per message, {transport.upper()}")
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"receive_{transport}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(str(path))
+    return written

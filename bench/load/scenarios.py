@@ -1,0 +1,324 @@
+"""The benchmark's measurements, each a function returning plain data for the report.
+
+``run.py`` calls these in order; every one is bounded in time and starts and ends the
+processes it needs (responders by process group, SIPp by PID).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pstats
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import kamailio_ref, sipp_load
+from .common import (
+    BENCH_DIR,
+    LOAD_CPU,
+    LOOPBACK,
+    REPO_DIR,
+    SERVER_CPU,
+    ServerProcess,
+    pinned,
+    python_command,
+    start_server,
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load each part gets (``--quick`` shrinks everything)."""
+
+    rates: tuple[int, ...]
+    step_seconds: float
+    pd_rates: tuple[int, ...]
+    latency_rates: tuple[int, ...]
+    latency_seconds: float
+    tls_rates: tuple[int, ...]
+    sustain_rate: int
+    sustain_seconds: float
+    send_count: int
+    tracker_count: int
+    store_count: int
+    micro_seconds: float
+    profile_rate: int
+    profile_seconds: float
+
+
+@dataclass(frozen=True)
+class Responder:
+    """A process answering MESSAGE with 200, started fresh for each group of measurements."""
+
+    name: str
+    kind: str  # "reference" or "sipimdn"
+    loop: str  # "asyncio", "uvloop" or "C"
+    start: Callable[[Path], ServerProcess]
+
+
+def floor(uvloop: bool) -> Responder:
+    args = ["--uvloop"] if uvloop else []
+    return Responder(
+        name="floor" + ("+uvloop" if uvloop else ""),
+        kind="reference",
+        loop="uvloop" if uvloop else "asyncio",
+        start=lambda d: start_server("floor", python_command(BENCH_DIR / "floor_responder.py", *args), d),
+    )
+
+
+def sipimdn(mode: str, uvloop: bool, extra: tuple[str, ...] = ()) -> Responder:
+    args = [mode, *(["--uvloop"] if uvloop else []), *extra]
+    return Responder(
+        name=f"sipimdn-{mode}" + ("+uvloop" if uvloop else ""),
+        kind="sipimdn",
+        loop="uvloop" if uvloop else "asyncio",
+        start=lambda d: start_server(
+            f"sipimdn-{mode}", python_command(BENCH_DIR / "load" / "sipimdn_server.py", *args), d
+        ),
+    )
+
+
+def kamailio(binary: str, tls: tuple[str, str] | None = None) -> Responder:
+    return Responder(
+        name="kamailio", kind="reference", loop="C", start=lambda d: kamailio_ref.start(binary, d, tls)
+    )
+
+
+@contextlib.contextmanager
+def running(responder: Responder, log_dir: Path) -> Iterator[ServerProcess]:
+    server = responder.start(log_dir)
+    try:
+        yield server
+    finally:
+        stats = server.stop()
+        (log_dir / "server-stats.json").write_text(json.dumps(stats))
+
+
+def sweep(  # noqa: PLR0917
+    sipp: str,
+    server: ServerProcess,
+    scenario: str,
+    transport: str,
+    rates: tuple[int, ...],
+    seconds: float,
+    log_dir: Path,
+    ooc: str | None = None,
+) -> list[dict[str, Any]]:
+    """Stepped offered rates until the first unsustained step."""
+
+    def step(rate: int) -> sipp_load.Step:
+        return sipp_load.run_uac(
+            sipp,
+            scenario,
+            (LOOPBACK, server.port(transport)),
+            transport,
+            rate,
+            seconds,
+            log_dir / f"{transport}-{rate}",
+            server.cpu_seconds,
+            ooc_scenario=ooc,
+        )
+
+    return [s.as_dict() for s in sipp_load.sweep(rates, step)]
+
+
+def latency(server: ServerProcess, transport: str, rate: int, seconds: float) -> dict[str, Any]:
+    """Our own client at a fixed rate; the responder's CPU per answered message beside it."""
+    before = server.cpu_seconds()
+    command = pinned(
+        python_command(BENCH_DIR / "load" / "latency_client.py", transport, LOOPBACK,
+                       str(server.port(transport)), "--rate", str(rate), "--duration", str(seconds)),
+        LOAD_CPU,
+    )  # fmt: skip
+    done = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False, text=True)
+    cpu = server.cpu_seconds() - before
+    try:
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"transport": transport, "offered": rate, "error": (done.stderr or done.stdout)[-500:]}
+    answered = result.get("answered", 0)
+    result["cpu_us_per_msg"] = cpu * 1e6 / answered if answered else float("nan")
+    return result
+
+
+def sustained(sipp: str, server: ServerProcess, rate: int, seconds: float, log_dir: Path) -> dict[str, Any]:
+    """SIPp at 90 % of ``rate`` and our latency client at 10 %, together, for ``seconds``."""
+    sipp_rate = max(1, int(rate * 0.9))
+    client_rate = max(1, rate - sipp_rate)
+    holder: dict[str, Any] = {}
+
+    def client() -> None:
+        holder["latency"] = latency(server, "udp", client_rate, seconds)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    step = sipp_load.run_uac(
+        sipp,
+        "uac_cpim.xml",
+        (LOOPBACK, server.port("udp")),
+        "udp",
+        sipp_rate,
+        seconds,
+        log_dir / "sustain",
+        server.cpu_seconds,
+    )
+    thread.join(timeout=seconds + 60)
+    return {"rate": rate, "seconds": seconds, "sipp": step.as_dict(), "latency": holder.get("latency", {})}
+
+
+def send_path(  # noqa: PLR0917
+    sipp: str, transport: str, count: int, destinations: int, log_dir: Path, uvloop: bool = False
+) -> dict[str, Any]:
+    """A SIPp UAS and our sender process (pinned to the server CPU: it is what is measured)."""
+    timeout = 120.0
+    process, port = sipp_load.start_uas(sipp, transport, count, timeout, log_dir)
+    try:
+        command = pinned(
+            python_command(BENCH_DIR / "load" / "sender.py", transport, LOOPBACK, str(port),
+                           "--count", str(count), "--destinations", str(destinations),
+                           *(["--uvloop"] if uvloop else [])),
+            SERVER_CPU,
+        )  # fmt: skip
+        env_path = f"{REPO_DIR}"
+        done = subprocess.run(
+            command, capture_output=True, timeout=timeout, check=False, text=True,
+            env={**_env(), "PYTHONPATH": env_path},
+        )  # fmt: skip
+        try:
+            result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            result = {"error": (done.stderr or done.stdout)[-800:]}
+    finally:
+        uas = sipp_load.uas_result(process, log_dir, 10)
+    result["uas"] = uas
+    result["loop"] = "uvloop" if uvloop else "asyncio"
+    return result
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def run_json(command: list[str], timeout: float, cpu: str | None = None) -> dict[str, Any]:
+    """Run a helper that prints one JSON object last; its object, or ``{"error": ...}``."""
+    if cpu is not None:
+        command = pinned(command, cpu)
+    try:
+        done = subprocess.run(
+            command, capture_output=True, timeout=timeout, check=False, text=True,
+            env={**_env(), "PYTHONPATH": f"{REPO_DIR}"}, cwd=REPO_DIR,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s: {' '.join(command)}"}
+    text = done.stdout.strip()
+    with contextlib.suppress(json.JSONDecodeError):
+        whole: dict[str, Any] = json.loads(text[text.find("{") :]) if "{" in text else {}
+        if whole:
+            return whole
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                value: dict[str, Any] = json.loads(line)
+                return value
+    return {"error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-800:]}"}
+
+
+def profile_receive(  # noqa: PLR0917
+    sipp: str,
+    rate: int,
+    seconds: float,
+    log_dir: Path,
+    scenario: str = "uac_cpim.xml",
+    ooc: str | None = None,
+) -> dict[str, Any]:
+    """cProfile of the UA receiving SIPp load over UDP; the top functions and a per-area split."""
+    out = log_dir / "receive.pstats"
+    responder = sipimdn("ua", False, ("--profile", str(out)))
+    with running(responder, log_dir) as server:
+        step = sipp_load.run_uac(
+            sipp,
+            scenario,
+            (LOOPBACK, server.port("udp")),
+            "udp",
+            rate,
+            seconds,
+            log_dir / "load",
+            server.cpu_seconds,
+            ooc_scenario=ooc,
+        )
+    if not out.exists():
+        return {"error": "no profile written", "step": step.as_dict()}
+    stats = pstats.Stats(str(out))
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in raw.values())  # tottime
+    rows = []
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in raw.items():
+        rows.append(
+            {"function": f"{_short(filename)}:{line}({name})", "calls": nc, "tottime": tt, "cumtime": ct}
+        )
+    top_tottime = sorted(rows, key=lambda r: r["tottime"], reverse=True)[:20]
+    top_cumtime = sorted(
+        (r for r in rows if "sipimdn" in r["function"]), key=lambda r: r["cumtime"], reverse=True
+    )[:20]
+    areas: dict[str, float] = {}
+    for (filename, _line, name), entry in raw.items():
+        area = _area(filename, name)
+        areas[area] = areas.get(area, 0.0) + entry[2]
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "step": step.as_dict(),
+        "total_tottime": total,
+        "messages": step.successful,
+        "areas": dict(sorted(areas.items(), key=lambda kv: kv[1], reverse=True)),
+        "top_tottime": top_tottime,
+        "top_cumtime": top_cumtime,
+    }
+
+
+def _short(filename: str) -> str:
+    marker = "/sipimdn/"
+    if marker in filename:
+        return "sipimdn/" + filename.split(marker, 1)[1]
+    if "/lib/python" in filename:
+        return filename.split("/lib/python", 1)[1].split("/", 1)[-1]
+    return filename
+
+
+def _area(filename: str, name: str) -> str:
+    if "/sipimdn/" in filename:
+        rest = filename.split("/sipimdn/", 1)[1]
+        if rest.startswith("bench/") or "/bench/" in filename:
+            return "bench harness"
+        top = rest.split("/", 1)[0]
+        if top.endswith(".py"):
+            top = top[:-3]
+        return f"sipimdn.{top}"
+    if "/bench/" in filename:
+        return "bench harness"
+    if "asyncio" in filename:
+        return "asyncio"
+    if filename == "~":
+        if "lxml" in name or "etree" in name:
+            return "lxml (C)"
+        if "sqlite" in name:
+            return "sqlite3 (C)"
+        if "socket" in name or "sendto" in name or "recvfrom" in name or "select" in name or "poll" in name:
+            return "socket/poll syscalls (C)"
+        return "builtins (C)"
+    if "sqlite3" in filename:
+        return "sqlite3"
+    if "threading" in filename or "concurrent" in filename or "queue.py" in filename:
+        return "threads (store writer)"
+    return "other stdlib"
+
+
+def python_version() -> str:
+    return sys.version.split()[0]

@@ -1,0 +1,211 @@
+"""Memory per tracked message and the SQLite store at scale, through the project's own APIs.
+
+    python bench/micro_memory.py tracker --count 100000
+    python bench/micro_memory.py store --count 1000000 --path /tmp/store.db
+
+``tracker``: one :class:`~sipimdn.imdn.tracker.DispositionTracker` holding ``count`` sent
+messages that were answered 200 and still await their delivery and display notifications,
+then (fresh tracker) ``count`` received messages answered 200 whose delivered IMDN went out and
+whose display notification is still owed (the receiver's side). RSS growth divided by the
+count is the memory per tracked message (the tracker's write-behind queue is drained, as the
+user agent does, so only the tracker's own state is counted).
+
+``store``: :class:`~sipimdn.store.SqliteStore` on a file filled with ``count`` sent records
+(in transactions of 1,000 operations, as the UA's writer batches them): insert rate, RSS
+sampled every tenth of the way (it must stay flat: the store keeps nothing in memory), file
+size on disk, the rate of upserts that change a record's state, and keyed lookups on the
+store's table through a second read-only connection (the store's protocol has no single-key
+read: the tracker keeps hot state in memory and loads the store only at start).
+
+Runs in its own process (``run.py`` starts it) so the RSS figures are this work's only.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from sipimdn.imdn.tracker import DispositionTracker, TrackerConfig
+from sipimdn.store import Put, SqliteStore
+from sipimdn.store.base import SentRecord
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _drain(tracker: DispositionTracker) -> None:
+    while tracker.next_event() is not None:
+        pass
+    tracker.writes_to_apply()
+
+
+def tracker_memory(count: int) -> dict[str, Any]:
+    """RSS per sent message awaiting notifications, and per received message still owed one."""
+    now = 1_800_000_000.0
+    gc.collect()
+    base = _rss()
+    tracker = DispositionTracker(TrackerConfig(), now=now)
+    for i in range(count):
+        message_id = f"m{i:08d}x{random.getrandbits(64):016x}"
+        tracker.register_sent(
+            message_id=message_id,
+            recipients=[f"sip:user{i}@example.com"],
+            requested={"positive-delivery", "display"},
+            now=now,
+        )
+        tracker.response_received(message_id, 200, now)
+        if i % 1000 == 999:
+            _drain(tracker)
+    _drain(tracker)
+    gc.collect()
+    sent_bytes = (_rss() - base) / count
+    sent_check = tracker.sent(message_id)
+    del tracker
+    gc.collect()
+
+    base = _rss()
+    tracker = DispositionTracker(TrackerConfig(rate_limit=10**9), now=now)
+    owed = 0
+    for i in range(count):
+        message_id = f"r{i:08d}x{random.getrandbits(64):016x}"
+        sender = f"sip:user{i}@example.com"
+        tracker.record_received(
+            message_id=message_id,
+            sender=sender,
+            now=now,
+            requested={"positive-delivery", "display"},
+            datetime="2026-06-15T10:00:00Z",
+        )
+        tracker.message_answered(message_id, sender, 200, now)
+        while (event := tracker.next_event()) is not None:
+            notification = getattr(event, "notification", None)
+            if notification is not None:
+                owed += 1
+                tracker.notification_outcome(notification.notification_id, 200, now)
+        if i % 1000 == 999:
+            _drain(tracker)
+    _drain(tracker)
+    gc.collect()
+    received_bytes = (_rss() - base) / count
+    return {
+        "count": count,
+        "sent_bytes_per_message": sent_bytes,
+        "sent_state": str(sent_check.recipients[0].state) if sent_check else None,
+        "received_bytes_per_message": received_bytes,
+        "delivered_imdns_owed_and_acknowledged": owed,
+    }
+
+
+def store_scale(count: int, path: Path) -> dict[str, Any]:
+    """Fill a SqliteStore with ``count`` sent records; rates, RSS samples and size on disk."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    now = 1_800_000_000.0
+    tracker = DispositionTracker(TrackerConfig(), now=now)
+    tracker.register_sent(
+        message_id="template",
+        recipients=["sip:bob@example.com"],
+        requested={"positive-delivery", "display"},
+        now=now,
+    )
+    template = next(op.record for op in tracker.writes_to_apply() if isinstance(op, Put))
+    assert isinstance(template, SentRecord)
+    store = SqliteStore(str(path))
+    batch = 1000
+    samples: list[int] = []
+    gc.collect()
+    rss_start = _rss()
+    started = time.perf_counter()
+    for first in range(0, count, batch):
+        ops = [
+            Put(dataclasses.replace(template, message_id=f"m{i:09d}"))
+            for i in range(first, min(count, first + batch))
+        ]
+        store.apply(ops)
+        if (first // batch) % max(1, count // batch // 10) == 0:
+            samples.append(_rss())
+    insert_seconds = time.perf_counter() - started
+    samples.append(_rss())
+    # State changes: upserts of existing keys (what a delivered/displayed IMDN writes).
+    updates = min(count, 100_000)
+    keys = random.sample(range(count), updates)
+    accepted = dataclasses.replace(
+        template.recipients[0], state="delivered", delivery="delivered", updated_at=now + 1
+    )
+    started = time.perf_counter()
+    for first in range(0, updates, batch):
+        store.apply(
+            [
+                Put(
+                    dataclasses.replace(
+                        template, message_id=f"m{k:09d}", recipients=(accepted,), sip_status=200
+                    )
+                )
+                for k in keys[first : first + batch]
+            ]
+        )
+    update_seconds = time.perf_counter() - started
+    samples.append(_rss())
+    # Keyed lookups through a second, read-only connection.
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    lookups = min(count, 100_000)
+    found = 0
+    started = time.perf_counter()
+    for k in random.sample(range(count), lookups):
+        row = reader.execute("SELECT data FROM sent WHERE key = ?", (f"m{k:09d}",)).fetchone()
+        found += row is not None
+    lookup_seconds = time.perf_counter() - started
+    reader.close()
+    store.close()
+    size = sum(
+        Path(f"{path}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists()
+    )
+    return {
+        "count": count,
+        "insert_per_s": count / insert_seconds,
+        "update_per_s": updates / update_seconds,
+        "lookup_per_s": lookups / lookup_seconds,
+        "lookups_found": found,
+        "lookups": lookups,
+        "size_bytes": size,
+        "bytes_per_entry": size / count,
+        "rss_start": rss_start,
+        "rss_samples": samples,
+        "rss_growth": max(samples) - rss_start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("what", choices=["tracker", "store"])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--path", type=Path, default=Path(f"/tmp/sipimdn-bench-store-{os.getpid()}.db"))
+    args = parser.parse_args()
+    if args.what == "tracker":
+        result = tracker_memory(args.count)
+    else:
+        try:
+            result = store_scale(args.count, args.path)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{args.path}{suffix}").unlink(missing_ok=True)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
