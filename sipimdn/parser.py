@@ -103,6 +103,21 @@ def _find_head_end(buf: bytes | bytearray, start: int, floor: int) -> tuple[int,
 # RFC 3261 allows inside quoted strings and RFC 4475 §3.1.1.2 exercises.
 _CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CTL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_CTL_CR_LF = _CTL_BYTES + b"\r\n"
+
+
+def _irregular_lines(text: str, crlf_lines: list[str]) -> list[str]:
+    """Lines of a head that has bare LFs, control characters or a stray CR.
+
+    Bare LF line ends are accepted although RFC 3261 asks for CRLF; control
+    characters only as quoted-pairs; a CR anywhere but before an LF is an
+    error.
+    """
+    if _CTL_RE.search(text) is not None and _has_bad_control(text):
+        raise _error("control character in header section")
+    if text.count("\r") != len(crlf_lines) - 1:
+        raise _error("bare CR in header section")
+    return text.replace("\r\n", "\n").split("\n")
 
 
 def _has_bad_control(text: str) -> bool:
@@ -128,22 +143,33 @@ def _error(reason: str, status: int = 400) -> SipParseError:
     return SipParseError(reason, status)
 
 
-def _split_lines(text: str) -> list[str]:
-    lines = text.split("\r\n")
-    crlf = len(lines) - 1
-    if text.count("\r") != crlf:
-        raise _error("bare CR in header section")
-    if text.count("\n") == crlf:
-        return lines
-    # Some bare LF line ends (accepted although RFC 3261 asks for CRLF).
-    return text.replace("\r\n", "\n").split("\n")
+#: (method, Request-URI, Request-URI as received) or (status code, reason).
+_StartLine = tuple[str, Uri, str] | tuple[int, str]
 
 
-def _parse_start_line(line: str, limits: Limits) -> tuple[str, Uri, str] | tuple[int, str]:
+# Start lines seen before: a UAS receives nearly all its requests on one or
+# two Request-URIs and a UAC mostly sees "SIP/2.0 200 OK", so the checks below
+# run once per distinct line. Bounded: cleared when full.
+_START_LINES: dict[str, _StartLine] = {}
+_START_LINES_MAX = 1024
+
+
+def _parse_start_line(line: str, limits: Limits) -> _StartLine:
     """(method, uri, uri_text) for a request, (status, reason) for a response."""
+    cached = _START_LINES.get(line)
+    if cached is not None and len(line) <= limits.max_start_line:
+        return cached
+    parsed = _check_start_line(line, limits)
+    if len(_START_LINES) >= _START_LINES_MAX:
+        _START_LINES.clear()
+    _START_LINES[line] = parsed
+    return parsed
+
+
+def _check_start_line(line: str, limits: Limits) -> _StartLine:
     if len(line) > limits.max_start_line:
         raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
-    if line[:4].upper() == "SIP/":
+    if line[:1] in "Ss" and line[:4].upper() == "SIP/":
         m = _abnf.STATUS_LINE_RE.fullmatch(line)
         if m is None:
             raise _error(f"bad status line {line[:200]!r}")
@@ -179,84 +205,82 @@ def _parse_start_line(line: str, limits: Limits) -> tuple[str, Uri, str] | tuple
     return method, uri, uri_text
 
 
-def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str, str]]:
+def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
+    """Start line, header rows and Content-Length of a complete header section.
+
+    This is the hot path of every received message, so the steps are inlined
+    rather than split into helpers; each says what it checks.
+    """
+    # Size limits first, in the order StreamFramer checks an incomplete head.
+    size = len(head)
+    if size > limits.max_start_line and head.find(b"\n", 0, limits.max_start_line + 2) < 0:
+        raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
+    if size > limits.max_header_bytes:
+        raise _error(f"header section longer than {limits.max_header_bytes} bytes", 513)
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    # One C-speed test for the common case: if deleting every control byte,
+    # CR and LF removes exactly two bytes per CRLF, the head holds nothing but
+    # CRLF line ends and printable text (each CRLF accounts for one CR and one
+    # LF, so any extra CR, LF or control byte makes the count larger).
+    if size - len(head.translate(None, _CTL_CR_LF)) != 2 * (len(lines) - 1):
+        lines = _irregular_lines(text, lines)
+    start = _parse_start_line(lines[0], limits)
+
+    # Header lines: "name HCOLON value", folded continuations joined.
     rows: list[tuple[str, str, str, str]] = []
+    append = rows.append
     name_keys = _NAME_KEYS
-    for line in lines:
+    for line in lines[1:]:
         name, colon, value = line.partition(":")
         known = name_keys.get(name)
         if known is not None and colon:
-            # Fast path: a header name seen (and validated) before. It cannot
-            # start with whitespace, so this is not a continuation line.
-            rows.append((known[0], known[1], value.strip(" \t"), line))
-            continue
-        if not line:
-            raise _error("empty line inside the header section")
-        if line[0] == " " or line[0] == "\t":
-            # Folded continuation (LWS = [*WSP CRLF] 1*WSP): one space in the
-            # value, original text kept for writing back.
-            if not rows:
-                raise _error("header section starts with a continuation line")
-            prev_key, prev_name, prev_value, prev_raw = rows[-1]
-            continued = line.strip(_WSP)
-            rows[-1] = (prev_key, prev_name, f"{prev_value} {continued}".strip(" "), f"{prev_raw}\r\n{line}")
-            continue
-        if not colon or not name:
-            raise _error(f"header line without a name and colon: {line[:100]!r}")
-        # HCOLON = *( SP / HTAB ) ":" SWS
-        stripped = name.rstrip(" \t")
-        if _abnf.TOKEN_RE.fullmatch(stripped) is None:
-            raise _error(f"bad header name {name[:100]!r}")
-        known = (header_key(stripped), stripped)
-        if len(name_keys) < _NAME_KEYS_MAX:
-            name_keys[name] = known
-        rows.append((known[0], known[1], value.strip(" \t"), line))
+            # A header name seen (and validated) before; it cannot start
+            # with whitespace, so this is not a continuation line.
+            append((known[0], known[1], value.strip(" \t"), line))
+        else:
+            _slow_header_line(rows, line, name, colon, value)
     if len(rows) > limits.max_headers:
         raise _error(f"more than {limits.max_headers} header fields", 513)
-    return rows
 
-
-def _content_length(rows: list[tuple[str, str, str, str]]) -> int | None:
-    """The Content-Length value (``l`` too), None if absent."""
-    found: int | None = None
-    for row in rows:
-        if row[0] == "content-length":
-            value = row[2]
+    # Content-Length (``l`` too): digits only; repeated rows must agree.
+    lengths = [row[2] for row in rows if row[0] == "content-length"]
+    length: int | None = None
+    if lengths:
+        for value in lengths:
             if not value.isdigit() or not value.isascii():
                 raise _error(f"bad Content-Length {value[:50]!r}")
-            number = int(value)
-            if found is not None and found != number:
-                raise _error("conflicting Content-Length headers")
-            found = number
-    return found
+        length = int(lengths[0])
+        if len(lengths) > 1 and any(int(value) != length for value in lengths):
+            raise _error("conflicting Content-Length headers")
+    return start, Headers._from_rows(rows), length
 
 
-_StartLine = tuple[str, Uri, str] | tuple[int, str]
-
-
-def _check_head_size(head: bytes, limits: Limits) -> None:
-    """The size limits, checked in the order ``StreamFramer`` checks an incomplete head.
-
-    Keeping the order means a stream gives the same error however it is
-    chunked.
-    """
-    line_end = head.find(b"\n", 0, limits.max_start_line + 2)
-    if line_end < 0 and len(head) > limits.max_start_line:
-        raise _error(f"start line longer than {limits.max_start_line} bytes", 513)
-    if len(head) > limits.max_header_bytes:
-        raise _error(f"header section longer than {limits.max_header_bytes} bytes", 513)
-
-
-def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
-    _check_head_size(head, limits)
-    text = head.decode("utf-8", "surrogateescape")
-    # bytes.translate deleting the control bytes is a fast "any present?" test.
-    if len(head.translate(None, _CTL_BYTES)) != len(head) and _has_bad_control(text):
-        raise _error("control character in header section")
-    lines = _split_lines(text)
-    start = _parse_start_line(lines[0], limits)
-    rows = _parse_header_lines(lines[1:], limits)
-    return start, Headers._from_rows(rows), _content_length(rows)
+def _slow_header_line(
+    rows: list[tuple[str, str, str, str]], line: str, name: str, colon: str, value: str
+) -> None:
+    """A header line whose name is not in the cache: fold, new name or error."""
+    if not line:
+        raise _error("empty line inside the header section")
+    if line[0] == " " or line[0] == "\t":
+        # Folded continuation (LWS = [*WSP CRLF] 1*WSP): one space in the
+        # value, original text kept for writing back.
+        if not rows:
+            raise _error("header section starts with a continuation line")
+        prev_key, prev_name, prev_value, prev_raw = rows[-1]
+        continued = line.strip(_WSP)
+        rows[-1] = (prev_key, prev_name, f"{prev_value} {continued}".strip(" "), f"{prev_raw}\r\n{line}")
+        return
+    if not colon or not name:
+        raise _error(f"header line without a name and colon: {line[:100]!r}")
+    # HCOLON = *( SP / HTAB ) ":" SWS
+    stripped = name.rstrip(" \t")
+    if _abnf.TOKEN_RE.fullmatch(stripped) is None:
+        raise _error(f"bad header name {name[:100]!r}")
+    known = (header_key(stripped), stripped)
+    if len(_NAME_KEYS) < _NAME_KEYS_MAX:
+        _NAME_KEYS[name] = known
+    rows.append((known[0], known[1], value.strip(" \t"), line))
 
 
 def _build(start: _StartLine, headers: Headers, body: bytes) -> Request | Response:
