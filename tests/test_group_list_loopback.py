@@ -53,7 +53,7 @@ class Scene:
 
 
 @asynccontextmanager
-async def scene(*, aggregate: bool, private: bool = False, window: float = 0.4) -> AsyncIterator[Scene]:
+async def scene(*, aggregate: bool, private: bool = False, window: float = 3.0) -> AsyncIterator[Scene]:
     async with AsyncExitStack() as stack:
         members: list[Member] = []
         for name in ("bob", "carol", "dave"):
@@ -164,7 +164,7 @@ async def test_sender_gets_each_members_state(aggregate: bool) -> None:
 
 
 async def test_private_list_hides_members() -> None:
-    async with scene(aggregate=True, private=True, window=0.2) as s:
+    async with scene(aggregate=True, private=True) as s:
         sent = await s.alice.send_message(LIST, "secret club", notify=NOTIFY)
         assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
         await until(lambda: all(m.inbox for m in s.members))

@@ -91,6 +91,9 @@ async def test_offline_recipient_registers_and_imdns_come_back_through_the_inter
 
                 # On the wire: each IMDN bob sent was addressed to the intermediary, which is
                 # the only IMDN-Route entry, and left it with that entry popped.
+                # (RequestRouted is reported once the 202 went out, which may be after alice
+                # already saw the relayed IMDN.)
+                await seen.wait_for(lambda: len(seen.routed("imdn-route")) >= 2)
                 relayed = seen.routed("imdn-route")
                 assert len(relayed) == 2
                 for routed in relayed:

@@ -16,8 +16,9 @@ copy enters :meth:`member_failed` and is reported ``failed`` if the sender
 asked for negative delivery (IMDN-67/68). Each accepted notification is
 either *relayed* at once or *collected* and flushed as one aggregated
 notification (RFC 5438 §8.3, IMDN-80/81) when ``window`` seconds have passed
-since the first one of the batch, or as soon as every member has answered
-everything asked. Only one notification per member and type is passed on
+since the first one of the batch, or as soon as every member has reported
+each kind the batch holds (so the deliveries of a list usually travel in one
+IMDN and the displays in another). Only one notification per member and type is passed on
 (IMDN-32). Output is :class:`NotificationsReady`, which the adapter wraps
 in a CPIM IMDN from the list's URI (multipart/mixed when more than one).
 
@@ -321,27 +322,18 @@ class ListExploder:
         return True
 
     def _complete(self, fanout: Fanout) -> bool:
-        """Has every member answered every kind that can still come?"""
-        kinds = [k for k in ("delivery", "display") if self._kind_wanted(fanout, k)]
+        """Has every member reported each kind the batch holds? Then waiting longer gains nothing."""
+        kinds = {str(n.kind) for n in fanout.batch}
         for member in fanout.uri_list.members:
-            key = identity_key(member)
+            key = identity_key(member) or ""
             for kind in kinds:
-                status = fanout.reported.get((key or "", kind))
-                if status is None:
-                    # A failed delivery means no display will ever come.
-                    if kind == "display" and fanout.reported.get((key or "", "delivery"), "") not in (
-                        "",
-                        "delivered",
-                    ):
-                        continue
-                    return False
+                if (key, kind) in fanout.reported:
+                    continue
+                # A member whose delivery failed will never report display.
+                if kind == "display" and fanout.reported.get((key, "delivery"), "delivered") != "delivered":
+                    continue
+                return False
         return True
-
-    @staticmethod
-    def _kind_wanted(fanout: Fanout, kind: str) -> bool:
-        if kind == "display":
-            return "display" in fanout.requested
-        return bool({"positive-delivery", "negative-delivery"} & fanout.requested)
 
     def _strip(self, fanout: Fanout, note: Notification) -> Notification:
         if not fanout.uri_list.private:
