@@ -20,6 +20,7 @@ Placement rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from .. import cpim
@@ -33,6 +34,21 @@ __all__ = [
     "pop_imdn_route",
     "replace_to",
 ]
+
+
+# RFC 3862 §3.6: URI as in RFC 2396 -- a scheme, a colon and no space, control character,
+# quote or angle bracket. Checked here because the header builder writes values as given,
+# and a CR/LF in a URI taken from a request would otherwise inject a header.
+_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"\x00-\x1f\x7f]+")
+
+
+def _address_of(value: CpimAddress | str) -> CpimAddress:
+    address = value if isinstance(value, CpimAddress) else CpimAddress(uri=value)
+    if _URI_RE.fullmatch(address.uri) is None:
+        raise LocalProtocolError(f"not a URI usable in a CPIM header: {address.uri!r}")
+    if address.display_name is not None and any(c in address.display_name for c in "\r\n"):
+        raise LocalProtocolError("line break in a CPIM display name")
+    return address
 
 
 def _rebuild(msg: CpimMessage, lines: Sequence[str]) -> CpimMessage:
@@ -61,7 +77,7 @@ def _imdn_prefix(msg: CpimMessage) -> tuple[str, list[str]]:
 def add_record_route(msg: CpimMessage, uri: str) -> CpimMessage:
     """Return ``msg`` with ``IMDN-Record-Route: <uri>`` as its top entry (RFC 5438 §6.5, IMDN-63)."""
     lines = [h.raw for h in msg.headers]
-    value = str(CpimAddress(uri=uri))
+    value = str(_address_of(uri))
     for index, h in enumerate(msg.headers):
         if h.namespace == IMDN_NS and h.name == "IMDN-Record-Route" and h.prefix:
             # The binding in force just above this line is the one in force for it.
@@ -73,10 +89,11 @@ def add_record_route(msg: CpimMessage, uri: str) -> CpimMessage:
 
 def add_original_to(msg: CpimMessage, uri: str) -> CpimMessage:
     """Return ``msg`` with ``Original-To: <uri>`` unless it already has one (RFC 5438 §6.4, IMDN-62)."""
+    value = _address_of(uri)
     if msg.get(IMDN_NS, "Original-To") is not None:
         return msg
     prefix, ns_lines = _imdn_prefix(msg)
-    line = cpim.format_header(f"{prefix}.Original-To", str(CpimAddress(uri=uri)))
+    line = cpim.format_header(f"{prefix}.Original-To", str(value))
     return _rebuild(msg, [*(h.raw for h in msg.headers), *ns_lines, line])
 
 
@@ -85,7 +102,7 @@ def replace_to(msg: CpimMessage, address: CpimAddress | str) -> CpimMessage:
 
     The new To takes the place of the first old one; cc headers are kept.
     """
-    to = address if isinstance(address, CpimAddress) else CpimAddress(uri=address)
+    to = _address_of(address)
     lines: list[str] = []
     placed = False
     for h in msg.headers:

@@ -433,11 +433,16 @@ class Intermediary:
             return
         envelope, headers, sip_from, max_forwards = source
         uri_list = event.fanout.uri_list
-        copy = replace_to(envelope, event.member)
-        if self.config.original_to and not uri_list.private:
-            copy = add_original_to(copy, uri_list.uri)
-        if self.config.record_route and headers.requested:
-            copy = add_record_route(copy, self.uri)
+        try:
+            copy = replace_to(envelope, event.member)
+            if self.config.original_to and not uri_list.private:
+                copy = add_original_to(copy, uri_list.uri)
+            if self.config.record_route and headers.requested:
+                copy = add_record_route(copy, self.uri)
+        except LocalProtocolError as exc:
+            _log.error("cannot build the copy for %s: %s", event.member, exc)
+            self.exploder.member_failed(event.fanout.id, event.member, time.time())
+            return
         self._park(
             target=event.member,
             sip_from=str(sip_from.uri),
@@ -497,7 +502,14 @@ class Intermediary:
         self._pump()
 
     async def _on_message(self, incoming: IncomingRequest) -> None:
-        route = await self._route_message(incoming)
+        try:
+            route = await self._route_message(incoming)
+        except Exception:
+            # A bug must not leave the sender retransmitting into silence.
+            _log.exception("routing MESSAGE %s failed", incoming.request.call_id)
+            if incoming.responded is None:
+                incoming.respond(500, "Internal Server Error")
+            route = "refused"
         event = RequestRouted(incoming.request, route, incoming.responded or 0)
         for observer in list(self._observers):
             try:
@@ -556,8 +568,9 @@ class Intermediary:
                 if headers.message_id is not None and self.config.original_to:
                     addressed = envelope.to[0].uri if envelope.to else str(request.to.uri)
                     envelope = add_original_to(envelope, addressed)
-            except (CpimError, ImdnError) as exc:
-                incoming.respond(exc.status_code, _reason(exc.reason))
+            except (CpimError, ImdnError, LocalProtocolError) as exc:
+                # LocalProtocolError: a URI of the request cannot be written into CPIM.
+                incoming.respond(400, _reason(exc.reason))
                 return "refused"
             body = envelope.to_bytes()
         ctype = request.content_type
