@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from ua_helpers import Recorder, ua_config
+import pytest
+from ua_helpers import RawPeer, Recorder, ua_config
 
-from sipimdn import UserAgent
+from sipimdn import TransportError, UserAgent
 from sipimdn.events import DispositionChanged, DispositionState
 from sipimdn.store import PeerRecord, Put, SqliteStore, Store
 from sipimdn.ua import IncomingMessage
@@ -96,3 +97,49 @@ async def test_restart_between_send_and_the_notification(tmp_path: Path) -> None
                 S.DELIVERED,
                 S.DISPLAYED,
             )
+
+
+async def test_owed_imdn_is_sent_when_the_owing_side_restarts(tmp_path: Path) -> None:
+    """Bob owes "displayed" to an unreachable alice, stops, and sends it on his next start."""
+    bob_store = str(tmp_path / "bob.sqlite")
+    alice_store = str(tmp_path / "alice.sqlite")
+    received: list[IncomingMessage] = []
+    bob_config = ua_config("bob", store_path=bob_store, imdn_retry_base=5.0, close_grace=0.1)
+    async with UserAgent(ua_config("alice", store_path=alice_store)) as alice:
+        port = alice.endpoints[0].port
+        async with UserAgent(bob_config) as bob:
+
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> None:
+                received.append(message)
+
+            handle = await alice.send_message(bob.aor, "hi", notify=BOTH)
+            assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
+            message_id = handle.message_id
+    # Alice is gone when bob shows the message: the IMDN fails, its retry is 5 s away.
+    async with UserAgent(bob_config) as bob:
+        assert await bob.mark_displayed(received[0].message_id or "") is True
+        await asyncio.sleep(0.3)
+    events = Recorder()
+    alice_again = UserAgent(ua_config("alice", store_path=alice_store, port=port))
+    alice_again.on_disposition(events)
+    async with alice_again:
+        # Bob's next run sends what it still owes at once, without waiting for the back-off.
+        async with UserAgent(bob_config):
+            await events.wait_for(DispositionChanged, timeout=5)
+        change = events.of(DispositionChanged)[0]
+        assert change.message_id == message_id
+        assert change.state is S.DISPLAYED
+
+
+async def test_close_fails_what_is_still_in_flight() -> None:
+    silent = await RawPeer.open()  # never answers
+    try:
+        async with UserAgent(ua_config("alice", close_grace=0.1)) as alice:
+            handle = await alice.send_message(f"sip:nobody@{silent.address[0]}:{silent.address[1]}", "x")
+            await asyncio.sleep(0.05)
+        assert handle.response_done
+        with pytest.raises(TransportError):
+            await handle.final_response()
+    finally:
+        silent.close()
