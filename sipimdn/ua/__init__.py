@@ -1,4 +1,27 @@
-"""The user agent: what applications embed (``async with UserAgent(config) as ua``)."""
+"""The user agent: what applications embed.
+
+A minimal receiver and sender on loopback::
+
+    from sipimdn import IncomingMessage, UserAgent, UserAgentConfig
+
+    async with UserAgent(UserAgentConfig(aor="sip:bob@127.0.0.1:0")) as bob:
+
+        @bob.on_message
+        async def show(message: IncomingMessage) -> None:
+            print(message.sender, message.text)  # returning None answers 200
+            await message.mark_displayed()       # "displayed", if it was asked for
+
+        async with UserAgent(UserAgentConfig(aor="sip:alice@127.0.0.1:0")) as alice:
+            sent = await alice.send_message(bob.aor, "hi", notify={"positive-delivery", "display"})
+            await sent.final_response()                        # 200 OK
+            await sent.await_disposition("displayed", timeout=5)
+
+Public names: :class:`UserAgent`, :class:`IncomingMessage` (what ``on_message``
+handlers get), :class:`SentMessage` (what ``send_message`` returns),
+:class:`Decision` (a handler's answer with a reason phrase) and
+:class:`Registration` (returned by the ``on_*`` methods). Events are in
+:mod:`sipimdn.events`, the configuration in :mod:`sipimdn.config`.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,70 @@
+"""Property tests of the user agent's building blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipimdn.config import ListenEndpoint
+from sipimdn.ua._dedup import DuplicateCache
+from sipimdn.ua._pacing import DestinationQueue
+
+endpoints = st.builds(
+    ListenEndpoint,
+    transport=st.sampled_from(["udp", "tcp", "tls"]),
+    host=st.one_of(
+        st.ip_addresses(v=4).map(str),
+        st.ip_addresses(v=6).map(lambda a: str(ipaddress.IPv6Address(a))),
+    ),
+    port=st.integers(0, 65535),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(endpoints)
+def test_listen_endpoint_str_parses_back(endpoint: ListenEndpoint) -> None:
+    assert ListenEndpoint.parse(str(endpoint)) == endpoint
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 10)), max_size=60), st.integers(1, 8))
+def test_duplicate_cache_never_exceeds_capacity_and_flags_only_recent_repeats(
+    entries: list[tuple[int, float]], capacity: int
+) -> None:
+    cache = DuplicateCache(capacity=capacity, ttl=5.0)
+    now = 0.0
+    for key, step in entries:
+        now += step
+        cache.seen(key, now)
+        assert len(cache) <= capacity
+        # what was just recorded is remembered
+        assert cache.seen(key, now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 3)), min_size=1, max_size=25))
+def test_destination_queue_one_holder_per_key_in_fifo_order(jobs: list[tuple[str, int]]) -> None:
+    async def run() -> None:
+        queue = DestinationQueue()
+        holders: dict[str, int] = {}
+        started: dict[str, list[int]] = {}
+
+        async def job(index: int, key: str, yields: int) -> None:
+            async with queue.turn(key):
+                holders[key] = holders.get(key, 0) + 1
+                assert holders[key] == 1
+                started.setdefault(key, []).append(index)
+                for _ in range(yields):
+                    await asyncio.sleep(0)
+                holders[key] -= 1
+
+        tasks = [asyncio.ensure_future(job(i, key, y)) for i, (key, y) in enumerate(jobs)]
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        for key, order in started.items():
+            assert order == sorted(order)
+            assert not queue.is_pending(key)
+
+    asyncio.run(run())
