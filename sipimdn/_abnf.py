@@ -13,6 +13,7 @@ import re
 
 __all__ = [
     "ALPHANUM",
+    "CONTENT_TYPE_FAST_RE",
     "CONTENT_TYPE_RE",
     "CSEQ_RE",
     "ESCAPED_RE",
@@ -21,6 +22,7 @@ __all__ = [
     "IPV4_RE",
     "IPV6_CHARS_RE",
     "METHOD_RE",
+    "NAME_ADDR_FAST_RE",
     "OPAQUE_URI_RE",
     "SCHEME_RE",
     "SIMPLE_PARAMS_RE",
@@ -29,6 +31,7 @@ __all__ = [
     "STATUS_LINE_RE",
     "TEL_URI_RE",
     "TOKEN_RE",
+    "VIA_FAST_RE",
     "VIA_SENT_RE",
 ]
 
@@ -166,6 +169,25 @@ STATUS_LINE_RE = re.compile(
 # The common case of ``*( SEMI generic-param )``: no whitespace and no quoted
 # strings, so the parameters can be split on ";" and "=" after one match.
 SIMPLE_PARAMS_RE = re.compile(r"(?:;{token}(?:=[{token_char}:]+)?)*".format(**globals()))
+
+# Fast paths: the whitespace-free spellings nearly every sender uses, matched
+# in one go. Anything they do not match goes through the general rules.
+simple_params = r"(?:;{token}(?:=[{token_char}:]+)?)*".format(**globals())
+# hostname whose toplabel starts with a letter (so not a mistyped address)
+alpha_hostname = r"(?:{domainlabel}\.)*[A-Za-z](?:[{alphanum}\-_]*[{alphanum}_])?\.?".format(**globals())
+# name-addr with a plain (escape-free) quoted or token display name
+NAME_ADDR_FAST_RE = re.compile(
+    r'(?:"(?P<quoted>[^"\\\x00-\x1f]*)" ?|(?P<plain>{token}(?: {token})*) ?)?'
+    r"<(?P<uri>[^<>\s\"]+)>(?P<params>{simple_params})".format(**globals())
+)
+# via-parm: SIP/2.0/transport host[:port]*(;param)
+VIA_FAST_RE = re.compile(
+    r"SIP/2\.0/(?P<transport>{token}) (?P<host>{ipv4}|{alpha_hostname}|\[{ipv6_chars}\])"
+    r"(?::(?P<port>[0-9]{{1,5}}))?(?P<params>{simple_params})".format(**globals())
+)
+CONTENT_TYPE_FAST_RE = re.compile(
+    r"(?P<type>{token})/(?P<subtype>{token})(?P<params>{simple_params})".format(**globals())
+)
 
 # generic-param  =  token [ EQUAL gen-value ]
 # gen-value      =  token / host / quoted-string

@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from . import _abnf
 from .errors import SipParseError
@@ -237,6 +237,19 @@ def _params_text(params: Mapping[str, str | None]) -> str:
     return "".join(_param_text(k, v) for k, v in params.items())
 
 
+def _split_simple_params(text: str, what: str) -> dict[str, str | None]:
+    """``;name[=value]`` pairs already matched by a fast-path regex."""
+    params: dict[str, str | None] = {}
+    if text:
+        for part in text[1:].split(";"):
+            name, eq, value = part.partition("=")
+            name = name.lower()
+            if name in params:
+                raise SipParseError(f"parameter {name!r} repeated in {what}")
+            params[name] = value if eq else None
+    return params
+
+
 def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
     """Parse ``*( SEMI generic-param )`` from ``text[pos:]`` to the end.
 
@@ -244,16 +257,10 @@ def parse_params(text: str, pos: int, what: str) -> dict[str, str | None]:
     with the same name is an error (RFC 3261 §20.42 and §20.20 give each name
     once; silently keeping one would hide the other).
     """
-    params: dict[str, str | None] = {}
     if _abnf.SIMPLE_PARAMS_RE.fullmatch(text, pos) is not None:
         # Fast path: ";name[=value]" pairs with no whitespace or quotes.
-        for part in text[pos:].split(";")[1:]:
-            name, eq, value = part.partition("=")
-            name = name.lower()
-            if name in params:
-                raise SipParseError(f"parameter {name!r} repeated in {what}")
-            params[name] = value if eq else None
-        return params
+        return _split_simple_params(text[pos:], what)
+    params: dict[str, str | None] = {}
     end = len(text)
     match = _abnf.GENERIC_PARAM_RE.match
     while pos < end:
@@ -299,6 +306,14 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         """Parse a name-addr or addr-spec with parameters."""
+        m = _abnf.NAME_ADDR_FAST_RE.fullmatch(text)
+        if m is not None:
+            quoted, plain, uri_text, params_text = m.groups()
+            return cls._make(
+                Uri.parse(uri_text),
+                quoted if quoted is not None else plain,
+                MappingProxyType(_split_simple_params(params_text, "address")),
+            )
         s = text.strip(" \t")
         display: str | None = None
         if s[:1] == '"':
@@ -349,7 +364,17 @@ class NameAddr:
             if not uri_text or any(c in uri_text for c in ' \t,?<>"'):
                 raise SipParseError(f"bad address {text[:200]!r}")
             params = parse_params(rest, len(uri_text), "address") if semi >= 0 else {}
-        return cls(Uri.parse(uri_text), display, MappingProxyType(params))
+        return cls._make(Uri.parse(uri_text), display, MappingProxyType(params))
+
+    @classmethod
+    def _make(cls, uri: Uri, display_name: str | None, params: Mapping[str, str | None]) -> NameAddr:
+        # The parser's constructor: skips __init__/__post_init__ (params is
+        # already read-only), which is measurable on every message.
+        self = object.__new__(cls)
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "display_name", display_name)
+        object.__setattr__(self, "params", params)
+        return self
 
     @property
     def tag(self) -> str | None:
@@ -397,6 +422,24 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm (not a comma list)."""
+        fast = _abnf.VIA_FAST_RE.fullmatch(text)
+        if fast is not None:
+            transport, host, port_text, params_text = fast.groups()
+            if host[0] == "[":
+                host = host[1:-1]
+                try:
+                    ipaddress.IPv6Address(host)
+                except ValueError:
+                    raise SipParseError(f"bad IPv6 address in Via {text[:200]!r}") from None
+            fast_port = None
+            if port_text is not None:
+                fast_port = int(port_text)
+                if not 0 < fast_port <= 65535:
+                    raise SipParseError(f"bad port in Via {text[:200]!r}")
+            fast_params = _split_simple_params(params_text, "Via")
+            if fast_params:
+                cls._check_params(fast_params, text)
+            return cls._make(transport.upper(), host, fast_port, MappingProxyType(fast_params))
         m = _abnf.VIA_SENT_RE.match(text)
         if m is None:
             raise SipParseError(f"bad Via {text[:200]!r}")
@@ -422,7 +465,18 @@ class Via:
         params = parse_params(text, m.end(), "Via")
         if params:
             cls._check_params(params, text)
-        return cls(transport.upper(), host, port, MappingProxyType(params), "SIP/2.0")
+        return cls._make(transport.upper(), host, port, MappingProxyType(params))
+
+    @classmethod
+    def _make(cls, transport: str, host: str, port: int | None, params: Mapping[str, str | None]) -> Via:
+        # The parser's constructor (see NameAddr._make).
+        self = object.__new__(cls)
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "protocol", "SIP/2.0")
+        return self
 
     @staticmethod
     def _check_params(params: Mapping[str, str | None], text: str) -> None:
@@ -517,13 +571,18 @@ class CSeq:
         # integer and be less than 2**31.
         if len(number_text) > 10 or int(number_text) >= 2**31:
             raise SipParseError(f"CSeq number out of range in {text[:200]!r}")
-        return cls(int(number_text), m.group("method"))
+        self = object.__new__(cls)  # (skips the dataclass __init__: hot path)
+        object.__setattr__(self, "number", int(number_text))
+        object.__setattr__(self, "method", m.group("method"))
+        return self
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
 
 
 # -- Content-Type ---------------------------------------------------------------
+
+_CONTENT_TYPES: dict[str, ContentType] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,6 +604,26 @@ class ContentType:
     @classmethod
     def parse(cls, text: str) -> ContentType:
         """Parse ``m-type SLASH m-subtype *(SEMI m-parameter)``."""
+        # A handful of values (message/cpim, text/plain;charset=UTF-8, ...)
+        # make up nearly all traffic, and the result is immutable.
+        cached = _CONTENT_TYPES.get(text)
+        if cached is not None:
+            return cached
+        parsed = cls._parse(text)
+        if len(_CONTENT_TYPES) >= 256:
+            _CONTENT_TYPES.clear()
+        _CONTENT_TYPES[text] = parsed
+        return parsed
+
+    @classmethod
+    def _parse(cls, text: str) -> ContentType:
+        fast = _abnf.CONTENT_TYPE_FAST_RE.fullmatch(text)
+        if fast is not None:
+            raw_params = _split_simple_params(fast.group("params"), "Content-Type")
+            if all(v is not None for v in raw_params.values()):
+                # (a valueless parameter falls through to the error below)
+                checked = cast("dict[str, str]", raw_params)
+                return cls(fast.group("type"), fast.group("subtype"), MappingProxyType(checked))
         s = text.strip(" \t")
         m = _abnf.CONTENT_TYPE_RE.match(s)
         if m is None:

@@ -26,6 +26,8 @@ __all__ = ["REASON_PHRASES", "Headers", "Message", "Request", "Response", "make_
 
 #: Cache sentinel: ``None`` is a legitimate cached value (header absent).
 _MISS: object = object()
+#: Typed-cache key of the per-message index used by single-valued accessors.
+_INDEX = "\x00index"
 
 #: Default reason phrases (RFC 3261 §21 and the IANA response code registry).
 REASON_PHRASES: dict[int, str] = {
@@ -262,6 +264,7 @@ class Headers:
                 return
         self.add(name, value)
 
+
 def _missing(name: str) -> SipParseError:
     return SipParseError(f"missing {name} header")
 
@@ -280,15 +283,28 @@ class Message:
         """The value of a single-valued header; two rows of it are an error.
 
         RFC 4475 §3.3.8: a request with several Call-ID/CSeq/From/To values
-        is malformed, and picking one would hide a possible attack.
+        is malformed, and picking one would hide a possible attack. An index
+        of first values and repeated names is built once per message (and
+        dropped with the typed cache when a header changes).
         """
-        found: str | None = None
-        for row in self.headers._rows:
-            if row[0] == key:
-                if found is not None:
-                    raise SipParseError(f"more than one {label} header")
-                found = row[2]
-        return found
+        typed = self.headers._typed
+        index = typed.get(_INDEX)
+        if index is None:
+            rows = self.headers._rows
+            # Built back to front so the first row of each name wins.
+            first = {row[0]: row[2] for row in reversed(rows)}
+            repeated: set[str] = set()
+            if len(first) != len(rows):
+                seen: set[str] = set()
+                for row in rows:
+                    if row[0] in seen:
+                        repeated.add(row[0])
+                    seen.add(row[0])
+            index = typed[_INDEX] = (first, repeated)
+        first, repeated = cast("tuple[dict[str, str], set[str]]", index)
+        if key in repeated:
+            raise SipParseError(f"more than one {label} header")
+        return first.get(key)
 
     def _required(self, key: str, label: str) -> str:
         value = self._single(key, label)
