@@ -20,6 +20,7 @@ from sipimdn.events import (
 from sipimdn.imdn import build_im, build_notification
 from sipimdn.imdn.tracker import PEER_NO_CPIM
 from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.store import MemoryStore
 from sipimdn.transport.base import ListenSpec
 from sipimdn.transport.flow import Transport
 from sipimdn.ua import IncomingMessage
@@ -481,3 +482,53 @@ async def test_using_a_user_agent_outside_async_with_is_refused() -> None:
         for bad in ("not a uri", "tel:+123", "sip:"):
             with pytest.raises(LocalProtocolError):
                 await ua.send_message(bad, "x")
+
+
+async def test_retransmission_never_reaches_the_handler() -> None:
+    seen: list[str] = []
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob")) as bob:
+
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> None:
+                seen.append(message.text)
+
+            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
+            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type="text/plain", body=b"once")
+            first = await raw.transact(data, branch, dest)
+            again = await raw.transact(data, branch, dest)  # same branch: a retransmission
+            assert (first.status_code, again.status_code) == (200, 200)
+            assert again.to.tag == first.to.tag
+            assert seen == ["once"]
+    finally:
+        raw.close()
+
+
+async def test_invite_gets_405_and_its_ack_is_absorbed() -> None:
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob")) as bob:
+            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
+            data, branch = raw.request_bytes("INVITE", bob.aor, call_id="inv-1")
+            refused = await raw.transact(data, branch, dest)
+            assert refused.status_code == 405
+            assert "MESSAGE" in (refused.headers.get("Allow") or "")
+            ack, _ = raw.request_bytes("ACK", bob.aor, call_id="inv-1")
+            assert raw.transport is not None
+            raw.transport.sendto(ack, dest)
+            await asyncio.sleep(0.2)
+            assert raw.responses.empty()  # nothing answers an ACK
+    finally:
+        raw.close()
+
+
+async def test_a_store_passed_in_is_used_and_left_open() -> None:
+    store = MemoryStore()
+    async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice"), store=store) as alice:
+        bob.on_message(_accept)
+        handle = await alice.send_message(bob.aor, "x", notify={"negative-delivery"})
+        assert (await handle.final_response()).status_code == 200
+    # Still awaiting a possible failure notice: the record is in the store, which is still usable.
+    sent = store.load(time.time()).sent
+    assert [record.message_id for record in sent] == [handle.message_id]

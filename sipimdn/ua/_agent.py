@@ -102,7 +102,9 @@ class UserAgent:
 
     Use as ``async with UserAgent(config) as ua:``; pass ``store=`` to plug
     in a :class:`~sipimdn.store.Store` of your own (the default is a
-    :class:`~sipimdn.store.SqliteStore` on ``config.store_path``).
+    :class:`~sipimdn.store.SqliteStore` on ``config.store_path``, closed
+    with the user agent; a store passed in is left open). A store is used
+    from one worker thread at a time, never from the event loop.
     """
 
     def __init__(self, config: UserAgentConfig, *, store: Store | None = None) -> None:
@@ -163,7 +165,7 @@ class UserAgent:
             self._closed = True
             if self._stack is not None:
                 await self._stack.close()
-            await self._writer.close()
+            await self._writer.close(close_store=self._given_store is None)
             raise
         self._purge_periodically()
         # After a restart the tracker has owed IMDNs due at once: send them.
@@ -207,7 +209,8 @@ class UserAgent:
             await self._stack.close()
         if self._tracker is not None:
             self._writer.submit(self._tracker.writes_to_apply())
-        await self._writer.close()
+        # A store the application handed us stays open: it is theirs.
+        await self._writer.close(close_store=self._given_store is None)
 
     # -- public properties -------------------------------------------------------------------
 

@@ -127,15 +127,15 @@ class StoreWriter:
         if self._pending:
             await asyncio.gather(*self._pending)
 
-    async def close(self) -> None:
-        """Flush, close the store and stop the worker thread."""
+    async def close(self, *, close_store: bool = True) -> None:
+        """Flush, close the store (unless told not to) and stop the worker thread."""
         if self._closed:
             return
         await self.flush()
         self._closed = True
         loop = asyncio.get_running_loop()
         try:
-            if self._store is not None:
+            if self._store is not None and close_store:
                 await loop.run_in_executor(self._executor, self._store.close)
         finally:
             self._executor.shutdown(wait=True)
