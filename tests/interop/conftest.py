@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from .linphone.peers import PeerError, build_reader
 from .sipp import SippRunner
 
 
@@ -29,7 +30,9 @@ def _load_root_conftest() -> ModuleType:
     return module
 
 
-require_binary: Callable[[str], str] = _load_root_conftest().require_binary
+_ROOT = _load_root_conftest()
+require_binary: Callable[[str], str] = _ROOT.require_binary
+IN_CI: bool = _ROOT.IN_CI
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +57,21 @@ def linphone_daemon_binary() -> str:
 def baresip_binary() -> str:
     """Path of ``baresip`` (Debian package baresip-core), the text/plain-only peer."""
     return require_binary("baresip")
+
+
+@pytest.fixture(scope="session")
+def lpreader_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``linphone/lpreader.c`` compiled against liblinphone-dev (gcc, pkg-config): a liblinphone
+    client that marks messages read, so that liblinphone sends display notifications."""
+    gcc = require_binary("gcc")
+    pkg_config = require_binary("pkg-config")
+    try:
+        return build_reader(tmp_path_factory.mktemp("lpreader"), gcc, pkg_config)
+    except PeerError as exc:
+        message = f"cannot build lpreader (scripts/test installs liblinphone-dev): {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ DateTime is in January (488). sipimdn stamps DateTime with the current time, so 
 the ``not_january`` fixture moves the user agent's wall clock (only its own modules' view of
 ``time.time``) 31 days on; the rest of the year it changes nothing.
 
-Not covered here: liblinphone's own *display* notifications, which only a client that
-marks messages read sends (linphone-daemon never does; it needs a small C driver on
-liblinphone-dev, see README.md).
+liblinphone sends a display notification only when a client marks the chat room read,
+which linphone-daemon never does: the display test runs alice in ``lpreader``
+(linphone/lpreader.c, built against liblinphone-dev), which does.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import pytest
 
 from sipimdn import UserAgent
 from sipimdn.config import ListenEndpoint, UserAgentConfig
-from sipimdn.events import DispositionEvent, DispositionState, NotificationRejected
+from sipimdn.events import DispositionChanged, DispositionEvent, DispositionState, NotificationRejected
 from sipimdn.ua import IncomingMessage
 
-from .linphone.peers import LinphoneDaemon, Registrar
+from .linphone.peers import LinphoneDaemon, LinphoneReader, Registrar
 from .sipp import LOOPBACK, free_port
 
 pytestmark = pytest.mark.interop
@@ -46,7 +46,7 @@ class Topology:
     """Kamailio, liblinphone as alice, and sipimdn's UserAgent as tester, all running."""
 
     registrar: Registrar
-    alice: LinphoneDaemon
+    alice: LinphoneDaemon | LinphoneReader
     ua: UserAgent
     received: list[IncomingMessage] = field(default_factory=list)
     dispositions: list[DispositionEvent] = field(default_factory=list)
@@ -58,6 +58,12 @@ class Topology:
             await asyncio.sleep(0.05)
         assert self.received, self.describe()
         return self.received[0]
+
+    @property
+    def daemon(self) -> LinphoneDaemon:
+        """alice, when run in linphone-daemon."""
+        assert isinstance(self.alice, LinphoneDaemon)
+        return self.alice
 
     def describe(self) -> str:
         return (
@@ -82,21 +88,28 @@ def not_january(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def topology(
     tmp_path: Path, kamailio_binary: str, linphone_daemon_binary: str
-) -> AsyncIterator[Callable[[bool], Awaitable[Topology]]]:
-    """Builds the topology, liblinphone with CPIM on or off; tears everything down by PID."""
+) -> AsyncIterator[Callable[..., Awaitable[Topology]]]:
+    """Builds the topology, liblinphone with CPIM on or off, alice in linphone-daemon or (given
+    ``reader``, the lpreader program) in lpreader; tears everything down by PID."""
     kamailio, daemon = kamailio_binary, linphone_daemon_binary
     registrars: list[Registrar] = []
-    daemons: list[LinphoneDaemon] = []
+    daemons: list[LinphoneDaemon | LinphoneReader] = []
     agents: list[UserAgent] = []
 
-    async def build(cpim: bool) -> Topology:
+    async def build(cpim: bool, reader: Path | None = None) -> Topology:
         ua_port = free_port(("udp",))
         registrar = Registrar(kamailio, tmp_path / "kamailio", ua_user=UA_USER, ua_port=ua_port)
         registrars.append(registrar)
         await asyncio.to_thread(registrar.start)
-        alice = LinphoneDaemon(
-            daemon, tmp_path / "alice", user="alice", registrar_port=registrar.port, cpim=cpim
-        )
+        alice: LinphoneDaemon | LinphoneReader
+        if reader is None:
+            alice = LinphoneDaemon(
+                daemon, tmp_path / "alice", user="alice", registrar_port=registrar.port, cpim=cpim
+            )
+        else:
+            alice = LinphoneReader(
+                reader, tmp_path / "alice", user="alice", registrar_port=registrar.port, cpim=cpim
+            )
         daemons.append(alice)
         await asyncio.to_thread(alice.start)
         config = UserAgentConfig(
@@ -130,26 +143,45 @@ async def topology(
         registrar.stop()
 
 
+async def test_linphone_display_notification_moves_sipimdn_to_displayed(
+    topology: Callable[..., Awaitable[Topology]], lpreader_program: Path
+) -> None:
+    """sipimdn -> liblinphone asking for delivery and display: liblinphone's delivered IMDN,
+    then, once lpreader marks the room read, its display IMDN: the handle reaches displayed."""
+    net = await topology(True, reader=lpreader_program)
+    assert isinstance(net.alice, LinphoneReader)
+    handle = await net.ua.send_message(ALICE, "Please read me", notify={"positive-delivery", "display"})
+    response = await asyncio.wait_for(handle.final_response(), 15)
+    assert response.status_code == 200, net.describe()
+    await handle.await_disposition("displayed", timeout=15)
+    assert handle.reached("displayed"), net.describe()
+    assert net.alice.read_ids() == [handle.message_id], net.describe()
+    changes = [event.state for event in net.dispositions if isinstance(event, DispositionChanged)]
+    # liblinphone sends its delivered IMDN before its 200 OK, so "accepted" may be skipped.
+    in_order = [DispositionState.ACCEPTED, DispositionState.DELIVERED, DispositionState.DISPLAYED]
+    assert changes in (in_order, in_order[1:]), net.describe()
+
+
 async def test_linphone_cpim_message_gets_sipimdn_delivered_then_displayed(
-    topology: Callable[[bool], Awaitable[Topology]],
+    topology: Callable[..., Awaitable[Topology]],
 ) -> None:
     """liblinphone -> sipimdn: CPIM asking for delivery and display; liblinphone accepts
     sipimdn's delivered IMDN (DeliveredToUser), then its displayed IMDN (Displayed)."""
     net = await topology(True)
-    message_id = await asyncio.to_thread(net.alice.send_message, UA_AOR, "Hello sipimdn")
+    message_id = await asyncio.to_thread(net.daemon.send_message, UA_AOR, "Hello sipimdn")
     message = await net.next_message()
     assert message.text.strip() == "Hello sipimdn", net.describe()
     assert message.message_id == message_id
     assert {"positive-delivery", "display"} <= set(message.notify), net.describe()
-    state = await asyncio.to_thread(net.alice.wait_message_state, message_id, "DeliveredToUser", 10.0)
+    state = await asyncio.to_thread(net.daemon.wait_message_state, message_id, "DeliveredToUser", 10.0)
     assert state == "DeliveredToUser", net.describe()
     await message.mark_displayed()
-    state = await asyncio.to_thread(net.alice.wait_message_state, message_id, "Displayed", 10.0)
+    state = await asyncio.to_thread(net.daemon.wait_message_state, message_id, "Displayed", 10.0)
     assert state == "Displayed", net.describe()
 
 
 async def test_sipimdn_message_reaches_delivered_through_linphone_imdn(
-    topology: Callable[[bool], Awaitable[Topology]],
+    topology: Callable[..., Awaitable[Topology]],
 ) -> None:
     """sipimdn -> liblinphone: liblinphone's deflated, loosely formed delivered IMDN (which it
     sends before its 200 OK) moves the handle to delivered."""
@@ -159,7 +191,7 @@ async def test_sipimdn_message_reaches_delivered_through_linphone_imdn(
     assert response.status_code == 200, net.describe()
     await handle.await_disposition("delivered", timeout=10)
     assert handle.reached("delivered"), net.describe()
-    received = net.alice.received_messages()
+    received = await asyncio.to_thread(net.daemon.wait_received, 1, 5.0)
     assert [event.get("Content") for event in received] == ['"Hello liblinphone"'], net.describe()
     assert received[0].get("Id") == handle.message_id
     # What sipimdn had to take: liblinphone logs the IMDN it sent, deflated.
@@ -167,7 +199,7 @@ async def test_sipimdn_message_reaches_delivered_through_linphone_imdn(
 
 
 async def test_plain_text_both_ways_with_linphone_cpim_off(
-    topology: Callable[[bool], Awaitable[Topology]],
+    topology: Callable[..., Awaitable[Topology]],
 ) -> None:
     """liblinphone with CPIM off: text/plain both ways. Its unsolicited delivered IMDN for
     our plain message is keyed by our Call-ID, which is no message id of ours: it must be
@@ -185,9 +217,10 @@ async def test_plain_text_both_ways_with_linphone_cpim_off(
     assert rejected, net.describe()
     assert rejected[0].message_id != handle.message_id
     assert handle.state is DispositionState.ACCEPTED, net.describe()
-    assert [event.get("Content") for event in net.alice.received_messages()] == ['"plain hello"']
+    received = await asyncio.to_thread(net.daemon.wait_received, 1, 5.0)
+    assert [event.get("Content") for event in received] == ['"plain hello"'], net.describe()
 
-    await asyncio.to_thread(net.alice.send_message, UA_AOR, "plain from liblinphone")
+    await asyncio.to_thread(net.daemon.send_message, UA_AOR, "plain from liblinphone")
     message = await net.next_message()
     assert message.content_type.startswith("text/plain"), net.describe()
     assert message.text.strip() == "plain from liblinphone"

@@ -288,6 +288,16 @@ class LinphoneDaemon:
             events.append(fields)
         return events
 
+    def wait_received(self, count: int, timeout: float) -> list[dict[str, str]]:
+        """Wait (bounded) until ``count`` messages were printed (the daemon prints its event
+        after answering, so it can come after the 200); return those seen."""
+        deadline = time.monotonic() + timeout
+        received = self.received_messages()
+        while len(received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            received = self.received_messages()
+        return received
+
     def message_state(self, message_id: str) -> str | None:
         """The state liblinphone recorded for one of its messages, read from its database.
 
@@ -336,6 +346,120 @@ class LinphoneDaemon:
             if process.stdin is not None:
                 with contextlib.suppress(OSError):
                     process.stdin.close()
+            self.process = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+def build_reader(workdir: Path, gcc: str, pkg_config: str) -> Path:
+    """Compile ``lpreader.c`` against Debian's liblinphone-dev; return the program's path."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    flags = subprocess.run(
+        [pkg_config, "--cflags", "--libs", "linphone"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if flags.returncode != 0:
+        raise PeerError(f"pkg-config linphone failed (is liblinphone-dev installed?)\n{flags.stderr}")
+    program = workdir / "lpreader"
+    # Debian's linphone.pc lists the libraries liblinphone needs but not liblinphone itself.
+    build = subprocess.run(
+        [gcc, "-Wall", "-Wextra", "-O1", "-o", str(program), str(HERE / "lpreader.c"), *flags.stdout.split(),
+         "-llinphone"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if build.returncode != 0:
+        raise PeerError(f"building lpreader failed\n{build.stderr[-3000:]}")
+    return program
+
+
+@dataclass
+class LinphoneReader:
+    """liblinphone through ``lpreader``: an account that marks each message read after a delay.
+
+    Same config as :class:`LinphoneDaemon`; it is what makes liblinphone send display IMDNs.
+    """
+
+    program: Path
+    home: Path
+    user: str
+    registrar_port: int
+    read_delay_ms: int = 300
+    run_seconds: int = 60
+    cpim: bool = True
+    sip_port: int = field(default_factory=lambda: free_port(("udp",)))
+    process: subprocess.Popen[bytes] | None = None
+    _out: IO[bytes] | None = None
+
+    @property
+    def output_path(self) -> Path:
+        return self.home / "lpreader.out"
+
+    def output(self) -> str:
+        try:
+            return self.output_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_text(self) -> str:
+        """lpreader writes liblinphone's log to its stdout too (the config sets no log file)."""
+        return self.output()
+
+    def describe(self) -> str:
+        return f"lpreader {self.user} output:\n{self.output()[-5000:]}"
+
+    def start(self, register_timeout: float = 15.0) -> None:
+        """Start it (HOME in its scratch directory) and wait for RegistrationOk."""
+        config = render_linphonerc(
+            self.home,
+            user=self.user,
+            sip_port=self.sip_port,
+            registrar_port=self.registrar_port,
+            cpim=self.cpim,
+        )
+        self._out = self.output_path.open("wb")
+        self.process = subprocess.Popen(
+            [str(self.program), str(config), str(self.read_delay_ms), str(self.run_seconds)],
+            stdin=subprocess.PIPE,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=self.home,
+            env=dict(os.environ, HOME=str(self.home)),
+        )
+        deadline = time.monotonic() + register_timeout
+        while time.monotonic() < deadline:
+            if "registration LinphoneRegistrationOk" in self.output():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise PeerError(f"lpreader did not register within {register_timeout} s\n{self.describe()}")
+
+    def read_ids(self) -> list[str]:
+        """The Message-IDs of the messages it has marked read (display IMDN sent)."""
+        return [line.split()[1] for line in self.output().splitlines() if line.startswith("read ")]
+
+    def stop(self) -> None:
+        """Close its stdin (it un-registers and exits), then SIGTERM / SIGKILL by PID if needed."""
+        process = self.process
+        if process is not None:
+            if process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGKILL)
+                    process.wait(timeout=5)
             self.process = None
         if self._out is not None:
             self._out.close()
