@@ -34,7 +34,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 from load import kamailio_ref, report, scenarios, sipp_load  # noqa: E402
-from load.common import LOAD_CPU, SERVER_CPU, cpu_count, python_command, uvloop_available  # noqa: E402
+from load.common import SERVER_CPU, priority_note, python_command, uvloop_available  # noqa: E402
 
 FULL = scenarios.Plan(
     rates=(1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000, 48000, 64000),
@@ -306,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     runner.results["meta"] = report.machine_info(
         argv if argv is not None else sys.argv[1:], runner.sipp, runner.kamailio, quick=args.quick
     )
-    runner.results["meta"]["pinning"] = (
-        f"responders on CPU {SERVER_CPU}, load generators on CPU {LOAD_CPU} (taskset)"
-        if cpu_count() >= 2 and shutil.which("taskset")
-        else "no pinning (fewer than 2 CPUs or no taskset)"
-    )
+    runner.results["meta"]["pinning"] = priority_note()
     runner.results["plan"] = plan.__dict__
     parts: list[tuple[str, Callable[[], Any], bool]] = [
         ("micro", runner.micro, True),

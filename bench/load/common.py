@@ -36,11 +36,30 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
 
+#: Scheduling priority of everything the benchmark starts, when we may raise it (root): the
+#: machine may be shared, and both the references and sipimdn get the same boost.
+NICE = -10
+
+
 def pinned(command: list[str], cpu: str) -> list[str]:
-    """``command`` run under ``taskset -c cpu`` when taskset exists and there are 2+ cores."""
+    """``command`` under ``taskset -c cpu`` (2+ cores and taskset present) and ``nice -n NICE`` (root)."""
     if cpu_count() >= 2 and shutil.which("taskset"):
-        return ["taskset", "-c", cpu, *command]
+        command = ["taskset", "-c", cpu, *command]
+    if os.geteuid() == 0 and shutil.which("nice"):
+        command = ["nice", "-n", str(NICE), *command]
     return command
+
+
+def priority_note() -> str:
+    """How the processes were scheduled, for the report."""
+    parts = []
+    if cpu_count() >= 2 and shutil.which("taskset"):
+        parts.append(f"responders on CPU {SERVER_CPU}, load generators on CPU {LOAD_CPU} (taskset)")
+    else:
+        parts.append("no CPU pinning (fewer than 2 CPUs or no taskset)")
+    if os.geteuid() == 0 and shutil.which("nice"):
+        parts.append(f"all at nice {NICE}")
+    return "; ".join(parts)
 
 
 def free_port(kinds: tuple[int, ...] = (socket.SOCK_DGRAM, socket.SOCK_STREAM)) -> int:
@@ -123,6 +142,19 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         """CPU of the whole process group (the server and any workers it forked)."""
         return group_cpu_seconds(self.process.pid)
+
+    def wait_idle(self, limit: float = 15.0, interval: float = 0.25) -> float:
+        """Wait until the responder uses under 5 % of a CPU (a backlog from an overloaded step
+        drained); returns the seconds waited (``limit`` at most)."""
+        started = time.monotonic()
+        last = self.cpu_seconds()
+        while time.monotonic() - started < limit:
+            time.sleep(interval)
+            now = self.cpu_seconds()
+            if now - last < 0.05 * interval:
+                break
+            last = now
+        return time.monotonic() - started
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM by PID (the group), wait, SIGKILL if needed; the ``STATS {json}`` it printed."""

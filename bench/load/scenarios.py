@@ -112,6 +112,7 @@ def sweep(  # noqa: PLR0917
     """Stepped offered rates until the first unsustained step."""
 
     def step(rate: int) -> sipp_load.Step:
+        server.wait_idle()
         return sipp_load.run_uac(
             sipp,
             scenario,
@@ -127,8 +128,12 @@ def sweep(  # noqa: PLR0917
     return [s.as_dict() for s in sipp_load.sweep(rates, step)]
 
 
-def latency(server: ServerProcess, transport: str, rate: int, seconds: float) -> dict[str, Any]:
+def latency(
+    server: ServerProcess, transport: str, rate: int, seconds: float, *, settle: bool = True
+) -> dict[str, Any]:
     """Our own client at a fixed rate; the responder's CPU per answered message beside it."""
+    if settle:
+        server.wait_idle()
     before = server.cpu_seconds()
     command = pinned(
         python_command(BENCH_DIR / "load" / "latency_client.py", transport, LOOPBACK,
@@ -153,7 +158,7 @@ def sustained(sipp: str, server: ServerProcess, rate: int, seconds: float, log_d
     holder: dict[str, Any] = {}
 
     def client() -> None:
-        holder["latency"] = latency(server, "udp", client_rate, seconds)
+        holder["latency"] = latency(server, "udp", client_rate, seconds, settle=False)
 
     thread = threading.Thread(target=client)
     thread.start()
