@@ -156,3 +156,19 @@ async def test_recipient_refusal_comes_back_as_failed() -> None:
         sent = await alice.send_message(carol.aor, "let me in", notify=["negative-delivery", "processing"])
         assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
         assert await sent.await_disposition(DispositionState.FAILED, timeout=5) is DispositionState.FAILED
+
+
+async def test_no_loop_through_ourselves() -> None:
+    async with setup() as (server, peer, seen):
+        _, (host, port) = server.endpoints[0]
+        ours = f"sip:someone@{host}:{port}"
+        assert (await send(peer, server, ours)).status_code == 202
+        # A binding pointing back at us is no way out either.
+        register = build_request("REGISTER", server.uri, f"<sip:loop@{DOMAIN}>", f"<sip:loop@{DOMAIN}>")
+        register.headers.add("Contact", f"<sip:loop@{host}:{port}>")
+        assert (await peer.stack.send_request(register)).status_code == 200
+        assert (await send(peer, server, f"sip:loop@{DOMAIN}")).status_code == 202
+        await asyncio.sleep(0.2)
+        held = {m.target for m in server.forwarder.held()}
+        assert held == {ours, f"sip:loop@{DOMAIN}"}  # held, not bounced between us and us
+        assert len(seen.routed("held")) == 2

@@ -189,3 +189,22 @@ async def test_restart_between_store_and_forward_loses_nothing(tmp_path: Path) -
             assert not second.forwarder.held()
         # Only one processing notification ever (IMDN-66), even across the restart.
         assert len(accepted(alice_events, "processing")) == 1
+
+
+async def test_held_messages_arrive_in_order_after_registration() -> None:
+    async with (
+        Intermediary(server_config()) as server,
+        UserAgent(ua_config("alice", outbound_proxy=server.uri)) as alice,
+        UserAgent(ua_config("bob", aor=BOB)) as bob,
+    ):
+        inbox = Inbox()
+        bob.on_message(inbox)
+        texts = [f"message {n}" for n in range(5)]
+        for text in texts:
+            sent = await alice.send_message(BOB, text)
+            assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
+        await until(lambda: len(server.forwarder.held()) == 5)
+        await register(BOB, bob.contact_uri(), server.uri)
+        await until(lambda: len(inbox.messages) == 5)
+        # One transaction at a time per destination (RFC 3428 §8), in the order taken.
+        assert [m.body.decode() for m in inbox.messages] == texts

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +161,7 @@ class Intermediary:
         self._observers: list[Callable[[object], None]] = []
         self._copy_sources: dict[str, tuple[cpim.CpimMessage, ImdnHeaders, NameAddr, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._gates = _Gates()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closed = False
@@ -346,21 +348,29 @@ class Intermediary:
     # -- forwarding --------------------------------------------------------------------------
 
     def _is_us(self, uri: Uri | str) -> bool:
+        """Is ``uri`` this service itself (our URI, or a bare host:port we listen on)?"""
         parsed = uri if isinstance(uri, Uri) else Uri.parse(uri)
         if identity_key(str(parsed), compare_ports=True) == identity_key(self.uri, compare_ports=True):
             return True
-        if parsed.user is not None:
-            return False
-        port = parsed.port or 5060
-        return any(host == parsed.host and bound == port for _, (host, bound) in self.endpoints)
+        return parsed.user is None and self._is_our_address(parsed)
+
+    def _is_our_address(self, uri: Uri) -> bool:
+        """Does ``uri`` point at a host:port we listen on (whatever its user part)?"""
+        port = uri.port or (5061 if uri.secure else 5060)
+        return any(host == uri.host and bound == port for _, (host, bound) in self.endpoints)
 
     def _locate(self, target: str) -> str | None:
-        """Where ``target`` is reachable now: its newest binding, itself, or None (held)."""
-        contacts = self.registrar.lookup(target, time.time())
-        if contacts:
-            return contacts[0]
+        """Where ``target`` is reachable now: its newest binding, itself, or None (held).
+
+        Users of our domains and of our own address are only reachable through a
+        binding; a binding or target pointing back at us is no way out (it would
+        loop until Max-Forwards ran out).
+        """
+        for contact in self.registrar.lookup(target, time.time()):
+            if not self._is_our_address(Uri.parse(contact)):
+                return contact
         uri = Uri.parse(target)
-        if uri.host.lower() in self._domains or self._is_us(uri):
+        if uri.host.lower() in self._domains or self._is_our_address(uri):
             return None
         return target
 
@@ -383,7 +393,10 @@ class Intermediary:
                     body=message.body,
                     content_type=message.content_type,
                 )
-                response = await self._require_stack().send_request(request)
+                # One MESSAGE transaction at a time per destination, in order (RFC 3428 §8):
+                # held messages released by one REGISTER arrive in the order we took them.
+                async with self._gates.turn(identity_key(contact, compare_ports=True) or contact):
+                    response = await self._require_stack().send_request(request)
                 status = response.status_code
             except (TransactionTimeout, TransportError) as exc:
                 _log.info("attempt %d for %s failed: %s", message.attempts, message.target, exc)
@@ -694,6 +707,27 @@ class Intermediary:
             del self._copy_sources[fanout.id]
         incoming.respond(202)
         return "list"
+
+
+class _Gates:
+    """FIFO locks per destination key, forgotten when nobody holds or awaits them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 def _decode(
