@@ -7,6 +7,7 @@ Shapes (scripts and tests rely on them)::
     sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
                  --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
                  [--transport udp|tcp|tls] [--json]
+    (both also take --proxy URI, --username/--password, --cert/--key/--ca, --store PATH)
     sipimdn demo [--json] [--text TEXT]
 
 With ``--json`` every printed event is one JSON object on one line, with an
@@ -14,6 +15,12 @@ With ``--json`` every printed event is one JSON object on one line, with an
 and every requested positive notification (``delivered`` for
 positive-delivery, ``displayed`` for display) arrived within ``--wait``
 seconds; otherwise 1. Usage errors exit 2.
+
+JSON events: ``listening``, ``message``, ``stopped`` (listen); ``sent``,
+``response``, ``timeout``, ``failed``, ``outcome``, ``done`` (send, demo);
+``demo``; and the library events by name: ``disposition-changed``,
+``notification-accepted``, ``notification-rejected``, ``tracking-ended``,
+``notification-sent``, ``notification-abandoned``, ``notifications-declined``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from .auth import Credentials
 from .config import ListenEndpoint, UserAgentConfig
 from .errors import SipParseError
 from .events import (
@@ -202,6 +210,9 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
     parser.add_argument("--cert", default=None, help="PEM certificate chain for TLS listening")
     parser.add_argument("--key", default=None, help="PEM private key for --cert")
     parser.add_argument("--ca", default=None, help="PEM CA bundle to verify TLS peers")
+    parser.add_argument("--proxy", default=None, help="outbound proxy URI: every request goes through it")
+    parser.add_argument("--username", default=None, help="digest user name for 401/407 challenges")
+    parser.add_argument("--password", default=None, help="digest password (any realm)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event and line")
 
 
@@ -229,8 +240,13 @@ def _reachable_aor(aor: str, listen: Sequence[ListenEndpoint]) -> str:
 def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> UserAgentConfig:
     listen = tuple(args.listen) if args.listen else (ListenEndpoint.parse(default_listen),)
     server, client = _tls_contexts(args)
+    credentials: tuple[Credentials, ...] = ()
+    if args.username is not None:
+        credentials = (Credentials(args.username, args.password or ""),)
     return UserAgentConfig(
         aor=_reachable_aor(args.aor, listen),
+        outbound_proxy=args.proxy,
+        credentials=credentials,
         display_name=args.display_name,
         listen=listen,
         store_path=args.store,

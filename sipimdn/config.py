@@ -15,6 +15,8 @@ import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .auth import Credentials
+
 __all__ = [
     "DEFAULT_PORTS",
     "DisplayPrivacy",
@@ -136,6 +138,9 @@ class UserAgentConfig:
     udp_implies_tcp: bool = True
     #: Outbound proxy URI (``"sip:proxy.example.com;lr"``): every request goes there.
     outbound_proxy: str | None = None
+    #: Digest credentials (RFC 3261 §22) answering 401/407 on what we send;
+    #: one per realm, or one with ``realm=None`` for any realm.
+    credentials: tuple[Credentials, ...] = ()
     #: Server-side TLS context, required when a TLS endpoint is listened on.
     tls_server_context: ssl.SSLContext | None = None
     #: Client-side TLS context for connections we open.

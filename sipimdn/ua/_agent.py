@@ -29,8 +29,10 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from ..auth import Authenticator, challenge_header_for
 from ..config import ListenEndpoint, UserAgentConfig
 from ..errors import (
+    AuthenticationFailed,
     CpimError,
     ImdnError,
     LocalProtocolError,
@@ -128,6 +130,7 @@ class UserAgent:
         # so they are remembered here by transaction identity.
         self._dedup = DuplicateCache(config.dedup_capacity, config.dedup_ttl)
         self._writer = StoreWriter()
+        self._auth = Authenticator(config.credentials) if config.credentials else None
         self._tracker: DispositionTracker | None = None
         self._stack: _wire.Stack | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -698,10 +701,35 @@ class UserAgent:
         handle._set_response(response)
 
     async def _transact(self, key: Uri, request: Request, to: str, transport: str | None = None) -> Response:
-        """One MESSAGE transaction, never two at once to the same URI (RFC 3428 §8)."""
+        """One MESSAGE, never two transactions at once to the same URI (RFC 3428 §8).
+
+        With credentials configured, a 401/407 is answered (RFC 3261 §22.2):
+        the retry is a new transaction in the same turn, since the challenged
+        one has completed.
+        """
         stack = self._require_stack()
+        target = _wire.target_for(self.config, to, transport)
+        attempt = None
+        if self._auth is not None:
+            attempt = self._auth.start(request.method, str(request.uri), request.body)
+            request = _wire.with_authorization(request, attempt.headers, next_cseq=False)
         async with self._queue.turn(key):
-            return await stack.send_request(request, target=_wire.target_for(self.config, to, transport))
+            while True:
+                response = await stack.send_request(request, target=target)
+                if attempt is None:
+                    return response
+                if response.status_code in (401, 407):
+                    values = response.headers.get_all(challenge_header_for(response.status_code))
+                    try:
+                        headers = attempt.handle_challenge(response.status_code, values)
+                    except AuthenticationFailed as exc:
+                        _log.warning("%s to %s: %s", request.method, request.uri, exc)
+                        return response
+                    request = _wire.with_authorization(request, headers, next_cseq=True)
+                    continue
+                if 200 <= response.status_code < 300:
+                    attempt.handle_success(response.headers.get("Authentication-Info"))
+                return response
 
 
 def _log_late_handler(task: asyncio.Task[Any]) -> None:

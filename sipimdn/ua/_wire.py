@@ -434,3 +434,22 @@ def target_for(config: UserAgentConfig, to: str, transport: str | None) -> Targe
     port = uri.port or kind.default_port
     server_name = base.server_name if kind is Transport.TLS else None
     return Target(kind, base.host, port, server_name)
+
+
+def with_authorization(request: Request, headers: Sequence[tuple[str, str]], *, next_cseq: bool) -> Request:
+    """``request`` carrying ``headers`` instead of its Authorization/Proxy-Authorization.
+
+    For a retry after 401/407 (``next_cseq``): same Call-ID, From tag, To,
+    Request-URI and body, CSeq plus one (RFC 3261 §8.1.3.5, §22.2); the stack
+    writes a new Via branch, making it a new transaction.
+    """
+    if not headers and not next_cseq:
+        return request
+    rows = request.headers.copy()
+    rows.remove("Authorization")
+    rows.remove("Proxy-Authorization")
+    for name, value in headers:
+        rows.add(name, value)
+    if next_cseq:
+        rows.set("CSeq", f"{request.cseq.number + 1} {request.method}")
+    return Request(request.method, request.uri, rows, request.body)
