@@ -298,18 +298,19 @@ def parse_message(data: bytes, limits: Limits | None = None) -> Request | Respon
     """
     if limits is None:
         limits = DEFAULT_LIMITS
-    if len(data) > limits.max_message:
+    size = len(data)
+    if size > limits.max_message:
         raise _error(f"message longer than {limits.max_message} bytes", 513)
     start = 0
-    if data[:1] in (b"\r", b"\n"):
-        stripped = data.lstrip(b"\r\n")
-        start = len(data) - len(stripped)
-    if start >= len(data):
-        raise _error("empty message")
-    found = _find_head_end(data, start, start)
-    if found is not None:
-        head = data[start : found[0]]
-        body_start = found[1]
+    if data[:1] in b"\r\n":
+        start = size - len(data.lstrip(b"\r\n"))
+        if start >= size:
+            raise _error("empty message")
+    m = _HEAD_END_RE.search(data, start)
+    if m is not None:
+        first = m.start()
+        head = data[start : first - 1 if first > start and data[first - 1] == 0x0D else first]
+        body_start = m.end()
     elif data[-1:] == b"\n":
         # No empty line, but the last header line is complete: a bodiless
         # datagram whose sender dropped the final CRLF.
@@ -323,12 +324,14 @@ def parse_message(data: bytes, limits: Limits | None = None) -> Request | Respon
     else:
         if length > limits.max_body:
             raise _error(f"body of {length} bytes exceeds {limits.max_body}", 413)
-        if len(data) - body_start < length:
-            raise _error(f"body shorter than Content-Length ({len(data) - body_start} < {length})")
+        if size - body_start < length:
+            raise _error(f"body shorter than Content-Length ({size - body_start} < {length})")
         body = data[body_start : body_start + length]
     if len(body) > limits.max_body:
         raise _error(f"body of {len(body)} bytes exceeds {limits.max_body}", 413)
-    return _build(start_line, headers, body)
+    if len(start_line) == 3:
+        return Request._parsed(start_line[0], start_line[1], start_line[2], headers, body)
+    return Response._parsed(start_line[0], start_line[1], headers, body)
 
 
 class StreamFramer:
