@@ -148,7 +148,7 @@ def _outgoing(notify: frozenset[str] = frozenset({"positive-delivery"})) -> _wir
 
 
 def test_build_im_request_cpim_and_its_text_plain_retry() -> None:
-    request = _wire.build_im_request(_Me(), _outgoing(), cpim=True)
+    request = _wire.build_im_request(_Me(), _outgoing(), use_cpim=True)
     wire = parse_message(request.to_bytes())
     assert isinstance(wire, Request)
     assert wire.method == "MESSAGE"
@@ -161,7 +161,7 @@ def test_build_im_request_cpim_and_its_text_plain_retry() -> None:
     assert headers.message_id == "abc123"
     assert {str(r) for r in headers.requested} == {"positive-delivery"}
     assert envelope.body == "héllo".encode()
-    retry = _wire.build_im_request(_Me(), _outgoing(), cpim=False, previous=request)
+    retry = _wire.build_im_request(_Me(), _outgoing(), use_cpim=False, previous=request)
     assert retry.content_type is not None and retry.content_type.mime == "text/plain"
     assert retry.call_id == request.call_id
     assert retry.from_.tag == request.from_.tag
@@ -171,7 +171,7 @@ def test_build_im_request_cpim_and_its_text_plain_retry() -> None:
 
 def test_outbound_proxy_becomes_a_loose_route() -> None:
     config = UserAgentConfig(aor="sip:bob@127.0.0.1", outbound_proxy="sip:127.0.0.1:5065")
-    request = _wire.build_im_request(_Me(config), _outgoing(), cpim=True)
+    request = _wire.build_im_request(_Me(config), _outgoing(), use_cpim=True)
     assert [str(r.uri) for r in request.route] == ["sip:127.0.0.1:5065;lr"]
     assert str(request.uri) == "sip:alice@127.0.0.1:5060"
 

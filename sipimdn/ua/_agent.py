@@ -676,7 +676,7 @@ class UserAgent:
     async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, use_cpim: bool) -> None:
         tracker = self._require_tracker()
         try:
-            request = _wire.build_im_request(self, outgoing, cpim=use_cpim)
+            request = _wire.build_im_request(self, outgoing, use_cpim=use_cpim)
             response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)
             if (
                 response.status_code == 415
@@ -688,7 +688,7 @@ class UserAgent:
                 tracker.set_peer_flag(outgoing.to, PEER_NO_CPIM, True, time.time())
                 handle._set_notify(frozenset())
                 self._pump()
-                request = _wire.build_im_request(self, outgoing, cpim=False, previous=request)
+                request = _wire.build_im_request(self, outgoing, use_cpim=False, previous=request)
                 response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)
         except (TransactionTimeout, TransportError) as exc:
             if not self._closed:

@@ -264,13 +264,15 @@ def _our_address(ua: _Sender) -> cpim.CpimAddress:
     return cpim.CpimAddress(uri=ua.aor, display_name=ua.config.display_name)
 
 
-def build_im_request(ua: _Sender, out: Outgoing, *, cpim: bool, previous: Request | None = None) -> Request:
+def build_im_request(
+    ua: _Sender, out: Outgoing, *, use_cpim: bool, previous: Request | None = None
+) -> Request:
     """The MESSAGE carrying ``out``: CPIM-wrapped with IMDN headers, or plain.
 
     ``previous`` is the request this one retries (after a 415): RFC 3261
     §8.1.3.5 keeps its Call-ID, From tag and To, with CSeq plus one.
     """
-    if cpim:
+    if use_cpim:
         envelope = build_im(
             from_=_our_address(ua),
             to=out.to,
@@ -282,17 +284,12 @@ def build_im_request(ua: _Sender, out: Outgoing, *, cpim: bool, previous: Reques
             subject=out.subject,
         )
         return _message_request(
-            ua, out.to, out.to, content_type=cpim_content_type(), body=envelope.to_bytes(), previous=previous
+            ua, out.to, out.to, content_type=cpim.CONTENT_TYPE, body=envelope.to_bytes(), previous=previous
         )
     extra = [("Subject", out.subject)] if out.subject else []
     return _message_request(
         ua, out.to, out.to, content_type=out.content_type, body=out.body, extra=extra, previous=previous
     )
-
-
-def cpim_content_type() -> str:
-    """The SIP Content-Type of a CPIM body."""
-    return cpim.CONTENT_TYPE
 
 
 def build_imdn_request(ua: _Sender, owed: OwedNotification) -> Request:
