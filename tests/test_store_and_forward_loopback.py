@@ -198,7 +198,17 @@ async def test_held_messages_arrive_in_order_after_registration() -> None:
         UserAgent(ua_config("bob", aor=BOB)) as bob,
     ):
         inbox = Inbox()
+        busy = {"now": 0, "most": 0}
+
+        async def slow(message: IncomingMessage) -> None:
+            # Answer only after a while: a second MESSAGE arriving meanwhile would overlap.
+            busy["now"] += 1
+            busy["most"] = max(busy["most"], busy["now"])
+            await asyncio.sleep(0.05)
+            busy["now"] -= 1
+
         bob.on_message(inbox)
+        bob.on_message(slow)
         texts = [f"message {n}" for n in range(5)]
         for text in texts:
             sent = await alice.send_message(BOB, text)
@@ -208,3 +218,4 @@ async def test_held_messages_arrive_in_order_after_registration() -> None:
         await until(lambda: len(inbox.messages) == 5)
         # One transaction at a time per destination (RFC 3428 §8), in the order taken.
         assert [m.body.decode() for m in inbox.messages] == texts
+        assert busy["most"] == 1
