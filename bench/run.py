@@ -49,7 +49,7 @@ FULL = scenarios.Plan(
     tracker_count=100_000,
     store_count=1_000_000,
     micro_seconds=2.0,
-    profile_rate=2000,
+    profile_rate=250,
     profile_seconds=8.0,
 )
 
@@ -107,6 +107,9 @@ class Runner:
         if self.kamailio:
             found.append(scenarios.kamailio(self.kamailio))
         found += [scenarios.sipimdn("stack", False), scenarios.sipimdn("ua", False)]
+        if not self.args.quick:
+            # The same UA with MemoryStore instead of the SQLite write-behind: what persistence costs.
+            found.append(scenarios.sipimdn("ua", False, ("--store", "memory"), suffix="-memstore"))
         if self.uvloop:
             found.append(scenarios.sipimdn("ua", True))
         return found

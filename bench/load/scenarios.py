@@ -71,10 +71,10 @@ def floor(uvloop: bool) -> Responder:
     )
 
 
-def sipimdn(mode: str, uvloop: bool, extra: tuple[str, ...] = ()) -> Responder:
+def sipimdn(mode: str, uvloop: bool, extra: tuple[str, ...] = (), suffix: str = "") -> Responder:
     args = [mode, *(["--uvloop"] if uvloop else []), *extra]
     return Responder(
-        name=f"sipimdn-{mode}" + ("+uvloop" if uvloop else ""),
+        name=f"sipimdn-{mode}{suffix}" + ("+uvloop" if uvloop else ""),
         kind="sipimdn",
         loop="uvloop" if uvloop else "asyncio",
         start=lambda d: start_server(

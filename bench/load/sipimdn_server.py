@@ -27,6 +27,7 @@ from typing import Any
 from sipimdn import ListenEndpoint, UserAgent, UserAgentConfig
 from sipimdn.events import NotificationSent
 from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.store import MemoryStore
 from sipimdn.transport.base import ListenSpec
 from sipimdn.transport.flow import Transport
 
@@ -73,7 +74,10 @@ async def run_ua(args: argparse.Namespace, stop: asyncio.Event) -> None:
         tls_server_context=tls,
         # The default 2 s deadline never fires with a handler that returns at once.
     )
-    async with UserAgent(config) as ua:
+    # The default store is SQLite (":memory:" here), written behind by a worker thread;
+    # --store memory swaps in MemoryStore to show what those writes cost.
+    store = MemoryStore() if args.store == "memory" else None
+    async with UserAgent(config, store=store) as ua:
 
         @ua.on_message
         async def nothing(message: object) -> None:
@@ -117,6 +121,7 @@ def cli() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
+    parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
     parser.add_argument("--profile", help="write cProfile statistics of the whole run to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
