@@ -222,7 +222,7 @@ def test_restart_from_store_resumes_and_expires() -> None:
 _OUTCOMES = st.one_of(st.none(), st.sampled_from([200, 202, 404, 408, 480, 486, 500, 503, 603]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(
         st.tuples(st.sampled_from(["outcome", "timer", "reachable"]), _OUTCOMES, st.floats(0, 50)),
@@ -254,3 +254,48 @@ def test_any_sequence_keeps_the_rfc_promises(steps: list[tuple[str, int | None, 
     ends = [e for e in events if isinstance(e, MessageForwarded | MessageFailed)]
     assert len(ends) <= 1
     assert (core.get(key) is None) == bool(ends)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["park", "outcome", "timer", "reachable"]),
+            st.integers(0, 3),
+            _OUTCOMES,
+            st.floats(0, 30),
+        ),
+        max_size=40,
+    )
+)
+def test_many_messages_timer_matches_a_brute_force_model(
+    steps: list[tuple[str, int, int | None, float]],
+) -> None:
+    """The O(log n) timer and per-recipient index agree with a scan of everything held."""
+    core = StoreAndForward(ForwardConfig(retry_base=3, retry_cap=10, expiry=60))
+    targets = [f"sip:user{n}@sipimdn.test" for n in range(2)]
+    keys: list[str] = []
+    in_flight: set[str] = set()
+    now = 0.0
+    for action, index, status, dt in steps:
+        now += dt
+        if action == "park":
+            keys.append(park(core, now=now, target=targets[index % 2]))
+        elif action == "outcome" and keys:
+            key = keys[index % len(keys)]
+            core.forward_outcome(key, status, now)
+            in_flight.discard(key)
+        elif action == "timer":
+            core.handle_timer(now)
+        elif action == "reachable":
+            core.recipient_reachable(targets[index % 2], now)
+        for event in drain(core):
+            if isinstance(event, ForwardDue):
+                in_flight.add(event.message.key)
+            elif isinstance(event, MessageForwarded | MessageFailed):
+                in_flight.discard(event.message.key)
+        expected = [min(m.next_attempt_at, m.expires_at) for m in core.held() if m.key not in in_flight]
+        assert core.get_timer() == (min(expected) if expected else None)
+        # Nothing that is due is left waiting after a timer call at that time.
+        if action == "timer":
+            assert all(at > now for at in expected)

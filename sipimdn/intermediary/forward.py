@@ -41,6 +41,8 @@ whole-record :class:`~sipimdn.intermediary.store.PutParked` or a
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 from collections import deque
 from collections.abc import Iterable
@@ -175,12 +177,19 @@ class StoreAndForward:
         self.config = config or ForwardConfig()
         self._held: dict[str, ParkedMessage] = {}
         self._in_flight: set[str] = set()
+        # Timers: when each held message not in flight is next due (attempt or expiry), and a
+        # heap of (time, seq, key) with lazy deletion, so every input costs O(log n).
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        # Held messages per recipient identity, in arrival order (dict as ordered set).
+        self._by_target: dict[str, dict[str, None]] = {}
         self._events: deque[ForwardEvent] = deque()
         self._writes: list[ParkedOp] = []
-        for record in parked:
+        for record in sorted(parked, key=lambda r: r.received_at):
             # Whatever was in flight when we stopped is due again; the recipient dedups
             # on the CPIM Message-ID, so a second copy is harmless.
-            self._held[record.key] = record
+            self._hold(record)
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -195,21 +204,22 @@ class StoreAndForward:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
-        pending = [
-            min(record.next_attempt_at, record.expires_at)
-            for key, record in self._held.items()
-            if key not in self._in_flight
-        ]
-        return min(pending) if pending else None
+        heap = self._heap
+        while heap and self._due.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: rescheduled, in flight or gone
+        return heap[0][0] if heap else None
 
     def handle_timer(self, now: float) -> None:
         """Expire what is too old and hand out the attempts that are due."""
-        for key, record in list(self._held.items()):
-            if key in self._in_flight:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, key = heapq.heappop(heap)
+            if self._due.get(key) != at:
                 continue
+            record = self._held[key]
             if now >= record.expires_at:
                 self._fail(record, None, expired=True)
-            elif now >= record.next_attempt_at:
+            else:
                 self._start(record)
 
     # --- inputs ----------------------------------------------------------------------------
@@ -272,8 +282,8 @@ class StoreAndForward:
         record = self._held.get(key)
         if record is None or key not in self._in_flight:
             return
+        outcome = _classify(status_code)  # raises on a provisional status: still in flight
         self._in_flight.discard(key)
-        outcome = _classify(status_code)
         if outcome is _Outcome.ACCEPTED:
             assert status_code is not None
             if "processing" in record.owed and not record.processing_sent:
@@ -286,17 +296,19 @@ class StoreAndForward:
             if "processing" in record.owed and not record.processing_sent:
                 record = replace(record, processing_sent=True)
                 self._events.append(NotificationDue(record, "processing", "stored"))
-            wait = min(self.config.retry_cap, self.config.retry_base * 2 ** max(record.attempts - 1, 0))
+            # The exponent is bounded so a long-held message cannot overflow the float.
+            doublings = min(max(record.attempts - 1, 0), 64)
+            wait = min(self.config.retry_cap, self.config.retry_base * 2.0**doublings)
             record = replace(record, next_attempt_at=now + wait)
             self._put(record)
             self._events.append(MessageDeferred(record, status_code, record.next_attempt_at))
 
     def recipient_reachable(self, uri: str, now: float) -> int:
         """The recipient ``uri`` registered: attempt its held messages now. Returns how many became due."""
-        key = identity_key(uri)
         count = 0
-        for held in list(self._held.values()):
-            if held.key in self._in_flight or identity_key(held.target) != key:
+        for record_key in list(self._by_target.get(identity_key(uri) or uri, ())):
+            held = self._held[record_key]
+            if record_key in self._in_flight:
                 continue
             if now >= held.expires_at:
                 self._fail(held, None, expired=True)
@@ -318,9 +330,9 @@ class StoreAndForward:
     # --- internals -------------------------------------------------------------------------
 
     def _start(self, record: ParkedMessage) -> None:
+        self._in_flight.add(record.key)
         record = replace(record, attempts=record.attempts + 1)
         self._put(record)
-        self._in_flight.add(record.key)
         self._events.append(ForwardDue(record))
 
     def _fail(self, record: ParkedMessage, status_code: int | None, *, expired: bool) -> None:
@@ -329,11 +341,32 @@ class StoreAndForward:
         self._drop(record)
         self._events.append(MessageFailed(record, status_code, expired))
 
+    def _hold(self, record: ParkedMessage) -> None:
+        """Keep ``record`` in memory and (re)schedule it; no store write."""
+        key = record.key
+        self._held[key] = record
+        self._by_target.setdefault(identity_key(record.target) or record.target, {})[key] = None
+        if key in self._in_flight:
+            self._due.pop(key, None)
+        else:
+            at = min(record.next_attempt_at, record.expires_at)
+            if self._due.get(key) != at:
+                self._due[key] = at
+                heapq.heappush(self._heap, (at, next(self._seq), key))
+
     def _put(self, record: ParkedMessage) -> None:
-        self._held[record.key] = record
+        self._hold(record)
         self._writes.append(PutParked(record))
 
     def _drop(self, record: ParkedMessage) -> None:
-        self._held.pop(record.key, None)
-        self._in_flight.discard(record.key)
-        self._writes.append(DropParked(record.key))
+        key = record.key
+        self._held.pop(key, None)
+        self._in_flight.discard(key)
+        self._due.pop(key, None)
+        target = identity_key(record.target) or record.target
+        keys = self._by_target.get(target)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._by_target[target]
+        self._writes.append(DropParked(key))
