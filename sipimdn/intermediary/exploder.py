@@ -37,6 +37,8 @@ is persisted: after a restart member notifications are no longer collected
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 from collections import deque
 from collections.abc import Iterable
@@ -187,6 +189,9 @@ class ListExploder:
         self._fanouts: dict[str, Fanout] = {}
         self._by_message: dict[str, Fanout] = {}
         self._events: deque[ExploderEvent] = deque()
+        # (time, seq, fan-out id, "batch" | "expire"), checked against the fan-out when popped.
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._seq = itertools.count()
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -196,18 +201,32 @@ class ListExploder:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
-        times = [f.expires_at for f in self._fanouts.values()]
-        times += [f.batch_deadline for f in self._fanouts.values() if f.batch_deadline is not None]
-        return min(times) if times else None
+        heap = self._heap
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)  # stale: flushed early or fan-out forgotten
+        return heap[0][0] if heap else None
 
     def handle_timer(self, now: float) -> None:
         """Flush batches whose window has passed; forget expired fan-outs (flushing them first)."""
-        for fanout in list(self._fanouts.values()):
-            if fanout.batch_deadline is not None and now >= fanout.batch_deadline:
-                self._flush(fanout)
-            if now >= fanout.expires_at:
-                self._flush(fanout)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if not self._live(entry):
+                continue
+            fanout = self._fanouts[entry[2]]
+            self._flush(fanout)
+            if entry[3] == "expire":
                 self._forget(fanout)
+
+    def _live(self, entry: tuple[float, int, str, str]) -> bool:
+        at, _, fanout_id, what = entry
+        fanout = self._fanouts.get(fanout_id)
+        if fanout is None:
+            return False
+        return (fanout.expires_at if what == "expire" else fanout.batch_deadline) == at
+
+    def _schedule(self, at: float, fanout: Fanout, what: str) -> None:
+        heapq.heappush(self._heap, (at, next(self._seq), fanout.id, what))
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -254,6 +273,7 @@ class ListExploder:
             expires_at=now + self.config.state_ttl,
         )
         self._fanouts[fanout.id] = fanout
+        self._schedule(fanout.expires_at, fanout, "expire")
         self._by_message.setdefault(message_id, fanout)
         for member in uri_list.members:
             self._events.append(MemberCopyDue(fanout, member))
@@ -317,6 +337,7 @@ class ListExploder:
         fanout.batch.append(outgoing)
         if fanout.batch_deadline is None:
             fanout.batch_deadline = now + self.config.window
+            self._schedule(fanout.batch_deadline, fanout, "batch")
         if self._complete(fanout):
             self._flush(fanout)
         return True
