@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .sipp import LOOPBACK, Transport
+from .sipp import LOOPBACK, Transport, free_port
 
 #: Seconds a ``listen`` process gets to print its "listening" line.
 _START_TIMEOUT = 15.0
@@ -91,9 +91,33 @@ class Listener:
 
 
 def start_listen(
-    log_dir: Path, port: int, *, transports: Sequence[Transport] = ("udp", "tcp"), extra: Sequence[str] = ()
+    log_dir: Path,
+    port: int | None = None,
+    *,
+    transports: Sequence[Transport] = ("udp", "tcp"),
+    extra: Sequence[str] = (),
 ) -> Listener:
-    """Start ``sipimdn listen`` as bob on 127.0.0.1:``port`` and wait for its "listening" line."""
+    """Start ``sipimdn listen`` as bob on 127.0.0.1 and wait for its "listening" line.
+
+    Without ``port`` a free one is picked (the same number for every transport); if the
+    process exits before listening (the port was taken meanwhile) it is started again on a
+    fresh port, at most three times.
+    """
+    attempts = 1 if port is not None else 3
+    failure = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port(tuple(transports))
+        listener = _spawn_listen(log_dir, chosen, transports, extra)
+        if _wait_listening(listener):
+            return listener
+        listener.stop()
+        failure = listener.describe()
+    raise RuntimeError(f"sipimdn listen did not start\n{failure}")
+
+
+def _spawn_listen(
+    log_dir: Path, port: int, transports: Sequence[Transport], extra: Sequence[str]
+) -> Listener:
     log_dir.mkdir(parents=True, exist_ok=True)
     aor = f"sip:bob@{LOOPBACK}"
     args = ["--aor", aor]
@@ -107,16 +131,18 @@ def start_listen(
         stderr=subprocess.STDOUT,
         cwd=log_dir,
     )
-    listener = Listener(process=process, port=port, aor=aor, log_dir=log_dir, _stdout=stdout)
+    return Listener(process=process, port=port, aor=aor, log_dir=log_dir, _stdout=stdout)
+
+
+def _wait_listening(listener: Listener) -> bool:
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if any(event.get("event") == "listening" for event in listener.current_events()):
-            return listener
-        if process.poll() is not None:
-            break
+            return True
+        if listener.process.poll() is not None:
+            return False
         time.sleep(0.02)
-    listener.stop()
-    raise RuntimeError(f"sipimdn listen did not start\n{listener.describe()}")
+    return False
 
 
 @dataclass(frozen=True)

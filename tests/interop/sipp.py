@@ -44,7 +44,10 @@ _TRANSPORT_FLAG: dict[Transport, str] = {"udp": "u1", "tcp": "t1"}
 _KILL_GRACE = 5.0
 
 #: Seconds we wait for a SIPp server to bind its port before giving up.
-_BIND_WAIT = 5.0
+_BIND_WAIT = 10.0
+
+#: How many times SIPp is started on fresh ports when the ones picked were taken meanwhile.
+_BIND_ATTEMPTS = 3
 
 LOOPBACK = "127.0.0.1"
 
@@ -111,6 +114,34 @@ def wait_bound(
             raise RuntimeError(f"SIPp exited with {process.returncode} before binding {transport}:{port}")
         time.sleep(0.01)
     raise RuntimeError(f"nothing bound {transport} {host}:{port} within {_BIND_WAIT} s")
+
+
+def owns_port(pid: int, port: int, transport: Transport, host: str = LOOPBACK) -> bool:
+    """True if process ``pid`` holds a socket bound to ``host:port`` (TCP: listening).
+
+    Reads /proc (Linux): the socket's inode in /proc/net/{udp,tcp}, then the process's
+    file descriptors. Unlike a bind probe, this cannot mistake someone else's socket on
+    the port for the one we are waiting for.
+    """
+    wanted = "{:08X}:{:04X}".format(int.from_bytes(socket.inet_aton(host), "little"), port)
+    table = Path("/proc/net") / ("udp" if transport == "udp" else "tcp")
+    inodes = set()
+    try:
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            listening = transport == "udp" or fields[3] == "0A"
+            if fields[1] == wanted and listening:
+                inodes.add(fields[9])
+        if not inodes:
+            return False
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -218,8 +249,7 @@ class Sipp:
         except subprocess.TimeoutExpired:
             timed_out = True
             self.stop()
-        if self._stdout is not None:
-            self._stdout.close()
+        self.close_output()
         exit_code = self.process.returncode
         stats = read_stats(self.log_dir / "stats.csv")
         self._result = SippResult(
@@ -234,6 +264,12 @@ class Sipp:
             timed_out=timed_out,
         )
         return self._result
+
+    def close_output(self) -> None:
+        """Close our handle on SIPp's stdout file (SIPp keeps its own until it exits)."""
+        if self._stdout is not None:
+            self._stdout.close()
+            self._stdout = None
 
     async def wait_async(self) -> SippResult:
         """:meth:`wait` without blocking the event loop (for tests that run sipimdn in-process)."""
@@ -296,7 +332,47 @@ def start_sipp(binary: str, scenario: Path | str, log_dir: Path, **options: Unpa
     in seconds, ``lost`` is ``-lost`` (percent of what SIPp sends that it drops), ``rate``
     and ``limit`` are ``-r`` and ``-l``. ``keys`` become ``-key NAME VALUE`` (``[NAME]`` in
     the scenario), ``global_vars`` become ``-set NAME VALUE`` (global variables).
+
+    Ports are picked free just before SIPp starts, so another process can take one in
+    between: when SIPp then fails to bind ("Address already in use") and the caller did
+    not ask for a ``port``, it is started again on fresh ports (at most three times).
     """
+    attempts = 1 if options.get("port") is not None else _BIND_ATTEMPTS
+    for attempt in range(attempts):
+        sipp = _spawn(binary, scenario, log_dir, options)
+        if _started(sipp) or attempt == attempts - 1:
+            break
+    if options.get("remote") is None and not _is_bound(sipp):
+        sipp.stop()
+        sipp.close_output()
+        output = _read(log_dir / "stdout.txt")[-2000:]
+        raise RuntimeError(
+            f"SIPp did not bind {sipp.transport} {LOOPBACK}:{sipp.port} (exit {sipp.process.returncode})\n"
+            f"command: {' '.join(sipp.command)}\n--- output ---\n{output}"
+        )
+    return sipp
+
+
+def _is_bound(sipp: Sipp) -> bool:
+    return sipp.process.poll() is None and owns_port(sipp.pid, sipp.port, sipp.transport)
+
+
+def _started(sipp: Sipp) -> bool:
+    """Wait until SIPp holds its port; False only if it gave up because a port was taken."""
+    deadline = time.monotonic() + _BIND_WAIT
+    while time.monotonic() < deadline:
+        if owns_port(sipp.pid, sipp.port, sipp.transport):
+            return True
+        if sipp.process.poll() is not None:
+            sipp.close_output()
+            # A client may also simply have finished before we looked.
+            return "Address already in use" not in _read(sipp.log_dir / "stdout.txt")
+        time.sleep(0.01)
+    return True  # alive but not bound in time: not a port clash; _is_bound decides for servers
+
+
+def _spawn(binary: str, scenario: Path | str, log_dir: Path, options: SippOptions) -> Sipp:
+    """Start one SIPp process with fresh ports (see :func:`start_sipp`)."""
     calls = options["calls"]
     timeout = options["timeout"]
     remote = options.get("remote")
@@ -358,14 +434,6 @@ def start_sipp(binary: str, scenario: Path | str, log_dir: Path, **options: Unpa
         timeout=timeout,
         _stdout=stdout,
     )
-    if remote is None:
-        try:
-            wait_bound(port, transport, process=process)
-        except RuntimeError as exc:
-            sipp.stop()
-            stdout.close()
-            output = _read(log_dir / "stdout.txt")[-2000:]
-            raise RuntimeError(f"{exc}\ncommand: {' '.join(command)}\n--- output ---\n{output}") from None
     return sipp
 
 
@@ -414,5 +482,4 @@ class SippRunner:
         """End every SIPp this runner started that is still running (by PID)."""
         for sipp in self.started:
             sipp.stop()
-            if sipp._stdout is not None:
-                sipp._stdout.close()
+            sipp.close_output()

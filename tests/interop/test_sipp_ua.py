@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .sipimdn_cli import Listener, run_send, start_listen
-from .sipp import LOOPBACK, SippRunner, Transport, free_port
+from .sipp import LOOPBACK, SippRunner, Transport
 
 pytestmark = pytest.mark.interop
 
@@ -28,7 +28,7 @@ TRANSPORTS: list[Transport] = ["udp", "tcp"]
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[Listener]:
     """``sipimdn listen`` as bob on UDP and TCP, same port; stopped by PID at teardown."""
-    running = start_listen(tmp_path / "listen", free_port(("udp", "tcp")))
+    running = start_listen(tmp_path / "listen")
     yield running
     running.stop()
 
