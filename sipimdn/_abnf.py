@@ -12,11 +12,9 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "ALPHANUM",
     "CONTENT_TYPE_FAST_RE",
     "CONTENT_TYPE_RE",
     "CSEQ_RE",
-    "ESCAPED_RE",
     "GENERIC_PARAM_RE",
     "HOSTNAME_RE",
     "IPV4_RE",
@@ -37,7 +35,6 @@ __all__ = [
 
 # alphanum  =  ALPHA / DIGIT
 alphanum = r"A-Za-z0-9"
-ALPHANUM = alphanum
 
 # token       =  1*(alphanum / "-" / "." / "!" / "%" / "*"
 #                / "_" / "+" / "`" / "'" / "~" )
@@ -144,8 +141,6 @@ TEL_URI_RE = re.compile(r"(?P<number>{tel_number})(?P<params>{uri_parameters})".
 # uric           =  reserved / unreserved / escaped
 # reserved    =  ";" / "/" / "?" / ":" / "@" / "&" / "=" / "+" / "$" / ","
 OPAQUE_URI_RE = re.compile(r"(?:[;/?:@&=+$,{unreserved}]|{escaped})+".format(**globals()))
-
-ESCAPED_RE = re.compile(escaped)
 
 # Method            =  INVITEm / ACKm / ... / extension-method
 # extension-method  =  token
