@@ -172,3 +172,48 @@ async def test_no_loop_through_ourselves() -> None:
         held = {m.target for m in server.forwarder.held()}
         assert held == {ours, f"sip:loop@{DOMAIN}"}  # held, not bounced between us and us
         assert len(seen.routed("held")) == 2
+
+
+async def test_tls_both_ways() -> None:
+    """Alice reaches the intermediary over TLS; it reaches bob's TLS contact with its client context."""
+    from test_intermediary_support import register
+    from ua_helpers import make_tls
+
+    from sipimdn.config import ListenEndpoint
+
+    tls = make_tls()
+    bob_aor = f"sip:bob@{DOMAIN}"
+    config = IntermediaryConfig(
+        listen=(ListenEndpoint("udp", "127.0.0.1", 0), ListenEndpoint("tls", "127.0.0.1", 0)),
+        domains=(DOMAIN,),
+        tls_server_context=tls.server,
+        tls_client_context=tls.client,
+    )
+    async with Intermediary(config) as server:
+        tls_port = next(port for kind, (_, port) in server.endpoints if kind.value == "TLS")
+        bob_config = ua_config(
+            "bob",
+            aor=bob_aor,
+            # UDP too: its IMDNs go to the intermediary's URI, a UDP one (IntermediaryConfig.uri
+            # would name a TLS one for TLS-only recipients).
+            listen=(ListenEndpoint("tls", "127.0.0.1", 0), ListenEndpoint("udp", "127.0.0.1", 0)),
+            tls_server_context=tls.server,
+            tls_client_context=tls.client,
+        )
+        alice_config = ua_config(
+            "alice",
+            outbound_proxy=f"sip:imdn@127.0.0.1:{tls_port};transport=tls",
+            tls_client_context=tls.client,
+        )
+        async with UserAgent(bob_config) as bob, UserAgent(alice_config) as alice:
+            inbox: list[IncomingMessage] = []
+
+            async def keep(message: IncomingMessage) -> None:
+                inbox.append(message)
+
+            bob.on_message(keep)
+            await register(bob_aor, bob.contact_uri("tls"), server.uri)
+            sent = await alice.send_message(bob_aor, "over TLS", notify=["positive-delivery"])
+            assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
+            await sent.await_disposition(DispositionState.DELIVERED, timeout=5)
+            assert inbox[0].transport == "tls" and inbox[0].body == b"over TLS"

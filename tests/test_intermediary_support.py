@@ -33,15 +33,15 @@ async def register(aor: str, contact: str, registrar_uri: str, expires: int = 30
 
 def ua_config(name: str, **extra: Any) -> UserAgentConfig:
     """A loopback UDP user agent whose IMDNs follow IMDN-Record-Route (a trusted intermediary)."""
-    extra.setdefault("aor", f"sip:{name}@127.0.0.1:0")
-    return UserAgentConfig(
-        display_name=name.capitalize(),
-        listen=(ListenEndpoint("udp", "127.0.0.1", 0),),
-        trust_imdn_route=True,
-        handler_deadline=1.0,
-        close_grace=0.5,
-        **extra,
-    )
+    settings: dict[str, Any] = {
+        "aor": f"sip:{name}@127.0.0.1:0",
+        "display_name": name.capitalize(),
+        "listen": (ListenEndpoint("udp", "127.0.0.1", 0),),
+        "trust_imdn_route": True,
+        "handler_deadline": 1.0,
+        "close_grace": 0.5,
+    }
+    return UserAgentConfig(**{**settings, **extra})
 
 
 class Seen:

@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ from ..imdn import ImdnHeaders, ReceivedImdn, build_imdn_message, imdn_headers, 
 from ..imdn.tracker import identity_key
 from ..message import Request
 from ..stack import IncomingRequest, SipStack
-from ..transport.base import ListenSpec
+from ..transport.base import ListenSpec, TransportConfig
 from ..transport.flow import Transport
 from ..uri import Uri
 from .exploder import (
@@ -135,6 +136,20 @@ class IntermediaryConfig:
     t1: float = 0.5
     #: Longest registration granted (seconds).
     max_expires: int = 86400
+    #: Server-side TLS context, required when a TLS endpoint is listened on.
+    tls_server_context: ssl.SSLContext | None = None
+    #: Client-side TLS context for connections we open (default: system trust, verification on).
+    tls_client_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise ValueError("at least one listen endpoint is required")
+        if any(ep.transport == "tls" for ep in self.listen) and self.tls_server_context is None:
+            raise ValueError("a tls listen endpoint needs tls_server_context")
+        if not self.user or any(c in self.user for c in "@:;<> \r\n"):
+            raise ValueError(f"user must be a plain SIP user part, not {self.user!r}")
+        if self.t1 <= 0 or self.max_expires < 1:
+            raise ValueError("t1 and max_expires must be positive")
 
 
 class Intermediary:
@@ -184,7 +199,14 @@ class Intermediary:
         )
         parked = await loop.run_in_executor(self._executor, self._store.load)
         self.forwarder = StoreAndForward(self.config.forward, parked=parked)
-        self._stack = SipStack(self._listen_specs(), timers=TimerConfig(t1=self.config.t1))
+        client_tls = self.config.tls_client_context
+        self._stack = SipStack(
+            self._listen_specs(),
+            timers=TimerConfig(t1=self.config.t1),
+            transport_config=TransportConfig(client_ssl_context=client_tls)
+            if client_tls is not None
+            else None,
+        )
         self._stack.on_request(self._on_request)
         try:
             await self._stack.start()
@@ -221,7 +243,13 @@ class Intermediary:
 
     def _listen_specs(self) -> list[ListenSpec]:
         listen = self.config.listen
-        specs = [ListenSpec(Transport.from_token(ep.transport), ep.host, ep.port) for ep in listen]
+        tls = self.config.tls_server_context
+        specs = [
+            ListenSpec(
+                Transport.from_token(ep.transport), ep.host, ep.port, tls if ep.transport == "tls" else None
+            )
+            for ep in listen
+        ]
         tcp_hosts = {ep.host for ep in self.config.listen if ep.transport == "tcp"}
         for ep in self.config.listen:
             if ep.transport == "udp" and ep.host not in tcp_hosts:
