@@ -100,7 +100,7 @@ async def topology(
         ua_port = free_port(("udp",))
         registrar = Registrar(kamailio, tmp_path / "kamailio", ua_user=UA_USER, ua_port=ua_port)
         registrars.append(registrar)
-        await asyncio.to_thread(registrar.start)
+        await asyncio.to_thread(registrar.start_on_free_port)
         alice: LinphoneDaemon | LinphoneReader
         if reader is None:
             alice = LinphoneDaemon(

@@ -121,6 +121,17 @@ class Registrar:
             self.stop()
             raise PeerError(f"{exc}\n{self.log_text()[-3000:]}") from None
 
+    def start_on_free_port(self, attempts: int = 3) -> None:
+        """:meth:`start`, again on a fresh port if the one picked free was taken meanwhile."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except PeerError:
+                if attempt == attempts - 1 or "Address already in use" not in self.log_text():
+                    raise
+                self.port = free_port(("udp",))
+
     def stop(self) -> None:
         """SIGTERM to Kamailio's process group (its PID), SIGKILL if needed."""
         process = self.process
