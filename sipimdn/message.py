@@ -448,11 +448,12 @@ class Message:
         if cached is _MISS:
             value = self._single("expires", "Expires")
             if value is not None:
-                if not value.isdigit() or not value.isascii():
+                # §20.19: "an integral number of seconds (in decimal) between
+                # 0 and (2**32)-1". RFC 4475 §3.1.2.4 allows a 400 for a value
+                # beyond that; guessing a default would hide the error.
+                if not value.isdigit() or not value.isascii() or len(value) > 10 or int(value) >= 2**32:
                     raise SipParseError(f"bad Expires {value[:50]!r}")
-                # §20.19 and §10.2.1.1: delta-seconds; values beyond 2**32-1
-                # are treated as 2**32-1.
-                cached = min(int(value), 2**32 - 1)
+                cached = int(value)
             else:
                 cached = None
             self.headers._typed["expires"] = cached

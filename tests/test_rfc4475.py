@@ -253,9 +253,15 @@ def test_unknown_schemes_are_kept_opaque() -> None:
     assert unksm2.contact[0].uri.opaque == "John_Smith"
 
 
-def test_scalar02_large_expires_is_clamped_not_an_error() -> None:
-    """§3.1.2.4 rejects the CSeq; an overlarge Expires alone means 2**32-1."""
+def test_scalar02_every_overlarge_scalar_is_an_error_on_its_own() -> None:
+    """§3.1.2.4: the CSeq makes the request invalid; the RFC lets an element
+    choose for Max-Forwards > 255 and Expires > 2**32-1, and we reject both
+    rather than guess (absent / a default expiry)."""
     msg = parse_message(load("scalar02"))
-    assert msg.expires == 2**32 - 1
     with pytest.raises(SipParseError, match="Max-Forwards"):
         _ = msg.max_forwards
+    with pytest.raises(SipParseError, match="Expires"):
+        _ = msg.expires
+    assert parse_message(
+        load("scalar02").replace(b"Expires: 1" + b"0" * 100, b"Expires: 4294967295")
+    ).expires == (2**32 - 1)
