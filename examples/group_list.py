@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--list", required=True, help="the list's URI")
     parser.add_argument("--member", action="append", required=True, help="a member URI (repeatable)")
     parser.add_argument("--private", action="store_true", help="hide member identities from senders")
+    parser.add_argument("--members-only", action="store_true", help="refuse messages from non-members")
     parser.add_argument("--relay", action="store_true", help="relay each IMDN at once instead of aggregating")
     parser.add_argument("--window", type=float, default=2.0, help="aggregation window in seconds")
     parser.add_argument(
@@ -44,10 +45,12 @@ def main() -> int:
     try:
         config = config_from(
             args,
-            lists=(UriList(args.list, tuple(args.member), private=args.private),),
+            lists=(
+                UriList(args.list, tuple(args.member), private=args.private, members_only=args.members_only),
+            ),
             exploder=ExploderConfig(aggregate=not args.relay, window=args.window, state_ttl=args.state_ttl),
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"bad option: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(serve(config, args.run_for))

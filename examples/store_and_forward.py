@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 
@@ -113,14 +114,36 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--run-for", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
     )
+    parser.add_argument(
+        "--trust-imdn-route",
+        action="store_true",
+        help="send our own notifications along upstream IMDN-Record-Route (only behind trusted servers)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain for tls: listen endpoints")
+    parser.add_argument("--tls-key", help="PEM private key for --tls-cert (default: in the same file)")
+    parser.add_argument("--tls-ca", help="PEM CA file to verify TLS peers (default: system trust store)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the library's messages")
     return parser
 
 
+def tls_contexts(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """Server and client TLS contexts from --tls-cert/--tls-key/--tls-ca (None when not given)."""
+    server = None
+    if args.tls_cert:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(args.tls_cert, args.tls_key)
+    client = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+    return server, client
+
+
 def config_from(args: argparse.Namespace, **extra: object) -> IntermediaryConfig:
     """The intermediary configuration the options describe."""
+    server_tls, client_tls = tls_contexts(args)
     return IntermediaryConfig(
         listen=tuple(args.listen or [ListenEndpoint("udp", "127.0.0.1", 5060)]),
+        trust_imdn_route=args.trust_imdn_route,
+        tls_server_context=server_tls,
+        tls_client_context=client_tls,
         user=args.user,
         uri=args.uri,
         domains=tuple(args.domain),
@@ -137,7 +160,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         config = config_from(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # OSError: unreadable certificate files
         print(f"bad option: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(serve(config, args.run_for))

@@ -217,3 +217,41 @@ async def test_tls_both_ways() -> None:
             assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
             await sent.await_disposition(DispositionState.DELIVERED, timeout=5)
             assert inbox[0].transport == "tls" and inbox[0].body == b"over TLS"
+
+
+async def test_members_only_list_refuses_strangers() -> None:
+    config = IntermediaryConfig(
+        domains=(DOMAIN,), lists=(UriList(LIST, ("sip:x@127.0.0.1:9",), members_only=True),)
+    )
+    async with SipStack() as stack, Intermediary(config) as server:
+        peer = Peer(stack)
+        im = imdn.build_im(from_=peer.uri, to=LIST, body=b"spam", now=0)
+        answer = await send(peer, server, LIST, body=im.to_bytes(), content_type="message/cpim")
+        assert answer.status_code == 403
+
+
+async def test_our_notifications_follow_upstream_routes_only_when_trusted() -> None:
+    from sipimdn.intermediary import add_record_route
+
+    for trusted in (False, True):
+        async with SipStack() as upstream_stack, setup(trust_imdn_route=trusted) as (server, peer, _):
+            upstream = Peer(upstream_stack)
+            im = imdn.build_im(
+                from_=peer.uri, to=f"sip:nobody@{DOMAIN}", body=b"x", now=0, notify=["processing"]
+            )
+            im = add_record_route(im, upstream.uri)
+            answer = await send(
+                peer, server, f"sip:nobody@{DOMAIN}", body=im.to_bytes(), content_type="message/cpim"
+            )
+            assert answer.status_code == 202
+            reached = upstream if trusted else peer
+            await until(lambda reached=reached: bool(reached.requests))  # type: ignore[misc]
+            [stored] = reached.requests
+            envelope = cpim.parse(stored.body)
+            received = imdn.recognise(envelope)
+            assert received is not None and str(received.notifications[0].status) == "stored"
+            routes = [a.uri for a in imdn.imdn_headers(envelope).routes]
+            assert routes == ([upstream.uri] if trusted else [])
+            assert str(stored.uri) == (upstream.uri if trusted else peer.uri)
+            if not trusted:
+                assert upstream.requests == []

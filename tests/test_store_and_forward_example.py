@@ -77,3 +77,60 @@ async def test_store_and_forward_example_holds_until_the_recipient_registers(tmp
         await sent.await_disposition(DispositionState.DELIVERED, timeout=5)
         await until(lambda: any("imdn-route (202)" in line for line in lines))
         assert any(line.startswith("notifying ") and "processing stored" in line for line in lines)
+
+
+async def test_bad_options_exit_2() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "store_and_forward.py"),
+        "--listen",
+        "tls:127.0.0.1:0",
+        stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 2
+    assert b"tls_server_context" in err
+
+
+async def test_tls_listener_from_certificate_files(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    from sipimdn.dialog.factory import build_request
+    from sipimdn.stack import SipStack
+    from sipimdn.transport.flow import Transport
+    from sipimdn.transport.select import Target
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    pem = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "store_and_forward.py"),
+        "--listen",
+        "tls:127.0.0.1:0",
+        "--tls-cert",
+        str(pem),
+        "--run-for",
+        "20",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        uri = first.split()[-1]
+        assert uri.endswith(";transport=tls")
+        port = int(uri.split(":")[2].split(";")[0])
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ca.configure_trust(client)
+        from sipimdn.transport.base import TransportConfig
+
+        async with SipStack(transport_config=TransportConfig(client_ssl_context=client)) as stack:
+            options = build_request("OPTIONS", uri, "<sip:probe@127.0.0.1>", f"<{uri}>")
+            answer = await stack.send_request(options, Target(Transport.TLS, "127.0.0.1", port, "127.0.0.1"))
+            assert answer.status_code == 200
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)

@@ -81,6 +81,8 @@ class UriList:
     """Member URIs, in order."""
     private: bool = False
     """Hide member identities from senders (C9)."""
+    members_only: bool = False
+    """Accept messages only from members (a list is a 1-to-n amplifier: limit who may use it)."""
 
     def __post_init__(self) -> None:
         if identity_key(self.uri) is None:
@@ -90,6 +92,11 @@ class UriList:
             raise ValueError(f"list {self.uri} needs members with usable URIs")
         if len(set(keys)) != len(keys):
             raise ValueError(f"list {self.uri} names a member twice")
+
+    def is_member(self, uri: str) -> bool:
+        """Is ``uri`` (compared as an identity) one of the members?"""
+        key = identity_key(uri)
+        return key is not None and any(identity_key(m) == key for m in self.members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +328,7 @@ class ListExploder:
 
     def _take(self, fanout: Fanout, member: str | None, note: Notification, now: float) -> bool:
         member_key = identity_key(member)
-        members = {identity_key(m) for m in fanout.uri_list.members}
-        if member_key is None or member_key not in members:
+        if member_key is None or member is None or not fanout.uri_list.is_member(member):
             return False
         kind, status = str(note.kind), str(note.status)
         if _request_token(kind, status) not in fanout.requested:

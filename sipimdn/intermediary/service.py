@@ -132,6 +132,12 @@ class IntermediaryConfig:
     record_route: bool = True
     #: Add Original-To to relayed IMs (IMDN-61/62; off = do not reveal the original recipient).
     original_to: bool = True
+    #: Send the notifications *we* generate along the IM's IMDN-Record-Route set by upstream
+    #: intermediaries. Off by default (C5): a forged route would make us a reflector; our
+    #: notifications then go to the IM's SIP From. Relayed messages keep their routes either way.
+    trust_imdn_route: bool = False
+    #: Most upstream IMDN-Record-Route entries honoured when trusted (C5); beyond, none are.
+    max_imdn_route: int = 4
     #: RFC 3261 T1 (seconds) for our transactions.
     t1: float = 0.5
     #: Longest registration granted (seconds).
@@ -466,6 +472,13 @@ class Intermediary:
             is_notification=True,
         )
 
+    def _reply_routes(self, headers: ImdnHeaders) -> tuple[str, ...]:
+        """The IMDN-Route for notifications we generate (C5: upstream routes only when trusted)."""
+        routes = tuple(a.uri for a in headers.record_routes)
+        if not self.config.trust_imdn_route or len(routes) > self.config.max_imdn_route:
+            return ()
+        return routes
+
     # -- lists -------------------------------------------------------------------------------
 
     def _send_copy(self, event: MemberCopyDue) -> None:
@@ -603,7 +616,7 @@ class Intermediary:
         origin: ImdnOrigin | None = None
         if envelope is not None and received is None and headers is not None:
             try:
-                origin = _origin(envelope, headers, request)
+                origin = _origin(envelope, headers, request, self._reply_routes(headers))
                 if headers.requested and self.config.record_route:
                     envelope = add_record_route(envelope, self.uri)
                 if headers.message_id is not None and self.config.original_to:
@@ -708,6 +721,9 @@ class Intermediary:
             incoming.respond(403, "Notifications Are Not Exploded")
             return "refused"
         request = incoming.request
+        if uri_list.members_only and not uri_list.is_member(str(request.from_.uri)):
+            incoming.respond(403, "Members Only")
+            return "refused"
         message_id = headers.message_id
         date_time = envelope.date_time
         sender = envelope.from_
@@ -717,7 +733,7 @@ class Intermediary:
         reply = ReplyPath(
             cpim_to=sender.uri,
             sip_to=str(request.from_.uri),
-            routes=tuple(a.uri for a in headers.record_routes),
+            routes=self._reply_routes(headers),
         )
         # Copies are handed out by explode() itself; _pump() below builds them from this source.
         fanout = self.exploder.explode(
@@ -768,7 +784,9 @@ def _decode(
     return envelope, recognise(envelope), imdn_headers(envelope)
 
 
-def _origin(envelope: cpim.CpimMessage, headers: ImdnHeaders, request: Request) -> ImdnOrigin | None:
+def _origin(
+    envelope: cpim.CpimMessage, headers: ImdnHeaders, request: Request, routes: tuple[str, ...]
+) -> ImdnOrigin | None:
     """Fields for the notifications we may owe about this IM, or None when none can be owed."""
     requested = tuple(sorted(str(r) for r in headers.requested))
     date_time = envelope.date_time
@@ -782,7 +800,7 @@ def _origin(envelope: cpim.CpimMessage, headers: ImdnHeaders, request: Request) 
         datetime=date_time.raw.rstrip(" "),
         reply_to=sender.uri,
         reply_sip=str(request.from_.uri),
-        routes=tuple(a.uri for a in headers.record_routes),
+        routes=routes,
         recipient=recipient,
         original_recipient=original,
         requested=requested,
