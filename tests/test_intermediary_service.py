@@ -255,3 +255,29 @@ async def test_our_notifications_follow_upstream_routes_only_when_trusted() -> N
             assert str(stored.uri) == (upstream.uri if trusted else peer.uri)
             if not trusted:
                 assert upstream.requests == []
+
+
+async def test_a_resent_message_is_held_and_exploded_once() -> None:
+    async with SipStack() as member_stack:
+        member = Peer(member_stack)
+        config = IntermediaryConfig(domains=(DOMAIN,), lists=(UriList(LIST, (member.uri,)),))
+        async with SipStack() as stack, Intermediary(config) as server:
+            peer = Peer(stack)
+            im = imdn.build_im(
+                from_=peer.uri, to=f"sip:nobody@{DOMAIN}", body=b"x", now=0, notify=["processing"]
+            )
+            for _ in range(2):  # a new transaction each time: our 202 "was lost"
+                answer = await send(
+                    peer, server, f"sip:nobody@{DOMAIN}", body=im.to_bytes(), content_type="message/cpim"
+                )
+                assert answer.status_code == 202
+            assert len(server.forwarder.held()) == 1
+            to_list = imdn.build_im(from_=peer.uri, to=LIST, body=b"y", now=0, notify=["positive-delivery"])
+            for _ in range(2):
+                answer = await send(peer, server, LIST, body=to_list.to_bytes(), content_type="message/cpim")
+                assert answer.status_code == 202
+            await until(lambda: bool(member.requests))
+            await asyncio.sleep(0.2)
+            assert len(member.requests) == 1
+            stored = [r for r in peer.requests if b"<stored/>" in r.body]
+            assert len(stored) == 1  # one processing notification (IMDN-66)

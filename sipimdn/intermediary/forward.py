@@ -240,6 +240,7 @@ class StoreAndForward:
         is_notification: bool = False,
         expires_at: float | None = None,
         extra: Iterable[tuple[str, str]] = (),
+        message_id: str | None = None,
     ) -> ParkedMessage:
         """Hold a message and hand out its first attempt at once (answer 202 once the writes are applied).
 
@@ -269,6 +270,7 @@ class StoreAndForward:
             group=group,
             is_notification=is_notification,
             extra=tuple(extra),
+            message_id=message_id,
         )
         self._put(record)
         self._start(record)
@@ -318,6 +320,22 @@ class StoreAndForward:
         return count
 
     # --- queries ---------------------------------------------------------------------------
+
+    def duplicate_of(self, *, target: str, sip_from: str, message_id: str) -> ParkedMessage | None:
+        """A held message for ``target`` from ``sip_from`` with that CPIM Message-ID, or None.
+
+        A sender that did not see our 202 sends the IM again in a new transaction; holding it
+        twice would owe its notifications twice (IMDN-66/67).
+        """
+        sender = identity_key(sip_from) or sip_from
+        for key in self._by_target.get(identity_key(target) or target, ()):
+            record = self._held[key]
+            if (
+                record.message_id == message_id
+                and (identity_key(record.sip_from) or record.sip_from) == sender
+            ):
+                return record
+        return None
 
     def held(self) -> tuple[ParkedMessage, ...]:
         """Every message held now."""

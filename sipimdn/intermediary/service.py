@@ -627,8 +627,16 @@ class Intermediary:
                 incoming.respond(400, _reason(exc.reason))
                 return "refused"
             body = envelope.to_bytes()
+        message_id = headers.message_id if headers is not None else None
+        if message_id is not None and self.forwarder.duplicate_of(
+            target=target, sip_from=str(request.from_.uri), message_id=message_id
+        ):
+            # Re-sent because our 202 was lost: held already, answer the same.
+            await self._answer_when_stored(incoming, 202)
+            return "held"
         ctype = request.content_type
         parked = self._park(
+            message_id=message_id,
             target=target,
             sip_from=str(request.from_.uri),
             sip_from_name=request.from_.display_name,
@@ -730,6 +738,10 @@ class Intermediary:
         if message_id is None or date_time is None or sender is None:
             incoming.respond(400, "List Message Needs Message-ID, DateTime and From")
             return "refused"
+        earlier = self.exploder.fanout_for(message_id)
+        if earlier is not None and identity_key(earlier.reply.sip_to) == identity_key(str(request.from_.uri)):
+            incoming.respond(202)  # re-sent: exploded already
+            return "list"
         reply = ReplyPath(
             cpim_to=sender.uri,
             sip_to=str(request.from_.uri),

@@ -99,6 +99,8 @@ class ParkedMessage:
     """A processing notification went out already (IMDN-66: at most one)."""
     extra: tuple[tuple[str, str], ...] = field(default=())
     """Free (name, value) pairs the adapter attaches (kept across restarts)."""
+    message_id: str | None = None
+    """The CPIM ``imdn.Message-ID`` of the body, if any (to recognise a re-sent message)."""
 
 
 @dataclass(frozen=True, slots=True)
