@@ -140,7 +140,7 @@ def header_key(name: str) -> str:
     if key is None:
         lowered = name.lower()
         key = COMPACT_FORMS.get(lowered, lowered)
-        if len(_KEY_CACHE) < 2048:
+        if len(_KEY_CACHE) < 2048 and len(name) <= 64:
             _KEY_CACHE[name] = key
     return key
 
@@ -610,9 +610,10 @@ class ContentType:
         if cached is not None:
             return cached
         parsed = cls._parse(text)
-        if len(_CONTENT_TYPES) >= 256:
-            _CONTENT_TYPES.clear()
-        _CONTENT_TYPES[text] = parsed
+        if len(text) <= 256:  # (a peer must not be able to pin much memory)
+            if len(_CONTENT_TYPES) >= 256:
+                _CONTENT_TYPES.clear()
+            _CONTENT_TYPES[text] = parsed
         return parsed
 
     @classmethod

@@ -160,9 +160,10 @@ def _parse_start_line(line: str, limits: Limits) -> _StartLine:
     if cached is not None and len(line) <= limits.max_start_line:
         return cached
     parsed = _check_start_line(line, limits)
-    if len(_START_LINES) >= _START_LINES_MAX:
-        _START_LINES.clear()
-    _START_LINES[line] = parsed
+    if len(line) <= 512:  # (a peer must not be able to pin much memory)
+        if len(_START_LINES) >= _START_LINES_MAX:
+            _START_LINES.clear()
+        _START_LINES[line] = parsed
     return parsed
 
 
@@ -278,7 +279,7 @@ def _slow_header_line(
     if _abnf.TOKEN_RE.fullmatch(stripped) is None:
         raise _error(f"bad header name {name[:100]!r}")
     known = (header_key(stripped), stripped)
-    if len(_NAME_KEYS) < _NAME_KEYS_MAX:
+    if len(_NAME_KEYS) < _NAME_KEYS_MAX and len(name) <= 64:
         _NAME_KEYS[name] = known
     rows.append((known[0], known[1], value.strip(" \t"), line))
 

@@ -105,9 +105,10 @@ class Uri:
         if cached is not None:
             return cached
         uri = cls._parse(text)
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.clear()
-        _CACHE[text] = uri
+        if len(text) <= 512:  # (a peer must not be able to pin much memory)
+            if len(_CACHE) >= _CACHE_MAX:
+                _CACHE.clear()
+            _CACHE[text] = uri
         return uri
 
     @classmethod

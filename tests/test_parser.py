@@ -131,3 +131,17 @@ def test_salvage_reply_headers() -> None:
     assert salvage_reply_headers(b"\x00\x01garbage") is None
     assert salvage_reply_headers(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\n\r\n") is None
     assert salvage_reply_headers(b"MESSAGE sip:a@b SIP/2.0\r\nTo: <sip:a@b>\r\n\r\n") is None
+
+
+def test_parser_caches_stay_bounded() -> None:
+    """Peers choose the start lines, URIs and header names; the caches must not grow with them."""
+    from sipimdn import parser, uri
+
+    for i in range(3000):
+        parse_message(msg(f"X-Name-{i}: v\r\n", length=0).replace(b"sip:bob@", b"sip:bob%d@" % i, 1))
+    assert len(parser._START_LINES) <= parser._START_LINES_MAX
+    assert len(uri._CACHE) <= uri._CACHE_MAX
+    assert len(parser._NAME_KEYS) <= parser._NAME_KEYS_MAX
+    long_line = "MESSAGE sip:" + "a" * 600 + "@example.com SIP/2.0"
+    parse_message(msg(length=0).replace(b"MESSAGE sip:bob@example.com SIP/2.0", long_line.encode()))
+    assert long_line not in parser._START_LINES
