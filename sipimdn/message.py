@@ -567,6 +567,10 @@ class Request(Message):
             raise SipParseError(f"CSeq method {value.method} does not match request method {self.method}")
         return value
 
+    def copy(self) -> Request:
+        """An independent copy: header changes on it do not touch this one."""
+        return Request._parsed(self.method, self._uri, self._uri_text, self.headers.copy(), self.body)
+
     def _start_line(self) -> str:
         return f"{self.method} {self._uri_text} SIP/2.0"
 
@@ -603,6 +607,10 @@ class Response(Message):
         self.headers = headers
         self.body = body
         return self
+
+    def copy(self) -> Response:
+        """An independent copy: header changes on it do not touch this one."""
+        return Response._parsed(self.status_code, self.reason, self.headers.copy(), self.body)
 
     def _start_line(self) -> str:
         return f"SIP/2.0 {self.status_code} {self.reason}"

@@ -136,6 +136,18 @@ def test_cached_top_via_follows_header_changes() -> None:
     assert msg.vias == []
 
 
+def test_copy_is_independent() -> None:
+    original = parse_request()
+    clone = original.copy()
+    clone.headers.set("CSeq", "314160 MESSAGE")
+    clone.set_top_via(clone.top_via.with_params(branch="z9hG4bKretry"))
+    assert (original.cseq.number, original.top_via.branch) == (314159, "z9hG4bKa")
+    assert (clone.cseq.number, clone.top_via.branch) == (314160, "z9hG4bKretry")
+    assert original.to_bytes() == RAW
+    response = make_response(original, 200)
+    assert response.copy().to_bytes() == response.to_bytes()
+
+
 def test_headers_reject_injection() -> None:
     h = Headers()
     with pytest.raises(LocalProtocolError):
