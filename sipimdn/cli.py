@@ -29,6 +29,15 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("sipimdn.cli_ua",)
 # -- parse ------------------------------------------------------------------------------------
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped, for a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode() for ch in text
+    )
+
+
 def _uri_fields(uri: Uri) -> str:
     parts = [f"scheme={uri.scheme}"]
     if uri.opaque is not None:
@@ -36,6 +45,8 @@ def _uri_fields(uri: Uri) -> str:
     else:
         if uri.user is not None:
             parts.append(f"user={uri.user!r}")
+        if uri.password is not None:
+            parts.append("password=(set)")  # never echoed
         if uri.host:
             parts.append(f"host={uri.host}")
         if uri.port is not None:
@@ -96,17 +107,17 @@ def format_message(message: Request | Response) -> str:
     """A human-readable description of a parsed message."""
     out: list[str] = []
     if isinstance(message, Request):
-        out.append(f"Request  {message.method} {message.uri}")
-        out.append(f"  Request-URI: {_uri_fields(message.uri)}")
+        out.append(_printable(f"Request  {message.method} {message.uri}"))
+        out.append(_printable(f"  Request-URI: {_uri_fields(message.uri)}"))
     else:
-        out.append(f"Response {message.status_code} {message.reason}")
+        out.append(_printable(f"Response {message.status_code} {message.reason}"))
     out.append(f"Headers ({len(message.headers)}):")
     consumed: set[str] = set()
     for name, value in message.headers.items():
         key = header_key(name)
         spelled = "" if name == canonical_name(name) else f"  [as {name!r}]"
-        out.append(f"  {canonical_name(name)}: {value}{spelled}")
-        out.extend(f"      -> {line}" for line in _typed_lines(message, key, consumed))
+        out.append(_printable(f"  {canonical_name(name)}: {value}{spelled}"))
+        out.extend(_printable(f"      -> {line}") for line in _typed_lines(message, key, consumed))
     ct = message.content_type
     kind = f" ({ct.mime})" if ct is not None else ""
     out.append(f"Body: {len(message.body)} bytes{kind}")

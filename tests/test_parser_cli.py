@@ -100,3 +100,11 @@ def test_python_dash_m_entry_point() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Request  MESSAGE" in result.stdout
+
+
+def test_control_characters_are_escaped_for_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["parse", str(DATA / "rfc4475" / "intmeth.sip")]) == 0
+    out = capsys.readouterr().out
+    assert "\x00" not in out and "\x07" not in out
+    assert '"BEL:\\\\x07 NUL:\\\\x00 DEL:\\\\x7f"' in out
+    assert "password=(set)" in out and "работающий" in out
