@@ -2,24 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+from _peers import IN_CI, require_binary
 
-import pytest
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_binary(name: str) -> str:
-    """Return the path of an external peer program.
-
-    On a developer machine a missing peer skips the test; with CI=true it
-    fails it, because there a missing peer means the install step is broken.
-    """
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (scripts/test installs it with apt-get)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+__all__ = ["IN_CI", "require_binary"]

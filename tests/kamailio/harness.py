@@ -344,7 +344,7 @@ def _cfg_string(text: str) -> str:
 
 
 def _kamailio_binary() -> str:
-    from conftest import require_binary  # tests/conftest.py: skip, or fail with CI=true
+    from _peers import require_binary  # tests/_peers.py: skip, or fail with CI=true
 
     return require_binary("kamailio")
 
