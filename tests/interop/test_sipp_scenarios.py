@@ -63,11 +63,13 @@ def test_uac_scenario_passes_against_sipp_uas(
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_imdn_scenarios_pass_against_each_other(sipp: SippRunner, transport: Transport) -> None:
-    """uas_cpim_delivered's IMDN passes every check of ooc_imdn_delivered, on UDP and on TCP."""
+@pytest.mark.parametrize("uas", ["uas_cpim_delivered.xml", "uas_cpim_delivered_first.xml"])
+def test_imdn_scenarios_pass_against_each_other(sipp: SippRunner, transport: Transport, uas: str) -> None:
+    """The UAS scenarios' IMDN passes every check of ooc_imdn_delivered, on UDP and on TCP,
+    whether it comes after the 200 or before it."""
     # Three IMs, and the 200 to each IMDN, which SIPp counts as a call of its own: 6 calls.
     # The server is stopped once the client is done (see Sipp.quit), so -m has a margin.
-    server = sipp.start("uas", "uas_cpim_delivered.xml", calls=100, timeout=10, transport=transport)
+    server = sipp.start("uas", uas, calls=100, timeout=10, transport=transport)
     client = sipp.run(
         "uac", "uac_cpim_delivered.xml", calls=3, limit=1, timeout=15, transport=transport,
         remote=(LOOPBACK, server.port), ooc_scenario="ooc_imdn_delivered.xml",
@@ -123,14 +125,22 @@ async def test_cpim_check_uas_catches_each_defect(
         assert served.counter("FailedRegexpDoesntMatch") + served.counter("FailedRegexpShouldntMatch") == 1
 
 
-async def test_uas_sends_a_right_delivered_imdn(sipp: SippRunner, tiny_peer: StartPeer) -> None:
-    """uas_cpim_delivered answers 200 and sends an IMDN that an independent check accepts."""
-    server = sipp.start("uas", "uas_cpim_delivered.xml", calls=2, timeout=10)
+@pytest.mark.parametrize(
+    ("uas", "order"),
+    [("uas_cpim_delivered.xml", ["200", "MESSAGE"]), ("uas_cpim_delivered_first.xml", ["MESSAGE", "200"])],
+)
+async def test_uas_sends_a_right_delivered_imdn(
+    sipp: SippRunner, tiny_peer: StartPeer, uas: str, order: list[str]
+) -> None:
+    """The UAS scenarios answer 200 and send an IMDN that an independent check accepts, in
+    the order they promise (the IMDN after the 200, or before it)."""
+    server = sipp.start("uas", uas, calls=2, timeout=10)
     peer = await tiny_peer(replace(RIGHT, send=False))
     request, message_id = build_cpim_message((LOOPBACK, server.port), peer.address)
     peer.send(request, (LOOPBACK, server.port))
     received = await peer.wait_for_requests(1, timeout=5)
     served = await server.wait_async()
+    assert peer.arrivals == order, served.describe()
     assert (served.exit_code, served.successful) == (0, 2), served.describe()
     assert peer.responses == ["SIP/2.0 200 OK"]
     assert len(received) == 1, served.describe()

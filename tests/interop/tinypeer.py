@@ -146,6 +146,8 @@ class TinyPeer(asyncio.DatagramProtocol):
     """Every request received, retransmissions included."""
     responses: list[str] = field(default_factory=list)
     """Status lines of the responses to what this peer sent (IMDNs, requests)."""
+    arrivals: list[str] = field(default_factory=list)
+    """Everything that arrived, in order: ``"MESSAGE"`` for a request, the status code for a response."""
     transport: asyncio.DatagramTransport | None = None
     _answered_ids: set[str] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -170,11 +172,13 @@ class TinyPeer(asyncio.DatagramProtocol):
             if answered is not None:
                 self._acked.add(answered.group(1).decode())
             self.responses.append(status_line)
+            self.arrivals.append(status_line.split(" ")[1])
             return
         request = parse_request(data)
         if request is None or request.method != "MESSAGE":
             return
         self.received.append(request)
+        self.arrivals.append(request.method)
         call_id = request.headers.get("call-id", "")
         self.transport.sendto(build_ok(request, to_tag=f"tp{abs(hash(call_id)) % 10**8}"), addr)
         wants_imdn = request.headers.get("content-type", "").startswith(
