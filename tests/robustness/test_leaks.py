@@ -28,7 +28,7 @@ from sipimdn.store import MemoryStore
 from sipimdn.transport.base import TransportConfig
 from sipimdn.transport.flow import Transport
 
-COUNT = int(os.environ.get("SIPIMDN_LEAK_COUNT", "5000"))
+COUNT = int(os.environ.get("SIPIMDN_LEAK_COUNT", "4000"))
 UA_COUNT = int(os.environ.get("SIPIMDN_LEAK_UA_COUNT", "400"))
 CONCURRENCY = 16
 # Timer J (64*T1 = 2.6 s) and K (T4) end soon enough to be waited out; T1 is not shorter so a
