@@ -30,7 +30,7 @@ from .dialog.events import (
     TransactionTimedOut,
     TransportFailed,
 )
-from .dialog.factory import new_tag, stamp_via
+from .dialog.factory import new_local_tag, stamp_via
 from .dialog.layer import Outgoing, TransactionLayer
 from .dialog.transaction import TimerConfig
 from .errors import LocalProtocolError, SipParseError, TransactionTimeout, TransportError
@@ -53,6 +53,8 @@ class IncomingRequest:
     counts (later ones are discarded, as RFC 3261 §17.2.2 says).
     """
 
+    __slots__ = ("_stack", "flow", "key", "request", "responded", "to_tag")
+
     def __init__(self, stack: SipStack, key: TransactionKey, request: Request, flow: Flow) -> None:
         self._stack = stack
         #: The transaction it belongs to.
@@ -62,7 +64,7 @@ class IncomingRequest:
         #: Where it came from.
         self.flow = flow
         #: The To tag every response to it carries (§8.2.6.2).
-        self.to_tag = new_tag()
+        self.to_tag = new_local_tag()
         #: The status sent, once a final response has gone out.
         self.responded: int | None = None
 
@@ -363,35 +365,52 @@ class SipStack:
         if handler is None:
             incoming.respond(503, "No request handler")
             return
-        task = asyncio.get_running_loop().create_task(self._call_handler(handler, incoming))
+        # The handler is called right here, inside the pump: a synchronous handler that answers at
+        # once costs no task and no extra loop iteration, and its response leaves in this same
+        # pump. Only an awaitable result (an async handler) becomes a tracked task.
+        try:
+            result = handler(incoming)
+        except Exception:
+            self._handler_failed(incoming)
+            return
+        if result is None or result is True or result is False or not inspect.isawaitable(result):
+            return  # a sync handler may return anything (even respond()'s bool)
+        task = self._require_loop().create_task(self._await_handler(result, incoming))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call_handler(self, handler: RequestHandler, incoming: IncomingRequest) -> None:
+    async def _await_handler(self, result: Awaitable[object], incoming: IncomingRequest) -> None:
         try:
-            result = handler(incoming)
-            if inspect.isawaitable(result):  # a sync handler may return anything (even respond()'s bool)
-                await result
+            await result
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("request handler failed on %r", incoming)
-            if incoming.responded is None:
-                try:
-                    incoming.respond(500, "Internal Server Error")
-                except Exception:  # e.g. the request lacks what a response must copy
-                    log.exception("could not answer 500 to %r", incoming)
+            self._handler_failed(incoming)
+
+    def _handler_failed(self, incoming: IncomingRequest) -> None:
+        log.exception("request handler failed on %r", incoming)
+        if incoming.responded is None:
+            try:
+                incoming.respond(500, "Internal Server Error")
+            except Exception:  # e.g. the request lacks what a response must copy
+                log.exception("could not answer 500 to %r", incoming)
 
     def _arm_timer(self) -> None:
+        # Lazy re-arming: the loop timer is moved only when the earliest deadline comes *earlier*
+        # than the one armed. A deadline that moved later (the common case: a request answered at
+        # once trades its 100-Trying deadline for Timer J) leaves the handle alone; it fires, finds
+        # nothing due and re-arms for the real deadline. Under load this makes call_at/cancel a rare
+        # event instead of two per message.
         at = self.layer.get_timer()
-        if at == self._timer_at:
+        if at is None:
+            return
+        armed = self._timer_at
+        if armed is not None and armed <= at:
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = at
-        if at is not None and not self._closed:
-            self._timer = self._require_loop().call_at(at, self._on_timer)
+        self._timer = None if self._closed else self._require_loop().call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         at, self._timer, self._timer_at = self._timer_at, None, None

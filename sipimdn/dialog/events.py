@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from ..message import Request, Response
 from ..transport.flow import Flow
@@ -18,11 +18,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionKey:
+class TransactionKey(NamedTuple):
     """Identifies one transaction (RFC 3261 §17.1.3 for clients, §17.2.3 for servers).
 
-    Treat it as opaque: hash it, compare it, pass it back to the layer.
+    Treat it as opaque: hash it, compare it, pass it back to the layer. (A NamedTuple rather than a
+    frozen dataclass: the layer hashes each key several times per message, and a tuple hashes in C.)
     """
 
     #: True for our client transactions, False for server transactions.

@@ -1,8 +1,17 @@
 """Identifiers and out-of-dialog requests (RFC 3261 §8.1.1, §19.3; RFC 3428 §4).
 
-Every identifier comes from ``secrets``: branches carry 96 random bits after the magic cookie
-(§8.1.1.7 wants them unique in space and time), tags 64 bits (§19.3 asks for at least 32,
-cryptographically random), Call-IDs 128 bits.
+Every identifier we put on a request comes from ``secrets``: branches carry 96 random bits after
+the magic cookie (§8.1.1.7 wants them unique in space and time, and an unpredictable branch keeps
+an off-path attacker from forging responses to our requests), tags 64 bits (§19.3 asks for at
+least 32, cryptographically random), Call-IDs 128 bits.
+
+The To tag a UAS puts on its responses (``new_local_tag``) is made on the receive path, once per
+request, where ``secrets`` costs as much as a good part of the rest of the transaction. It is a
+64-bit prefix drawn from ``secrets`` once per 65,536 tags, then a counter: every tag carries 64
+cryptographically random bits that no other process shares (§19.3's "at least 32 bits of
+randomness", whose purpose is global uniqueness), and tags from one process never repeat. A tag
+only identifies the dialog a response would create; it guards nothing, so its next value being
+guessable from the last one costs nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ __all__ = [
     "build_request",
     "new_branch",
     "new_call_id",
+    "new_local_tag",
     "new_tag",
     "stamp_via",
 ]
@@ -37,6 +47,29 @@ def new_branch() -> str:
 def new_tag() -> str:
     """A fresh From/To tag: 64 random bits."""
     return secrets.token_hex(8)
+
+
+class _TagSource:
+    """A random 64-bit prefix (re-drawn every 65,536 tags) followed by a counter."""
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._count = 0x10000
+
+    def __call__(self) -> str:
+        count = self._count
+        if count >= 0x10000:
+            self._prefix = secrets.token_hex(8)
+            count = 0
+        self._count = count + 1
+        return f"{self._prefix}{count:x}"
+
+
+#: A fresh To tag for a response we send as a UAS (see the module docstring): 64 random bits and
+#: a counter.
+new_local_tag = _TagSource()
 
 
 def new_call_id(host: str | None = None) -> str:

@@ -23,6 +23,7 @@ sent-by port, else sent-by.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import ipaddress
@@ -86,15 +87,28 @@ def _same_ip(a: str, b: str) -> bool:
 def stamp_received(request: Request, flow: Flow) -> None:
     """Add received (and fill rport) in the top Via, per §18.2.1 and RFC 3581 §4."""
     via = request.top_via
-    source_ip, source_port = flow.remote
-    params: dict[str, str | None] = {}
-    if via.has_rport:
-        params["received"] = source_ip  # RFC 3581: even when equal to sent-by
-        params["rport"] = str(source_port)
-    elif not _same_ip(via.host, source_ip):
-        params["received"] = source_ip
-    if params:
-        request.set_top_via(via.with_params(**params))
+    stamped = _stamped(via, flow.remote)
+    if stamped is not via:
+        request.set_top_via(stamped)
+
+
+def _stamped(via: Via, source: tuple[str, int]) -> Via:
+    """``via`` with received/rport set for a request from ``source`` (itself when nothing changes)."""
+    source_ip, source_port = source
+    params = via.params
+    if "rport" in params:
+        port_text = str(source_port)
+        if params["rport"] == port_text and params.get("received") == source_ip:
+            return via  # already stamped (our own earlier pass over the same object)
+        # RFC 3581: received even when equal to sent-by. Built directly rather than through
+        # with_params: same result (a new key goes last, an existing one keeps its place).
+        merged = dict(params)
+        merged["received"] = source_ip
+        merged["rport"] = port_text
+        return Via(via.transport, via.host, via.port, merged, via.protocol)
+    if via.host != source_ip and not _same_ip(via.host, source_ip):
+        return via.with_params(received=source_ip)
+    return via
 
 
 def response_flow(request_flow: Flow, via: Via) -> Flow:
@@ -109,10 +123,12 @@ def response_flow(request_flow: Flow, via: Via) -> Flow:
     if received is not None:
         received = received.strip("[]")
         rport = via.rport
-        if rport is not None:
-            return Flow(Transport.UDP, (received, rport), request_flow.local)
-        return Flow(Transport.UDP, (received, port), request_flow.local)
-    return Flow(Transport.UDP, (via.host, port), request_flow.local)
+        remote = (received, rport if rport is not None else port)
+    else:
+        remote = (via.host, port)
+    if remote == request_flow.remote and request_flow.server_name is None:
+        return request_flow  # the usual case with rport: back where it came from, same socket
+    return Flow(Transport.UDP, remote, request_flow.local)
 
 
 def server_key(request: Request) -> TransactionKey:
@@ -293,9 +309,13 @@ class TransactionLayer:
     # -- internals -------------------------------------------------------------------------------
 
     def _receive_request(self, request: Request, flow: Flow, now: float) -> None:
-        stamp_received(request, flow)
+        via = request.top_via
+        stamped = _stamped(via, flow.remote)
+        if stamped is not via:
+            request.set_top_via(stamped)
         if request.method == "ACK":
-            log.debug("dropping ACK from %s (no INVITE transactions here)", flow.remote)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dropping ACK from %s (no INVITE transactions here)", flow.remote)
             return
         _check_request(request)
         key = server_key(request)
@@ -304,18 +324,15 @@ class TransactionLayer:
             entry[0].receive_request(now)
             self._collect_server(key, entry[0], entry[1])
             return
-        route = response_flow(flow, request.top_via)
+        route = response_flow(flow, stamped)
         if len(self._servers) >= self.max_server_transactions:
             busy = make_response(request, 503, "Too Many Transactions")
             busy.headers.add("Retry-After", "5")
             self._outgoing.append(Outgoing(busy, route, None))
             return
-
-        def make_trying() -> Response:
-            return make_response(request, 100)
-
-        tx: _Server = ServerTransaction(request, reliable=flow.reliable, now=now, config=self.config,
-                                        make_trying=make_trying)
+        make_trying = functools.partial(make_response, request, 100)
+        tx: _Server = ServerTransaction(request, reliable=flow.transport.reliable, now=now,
+                                        config=self.config, make_trying=make_trying)
         self._servers[key] = (tx, route)
         self._schedule(key, tx.get_timer())
         self._events.append(RequestReceived(key, request, flow))
@@ -356,14 +373,18 @@ class TransactionLayer:
         self._schedule(key, tx.get_timer())
 
     def _collect_server(self, key: TransactionKey, tx: _Server, flow: Flow, reason: str = "") -> None:
-        for action in tx.pop_actions():
-            if isinstance(action, Send):
-                assert isinstance(action.message, Response)
-                self._outgoing.append(Outgoing(action.message, flow, key))
-            elif isinstance(action, Fail):
-                self._events.append(TransportFailed(key, reason or "transport error"))
-        if tx.terminated:
+        actions = tx.pop_actions()
+        if actions:
+            for action in actions:
+                if type(action) is Send:
+                    assert isinstance(action.message, Response)
+                    self._outgoing.append(Outgoing(action.message, flow, key))
+                elif isinstance(action, Fail):
+                    self._events.append(TransportFailed(key, reason or "transport error"))
+        if tx.state is TxState.TERMINATED:
             del self._servers[key]
+            self._scheduled.pop(key, None)
+            return
         self._schedule(key, tx.get_timer())
 
     def _schedule(self, key: TransactionKey, at: float | None) -> None:

@@ -36,6 +36,7 @@ scheduled, so a TCP transaction ends in the same call that completed it.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeAlias, TypeVar
@@ -102,15 +103,25 @@ class TimerConfig:
 
         Until then a server MUST NOT send 100 Trying over UDP; after it, it MUST.
         """
-        elapsed, interval = 0.0, self.t1
-        while interval < self.t2:
-            elapsed += interval
-            interval = min(2 * interval, self.t2)
-        return elapsed
+        return _trying_delay(self.t1, self.t2)
+
+
+@functools.lru_cache(maxsize=64)
+def _trying_delay(t1: float, t2: float) -> float:
+    # Asked once per server transaction: cached, as the sum is the same for every one.
+    elapsed, interval = 0.0, t1
+    while interval < t2:
+        elapsed += interval
+        interval = min(2 * interval, t2)
+    return elapsed
 
 
 class TxState(enum.Enum):
     """States shared by both non-INVITE machines (RFC 3261 Figures 6 and 8)."""
+
+    # Members are singletons compared by identity: hash them in C, not through Enum.__hash__ in
+    # Python, as every input looks one (state, input) pair up in a table.
+    __hash__ = object.__hash__
 
     #: Request sent (client) or received (server); no response yet.
     TRYING = "Trying"
@@ -124,6 +135,8 @@ class TxState(enum.Enum):
 
 class TxInput(enum.Enum):
     """Everything that can happen to a transaction; each table accepts a subset."""
+
+    __hash__ = object.__hash__  # see TxState
 
     #: Client: a provisional response arrived.
     RECV_1XX = "recv 1xx"
@@ -308,7 +321,10 @@ class ServerTransaction(Generic[ReqT, RespT]):
 
     def __init__(self, request: ReqT, *, reliable: bool, now: float, config: TimerConfig,
                  make_trying: Callable[[], RespT]) -> None:
-        self.request = request
+        #: The request, until the transaction completes: from then on only ``last_response`` is
+        #: needed (to answer retransmissions for Timer J, 32 s on UDP), so the request and its
+        #: body are let go rather than held by every completed transaction.
+        self.request: ReqT | None = request
         self.reliable = reliable
         self.config = config
         self.state = TxState.TRYING
@@ -317,7 +333,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
         self.retransmit_at: float | None = now + config.trying_delay
         #: Give-up deadline, then Timer J.
         self.timeout_at: float | None = now + config.timer_f
-        self._make_trying = make_trying
+        self._make_trying: Callable[[], RespT] | None = make_trying
         self._pending: RespT | None = None
         self._actions: list[Action[ReqT | RespT]] = []
 
@@ -382,6 +398,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
         self.state = state
         self.retransmit_at = None  # the 100 deadline only lives in Trying
         if state is TxState.COMPLETED:
+            self.request = self._make_trying = None  # see ``request``
             j = self.config.timer_j(self.reliable)
             self.timeout_at = now + j
             if j == 0:
@@ -395,6 +412,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
         pass
 
     def _send_trying(self, now: float) -> None:
+        assert self._make_trying is not None  # only called in Trying
         self.last_response = self._make_trying()
         self._actions.append(Send(self.last_response))
 

@@ -141,6 +141,8 @@ class TransportManager:
         if flow.transport is Transport.UDP:
             endpoint = self._udp_for(flow)
             endpoint.send(data, flow.remote)
+            if flow.local == endpoint.local and flow.server_name is None:
+                return flow
             return Flow(Transport.UDP, flow.remote, endpoint.local)
         # The key holds the TLS name too: a connection verified for one name is never reused for another.
         connection = self._connections.get((flow.transport, flow.remote, flow.server_name))
@@ -157,9 +159,13 @@ class TransportManager:
         return connection is not None and not connection.closed
 
     def _udp_for(self, flow: Flow) -> UdpEndpoint:
-        if flow.local is not None:  # a response: from the socket the request came in on (RFC 3581 §4)
-            for endpoint in self._udp:
-                if endpoint.local == flow.local:
+        local = flow.local
+        if local is not None:  # a response: from the socket the request came in on (RFC 3581 §4)
+            udp = self._udp
+            if len(udp) == 1 and udp[0].local == local:
+                return udp[0]
+            for endpoint in udp:
+                if endpoint.local == local:
                     return endpoint
         family = _family(flow.remote[0])
         for endpoint in self._udp:

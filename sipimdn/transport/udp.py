@@ -39,6 +39,9 @@ _REPORTED_ICMP = {(_SO_EE_ORIGIN_ICMP, 3), (_SO_EE_ORIGIN_ICMP, 12),
 #: Socket receive buffer asked for (the kernel may cap it, e.g. at net.core.rmem_max).
 _RECEIVE_BUFFER = 1 << 21
 
+#: Peers whose Flow is kept for reuse.
+_FLOW_CACHE = 4096
+
 #: Receive buffer large enough for any datagram (RFC 3261 §18.1.1: up to 65,535 bytes).
 MAX_DATAGRAM = 65535
 
@@ -63,6 +66,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._sending_to: Address | None = None
         self._send_error: TransportError | None = None
         self.local: Address = _normalise(sock.getsockname())
+        # One Flow per peer address, reused for each datagram from it (a Flow is immutable): building
+        # a frozen dataclass per datagram is a measurable share of the receive path under load.
+        self._flows: dict[tuple[str, int] | tuple[str, int, int, int], Flow] = {}
 
     @classmethod
     async def open(cls, host: str, port: int, on_datagram: Callable[[bytes, Flow], None],
@@ -121,7 +127,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        flow = Flow(Transport.UDP, _normalise(addr), self.local)
+        flow = self._flows.get(addr)
+        if flow is None:
+            if len(self._flows) >= _FLOW_CACHE:
+                self._flows.clear()  # many peers: start over rather than track recency
+            flow = self._flows[addr] = Flow(Transport.UDP, _normalise(addr), self.local)
         self._on_datagram(data, flow)
 
     def error_received(self, exc: Exception) -> None:

@@ -1,0 +1,404 @@
+"""Measure and profile the SipStack receive path: server CPU per MESSAGE(CPIM) -> 200 over UDP.
+
+    python tools/profile_stack.py run [--count 20000] [--window 64] [--repeat 3] [--servers stack,floor]
+    python tools/profile_stack.py rate --rate 10000 --seconds 10 [--server stack]
+    python tools/profile_stack.py profile [--count 20000] [--out /tmp/stack.prof] [--top 35]
+    python tools/profile_stack.py serve stack|floor [--profile OUT]
+
+``serve`` runs one responder in this process: ``stack`` is a bare ``SipStack`` whose synchronous
+handler answers every request 200; ``floor`` is a raw asyncio responder that copies the
+Via/From/To/Call-ID/CSeq lines into a 200 with no SIP library (the Python floor of issue 9). It
+prints ``READY <port>`` and stops on SIGTERM.
+
+``run`` starts each server in a child process (pinned to CPU 1 when there are two cores, the
+client to CPU 0), sends ``count`` pre-built MESSAGEs with a ~600-byte CPIM body, each with a unique
+branch and Call-ID, keeping at most ``window`` unanswered, and reads the server's utime+stime
+from /proc/<pid>/stat around the load (after a warm-up). The client is a plain non-blocking
+socket, so its own cost is not counted. Rounds alternate between servers so load drift on a shared
+machine hits both; the median per server and the ratio stack/floor are printed.
+
+``rate`` offers a fixed rate (paced in 1 ms slots) for ``seconds`` and reports achieved rate,
+failures (no final answer after retransmissions at 0.5/1/2/4 s, as Timer E would), retransmissions
+and p50/p99/max latency.
+
+``profile`` runs the stack server under cProfile with the same load and prints the top functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+
+# -- the responders -------------------------------------------------------------------------------
+
+_COPIED = (b"via:", b"v:", b"from:", b"f:", b"to:", b"t:", b"call-id:", b"i:", b"cseq:")
+
+
+class _Floor(asyncio.DatagramProtocol):
+    """Answers each request datagram with a 200 made of its copied lines; no parsing beyond that."""
+
+    transport: asyncio.DatagramTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data.startswith(b"SIP/"):
+            return
+        out = [b"SIP/2.0 200 OK\r\n"]
+        for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+            lower = line[:9].lower()
+            if lower.startswith(_COPIED):
+                tag = b";tag=floor" if lower.startswith((b"to:", b"t:")) and b";tag=" not in line else b""
+                out.append(line + tag + b"\r\n")
+        out.append(b"Content-Length: 0\r\n\r\n")
+        self.transport.sendto(b"".join(out), addr)
+
+
+async def _serve(kind: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if kind == "floor":
+        transport, _ = await loop.create_datagram_endpoint(_Floor, local_addr=(HOST, 0))
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        print(f"READY {sock.getsockname()[1]}", flush=True)
+        await stop.wait()
+        transport.close()
+        return
+    from sipimdn.stack import IncomingRequest, SipStack  # noqa: PLC0415 - the floor must not import it
+
+    async with SipStack() as stack:
+
+        def answer(incoming: IncomingRequest) -> None:
+            incoming.respond(200)
+
+        stack.on_request(answer)
+        print(f"READY {stack.endpoints[0][1][1]}", flush=True)
+        await stop.wait()
+
+
+def serve(kind: str, profile: str | None) -> None:
+    """Run one responder until SIGTERM."""
+    # CPU time, not wall time: on a shared machine wall time charges preemption to whatever
+    # call happened to be running (typically sendto, which wakes the peer).
+    profiler = cProfile.Profile(time.process_time) if profile else None
+    if profiler is not None:
+        profiler.enable()
+    asyncio.run(_serve(kind))
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)  # type: ignore[arg-type]
+
+
+# -- the load -------------------------------------------------------------------------------------
+
+_CPIM_TEXT = ("Hello from the load client. " * 15)[:420]
+
+
+def build_messages(count: int, port: int, local_port: int, run_id: str) -> list[bytes]:
+    """``count`` MESSAGE datagrams (CPIM body ~600 bytes), unique branch, Call-ID and tag each."""
+    out = []
+    for i in range(count):
+        cpim = (
+            f"From: <sip:alice@{HOST}>\r\n"
+            f"To: <sip:bob@{HOST}>\r\n"
+            "DateTime: 2026-06-15T10:00:00Z\r\n"
+            "NS: imdn <urn:ietf:params:imdn>\r\n"
+            f"imdn.Message-ID: {run_id}{i:08d}\r\n"
+            "imdn.Disposition-Notification: positive-delivery\r\n"
+            "\r\n"
+            "Content-Type: text/plain;charset=UTF-8\r\n"
+            "\r\n"
+            f"{_CPIM_TEXT}\r\n"
+        ).encode()
+        head = (
+            f"MESSAGE sip:bob@{HOST}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK{run_id}{i:08d};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:alice@{HOST}:{local_port}>;tag={run_id}{i}\r\n"
+            f"To: <sip:bob@{HOST}:{port}>\r\n"
+            f"Call-ID: c{i:08d}-{run_id}\r\n"
+            "CSeq: 1 MESSAGE\r\n"
+            "Content-Type: message/cpim\r\n"
+            f"Content-Length: {len(cpim)}\r\n"
+            "\r\n"
+        ).encode()
+        out.append(head + cpim)
+    return out
+
+
+_CALL_ID = re.compile(rb"(?im)^(?:call-id|i)[ \t]*:[ \t]*c(\d{8})-")
+_STATUS = re.compile(rb"SIP/2\.0 (\d{3}) ")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid``, from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    sock.bind((HOST, 0))
+    sock.setblocking(False)
+    return sock
+
+
+def _drain(sock: socket.socket, answered: list[float], sent_at: list[float], now: float) -> int:
+    """Read every waiting response; returns how many finals matched an unanswered message."""
+    got = 0
+    while True:
+        try:
+            data = sock.recv(65535)
+        except BlockingIOError:
+            return got
+        status = _STATUS.match(data)
+        match = _CALL_ID.search(data)
+        if status is None or match is None or int(status.group(1)) < 200:
+            continue
+        index = int(match.group(1))
+        if index < len(answered) and answered[index] == 0.0:
+            answered[index] = now - sent_at[index]
+            got += 1
+
+
+def _run_id(kind: str) -> str:
+    return f"{os.getpid():x}{int(time.time()) % 100000:x}{kind}"
+
+
+def windowed(port: int, pid: int, count: int, window: int, warmup: int) -> dict[str, float]:
+    """Send ``warmup + count`` messages, at most ``window`` unanswered; server CPU over ``count``."""
+    sock = _socket()
+    total = warmup + count
+    messages = build_messages(total, port, sock.getsockname()[1], _run_id("w"))
+    sent_at = [0.0] * total
+    answered = [0.0] * total
+    target = (HOST, port)
+    next_index = done = 0
+    cpu0 = wall0 = 0.0
+    deadline = time.monotonic() + 60 + count / 500
+    while done < total and time.monotonic() < deadline:
+        if next_index == warmup and done == warmup:
+            cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+        limit = warmup if done < warmup else total
+        while next_index < limit and next_index - done < window:
+            sent_at[next_index] = time.perf_counter()
+            sock.sendto(messages[next_index], target)
+            next_index += 1
+        select.select([sock], [], [], 0.5)
+        done += _drain(sock, answered, sent_at, time.perf_counter())
+    wall = time.perf_counter() - wall0
+    cpu = cpu_seconds(pid) - cpu0
+    sock.close()
+    measured = [a for a in answered[warmup:] if a > 0]
+    measured.sort()
+    return {
+        "answered": len(measured), "failed": count - len(measured),
+        "cpu_us_per_msg": cpu / count * 1e6, "rate": len(measured) / wall if wall else 0.0,
+        "p50_ms": measured[len(measured) // 2] * 1e3 if measured else 0.0,
+        "p99_ms": measured[int(len(measured) * 0.99)] * 1e3 if measured else 0.0,
+    }
+
+
+def paced(port: int, pid: int, rate: float, seconds: float) -> dict[str, float]:
+    """Offer ``rate`` messages/s for ``seconds``, retransmitting unanswered ones at 0.5/1/2/4 s."""
+    sock = _socket()
+    total = int(rate * seconds)
+    messages = build_messages(total, port, sock.getsockname()[1], _run_id("r"))
+    sent_at = [0.0] * total
+    answered = [0.0] * total
+    retransmissions = 0
+    pending: list[tuple[float, int, float]] = []  # (next retransmission, index, interval), in send order
+    target = (HOST, port)
+    cpu0 = cpu_seconds(pid)
+    start = time.perf_counter()
+    next_index = done = 0
+    give_up = start + seconds + 10
+    while done < total:
+        now = time.perf_counter()
+        if now > give_up:
+            break
+        due = min(total, int((now - start) * rate) + 1)
+        while next_index < due:
+            sent_at[next_index] = time.perf_counter()
+            sock.sendto(messages[next_index], target)
+            pending.append((sent_at[next_index] + 0.5, next_index, 0.5))
+            next_index += 1
+        done += _drain(sock, answered, sent_at, time.perf_counter())
+        if pending and pending[0][0] <= now:
+            keep = []
+            for at, index, interval in pending:
+                if answered[index]:
+                    continue
+                if at <= now:
+                    if interval >= 4.0:
+                        continue  # gave up: counted as failed
+                    sock.sendto(messages[index], target)
+                    retransmissions += 1
+                    keep.append((now + 2 * interval, index, 2 * interval))
+                else:
+                    keep.append((at, index, interval))
+            keep.sort()
+            pending = keep
+        select.select([sock], [], [], 0.0005)
+    wall = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu0
+    sock.close()
+    latencies = sorted(a for a in answered if a > 0)
+    return {
+        "offered": rate, "sent": total, "answered": len(latencies), "failed": total - len(latencies),
+        "retransmissions": retransmissions, "achieved_rate": len(latencies) / wall,
+        "cpu_us_per_msg": cpu / max(1, len(latencies)) * 1e6,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else 0.0,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else 0.0,
+        "max_ms": latencies[-1] * 1e3 if latencies else 0.0,
+    }
+
+
+# -- orchestration --------------------------------------------------------------------------------
+
+def _pin(command: list[str], cpu: str) -> list[str]:
+    if len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", cpu, *command]
+    return command
+
+
+class Server:
+    """A responder child process (``serve``) and its port."""
+
+    def __init__(self, kind: str, profile: str | None = None) -> None:
+        command = [sys.executable, __file__, "serve", kind] + (["--profile", profile] if profile else [])
+        self.process = subprocess.Popen(_pin(command, "1"), stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("READY "):
+            self.process.kill()
+            raise RuntimeError(f"{kind} server did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    @property
+    def pid(self) -> int:
+        """The process whose CPU is read (taskset execs, so it is the same pid)."""
+        return self.process.pid
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _pin_self() -> None:
+    if len(os.sched_getaffinity(0)) >= 2:
+        os.sched_setaffinity(0, {0})
+
+
+def _show(figures: dict[str, float]) -> str:
+    return json.dumps({k: round(v, 2) for k, v in figures.items()})
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    _pin_self()
+    kinds = args.servers.split(",")
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    servers = {k: Server(k) for k in kinds}
+    try:
+        for round_ in range(args.repeat):
+            for kind in kinds:
+                server = servers[kind]
+                figures = windowed(server.port, server.pid, args.count, args.window, args.warmup)
+                results[kind].append(figures)
+                print(f"round {round_ + 1} {kind:5s} {_show(figures)}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    medians = {k: statistics.median(r["cpu_us_per_msg"] for r in results[k]) for k in kinds}
+    for kind in kinds:
+        print(f"median {kind:5s} cpu_us_per_msg={medians[kind]:.1f}")
+    if "stack" in medians and "floor" in medians:
+        print(f"ratio stack/floor = {medians['stack'] / medians['floor']:.2f}")
+
+
+def cmd_rate(args: argparse.Namespace) -> None:
+    _pin_self()
+    server = Server(args.server)
+    try:
+        windowed(server.port, server.pid, 2000, 32, 0)  # warm-up
+        print(_show(paced(server.port, server.pid, args.rate, args.seconds)))
+    finally:
+        server.stop()
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    _pin_self()
+    server = Server("stack", profile=args.out)
+    try:
+        print(json.dumps(windowed(server.port, server.pid, args.count, args.window, args.warmup)))
+    finally:
+        server.stop()
+    stats = pstats.Stats(args.out)
+    stats.sort_stats(args.sort).print_stats(args.top)
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("kind", choices=["stack", "floor"])
+    p.add_argument("--profile")
+    p = sub.add_parser("run")
+    p.add_argument("--count", type=int, default=20000)
+    p.add_argument("--warmup", type=int, default=2000)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--servers", default="stack,floor")
+    p = sub.add_parser("rate")
+    p.add_argument("--rate", type=float, default=10000)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--server", default="stack", choices=["stack", "floor"])
+    p = sub.add_parser("profile")
+    p.add_argument("--count", type=int, default=20000)
+    p.add_argument("--warmup", type=int, default=2000)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--out", default="/tmp/stack.prof")
+    p.add_argument("--top", type=int, default=40)
+    p.add_argument("--sort", default="tottime")
+    args = parser.parse_args()
+    if args.command == "serve":
+        serve(args.kind, args.profile)
+    elif args.command == "run":
+        cmd_run(args)
+    elif args.command == "rate":
+        cmd_rate(args)
+    else:
+        cmd_profile(args)
+
+
+if __name__ == "__main__":
+    main()
