@@ -82,6 +82,15 @@ def test_sqlite_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
+def test_sqlite_synchronous_mode_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SqliteParkedStore(str(tmp_path / "p.sqlite"), synchronous="sometimes")
+    full = SqliteParkedStore(str(tmp_path / "p.sqlite"), synchronous="full")
+    full.apply([PutParked(record("a"))])
+    assert full.load() == [record("a")]
+    full.close()
+
+
 def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         SqliteParkedStore(str(tmp_path / "missing-dir" / "p.sqlite"))

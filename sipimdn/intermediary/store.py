@@ -184,7 +184,11 @@ class SqliteParkedStore:
         "CREATE TABLE IF NOT EXISTS parked (key TEXT PRIMARY KEY, expires_at REAL, record TEXT NOT NULL)"
     )
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        # NORMAL (with WAL): a commit survives a crash of the process, not a power cut;
+        # FULL syncs every commit to disk (several ms per accepted message on most disks).
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unknown synchronous mode {synchronous!r}")
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
@@ -192,6 +196,7 @@ class SqliteParkedStore:
         self._lock = threading.Lock()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute(self._SCHEMA)
         except sqlite3.Error as exc:
             self._db.close()
