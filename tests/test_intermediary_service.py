@@ -281,3 +281,21 @@ async def test_a_resent_message_is_held_and_exploded_once() -> None:
             assert len(member.requests) == 1
             stored = [r for r in peer.requests if b"<stored/>" in r.body]
             assert len(stored) == 1  # one processing notification (IMDN-66)
+
+
+async def test_register_only_for_our_domains_and_malformed_refused() -> None:
+    async with setup() as (server, peer, _):
+        foreign = build_request(
+            "REGISTER", server.uri, "<sip:eve@elsewhere.test>", "<sip:eve@elsewhere.test>"
+        )
+        foreign.headers.add("Contact", "<sip:eve@127.0.0.1:9>")
+        assert (await peer.stack.send_request(foreign)).status_code == 404
+        bad = build_request("REGISTER", server.uri, f"<sip:bob@{DOMAIN}>", f"<sip:bob@{DOMAIN}>")
+        bad.headers.add("Contact", "<sip:bob@127.0.0.1:9>;expires=soon")
+        assert (await peer.stack.send_request(bad)).status_code == 400
+        good = build_request("REGISTER", server.uri, f"<sip:bob@{DOMAIN}>", f"<sip:bob@{DOMAIN}>")
+        good.headers.add("Contact", "<sip:bob@127.0.0.1:9>;expires=30")
+        answer = await peer.stack.send_request(good)
+        assert answer.status_code == 200
+        assert answer.headers.get("Contact") == "<sip:bob@127.0.0.1:9>;expires=30"
+        assert server.registrar.lookup(f"sip:bob@{DOMAIN}", 0.0) == ["sip:bob@127.0.0.1:9"]

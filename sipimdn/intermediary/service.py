@@ -454,15 +454,22 @@ class Intermediary:
         if origin is None:  # pragma: no cover - the core owes nothing without an origin
             return
         now = time.time()
-        note = make_notification(
-            message_id=origin.message_id,
-            datetime=origin.datetime,
-            kind=event.kind,
-            status=event.status,
-            recipient_uri=origin.recipient,
-            original_recipient_uri=origin.original_recipient,
-        )
-        envelope = build_imdn_message(note, from_=self.uri, to=origin.reply_to, now=now, routes=origin.routes)
+        try:
+            note = make_notification(
+                message_id=origin.message_id,
+                datetime=origin.datetime,
+                kind=event.kind,
+                status=event.status,
+                recipient_uri=origin.recipient,
+                original_recipient_uri=origin.original_recipient,
+            )
+            envelope = build_imdn_message(
+                note, from_=self.uri, to=origin.reply_to, now=now, routes=origin.routes
+            )
+        except LocalProtocolError as exc:
+            # The IM's fields cannot be echoed into an IMDN (a peer's odd URI): nothing to send.
+            _log.warning("cannot build %s/%s for %s: %s", event.kind, event.status, origin.message_id, exc)
+            return
         self._park(
             target=origin.routes[0] if origin.routes else origin.reply_sip,
             sip_from=self.uri,
@@ -511,13 +518,17 @@ class Intermediary:
     def _send_list_notifications(self, event: NotificationsReady) -> None:
         fanout = event.fanout
         notes = event.notifications
-        envelope = build_imdn_message(
-            notes[0] if len(notes) == 1 else list(notes),
-            from_=fanout.uri_list.uri,
-            to=fanout.reply.cpim_to,
-            now=time.time(),
-            routes=fanout.reply.routes,
-        )
+        try:
+            envelope = build_imdn_message(
+                notes[0] if len(notes) == 1 else list(notes),
+                from_=fanout.uri_list.uri,
+                to=fanout.reply.cpim_to,
+                now=time.time(),
+                routes=fanout.reply.routes,
+            )
+        except LocalProtocolError as exc:
+            _log.warning("cannot build the list notification for %s: %s", fanout.message_id, exc)
+            return
         self._park(
             target=fanout.reply.request_uri,
             sip_from=fanout.uri_list.uri,
@@ -542,6 +553,11 @@ class Intermediary:
 
     def _on_register(self, incoming: IncomingRequest) -> None:
         now = time.time()
+        domain = incoming.request.to.uri.host.lower()
+        if self._domains and domain not in self._domains:
+            # RFC 3261 §10.3 step 1: we are the registrar of our domains only.
+            incoming.respond(404, "Not Our Domain")
+            return
         try:
             result = self.registrar.register(incoming.request, now)
         except RemoteProtocolError as exc:
