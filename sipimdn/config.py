@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .auth import Credentials
+from .errors import SipParseError
+from .uri import Uri
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -111,6 +113,13 @@ class ListenEndpoint:
         return f"{self.transport}:{host}:{self.port}"
 
 
+def _port_of(aor: str) -> int | None:
+    try:
+        return Uri.parse(aor).port
+    except SipParseError:
+        return None  # the user agent reports a bad AOR when it starts
+
+
 def _default_listen() -> tuple[ListenEndpoint, ...]:
     return (ListenEndpoint("udp", "127.0.0.1", 0),)
 
@@ -141,6 +150,24 @@ class UserAgentConfig:
     #: Digest credentials (RFC 3261 §22) answering 401/407 on what we send;
     #: one per realm, or one with ``realm=None`` for any realm.
     credentials: tuple[Credentials, ...] = ()
+    #: Register our listen endpoints' Contacts with a registrar (RFC 3261 §10)
+    #: while running; implied by ``registrar``.
+    register: bool = False
+    #: Registrar Request-URI (``"sip:example.com"``); None: the AOR's domain.
+    #: REGISTER goes through ``outbound_proxy`` when one is set.
+    registrar: str | None = None
+    #: Binding lifetime asked of the registrar (seconds); the granted one is honoured.
+    register_expires: int = 3600
+    #: Refresh this long before the granted expiry (at most half of it).
+    register_refresh_margin: float = 32.0
+    #: First back-off (seconds) after a failed REGISTER (RFC 5626 §4.5 base-time).
+    register_retry_base: float = 30.0
+    #: Longest back-off after failed REGISTERs (RFC 5626 §4.5 max-time).
+    register_retry_max: float = 1800.0
+    #: RFC 5626 instance ID (``"urn:uuid:..."``) sent as ``+sip.instance`` on our Contacts.
+    instance_id: str | None = None
+    #: RFC 5626 ``reg-id`` per Contact and ``Supported: outbound`` (needs ``instance_id``).
+    reg_id: bool = False
     #: Server-side TLS context, required when a TLS endpoint is listened on.
     tls_server_context: ssl.SSLContext | None = None
     #: Client-side TLS context for connections we open.
@@ -241,3 +268,23 @@ class UserAgentConfig:
             raise ValueError("close_grace must not be negative")
         if self.dedup_ttl <= 0 or self.state_expiry <= 0:
             raise ValueError("dedup_ttl and state_expiry must be positive")
+        self._check_registration()
+
+    @property
+    def registers(self) -> bool:
+        """True when the user agent keeps a registration (``register`` or ``registrar`` set)."""
+        return self.register or self.registrar is not None
+
+    def _check_registration(self) -> None:
+        if self.register_expires < 1:
+            raise ValueError("register_expires must be at least 1 (close() unregisters)")
+        if self.register_refresh_margin < 0:
+            raise ValueError("register_refresh_margin must not be negative")
+        if self.register_retry_base <= 0 or self.register_retry_max < self.register_retry_base:
+            raise ValueError("register_retry_base must be positive and not above register_retry_max")
+        if self.reg_id and self.instance_id is None:
+            raise ValueError("reg_id needs instance_id (RFC 5626 §4.2.1)")
+        if self.instance_id is not None and not self.instance_id.startswith("urn:"):
+            raise ValueError(f"instance_id must be a URN such as urn:uuid:..., not {self.instance_id!r}")
+        if self.registers and _port_of(self.aor) == 0:
+            raise ValueError("an AOR with port 0 (loopback mode) cannot be registered")

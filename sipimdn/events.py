@@ -19,6 +19,11 @@ Notification events (``ua.on_notification``) tell what happened to the
 notifications *we* owe: :class:`NotificationSent` (defined here: the IMDN
 MESSAGE got a final response, or failed to), :class:`NotificationAbandoned`
 and :class:`NotificationsDeclined` (from the tracker).
+
+Registration events (``ua.on_registration``) are the registration client's
+(:mod:`sipimdn.registration`): :class:`RegistrationSucceeded` (also each
+refresh), :class:`RegistrationFailed` (``retry_at`` None: given up),
+:class:`RegistrationExpired` and :class:`Unregistered`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ from .imdn.tracker import (
     NotificationsDeclined,
     TrackingEnded,
 )
+from .registration import (
+    RegistrationExpired,
+    RegistrationFailed,
+    RegistrationSucceeded,
+    Unregistered,
+)
 
 __all__ = [
     "DispositionChanged",
@@ -45,7 +56,12 @@ __all__ = [
     "NotificationRejected",
     "NotificationSent",
     "NotificationsDeclined",
+    "RegistrationEvent",
+    "RegistrationExpired",
+    "RegistrationFailed",
+    "RegistrationSucceeded",
     "TrackingEnded",
+    "Unregistered",
 ]
 
 
@@ -74,3 +90,6 @@ DispositionEvent = DispositionChanged | NotificationAccepted | NotificationRejec
 
 #: What ``ua.on_notification`` handlers receive.
 NotificationEvent = NotificationSent | NotificationAbandoned | NotificationsDeclined
+
+#: What ``ua.on_registration`` handlers receive.
+RegistrationEvent = RegistrationSucceeded | RegistrationFailed | RegistrationExpired | Unregistered

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from ua_helpers import StackPeer, ua_config
 
 from sipimdn import UserAgent
 from sipimdn.auth import Credentials, digest_response, parse_challenges
+from sipimdn.errors import AuthenticationFailed
 from sipimdn.message import Request
 
 REALM = "sipimdn.test"
@@ -66,20 +69,36 @@ async def test_message_is_retried_with_proxy_authorization() -> None:
             assert _valid(proxy.requests[2], "s3cret")
 
 
-async def test_wrong_password_is_tried_once_then_the_407_is_final() -> None:
+async def test_wrong_password_is_tried_once_then_authentication_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
     async with StackPeer("proxy", _proxy("right")) as proxy:
-        config = ua_config("alice", outbound_proxy=proxy.aor, credentials=(Credentials("alice", "wrong"),))
+        config = ua_config(
+            "alice", outbound_proxy=proxy.aor, credentials=(Credentials("alice", "wrong-pw-417"),)
+        )
         async with UserAgent(config) as alice:
             handle = await alice.send_message("sip:bob@example.invalid", "hi")
-            assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 407
+            with pytest.raises(AuthenticationFailed, match=r"rejected \(final 407\)"):
+                await asyncio.wait_for(handle.final_response(), 5)
             assert len(proxy.requests) == 2  # never resend rejected credentials (SIP-93)
+            await asyncio.wait_for(handle.await_disposition("failed", timeout=5), 6)
             assert str(handle.state) == "failed"
+            # The next message tries once more (the password may have been fixed server-side),
+            # again exactly one retry, again the clear failure.
+            again = await alice.send_message("sip:bob@example.invalid", "hi")
+            with pytest.raises(AuthenticationFailed):
+                await asyncio.wait_for(again.final_response(), 5)
+            assert len(proxy.requests) <= 4
+    assert "wrong-pw-417" not in caplog.text
+    assert "authentication failed" in caplog.text
 
 
-async def test_without_credentials_a_challenge_is_the_answer() -> None:
+async def test_without_credentials_a_challenge_fails_the_send() -> None:
     async with StackPeer("proxy", _proxy("x")) as proxy:
         alice = UserAgent(ua_config("alice", outbound_proxy=proxy.aor))
         async with alice:
             handle = await alice.send_message("sip:bob@example.invalid", "hi")
-            assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 407
+            with pytest.raises(AuthenticationFailed, match="no credentials"):
+                await asyncio.wait_for(handle.final_response(), 5)
             assert len(proxy.requests) == 1

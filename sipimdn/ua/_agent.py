@@ -41,7 +41,7 @@ from ..errors import (
     TransactionTimeout,
     TransportError,
 )
-from ..events import DispositionEvent, NotificationEvent, NotificationSent
+from ..events import DispositionEvent, NotificationEvent, NotificationSent, RegistrationEvent
 from ..imdn import new_message_id
 from ..imdn.tracker import (
     PEER_NO_CPIM,
@@ -56,6 +56,7 @@ from ..imdn.tracker import (
     TrackingEnded,
 )
 from ..message import Request, Response
+from ..registration import RegistrationClient, RegState
 from ..store import SqliteStore, Store
 from ..uri import Uri
 from . import _wire
@@ -63,6 +64,7 @@ from ._deadline import Decision, HandlerOutcome, decide_response
 from ._dedup import DuplicateCache
 from ._pacing import DestinationQueue
 from ._persist import StoreWriter
+from ._register import RegistrationDriver, contacts_for, settings_for
 from .incoming import IncomingMessage
 from .outgoing import SentMessage
 
@@ -116,6 +118,8 @@ class UserAgent:
         self._message_handlers: list[MessageHandler] = []
         self._disposition_handlers: list[Callable[[DispositionEvent], Awaitable[None]]] = []
         self._notification_handlers: list[Callable[[NotificationEvent], Awaitable[None]]] = []
+        self._registration_handlers: list[Callable[[RegistrationEvent], Awaitable[None]]] = []
+        self._registrar: RegistrationDriver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
         self._wire_tasks: set[asyncio.Task[Any]] = set()
@@ -164,6 +168,8 @@ class UserAgent:
             self._stack.on_request(self._on_request)
             await self._stack.start()
             self._aor = _resolve_port_zero(self._aor, _wire.endpoints_of(self._stack))
+            if self.config.registers:
+                self._start_registration(self._stack)
         except BaseException:
             self._closed = True
             if self._stack is not None:
@@ -194,6 +200,10 @@ class UserAgent:
         # Finishing one task can start another (an answer makes an IMDN due): loop.
         while (pending := [t for t in self._wire_tasks if not t.done()]) and loop.time() < grace_end:
             await asyncio.wait(pending, timeout=grace_end - loop.time())
+        if self._registrar is not None:
+            # Remove our bindings (RFC 3261 §10.2.2) while the stack still runs; bounded.
+            await self._registrar.stop(max(0.0, grace_end - loop.time()) or self.config.t1)
+            await asyncio.sleep(0)  # let the Unregistered handlers start before tasks are cancelled
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -267,6 +277,48 @@ class UserAgent:
         """Call ``await handler(event)`` for what happens to notifications we owe."""
         self._notification_handlers.append(handler)
         return Registration(self._notification_handlers, handler)
+
+    def on_registration(self, handler: Callable[[RegistrationEvent], Awaitable[None]]) -> Registration:
+        """Call ``await handler(event)`` whenever our registration changes.
+
+        Events (from :mod:`sipimdn.registration`): ``RegistrationSucceeded``
+        (first registration and each refresh, with the granted expiry),
+        ``RegistrationFailed`` (``retry_at`` None: given up, e.g. wrong
+        password), ``RegistrationExpired`` and ``Unregistered`` (on close).
+        """
+        self._registration_handlers.append(handler)
+        return Registration(self._registration_handlers, handler)
+
+    @property
+    def registration_state(self) -> RegState | None:
+        """Where our registration stands; None when the configuration does not register."""
+        return self._registrar.state if self._registrar is not None else None
+
+    async def wait_registered(self, timeout: float | None = None) -> RegistrationEvent:
+        """Wait until registered, or until registration failed for good; return that event.
+
+        Returns at once with the last success while a binding is live. Raises
+        :class:`TimeoutError` after ``timeout`` seconds (the client keeps
+        trying) and :class:`~sipimdn.errors.LocalProtocolError` when the
+        configuration does not register.
+        """
+        self._require_stack()
+        if self._registrar is None:
+            raise LocalProtocolError("this user agent does not register (set register=True or registrar)")
+        return await self._registrar.wait_settled(timeout)
+
+    def _start_registration(self, stack: _wire.Stack) -> None:
+        contacts = contacts_for(self._aor, self.config.listen, _wire.endpoints_of(stack))
+        client = RegistrationClient(settings_for(self.config, self._aor, contacts), authenticator=self._auth)
+        route = _wire.loose_route(self.config.outbound_proxy) if self.config.outbound_proxy else None
+        self._registrar = RegistrationDriver(
+            client,
+            stack,
+            route=route,
+            user_agent=self.config.user_agent,
+            emit=lambda event: self._fire(self._registration_handlers, event),
+        )
+        self._registrar.start()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""
@@ -593,6 +645,9 @@ class UserAgent:
             status = response.status_code
         except (TransactionTimeout, TransportError) as exc:
             _log.info("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, exc)
+        except _AuthRefused as refused:
+            # A final 401/407: retrying the IMDN with the same credentials cannot help.
+            status = refused.response.status_code
         if self._closed:
             return
         self._require_tracker().notification_outcome(owed.notification_id, status, time.time())
@@ -696,6 +751,12 @@ class UserAgent:
                 self._pump()
             handle._set_failure(exc)
             return
+        except _AuthRefused as refused:
+            # Not delivered (4xx): the tracker ends the message's tracking as failed.
+            tracker.response_received(handle.message_id, refused.response.status_code, time.time())
+            self._pump()
+            handle._set_failure(refused.error)
+            return
         tracker.response_received(handle.message_id, response.status_code, time.time())
         self._pump()
         handle._set_response(response)
@@ -705,7 +766,9 @@ class UserAgent:
 
         With credentials configured, a 401/407 is answered (RFC 3261 §22.2):
         the retry is a new transaction in the same turn, since the challenged
-        one has completed.
+        one has completed. Realms answered before go authenticated up front.
+        A challenge we cannot or must not answer again (our credentials were
+        just rejected) raises :class:`_AuthRefused`: never a retry loop.
         """
         stack = self._require_stack()
         target = _wire.target_for(self.config, to, transport)
@@ -715,21 +778,43 @@ class UserAgent:
             request = _wire.with_authorization(request, attempt.headers, next_cseq=False)
         async with self._queue.turn(key):
             while True:
-                response = await stack.send_request(request, target=target)
-                if attempt is None:
+                try:
+                    response = await stack.send_request(request, target=target)
+                except TransportError:
+                    if self._registrar is not None and self.config.outbound_proxy:
+                        # Our binding points at the flow to the proxy that just failed.
+                        self._registrar.reregister()
+                    raise
+                if response.status_code not in (401, 407):
+                    if attempt is not None and 200 <= response.status_code < 300:
+                        attempt.handle_success(response.headers.get("Authentication-Info"))
                     return response
-                if response.status_code in (401, 407):
-                    values = response.headers.get_all(challenge_header_for(response.status_code))
-                    try:
-                        headers = attempt.handle_challenge(response.status_code, values)
-                    except AuthenticationFailed as exc:
-                        _log.warning("%s to %s: %s", request.method, request.uri, exc)
-                        return response
-                    request = _wire.with_authorization(request, headers, next_cseq=True)
-                    continue
-                if 200 <= response.status_code < 300:
-                    attempt.handle_success(response.headers.get("Authentication-Info"))
-                return response
+                if attempt is None:
+                    error = AuthenticationFailed(
+                        f"{request.method} to {request.uri} challenged ({response.status_code})"
+                        " and no credentials are configured"
+                    )
+                    raise _AuthRefused(error, response)
+                values = response.headers.get_all(challenge_header_for(response.status_code))
+                try:
+                    headers = attempt.handle_challenge(response.status_code, values)
+                except AuthenticationFailed as exc:
+                    # The message says which realm and why, never the password.
+                    error = AuthenticationFailed(
+                        f"{request.method} to {request.uri}: {exc} (final {response.status_code})"
+                    )
+                    _log.warning("%s", error)
+                    raise _AuthRefused(error, response) from None
+                request = _wire.with_authorization(request, headers, next_cseq=True)
+
+
+class _AuthRefused(Exception):
+    """Internal: a request ended in an authentication failure, with the final 401/407."""
+
+    def __init__(self, error: AuthenticationFailed, response: Response) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.response = response
 
 
 def _log_late_handler(task: asyncio.Task[Any]) -> None:

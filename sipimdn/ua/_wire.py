@@ -344,7 +344,7 @@ def _message_request(
     previous: Request | None = None,
 ) -> Request:
     config = ua.config
-    route = [f"<{_loose(config.outbound_proxy)}>"] if config.outbound_proxy else []
+    route = [f"<{loose_route(config.outbound_proxy)}>"] if config.outbound_proxy else []
     headers = list(extra)
     if config.user_agent:
         headers.append(("User-Agent", config.user_agent))
@@ -371,7 +371,7 @@ def _message_request(
     )
 
 
-def _loose(proxy: str) -> str:
+def loose_route(proxy: str) -> str:
     """The outbound proxy as a loose-routing Route URI (RFC 3261 §8.1.1.1 pre-existing route set)."""
     uri = Uri.parse(proxy)
     return str(uri) if "lr" in uri.params else f"{uri};lr"
