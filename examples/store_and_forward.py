@@ -110,6 +110,13 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--retry-cap", type=float, default=3600.0, help="longest wait between attempts (s)")
     parser.add_argument("--expiry", type=float, default=86400.0, help="hold a message at most this long (s)")
     parser.add_argument("--store", default=":memory:", help="SQLite file for held messages (default: none)")
+    parser.add_argument(
+        "--next-hop",
+        action="append",
+        default=[],
+        metavar="DOMAIN=URI",
+        help="send messages for DOMAIN through the proxy URI (repeatable)",
+    )
     parser.add_argument("--no-original-to", action="store_true", help="do not reveal the original recipient")
     parser.add_argument(
         "--run-for", type=float, help="stop after this many seconds (default: run until Ctrl-C)"
@@ -136,6 +143,13 @@ def tls_contexts(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.S
     return server, client
 
 
+def _next_hop(text: str) -> tuple[str, str]:
+    domain, sep, uri = text.partition("=")
+    if not sep or not domain or not uri:
+        raise ValueError(f"--next-hop wants DOMAIN=URI, not {text!r}")
+    return domain, uri
+
+
 def config_from(args: argparse.Namespace, **extra: object) -> IntermediaryConfig:
     """The intermediary configuration the options describe."""
     server_tls, client_tls = tls_contexts(args)
@@ -150,6 +164,7 @@ def config_from(args: argparse.Namespace, **extra: object) -> IntermediaryConfig
         forward=ForwardConfig(retry_base=args.retry, retry_cap=args.retry_cap, expiry=args.expiry),
         store_path=args.store,
         original_to=not args.no_original_to,
+        next_hops=tuple(_next_hop(text) for text in args.next_hop),
         **extra,  # type: ignore[arg-type]
     )
 

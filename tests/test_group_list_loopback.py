@@ -207,3 +207,81 @@ async def test_member_that_refuses_is_reported_failed() -> None:
         )
         states = member_states(s.alice_events, sent.message_id)
         assert set(states) <= {refusing.ua.aor, LIST}
+
+
+async def test_list_server_and_store_and_forward_chained() -> None:
+    """Two intermediaries on the path: IMDN-Record-Route stacks up, IMDN-Route unwinds hop by hop."""
+    from test_intermediary_support import register
+
+    lists_domain = "lists.test"
+    club = f"sip:club@{lists_domain}"
+    bob_aor = f"sip:bob@{DOMAIN}"
+    async with AsyncExitStack() as stack:
+        store_and_forward = await stack.enter_async_context(
+            Intermediary(IntermediaryConfig(domains=(DOMAIN,)))
+        )
+        bob = await stack.enter_async_context(UserAgent(ua_config("bob", aor=bob_aor)))
+        carol = await stack.enter_async_context(UserAgent(ua_config("carol")))
+        list_server = await stack.enter_async_context(
+            Intermediary(
+                IntermediaryConfig(
+                    user="lists",
+                    domains=(lists_domain,),
+                    lists=(UriList(club, (bob_aor, carol.aor)),),
+                    exploder=ExploderConfig(aggregate=True, window=3.0),
+                    next_hops=((DOMAIN, store_and_forward.uri),),
+                )
+            )
+        )
+        seen_sf, seen_list = Seen(store_and_forward), Seen(list_server)
+        alice = await stack.enter_async_context(UserAgent(ua_config("alice", outbound_proxy=list_server.uri)))
+        events: list[object] = []
+
+        async def record(event: object) -> None:
+            events.append(event)
+
+        alice.on_disposition(record)
+        inboxes: dict[str, list[IncomingMessage]] = {bob.aor: [], carol.aor: []}
+        for ua in (bob, carol):
+
+            async def keep(message: IncomingMessage, box: list[IncomingMessage] = inboxes[ua.aor]) -> None:
+                box.append(message)
+
+            ua.on_message(keep)
+        await register(bob_aor, bob.contact_uri(), store_and_forward.uri)
+        sent = await alice.send_message(club, "hello club", notify=["positive-delivery", "display"])
+        assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
+        await until(lambda: all(inboxes.values()))
+        bob_copy = inboxes[bob.aor][0].cpim
+        assert bob_copy is not None
+        # Newest on top: the store-and-forward server, then the list server (RFC 5438 §6.5).
+        assert [a.uri for a in imdn.imdn_headers(bob_copy).record_routes] == [
+            store_and_forward.uri,
+            list_server.uri,
+        ]
+        for ua in (bob, carol):
+            assert await ua.mark_displayed(inboxes[ua.aor][0].message_id or "")
+        await until(
+            lambda: (
+                {
+                    r
+                    for r, states in member_states(events, sent.message_id).items()
+                    if DispositionState.DISPLAYED in states
+                }
+                >= {bob.aor, carol.aor}
+            ),
+            timeout=8,
+        )
+        # bob's IMDNs: Request-URI the S&F server with IMDN-Route [S&F, list]; it popped itself
+        # and sent them on to the list server with IMDN-Route [list].
+        await seen_sf.wait_for(lambda: len(seen_sf.routed("imdn-route")) == 2)
+        for routed in seen_sf.routed("imdn-route"):
+            assert str(routed.request.uri) == store_and_forward.uri
+            routes = imdn.imdn_headers(cpim.parse(routed.request.body)).routes
+            assert [a.uri for a in routes] == [store_and_forward.uri, list_server.uri]
+        taken = seen_list.routed("list-notification")
+        assert len(taken) == 4  # delivered and displayed, from bob and from carol
+        for routed in taken:
+            assert str(routed.request.uri) == list_server.uri
+            routes = imdn.imdn_headers(cpim.parse(routed.request.body)).routes
+            assert [a.uri for a in routes] == [list_server.uri]

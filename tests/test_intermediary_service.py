@@ -299,3 +299,18 @@ async def test_register_only_for_our_domains_and_malformed_refused() -> None:
         assert answer.status_code == 200
         assert answer.headers.get("Contact") == "<sip:bob@127.0.0.1:9>;expires=30"
         assert server.registrar.lookup(f"sip:bob@{DOMAIN}", 0.0) == ["sip:bob@127.0.0.1:9"]
+
+
+def test_configuration_is_checked() -> None:
+    import pytest
+
+    from sipimdn.config import ListenEndpoint
+
+    with pytest.raises(ValueError, match="next hop"):
+        IntermediaryConfig(next_hops=(("example.com", "not a uri"),))
+    with pytest.raises(ValueError, match="tls_server_context"):
+        IntermediaryConfig(listen=(ListenEndpoint("tls", "127.0.0.1", 0),))
+    with pytest.raises(ValueError, match="user"):
+        IntermediaryConfig(user="a@b")
+    with pytest.raises(ValueError, match="listen"):
+        IntermediaryConfig(listen=())

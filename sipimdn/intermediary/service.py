@@ -138,6 +138,9 @@ class IntermediaryConfig:
     trust_imdn_route: bool = False
     #: Most upstream IMDN-Record-Route entries honoured when trusted (C5); beyond, none are.
     max_imdn_route: int = 4
+    #: Static next hops: ``(domain, proxy URI)``; a message for a user of ``domain`` that is
+    #: not ours goes through that proxy (loose route) instead of to the domain itself.
+    next_hops: tuple[tuple[str, str], ...] = ()
     #: RFC 3261 T1 (seconds) for our transactions.
     t1: float = 0.5
     #: Longest registration granted (seconds).
@@ -156,6 +159,11 @@ class IntermediaryConfig:
             raise ValueError(f"user must be a plain SIP user part, not {self.user!r}")
         if self.t1 <= 0 or self.max_expires < 1:
             raise ValueError("t1 and max_expires must be positive")
+        for domain, hop in self.next_hops:
+            try:
+                Uri.parse(hop)
+            except RemoteProtocolError:
+                raise ValueError(f"next hop for {domain!r} is not a SIP URI: {hop!r}") from None
 
 
 class Intermediary:
@@ -408,6 +416,15 @@ class Intermediary:
             return None
         return target
 
+    def _next_hop(self, contact: str) -> list[str]:
+        """The Route to put on a request for ``contact`` (a configured next hop of its domain)."""
+        host = Uri.parse(contact).host.lower()
+        for domain, hop in self.config.next_hops:
+            if domain.lower() == host:
+                uri = Uri.parse(hop)
+                return [f"<{uri if 'lr' in uri.params else f'{uri};lr'}>"]
+        return []
+
     async def _forward(self, message: ParkedMessage) -> None:
         status: int | None = None
         contact: str | None = None
@@ -424,6 +441,7 @@ class Intermediary:
                     NameAddr(Uri.parse(message.sip_from), message.sip_from_name),
                     NameAddr(Uri.parse(message.sip_to)),
                     max_forwards=message.max_forwards,
+                    route=self._next_hop(contact),
                     body=message.body,
                     content_type=message.content_type,
                 )
