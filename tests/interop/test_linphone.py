@@ -1,8 +1,8 @@
 """liblinphone (Debian linphone-cli, linphone-daemon) against sipimdn's UserAgent (issue 7, item 3).
 
-Topology and why: tests/interop/linphone/peers.py. alice is liblinphone, registered with a
-Kamailio registrar; tester is sipimdn's UserAgent in this process, reached by Kamailio
-through a static relay and sending through Kamailio as its outbound proxy.
+Topology and why: tests/interop/linphone/peers.py. alice is liblinphone and tester is
+sipimdn's UserAgent (in this process); both register with a Kamailio registrar, which
+routes every MESSAGE and IMDN between them by location; sipimdn uses it as outbound proxy.
 
 liblinphone 5.1's January bug (shared/interop-linphone.md 2.7): it rejects any CPIM whose
 DateTime is in January (488). sipimdn stamps DateTime with the current time, so in January
@@ -29,6 +29,7 @@ import pytest
 from sipimdn import UserAgent
 from sipimdn.config import ListenEndpoint, UserAgentConfig
 from sipimdn.events import DispositionChanged, DispositionEvent, DispositionState, NotificationRejected
+from sipimdn.registration import RegistrationSucceeded
 from sipimdn.ua import IncomingMessage
 
 from .linphone.peers import LinphoneDaemon, LinphoneReader, Registrar
@@ -98,7 +99,7 @@ async def topology(
 
     async def build(cpim: bool, reader: Path | None = None) -> Topology:
         ua_port = free_port(("udp",))
-        registrar = Registrar(kamailio, tmp_path / "kamailio", ua_user=UA_USER, ua_port=ua_port)
+        registrar = Registrar(kamailio, tmp_path / "kamailio")
         registrars.append(registrar)
         await asyncio.to_thread(registrar.start_on_free_port)
         alice: LinphoneDaemon | LinphoneReader
@@ -117,11 +118,15 @@ async def topology(
             listen=(ListenEndpoint("udp", LOOPBACK, ua_port),),
             udp_implies_tcp=False,
             outbound_proxy=f"sip:{LOOPBACK}:{registrar.port};lr",
+            register=True,
+            register_expires=600,
             store_path=":memory:",
         )
         ua = UserAgent(config)
         await ua.start()
         agents.append(ua)
+        registered = await ua.wait_registered(timeout=10)
+        assert isinstance(registered, RegistrationSucceeded), f"{registered}\n{registrar.log_text()[-3000:]}"
         built = Topology(registrar, alice, ua)
 
         async def on_message(message: IncomingMessage) -> None:

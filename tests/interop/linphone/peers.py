@@ -2,14 +2,14 @@
 
 Topology (shared/interop-linphone.md section 1), everything on 127.0.0.1 with free ports::
 
-    sipimdn UA (tester) -- outbound proxy --> Kamailio <-- REGISTER, MESSAGE, IMDN -- linphone-daemon
-                        <-- MESSAGE to tester --                                   (alice)
+    sipimdn UA (tester) <-- REGISTER, MESSAGE, IMDN --> Kamailio <-- REGISTER, MESSAGE, IMDN --> liblinphone
+                                                      (registrar + proxy)                        (alice)
 
 liblinphone drops the port of every address it sends to, forces the out-of-dialog requests
 of an account whose server has the destination's domain through that server, and sends
 IMDNs only while registered with a port-less identity; so alice registers
-``sip:alice@127.0.0.1`` with Kamailio, and Kamailio relays what is addressed to the
-sipimdn user to sipimdn's listening address (sipimdn does not register here).
+``sip:alice@127.0.0.1`` with Kamailio, sipimdn registers ``sip:tester@127.0.0.1`` with it
+too (and uses it as outbound proxy), and Kamailio routes every MESSAGE by location.
 
 Both processes are started in the foreground and ended by their PID (Kamailio: its own
 process group, so its worker children go too).
@@ -65,12 +65,10 @@ def _module_path() -> str:
 
 @dataclass
 class Registrar:
-    """Kamailio rendered from ``kamailio.cfg.in``: registrar, and relay of ``ua_user`` to ``ua_port``."""
+    """Kamailio rendered from ``kamailio.cfg.in``: registrar, and proxy routing by location."""
 
     binary: str
     workdir: Path
-    ua_user: str
-    ua_port: int
     port: int = field(default_factory=lambda: free_port(("udp",)))
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
@@ -90,12 +88,7 @@ class Registrar:
         """Check and start Kamailio in the foreground; wait until its UDP port is bound."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         text = (HERE / "kamailio.cfg.in").read_text()
-        for name, value in {
-            "PORT": str(self.port),
-            "UA_USER": self.ua_user,
-            "UA_ADDRESS": f"{LOOPBACK}:{self.ua_port}",
-            "MODULE_PATH": _module_path(),
-        }.items():
+        for name, value in {"PORT": str(self.port), "MODULE_PATH": _module_path()}.items():
             text = text.replace(f"@@{name}@@", value)
         config = self.workdir / "kamailio.cfg"
         config.write_text(text)
