@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import datetime as _dt
+import functools
 import quopri
 import re
 from collections.abc import Iterator
@@ -124,6 +125,24 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     Parameter names are lower-cased; quoted values lose their quotes. Raises
     ``ValueError`` when there is no ``type/subtype``.
     """
+    if len(value) <= _MEDIA_TYPE_CACHE_MAX_KEY:
+        mime, params = _parse_media_type_cached(value)
+        return mime, dict(params)
+    mime, params_dict = _parse_media_type(value)
+    return mime, params_dict
+
+
+# Content-Type values repeat from message to message; the cache holds short keys only.
+_MEDIA_TYPE_CACHE_MAX_KEY = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_media_type_cached(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    mime, params = _parse_media_type(value)
+    return mime, tuple(params.items())
+
+
+def _parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     head, _, rest = value.partition(";")
     mime = head.strip().lower()
     kind, slash, sub = mime.partition("/")
@@ -449,6 +468,9 @@ def _header_lines(
 
     Lines end in CRLF (CPIM-15); bare LF is tolerated and noted.
     """
+    fast = _header_lines_crlf(data, pos, max_count=max_count, max_bytes=max_bytes)
+    if fast is not None:
+        return fast
     lines: list[str] = []
     start = pos
     bare_lf = False
@@ -480,6 +502,33 @@ def _header_lines(
     return lines, pos
 
 
+def _header_lines_crlf(
+    data: bytes, pos: int, *, max_count: int, max_bytes: int
+) -> tuple[list[str], int] | None:
+    """The common case of :func:`_header_lines` in a few C-level calls, or None to take the slow path.
+
+    It only answers when the block is all CRLF lines ending in an empty line,
+    within both limits, and valid UTF-8: then the loop would return exactly
+    these lines and offset. Anything else (bare LF, no terminator, a limit
+    crossed, bad UTF-8) goes to the line-by-line loop, which notes or raises
+    exactly as before.
+    """
+    if max_bytes >= 1 and data.startswith(b"\r\n", pos):
+        return [], pos + 2
+    end = data.find(b"\r\n\r\n", pos)
+    if end < 0 or end + 3 - pos > max_bytes:
+        return None
+    block = data[pos:end]
+    breaks = block.count(b"\r\n")
+    if breaks + 1 > max_count or block.count(b"\n") != breaks:
+        return None
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text.split("\r\n"), end + 4
+
+
 def _decode(line: bytes, what: str) -> str:
     try:
         return line.decode("utf-8")
@@ -492,51 +541,116 @@ _CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FIELD_NAME_RE = re.compile(r"[!-9;-~]+")
 
 
+class _Line:
+    """What one CPIM header line parses to, independently of the NS bindings in force.
+
+    Cached by the raw line (see ``_LINE_CACHE``): From, To, NS, Content-Type
+    and the like repeat from message to message, so their grammar match,
+    value checks and header object are computed once.
+    """
+
+    __slots__ = ("checked", "header", "name", "notes", "params", "prefix", "value")
+
+    def __init__(
+        self, prefix: str | None, name: str, params: tuple[tuple[str, str], ...], value: str, notes: list[str]
+    ) -> None:
+        self.prefix = prefix
+        self.name = name
+        self.params = params
+        self.value = value
+        self.notes = notes
+        """Lenient notes of the grammar match, then of the core check once it has run."""
+        self.checked = False
+        """True once ``_check_core_header`` passed (it depends on the name and value only)."""
+        self.header: CpimHeader | None = None
+        """The last header built from this line (reused while the namespace is the same)."""
+
+
+# Bounded, and keyed by short lines only, so peers cannot pin memory with it;
+# per-message lines (Message-ID, DateTime) are never stored, they would only churn it.
+_LINE_CACHE: dict[str, _Line] = {}
+_LINE_CACHE_MAX = 1024
+_LINE_CACHE_MAX_KEY = 256
+_UNCACHED_NAMES = frozenset({"Message-ID", "DateTime"})
+
+
+def _parse_line(raw: str) -> _Line:
+    if raw[:1] in (" ", "\t"):
+        raise CpimError("CPIM header folding/leading whitespace is not allowed (RFC 3862 §2.2)")
+    if _CTL_RE.search(raw) is not None:
+        raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
+    notes: list[str] = []
+    m = _grammar.HEADER_LINE_RE.fullmatch(raw)
+    if m is None:
+        m = _grammar.HEADER_LINE_LENIENT_RE.fullmatch(raw)
+        if m is None:
+            raise CpimError(f"malformed CPIM header line: {raw[:80]!r}")
+        notes.append(f"no SP after the colon in {raw.split(':', 1)[0]!r}")
+    params_text = m.group("params")
+    params = (
+        tuple((pm.group("pname"), pm.group("pvalue")) for pm in _grammar.PARAMETER_RE.finditer(params_text))
+        if params_text
+        else ()
+    )
+    return _Line(m.group("prefix"), m.group("local"), params, m.group("value"), notes)
+
+
 def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeader, ...]:
     prefixes: dict[str, str] = {}
     default_ns = CPIM_NS
     out: list[CpimHeader] = []
+    cache = _LINE_CACHE
     for raw in lines:
-        if raw[:1] in (" ", "\t"):
-            raise CpimError("CPIM header folding/leading whitespace is not allowed (RFC 3862 §2.2)")
-        if _CTL_RE.search(raw) is not None:
-            raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
-        m = _grammar.HEADER_LINE_RE.fullmatch(raw)
-        if m is None:
-            m = _grammar.HEADER_LINE_LENIENT_RE.fullmatch(raw)
-            if m is None:
-                raise CpimError(f"malformed CPIM header line: {raw[:80]!r}")
-            lenient.append(f"no SP after the colon in {raw.split(':', 1)[0]!r}")
-        prefix = m.group("prefix")
-        name = m.group("local")
+        line = cache.get(raw)
+        if line is None:
+            line = _parse_line(raw)
+            if len(raw) <= _LINE_CACHE_MAX_KEY and line.name not in _UNCACHED_NAMES:
+                if len(cache) >= _LINE_CACHE_MAX:
+                    cache.clear()
+                cache[raw] = line
+        prefix = line.prefix
         namespace: str | None = default_ns if prefix is None else prefixes.get(prefix)
-        params = tuple(
-            (pm.group("pname"), pm.group("pvalue"))
-            for pm in _grammar.PARAMETER_RE.finditer(m.group("params"))
-        )
-        header = CpimHeader(
-            raw=raw, prefix=prefix, name=name, namespace=namespace, params=params, value=m.group("value")
-        )
+        header = line.header
+        if header is None or header.namespace != namespace:
+            header = line.header = CpimHeader(
+                raw=raw,
+                prefix=prefix,
+                name=line.name,
+                namespace=namespace,
+                params=line.params,
+                value=line.value,
+            )
         if namespace == CPIM_NS:
-            default_ns = _check_core_header(header, prefixes, default_ns, lenient)
+            if line.name == "NS":
+                default_ns = _apply_ns(header, prefixes, default_ns)
+            elif not line.checked:
+                _check_core_header(header, line.notes)
+                line.checked = True
+        if line.notes:
+            lenient.extend(line.notes)
         out.append(header)
     return tuple(out)
 
 
-def _check_core_header(h: CpimHeader, prefixes: dict[str, str], default_ns: str, lenient: list[str]) -> str:
-    """Validate a header of the cpim-headers namespace; apply NS; return the default namespace."""
+def _apply_ns(h: CpimHeader, prefixes: dict[str, str], default_ns: str) -> str:
+    """Check an NS header and apply its binding; return the default namespace now in force."""
     value = h.value.rstrip(" ")
-    if h.name == "NS":
-        m = _grammar.NS_VALUE_RE.fullmatch(value)
-        if m is None:
-            raise CpimError(f"malformed NS header: {value!r}")
-        uri = m.group("uri")
-        if "#" in uri:
-            raise CpimError(f"namespace URI must not have a fragment (RFC 3862 §3.4): {uri!r}")
-        if m.group("prefix") is None:
-            return uri
-        prefixes[m.group("prefix")] = uri
-    elif h.name in _CHECKED_ADDRESS:
+    m = _grammar.NS_VALUE_RE.fullmatch(value)
+    if m is None:
+        raise CpimError(f"malformed NS header: {value!r}")
+    uri = m.group("uri")
+    if "#" in uri:
+        raise CpimError(f"namespace URI must not have a fragment (RFC 3862 §3.4): {uri!r}")
+    if m.group("prefix") is None:
+        return uri
+    prefixes[m.group("prefix")] = uri
+    return default_ns
+
+
+def _check_core_header(h: CpimHeader, lenient: list[str]) -> None:
+    """Validate a header of the cpim-headers namespace other than NS (a pure function of its line)."""
+    value = h.value.rstrip(" ")
+    if h.name in _CHECKED_ADDRESS:
         _address(h)
     elif h.name == "DateTime":
         try:
@@ -553,7 +667,6 @@ def _check_core_header(h: CpimHeader, prefixes: dict[str, str], default_ns: str,
         for item in value.split(","):
             if _grammar.HEADER_NAME_RE.fullmatch(item.strip()) is None:
                 raise CpimError(f"malformed Require entry: {item!r}")
-    return default_ns
 
 
 def _parse_mime_headers(lines: list[str]) -> tuple[MimeHeader, ...]:
@@ -570,11 +683,24 @@ def _parse_mime_headers(lines: list[str]) -> tuple[MimeHeader, ...]:
                 raw=prev.raw + "\r\n" + raw,
             )
             continue
-        name, colon, value = raw.partition(":")
-        if not colon or _FIELD_NAME_RE.fullmatch(name) is None:
-            raise CpimError(f"malformed MIME header line: {raw[:80]!r}")
-        out.append(MimeHeader(name=name, value=value.strip(), raw=raw))
+        header = _MIME_CACHE.get(raw)
+        if header is None:
+            name, colon, value = raw.partition(":")
+            if not colon or _FIELD_NAME_RE.fullmatch(name) is None:
+                raise CpimError(f"malformed MIME header line: {raw[:80]!r}")
+            header = MimeHeader(name=name, value=value.strip(), raw=raw)
+            if len(raw) <= _LINE_CACHE_MAX_KEY:
+                if len(_MIME_CACHE) >= _MIME_CACHE_MAX:
+                    _MIME_CACHE.clear()
+                _MIME_CACHE[raw] = header
+        out.append(header)
     return tuple(out)
+
+
+# MIME header lines (Content-Type: text/plain; charset=utf-8, ...) repeat even
+# more than CPIM ones; same bounds as _LINE_CACHE.
+_MIME_CACHE: dict[str, MimeHeader] = {}
+_MIME_CACHE_MAX = 256
 
 
 def _check_entity(msg: CpimMessage) -> None:

@@ -8,6 +8,7 @@ into ``CpimError``. Formatters produce the strict form of the ABNF.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from dataclasses import dataclass
 
 from ..errors import LocalProtocolError
@@ -49,6 +50,22 @@ def _is_token_words(text: str) -> bool:
 
 def parse_address(value: str) -> CpimAddress:
     """Parse ``[Formal-name] "<" URI ">"`` (RFC 3862 §4.1-§4.3, RFC 5438 §10)."""
+    # Addresses repeat (every message of a conversation, every IMDN back): the
+    # result is immutable, so short values are memoised (bounded, short keys only).
+    if len(value) <= _ADDRESS_CACHE_MAX_KEY:
+        return _parse_address_cached(value)
+    return _parse_address(value)
+
+
+_ADDRESS_CACHE_MAX_KEY = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_address_cached(value: str) -> CpimAddress:
+    return _parse_address(value)
+
+
+def _parse_address(value: str) -> CpimAddress:
     m = _grammar.ADDRESS_VALUE_RE.fullmatch(value.rstrip(" "))
     if m is None:
         raise ValueError(f"not a CPIM address ([Formal-name] <URI>): {value!r}")
