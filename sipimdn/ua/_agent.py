@@ -772,11 +772,13 @@ class UserAgent:
         """
         stack = self._require_stack()
         target = _wire.target_for(self.config, to, transport)
-        attempt = None
-        if self._auth is not None:
-            attempt = self._auth.start(request.method, str(request.uri), request.body)
-            request = _wire.with_authorization(request, attempt.headers, next_cseq=False)
         async with self._queue.turn(key):
+            # Inside the turn: a request queued behind a challenged one goes out with the
+            # credentials that one just learned, instead of being challenged too.
+            attempt = None
+            if self._auth is not None:
+                attempt = self._auth.start(request.method, str(request.uri), request.body)
+                request = _wire.with_authorization(request, attempt.headers, next_cseq=False)
             while True:
                 try:
                     response = await stack.send_request(request, target=target)

@@ -126,7 +126,10 @@ class Kamailio:
         self.workdir = workdir
         self.settings = settings or KamailioSettings()
         self.host = HOST
-        self.udp_port, self.tcp_port, self.tls_port = _free_ports(3)
+        # UDP and TCP share one port, as on a real server (RFC 3261 §18.2.1): a request
+        # that outgrows UDP (§18.1.1) is sent over TCP to the same port.
+        self.udp_port, self.tls_port = _free_ports(2)
+        self.tcp_port = self.udp_port
         self.config_path = workdir / "kamailio.cfg"
         self.log_path = workdir / "kamailio.log"
         self.cafile = workdir / "ca.pem"
