@@ -9,9 +9,11 @@ the list and this server's IMDN-Record-Route; their delivery/display
 notifications come back here and go to the sender aggregated into one
 multipart/mixed IMDN per ``--window`` seconds (or relayed one by one with
 ``--relay``). ``--private`` strips member identities from what the sender
-sees. Members of ``--domain`` must REGISTER here (store-and-forward applies
-to them); other member URIs are sent to directly. Also accepts the
-store-and-forward options (``--retry``, ``--expiry``, ``--store``).
+sees; ``--hide-count`` also hides how many there are (one summary IMDN).
+Members of ``--domain`` must REGISTER here (store-and-forward applies to
+them); other member URIs are sent to directly. Also accepts the
+store-and-forward options (``--retry``, ``--expiry``, ``--store``,
+``--next-hop``, TLS).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def main() -> int:
     parser.add_argument("--member", action="append", required=True, help="a member URI (repeatable)")
     parser.add_argument("--private", action="store_true", help="hide member identities from senders")
     parser.add_argument("--members-only", action="store_true", help="refuse messages from non-members")
+    parser.add_argument(
+        "--hide-count", action="store_true", help="hide even the member count: one summary IMDN per message"
+    )
     parser.add_argument("--relay", action="store_true", help="relay each IMDN at once instead of aggregating")
     parser.add_argument("--window", type=float, default=2.0, help="aggregation window in seconds")
     parser.add_argument(
@@ -46,7 +51,13 @@ def main() -> int:
         config = config_from(
             args,
             lists=(
-                UriList(args.list, tuple(args.member), private=args.private, members_only=args.members_only),
+                UriList(
+                    args.list,
+                    tuple(args.member),
+                    private=args.private,
+                    members_only=args.members_only,
+                    hide_count=args.hide_count,
+                ),
             ),
             exploder=ExploderConfig(aggregate=not args.relay, window=args.window, state_ttl=args.state_ttl),
         )

@@ -53,7 +53,9 @@ class Scene:
 
 
 @asynccontextmanager
-async def scene(*, aggregate: bool, private: bool = False, window: float = 3.0) -> AsyncIterator[Scene]:
+async def scene(
+    *, aggregate: bool, private: bool = False, hide_count: bool = False, window: float = 3.0
+) -> AsyncIterator[Scene]:
     async with AsyncExitStack() as stack:
         members: list[Member] = []
         for name in ("bob", "carol", "dave"):
@@ -67,7 +69,7 @@ async def scene(*, aggregate: bool, private: bool = False, window: float = 3.0) 
             members.append(Member(ua, inbox))
         config = IntermediaryConfig(
             domains=(DOMAIN,),
-            lists=(UriList(LIST, tuple(m.ua.aor for m in members), private=private),),
+            lists=(UriList(LIST, tuple(m.ua.aor for m in members), private=private, hide_count=hide_count),),
             exploder=ExploderConfig(aggregate=aggregate, window=window),
         )
         server = await stack.enter_async_context(Intermediary(config))
@@ -285,3 +287,26 @@ async def test_list_server_and_store_and_forward_chained() -> None:
             assert str(routed.request.uri) == list_server.uri
             routes = imdn.imdn_headers(cpim.parse(routed.request.body)).routes
             assert [a.uri for a in routes] == [list_server.uri]
+
+
+async def test_list_hiding_its_size_sends_one_imdn() -> None:
+    async with scene(aggregate=True, hide_count=True) as s:
+        sent = await s.alice.send_message(LIST, "how many are we?", notify=["positive-delivery", "display"])
+        assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
+        # Each member answered its copy (marking displayed needs the answer first, IMDN-38).
+        await s.seen.wait_for(lambda: len([e for e in s.seen.of(MessageForwarded) if e.message.group]) == 3)
+        for member in s.members[:2]:
+            assert await member.ua.mark_displayed(member.inbox[0].message_id or "")
+        await asyncio.sleep(0.3)
+        assert imdns_to_alice(s.seen, s.alice) == []  # dave has not displayed it yet
+        assert await s.members[2].ua.mark_displayed(s.members[2].inbox[0].message_id or "")
+        await sent.await_disposition(DispositionState.DISPLAYED, timeout=5)
+        await until(lambda: len(imdns_to_alice(s.seen, s.alice)) == 1)
+        [only] = imdns_to_alice(s.seen, s.alice)
+        received = imdn.recognise(only)
+        assert received is not None and received.aggregated
+        assert [(str(n.kind), str(n.status), n.recipient_uri) for n in received.notifications] == [
+            ("delivery", "delivered", None),
+            ("display", "displayed", None),
+        ]
+        assert {e.recipient for e in s.alice_events if isinstance(e, NotificationAccepted)} == {LIST}

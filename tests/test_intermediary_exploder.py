@@ -202,3 +202,49 @@ def test_bad_list_configuration_is_refused() -> None:
         ListExploder([UriList(LIST, MEMBERS), UriList("sip:friends@lists.test;x=y", MEMBERS)])
     with pytest.raises(ValueError):
         ExploderConfig(window=-1)
+
+
+def make_hidden(requested: tuple[str, ...] = ("positive-delivery", "display")) -> ListExploder:
+    exploder = ListExploder([UriList(LIST, MEMBERS, hide_count=True)], ExploderConfig(True, 2.0, 100.0))
+    uri_list = exploder.list_for(LIST)
+    assert uri_list is not None and uri_list.private  # hide_count implies private
+    exploder.explode(
+        uri_list, message_id="m1", datetime="2026-11-24T01:00:00Z", requested=requested, reply=REPLY, now=0.0
+    )
+    drain(exploder)
+    return exploder
+
+
+def test_hidden_count_sends_one_summary_once_everything_is_in() -> None:
+    exploder = make_hidden()
+    exploder.notification_received(note(MEMBERS[0]), 1.0)
+    exploder.notification_received(note(MEMBERS[1], "delivery", "error"), 1.0)  # not asked: refused
+    for member in MEMBERS[1:]:
+        exploder.notification_received(note(member), 1.0)
+    exploder.notification_received(note(MEMBERS[0], "display", "displayed"), 2.0)
+    exploder.notification_received(note(MEMBERS[1], "display", "forbidden"), 2.0)
+    exploder.handle_timer(10.0)  # windows do not apply: nothing yet
+    assert drain(exploder) == []
+    exploder.notification_received(note(MEMBERS[2], "display", "displayed"), 3.0)
+    [ready] = drain(exploder)
+    assert isinstance(ready, NotificationsReady)
+    assert [(str(n.kind), str(n.status)) for n in ready.notifications] == [
+        ("delivery", "delivered"),
+        ("display", "displayed"),
+    ]
+    assert all(n.recipient_uri is None for n in ready.notifications)
+    exploder.handle_timer(100.0)
+    assert drain(exploder) == []  # never a second one
+
+
+def test_hidden_count_summarizes_what_arrived_at_expiry() -> None:
+    exploder = make_hidden(("negative-delivery", "positive-delivery"))
+    fanout = exploder.fanout_for("m1")
+    assert fanout is not None
+    exploder.member_failed(fanout.id, MEMBERS[0], 1.0)
+    exploder.member_failed(fanout.id, MEMBERS[1], 1.0)
+    assert drain(exploder) == []
+    exploder.handle_timer(100.0)
+    [ready] = drain(exploder)
+    assert isinstance(ready, NotificationsReady)
+    assert [(str(n.kind), str(n.status)) for n in ready.notifications] == [("delivery", "failed")]

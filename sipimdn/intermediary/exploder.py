@@ -26,8 +26,10 @@ Privacy (C9, IMDN-65/83): for a ``private`` list the ``<recipient-uri>``
 and ``<original-recipient-uri>`` (and subject) of every outgoing document
 are stripped, the copies carry no Original-To, and the IMDN comes from the
 list URI, so the sender never learns who the members are. The member count
-is still visible through the number of documents; a list that must hide it
-too needs a different policy (not implemented).
+still shows through the number of documents; a ``hide_count`` list hides it
+too: it sends exactly one IMDN per IM (IMDN-83), once every member has
+reported everything asked (or when the fan-out expires), holding one
+document per kind with the best news any member gave.
 
 A fan-out is forgotten ``state_ttl`` after the explosion (flushing what is
 collected); later notifications for it are dropped (IMDN-81). Nothing here
@@ -83,8 +85,12 @@ class UriList:
     """Hide member identities from senders (C9)."""
     members_only: bool = False
     """Accept messages only from members (a list is a 1-to-n amplifier: limit who may use it)."""
+    hide_count: bool = False
+    """Hide even how many members there are (implies ``private``): one summary IMDN per IM (IMDN-83)."""
 
     def __post_init__(self) -> None:
+        if self.hide_count:
+            object.__setattr__(self, "private", True)
         if identity_key(self.uri) is None:
             raise ValueError(f"list URI {self.uri!r} is not usable")
         keys = [identity_key(m) for m in self.members]
@@ -156,6 +162,8 @@ class Fanout:
     """Collected, not yet sent."""
     batch_deadline: float | None = None
     """When the batch is flushed."""
+    summarized: bool = False
+    """The one summary of a ``hide_count`` list went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +231,8 @@ class ListExploder:
             fanout = self._fanouts[entry[2]]
             self._flush(fanout)
             if entry[3] == "expire":
+                if fanout.uri_list.hide_count:
+                    self._summarize(fanout)  # whatever arrived: still only one IMDN
                 self._forget(fanout)
 
     def _live(self, entry: tuple[float, int, str, str]) -> bool:
@@ -336,6 +346,10 @@ class ListExploder:
         if (member_key, kind) in fanout.reported:
             return False
         fanout.reported[(member_key, kind)] = status
+        if fanout.uri_list.hide_count:
+            if self._all_reported(fanout):
+                self._summarize(fanout)
+            return True
         outgoing = self._strip(fanout, note)
         if not self.config.aggregate:
             self._events.append(NotificationsReady(fanout, (outgoing,)))
@@ -361,6 +375,50 @@ class ListExploder:
                     continue
                 return False
         return True
+
+    def _all_reported(self, fanout: Fanout) -> bool:
+        """Has every member reported every kind the sender asked for (a failed one needs no display)?"""
+        kinds = []
+        if "positive-delivery" in fanout.requested:
+            kinds.append("delivery")
+        if "display" in fanout.requested:
+            kinds.append("display")
+        for member in fanout.uri_list.members:
+            key = identity_key(member) or ""
+            delivery = fanout.reported.get((key, "delivery"))
+            for kind in kinds:
+                if (key, kind) in fanout.reported:
+                    continue
+                if kind == "display" and delivery not in (None, "delivered"):
+                    continue
+                return False
+        return bool(kinds)
+
+    def _summarize(self, fanout: Fanout) -> None:
+        """The single IMDN of a ``hide_count`` list: per kind, the best news any member gave.
+
+        One document per kind, with no recipient, so neither who nor how many
+        can be read from it (IMDN-83). ``delivered``/``displayed`` if any member
+        reported it, else the first other status reported.
+        """
+        if fanout.summarized:
+            return
+        fanout.summarized = True
+        notes = []
+        for kind, best in (("delivery", "delivered"), ("display", "displayed")):
+            statuses = [status for (_, k), status in fanout.reported.items() if k == kind]
+            if not statuses:
+                continue
+            notes.append(
+                make_notification(
+                    message_id=fanout.message_id,
+                    datetime=fanout.datetime,
+                    kind=kind,
+                    status=best if best in statuses else statuses[0],
+                )
+            )
+        if notes:
+            self._events.append(NotificationsReady(fanout, tuple(notes)))
 
     def _strip(self, fanout: Fanout, note: Notification) -> Notification:
         if not fanout.uri_list.private:
