@@ -7,7 +7,9 @@ Shapes (scripts and tests rely on them)::
     sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
                  --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
                  [--transport udp|tcp|tls] [--json]
-    (both also take --proxy URI, --username/--password, --cert/--key/--ca, --store PATH)
+    (both also take --proxy URI, --register [--registrar URI] [--register-expires SECONDS],
+     --username NAME with the password in --password-file PATH or $SIPIMDN_PASSWORD,
+     --cert/--key/--ca, --store PATH)
     sipimdn demo [--json] [--text TEXT]
 
 With ``--json`` every printed event is one JSON object on one line, with an
@@ -20,7 +22,15 @@ JSON events: ``listening``, ``message``, ``stopped`` (listen); ``sent``,
 ``response``, ``timeout``, ``failed``, ``outcome``, ``done`` (send, demo);
 ``demo``; and the library events by name: ``disposition-changed``,
 ``notification-accepted``, ``notification-rejected``, ``tracking-ended``,
-``notification-sent``, ``notification-abandoned``, ``notifications-declined``.
+``notification-sent``, ``notification-abandoned``, ``notifications-declined``,
+``registration-succeeded``, ``registration-failed``, ``registration-expired``,
+``unregistered``.
+
+A password is never taken on the command line (other users see it in the
+process list and it lands in shell history): ``--password`` is refused with
+a usage error naming the two accepted sources. With ``--register``, ``send``
+waits (within ``--wait``) for the registration before sending and fails
+with exit 1 if it is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import asyncio
 import dataclasses
 import enum
 import json
+import os
 import signal
 import ssl
 import sys
@@ -48,13 +59,21 @@ from .events import (
     NotificationRejected,
     NotificationsDeclined,
     NotificationSent,
+    RegistrationEvent,
+    RegistrationExpired,
+    RegistrationFailed,
+    RegistrationSucceeded,
     TrackingEnded,
+    Unregistered,
 )
 from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
 from .uri import Uri
 
-__all__ = ["register", "run_demo", "run_listen", "run_send"]
+__all__ = ["PASSWORD_ENV", "register", "run_demo", "run_listen", "run_send"]
+
+#: Environment variable holding the digest password (the alternative to --password-file).
+PASSWORD_ENV = "SIPIMDN_PASSWORD"
 
 _NOTIFY_KINDS = ("positive-delivery", "negative-delivery", "display")
 #: The state each positive request must reach for ``send`` to succeed.
@@ -139,6 +158,17 @@ def _describe(event: object) -> str:
         return (
             f"not sending {', '.join(event.kinds)} for {event.message_id} to {event.sender}: {event.reason}"
         )
+    if isinstance(event, RegistrationSucceeded):
+        again = "refreshed" if event.refreshed else "registered"
+        return f"{event.aor} {again} for {event.expires}s"
+    if isinstance(event, RegistrationFailed):
+        code = f"SIP {event.status_code}" if event.status_code is not None else "no answer"
+        then = "giving up" if event.retry_at is None else "will retry"
+        return f"registration of {event.aor} failed ({code}: {event.reason}); {then}"
+    if isinstance(event, RegistrationExpired):
+        return f"registration of {event.aor} expired"
+    if isinstance(event, Unregistered):
+        return f"{event.aor} unregistered" + ("" if event.confirmed else " (unconfirmed)")
     return repr(event)
 
 
@@ -211,9 +241,75 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
     parser.add_argument("--key", default=None, help="PEM private key for --cert")
     parser.add_argument("--ca", default=None, help="PEM CA bundle to verify TLS peers")
     parser.add_argument("--proxy", default=None, help="outbound proxy URI: every request goes through it")
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="register our contact with the registrar (the AOR's domain, through --proxy) while running",
+    )
+    parser.add_argument("--registrar", default=None, help="registrar URI (implies --register)")
+    parser.add_argument(
+        "--register-expires", type=int, default=3600, metavar="SECONDS", help="binding lifetime to ask for"
+    )
     parser.add_argument("--username", default=None, help="digest user name for 401/407 challenges")
-    parser.add_argument("--password", default=None, help="digest password (any realm)")
+    parser.add_argument(
+        "--password-file",
+        type=_password_file,
+        default=None,
+        metavar="PATH",
+        help=f"file whose first line is the digest password (or set ${PASSWORD_ENV})",
+    )
+    # Refused, not taken: see the module docstring. Hidden from --help.
+    parser.add_argument("--password", action=_RefusePassword, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object per event and line")
+
+
+class _Password(str):
+    """A password read from a file; its repr never shows it (argparse and tracebacks print reprs)."""
+
+    def __repr__(self) -> str:
+        return "<password>"
+
+
+def _password_file(path: str) -> _Password:
+    """The first line of ``path`` (argparse ``type=``): usage error if unreadable or empty."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = handle.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read password file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # The message would quote the undecodable bytes, which are part of the secret.
+        raise argparse.ArgumentTypeError(f"password file {path!r} is not UTF-8") from None
+    if not line:
+        raise argparse.ArgumentTypeError(f"password file {path!r} is empty")
+    return _Password(line)
+
+
+class _RefusePassword(argparse.Action):
+    """``--password``: a usage error that does not echo the value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        parser.error(
+            "--password is not accepted (visible to other users): "
+            f"use --password-file PATH or ${PASSWORD_ENV}"
+        )
+
+
+class _UsageError(Exception):
+    """A combination of options that cannot work: exit 2 with this message."""
+
+
+def _credentials(args: argparse.Namespace) -> tuple[Credentials, ...]:
+    password: str | None = args.password_file
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV) or None
+    if args.username is None:
+        if args.password_file is not None:
+            raise _UsageError("--password-file needs --username")
+        return ()
+    if password is None:
+        raise _UsageError(f"--username needs a password: --password-file PATH or ${PASSWORD_ENV}")
+    return (Credentials(args.username, password),)
 
 
 def _reachable_aor(aor: str, listen: Sequence[ListenEndpoint]) -> str:
@@ -240,20 +336,25 @@ def _reachable_aor(aor: str, listen: Sequence[ListenEndpoint]) -> str:
 def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> UserAgentConfig:
     listen = tuple(args.listen) if args.listen else (ListenEndpoint.parse(default_listen),)
     server, client = _tls_contexts(args)
-    credentials: tuple[Credentials, ...] = ()
-    if args.username is not None:
-        credentials = (Credentials(args.username, args.password or ""),)
-    return UserAgentConfig(
-        aor=_reachable_aor(args.aor, listen),
-        outbound_proxy=args.proxy,
-        credentials=credentials,
-        display_name=args.display_name,
-        listen=listen,
-        store_path=args.store,
-        tls_server_context=server,
-        tls_client_context=client,
-        **extra,
-    )
+    registers = args.register or args.registrar is not None
+    try:
+        return UserAgentConfig(
+            # A registered AOR is a name at the registrar, not our address: keep it as given.
+            aor=args.aor if registers else _reachable_aor(args.aor, listen),
+            outbound_proxy=args.proxy,
+            credentials=_credentials(args),
+            register=registers,
+            registrar=args.registrar,
+            register_expires=args.register_expires,
+            display_name=args.display_name,
+            listen=listen,
+            store_path=args.store,
+            tls_server_context=server,
+            tls_client_context=client,
+            **extra,
+        )
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 # -- listen ------------------------------------------------------------------------------------
@@ -293,6 +394,7 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
             ua.on_message(on_message)
             ua.on_notification(on_notification)
             ua.on_disposition(on_disposition)
+            ua.on_registration(_print_registration(printer))
             printer.emit(
                 "listening",
                 f"{ua.aor} listening on " + ", ".join(str(e) for e in ua.endpoints) + " (Ctrl-C stops)",
@@ -307,6 +409,18 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
     return 0
 
 
+def _print_registration(printer: Printer) -> Any:
+    async def show(event: RegistrationEvent) -> None:
+        printer.emit_dataclass(event, _describe(event))
+
+    return show
+
+
+def _usage_error(command: str, exc: _UsageError) -> int:
+    print(f"sipimdn {command}: error: {exc}", file=sys.stderr, flush=True)
+    return 2
+
+
 async def _display_later(message: IncomingMessage, delay: float) -> None:
     await asyncio.sleep(delay)
     await message.mark_displayed()
@@ -314,7 +428,10 @@ async def _display_later(message: IncomingMessage, delay: float) -> None:
 
 def run_listen(args: argparse.Namespace) -> int:
     """``sipimdn listen``: print every message and notification until SIGINT/SIGTERM."""
-    return asyncio.run(_listen(args, Printer(as_json=args.json)))
+    try:
+        return asyncio.run(_listen(args, Printer(as_json=args.json)))
+    except _UsageError as exc:
+        return _usage_error("listen", exc)
 
 
 # -- send --------------------------------------------------------------------------------------
@@ -331,6 +448,23 @@ async def _send(args: argparse.Namespace, printer: Printer) -> int:
             printer.emit_dataclass(event, _describe(event))
 
         ua.on_disposition(on_disposition)
+        if config.registers:
+            # Registered first, so the answers and notifications can be routed back to us.
+            ua.on_registration(_print_registration(printer))
+            try:
+                registered = await ua.wait_registered(max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                printer.emit("timeout", "not registered in time", waiting_for="registration")
+                return 1
+            if not isinstance(registered, RegistrationSucceeded):
+                printer.emit(
+                    "failed",
+                    f"registration failed: {_describe(registered)}",
+                    stage="registration",
+                    error=getattr(registered, "reason", type(registered).__name__),
+                    status=getattr(registered, "status_code", None),
+                )
+                return 1
         handle = await ua.send_message(args.to, args.text, notify=notify, transport=args.transport)
         printer.emit(
             "sent",
@@ -396,7 +530,10 @@ async def _await_outcome(
 
 def run_send(args: argparse.Namespace) -> int:
     """``sipimdn send``: one message, then the SIP outcome and every notification."""
-    return asyncio.run(_send(args, Printer(as_json=args.json)))
+    try:
+        return asyncio.run(_send(args, Printer(as_json=args.json)))
+    except _UsageError as exc:
+        return _usage_error("send", exc)
 
 
 # -- demo --------------------------------------------------------------------------------------

@@ -277,3 +277,56 @@ def test_send_with_a_portless_aor_gets_its_notifications_back() -> None:
         assert sent["aor"].startswith("sip:alice@127.0.0.1:")
         assert sent["aor"] != "sip:alice@127.0.0.1:0"
         _stop(proc)
+
+
+def test_cli_refuses_a_password_on_the_command_line() -> None:
+    result = subprocess.run(
+        [*CLI, "send", "--aor", "sip:a@127.0.0.1", "--to", "sip:b@127.0.0.1", "--text", "x",
+         "--username", "a", "--password", "hunter2"],
+        check=False, capture_output=True, text=True, timeout=30, env=ENV,
+    )
+    assert result.returncode == 2
+    assert "--password-file" in result.stderr and "SIPIMDN_PASSWORD" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_username_without_a_password_is_a_usage_error(tmp_path: Path) -> None:
+    argv = [*CLI, "listen", "--aor", "sip:b@127.0.0.1", "--username", "b"]
+    env = {k: v for k, v in ENV.items() if k != "SIPIMDN_PASSWORD"}
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2 and "SIPIMDN_PASSWORD" in result.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    result = subprocess.run(
+        [*argv, "--password-file", str(empty)],
+        check=False, capture_output=True, text=True, timeout=30, env=env,
+    )
+    assert result.returncode == 2 and "is empty" in result.stderr
+    result = subprocess.run(
+        [*argv, "--password-file", str(tmp_path / "missing")],
+        check=False, capture_output=True, text=True, timeout=30, env=env,
+    )
+    assert result.returncode == 2 and "cannot read password file" in result.stderr
+
+
+def test_password_from_file_and_environment_reach_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sipimdn.cli import build_parser
+    from sipimdn.cli_ua import _config
+
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\nsecond line ignored\n")
+    parser = build_parser()
+    base = ["listen", "--aor", "sip:b@example.test", "--username", "b", "--register"]
+    base += ["--proxy", "sip:127.0.0.1;lr"]
+    monkeypatch.setenv("SIPIMDN_PASSWORD", "from-env")
+    args = parser.parse_args([*base, "--password-file", str(secret)])
+    assert "from-file" not in repr(vars(args))  # what argparse/tracebacks would print
+    config = _config(args, "udp:127.0.0.1:0")
+    (credentials,) = config.credentials
+    assert (credentials.username, credentials.password) == ("b", "from-file")  # the file wins
+    assert config.registers and config.outbound_proxy == "sip:127.0.0.1;lr"
+    assert config.aor == "sip:b@example.test"
+    (credentials,) = _config(parser.parse_args(base), "udp:127.0.0.1:0").credentials
+    assert credentials.password == "from-env"
