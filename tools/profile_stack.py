@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -98,6 +99,8 @@ async def _serve(kind: str) -> None:
 
 def serve(kind: str, profile: str | None) -> None:
     """Run one responder until SIGTERM."""
+    if os.environ.get("PROFILE_STACK_NO_GC"):  # diagnosis only: how much of the cost is the cyclic GC
+        gc.disable()
     # CPU time, not wall time: on a shared machine wall time charges preemption to whatever
     # call happened to be running (typically sendto, which wakes the peer).
     profiler = cProfile.Profile(time.process_time) if profile else None

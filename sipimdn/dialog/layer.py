@@ -152,8 +152,13 @@ class TransactionLayer:
 
     def __init__(self, config: TimerConfig | None = None, *, max_server_transactions: int = 50_000) -> None:
         self.config = config or TimerConfig()
-        #: Above this many live server transactions new requests get a stateless 503 (§21.5.4):
-        #: each one lives 64*T1 on UDP, so a flood must not grow memory without bound.
+        #: Cap on live server transactions, so a flood cannot grow memory without bound. At the cap
+        #: a new request first displaces the oldest *completed* UDP transaction (one that only
+        #: absorbs retransmissions until Timer J, 64*T1 = 32 s: at 10,000 requests/s that is
+        #: 320,000 of them); only when every live one still awaits its answer does the request
+        #: get a stateless 503 with Retry-After (§21.5.4). Forgetting a completed transaction
+        #: early means a retransmission arriving after it is taken for a new request (the TU sees
+        #: it again), which at the default cap needs the peer to retransmit 5 s late at 10,000/s.
         self.max_server_transactions = max_server_transactions
         self._clients: dict[TransactionKey, tuple[_Client, Flow]] = {}
         self._servers: dict[TransactionKey, tuple[_Server, Flow]] = {}
@@ -164,6 +169,12 @@ class TransactionLayer:
         self._heap: list[tuple[float, int, TransactionKey]] = []
         self._scheduled: dict[TransactionKey, float] = {}
         self._seq = itertools.count()
+        # Completed UDP server transactions, oldest first (they all wait the same Timer J, so this
+        # is also expiry order). At the cap the oldest is forgotten early to admit a new request:
+        # see ``max_server_transactions``. Keys of transactions already gone are skipped lazily.
+        self._completed: deque[TransactionKey] = deque()
+        #: Completed server transactions forgotten before Timer J because of the cap.
+        self.evicted = 0
 
     # -- user API -------------------------------------------------------------------------------
 
@@ -192,7 +203,10 @@ class TransactionLayer:
         if entry is None:
             return False
         tx, flow = entry
+        before = tx.state
         tx.respond(response, now)
+        if tx.state is TxState.COMPLETED and before is not TxState.COMPLETED:
+            self._completed.append(key)
         self._collect_server(key, tx, flow)
         return True
 
@@ -325,7 +339,7 @@ class TransactionLayer:
             self._collect_server(key, entry[0], entry[1])
             return
         route = response_flow(flow, stamped)
-        if len(self._servers) >= self.max_server_transactions:
+        if len(self._servers) >= self.max_server_transactions and not self._evict_completed():
             busy = make_response(request, 503, "Too Many Transactions")
             busy.headers.add("Retry-After", "5")
             self._outgoing.append(Outgoing(busy, route, None))
@@ -384,8 +398,26 @@ class TransactionLayer:
         if tx.state is TxState.TERMINATED:
             del self._servers[key]
             self._scheduled.pop(key, None)
+            # Usually Timer J of the oldest completed one; a transaction that ended otherwise (a
+            # transport error) leaves its key behind, dropped here once it reaches the front.
+            completed = self._completed
+            while completed and completed[0] not in self._servers:
+                completed.popleft()
             return
         self._schedule(key, tx.get_timer())
+
+    def _evict_completed(self) -> bool:
+        """Forget the oldest completed server transaction; False if there is none."""
+        completed = self._completed
+        while completed:
+            key = completed.popleft()
+            entry = self._servers.get(key)
+            if entry is not None and entry[0].state is TxState.COMPLETED:
+                del self._servers[key]
+                self._scheduled.pop(key, None)
+                self.evicted += 1
+                return True
+        return False
 
     def _schedule(self, key: TransactionKey, at: float | None) -> None:
         if at is None:
