@@ -21,6 +21,17 @@ handlers get), :class:`SentMessage` (what ``send_message`` returns),
 :class:`Decision` (a handler's answer with a reason phrase) and
 :class:`Registration` (returned by the ``on_*`` methods). Events are in
 :mod:`sipimdn.events`, the configuration in :mod:`sipimdn.config`.
+
+Behind a registrar and proxy (docs/ARCHITECTURE.md §5.3)::
+
+    config = UserAgentConfig(
+        aor="sip:alice@example.com", outbound_proxy="sip:proxy.example.com;lr",
+        register=True, credentials=(Credentials("alice", password, realm="example.com"),),
+    )
+    async with UserAgent(config) as alice:
+        await alice.wait_registered(timeout=10)   # RegistrationSucceeded, or the failure
+        sent = await alice.send_message("sip:bob@example.com", "hi", notify={"display"})
+        await sent.final_response()                # AuthenticationFailed if our password is refused
 """
 
 from __future__ import annotations

@@ -124,6 +124,7 @@ class RegistrationDriver:
         loop = asyncio.get_running_loop()
         self.client.register(loop.time())
         self._task = loop.create_task(self._run(), name=f"register {self.client.settings.aor}")
+        self._task.add_done_callback(_log_crash)
 
     def reregister(self) -> None:
         """Refresh now: a transport failure towards the proxy may have broken our flow.
@@ -242,3 +243,9 @@ def _describe(event: RegistrationEvent) -> str:
         retry = "giving up" if event.retry_at is None else "will retry"
         return f"failed ({event.status_code}: {event.reason}); {retry}"
     return type(event).__name__
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """The pump only ends by cancellation; anything else is a bug worth a loud log line."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("registration task stopped", exc_info=task.exception())
