@@ -139,6 +139,7 @@ def store_scale(count: int, path: Path) -> dict[str, Any]:
             samples.append(_rss())
     insert_seconds = time.perf_counter() - started
     samples.append(_rss())
+    rss_after_inserts = samples[-1]
     # State changes: upserts of existing keys (what a delivered/displayed IMDN writes).
     updates = min(count, 100_000)
     keys = random.sample(range(count), updates)
@@ -158,7 +159,7 @@ def store_scale(count: int, path: Path) -> dict[str, Any]:
             ]
         )
     update_seconds = time.perf_counter() - started
-    samples.append(_rss())
+    rss_after_updates = _rss()
     # Keyed lookups through a second, read-only connection.
     reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     lookups = min(count, 100_000)
@@ -185,6 +186,8 @@ def store_scale(count: int, path: Path) -> dict[str, Any]:
         "rss_start": rss_start,
         "rss_samples": samples,
         "rss_growth": max(samples) - rss_start,
+        "rss_after_inserts": rss_after_inserts,
+        "rss_after_updates": rss_after_updates,
     }
 
 

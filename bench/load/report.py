@@ -46,7 +46,15 @@ def machine_info(argv: list[str], sipp: str | None, kamailio: str | None, *, qui
     except Exception:
         versions["sipimdn"] = "unknown"
     commit = _first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
-    versions["sipimdn"] += f" (git {commit})"
+    # Others may be editing the tree while the benchmark runs: say whether the code measured
+    # had changes not yet committed.
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "sipimdn"],
+        capture_output=True, text=True, timeout=10, check=False,
+    ).stdout.strip()
+    changed = len(dirty.splitlines()) if dirty else 0
+    note = f", {changed} files under sipimdn/ modified" if changed else ""
+    versions["sipimdn"] += f" (git {commit}{note})"
     import lxml.etree
 
     versions["lxml"] = ".".join(map(str, lxml.etree.LXML_VERSION))
@@ -274,13 +282,15 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         )
     store = micro.get("store", {})
     if "rss_growth" in store:
-        growth = store["rss_growth"] / 2**20
+        growth = store["rss_growth"] / 2**20  # over the insert phase (samples every tenth)
+        after_updates = (store.get("rss_after_updates", store["rss_start"]) - store["rss_start"]) / 2**20
         rows.append(
             [
                 "SQLite store at 1M entries keeps RSS flat",
                 "flat",
                 f"{store['count']:,} entries: RSS grew {growth:.1f} MiB "
-                f"(start {store['rss_start'] / 2**20:.0f} MiB)",
+                f"(start {store['rss_start'] / 2**20:.0f} MiB) while inserting; "
+                f"{after_updates:+.1f} MiB after 100k random state upserts",
                 "met" if growth < 16 else f"missed (grew {growth:.0f} MiB)",
             ]
         )
@@ -705,6 +715,8 @@ def _micro_section(results: dict[str, Any]) -> list[str]:
         out += [f"Not measured: {store['error'][-300:]}", ""]
     elif store:
         samples = ", ".join(f"{s / 2**20:.0f}" for s in store["rss_samples"])
+        if "rss_after_updates" in store:
+            samples += f"; after upserts {store['rss_after_updates'] / 2**20:.0f}"
         out += _table(
             [
                 "entries",
@@ -771,7 +783,9 @@ def _profile_section(results: dict[str, Any]) -> list[str]:
         ("positive-delivery", "MESSAGE + delivered IMDN"),
     ):
         p = profile.get(key, {})
-        if not p or "error" in p:
+        if not p:
+            continue  # not part of this run (quick runs profile the plain receive path only)
+        if "error" in p:
             out += [f"### {title}", "", f"Not measured: {p.get('error', 'missing') if p else 'missing'}", ""]
             continue
         n = max(1, p["messages"])
