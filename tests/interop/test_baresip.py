@@ -20,7 +20,7 @@ from sipimdn.events import DispositionState
 from sipimdn.ua import IncomingMessage
 
 from .baresip.peers import Baresip
-from .sipp import LOOPBACK, free_port
+from .sipp import LOOPBACK
 
 pytestmark = pytest.mark.interop
 
@@ -32,27 +32,27 @@ async def pair(
     tmp_path: Path, baresip_binary: str
 ) -> AsyncIterator[tuple[UserAgent, Baresip, list[IncomingMessage]]]:
     """sipimdn's UserAgent (tester) and baresip (bob, whose contact is tester), both running."""
-    ua_port = free_port(("udp",))
-    contact = f"sip:tester@{LOOPBACK}:{ua_port}"
-    peer = Baresip(baresip_binary, tmp_path / "baresip", user="bob", contact=contact)
-    await asyncio.to_thread(peer.start)
+    # sipimdn first, on a port the system picks, so that baresip's contact can name it.
     config = UserAgentConfig(
         aor=f"sip:tester@{LOOPBACK}",
-        listen=(ListenEndpoint("udp", LOOPBACK, ua_port),),
+        listen=(ListenEndpoint("udp", LOOPBACK, 0),),
         udp_implies_tcp=False,
         store_path=":memory:",
     )
     received: list[IncomingMessage] = []
-    try:
-        async with UserAgent(config) as ua:
+    async with UserAgent(config) as ua:
 
-            async def on_message(message: IncomingMessage) -> None:
-                received.append(message)
+        async def on_message(message: IncomingMessage) -> None:
+            received.append(message)
 
-            ua.on_message(on_message)
+        ua.on_message(on_message)
+        contact = ua.contact_uri("udp")
+        peer = Baresip(baresip_binary, tmp_path / "baresip", user="bob", contact=contact)
+        await asyncio.to_thread(peer.start)
+        try:
             yield ua, peer, received
-    finally:
-        await asyncio.to_thread(peer.stop)
+        finally:
+            await asyncio.to_thread(peer.stop)
 
 
 async def test_cpim_to_baresip_gets_415_and_falls_back_to_text_plain(

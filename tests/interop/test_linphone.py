@@ -33,7 +33,7 @@ from sipimdn.registration import RegistrationSucceeded
 from sipimdn.ua import IncomingMessage
 
 from .linphone.peers import LinphoneDaemon, LinphoneReader, Registrar
-from .sipp import LOOPBACK, free_port
+from .sipp import LOOPBACK
 
 pytestmark = pytest.mark.interop
 
@@ -98,7 +98,6 @@ async def topology(
     agents: list[UserAgent] = []
 
     async def build(cpim: bool, reader: Path | None = None) -> Topology:
-        ua_port = free_port(("udp",))
         registrar = Registrar(kamailio, tmp_path / "kamailio")
         registrars.append(registrar)
         await asyncio.to_thread(registrar.start_on_free_port)
@@ -115,7 +114,7 @@ async def topology(
         await asyncio.to_thread(alice.start)
         config = UserAgentConfig(
             aor=UA_AOR,
-            listen=(ListenEndpoint("udp", LOOPBACK, ua_port),),
+            listen=(ListenEndpoint("udp", LOOPBACK, 0),),  # registered: nobody needs the port first
             udp_implies_tcp=False,
             outbound_proxy=f"sip:{LOOPBACK}:{registrar.port};lr",
             register=True,
