@@ -1,8 +1,9 @@
 """Building message/cpim documents (RFC 3862), strict on send.
 
 The builder renders header lines in the strict ABNF form and then runs the
-result through the parser, so anything it returns parses back to an equal
-message; a value the grammar refuses raises
+parser's strict checks on those lines, so anything it returns parses back to
+an equal message (``SELF_CHECK`` re-parses the bytes to prove it, for tests
+and debugging); a value the grammar refuses raises
 :class:`~sipimdn.errors.LocalProtocolError` (our own misuse, not a peer's).
 """
 
@@ -12,9 +13,17 @@ from collections.abc import Iterable, Sequence
 
 from ..errors import CpimError, LocalProtocolError
 from . import _grammar
-from .message import CpimMessage, parse
+from .message import (
+    DEFAULT_LIMITS,
+    CpimMessage,
+    Limits,
+    _check_entity,
+    _parse_cpim_headers,
+    _parse_mime_headers,
+    parse,
+)
 
-__all__ = ["build_from_lines", "build_message", "format_header", "format_text"]
+__all__ = ["SELF_CHECK", "build_from_lines", "build_message", "format_header", "format_text"]
 
 
 def format_text(text: str) -> str:
@@ -52,26 +61,84 @@ def build_message(
     return build_from_lines(lines, content_type=content_type, body=body, mime_headers=mime_headers)
 
 
+SELF_CHECK = False
+"""Debug/strict mode: also serialise each built message and re-parse the bytes
+with ``parse(strict=True)``, and fail loudly (AssertionError) if that does not
+give back an equal message. Off by default: the checks below already run the
+parser's own line checks on the lines themselves; tests turn it on."""
+
+
 def build_from_lines(
     lines: Iterable[str],
     *,
     content_type: str,
     body: bytes,
     mime_headers: Iterable[tuple[str, str]] = (),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> CpimMessage:
-    """Build a CPIM message from complete header lines (as made by :func:`format_header`)."""
+    """Build a CPIM message from complete header lines (as made by :func:`format_header`).
+
+    Every line goes through the same checks :func:`~sipimdn.cpim.parse` runs
+    in strict mode (grammar, NS bindings, addresses, DateTime, Subject,
+    Require, MIME field names, Content-Type, the size and count limits), on
+    the strings rather than on re-encoded bytes, so what is returned is what
+    parsing its ``to_bytes()`` gives back. A line holding CR or LF is refused
+    (it would split into other header lines on the wire).
+    """
     if not isinstance(body, bytes):
         raise LocalProtocolError("CPIM content must be bytes")
-    head = "".join(line + "\r\n" for line in lines) + "\r\n"
+    cpim_lines = list(lines)
     mime_lines = [f"Content-Type: {content_type}"]
     for name, value in mime_headers:
         mime_lines.append(f"{name}: {value}")
     for line in mime_lines:
         if "\r" in line or "\n" in line:
             raise LocalProtocolError(f"line break in MIME header {line[:40]!r}")
-    mime = "".join(line + "\r\n" for line in mime_lines) + "\r\n"
-    data = head.encode("utf-8") + mime.encode("utf-8") + body
     try:
-        return parse(data, strict=True)
+        msg = _checked(cpim_lines, mime_lines, body, limits)
     except CpimError as exc:
         raise LocalProtocolError(f"cannot build CPIM message: {exc.reason}") from None
+    if SELF_CHECK:
+        _self_check(msg)
+    return msg
+
+
+def _checked(lines: list[str], mime_lines: list[str], body: bytes, limits: Limits) -> CpimMessage:
+    for line in lines:
+        if not line:
+            raise CpimError("empty CPIM header line")
+        # Caught by the control-character check too; said plainly here.
+        if "\r" in line or "\n" in line:
+            raise CpimError(f"line break in CPIM header {line[:40]!r}")
+    # The byte limits as the parser counts them: each line and its CRLF, the
+    # empty line's CR (the parser measures up to the last LF).
+    head_size = sum(len(line.encode("utf-8")) for line in lines) + 2 * len(lines) + 1
+    mime_size = sum(len(line.encode("utf-8")) for line in mime_lines) + 2 * len(mime_lines) + 1
+    if len(lines) > limits.max_headers:
+        raise CpimError(f"more than {limits.max_headers} CPIM headers", 413)
+    if head_size > limits.max_header_bytes:
+        raise CpimError(f"CPIM header block longer than {limits.max_header_bytes} bytes", 413)
+    if len(mime_lines) > limits.max_mime_headers:
+        raise CpimError(f"more than {limits.max_mime_headers} MIME headers", 413)
+    if mime_size > limits.max_mime_header_bytes:
+        raise CpimError(f"MIME header block longer than {limits.max_mime_header_bytes} bytes", 413)
+    if head_size + 1 + mime_size + 1 + len(body) > limits.max_size:
+        raise CpimError(f"message/cpim body larger than {limits.max_size} bytes", 413)
+    lenient: list[str] = []
+    headers = _parse_cpim_headers(lines, lenient)
+    mime = _parse_mime_headers(mime_lines)
+    msg = CpimMessage(headers=headers, mime_headers=mime, body=body)
+    _check_entity(msg)
+    if lenient:
+        raise CpimError(f"not strict RFC 3862: {'; '.join(lenient)}")
+    return msg
+
+
+def _self_check(msg: CpimMessage) -> None:
+    data = msg.to_bytes()
+    try:
+        again = parse(data, strict=True)
+    except CpimError as exc:
+        raise AssertionError(f"built CPIM message does not parse back: {exc.reason}") from None
+    if again != msg or again.to_bytes() != data:
+        raise AssertionError("built CPIM message parses back different")

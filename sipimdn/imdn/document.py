@@ -15,6 +15,7 @@ as serialised bytes, both the ones after the notification element
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -208,35 +209,54 @@ def _pair_lone_recipient(root: etree._Element) -> None:
     recipient.addnext(original)
 
 
+_NS_PREFIX: Final = f"{{{XML_NS}}}"
+# Tag -> meaning for every element the schema allows as a child of <imdn> or
+# <status>: one dict lookup per element instead of string slicing and enum calls.
+_FIELD_BY_TAG: Final = {
+    _q(local): local
+    for local in ("message-id", "datetime", "recipient-uri", "original-recipient-uri", "subject")
+}
+_KIND_BY_TAG: Final = {_q(kind.element): kind for kind in Kind}
+_STATUS_BY_TAG: Final = {_q(status.value): status for status in Status}
+
+
 def _read(root: etree._Element) -> Notification:
+    # Runs on a schema-valid tree: each imdn child is a field or the one
+    # notification element, whose <status> starts with a status element.
     fields: dict[str, str] = {}
     kind: Kind | None = None
     status: Status | None = None
     extensions: list[bytes] = []
     status_extensions: list[bytes] = []
     for child in root:
-        tag = str(child.tag)
-        if not tag.startswith(f"{{{XML_NS}}}"):
-            extensions.append(_serialise(child))
+        tag = child.tag
+        field = _FIELD_BY_TAG.get(tag)
+        if field is not None:
+            fields[field] = child.text or ""
             continue
-        local = tag[len(XML_NS) + 2 :]
-        if local.endswith("-notification"):
-            kind = Kind(local[: -len("-notification")])
+        found = _KIND_BY_TAG.get(tag)
+        if found is not None:
+            kind = found
             status_element = child[0]
-            value = status_element[0]
-            status = Status(str(value.tag)[len(XML_NS) + 2 :])
-            status_extensions.extend(_serialise(e) for e in list(status_element)[1:])
-        else:
-            fields[local] = child.text or ""
+            status = _STATUS_BY_TAG.get(status_element[0].tag)
+            if status is None:
+                raise ImdnError(f"unknown status element {status_element[0].tag!r}")
+            if len(status_element) > 1:
+                status_extensions.extend(_serialise(e) for e in list(status_element)[1:])
+            continue
+        if str(tag).startswith(_NS_PREFIX):
+            raise ImdnError(f"unexpected element {tag!r} in imdn")
+        extensions.append(_serialise(child))
     if kind is None or status is None:
         raise ImdnError("IMDN has no notification element (RFC 5438 §11.1.6)")
     # The schema's per-kind <choice> already enforces ALLOWED_STATUSES; keep the
     # table authoritative in case the schema is ever loosened.
     if status not in ALLOWED_STATUSES[kind]:
         raise ImdnError(f"status {status} is not allowed in a {kind} notification")
+    message_id = fields["message-id"]
     return Notification(
         # xs:token: the schema collapses whitespace for validation, so do we.
-        message_id=" ".join(fields["message-id"].split()),
+        message_id=message_id if _PLAIN_TOKEN_RE.fullmatch(message_id) else " ".join(message_id.split()),
         datetime=fields["datetime"],
         kind=kind,
         status=status,
@@ -246,6 +266,11 @@ def _read(root: etree._Element) -> Notification:
         extensions=tuple(extensions),
         status_extensions=tuple(status_extensions),
     )
+
+
+# A value with no white space (as str.split() sees it: \s is the same set) is
+# its own collapse.
+_PLAIN_TOKEN_RE: Final = re.compile(r"\S*")
 
 
 def _strip(value: str | None) -> str | None:
@@ -339,6 +364,69 @@ def make_notification(
 
 
 def _render(n: Notification) -> bytes:
+    fast = _render_template(n)
+    if fast is not None:
+        return fast
+    return _render_tree(n)
+
+
+# Characters the template writes as they are: XML 1.0 Char (§2.2) minus CR,
+# which libxml2 writes as "&#13;" (rare enough to leave to the tree builder),
+# and minus U+FFFE/U+FFFF, which lxml refuses. Lone surrogates are excluded too.
+_PLAIN_TEXT_RE: Final = re.compile("[\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+# imdn:uri in imdn.xsd, verbatim; XSD patterns are anchored and its \s is [ \t\n\r].
+_XSD_URI_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[^ \t\n\r%]|%[0-9A-Fa-f]{2})+")
+_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_HEAD: Final = '<?xml version="1.0" encoding="UTF-8"?>\n<imdn xmlns="' + XML_NS + '">'
+_TAILS: Final = {
+    (kind, status): f"<{kind.element}><status><{status.value}/></status></{kind.element}></imdn>"
+    for kind, statuses in ALLOWED_STATUSES.items()
+    for status in statuses
+}
+
+
+def _render_template(n: Notification) -> bytes | None:
+    """The document as text, for the common case; None sends the case to the lxml tree builder.
+
+    Taken only when the result is provably what :func:`_render_tree` writes
+    and valid against imdn.xsd: no extension elements, every text made of
+    characters written verbatim (``& < >`` escaped as libxml2 does), a
+    message-id that is a non-empty xs:token without white space, URIs
+    matching the schema's pattern, a (kind, status) pair of the table. The
+    differential test in tests/test_imdn_fastpaths.py holds it to byte identity.
+    """
+    if n.extensions or n.status_extensions:
+        return None
+    tail = _TAILS.get((n.kind, n.status))
+    if tail is None:
+        return None
+    texts = [n.message_id, n.datetime]
+    if n.recipient_uri is not None:
+        texts += [n.recipient_uri, n.original_recipient_uri or n.recipient_uri]
+        if n.subject is not None:
+            texts.append(n.subject)
+    elif n.subject is not None or n.original_recipient_uri is not None:
+        return None
+    for text in texts:
+        if _PLAIN_TEXT_RE.fullmatch(text) is None:
+            return None
+    if _grammar.LENIENT_TOKEN_RE.fullmatch(n.message_id) is None:
+        return None
+    for uri in texts[2:4]:
+        if _XSD_URI_RE.fullmatch(uri) is None:
+            return None
+    parts = [_HEAD, "<message-id>", n.message_id.translate(_ESCAPES), "</message-id><datetime>"]
+    parts += [n.datetime.translate(_ESCAPES), "</datetime>"]
+    if len(texts) > 2:
+        parts += ["<recipient-uri>", texts[2].translate(_ESCAPES), "</recipient-uri>"]
+        parts += ["<original-recipient-uri>", texts[3].translate(_ESCAPES), "</original-recipient-uri>"]
+        if len(texts) > 4:
+            parts += ["<subject>", texts[4].translate(_ESCAPES), "</subject>"]
+    parts.append(tail)
+    return "".join(parts).encode("utf-8")
+
+
+def _render_tree(n: Notification) -> bytes:
     extensions = [_extension(raw) for raw in n.extensions]
     status_extensions = [_extension(raw) for raw in n.status_extensions]
     # libxml2 does not write xmlns="" when an element with no namespace is moved

@@ -17,6 +17,7 @@ by that URI whatever prefix the sender bound to it (IMDN-02). ABNF, RFC 5438 §1
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Iterable
@@ -86,6 +87,21 @@ def parse_disposition_notification(value: str) -> tuple[NotifyRequest, ...]:
     COMMA is ``*SP "," *SP``, so ``positive-delivery,display`` (no space, seen
     in the field) is valid. Raises ``ValueError`` on anything else.
     """
+    # The same few values arrive on every IM: memoise short ones (the result is immutable).
+    if len(value) <= _DN_CACHE_MAX_KEY:
+        return _parse_dn_cached(value)
+    return _parse_dn(value)
+
+
+_DN_CACHE_MAX_KEY = 256
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_dn_cached(value: str) -> tuple[NotifyRequest, ...]:
+    return _parse_dn(value)
+
+
+def _parse_dn(value: str) -> tuple[NotifyRequest, ...]:
     text = value.strip(" ")
     if not text:
         return ()
