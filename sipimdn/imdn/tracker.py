@@ -19,6 +19,19 @@ in ``.delivery`` and changes nothing). The final SIP response moves only
 recipients still ``pending``, so a notification that overtook the response
 (liblinphone sends its IMDN before its 200) still counts.
 
+**Lists.** A recipient may be a URI list (RFC 5365) or another fan-out
+point whose members we never learn in advance. A notification whose
+``original-recipient-uri`` is an intended recipient and whose
+``recipient-uri`` is someone else adds that member as its own entry (``via``
+the list), with its own monotonic state and its own one-per-type guard; the
+list's entry takes the first news of each type. From then on the message
+stays tracked until its deadline (RFC 5438 §7.1.4: be ready for several
+IMDNs), because nothing tells us how many members are still to report;
+``register_sent(..., expect_members=True)`` says so from the start. The
+members of one message are capped by ``TrackerConfig.max_recipients``
+(``too-many-recipients`` beyond it), so a forged flood of members cannot
+grow one record without bound.
+
 **Correlation and safety (imdn.md C1..C3, RFC 5438 §14.1).** A notification
 is applied only when, in this order: its kind and status are valid together;
 its Message-ID is one we sent (C1); its SIP From / CPIM From, or its
@@ -39,7 +52,8 @@ the notifications the policy allows become :class:`~sipimdn.store.base.OwedRecor
 entries, handed out as :class:`NotificationOwed` events and retried with
 exponential backoff on timeout, 408 and 5xx until acknowledged or given up.
 A non-2xx answer means nothing is ever owed (IMDN-37). Loop guard (C4),
-IMDN-Record-Route trust and cap (C5), a rate limit per destination peer and anonymous
+IMDN-Record-Route trust and cap (C5), a rate limit per originator of the IM
+(its SIP From, else CPIM From; never the relay it came through), anonymous
 senders (C6, IMDN-42) and display privacy (C7) are enforced here and
 reported as :class:`NotificationsDeclined`.
 
@@ -288,7 +302,7 @@ class DeclineReason(StrEnum):
     ANONYMOUS = "anonymous"
     #: The peer answered 415/488 to an earlier IMDN.
     PEER_REFUSES_IMDN = "peer-refuses-imdn"
-    #: C6: too many notifications generated for this sender recently.
+    #: C6: too many notifications generated for this originator (SIP From, else CPIM From) recently.
     RATE_LIMITED = "rate-limited"
     #: C7: display policy ``silent``.
     PRIVACY = "privacy"
@@ -467,13 +481,15 @@ class TrackerConfig:
     max_imdn_route: int = 4
     #: Whether IMDN-Record-Route is honoured by default (C5: only from trusted paths).
     trust_imdn_route: bool = False
-    #: Most recipients (intended plus list members learnt from notifications) per sent message.
+    #: Most recipients (intended plus list members learnt from notifications) per sent message;
+    #: a notification naming one more member is rejected as ``too-many-recipients``.
     max_recipients: int = 256
     #: Replay guard: notification Message-IDs remembered per sent message.
     max_notification_ids: int = 64
     #: How long peer flags (``no-imdn``...) are remembered, so an upgraded peer gets another chance.
     peer_flag_ttl: float = 30 * _DAY
-    #: C6: at most this many notifications generated towards one peer within ``rate_window`` seconds.
+    #: C6: at most this many notifications generated for the messages of one originator (the
+    #: IM's SIP From, else its CPIM From; not the IMDN-Route hop) within ``rate_window`` seconds.
     rate_limit: int = 120
     rate_window: float = 60.0
     #: IMDN-42: ignore notification requests from anonymous senders.
@@ -613,6 +629,9 @@ def _notification_kind(kind: object) -> str | None:
 _SENT, _OWED, _RECEIVED, _SEEN, _PEER = "sent", "owed", "received", "seen", "peer"
 _DECLINED = "declined"
 _POSITIVE = frozenset({"positive-delivery", "display"})
+#: The C6 limiter drops idle originators once it holds more than this many (or twice what
+#: survived the last pruning).
+_RATE_PRUNE_MIN = 4 * 4096
 
 
 class DispositionTracker:
@@ -645,7 +664,9 @@ class DispositionTracker:
         self._writes: list[StoreOp] = []
         self._heap: list[tuple[float, int, str, str]] = []
         self._seq = 0
+        # C6: originator key -> times of the notifications generated for it within the window.
         self._rate: dict[str, deque[float]] = {}
+        self._rate_prune_at = _RATE_PRUNE_MIN
         self._tables: dict[str, dict[str, Any]] = {
             _SENT: self._sent,
             _OWED: self._owed,
@@ -700,13 +721,19 @@ class DispositionTracker:
         expires_at: float | None = None,
         intermediaries: Sequence[str] = (),
         metadata: Mapping[str, str] | None = None,
+        expect_members: bool = False,
     ) -> SentRecord:
         """Start tracking a message we are about to send.
 
         ``requested`` are the ``Disposition-Notification`` tokens put in the
-        message. Raises :class:`~sipimdn.errors.LocalProtocolError` for an
-        empty or already tracked Message-ID, an unknown token, no usable
-        recipient URI or a deadline not after ``now``.
+        message. ``expect_members=True`` says the recipients are lists (or
+        other fan-out points): their members' notifications are awaited until
+        the deadline even if the first ones settle everything requested
+        (RFC 5438 §7.1.4). Without it a recipient becomes a list as soon as a
+        notification names a member reached through it. Raises
+        :class:`~sipimdn.errors.LocalProtocolError` for an empty or already
+        tracked Message-ID, an unknown token, no usable recipient URI or a
+        deadline not after ``now``.
         """
         if not message_id or " " in message_id:
             raise LocalProtocolError(f"unusable Message-ID {message_id!r}")
@@ -727,6 +754,11 @@ class DispositionTracker:
         if len(entries) > self.config.max_recipients:
             raise LocalProtocolError(f"more than {self.config.max_recipients} recipients")
         hops = tuple(k for k in (self._key(uri) for uri in intermediaries) if k is not None)
+        if expect_members:
+            # A list server is an intermediary of the message (RFC 5438 §8): recording the
+            # targets there keeps the record open until the deadline and survives a restart
+            # with no new store field.
+            hops = tuple(dict.fromkeys((*hops, *entries)))
         deadline = now + self.config.tracking_ttl if expires_at is None else expires_at
         if deadline <= now:
             raise LocalProtocolError("expires_at must be later than now")
@@ -822,7 +854,11 @@ class DispositionTracker:
         if entry is None:
             assert recipient_uri is not None and target is not None  # _resolve only asks for a member then
             if len(record.recipients) >= self.config.max_recipients:
-                return reject(RejectReason.TOO_MANY_RECIPIENTS, "member limit of this message reached")
+                return reject(
+                    RejectReason.TOO_MANY_RECIPIENTS,
+                    f"member {recipient_uri!r} not tracked: this message already tracks "
+                    f"max_recipients={self.config.max_recipients} recipients and list members",
+                )
             initial = _A if record.sip_status is not None and record.sip_status < 300 else _P
             entry = RecipientRecord(
                 uri=recipient_uri, key=target, state=initial, via=member_of, updated_at=now
@@ -1105,14 +1141,27 @@ class DispositionTracker:
 
         A target with a via key and no entry yet is a list member to add.
         """
-        known = {entry.key for entry in record.recipients}
+        known = {entry.key: entry for entry in record.recipients}
         intended = [entry.key for entry in record.recipients if entry.via is None]
         if rkey is not None and rkey in known:
-            return rkey, None, None
+            # A member already known keeps reporting through its list: the list's entry still
+            # takes the first news of each type (a display after the delivery, say).
+            return rkey, known[rkey].via, None
         if okey is not None and okey in known:
-            if rkey is not None:
-                return rkey, okey, None
-            return okey, None, None
+            if rkey is None:
+                return okey, None, None
+            if okey in intended:
+                return rkey, okey, None  # a member reached through a list we addressed
+            # Original-To is the URI the sender addressed (RFC 5438 §6.4), never a member:
+            # a member cannot vouch for further members.
+            return (
+                None,
+                None,
+                (
+                    RejectReason.NOT_A_RECIPIENT,
+                    "original-recipient-uri names a list member, not a recipient we addressed",
+                ),
+            )
         for key in sender_keys:
             if key in known:
                 return key, None, None
@@ -1186,6 +1235,10 @@ class DispositionTracker:
         """Whether any notification could still change this message (processing counts as news)."""
         if record.sip_status is None or "processing" in record.requested or record.intermediaries:
             return True
+        if record.sip_status < 300 and any(entry.via is not None for entry in record.recipients):
+            # A recipient turned out to be a list: how many members it has is unknown
+            # (RFC 5438 §7.1.4, IMDN-21), so every member's news is awaited until the deadline.
+            return True
         requested = set(record.requested)
         for entry in record.recipients:
             state = DispositionState(entry.state)
@@ -1255,9 +1308,13 @@ class DispositionTracker:
         if len(window) >= self.config.rate_limit:
             return False
         window.append(now)
-        if len(self._rate) > 4 * 4096:  # keep the limiter's memory bounded
+        if len(self._rate) > self._rate_prune_at:
+            # Keep the limiter's memory bounded by the originators active in one window. The
+            # threshold grows with what survives, so many active originators (distinct forged
+            # Froms) cost an amortised O(1) per call, not a full scan each time.
             for key in [k for k, w in self._rate.items() if not w or w[-1] <= now - self.config.rate_window]:
                 del self._rate[key]
+            self._rate_prune_at = max(_RATE_PRUNE_MIN, 2 * len(self._rate))
         return True
 
     def _owe(self, record: ReceivedRecord, kind: str, status: str, now: float) -> ReceivedRecord:
@@ -1265,8 +1322,15 @@ class DispositionTracker:
         request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
         peer_key = self._key(request_uri) or request_uri
         refused = PEER_NO_IMDN in self.peer_flags(request_uri)
-        # C6: limited per destination, not per CPIM sender, which may be a shared anonymous identity.
-        if refused or not self._rate_allows(peer_key, now):
+        # C6: limited per originator of the IM, its SIP From (RCS may put a shared anonymous
+        # identity in the CPIM From), else its CPIM From. Not per destination: the top
+        # IMDN-Route is a list server or store-and-forward relaying for many senders, and one
+        # budget for all of them would decline the IMDNs of every sender behind a busy relay.
+        # Without a route the destination is that same originator, so a flood still cannot
+        # aim more than rate_limit IMDNs per window at one address.
+        originator = record.sip_from or record.sender
+        rate_key = self._key(originator) or originator
+        if refused or not self._rate_allows(rate_key, now):
             token = "display" if kind == "display" else "positive-delivery"
             if kind == "delivery" and status != "delivered":
                 token = "negative-delivery"
