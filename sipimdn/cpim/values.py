@@ -91,6 +91,22 @@ class CpimDateTime:
 
 def parse_datetime(raw: str) -> CpimDateTime:
     """Parse an RFC 3339 date-time, tolerating the field quirks listed in the grammar module."""
+    # A received IM's DateTime is parsed when the message is checked and again
+    # when its IMDN echoes it: memoise short values (the result is immutable).
+    if len(raw) <= _DATETIME_CACHE_MAX_KEY:
+        return _parse_datetime_cached(raw)
+    return _parse_datetime(raw)
+
+
+_DATETIME_CACHE_MAX_KEY = 64
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_datetime_cached(raw: str) -> CpimDateTime:
+    return _parse_datetime(raw)
+
+
+def _parse_datetime(raw: str) -> CpimDateTime:
     text = raw.rstrip(" ")
     strict = True
     m = _grammar.DATE_TIME_RE.fullmatch(text)

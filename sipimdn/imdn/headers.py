@@ -165,7 +165,12 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
     Raises :class:`~sipimdn.errors.ImdnError` when one is malformed or a
     single-valued header (Message-ID, Original-To) is repeated.
     """
-    ids = msg.get_all(IMDN_NS, "Message-ID")
+    # One pass over the headers (most are not IMDN ones), grouped by name.
+    found: dict[str, list[CpimHeader]] = {}
+    for h in msg.headers:
+        if h.namespace == IMDN_NS:
+            found.setdefault(h.name, []).append(h)
+    ids = found.get("Message-ID", ())
     if len(ids) > 1:
         raise ImdnError("more than one IMDN Message-ID header")
     message_id: str | None = None
@@ -176,7 +181,7 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
         # without SP/CTL, which can still be echoed in <message-id> (xs:token).
         if _grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
             raise ImdnError(f"IMDN Message-ID is empty or holds spaces: {message_id!r}")
-    dn_headers = msg.get_all(IMDN_NS, "Disposition-Notification")
+    dn_headers = found.get("Disposition-Notification", ())
     disposition: tuple[NotifyRequest, ...] | None = None
     if dn_headers:
         # §7.2.1 speaks of the header "fields" in the plural; accept several, concatenated.
@@ -187,15 +192,15 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
             except ValueError as exc:
                 raise ImdnError(str(exc)) from None
         disposition = tuple(reqs)
-    originals = msg.get_all(IMDN_NS, "Original-To")
+    originals = found.get("Original-To", ())
     if len(originals) > 1:
         raise ImdnError("more than one Original-To header (RFC 5438 §6.4)")
     return ImdnHeaders(
         message_id=message_id,
         disposition_notification=disposition,
         original_to=_address(originals[0]) if originals else None,
-        record_routes=tuple(_address(h) for h in msg.get_all(IMDN_NS, "IMDN-Record-Route")),
-        routes=tuple(_address(h) for h in msg.get_all(IMDN_NS, "IMDN-Route")),
+        record_routes=tuple(_address(h) for h in found.get("IMDN-Record-Route", ())),
+        routes=tuple(_address(h) for h in found.get("IMDN-Route", ())),
     )
 
 
