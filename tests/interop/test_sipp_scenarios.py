@@ -71,7 +71,7 @@ def test_imdn_scenarios_pass_against_each_other(sipp: SippRunner, transport: Tra
     # The server is stopped once the client is done (see Sipp.quit), so -m has a margin.
     server = sipp.start("uas", uas, calls=100, timeout=10, transport=transport)
     client = sipp.run(
-        "uac", "uac_cpim_delivered.xml", calls=3, limit=1, timeout=15, transport=transport,
+        "uac", "uac_cpim_delivered.xml", calls=3, limit=1, timeout=40, transport=transport,
         remote=(LOOPBACK, server.port), ooc_scenario="ooc_imdn_delivered.xml",
     )  # fmt: skip
     served = server.quit()
@@ -183,7 +183,7 @@ def _split_cpim(body: str) -> tuple[str, str, str]:
 async def test_imdn_pair_passes_with_a_right_imdn(sipp: SippRunner, tiny_peer: StartPeer) -> None:
     peer = await tiny_peer(ImdnShape())
     result = await sipp.run_async(
-        "uac", "uac_cpim_delivered.xml", calls=3, limit=1, timeout=15, remote=peer.address,
+        "uac", "uac_cpim_delivered.xml", calls=3, limit=1, timeout=40, remote=peer.address,
         ooc_scenario="ooc_imdn_delivered.xml",
     )  # fmt: skip
     assert (result.exit_code, result.successful, result.failed) == (0, 3, 0), result.describe()
@@ -225,7 +225,7 @@ async def test_imdn_pair_fails_on_a_wrong_or_missing_imdn(
     shape, evidence = WRONG_IMDNS[defect]
     peer = await tiny_peer(shape)
     result = await sipp.run_async(
-        "uac", "uac_cpim_delivered.xml", calls=1, limit=1, timeout=15, remote=peer.address,
+        "uac", "uac_cpim_delivered.xml", calls=1, limit=1, timeout=40, remote=peer.address,
         ooc_scenario="ooc_imdn_delivered.xml",
     )  # fmt: skip
     assert (result.exit_code, result.successful, result.failed) == (1, 0, 1), result.describe()

@@ -65,7 +65,7 @@ def test_listen_sends_a_delivered_imdn_that_sipp_accepts(
     """SIPp's out-of-call scenario checks each IMDN (envelope, message-id, status) with ereg."""
     calls = 5
     result = sipp.run(
-        "uac", "uac_cpim_delivered.xml", calls=calls, limit=1, timeout=30, transport=transport,
+        "uac", "uac_cpim_delivered.xml", calls=calls, limit=1, timeout=60, transport=transport,
         remote=(LOOPBACK, listener.port), ooc_scenario="ooc_imdn_delivered.xml",
     )  # fmt: skip
     assert (result.exit_code, result.successful, result.failed) == (0, calls, 0), (
@@ -87,10 +87,10 @@ def test_sipp_lost_10_to_listen_every_call_succeeds(
     """-lost 10 over UDP: SIPp drops a tenth of what it handles, retransmits, and still gets
     its 200 (and, for the CPIM scenario, its delivered IMDN) for every call; the
     application sees each message once."""
-    calls = 40 if scenario == "uac_text.xml" else 15
+    calls = 40 if scenario == "uac_text.xml" else 10
     imdn = scenario == "uac_cpim_delivered.xml"
     result = sipp.run(
-        "uac", scenario, calls=calls, rate=200, timeout=60, lost=10, remote=(LOOPBACK, listener.port),
+        "uac", scenario, calls=calls, rate=200, timeout=90, lost=10, remote=(LOOPBACK, listener.port),
         limit=1 if imdn else None, ooc_scenario="ooc_imdn_delivered.xml" if imdn else None,
     )  # fmt: skip
     assert (result.exit_code, result.successful, result.failed) == (0, calls, 0), (
