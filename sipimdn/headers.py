@@ -306,14 +306,34 @@ class NameAddr:
     @classmethod
     def parse(cls, text: str) -> NameAddr:
         """Parse a name-addr or addr-spec with parameters."""
+        cached = _NAME_ADDRS.get(text)
+        if cached is not None:
+            return cached
         m = _abnf.NAME_ADDR_FAST_RE.fullmatch(text)
-        if m is not None:
-            quoted, plain, uri_text, params_text = m.groups()
-            return cls._make(
-                Uri.parse(uri_text),
-                quoted if quoted is not None else plain,
-                MappingProxyType(_split_simple_params(params_text, "address")),
-            )
+        if m is None:
+            return cls._parse_general(text)
+        quoted, plain, uri_text, params_text = m.groups()
+        if not params_text:
+            params: Mapping[str, str | None] = _EMPTY
+        elif params_text[:5] == ";tag=" and params_text.find(";", 5) < 0:
+            # The usual From/To: only a tag (SIMPLE_PARAMS_RE matched, so
+            # the value is a non-empty run of token characters).
+            params = MappingProxyType({"tag": params_text[5:]})
+        else:
+            params = MappingProxyType(_split_simple_params(params_text, "address"))
+        parsed = cls._make(Uri.parse(uri_text), quoted if quoted is not None else plain, params)
+        if "tag" not in params and len(text) <= 256:
+            # A To without a tag (every out-of-dialog request), a Contact, a
+            # Route: the same text comes back message after message. Values
+            # with a tag are per transaction and would only churn the cache.
+            if len(_NAME_ADDRS) >= 1024:
+                _NAME_ADDRS.clear()
+            _NAME_ADDRS[text] = parsed
+        return parsed
+
+    @classmethod
+    def _parse_general(cls, text: str) -> NameAddr:
+        """The full grammar (quoted-pairs, whitespace, addr-spec, quoted parameters)."""
         s = text.strip(" \t")
         display: str | None = None
         if s[:1] == '"':
@@ -369,11 +389,12 @@ class NameAddr:
     @classmethod
     def _make(cls, uri: Uri, display_name: str | None, params: Mapping[str, str | None]) -> NameAddr:
         # The parser's constructor: skips __init__/__post_init__ (params is
-        # already read-only), which is measurable on every message.
+        # already read-only) and sets the slots through their descriptors
+        # (half the cost of object.__setattr__), measurable on every message.
         self = object.__new__(cls)
-        object.__setattr__(self, "uri", uri)
-        object.__setattr__(self, "display_name", display_name)
-        object.__setattr__(self, "params", params)
+        _set_na_uri(self, uri)
+        _set_na_display_name(self, display_name)
+        _set_na_params(self, params)
         return self
 
     @property
@@ -398,6 +419,14 @@ class NameAddr:
         if self.display_name is not None:
             head = f"{_quote(self.display_name)} {head}"
         return head + _params_text(self.params)
+
+
+# Slot setters of the frozen class, for _make (bypass the frozen __setattr__).
+_set_na_uri = NameAddr.__dict__["uri"].__set__
+_set_na_display_name = NameAddr.__dict__["display_name"].__set__
+_set_na_params = NameAddr.__dict__["params"].__set__
+# Parsed name-addr values without a tag, by text (immutable, so shareable).
+_NAME_ADDRS: dict[str, NameAddr] = {}
 
 
 # -- Via ---------------------------------------------------------------------
@@ -471,11 +500,11 @@ class Via:
     def _make(cls, transport: str, host: str, port: int | None, params: Mapping[str, str | None]) -> Via:
         # The parser's constructor (see NameAddr._make).
         self = object.__new__(cls)
-        object.__setattr__(self, "transport", transport)
-        object.__setattr__(self, "host", host)
-        object.__setattr__(self, "port", port)
-        object.__setattr__(self, "params", params)
-        object.__setattr__(self, "protocol", "SIP/2.0")
+        _set_via_transport(self, transport)
+        _set_via_host(self, host)
+        _set_via_port(self, port)
+        _set_via_params(self, params)
+        _set_via_protocol(self, "SIP/2.0")
         return self
 
     @staticmethod
@@ -548,6 +577,13 @@ class Via:
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = "" if self.port is None else f":{self.port}"
         return f"{self.protocol}/{self.transport} {host}{port}{_params_text(self.params)}"
+
+
+_set_via_transport = Via.__dict__["transport"].__set__
+_set_via_host = Via.__dict__["host"].__set__
+_set_via_port = Via.__dict__["port"].__set__
+_set_via_params = Via.__dict__["params"].__set__
+_set_via_protocol = Via.__dict__["protocol"].__set__
 
 
 # -- CSeq ---------------------------------------------------------------------

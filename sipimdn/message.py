@@ -14,7 +14,9 @@ reads is missing or malformed; ``validate()`` runs all of them at once.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable, Iterator
+from types import MappingProxyType
 from typing import cast
 
 from . import _abnf
@@ -265,6 +267,30 @@ class Headers:
         self.add(name, value)
 
 
+# Source addresses already checked by stamp_received (a UAS hears from a few).
+_CHECKED_IPS: set[str] = set()
+
+
+def _check_ip(ip: str) -> None:
+    if ip in _CHECKED_IPS:
+        return
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise LocalProtocolError(f"not an IP address: {ip[:60]!r}") from None
+    if len(_CHECKED_IPS) >= 1024:
+        _CHECKED_IPS.clear()
+    _CHECKED_IPS.add(ip)
+
+
+def _same_ip(a: str, b: str) -> bool:
+    """True when two address texts are the same IP (``::1`` and ``0::1``)."""
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
 def _missing(name: str) -> SipParseError:
     return SipParseError(f"missing {name} header")
 
@@ -344,6 +370,69 @@ class Message:
         """Replace the top Via (e.g. to add received/rport, RFC 3581)."""
         self.headers.replace_first_value("Via", str(via))
         self.headers._typed["via:top"] = via
+
+    def stamp_received(self, ip: str, port: int) -> Via:
+        """Record where a received request came from in its top Via; return that Via.
+
+        RFC 3261 §18.2.1: add ``received=ip`` when the sent-by host differs
+        from the source address; RFC 3581 §4: when the top Via has ``rport``,
+        set ``received`` (even if equal) and fill ``rport`` with the source
+        port. Nothing changes when neither applies or the Via already says so.
+        The sender's text of the via-parm is kept and only these two
+        parameters are edited in place (a missing one is appended), so the
+        Via copied into responses is the request's own (§18.2.1); a via-parm
+        with quoted strings or extra whitespace is rewritten from the typed
+        value instead, as ``set_top_via`` does. The returned Via equals
+        ``top_via.with_params(received=ip[, rport=str(port)])``.
+        Raises ``SipParseError`` if the top Via is missing or malformed and
+        ``LocalProtocolError`` if ``ip`` is not an IP address or ``port`` is
+        outside 1-65535.
+        """
+        via = self.top_via
+        params = via.params
+        if "rport" in params:
+            if not 0 < port <= 65535:
+                raise LocalProtocolError(f"port {port} outside 1-65535")
+            port_text = str(port)
+            if params["rport"] == port_text and params.get("received") == ip:
+                return via
+            changes = {"received": ip, "rport": port_text}
+        elif via.host != ip and not _same_ip(via.host, ip):
+            changes = {"received": ip}
+        else:
+            return via
+        _check_ip(ip)
+        merged = dict(params)
+        merged.update(changes)
+        stamped = Via._make(via.transport, via.host, via.port, MappingProxyType(merged))
+        rows = self.headers._rows
+        i = 0
+        while rows[i][0] != "via":  # (top_via found a Via row, so there is one)
+            i += 1
+        row = rows[i]
+        text = row[2]
+        if '"' in text or "," in text or "\t" in text or text.count(" ") != 1:
+            # Quoted strings, several via-parms in the row, or whitespace
+            # around separators: edit through the typed value instead.
+            self.set_top_via(stamped)
+            return stamped
+        # No quotes and no whitespace after sent-by: every ";" separates a
+        # parameter, so splitting on it is exact.
+        parts = text.split(";")
+        for j in range(1, len(parts)):
+            name = parts[j].partition("=")[0]
+            lowered = name.lower()
+            if lowered in changes:
+                parts[j] = f"{name}={changes.pop(lowered)}"
+        for name, param in changes.items():
+            parts.append(f"{name}={param}")
+        value = ";".join(parts)
+        rows[i] = ("via", row[1], value, f"{row[1]}: {value}")
+        typed = self.headers._typed
+        typed.pop("via", None)
+        typed.pop(_INDEX, None)
+        typed["via:top"] = stamped
+        return stamped
 
     @property
     def call_id(self) -> str:
@@ -619,6 +708,17 @@ class Response(Message):
         return f"<Response {self.status_code} {self.reason}>"
 
 
+# What a response copies from its request besides the Via rows (§8.2.6.2),
+# in the order it is written; Timestamp only into a 100 (§8.2.6.1).
+_COPIED_ORDER = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))
+_COPIED = frozenset(("from", "to", "call-id", "cseq", "timestamp"))
+
+
+def _unfolded(row: _Row) -> _Row:
+    """A folded row written back on one line (its value is already unfolded)."""
+    return (row[0], row[1], row[2], f"{row[1]}: {row[2]}")
+
+
 def _derived_to_tag(request: Request) -> str:
     """A To tag that is the same for every response to the same request.
 
@@ -645,22 +745,45 @@ def make_response(
     carries the same one. A 100 copies Timestamp (§8.2.6.1).
     Raises ``SipParseError`` if the request lacks a header the response needs.
     """
-    headers = Headers()
-    headers._rows.extend(row for row in request.headers._rows if row[0] == "via")
-    if "via" not in headers:
+    # One pass over the request's rows: every Via row and the first row of
+    # each other copied header, reused as they are (already checked when
+    # they were parsed or added), so the response repeats the request's
+    # spelling byte for byte. This runs for every final response.
+    rows: list[_Row] = []
+    first: dict[str, _Row] = {}
+    for row in request.headers._rows:
+        key = row[0]
+        if key == "via":
+            rows.append(row)
+        elif key in _COPIED and key not in first:
+            first[key] = row
+    if not rows:
         raise _missing("Via")
-    for key, label in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
-        value = request.headers.get(key)
-        if value is None:
+    for key, label in _COPIED_ORDER:
+        found = first.get(key)
+        if found is None:
             raise _missing(label)
+        row = found
         if key == "to" and status_code > 100 and request.to.tag is None:
             tag = to_tag if to_tag is not None else _derived_to_tag(request)
+            if "\r" in tag or "\n" in tag or "\x00" in tag:
+                raise LocalProtocolError(f"line break or NUL in the To tag {tag!r}")
             # Append to the received text so the To URI stays byte-identical.
-            headers.add(label, f"{value};tag={tag}")
-        else:
-            headers.add(label, value)
+            value = f"{row[2]};tag={tag}"
+            row = (key, row[1], value, f"{row[1]}: {value}")
+        elif "\n" in row[3]:
+            row = _unfolded(row)
+        rows.append(row)
     if status_code == 100:
-        timestamp = request.headers.get("timestamp")
+        timestamp = first.get("timestamp")
         if timestamp is not None:
-            headers.add("Timestamp", timestamp)
-    return Response(status_code, reason, headers)
+            rows.append(_unfolded(timestamp) if "\n" in timestamp[3] else timestamp)
+    # (checked last, as the Response constructor did, so a bad request is
+    # reported first whatever the caller passed)
+    if not 100 <= status_code <= 699:
+        raise LocalProtocolError(f"status code {status_code} outside 100-699")
+    if reason is None:
+        reason = REASON_PHRASES.get(status_code, "")
+    elif "\r" in reason or "\n" in reason:
+        raise LocalProtocolError("line break in reason phrase")
+    return Response._parsed(status_code, reason, Headers._from_rows(rows), b"")

@@ -136,6 +136,28 @@ def _has_bad_control(text: str) -> bool:
 _NAME_KEYS: dict[str, tuple[str, str]] = {}
 _NAME_KEYS_MAX = 2048
 _METHODS: set[str] = set()
+# Whole header lines seen before, to their row. Only lines that took the
+# cached-name path above enter it, so a hit is exactly what that path would
+# have built. Lines of fields that change with every message or transaction
+# stay out (they would only churn the cache). Bounded: cleared when full.
+_LINE_ROWS: dict[str, tuple[str, str, str, str]] = {}
+_LINE_ROWS_MAX = 4096
+_PER_MESSAGE_KEYS = frozenset(
+    {
+        "via",
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "date",
+        "timestamp",
+        "authorization",
+        "proxy-authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "authentication-info",
+    }
+)
 _WSP = " \t"
 
 
@@ -232,13 +254,25 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int |
     rows: list[tuple[str, str, str, str]] = []
     append = rows.append
     name_keys = _NAME_KEYS
+    line_rows = _LINE_ROWS
     for line in lines[1:]:
+        row = line_rows.get(line)
+        if row is not None:
+            # The very same line was read before (Max-Forwards: 70, the
+            # Content-Type, User-Agent, ...): its row is immutable, reuse it.
+            append(row)
+            continue
         name, colon, value = line.partition(":")
         known = name_keys.get(name)
         if known is not None and colon:
             # A header name seen (and validated) before; it cannot start
             # with whitespace, so this is not a continuation line.
-            append((known[0], known[1], value.strip(" \t"), line))
+            row = (known[0], known[1], value.strip(" \t"), line)
+            append(row)
+            if known[0] not in _PER_MESSAGE_KEYS and len(line) <= 256:
+                if len(line_rows) >= _LINE_ROWS_MAX:
+                    line_rows.clear()
+                line_rows[line] = row
         else:
             _slow_header_line(rows, line, name, colon, value)
     if len(rows) > limits.max_headers:
