@@ -174,9 +174,9 @@ def reference_make_response(
 ) -> Response:
     """make_response as it was written before the one-pass version, through the public API."""
     headers = Headers()
-    for name, value in request.headers.items():
+    for name, via_value in request.headers.items():
         if headers_module.header_key(name) == "via":
-            headers.add(name, value)
+            headers.add(name, via_value)
     if "via" not in headers:
         raise SipParseError("missing Via header")
     for key, label in (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq")):
