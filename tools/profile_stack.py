@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import heapq
 import json
 import os
 import pstats
@@ -232,7 +233,7 @@ def paced(port: int, pid: int, rate: float, seconds: float) -> dict[str, float]:
     sent_at = [0.0] * total
     answered = [0.0] * total
     retransmissions = 0
-    pending: list[tuple[float, int, float]] = []  # (next retransmission, index, interval), in send order
+    pending: list[tuple[float, int, float]] = []  # heap of (next retransmission, index, interval)
     target = (HOST, port)
     cpu0 = cpu_seconds(pid)
     start = time.perf_counter()
@@ -246,24 +247,16 @@ def paced(port: int, pid: int, rate: float, seconds: float) -> dict[str, float]:
         while next_index < due:
             sent_at[next_index] = time.perf_counter()
             sock.sendto(messages[next_index], target)
-            pending.append((sent_at[next_index] + 0.5, next_index, 0.5))
+            heapq.heappush(pending, (sent_at[next_index] + 0.5, next_index, 0.5))
             next_index += 1
         done += _drain(sock, answered, sent_at, time.perf_counter())
-        if pending and pending[0][0] <= now:
-            keep = []
-            for at, index, interval in pending:
-                if answered[index]:
-                    continue
-                if at <= now:
-                    if interval >= 4.0:
-                        continue  # gave up: counted as failed
-                    sock.sendto(messages[index], target)
-                    retransmissions += 1
-                    keep.append((now + 2 * interval, index, 2 * interval))
-                else:
-                    keep.append((at, index, interval))
-            keep.sort()
-            pending = keep
+        while pending and pending[0][0] <= now:
+            _, index, interval = heapq.heappop(pending)
+            if answered[index] or interval >= 4.0:
+                continue  # answered, or gave up (counted as failed)
+            sock.sendto(messages[index], target)
+            retransmissions += 1
+            heapq.heappush(pending, (now + 2 * interval, index, 2 * interval))
         select.select([sock], [], [], 0.0005)
     wall = time.perf_counter() - start
     cpu = cpu_seconds(pid) - cpu0
