@@ -74,6 +74,19 @@ def registered_lines(server: Kamailio, call_id: str) -> list[str]:
     return [line for line in server.log_text().splitlines() if "REGISTERED" in line and call_id in line]
 
 
+async def wait_registered_lines(server: Kamailio, call_id: str, count: int) -> list[str]:
+    """``registered_lines`` once ``count`` are there (within 5 s).
+
+    Kamailio logs REGISTERED *after* save() has sent the 200, so the line may
+    land in the log just after we read the answer.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while len(found := registered_lines(server, call_id)) < count and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return found
+
+
 def client_for(
     server: Kamailio, stack: SipStack, user: str, password: str, **settings: object
 ) -> RegistrationClient:
@@ -102,13 +115,13 @@ async def test_register_refresh_and_unregister_through_the_stack(kamailio: Kamai
         # 401 answered by the Authenticator, then 200; with 2 s granted the client
         # refreshes every second: wait for the first registration and two refreshes.
         events = await drive(reg, stack, target, until=lambda ev: count(RegistrationSucceeded, ev) >= 3,
-                             timeout=8.0)
+                             timeout=12.0)
         succeeded = [e for e in events if isinstance(e, RegistrationSucceeded)]
         assert [e.refreshed for e in succeeded] == [False, True, True]
         assert all(e.expires == 2 for e in succeeded)
         assert not any(isinstance(e, RegistrationFailed) for e in events)
         # Kamailio saw each REGISTER: same Call-ID, CSeq growing (2 = the answer to the 401).
-        lines = registered_lines(kamailio, reg.call_id)
+        lines = await wait_registered_lines(kamailio, reg.call_id, 3)
         cseqs = [int(m.group(1)) for line in lines if (m := re.search(r"cseq=(\d+)", line))]
         assert len(cseqs) >= 3 and cseqs == sorted(cseqs) and cseqs[0] == 2
         assert all("expires=2 " in line for line in lines)
@@ -159,11 +172,11 @@ async def test_423_interval_too_brief_is_honoured(kamailio_factory: Callable[...
     async with SipStack() as stack:
         reg = client_for(server, stack, "bob", "bob-secret", expires=10)
         reg.register(asyncio.get_running_loop().time())
-        events = await drive(reg, stack, target, until=bool, timeout=5.0)
+        events = await drive(reg, stack, target, until=bool, timeout=10.0)
         (event,) = events
         assert isinstance(event, RegistrationSucceeded) and event.expires == 60
         assert reg.expires == 60
-        lines = registered_lines(server, reg.call_id)
+        lines = await wait_registered_lines(server, reg.call_id, 1)
         assert len(lines) == 1 and "expires=60 " in lines[0]
 
 
@@ -172,7 +185,7 @@ async def test_wrong_password_is_a_permanent_failure_after_one_retry(kamailio: K
     async with SipStack() as stack:
         reg = client_for(kamailio, stack, "carol", "wrong-password", expires=60)
         reg.register(asyncio.get_running_loop().time())
-        events = await drive(reg, stack, target, until=bool, timeout=5.0)
+        events = await drive(reg, stack, target, until=bool, timeout=10.0)
         (event,) = events
         assert isinstance(event, RegistrationFailed)
         assert event.status_code == 401 and event.retry_at is None and "rejected" in event.reason
