@@ -227,3 +227,21 @@ async def test_several_realms_and_sha256(kamailio_factory: Callable[..., Kamaili
 
 async def _none() -> None:
     return None
+
+
+async def test_stale_cached_nonce_is_answered_once(kamailio_factory: Callable[..., Kamailio]) -> None:  # noqa: F811
+    """A message sent up front with a nonce Kamailio has let expire: 407 stale=true, one retry, 200."""
+    server = kamailio_factory(nonce_expire=1)
+    async with UserAgent(config_for(server, "bob", "udp")) as bob:
+        bob.on_message(lambda message: _none())
+        async with UserAgent(config_for(server, "alice", "udp", register=False)) as alice:
+            assert isinstance(await bob.wait_registered(timeout=10), RegistrationSucceeded)
+            first = await alice.send_message(f"sip:bob@{server.domain}", "fresh nonce", cpim=False)
+            assert (await asyncio.wait_for(first.final_response(), 10)).status_code == 200
+            # Kamailio ages nonces in whole seconds: 2.5 s is safely past nonce_expire=1.
+            await asyncio.sleep(2.5)
+            second = await alice.send_message(f"sip:bob@{server.domain}", "stale nonce", cpim=False)
+            assert (await asyncio.wait_for(second.final_response(), 10)).status_code == 200
+    challenges = lines(server, "MESSAGE from alice: challenging")
+    # The first message's plain challenge, then one for the stale answer (code -4), nothing more.
+    assert len(challenges) == 2 and "(code -4)" in challenges[1], challenges
