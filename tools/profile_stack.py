@@ -1,6 +1,7 @@
 """Measure and profile the SipStack receive path: server CPU per MESSAGE(CPIM) -> 200 over UDP.
 
     python tools/profile_stack.py run [--count 20000] [--window 64] [--repeat 3] [--servers stack,floor]
+    python tools/profile_stack.py run --servers stack@/tmp/old,stack@/tmp/new,floor   # before/after
     python tools/profile_stack.py rate --rate 10000 --seconds 10 [--server stack]
     python tools/profile_stack.py profile [--count 20000] [--out /tmp/stack.prof] [--top 35]
     python tools/profile_stack.py serve stack|floor [--profile OUT]
@@ -283,9 +284,13 @@ def _pin(command: list[str], cpu: str) -> list[str]:
 class Server:
     """A responder child process (``serve``) and its port."""
 
-    def __init__(self, kind: str, profile: str | None = None) -> None:
+    def __init__(self, spec: str, profile: str | None = None) -> None:
+        # "stack" or "floor", or "stack@DIR": the stack imported from DIR (e.g. an unpacked older
+        # commit, `git archive REV sipimdn | tar -x -C DIR`) for before/after figures in one run.
+        kind, _, path = spec.partition("@")
+        env = dict(os.environ, PYTHONPATH=path) if path else None
         command = [sys.executable, __file__, "serve", kind] + (["--profile", profile] if profile else [])
-        self.process = subprocess.Popen(_pin(command, "1"), stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(_pin(command, "1"), stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("READY "):
@@ -328,15 +333,17 @@ def cmd_run(args: argparse.Namespace) -> None:
                 server = servers[kind]
                 figures = windowed(server.port, server.pid, args.count, args.window, args.warmup)
                 results[kind].append(figures)
-                print(f"round {round_ + 1} {kind:5s} {_show(figures)}", flush=True)
+                print(f"round {round_ + 1} {kind} {_show(figures)}", flush=True)
     finally:
         for server in servers.values():
             server.stop()
     medians = {k: statistics.median(r["cpu_us_per_msg"] for r in results[k]) for k in kinds}
     for kind in kinds:
-        print(f"median {kind:5s} cpu_us_per_msg={medians[kind]:.1f}")
-    if "stack" in medians and "floor" in medians:
-        print(f"ratio stack/floor = {medians['stack'] / medians['floor']:.2f}")
+        print(f"median {kind} cpu_us_per_msg={medians[kind]:.1f}")
+    if "floor" in medians:
+        for kind in kinds:
+            if kind != "floor":
+                print(f"ratio {kind}/floor = {medians[kind] / medians['floor']:.2f}")
 
 
 def cmd_rate(args: argparse.Namespace) -> None:
@@ -373,7 +380,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2000)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--servers", default="stack,floor")
+    p.add_argument("--servers", default="stack,floor", help="comma-separated: stack, floor, stack@DIR")
     p = sub.add_parser("rate")
     p.add_argument("--rate", type=float, default=10000)
     p.add_argument("--seconds", type=float, default=10)
