@@ -157,11 +157,14 @@ def drive(args: argparse.Namespace) -> int:
         results.append(stats)
         print(f"{name}: {stats.get('runs')} inputs, {len(stats.get('findings', {}))} finding(s), "
               f"{stats['wall_seconds']} s", flush=True)
-    out = Path(args.out)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                               "python": sys.version.split()[0], "results": results}, indent=1))
+        write_results(Path(args.out), results)  # after each target: a stopped run keeps what it did
     print(table(results))
     return 1 if any(r.get("findings") for r in results) else 0
+
+
+def write_results(out: Path, results: list[dict[str, Any]]) -> None:
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "python": sys.version.split()[0], "results": results}, indent=1))
 
 
 def table(results: list[dict[str, Any]]) -> str:
