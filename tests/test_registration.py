@@ -58,8 +58,13 @@ def reply(
     reg.handle_response(status, headers, now)
 
 
+def state(reg: RegistrationClient) -> RegState:
+    """The state, read through a call so mypy does not keep an earlier assert's narrowing."""
+    return reg.state
+
+
 def events(reg: RegistrationClient) -> list[object]:
-    out = []
+    out: list[object] = []
     while (event := reg.next_event()) is not None:
         out.append(event)
     return out
@@ -99,7 +104,7 @@ def test_granted_expiry_from_our_contact_then_refresh_keeps_call_id() -> None:
     assert reg.requests_to_send() == []
     reg.handle_timer(268.0)
     refresh = sent_one(reg)
-    assert reg.state is RegState.REFRESHING
+    assert state(reg) is RegState.REFRESHING
     assert refresh.call_id == first.call_id and refresh.cseq == first.cseq + 1
     assert header(refresh, "From") == header(first, "From")
     reply(reg, refresh, 200, [("m", f"<{CONTACT}>;expires=60")], now=268.0)
@@ -150,7 +155,7 @@ def test_401_is_answered_once_and_a_second_401_fails_for_good() -> None:
     (event,) = events(reg)
     assert isinstance(event, RegistrationFailed)
     assert event.status_code == 401 and event.retry_at is None and "rejected" in event.reason
-    assert reg.state is RegState.FAILED and reg.requests_to_send() == []
+    assert state(reg) is RegState.FAILED and reg.requests_to_send() == []
     assert "pw" not in event.reason
 
 
@@ -283,7 +288,7 @@ def test_binding_lapses_while_the_refresh_is_in_flight() -> None:
     assert events(reg) == [RegistrationExpired("sip:alice@example.com")]
     assert reg.state is RegState.REGISTERING
     reply(reg, refresh, 200, [("Contact", f"<{CONTACT}>;expires=100")], now=100.5)
-    assert isinstance(events(reg)[0], RegistrationSucceeded) and reg.state is RegState.REGISTERED
+    assert isinstance(events(reg)[0], RegistrationSucceeded) and state(reg) is RegState.REGISTERED
 
 
 def test_unregister_sends_expires_zero_and_reports_confirmation() -> None:
@@ -298,7 +303,7 @@ def test_unregister_sends_expires_zero_and_reports_confirmation() -> None:
     assert reg.get_timer() is None and reg.state is RegState.UNREGISTERING
     reply(reg, request, 200)
     assert events(reg) == [Unregistered("sip:alice@example.com", confirmed=True)]
-    assert reg.state is RegState.IDLE and not reg.registered and reg.granted is None
+    assert state(reg) is RegState.IDLE and not reg.registered and reg.granted is None
 
 
 @pytest.mark.parametrize("outcome", ["timeout", "500", "403"])
@@ -336,7 +341,7 @@ def test_stray_and_provisional_responses_are_ignored() -> None:
     reg.handle_failure(0.0)
     events(reg)
     reply(reg, request, 200, [("Contact", f"<{CONTACT}>")])  # after the failure: nothing outstanding
-    assert events(reg) == [] and reg.state is RegState.BACKOFF
+    assert events(reg) == [] and state(reg) is RegState.BACKOFF
 
 
 def test_api_misuse_and_bad_settings_are_local_errors() -> None:
