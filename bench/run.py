@@ -275,6 +275,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", help="comma-separated parts: micro,receive,positive-delivery,tls,sustain,send,profile"
     )
+    parser.add_argument(
+        "--render-only", action="store_true", help="only re-render RESULTS.md from OUT/results.json"
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="skip the uvloop variants")
     parser.add_argument("--require-peers", action="store_true", help="fail if sipp or kamailio is missing")
     return parser.parse_args(argv)
@@ -282,6 +285,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        # Re-render RESULTS.md and the plots from OUT/results.json (report layout changes only).
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "RESULTS.md").write_text(report.render(results, report.plots(results, args.out)))
+        return 0
     plan = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
     if args.duration is not None:

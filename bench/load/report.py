@@ -494,7 +494,7 @@ def _pd_section(results: dict[str, Any]) -> list[str]:
                         _f(s["achieved"]),
                         _f(s["failed"]),
                         _f(s["retransmissions"]),
-                        _f(s["ooc_messages"]),
+                        "",
                         _f(s["cpu_us_per_msg"], 1),
                         "yes" if s["sustained"] else "**no**",
                     ]
@@ -521,7 +521,7 @@ def _pd_section(results: dict[str, Any]) -> list[str]:
             "achieved /s",
             "failed",
             "retrans",
-            "IMDNs reaching SIPp",
+            "IMDNs the UA sent / saw answered 2xx",
             "CPU us/msg",
             "sustained",
         ],

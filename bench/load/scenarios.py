@@ -140,7 +140,10 @@ def latency(
                        str(server.port(transport)), "--rate", str(rate), "--duration", str(seconds)),
         LOAD_CPU,
     )  # fmt: skip
-    done = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=seconds + 30, check=False, text=True)
+    except subprocess.TimeoutExpired:
+        return {"transport": transport, "offered": rate, "error": f"client timed out ({seconds + 30:g} s)"}
     cpu = server.cpu_seconds() - before
     try:
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
