@@ -361,3 +361,15 @@ def test_line_cache_gives_what_a_cold_parse_gives(first: list[str], second: list
         parser_module._NAME_KEYS.clear()
         cold.append(parse_outcome(data))
     assert warm == cold
+
+
+def test_make_response_copies_a_quoted_pair_nul_verbatim() -> None:
+    # RFC 3261 §25.1: quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F), so an escaped NUL in a
+    # display name is legal and is copied as received. (Before the one-pass version the row went
+    # back through Headers.add, whose NUL check made make_response raise LocalProtocolError.)
+    request = parse_message(build(to='To: "a\\\x00b" <sip:bob@b.example>\r\n'))
+    assert isinstance(request, Request)
+    response = make_response(request, 200, to_tag="t1")
+    assert response.to_bytes().split(b"\r\n")[3] == b'To: "a\\\x00b" <sip:bob@b.example>;tag=t1'
+    again = parse_message(response.to_bytes())
+    assert again.to.display_name == "a\x00b" and again.to.tag == "t1"
