@@ -40,6 +40,10 @@ def format_header(name: str, value: str, params: Sequence[tuple[str, str]] = ())
         if _grammar.PARAMETER_RE.fullmatch(f"{key}={val}") is None:
             raise LocalProtocolError(f"not a CPIM header parameter: {key}={val!r}")
         rendered.append(f";{key}={val}")
+    # A CR or LF here would start a header of the caller's peer's choosing (injection);
+    # build_from_lines refuses it too, but this helper is public and may be used alone.
+    if "\r" in value or "\n" in value:
+        raise LocalProtocolError(f"line break in the value of CPIM header {name!r}")
     return f"{name}:{''.join(rendered)} {value}"
 
 
