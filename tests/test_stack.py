@@ -244,12 +244,15 @@ async def test_connection_cap_refuses_extra_inbound() -> None:
     async with asyncio.timeout(5), running(b):
         port = port_of(b, Transport.TCP)
         r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+        # Busy (a message half received): an idle one would be closed to admit the newcomer.
+        w1.write(b"OPTIONS sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKcap\r\n"
+                 b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: cap\r\nCSeq: 1 OPTIONS\r\n")
         await asyncio.sleep(0.05)
         r2, w2 = await asyncio.open_connection("127.0.0.1", port)
         assert await r2.read(100) == b""  # closed by the stack
         assert b.transports.connection_count == 1
-        w1.write(b"\r\n\r\n")  # a keep-alive ping on the first one gets its pong
-        assert await r1.readexactly(2) == b"\r\n"
+        w1.write(b"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n")  # the first one is still served
+        assert (await r1.readuntil(b"\r\n\r\n")).startswith(b"SIP/2.0 503 ")
         for w in (w1, w2):
             w.close()
 

@@ -5,6 +5,15 @@ destination we connected to; for connections we accepted, the source address. A 
 destination with an open connection reuses it (§18.1.1 RECOMMENDED); a response goes back on the
 connection its request came on (§18.2.2). The table has a cap on its size, an idle timeout and a cap
 on bytes queued per connection, so a peer cannot grow our memory or descriptor use without bound.
+
+At the cap a new connection takes the place of the least recently active idle one (no bytes queued,
+none half received, no request awaiting its final response): otherwise a peer holding ``max_connections``
+idle sockets would lock everyone else out. Only when every connection is busy is the new one refused.
+A message must also be completed within a deadline, so trickling bytes (slowloris) cannot keep a
+half-received message and its slot alive by merely refreshing the idle timer.
+
+TLS below 1.2 is never spoken (RFC 8996; RFC 3261 §26.3.1 wants TLS at its best): see
+``require_tls12``.
 """
 
 from __future__ import annotations
@@ -31,9 +40,38 @@ log = logging.getLogger(__name__)
 
 _Key = tuple[Transport, Address, str | None]
 
+#: 64*T1 with the default T1 (Timers F and J): no non-INVITE transaction outlives it, so a request
+#: unanswered for longer no longer makes its connection busy.
+_TRANSACTION_WINDOW = 32.0
+
 
 def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def require_tls12(context: ssl.SSLContext, role: str) -> None:
+    """Make ``context`` refuse anything older than TLS 1.2 (RFC 8996 deprecates TLS 1.0 and 1.1).
+
+    A context allowing older versions has its ``minimum_version`` raised to TLS 1.2 IN PLACE (the
+    certificate and key loaded into an ``SSLContext`` cannot be copied into a new one): a context
+    the application shares with other code is changed for that code too, which is logged as a
+    warning. A context that cannot do TLS 1.2 at all (its ``maximum_version`` below it, or made
+    for one fixed old protocol) is refused with ``TransportError``. ``role`` names the context in
+    messages ("server" or "client").
+    """
+    highest = context.maximum_version
+    if highest is not ssl.TLSVersion.MAXIMUM_SUPPORTED and highest < ssl.TLSVersion.TLSv1_2:
+        raise TransportError(f"the {role} ssl context allows at most {highest.name}; "
+                             "TLS 1.2 or newer is required (RFC 8996)")
+    if context.minimum_version >= ssl.TLSVersion.TLSv1_2:
+        return
+    old = context.minimum_version.name
+    try:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    except ValueError as exc:  # made with a fixed-version protocol such as PROTOCOL_TLSv1
+        raise TransportError(f"the {role} ssl context is bound to an old protocol version ({exc}); "
+                             "use PROTOCOL_TLS_SERVER/PROTOCOL_TLS_CLIENT") from exc
+    log.warning("the %s ssl context allowed %s: its minimum_version is now TLSv1_2 (RFC 8996)", role, old)
 
 
 class TransportManager:
@@ -63,8 +101,10 @@ class TransportManager:
             self._udp.append(endpoint)
             self._arm_sweeper()
             return (Transport.UDP, endpoint.local)
-        if spec.transport is Transport.TLS and spec.ssl_context is None:
-            raise TransportError("listening on TLS needs a server ssl_context with our certificate")
+        if spec.transport is Transport.TLS:
+            if spec.ssl_context is None:
+                raise TransportError("listening on TLS needs a server ssl_context with our certificate")
+            require_tls12(spec.ssl_context, "server")
         loop = asyncio.get_running_loop()
         kind = spec.transport
         try:
@@ -174,8 +214,11 @@ class TransportManager:
         raise TransportError(f"no UDP socket for the address family of {flow.remote[0]}")
 
     def _connect(self, flow: Flow) -> StreamConnection:
-        if len(self._all) >= self.config.max_connections:
-            raise TransportError(f"connection limit ({self.config.max_connections}) reached")
+        if flow.transport is Transport.TLS:
+            self._client_ssl()  # a context unable to do TLS 1.2 fails this send, not a later task
+        if not self._make_room():
+            raise TransportError(f"connection limit ({self.config.max_connections}) reached "
+                                 "and every connection is busy")
         connection = self._new_connection(flow.transport, flow.remote, flow.server_name, inbound=False)
         self._connections[(flow.transport, flow.remote, flow.server_name)] = connection
         task = asyncio.get_running_loop().create_task(self._open(connection))
@@ -208,7 +251,9 @@ class TransportManager:
     def _client_ssl(self) -> ssl.SSLContext:
         if self._default_ssl is None:
             # Peer certificate and host name verified (RFC 3261 §26.2.2 SHOULD).
-            self._default_ssl = self.config.client_ssl_context or ssl.create_default_context()
+            context = self.config.client_ssl_context or ssl.create_default_context()
+            require_tls12(context, "client")
+            self._default_ssl = context
         return self._default_ssl
 
     def _new_connection(self, kind: Transport, remote: Address, server_name: str | None, *,
@@ -219,20 +264,45 @@ class TransportManager:
             max_buffered=self.config.max_buffered_bytes, now=loop.time,
             on_message=self._stream_message, on_bad_message=self._user.stream_message_failed,
             on_lost=self._lost,
-            on_made=self._accepted if inbound else None,
+            on_made=self._accepted if inbound else None, transaction_window=_TRANSACTION_WINDOW,
         )
         if not inbound:  # inbound ones count once accepted: a failed TLS handshake never gets there
             self._all.add(connection)
         return connection
 
     def _accepted(self, connection: StreamConnection) -> None:
-        if self._closed or len(self._all) >= self.config.max_connections:
-            log.warning("refusing %s connection from %s: limit of %d reached", connection.kind.value,
-                        connection.flow.remote, self.config.max_connections)
+        if self._closed:
+            connection.abort(None)
+            return
+        if not self._make_room():
+            log.warning("refusing %s connection from %s: limit of %d reached and every connection is busy",
+                        connection.kind.value, connection.flow.remote, self.config.max_connections)
             connection.abort(None)
             return
         self._all.add(connection)
         self._connections[(connection.kind, connection.flow.remote, None)] = connection
+
+    def _make_room(self) -> bool:
+        """True if one more connection fits, after closing the least recently active idle one if
+        the table is full; False if it is full of busy connections."""
+        if len(self._all) < self.config.max_connections:
+            return True
+        now = asyncio.get_running_loop().time()
+        # A linear scan: it runs only at the cap, and activity changes on every byte, so an ordered
+        # structure would cost more on the hot path than this costs under pressure.
+        victim: StreamConnection | None = None
+        for connection in self._all:
+            if connection.closed or connection.busy(now):
+                continue
+            if victim is None or connection.last_activity < victim.last_activity:
+                victim = connection
+        if victim is None:
+            return False
+        log.info("closing idle %s connection to %s (last active %.1f s ago) to admit a new one",
+                 victim.kind.value, victim.flow.remote, now - victim.last_activity)
+        victim.close()
+        self._lost(victim, None)
+        return True
 
     # -- from the sockets -----------------------------------------------------------------------
 
@@ -253,16 +323,35 @@ class TransportManager:
 
     # -- housekeeping ---------------------------------------------------------------------------
 
+    @property
+    def message_deadline(self) -> float:
+        """Seconds a message may take to arrive once its first byte has: ``message_timeout``, or
+        ``idle_timeout`` if shorter (a message slower than an idle period is no sign of life)."""
+        return min(self.config.message_timeout, self.config.idle_timeout)
+
     def _arm_sweeper(self) -> None:
         if self._sweeper is None and not self._closed:
-            period = max(0.05, min(self.config.idle_timeout / 4, 30.0))
+            period = max(0.05, min(self.config.idle_timeout / 4, self.message_deadline / 4, 30.0))
             self._sweeper = asyncio.get_running_loop().call_later(period, self._sweep)
 
     def _sweep(self) -> None:
         self._sweeper = None
         now = asyncio.get_running_loop().time()
+        deadline = self.message_deadline
         for connection in list(self._all):
-            if connection.connected and now - connection.last_activity > self.config.idle_timeout:
+            if not connection.connected or connection.closed:
+                continue
+            started = connection.message_started
+            if started is not None and now - started > deadline:
+                # Not idle by the byte count, but not delivering either: a message trickling in
+                # (slowloris). Whatever waits for an answer on it is told: it will not come.
+                log.info("closing %s connection from %s: a message not completed in %.1f s",
+                         connection.kind.value, connection.flow.remote, deadline)
+                connection.abort(TransportError(
+                    f"{connection.kind.value} peer {connection.flow.remote[0]}:{connection.flow.remote[1]} "
+                    f"did not complete a message within {deadline:g} s"))
+                self._all.discard(connection)  # the slot is free now; connection_lost reports
+            elif now - connection.last_activity > self.config.idle_timeout:
                 log.debug("closing idle %s connection to %s", connection.kind.value, connection.flow.remote)
                 connection.close()
                 self._all.discard(connection)

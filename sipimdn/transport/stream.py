@@ -3,6 +3,11 @@
 The connection only moves bytes and cuts them into messages; it knows nothing of transactions.
 A framing error (a header that never ends, a message over the size limit, a missing
 Content-Length) closes the connection: on a stream we cannot find the next message boundary.
+
+It also keeps what the manager needs to decide which connection may be closed under pressure:
+when the message being received started (a slowloris trickles one forever), and how many requests
+crossed it without their final response yet (a connection carrying a transaction is not idle).
+The requests are counted, not matched to transactions: the transport sees only bytes going out.
 """
 
 from __future__ import annotations
@@ -10,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..errors import SipParseError, TransportError
+from ..message import Request
 from ..parser import KeepAliveReceived, Limits, StreamFramer
 from .flow import Address, Flow, Transport
 
 if TYPE_CHECKING:
-    from ..message import Request, Response
+    from ..message import Response
 
 __all__ = ["StreamConnection"]
 
@@ -28,6 +34,17 @@ def _address(raw: object) -> Address | None:
     if isinstance(raw, tuple) and len(raw) >= 2:
         return (str(raw[0]), int(raw[1]))
     return None
+
+
+def _outgoing_kind(data: bytes) -> int:
+    """What ``data`` (one whole message, as the stack sends them) does to the unanswered counts:
+    +1 a request expecting an answer, -1 a final response, 0 anything else (a provisional
+    response, an ACK, which has no response (RFC 3261 §17.1.1.3), a keep-alive)."""
+    if data.startswith(b"SIP/2.0 "):
+        return 0 if data[8:9] == b"1" else -1
+    if data[:1].isalpha() and not data.startswith(b"ACK "):
+        return 1
+    return 0
 
 
 class StreamConnection(asyncio.Protocol):
@@ -42,7 +59,8 @@ class StreamConnection(asyncio.Protocol):
                  on_message: Callable[[Request | Response, Flow], None],
                  on_bad_message: Callable[[bytes | None, SipParseError, Flow], None],
                  on_lost: Callable[[StreamConnection, TransportError | None], None],
-                 on_made: Callable[[StreamConnection], None] | None = None) -> None:
+                 on_made: Callable[[StreamConnection], None] | None = None,
+                 transaction_window: float = 32.0) -> None:
         self.kind = transport_kind
         self.flow = Flow(transport_kind, remote, None, server_name)
         self.connected = False
@@ -60,6 +78,35 @@ class StreamConnection(asyncio.Protocol):
         self._error: TransportError | None = None
         self._reported = False
         self.last_activity = now()
+        #: When the first byte of the message still being received arrived (None: nothing buffered).
+        self.message_started: float | None = None
+        # Requests received not yet finally answered here, and sent not yet finally answered there.
+        self._unanswered_in = 0
+        self._unanswered_out = 0
+        self._last_request = self.last_activity
+        self._window = transaction_window
+
+    # -- state the manager reads ------------------------------------------------------------------
+
+    def busy(self, now: float) -> bool:
+        """True if closing now could lose something: still connecting, bytes queued or unsent,
+        a message half received, or a request that crossed it within ``transaction_window``
+        seconds (64*T1) still without a final response. Past that window no non-INVITE
+        transaction is alive, so a request never answered does not pin the connection for ever."""
+        if not self.connected or self._pending:
+            return True
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            return True
+        if self._framer.buffered:
+            return True
+        waiting = self._unanswered_in or self._unanswered_out
+        return bool(waiting) and now - self._last_request < self._window
+
+    def _request_crossed(self, now: float) -> None:
+        if now - self._last_request >= self._window:
+            # Every transaction counted so far has ended by now, answered or not.
+            self._unanswered_in = self._unanswered_out = 0
+        self._last_request = now
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -68,6 +115,12 @@ class StreamConnection(asyncio.Protocol):
         if self.closed:
             raise TransportError(f"{self.kind.value} connection to {self._peer()} is closed")
         self.last_activity = self._now()
+        kind = _outgoing_kind(data)
+        if kind > 0:
+            self._request_crossed(self.last_activity)
+            self._unanswered_out += 1
+        elif kind < 0 and self._unanswered_in:
+            self._unanswered_in -= 1
         if self._transport is None:
             if self._pending_bytes + len(data) > self._max_buffered:
                 raise TransportError(f"more than {self._max_buffered} bytes queued for {self._peer()}")
@@ -120,8 +173,9 @@ class StreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: other event loops' transports (uvloop's TCPTransport, ...)
+        # offer the asyncio.Transport methods without deriving from that class.
+        self._transport = transport = cast(asyncio.Transport, transport)
         local = _address(transport.get_extra_info("sockname"))
         remote = _address(transport.get_extra_info("peername")) or self.flow.remote
         self.flow = Flow(self.kind, remote, local, self.flow.server_name)
@@ -141,26 +195,41 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:  # closing after a framing error: the rest of the stream is noise
             return
-        self.last_activity = self._now()
-        self._framer.feed(data)
+        now = self.last_activity = self._now()
+        framer = self._framer
+        if not framer.buffered:
+            self.message_started = now
+        framer.feed(data)
         # Every event consumes at least one byte, so this bound is never reached by a correct framer.
-        for _ in range(self._framer.buffered + 1):
+        for _ in range(framer.buffered + 1):
             try:
-                event = self._framer.next_event()
+                event = framer.next_event()
             except SipParseError as exc:
                 # The framing is lost for good. Let the stack answer statelessly if it can read
                 # the Via of what failed, then close once that answer is flushed.
                 log.info("closing %s connection from %s: %s", self.kind.value, self._peer(), exc)
-                self._on_bad_message(self._framer.failed_data, exc, self.flow)
+                self._on_bad_message(framer.failed_data, exc, self.flow)
                 self._error = TransportError(f"bad stream from {self._peer()}: {exc.reason}")
                 self.close()
                 return
             if event is None:
+                # What is left (if anything) began in this chunk when an event was cut from it.
+                if not framer.buffered:
+                    self.message_started = None
+                elif self.message_started is None:
+                    self.message_started = now
                 return
+            self.message_started = None
             if isinstance(event, KeepAliveReceived):
                 if event.is_ping and self._transport is not None:
                     self._transport.write(b"\r\n")  # RFC 5626 §4.4.1: answer a ping with a pong
                 continue
+            if isinstance(event, Request):
+                if event.method != "ACK":
+                    self._request_crossed(now)
+                    self._unanswered_in += 1
+            elif event.status_code >= 200 and self._unanswered_out:
+                self._unanswered_out -= 1
             self._on_message(event, self.flow)
             if self.closed:
                 return

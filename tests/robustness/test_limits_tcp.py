@@ -92,8 +92,6 @@ async def test_idle_connections_are_capped() -> None:
         await still_serves(stack)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (bugs-found.md #2): at the connection cap the stack refuses the "
-                   "NEW connection instead of closing the oldest idle one, so idle sockets lock clients out")
 async def test_at_the_cap_the_oldest_idle_connection_is_closed() -> None:
     cap = 8
     stack = SipStack(listen(Transport.TCP), transport_config=TransportConfig(max_connections=cap))
@@ -145,8 +143,6 @@ async def test_slowloris_long_line_is_cut_at_the_limit() -> None:
         await still_serves(stack)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (bugs-found.md #3): no deadline for completing a message; a "
-                   "slowloris sending one byte per idle period keeps its connection (and a slot) forever")
 async def test_slowloris_under_the_size_limit_is_cut_by_time() -> None:
     config = TransportConfig(idle_timeout=0.3)
     stack = SipStack(listen(Transport.TCP), limits=LIMITS, transport_config=config)

@@ -175,8 +175,6 @@ def permissive_server_tls11_only(pki: Pki) -> ssl.SSLContext:
     return context
 
 
-@pytest.mark.xfail(strict=True, reason="bug (bugs-found.md #1): a server/client ssl context allowing "
-                   "TLS < 1.2 is used as given; the transport does not enforce the TLS 1.2 minimum itself")
 async def test_stack_enforces_tls12_even_with_a_permissive_context(pki: Pki) -> None:
     permissive = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     permissive.minimum_version = ssl.TLSVersion.TLSv1
