@@ -84,12 +84,20 @@ def _same_ip(a: str, b: str) -> bool:
         return False
 
 
-def stamp_received(request: Request, flow: Flow) -> None:
-    """Add received (and fill rport) in the top Via, per §18.2.1 and RFC 3581 §4."""
-    via = request.top_via
-    stamped = _stamped(via, flow.remote)
-    if stamped is not via:
-        request.set_top_via(stamped)
+def stamp_received(request: Request, flow: Flow) -> Via:
+    """Add received (and fill rport) in the top Via, per §18.2.1 and RFC 3581 §4; return that Via."""
+    source_ip, source_port = flow.remote[0], flow.remote[1]
+    try:
+        # The core edits the sender's Via text in place (no re-serialisation): the fast path.
+        return request.stamp_received(source_ip, source_port)
+    except LocalProtocolError:
+        # A source the core refuses to write as received= (a scoped IPv6 address, say):
+        # the typed route, as before, so a peer's request is never dropped for our address form.
+        via = request.top_via
+        stamped = _stamped(via, (source_ip, source_port))
+        if stamped is not via:
+            request.set_top_via(stamped)
+        return stamped
 
 
 def _stamped(via: Via, source: tuple[str, int]) -> Via:
@@ -323,10 +331,7 @@ class TransactionLayer:
     # -- internals -------------------------------------------------------------------------------
 
     def _receive_request(self, request: Request, flow: Flow, now: float) -> None:
-        via = request.top_via
-        stamped = _stamped(via, flow.remote)
-        if stamped is not via:
-            request.set_top_via(stamped)
+        stamped = stamp_received(request, flow)
         if request.method == "ACK":
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("dropping ACK from %s (no INVITE transactions here)", flow.remote)
