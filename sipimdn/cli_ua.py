@@ -465,7 +465,9 @@ async def _send(args: argparse.Namespace, printer: Printer) -> int:
                     status=getattr(registered, "status_code", None),
                 )
                 return 1
-        handle = await ua.send_message(args.to, args.text, notify=notify, transport=args.transport)
+        handle = await ua.send_message(
+            args.to, args.text, notify=notify, transport=args.transport, to_list=args.to_list
+        )
         printer.emit(
             "sent",
             f"MESSAGE {handle.message_id} to {args.to}"
@@ -628,6 +630,12 @@ def register(subparsers: Any) -> None:
     )
     send.add_argument(
         "--transport", choices=("udp", "tcp", "tls"), default=None, help="transport to the peer"
+    )
+    send.add_argument(
+        "--list",
+        dest="to_list",
+        action="store_true",
+        help="--to is a URI list (RFC 5365): await every member's notifications until the deadline",
     )
     send.set_defaults(func=run_send)
 

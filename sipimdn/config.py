@@ -220,9 +220,9 @@ class UserAgentConfig:
     imdn_retry_base: float = 1.0
     #: Longest back-off between two IMDN attempts (seconds).
     imdn_retry_cap: float = 30.0
-    #: At most this many notifications towards one peer per ``imdn_rate_window``
-    #: seconds; beyond it requests are declined (imdn.md C6: a flood of messages
-    #: must not make us a flood source).
+    #: At most this many notifications for the messages of one originator (SIP From,
+    #: else CPIM From) per ``imdn_rate_window`` seconds; beyond it requests are
+    #: declined (imdn.md C6: a flood of messages must not make us a flood source).
     imdn_rate_limit: int = 120
     #: The window of ``imdn_rate_limit``, in seconds.
     imdn_rate_window: float = 60.0

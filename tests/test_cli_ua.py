@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import signal
@@ -330,3 +332,28 @@ def test_password_from_file_and_environment_reach_the_config(
     assert config.aor == "sip:b@example.test"
     (credentials,) = _config(parser.parse_args(base), "udp:127.0.0.1:0").credentials
     assert credentials.password == "from-env"
+
+
+def test_send_list_flag_reaches_send_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sipimdn import cli_ua
+    from sipimdn.cli import build_parser
+
+    parser = build_parser()
+    base = ["send", "--aor", "sip:a@127.0.0.1:0", "--to", "sip:friends@127.0.0.1:9", "--text", "x"]
+    assert parser.parse_args(base).to_list is False
+    args = parser.parse_args([*base, "--list", "--notify", "", "--wait", "0.5"])
+    assert args.to_list is True
+    seen: list[dict[str, Any]] = []
+    original = cli_ua.UserAgent.send_message
+
+    async def spy(self: Any, to: str, body: str | bytes, **kw: Any) -> Any:
+        seen.append(kw)
+        return await original(self, to, body, **kw)
+
+    monkeypatch.setattr(cli_ua.UserAgent, "send_message", spy)
+    out = io.StringIO()
+    # Nobody listens at port 9: the run times out after --wait, having sent once.
+    asyncio.run(asyncio.wait_for(cli_ua._send(args, cli_ua.Printer(as_json=True, stream=out)), 20))
+    assert [kw["to_list"] for kw in seen] == [True]
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events[:1] == ["sent"]

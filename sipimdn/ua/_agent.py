@@ -387,7 +387,10 @@ class UserAgent:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, DispositionChanged):
             handle = self._handles.get(event.message_id)
-            if handle is not None:
+            # The handle follows the target only: a list member's news (its own URI as
+            # ``recipient``) reaches the disposition handlers, never the handle's state,
+            # which would otherwise move backwards (the list's entry is monotonic).
+            if handle is not None and event.recipient == handle.to:
                 handle._set_state(event.state)
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationAccepted):
@@ -677,6 +680,7 @@ class UserAgent:
         subject: str | None = None,
         cpim: bool | None = None,
         transport: str | None = None,
+        to_list: bool = False,
     ) -> SentMessage:
         """Send one instant message to ``to``; return its :class:`SentMessage` handle at once.
 
@@ -685,6 +689,9 @@ class UserAgent:
         ``cpim`` forces CPIM on or off (default: ``config.use_cpim``, and
         off for a peer known to refuse it). ``transport`` (``"udp"``,
         ``"tcp"``, ``"tls"``) forces the transport to the first hop.
+        ``to_list=True`` says ``to`` is a URI list (RFC 5365): every member's
+        notification is awaited until the tracking deadline (RFC 5438 §7.1.4),
+        even when the list's first report settles everything requested.
         """
         tracker = self._require_tracker()
         self._require_stack()
@@ -710,7 +717,9 @@ class UserAgent:
             raise LocalProtocolError("notifications can only be requested in message/cpim")
         message_id = new_message_id()  # 128 random bits, CPIM Token-safe (IMDN-12, IMDN-13)
         now = time.time()
-        tracker.register_sent(message_id=message_id, recipients=[to], requested=set(wanted), now=now)
+        tracker.register_sent(
+            message_id=message_id, recipients=[to], requested=set(wanted), now=now, expect_members=to_list
+        )
         handle = SentMessage(message_id=message_id, to=to, notify=wanted)
         self._handles[message_id] = handle
         self._pump()
