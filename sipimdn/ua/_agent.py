@@ -60,7 +60,7 @@ from ..registration import RegistrationClient, RegState
 from ..store import SqliteStore, Store
 from ..uri import Uri
 from . import _wire
-from ._deadline import Decision, HandlerOutcome, decide_response
+from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
 from ._dedup import DuplicateCache
 from ._pacing import DestinationQueue
 from ._persist import StoreWriter
@@ -140,6 +140,8 @@ class UserAgent:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._purge_timer: asyncio.TimerHandle | None = None
+        # Handler deadlines of the messages being decided, under one shared timer.
+        self._deadlines: DeadlineQueue[_Pending] | None = None
         self._started = False
         self._closed = False
 
@@ -211,6 +213,8 @@ class UserAgent:
         if self._purge_timer is not None:
             self._purge_timer.cancel()
             self._purge_timer = None
+        if self._deadlines is not None:
+            self._deadlines.close()
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()
@@ -436,13 +440,15 @@ class UserAgent:
             incoming.respond(420, None, [("Unsupported", ", ".join(t.strip() for t in required))])
             return
         if method == "MESSAGE":
-            self._spawn_wire(self._receive_message(incoming))
+            self._receive_message(incoming)
         elif method == "OPTIONS":
             incoming.respond(200, None, _wire.capability_headers(ALLOW))
         else:
             incoming.respond(405, None, [("Allow", ALLOW)])
 
-    async def _receive_message(self, incoming: _wire.Incoming) -> None:
+    def _receive_message(self, incoming: _wire.Incoming) -> None:
+        # Runs inline in the stack's callback: decoding, dedup and tracking need no
+        # task; only the application's handler gets one (see _decide).
         request = incoming.request
         try:
             inbound = _wire.decode_message(request, self.config)
@@ -454,7 +460,7 @@ class UserAgent:
         if inbound.notification is not None:
             self._receive_notification(incoming, inbound)
         else:
-            await self._receive_im(incoming, inbound)
+            self._receive_im(incoming, inbound)
 
     def _receive_notification(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business
@@ -483,7 +489,7 @@ class UserAgent:
             )
         self._pump()
 
-    async def _receive_im(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
+    def _receive_im(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
         request = incoming.request
         tracker = self._require_tracker()
         now = time.time()
@@ -504,12 +510,15 @@ class UserAgent:
                 route_trusted=self.config.trust_imdn_route,
                 is_notification=False,
             )
-            self._pump()
             if reception.duplicate:
+                self._pump()
                 status = reception.previous_status or self.config.deadline_status
                 _log.info("duplicate message %s from %s answered %d", inbound.message_id, sender, status)
                 incoming.respond(status)
                 return
+            # The tracker's events and writes of this reception are pumped with the
+            # answer (one pump and one write batch per message): nothing in between
+            # can observe them, the handler's reports wait in _deciding anyway.
         else:
             tx_key = (
                 "tx",
@@ -523,57 +532,100 @@ class UserAgent:
                 _log.info("duplicate plain message %s answered %d", request.call_id, status)
                 incoming.respond(status)
                 return
-        message = _wire.incoming_message(inbound, incoming, self._report)
-        deciding_key = (inbound.message_id, sender) if inbound.message_id is not None else None
-        if deciding_key is not None:
-            self._deciding[deciding_key] = []
-        try:
-            outcome = await self._decide(message)
-        finally:
-            early = self._deciding.pop(deciding_key, []) if deciding_key is not None else []
-        status = outcome.decision.status
-        incoming.respond(status, outcome.decision.reason)
+        pending = _Pending(incoming, inbound.message_id, sender, tx_key)
         if inbound.message_id is not None:
-            tracker.message_answered(inbound.message_id, sender, status, time.time())
-            for kind, reported in early:
-                self._apply_report(inbound.message_id, sender, kind, reported)
+            self._deciding[(inbound.message_id, sender)] = pending.early
+        message = _wire.incoming_message(inbound, incoming, self._report)
+        self._decide(message, pending)
+
+    def _answer(self, pending: _Pending, outcome: HandlerOutcome) -> None:
+        """Send the final response chosen for a received IM and record it (once)."""
+        if pending.answered:
+            return
+        pending.answered = True
+        message_id, sender = pending.message_id, pending.sender
+        if message_id is not None:
+            self._deciding.pop((message_id, sender), None)
+        status = outcome.decision.status
+        pending.incoming.respond(status, outcome.decision.reason)
+        if self._closed:
+            return
+        if message_id is not None:
+            self._require_tracker().message_answered(message_id, sender, status, time.time())
+            for kind, reported in pending.early:
+                self._apply_report(message_id, sender, kind, reported)
             self._pump()
-        elif tx_key is not None:
+        elif pending.tx_key is not None:
             if 200 <= status < 300 or status >= 600:
-                self._dedup.set_answer(tx_key, status)
+                self._dedup.set_answer(pending.tx_key, status)
             else:
                 # Not delivered: a later resend is a fresh attempt for the application.
-                self._dedup.forget(tx_key)
+                self._dedup.forget(pending.tx_key)
 
-    async def _decide(self, message: IncomingMessage) -> HandlerOutcome:
+    def _decide(self, message: IncomingMessage, pending: _Pending) -> None:
+        """Run the handlers as one task; answer when they return or at the deadline."""
         handlers = list(self._message_handlers)
         if not handlers:
             # Nobody to deliver to: not delivered (RFC 3428 §7, 4xx = not delivered).
-            return HandlerOutcome(Decision(480, "No Application"), by_handler=False)
+            self._answer(pending, HandlerOutcome(Decision(480, "No Application"), by_handler=False))
+            return
+        task = self.spawn(self._run_handlers(handlers, message, pending))
+        if task.done():  # pragma: no cover - only with an eager task factory (3.12+)
+            return
+        pending.task = task
+        # An answer being decided is protocol work: close() gives it close_grace.
+        self._wire_tasks.add(task)
+        task.add_done_callback(self._wire_tasks.discard)
+        if self._deadlines is None:
+            self._deadlines = DeadlineQueue(self.config.handler_deadline, self._deadline_passed)
+        self._deadlines.add(pending)
 
-        async def run_all() -> object:
-            results = await asyncio.gather(*(handler(message) for handler in handlers))
-            decisions = [_wire.as_decision(result) for result in results]
-            refusals = [d for d in decisions if not 200 <= d.status < 300]
-            if refusals:
-                return refusals[0]
-            return next((d for d in decisions if d.status == 202), decisions[0])
+    async def _run_handlers(
+        self, handlers: list[MessageHandler], message: IncomingMessage, pending: _Pending
+    ) -> None:
+        # The handler is awaited here, in the one task of this message, and the answer is
+        # sent from the same step that sees its result: no task per handler, no
+        # asyncio.wait and no per-message timer (the deadline is a DeadlineQueue entry).
+        try:
+            if len(handlers) == 1:
+                result: object = await handlers[0](message)
+            else:
+                results = await asyncio.gather(*(handler(message) for handler in handlers))
+                decisions = [_wire.as_decision(r) for r in results]
+                refusals = [d for d in decisions if not 200 <= d.status < 300]
+                result = (
+                    refusals[0]
+                    if refusals
+                    else next((d for d in decisions if d.status == 202), decisions[0])
+                )
+        except asyncio.CancelledError:
+            if not self._closed:  # closing: the stack is going away, nothing more is answered
+                self._answer(pending, HandlerOutcome(Decision(500, "Handler Cancelled"), by_handler=False))
+            raise
+        except Exception as exc:
+            if pending.answered:
+                _log.error("on_message handler failed after its deadline", exc_info=exc)
+            else:
+                self._answer(pending, outcome_of(None, exc))
+            return
+        if pending.answered:
+            _log.info("on_message handler decided %r after its deadline; the stack had answered", result)
+        else:
+            self._answer(pending, outcome_of(result, None))
 
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(run_all())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        outcome = await decide_response(
-            task, self.config.handler_deadline, Decision(self.config.deadline_status)
+    def _deadline_passed(self, pending: _Pending) -> None:
+        if pending.answered:
+            return
+        status = self.config.deadline_status
+        _log.warning(
+            "on_message handler missed its %.1fs deadline; answered %d for it",
+            self.config.handler_deadline,
+            status,
         )
-        if not task.done():
-            _log.warning(
-                "on_message handler missed its %.1fs deadline; answered %d for it",
-                self.config.handler_deadline,
-                outcome.decision.status,
-            )
-            task.add_done_callback(_log_late_handler)
-        return outcome
+        self._answer(pending, HandlerOutcome(Decision(status), by_handler=False))
+        if pending.task is not None:
+            # Answered: the handler keeps running as an ordinary callback, not protocol work.
+            self._wire_tasks.discard(pending.task)
 
     async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
         early = self._deciding.get((message_id, sender))
@@ -819,6 +871,28 @@ class UserAgent:
                 request = _wire.with_authorization(request, headers, next_cseq=True)
 
 
+class _Pending:
+    """A received IM whose final response is being decided."""
+
+    __slots__ = ("answered", "early", "incoming", "message_id", "sender", "task", "tx_key")
+
+    def __init__(
+        self,
+        incoming: _wire.Incoming,
+        message_id: str | None,
+        sender: str,
+        tx_key: tuple[str, ...] | None,
+    ) -> None:
+        self.incoming = incoming
+        self.message_id = message_id
+        self.sender = sender
+        self.tx_key = tx_key
+        #: Reports made before the answer (mark_displayed in the handler), applied after it.
+        self.early: list[tuple[str, str]] = []
+        self.answered = False
+        self.task: asyncio.Task[Any] | None = None
+
+
 class _AuthRefused(Exception):
     """Internal: a request ended in an authentication failure, with the final 401/407."""
 
@@ -826,17 +900,6 @@ class _AuthRefused(Exception):
         super().__init__(str(error))
         self.error = error
         self.response = response
-
-
-def _log_late_handler(task: asyncio.Task[Any]) -> None:
-    """A handler finished after its deadline: its answer came too late; say so, and log its error."""
-    if task.cancelled():
-        return
-    error = task.exception()
-    if error is not None:
-        _log.error("on_message handler failed after its deadline", exc_info=error)
-    else:
-        _log.info("on_message handler decided %r after its deadline; the stack had answered", task.result())
 
 
 def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
