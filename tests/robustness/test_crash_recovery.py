@@ -44,6 +44,21 @@ def free_udp_port() -> int:
         return port
 
 
+_RUNNING: list[Peer] = []
+
+
+@pytest.fixture(autouse=True)
+async def no_stray_peers() -> AsyncIterator[None]:
+    """Whatever a test did (a failed assertion before its cleanup), its peer processes end with it."""
+    yield
+    while _RUNNING:
+        peer = _RUNNING.pop()
+        if peer.process.returncode is None:
+            peer.process.kill()  # this test's own child, by its PID
+            await peer.process.wait()
+        peer._reader.cancel()
+
+
 class Peer:
     """One run of crash_peer.py; its JSON events are collected as they are printed."""
 
@@ -57,6 +72,7 @@ class Peer:
         process = await asyncio.create_subprocess_exec(
             sys.executable, PEER, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         peer = cls(process)
+        _RUNNING.append(peer)
         await peer.wait_for(lambda e: e["event"] == "ready", 15)
         return peer
 

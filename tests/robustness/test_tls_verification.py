@@ -144,17 +144,14 @@ async def _raw_handshake(port: int, context: ssl.SSLContext) -> str | None:
 
 async def test_tls11_client_is_refused_by_a_default_server_context(pki: Pki) -> None:
     client = tls11_only_client(pki)
-    # Control: the client really can do TLS 1.1 against a server that allows it.
+    # Control: the client really can do TLS 1.1, against a plain asyncio server that allows it.
     permissive = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     permissive.minimum_version = ssl.TLSVersion.TLSv1
     permissive.set_ciphers("DEFAULT:@SECLEVEL=0")
     pki.ca.issue_cert("127.0.0.1").configure_cert(permissive)
-    try:
-        spec = ListenSpec(Transport.TLS, "127.0.0.1", 0, permissive)
-        async with asyncio.timeout(10), SipStack([spec]) as s:
-            control = await _raw_handshake(port_of(s, Transport.TLS), client)
-    except ssl.SSLError:
-        control = None
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=permissive)
+    async with server, asyncio.timeout(10):
+        control = await _raw_handshake(server.sockets[0].getsockname()[1], client)
     if control != "TLSv1.1":
         pytest.skip(f"this OpenSSL build cannot negotiate TLS 1.1 at all (got {control})")
     # The stack's TLS listener with the usual server context refuses it ...
@@ -162,8 +159,15 @@ async def test_tls11_client_is_refused_by_a_default_server_context(pki: Pki) -> 
         assert await _raw_handshake(port_of(s, Transport.TLS), client) is None
         # ... and a TLS 1.2 client is fine on the same listener.
         assert await _raw_handshake(port_of(s, Transport.TLS), pki.client) in ("TLSv1.2", "TLSv1.3")
-    # Through SipStack as a client too: a peer limited to TLS 1.1 is not spoken to.
-    await refused(permissive_server_tls11_only(pki), TransportConfig(client_ssl_context=pki.client))
+    # As a client, the stack does not speak to a server limited to TLS 1.1.
+    old_only = permissive_server_tls11_only(pki)
+    old_server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=old_only)
+    config = TransportConfig(client_ssl_context=pki.client)
+    async with old_server, asyncio.timeout(10), SipStack(listen(Transport.UDP), transport_config=config) as a:
+        port = old_server.sockets[0].getsockname()[1]
+        with pytest.raises(TransportError):
+            await a.send_request(message_to("127.0.0.1", port, params=TLS_PARAMS),
+                                 target=Target(Transport.TLS, "127.0.0.1", port, None))
 
 
 def permissive_server_tls11_only(pki: Pki) -> ssl.SSLContext:
