@@ -57,7 +57,7 @@ from ..imdn.tracker import (
 )
 from ..message import Request, Response
 from ..registration import RegistrationClient, RegState
-from ..store import SqliteStore, Store
+from ..store import Delete, Put, SeenRecord, SqliteStore, Store, StoreOp
 from ..uri import Uri
 from . import _wire
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
@@ -142,6 +142,8 @@ class UserAgent:
         self._purge_timer: asyncio.TimerHandle | None = None
         # Handler deadlines of the messages being decided, under one shared timer.
         self._deadlines: DeadlineQueue[_Pending] | None = None
+        # Dedup entries of messages being decided that are not to be written (see _persistable).
+        self._volatile_seen: set[str] = set()
         self._started = False
         self._closed = False
 
@@ -364,8 +366,20 @@ class UserAgent:
             return
         while (event := tracker.next_event()) is not None:
             self._dispatch(event)
-        self._writer.submit(tracker.writes_to_apply())
+        self._writer.submit(self._persistable(tracker.writes_to_apply()))
         self._arm_timer(tracker.get_timer())
+
+    def _persistable(self, ops: list[StoreOp]) -> list[StoreOp]:
+        """The tracker's writes minus those a restart does not need (see _receive_im).
+
+        Dropped: dedup entries (``seen``) of messages that requested no
+        notification (kept in memory for the tracker's dedup window, never
+        written), and every ``seen`` Delete: the tracker deletes those only
+        when they expire, and an expired row is neither loaded nor kept (the
+        store skips it on load and the periodic purge removes it).
+        """
+        volatile = self._volatile_seen
+        return [op for op in ops if not _droppable(op, volatile)]
 
     def _arm_timer(self, at: float | None) -> None:
         if self._closed:
@@ -495,6 +509,7 @@ class UserAgent:
         now = time.time()
         sender = inbound.cpim_from or inbound.sip_from
         tx_key: tuple[str, ...] | None = None
+        volatile_key: str | None = None
         if inbound.message_id is not None:
             reception = tracker.record_received(
                 message_id=inbound.message_id,
@@ -516,6 +531,13 @@ class UserAgent:
                 _log.info("duplicate message %s from %s answered %d", inbound.message_id, sender, status)
                 incoming.respond(status)
                 return
+            if not reception.requested:
+                # Nothing owed to the sender: its dedup entry lives in memory only (the
+                # tracker's dedup window, this run). Persisting it would cost a store write
+                # per message to catch just one case: a resend, in a new transaction, that
+                # straddles our restart, delivered once more. Entries of messages owed a
+                # notification are written, since the notification itself survives restarts.
+                volatile_key = self._keep_seen_in_memory(tracker, inbound.message_id)
             # The tracker's events and writes of this reception are pumped with the
             # answer (one pump and one write batch per message): nothing in between
             # can observe them, the handler's reports wait in _deciding anyway.
@@ -533,10 +555,21 @@ class UserAgent:
                 incoming.respond(status)
                 return
         pending = _Pending(incoming, inbound.message_id, sender, tx_key)
+        pending.volatile_key = volatile_key
         if inbound.message_id is not None:
             self._deciding[(inbound.message_id, sender)] = pending.early
         message = _wire.incoming_message(inbound, incoming, self._report)
         self._decide(message, pending)
+
+    def _keep_seen_in_memory(self, tracker: DispositionTracker, message_id: str) -> str | None:
+        """Mark the dedup entry just made for ``message_id`` as not to be written; return its key."""
+        ops = tracker.writes_to_apply()
+        seen = [op.record for op in ops if isinstance(op, Put) and isinstance(op.record, SeenRecord)]
+        key = next((r.key for r in reversed(seen) if r.message_id == message_id), None)
+        if key is not None:
+            self._volatile_seen.add(key)
+        self._writer.submit(self._persistable(ops))
+        return key
 
     def _answer(self, pending: _Pending, outcome: HandlerOutcome) -> None:
         """Send the final response chosen for a received IM and record it (once)."""
@@ -555,6 +588,9 @@ class UserAgent:
             for kind, reported in pending.early:
                 self._apply_report(message_id, sender, kind, reported)
             self._pump()
+            if pending.volatile_key is not None:
+                # Its last write (the answered status) was just dropped; none follows.
+                self._volatile_seen.discard(pending.volatile_key)
         elif pending.tx_key is not None:
             if 200 <= status < 300 or status >= 600:
                 self._dedup.set_answer(pending.tx_key, status)
@@ -871,10 +907,18 @@ class UserAgent:
                 request = _wire.with_authorization(request, headers, next_cseq=True)
 
 
+def _droppable(op: StoreOp, volatile: set[str]) -> bool:
+    """True for a write a restart does not need (see ``UserAgent._persistable``)."""
+    if isinstance(op, Delete):
+        return op.table == "seen"
+    record = op.record
+    return isinstance(record, SeenRecord) and record.key in volatile
+
+
 class _Pending:
     """A received IM whose final response is being decided."""
 
-    __slots__ = ("answered", "early", "incoming", "message_id", "sender", "task", "tx_key")
+    __slots__ = ("answered", "early", "incoming", "message_id", "sender", "task", "tx_key", "volatile_key")
 
     def __init__(
         self,
@@ -891,6 +935,8 @@ class _Pending:
         self.early: list[tuple[str, str]] = []
         self.answered = False
         self.task: asyncio.Task[Any] | None = None
+        #: Key of its dedup entry when that entry is kept in memory only (nothing owed).
+        self.volatile_key: str | None = None
 
 
 class _AuthRefused(Exception):

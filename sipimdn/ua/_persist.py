@@ -8,9 +8,19 @@ operations reach the store in exactly the order the tracker produced them
 (a single worker consumes its queue FIFO). Writes are batched: operations
 submitted within ``batch_delay`` seconds reach the store as one ``apply``
 (one SQLite transaction), because waking a Python worker thread for every
-tiny write costs more in GIL hand-offs than the write itself. A failing
-write is logged with its cause; it cannot be handed back to the code that
-caused it, which has long moved on, and must not kill the loop.
+tiny write costs more in GIL hand-offs than the write itself. Under load
+the batches grow by themselves: while one batch is being written, new
+operations wait and go as the next batch the moment it completes (on one
+core, handing the worker a batch hands it the CPU, so fewer hand-offs are
+what saves time; an idle user agent still writes within ``batch_delay``).
+Within a batch only the last operation on each record is applied (a
+received message's dedup entry is written at reception and again with its
+answer; both usually fall in one batch): records are independent, so this
+keeps every record's final state and order. ``load``, ``purge`` and
+``flush`` send what is buffered first, so they always see every write
+submitted before them. A failing write is logged with its cause; it cannot
+be handed back to the code that caused it, which has long moved on, and
+must not kill the loop.
 """
 
 from __future__ import annotations
@@ -20,9 +30,9 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..store import Snapshot, Store, StoreOp
+from ..store import Put, Snapshot, Store, StoreOp
 
-__all__ = ["StoreWriter"]
+__all__ = ["StoreWriter", "coalesce"]
 
 _log = logging.getLogger("sipimdn.ua.store")
 
@@ -38,6 +48,8 @@ class StoreWriter:
         # Submissions waiting for the next batch, each kept whole (see _apply).
         self._buffer: list[list[StoreOp]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        # The batch the worker is writing now; while set, timed batches wait for it.
+        self._in_flight: asyncio.Future[None] | None = None
         self._failures = 0
         self._closed = False
 
@@ -65,7 +77,7 @@ class StoreWriter:
     def _apply(self, batch: Sequence[Sequence[StoreOp]]) -> None:
         store = self._require()
         try:
-            store.apply([op for ops in batch for op in ops])
+            store.apply(coalesce([op for ops in batch for op in ops]))
         except Exception:
             if len(batch) == 1:
                 self._failures += 1
@@ -100,18 +112,31 @@ class StoreWriter:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(self._batch_delay, self._send_buffer)
 
-    def _send_buffer(self) -> None:
+    def _send_buffer(self, *, force: bool = False) -> None:
         self._flush_handle = None
         if not self._buffer:
             return
+        if self._in_flight is not None and not force:
+            return  # goes as one batch when the one being written completes (_batch_done)
         batch, self._buffer = self._buffer, []
         loop = asyncio.get_running_loop()
-        self._track(loop.run_in_executor(self._executor, self._apply, batch))
+        future = loop.run_in_executor(self._executor, self._apply, batch)
+        self._in_flight = future
+        self._track(future)
+        future.add_done_callback(self._batch_done)
+
+    def _batch_done(self, future: asyncio.Future[None]) -> None:
+        if self._in_flight is future:
+            self._in_flight = None
+        if self._buffer and self._flush_handle is None and not self._closed:
+            self._send_buffer()
 
     def _send_now(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
-        self._send_buffer()
+        # Forced: the single worker runs its queue in order, so what follows (a load,
+        # a purge) still sees this batch, even with another one being written.
+        self._send_buffer(force=True)
 
     def purge(self, now: float) -> None:
         """Queue removal of entries expired at ``now`` (after the writes queued before it)."""
@@ -126,6 +151,8 @@ class StoreWriter:
         self._send_now()
         if self._pending:
             await asyncio.gather(*self._pending)
+        if self._buffer:  # submitted while we waited: those too
+            await self.flush()
 
     async def close(self, *, close_store: bool = True) -> None:
         """Flush, close the store (unless told not to) and stop the worker thread."""
@@ -139,3 +166,19 @@ class StoreWriter:
                 await loop.run_in_executor(self._executor, self._store.close)
         finally:
             self._executor.shutdown(wait=True)
+
+
+def coalesce(ops: Sequence[StoreOp]) -> list[StoreOp]:
+    """``ops`` with only the last operation on each record, in the order of those last ones.
+
+    Records (one table and key each) are independent, so applying only the
+    last Put or Delete of each gives the store the same final state.
+    """
+    if len(ops) < 2:
+        return list(ops)
+    last: dict[tuple[str, str], StoreOp] = {}
+    for op in ops:
+        ident = (op.record.TABLE, op.record.key) if isinstance(op, Put) else (op.table, op.key)
+        last.pop(ident, None)  # re-inserted: the dict keeps the order of the last operations
+        last[ident] = op
+    return list(last.values())
