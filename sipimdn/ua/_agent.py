@@ -114,6 +114,7 @@ class UserAgent:
     def __init__(self, config: UserAgentConfig, *, store: Store | None = None) -> None:
         self.config = config
         self._aor = Uri.parse(config.aor)
+        self._aor_text: tuple[Uri | None, str] = (None, "")
         self._given_store = store
         self._message_handlers: list[MessageHandler] = []
         self._disposition_handlers: list[Callable[[DispositionEvent], Awaitable[None]]] = []
@@ -236,7 +237,11 @@ class UserAgent:
     @property
     def aor(self) -> str:
         """Our address of record."""
-        return str(self._aor)
+        # Read for every request we build: formatted once per value of _aor.
+        aor = self._aor
+        if self._aor_text[0] is not aor:
+            self._aor_text = (aor, str(aor))
+        return self._aor_text[1]
 
     @property
     def endpoints(self) -> tuple[ListenEndpoint, ...]:
@@ -517,7 +522,7 @@ class UserAgent:
                 now=now,
                 requested=inbound.notify,
                 sip_from=inbound.sip_from,
-                recipient=inbound.cpim_to[0] if inbound.cpim_to else str(request.to.uri),
+                recipient=inbound.cpim_to[0] if inbound.cpim_to else inbound.sip_to,
                 original_recipient=inbound.original_to,
                 datetime=inbound.datetime,
                 subject=inbound.subject,
@@ -869,7 +874,9 @@ class UserAgent:
         """
         stack = self._require_stack()
         target = _wire.target_for(self.config, to, transport)
-        async with self._queue.turn(key):
+        queue = self._queue
+        await queue.acquire(key)
+        try:
             # Inside the turn: a request queued behind a challenged one goes out with the
             # credentials that one just learned, instead of being challenged too.
             attempt = None
@@ -905,6 +912,8 @@ class UserAgent:
                     _log.warning("%s", error)
                     raise _AuthRefused(error, response) from None
                 request = _wire.with_authorization(request, headers, next_cseq=True)
+        finally:
+            queue.release(key)
 
 
 def _droppable(op: StoreOp, volatile: set[str]) -> bool:

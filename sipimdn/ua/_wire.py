@@ -9,6 +9,7 @@ SIP requests that carry them. Nothing here touches a socket or a clock.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from .. import cpim
 from ..config import ListenEndpoint, UserAgentConfig
 from ..dialog.factory import build_request
 from ..dialog.transaction import TimerConfig
-from ..errors import RemoteProtocolError
+from ..errors import CpimError, RemoteProtocolError
 from ..headers import NameAddr
 from ..imdn import (
     CONTENT_TYPE as IMDN_CONTENT_TYPE,
@@ -195,11 +196,20 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
             notification=first,
             more_notifications=tuple(rest),
         )
-    inner = envelope.content_type or "text/plain"
+    # The inner Content-Type read once (type and parameters from one parse).
+    inner_value = envelope.mime_header("Content-Type")
+    inner_params: dict[str, str]
+    if inner_value is None:
+        inner, inner_params = "text/plain", {}
+    else:
+        try:
+            inner, inner_params = cpim.parse_media_type(inner_value)
+        except ValueError as exc:
+            raise CpimError(str(exc)) from None
     return Inbound(
         **common,
-        content_type=inner.lower(),
-        content_params=dict(envelope.content_type_params),
+        content_type=inner,
+        content_params=inner_params,
         body=envelope.body,
         notify=frozenset(str(r) for r in headers.requested),
     )
@@ -261,7 +271,18 @@ class _Sender(Protocol):
 
 
 def _our_address(ua: _Sender) -> cpim.CpimAddress:
-    return cpim.CpimAddress(uri=ua.aor, display_name=ua.config.display_name)
+    return _cpim_address(ua.aor, ua.config.display_name)
+
+
+# Our own addresses are the same for every message we send; both values are immutable.
+@functools.lru_cache(maxsize=16)
+def _cpim_address(aor: str, display_name: str | None) -> cpim.CpimAddress:
+    return cpim.CpimAddress(uri=aor, display_name=display_name)
+
+
+@functools.lru_cache(maxsize=16)
+def _from_value(aor: str, display_name: str | None) -> NameAddr:
+    return NameAddr(Uri.parse(aor), display_name)
 
 
 def build_im_request(
@@ -348,7 +369,7 @@ def _message_request(
     headers = list(extra)
     if config.user_agent:
         headers.append(("User-Agent", config.user_agent))
-    from_ = NameAddr(Uri.parse(ua.aor), config.display_name)
+    from_ = _from_value(ua.aor, config.display_name)
     call_id: str | None = None
     cseq = 1
     from_tag: str | None = None
