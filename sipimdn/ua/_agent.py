@@ -17,6 +17,15 @@ transmit()``). Application callbacks run as tasks held in a set, whose
 errors are logged (never aiosip's untracked ``ensure_future``), and they
 never delay a SIP answer except where the application is *asked* to decide
 one, bounded by ``handler_deadline``.
+
+Cost per received MESSAGE (issue 9): decoding, dedup and tracking run
+inline in the stack's callback; the handlers get one task, which answers
+from its own step, and deadlines share one timer (:class:`DeadlineQueue`).
+At most one store write per message survives batching, and none for a
+message owed no notification: its dedup entry (sender, Message-ID) lives in
+memory for the tracker's dedup window, so only a resend that straddles a
+restart of ours is handed up again. Messages owed a notification keep a
+persistent dedup entry, because their notification survives the restart.
 """
 
 from __future__ import annotations
