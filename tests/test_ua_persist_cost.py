@@ -143,3 +143,95 @@ async def test_dedup_of_messages_owed_nothing_is_not_written_but_still_works() -
         assert [r.message_id for r in snapshot.received] == ["n1"]
     finally:
         raw.close()
+
+
+async def test_answer_waits_for_the_store_and_the_imdn_waits_for_the_answer() -> None:
+    """A message owed a notification is answered only once its records are written (a crash
+    after the 2xx must not lose what the 2xx promised), and its IMDN never overtakes that 2xx."""
+    store = _CountingStore()
+    raw = await RawPeer.open()
+    arrivals: list[str] = []
+    original = raw.datagram_received
+
+    def record(data: bytes, addr: tuple[str | object, int]) -> None:
+        arrivals.append(data.split(b"\r\n", 1)[0].decode())
+        original(data, addr)  # type: ignore[arg-type]
+
+    raw.datagram_received = record  # type: ignore[method-assign]
+    try:
+        async with UserAgent(ua_config("bob"), store=store) as bob:
+
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> None:
+                pass
+
+            host, port = bob.endpoints[0].host, bob.endpoints[0].port
+            sender = f"sip:raw@{raw.address[0]}:{raw.address[1]}"
+            body = build_im(from_=sender, to=bob.aor, body=b"x", now=time.time(), message_id="d1",
+                            notify=["positive-delivery"]).to_bytes()
+            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type="message/cpim", body=body)
+            store.gate.clear()  # the store stalls: nothing is durable yet
+            answer = asyncio.ensure_future(raw.transact(data, branch, (host, port), timeout=5.0))
+            await asyncio.sleep(0.4)
+            assert not answer.done()
+            assert [a for a in arrivals if not a.startswith("SIP/2.0 100")] == []
+            store.gate.set()
+            assert (await answer).status_code == 200
+            imdn = await asyncio.wait_for(raw.requests.get(), 5.0)
+            assert imdn.method == "MESSAGE"
+            finals = [a for a in arrivals if not a.startswith("SIP/2.0 100")]
+            assert finals[0] == "SIP/2.0 200 OK" and finals[1].startswith("MESSAGE ")
+            written = [op.record.TABLE for ops in store.calls for op in ops if isinstance(op, Put)]
+            assert "owed" in written  # what the 2xx promised was durable first
+    finally:
+        raw.close()
+
+
+async def test_written_waits_for_earlier_writes_only_and_commits_as_a_group() -> None:
+    store = _CountingStore()
+    writer = StoreWriter(batch_delay=10.0)  # no timed batch: only written() moves the writes
+    await writer.open(lambda: store)
+    await writer.written()  # nothing submitted: returns at once
+    writer.submit([Put(_peer("a"))])
+    await asyncio.wait_for(writer.written(), 2.0)  # idle worker: written now, not in 10 s
+    assert [len(ops) for ops in store.calls] == [1]
+    # The worker busy on "b": c, d and e each wait, and go together as the next batch.
+    store.gate.clear()
+    writer.submit([Put(_peer("b"))])
+    first = asyncio.ensure_future(writer.written())
+    await asyncio.sleep(0.05)
+    waiters = []
+    for name in "cde":
+        writer.submit([Put(_peer(name))])
+        waiters.append(asyncio.ensure_future(writer.written()))
+    await asyncio.sleep(0.05)
+    assert not first.done() and not any(w.done() for w in waiters)
+    store.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiters), 2.0)
+    assert [len(ops) for ops in store.calls] == [1, 1, 3]
+    await writer.close()
+
+
+async def test_written_is_not_starved_by_a_steady_stream_of_writes() -> None:
+    store = _CountingStore()
+    writer = StoreWriter(batch_delay=0.001)
+    await writer.open(lambda: store)
+    stop = asyncio.Event()
+
+    async def stream() -> None:
+        i = 0
+        while not stop.is_set():
+            writer.submit([Put(_peer(f"s{i}"))])
+            i += 1
+            await asyncio.sleep(0)
+
+    producer = asyncio.ensure_future(stream())
+    try:
+        await asyncio.sleep(0.02)
+        writer.submit([Put(_peer("mine"))])
+        await asyncio.wait_for(writer.written(), 2.0)
+        assert any(isinstance(op, Put) and op.record.key == "sip:mine@h" for ops in store.calls for op in ops)
+    finally:
+        stop.set()
+        await producer
+        await writer.close()

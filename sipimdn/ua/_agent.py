@@ -154,6 +154,9 @@ class UserAgent:
         self._deadlines: DeadlineQueue[_Pending] | None = None
         # Dedup entries of messages being decided that are not to be written (see _persistable).
         self._volatile_seen: set[str] = set()
+        # IMDNs owed for messages whose 2xx waits for the store (see _answer), by Message-ID:
+        # held so the notification never overtakes the answer that made it owed.
+        self._held_notifications: dict[str, list[OwedNotification]] = {}
         self._started = False
         self._closed = False
 
@@ -439,7 +442,10 @@ class UserAgent:
             self._handles.pop(event.message_id, None)
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationOwed):
-            if not self._closed:
+            held = self._held_notifications.get(event.notification.message_id)
+            if held is not None:
+                held.append(event.notification)
+            elif not self._closed:
                 self._spawn_wire(self._send_owed(event.notification))
         elif isinstance(event, NotificationAbandoned):
             _log.warning(
@@ -594,23 +600,51 @@ class UserAgent:
         if message_id is not None:
             self._deciding.pop((message_id, sender), None)
         status = outcome.decision.status
-        pending.incoming.respond(status, outcome.decision.reason)
+        reason = outcome.decision.reason
         if self._closed:
+            pending.incoming.respond(status, reason)
             return
         if message_id is not None:
-            self._require_tracker().message_answered(message_id, sender, status, time.time())
+            tracker = self._require_tracker()
+            tracker.message_answered(message_id, sender, status, time.time())
             for kind, reported in pending.early:
                 self._apply_report(message_id, sender, kind, reported)
+            if pending.volatile_key is None:
+                # Notifications were requested: what we now owe must be on disk before the
+                # answer commits us to it, or a crash right after the 2xx loses it for good
+                # (robustness: test_crash_recovery). Write first, answer once durable; the
+                # writer batches, so concurrent answers share one commit.
+                self._writer.submit(self._persistable(tracker.writes_to_apply()))
+                self._held_notifications.setdefault(message_id, [])
+                self._spawn_wire(self._respond_when_durable(pending, status, reason))
+                return
+            pending.incoming.respond(status, reason)
             self._pump()
-            if pending.volatile_key is not None:
-                # Its last write (the answered status) was just dropped; none follows.
-                self._volatile_seen.discard(pending.volatile_key)
-        elif pending.tx_key is not None:
+            # Its last write (the answered status) was just dropped; none follows.
+            self._volatile_seen.discard(pending.volatile_key)
+            return
+        pending.incoming.respond(status, reason)
+        if pending.tx_key is not None:
             if 200 <= status < 300 or status >= 600:
                 self._dedup.set_answer(pending.tx_key, status)
             else:
                 # Not delivered: a later resend is a fresh attempt for the application.
                 self._dedup.forget(pending.tx_key)
+
+    async def _respond_when_durable(self, pending: _Pending, status: int, reason: str | None) -> None:
+        """Answer a received IM once the records behind that answer reached the store."""
+        try:
+            await self._writer.written()
+        except Exception:
+            # The store failed: answering anyway keeps the peer's transaction from timing
+            # out; what we owe lives on in memory for this run. Said loudly.
+            _log.exception("store write before answering %s failed", pending.message_id)
+        pending.incoming.respond(status, reason)
+        held = self._held_notifications.pop(pending.message_id, []) if pending.message_id else []
+        for owed in held:
+            if not self._closed:
+                self._spawn_wire(self._send_owed(owed))
+        self._pump()
 
     def _decide(self, message: IncomingMessage, pending: _Pending) -> None:
         """Run the handlers as one task; answer when they return or at the deadline."""
@@ -841,6 +875,12 @@ class UserAgent:
 
     async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, use_cpim: bool) -> None:
         tracker = self._require_tracker()
+        # The sent record must be on disk before the MESSAGE leaves: a notification can come
+        # back at once, and after a crash an unknown Message-ID would be refused for good.
+        try:
+            await self._writer.written()
+        except Exception:
+            _log.exception("store write before sending %s failed", outgoing.message_id)
         try:
             request = _wire.build_im_request(self, outgoing, use_cpim=use_cpim)
             response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)

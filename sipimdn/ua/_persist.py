@@ -18,7 +18,12 @@ received message's dedup entry is written at reception and again with its
 answer; both usually fall in one batch): records are independent, so this
 keeps every record's final state and order. ``load``, ``purge`` and
 ``flush`` send what is buffered first, so they always see every write
-submitted before them. A failing write is logged with its cause; it cannot
+submitted before them. ``written`` is the group commit the user agent
+waits on before a 2xx or a send that must be durable: it waits only for
+what was submitted before it, starts a batch at once when the worker is
+idle and otherwise rides on the next one, so neither a steady stream of
+writes can starve it nor does every waiter force its own transaction. A
+failing write is logged with its cause; it cannot
 be handed back to the code that caused it, which has long moved on, and
 must not kill the loop.
 """
@@ -26,6 +31,7 @@ must not kill the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +58,11 @@ class StoreWriter:
         self._in_flight: asyncio.Future[None] | None = None
         self._failures = 0
         self._closed = False
+        # Group commit (see written): submissions so far, how many of them have been
+        # through the worker, and who waits for which count.
+        self._submitted = 0
+        self._applied = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def failures(self) -> int:
@@ -108,6 +119,7 @@ class StoreWriter:
         if self._closed:
             raise RuntimeError("store writer is closed")
         self._buffer.append(list(ops))
+        self._submitted += 1
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(self._batch_delay, self._send_buffer)
@@ -123,13 +135,49 @@ class StoreWriter:
         future = loop.run_in_executor(self._executor, self._apply, batch)
         self._in_flight = future
         self._track(future)
-        future.add_done_callback(self._batch_done)
+        # Everything submitted so far is in this batch or an earlier one (one worker, FIFO).
+        future.add_done_callback(functools.partial(self._batch_done, self._submitted))
 
-    def _batch_done(self, future: asyncio.Future[None]) -> None:
+    def _batch_done(self, upto: int, future: asyncio.Future[None]) -> None:
         if self._in_flight is future:
             self._in_flight = None
-        if self._buffer and self._flush_handle is None and not self._closed:
+        if upto > self._applied:
+            self._applied = upto
+            self._wake(upto)
+        if self._buffer and not self._closed and (self._flush_handle is None or self._waiters):
+            # Waiters (written) do not wait out batch_delay: the buffer goes now.
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
             self._send_buffer()
+
+    def _wake(self, applied: int) -> None:
+        still = []
+        for target, waiter in self._waiters:
+            if target <= applied:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._waiters = still
+
+    async def written(self) -> None:
+        """Wait until every write submitted before this call has been through the store.
+
+        A write that failed counts as through (it was logged and counted in
+        :attr:`failures`): waiting longer would not make it succeed.
+        """
+        target = self._submitted
+        if self._applied >= target or self._closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        if self._in_flight is None:
+            # Idle worker: write now rather than after batch_delay. Busy: the buffer goes
+            # as one batch the moment the current one completes (_batch_done).
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._send_buffer()
+        await waiter
 
     def _send_now(self) -> None:
         if self._flush_handle is not None:
@@ -160,6 +208,7 @@ class StoreWriter:
             return
         await self.flush()
         self._closed = True
+        self._wake(self._submitted)
         loop = asyncio.get_running_loop()
         try:
             if self._store is not None and close_store:
