@@ -4,12 +4,19 @@
     python tools/profile_stack.py run --servers stack@/tmp/old,stack@/tmp/new,floor   # before/after
     python tools/profile_stack.py rate --rate 10000 --seconds 10 [--server stack]
     python tools/profile_stack.py profile [--count 20000] [--out /tmp/stack.prof] [--top 35]
-    python tools/profile_stack.py serve stack|floor [--profile OUT]
+    python tools/profile_stack.py serve stack|floor|ua|ua-pd [--profile OUT]
+    python tools/profile_stack.py run --servers ua,ua-pd,floor          # the UserAgent receive path
+    python tools/profile_stack.py profile --server ua-pd [--sort cumtime]
 
 ``serve`` runs one responder in this process: ``stack`` is a bare ``SipStack`` whose synchronous
 handler answers every request 200; ``floor`` is a raw asyncio responder that copies the
-Via/From/To/Call-ID/CSeq lines into a 200 with no SIP library (the Python floor of issue 9). It
-prints ``READY <port>`` and stops on SIGTERM.
+Via/From/To/Call-ID/CSeq lines into a 200 with no SIP library (the Python floor of issue 9);
+``ua`` is a ``UserAgent`` (default SQLite ``:memory:`` store) whose async ``on_message`` handler
+does nothing, fed CPIM messages that request no notification (bench/run.py's receive part);
+``ua-pd`` is the same UserAgent fed messages that request positive-delivery, each from its own
+sender: a message counts as done once its 200 *and* its delivered IMDN arrived, and the client
+answers every IMDN 200, so the figure covers the whole exchange (bench/run.py's
+positive-delivery part). It prints ``READY <port>`` and stops on SIGTERM.
 
 ``run`` starts each server in a child process (pinned to CPU 1 when there are two cores, the
 client to CPU 0), sends ``count`` pre-built MESSAGEs with a ~600-byte CPIM body, each with a unique
@@ -87,6 +94,9 @@ async def _serve(kind: str) -> None:
         await stop.wait()
         transport.close()
         return
+    if kind in ("ua", "ua-pd"):
+        await _serve_ua(stop)
+        return
     from sipimdn.stack import IncomingRequest, SipStack  # noqa: PLC0415 - the floor must not import it
 
     async with SipStack() as stack:
@@ -96,6 +106,21 @@ async def _serve(kind: str) -> None:
 
         stack.on_request(answer)
         print(f"READY {stack.endpoints[0][1][1]}", flush=True)
+        await stop.wait()
+
+
+async def _serve_ua(stop: asyncio.Event) -> None:
+    from sipimdn import ListenEndpoint, UserAgent, UserAgentConfig  # noqa: PLC0415
+
+    config = UserAgentConfig(aor=f"sip:bob@{HOST}:0", listen=(ListenEndpoint("udp", HOST, 0),))
+    async with UserAgent(config) as ua:
+
+        @ua.on_message
+        async def nothing(message: object) -> None:
+            return None
+
+        port = next(e.port for e in ua.endpoints if e.transport == "udp")
+        print(f"READY {port}", flush=True)
         await stop.wait()
 
 
@@ -119,17 +144,24 @@ def serve(kind: str, profile: str | None) -> None:
 _CPIM_TEXT = ("Hello from the load client. " * 15)[:420]
 
 
-def build_messages(count: int, port: int, local_port: int, run_id: str) -> list[bytes]:
-    """``count`` MESSAGE datagrams (CPIM body ~600 bytes), unique branch, Call-ID and tag each."""
+def build_messages(count: int, port: int, local_port: int, run_id: str, kind: str = "stack") -> list[bytes]:
+    """``count`` MESSAGE datagrams (CPIM body ~600 bytes), unique branch, Call-ID and tag each.
+
+    For ``ua`` no notification is requested; for ``ua-pd`` positive-delivery is, and each
+    message comes from its own sender (alice-<i>, at the client's address), as in the SIPp
+    scenario: one sender would measure the per-destination queue and the IMDN rate limit.
+    """
     out = []
     for i in range(count):
+        user = f"alice-{i}" if kind == "ua-pd" else "alice"
+        notify = "" if kind == "ua" else "imdn.Disposition-Notification: positive-delivery\r\n"
         cpim = (
-            f"From: <sip:alice@{HOST}>\r\n"
+            f"From: <sip:{user}@{HOST}:{local_port}>\r\n"
             f"To: <sip:bob@{HOST}>\r\n"
             "DateTime: 2026-06-15T10:00:00Z\r\n"
             "NS: imdn <urn:ietf:params:imdn>\r\n"
             f"imdn.Message-ID: {run_id}{i:08d}\r\n"
-            "imdn.Disposition-Notification: positive-delivery\r\n"
+            f"{notify}"
             "\r\n"
             "Content-Type: text/plain;charset=UTF-8\r\n"
             "\r\n"
@@ -139,7 +171,7 @@ def build_messages(count: int, port: int, local_port: int, run_id: str) -> list[
             f"MESSAGE sip:bob@{HOST}:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK{run_id}{i:08d};rport\r\n"
             "Max-Forwards: 70\r\n"
-            f"From: <sip:alice@{HOST}:{local_port}>;tag={run_id}{i}\r\n"
+            f"From: <sip:{user}@{HOST}:{local_port}>;tag={run_id}{i}\r\n"
             f"To: <sip:bob@{HOST}:{port}>\r\n"
             f"Call-ID: c{i:08d}-{run_id}\r\n"
             "CSeq: 1 MESSAGE\r\n"
@@ -153,6 +185,8 @@ def build_messages(count: int, port: int, local_port: int, run_id: str) -> list[
 
 _CALL_ID = re.compile(rb"(?im)^(?:call-id|i)[ \t]*:[ \t]*c(\d{8})-")
 _STATUS = re.compile(rb"SIP/2\.0 (\d{3}) ")
+_IMDN_OF = re.compile(rb"<message-id>[0-9a-z]*?(\d{8})</message-id>")
+_COPIED_LINES = re.compile(rb"(?im)^(?:via|v|from|f|to|t|call-id|i|cseq)[ \t]*:.*$")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,14 +204,36 @@ def _socket() -> socket.socket:
     return sock
 
 
-def _drain(sock: socket.socket, answered: list[float], sent_at: list[float], now: float) -> int:
-    """Read every waiting response; returns how many finals matched an unanswered message."""
+def _answer_imdn(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> int | None:
+    """Answer a request (an IMDN from ``ua-pd``) 200; return the index of the IM it is about."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    lines = [m.group(0).rstrip(b"\r") for m in _COPIED_LINES.finditer(head)]
+    lines = [line + b";tag=load" if line[:3].lower() in (b"to:", b"t: ", b"t:<") else line for line in lines]
+    sock.sendto(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n", addr)
+    match = _IMDN_OF.search(data)
+    return None if match is None else int(match.group(1))
+
+
+def _drain(sock: socket.socket, answered: list[float], sent_at: list[float], now: float,
+           imdns: list[bool] | None = None) -> int:
+    """Read every waiting response; returns how many messages are now done.
+
+    Without ``imdns`` a message is done with its final response; with it (``ua-pd``) requests
+    are IMDNs, answered 200, and a message is done once both its 2xx and its IMDN arrived.
+    """
     got = 0
     while True:
         try:
-            data = sock.recv(65535)
+            data, addr = sock.recvfrom(65535)
         except BlockingIOError:
             return got
+        if imdns is not None and not data.startswith(b"SIP/2.0 "):
+            index = _answer_imdn(sock, data, addr)
+            if index is not None and index < len(imdns) and not imdns[index]:
+                imdns[index] = True
+                if answered[index] > 0:
+                    got += 1
+            continue
         status = _STATUS.match(data)
         match = _CALL_ID.search(data)
         if status is None or match is None or int(status.group(1)) < 200:
@@ -185,18 +241,22 @@ def _drain(sock: socket.socket, answered: list[float], sent_at: list[float], now
         index = int(match.group(1))
         if index < len(answered) and answered[index] == 0.0:
             answered[index] = now - sent_at[index]
-            got += 1
+            if imdns is None or imdns[index]:
+                got += 1
 
 
 def _run_id(kind: str) -> str:
     return f"{os.getpid():x}{int(time.time()) % 100000:x}{kind}"
 
 
-def windowed(port: int, pid: int, count: int, window: int, warmup: int) -> dict[str, float]:
+def windowed(  # noqa: PLR0917 - a command-line helper
+    port: int, pid: int, count: int, window: int, warmup: int, kind: str = "stack"
+) -> dict[str, float]:
     """Send ``warmup + count`` messages, at most ``window`` unanswered; server CPU over ``count``."""
     sock = _socket()
     total = warmup + count
-    messages = build_messages(total, port, sock.getsockname()[1], _run_id("w"))
+    messages = build_messages(total, port, sock.getsockname()[1], _run_id("w"), kind)
+    imdns = [False] * total if kind == "ua-pd" else None
     sent_at = [0.0] * total
     answered = [0.0] * total
     target = (HOST, port)
@@ -212,7 +272,7 @@ def windowed(port: int, pid: int, count: int, window: int, warmup: int) -> dict[
             sock.sendto(messages[next_index], target)
             next_index += 1
         select.select([sock], [], [], 0.5)
-        done += _drain(sock, answered, sent_at, time.perf_counter())
+        done += _drain(sock, answered, sent_at, time.perf_counter(), imdns)
     wall = time.perf_counter() - wall0
     cpu = cpu_seconds(pid) - cpu0
     sock.close()
@@ -226,11 +286,12 @@ def windowed(port: int, pid: int, count: int, window: int, warmup: int) -> dict[
     }
 
 
-def paced(port: int, pid: int, rate: float, seconds: float) -> dict[str, float]:
+def paced(port: int, pid: int, rate: float, seconds: float, kind: str = "stack") -> dict[str, float]:
     """Offer ``rate`` messages/s for ``seconds``, retransmitting unanswered ones at 0.5/1/2/4 s."""
     sock = _socket()
     total = int(rate * seconds)
-    messages = build_messages(total, port, sock.getsockname()[1], _run_id("r"))
+    messages = build_messages(total, port, sock.getsockname()[1], _run_id("r"), kind)
+    imdns = [False] * total if kind == "ua-pd" else None
     sent_at = [0.0] * total
     answered = [0.0] * total
     retransmissions = 0
@@ -250,7 +311,7 @@ def paced(port: int, pid: int, rate: float, seconds: float) -> dict[str, float]:
             sock.sendto(messages[next_index], target)
             heapq.heappush(pending, (sent_at[next_index] + 0.5, next_index, 0.5))
             next_index += 1
-        done += _drain(sock, answered, sent_at, time.perf_counter())
+        done += _drain(sock, answered, sent_at, time.perf_counter(), imdns)
         while pending and pending[0][0] <= now:
             _, index, interval = heapq.heappop(pending)
             if answered[index] or interval >= 4.0:
@@ -259,6 +320,11 @@ def paced(port: int, pid: int, rate: float, seconds: float) -> dict[str, float]:
             retransmissions += 1
             heapq.heappush(pending, (now + 2 * interval, index, 2 * interval))
         select.select([sock], [], [], 0.0005)
+    if imdns is not None:  # the IMDNs of the last messages, answered before the CPU is read
+        settle = time.perf_counter() + 5
+        while not all(imdns) and time.perf_counter() < settle:
+            select.select([sock], [], [], 0.05)
+            _drain(sock, answered, sent_at, time.perf_counter(), imdns)
     wall = time.perf_counter() - start
     cpu = cpu_seconds(pid) - cpu0
     sock.close()
@@ -285,9 +351,10 @@ class Server:
     """A responder child process (``serve``) and its port."""
 
     def __init__(self, spec: str, profile: str | None = None) -> None:
-        # "stack" or "floor", or "stack@DIR": the stack imported from DIR (e.g. an unpacked older
+        # "stack", "floor", "ua", "ua-pd", or "KIND@DIR": the code imported from DIR (e.g. an unpacked older
         # commit, `git archive REV sipimdn | tar -x -C DIR`) for before/after figures in one run.
         kind, _, path = spec.partition("@")
+        self.kind = kind
         env = dict(os.environ, PYTHONPATH=path) if path else None
         command = [sys.executable, __file__, "serve", kind] + (["--profile", profile] if profile else [])
         self.process = subprocess.Popen(_pin(command, "1"), stdout=subprocess.PIPE, text=True, env=env)
@@ -331,7 +398,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         for round_ in range(args.repeat):
             for kind in kinds:
                 server = servers[kind]
-                figures = windowed(server.port, server.pid, args.count, args.window, args.warmup)
+                figures = windowed(server.port, server.pid, args.count, args.window, args.warmup, server.kind)
                 results[kind].append(figures)
                 print(f"round {round_ + 1} {kind} {_show(figures)}", flush=True)
     finally:
@@ -350,17 +417,21 @@ def cmd_rate(args: argparse.Namespace) -> None:
     _pin_self()
     server = Server(args.server)
     try:
-        windowed(server.port, server.pid, 2000, 32, 0)  # warm-up
-        print(_show(paced(server.port, server.pid, args.rate, args.seconds)))
+        windowed(server.port, server.pid, 2000, 32, 0, server.kind)  # warm-up
+        print(_show(paced(server.port, server.pid, args.rate, args.seconds, server.kind)))
     finally:
         server.stop()
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
     _pin_self()
-    server = Server("stack", profile=args.out)
+    server = Server(args.server, profile=args.out)
     try:
-        print(json.dumps(windowed(server.port, server.pid, args.count, args.window, args.warmup)))
+        if args.rate:
+            print(json.dumps(paced(server.port, server.pid, args.rate, args.count / args.rate, server.kind)))
+        else:
+            figures = windowed(server.port, server.pid, args.count, args.window, args.warmup, server.kind)
+            print(json.dumps(figures))
     finally:
         server.stop()
     stats = pstats.Stats(args.out)
@@ -373,22 +444,25 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve")
-    p.add_argument("kind", choices=["stack", "floor"])
+    p.add_argument("kind", choices=["stack", "floor", "ua", "ua-pd"])
     p.add_argument("--profile")
     p = sub.add_parser("run")
     p.add_argument("--count", type=int, default=20000)
     p.add_argument("--warmup", type=int, default=2000)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--servers", default="stack,floor", help="comma-separated: stack, floor, stack@DIR")
+    p.add_argument("--servers", default="stack,floor",
+                   help="comma-separated: stack, floor, ua, ua-pd, KIND@DIR")
     p = sub.add_parser("rate")
     p.add_argument("--rate", type=float, default=10000)
     p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--server", default="stack", choices=["stack", "floor"])
+    p.add_argument("--server", default="stack", choices=["stack", "floor", "ua", "ua-pd"])
     p = sub.add_parser("profile")
     p.add_argument("--count", type=int, default=20000)
     p.add_argument("--warmup", type=int, default=2000)
     p.add_argument("--window", type=int, default=64)
+    p.add_argument("--server", default="stack", choices=["stack", "ua", "ua-pd"])
+    p.add_argument("--rate", type=float, default=0.0, help="paced at this rate instead of windowed")
     p.add_argument("--out", default="/tmp/stack.prof")
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--sort", default="tottime")
