@@ -57,7 +57,7 @@ async def test_example_registers_sends_and_prints_notifications(kamailio: Kamail
         assert code == 0, out
         assert "registered as sip:alice@sipimdn.test" in out
         assert "answer: 200" in out
-        assert "state: delivered" in out and "state: displayed" in out
+        assert "delivered: yes" in out and "displayed: yes" in out
         assert out.count("notification: NotificationAccepted") == 2
         assert "registration: Unregistered" in out
         assert texts == ["Hello Bob, via the proxy"]

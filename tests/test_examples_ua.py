@@ -41,8 +41,8 @@ def test_receive_and_send_examples_talk_to_each_other() -> None:
         )
         assert sender.returncode == 0, sender.stdout + sender.stderr
         assert "answer: 200 OK" in sender.stdout
-        assert "state: delivered" in sender.stdout
-        assert "state: displayed" in sender.stdout
+        assert "delivered: yes" in sender.stdout
+        assert "displayed: yes" in sender.stdout
         out, err = receiver.communicate(timeout=15)
         assert receiver.returncode == 0, err
         assert "hi from the example" in out
