@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .. import cpim
 from ..config import ListenEndpoint, UserAgentConfig
@@ -115,88 +115,68 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
     past ``config.max_inflated_bytes``), 415 for a type or coding we do not
     take, 400 for a malformed CPIM envelope or IMDN document.
     """
-    if len(request.body) > config.max_body_bytes:
+    # Runs for every received MESSAGE: the Inbound is built in one call per branch (no
+    # keyword dicts), the SIP From/To URIs are formatted once per URI object (the core
+    # shares them between messages with the same header text), and an IM whose inner
+    # Content-Type is neither IMDN type skips recognise(), which would return None.
+    raw = request.body
+    if len(raw) > config.max_body_bytes:
         raise RemoteProtocolError(f"body larger than {config.max_body_bytes} bytes", 413)
-    body = inflate(request.body, request.headers.get("Content-Encoding"), config.max_inflated_bytes)
+    headers = request.headers
+    encoding = headers.get("Content-Encoding")
+    body = raw if encoding is None else inflate(raw, encoding, config.max_inflated_bytes)
     ctype = request.content_type
     if ctype is None:
         if body:
             raise RemoteProtocolError("a body without Content-Type", 415)
         mime, params = "text/plain", {}
     else:
-        mime, params = ctype.mime, dict(ctype.params)
+        mime = ctype.mime
+        if mime == cpim.CONTENT_TYPE:
+            return _decode_cpim(request, body, config, headers.get("Subject"))
+        params = dict(ctype.params)
     from_ = request.from_
-    base: dict[str, Any] = {
-        "request": request,
-        "sip_from": str(from_.uri),
-        "sip_from_name": from_.display_name,
-        "sip_to": str(request.to.uri),
-    }
-    subject = request.headers.get("Subject")
+    sip_from = _uri_text(from_.uri)
+    sip_to = _uri_text(request.to.uri)
+    subject = headers.get("Subject")
     if mime == "text/plain":
         return Inbound(
-            **base,
-            content_type=mime,
-            content_params=params,
-            body=body,
-            cpim=None,
-            cpim_from=None,
-            cpim_to=(),
-            message_id=None,
-            notify=frozenset(),
-            datetime=None,
-            subject=subject,
-            original_to=None,
-            imdn_route=(),
+            request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
+            content_type=mime, content_params=params, body=body, cpim=None, cpim_from=None,
+            cpim_to=(), message_id=None, notify=_NOTHING, datetime=None, subject=subject,
+            original_to=None, imdn_route=(),
         )
     if mime == IMDN_CONTENT_TYPE:
         note = parse_notification(body)
         return Inbound(
-            **base,
-            content_type=mime,
-            content_params=params,
-            body=body,
-            cpim=None,
-            cpim_from=None,
-            cpim_to=(),
-            message_id=None,
-            notify=frozenset(),
-            datetime=note.datetime,
-            subject=subject,
-            original_to=None,
-            imdn_route=(),
-            notification=note,
+            request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
+            content_type=mime, content_params=params, body=body, cpim=None, cpim_from=None,
+            cpim_to=(), message_id=None, notify=_NOTHING, datetime=note.datetime, subject=subject,
+            original_to=None, imdn_route=(), notification=note,
         )
-    if mime != cpim.CONTENT_TYPE:
-        raise RemoteProtocolError(f"unsupported Content-Type {mime}", 415)
+    raise RemoteProtocolError(f"unsupported Content-Type {mime}", 415)
+
+
+_NOTHING: frozenset[str] = frozenset()
+_IMDN_TYPES = (IMDN_CONTENT_TYPE, "multipart/mixed")
+
+
+def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig, sip_subject: str | None) -> Inbound:
     envelope = cpim.parse(body)
+    from_ = request.from_
+    sip_from = _uri_text(from_.uri)
+    sip_to = _uri_text(request.to.uri)
     sender = envelope.from_
-    headers = imdn_headers(envelope)
+    cpim_from = None if sender is None else sender.uri
+    cpim_to = tuple(a.uri for a in envelope.to)
+    imdn = imdn_headers(envelope)
     date_time = envelope.date_time
-    common: dict[str, Any] = {
-        **base,
-        "cpim": envelope,
-        "cpim_from": None if sender is None else sender.uri,
-        "cpim_to": tuple(a.uri for a in envelope.to),
-        "message_id": headers.message_id,
-        "datetime": None if date_time is None else date_time.raw.rstrip(" "),
-        "subject": envelope.subject or subject,
-        "original_to": None if headers.original_to is None else headers.original_to.uri,
-        "imdn_route": tuple(a.uri for a in headers.record_routes),
-    }
-    received = recognise(envelope, max_inflated_size=config.max_inflated_bytes)
-    if received is not None:
-        first, *rest = received.notifications
-        return Inbound(
-            **common,
-            content_type=IMDN_CONTENT_TYPE,
-            content_params={},
-            body=envelope.body,
-            notify=frozenset(),
-            notification=first,
-            more_notifications=tuple(rest),
-        )
-    # The inner Content-Type read once (type and parameters from one parse).
+    datetime = None if date_time is None else date_time.raw.rstrip(" ")
+    subject = envelope.subject or sip_subject
+    original_to = None if imdn.original_to is None else imdn.original_to.uri
+    imdn_route = tuple(a.uri for a in imdn.record_routes)
+    # The inner Content-Type read once (type and parameters from one parse); cpim.parse
+    # already refused a message without a readable one.
     inner_value = envelope.mime_header("Content-Type")
     inner_params: dict[str, str]
     if inner_value is None:
@@ -206,13 +186,41 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
             inner, inner_params = cpim.parse_media_type(inner_value)
         except ValueError as exc:
             raise CpimError(str(exc)) from None
+    if inner in _IMDN_TYPES:
+        received = recognise(envelope, max_inflated_size=config.max_inflated_bytes)
+        if received is not None:
+            first, *rest = received.notifications
+            return Inbound(
+                request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
+                content_type=IMDN_CONTENT_TYPE, content_params={}, body=envelope.body, cpim=envelope,
+                cpim_from=cpim_from, cpim_to=cpim_to, message_id=imdn.message_id, notify=_NOTHING,
+                datetime=datetime, subject=subject, original_to=original_to, imdn_route=imdn_route,
+                notification=first, more_notifications=tuple(rest),
+            )
+    requested = imdn.requested
+    notify = frozenset(str(r) for r in requested) if requested else _NOTHING
     return Inbound(
-        **common,
-        content_type=inner,
-        content_params=inner_params,
-        body=envelope.body,
-        notify=frozenset(str(r) for r in headers.requested),
+        request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
+        content_type=inner, content_params=inner_params, body=envelope.body, cpim=envelope,
+        cpim_from=cpim_from, cpim_to=cpim_to, message_id=imdn.message_id, notify=notify,
+        datetime=datetime, subject=subject, original_to=original_to, imdn_route=imdn_route,
     )
+
+
+# URI -> text of the last SIP From and To seen. The core hands out one Uri object per
+# distinct header text, so a peer's From and our own To usually hit; a Uri is immutable.
+_URI_TEXT: dict[int, tuple[Uri, str]] = {}
+
+
+def _uri_text(uri: Uri) -> str:
+    entry = _URI_TEXT.get(id(uri))
+    if entry is not None and entry[0] is uri:
+        return entry[1]
+    text = str(uri)
+    if len(_URI_TEXT) >= 256:
+        _URI_TEXT.clear()
+    _URI_TEXT[id(uri)] = (uri, text)
+    return text
 
 
 def incoming_message(
