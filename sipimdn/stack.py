@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
@@ -126,6 +127,12 @@ class SipStack:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: The loop timer runs on slots of this many seconds (T1/25: 20 ms with default timers):
+        #: deadlines are rounded *up* to the next slot, so the transactions' timers falling in one
+        #: slot share one loop wake-up. Under steady load a Timer J (or K) expires every few ms;
+        #: without slots each would wake the loop on its own. No timer fires early; a timer fires
+        #: at most one slot late (a retransmission at 0.52 s instead of 0.5 s). 0 = exact.
+        self.timer_slot = self.timers.t1 / 25
         self._pumping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
@@ -404,6 +411,10 @@ class SipStack:
         at = self.layer.get_timer()
         if at is None:
             return
+        slot = self.timer_slot
+        if slot > 0:
+            rounded = math.ceil(at / slot) * slot
+            at = rounded if rounded >= at else rounded + slot  # never before the deadline
         armed = self._timer_at
         if armed is not None and armed <= at:
             return

@@ -20,7 +20,10 @@ one, bounded by ``handler_deadline``.
 
 Cost per received MESSAGE (issue 9): decoding, dedup and tracking run
 inline in the stack's callback; the handlers get one task, which answers
-from its own step, and deadlines share one timer (:class:`DeadlineQueue`).
+from its own step, and deadlines share one timer (:class:`DeadlineQueue`),
+which skips the deadlines of messages already answered instead of waking
+for each. An answer that must wait for the store is a callback of the
+writer's group commit (``StoreWriter.when_written``), not a task.
 At most one store write per message survives batching, and none for a
 message owed no notification: its dedup entry (sender, Message-ID) lives in
 memory for the tracker's dedup window, so only a resend that straddles a
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import weakref
@@ -157,6 +161,9 @@ class UserAgent:
         # IMDNs owed for messages whose 2xx waits for the store (see _answer), by Message-ID:
         # held so the notification never overtakes the answer that made it owed.
         self._held_notifications: dict[str, list[OwedNotification]] = {}
+        # Answers waiting for their records to reach the store (a writer callback each, no
+        # task): protocol work that close() gives close_grace, like the wire tasks.
+        self._durable_answers = 0
         self._started = False
         self._closed = False
 
@@ -215,7 +222,14 @@ class UserAgent:
         loop = asyncio.get_running_loop()
         grace_end = loop.time() + self.config.close_grace
         # Finishing one task can start another (an answer makes an IMDN due): loop.
-        while (pending := [t for t in self._wire_tasks if not t.done()]) and loop.time() < grace_end:
+        while loop.time() < grace_end:
+            pending: list[asyncio.Future[Any]] = [t for t in self._wire_tasks if not t.done()]
+            if self._durable_answers:
+                stored: asyncio.Future[None] = loop.create_future()
+                self._writer.when_written(functools.partial(_resolve, stored))
+                pending.append(stored)
+            if not pending:
+                break
             await asyncio.wait(pending, timeout=grace_end - loop.time())
         if self._registrar is not None:
             # Remove our bindings (RFC 3261 §10.2.2) while the stack still runs; bounded.
@@ -616,7 +630,8 @@ class UserAgent:
                 # writer batches, so concurrent answers share one commit.
                 self._writer.submit(self._persistable(tracker.writes_to_apply()))
                 self._held_notifications.setdefault(message_id, [])
-                self._spawn_wire(self._respond_when_durable(pending, status, reason))
+                self._durable_answers += 1
+                self._writer.when_written(functools.partial(self._respond_durable, pending, status, reason))
                 return
             pending.incoming.respond(status, reason)
             self._pump()
@@ -631,14 +646,15 @@ class UserAgent:
                 # Not delivered: a later resend is a fresh attempt for the application.
                 self._dedup.forget(pending.tx_key)
 
-    async def _respond_when_durable(self, pending: _Pending, status: int, reason: str | None) -> None:
-        """Answer a received IM once the records behind that answer reached the store."""
-        try:
-            await self._writer.written()
-        except Exception:
-            # The store failed: answering anyway keeps the peer's transaction from timing
-            # out; what we owe lives on in memory for this run. Said loudly.
-            _log.exception("store write before answering %s failed", pending.message_id)
+    def _respond_durable(self, pending: _Pending, status: int, reason: str | None) -> None:
+        """Answer a received IM now that the records behind that answer reached the store.
+
+        Called by the store writer (``when_written``), with no task of its own. A write
+        that failed counts as through: it was logged loudly by the writer, answering
+        anyway keeps the peer's transaction from timing out, and what we owe lives on in
+        memory for this run.
+        """
+        self._durable_answers -= 1
         pending.incoming.respond(status, reason)
         held = self._held_notifications.pop(pending.message_id, []) if pending.message_id else []
         for owed in held:
@@ -661,7 +677,9 @@ class UserAgent:
         self._wire_tasks.add(task)
         task.add_done_callback(self._wire_tasks.discard)
         if self._deadlines is None:
-            self._deadlines = DeadlineQueue(self.config.handler_deadline, self._deadline_passed)
+            self._deadlines = DeadlineQueue(
+                self.config.handler_deadline, self._deadline_passed, settled=_answered
+            )
         self._deadlines.add(pending)
 
     async def _run_handlers(
@@ -997,6 +1015,10 @@ class _Pending:
         self.volatile_key: str | None = None
 
 
+def _answered(pending: _Pending) -> bool:
+    return pending.answered
+
+
 class _AuthRefused(Exception):
     """Internal: a request ended in an authentication failure, with the final 401/407."""
 
@@ -1020,6 +1042,11 @@ def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
         raise LocalProtocolError(f"AOR {aor} has port 0 but nothing listens on {transport}")
     same_host = [e for e in candidates if e.host == aor.host]
     return dataclasses.replace(aor, port=(same_host or candidates)[0].port)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _call(handler: Callable[[_E], Awaitable[None]], event: _E) -> None:

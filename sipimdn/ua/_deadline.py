@@ -130,15 +130,25 @@ class DeadlineQueue(Generic[_T]):
     """Deadlines of one fixed length, sharing a single loop timer.
 
     ``add(item)`` arms a deadline ``delay`` seconds from now; when it passes,
-    ``on_expiry(item)`` is called (the callee checks whether the item still
-    cares: items are not removed when they finish early, they expire as
-    no-ops). Because every deadline has the same length, the queue is FIFO
-    and only its head needs a timer.
+    ``on_expiry(item)`` is called. Because every deadline has the same
+    length, the queue is FIFO and only its head needs a timer. Items are not
+    removed when they finish early; ``settled(item)`` (default: never) says
+    an item no longer cares, and settled items are dropped from the head
+    whenever the timer runs, *before* their deadline, so the timer is re-armed
+    for the first item still waiting, or not at all. With handlers that
+    answer at once the timer then runs about once per ``delay`` instead of
+    once per message (a loop wake-up each at low rates).
     """
 
-    def __init__(self, delay: float, on_expiry: Callable[[_T], None]) -> None:
+    def __init__(
+        self,
+        delay: float,
+        on_expiry: Callable[[_T], None],
+        settled: Callable[[_T], bool] | None = None,
+    ) -> None:
         self._delay = delay
         self._on_expiry = on_expiry
+        self._settled = settled
         self._entries: deque[tuple[float, _T]] = deque()
         self._handle: asyncio.TimerHandle | None = None
 
@@ -158,8 +168,15 @@ class DeadlineQueue(Generic[_T]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         entries = self._entries
-        while entries and entries[0][0] <= now:
-            _, item = entries.popleft()
+        settled = self._settled
+        while entries:
+            when, item = entries[0]
+            if settled is not None and settled(item):
+                entries.popleft()  # finished early: no expiry, and no timer for it
+                continue
+            if when > now:
+                break
+            entries.popleft()
             try:
                 self._on_expiry(item)
             except Exception:  # one failing expiry must not strand the ones behind it

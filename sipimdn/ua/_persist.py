@@ -62,7 +62,7 @@ class StoreWriter:
         # through the worker, and who waits for which count.
         self._submitted = 0
         self._applied = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, Callable[[], None]]] = []
 
     @property
     def failures(self) -> int:
@@ -151,14 +151,42 @@ class StoreWriter:
             self._send_buffer()
 
     def _wake(self, applied: int) -> None:
+        if not self._waiters:
+            return
         still = []
-        for target, waiter in self._waiters:
+        due = []
+        for target, callback in self._waiters:
             if target <= applied:
-                if not waiter.done():
-                    waiter.set_result(None)
+                due.append(callback)
             else:
-                still.append((target, waiter))
+                still.append((target, callback))
         self._waiters = still
+        for callback in due:  # in registration order
+            try:
+                callback()
+            except Exception:  # one failing callback must not strand the others
+                _log.exception("callback after a store write failed")
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once every write submitted before this call has been through the store.
+
+        Called at once (before returning) when nothing is outstanding or the
+        writer is closed, else from the event loop as the batch completes;
+        callbacks waiting for the same batch run in registration order. The
+        callback form of :meth:`written` for code that needs no task of its
+        own (the user agent's answer to a message owed notifications).
+        """
+        target = self._submitted
+        if self._applied >= target or self._closed:
+            callback()
+            return
+        self._waiters.append((target, callback))
+        if self._in_flight is None:
+            # Idle worker: write now rather than after batch_delay. Busy: the buffer goes
+            # as one batch the moment the current one completes (_batch_done).
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._send_buffer()
 
     async def written(self) -> None:
         """Wait until every write submitted before this call has been through the store.
@@ -166,17 +194,10 @@ class StoreWriter:
         A write that failed counts as through (it was logged and counted in
         :attr:`failures`): waiting longer would not make it succeed.
         """
-        target = self._submitted
-        if self._applied >= target or self._closed:
+        if self._applied >= self._submitted or self._closed:
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, waiter))
-        if self._in_flight is None:
-            # Idle worker: write now rather than after batch_delay. Busy: the buffer goes
-            # as one batch the moment the current one completes (_batch_done).
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-            self._send_buffer()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.when_written(functools.partial(_resolve, waiter))
         await waiter
 
     def _send_now(self) -> None:
@@ -215,6 +236,11 @@ class StoreWriter:
                 await loop.run_in_executor(self._executor, self._store.close)
         finally:
             self._executor.shutdown(wait=True)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def coalesce(ops: Sequence[StoreOp]) -> list[StoreOp]:
