@@ -134,6 +134,8 @@ class SipStack:
         #: at most one slot late (a retransmission at 0.52 s instead of 0.5 s). 0 = exact.
         self.timer_slot = self.timers.t1 / 25
         self._pumping = False
+        # (request, its bytes) while _attempt's pump sends it for the first time.
+        self._encoded: tuple[Request, bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed = False
@@ -237,7 +239,8 @@ class SipStack:
         loop = self._require_loop()
         transport = chosen.transport
         stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
-        size = len(request.to_bytes())
+        data = request.to_bytes()
+        size = len(data)
         switched = needs_stream(size, transport, self.udp_max)
         if switched:
             # §18.1.1: MUST go over a congestion-controlled transport, Via rewritten to match.
@@ -245,10 +248,16 @@ class SipStack:
             transport = Transport.TCP
             chosen = Target(Transport.TCP, chosen.host, chosen.port, None)
             stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
+            data = request.to_bytes()
         key = self.layer.send_request(request, chosen.flow(), loop.time())
         future: asyncio.Future[Response] = loop.create_future()
         self._waiters[key] = future
-        self._pump()
+        # The first transmission sends the bytes just measured instead of serialising again.
+        self._encoded = (request, data)
+        try:
+            self._pump()
+        finally:
+            self._encoded = None
         try:
             return await future
         except TransportError as exc:
@@ -338,7 +347,12 @@ class SipStack:
     def _transmit(self, outgoing: Outgoing) -> None:
         flow = outgoing.flow
         try:
-            data = outgoing.message.to_bytes()
+            encoded = self._encoded
+            if encoded is not None and encoded[0] is outgoing.message:
+                data = encoded[1]
+                self._encoded = None
+            else:
+                data = outgoing.message.to_bytes()
             if isinstance(outgoing.message, Response) and flow.reliable and not self.transports.is_open(flow):
                 flow = _reconnect_flow(outgoing.message, flow)
             self.transports.send(data, flow)

@@ -107,13 +107,19 @@ def build_request(
     to_addr = to if isinstance(to, NameAddr) else NameAddr.parse(to)
     if to_addr.tag is not None:
         raise LocalProtocolError("an out-of-dialog request must not carry a To tag (§8.1.1.2)")
-    if from_addr.tag is None:
-        from_addr = from_addr.with_tag(from_tag or new_tag())
+    if from_addr.tag is not None:
+        from_text = str(from_addr)
+    elif from_tag is None and "tag" not in from_addr.params:
+        # A fresh tag (hex) goes last: the same text with_tag() would format, without
+        # formatting our own (usually the same) From again for every request.
+        from_text = f"{_name_addr_text(from_addr)};tag={new_tag()}"
+    else:
+        from_text = str(from_addr.with_tag(from_tag or new_tag()))
     rows: list[tuple[str, str]] = [(name, value) for name, value in (("Route", r) for r in route)]
     rows += [
         ("Max-Forwards", str(max_forwards)),
-        ("From", str(from_addr)),
-        ("To", str(to_addr)),
+        ("From", from_text),
+        ("To", _name_addr_text(to_addr)),
         ("Call-ID", call_id or new_call_id()),
         ("CSeq", f"{cseq} {method}"),
     ]
@@ -126,6 +132,33 @@ def build_request(
     if content_type is not None:
         rows.append(("Content-Type", content_type))
     return Request(method, request_uri, rows, body)
+
+
+# NameAddr -> its text, for the values requests are built from again and again (our own From,
+# a peer's To whose Uri the core shares between parses). Keyed by identity, holding the object
+# so the id cannot be reused while the entry lives; NameAddr and Uri are immutable.
+_TEXT_CACHE: dict[int, tuple[object, str]] = {}
+_TEXT_CACHE_MAX = 256
+
+
+def _name_addr_text(addr: NameAddr) -> str:
+    if addr.display_name is None and not addr.params:
+        # <uri>: as NameAddr.__str__ writes it, cached by the (shared) Uri object
+        key: object = addr.uri
+        entry = _TEXT_CACHE.get(id(key))
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        text = f"<{addr.uri}>"
+    else:
+        key = addr
+        entry = _TEXT_CACHE.get(id(key))
+        if entry is not None and entry[0] is key:
+            return entry[1]
+        text = str(addr)
+    if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
+        _TEXT_CACHE.clear()
+    _TEXT_CACHE[id(key)] = (key, text)
+    return text
 
 
 def stamp_via(request: Request, transport: Transport, sent_by: Address, *, rport: bool = True,

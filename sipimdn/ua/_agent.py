@@ -75,7 +75,7 @@ from ..uri import Uri
 from . import _wire
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
 from ._dedup import DuplicateCache
-from ._pacing import DestinationQueue
+from ._pacing import DestinationKey, DestinationQueue
 from ._persist import StoreWriter
 from ._register import RegistrationDriver, contacts_for, settings_for
 from .incoming import IncomingMessage
@@ -409,6 +409,8 @@ class UserAgent:
         when they expire, and an expired row is neither loaded nor kept (the
         store skips it on load and the periodic purge removes it).
         """
+        if not ops:
+            return ops
         volatile = self._volatile_seen
         return [op for op in ops if not _droppable(op, volatile)]
 
@@ -598,10 +600,13 @@ class UserAgent:
     def _keep_seen_in_memory(self, tracker: DispositionTracker, message_id: str) -> str | None:
         """Mark the dedup entry just made for ``message_id`` as not to be written; return its key."""
         ops = tracker.writes_to_apply()
-        seen = [op.record for op in ops if isinstance(op, Put) and isinstance(op.record, SeenRecord)]
-        key = next((r.key for r in reversed(seen) if r.message_id == message_id), None)
-        if key is not None:
-            self._volatile_seen.add(key)
+        key: str | None = None
+        for op in reversed(ops):  # the entry just made is the last of its kind
+            record = op.record if isinstance(op, Put) else None
+            if isinstance(record, SeenRecord) and record.message_id == message_id:
+                key = record.key
+                self._volatile_seen.add(key)
+                break
         self._writer.submit(self._persistable(ops))
         return key
 
@@ -942,7 +947,8 @@ class UserAgent:
         stack = self._require_stack()
         target = _wire.target_for(self.config, to, transport)
         queue = self._queue
-        await queue.acquire(key)
+        turn = DestinationKey(key)
+        await queue.acquire(turn)
         try:
             # Inside the turn: a request queued behind a challenged one goes out with the
             # credentials that one just learned, instead of being challenged too.
@@ -980,14 +986,17 @@ class UserAgent:
                     raise _AuthRefused(error, response) from None
                 request = _wire.with_authorization(request, headers, next_cseq=True)
         finally:
-            queue.release(key)
+            queue.release(turn)
 
 
 def _droppable(op: StoreOp, volatile: set[str]) -> bool:
     """True for a write a restart does not need (see ``UserAgent._persistable``)."""
+    if type(op) is Put:
+        record = op.record
+        return type(record) is SeenRecord and record.key in volatile
     if isinstance(op, Delete):
         return op.table == "seen"
-    record = op.record
+    record = op.record  # a Put subclass, should there ever be one
     return isinstance(record, SeenRecord) and record.key in volatile
 
 

@@ -20,7 +20,33 @@ from collections import deque
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
-__all__ = ["DestinationQueue"]
+__all__ = ["DestinationKey", "DestinationQueue"]
+
+
+class DestinationKey:
+    """A hashable destination (a :class:`~sipimdn.uri.Uri`) whose hash is computed once.
+
+    A Uri hashes by its RFC 3261 §19.1.4 comparison key, rebuilt on every
+    call; a turn costs several dictionary operations on its key. Equal when
+    the wrapped values are equal.
+    """
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: Hashable) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return isinstance(other, DestinationKey) and self._hash == other._hash and self.value == other.value
+
+    def __repr__(self) -> str:
+        return f"DestinationKey({self.value!r})"
 
 
 class DestinationQueue:
