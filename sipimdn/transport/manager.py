@@ -265,6 +265,7 @@ class TransportManager:
             on_message=self._stream_message, on_bad_message=self._user.stream_message_failed,
             on_lost=self._lost,
             on_made=self._accepted if inbound else None, transaction_window=_TRANSACTION_WINDOW,
+            call_soon=loop.call_soon,
         )
         if not inbound:  # inbound ones count once accepted: a failed TLS handshake never gets there
             self._all.add(connection)

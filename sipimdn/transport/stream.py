@@ -8,6 +8,14 @@ It also keeps what the manager needs to decide which connection may be closed un
 when the message being received started (a slowloris trickles one forever), and how many requests
 crossed it without their final response yet (a connection carrying a transaction is not idle).
 The requests are counted, not matched to transactions: the transport sees only bytes going out.
+
+Writes are coalesced when the owner gives a ``call_soon`` (the manager does): what is sent during
+one turn of the event loop is queued and written with one ``transport.write`` at the end of the
+``data_received`` that caused it, or by a callback scheduled at the first queued send, or at once
+when ``COALESCE_BYTES`` are queued. On TLS each write costs a pass through asyncio's SSL protocol,
+a TLS record and a ``send`` system call; answering a burst of pipelined requests one write each
+took about a third of the bare stack's CPU per message. Order is kept (every byte goes through
+the one queue), and the ``max_buffered`` cap counts queued bytes with the transport's unsent ones.
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ from .flow import Address, Flow, Transport
 if TYPE_CHECKING:
     from ..message import Response
 
-__all__ = ["StreamConnection"]
+__all__ = ["COALESCE_BYTES", "StreamConnection"]
 
 log = logging.getLogger(__name__)
+
+#: Queued bytes that are written at once rather than at the end of the loop turn: a bound on the
+#: memory held back and on how long the first answer of a large burst waits for the last.
+COALESCE_BYTES = 65536
 
 
 def _address(raw: object) -> Address | None:
@@ -52,6 +64,9 @@ class StreamConnection(asyncio.Protocol):
 
     Outbound connections exist (``connected`` False) while connecting; what is sent meanwhile is
     queued, within the same byte cap, and flushed once the connection is made.
+
+    ``call_soon`` (``loop.call_soon``) turns write coalescing on (see the module docstring);
+    without it every ``send`` is written through at once.
     """
 
     def __init__(self, transport_kind: Transport, *, remote: Address, server_name: str | None,
@@ -60,7 +75,8 @@ class StreamConnection(asyncio.Protocol):
                  on_bad_message: Callable[[bytes | None, SipParseError, Flow], None],
                  on_lost: Callable[[StreamConnection, TransportError | None], None],
                  on_made: Callable[[StreamConnection], None] | None = None,
-                 transaction_window: float = 32.0) -> None:
+                 transaction_window: float = 32.0,
+                 call_soon: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.kind = transport_kind
         self.flow = Flow(transport_kind, remote, None, server_name)
         self.connected = False
@@ -73,8 +89,11 @@ class StreamConnection(asyncio.Protocol):
         self._on_lost = on_lost
         self._on_made = on_made
         self._transport: asyncio.Transport | None = None
+        # Bytes not yet handed to the transport: queued while connecting, or coalesced.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._call_soon = call_soon
+        self._flush_scheduled = False
         self._error: TransportError | None = None
         self._reported = False
         self.last_activity = now()
@@ -93,8 +112,12 @@ class StreamConnection(asyncio.Protocol):
         a message half received, or a request that crossed it within ``transaction_window``
         seconds (64*T1) still without a final response. Past that window no non-INVITE
         transaction is alive, so a request never answered does not pin the connection for ever."""
-        if not self.connected or self._pending:
+        if not self.connected:
             return True
+        if self._pending:
+            # Coalesced bytes waiting for the end of the loop turn: hand them over now and judge
+            # by what the transport could not send, as if they had been written at once.
+            self._flush()
         if self._transport is not None and self._transport.get_write_buffer_size():
             return True
         if self._framer.buffered:
@@ -121,18 +144,43 @@ class StreamConnection(asyncio.Protocol):
             self._unanswered_out += 1
         elif kind < 0 and self._unanswered_in:
             self._unanswered_in -= 1
-        if self._transport is None:
+        transport = self._transport
+        if transport is None:
             if self._pending_bytes + len(data) > self._max_buffered:
                 raise TransportError(f"more than {self._max_buffered} bytes queued for {self._peer()}")
             self._pending.append(data)
             self._pending_bytes += len(data)
             return
-        if self._transport.get_write_buffer_size() + len(data) > self._max_buffered:
+        queued = self._pending_bytes + len(data)
+        if transport.get_write_buffer_size() + queued > self._max_buffered:
             # The peer stopped reading; holding more would let it grow our memory without bound.
             error = TransportError(f"{self._peer()} is not reading: over {self._max_buffered} bytes unsent")
             self.abort(error)
             raise error
-        self._transport.write(data)
+        if self._call_soon is None:
+            transport.write(data)
+            return
+        self._pending.append(data)
+        self._pending_bytes = queued
+        if queued >= COALESCE_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand every queued byte to the transport in one write (nothing while not connected)."""
+        transport = self._transport
+        pending = self._pending
+        if transport is None or not pending:
+            return
+        self._pending = []
+        self._pending_bytes = 0
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
         """Close gracefully (after flushing what is buffered); nobody is told of an error."""
@@ -140,6 +188,7 @@ class StreamConnection(asyncio.Protocol):
             return
         self.closed = True
         if self._transport is not None:
+            self._flush()  # what was sent before the close goes out before it
             self._transport.close()
         else:
             self._report(None)
@@ -150,6 +199,8 @@ class StreamConnection(asyncio.Protocol):
             return
         self.closed = True
         self._error = error
+        self._pending.clear()
+        self._pending_bytes = 0
         if self._transport is not None:
             self._transport.abort()  # connection_lost follows and reports
         else:
@@ -158,6 +209,7 @@ class StreamConnection(asyncio.Protocol):
     def connect_failed(self, error: TransportError) -> None:
         """The manager's connect attempt failed: report and forget what was queued."""
         self._pending.clear()
+        self._pending_bytes = 0
         self.closed = True
         self._report(error)
 
@@ -188,6 +240,9 @@ class StreamConnection(asyncio.Protocol):
             self._on_made(self)
             if self.closed:
                 return
+        if self._call_soon is not None:
+            self._flush()
+            return
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         for data in pending:
             transport.write(data)
@@ -195,6 +250,11 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:  # closing after a framing error: the rest of the stream is noise
             return
+        self._receive(data)
+        if self._pending and not self.closed:
+            self._flush()  # the answers given inline to what this chunk held, in one write
+
+    def _receive(self, data: bytes) -> None:
         now = self.last_activity = self._now()
         framer = self._framer
         if not framer.buffered:
@@ -222,7 +282,7 @@ class StreamConnection(asyncio.Protocol):
             self.message_started = None
             if isinstance(event, KeepAliveReceived):
                 if event.is_ping and self._transport is not None:
-                    self._transport.write(b"\r\n")  # RFC 5626 §4.4.1: answer a ping with a pong
+                    self._write_pong()
                 continue
             if isinstance(event, Request):
                 if event.method != "ACK":
@@ -233,6 +293,15 @@ class StreamConnection(asyncio.Protocol):
             self._on_message(event, self.flow)
             if self.closed:
                 return
+
+    def _write_pong(self) -> None:
+        """RFC 5626 §4.4.1: answer a ping with a pong, in order with what is queued."""
+        assert self._transport is not None
+        if self._call_soon is None:
+            self._transport.write(b"\r\n")
+        else:
+            self._pending.append(b"\r\n")
+            self._pending_bytes += 2  # flushed when data_received returns
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; a half-open SIP connection is of no use
@@ -247,4 +316,6 @@ class StreamConnection(asyncio.Protocol):
         if self._framer.buffered:
             log.info("%s connection from %s ended in the middle of a message", self.kind.value, self._peer())
         self.closed = True
+        self._pending.clear()  # nowhere to write them now
+        self._pending_bytes = 0
         self._report(error)
