@@ -549,7 +549,7 @@ class _Line:
     value checks and header object are computed once.
     """
 
-    __slots__ = ("checked", "header", "name", "notes", "params", "prefix", "value")
+    __slots__ = ("checked", "header", "name", "notes", "ns", "params", "prefix", "value")
 
     def __init__(
         self, prefix: str | None, name: str, params: tuple[tuple[str, str], ...], value: str, notes: list[str]
@@ -564,6 +564,8 @@ class _Line:
         """True once ``_check_core_header`` passed (it depends on the name and value only)."""
         self.header: CpimHeader | None = None
         """The last header built from this line (reused while the namespace is the same)."""
+        self.ns: tuple[str | None, str] | None = None
+        """For an NS line of the core namespace: its checked (prefix, URI) binding."""
 
 
 # Bounded, and keyed by short lines only, so peers cannot pin memory with it;
@@ -622,7 +624,13 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
             )
         if namespace == CPIM_NS:
             if line.name == "NS":
-                default_ns = _apply_ns(header, prefixes, default_ns)
+                binding = line.ns
+                if binding is None:
+                    binding = line.ns = _ns_binding(header)
+                if binding[0] is None:
+                    default_ns = binding[1]
+                else:
+                    prefixes[binding[0]] = binding[1]
             elif not line.checked:
                 _check_core_header(header, line.notes)
                 line.checked = True
@@ -632,8 +640,8 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
     return tuple(out)
 
 
-def _apply_ns(h: CpimHeader, prefixes: dict[str, str], default_ns: str) -> str:
-    """Check an NS header and apply its binding; return the default namespace now in force."""
+def _ns_binding(h: CpimHeader) -> tuple[str | None, str]:
+    """Check an NS header; return its binding ``(prefix or None for the default, URI)``."""
     value = h.value.rstrip(" ")
     m = _grammar.NS_VALUE_RE.fullmatch(value)
     if m is None:
@@ -641,10 +649,8 @@ def _apply_ns(h: CpimHeader, prefixes: dict[str, str], default_ns: str) -> str:
     uri = m.group("uri")
     if "#" in uri:
         raise CpimError(f"namespace URI must not have a fragment (RFC 3862 §3.4): {uri!r}")
-    if m.group("prefix") is None:
-        return uri
-    prefixes[m.group("prefix")] = uri
-    return default_ns
+    prefix: str | None = m.group("prefix")
+    return prefix, uri
 
 
 def _check_core_header(h: CpimHeader, lenient: list[str]) -> None:
