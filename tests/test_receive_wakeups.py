@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
+from ua_helpers import RawPeer, ua_config
+
+from sipimdn import UserAgent
 from sipimdn.dialog.factory import build_request
 from sipimdn.dialog.transaction import TimerConfig
 from sipimdn.errors import TransactionTimeout
 from sipimdn.headers import NameAddr
+from sipimdn.imdn import build_im
 from sipimdn.stack import SipStack
 from sipimdn.store import MemoryStore, PeerRecord, Put, StoreOp
+from sipimdn.ua import IncomingMessage
 from sipimdn.ua._deadline import DeadlineQueue
 from sipimdn.ua._persist import StoreWriter
 from sipimdn.uri import Uri
@@ -168,3 +174,43 @@ async def test_when_written_calls_back_after_the_batch_in_order_without_a_task()
     await writer.close()
     writer.when_written(lambda: calls.append("closed"))
     assert calls[-1] == "closed"
+
+
+async def _send_ims(bob: UserAgent, raw: RawPeer, ids: list[str]) -> list[int]:
+    host, port = bob.endpoints[0].host, bob.endpoints[0].port
+    sender = f"sip:raw@{raw.address[0]}:{raw.address[1]}"
+    statuses = []
+    for message_id in ids:
+        im = build_im(from_=sender, to=bob.aor, body=b"x", now=time.time(), message_id=message_id)
+        body = im.to_bytes()
+        data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type="message/cpim", body=body)
+        statuses.append((await raw.transact(data, branch, (host, port))).status_code)
+    return statuses
+
+
+async def test_handler_tasks_leave_the_tracking_sets_however_they_end() -> None:
+    raw = await RawPeer.open()
+    try:
+        async with UserAgent(ua_config("bob", handler_deadline=0.2)) as bob:
+            release = asyncio.Event()
+
+            @bob.on_message
+            async def handler(message: IncomingMessage) -> int:
+                if message.message_id == "boom":
+                    raise RuntimeError("handler bug")
+                if message.message_id == "slow":
+                    await release.wait()
+                return 202 if message.message_id == "queued" else 200
+
+            assert await _send_ims(bob, raw, ["ok", "queued", "boom", "slow"]) == [200, 202, 500, 202]
+            # "slow" missed its deadline (the stack answered deadline_status) and still runs: tracked, but no
+            # longer protocol work; the others are gone from both sets.
+            assert len(bob._tasks) == 1 and not bob._wire_tasks
+            release.set()
+            for _ in range(100):
+                if not bob._tasks:
+                    break
+                await asyncio.sleep(0.01)
+            assert not bob._tasks and not bob._wire_tasks
+    finally:
+        raw.close()

@@ -674,13 +674,15 @@ class UserAgent:
             # Nobody to deliver to: not delivered (RFC 3428 §7, 4xx = not delivered).
             self._answer(pending, HandlerOutcome(Decision(480, "No Application"), by_handler=False))
             return
-        task = self.spawn(self._run_handlers(handlers, message, pending))
+        # Tracked like spawn()'s tasks, but the coroutine leaves both sets itself as it ends
+        # (see _run_handlers): two done callbacks, each a loop callback, saved per message.
+        task = asyncio.get_running_loop().create_task(self._run_handlers(handlers, message, pending))
         if task.done():  # pragma: no cover - only with an eager task factory (3.12+)
             return
         pending.task = task
+        self._tasks.add(task)
         # An answer being decided is protocol work: close() gives it close_grace.
         self._wire_tasks.add(task)
-        task.add_done_callback(self._wire_tasks.discard)
         if self._deadlines is None:
             self._deadlines = DeadlineQueue(
                 self.config.handler_deadline, self._deadline_passed, settled=_answered
@@ -693,32 +695,44 @@ class UserAgent:
         # The handler is awaited here, in the one task of this message, and the answer is
         # sent from the same step that sees its result: no task per handler, no
         # asyncio.wait and no per-message timer (the deadline is a DeadlineQueue entry).
+        # The task leaves the tracking sets itself as it ends (no done callbacks, see _decide).
         try:
-            if len(handlers) == 1:
-                result: object = await handlers[0](message)
-            else:
-                results = await asyncio.gather(*(handler(message) for handler in handlers))
-                decisions = [_wire.as_decision(r) for r in results]
-                refusals = [d for d in decisions if not 200 <= d.status < 300]
-                result = (
-                    refusals[0]
-                    if refusals
-                    else next((d for d in decisions if d.status == 202), decisions[0])
-                )
-        except asyncio.CancelledError:
-            if not self._closed:  # closing: the stack is going away, nothing more is answered
-                self._answer(pending, HandlerOutcome(Decision(500, "Handler Cancelled"), by_handler=False))
-            raise
-        except Exception as exc:
+            try:
+                if len(handlers) == 1:
+                    result: object = await handlers[0](message)
+                else:
+                    results = await asyncio.gather(*(handler(message) for handler in handlers))
+                    decisions = [_wire.as_decision(r) for r in results]
+                    refusals = [d for d in decisions if not 200 <= d.status < 300]
+                    result = (
+                        refusals[0]
+                        if refusals
+                        else next((d for d in decisions if d.status == 202), decisions[0])
+                    )
+            except asyncio.CancelledError:
+                if not self._closed:  # closing: the stack is going away, nothing more is answered
+                    cancelled = HandlerOutcome(Decision(500, "Handler Cancelled"), by_handler=False)
+                    self._answer(pending, cancelled)
+                raise
+            except Exception as exc:
+                if pending.answered:
+                    _log.error("on_message handler failed after its deadline", exc_info=exc)
+                else:
+                    self._answer(pending, outcome_of(None, exc))
+                return
+            except BaseException as exc:
+                # What spawn()'s done callback logs for other tasks (a handler's SystemExit, say).
+                _log.error("on_message handler task failed", exc_info=exc)
+                raise
             if pending.answered:
-                _log.error("on_message handler failed after its deadline", exc_info=exc)
+                _log.info("on_message handler decided %r after its deadline; the stack had answered", result)
             else:
-                self._answer(pending, outcome_of(None, exc))
-            return
-        if pending.answered:
-            _log.info("on_message handler decided %r after its deadline; the stack had answered", result)
-        else:
-            self._answer(pending, outcome_of(result, None))
+                self._answer(pending, outcome_of(result, None))
+        finally:
+            task = pending.task
+            if task is not None:
+                self._tasks.discard(task)
+                self._wire_tasks.discard(task)
 
     def _deadline_passed(self, pending: _Pending) -> None:
         if pending.answered:
