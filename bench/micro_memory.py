@@ -6,9 +6,11 @@
 ``tracker``: one :class:`~sipimdn.imdn.tracker.DispositionTracker` holding ``count`` sent
 messages that were answered 200 and still await their delivery and display notifications,
 then (fresh tracker) ``count`` received messages answered 200 whose delivered IMDN went out and
-whose display notification is still owed (the receiver's side). RSS growth divided by the
-count is the memory per tracked message (the tracker's write-behind queue is drained, as the
-user agent does, so only the tracker's own state is counted).
+whose display notification is still owed (the receiver's side), once with a bare sender URI
+and once shaped as the user agent passes them (name-addr CPIM From, SIP From, CPIM To, a
+DateTime each: ``received_ua_shaped_bytes_per_message``). RSS growth divided by the count is
+the memory per tracked message (the tracker's write-behind queue is drained, as the user
+agent does, so only the tracker's own state is counted).
 
 ``store``: :class:`~sipimdn.store.SqliteStore` on a file filled with ``count`` sent records
 (in transactions of 1,000 operations, as the UA's writer batches them): insert rate, RSS
@@ -76,19 +78,52 @@ def tracker_memory(count: int) -> dict[str, Any]:
     del tracker
     gc.collect()
 
+    received_bytes, owed = _received_memory(count, now, ua_shaped=False)
+    ua_shaped_bytes, _ = _received_memory(count, now, ua_shaped=True)
+    return {
+        "count": count,
+        "sent_bytes_per_message": sent_bytes,
+        "sent_state": str(sent_check.recipients[0].state) if sent_check else None,
+        "received_bytes_per_message": received_bytes,
+        "received_ua_shaped_bytes_per_message": ua_shaped_bytes,
+        "delivered_imdns_owed_and_acknowledged": owed,
+    }
+
+
+def _received_memory(count: int, now: float, *, ua_shaped: bool) -> tuple[float, int]:
+    """RSS per received message still owed its display notification; and the IMDNs acknowledged.
+
+    ``ua_shaped``: the inputs the user agent passes, each a string of its own as the parser
+    makes them: CPIM From as a name-addr (so its identity key is a string apart), SIP From
+    URI, CPIM To, and a DateTime per message. Otherwise a bare sender URI and one shared
+    DateTime (the target's original measurement, kept for comparison across runs).
+    """
+    gc.collect()
     base = _rss()
     tracker = DispositionTracker(TrackerConfig(rate_limit=10**9), now=now)
     owed = 0
     for i in range(count):
         message_id = f"r{i:08d}x{random.getrandbits(64):016x}"
-        sender = f"sip:user{i}@example.com"
-        tracker.record_received(
-            message_id=message_id,
-            sender=sender,
-            now=now,
-            requested={"positive-delivery", "display"},
-            datetime="2026-06-15T10:00:00Z",
-        )
+        if ua_shaped:
+            sender = f"<sip:user{i}@example.com>"
+            tracker.record_received(
+                message_id=message_id,
+                sender=sender,
+                now=now,
+                requested={"positive-delivery", "display"},
+                sip_from=f"sip:user{i}@example.com",
+                recipient="".join(("<sip:me", "@example.org>")),  # our URI, parsed anew each time
+                datetime=f"2026-06-15T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z",
+            )
+        else:
+            sender = f"sip:user{i}@example.com"
+            tracker.record_received(
+                message_id=message_id,
+                sender=sender,
+                now=now,
+                requested={"positive-delivery", "display"},
+                datetime="2026-06-15T10:00:00Z",
+            )
         tracker.message_answered(message_id, sender, 200, now)
         while (event := tracker.next_event()) is not None:
             notification = getattr(event, "notification", None)
@@ -99,14 +134,7 @@ def tracker_memory(count: int) -> dict[str, Any]:
             _drain(tracker)
     _drain(tracker)
     gc.collect()
-    received_bytes = (_rss() - base) / count
-    return {
-        "count": count,
-        "sent_bytes_per_message": sent_bytes,
-        "sent_state": str(sent_check.recipients[0].state) if sent_check else None,
-        "received_bytes_per_message": received_bytes,
-        "delivered_imdns_owed_and_acknowledged": owed,
-    }
+    return (_rss() - base) / count, owed
 
 
 def store_scale(count: int, path: Path) -> dict[str, Any]:

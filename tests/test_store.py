@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from sipimdn.store import (
     RecipientRecord,
     SeenRecord,
     SentRecord,
+    SharedValues,
     SqliteStore,
     Store,
     record_from_json,
@@ -260,3 +262,46 @@ def test_sqlite_corrupt_row_is_a_store_error(tmp_path: Path) -> None:
 def test_sqlite_unopenable_path(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         SqliteStore(str(tmp_path / "missing-dir" / "x.db"))
+
+
+# --- values shared across the records of one load --------------------------------------------------------
+
+
+def test_json_round_trip_with_shared_values_keeps_values_and_types() -> None:
+    shared = SharedValues()
+    records = every_kind()
+    # Ints, bools and floats that compare equal (1, True, 1.0) must each keep their own type.
+    tricky = replace(owed(), attempts=1, in_flight=True, next_attempt_at=1.0, created_at=1.0)
+    for record in (*records, tricky):
+        again = record_from_json(record.TABLE, record_to_json(record), shared)
+        assert again == record
+        assert _types(again) == _types(record)
+
+
+def test_sqlite_load_shares_equal_values(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    with_seen = [*every_kind(), received("m2"), SeenRecord("sip:alice@a", "m2", 200, 100.0)]
+    writer = SqliteStore(path)
+    writer.apply([Put(r) for r in with_seen])
+    writer.close()
+    store = SqliteStore(path)
+    snap = store.load(0.0)
+    store.close()
+    assert {*snap.sent, *snap.owed, *snap.received, *snap.seen, *snap.peers} == set(with_seen)
+    [first, second] = sorted(snap.received, key=lambda r: r.message_id)
+    seen = {s.message_id: s for s in snap.seen}
+    # What a message's dedup entry and received record have in common is one object.
+    assert seen["m2"].message_id is second.message_id and seen["m2"].sender_key is second.sender_key
+    assert seen["m2"].expires_at is second.expires_at
+    # And what repeats across messages.
+    assert first.requested is second.requested and first.recipient is second.recipient
+    assert first.sender_key is second.sender_key is snap.owed[0].sender_key
+    assert first.sip_from is first.sender_key  # equal text: one string
+
+
+def _fields(record: AnyRecord) -> dict[str, object]:
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _types(record: AnyRecord) -> list[tuple[str, type]]:
+    return [(name, type(value)) for name, value in _fields(record).items()]

@@ -82,6 +82,7 @@ import contextlib
 import functools
 import heapq
 import ipaddress
+import itertools
 import re
 import secrets
 from collections import deque
@@ -539,6 +540,13 @@ def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
     their text lower-cased without parameters. Returns None for text that is
     not a URI, which then matches nothing.
     """
+    key = _identity(uri, compare_ports)
+    # A URI already in normal form (the common case) gives back the caller's own string, so a
+    # record that keeps both the URI and its key (a received message's sender) holds one object.
+    return uri if key == uri and type(uri) is str else key
+
+
+def _identity(uri: str | None, compare_ports: bool) -> str | None:
     if uri is None:
         return None
     text = uri.strip()
@@ -629,9 +637,23 @@ def _notification_kind(kind: object) -> str | None:
 _SENT, _OWED, _RECEIVED, _SEEN, _PEER = "sent", "owed", "received", "seen", "peer"
 _DECLINED = "declined"
 _POSITIVE = frozenset({"positive-delivery", "display"})
+#: Every sorted combination of request tokens, each one tuple object: a record keeps its
+#: requested kinds by reference to one of these instead of a tuple of its own (memory per
+#: tracked message; see :func:`_shared_kinds`).
+_KIND_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {
+    combo: combo
+    for size in range(len(REQUEST_KINDS) + 1)
+    for combo in itertools.combinations(sorted(REQUEST_KINDS), size)
+}
 #: The C6 limiter drops idle originators once it holds more than this many (or twice what
 #: survived the last pruning).
 _RATE_PRUNE_MIN = 4 * 4096
+#: The timer heap is never swept of stale entries while it holds at most this many.
+_HEAP_SWEEP_MIN = 4096
+#: Most distinct CPIM To / Original-To strings kept for sharing between received records.
+_COMMON_TEXTS_MAX = 256
+#: Dedup entries and received records share one key space (and usually one deadline).
+_RECEIVED_SPACE = (_SEEN, _RECEIVED)
 
 
 class DispositionTracker:
@@ -656,16 +678,24 @@ class DispositionTracker:
         self._sent: dict[str, SentRecord] = {}
         self._owed: dict[str, OwedRecord] = {}
         self._received: dict[str, ReceivedRecord] = {}
-        # Message-ID -> received keys (a tuple: almost always one sender per Message-ID).
-        self._received_by_id: dict[str, tuple[str, ...]] = {}
+        # Message-ID -> received key, or a tuple of them: almost always one sender per
+        # Message-ID, so the key itself (no 1-tuple per tracked message).
+        self._received_by_id: dict[str, str | tuple[str, ...]] = {}
         self._seen: dict[str, SeenRecord] = {}
         self._peers: dict[str, PeerRecord] = {}
         self._events: deque[TrackerEvent] = deque()
         self._writes: list[StoreOp] = []
+        # Timers: (deadline, seq, table, key). An entry goes stale (is skipped) when its record is
+        # deleted or gets another deadline; stale entries are dropped when they reach the top
+        # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
+        # may have made an entry stale since the last sweep (an upper bound on stale entries).
         self._heap: list[tuple[float, int, str, str]] = []
+        self._unswept = 0
         self._seq = 0
         # C6: originator key -> times of the notifications generated for it within the window.
-        self._rate: dict[str, deque[float]] = {}
+        self._rate: dict[str, float | list[float]] = {}
+        # Received messages' CPIM To / Original-To values, one object each (_common_text).
+        self._common: dict[str, str] = {}
         self._rate_prune_at = _RATE_PRUNE_MIN
         self._tables: dict[str, dict[str, Any]] = {
             _SENT: self._sent,
@@ -691,7 +721,7 @@ class DispositionTracker:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
         heap = self._heap
-        while heap and self._deadline(heap[0][2], heap[0][3]) != heap[0][0]:
+        while heap and not self._live(*heap[0]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -699,13 +729,19 @@ class DispositionTracker:
         """Run everything due at or before ``now``: expiries, retries, give-ups, housekeeping."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, table, key = heapq.heappop(heap)
-            if self._deadline(table, key) != when:
+            when, seq, table, key = heapq.heappop(heap)
+            if not self._live(when, seq, table, key):
                 continue
             if table == _SENT:
                 self._end_tracking(self._sent[key], now, expire=True)
             elif table == _OWED:
                 self._owed_due(self._owed[key], now)
+            elif table in _RECEIVED_SPACE:
+                # One entry may serve a dedup entry and a received record with this deadline:
+                # its own table first (the order the two entries had before they were merged).
+                for name in (table, _RECEIVED if table == _SEEN else _SEEN):
+                    if self._deadline(name, key) == when:
+                        self._delete(name, key)
             else:
                 self._delete(table, key)
 
@@ -765,7 +801,7 @@ class DispositionTracker:
         record = SentRecord(
             message_id=message_id,
             recipients=tuple(entries.values()),
-            requested=tuple(sorted(kinds)),
+            requested=_shared_kinds(kinds),
             intermediaries=hops,
             created_at=now,
             deadline=deadline,
@@ -921,7 +957,10 @@ class DispositionTracker:
         seen = self._seen.get(key)
         if seen is not None:
             return Reception(duplicate=True, previous_status=seen.status, requested=())
-        self._put(SeenRecord(sender_key, message_id, None, now + self.config.dedup_ttl))
+        dedup_expiry = now + self.config.dedup_ttl
+        # The key string is made once here and shared by the dedup entry, the received record's
+        # table slot, the Message-ID index and their timer (memory per tracked message).
+        self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key)
         kinds = sorted({_token(k) for k in requested} & {"positive-delivery", "negative-delivery", "display"})
         if not kinds:
             return Reception(duplicate=False, previous_status=None, requested=())
@@ -956,27 +995,43 @@ class DispositionTracker:
             kinds.remove("display")
             if not kinds:
                 return Reception(duplicate=False, previous_status=None, requested=())
+        requested_kinds = _shared_kinds(kinds)
+        # With the default TTLs both entries expire together: one float object, and one timer
+        # entry serves both (see _put).
+        received_expiry = (
+            dedup_expiry
+            if self.config.received_ttl == self.config.dedup_ttl
+            else now + self.config.received_ttl
+        )
+        # The SIP From is often the very text of the CPIM From or of its key: one object, not
+        # two. The CPIM To and Original-To name us (or a list of ours): the same few values
+        # for every message, each kept once (memory per tracked message).
+        if sip_from == sender:
+            sip_from = sender
+        elif sip_from == sender_key:
+            sip_from = sender_key
         self._put(
             ReceivedRecord(
                 message_id=message_id,
                 sender_key=sender_key,
                 sender=sender,
                 sip_from=sip_from,
-                recipient=recipient,
-                original_recipient=original_recipient,
+                recipient=self._common_text(recipient),
+                original_recipient=self._common_text(original_recipient),
                 datetime=datetime,
                 subject=subject,
-                requested=tuple(kinds),
+                requested=requested_kinds,
                 imdn_route=route,
                 answered_status=None,
                 delivery_owed=None,
                 display_owed=None,
                 display_policy=policy.value,
                 received_at=now,
-                expires_at=now + self.config.received_ttl,
-            )
+                expires_at=received_expiry,
+            ),
+            key=key,
         )
-        return Reception(duplicate=False, previous_status=None, requested=tuple(kinds))
+        return Reception(duplicate=False, previous_status=None, requested=requested_kinds)
 
     def message_answered(self, message_id: str, sender: str, status_code: int, now: float) -> None:
         """Record the final status we answered; a 2xx creates the notifications owed at once.
@@ -990,7 +1045,7 @@ class DispositionTracker:
         key = received_key(sender_key, message_id)
         seen = self._seen.get(key)
         if seen is not None and seen.status is None:
-            self._put(replace(seen, status=status_code))
+            self._put(replace(seen, status=status_code), key=key)
         record = self._received.get(key)
         if record is None or record.answered_status is not None:
             return
@@ -1125,7 +1180,10 @@ class DispositionTracker:
     # --- internals: sender side ----------------------------------------------------------------
 
     def _key(self, uri: str | None) -> str | None:
-        return identity_key(uri, compare_ports=self.config.compare_ports)
+        key = identity_key(uri, compare_ports=self.config.compare_ports)
+        # The cache hands back the first equal string it was given, maybe another message's
+        # that is gone by now; the caller's own (kept in its record) is the one to share.
+        return uri if key is not uri and key == uri and type(uri) is str else key
 
     @staticmethod
     def _entry(record: SentRecord, key: str) -> RecipientRecord | None:
@@ -1287,7 +1345,7 @@ class DispositionTracker:
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:
             return self._received.get(received_key(self._sender_key(sender), message_id))
-        keys = self._received_by_id.get(message_id, ())
+        keys = self._received_keys(message_id)
         if len(keys) > 1:
             raise LocalProtocolError(f"several senders used Message-ID {message_id!r}: name the sender")
         return self._received[keys[0]] if keys else None
@@ -1301,20 +1359,49 @@ class DispositionTracker:
             for s in self._seen.values()
         )
 
+    def _common_text(self, text: str | None) -> str | None:
+        """``text``, or the equal string kept from an earlier message (see record_received)."""
+        if text is None:
+            return None
+        common = self._common
+        kept = common.get(text)
+        if kept is None:
+            if len(common) >= _COMMON_TEXTS_MAX:
+                # Peer-supplied, so bounded: a flood of distinct values costs a fresh start,
+                # never unbounded memory.
+                common.clear()
+            kept = common[text] = text
+        return kept
+
     def _rate_allows(self, peer_key: str, now: float) -> bool:
-        window = self._rate.setdefault(peer_key, deque())
-        while window and window[0] <= now - self.config.rate_window:
-            window.popleft()
-        if len(window) >= self.config.rate_limit:
-            return False
-        window.append(now)
-        if len(self._rate) > self._rate_prune_at:
+        cutoff = now - self.config.rate_window
+        rate = self._rate
+        window = rate.get(peer_key)
+        # An originator's times in the window, oldest first: a bare number while there is one
+        # (the usual case: many originators with one message each awaiting notifications would
+        # otherwise cost a container each), a list from the second on. Times at or before the
+        # cutoff leave from the front, as they came.
+        if isinstance(window, list):
+            stale = 0
+            while stale < len(window) and window[stale] <= cutoff:
+                stale += 1
+            del window[:stale]
+            if len(window) >= self.config.rate_limit:
+                return False
+            window.append(now)
+        elif window is not None and window > cutoff:
+            if self.config.rate_limit <= 1:
+                return False
+            rate[peer_key] = [window, now]
+        else:
+            rate[peer_key] = now
+        if len(rate) > self._rate_prune_at:
             # Keep the limiter's memory bounded by the originators active in one window. The
             # threshold grows with what survives, so many active originators (distinct forged
             # Froms) cost an amortised O(1) per call, not a full scan each time.
-            for key in [k for k, w in self._rate.items() if not w or w[-1] <= now - self.config.rate_window]:
-                del self._rate[key]
-            self._rate_prune_at = max(_RATE_PRUNE_MIN, 2 * len(self._rate))
+            for key in [k for k, w in rate.items() if _latest(w) <= cutoff]:
+                del rate[key]
+            self._rate_prune_at = max(_RATE_PRUNE_MIN, 2 * len(rate))
         return True
 
     def _owe(self, record: ReceivedRecord, kind: str, status: str, now: float) -> ReceivedRecord:
@@ -1423,38 +1510,94 @@ class DispositionTracker:
         record = self._tables[table].get(key)
         return None if record is None else _deadline_of(record)
 
-    def _put(self, record: AnyRecord, *, write: bool = True) -> None:
-        table = self._tables[record.TABLE]
-        key = record.key
+    def _live(self, when: float, seq: int, table: str, key: str) -> bool:
+        """Whether a timer entry still stands for a record (else it is stale and skipped)."""
+        if self._deadline(table, key) == when:
+            return True
+        # A dedup entry and a received record of one key and deadline share one entry.
+        return (
+            table in _RECEIVED_SPACE and self._deadline(_RECEIVED if table == _SEEN else _SEEN, key) == when
+        )
+
+    def _put(self, record: AnyRecord, *, write: bool = True, key: str | None = None) -> None:
+        """Store ``record`` in its table; ``key`` (equal to ``record.key``) shares that string."""
+        name = record.TABLE
+        table = self._tables[name]
+        if key is None:
+            key = record.key
         old = table.get(key)
         table[key] = record
         if isinstance(record, ReceivedRecord) and old is None:
-            keys = self._received_by_id.get(record.message_id, ())
-            if key not in keys:
-                self._received_by_id[record.message_id] = (*keys, key)
+            self._index_received(record.message_id, key)
         if write:
             self._writes.append(Put(record))
         deadline = _deadline_of(record)
-        if old is None or _deadline_of(old) != deadline:
-            self._seq += 1
-            heapq.heappush(self._heap, (deadline, self._seq, record.TABLE, key))
+        if old is not None:
+            if _deadline_of(old) == deadline:
+                return
+            self._unswept += 1
+        if name in _RECEIVED_SPACE:
+            # The dedup entry and the received record of one message usually expire together:
+            # the timer entry of the one already there serves both (memory per tracked message).
+            other = self._deadline(_RECEIVED if name == _SEEN else _SEEN, key)
+            if other == deadline:
+                return
+        self._push(deadline, name, key)
+
+    def _push(self, deadline: float, table: str, key: str) -> None:
+        self._seq += 1
+        heap = self._heap
+        heapq.heappush(heap, (deadline, self._seq, table, key))
+        if self._unswept * 4 > len(heap) > _HEAP_SWEEP_MIN:
+            # Entries of records deleted or rescheduled long before their deadline (notifications
+            # acknowledged at once, messages settled early) would otherwise stay until then. The
+            # sweep keeps the live ones, whose (deadline, seq) order is unchanged. It runs after
+            # at least a quarter of the heap's length in deletions and reschedules since the
+            # last one (never during a restore, which deletes nothing): amortised O(1) each.
+            heap[:] = [entry for entry in heap if self._live(*entry)]
+            heapq.heapify(heap)
+            self._unswept = 0
+
+    def _index_received(self, message_id: str, key: str) -> None:
+        index = self._received_by_id
+        keys = index.get(message_id)
+        if keys is None:
+            index[message_id] = key
+        elif isinstance(keys, str):
+            if keys != key:
+                index[message_id] = (keys, key)
+        elif key not in keys:
+            index[message_id] = (*keys, key)
+
+    def _received_keys(self, message_id: str) -> tuple[str, ...]:
+        keys = self._received_by_id.get(message_id, ())
+        return (keys,) if isinstance(keys, str) else keys
 
     def _delete(self, table: str, key: str) -> None:
         record = self._tables[table].pop(key, None)
         if record is None:
             return
+        self._unswept += 1
         if isinstance(record, ReceivedRecord):
-            rest = tuple(k for k in self._received_by_id.get(record.message_id, ()) if k != key)
-            if rest:
+            rest = tuple(k for k in self._received_keys(record.message_id) if k != key)
+            if len(rest) > 1:
                 self._received_by_id[record.message_id] = rest
+            elif rest:
+                self._received_by_id[record.message_id] = rest[0]
             else:
                 self._received_by_id.pop(record.message_id, None)
         self._writes.append(Delete(table, key))
 
     def _restore(self, snapshot: Snapshot, now: float) -> None:
         records: list[AnyRecord] = [*snapshot.sent, *snapshot.received, *snapshot.seen, *snapshot.peers]
+        # A message's received record and dedup entry have equal keys: one string for both (the
+        # table slots, the Message-ID index and the timer entry all hold it).
+        keys: dict[str, str] = {}
         for record in records:
-            self._put(record, write=False)
+            key = record.key
+            if isinstance(record, (ReceivedRecord, SeenRecord)):
+                key = keys.setdefault(key, key)
+            self._put(record, write=False, key=key)
         for stored in sorted(snapshot.owed, key=lambda o: o.created_at):
             # Handed out before the restart but never acknowledged: due again now. The peer
             # recognises the resend by its unchanged Message-ID.
@@ -1489,6 +1632,19 @@ def _was_requested(requested: Sequence[str], kind: str, status: str) -> bool:
         return "negative-delivery" in requested
     # forbidden / error answer either request
     return "positive-delivery" in requested or "negative-delivery" in requested
+
+
+def _latest(window: float | list[float]) -> float:
+    """The latest time in a C6 window (an emptied list counts as long expired)."""
+    if isinstance(window, list):
+        return window[-1] if window else float("-inf")
+    return window
+
+
+def _shared_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    """``kinds`` sorted, as the shared tuple of :data:`_KIND_TUPLES` when there is one."""
+    combo = tuple(sorted(kinds))
+    return _KIND_TUPLES.get(combo, combo)
 
 
 def _with_status(entry: RecipientRecord, kind: str, status: str) -> RecipientRecord:

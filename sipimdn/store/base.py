@@ -24,7 +24,7 @@ serialisation.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -41,6 +41,7 @@ __all__ = [
     "RecipientRecord",
     "SeenRecord",
     "SentRecord",
+    "SharedValues",
     "Snapshot",
     "Store",
     "StoreOp",
@@ -353,18 +354,58 @@ def record_to_json(record: AnyRecord) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+class SharedValues:
+    """One object per distinct value among the records decoded with it (pass it to
+    :func:`record_from_json` for every row of one load).
+
+    JSON decoding makes new objects for every field of every row, but loaded records repeat
+    values a lot: a message's dedup entry and received record share its Message-ID, sender
+    key and expiry; the sender is often its own key; request tuples, policies, states and our
+    own URI recur in every row. The tracker keeps what is loaded for as long as it is
+    tracked, so duplicates would cost memory per tracked message for the whole run.
+    Only strings, floats and tuples of strings are shared, each type in its own table (an
+    int never stands in for an equal float, nor ``True`` for ``1``).
+    """
+
+    __slots__ = ("_floats", "_strings", "_tuples")
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+        self._floats: dict[float, float] = {}
+        self._tuples: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+    def fields(self, data: dict[str, Any]) -> None:
+        """Replace the values of ``data`` by the shared equal ones (in place)."""
+        strings, floats, tuples = self._strings, self._floats, self._tuples
+        for name, value in data.items():
+            kind = type(value)
+            if kind is str:
+                data[name] = strings.setdefault(value, value)
+            elif kind is float and value:  # 0.0 == -0.0: zeros keep their own sign
+                data[name] = floats.setdefault(value, value)
+            elif kind is tuple and all(type(item) is str for item in value):
+                one = tuples.get(value)
+                if one is None:
+                    one = tuples[value] = tuple(strings.setdefault(item, item) for item in value)
+                data[name] = one
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(item) for item in value)
 
 
-def _recipient(data: Mapping[str, Any]) -> RecipientRecord:
+def _recipient(data: dict[str, Any], shared: SharedValues | None) -> RecipientRecord:
+    if shared is not None:
+        shared.fields(data)
     return RecipientRecord(**data)
 
 
-def record_from_json(table: str, text: str) -> AnyRecord:
+def record_from_json(table: str, text: str, shared: SharedValues | None = None) -> AnyRecord:
     """Rebuild a record of ``table`` from :func:`record_to_json` output.
 
-    Raises :class:`StoreError` when the text does not describe such a record.
+    ``shared``: equal values of the records decoded with the same :class:`SharedValues`
+    become one object (a store passes one per load). Raises :class:`StoreError` when the
+    text does not describe such a record.
     """
     cls = _CLASSES.get(table)
     if cls is None:
@@ -372,7 +413,7 @@ def record_from_json(table: str, text: str) -> AnyRecord:
     try:
         data: dict[str, Any] = json.loads(text)
         if cls is SentRecord:
-            data["recipients"] = tuple(_recipient(item) for item in data["recipients"])
+            data["recipients"] = tuple(_recipient(item, shared) for item in data["recipients"])
             data["requested"] = _strings(data["requested"])
             data["intermediaries"] = _strings(data["intermediaries"])
             data["notification_ids"] = _strings(data["notification_ids"])
@@ -384,6 +425,8 @@ def record_from_json(table: str, text: str) -> AnyRecord:
             data["imdn_route"] = _strings(data["imdn_route"])
         elif cls is PeerRecord:
             data["flags"] = _strings(data["flags"])
+        if shared is not None:
+            shared.fields(data)
         record: AnyRecord = cls(**data)
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"corrupt {table} record: {exc}") from exc

@@ -26,6 +26,7 @@ from .base import (
     AnyRecord,
     Delete,
     Put,
+    SharedValues,
     Snapshot,
     StoreOp,
     check_op,
@@ -144,12 +145,15 @@ class SqliteStore:
     def load(self, now: float) -> Snapshot:
         """Every record that has not expired at ``now``."""
         records: list[AnyRecord] = []
+        # Equal values across rows become one object: what is loaded stays in memory for as
+        # long as it is tracked (see SharedValues).
+        shared = SharedValues()
         with self._lock:
             conn = self._connection()
             try:
                 for table in TABLES:
                     cursor = conn.execute(f"SELECT data FROM {table} WHERE expires_at > ?", (now,))
-                    records.extend(record_from_json(table, row[0]) for row in cursor)
+                    records.extend(record_from_json(table, row[0], shared) for row in cursor)
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
         return snapshot_from_records(records)

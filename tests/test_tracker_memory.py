@@ -1,0 +1,258 @@
+"""Memory-saving mechanisms of the disposition tracker (bench target: <= 1 KiB per tracked message).
+
+Each mechanism shares or drops per-message objects; these tests pin both the
+saving (white-box, the point of the mechanism) and that nothing observable
+changed: same decisions, same timers, same store writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import deque
+from typing import Any
+
+import pytest
+
+import sipimdn.imdn.tracker as tracker_module
+from sipimdn.imdn.tracker import (
+    DispositionTracker,
+    NotificationOwed,
+    TrackerConfig,
+    TrackerEvent,
+    identity_key,
+)
+from sipimdn.store import Delete, MemoryStore, Put, SeenRecord
+
+ME = "sip:bob@127.0.0.1"
+
+
+def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
+    events: list[TrackerEvent] = []
+    while (event := tracker.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def make(**config: Any) -> DispositionTracker:
+    counter = itertools.count(1)
+    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
+
+
+def receive(tracker: DispositionTracker, message_id: str, sender: str, now: float = 0.0) -> None:
+    tracker.record_received(
+        message_id=message_id,
+        sender=sender,
+        now=now,
+        requested=("positive-delivery", "display"),
+        recipient=ME,
+    )
+    tracker.message_answered(message_id, sender, 200, now)
+    # The delivered IMDN goes out and is acknowledged: only the display stays owed.
+    for event in drain(tracker):
+        if isinstance(event, NotificationOwed):
+            tracker.notification_outcome(event.notification.notification_id, 200, now)
+
+
+def timers(tracker: DispositionTracker) -> list[tuple[float, int, str, str]]:
+    return list(tracker._heap)  # white-box: what the timer heap holds is the point
+
+
+def test_identity_key_of_a_normalised_uri_is_that_string() -> None:
+    # A URI no other test uses, built at run time: the cache cannot hold an equal string already.
+    uri = "".join(["sip:", "memory-", str(random.getrandbits(64)), "@example.com"])
+    assert identity_key(uri) is uri
+    assert identity_key(f"<{uri}>") == uri
+    assert identity_key(uri.replace("example", "EXAMPLE")) == uri
+
+
+def test_a_received_message_shares_its_key_kinds_and_timer() -> None:
+    tracker = make()
+    receive(tracker, "m1", "sip:alice@example.com")
+    receive(tracker, "m2", "sip:carol@example.com")
+    [seen_key, _] = list(tracker._seen)
+    [received_key, _] = list(tracker._received)
+    assert seen_key is received_key
+    first, second = (tracker.received(m) for m in ("m1", "m2"))
+    assert first is not None and second is not None
+    assert first.requested is second.requested == ("display", "positive-delivery")
+    assert first.expires_at is tracker._seen[seen_key].expires_at
+    # One timer entry per message serves its dedup entry and its received record.
+    assert sorted(entry[3] for entry in timers(tracker) if entry[2] in ("seen", "received")) == [
+        "sip:alice@example.com m1",
+        "sip:carol@example.com m2",
+    ]
+    tracker.writes_to_apply()
+    tracker.handle_timer(7 * 86400.0)
+    assert tracker.received("m1") is None and not tracker.is_duplicate("m1", "sip:alice@example.com")
+    assert tracker.writes_to_apply() == [
+        Delete("seen", "sip:alice@example.com m1"),
+        Delete("received", "sip:alice@example.com m1"),
+        Delete("seen", "sip:carol@example.com m2"),
+        Delete("received", "sip:carol@example.com m2"),
+    ]
+    assert tracker.get_timer() is None
+
+
+def test_dedup_outlives_the_received_record_it_shares_a_timer_with() -> None:
+    tracker = make()
+    receive(tracker, "m1", "sip:alice@example.com")
+    assert tracker.mark_displayed("m1", 1.0) is not None
+    assert tracker.received("m1") is None  # nothing more owed: record dropped, dedup entry kept
+    assert tracker.get_timer() == 1.0 + 64.0  # the displayed IMDN in flight
+    [owed] = tracker.owed()
+    tracker.notification_outcome(owed.notification_id, 200, 2.0)
+    assert tracker.get_timer() == 7 * 86400.0
+    tracker.handle_timer(7 * 86400.0 - 1)
+    assert tracker.is_duplicate("m1", "sip:alice@example.com")
+    tracker.handle_timer(7 * 86400.0)
+    assert not tracker.is_duplicate("m1", "sip:alice@example.com")
+
+
+def test_different_ttls_keep_their_own_timers() -> None:
+    tracker = make(dedup_ttl=100.0, received_ttl=50.0)
+    receive(tracker, "m1", "sip:alice@example.com")
+    assert tracker.get_timer() == 50.0
+    tracker.handle_timer(50.0)
+    assert tracker.received("m1") is None and tracker.is_duplicate("m1", "sip:alice@example.com")
+    assert tracker.get_timer() == 100.0
+    tracker.handle_timer(100.0)
+    assert not tracker.is_duplicate("m1", "sip:alice@example.com")
+    assert tracker.get_timer() is None
+
+
+def test_restored_records_share_their_key() -> None:
+    tracker = make()
+    receive(tracker, "m1", "sip:alice@example.com")
+    store = MemoryStore()
+    store.apply(tracker.writes_to_apply())
+    again = DispositionTracker(TrackerConfig(), snapshot=store.load(1.0), now=1.0)
+    [seen_key] = list(again._seen)
+    [received_key] = list(again._received)
+    assert seen_key is received_key
+    assert len([e for e in timers(again) if e[2] in ("seen", "received")]) == 1
+    again.handle_timer(7 * 86400.0)
+    assert again.received("m1") is None and not again.is_duplicate("m1", "sip:alice@example.com")
+
+
+def test_message_id_index_follows_senders_coming_and_going() -> None:
+    tracker = make()
+    receive(tracker, "m1", "sip:alice@example.com")
+    assert tracker._received_by_id["m1"] == "sip:alice@example.com m1"  # a bare key, no tuple
+    receive(tracker, "m1", "sip:carol@example.com")
+    assert tracker.received("m1") is None  # ambiguous without the sender
+    assert tracker.mark_displayed("m1", 1.0, sender="sip:carol@example.com") is not None
+    # Carol is owed nothing more: Alice's is the only record under m1 again.
+    record = tracker.received("m1")
+    assert record is not None and record.sender == "sip:alice@example.com"
+    assert tracker._received_by_id["m1"] == "sip:alice@example.com m1"
+    assert tracker.mark_displayed("m1", 1.0) is not None
+    assert "m1" not in tracker._received_by_id
+
+
+def test_stale_timers_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acknowledged IMDNs leave stale timer entries; they go in bulk even if get_timer is not called."""
+    monkeypatch.setattr(tracker_module, "_HEAP_SWEEP_MIN", 8)
+    tracker = make(rate_limit=10**6)
+    receive(tracker, "slow", "sip:slow@example.com")
+    slow = tracker.mark_displayed("slow", 0.0)
+    assert slow is not None and len(drain(tracker)) == 1  # handed out, never acknowledged
+    for i in range(200):
+        receive(tracker, f"m{i}", f"sip:user{i}@example.com")
+        displayed = tracker.mark_displayed(f"m{i}", 0.0)
+        assert displayed is not None
+        tracker.notification_outcome(displayed.notification_id, 200, 0.0)
+    # Each message left one live timer (its dedup entry) and two stale ones (its IMDNs):
+    # without sweeping the heap would hold three entries per live one.
+    live = len(tracker._seen) + len(tracker._owed)
+    assert len(timers(tracker)) <= 2 * live
+    # The one never acknowledged is still timed: its in-flight timeout leads to a retry.
+    assert tracker.get_timer() == 64.0
+    tracker.handle_timer(64.0)
+    [retry] = tracker.owed()
+    assert retry.notification_id == slow.notification_id and not retry.in_flight
+
+
+def _reference_limiter(limit: int, window: float) -> Any:
+    """The C6 limiter as first written (a deque of times per originator), to compare against."""
+    times: dict[str, deque[float]] = {}
+
+    def allows(key: str, now: float) -> bool:
+        queue = times.setdefault(key, deque())
+        while queue and queue[0] <= now - window:
+            queue.popleft()
+        if len(queue) >= limit:
+            return False
+        queue.append(now)
+        return True
+
+    return allows
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5])
+def test_rate_windows_decide_as_a_deque_of_times_would(limit: int) -> None:
+    rng = random.Random(limit)
+    tracker = make(rate_limit=limit, rate_window=10.0)
+    reference = _reference_limiter(limit, 10.0)
+    now = 0.0
+    for _ in range(3000):
+        # Mostly forward, sometimes a step back (clocks are the caller's), a few originators.
+        now += rng.choice([0.0, 0.5, 1.0, 3.0, 11.0, -2.0])
+        key = f"sip:o{rng.randrange(4)}@example.com"
+        assert tracker._rate_allows(key, now) == reference(key, now)
+    # One notification in the window is a bare time; more make a list.
+    tracker = make(rate_limit=limit, rate_window=10.0)
+    assert tracker._rate_allows("sip:a@example.com", 1.0)
+    assert tracker._rate["sip:a@example.com"] == 1.0
+    if limit > 1:
+        assert tracker._rate_allows("sip:a@example.com", 2.0)
+        assert tracker._rate["sip:a@example.com"] == [1.0, 2.0]
+
+
+def test_dedup_write_keeps_its_key() -> None:
+    tracker = make()
+    receive(tracker, "m1", "sip:alice@example.com")
+    writes = tracker.writes_to_apply()
+    seen = [op.record for op in writes if isinstance(op, Put) and isinstance(op.record, SeenRecord)]
+    assert [r.status for r in seen] == [None, 200]
+    assert {r.key for r in seen} == {"sip:alice@example.com m1"}
+
+
+def test_ua_shaped_inputs_share_what_is_equal() -> None:
+    """CPIM From as a name-addr, SIP From URI, CPIM To: equal texts end up as one object."""
+    tracker = make()
+    for i in range(2):
+        sip_from = "".join(["sip:carol", "@example.com"])  # a string of its own, as parsed
+        tracker.record_received(
+            message_id=f"m{i}",
+            sender="<sip:carol@example.com>",
+            now=0.0,
+            requested=("display",),
+            sip_from=sip_from,
+            recipient="".join(["<sip:bob", "@example.org>"]),
+            original_recipient="".join(["<sip:bob", "@example.org>"]),
+        )
+    first, second = tracker.received("m0"), tracker.received("m1")
+    assert first is not None and second is not None
+    assert first.sip_from is first.sender_key == "sip:carol@example.com"
+    assert first.recipient is second.recipient is first.original_recipient == "<sip:bob@example.org>"
+    tracker.message_answered("m0", "<sip:carol@example.com>", 200, 0.0)
+    assert tracker.mark_displayed("m0", 0.0) is not None
+    # The C6 window is keyed by the record's own string, not the identity cache's first copy.
+    [rate_key] = list(tracker._rate)
+    assert rate_key is first.sip_from
+
+
+def test_common_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracker_module, "_COMMON_TEXTS_MAX", 4)
+    tracker = make()
+    for i in range(10):
+        tracker.record_received(
+            message_id=f"m{i}",
+            sender="sip:carol@example.com",
+            now=0.0,
+            requested=("display",),
+            recipient=f"sip:me{i}@example.org",  # a peer may put anything there
+        )
+        assert len(tracker._common) <= 4
+    assert [r.recipient for r in tracker.snapshot().received] == [f"sip:me{i}@example.org" for i in range(10)]
