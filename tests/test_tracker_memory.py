@@ -79,9 +79,11 @@ def test_a_received_message_shares_its_key_kinds_and_timer() -> None:
     assert first.expires_at is tracker._seen[seen_key].expires_at
     # One timer entry per message serves its dedup entry and its received record.
     assert sorted(entry[3] for entry in timers(tracker) if entry[2] in ("seen", "received")) == [
-        "sip:alice@example.com m1",
-        "sip:carol@example.com m2",
+        ("sip:alice@example.com", "m1"),
+        ("sip:carol@example.com", "m2"),
     ]
+    # The key is a pair of the strings the records hold, not a string of its own.
+    assert seen_key[0] is first.sender_key and seen_key[1] is first.message_id
     tracker.writes_to_apply()
     tracker.handle_timer(7 * 86400.0)
     assert tracker.received("m1") is None and not tracker.is_duplicate("m1", "sip:alice@example.com")
@@ -138,14 +140,14 @@ def test_restored_records_share_their_key() -> None:
 def test_message_id_index_follows_senders_coming_and_going() -> None:
     tracker = make()
     receive(tracker, "m1", "sip:alice@example.com")
-    assert tracker._received_by_id["m1"] == "sip:alice@example.com m1"  # a bare key, no tuple
+    assert tracker._received_by_id["m1"] == ("sip:alice@example.com", "m1")  # a bare key
     receive(tracker, "m1", "sip:carol@example.com")
     assert tracker.received("m1") is None  # ambiguous without the sender
     assert tracker.mark_displayed("m1", 1.0, sender="sip:carol@example.com") is not None
     # Carol is owed nothing more: Alice's is the only record under m1 again.
     record = tracker.received("m1")
     assert record is not None and record.sender == "sip:alice@example.com"
-    assert tracker._received_by_id["m1"] == "sip:alice@example.com m1"
+    assert tracker._received_by_id["m1"] == ("sip:alice@example.com", "m1")
     assert tracker.mark_displayed("m1", 1.0) is not None
     assert "m1" not in tracker._received_by_id
 

@@ -655,6 +655,15 @@ _COMMON_TEXTS_MAX = 256
 #: Dedup entries and received records share one key space (and usually one deadline).
 _RECEIVED_SPACE = (_SEEN, _RECEIVED)
 
+#: In memory, dedup entries and received records are keyed by ``(sender key, Message-ID)``: a
+#: pair of the strings the records hold anyway, where their store key (:func:`received_key`)
+#: would be a third string per message. Every other table uses its store key.
+_MemKey = str | tuple[str, str]
+
+
+def _store_key(key: _MemKey) -> str:
+    return key if isinstance(key, str) else received_key(*key)
+
 
 class DispositionTracker:
     """Sans-IO state of sent and received messages' notifications (see the module docstring).
@@ -677,11 +686,11 @@ class DispositionTracker:
         self._new_id = id_factory or (lambda: secrets.token_hex(16))
         self._sent: dict[str, SentRecord] = {}
         self._owed: dict[str, OwedRecord] = {}
-        self._received: dict[str, ReceivedRecord] = {}
-        # Message-ID -> received key, or a tuple of them: almost always one sender per
-        # Message-ID, so the key itself (no 1-tuple per tracked message).
-        self._received_by_id: dict[str, str | tuple[str, ...]] = {}
-        self._seen: dict[str, SeenRecord] = {}
+        self._received: dict[tuple[str, str], ReceivedRecord] = {}
+        # Message-ID -> received key, or a list of them: almost always one sender per
+        # Message-ID, so the key itself (no container per tracked message).
+        self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] = {}
+        self._seen: dict[tuple[str, str], SeenRecord] = {}
         self._peers: dict[str, PeerRecord] = {}
         self._events: deque[TrackerEvent] = deque()
         self._writes: list[StoreOp] = []
@@ -689,7 +698,7 @@ class DispositionTracker:
         # deleted or gets another deadline; stale entries are dropped when they reach the top
         # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
         # may have made an entry stale since the last sweep (an upper bound on stale entries).
-        self._heap: list[tuple[float, int, str, str]] = []
+        self._heap: list[tuple[float, int, str, _MemKey]] = []
         self._unswept = 0
         self._seq = 0
         # C6: originator key -> times of the notifications generated for it within the window.
@@ -697,7 +706,7 @@ class DispositionTracker:
         # Received messages' CPIM To / Original-To values, one object each (_common_text).
         self._common: dict[str, str] = {}
         self._rate_prune_at = _RATE_PRUNE_MIN
-        self._tables: dict[str, dict[str, Any]] = {
+        self._tables: dict[str, dict[Any, Any]] = {
             _SENT: self._sent,
             _OWED: self._owed,
             _RECEIVED: self._received,
@@ -732,16 +741,17 @@ class DispositionTracker:
             when, seq, table, key = heapq.heappop(heap)
             if not self._live(when, seq, table, key):
                 continue
-            if table == _SENT:
-                self._end_tracking(self._sent[key], now, expire=True)
-            elif table == _OWED:
-                self._owed_due(self._owed[key], now)
-            elif table in _RECEIVED_SPACE:
-                # One entry may serve a dedup entry and a received record with this deadline:
-                # its own table first (the order the two entries had before they were merged).
+            if isinstance(key, tuple):
+                # The received space. One entry may serve a dedup entry and a received record
+                # with this deadline: its own table first (the order the two entries had before
+                # they were merged).
                 for name in (table, _RECEIVED if table == _SEEN else _SEEN):
                     if self._deadline(name, key) == when:
                         self._delete(name, key)
+            elif table == _SENT:
+                self._end_tracking(self._sent[key], now, expire=True)
+            elif table == _OWED:
+                self._owed_due(self._owed[key], now)
             else:
                 self._delete(table, key)
 
@@ -953,13 +963,13 @@ class DispositionTracker:
         (:meth:`message_answered`, :meth:`mark_displayed`, :meth:`report_disposition`).
         """
         sender_key = self._sender_key(sender)
-        key = received_key(sender_key, message_id)
+        key = (sender_key, message_id)
         seen = self._seen.get(key)
         if seen is not None:
             return Reception(duplicate=True, previous_status=seen.status, requested=())
         dedup_expiry = now + self.config.dedup_ttl
-        # The key string is made once here and shared by the dedup entry, the received record's
-        # table slot, the Message-ID index and their timer (memory per tracked message).
+        # The key is made once here and shared by the dedup entry, the received record's table
+        # slot, the Message-ID index and their timer (memory per tracked message).
         self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key)
         kinds = sorted({_token(k) for k in requested} & {"positive-delivery", "negative-delivery", "display"})
         if not kinds:
@@ -1042,7 +1052,7 @@ class DispositionTracker:
         if status_code < 200:
             raise LocalProtocolError(f"{status_code} is not a final status")
         sender_key = self._sender_key(sender)
-        key = received_key(sender_key, message_id)
+        key = (sender_key, message_id)
         seen = self._seen.get(key)
         if seen is not None and seen.status is None:
             self._put(replace(seen, status=status_code), key=key)
@@ -1158,7 +1168,7 @@ class DispositionTracker:
 
     def is_duplicate(self, message_id: str, sender: str) -> bool:
         """Whether (sender, Message-ID) was already received (without recording anything)."""
-        return received_key(self._sender_key(sender), message_id) in self._seen
+        return (self._sender_key(sender), message_id) in self._seen
 
     # --- peers ---------------------------------------------------------------------------------
 
@@ -1344,7 +1354,7 @@ class DispositionTracker:
 
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:
-            return self._received.get(received_key(self._sender_key(sender), message_id))
+            return self._received.get((self._sender_key(sender), message_id))
         keys = self._received_keys(message_id)
         if len(keys) > 1:
             raise LocalProtocolError(f"several senders used Message-ID {message_id!r}: name the sender")
@@ -1352,7 +1362,7 @@ class DispositionTracker:
 
     def _answered_non_2xx(self, message_id: str, sender: str | None) -> bool:
         if sender is not None:
-            seen = self._seen.get(received_key(self._sender_key(sender), message_id))
+            seen = self._seen.get((self._sender_key(sender), message_id))
             return seen is not None and seen.status is not None and seen.status >= 300
         return any(
             s.message_id == message_id and s.status is not None and s.status >= 300
@@ -1469,7 +1479,7 @@ class DispositionTracker:
         if delivery_open or display_open:
             self._put(record)
         else:
-            self._delete(_RECEIVED, record.key)
+            self._delete(_RECEIVED, (record.sender_key, record.message_id))
 
     def _dispatch(self, owed: OwedRecord, now: float) -> None:
         """Hand out the next attempt of an owed notification."""
@@ -1506,11 +1516,11 @@ class DispositionTracker:
     def _emit(self, event: TrackerEvent) -> None:
         self._events.append(event)
 
-    def _deadline(self, table: str, key: str) -> float | None:
+    def _deadline(self, table: str, key: _MemKey) -> float | None:
         record = self._tables[table].get(key)
         return None if record is None else _deadline_of(record)
 
-    def _live(self, when: float, seq: int, table: str, key: str) -> bool:
+    def _live(self, when: float, seq: int, table: str, key: _MemKey) -> bool:
         """Whether a timer entry still stands for a record (else it is stale and skipped)."""
         if self._deadline(table, key) == when:
             return True
@@ -1519,15 +1529,15 @@ class DispositionTracker:
             table in _RECEIVED_SPACE and self._deadline(_RECEIVED if table == _SEEN else _SEEN, key) == when
         )
 
-    def _put(self, record: AnyRecord, *, write: bool = True, key: str | None = None) -> None:
-        """Store ``record`` in its table; ``key`` (equal to ``record.key``) shares that string."""
+    def _put(self, record: AnyRecord, *, write: bool = True, key: _MemKey | None = None) -> None:
+        """Store ``record`` in its table; ``key`` (equal to its memory key) shares that key."""
         name = record.TABLE
         table = self._tables[name]
         if key is None:
-            key = record.key
+            key = _mem_key(record)
         old = table.get(key)
         table[key] = record
-        if isinstance(record, ReceivedRecord) and old is None:
+        if isinstance(record, ReceivedRecord) and old is None and isinstance(key, tuple):
             self._index_received(record.message_id, key)
         if write:
             self._writes.append(Put(record))
@@ -1544,7 +1554,7 @@ class DispositionTracker:
                 return
         self._push(deadline, name, key)
 
-    def _push(self, deadline: float, table: str, key: str) -> None:
+    def _push(self, deadline: float, table: str, key: _MemKey) -> None:
         self._seq += 1
         heap = self._heap
         heapq.heappush(heap, (deadline, self._seq, table, key))
@@ -1558,46 +1568,46 @@ class DispositionTracker:
             heapq.heapify(heap)
             self._unswept = 0
 
-    def _index_received(self, message_id: str, key: str) -> None:
+    def _index_received(self, message_id: str, key: tuple[str, str]) -> None:
         index = self._received_by_id
         keys = index.get(message_id)
         if keys is None:
             index[message_id] = key
-        elif isinstance(keys, str):
+        elif isinstance(keys, tuple):
             if keys != key:
-                index[message_id] = (keys, key)
+                index[message_id] = [keys, key]
         elif key not in keys:
-            index[message_id] = (*keys, key)
+            keys.append(key)
 
-    def _received_keys(self, message_id: str) -> tuple[str, ...]:
-        keys = self._received_by_id.get(message_id, ())
-        return (keys,) if isinstance(keys, str) else keys
+    def _received_keys(self, message_id: str) -> list[tuple[str, str]]:
+        keys = self._received_by_id.get(message_id)
+        if keys is None:
+            return []
+        return [keys] if isinstance(keys, tuple) else list(keys)
 
-    def _delete(self, table: str, key: str) -> None:
+    def _delete(self, table: str, key: _MemKey) -> None:
         record = self._tables[table].pop(key, None)
         if record is None:
             return
         self._unswept += 1
         if isinstance(record, ReceivedRecord):
-            rest = tuple(k for k in self._received_keys(record.message_id) if k != key)
+            rest = [k for k in self._received_keys(record.message_id) if k != key]
             if len(rest) > 1:
                 self._received_by_id[record.message_id] = rest
             elif rest:
                 self._received_by_id[record.message_id] = rest[0]
             else:
                 self._received_by_id.pop(record.message_id, None)
-        self._writes.append(Delete(table, key))
+        self._writes.append(Delete(table, _store_key(key)))
 
     def _restore(self, snapshot: Snapshot, now: float) -> None:
         records: list[AnyRecord] = [*snapshot.sent, *snapshot.received, *snapshot.seen, *snapshot.peers]
-        # A message's received record and dedup entry have equal keys: one string for both (the
+        # A message's received record and dedup entry have equal keys: one object for both (the
         # table slots, the Message-ID index and the timer entry all hold it).
-        keys: dict[str, str] = {}
+        keys: dict[_MemKey, _MemKey] = {}
         for record in records:
-            key = record.key
-            if isinstance(record, (ReceivedRecord, SeenRecord)):
-                key = keys.setdefault(key, key)
-            self._put(record, write=False, key=key)
+            key = _mem_key(record)
+            self._put(record, write=False, key=keys.setdefault(key, key))
         for stored in sorted(snapshot.owed, key=lambda o: o.created_at):
             # Handed out before the restart but never acknowledged: due again now. The peer
             # recognises the resend by its unchanged Message-ID.
@@ -1606,6 +1616,13 @@ class DispositionTracker:
                 self._dispatch(owed, now)
             else:
                 self._put(owed, write=False)
+
+
+def _mem_key(record: AnyRecord) -> _MemKey:
+    """The key of ``record`` in the tracker's tables (see :data:`_MemKey`)."""
+    if isinstance(record, (ReceivedRecord, SeenRecord)):
+        return (record.sender_key, record.message_id)
+    return record.key
 
 
 def _deadline_of(record: AnyRecord) -> float:
