@@ -31,6 +31,7 @@ __all__ = [
     "TOKEN_RE",
     "VIA_FAST_RE",
     "VIA_SENT_RE",
+    "digits_value",
 ]
 
 # alphanum  =  ALPHA / DIGIT
@@ -220,3 +221,17 @@ CSEQ_RE = re.compile(r"(?P<number>[0-9]+)[ \t]+(?P<method>{token})".format(**glo
 # m-parameter      =  m-attribute EQUAL m-value
 # m-value          =  token / quoted-string
 CONTENT_TYPE_RE = re.compile(r"(?P<type>{token}){sws}/{sws}(?P<subtype>{token})".format(**globals()))
+
+
+def digits_value(digits: str, max_digits: int) -> int | None:
+    """The value of a run of ASCII digits (already checked), or None past ``max_digits``.
+
+    Leading zeros do not count (``1*DIGIT`` allows them). Needed because
+    ``int()`` refuses more than 4,300 digits with ValueError whatever their
+    value, and a peer chooses these digits; every caller's bound is far
+    below that.
+    """
+    if len(digits) <= max_digits:
+        return int(digits)
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= max_digits else None

@@ -488,8 +488,8 @@ class Via:
             raise SipParseError(f"bad host in Via {text[:200]!r}")
         port: int | None = None
         if port_text is not None:
-            port = int(port_text)
-            if not 0 < port <= 65535:
+            port = _abnf.digits_value(port_text, 5)
+            if port is None or not 0 < port <= 65535:
                 raise SipParseError(f"bad port in Via {text[:200]!r}")
         params = parse_params(text, m.end(), "Via")
         if params:
@@ -512,11 +512,14 @@ class Via:
         # via-ttl = "ttl" EQUAL ttl (1*3DIGIT, 0-255)
         if "ttl" in params:
             ttl = params["ttl"]
-            if ttl is None or not ttl.isdigit() or not ttl.isascii() or int(ttl) > 255:
+            hops = _abnf.digits_value(ttl, 3) if ttl is not None and ttl.isdigit() and ttl.isascii() else None
+            if hops is None or hops > 255:
                 raise SipParseError(f"bad ttl in Via {text[:200]!r}")
         # RFC 3581: response-port = "rport" [EQUAL 1*DIGIT]
         rport = params.get("rport")
-        if rport is not None and (not rport.isdigit() or not rport.isascii() or not 0 < int(rport) <= 65535):
+        if rport is not None and (
+            not rport.isdigit() or not rport.isascii() or not 0 < (_abnf.digits_value(rport, 5) or 0) <= 65535
+        ):
             raise SipParseError(f"bad rport in Via {text[:200]!r}")
         # via-received = "received" EQUAL (IPv4address / IPv6address)
         if "received" in params:
@@ -549,13 +552,13 @@ class Via:
     def ttl(self) -> int | None:
         """The ttl parameter as an int."""
         value = self.params.get("ttl")
-        return int(value) if value is not None else None
+        return _abnf.digits_value(value, 3) if value is not None else None
 
     @property
     def rport(self) -> int | None:
         """The value of rport, or None when absent or present without a value."""
         value = self.params.get("rport")
-        return int(value) if value else None
+        return _abnf.digits_value(value, 5) if value else None
 
     @property
     def has_rport(self) -> bool:
@@ -605,15 +608,21 @@ class CSeq:
         number_text = m.group("number")
         # §8.1.1.5: the number MUST be expressible as a 32-bit unsigned
         # integer and be less than 2**31.
-        if len(number_text) > 10 or int(number_text) >= 2**31:
+        # (length first: int() of thousands of digits would raise ValueError)
+        if len(number_text) > 10 or (number := int(number_text)) >= 2**31:
             raise SipParseError(f"CSeq number out of range in {text[:200]!r}")
-        self = object.__new__(cls)  # (skips the dataclass __init__: hot path)
-        object.__setattr__(self, "number", int(number_text))
-        object.__setattr__(self, "method", m.group("method"))
+        # (skips the dataclass __init__, slots set through their descriptors: hot path)
+        self = object.__new__(cls)
+        _set_cseq_number(self, number)
+        _set_cseq_method(self, m.group("method"))
         return self
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
+
+
+_set_cseq_number = CSeq.__dict__["number"].__set__
+_set_cseq_method = CSeq.__dict__["method"].__set__
 
 
 # -- Content-Type ---------------------------------------------------------------

@@ -131,7 +131,12 @@ class Headers:
     headers such as Date).
     """
 
-    __slots__ = ("_rows", "_typed")
+    # ``_source`` is only set on headers the parser leaves unbuilt (the raw
+    # header section of a message whose every line it has already checked);
+    # their rows are made from it on first use (see ``parser._LazyHeaders``).
+    __slots__ = ("_rows", "_source", "_typed")
+
+    _source: bytes
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._rows: list[_Row] = []
@@ -449,6 +454,9 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """CSeq (number and method)."""
+        return self._cseq()
+
+    def _cseq(self) -> CSeq:
         cached = self.headers._typed.get("cseq", _MISS)
         if cached is _MISS:
             cached = CSeq.parse(self._required("cseq", "CSeq"))
@@ -482,9 +490,10 @@ class Message:
             if value is not None:
                 # Max-Forwards = 1*DIGIT; RFC 3261 §8.1.1.6 and §16.6 treat
                 # it as a hop count that is never above 255 in practice.
-                if not value.isdigit() or not value.isascii() or int(value) > 255:
+                hops = _abnf.digits_value(value, 3) if value.isdigit() and value.isascii() else None
+                if hops is None or hops > 255:
                     raise SipParseError(f"bad Max-Forwards {value[:50]!r}")
-                cached = int(value)
+                cached = hops
             else:
                 cached = None
             self.headers._typed["max-forwards"] = cached
@@ -552,7 +561,9 @@ class Message:
     def content_length(self) -> int | None:
         """The Content-Length as received (the body length decides on writing)."""
         value = self.headers.get("content-length")
-        return int(value) if value is not None and value.isdigit() else None
+        if value is None or not value.isdigit() or not value.isascii():
+            return None
+        return _abnf.digits_value(value, 18)
 
     def validate(self) -> None:
         """Parse every header sipimdn interprets; raise ``SipParseError`` on the first bad one.
@@ -651,7 +662,7 @@ class Request(Message):
     @property
     def cseq(self) -> CSeq:
         """CSeq; its method must equal the request method (§8.1.1.5)."""
-        value = super().cseq
+        value = self._cseq()
         if value.method != self.method:
             raise SipParseError(f"CSeq method {value.method} does not match request method {self.method}")
         return value

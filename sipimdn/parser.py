@@ -9,7 +9,12 @@ header section is over a limit and 413 when the body alone is.
 What is checked here, eagerly: the start line (method, Request-URI, version,
 status code), that every header line is ``token ":" value`` with no control
 characters, and Content-Length. Typed header values are checked when first
-read (see ``Message.validate``). Accepted although the ABNF does not allow
+read (see ``Message.validate``). For the usual header section (CRLF line
+ends, no folding, no control characters) all of that is one regular
+expression match and a Content-Length search, and the header rows are only
+built when a header is first read (``_LazyHeaders``); any other section goes
+through the general line-by-line path, which decides alone and is what the
+regular path is tested against. Accepted although the ABNF does not allow
 it, because real senders do it: bare LF line ends, whitespace before the
 colon, space-padded Content-Length (SIPp), a final empty line missing from a
 datagram that has no body, folded lines (obsolete but still legal in SIP).
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from . import _abnf
 from .errors import SipParseError
 from .headers import header_key
-from .message import Headers, Request, Response
+from .message import Headers, Request, Response, _Row
 from .uri import Uri
 
 __all__ = [
@@ -228,11 +233,125 @@ def _check_start_line(line: str, limits: Limits) -> _StartLine:
     return method, uri, uri_text
 
 
-def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
-    """Start line, header rows and Content-Length of a complete header section.
+# The header section of nearly every message, recognised in one match: the
+# start line, then header lines ``token *WSP ":" value``, every line end a
+# CRLF, no control character but HTAB anywhere and no folded line. Every
+# check the general path makes on the lines holds for a section this
+# matches (the general path would accept each of its lines and build their
+# rows without error), so only the start line, the row count and
+# Content-Length need looking at before the message is accepted; the rows
+# themselves are built when first used (``_LazyHeaders``).
+_TEXT = rb"[\t\x20-\x7e\x80-\xff]*"
+_REGULAR_HEAD_RE = re.compile(
+    _TEXT + rb"(?:\r\n[" + _abnf.token_char.encode("ascii") + rb"]+[ \t]*:" + _TEXT + rb")*+"
+)
+# The Content-Length lines of such a section (``l`` too, any case), value as
+# it follows the colon.
+_CONTENT_LENGTH_LINE_RE = re.compile(
+    rb"\r\n(?:[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Ll][Ee][Nn][Gg][Tt][Hh]|[Ll])[ \t]*:([^\r]*)"
+)
 
-    This is the hot path of every received message, so the steps are inlined
-    rather than split into helpers; each says what it checks.
+
+class _LazyHeaders(Headers):
+    """Headers of a regular header section, rows built from it on first use.
+
+    The parser has already checked every line (``_REGULAR_HEAD_RE``), so
+    building cannot fail; it gives exactly the rows the general path builds.
+    The first read or write of ``_rows`` or ``_typed`` (every ``Headers``
+    method and typed accessor starts with one) builds them and turns the
+    object into a plain ``Headers``, so later reads cost what they always
+    did. (Properties rather than ``__getattr__``: an unset slot would raise
+    and format an AttributeError first.)
+    """
+
+    __slots__ = ()
+
+    def _build(self) -> None:
+        rows = _header_rows(self._source.decode("utf-8", "surrogateescape").split("\r\n"))
+        # A plain Headers from here on: the slots below are its own.
+        self.__class__ = Headers  # type: ignore[assignment]
+        self._rows = rows
+        self._typed = {}
+        del self._source
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        # copy/pickle: another unbuilt object on the same (immutable) bytes.
+        return _lazy_headers, (self._source,)
+
+    @property
+    def _rows(self) -> list[_Row]:
+        self._build()
+        return self._rows
+
+    @_rows.setter
+    def _rows(self, rows: list[_Row]) -> None:
+        self._build()
+        self._rows = rows
+
+    @property
+    def _typed(self) -> dict[str, object]:
+        self._build()
+        return self._typed
+
+    @_typed.setter
+    def _typed(self, typed: dict[str, object]) -> None:
+        self._build()
+        self._typed = typed
+
+
+def _lazy_headers(source: bytes) -> _LazyHeaders:
+    headers = _LazyHeaders.__new__(_LazyHeaders)
+    headers._source = source
+    return headers
+
+
+def _parse_regular_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None] | None:
+    """What ``_parse_head_general`` returns for a regular header section, rows left unbuilt.
+
+    None when the section is not regular or is anywhere near an error other
+    than in its start line (a limit, an odd or repeated Content-Length): the
+    general path then decides, with its own error. An error in the start
+    line is raised here, as the general path would raise it first.
+    """
+    size = len(head)
+    if size > limits.max_header_bytes or _REGULAR_HEAD_RE.fullmatch(head) is None:
+        return None
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = size
+    if line_end > limits.max_start_line:
+        return None
+    # Each header line takes at least 4 bytes (CRLF, a name character, the
+    # colon), so short sections cannot hold too many; no folding here, so
+    # the CRLFs count the rows.
+    if size > 4 * limits.max_headers and head.count(b"\r\n") > limits.max_headers:
+        return None
+    length: int | None = None
+    values = _CONTENT_LENGTH_LINE_RE.findall(head)
+    if values:
+        value = values[0].strip(b" \t")
+        if len(values) > 1 or not value.isdigit() or len(value) > 18:
+            return None
+        length = int(value)
+    start = _parse_start_line(head[:line_end].decode("utf-8", "surrogateescape"), limits)
+    headers = _LazyHeaders.__new__(_LazyHeaders)  # (_lazy_headers, inlined: hot path)
+    headers._source = head
+    return start, headers, length
+
+
+def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
+    """Start line, header rows and Content-Length of a complete header section."""
+    parsed = _parse_regular_head(head, limits)
+    if parsed is not None:
+        return parsed
+    return _parse_head_general(head, limits)
+
+
+def _parse_head_general(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
+    """``_parse_head`` for any header section: every check, rows built now.
+
+    The authority on what is accepted: ``_parse_regular_head`` only answers
+    for sections this accepts, with the same result.
     """
     # Size limits first, in the order StreamFramer checks an incomplete head.
     size = len(head)
@@ -249,13 +368,39 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int |
     if size - len(head.translate(None, _CTL_CR_LF)) != 2 * (len(lines) - 1):
         lines = _irregular_lines(text, lines)
     start = _parse_start_line(lines[0], limits)
+    rows = _header_rows(lines)
+    if len(rows) > limits.max_headers:
+        raise _error(f"more than {limits.max_headers} header fields", 513)
 
-    # Header lines: "name HCOLON value", folded continuations joined.
-    rows: list[tuple[str, str, str, str]] = []
+    # Content-Length (``l`` too): digits only; repeated rows must agree.
+    lengths = [row[2] for row in rows if row[0] == "content-length"]
+    length: int | None = None
+    if lengths:
+        for value in lengths:
+            if not value.isdigit() or not value.isascii():
+                raise _error(f"bad Content-Length {value[:50]!r}")
+        length = _abnf.digits_value(lengths[0], 18)
+        if length is None:
+            # (more than any size limit; int() would even refuse past 4,300 digits)
+            raise _error(f"Content-Length of more than 18 digits: {lengths[0][:30]!r}...", 413)
+        if len(lengths) > 1 and any(_abnf.digits_value(value, 18) != length for value in lengths):
+            raise _error("conflicting Content-Length headers")
+    return start, Headers._from_rows(rows), length
+
+
+def _header_rows(lines: list[str]) -> list[_Row]:
+    """The rows of the header lines ``lines[1:]`` (``lines[0]`` is the start line).
+
+    Checks each line ("name HCOLON value", folded continuations joined) and
+    raises ``SipParseError`` on the first bad one.
+    """
+    rows: list[_Row] = []
     append = rows.append
     name_keys = _NAME_KEYS
     line_rows = _LINE_ROWS
-    for line in lines[1:]:
+    lines_iter = iter(lines)
+    next(lines_iter, None)
+    for line in lines_iter:
         row = line_rows.get(line)
         if row is not None:
             # The very same line was read before (Max-Forwards: 70, the
@@ -275,25 +420,10 @@ def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int |
                 line_rows[line] = row
         else:
             _slow_header_line(rows, line, name, colon, value)
-    if len(rows) > limits.max_headers:
-        raise _error(f"more than {limits.max_headers} header fields", 513)
-
-    # Content-Length (``l`` too): digits only; repeated rows must agree.
-    lengths = [row[2] for row in rows if row[0] == "content-length"]
-    length: int | None = None
-    if lengths:
-        for value in lengths:
-            if not value.isdigit() or not value.isascii():
-                raise _error(f"bad Content-Length {value[:50]!r}")
-        length = int(lengths[0])
-        if len(lengths) > 1 and any(int(value) != length for value in lengths):
-            raise _error("conflicting Content-Length headers")
-    return start, Headers._from_rows(rows), length
+    return rows
 
 
-def _slow_header_line(
-    rows: list[tuple[str, str, str, str]], line: str, name: str, colon: str, value: str
-) -> None:
+def _slow_header_line(rows: list[_Row], line: str, name: str, colon: str, value: str) -> None:
     """A header line whose name is not in the cache: fold, new name or error."""
     if not line:
         raise _error("empty line inside the header section")
@@ -341,19 +471,27 @@ def parse_message(data: bytes, limits: Limits | None = None) -> Request | Respon
         start = size - len(data.lstrip(b"\r\n"))
         if start >= size:
             raise _error("empty message")
-    m = _HEAD_END_RE.search(data, start)
-    if m is not None:
-        first = m.start()
-        head = data[start : first - 1 if first > start and data[first - 1] == 0x0D else first]
-        body_start = m.end()
-    elif data[-1:] == b"\n":
-        # No empty line, but the last header line is complete: a bodiless
-        # datagram whose sender dropped the final CRLF.
-        head = data[start:].rstrip(b"\r\n")
-        body_start = len(data)
+    # The first CRLF CRLF ends a regular header section (one with CRLF line
+    # ends only: there, no earlier LF can start an empty line).
+    end = data.find(b"\r\n\r\n", start)
+    parsed = _parse_regular_head(data[start:end], limits) if end >= 0 else None
+    if parsed is not None:
+        body_start = end + 4
     else:
-        raise _error("header section does not end with an empty line")
-    start_line, headers, length = _parse_head(head, limits)
+        m = _HEAD_END_RE.search(data, start)
+        if m is not None:
+            first = m.start()
+            head = data[start : first - 1 if first > start and data[first - 1] == 0x0D else first]
+            body_start = m.end()
+        elif data[-1:] == b"\n":
+            # No empty line, but the last header line is complete: a bodiless
+            # datagram whose sender dropped the final CRLF.
+            head = data[start:].rstrip(b"\r\n")
+            body_start = len(data)
+        else:
+            raise _error("header section does not end with an empty line")
+        parsed = _parse_head(head, limits)
+    start_line, headers, length = parsed
     if length is None:
         body = data[body_start:]
     else:

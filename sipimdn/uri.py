@@ -151,8 +151,8 @@ class Uri:
             raise _fail(text, "bad host")
         port: int | None = None
         if port_text is not None:
-            port = int(port_text)
-            if port > 65535:
+            port = _abnf.digits_value(port_text, 5)
+            if port is None or port > 65535:
                 raise _fail(text, "port above 65535")
         params = _parse_uri_params(params_text) if params_text else {}
         headers: dict[str, str] = {}
