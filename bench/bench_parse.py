@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--setup", action="store_true", help="create the venv and pip-install the references")
     parser.add_argument(
-        "--seconds", type=float, default=0.5, help="CPU seconds per round and case (default 0.5)"
+        "--seconds", type=float, default=0.3, help="CPU seconds per round and case (default 0.3)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=9, help="interleaved rounds; median and spread reported (default 9)"
+        "--rounds", type=int, default=15, help="interleaved rounds; median and spread reported (default 15)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
