@@ -124,6 +124,7 @@ class SipStack:
         self.transports = TransportManager(self, config)
         self._handler: RequestHandler | None = None
         self._waiters: dict[TransactionKey, asyncio.Future[Response]] = {}
+        self._final_hooks: dict[TransactionKey, Callable[[Response], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -178,6 +179,7 @@ class SipStack:
             if not future.done():
                 future.set_exception(TransportError("the SIP stack was closed"))
         self._waiters.clear()
+        self._final_hooks.clear()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -212,13 +214,19 @@ class SipStack:
 
         return remove
 
-    async def send_request(self, request: Request, target: Target | None = None) -> Response:
+    async def send_request(self, request: Request, target: Target | None = None, *,
+                           on_final: Callable[[Response], None] | None = None) -> Response:
         """Send ``request`` in a new client transaction and return its final response.
 
         ``target`` defaults to the first Route (loose routing) or the Request-URI. The stack
         writes the top Via (fresh branch, rport). Raises ``TransactionTimeout`` (Timer F),
         ``TransportError`` (cannot resolve, connect, or send; ICMP error; a request over
         ``udp_max`` bytes whose TCP attempt failed) or ``LocalProtocolError`` (a bad request).
+
+        ``on_final(response)`` is called inline, in the pump that matched the final response,
+        before anything else received in the same loop turn is handled; the awaiting task only
+        resumes later. A caller that must record the answer before a request it causes (an IMDN
+        after a 2xx) is processed uses it. Its errors are logged, never raised into the pump.
         """
         self._require_loop()
         if target is None:
@@ -227,7 +235,7 @@ class SipStack:
         candidates = await resolve(target)
         for index, candidate in enumerate(candidates):
             try:
-                return await self._attempt(request, candidate)
+                return await self._attempt(request, candidate, on_final)
             except TransportError:
                 # RFC 3263 §4.3: on a transport error, the next address (a new transaction)
                 if index + 1 == len(candidates):
@@ -235,7 +243,8 @@ class SipStack:
                 log.info("%s unreachable, trying the next address of %s", candidate.host, target.host)
         raise AssertionError("resolve() returned no address")  # pragma: no cover
 
-    async def _attempt(self, request: Request, chosen: Target) -> Response:
+    async def _attempt(self, request: Request, chosen: Target,
+                       on_final: Callable[[Response], None] | None = None) -> Response:
         loop = self._require_loop()
         transport = chosen.transport
         stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
@@ -252,6 +261,8 @@ class SipStack:
         key = self.layer.send_request(request, chosen.flow(), loop.time())
         future: asyncio.Future[Response] = loop.create_future()
         self._waiters[key] = future
+        if on_final is not None:
+            self._final_hooks[key] = on_final
         # The first transmission sends the bytes just measured instead of serialising again.
         self._encoded = (request, data)
         try:
@@ -268,6 +279,7 @@ class SipStack:
             raise
         finally:
             self._waiters.pop(key, None)
+            self._final_hooks.pop(key, None)
 
     # -- TransportUser ---------------------------------------------------------------------------
 
@@ -367,6 +379,12 @@ class SipStack:
         elif isinstance(event, ResponseReceived):
             future = self._waiters.get(event.key)
             if event.final and future is not None and not future.done():
+                hook = self._final_hooks.pop(event.key, None)
+                if hook is not None:
+                    try:
+                        hook(event.response)
+                    except Exception:
+                        log.exception("on_final callback failed for %s", event.key.method)
                 future.set_result(event.response)
         elif isinstance(event, TransactionTimedOut):
             self._fail(event.key, TransactionTimeout("no final response before Timer F (64*T1)"))

@@ -918,9 +918,14 @@ class UserAgent:
             await self._writer.written()
         except Exception:
             _log.exception("store write before sending %s failed", outgoing.message_id)
+        # A 2xx is recorded the moment the stack matches it (see _accepted), so an IMDN
+        # read in the same loop turn, just behind it, finds the message accepted.
+        accepted = functools.partial(self._accepted, handle.message_id)
         try:
             request = _wire.build_im_request(self, outgoing, use_cpim=use_cpim)
-            response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)
+            response = await self._transact(
+                outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
+            )
             if (
                 response.status_code == 415
                 and use_cpim
@@ -932,7 +937,9 @@ class UserAgent:
                 handle._set_notify(frozenset())
                 self._pump()
                 request = _wire.build_im_request(self, outgoing, use_cpim=False, previous=request)
-                response = await self._transact(outgoing.target, request, outgoing.to, outgoing.transport)
+                response = await self._transact(
+                    outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
+                )
         except (TransactionTimeout, TransportError) as exc:
             if not self._closed:
                 tracker.response_received(handle.message_id, exc.status_code, time.time())
@@ -945,11 +952,32 @@ class UserAgent:
             self._pump()
             handle._set_failure(refused.error)
             return
+        # A 2xx was already recorded by _accepted (this second report is then a no-op).
         tracker.response_received(handle.message_id, response.status_code, time.time())
         self._pump()
         handle._set_response(response)
 
-    async def _transact(self, key: Uri, request: Request, to: str, transport: str | None = None) -> Response:
+    def _accepted(self, message_id: str, response: Response) -> None:
+        """A 2xx to an IM we sent, recorded inline in the stack's pump (``on_final``).
+
+        The sending task only resumes on a later loop turn; a notification the peer
+        sent right after its 2xx may be read before that (several datagrams per
+        wake-up, or a fast TCP peer) and must find the message accepted, not pending.
+        A 2xx ends the send (no retry follows one), so it is the final answer of the
+        whole send; other answers are left to the task (415 fallback, 401/407 retry).
+        """
+        if 200 <= response.status_code < 300 and not self._closed and self._tracker is not None:
+            self._tracker.response_received(message_id, response.status_code, time.time())
+            self._pump()
+
+    async def _transact(
+        self,
+        key: Uri,
+        request: Request,
+        to: str,
+        transport: str | None = None,
+        on_final: Callable[[Response], None] | None = None,
+    ) -> Response:
         """One MESSAGE, never two transactions at once to the same URI (RFC 3428 §8).
 
         With credentials configured, a 401/407 is answered (RFC 3261 §22.2):
@@ -972,7 +1000,7 @@ class UserAgent:
                 request = _wire.with_authorization(request, attempt.headers, next_cseq=False)
             while True:
                 try:
-                    response = await stack.send_request(request, target=target)
+                    response = await stack.send_request(request, target=target, on_final=on_final)
                 except TransportError:
                     if self._registrar is not None and self.config.outbound_proxy:
                         # Our binding points at the flow to the proxy that just failed.
