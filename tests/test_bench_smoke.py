@@ -69,6 +69,7 @@ def test_entry_command_succeeds_and_writes_the_report(
         "## Send path",
         "## Micro benchmarks",
         "## Profile of the receive path",
+        "## Fuzzing (recorded by `python bench/fuzz/run.py`",
     ):
         assert heading in text, heading
     assert "| command | `python bench/run.py --quick" in text

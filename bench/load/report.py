@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import platform
@@ -344,6 +345,7 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
     out += _send_section(results)
     out += _micro_section(results)
     out += _profile_section(results)
+    out += _fuzz_section(FUZZ_RESULTS)
     if plots:
         out += ["## Plots", ""]
         out += [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -360,6 +362,39 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
     if durations:
         out += ["Time per part: " + ", ".join(f"{k} {v:g} s" for k, v in durations.items()) + ".", ""]
     return "\n".join(out)
+
+
+# Written by bench/fuzz/run.py, a run of hours that bench/run.py does not repeat: the report
+# carries its recorded counts (with their own date) so every benchmark figure is in one place.
+FUZZ_RESULTS = Path(__file__).resolve().parent.parent / "fuzz" / "results.json"
+
+
+def _fuzz_section(path: Path) -> list[str]:
+    out = ["## Fuzzing (recorded by `python bench/fuzz/run.py`, not re-run by this command)", ""]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return [*out, f"No recorded fuzz run ({path.name}: {exc}).", ""]
+    out += [
+        f"Recorded {data.get('date', '?')} (Python {data.get('python', '?')}, atheris "
+        f"{data.get('atheris', '-')}). Invariant per input: the parser returns or raises its own "
+        "error type; anything else, or an input over the time bound, is a finding.",
+        "",
+    ]
+    rows = []
+    for r in data.get("results", []):
+        findings = r.get("findings") or {}
+        rows.append([
+            r.get("target", "?"),
+            r.get("engine", "?"),
+            f"{r.get('runs', 0):,}",
+            "-" if r.get("accepted") is None else f"{r['accepted']:,}",
+            "-" if r.get("refused") is None else f"{r['refused']:,}",
+            "none" if not findings else "; ".join(f"{k}: {v}" for k, v in findings.items()),
+            _f(r.get("wall_seconds"), 1),
+        ])
+    out += _table(["parser", "engine", "inputs", "parsed", "refused", "findings", "wall s"], rows)
+    return out
 
 
 def _receive_section(results: dict[str, Any]) -> list[str]:
@@ -535,7 +570,7 @@ def _tls_section(results: dict[str, Any]) -> list[str]:
     if not tls:
         return []
     out = [
-        "## TLS over one connection: sipimdn UA vs Kamailio",
+        "## TLS over one connection: sipimdn (UA, and the bare stack) vs Kamailio",
         "",
         "SIPp here has no TLS, so our own client offers the load over one TLS connection (TLS 1.2+, a",
         "trustme certificate for 127.0.0.1). The client is one Python thread: its own ceiling caps the",
