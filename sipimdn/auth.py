@@ -1,7 +1,7 @@
 """Digest access authentication for SIP user agent clients.
 
 RFC 3261 §22 (SIP's use of Digest), RFC 7616 (HTTP Digest: SHA-256, SHA-512-256,
-userhash), RFC 8760 (SIP's algorithm list and the "strongest algorithm" rules)
+userhash), RFC 8760 (SIP's algorithm list; the topmost supported challenge is answered)
 and RFC 2617 §3.2.2.1 (the legacy computation when a challenge has no qop).
 
 Sans-IO: this module works on header *value strings* and never touches the
@@ -343,17 +343,18 @@ def digest_challenges(values: Iterable[str], *, proxy: bool) -> list[DigestChall
 
 
 def select_challenge(challenges: Sequence[DigestChallenge]) -> DigestChallenge | None:
-    """Pick the challenge to answer among those of one realm.
+    """Pick the challenge to answer among those of one realm: the topmost one we support.
 
-    The strongest supported algorithm wins (SHA-512-256 > SHA-256 > MD5, a
-    "-sess" variant ranking with its hash); between equals the server's order
-    (its preference, RFC 8760 §2.4) decides. None if nothing is supported.
+    RFC 8760 §2.4: a server lists its challenges most preferred first and the
+    UAC answers the topmost one whose algorithm (and qop) it supports; the
+    others are ignored. The server's order is its policy (it may put MD5 first
+    for a reason of its own), so we do not second-guess it by strength.
+    None if nothing is supported.
     """
-    best: DigestChallenge | None = None
     for challenge in challenges:
-        if challenge.strength > (best.strength if best is not None else 0):
-            best = challenge
-    return best
+        if challenge.strength > 0:
+            return challenge
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -290,19 +290,22 @@ def test_quoted_parameters_round_trip(params: dict[str, str]) -> None:
 # --- selection ---------------------------------------------------------------
 
 
-def test_strongest_supported_algorithm_wins() -> None:
+def test_topmost_supported_challenge_wins_in_the_servers_order() -> None:
+    """RFC 8760 §2.4: the server's order is its preference; unsupported ones are skipped."""
     challenges = digest_challenges(
         [
+            'Digest realm="r", nonce="0", algorithm=SHA3-512, qop="auth"',
             'Digest realm="r", nonce="1", algorithm=MD5, qop="auth"',
             'Digest realm="r", nonce="2", algorithm=SHA-256, qop="auth", '
             'Digest realm="r", nonce="3", algorithm=SHA-512-256-sess, qop="auth"',
-            'Digest realm="r", nonce="4", algorithm=SHA3-512, qop="auth"',
         ],
         proxy=False,
     )
     best = select_challenge(challenges)
-    assert best is not None and best.nonce == "3"
-    assert select_challenge(challenges[:2]) is challenges[1]
+    assert best is not None and best.nonce == "1"  # MD5 listed before SHA-256: the server's choice
+    assert select_challenge(challenges[2:]) is challenges[2]
+    assert select_challenge(challenges[3:]) is challenges[3]
+    assert select_challenge(challenges[:1]) is None
 
 
 def test_equal_strength_keeps_server_order_and_unsupported_is_none() -> None:
