@@ -1,6 +1,7 @@
 """Forged and abusive IMDN traffic against a UserAgent: one test per check C1..C10 of
 shared/spec/imdn.md §11. C9 (never leak undisclosed list members, IMDN-65/83) is a duty of an
-IMDN intermediary (a list server), which sipimdn does not implement, so it has no test here.
+IMDN intermediary (a list server): it is tested with sipimdn.intermediary's exploder in
+tests/test_group_list_loopback.py and tests/test_intermediary_service.py.
 
 Sender-side checks (C1-C3, C8, C10): alice (a UserAgent) sends to "bob", a bare SipStack we
 control, then a forger (another SipStack) sends crafted IMDN MESSAGEs to alice. A forged IMDN is
