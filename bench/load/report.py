@@ -724,7 +724,7 @@ def _micro_section(results: dict[str, Any]) -> list[str]:
         if "error" in data:
             out += [f"Not measured: {data['error'].strip()[-300:]}", ""]
             continue
-        out += _flatten_table(data)
+        out += _parse_table(data) if key == "parse" and "median_msg_per_s" in data else _flatten_table(data)
     tracker = micro.get("tracker", {})
     out += ["### Memory per tracked message (DispositionTracker, RSS)", ""]
     if "error" in tracker:
@@ -781,6 +781,32 @@ def _micro_section(results: dict[str, Any]) -> list[str]:
             "",
         ]
     return out
+
+
+def _parse_table(data: dict[str, Any]) -> list[str]:
+    """bench_parse.py's JSON: rates per case (median, best, round range), then its ratios."""
+    rounds = data.get("rounds_msg_per_s", {})
+    rows = []
+    for case, median in data["median_msg_per_s"].items():
+        spread = rounds.get(case) or []
+        rows.append([
+            case,
+            _f(median),
+            _f(data.get("msg_per_s", {}).get(case)),
+            f"{_f(min(spread))} - {_f(max(spread))}" if spread else "-",
+            len(spread) or "-",
+        ])
+    out = _table(["case", "median msg/s", "best round msg/s", "rounds lowest - highest", "rounds"], rows)
+    ratios = [
+        [name, f"{r['median']:.2f}x", f"{r['min']:.2f}x - {r['max']:.2f}x", f"{r['of_medians']:.2f}x"]
+        for name, r in data.get("ratios", {}).items()
+    ]
+    if ratios:
+        header = ["ratio (same rounds)", "median of per-round ratios", "range", "ratio of medians"]
+        out += _table(header, ratios)
+    for case, error in data.get("errors", {}).items():
+        out += [f"- {case}: refused the typical MESSAGE ({error.replace('|', '/')[:160]})"]
+    return [*out, ""] if data.get("errors") else out
 
 
 def _flatten_table(data: dict[str, Any]) -> list[str]:
