@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import cpim
+from .._walltimer import WallClockTimer
 from ..config import ListenEndpoint
 from ..dialog.factory import build_request
 from ..dialog.transaction import TimerConfig
@@ -191,8 +192,7 @@ class Intermediary:
         self._copy_sources: dict[str, tuple[cpim.CpimMessage, ImdnHeaders, NameAddr, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gates = _Gates()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = WallClockTimer(self._on_timer)
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -239,8 +239,7 @@ class Intermediary:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -333,22 +332,11 @@ class Intermediary:
         self._last_write = future
 
     def _arm_timer(self, at: float | None) -> None:
-        if at == self._timer_at and (self._timer is not None or at is None):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + max(0.0, at - time.time()), self._on_timer)
+        self._timer.arm(at)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        at, self._timer_at = self._timer_at, None
+    def _on_timer(self, now: float) -> None:
         if self._closed:
             return
-        now = max(at or 0.0, time.time())
         self.forwarder.handle_timer(now)
         self.exploder.handle_timer(now)
         self._pump()

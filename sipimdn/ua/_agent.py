@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from .._walltimer import WallClockTimer
 from ..auth import Authenticator, challenge_header_for
 from ..config import ListenEndpoint, UserAgentConfig
 from ..errors import (
@@ -151,8 +152,7 @@ class UserAgent:
         self._auth = Authenticator(config.credentials) if config.credentials else None
         self._tracker: DispositionTracker | None = None
         self._stack: _wire.Stack | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = WallClockTimer(self._on_timer)
         self._purge_timer: asyncio.TimerHandle | None = None
         # Handler deadlines of the messages being decided, under one shared timer.
         self._deadlines: DeadlineQueue[_Pending] | None = None
@@ -236,9 +236,7 @@ class UserAgent:
             await self._registrar.stop(max(0.0, grace_end - loop.time()) or self.config.t1)
             await asyncio.sleep(0)  # let the Unregistered handlers start before tasks are cancelled
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._purge_timer is not None:
             self._purge_timer.cancel()
             self._purge_timer = None
@@ -415,24 +413,13 @@ class UserAgent:
         return [op for op in ops if not _droppable(op, volatile)]
 
     def _arm_timer(self, at: float | None) -> None:
-        if self._closed:
-            return
-        if at == self._timer_at and (self._timer is not None or at is None):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + max(0.0, at - time.time()), self._on_timer)
+        if not self._closed:
+            self._timer.arm(at)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        at, self._timer_at = self._timer_at, None
+    def _on_timer(self, now: float) -> None:
         if self._tracker is None or self._closed:
             return
-        self._tracker.handle_timer(max(at or 0.0, time.time()))
+        self._tracker.handle_timer(now)
         self._pump()
 
     def _dispatch(self, event: object) -> None:
