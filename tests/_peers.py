@@ -6,8 +6,11 @@ module name ``conftest``, so ``from conftest import ...`` can pick up the wrong 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 
 import pytest
 
@@ -27,3 +30,20 @@ def require_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """End a peer started with ``start_new_session=True``: SIGTERM to its process group, SIGKILL
+    after 5 s, then SIGKILL to the group again for workers left behind (Kamailio's children may
+    outlive the main process). By PID only: never by name, never anything we did not start."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

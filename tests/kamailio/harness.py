@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from _peers import require_binary, stop_process_group
 
 __all__ = [
     "DEFAULT_USERS",
@@ -260,21 +260,9 @@ class Kamailio:
 
     def stop(self) -> None:
         """Kill the process we started (and its children, its own process group), by PID."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                # start_new_session made the PID the process-group id of Kamailio's workers.
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
-        if process is not None:
-            # Workers left behind in the group (the main process may exit first).
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        if self._process is not None:
+            # start_new_session made the PID the process-group id of Kamailio's workers.
+            stop_process_group(self._process)
         self._process = None
         if self._log_file is not None:
             self._log_file.close()
@@ -347,9 +335,7 @@ def _cfg_string(text: str) -> str:
 
 
 def _kamailio_binary() -> str:
-    from _peers import require_binary  # tests/_peers.py: skip, or fail with CI=true
-
-    return require_binary("kamailio")
+    return require_binary("kamailio")  # tests/_peers.py: skip, or fail with CI=true
 
 
 @contextlib.contextmanager

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from _peers import stop_process_group
+
 from ..sipp import LOOPBACK, free_port, wait_bound
 
 HERE = Path(__file__).resolve().parent
@@ -127,19 +129,8 @@ class Registrar:
 
     def stop(self) -> None:
         """SIGTERM to Kamailio's process group (its PID), SIGKILL if needed."""
-        process = self.process
-        if process is not None:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=5)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # workers left behind, if any
+        if self.process is not None:
+            stop_process_group(self.process)
             self.process = None
         if self._log is not None:
             self._log.close()
