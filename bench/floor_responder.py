@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import signal
 import socket
@@ -99,12 +100,23 @@ class Tcp(asyncio.Protocol):
 
 async def main(host: str) -> None:
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
+    # UDP and TCP on one port number, as SIP listens (RFC 3261 §18.2.1). The kernel's free UDP port
+    # can be taken for TCP (a connection's local port): then try another UDP port, a bounded number
+    # of times.
+    for attempt in range(20):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+        try:
+            server = await loop.create_server(Tcp, host, port)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or attempt == 19:
+                raise
+            continue
+        break
     await loop.create_datagram_endpoint(Udp, sock=sock)
-    server = await loop.create_server(Tcp, host, port)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print("READY " + json.dumps({"udp": port, "tcp": port}), flush=True)
