@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -215,6 +217,35 @@ async def test_icmp_types_reported_per_18_4(origin: int, icmp_type: int, reporte
     assert bool(errors) is reported
     if reported:
         assert errors[0][0] == ("192.0.2.1", 5060) and "ECONNREFUSED" in str(errors[0][1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="IP_RECVERR error queue is Linux-only")
+async def test_icmp_error_of_one_peer_does_not_fail_a_send_to_another() -> None:
+    """With IP_RECVERR Linux fails the next sendto with the errno of an ICMP error queued for any
+    destination: the send to the live peer must still go out, and the error must be reported for
+    the destination that caused it (RFC 3261 §18.4), not for the live one."""
+    errors: list[tuple[tuple[str, int], TransportError]] = []
+    received: list[bytes] = []
+    live = await UdpEndpoint.open("127.0.0.1", 0, lambda d, f: received.append(d), lambda a, e: None)
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    dead_address = dead.getsockname()
+    dead.close()  # nothing listens there now: a datagram to it draws a port-unreachable
+    sender = await UdpEndpoint.open("127.0.0.1", 0, lambda d, f: None, lambda a, e: errors.append((a, e)))
+    try:
+        sender.send(b"to nobody", dead_address)
+        for _ in range(3):  # loopback ICMP is queued at once; a few sends make sure one meets it
+            sender.send(b"to the live peer", live.local)
+        for _ in range(200):
+            if len(received) == 3 and errors:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        sender.close()
+        live.close()
+    assert received == [b"to the live peer"] * 3
+    assert [address for address, _ in errors] == [dead_address]
+    assert "ECONNREFUSED" in str(errors[0][1])
 
 
 # -- the manager -------------------------------------------------------------------------------------

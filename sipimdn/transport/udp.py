@@ -68,6 +68,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._sending_to: Address | None = None
         self._send_error: TransportError | None = None
+        self._stale_report = False
         self.local: Address = _normalise(sock.getsockname())
         # One Flow per peer address, reused for each datagram from it (a Flow is immutable): building
         # a frozen dataclass per datagram is a measurable share of the receive path under load.
@@ -108,12 +109,19 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         that come back later go to ``on_error``."""
         if self._transport is None or self._transport.is_closing():
             raise TransportError(f"UDP socket {self.local} is closed")
-        self._sending_to = remote
-        self._send_error = None
-        try:
-            self._transport.sendto(data, remote)
-        finally:
-            self._sending_to = None
+        for _ in range(2):
+            self._sending_to = remote
+            self._send_error = None
+            self._stale_report = False
+            try:
+                self._transport.sendto(data, remote)
+            finally:
+                self._sending_to = None
+            if not self._stale_report:
+                break
+            # The kernel refused this datagram only to report an ICMP error that another
+            # destination caused earlier (error_received drained it to that destination): the
+            # datagram was not sent, so send it again, once.
         if self._send_error is not None:
             error, self._send_error = self._send_error, None
             raise error
@@ -157,20 +165,36 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._on_datagram(data, flow)
 
     def error_received(self, exc: Exception) -> None:
-        if self._sending_to is not None:  # raised by our own sendto, e.g. EMSGSIZE or no route
+        if self._sending_to is not None:  # raised by our own sendto
+            # With IP_RECVERR, Linux also fails the *next* sendto with the errno of an ICMP error
+            # queued earlier, whatever its destination: a port-unreachable from a host we answered
+            # a moment ago must not fail a send to a live peer (and so a transaction that has
+            # nothing to do with it). Queued reports go to the destination they name; only an
+            # error with nothing queued (EMSGSIZE, no route) belongs to this send.
+            if self._drain_error_queue():
+                self._stale_report = True
+                return
             host, port = self._sending_to
             self._send_error = TransportError(f"UDP send to {host}:{port} failed: {exc}")
             return
-        # Drain the error queue: each entry names the destination that bounced.
+        self._drain_error_queue()
+
+    def _drain_error_queue(self) -> int:
+        """Report each queued ICMP error to the destination it names; how many were queued."""
+        if sys.platform != "linux":
+            return 0
+        drained = 0
         for _ in range(64):
             try:
                 _data, ancillary, _flags, addr = self._sock.recvmsg(0, 512, socket.MSG_ERRQUEUE)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc2:
                 log.debug("reading the UDP error queue failed: %s", exc2)
-                return
+                break
+            drained += 1
             self._report_queued_error(_normalise(addr), ancillary)
+        return drained
 
     def _report_queued_error(self, remote: Address, ancillary: list[tuple[int, int, bytes]]) -> None:
         for _level, _kind, payload in ancillary:
