@@ -29,6 +29,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -247,7 +248,11 @@ class TransactionLayer:
         rows = _with_to_tag(rows)
         try:
             response = Response(status, reason, rows)
-            via = stamp_via_copy(response.top_via, flow)
+            try:
+                top_via = response.top_via
+            except SipParseError:
+                top_via = _without_received(response, flow)
+            via = stamp_via_copy(top_via, flow)
             response.set_top_via(via)
             response_target = response_flow(flow, via)
         except SipError as exc:
@@ -440,6 +445,29 @@ def stamp_via_copy(via: Via, flow: Flow) -> Via:
     if not _same_ip(via.host, source_ip):
         return via.with_params(received=source_ip)
     return via
+
+
+#: A ``received`` parameter with whatever value, up to the next parameter or Via.
+_RECEIVED_PARAM = re.compile(r";[ \t]*received[ \t]*(?:=[^;]*)?", re.IGNORECASE)
+
+
+def _without_received(response: Response, flow: Flow) -> Via:
+    """The top Via of a stateless answer whose ``received`` is no IP address, that parameter removed.
+
+    RFC 3261 §18.2.1 and §20.42 make ``received`` an IPv4 or IPv6 address, which the next hop
+    writes; another value (a host name, say) makes the request malformed, and §8.2.7/§18.3 want a
+    400 for it, on every transport alike. Dropped, ``received`` is written again from the source
+    address as for any request (``stamp_via_copy``), so the answer goes where the request came
+    from. Raises SipParseError if the Via is still unreadable without it.
+    """
+    first = response.headers.get_all("Via")[0]
+    repaired = _RECEIVED_PARAM.sub("", first)
+    if repaired == first:
+        raise SipParseError(f"unreadable top Via {first[:200]!r}")
+    log.info("answering 400 to a request from %s whose top Via has a received= that is not an IP address: %r",
+             flow.remote, first[:200])
+    response.headers.replace_first_value("Via", repaired)
+    return response.top_via
 
 
 def _with_to_tag(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
