@@ -204,6 +204,11 @@ class UserAgentConfig:
     #: flood source aimed at a third party (imdn.md C5); turn it on behind a
     #: trusted proxy or list server.
     trust_imdn_route: bool = False
+    #: Answer 404 to a request whose Request-URI is neither our AOR nor one of our
+    #: contacts, and 416 to one that is not sip:/sips: (RFC 3261 §8.2.2.1). Turn it
+    #: off only behind an element that rewrites the Request-URI to an address we
+    #: cannot know (a registrar storing a NAT's public address as our contact).
+    check_request_uri: bool = True
     #: How many transaction keys of plain-text messages the duplicate cache keeps.
     dedup_capacity: int = 4096
     #: How long (seconds) a plain-text message stays in the duplicate cache.

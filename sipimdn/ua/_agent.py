@@ -469,6 +469,11 @@ class UserAgent:
         if method == "ACK":
             # ACK for the 405 we gave an INVITE (RFC 3261 §17.2.1): absorbed.
             return
+        verdict = _wire.request_uri_verdict(self.config, self._aor, self._require_stack(), request)
+        if verdict.status is not None:  # RFC 3261 §8.2.2.1: nothing reaches the app
+            _log.info("%s for %s from %s: %s", method, request.uri, incoming.flow.remote, verdict.reason)
+            incoming.respond(verdict.status, verdict.reason)
+            return
         required = [
             tag for value in request.headers.get_all("Require") for tag in value.split(",") if tag.strip()
         ]

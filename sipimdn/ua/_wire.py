@@ -43,6 +43,7 @@ from ..uri import Uri
 from ._deadline import Decision, normalize_decision
 from ._inflate import ACCEPT_ENCODING, inflate
 from .incoming import IncomingMessage
+from .request_uri import RequestUriPolicy, RequestUriVerdict
 
 Stack = SipStack
 Incoming = IncomingRequest
@@ -61,6 +62,7 @@ __all__ = [
     "decode_message",
     "incoming_message",
     "reason_phrase",
+    "request_uri_verdict",
 ]
 
 
@@ -439,6 +441,22 @@ def make_stack(config: UserAgentConfig) -> SipStack:
         timers=TimerConfig(t1=config.t1, t2=config.t2, t4=config.t4),
         transport_config=transport_config,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _request_uri_policy(aor: Uri, endpoints: tuple[tuple[str, int], ...]) -> RequestUriPolicy:
+    return RequestUriPolicy.of(aor, endpoints)
+
+
+def request_uri_verdict(
+    config: UserAgentConfig, aor: Uri, stack: SipStack, request: Request
+) -> RequestUriVerdict:
+    """Whether ``request`` is for the user agent of ``aor`` listening where ``stack`` does
+    (RFC 3261 §8.2.2.1, see :mod:`.request_uri`); always accepted when ``check_request_uri`` is off."""
+    if not config.check_request_uri:
+        return RequestUriVerdict.ACCEPTED
+    endpoints = tuple(address for _, address in stack.endpoints)
+    return _request_uri_policy(aor, endpoints).classify(request.method, request.uri)
 
 
 def endpoints_of(stack: SipStack) -> tuple[ListenEndpoint, ...]:
