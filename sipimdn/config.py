@@ -24,6 +24,7 @@ __all__ = [
     "DisplayPrivacy",
     "ListenEndpoint",
     "UserAgentConfig",
+    "check_connection_limits",
 ]
 
 #: RFC 3261 §18.1.1 default ports per transport.
@@ -113,6 +114,24 @@ class ListenEndpoint:
         return f"{self.transport}:{host}:{self.port}"
 
 
+def check_connection_limits(max_connections: int, per_source: int, outbound_reserve: int | None,
+                            stalled_after: float) -> None:
+    """Raise ValueError unless these make a usable connection table.
+
+    One rule for ``UserAgentConfig`` and ``sipimdn.transport.TransportConfig`` (which documents
+    each limit and its default).
+    """
+    if max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    if per_source < 1:
+        raise ValueError("max_connections_per_source must be at least 1")
+    if outbound_reserve is not None and not 0 <= outbound_reserve < max_connections:
+        raise ValueError("outbound_connection_reserve must be at least 0 and below max_connections "
+                         "(inbound connections need a slot too)")
+    if not stalled_after > 0:
+        raise ValueError("stalled_connection_after must be positive")
+
+
 def _port_of(aor: str) -> int | None:
     try:
         return Uri.parse(aor).port
@@ -186,6 +205,19 @@ class UserAgentConfig:
     max_body_bytes: int = 64 * 1024
     #: Largest body after ``Content-Encoding: deflate/gzip`` inflation.
     max_inflated_bytes: int = 256 * 1024
+
+    # Connections (TCP and TLS): the limits of the connection table, which peers
+    # must not be able to turn against us. See ``sipimdn.transport.TransportConfig``
+    # for each default and why.
+    #: Most connections open at once, inbound and outbound.
+    max_connections: int = 256
+    #: Most inbound connections from one source address (IPv6: one /64).
+    max_connections_per_source: int = 32
+    #: Slots kept for connections we open (None: an eighth of ``max_connections``).
+    outbound_connection_reserve: int | None = None
+    #: At a full table, an inbound connection holding a partial message for longer
+    #: than this (seconds) may be closed to admit a new one.
+    stalled_connection_after: float = 5.0
 
     # Receiving.
     #: Seconds an ``on_message`` handler has to decide the final response.
@@ -274,6 +306,8 @@ class UserAgentConfig:
         if self.dedup_ttl <= 0 or self.state_expiry <= 0:
             raise ValueError("dedup_ttl and state_expiry must be positive")
         self._check_registration()
+        check_connection_limits(self.max_connections, self.max_connections_per_source,
+                                self.outbound_connection_reserve, self.stalled_connection_after)
 
     @property
     def registers(self) -> bool:

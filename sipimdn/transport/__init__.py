@@ -6,13 +6,14 @@ the next hop; ``manager`` owns the sockets and the connection table.
 
 from __future__ import annotations
 
-from .base import ListenSpec, TransportConfig, TransportUser
+from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
 from .flow import Address, Flow, Transport
 from .manager import TransportManager
 from .select import Target, resolve, target_for_uri
 
 __all__ = [
     "Address",
+    "ConnectionCounters",
     "Flow",
     "ListenSpec",
     "Target",

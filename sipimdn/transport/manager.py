@@ -6,11 +6,23 @@ destination with an open connection reuses it (§18.1.1 RECOMMENDED); a response
 connection its request came on (§18.2.2). The table has a cap on its size, an idle timeout and a cap
 on bytes queued per connection, so a peer cannot grow our memory or descriptor use without bound.
 
-At the cap a new connection takes the place of the least recently active idle one (no bytes queued,
-none half received, no request awaiting its final response): otherwise a peer holding ``max_connections``
-idle sockets would lock everyone else out. Only when every connection is busy is the new one refused.
-A message must also be completed within a deadline, so trickling bytes (slowloris) cannot keep a
-half-received message and its slot alive by merely refreshing the idle timer.
+The table must not become a way to lock the user agent out, so it has three shares (see
+``TransportConfig``):
+
+* per source: one address (an IPv6 source by its /64) holds at most ``max_connections_per_source``
+  inbound connections, so one host cannot fill the table;
+* inbound: accepted connections hold at most ``max_connections - outbound_connection_reserve``
+  slots, so our own requests and notifications always find a slot, whatever peers do;
+* at a full share a new connection takes the place of the least recently active idle one (no bytes
+  queued, none half received, no request awaiting its final response), else of an inbound one
+  that has held a partial message for ``stalled_connection_after`` seconds (a peer sending half
+  a message and waiting holds its slot for nothing). Only when every connection is busy otherwise
+  is the new one refused.
+
+Refusals and evictions are counted (``counters``) and logged at most once per
+``_LOG_PERIOD`` seconds each. A message must also be completed within a deadline, so trickling
+bytes (slowloris) cannot keep a half-received message and its slot alive by merely refreshing the
+idle timer.
 
 TLS below 1.2 is never spoken (RFC 8996; RFC 3261 §26.3.1 wants TLS at its best): see
 ``require_tls12``.
@@ -20,13 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import TransportError
-from .base import ListenSpec, TransportConfig, TransportUser
+from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
 from .flow import Address, Flow, Transport
 from .stream import StreamConnection
 from .udp import UdpEndpoint
@@ -43,6 +57,44 @@ _Key = tuple[Transport, Address, str | None]
 #: 64*T1 with the default T1 (Timers F and J): no non-INVITE transaction outlives it, so a request
 #: unanswered for longer no longer makes its connection busy.
 _TRANSACTION_WINDOW = 32.0
+
+
+#: Seconds between two log lines about the same kind of refusal or eviction; the ones in between
+#: are counted and reported with the next line (a flood must not flood the log too).
+_LOG_PERIOD = 10.0
+
+
+def _source_of(host: str) -> str:
+    """The per-source key of a peer address: IPv4 as is, IPv6 by its /64 prefix (IPv4-mapped
+    IPv6 as the IPv4 address)."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class _RateLimitedLog:
+    """A log line at most once per ``_LOG_PERIOD``, telling how many were held back meanwhile."""
+
+    def __init__(self, level: int) -> None:
+        self._level = level
+        self._next = float("-inf")
+        self._held = 0
+
+    def __call__(self, now: float, message: str, *args: object) -> None:
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            message += f" ({self._held} more like this in the last {_LOG_PERIOD:g} s)"
+            self._held = 0
+        self._next = now + _LOG_PERIOD
+        log.log(self._level, message, *args)
 
 
 def _family(host: str) -> int:
@@ -90,6 +142,14 @@ class TransportManager:
         self._closed = False
         self._default_ssl: ssl.SSLContext | None = None
         self._source_cache: dict[str, str] = {}
+        # Inbound connections in the table, by source key and back.
+        self._source_of: dict[StreamConnection, str] = {}
+        self._by_source: dict[str, set[StreamConnection]] = {}
+        self._counts = {name: 0 for name in ConnectionCounters.__dataclass_fields__}
+        self._log_refused = _RateLimitedLog(logging.WARNING)
+        self._log_refused_source = _RateLimitedLog(logging.WARNING)
+        self._log_refused_outbound = _RateLimitedLog(logging.WARNING)
+        self._log_evicted = _RateLimitedLog(logging.INFO)
 
     # -- listening ------------------------------------------------------------------------------
 
@@ -168,6 +228,16 @@ class TransportManager:
         """Open (or opening) TCP and TLS connections."""
         return len(self._all)
 
+    @property
+    def inbound_count(self) -> int:
+        """Accepted TCP and TLS connections in the table."""
+        return len(self._source_of)
+
+    @property
+    def counters(self) -> ConnectionCounters:
+        """What the connection limits refused and evicted so far (a snapshot)."""
+        return ConnectionCounters(**self._counts)
+
     # -- sending --------------------------------------------------------------------------------
 
     def send(self, data: bytes, flow: Flow) -> Flow:
@@ -216,7 +286,7 @@ class TransportManager:
     def _connect(self, flow: Flow) -> StreamConnection:
         if flow.transport is Transport.TLS:
             self._client_ssl()  # a context unable to do TLS 1.2 fails this send, not a later task
-        if not self._make_room():
+        if not self._room_for_outbound():
             raise TransportError(f"connection limit ({self.config.max_connections}) reached "
                                  "and every connection is busy")
         connection = self._new_connection(flow.transport, flow.remote, flow.server_name, inbound=False)
@@ -275,35 +345,105 @@ class TransportManager:
         if self._closed:
             connection.abort(None)
             return
-        if not self._make_room():
-            log.warning("refusing %s connection from %s: limit of %d reached and every connection is busy",
-                        connection.kind.value, connection.flow.remote, self.config.max_connections)
+        if not self._room_for_inbound(connection):
             connection.abort(None)
             return
+        source = _source_of(connection.flow.remote[0])
+        self._source_of[connection] = source
+        self._by_source.setdefault(source, set()).add(connection)
         self._all.add(connection)
         self._connections[(connection.kind, connection.flow.remote, None)] = connection
 
-    def _make_room(self) -> bool:
-        """True if one more connection fits, after closing the least recently active idle one if
-        the table is full; False if it is full of busy connections."""
+    def _room_for_inbound(self, connection: StreamConnection) -> bool:
+        """True if the accepted ``connection`` may enter the table, after evicting for it if
+        its source, the inbound share or the table is full; False (counted, logged) if not."""
+        config = self.config
+        now = asyncio.get_running_loop().time()
+        kind, remote = connection.kind.value, connection.flow.remote
+        same_source = self._by_source.get(_source_of(remote[0]), ())
+        if len(same_source) >= config.max_connections_per_source and not self._evict(same_source, now):
+            self._counts["refused_per_source"] += 1
+            self._log_refused_source(
+                now, "refusing %s connection from %s: %d from that source already, all busy",
+                kind, remote, config.max_connections_per_source)
+            return False
+        pool: Iterable[StreamConnection]
+        if len(self._source_of) >= config.inbound_share:
+            pool = self._source_of  # only another inbound connection can make room
+        elif len(self._all) >= config.max_connections:
+            pool = self._all
+        else:
+            return True
+        if self._evict(pool, now):
+            return True
+        self._counts["refused_inbound"] += 1
+        self._log_refused(now, "refusing %s connection from %s: %d inbound connections open and all busy",
+                          kind, remote, len(self._source_of))
+        return False
+
+    def _room_for_outbound(self) -> bool:
+        """True if one more connection of ours fits, after evicting one if the table is full.
+        Inbound connections never hold the reserved share, so this fails only when our own
+        connections fill it and are all busy."""
         if len(self._all) < self.config.max_connections:
             return True
         now = asyncio.get_running_loop().time()
-        # A linear scan: it runs only at the cap, and activity changes on every byte, so an ordered
+        if self._evict(self._all, now):
+            return True
+        self._counts["refused_outbound"] += 1
+        self._log_refused_outbound(
+            now, "no connection slot for a request of ours: %d connections open, all busy", len(self._all))
+        return False
+
+    def _evict(self, pool: Iterable[StreamConnection], now: float) -> bool:
+        """Close one connection of ``pool`` to make room: the least recently active idle one,
+        else the inbound one stalled longest in the middle of a message (for more than
+        ``stalled_connection_after``). False if every one is busy."""
+        # A linear scan: it runs only at a cap, and activity changes on every byte, so an ordered
         # structure would cost more on the hot path than this costs under pressure.
-        victim: StreamConnection | None = None
-        for connection in self._all:
-            if connection.closed or connection.busy(now):
+        idle: StreamConnection | None = None
+        stalled: StreamConnection | None = None
+        stalled_since = now - self.config.stalled_connection_after
+        for connection in pool:
+            if connection.closed:
                 continue
-            if victim is None or connection.last_activity < victim.last_activity:
-                victim = connection
-        if victim is None:
-            return False
-        log.info("closing idle %s connection to %s (last active %.1f s ago) to admit a new one",
-                 victim.kind.value, victim.flow.remote, now - victim.last_activity)
-        victim.close()
-        self._lost(victim, None)
-        return True
+            if not connection.busy(now):
+                if idle is None or connection.last_activity < idle.last_activity:
+                    idle = connection
+            elif idle is None and connection in self._source_of:
+                started = connection.message_started
+                if started is not None and started < stalled_since and (
+                        stalled is None or started < (stalled.message_started or now)):
+                    stalled = connection
+        if idle is not None:
+            self._counts["evicted_idle"] += 1
+            self._log_evicted(
+                now, "closing idle %s connection to %s (last active %.1f s ago) to admit a new one",
+                idle.kind.value, idle.flow.remote, now - idle.last_activity)
+            idle.close()
+            self._lost(idle, None)
+            return True
+        if stalled is not None:
+            started = stalled.message_started or now
+            self._counts["evicted_stalled"] += 1
+            self._log_evicted(now, "closing %s connection from %s, in the middle of a message for %.1f s, "
+                              "to admit a new one", stalled.kind.value, stalled.flow.remote, now - started)
+            stalled.abort(TransportError(
+                f"{stalled.kind.value} connection from {stalled.flow.remote[0]}:{stalled.flow.remote[1]} "
+                f"closed for a new one: a message incomplete for {now - started:.1f} s"))
+            self._release(stalled)  # the slot is free now; connection_lost reports
+            return True
+        return False
+
+    def _release(self, connection: StreamConnection) -> None:
+        """Take ``connection`` out of the counts (idempotent)."""
+        self._all.discard(connection)
+        source = self._source_of.pop(connection, None)
+        if source is not None:
+            members = self._by_source[source]
+            members.discard(connection)
+            if not members:
+                del self._by_source[source]
 
     # -- from the sockets -----------------------------------------------------------------------
 
@@ -311,7 +451,7 @@ class TransportManager:
         self._user.stream_message_received(message, flow)
 
     def _lost(self, connection: StreamConnection, error: TransportError | None) -> None:
-        self._all.discard(connection)
+        self._release(connection)
         for key, value in list(self._connections.items()):
             if value is connection:
                 del self._connections[key]
@@ -351,11 +491,10 @@ class TransportManager:
                 connection.abort(TransportError(
                     f"{connection.kind.value} peer {connection.flow.remote[0]}:{connection.flow.remote[1]} "
                     f"did not complete a message within {deadline:g} s"))
-                self._all.discard(connection)  # the slot is free now; connection_lost reports
+                self._release(connection)  # the slot is free now; connection_lost reports
             elif now - connection.last_activity > self.config.idle_timeout:
                 log.debug("closing idle %s connection to %s", connection.kind.value, connection.flow.remote)
                 connection.close()
-                self._all.discard(connection)
                 self._lost(connection, None)
         self._arm_sweeper()
 
@@ -382,3 +521,5 @@ class TransportManager:
         self._servers.clear()
         self._connections.clear()
         self._all.clear()
+        self._source_of.clear()
+        self._by_source.clear()

@@ -72,6 +72,7 @@ from ..imdn.tracker import (
 from ..message import Request, Response
 from ..registration import RegistrationClient, RegState
 from ..store import Delete, Put, SeenRecord, SqliteStore, Store, StoreOp
+from ..transport.base import ConnectionCounters
 from ..uri import Uri
 from . import _wire
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
@@ -271,6 +272,11 @@ class UserAgent:
     def endpoints(self) -> tuple[ListenEndpoint, ...]:
         """The endpoints actually listened on (port 0 replaced by the bound port)."""
         return _wire.endpoints_of(self._require_stack())
+
+    @property
+    def connection_counters(self) -> ConnectionCounters:
+        """What the TCP/TLS connection limits refused and evicted so far."""
+        return self._require_stack().transports.counters
 
     def contact_uri(self, transport: str = "udp") -> str:
         """A URI reaching this user agent directly: AOR user at a listen endpoint of ``transport``."""

@@ -431,10 +431,12 @@ def make_stack(config: UserAgentConfig) -> SipStack:
             if ep.transport == "udp" and ep.host not in tcp_hosts:
                 specs.append(ListenSpec(Transport.TCP, ep.host, 0))
                 tcp_hosts.add(ep.host)
-    transport_config = (
-        TransportConfig(client_ssl_context=config.tls_client_context)
-        if config.tls_client_context is not None
-        else None
+    transport_config = TransportConfig(
+        client_ssl_context=config.tls_client_context,
+        max_connections=config.max_connections,
+        max_connections_per_source=config.max_connections_per_source,
+        outbound_connection_reserve=config.outbound_connection_reserve,
+        stalled_connection_after=config.stalled_connection_after,
     )
     return SipStack(
         specs,
