@@ -194,3 +194,25 @@ async def test_check_can_be_turned_off() -> None:
         request, target = raw_message("sip:carol@example.com", port, "sip:mallory@example.com")
         assert (await mallory.send_request(request, target)).status_code == 200
         assert len(seen) == 1
+
+
+async def test_worker_behind_a_dispatcher_accepts_the_public_aor() -> None:
+    """A worker whose AOR names the public domain receives requests for that AOR at its own
+    address (the dispatcher keeps the Request-URI); other users of the domain get 404."""
+    config = UserAgentConfig(aor="sip:bob@example.com", listen=(ListenEndpoint("tcp", "127.0.0.1", 0),))
+    seen: list[IncomingMessage] = []
+
+    async def handler(message: IncomingMessage) -> None:
+        seen.append(message)
+
+    async with asyncio.timeout(10), UserAgent(config) as bob, \
+            SipStack([ListenSpec(Transport.UDP, "127.0.0.1", 0)]) as dispatcher:
+        bob.on_message(handler)
+        port = next(ep.port for ep in bob.endpoints if ep.transport == "tcp")
+        to_bob = Target(Transport.TCP, "127.0.0.1", port)
+        for uri, status in [("sip:bob@example.com", 200), ("sip:bob@Example.COM;user=ip", 200),
+                            ("sip:alice@example.com", 404), ("tel:+12025550123", 416)]:
+            request = build_request("MESSAGE", uri, "<sip:carol@example.net>", f"<{uri}>",
+                                    body=b"hi", content_type="text/plain")
+            assert (await dispatcher.send_request(request, to_bob)).status_code == status, uri
+        assert [m.body for m in seen] == [b"hi", b"hi"]
