@@ -254,6 +254,37 @@ def test_unparseable_request_with_readable_via_gets_400_with_reason() -> None:
     assert layer.transaction_count == 0
 
 
+@pytest.mark.parametrize("via", [
+    "SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKbad;received=evil.example;rport",
+    "SIP/2.0/UDP 192.0.2.7:5070;received=evil.example;branch=z9hG4bKbad",
+    "SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKbad;RECEIVED = 1.2.3 ;rport",
+])
+def test_received_that_is_no_ip_address_gets_400_sent_to_the_source(via: str) -> None:
+    """RFC 3261 §20.42: received is an IP address. The answer drops the bad value and stamps the
+    address the request came from, so it goes back there (RFC 3581 §4 with rport)."""
+    layer = TransactionLayer()
+    data = raw_request(via)
+    with pytest.raises(SipParseError) as info:
+        layer.receive(parse_message(data), UDP_FROM, 0)
+    assert layer.receive_unparseable(data, info.value, UDP_FROM)
+    [out] = layer.messages_to_send()
+    assert isinstance(out.message, Response) and out.message.status_code == 400
+    top = out.message.top_via
+    # With rport received is always written (RFC 3581 §4); without, only when sent-by differs.
+    assert top.received == ("192.0.2.7" if top.has_rport else None)
+    assert top.branch == "z9hG4bKbad"
+    assert out.flow.remote[0] == "192.0.2.7"
+
+
+def test_a_via_broken_beyond_its_received_gets_nothing() -> None:
+    layer = TransactionLayer()
+    data = raw_request("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKbad;received=evil.example;rport=x")
+    with pytest.raises(SipParseError) as info:
+        layer.receive(parse_message(data), UDP_FROM, 0)
+    assert not layer.receive_unparseable(data, info.value, UDP_FROM)
+    assert layer.messages_to_send() == []
+
+
 @pytest.mark.parametrize("data", [
     b"\x00\xffgarbage",
     b"MESSAGE sip:bob@x SIP/2.0\r\nFrom: <sip:a@b>\r\n\r\n",  # no Via: nowhere to answer

@@ -464,10 +464,11 @@ def _without_received(response: Response, flow: Flow) -> Via:
     repaired = _RECEIVED_PARAM.sub("", first)
     if repaired == first:
         raise SipParseError(f"unreadable top Via {first[:200]!r}")
+    via = Via.parse(repaired)  # still broken without it: not our case, nothing is answered
     log.info("answering 400 to a request from %s whose top Via has a received= that is not an IP address: %r",
              flow.remote, first[:200])
     response.headers.replace_first_value("Via", repaired)
-    return response.top_via
+    return via
 
 
 def _with_to_tag(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
