@@ -13,10 +13,10 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from .auth import Credentials
 from .errors import SipParseError
+from .imdn.tracker import DisplayPolicy
 from .uri import Uri
 
 __all__ = [
@@ -31,19 +31,11 @@ __all__ = [
 DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 
-class DisplayPrivacy(StrEnum):
-    """What the user agent does with a request for a display notification.
-
-    RFC 5438 §14.2 asks for the user's consent before display notifications
-    are sent; these are the three policies the application can choose.
-    """
-
-    #: Send ``displayed`` when the application calls ``mark_displayed``.
-    SEND = "send"
-    #: Answer every display request with ``forbidden`` (RFC 5438 §5.3).
-    FORBIDDEN = "forbidden"
-    #: Never send a display notification at all (RFC 5438 §7.2.1.2 allows silence).
-    SILENT = "silent"
+#: What the user agent does with a request for a display notification (RFC 5438 §14.2 asks for the
+#: user's consent): ``SEND`` when the application calls ``mark_displayed``, ``FORBIDDEN`` answers
+#: every display request with ``forbidden``, ``SILENT`` never sends one (RFC 5438 §7.2.1.2). The
+#: tracker's :class:`~sipimdn.imdn.tracker.DisplayPolicy` under the name the configuration uses.
+DisplayPrivacy = DisplayPolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ events, re-exported here so applications import them from one place:
 - :class:`NotificationAccepted`: a verified IMDN arrived (also ``processed``
   and ``stored``, which change no state);
 - :class:`NotificationRejected`: an IMDN that failed the correlation and
-  anti-forgery checks (RFC 5438 §14, imdn.md C1..C3). It was answered 200 so
+  anti-forgery checks (RFC 5438 §14). It was answered 200 so
   the sender learns nothing, and it was *not* applied: it is reported so the
   application can log or alert, never trusted;
 - :class:`TrackingEnded`: the message reached its expiry and is forgotten.
@@ -40,6 +40,7 @@ from .imdn.tracker import (
     TrackingEnded,
 )
 from .registration import (
+    RegistrationEvent,
     RegistrationExpired,
     RegistrationFailed,
     RegistrationSucceeded,
@@ -90,6 +91,3 @@ DispositionEvent = DispositionChanged | NotificationAccepted | NotificationRejec
 
 #: What ``ua.on_notification`` handlers receive.
 NotificationEvent = NotificationSent | NotificationAbandoned | NotificationsDeclined
-
-#: What ``ua.on_registration`` handlers receive.
-RegistrationEvent = RegistrationSucceeded | RegistrationFailed | RegistrationExpired | Unregistered

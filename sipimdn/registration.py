@@ -164,6 +164,7 @@ class Unregistered:
     """True when the registrar answered 2xx to the expires=0 REGISTER."""
 
 
+#: What :meth:`RegistrationClient.next_event` returns and ``ua.on_registration`` handlers receive.
 RegistrationEvent = RegistrationSucceeded | RegistrationFailed | RegistrationExpired | Unregistered
 
 
