@@ -20,8 +20,10 @@ CSeq (one higher on every REGISTER, retries included). Digest challenges are
 answered through :class:`sipimdn.auth.Authenticator`; 423 raises the requested
 expiry to the registrar's Min-Expires; a transport failure or 5xx is retried
 with RFC 5626 §4.5 exponential backoff; the binding is refreshed before it
-lapses. Responses are read as plain ``(name, value)`` header pairs, so the
-state machine can be driven without building message objects.
+lapses. Responses are read through the SIP core's :class:`~sipimdn.message.Headers`
+(compact forms, comma lists) and typed values (:class:`~sipimdn.headers.NameAddr`
+for Contact, :class:`~sipimdn.headers.CSeq`); our contacts are recognised with
+RFC 3261 §19.1.4 URI equality (§10.3 step 6) or by ``+sip.instance`` (RFC 5626).
 
 Rule 1 (after h11): every state change goes through ``_TRANSITIONS``.
 """
@@ -38,8 +40,9 @@ from enum import Enum
 
 from sipimdn.auth import AuthAttempt, Authenticator
 from sipimdn.errors import AuthenticationFailed, LocalProtocolError, SipParseError
-from sipimdn.message import Request, Response
-from sipimdn.uri import Uri
+from sipimdn.headers import CSeq, NameAddr
+from sipimdn.message import Headers, Request, Response
+from sipimdn.uri import Uri, identity_key
 
 __all__ = [
     "RegState",
@@ -94,6 +97,11 @@ class RegistrationSettings:
         for text in (self.aor, self.registrar_uri or "", self.instance_id or "", *self.contacts):
             if _UNSAFE_RE.search(text):
                 raise LocalProtocolError("control character in registration settings")
+        for contact in self.contacts:
+            try:
+                Uri.parse(contact)
+            except SipParseError as exc:
+                raise LocalProtocolError(f"bad contact URI: {exc.reason}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,105 +251,7 @@ _MAX_EXPIRES = 2**31 - 1  # RFC 3261 §20.19: delta-seconds up to 2**32-1; keep 
 _MAX_TOO_BRIEF = 3  # 423 rounds in a row before giving up (each must raise Min-Expires)
 
 
-# ---------------------------------------------------------------------------
-# Small header readers (until the SIP core's typed headers are used here)
-# ---------------------------------------------------------------------------
-
-_COMPACT = {"m": "contact", "i": "call-id"}
-
-
-def _values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
-    key = name.lower()
-    return [value for raw, value in headers if _COMPACT.get(raw.lower(), raw.lower()) == key]
-
-
-def _first(headers: Sequence[tuple[str, str]], name: str) -> str | None:
-    values = _values(headers, name)
-    return values[0] if values else None
-
-
-def _split_list(value: str) -> list[str]:
-    """Split a comma list, ignoring commas inside quotes and <...>."""
-    parts: list[str] = []
-    depth_angle = False
-    quoted = False
-    escaped = False
-    start = 0
-    for index, char in enumerate(value):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
-        elif char == "<":
-            depth_angle = True
-        elif char == ">":
-            depth_angle = False
-        elif char == "," and not depth_angle:
-            parts.append(value[start:index])
-            start = index + 1
-    parts.append(value[start:])
-    return [part.strip() for part in parts if part.strip()]
-
-
-@dataclass(frozen=True, slots=True)
-class _ContactView:
-    uri: str
-    params: dict[str, str]
-
-
-_CONTACT_RE = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"\s*|[^<"]*?)?<([^>]*)>(.*)$', re.S)
-
-
-def _parse_contact(text: str) -> _ContactView | None:
-    match = _CONTACT_RE.match(text)
-    if match is not None:
-        uri, rest = match.group(1), match.group(2)
-    else:
-        # addr-spec form: the URI ends at the first ';' (its params become header params).
-        uri, _, rest = text.partition(";")
-        rest = ";" + rest if rest else ""
-    params: dict[str, str] = {}
-    for piece in rest.split(";"):
-        name, _, value = piece.strip().partition("=")
-        if name:
-            params[name.strip().lower()] = value.strip().strip('"')
-    return _ContactView(uri.strip(), params) if uri.strip() else None
-
-
-def _uri_key(uri: str) -> tuple[str, str, str, str, str]:
-    """Fallback comparison key for URIs the core cannot parse: scheme, user, host, port, transport."""
-    scheme, _, rest = uri.partition(":")
-    main, _, param_text = rest.partition(";")
-    main = main.split("?", 1)[0]
-    user, _, hostport = main.rpartition("@")
-    user = user.split(":", 1)[0]
-    if hostport.startswith("["):
-        host, _, port = hostport[1:].partition("]")
-        port = port.lstrip(":")
-    else:
-        host, _, port = hostport.partition(":")
-    transport = ""
-    for piece in param_text.split(";"):
-        name, _, value = piece.partition("=")
-        if name.strip().lower() == "transport":
-            transport = value.strip().lower()
-    return scheme.lower(), user, host.lower(), port, transport
-
-
 _DELTA_SECONDS_RE = re.compile(r"[0-9]{1,12}")  # delta-seconds = 1*DIGIT (ASCII digits only)
-
-
-def _same_uri(received: str, ours: str) -> bool:
-    """RFC 3261 §19.1.4 equality through :class:`~sipimdn.uri.Uri`; a coarse key if unparsable."""
-    try:
-        return Uri.parse(received) == Uri.parse(ours)
-    except SipParseError:
-        return _uri_key(received) == _uri_key(ours)
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -373,6 +283,10 @@ class RegistrationClient:
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
+        self._contact_uris = tuple(Uri.parse(contact) for contact in settings.contacts)
+        self._contact_identities = frozenset(
+            key for contact in settings.contacts if (key := identity_key(contact, compare_ports=True))
+        )
         self._auth = authenticator
         self.call_id = call_id or secrets.token_hex(12)
         """Constant across refreshes (RFC 3261 §10.2: the same Call-ID for the whole boot cycle)."""
@@ -445,12 +359,20 @@ class RegistrationClient:
         self._send_register(now, 0)
 
     def handle_response(self, status_code: int, headers: Sequence[tuple[str, str]], now: float) -> None:
-        """Consume the final response to the outstanding REGISTER.
+        """Consume the final response to the outstanding REGISTER, given as (name, value) pairs.
 
-        ``headers`` are the response's (name, value) pairs. A response whose
-        CSeq/Call-ID does not match the outstanding request is ignored (it
-        belongs to an abandoned transaction). Provisional responses are ignored.
+        A response whose CSeq/Call-ID does not match the outstanding request is
+        ignored (it belongs to an abandoned transaction), as are provisional
+        responses. A pair that could not be a header row (a bad name, a line
+        break in the value) raises :class:`~sipimdn.errors.LocalProtocolError`.
         """
+        self._handle(status_code, Headers(headers), now)
+
+    def handle_response_message(self, response: Response, now: float) -> None:
+        """:meth:`handle_response` for a :class:`sipimdn.message.Response`."""
+        self._handle(response.status_code, response.headers, now)
+
+    def _handle(self, status_code: int, headers: Headers, now: float) -> None:
         request = self._outstanding
         if request is None or status_code < 200:
             return
@@ -464,14 +386,10 @@ class RegistrationClient:
         elif status_code == 423:
             self._on_too_brief(request, headers, now)
         elif status_code in _TRANSIENT_STATUS or 500 <= status_code < 600:
-            retry_after = _int_or_none(_first(headers, "Retry-After"))
+            retry_after = _int_or_none(headers.get("Retry-After"))
             self._on_transient(now, status_code, f"{status_code} from registrar", retry_after)
         else:
             self._on_permanent(status_code, f"{status_code} from registrar")
-
-    def handle_response_message(self, response: Response, now: float) -> None:
-        """:meth:`handle_response` for a :class:`sipimdn.message.Response`."""
-        self.handle_response(response.status_code, list(response.headers.items()), now)
 
     def handle_failure(self, now: float, reason: str = "transport failure") -> None:
         """The outstanding REGISTER got no response (Timer F) or could not be sent."""
@@ -506,9 +424,9 @@ class RegistrationClient:
 
     # -- handlers -------------------------------------------------------------------
 
-    def _on_success(self, request: RegisterRequest, headers: Sequence[tuple[str, str]], now: float) -> None:
+    def _on_success(self, request: RegisterRequest, headers: Headers, now: float) -> None:
         if self._attempt is not None:
-            self._attempt.handle_success(_first(headers, "Authentication-Info"))
+            self._attempt.handle_success(headers.get("Authentication-Info"))
         self._attempt = None
         self._too_brief_rounds = 0
         if request.expires == 0:
@@ -535,22 +453,22 @@ class RegistrationClient:
         )
 
     def _on_challenge(
-        self, request: RegisterRequest, status_code: int, headers: Sequence[tuple[str, str]], now: float
+        self, request: RegisterRequest, status_code: int, headers: Headers, now: float
     ) -> None:
         if self._auth is None or self._attempt is None:
             self._on_permanent(status_code, f"{status_code}: registrar wants credentials and none are set")
             return
         header = "WWW-Authenticate" if status_code == 401 else "Proxy-Authenticate"
         try:
-            self._attempt.handle_challenge(status_code, _values(headers, header))
+            self._attempt.handle_challenge(status_code, headers.get_all(header))
         except AuthenticationFailed as exc:
             self._on_permanent(status_code, str(exc))
             return
         self._transition(_I.RETRY_NOW)
         self._send_register(now, request.expires, keep_attempt=True)
 
-    def _on_too_brief(self, request: RegisterRequest, headers: Sequence[tuple[str, str]], now: float) -> None:
-        minimum = _int_or_none(_first(headers, "Min-Expires"))
+    def _on_too_brief(self, request: RegisterRequest, headers: Headers, now: float) -> None:
+        minimum = _int_or_none(headers.get("Min-Expires"))
         self._too_brief_rounds += 1
         if (
             minimum is None
@@ -617,14 +535,17 @@ class RegistrationClient:
         self._retry_at = None
         self._bound_until = None
 
-    def _matches(self, request: RegisterRequest, headers: Sequence[tuple[str, str]]) -> bool:
-        cseq = _values(headers, "CSeq")
-        call_id = _values(headers, "Call-ID")
-        if cseq:
-            number, _, method = cseq[0].strip().partition(" ")
-            if number != str(request.cseq) or method.strip().upper() != "REGISTER":
+    def _matches(self, request: RegisterRequest, headers: Headers) -> bool:
+        cseq_text = headers.get("CSeq")
+        if cseq_text is not None:
+            try:
+                cseq = CSeq.parse(cseq_text)
+            except SipParseError:
                 return False
-        return not (call_id and call_id[0].strip() != request.call_id)
+            if cseq.number != request.cseq or cseq.method.upper() != "REGISTER":
+                return False
+        call_id = headers.get("Call-ID")
+        return call_id is None or call_id.strip() == request.call_id
 
     def _contact_values(self, expires: int) -> list[str]:
         values = []
@@ -639,25 +560,28 @@ class RegistrationClient:
             values.append(value)
         return values
 
-    def _granted(self, headers: Sequence[tuple[str, str]], asked: int) -> int:
+    def _granted(self, headers: Headers, asked: int) -> int:
         """Seconds granted: our Contacts' ``expires``, else Expires, else what we asked."""
         instance = self.settings.instance_id
         found: list[int] = []
         listed_any = False
-        for value in _values(headers, "Contact"):
-            for item in _split_list(value):
-                contact = _parse_contact(item)
-                if contact is None:
-                    continue
-                listed_any = True
-                same_instance = (
-                    instance is not None
-                    and contact.params.get("+sip.instance", "").strip("<>") == instance
-                )
-                if same_instance or any(_same_uri(contact.uri, uri) for uri in self.settings.contacts):
-                    expires = _int_or_none(contact.params.get("expires"))
-                    found.append(expires if expires is not None else -1)
-        header = _int_or_none(_first(headers, "Expires"))
+        for item in headers.get_all("Contact"):
+            listed_any = True
+            try:
+                contact = NameAddr.parse(item)
+            except SipParseError:
+                # A binding whose parameters we cannot read (say ``expires=`` with non-ASCII
+                # digits): if its address is one of ours, the header Expires tells the time.
+                if identity_key(item, compare_ports=True) in self._contact_identities:
+                    found.append(-1)
+                continue
+            same_instance = (
+                instance is not None and (contact.params.get("+sip.instance") or "").strip("<>") == instance
+            )
+            if same_instance or contact.uri in self._contact_uris:
+                expires = _int_or_none(contact.params.get("expires"))
+                found.append(expires if expires is not None else -1)
+        header = _int_or_none(headers.get("Expires"))
         fallback = header if header is not None else asked
         if found:
             return min(value if value >= 0 else fallback for value in found)

@@ -7,11 +7,20 @@ visual separators removed (RFC 3966 §4); other schemes compare the scheme
 case-insensitively and the rest exactly. Parsed URIs are cached by text, which
 is safe because they are immutable and cheap because the same handful of URIs
 (our own AOR, the peer's) appears in almost every message.
+
+:func:`identity_key` is the coarser comparison of *who* a URI names (an
+address of record): sip, sips, im and pres URIs of the same user and host
+give the same key whatever their parameters, which is what matching a
+notification or a list member to an address needs (RFC 5438 §7.1.1,
+RFC 3862 §3.3 use im: where SIP uses sip:).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -21,7 +30,7 @@ from urllib.parse import quote, unquote
 from . import _abnf
 from .errors import LocalProtocolError, SipParseError
 
-__all__ = ["Uri", "parse_uri"]
+__all__ = ["Uri", "identity_key", "parse_uri"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -42,6 +51,7 @@ _PARAM_SAFE = "-_.!~*'()[]/:&+$"
 _HEADER_SAFE = "-_.!~*'()[]/?:+$"
 
 _SIP_LIKE = frozenset({"sip", "sips", "im", "pres"})
+#: RFC 3966 §5.1.1 visual-separator characters, not significant when comparing numbers.
 _TEL_SEPARATORS = str.maketrans("", "", "-.()")
 
 _CACHE: dict[str, Uri] = {}
@@ -293,3 +303,98 @@ class Uri:
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise ``SipParseError`` (400) if it is malformed."""
     return Uri.parse(text)
+
+
+# -- identities --------------------------------------------------------------
+
+# sip, sips, im and pres URIs name the same kind of identity (an AOR); CPIM
+# From/To often use im: where SIP uses sip:, so they compare equal. The value
+# is the default port, for comparisons that keep ports.
+_SIP_FAMILY = {"sip": 5060, "sips": 5061, "im": 5060, "pres": 5060}
+# RFC 3986 §3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and the same few peers come back all the time
+def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
+    """Normalise a URI (or ``name-addr``) to a string that is equal for the same identity.
+
+    SIP-like URIs (sip, sips, im, pres) become ``sip:user@host`` with the user
+    unescaped (case kept), the host lower-case (IP addresses in canonical
+    form), URI parameters, headers and password dropped; with
+    ``compare_ports`` a ``:port`` is kept, defaulted to 5060 (5061 for sips).
+    ``tel:`` keeps the number without visual separators (RFC 3966 §5.1.1).
+    Other schemes keep their text lower-cased without parameters. Returns None
+    for text that is not a URI, which then matches nothing.
+
+    Unlike :class:`Uri` equality (RFC 3261 §19.1.4) this never raises and
+    ignores every parameter: it answers "the same address?", not "the same URI?".
+    """
+    key = _identity(uri, compare_ports)
+    # A URI already in normal form (the common case) gives back the caller's own string, so a
+    # record that keeps both the URI and its key (a received message's sender) holds one object.
+    return uri if key == uri and type(uri) is str else key
+
+
+def _identity(uri: str | None, compare_ports: bool) -> str | None:
+    if uri is None:
+        return None
+    text = uri.strip()
+    if "<" in text:
+        start = text.index("<")
+        end = text.find(">", start)
+        if end < 0:
+            return None
+        text = text[start + 1 : end].strip()
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not colon or not rest or not _SCHEME.fullmatch(scheme):
+        return None
+    if scheme in _SIP_FAMILY:
+        return _sip_identity(scheme, rest, compare_ports)
+    if scheme == "tel":
+        number = rest.split(";", 1)[0].translate(_TEL_SEPARATORS).lower()
+        return f"tel:{number}" if number else None
+    return f"{scheme}:{rest.split(';', 1)[0].lower()}"
+
+
+def _sip_identity(scheme: str, rest: str, compare_ports: bool) -> str | None:
+    # The user part may not contain an unescaped "@" (RFC 3261 §25.1), so the
+    # first "@" ends the userinfo.
+    user: str | None = None
+    userinfo, at, hostpart = rest.partition("@")
+    if at:
+        user = unquote(userinfo.split(":", 1)[0])
+        if not user:
+            return None
+    else:
+        hostpart = rest
+    for stop in (";", "?"):
+        hostpart = hostpart.split(stop, 1)[0]
+    port_text = ""
+    if hostpart.startswith("["):
+        close = hostpart.find("]")
+        if close < 0:
+            return None
+        host, port_text = hostpart[1:close], hostpart[close + 1 :]
+        if port_text and not port_text.startswith(":"):
+            return None
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = hostpart.partition(":")
+    host = host.lower().rstrip(".")
+    if not host:
+        return None
+    with contextlib.suppress(ValueError):
+        host = ipaddress.ip_address(host).compressed
+    if ":" in host:
+        host = f"[{host}]"
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        port = int(port_text)
+    who = f"{user}@" if user is not None else ""
+    if compare_ports:
+        return f"sip:{who}{host}:{port or _SIP_FAMILY[scheme]}"
+    return f"sip:{who}{host}"

@@ -442,7 +442,11 @@ _HEADER_NAMES = st.sampled_from(
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from([200, 202, 401, 407, 423, 480, 503, 403, 606]),
-    st.lists(st.tuples(_HEADER_NAMES, st.text(max_size=60)), max_size=6),
+    # Any value a header row can hold: a line break or NUL cannot be inside one (see below).
+    st.lists(
+        st.tuples(_HEADER_NAMES, st.text(st.characters(exclude_characters="\r\n\x00"), max_size=60)),
+        max_size=6,
+    ),
 )
 def test_any_response_headers_are_handled_without_crashing(
     status: int, junk: list[tuple[str, str]]
@@ -454,6 +458,24 @@ def test_any_response_headers_are_handled_without_crashing(
     events(reg)
     assert reg.state in set(RegState)
     assert (reg.get_timer() is None) == (reg.state in (RegState.FAILED, RegState.REGISTERING))
+
+
+def test_a_pair_that_cannot_be_a_header_row_is_a_local_error() -> None:
+    reg = make()
+    reg.register(now=0.0)
+    request = sent_one(reg)
+    with pytest.raises(LocalProtocolError):
+        reply(reg, request, 200, [("Contact", f"<{CONTACT}>\r\nVia: evil")])
+    with pytest.raises(LocalProtocolError):
+        reply(reg, request, 200, [("Bad Name", "x")])
+    assert state(reg) is RegState.REGISTERING  # nothing consumed: the real answer still counts
+    reply(reg, request, 200, [("Contact", f"<{CONTACT}>;expires=100")])
+    assert state(reg) is RegState.REGISTERED
+
+
+def test_unparsable_contact_settings_are_refused() -> None:
+    with pytest.raises(LocalProtocolError):
+        RegistrationSettings("sip:a@b", ("sip:alice@exa mple.com",))
 
 
 def test_non_ascii_digits_are_not_numbers() -> None:

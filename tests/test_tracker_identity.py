@@ -1,10 +1,11 @@
-"""identity_key: the URI comparison behind correlation check C2."""
+"""identity_key (sipimdn.uri): the address comparison behind notification correlation (RFC 5438 §7.1.1)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sipimdn.imdn.tracker import identity_key, is_anonymous
+from sipimdn.imdn.tracker import is_anonymous
+from sipimdn.uri import identity_key
 
 
 @pytest.mark.parametrize(

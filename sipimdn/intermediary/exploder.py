@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from ..imdn import Kind, Notification, Status, make_notification
-from ..imdn.tracker import identity_key
+from ..uri import identity_key
 
 __all__ = [
     "ExploderConfig",

@@ -60,7 +60,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..imdn.tracker import identity_key
+from ..uri import identity_key
 from .store import DropParked, ImdnOrigin, ParkedMessage, ParkedOp, PutParked
 
 __all__ = [

@@ -1,7 +1,7 @@
 """A minimal sans-IO registrar (RFC 3261 §10.3) so recipients can come online by registering.
 
 It keeps, per address of record (the REGISTER's To URI, compared with
-:func:`~sipimdn.imdn.tracker.identity_key`), the contacts and their expiry.
+:func:`~sipimdn.uri.identity_key`), the contacts and their expiry.
 No authentication: this role exists so a store-and-forward intermediary
 learns that a recipient became reachable (it answers ``Contact`` with the
 granted ``expires`` per binding, like any registrar). ``Contact: *`` with
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import RemoteProtocolError, SipParseError
-from ..imdn.tracker import identity_key
 from ..message import Request
+from ..uri import identity_key
 
 __all__ = ["Binding", "RegisterResult", "Registrar"]
 

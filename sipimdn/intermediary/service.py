@@ -58,12 +58,11 @@ from ..errors import (
 )
 from ..headers import NameAddr
 from ..imdn import ImdnHeaders, ReceivedImdn, build_imdn_message, imdn_headers, make_notification, recognise
-from ..imdn.tracker import identity_key
 from ..message import Request
 from ..stack import IncomingRequest, SipStack
 from ..transport.base import ListenSpec, TransportConfig
 from ..transport.flow import Transport
-from ..uri import Uri
+from ..uri import Uri, identity_key
 from .exploder import (
     ExploderConfig,
     ListExploder,

@@ -59,7 +59,7 @@ class RecipientRecord:
 
     #: The recipient's URI as given when the message was registered (or as a member reported it).
     uri: str
-    #: Its identity key (:func:`sipimdn.imdn.tracker.identity_key`), used for matching.
+    #: Its identity key (:func:`sipimdn.uri.identity_key`), used for matching.
     key: str
     #: Main state: a :class:`sipimdn.imdn.tracker.DispositionState` value.
     state: str
