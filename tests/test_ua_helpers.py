@@ -9,10 +9,10 @@ import zlib
 
 import pytest
 
+from sipimdn._inflate import inflate
 from sipimdn.errors import RemoteProtocolError
 from sipimdn.ua._deadline import Decision, decide_response, normalize_decision
 from sipimdn.ua._dedup import DuplicateCache
-from sipimdn.ua._inflate import inflate
 from sipimdn.ua._pacing import DestinationQueue
 
 # -- RFC 3428 §8 per-destination queue -------------------------------------------------------

@@ -2,11 +2,11 @@
 
 An aggregated IMDN is a CPIM message whose encapsulated entity is
 ``multipart/mixed`` (RFC 2046 §5.1) with one ``message/imdn+xml`` document per
-part (IMDN-82). We always write the closing delimiter ``--boundary--``; on
+part. We always write the closing delimiter ``--boundary--``; on
 receive a missing one is accepted, because the RFC's own §8.3 example omits
-it (errata EID 3850, imdn.md §9).
+it (RFC errata EID 3850).
 
-liblinphone sends IMDNs with ``Content-Encoding: deflate`` (shared/peers.md);
+Some user agents send IMDNs with ``Content-Encoding: deflate`` (RFC 3261 §20.12);
 :func:`inflate` undoes that with a bound on the inflated size, so a small
 compressed body cannot expand into a memory bomb.
 """
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .. import _inflate
 from ..cpim.message import _header_lines, _parse_mime_headers, parse_media_type
-from ..errors import CpimError, ImdnError, LocalProtocolError
+from ..errors import CpimError, ImdnError, LocalProtocolError, RemoteProtocolError
 from .document import CONTENT_TYPE
 
 __all__ = [
@@ -141,26 +141,10 @@ def inflate(data: bytes, *, max_size: int = MAX_INFLATED_SIZE) -> bytes:
     """Undo ``Content-Encoding: deflate``: zlib-wrapped (RFC 1950) or raw (RFC 1951) data.
 
     Never produces more than ``max_size`` bytes: decompression stops at the
-    bound and raises :class:`~sipimdn.errors.ImdnError` with status 413.
+    bound and raises :class:`~sipimdn.errors.ImdnError` with status 413
+    (400 for data that is not deflate).
     """
     try:
-        return _inflate(data, zlib.MAX_WBITS, max_size)
-    except zlib.error:
-        pass
-    try:
-        return _inflate(data, -zlib.MAX_WBITS, max_size)
-    except zlib.error as exc:
-        raise ImdnError(f"body is not deflate data: {exc}") from None
-
-
-def _inflate(data: bytes, wbits: int, max_size: int) -> bytes:
-    decoder = zlib.decompressobj(wbits)
-    out = decoder.decompress(data, max_size + 1)
-    if len(out) > max_size or decoder.unconsumed_tail:
-        raise ImdnError(f"inflated body larger than {max_size} bytes", 413)
-    out += decoder.flush()
-    if len(out) > max_size:
-        raise ImdnError(f"inflated body larger than {max_size} bytes", 413)
-    if not decoder.eof:
-        raise zlib.error("truncated deflate stream")
-    return out
+        return _inflate.inflate(data, "deflate", max_size)
+    except RemoteProtocolError as exc:
+        raise ImdnError(exc.reason, exc.status_code) from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import cpim
+from .._inflate import ACCEPT_ENCODING, inflate
 from ..config import ListenEndpoint, UserAgentConfig
 from ..dialog.factory import build_request
 from ..dialog.transaction import TimerConfig
@@ -41,7 +42,6 @@ from ..transport.flow import Transport
 from ..transport.select import Target, target_for_uri
 from ..uri import Uri
 from ._deadline import Decision, normalize_decision
-from ._inflate import ACCEPT_ENCODING, inflate
 from .incoming import IncomingMessage
 from .request_uri import RequestUriPolicy, RequestUriVerdict
 

@@ -1,17 +1,18 @@
-"""``Content-Encoding`` of received MESSAGE bodies (peers.md quirk: liblinphone deflates IMDNs).
+"""Bounded undoing of ``Content-Encoding`` (RFC 3261 §20.12) for received bodies; no I/O.
 
-RFC 3261 §20.12 lets a body be content-coded; ``deflate`` and ``gzip`` are
-the codings seen in the field. Inflation is bounded: a few kilobytes of
-deflate can expand to gigabytes, so output is capped at ``limit`` bytes and
-anything larger is refused with 413 rather than inflated. Unknown codings
-get 415 (RFC 3261 §8.2.3); the caller adds ``Accept-Encoding``.
+A body may be content-coded; ``deflate`` and ``gzip`` are the codings seen in
+the field (some user agents deflate their IMDNs). The user agent undoes the
+SIP body's coding here, and the IMDN codec a CPIM part's (RFC 5438 §8.3).
+Inflation is bounded: a few kilobytes of deflate can expand to gigabytes, so
+output is capped at ``limit`` bytes and anything larger is refused with 413
+rather than inflated. Unknown codings get 415 (RFC 3261 §8.2.3); the caller adds ``Accept-Encoding``.
 """
 
 from __future__ import annotations
 
 import zlib
 
-from ..errors import RemoteProtocolError
+from .errors import RemoteProtocolError
 
 __all__ = ["ACCEPT_ENCODING", "inflate"]
 
@@ -28,12 +29,12 @@ def _decompress(data: bytes, wbits: int, limit: int) -> bytes:
     engine = zlib.decompressobj(wbits)
     out = engine.decompress(data, limit + 1)
     if len(out) > limit or engine.unconsumed_tail:
-        raise RemoteProtocolError(f"inflated body exceeds {limit} bytes", 413)
+        raise RemoteProtocolError(f"inflated body larger than {limit} bytes", 413)
     out += engine.flush()
     if len(out) > limit:
-        raise RemoteProtocolError(f"inflated body exceeds {limit} bytes", 413)
+        raise RemoteProtocolError(f"inflated body larger than {limit} bytes", 413)
     if not engine.eof:
-        raise RemoteProtocolError("truncated compressed body", 400)
+        raise zlib.error("truncated stream")  # reported by inflate() as a corrupt body
     return out
 
 
