@@ -24,7 +24,15 @@ from .errors import LocalProtocolError, SipParseError
 from .headers import ContentType, CSeq, NameAddr, Via, header_key, is_list_header, split_comma_list
 from .uri import Uri
 
-__all__ = ["REASON_PHRASES", "Headers", "Message", "Request", "Response", "make_response"]
+__all__ = [
+    "REASON_PHRASES",
+    "Headers",
+    "Message",
+    "Request",
+    "Response",
+    "make_response",
+    "safe_reason_phrase",
+]
 
 #: Cache sentinel: ``None`` is a legitimate cached value (header absent).
 _MISS: object = object()
@@ -107,6 +115,12 @@ REASON_PHRASES: dict[int, str] = {
     607: "Unwanted",
     608: "Rejected",
 }
+
+
+def safe_reason_phrase(text: str, default: str = "Error") -> str:
+    """``text`` fit for a status line (RFC 3261 §25.1 Reason-Phrase): whitespace runs and line
+    breaks become one space, at most 100 characters; ``default`` when nothing is left."""
+    return " ".join(text.split())[:100] or default
 
 # One header row: (lookup key, name as spelled, unfolded value, original text
 # of the whole field "Name: value" with any folding, written back verbatim).

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, SipError, SipParseError
 from ..headers import Via
-from ..message import Request, Response, make_response
+from ..message import Request, Response, make_response, safe_reason_phrase
 from ..parser import salvage_reply_headers
 from ..transport.flow import Flow, Transport, is_ip_literal
 from .events import (
@@ -244,7 +244,7 @@ class TransactionLayer:
         if rows is None:
             return False
         status = error.status_code if 400 <= error.status_code <= 699 else 400
-        reason = " ".join(error.reason.split())[:120] or "Bad Request"
+        reason = safe_reason_phrase(error.reason, "Bad Request")
         rows = _with_to_tag(rows)
         try:
             response = Response(status, reason, rows)

@@ -58,7 +58,7 @@ from ..errors import (
 )
 from ..headers import NameAddr
 from ..imdn import ImdnHeaders, ReceivedImdn, build_imdn_message, imdn_headers, make_notification, recognise
-from ..message import Request
+from ..message import Request, safe_reason_phrase
 from ..stack import IncomingRequest, SipStack
 from ..transport.base import ListenSpec, TransportConfig
 from ..transport.flow import Transport
@@ -567,7 +567,7 @@ class Intermediary:
             result = self.registrar.register(incoming.request, now)
         except RemoteProtocolError as exc:
             headers = [("Min-Expires", str(self.registrar.min_expires))] if exc.status_code == 423 else []
-            incoming.respond(exc.status_code, _reason(exc.reason), headers)
+            incoming.respond(exc.status_code, safe_reason_phrase(exc.reason), headers)
             return
         incoming.respond(200, None, result.headers)
         for binding in result.added:
@@ -583,7 +583,7 @@ class Intermediary:
             # A bug must not leave the sender retransmitting into silence.
             _log.exception("routing MESSAGE %s failed", incoming.request.call_id)
             if incoming.responded is None:
-                incoming.respond(500, "Internal Server Error")
+                incoming.respond(500)
             route = "refused"
         event = RequestRouted(incoming.request, route, incoming.responded or 0)
         for observer in list(self._observers):
@@ -598,7 +598,7 @@ class Intermediary:
             max_forwards = request.max_forwards
             envelope, received, headers = _decode(request)
         except (RemoteProtocolError, CpimError, ImdnError) as exc:
-            incoming.respond(exc.status_code, _reason(exc.reason))
+            incoming.respond(exc.status_code, safe_reason_phrase(exc.reason))
             return "refused"
         if max_forwards is not None and max_forwards <= 0:
             incoming.respond(483)
@@ -645,7 +645,7 @@ class Intermediary:
                     envelope = add_original_to(envelope, addressed)
             except (CpimError, ImdnError, LocalProtocolError) as exc:
                 # LocalProtocolError: a URI of the request cannot be written into CPIM.
-                incoming.respond(400, _reason(exc.reason))
+                incoming.respond(400, safe_reason_phrase(exc.reason))
                 return "refused"
             body = envelope.to_bytes()
         message_id = headers.message_id if headers is not None else None
@@ -838,10 +838,6 @@ def _origin(
         original_recipient=original,
         requested=requested,
     )
-
-
-def _reason(text: str) -> str:
-    return " ".join(text.split())[:100] or "Error"
 
 
 def _log_write_failure(future: asyncio.Future[None]) -> None:

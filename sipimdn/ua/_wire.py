@@ -35,7 +35,7 @@ from ..imdn import (
     recognise,
 )
 from ..imdn.tracker import DisplayPolicy, OwedNotification, TrackerConfig
-from ..message import Request
+from ..message import Request, safe_reason_phrase
 from ..stack import IncomingRequest, SipStack
 from ..transport.base import ListenSpec, TransportConfig
 from ..transport.flow import Transport
@@ -71,9 +71,8 @@ def capability_headers(allow: str) -> list[tuple[str, str]]:
     return [("Allow", allow), ("Accept", ACCEPT), ("Accept-Encoding", ACCEPT_ENCODING)]
 
 
-def reason_phrase(text: str) -> str:
-    """A reason phrase safe to put on a status line (one line, bounded)."""
-    return " ".join(text.split())[:100] or "Error"
+#: A reason phrase safe to put on a status line (one line, bounded).
+reason_phrase = safe_reason_phrase
 
 
 def as_decision(value: object) -> Decision:
