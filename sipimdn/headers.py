@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 from . import _abnf
+from ._cache import remember_text
 from .errors import SipParseError
 from .uri import Uri
 
@@ -139,9 +140,7 @@ def header_key(name: str) -> str:
     key = _KEY_CACHE.get(name)
     if key is None:
         lowered = name.lower()
-        key = COMPACT_FORMS.get(lowered, lowered)
-        if len(_KEY_CACHE) < 2048 and len(name) <= 64:
-            _KEY_CACHE[name] = key
+        key = remember_text(_KEY_CACHE, name, COMPACT_FORMS.get(lowered, lowered), 2048, max_key=64)
     return key
 
 
@@ -322,13 +321,11 @@ class NameAddr:
         else:
             params = MappingProxyType(_split_simple_params(params_text, "address"))
         parsed = cls._make(Uri.parse(uri_text), quoted if quoted is not None else plain, params)
-        if "tag" not in params and len(text) <= 256:
+        if "tag" not in params:
             # A To without a tag (every out-of-dialog request), a Contact, a
             # Route: the same text comes back message after message. Values
             # with a tag are per transaction and would only churn the cache.
-            if len(_NAME_ADDRS) >= 1024:
-                _NAME_ADDRS.clear()
-            _NAME_ADDRS[text] = parsed
+            remember_text(_NAME_ADDRS, text, parsed, 1024)
         return parsed
 
     @classmethod
@@ -654,12 +651,7 @@ class ContentType:
         cached = _CONTENT_TYPES.get(text)
         if cached is not None:
             return cached
-        parsed = cls._parse(text)
-        if len(text) <= 256:  # (a peer must not be able to pin much memory)
-            if len(_CONTENT_TYPES) >= 256:
-                _CONTENT_TYPES.clear()
-            _CONTENT_TYPES[text] = parsed
-        return parsed
+        return remember_text(_CONTENT_TYPES, text, cls._parse(text), 256)
 
     @classmethod
     def _parse(cls, text: str) -> ContentType:

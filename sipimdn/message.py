@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import cast
 
 from . import _abnf
+from ._cache import remember_text
 from .errors import LocalProtocolError, SipParseError
 from .headers import ContentType, CSeq, NameAddr, Via, header_key, is_list_header, split_comma_list
 from .uri import Uri
@@ -287,7 +288,7 @@ class Headers:
 
 
 # Source addresses already checked by stamp_received (a UAS hears from a few).
-_CHECKED_IPS: set[str] = set()
+_CHECKED_IPS: dict[str, bool] = {}
 
 
 def _check_ip(ip: str) -> None:
@@ -297,9 +298,7 @@ def _check_ip(ip: str) -> None:
         ipaddress.ip_address(ip)
     except ValueError:
         raise LocalProtocolError(f"not an IP address: {ip[:60]!r}") from None
-    if len(_CHECKED_IPS) >= 1024:
-        _CHECKED_IPS.clear()
-    _CHECKED_IPS.add(ip)
+    remember_text(_CHECKED_IPS, ip, True, 1024)
 
 
 def _same_ip(a: str, b: str) -> bool:

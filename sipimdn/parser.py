@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import _abnf
+from ._cache import remember_text
 from .errors import SipParseError
 from .headers import header_key
 from .message import Headers, Request, Response, _Row
@@ -140,7 +141,7 @@ def _has_bad_control(text: str) -> bool:
 # traffic uses a few dozen spellings, so the token check runs once for each.
 _NAME_KEYS: dict[str, tuple[str, str]] = {}
 _NAME_KEYS_MAX = 2048
-_METHODS: set[str] = set()
+_METHODS: dict[str, bool] = {}
 # Whole header lines seen before, to their row. Only lines that took the
 # cached-name path above enter it, so a hit is exactly what that path would
 # have built. Lines of fields that change with every message or transaction
@@ -186,12 +187,7 @@ def _parse_start_line(line: str, limits: Limits) -> _StartLine:
     cached = _START_LINES.get(line)
     if cached is not None and len(line) <= limits.max_start_line:
         return cached
-    parsed = _check_start_line(line, limits)
-    if len(line) <= 512:  # (a peer must not be able to pin much memory)
-        if len(_START_LINES) >= _START_LINES_MAX:
-            _START_LINES.clear()
-        _START_LINES[line] = parsed
-    return parsed
+    return remember_text(_START_LINES, line, _check_start_line(line, limits), _START_LINES_MAX, max_key=512)
 
 
 def _check_start_line(line: str, limits: Limits) -> _StartLine:
@@ -219,8 +215,7 @@ def _check_start_line(line: str, limits: Limits) -> _StartLine:
     if method not in _METHODS:
         if _abnf.METHOD_RE.fullmatch(method) is None:
             raise _error(f"bad method {method[:50]!r}")
-        if len(_METHODS) < 256:
-            _METHODS.add(method)
+        remember_text(_METHODS, method, True, 256)
     if version != "SIP/2.0" and version.upper() != "SIP/2.0":
         if _abnf.SIP_VERSION_RE.fullmatch(version):
             raise _error(f"unsupported SIP version {version[:20]!r}", 505)
@@ -414,10 +409,8 @@ def _header_rows(lines: list[str]) -> list[_Row]:
             # with whitespace, so this is not a continuation line.
             row = (known[0], known[1], value.strip(" \t"), line)
             append(row)
-            if known[0] not in _PER_MESSAGE_KEYS and len(line) <= 256:
-                if len(line_rows) >= _LINE_ROWS_MAX:
-                    line_rows.clear()
-                line_rows[line] = row
+            if known[0] not in _PER_MESSAGE_KEYS:
+                remember_text(line_rows, line, row, _LINE_ROWS_MAX)
         else:
             _slow_header_line(rows, line, name, colon, value)
     return rows
@@ -442,9 +435,7 @@ def _slow_header_line(rows: list[_Row], line: str, name: str, colon: str, value:
     stripped = name.rstrip(" \t")
     if _abnf.TOKEN_RE.fullmatch(stripped) is None:
         raise _error(f"bad header name {name[:100]!r}")
-    known = (header_key(stripped), stripped)
-    if len(_NAME_KEYS) < _NAME_KEYS_MAX and len(name) <= 64:
-        _NAME_KEYS[name] = known
+    known = remember_text(_NAME_KEYS, name, (header_key(stripped), stripped), _NAME_KEYS_MAX, max_key=64)
     rows.append((known[0], known[1], value.strip(" \t"), line))
 
 

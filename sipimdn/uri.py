@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from . import _abnf
+from ._cache import remember_text
 from .errors import LocalProtocolError, SipParseError
 
 __all__ = ["Uri", "identity_key", "parse_uri"]
@@ -54,6 +55,7 @@ _SIP_LIKE = frozenset({"sip", "sips", "im", "pres"})
 #: RFC 3966 §5.1.1 visual-separator characters, not significant when comparing numbers.
 _TEL_SEPARATORS = str.maketrans("", "", "-.()")
 
+# Parsed URIs by text (a peer must not be able to pin much memory: short texts only).
 _CACHE: dict[str, Uri] = {}
 _CACHE_MAX = 4096
 
@@ -114,12 +116,7 @@ class Uri:
         cached = _CACHE.get(text)
         if cached is not None:
             return cached
-        uri = cls._parse(text)
-        if len(text) <= 512:  # (a peer must not be able to pin much memory)
-            if len(_CACHE) >= _CACHE_MAX:
-                _CACHE.clear()
-            _CACHE[text] = uri
-        return uri
+        return remember_text(_CACHE, text, cls._parse(text), _CACHE_MAX, max_key=512)
 
     @classmethod
     def _parse(cls, text: str) -> Uri:

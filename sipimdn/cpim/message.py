@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import binascii
 import datetime as _dt
-import functools
 import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .._cache import remember_text
 from ..errors import CpimError
 from . import _grammar
 from .values import CpimAddress, CpimDateTime, Subject, parse_address, parse_datetime
@@ -125,21 +125,15 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     Parameter names are lower-cased; quoted values lose their quotes. Raises
     ``ValueError`` when there is no ``type/subtype``.
     """
-    if len(value) <= _MEDIA_TYPE_CACHE_MAX_KEY:
-        mime, params = _parse_media_type_cached(value)
-        return mime, dict(params)
-    mime, params_dict = _parse_media_type(value)
-    return mime, params_dict
+    cached = _MEDIA_TYPES.get(value)
+    if cached is None:
+        mime, params_dict = _parse_media_type(value)
+        cached = remember_text(_MEDIA_TYPES, value, (mime, tuple(params_dict.items())), 256)
+    return cached[0], dict(cached[1])
 
 
-# Content-Type values repeat from message to message; the cache holds short keys only.
-_MEDIA_TYPE_CACHE_MAX_KEY = 256
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_media_type_cached(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    mime, params = _parse_media_type(value)
-    return mime, tuple(params.items())
+# Content-Type values repeat from message to message (kept as tuples: the caller gets a fresh dict).
+_MEDIA_TYPES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
 
 
 def _parse_media_type(value: str) -> tuple[str, dict[str, str]]:
@@ -606,10 +600,8 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
         line = cache.get(raw)
         if line is None:
             line = _parse_line(raw)
-            if len(raw) <= _LINE_CACHE_MAX_KEY and line.name not in _UNCACHED_NAMES:
-                if len(cache) >= _LINE_CACHE_MAX:
-                    cache.clear()
-                cache[raw] = line
+            if line.name not in _UNCACHED_NAMES:
+                remember_text(cache, raw, line, _LINE_CACHE_MAX, max_key=_LINE_CACHE_MAX_KEY)
         prefix = line.prefix
         namespace: str | None = default_ns if prefix is None else prefixes.get(prefix)
         header = line.header
@@ -695,10 +687,7 @@ def _parse_mime_headers(lines: list[str]) -> tuple[MimeHeader, ...]:
             if not colon or _FIELD_NAME_RE.fullmatch(name) is None:
                 raise CpimError(f"malformed MIME header line: {raw[:80]!r}")
             header = MimeHeader(name=name, value=value.strip(), raw=raw)
-            if len(raw) <= _LINE_CACHE_MAX_KEY:
-                if len(_MIME_CACHE) >= _MIME_CACHE_MAX:
-                    _MIME_CACHE.clear()
-                _MIME_CACHE[raw] = header
+            remember_text(_MIME_CACHE, raw, header, _MIME_CACHE_MAX, max_key=_LINE_CACHE_MAX_KEY)
         out.append(header)
     return tuple(out)
 

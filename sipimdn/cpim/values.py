@@ -8,9 +8,9 @@ into ``CpimError``. Formatters produce the strict form of the ABNF.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 from dataclasses import dataclass
 
+from .._cache import remember_text
 from ..errors import LocalProtocolError
 from . import _grammar
 
@@ -51,18 +51,12 @@ def _is_token_words(text: str) -> bool:
 def parse_address(value: str) -> CpimAddress:
     """Parse ``[Formal-name] "<" URI ">"`` (RFC 3862 §4.1-§4.3, RFC 5438 §10)."""
     # Addresses repeat (every message of a conversation, every IMDN back): the
-    # result is immutable, so short values are memoised (bounded, short keys only).
-    if len(value) <= _ADDRESS_CACHE_MAX_KEY:
-        return _parse_address_cached(value)
-    return _parse_address(value)
+    # result is immutable, so short values are memoised.
+    cached = _ADDRESSES.get(value)
+    return cached if cached is not None else remember_text(_ADDRESSES, value, _parse_address(value), 1024)
 
 
-_ADDRESS_CACHE_MAX_KEY = 256
-
-
-@functools.lru_cache(maxsize=1024)
-def _parse_address_cached(value: str) -> CpimAddress:
-    return _parse_address(value)
+_ADDRESSES: dict[str, CpimAddress] = {}
 
 
 def _parse_address(value: str) -> CpimAddress:
@@ -93,17 +87,13 @@ def parse_datetime(raw: str) -> CpimDateTime:
     """Parse an RFC 3339 date-time, tolerating the field quirks listed in the grammar module."""
     # A received IM's DateTime is parsed when the message is checked and again
     # when its IMDN echoes it: memoise short values (the result is immutable).
-    if len(raw) <= _DATETIME_CACHE_MAX_KEY:
-        return _parse_datetime_cached(raw)
-    return _parse_datetime(raw)
+    cached = _DATETIMES.get(raw)
+    if cached is None:
+        cached = remember_text(_DATETIMES, raw, _parse_datetime(raw), 256, max_key=64)
+    return cached
 
 
-_DATETIME_CACHE_MAX_KEY = 64
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_datetime_cached(raw: str) -> CpimDateTime:
-    return _parse_datetime(raw)
+_DATETIMES: dict[str, CpimDateTime] = {}
 
 
 def _parse_datetime(raw: str) -> CpimDateTime:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 
+from .._cache import remember
 from ..errors import LocalProtocolError
 from ..headers import NameAddr, Via
 from ..message import Request
@@ -155,9 +156,7 @@ def _name_addr_text(addr: NameAddr) -> str:
         if entry is not None and entry[0] is key:
             return entry[1]
         text = str(addr)
-    if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
-        _TEXT_CACHE.clear()
-    _TEXT_CACHE[id(key)] = (key, text)
+    remember(_TEXT_CACHE, id(key), (key, text), _TEXT_CACHE_MAX)
     return text
 
 

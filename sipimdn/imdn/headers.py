@@ -17,13 +17,13 @@ by that URI whatever prefix the sender bound to it (IMDN-02). ABNF, RFC 5438 §1
 
 from __future__ import annotations
 
-import functools
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .._cache import remember_text
 from ..cpim import _grammar
 from ..cpim.message import CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, parse_address
@@ -87,18 +87,14 @@ def parse_disposition_notification(value: str) -> tuple[NotifyRequest, ...]:
     COMMA is ``*SP "," *SP``, so ``positive-delivery,display`` (no space, seen
     in the field) is valid. Raises ``ValueError`` on anything else.
     """
-    # The same few values arrive on every IM: memoise short ones (the result is immutable).
-    if len(value) <= _DN_CACHE_MAX_KEY:
-        return _parse_dn_cached(value)
-    return _parse_dn(value)
+    # The same few values arrive on every IM: memoise them (the result is immutable).
+    cached = _DISPOSITION_REQUESTS.get(value)
+    if cached is None:
+        cached = remember_text(_DISPOSITION_REQUESTS, value, _parse_dn(value), 256)
+    return cached
 
 
-_DN_CACHE_MAX_KEY = 256
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_dn_cached(value: str) -> tuple[NotifyRequest, ...]:
-    return _parse_dn(value)
+_DISPOSITION_REQUESTS: dict[str, tuple[NotifyRequest, ...]] = {}
 
 
 def _parse_dn(value: str) -> tuple[NotifyRequest, ...]:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import cast
 
+from .._cache import remember
 from ..errors import TransportError
 from .flow import Address, Flow, Transport
 
@@ -42,6 +43,8 @@ _RECEIVE_BUFFER = 1 << 21
 #: Datagrams read per event-loop wake-up at most (the first by asyncio, the rest by us).
 _BATCH = 32
 
+#: A peer's address as the socket reports it (IPv4, or IPv6 with flow info and scope id).
+_PeerAddress = tuple[str, int] | tuple[str, int, int, int]
 #: Peers whose Flow is kept for reuse.
 _FLOW_CACHE = 4096
 
@@ -72,7 +75,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.local: Address = _normalise(sock.getsockname())
         # One Flow per peer address, reused for each datagram from it (a Flow is immutable): building
         # a frozen dataclass per datagram is a measurable share of the receive path under load.
-        self._flows: dict[tuple[str, int] | tuple[str, int, int, int], Flow] = {}
+        self._flows: dict[_PeerAddress, Flow] = {}
 
     @classmethod
     async def open(cls, host: str, port: int, on_datagram: Callable[[bytes, Flow], None],
@@ -159,9 +162,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def _deliver(self, data: bytes, addr: tuple[str, int]) -> None:
         flow = self._flows.get(addr)
         if flow is None:
-            if len(self._flows) >= _FLOW_CACHE:
-                self._flows.clear()  # many peers: start over rather than track recency
-            flow = self._flows[addr] = Flow(Transport.UDP, _normalise(addr), self.local)
+            # many peers: the table starts over rather than track recency
+            flow = remember(self._flows, addr, Flow(Transport.UDP, _normalise(addr), self.local), _FLOW_CACHE)
         self._on_datagram(data, flow)
 
     def error_received(self, exc: Exception) -> None:

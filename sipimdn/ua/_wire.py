@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import cpim
+from .._cache import remember
 from .._inflate import ACCEPT_ENCODING, inflate
 from ..config import ListenEndpoint, UserAgentConfig
 from ..dialog.factory import build_request
@@ -218,9 +219,7 @@ def _uri_text(uri: Uri) -> str:
     if entry is not None and entry[0] is uri:
         return entry[1]
     text = str(uri)
-    if len(_URI_TEXT) >= 256:
-        _URI_TEXT.clear()
-    _URI_TEXT[id(uri)] = (uri, text)
+    remember(_URI_TEXT, id(uri), (uri, text), 256)
     return text
 
 
