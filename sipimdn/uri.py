@@ -18,7 +18,6 @@ RFC 3862 §3.3 use im: where SIP uses sip:).
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -312,7 +311,6 @@ _SIP_FAMILY = {"sip": 5060, "sips": 5061, "im": 5060, "pres": 5060}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 
 
-@functools.lru_cache(maxsize=4096)  # pure, and the same few peers come back all the time
 def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
     """Normalise a URI (or ``name-addr``) to a string that is equal for the same identity.
 
@@ -327,15 +325,25 @@ def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
     Unlike :class:`Uri` equality (RFC 3261 §19.1.4) this never raises and
     ignores every parameter: it answers "the same address?", not "the same URI?".
     """
-    key = _identity(uri, compare_ports)
-    # A URI already in normal form (the common case) gives back the caller's own string, so a
-    # record that keeps both the URI and its key (a received message's sender) holds one object.
-    return uri if key == uri and type(uri) is str else key
-
-
-def _identity(uri: str | None, compare_ports: bool) -> str | None:
     if uri is None:
         return None
+    # Pure, and the same few peers come back all the time: memoised by text.
+    table = _PORT_IDENTITIES if compare_ports else _IDENTITIES
+    key = table.get(uri, _NOT_A_URI)
+    if key is _NOT_A_URI:
+        key = _identity(uri, compare_ports)
+        # A URI already in normal form (the common case) gives back the caller's own string, so a
+        # record that keeps both the URI and its key (a received message's sender) holds one object.
+        key = remember_text(table, uri, uri if key == uri and type(uri) is str else key, 4096)
+    return key
+
+
+_NOT_A_URI = ""  # (never a key: every key has a scheme and a colon)
+_IDENTITIES: dict[str, str | None] = {}
+_PORT_IDENTITIES: dict[str, str | None] = {}
+
+
+def _identity(uri: str, compare_ports: bool) -> str | None:
     text = uri.strip()
     if "<" in text:
         start = text.index("<")

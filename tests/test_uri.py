@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sipimdn import SipParseError, Uri, parse_uri
+from sipimdn import uri as uri_module
+from sipimdn.uri import identity_key
 
 
 def test_full_sip_uri() -> None:
@@ -168,3 +170,22 @@ def test_constructed_uri_writes_brackets_for_ipv6() -> None:
     assert str(uri) == "sip:bob@[::1]:5070;transport=tcp"
     assert uri.host_port == "[::1]:5070"
     assert Uri.parse(str(uri)) == uri
+
+
+def test_identity_key_and_uri_equality_agree_on_tel_separators() -> None:
+    # One table of RFC 3966 visual separators serves both comparisons.
+    assert Uri.parse("tel:+1-202-555-0100") == Uri.parse("tel:+1.202.555(0100)")
+    assert identity_key("tel:+1-202-555-0100") == identity_key("<tel:+1.202.555(0100)>") == "tel:+12025550100"
+
+
+def test_identity_key_gives_back_a_normal_form_string_and_stays_bounded() -> None:
+    text = "sip:carol@example.com"
+    assert identity_key(text) is text
+    assert identity_key("sip:carol@EXAMPLE.com;transport=tcp") == text
+    assert identity_key("sip:carol@example.com", compare_ports=True) == "sip:carol@example.com:5060"
+    assert identity_key("not a uri") is None and identity_key(None) is None
+    for i in range(5000):
+        identity_key(f"sip:user{i}@example.com")
+    long_text = "sip:" + "u" * 400 + "@example.com"
+    assert identity_key(long_text) == long_text
+    assert len(uri_module._IDENTITIES) <= 4096 and long_text not in uri_module._IDENTITIES
