@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import cpim
+from .._pacing import DestinationQueue
 from .._walltimer import WallClockTimer
 from ..config import ListenEndpoint
 from ..dialog.factory import build_request
@@ -190,7 +190,7 @@ class Intermediary:
         self._observers: list[Callable[[object], None]] = []
         self._copy_sources: dict[str, tuple[cpim.CpimMessage, ImdnHeaders, NameAddr, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._gates = _Gates()
+        self._queue = DestinationQueue()
         self._timer = WallClockTimer(self._on_timer)
         self._closed = False
 
@@ -434,7 +434,7 @@ class Intermediary:
                 )
                 # One MESSAGE transaction at a time per destination, in order (RFC 3428 §8):
                 # held messages released by one REGISTER arrive in the order we took them.
-                async with self._gates.turn(identity_key(contact, compare_ports=True) or contact):
+                async with self._queue.turn(identity_key(contact, compare_ports=True) or contact):
                     response = await self._require_stack().send_request(request)
                 status = response.status_code
             except (TransactionTimeout, TransportError) as exc:
@@ -784,27 +784,6 @@ class Intermediary:
             del self._copy_sources[fanout.id]
         incoming.respond(202)
         return "list"
-
-
-class _Gates:
-    """FIFO locks per destination key, forgotten when nobody holds or awaits them."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def turn(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def _decode(
