@@ -19,10 +19,10 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
+from ._coretimer import CoreTimer
 from .dialog.events import (
     Event,
     RequestReceived,
@@ -126,20 +126,33 @@ class SipStack:
         self._waiters: dict[TransactionKey, asyncio.Future[Response]] = {}
         self._final_hooks: dict[TransactionKey, Callable[[Response], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        #: The loop timer runs on slots of this many seconds (T1/25: 20 ms with default timers):
-        #: deadlines are rounded *up* to the next slot, so the transactions' timers falling in one
-        #: slot share one loop wake-up. Under steady load a Timer J (or K) expires every few ms;
-        #: without slots each would wake the loop on its own. No timer fires early; a timer fires
-        #: at most one slot late (a retransmission at 0.52 s instead of 0.5 s). 0 = exact.
-        self.timer_slot = self.timers.t1 / 25
+        # Lazy re-arming: the loop timer is moved only when the earliest deadline comes *earlier*
+        # than the one armed. A deadline that moved later (the common case: a request answered at
+        # once trades its 100-Trying deadline for Timer J) leaves the handle alone; it fires, finds
+        # nothing due and re-arms for the real deadline. Under load this makes call_at/cancel a rare
+        # event instead of two per message.
+        self._timer = CoreTimer(self._on_timer, clock=None, slot=self.timers.t1 / 25, lazy=True)
         self._pumping = False
         # (request, its bytes) while _attempt's pump sends it for the first time.
         self._encoded: tuple[Request, bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed = False
+
+    @property
+    def timer_slot(self) -> float:
+        """The loop timer runs on slots of this many seconds (T1/25: 20 ms with default timers).
+
+        Deadlines are rounded *up* to the next slot, so the transactions' timers falling in one
+        slot share one loop wake-up. Under steady load a Timer J (or K) expires every few ms;
+        without slots each would wake the loop on its own. No timer fires early; a timer fires
+        at most one slot late (a retransmission at 0.52 s instead of 0.5 s). 0 = exact.
+        """
+        return self._timer.slot
+
+    @timer_slot.setter
+    def timer_slot(self, value: float) -> None:
+        self._timer.slot = value
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -172,9 +185,7 @@ class SipStack:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         for future in self._waiters.values():
             if not future.done():
                 future.set_exception(TransportError("the SIP stack was closed"))
@@ -435,32 +446,13 @@ class SipStack:
                 log.exception("could not answer 500 to %r", incoming)
 
     def _arm_timer(self) -> None:
-        # Lazy re-arming: the loop timer is moved only when the earliest deadline comes *earlier*
-        # than the one armed. A deadline that moved later (the common case: a request answered at
-        # once trades its 100-Trying deadline for Timer J) leaves the handle alone; it fires, finds
-        # nothing due and re-arms for the real deadline. Under load this makes call_at/cancel a rare
-        # event instead of two per message.
-        at = self.layer.get_timer()
-        if at is None:
-            return
-        slot = self.timer_slot
-        if slot > 0:
-            rounded = math.ceil(at / slot) * slot
-            at = rounded if rounded >= at else rounded + slot  # never before the deadline
-        armed = self._timer_at
-        if armed is not None and armed <= at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = None if self._closed else self._require_loop().call_at(at, self._on_timer)
+        if not self._closed:
+            self._timer.arm(self.layer.get_timer())
 
-    def _on_timer(self) -> None:
-        at, self._timer, self._timer_at = self._timer_at, None, None
-        if self._closed or at is None:
+    def _on_timer(self, now: float) -> None:
+        if self._closed:
             return
-        # asyncio may run the handle a hair early (clock resolution): never pass a time before the deadline
-        self.layer.handle_timer(max(at, self._now()))
+        self.layer.handle_timer(now)
         self._pump()
 
 

@@ -37,17 +37,16 @@ async def test_stack_loop_timer_is_armed_on_a_slot_never_before_the_deadline() -
         deadlines = iter([100.001, 100.0005, 99.99])
         stack.layer.get_timer = lambda: next(deadlines)  # type: ignore[method-assign]
         stack._arm_timer()
-        first = stack._timer_at
+        first = stack._timer.at
         assert first is not None and first >= 100.001 and first - 100.001 < slot + 1e-9
         # A deadline in the same slot leaves the armed timer alone (shared wake-up).
         stack._arm_timer()
-        assert stack._timer_at == first
+        assert stack._timer.at == first
         # An earlier slot moves it earlier.
         stack._arm_timer()
-        assert stack._timer_at is not None and 99.99 <= stack._timer_at < first
-        assert stack._timer is not None
+        at = stack._timer.at
+        assert at is not None and 99.99 <= at < first
         stack._timer.cancel()
-        stack._timer = None
 
 
 async def test_stack_timer_slot_zero_keeps_exact_deadlines() -> None:
@@ -55,10 +54,8 @@ async def test_stack_timer_slot_zero_keeps_exact_deadlines() -> None:
         stack.timer_slot = 0
         stack.layer.get_timer = lambda: 123.4567  # type: ignore[method-assign]
         stack._arm_timer()
-        assert stack._timer_at == 123.4567
-        assert stack._timer is not None
+        assert stack._timer.at == 123.4567
         stack._timer.cancel()
-        stack._timer = None
 
 
 async def test_stack_timers_still_run_with_slots() -> None:

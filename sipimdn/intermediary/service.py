@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import cpim
+from .._coretimer import CoreTimer
 from .._pacing import DestinationQueue
-from .._walltimer import WallClockTimer
 from ..config import ListenEndpoint
 from ..dialog.factory import build_request
 from ..dialog.transaction import TimerConfig
@@ -191,7 +191,7 @@ class Intermediary:
         self._copy_sources: dict[str, tuple[cpim.CpimMessage, ImdnHeaders, NameAddr, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queue = DestinationQueue()
-        self._timer = WallClockTimer(self._on_timer)
+        self._timer = CoreTimer(self._on_timer)  # wall clock: parked records outlive a restart
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -320,7 +320,8 @@ class Intermediary:
         if writes:
             self._submit(writes)
         timers = [t for t in (self.forwarder.get_timer(), self.exploder.get_timer()) if t is not None]
-        self._arm_timer(min(timers) if timers else None)
+        if not self._closed:
+            self._timer.arm(min(timers) if timers else None)
 
     def _submit(self, ops: list[ParkedOp]) -> None:
         store = self._store
@@ -329,9 +330,6 @@ class Intermediary:
         future = loop.run_in_executor(self._executor, store.apply, ops)
         future.add_done_callback(_log_write_failure)
         self._last_write = future
-
-    def _arm_timer(self, at: float | None) -> None:
-        self._timer.arm(at)
 
     def _on_timer(self, now: float) -> None:
         if self._closed:

@@ -6,7 +6,8 @@ granted); this module is only its pump, one asyncio task per user agent:
 
     send what the client queued (one transaction at a time, final responses
     fed back; Timer F and transport errors as failures) -> hand its events
-    to the user agent -> sleep until the client's timer or a wake-up.
+    to the user agent -> sleep until the client's timer (a
+    :class:`~sipimdn._coretimer.CoreTimer`) or a wake-up.
 
 Its clock is the event loop's (monotonic), never the wall clock: refreshes
 must not drift when the system time is set. A wake-up comes from
@@ -18,10 +19,10 @@ on the transport, so the flow our binding points at is probably gone) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
+from .._coretimer import CoreTimer
 from ..config import ListenEndpoint, UserAgentConfig
 from ..errors import LocalProtocolError, TransactionTimeout, TransportError
 from ..message import Request
@@ -109,6 +110,8 @@ class RegistrationDriver:
         self._user_agent = user_agent
         self._emit = emit
         self._wake = asyncio.Event()
+        # Armed only while the pump sleeps: the client's timers never run during a transaction.
+        self._timer = CoreTimer(self._on_timer, clock=None)
         self._task: asyncio.Task[None] | None = None
         # Futures of wait_settled(): resolved by a success or by a failure the client gave up on.
         self._settled: list[asyncio.Future[RegistrationEvent]] = []
@@ -183,23 +186,25 @@ class RegistrationDriver:
     # -- the pump --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            requests = self.client.requests_to_send()
-            for request in requests:
-                await self._send(request)
-                self._drain()
-            if requests:
-                continue  # a 401/407/423 answered queues the next REGISTER at once
-            self._wake.clear()
-            timer = self.client.get_timer()
-            delay = None if timer is None else max(0.0, timer - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-            now = loop.time()
-            if timer is not None and now >= timer:
-                self.client.handle_timer(now)
-                self._drain()
+        try:
+            while True:
+                requests = self.client.requests_to_send()
+                for request in requests:
+                    await self._send(request)
+                    self._drain()
+                if requests:
+                    continue  # a 401/407/423 answered queues the next REGISTER at once
+                self._wake.clear()
+                self._timer.arm(self.client.get_timer())
+                await self._wake.wait()
+                self._timer.cancel()
+        finally:
+            self._timer.cancel()
+
+    def _on_timer(self, now: float) -> None:
+        self.client.handle_timer(now)
+        self._drain()
+        self._wake.set()
 
     async def _send(self, register: RegisterRequest) -> None:
         loop = asyncio.get_running_loop()
