@@ -219,10 +219,6 @@ class TransactionLayer:
         self._collect_server(key, tx, flow)
         return True
 
-    def pending_requests(self) -> int:
-        """Server transactions still waiting for the TU."""
-        return sum(1 for tx, _ in self._servers.values() if tx.state in (TxState.TRYING, TxState.PROCEEDING))
-
     # -- from the transports -----------------------------------------------------------------------
 
     def receive(self, message: Request | Response, flow: Flow, now: float) -> None:

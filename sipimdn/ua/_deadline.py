@@ -27,7 +27,6 @@ __all__ = [
     "DeadlineQueue",
     "Decision",
     "HandlerOutcome",
-    "decide_response",
     "normalize_decision",
     "outcome_of",
 ]
@@ -91,24 +90,6 @@ class HandlerOutcome:
     by_handler: bool
     #: The handler's exception, if it raised (or returned something invalid).
     error: BaseException | None = None
-
-
-async def decide_response(task: asyncio.Task[object], deadline: float, fallback: Decision) -> HandlerOutcome:
-    """Wait up to ``deadline`` seconds for ``task`` (an ``on_message`` handler).
-
-    The task is never cancelled here: past the deadline it keeps running
-    (the application still owns the message) and its late result is only
-    logged by the caller.
-    """
-    done, _ = await asyncio.wait({task}, timeout=deadline)
-    if not done:
-        return HandlerOutcome(fallback, by_handler=False)
-    if task.cancelled():
-        return HandlerOutcome(Decision(500, "Handler Cancelled"), by_handler=False)
-    error = task.exception()
-    if error is not None:
-        return outcome_of(None, error)
-    return outcome_of(task.result(), None)
 
 
 def outcome_of(result: object, error: BaseException | None) -> HandlerOutcome:
