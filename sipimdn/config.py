@@ -225,7 +225,7 @@ class UserAgentConfig:
     display_privacy: DisplayPrivacy = DisplayPrivacy.SEND
     #: Honour IMDN-Record-Route in received messages (send our IMDNs through the
     #: intermediaries they name). Off by default: a forged route turns us into a
-    #: flood source aimed at a third party (imdn.md C5); turn it on behind a
+    #: flood source aimed at a third party (RFC 5438 §14); turn it on behind a
     #: trusted proxy or list server.
     trust_imdn_route: bool = False
     #: Answer 404 to a request whose Request-URI is neither our AOR nor one of our
@@ -251,7 +251,7 @@ class UserAgentConfig:
     imdn_retry_cap: float = 30.0
     #: At most this many notifications for the messages of one originator (SIP From,
     #: else CPIM From) per ``imdn_rate_window`` seconds; beyond it requests are
-    #: declined (imdn.md C6: a flood of messages must not make us a flood source).
+    #: declined (RFC 5438 §14: a flood of messages must not make us a flood source).
     imdn_rate_limit: int = 120
     #: The window of ``imdn_rate_limit``, in seconds.
     imdn_rate_window: float = 60.0

@@ -396,7 +396,7 @@ def parse(
     """Parse a message/cpim body (the SIP body of a MESSAGE with that Content-Type).
 
     ``outer_mime=True`` also accepts a leading ``Content-Type: Message/CPIM``
-    header block, as printed in the RFC 3862/5438 examples (cpim.md §1).
+    header block, as printed in the RFC 3862/5438 examples.
     By default field quirks are tolerated and listed in
     :attr:`CpimMessage.lenient` (bare LF, no SP after the colon, a lenient
     DateTime, an unterminated MIME header block); ``strict=True`` refuses them.

@@ -1,7 +1,7 @@
 """IMDN CPIM headers (RFC 5438 §6, §10): typed access, Disposition-Notification, Message-ID.
 
 All five headers live in the namespace ``urn:ietf:params:imdn`` and are found
-by that URI whatever prefix the sender bound to it (IMDN-02). ABNF, RFC 5438 §10::
+by that URI whatever prefix the sender bound to it (RFC 3862 §3.4). ABNF, RFC 5438 §10::
 
     Disposition-Notification = "Disposition-Notification" ": "
                                [ notify-req *(COMMA notify-req) ]
@@ -62,7 +62,7 @@ class NotifyRequest:
 
     @property
     def known(self) -> DispositionRequest | None:
-        """The RFC 5438 value, or None for an extension token (ignored per IMDN-30)."""
+        """The RFC 5438 value, or None for an extension token (ignored, RFC 5438 §7.2)."""
         try:
             return DispositionRequest(self.token)
         except ValueError:
@@ -82,7 +82,7 @@ _NOTIFY_REQ_RE = re.compile(
 
 
 def parse_disposition_notification(value: str) -> tuple[NotifyRequest, ...]:
-    """Parse a Disposition-Notification value; empty means "no IMDN requested" (IMDN-17).
+    """Parse a Disposition-Notification value; empty means "no IMDN requested" (RFC 5438 §6.2).
 
     COMMA is ``*SP "," *SP``, so ``positive-delivery,display`` (no space, seen
     in the field) is valid. Raises ``ValueError`` on anything else.
@@ -124,7 +124,7 @@ def format_disposition_notification(requests: Iterable[NotifyRequest | Dispositi
 
 
 def new_message_id() -> str:
-    """A fresh Message-ID: 128 random bits from ``secrets`` as base64url (IMDN-12, IMDN-13).
+    """A fresh Message-ID: 128 random bits from ``secrets`` as base64url (RFC 5438 §6.3).
 
     The alphabet ``A-Z a-z 0-9 - _`` is all NAMECHAR, so the result is a valid
     CPIM Token (unlike standard base64's ``/`` and ``=``).
@@ -149,7 +149,7 @@ class ImdnHeaders:
 
     @property
     def requested(self) -> frozenset[DispositionRequest]:
-        """The RFC 5438 notification types requested (unknown tokens dropped, IMDN-30)."""
+        """The RFC 5438 notification types requested (unknown tokens dropped, RFC 5438 §7.2)."""
         if not self.disposition_notification:
             return frozenset()
         return frozenset(r.known for r in self.disposition_notification if r.known is not None)

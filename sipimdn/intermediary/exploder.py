@@ -7,32 +7,32 @@ resource (its URI is the Request-URI; members come from configuration, not
 from a recipient-list body). :meth:`ListExploder.explode` records a
 :class:`Fanout` for the IM's Message-ID and hands out one
 :class:`MemberCopyDue` per member; the adapter rewrites the CPIM To to the
-member, adds ``Original-To: <list>`` (IMDN-62) and its own
-``IMDN-Record-Route`` (IMDN-63), and forwards the copy.
+member, adds ``Original-To: <list>`` (RFC 5438 §6.4) and its own
+``IMDN-Record-Route`` (§6.5), and forwards the copy.
 
 Members' notifications come back through us (their IMDN-Route top is our
 URI) and enter :meth:`notification_received`; a member that refused its
 copy enters :meth:`member_failed` and is reported ``failed`` if the sender
-asked for negative delivery (IMDN-67/68). Each accepted notification is
+asked for negative delivery (RFC 5438 §8.2, §12.2). Each accepted notification is
 either *relayed* at once or *collected* and flushed as one aggregated
-notification (RFC 5438 §8.3, IMDN-80/81) when ``window`` seconds have passed
+notification (RFC 5438 §8.3) when ``window`` seconds have passed
 since the first one of the batch, or as soon as every member has reported
 each kind the batch holds (so the deliveries of a list usually travel in one
 IMDN and the displays in another). Only one notification per member and type is passed on
-(IMDN-32). Output is :class:`NotificationsReady`, which the adapter wraps
+(RFC 5438 §7.2). Output is :class:`NotificationsReady`, which the adapter wraps
 in a CPIM IMDN from the list's URI (multipart/mixed when more than one).
 
-Privacy (C9, IMDN-65/83): for a ``private`` list the ``<recipient-uri>``
+Privacy (RFC 5438 §8, §14.2): for a ``private`` list the ``<recipient-uri>``
 and ``<original-recipient-uri>`` (and subject) of every outgoing document
 are stripped, the copies carry no Original-To, and the IMDN comes from the
 list URI, so the sender never learns who the members are. The member count
 still shows through the number of documents; a ``hide_count`` list hides it
-too: it sends exactly one IMDN per IM (IMDN-83), once every member has
+too: it sends exactly one IMDN per IM (RFC 5438 §8.3), once every member has
 reported everything asked (or when the fan-out expires), holding one
 document per kind with the best news any member gave.
 
 A fan-out is forgotten ``state_ttl`` after the explosion (flushing what is
-collected); later notifications for it are dropped (IMDN-81). Nothing here
+collected); later notifications for it are dropped (RFC 5438 §8.3). Nothing here
 is persisted: after a restart member notifications are no longer collected
 (the adapter drops those of private lists and routes the others on).
 """
@@ -82,11 +82,11 @@ class UriList:
     members: tuple[str, ...]
     """Member URIs, in order."""
     private: bool = False
-    """Hide member identities from senders (C9)."""
+    """Hide member identities from senders (RFC 5438 §14.2)."""
     members_only: bool = False
     """Accept messages only from members (a list is a 1-to-n amplifier: limit who may use it)."""
     hide_count: bool = False
-    """Hide even how many members there are (implies ``private``): one summary IMDN per IM (IMDN-83)."""
+    """Hide even how many members there are (implies ``private``): one summary IMDN per IM (RFC 5438 §8.3)."""
 
     def __post_init__(self) -> None:
         if self.hide_count:
@@ -276,7 +276,7 @@ class ListExploder:
         """Record a fan-out and hand out one :class:`MemberCopyDue` per member.
 
         A ``processing`` request is answered ``processed`` at once: exploding
-        the IM is this intermediary's task (IMDN-66). A second IM with a
+        the IM is this intermediary's task (RFC 5438 §8.1). A second IM with a
         Message-ID already being collected replaces nothing: the copies go
         out, but notifications keep going to the first fan-out.
         """
@@ -310,8 +310,8 @@ class ListExploder:
 
         The member is ``<recipient-uri>`` or, without one, ``sender`` (the
         IMDN's CPIM From). Refused: unknown Message-ID (or fan-out expired,
-        IMDN-81), not a member (C2), not requested (C3), a second one of the
-        same type from the same member (IMDN-32).
+        RFC 5438 §8.3), not a member, not requested (RFC 5438 §14.1), a second one of the
+        same type from the same member (RFC 5438 §7.2).
         """
         fanout = self._by_message.get(note.message_id)
         if fanout is None:
@@ -398,7 +398,7 @@ class ListExploder:
         """The single IMDN of a ``hide_count`` list: per kind, the best news any member gave.
 
         One document per kind, with no recipient, so neither who nor how many
-        can be read from it (IMDN-83). ``delivered``/``displayed`` if any member
+        can be read from it (RFC 5438 §8.3). ``delivered``/``displayed`` if any member
         reported it, else the first other status reported.
         """
         if fanout.summarized:

@@ -14,14 +14,14 @@ Outcome of an attempt -> what happens (:func:`_classify`):
 ===================  =======================================================
 2xx                  done; ``processed`` if processing was asked and nothing
                      was reported yet. Never ``delivered``: the next hop's
-                     2xx proves nothing about the user (IMDN-68); the
+                     2xx proves nothing about the user (RFC 5438 §12.2); the
                      recipient's own IMDN comes back through us.
 no contact, timeout, held; ``stored`` if processing was asked (once,
-transport error,     IMDN-66); next attempt after ``retry_base * 2**n``
+transport error,     RFC 5438 §8.1); next attempt after ``retry_base * 2**n``
 408/480/500/503/504  (capped at ``retry_cap``), or at once when the
                      recipient registers (:meth:`recipient_reachable`).
 other 3xx-6xx        failed; ``failed`` delivery if negative-delivery was
-                     asked (IMDN-67/68, §12.2).
+                     asked (RFC 5438 §8.2, §12.2).
 ===================  =======================================================
 
 RFC 5438 §12.2 says an intermediary SHOULD report a downstream 4xx-6xx as
@@ -34,7 +34,7 @@ with ``failed`` (if asked) and :class:`MessageFailed(expired=True)`.
 Notifications are *facts* handed out as :class:`NotificationDue`; the
 adapter builds and sends them (RFC 5438 §7.2.1.1). Messages carrying an
 IMDN (``is_notification``) or copies belonging to a list fan-out never owe
-anything here (C4; the exploder reports for its members).
+anything here (a notification is never notified about; the exploder reports for its members).
 
 Persistence follows the tracker's write-behind log: every change queues a
 whole-record :class:`~sipimdn.intermediary.store.PutParked` or a
@@ -79,7 +79,7 @@ __all__ = [
 #: Timeout, 480 Temporarily Unavailable, 500/503/504 server trouble).
 RETRYABLE_STATUSES = frozenset({408, 480, 500, 503, 504})
 
-#: Notification requests an intermediary may honour (IMDN-66, IMDN-67).
+#: Notification requests an intermediary may honour (RFC 5438 §8.1, §8.2).
 INTERMEDIARY_KINDS = frozenset({"processing", "negative-delivery"})
 
 
@@ -335,7 +335,7 @@ class StoreAndForward:
         """A held message for ``target`` from ``sip_from`` with that CPIM Message-ID, or None.
 
         A sender that did not see our 202 sends the IM again in a new transaction; holding it
-        twice would owe its notifications twice (IMDN-66/67).
+        twice would owe its notifications twice (RFC 5438 §8.1, §8.2: at most one per type).
         """
         sender = identity_key(sip_from) or sip_from
         for key in self._by_target.get(identity_key(target) or target, ()):

@@ -1,7 +1,7 @@
 """Edits an intermediary makes to CPIM messages (RFC 5438 §6.4-§6.6, §8); pure functions, no I/O.
 
 A CPIM message is immutable (RFC 3862 §6); an intermediary that must change
-one emits a new message built from the old one's header lines (IMDN-70).
+one emits a new message built from the old one's header lines (RFC 5438 §14.1).
 Every function here returns a fresh :class:`~sipimdn.cpim.CpimMessage`
 whose other lines are kept byte for byte, so a recipient sees the sender's
 headers as written (prefixes, parameters, order).
@@ -12,7 +12,7 @@ Placement rules:
   order, RFC 5438 §6.5: "top = newest"), i.e. just above the first existing
   one, with the prefix that line already uses; with none present it is
   appended.
-* ``Original-To`` is added only when absent (IMDN-62: never a second one,
+* ``Original-To`` is added only when absent (RFC 5438 §6.4: never a second one,
   never modified).
 * Appended IMDN headers use a prefix bound to ``urn:ietf:params:imdn`` at
   the end of the header block, declaring a fresh one when there is none.
@@ -75,7 +75,7 @@ def _imdn_prefix(msg: CpimMessage) -> tuple[str, list[str]]:
 
 
 def add_record_route(msg: CpimMessage, uri: str) -> CpimMessage:
-    """Return ``msg`` with ``IMDN-Record-Route: <uri>`` as its top entry (RFC 5438 §6.5, IMDN-63)."""
+    """Return ``msg`` with ``IMDN-Record-Route: <uri>`` as its top entry (RFC 5438 §6.5)."""
     lines = [h.raw for h in msg.headers]
     value = str(_address_of(uri))
     for index, h in enumerate(msg.headers):
@@ -88,7 +88,7 @@ def add_record_route(msg: CpimMessage, uri: str) -> CpimMessage:
 
 
 def add_original_to(msg: CpimMessage, uri: str) -> CpimMessage:
-    """Return ``msg`` with ``Original-To: <uri>`` unless it already has one (RFC 5438 §6.4, IMDN-62)."""
+    """Return ``msg`` with ``Original-To: <uri>`` unless it already has one (RFC 5438 §6.4)."""
     value = _address_of(uri)
     if msg.get(IMDN_NS, "Original-To") is not None:
         return msg
@@ -118,7 +118,7 @@ def replace_to(msg: CpimMessage, address: CpimAddress | str) -> CpimMessage:
 
 
 def pop_imdn_route(msg: CpimMessage) -> CpimMessage:
-    """Return ``msg`` without its top ``IMDN-Route`` (RFC 5438 §8, IMDN-64).
+    """Return ``msg`` without its top ``IMDN-Route`` (RFC 5438 §8).
 
     Raises :class:`~sipimdn.errors.LocalProtocolError` when it has none.
     """

@@ -10,9 +10,9 @@ only feeds them and carries out what they ask:
 - :class:`~sipimdn.intermediary.exploder.ListExploder` turns an IM sent to
   a configured list into one copy per member and collects their IMDNs.
 
-Routing of a received MESSAGE (RFC 5438 §8, imdn.md section 8):
+Routing of a received MESSAGE (RFC 5438 §8):
 
-1. An IMDN whose top ``IMDN-Route`` is us (IMDN-64): a list member's
+1. An IMDN whose top ``IMDN-Route`` is us (RFC 5438 §8): a list member's
    notification goes to the exploder; any other loses its top IMDN-Route and
    is relayed to the next IMDN-Route, else to its CPIM To.
 2. An IM to a list URI: 202, exploded (copies: CPIM To = member,
@@ -128,15 +128,15 @@ class IntermediaryConfig:
     exploder: ExploderConfig = field(default_factory=ExploderConfig)
     #: SQLite file holding parked messages (":memory:" keeps nothing across restarts).
     store_path: str = ":memory:"
-    #: Add our IMDN-Record-Route to IMs that ask for notifications (IMDN-63).
+    #: Add our IMDN-Record-Route to IMs that ask for notifications (RFC 5438 §6.5).
     record_route: bool = True
-    #: Add Original-To to relayed IMs (IMDN-61/62; off = do not reveal the original recipient).
+    #: Add Original-To to relayed IMs (RFC 5438 §6.4; off = do not reveal the original recipient).
     original_to: bool = True
     #: Send the notifications *we* generate along the IM's IMDN-Record-Route set by upstream
-    #: intermediaries. Off by default (C5): a forged route would make us a reflector; our
+    #: intermediaries. Off by default (RFC 5438 §14): a forged route would make us a reflector; our
     #: notifications then go to the IM's SIP From. Relayed messages keep their routes either way.
     trust_imdn_route: bool = False
-    #: Most upstream IMDN-Record-Route entries honoured when trusted (C5); beyond, none are.
+    #: Most upstream IMDN-Record-Route entries honoured when trusted; beyond, none are.
     max_imdn_route: int = 4
     #: Static next hops: ``(domain, proxy URI)``; a message for a user of ``domain`` that is
     #: not ours goes through that proxy (loose route) instead of to the domain itself.
@@ -483,7 +483,7 @@ class Intermediary:
         )
 
     def _reply_routes(self, headers: ImdnHeaders) -> tuple[str, ...]:
-        """The IMDN-Route for notifications we generate (C5: upstream routes only when trusted)."""
+        """The IMDN-Route for notifications we generate (upstream routes only when trusted)."""
         routes = tuple(a.uri for a in headers.record_routes)
         if not self.config.trust_imdn_route or len(routes) > self.config.max_imdn_route:
             return ()
@@ -690,7 +690,7 @@ class Intermediary:
         headers: ImdnHeaders,
         hops: int,
     ) -> str:
-        """An IMDN routed through us (IMDN-64): collect it for a list, or pop our entry and relay it."""
+        """An IMDN routed through us (RFC 5438 §8): collect it for a list, or pop our entry and relay it."""
         now = time.time()
         sender = envelope.from_.uri if envelope.from_ is not None else None
         if any(self.exploder.fanout_for(n.message_id) is not None for n in received.notifications):
@@ -705,7 +705,7 @@ class Intermediary:
         for note in received.notifications:
             uri_list = self.exploder.list_for(note.original_recipient_uri or "")
             if uri_list is not None and uri_list.private:
-                # Its fan-out is forgotten: relaying it would reveal a member (C9).
+                # Its fan-out is forgotten: relaying it would reveal a member (RFC 5438 §14.2).
                 _log.info("late notification for private list %s dropped", uri_list.uri)
                 incoming.respond(200)
                 return "refused"

@@ -52,7 +52,7 @@ class ImdnOrigin:
     routes: tuple[str, ...]
     """The IM's IMDN-Record-Route URIs as received (before ours), top first: the IMDN-Route to write."""
     recipient: str
-    """The final recipient (``<recipient-uri>``, IMDN-69)."""
+    """The final recipient (``<recipient-uri>``, RFC 5438 §7.2.1.1)."""
     original_recipient: str
     """``<original-recipient-uri>``: the IM's Original-To, else the recipient."""
     requested: tuple[str, ...]
@@ -94,9 +94,9 @@ class ParkedMessage:
     group: str | None = None
     """The fan-out this copy belongs to (list explosion), or None."""
     is_notification: bool = False
-    """True for an IMDN being relayed: never answered with a notification (C4)."""
+    """True for an IMDN being relayed: a notification is never itself notified about."""
     processing_sent: bool = False
-    """A processing notification went out already (IMDN-66: at most one)."""
+    """A processing notification went out already (RFC 5438 §8.1: at most one)."""
     extra: tuple[tuple[str, str], ...] = field(default=())
     """Free (name, value) pairs the adapter attaches (kept across restarts)."""
     message_id: str | None = None

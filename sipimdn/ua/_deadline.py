@@ -1,6 +1,6 @@
 """The application decides the final response, within a deadline.
 
-peers.md pain point 1: apps need 202, 4xx and 6xx, decided asynchronously.
+Applications need 202, 4xx and 6xx, decided asynchronously (RFC 3428 §7).
 The ``on_message`` handler runs as a task; whatever it returns within the
 configured deadline becomes the final response. If it is still running at
 the deadline the stack answers by itself (``deadline_status``), so Timer F
