@@ -17,8 +17,10 @@ and the contract allows calls from any thread. One call at a time uses the
 data connection (a lock, as in :class:`~sipimdn.store.sqlite.SqliteStore`);
 listening uses a second connection, so a slow write never delays a wake-up.
 
-Layout. One table per record kind, ``sipimdn_<table> (key TEXT PRIMARY
-KEY, expires_at DOUBLE PRECISION, data TEXT)`` with ``data`` the record as
+Layout. One table per record kind, ``sipimdn_<table> (key TEXT,
+key_sha256 BYTEA PRIMARY KEY, expires_at DOUBLE PRECISION, data TEXT)``,
+the primary key a digest of ``key`` computed by the server (a peer's
+Message-ID may exceed what a B-tree entry holds), with ``data`` the record as
 JSON (:func:`~sipimdn.store.base.record_to_json`), the same shape as the
 SQLite store, so a new optional record field needs no migration. ``sent``
 and ``owed`` rows also carry ``owner`` (the worker id that wrote them
@@ -104,15 +106,30 @@ def _table(name: str) -> str:
     return f"sipimdn_{name}"
 
 
+#: The primary key column: a digest of ``key``. A B-tree entry holds at most about 2.7 kB, and a
+#: key holds a peer's Message-ID, which may be longer (CPIM headers go up to 16 kB here).
+_ID = "key_sha256"
+
+
+def _id_of(text: str) -> str:
+    return f"sipimdn_key_id({text})"
+
+
 def _create_v1() -> list[str]:
-    statements = []
+    statements = [
+        # convert_to is only STABLE (it depends on the database encoding, which never changes
+        # once the database exists): wrapped so a generated column may use it.
+        "CREATE OR REPLACE FUNCTION sipimdn_key_id(text) RETURNS bytea LANGUAGE sql IMMUTABLE "
+        "PARALLEL SAFE AS $$ SELECT sha256(convert_to($1, 'UTF8')) $$"
+    ]
     for table in TABLES:
         name = _table(table)
         leased = table in LEASED_TABLES
         lease = ", owner TEXT NOT NULL, lease_until DOUBLE PRECISION NOT NULL" if leased else ""
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {name} "
-            f"(key TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL{lease})"
+            f"(key TEXT NOT NULL, {_ID} BYTEA PRIMARY KEY GENERATED ALWAYS AS ({_id_of('key')}) STORED, "
+            f"expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL{lease})"
         )
         statements.append(f"CREATE INDEX IF NOT EXISTS {name}_expires ON {name} (expires_at)")
         if leased:
@@ -152,9 +169,10 @@ def _apply_sql() -> str:
             )
         clauses.append(
             f"put_{table} AS ({insert} "
-            "ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data)"
+            f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data)"
         )
-        clauses.append(f"del_{table} AS (DELETE FROM {name} WHERE key = ANY({deletes}::text[]))")
+        clauses.append(f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN "
+            f"(SELECT {_id_of('k')} FROM unnest({deletes}::text[]) AS u(k)))")
     # A SELECT in WITH runs only when referenced: the final SELECT counts it.
     clauses.append(
         "notified AS (SELECT pg_notify($3, k) FROM unnest($4::text[]) AS u(k) "
@@ -176,7 +194,7 @@ _PURGE_SQL = (
 
 _CLAIM_SQL = (
     f"INSERT INTO {_table('seen')} (key, expires_at, data) VALUES ($1, $2, $3) "
-    f"ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
+    f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
     f"WHERE {_table('seen')}.expires_at <= $4 RETURNING key"
 )
 
@@ -196,7 +214,7 @@ _TAKE_OVER_SQL = (
     "WITH "
     + ", ".join(
         f"t_{t} AS (UPDATE {_table(t)} SET owner = $1, lease_until = {_NOW} + $2 "
-        f"WHERE key IN (SELECT key FROM {_table(t)} WHERE lease_until < {_NOW} AND owner <> $1 "
+        f"WHERE {_ID} IN (SELECT {_ID} FROM {_table(t)} WHERE lease_until < {_NOW} AND owner <> $1 "
         f"AND expires_at > $3 ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING data)"
         for t in LEASED_TABLES
     )
@@ -303,7 +321,7 @@ class PostgresStore:
             future.cancel()
             self._drop_connection()
             raise StoreError(f"{what}: {_redacted(self.url)}: no answer in time") from exc
-        except (self._pg.PostgresError, self._pg.InterfaceError, OSError, TimeoutError) as exc:
+        except (self._pg.PostgresError, self._pg.InterfaceError, OSError, TimeoutError, UnicodeError) as exc:
             self._drop_connection()
             raise StoreError(f"{what}: {_redacted(self.url)}: {exc or type(exc).__name__}") from exc
 
