@@ -171,8 +171,10 @@ def _apply_sql() -> str:
             f"put_{table} AS ({insert} "
             f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data)"
         )
-        clauses.append(f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN "
-            f"(SELECT {_id_of('k')} FROM unnest({deletes}::text[]) AS u(k)))")
+        clauses.append(
+            f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN "
+            f"(SELECT {_id_of('k')} FROM unnest({deletes}::text[]) AS u(k)))"
+        )
     # A SELECT in WITH runs only when referenced: the final SELECT counts it.
     clauses.append(
         "notified AS (SELECT pg_notify($3, k) FROM unnest($4::text[]) AS u(k) "
@@ -185,9 +187,7 @@ _APPLY_SQL = _apply_sql()
 
 _PURGE_SQL = (
     "WITH "
-    + ", ".join(
-        f"p_{t} AS (DELETE FROM {_table(t)} WHERE expires_at <= $1 RETURNING 1)" for t in TABLES
-    )
+    + ", ".join(f"p_{t} AS (DELETE FROM {_table(t)} WHERE expires_at <= $1 RETURNING 1)" for t in TABLES)
     + " SELECT "
     + " + ".join(f"(SELECT count(*) FROM p_{t})" for t in TABLES)
 )
@@ -237,9 +237,7 @@ def _asyncpg() -> Any:
     try:
         import asyncpg  # noqa: PLC0415  (optional extra: imported only when used)
     except ImportError as exc:
-        raise StoreError(
-            "the PostgreSQL store needs asyncpg: pip install 'sipimdn[postgres]'"
-        ) from exc
+        raise StoreError("the PostgreSQL store needs asyncpg: pip install 'sipimdn[postgres]'") from exc
     return asyncpg
 
 
