@@ -27,16 +27,15 @@ async def test_delivery_notification_with_the_receiver_on_postgres(postgres_url:
     bob_store = PostgresStore(postgres_url, worker_id="bob-1")
     received: list[IncomingMessage] = []
     try:
-        async with UserAgent(ua_config("alice")) as alice:
-            async with UserAgent(ua_config("bob"), store=bob_store) as bob:
+        async with UserAgent(ua_config("alice")) as alice, UserAgent(ua_config("bob"), store=bob_store) as bob:
 
-                @bob.on_message
-                async def receive(message: IncomingMessage) -> None:
-                    received.append(message)
+            @bob.on_message
+            async def receive(message: IncomingMessage) -> None:
+                received.append(message)
 
-                handle = await alice.send_message(bob.aor, "hello", notify={"positive-delivery", "display"})
-                state = await handle.await_disposition("delivered", timeout=10)
-                assert state is DispositionState.DELIVERED
+            handle = await alice.send_message(bob.aor, "hello", notify={"positive-delivery", "display"})
+            state = await handle.await_disposition("delivered", timeout=10)
+            assert state is DispositionState.DELIVERED
         # Bob's obligations were in PostgreSQL: the message (still owed "displayed") and its dedup entry.
         snapshot = bob_store.load(0.0)
         message_id = received[0].message_id
