@@ -27,7 +27,8 @@ async def test_delivery_notification_with_the_receiver_on_postgres(postgres_url:
     bob_store = PostgresStore(postgres_url, worker_id="bob-1")
     received: list[IncomingMessage] = []
     try:
-        async with UserAgent(ua_config("alice")) as alice, UserAgent(ua_config("bob"), store=bob_store) as bob:
+        bob_ua = UserAgent(ua_config("bob"), store=bob_store)
+        async with UserAgent(ua_config("alice")) as alice, bob_ua as bob:
 
             @bob.on_message
             async def receive(message: IncomingMessage) -> None:
