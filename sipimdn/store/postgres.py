@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -142,48 +143,50 @@ def _create_v1() -> list[str]:
 _MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1())]
 
 
-def _apply_sql() -> str:
-    """The one statement of :meth:`PostgresStore.apply`.
+@functools.lru_cache(maxsize=256)
+def _apply_sql(puts: tuple[str, ...], deletes: tuple[str, ...], notify: bool) -> str:
+    """The one statement of :meth:`PostgresStore.apply` for a batch that upserts into the
+    tables ``puts`` and deletes from the tables ``deletes`` (only those: a clause for an
+    untouched table would still be planned and run).
 
-    Parameters: $1 worker id, $2 lease seconds, $3 notify channel (NULL: none), then per table
-    in :data:`TABLES` order: keys, expiries and JSON texts to upsert, keys to delete.
+    Parameters: $1 worker id, $2 lease seconds, $3 notify channel, then for each table of
+    ``puts`` its keys, expiries and JSON texts, then for each table of ``deletes`` its keys.
     """
     clauses = []
     n = 4
-    for table in TABLES:
+    for table in puts:
         name = _table(table)
-        keys, expiries, datas, deletes = (f"${n}", f"${n + 1}", f"${n + 2}", f"${n + 3}")
-        n += 4
+        keys, expiries, datas = (f"${n}", f"${n + 1}", f"${n + 2}")
+        n += 3
+        rows = f"FROM unnest({keys}::text[], {expiries}::float8[], {datas}::text[]) AS u(k, e, d)"
         if table in LEASED_TABLES:
             # Ownership changes only through take_over: an update keeps the owner and its lease.
             insert = (
                 f"INSERT INTO {name} (key, expires_at, data, owner, lease_until) "
-                f"SELECT k, e, d, $1, {_NOW} + $2 "
-                f"FROM unnest({keys}::text[], {expiries}::float8[], {datas}::text[]) AS u(k, e, d)"
+                f"SELECT k, e, d, $1, {_NOW} + $2 {rows}"
             )
         else:
-            insert = (
-                f"INSERT INTO {name} (key, expires_at, data) "
-                f"SELECT k, e, d "
-                f"FROM unnest({keys}::text[], {expiries}::float8[], {datas}::text[]) AS u(k, e, d)"
-            )
+            insert = f"INSERT INTO {name} (key, expires_at, data) SELECT k, e, d {rows}"
         clauses.append(
             f"put_{table} AS ({insert} "
             f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data)"
         )
+        if table == "sent" and notify:
+            # A SELECT in WITH runs only when referenced: the final SELECT counts it.
+            clauses.append(
+                f"notified AS (SELECT pg_notify($3, k) FROM unnest({keys}::text[]) AS u(k) "
+                f"WHERE octet_length(k) <= {_MAX_NOTIFY_BYTES})"
+            )
+    for table in deletes:
         clauses.append(
-            f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN "
-            f"(SELECT {_id_of('k')} FROM unnest({deletes}::text[]) AS u(k)))"
+            f"del_{table} AS (DELETE FROM {_table(table)} WHERE {_ID} IN "
+            f"(SELECT {_id_of('k')} FROM unnest(${n}::text[]) AS u(k)))"
         )
-    # A SELECT in WITH runs only when referenced: the final SELECT counts it.
-    clauses.append(
-        "notified AS (SELECT pg_notify($3, k) FROM unnest($4::text[]) AS u(k) "
-        f"WHERE $3 IS NOT NULL AND octet_length(k) <= {_MAX_NOTIFY_BYTES})"
-    )
-    return "WITH " + ",\n".join(clauses) + "\nSELECT count(*) FROM notified"
+        n += 1
+    counted = "(SELECT count(*) FROM notified)" if "sent" in puts and notify else "0"
+    # $1-$3 appear in every statement so the parameter list has one shape.
+    return "WITH " + ",\n".join(clauses) + f"\nSELECT {counted}, $1::text, $2::float8, $3::text"
 
-
-_APPLY_SQL = _apply_sql()
 
 _PURGE_SQL = (
     "WITH "
@@ -381,24 +384,30 @@ class PostgresStore:
         for op in ops:  # the last operation on each record decides its final state
             ident = (op.record.TABLE, op.record.key) if isinstance(op, Put) else (op.table, op.key)
             last[ident] = op
-        columns: dict[str, tuple[list[str], list[float], list[str], list[str]]] = {
-            table: ([], [], [], []) for table in TABLES
-        }
+        puts: dict[str, tuple[list[str], list[float], list[str]]] = {}
+        deletes: dict[str, list[str]] = {}
         for op in last.values():
             if isinstance(op, Put):
-                keys, expiries, datas, _ = columns[op.record.TABLE]
-                keys.append(op.record.key)
-                expiries.append(float(op.record.expires_at))
-                datas.append(record_to_json(op.record))
+                record = op.record
+                if record.TABLE not in puts:
+                    puts[record.TABLE] = ([], [], [])
+                keys, expiries, datas = puts[record.TABLE]
+                keys.append(record.key)
+                expiries.append(float(record.expires_at))
+                datas.append(record_to_json(record))
             elif isinstance(op, Delete):
-                columns[op.table][3].append(op.key)
+                deletes.setdefault(op.table, []).append(op.key)
+        put_tables = tuple(sorted(puts))
+        delete_tables = tuple(sorted(deletes))
+        sql = _apply_sql(put_tables, delete_tables, self.channel is not None)
         params: list[object] = [self.worker_id, self.lease, self.channel]
-        for table in TABLES:
-            params.extend(columns[table])
+        for table in put_tables:
+            params.extend(puts[table])
+        params.extend(deletes[table] for table in delete_tables)
 
         async def write() -> None:
             conn = await self._connection()
-            await conn.fetchval(_APPLY_SQL, *params)
+            await conn.fetchval(sql, *params)
 
         with self._lock:
             self._call(write(), "store write failed")
