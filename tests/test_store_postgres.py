@@ -6,12 +6,9 @@ failed with CI=true. The Store contract itself is in test_store.py.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +31,6 @@ from sipimdn.store import (
     open_store,
 )
 from sipimdn.store.postgres import SCHEMA_VERSION, PostgresStore, is_postgres_url
-
-SRC = str(Path(__file__).resolve().parents[1])
 
 
 def database_of(url: str) -> str:
@@ -202,73 +197,6 @@ def test_database_gone_mid_run_then_back(tmp_path: Path) -> None:
             store.close()
     finally:
         server.destroy()
-
-
-# --- dedup across processes ----------------------------------------------------------------------------
-
-_CLAIMER = textwrap.dedent(
-    """
-    import json, sys, time
-    from pathlib import Path
-    from sipimdn.store import SeenRecord, open_store
-    url, name, go, count = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
-    store = open_store(url, worker_id=name)
-    Path(str(go) + "." + name).touch()  # connected: ready
-    deadline = time.monotonic() + 30
-    while not go.exists() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    won = [i for i in range(count) if store.claim_seen(SeenRecord("sip:a@x", f"m{i}", None, 1e12), 0.0)]
-    store.close()
-    print(json.dumps(won))
-    """
-)
-
-
-def test_two_processes_claiming_the_same_message_ids(postgres_url: str, tmp_path: Path) -> None:
-    """Two workers race to claim the same 300 (sender, Message-ID) keys: each key is new exactly once."""
-    go = tmp_path / "go"
-    count = 300
-    env = {**os.environ, "PYTHONPATH": SRC}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _CLAIMER, postgres_url, name, str(go), str(count)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for name in ("w1", "w2")
-    ]
-    try:
-        deadline = time.monotonic() + 60
-        while not all(Path(f"{go}.{n}").exists() for n in ("w1", "w2")) and time.monotonic() < deadline:
-            if any(w.poll() is not None for w in workers):
-                break
-            time.sleep(0.01)
-        go.touch()
-        outputs = [w.communicate(timeout=60) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    assert [w.returncode for w in workers] == [0, 0], [err for _, err in outputs]
-    won = [set(json.loads(out)) for out, _ in outputs]
-    assert won[0].isdisjoint(won[1])
-    assert won[0] | won[1] == set(range(count))
-
-
-def test_claim_seen_replaces_an_expired_entry(opened: list[PostgresStore], postgres_url: str) -> None:
-    store = open_pg(opened, postgres_url)
-    first = SeenRecord("sip:a@x", "m1", None, 50.0)
-    assert store.claim_seen(first, now=10.0) is True
-    assert store.claim_seen(SeenRecord("sip:a@x", "m1", 200, 90.0), now=49.0) is False
-    assert store.load(0.0).seen == (first,)  # the live entry is kept as it was
-    later = SeenRecord("sip:a@x", "m1", None, 150.0)
-    assert store.claim_seen(later, now=50.0) is True  # expired at 50: a new message
-    assert store.load(0.0).seen == (later,)
-    with pytest.raises(StoreError):
-        store.claim_seen(object(), now=0.0)  # type: ignore[arg-type]
 
 
 # --- leases and take-over ------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def open_store(target: str, *, worker_id: str | None = None) -> Store:
 
     if is_postgres_url(target):
         return PostgresStore(target, worker_id=worker_id)
-    return SqliteStore(target)
+    return SqliteStore(target, worker_id=worker_id)
 
 
 def __getattr__(name: str) -> Any:

@@ -57,13 +57,12 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import StoreError
+from ._worker import default_worker_id
 from .base import (
     TABLES,
     AnyRecord,
@@ -229,11 +228,6 @@ _TAKE_OVER_SQL = (
 def is_postgres_url(target: str) -> bool:
     """True when ``target`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
     return target.lower().startswith(("postgresql://", "postgres://"))
-
-
-def default_worker_id() -> str:
-    """``host:pid``: unique among the workers sharing a database while they run."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _asyncpg() -> Any:
