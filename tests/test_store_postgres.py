@@ -183,8 +183,12 @@ def test_database_gone_mid_run_then_back(tmp_path: Path) -> None:
     try:
         server.start()
         store = PostgresStore(server.create_database(), command_timeout=5.0)
+        heard: queue.Queue[str] = queue.Queue()
+        resumed = threading.Event()
         try:
+            store.listen(heard.put, on_resume=resumed.set)
             store.apply([Put(sent("before"))])
+            assert heard.get(timeout=5) == "before"
             server.stop()
             with pytest.raises(StoreError):
                 store.apply([Put(sent("while-down"))])
@@ -193,6 +197,11 @@ def test_database_gone_mid_run_then_back(tmp_path: Path) -> None:
             server.start()
             store.apply([Put(sent("after"))])
             assert sorted(s.message_id for s in store.load(0.0).sent) == ["after", "before"]
+            # The listening connection comes back by itself, says so, and hears again.
+            assert resumed.wait(timeout=15)
+            store.notify("again")
+            # ("after" is heard too when the listener was back before it was written.)
+            assert heard.get(timeout=5) == "again" or heard.get(timeout=5) == "again"
         finally:
             store.close()
     finally:

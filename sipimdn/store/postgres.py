@@ -101,6 +101,9 @@ _MAX_NOTIFY_BYTES = 7999
 
 _NOW = "extract(epoch from clock_timestamp())"
 
+#: Longest wait between two attempts to reconnect the listening connection (seconds).
+_RELISTEN_MAX_DELAY = 5.0
+
 
 def _table(name: str) -> str:
     return f"sipimdn_{name}"
@@ -285,6 +288,8 @@ class PostgresStore:
         self._conn: asyncpg.Connection[Any] | None = None
         self._listen_conn: asyncpg.Connection[Any] | None = None
         self._listeners: list[Callable[[str], None]] = []
+        self._resume_callbacks: list[Callable[[], None]] = []
+        self._relisten: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="sipimdn-postgres", daemon=True)
         self._thread.start()
@@ -445,6 +450,8 @@ class PostgresStore:
 
     def _stop_loop(self) -> None:
         async def shut() -> None:
+            if self._relisten is not None:
+                self._relisten.cancel()
             for conn in (self._conn, self._listen_conn):
                 if conn is not None and not conn.is_closed():
                     try:
@@ -534,31 +541,28 @@ class PostgresStore:
         with self._lock:
             self._call(send(), "store notify failed")
 
-    def listen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+    def listen(
+        self, callback: Callable[[str], None], *, on_resume: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
         """Call ``callback(payload)`` for every notification on :attr:`channel`; return an unsubscriber.
 
         Payloads are the Message-IDs of ``sent`` records written by any worker (and whatever
-        :meth:`notify` sends). The callback runs on the store's own thread: keep it short and
+        :meth:`notify` sends). Callbacks run on the store's own thread: keep them short and
         hand over to your loop (``loop.call_soon_threadsafe``). Listening starts before this
-        returns, so a notification committed afterwards is delivered.
+        returns, so a notification committed afterwards is delivered. When the listening
+        connection is lost (database restart), the store connects again (every few seconds
+        until it succeeds) and then calls ``on_resume()``: notifications sent in between are
+        lost, so re-read what you wait for from the tables.
         """
         if self.channel is None:
             raise StoreError("store has no notification channel")
-        channel = self.channel
-
-        def deliver(_conn: object, _pid: int, _channel: str, payload: object) -> None:
-            for listener in list(self._listeners):
-                try:
-                    listener(str(payload))
-                except Exception:  # one failing listener must not silence the others
-                    _log.exception("store notification listener failed")
 
         async def subscribe() -> None:
             if self._listen_conn is None or self._listen_conn.is_closed():
-                conn = await self._connect()
-                await conn.add_listener(channel, deliver)
-                self._listen_conn = conn
+                self._listen_conn = await self._listening_connection()
             self._listeners.append(callback)
+            if on_resume is not None:
+                self._resume_callbacks.append(on_resume)
 
         self._call(subscribe(), "store listen failed")
 
@@ -566,9 +570,57 @@ class PostgresStore:
             def drop() -> None:
                 if callback in self._listeners:
                     self._listeners.remove(callback)
+                if on_resume is not None and on_resume in self._resume_callbacks:
+                    self._resume_callbacks.remove(on_resume)
 
             if not self._closed:
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(drop)
 
         return unsubscribe
+
+    async def _listening_connection(self) -> asyncpg.Connection[Any]:
+        assert self.channel is not None
+        conn = await self._connect()
+        try:
+            await conn.add_listener(self.channel, self._deliver)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._listen_lost)
+        return conn
+
+    def _deliver(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(str(payload))
+            except Exception:  # one failing listener must not silence the others
+                _log.exception("store notification listener failed")
+
+    def _listen_lost(self, conn: object) -> None:
+        if self._closed or conn is not self._listen_conn or self._relisten is not None:
+            return
+        _log.warning("store notification connection lost: %s; reconnecting", _redacted(self.url))
+        self._listen_conn = None
+        self._relisten = self._loop.create_task(self._reconnect_listener())
+
+    async def _reconnect_listener(self) -> None:
+        delay = 0.25
+        try:
+            while not self._closed:
+                await asyncio.sleep(delay)
+                try:
+                    self._listen_conn = await self._listening_connection()
+                except (self._pg.PostgresError, self._pg.InterfaceError, OSError, TimeoutError) as exc:
+                    _log.debug("store notification connection: still down: %s", exc)
+                    delay = min(delay * 2, _RELISTEN_MAX_DELAY)
+                    continue
+                _log.warning("store notification connection back: %s", _redacted(self.url))
+                for resume in list(self._resume_callbacks):
+                    try:
+                        resume()
+                    except Exception:
+                        _log.exception("store notification resume callback failed")
+                return
+        finally:
+            self._relisten = None
