@@ -311,7 +311,11 @@ class PostgresStore:
         if self._closed:
             coro.close()
             raise StoreError("store is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError as exc:  # the loop stopped: closed meanwhile by another thread
+            coro.close()
+            raise StoreError("store is closed") from exc
         try:
             # The loop enforces connect and command timeouts; this bound only guards a stuck loop.
             return future.result(timeout=self._connect_timeout + 2 * self._command_timeout + 5)
@@ -482,7 +486,8 @@ class PostgresStore:
         Atomic across processes: of several workers claiming the same (sender, Message-ID) at
         once, exactly one gets True. An entry expired at ``now`` counts as absent and is replaced.
         """
-        check_op(Put(record))
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
         args = (record.key, float(record.expires_at), record_to_json(record), now)
 
         async def claim() -> bool:

@@ -207,7 +207,8 @@ class SqliteStore:
 
     def claim_seen(self, record: SeenRecord, now: float) -> bool:
         """Write ``record`` unless a live entry (not expired at ``now``) has its key; True if written."""
-        check_op(Put(record))
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
         with self._lock:
             conn = self._connection()
             try:
