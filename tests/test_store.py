@@ -269,6 +269,11 @@ def test_sqlite_unopenable_path(tmp_path: Path) -> None:
         SqliteStore(str(tmp_path / "missing-dir" / "x.db"))
 
 
+def test_sqlite_refuses_a_database_url() -> None:
+    with pytest.raises(StoreError, match="a URL"):
+        SqliteStore("postgresql://postgres@/postgres?host=/run/postgresql")
+
+
 # --- values shared across the records of one load --------------------------------------------------------
 
 

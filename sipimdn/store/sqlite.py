@@ -74,6 +74,11 @@ class SqliteStore:
     """
 
     def __init__(self, path: str, *, timeout: float = 5.0, worker_id: str | None = None) -> None:
+        if "://" in path:
+            # A database URL given where a file is expected would become a strange file name.
+            raise StoreError(
+                f"cannot open store {path!r}: a URL, not a SQLite file (sipimdn.store.open_store opens URLs)"
+            )
         self.path = path
         #: The one worker using this store (see the shared-state section below).
         self.worker_id = worker_id or default_worker_id()
