@@ -38,16 +38,24 @@ Writes. :meth:`apply` sends a whole batch as one statement (one round trip,
 one implicit transaction: all or nothing, durable when it returns, the
 group commit the user agent waits on before a 2xx): the batch is reduced to
 the last operation on each record (records are independent, so the final
-state is the same), then each table gets its upserts as arrays through
-``unnest`` and its deletes through ``= ANY``, all in data-modifying ``WITH``
-clauses of that one statement. A Put of a ``sent`` record also queues a
+state is the same), then each table the batch touches gets its upserts as arrays through
+``unnest`` and its deletes as an array of keys, all in data-modifying
+``WITH`` clauses of that one statement (one text per shape of batch, which
+asyncpg prepares once). A Put of a ``sent`` record also queues a
 ``NOTIFY`` on :attr:`PostgresStore.channel` with the Message-ID, delivered at
-commit: the table is the truth, the notification the wake-up (RFC 5438
-§7.3 correlation done by another worker).
+commit: the table is the truth, the notification the wake-up (a notification
+for a message another worker sent is correlated by Message-ID, RFC 5438
+§7.1.2, through the table).
 
 Faults. A lost connection (database restarted, network) fails the call in
 progress with :class:`~sipimdn.errors.StoreError`; the next call connects
-again, so the store recovers when the database returns.
+again, so the store recovers when the database returns. The listening
+connection reconnects by itself (see :meth:`PostgresStore.listen`).
+
+Ownership is at the store level only: a Put by a worker that no longer owns
+the row (its lease was taken over) still writes the record. Keeping such a
+worker from writing, and deciding which records to hand over, is the user
+agent's business.
 """
 
 from __future__ import annotations
