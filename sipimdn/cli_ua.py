@@ -3,13 +3,14 @@
 Shapes (scripts and tests rely on them)::
 
     sipimdn listen --aor sip:bob@127.0.0.1 --listen udp:127.0.0.1:5070 [--listen tcp:127.0.0.1:5070]
-                   [--listen tls:...] [--status CODE] [--auto-display SECONDS] [--store PATH] [--json]
+                   [--listen tls:...] [--status CODE] [--auto-display SECONDS] [--store PATH|URL]
+                   [--worker-id NAME] [--json]
     sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
                  --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
                  [--transport udp|tcp|tls] [--json]
     (both also take --proxy URI, --register [--registrar URI] [--register-expires SECONDS],
      --username NAME with the password in --password-file PATH or $SIPIMDN_PASSWORD,
-     --cert/--key/--ca, --store PATH)
+     --cert/--key/--ca, --store PATH|URL: a SQLite file or postgresql://user@host/db)
     sipimdn demo [--json] [--text TEXT]
 
 With ``--json`` every printed event is one JSON object on one line, with an
@@ -49,7 +50,7 @@ from typing import Any, TextIO
 
 from .auth import Credentials
 from .config import ListenEndpoint, UserAgentConfig
-from .errors import SipParseError
+from .errors import SipParseError, StoreError
 from .events import (
     DispositionChanged,
     DispositionEvent,
@@ -66,6 +67,7 @@ from .events import (
     TrackingEnded,
     Unregistered,
 )
+from .store import open_store
 from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
 from .uri import Uri
@@ -236,7 +238,12 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
         default=None,
         help=f"transport:host:port to listen on, repeatable (default {listen_default or 'none'})",
     )
-    parser.add_argument("--store", default=":memory:", help="SQLite file for notification state")
+    parser.add_argument(
+        "--store",
+        default=":memory:",
+        metavar="PATH|URL",
+        help="notification state: a SQLite file, or a postgresql:// URL shared by several workers",
+    )
     parser.add_argument("--cert", default=None, help="PEM certificate chain for TLS listening")
     parser.add_argument("--key", default=None, help="PEM private key for --cert")
     parser.add_argument("--ca", default=None, help="PEM CA bundle to verify TLS peers")
@@ -361,13 +368,17 @@ def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> User
 
 
 async def _listen(args: argparse.Namespace, printer: Printer) -> int:
-    config = _config(args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery)
+    config = _config(
+        args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery, worker_id=args.worker_id
+    )
+    # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
+    store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with UserAgent(config) as ua:
+        async with UserAgent(config, store=store) as ua:
 
             async def on_message(message: IncomingMessage) -> int | None:
                 printer.emit(
@@ -405,6 +416,7 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        await asyncio.to_thread(store.close)
     printer.emit("stopped", "stopped")
     return 0
 
@@ -432,6 +444,9 @@ def run_listen(args: argparse.Namespace) -> int:
         return asyncio.run(_listen(args, Printer(as_json=args.json)))
     except _UsageError as exc:
         return _usage_error("listen", exc)
+    except StoreError as exc:  # unreachable database, unwritable file: one line, exit 1
+        print(f"sipimdn listen: error: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 # -- send --------------------------------------------------------------------------------------
@@ -612,6 +627,12 @@ def register(subparsers: Any) -> None:
     )
     listen.add_argument(
         "--no-auto-delivery", action="store_true", help="do not send delivered notifications on our own"
+    )
+    listen.add_argument(
+        "--worker-id",
+        default=None,
+        metavar="NAME",
+        help="this worker's name among those sharing a PostgreSQL --store (default: host name and pid)",
     )
     listen.set_defaults(func=run_listen)
 

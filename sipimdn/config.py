@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .auth import Credentials
 from .errors import SipParseError
@@ -257,8 +258,13 @@ class UserAgentConfig:
     imdn_rate_window: float = 60.0
 
     # Persistence.
-    #: SQLite file for what we owe and await; ``":memory:"`` keeps nothing.
+    #: Where what we owe and await is kept: a SQLite file (``":memory:"`` keeps nothing) or a
+    #: PostgreSQL URL (``postgresql://user@host/db``, ``postgresql://user@/db?host=/socket/dir``;
+    #: needs ``pip install 'sipimdn[postgres]'``), which several workers may share.
     store_path: str = ":memory:"
+    #: This process's name among the workers sharing a PostgreSQL store (owner of its
+    #: records); None: host name and process id.
+    worker_id: str | None = None
     #: Age (seconds) after which finished or forgotten store entries are removed.
     state_expiry: float = 7 * 24 * 3600.0
 
@@ -297,6 +303,7 @@ class UserAgentConfig:
             raise ValueError("close_grace must not be negative")
         if self.dedup_ttl <= 0 or self.state_expiry <= 0:
             raise ValueError("dedup_ttl and state_expiry must be positive")
+        _check_store(self.store_path, self.worker_id)
         self._check_registration()
         check_connection_limits(self.max_connections, self.max_connections_per_source,
                                 self.outbound_connection_reserve, self.stalled_connection_after)
@@ -319,3 +326,19 @@ class UserAgentConfig:
             raise ValueError(f"instance_id must be a URN such as urn:uuid:..., not {self.instance_id!r}")
         if self.registers and _port_of(self.aor) == 0:
             raise ValueError("an AOR with port 0 (loopback mode) cannot be registered")
+
+
+def _check_store(store_path: str, worker_id: str | None) -> None:
+    """Reject a store target that can only fail later: a URL of another database, a bad host."""
+    if "://" in store_path:
+        scheme = store_path.split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"store_path: unsupported database URL scheme {scheme!r} (postgresql:// or a file)"
+            )
+        try:
+            urlsplit(store_path).port  # noqa: B018  (parses the port: raises on a bad one)
+        except ValueError as exc:
+            raise ValueError(f"store_path: bad PostgreSQL URL: {exc}") from None
+    if worker_id is not None and (not worker_id or not worker_id.isprintable() or len(worker_id) > 200):
+        raise ValueError("worker_id must be 1 to 200 printable characters")

@@ -1,4 +1,6 @@
-"""The Store contract, run against MemoryStore and SqliteStore alike, plus SQLite specifics."""
+"""The Store contract, run against MemoryStore, SqliteStore and PostgresStore alike, plus SQLite specifics.
+
+PostgreSQL specifics are in test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from sipimdn.store import (
     SharedValues,
     SqliteStore,
     Store,
+    open_store,
     record_from_json,
     record_to_json,
 )
@@ -105,15 +108,17 @@ def every_kind(expires_at: float = 100.0) -> list[AnyRecord]:
     ]
 
 
-@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file"])
+@pytest.fixture(params=["memory", "sqlite-memory", "sqlite-file", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     made: Store
     if request.param == "memory":
         made = MemoryStore()
     elif request.param == "sqlite-memory":
         made = SqliteStore(":memory:")
-    else:
+    elif request.param == "sqlite-file":
         made = SqliteStore(str(tmp_path / "state.db"))
+    else:  # a fresh database on the run's PostgreSQL server (tests/_postgres.py)
+        made = open_store(request.getfixturevalue("postgres_url"))
     yield made
     made.close()
 
@@ -262,6 +267,11 @@ def test_sqlite_corrupt_row_is_a_store_error(tmp_path: Path) -> None:
 def test_sqlite_unopenable_path(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         SqliteStore(str(tmp_path / "missing-dir" / "x.db"))
+
+
+def test_sqlite_refuses_a_database_url() -> None:
+    with pytest.raises(StoreError, match="a URL"):
+        SqliteStore("postgresql://postgres@/postgres?host=/run/postgresql")
 
 
 # --- values shared across the records of one load --------------------------------------------------------

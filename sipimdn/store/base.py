@@ -24,7 +24,7 @@ serialisation.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -41,6 +41,7 @@ __all__ = [
     "RecipientRecord",
     "SeenRecord",
     "SentRecord",
+    "SharedStore",
     "SharedValues",
     "Snapshot",
     "Store",
@@ -431,3 +432,48 @@ def record_from_json(table: str, text: str, shared: SharedValues | None = None) 
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"corrupt {table} record: {exc}") from exc
     return record
+
+
+# --- several workers, one store ----------------------------------------------------------------------
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A :class:`Store` that several user agent processes ("workers") may share.
+
+    The primitives a deployment of several workers builds on: atomic dedup by
+    (sender, Message-ID) across processes, ownership of ``sent`` and ``owed``
+    records through leases (a worker that dies stops renewing; a survivor takes
+    its records over), and a notification channel through which one worker
+    wakes the others when a ``sent`` record changes. A Put of a ``sent`` or
+    ``owed`` record makes the writing worker its owner when the record is new;
+    updates keep the owner. Same threading rules as :class:`Store`.
+    """
+
+    #: This worker's name among those sharing the store.
+    worker_id: str
+    #: Seconds an owner's lease lasts without :meth:`renew_leases`.
+    lease: float
+
+    def claim_seen(self, record: SeenRecord, now: float) -> bool:
+        """Write ``record`` unless a live (not expired at ``now``) entry has its key; True if written.
+
+        Of several workers claiming the same key at once, exactly one gets True.
+        """
+        ...
+
+    def renew_leases(self) -> int:
+        """Extend this worker's lease on the records it owns; return how many."""
+        ...
+
+    def take_over(self, now: float, limit: int = 1000) -> Snapshot:
+        """Own (and return) up to ``limit`` records per table whose owner's lease expired."""
+        ...
+
+    def notify(self, payload: str) -> None:
+        """Send ``payload`` to every listener of the store, in any worker."""
+        ...
+
+    def listen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Deliver notifications (payloads) to ``callback``, from any thread; return an unsubscriber."""
+        ...

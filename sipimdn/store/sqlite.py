@@ -12,20 +12,29 @@ and used only under ``self._lock``, so the asyncio adapter may call it from
 any worker thread. A file database runs in WAL mode with ``synchronous=NORMAL``:
 a crash may lose the last committed batches but never corrupts the file, and
 readers never block the writer.
+
+Shared-state primitives (:class:`~sipimdn.store.base.SharedStore`): implemented
+in their one-worker form, so code written for several workers runs on SQLite
+too: dedup claims are atomic, every record is this worker's, nothing is ever
+taken over, and notifications reach this store object's listeners only.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import StoreError
+from ._worker import default_worker_id
 from .base import (
     TABLES,
     AnyRecord,
     Delete,
     Put,
+    SeenRecord,
     SharedValues,
     Snapshot,
     StoreOp,
@@ -36,6 +45,8 @@ from .base import (
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+_log = logging.getLogger("sipimdn.store.sqlite")
 
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = 1
@@ -62,8 +73,18 @@ class SqliteStore:
     was written by a newer schema.
     """
 
-    def __init__(self, path: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str, *, timeout: float = 5.0, worker_id: str | None = None) -> None:
+        if "://" in path:
+            # A database URL given where a file is expected would become a strange file name.
+            raise StoreError(
+                f"cannot open store {path!r}: a URL, not a SQLite file (sipimdn.store.open_store opens URLs)"
+            )
         self.path = path
+        #: The one worker using this store (see the shared-state section below).
+        self.worker_id = worker_id or default_worker_id()
+        #: Leases never run out: no other worker could take records over.
+        self.lease = math.inf
+        self._listeners: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
@@ -141,6 +162,8 @@ class SqliteStore:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
+        if self._listeners:
+            self._announce([op.record.key for op in ops if isinstance(op, Put) and op.record.TABLE == "sent"])
 
     def load(self, now: float) -> Snapshot:
         """Every record that has not expired at ``now``."""
@@ -180,6 +203,79 @@ class SqliteStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    # -- shared-state primitives (SharedStore), in their single-worker form -----------------------
+    #
+    # A SQLite store is one worker's: claim_seen is atomic (also between processes opening the
+    # same file), every leased record is this worker's and none can be taken over, and
+    # notifications reach the listeners of this store object only.
+
+    def claim_seen(self, record: SeenRecord, now: float) -> bool:
+        """Write ``record`` unless a live entry (not expired at ``now``) has its key; True if written."""
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
+                        "WHERE seen.expires_at <= ?",
+                        (record.key, record.expires_at, record_to_json(record), now),
+                    )
+                    claimed = cursor.rowcount == 1
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store claim failed: {exc}") from exc
+        return claimed
+
+    def renew_leases(self) -> int:
+        """How many ``sent`` and ``owed`` records there are: all of them are this worker's."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                return sum(
+                    int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("sent", "owed")
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+
+    def take_over(self, now: float, limit: int = 1000) -> Snapshot:
+        """Nothing: no other worker owns records here."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self._connection()
+        return Snapshot()
+
+    def notify(self, payload: str) -> None:
+        """Call this store's listeners with ``payload`` (in the calling thread)."""
+        self._connection()
+        self._announce([payload])
+
+    def listen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(payload)`` for :meth:`notify` and for each ``sent`` record written
+        (its Message-ID, after the commit, in the writing thread); return an unsubscriber."""
+        self._connection()
+        self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def _announce(self, payloads: Sequence[str]) -> None:
+        for payload in payloads:
+            for listener in list(self._listeners):
+                try:
+                    listener(payload)
+                except Exception:  # one failing listener must not silence the others
+                    _log.exception("store notification listener failed")
 
     def __enter__(self) -> SqliteStore:
         return self

@@ -1,0 +1,639 @@
+"""A :class:`~sipimdn.store.base.Store` on PostgreSQL, shared by several user agent processes.
+
+Install with ``pip install 'sipimdn[postgres]'`` (the client library is
+asyncpg). Nothing here imports asyncpg until a :class:`PostgresStore` is
+made, so ``sipimdn`` without the extra works, and a store asked for without
+it is a :class:`~sipimdn.errors.StoreError` naming the extra.
+
+Threads and loops. The :class:`~sipimdn.store.base.Store` contract is
+synchronous (the user agent calls it from one worker thread) while asyncpg
+is asyncio only. The store therefore owns a private event loop running in a
+daemon thread of its own; every method submits a coroutine to that loop
+and waits for its result (``run_coroutine_threadsafe``). Running asyncpg on
+the caller's thread instead (``asyncio.run`` per call, or a loop kept in the
+worker thread) was rejected: notifications (LISTEN) arrive when no call is
+in progress, so a connection that listens needs a loop that always runs,
+and the contract allows calls from any thread. One call at a time uses the
+data connection (a lock, as in :class:`~sipimdn.store.sqlite.SqliteStore`);
+listening uses a second connection, so a slow write never delays a wake-up.
+
+Layout. One table per record kind, ``sipimdn_<table> (key TEXT,
+key_sha256 BYTEA PRIMARY KEY, expires_at DOUBLE PRECISION, data TEXT)``,
+the primary key a digest of ``key`` computed by the server (a peer's
+Message-ID may exceed what a B-tree entry holds), with ``data`` the record as
+JSON (:func:`~sipimdn.store.base.record_to_json`), the same shape as the
+SQLite store, so a new optional record field needs no migration. ``sent``
+and ``owed`` rows also carry ``owner`` (the worker id that wrote them
+first) and ``lease_until`` (seconds since the epoch, on the database's
+clock so workers on several machines agree): see :meth:`renew_leases` and
+:meth:`take_over`. Times in ``expires_at`` are the tracker's wall clock
+(``time.time()``), which all workers share.
+
+Schema. ``sipimdn_schema_version`` holds the version; :data:`_MIGRATIONS`
+lists the steps in order. Opening a store takes a transaction-scoped
+advisory lock first, so workers starting together migrate once, one after
+the other.
+
+Writes. :meth:`apply` sends a whole batch as one statement (one round trip,
+one implicit transaction: all or nothing, durable when it returns, the
+group commit the user agent waits on before a 2xx): the batch is reduced to
+the last operation on each record (records are independent, so the final
+state is the same), then each table the batch touches gets its upserts as arrays through
+``unnest`` and its deletes as an array of keys, all in data-modifying
+``WITH`` clauses of that one statement (one text per shape of batch, which
+asyncpg prepares once). A Put of a ``sent`` record also queues a
+``NOTIFY`` on :attr:`PostgresStore.channel` with the Message-ID, delivered at
+commit: the table is the truth, the notification the wake-up (a notification
+for a message another worker sent is correlated by Message-ID, RFC 5438
+§7.1.2, through the table).
+
+Faults. A lost connection (database restarted, network) fails the call in
+progress with :class:`~sipimdn.errors.StoreError`; the next call connects
+again, so the store recovers when the database returns. The listening
+connection reconnects by itself (see :meth:`PostgresStore.listen`).
+
+Ownership is at the store level only: a Put by a worker that no longer owns
+the row (its lease was taken over) still writes the record. Keeping such a
+worker from writing, and deciding which records to hand over, is the user
+agent's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import StoreError
+from ._worker import default_worker_id
+from .base import (
+    TABLES,
+    AnyRecord,
+    Delete,
+    Put,
+    SeenRecord,
+    SharedValues,
+    Snapshot,
+    StoreOp,
+    check_op,
+    record_from_json,
+    record_to_json,
+    snapshot_from_records,
+)
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "default_worker_id", "is_postgres_url"]
+
+_log = logging.getLogger("sipimdn.store.postgres")
+
+_T = TypeVar("_T")
+
+#: The schema version this code writes.
+SCHEMA_VERSION = 1
+
+#: Tables whose rows have an owning worker and a lease.
+LEASED_TABLES = ("sent", "owed")
+
+#: Advisory lock key serialising schema migrations ("SIPIMDN" in ASCII).
+_MIGRATION_LOCK = 0x53_49_50_49_4D_44_4E
+
+#: Longest NOTIFY payload PostgreSQL accepts is 8000 bytes; longer keys are not announced.
+_MAX_NOTIFY_BYTES = 7999
+
+_NOW = "extract(epoch from clock_timestamp())"
+
+#: Longest wait between two attempts to reconnect the listening connection (seconds).
+_RELISTEN_MAX_DELAY = 5.0
+
+
+def _table(name: str) -> str:
+    return f"sipimdn_{name}"
+
+
+#: The primary key column: a digest of ``key``. A B-tree entry holds at most about 2.7 kB, and a
+#: key holds a peer's Message-ID, which may be longer (CPIM headers go up to 16 kB here).
+_ID = "key_sha256"
+
+
+def _id_of(text: str) -> str:
+    return f"sipimdn_key_id({text})"
+
+
+def _create_v1() -> list[str]:
+    statements = [
+        # convert_to is only STABLE (it depends on the database encoding, which never changes
+        # once the database exists): wrapped so a generated column may use it.
+        "CREATE OR REPLACE FUNCTION sipimdn_key_id(text) RETURNS bytea LANGUAGE sql IMMUTABLE "
+        "PARALLEL SAFE AS $$ SELECT sha256(convert_to($1, 'UTF8')) $$"
+    ]
+    for table in TABLES:
+        name = _table(table)
+        leased = table in LEASED_TABLES
+        lease = ", owner TEXT NOT NULL, lease_until DOUBLE PRECISION NOT NULL" if leased else ""
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {name} "
+            f"(key TEXT NOT NULL, {_ID} BYTEA PRIMARY KEY GENERATED ALWAYS AS ({_id_of('key')}) STORED, "
+            f"expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL{lease})"
+        )
+        statements.append(f"CREATE INDEX IF NOT EXISTS {name}_expires ON {name} (expires_at)")
+        if leased:
+            statements.append(f"CREATE INDEX IF NOT EXISTS {name}_lease ON {name} (lease_until)")
+            statements.append(f"CREATE INDEX IF NOT EXISTS {name}_owner ON {name} (owner)")
+    return statements
+
+
+#: Steps in order: ``(version, statements)`` taking the schema from version-1 to version.
+_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1())]
+
+
+@functools.lru_cache(maxsize=256)
+def _apply_sql(puts: tuple[str, ...], deletes: tuple[str, ...], notify: bool) -> str:
+    """The one statement of :meth:`PostgresStore.apply` for a batch that upserts into the
+    tables ``puts`` and deletes from the tables ``deletes`` (only those: a clause for an
+    untouched table would still be planned and run).
+
+    Parameters: $1 worker id, $2 lease seconds, $3 notify channel, then for each table of
+    ``puts`` its keys, expiries and JSON texts, then for each table of ``deletes`` its keys.
+    """
+    clauses = []
+    n = 4
+    for table in puts:
+        name = _table(table)
+        keys, expiries, datas = (f"${n}", f"${n + 1}", f"${n + 2}")
+        n += 3
+        rows = f"FROM unnest({keys}::text[], {expiries}::float8[], {datas}::text[]) AS u(k, e, d)"
+        if table in LEASED_TABLES:
+            # Ownership changes only through take_over: an update keeps the owner and its lease.
+            insert = (
+                f"INSERT INTO {name} (key, expires_at, data, owner, lease_until) "
+                f"SELECT k, e, d, $1, {_NOW} + $2 {rows}"
+            )
+        else:
+            insert = f"INSERT INTO {name} (key, expires_at, data) SELECT k, e, d {rows}"
+        clauses.append(
+            f"put_{table} AS ({insert} "
+            f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data)"
+        )
+        if table == "sent" and notify:
+            # A SELECT in WITH runs only when referenced: the final SELECT counts it.
+            clauses.append(
+                f"notified AS (SELECT pg_notify($3, k) FROM unnest({keys}::text[]) AS u(k) "
+                f"WHERE octet_length(k) <= {_MAX_NOTIFY_BYTES})"
+            )
+    for table in deletes:
+        clauses.append(
+            f"del_{table} AS (DELETE FROM {_table(table)} WHERE {_ID} IN "
+            f"(SELECT {_id_of('k')} FROM unnest(${n}::text[]) AS u(k)))"
+        )
+        n += 1
+    counted = "(SELECT count(*) FROM notified)" if "sent" in puts and notify else "0"
+    # $1-$3 appear in every statement so the parameter list has one shape.
+    return "WITH " + ",\n".join(clauses) + f"\nSELECT {counted}, $1::text, $2::float8, $3::text"
+
+
+_PURGE_SQL = (
+    "WITH "
+    + ", ".join(f"p_{t} AS (DELETE FROM {_table(t)} WHERE expires_at <= $1 RETURNING 1)" for t in TABLES)
+    + " SELECT "
+    + " + ".join(f"(SELECT count(*) FROM p_{t})" for t in TABLES)
+)
+
+_CLAIM_SQL = (
+    f"INSERT INTO {_table('seen')} (key, expires_at, data) VALUES ($1, $2, $3) "
+    f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
+    f"WHERE {_table('seen')}.expires_at <= $4 RETURNING key"
+)
+
+_RENEW_SQL = (
+    "WITH "
+    + ", ".join(
+        f"r_{t} AS (UPDATE {_table(t)} SET lease_until = {_NOW} + $2 WHERE owner = $1 RETURNING 1)"
+        for t in LEASED_TABLES
+    )
+    + " SELECT "
+    + " + ".join(f"(SELECT count(*) FROM r_{t})" for t in LEASED_TABLES)
+)
+
+# SKIP LOCKED: two survivors taking over at once split the rows instead of queueing on them;
+# the lease test is re-checked on the locked row, so a row is taken by exactly one of them.
+_TAKE_OVER_SQL = (
+    "WITH "
+    + ", ".join(
+        f"t_{t} AS (UPDATE {_table(t)} SET owner = $1, lease_until = {_NOW} + $2 "
+        f"WHERE {_ID} IN (SELECT {_ID} FROM {_table(t)} WHERE lease_until < {_NOW} AND owner <> $1 "
+        f"AND expires_at > $3 ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING data)"
+        for t in LEASED_TABLES
+    )
+    + " "
+    + " UNION ALL ".join(f"SELECT '{t}' AS tbl, data FROM t_{t}" for t in LEASED_TABLES)
+)
+
+
+def is_postgres_url(target: str) -> bool:
+    """True when ``target`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return target.lower().startswith(("postgresql://", "postgres://"))
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg  # noqa: PLC0415  (optional extra: imported only when used)
+    except ImportError as exc:
+        raise StoreError("the PostgreSQL store needs asyncpg: pip install 'sipimdn[postgres]'") from exc
+    return asyncpg
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+class PostgresStore:
+    """A :class:`~sipimdn.store.base.SharedStore` on one PostgreSQL database.
+
+    ``url``: a libpq-style URL, e.g. ``postgresql://user:secret@db.example/sipimdn`` or
+    ``postgresql://postgres@/postgres?host=/run/postgresql`` (Unix socket directory).
+    ``worker_id``: this process's name among the workers (default :func:`default_worker_id`).
+    ``lease``: seconds a worker's ownership of its ``sent``/``owed`` rows lasts without
+    :meth:`renew_leases`. ``channel``: the LISTEN/NOTIFY channel (``None``: apply notifies nobody).
+
+    Connects, creates or migrates the schema before returning; raises
+    :class:`~sipimdn.errors.StoreError` when the database cannot be reached, the
+    schema is newer than this code, or asyncpg is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        worker_id: str | None = None,
+        lease: float = 30.0,
+        channel: str | None = "sipimdn_disposition",
+        connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
+    ) -> None:
+        if lease <= 0:
+            raise ValueError("lease must be positive")
+        self._pg = _asyncpg()
+        self.url = url
+        self.worker_id = worker_id or default_worker_id()
+        self.lease = lease
+        self.channel = channel
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._listen_conn: asyncpg.Connection[Any] | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._resume_callbacks: list[Callable[[], None]] = []
+        self._relisten: asyncio.Task[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="sipimdn-postgres", daemon=True)
+        self._thread.start()
+        try:
+            with self._lock:
+                self._call(self._migrate(), "cannot open store")
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # -- the private loop ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _call(self, coro: Coroutine[Any, Any, _T], what: str) -> _T:
+        """Run ``coro`` on the store's loop and wait; database faults become StoreError."""
+        if self._closed:
+            coro.close()
+            raise StoreError("store is closed")
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError as exc:  # the loop stopped: closed meanwhile by another thread
+            coro.close()
+            raise StoreError("store is closed") from exc
+        try:
+            # The loop enforces connect and command timeouts; this bound only guards a stuck loop.
+            return future.result(timeout=self._connect_timeout + 2 * self._command_timeout + 5)
+        except StoreError:
+            raise
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            self._drop_connection()
+            raise StoreError(f"{what}: {_redacted(self.url)}: no answer in time") from exc
+        except (self._pg.PostgresError, self._pg.InterfaceError, OSError, TimeoutError, UnicodeError) as exc:
+            self._drop_connection()
+            raise StoreError(f"{what}: {_redacted(self.url)}: {exc or type(exc).__name__}") from exc
+
+    def _drop_connection(self) -> None:
+        """Forget the data connection after a fault: the next call connects again."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(conn.terminate)
+
+    async def _connect(self) -> asyncpg.Connection[Any]:
+        conn: asyncpg.Connection[Any] = await self._pg.connect(
+            self.url, timeout=self._connect_timeout, command_timeout=self._command_timeout
+        )
+        return conn
+
+    async def _connection(self) -> asyncpg.Connection[Any]:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        return self._conn
+
+    async def _migrate(self) -> None:
+        conn = await self._connection()
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS sipimdn_schema_version (version INTEGER NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM sipimdn_schema_version")
+            current = int(version or 0)
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"store schema version {current} is newer than supported {SCHEMA_VERSION}")
+            for step, statements in _MIGRATIONS:
+                if step > current:
+                    for statement in statements:
+                        await conn.execute(statement)
+            if current < SCHEMA_VERSION:
+                await conn.execute("DELETE FROM sipimdn_schema_version")
+                await conn.execute("INSERT INTO sipimdn_schema_version (version) VALUES ($1)", SCHEMA_VERSION)
+
+    # -- the Store contract -------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        """The version recorded in the database."""
+
+        async def read() -> int:
+            conn = await self._connection()
+            return int(await conn.fetchval("SELECT max(version) FROM sipimdn_schema_version") or 0)
+
+        with self._lock:
+            return self._call(read(), "store read failed")
+
+    def apply(self, ops: Sequence[StoreOp]) -> None:
+        """Apply operations in one transaction (one statement): all or none, durable on return."""
+        if not ops:
+            return
+        for op in ops:
+            check_op(op)
+        last: dict[tuple[str, str], StoreOp] = {}
+        for op in ops:  # the last operation on each record decides its final state
+            ident = (op.record.TABLE, op.record.key) if isinstance(op, Put) else (op.table, op.key)
+            last[ident] = op
+        puts: dict[str, tuple[list[str], list[float], list[str]]] = {}
+        deletes: dict[str, list[str]] = {}
+        for op in last.values():
+            if isinstance(op, Put):
+                record = op.record
+                if record.TABLE not in puts:
+                    puts[record.TABLE] = ([], [], [])
+                keys, expiries, datas = puts[record.TABLE]
+                keys.append(record.key)
+                expiries.append(float(record.expires_at))
+                datas.append(record_to_json(record))
+            elif isinstance(op, Delete):
+                deletes.setdefault(op.table, []).append(op.key)
+        put_tables = tuple(sorted(puts))
+        delete_tables = tuple(sorted(deletes))
+        sql = _apply_sql(put_tables, delete_tables, self.channel is not None)
+        params: list[object] = [self.worker_id, self.lease, self.channel]
+        for table in put_tables:
+            params.extend(puts[table])
+        params.extend(deletes[table] for table in delete_tables)
+
+        async def write() -> None:
+            conn = await self._connection()
+            await conn.fetchval(sql, *params)
+
+        with self._lock:
+            self._call(write(), "store write failed")
+
+    def load(self, now: float) -> Snapshot:
+        """Every record that has not expired at ``now``."""
+
+        async def read() -> list[tuple[str, list[str]]]:
+            conn = await self._connection()
+            rows = []
+            for table in TABLES:
+                fetched = await conn.fetch(f"SELECT data FROM {_table(table)} WHERE expires_at > $1", now)
+                rows.append((table, [row[0] for row in fetched]))
+            return rows
+
+        with self._lock:
+            tables = self._call(read(), "store read failed")
+        shared = SharedValues()
+        records: list[AnyRecord] = [
+            record_from_json(table, text, shared) for table, texts in tables for text in texts
+        ]
+        return snapshot_from_records(records)
+
+    def purge(self, now: float) -> int:
+        """Delete expired records; return how many."""
+
+        async def delete() -> int:
+            conn = await self._connection()
+            return int(await conn.fetchval(_PURGE_SQL, now))
+
+        with self._lock:
+            return self._call(delete(), "store purge failed")
+
+    def close(self) -> None:
+        """Close the connections and stop the store's loop (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        async def shut() -> None:
+            if self._relisten is not None:
+                self._relisten.cancel()
+            for conn in (self._conn, self._listen_conn):
+                if conn is not None and not conn.is_closed():
+                    try:
+                        await asyncio.wait_for(conn.close(), timeout=2.0)
+                    except (OSError, TimeoutError, self._pg.PostgresError, self._pg.InterfaceError):
+                        conn.terminate()
+            self._conn = self._listen_conn = None
+
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=5.0)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- shared-state primitives (SharedStore) ------------------------------------------------
+
+    def claim_seen(self, record: SeenRecord, now: float) -> bool:
+        """Record ``record`` as seen; True when no live entry had the same key (the caller is first).
+
+        Atomic across processes: of several workers claiming the same (sender, Message-ID) at
+        once, exactly one gets True. An entry expired at ``now`` counts as absent and is replaced.
+        """
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
+        args = (record.key, float(record.expires_at), record_to_json(record), now)
+
+        async def claim() -> bool:
+            conn = await self._connection()
+            return await conn.fetchval(_CLAIM_SQL, *args) is not None
+
+        with self._lock:
+            return self._call(claim(), "store claim failed")
+
+    def renew_leases(self) -> int:
+        """Extend the lease on every ``sent``/``owed`` row this worker owns; return how many.
+
+        Call well within :attr:`lease` (a third of it, say): rows whose lease ran out may
+        have been taken over by another worker, and are no longer counted here.
+        """
+
+        async def renew() -> int:
+            conn = await self._connection()
+            return int(await conn.fetchval(_RENEW_SQL, self.worker_id, self.lease))
+
+        with self._lock:
+            return self._call(renew(), "store lease renewal failed")
+
+    def take_over(self, now: float, limit: int = 1000) -> Snapshot:
+        """Become the owner of up to ``limit`` rows per leased table whose owner's lease ran out.
+
+        Returns the records taken (``sent`` and ``owed`` only), not expired at ``now``; each
+        row goes to exactly one of several workers taking over at once.
+        """
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+
+        async def take() -> list[tuple[str, str]]:
+            conn = await self._connection()
+            async with conn.transaction():
+                rows = await conn.fetch(_TAKE_OVER_SQL, self.worker_id, self.lease, now, limit)
+            return [(row[0], row[1]) for row in rows]
+
+        with self._lock:
+            taken = self._call(take(), "store take-over failed")
+        shared = SharedValues()
+        return snapshot_from_records([record_from_json(table, text, shared) for table, text in taken])
+
+    def notify(self, payload: str) -> None:
+        """Send ``payload`` to every listener on :attr:`channel` (this process's included)."""
+        if self.channel is None:
+            raise StoreError("store has no notification channel")
+        if len(payload.encode()) > _MAX_NOTIFY_BYTES:
+            raise StoreError(f"notification payload longer than {_MAX_NOTIFY_BYTES} bytes")
+        channel = self.channel
+
+        async def send() -> None:
+            conn = await self._connection()
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+        with self._lock:
+            self._call(send(), "store notify failed")
+
+    def listen(
+        self, callback: Callable[[str], None], *, on_resume: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback(payload)`` for every notification on :attr:`channel`; return an unsubscriber.
+
+        Payloads are the Message-IDs of ``sent`` records written by any worker (and whatever
+        :meth:`notify` sends). Callbacks run on the store's own thread: keep them short and
+        hand over to your loop (``loop.call_soon_threadsafe``). Listening starts before this
+        returns, so a notification committed afterwards is delivered. When the listening
+        connection is lost (database restart), the store connects again (every few seconds
+        until it succeeds) and then calls ``on_resume()``: notifications sent in between are
+        lost, so re-read what you wait for from the tables.
+        """
+        if self.channel is None:
+            raise StoreError("store has no notification channel")
+
+        async def subscribe() -> None:
+            if self._listen_conn is None or self._listen_conn.is_closed():
+                self._listen_conn = await self._listening_connection()
+            self._listeners.append(callback)
+            if on_resume is not None:
+                self._resume_callbacks.append(on_resume)
+
+        self._call(subscribe(), "store listen failed")
+
+        def unsubscribe() -> None:
+            def drop() -> None:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+                if on_resume is not None and on_resume in self._resume_callbacks:
+                    self._resume_callbacks.remove(on_resume)
+
+            if not self._closed:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(drop)
+
+        return unsubscribe
+
+    async def _listening_connection(self) -> asyncpg.Connection[Any]:
+        assert self.channel is not None
+        conn = await self._connect()
+        try:
+            await conn.add_listener(self.channel, self._deliver)
+        except BaseException:
+            conn.terminate()
+            raise
+        conn.add_termination_listener(self._listen_lost)
+        return conn
+
+    def _deliver(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(str(payload))
+            except Exception:  # one failing listener must not silence the others
+                _log.exception("store notification listener failed")
+
+    def _listen_lost(self, conn: object) -> None:
+        if self._closed or conn is not self._listen_conn or self._relisten is not None:
+            return
+        _log.warning("store notification connection lost: %s; reconnecting", _redacted(self.url))
+        self._listen_conn = None
+        self._relisten = self._loop.create_task(self._reconnect_listener())
+
+    async def _reconnect_listener(self) -> None:
+        delay = 0.25
+        try:
+            while not self._closed:
+                await asyncio.sleep(delay)
+                try:
+                    self._listen_conn = await self._listening_connection()
+                except (self._pg.PostgresError, self._pg.InterfaceError, OSError, TimeoutError) as exc:
+                    _log.debug("store notification connection: still down: %s", exc)
+                    delay = min(delay * 2, _RELISTEN_MAX_DELAY)
+                    continue
+                _log.warning("store notification connection back: %s", _redacted(self.url))
+                for resume in list(self._resume_callbacks):
+                    try:
+                        resume()
+                    except Exception:
+                        _log.exception("store notification resume callback failed")
+                return
+        finally:
+            self._relisten = None

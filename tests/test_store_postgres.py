@@ -1,0 +1,329 @@
+"""PostgresStore specifics: schema, faults, and the primitives several workers share.
+
+Runs against a real PostgreSQL (tests/_postgres.py): skipped where it is not installed,
+failed with CI=true. The Store contract itself is in test_store.py.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from _postgres import PostgresServer, require_postgres
+from test_store import every_kind, owed, sent
+
+from sipimdn.errors import StoreError
+from sipimdn.store import (
+    Delete,
+    Put,
+    SeenRecord,
+    SharedStore,
+    SqliteStore,
+    Store,
+    open_store,
+)
+from sipimdn.store.postgres import SCHEMA_VERSION, PostgresStore, is_postgres_url
+
+
+def database_of(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def as_set(store: Store, now: float = 0.0) -> set[object]:
+    snap = store.load(now)
+    return {*snap.sent, *snap.owed, *snap.received, *snap.seen, *snap.peers}
+
+
+@pytest.fixture
+def opened(postgres_url: str) -> Iterator[list[PostgresStore]]:
+    """Stores opened by a test, closed after it."""
+    stores: list[PostgresStore] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def open_pg(opened: list[PostgresStore], url: str, **kwargs: object) -> PostgresStore:
+    store = PostgresStore(url, **kwargs)  # type: ignore[arg-type]
+    opened.append(store)
+    return store
+
+
+# --- opening -------------------------------------------------------------------------------------------
+
+
+def test_open_store_picks_the_backend(postgres_url: str, tmp_path: Path) -> None:
+    pg = open_store(postgres_url, worker_id="w1")
+    try:
+        assert isinstance(pg, PostgresStore) and isinstance(pg, SharedStore)
+        assert pg.worker_id == "w1"
+    finally:
+        pg.close()
+    for target in (":memory:", str(tmp_path / "x.db")):
+        lite = open_store(target)
+        assert isinstance(lite, SqliteStore)
+        lite.close()
+    assert is_postgres_url("postgres://u@h/db") and is_postgres_url("POSTGRESQL://u@/db?host=/run")
+    assert not is_postgres_url("postgresql.db") and not is_postgres_url("/var/lib/x.db")
+
+
+def test_default_worker_id_names_host_and_pid(opened: list[PostgresStore], postgres_url: str) -> None:
+    store = open_pg(opened, postgres_url)
+    assert store.worker_id.endswith(f":{os.getpid()}")
+
+
+def test_schema_is_created_once_and_reopening_is_idempotent(
+    postgres_server: PostgresServer, opened: list[PostgresStore], postgres_url: str
+) -> None:
+    first = open_pg(opened, postgres_url)
+    assert first.schema_version == SCHEMA_VERSION == 1
+    first.apply([Put(r) for r in every_kind()])
+    again = open_pg(opened, postgres_url)
+    assert again.schema_version == SCHEMA_VERSION
+    assert as_set(again) == set(every_kind())
+    database = database_of(postgres_url)
+    assert postgres_server.psql("SELECT count(*) FROM sipimdn_schema_version", database) == "1"
+
+
+def test_workers_starting_together_migrate_once(postgres_server: PostgresServer, postgres_url: str) -> None:
+    """Eight stores opening a fresh database at once: the advisory lock serialises the migration."""
+    errors: list[BaseException] = []
+    stores: list[PostgresStore] = []
+    barrier = threading.Barrier(8)
+
+    def start() -> None:
+        barrier.wait(timeout=30)
+        try:
+            stores.append(PostgresStore(postgres_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert errors == [] and len(stores) == 8
+        assert {store.schema_version for store in stores} == {SCHEMA_VERSION}
+    finally:
+        for store in stores:
+            store.close()
+    database = database_of(postgres_url)
+    assert postgres_server.psql("SELECT version FROM sipimdn_schema_version", database) == "1"
+
+
+def test_newer_schema_is_refused(postgres_server: PostgresServer, postgres_url: str) -> None:
+    PostgresStore(postgres_url).close()
+    database = database_of(postgres_url)
+    postgres_server.psql("UPDATE sipimdn_schema_version SET version = 99", database)
+    with pytest.raises(StoreError, match="newer"):
+        PostgresStore(postgres_url)
+
+
+def test_unreachable_database_is_a_store_error(tmp_path: Path) -> None:
+    require_postgres()
+    url = f"postgresql://postgres:s3cret@/postgres?host={tmp_path}"  # no server on that socket
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot open store") as caught:
+        open_store(url)
+    assert time.monotonic() - started < 10
+    assert "s3cret" not in str(caught.value) and "postgres:***@" in str(caught.value)
+
+
+def test_missing_database_is_a_store_error(postgres_server: PostgresServer) -> None:
+    with pytest.raises(StoreError, match="cannot open store"):
+        PostgresStore(postgres_server.url("no_such_database"))
+
+
+def test_without_asyncpg_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now raises ImportError
+    with pytest.raises(StoreError, match=r"sipimdn\[postgres\]"):
+        open_store("postgresql://postgres@/postgres?host=/nonexistent")
+
+
+# --- writes --------------------------------------------------------------------------------------------
+
+
+def test_a_batch_that_cannot_be_written_changes_nothing(
+    opened: list[PostgresStore], postgres_url: str
+) -> None:
+    store = open_pg(opened, postgres_url)
+    store.apply([Put(sent("m0"))])
+    bad = replace(owed("n1"), subject="lone \ud800 surrogate")  # not encodable as UTF-8
+    with pytest.raises(StoreError, match="write failed"):
+        store.apply([Put(sent("m1")), Put(bad)])
+    assert [s.message_id for s in store.load(0.0).sent] == ["m0"]
+    store.apply([Put(sent("m2"))])  # and the store goes on
+    assert sorted(s.message_id for s in store.load(0.0).sent) == ["m0", "m2"]
+
+
+def test_message_ids_longer_than_an_index_entry(opened: list[PostgresStore], postgres_url: str) -> None:
+    """A peer's Message-ID may be many kB; a B-tree entry holds about 2.7 kB (keys are digested)."""
+    store = open_pg(opened, postgres_url)
+    long_id = os.urandom(6000).hex()  # incompressible
+    record = SeenRecord("sip:a@x", long_id, None, 100.0)
+    store.apply([Put(record), Put(sent(long_id))])
+    assert store.claim_seen(record, now=0.0) is False
+    assert store.load(0.0).seen == (record,) and store.load(0.0).sent == (sent(long_id),)
+    store.apply([Delete("seen", record.key), Delete("sent", long_id)])
+    assert as_set(store) == set()
+
+
+def test_database_gone_mid_run_then_back(tmp_path: Path) -> None:
+    server = PostgresServer(require_postgres())
+    try:
+        server.start()
+        store = PostgresStore(server.create_database(), command_timeout=5.0)
+        heard: queue.Queue[str] = queue.Queue()
+        resumed = threading.Event()
+        try:
+            store.listen(heard.put, on_resume=resumed.set)
+            store.apply([Put(sent("before"))])
+            assert heard.get(timeout=5) == "before"
+            server.stop()
+            with pytest.raises(StoreError):
+                store.apply([Put(sent("while-down"))])
+            with pytest.raises(StoreError):
+                store.load(0.0)
+            server.start()
+            store.apply([Put(sent("after"))])
+            assert sorted(s.message_id for s in store.load(0.0).sent) == ["after", "before"]
+            # The listening connection comes back by itself, says so, and hears again.
+            assert resumed.wait(timeout=15)
+            store.notify("again")
+            # ("after" is heard too when the listener was back before it was written.)
+            assert heard.get(timeout=5) == "again" or heard.get(timeout=5) == "again"
+        finally:
+            store.close()
+    finally:
+        server.destroy()
+
+
+# --- leases and take-over ------------------------------------------------------------------------------
+
+
+def test_lease_renewal_and_take_over(opened: list[PostgresStore], postgres_url: str) -> None:
+    alice = open_pg(opened, postgres_url, worker_id="alice", lease=0.5)
+    bob = open_pg(opened, postgres_url, worker_id="bob", lease=0.5)
+    alice.apply([Put(r) for r in every_kind()])
+    assert alice.renew_leases() == 2  # the sent and the owed record; the others have no owner
+    assert bob.take_over(now=0.0) == bob.take_over(now=0.0).__class__()  # alice's lease holds
+    assert bob.renew_leases() == 0
+    # Alice renews for a while: nothing can be taken.
+    for _ in range(3):
+        time.sleep(0.2)
+        assert alice.renew_leases() == 2
+        assert bob.take_over(now=0.0).sent == ()
+    # Alice stops (dies): after her lease, bob owns both records.
+    time.sleep(0.6)
+    taken = bob.take_over(now=0.0)
+    assert taken.sent == (sent(),) and taken.owed == (owed(),)
+    assert taken.received == taken.seen == taken.peers == ()
+    assert alice.renew_leases() == 0 and bob.renew_leases() == 2
+    # An update by anyone keeps the owner: ownership moves only through take_over.
+    alice.apply([Put(sent(expires_at=300.0))])
+    assert bob.renew_leases() == 2 and alice.renew_leases() == 0
+    assert bob.load(0.0).sent == (sent(expires_at=300.0),)
+
+
+def test_take_over_skips_expired_records_and_respects_limit(
+    opened: list[PostgresStore], postgres_url: str
+) -> None:
+    dead = open_pg(opened, postgres_url, worker_id="dead", lease=0.1)
+    dead.apply([Put(owed(f"n{i}", expires_at=100.0 + i)) for i in range(10)])
+    time.sleep(0.3)
+    heir = open_pg(opened, postgres_url, worker_id="heir", lease=30)
+    # Records expired at `now` are nobody's business any more.
+    first = heir.take_over(now=104.5, limit=3)
+    assert len(first.owed) == 3 and all(o.expires_at > 104.5 for o in first.owed)
+    rest = heir.take_over(now=104.5)
+    assert len(rest.owed) == 2
+    assert heir.take_over(now=104.5).owed == ()
+    with pytest.raises(ValueError):
+        heir.take_over(now=0.0, limit=0)
+
+
+def test_survivors_taking_over_at_once_split_the_records(
+    opened: list[PostgresStore], postgres_url: str
+) -> None:
+    dead = open_pg(opened, postgres_url, worker_id="dead", lease=0.1)
+    dead.apply([Put(owed(f"n{i}")) for i in range(200)] + [Put(sent(f"m{i}")) for i in range(200)])
+    time.sleep(0.3)
+    survivors = [open_pg(opened, postgres_url, worker_id=f"s{i}") for i in range(3)]
+    results: dict[str, list[str]] = {}
+    barrier = threading.Barrier(3)
+
+    def take(store: PostgresStore) -> None:
+        barrier.wait(timeout=30)
+        keys: list[str] = []
+        while True:
+            snap = store.take_over(now=0.0, limit=7)
+            if not snap.sent and not snap.owed:
+                break
+            keys += [r.key for r in (*snap.sent, *snap.owed)]
+        results[store.worker_id] = keys
+
+    threads = [threading.Thread(target=take, args=(s,)) for s in survivors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    taken = [key for keys in results.values() for key in keys]
+    assert len(results) == 3
+    assert sorted(taken) == sorted([f"n{i}" for i in range(200)] + [f"m{i}" for i in range(200)])
+    assert sum(s.renew_leases() for s in survivors) == 400
+
+
+# --- notifications -------------------------------------------------------------------------------------
+
+
+def test_sent_changes_are_notified_to_listeners(opened: list[PostgresStore], postgres_url: str) -> None:
+    writer = open_pg(opened, postgres_url, worker_id="a")
+    reader = open_pg(opened, postgres_url, worker_id="b")
+    got: queue.Queue[str] = queue.Queue()
+    unsubscribe = reader.listen(got.put)
+    writer.apply([Put(sent("m1")), Put(owed("n1"))])  # only the sent record is announced
+    assert got.get(timeout=5) == "m1"
+    writer.notify("hello")
+    assert got.get(timeout=5) == "hello"
+    # The notification arrives after the commit: the table already holds the change.
+    writer.apply([Put(sent("m2"))])
+    assert got.get(timeout=5) == "m2"
+    assert {s.message_id for s in reader.load(0.0).sent} == {"m1", "m2"}
+    unsubscribe()
+    writer.notify("after")
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+    with pytest.raises(StoreError, match="longer"):
+        writer.notify("x" * 9000)
+
+
+def test_a_failing_listener_does_not_silence_the_others(
+    opened: list[PostgresStore], postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_pg(opened, postgres_url)
+    got: queue.Queue[str] = queue.Queue()
+
+    def broken(payload: str) -> None:
+        raise RuntimeError("listener bug")
+
+    store.listen(broken)
+    store.listen(got.put)
+    store.notify("ping")
+    assert got.get(timeout=5) == "ping"
+
+
+def test_no_channel_means_no_notifications(opened: list[PostgresStore], postgres_url: str) -> None:
+    quiet = open_pg(opened, postgres_url, channel=None)
+    quiet.apply([Put(sent())])
+    with pytest.raises(StoreError, match="no notification channel"):
+        quiet.listen(lambda payload: None)

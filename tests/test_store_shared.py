@@ -1,0 +1,141 @@
+"""The shared-state primitives (SharedStore) on SQLite (one worker) and PostgreSQL (several)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_store import every_kind, owed, sent
+
+from sipimdn.errors import StoreError
+from sipimdn.store import Put, SeenRecord, SharedStore, Snapshot, open_store
+
+SRC = str(Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture(params=["sqlite-file", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store to open: a SQLite file, or a fresh PostgreSQL database (tests/_postgres.py)."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return str(tmp_path / "shared.db")
+
+
+@pytest.fixture
+def shared(target: str) -> Iterator[SharedStore]:
+    store = open_store(target, worker_id="w1")
+    assert isinstance(store, SharedStore)
+    yield store
+    store.close()
+
+
+def test_is_a_shared_store(shared: SharedStore) -> None:
+    assert shared.worker_id == "w1" and shared.lease > 0
+
+
+# --- dedup across processes ----------------------------------------------------------------------------
+
+_CLAIMER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from sipimdn.store import SeenRecord, open_store
+    url, name, go, count = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    store = open_store(url, worker_id=name)
+    Path(str(go) + "." + name).touch()  # connected: ready
+    deadline = time.monotonic() + 30
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    won = [i for i in range(count) if store.claim_seen(SeenRecord("sip:a@x", f"m{i}", None, 1e12), 0.0)]
+    store.close()
+    print(json.dumps(won))
+    """
+)
+
+
+def test_two_processes_claiming_the_same_message_ids(target: str, tmp_path: Path) -> None:
+    """Two workers race to claim the same 300 (sender, Message-ID) keys: each key is new exactly once."""
+    postgres_url = target
+    go = tmp_path / "go"
+    count = 300
+    env = {**os.environ, "PYTHONPATH": SRC}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, postgres_url, name, str(go), str(count)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in ("w1", "w2")
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{go}.{n}").exists() for n in ("w1", "w2")) and time.monotonic() < deadline:
+            if any(w.poll() is not None for w in workers):
+                break
+            time.sleep(0.01)
+        go.touch()
+        outputs = [w.communicate(timeout=60) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert [w.returncode for w in workers] == [0, 0], [err for _, err in outputs]
+    won = [set(json.loads(out)) for out, _ in outputs]
+    assert won[0].isdisjoint(won[1])
+    assert won[0] | won[1] == set(range(count))
+
+
+def test_claim_seen_replaces_an_expired_entry(shared: SharedStore) -> None:
+    store = shared
+    first = SeenRecord("sip:a@x", "m1", None, 50.0)
+    assert store.claim_seen(first, now=10.0) is True
+    assert store.claim_seen(SeenRecord("sip:a@x", "m1", 200, 90.0), now=49.0) is False
+    assert store.load(0.0).seen == (first,)  # the live entry is kept as it was
+    later = SeenRecord("sip:a@x", "m1", None, 150.0)
+    assert store.claim_seen(later, now=50.0) is True  # expired at 50: a new message
+    assert store.load(0.0).seen == (later,)
+    with pytest.raises(StoreError):
+        store.claim_seen(object(), now=0.0)  # type: ignore[arg-type]
+
+
+def test_listeners_hear_sent_changes_and_notify(shared: SharedStore) -> None:
+    got: queue.Queue[str] = queue.Queue()
+    unsubscribe = shared.listen(got.put)
+    shared.apply([Put(owed("n1")), Put(sent("m1"))])  # only the sent record is announced
+    assert got.get(timeout=5) == "m1"
+    shared.notify("hello")
+    assert got.get(timeout=5) == "hello"
+    unsubscribe()
+    shared.notify("after")
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.3)
+
+
+def test_a_lone_worker_keeps_its_records(shared: SharedStore) -> None:
+    shared.apply([Put(r) for r in every_kind()])
+    assert shared.renew_leases() == 2  # the sent and the owed record
+    assert shared.take_over(now=0.0) == Snapshot()
+    with pytest.raises(ValueError):
+        shared.take_over(now=0.0, limit=0)
+
+
+def test_closed_shared_store_raises(shared: SharedStore) -> None:
+    shared.close()
+    with pytest.raises(StoreError):
+        shared.claim_seen(SeenRecord("sip:a@x", "m1", None, 10.0), now=0.0)
+    with pytest.raises(StoreError):
+        shared.renew_leases()
+    with pytest.raises(StoreError):
+        shared.notify("x")
