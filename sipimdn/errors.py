@@ -14,6 +14,7 @@ __all__ = [
     "AuthenticationFailed",
     "CpimError",
     "ImdnError",
+    "IsComposingError",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
@@ -93,3 +94,7 @@ class AuthenticationFailed(SipError):
 
 class StoreError(SipError):
     """The persistent store failed."""
+
+
+class IsComposingError(RemoteProtocolError):
+    """An application/im-iscomposing+xml document is malformed (RFC 3994); 413 when too large."""

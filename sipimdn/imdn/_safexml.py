@@ -1,12 +1,13 @@
-"""Hardened XML parsing for peer documents (shared/spec/imdn.md C8).
+"""Hardened XML parsing for peer documents (IMDN, RFC 5438; is-composing, RFC 3994).
 
-A notification parser is an attack surface (entity bombs, external entities,
+A parser of peer XML is an attack surface (entity bombs, external entities,
 deep nesting, huge documents). The defences, in the order they run:
 
 1. a size cap checked on the raw bytes, before any parsing;
-2. UTF-8 only (RFC 5438 §11.1): a UTF-16/32 byte order mark or an XML
-   declaration naming another encoding is refused, so the DOCTYPE scan
-   below cannot be dodged by re-encoding;
+2. UTF-8 only (RFC 5438 §11.1; is-composing documents are held to the
+   same): a UTF-16/32 byte order mark or an XML declaration naming another
+   encoding is refused, so the DOCTYPE scan below cannot be dodged by
+   re-encoding;
 3. any ``<!DOCTYPE`` is refused, so no entity is ever declared;
 4. lxml/libxml2 with ``resolve_entities=False, no_network=True,
    load_dtd=False, huge_tree=False`` (libxml2's own limits stay on);
@@ -20,7 +21,7 @@ import threading
 
 from lxml import etree
 
-from ..errors import ImdnError
+from ..errors import ImdnError, RemoteProtocolError
 
 __all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "make_parser", "parse_xml"]
 
@@ -61,44 +62,49 @@ _XML_DECL_ENCODING_RE = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za
 
 
 def parse_xml(
-    data: bytes, *, max_size: int = MAX_DOCUMENT_SIZE, max_depth: int = MAX_DEPTH
+    data: bytes,
+    *,
+    max_size: int = MAX_DOCUMENT_SIZE,
+    max_depth: int = MAX_DEPTH,
+    error: type[RemoteProtocolError] = ImdnError,
 ) -> etree._Element:
     """Parse ``data`` as a standalone UTF-8 XML document and return its root element.
 
-    Raises :class:`~sipimdn.errors.ImdnError` (413 when too large, else 400).
+    Raises ``error`` (:class:`~sipimdn.errors.ImdnError` unless the caller's codec has its own
+    type): status 413 when too large, else 400.
     """
     if len(data) > max_size:
-        raise ImdnError(f"XML document larger than {max_size} bytes", 413)
+        raise error(f"XML document larger than {max_size} bytes", 413)
     if data.startswith(_BOMS) or (len(data) >= 2 and (data[0] == 0 or data[1] == 0)):
-        raise ImdnError("XML document is not UTF-8 (RFC 5438 §11.1)")
+        raise error("XML document is not UTF-8")
     data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is harmless
     if data.lstrip(b" \t\r\n")[:1] not in (b"<", b""):
         # Also catches EBCDIC and other encodings libxml2 would autodetect,
         # in which the byte scan for "<!DOCTYPE" below would see nothing.
-        raise ImdnError("XML document does not start with '<' in UTF-8 (RFC 5438 §11.1)")
+        raise error("XML document does not start with '<' in UTF-8")
     decl = _XML_DECL_ENCODING_RE.match(data)
     if decl is not None and decl.group(1).lower() not in (b"utf-8", b"utf8"):
-        raise ImdnError(f"XML encoding {decl.group(1).decode('ascii')!r} is not UTF-8 (RFC 5438 §11.1)")
+        raise error(f"XML encoding {decl.group(1).decode('ascii')!r} is not UTF-8")
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise ImdnError("XML document has a DOCTYPE; DTDs and entities are refused")
+        raise error("XML document has a DOCTYPE; DTDs and entities are refused")
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        raise ImdnError(f"XML not well-formed: {exc}") from None
+        raise error(f"XML not well-formed: {exc}") from None
     except ValueError as exc:  # e.g. lxml refusing some inputs outright
-        raise ImdnError(f"XML not parseable: {exc}") from None
+        raise error(f"XML not parseable: {exc}") from None
     docinfo = root.getroottree().docinfo
     doctype: str | None = docinfo.doctype  # type: ignore[union-attr]
     if doctype:
-        raise ImdnError("XML document has a DOCTYPE; DTDs and entities are refused")
+        raise error("XML document has a DOCTYPE; DTDs and entities are refused")
     encoding: str | None = docinfo.encoding
     if encoding is not None and encoding.lower() not in ("utf-8", "utf8"):
-        raise ImdnError(f"XML encoding {encoding!r} is not UTF-8 (RFC 5438 §11.1)")
-    _check_depth(root, max_depth)
+        raise error(f"XML encoding {encoding!r} is not UTF-8")
+    _check_depth(root, max_depth, error)
     return root
 
 
-def _check_depth(root: etree._Element, max_depth: int) -> None:
+def _check_depth(root: etree._Element, max_depth: int, error: type[RemoteProtocolError]) -> None:
     # Nesting can never exceed the number of nodes: a notification has about
     # ten, so one C-level count settles the common case without the walk.
     if len(list(root.iter())) <= max_depth:
@@ -108,5 +114,5 @@ def _check_depth(root: etree._Element, max_depth: int) -> None:
     while stack:
         element, depth = stack.pop()
         if depth > max_depth:
-            raise ImdnError(f"XML nesting deeper than {max_depth} elements")
+            raise error(f"XML nesting deeper than {max_depth} elements")
         stack.extend((child, depth + 1) for child in element)
