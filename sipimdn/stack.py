@@ -21,6 +21,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ._coretimer import CoreTimer
 from .dialog.events import (
@@ -41,6 +42,10 @@ from .transport.base import ListenSpec, TransportConfig
 from .transport.flow import Address, Flow, Transport, is_ip_literal
 from .transport.manager import TransportManager
 from .transport.select import DEFAULT_UDP_MAX, Target, needs_stream, resolve, target_for_uri
+
+if TYPE_CHECKING:
+    from .transport.locate import ServerLocator
+    from .uri import Uri
 
 __all__ = ["IncomingRequest", "RequestHandler", "SipStack"]
 
@@ -138,6 +143,9 @@ class SipStack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed = False
+        #: RFC 3263 server location with failover (e.g. ``transport.dns.DnsLocator``), used when
+        #: ``send_request`` gets no target. None: the URI's transport and port, getaddrinfo.
+        self.locator: ServerLocator | None = None
 
     @property
     def timer_slot(self) -> float:
@@ -242,7 +250,10 @@ class SipStack:
         self._require_loop()
         if target is None:
             routes = request.route
-            target = target_for_uri(routes[0].uri if routes else request.uri)
+            uri = routes[0].uri if routes else request.uri
+            if self.locator is not None:
+                return await self._send_located(request, uri, self.locator, on_final)
+            target = target_for_uri(uri)
         candidates = await resolve(target)
         for index, candidate in enumerate(candidates):
             try:
@@ -253,6 +264,39 @@ class SipStack:
                     raise
                 log.info("%s unreachable, trying the next address of %s", candidate.host, target.host)
         raise AssertionError("resolve() returned no address")  # pragma: no cover
+
+    async def _send_located(self, request: Request, uri: Uri, locator: ServerLocator,
+                            on_final: Callable[[Response], None] | None) -> Response:
+        """RFC 3263 §4.3: each target in turn, a new transaction (fresh branch) each, moving on at a
+        transport error, a Timer F timeout or a 503; retransmissions stay within one transaction,
+        so on one target. ``on_final`` sees only the final response that is returned."""
+        candidates = await locator.locate(uri)
+        for index, candidate in enumerate(candidates):
+            last = index + 1 == len(candidates)
+            hook = on_final
+            if on_final is not None and not last:
+                def hook(response: Response, _final: Callable[[Response], None] = on_final) -> None:
+                    if response.status_code != 503:
+                        _final(response)
+            try:
+                response = await self._attempt(request, candidate, hook)
+            except (TransportError, TransactionTimeout) as exc:
+                locator.mark_failed(candidate)
+                if last:
+                    raise
+                log.info("%s:%d (%s) failed (%s), trying the next target for %s",
+                         candidate.host, candidate.port, candidate.transport.value, exc, uri)
+                continue
+            if response.status_code == 503:
+                locator.mark_failed(candidate)
+                if not last:
+                    log.info("%s:%d (%s) answered 503, trying the next target for %s",
+                             candidate.host, candidate.port, candidate.transport.value, uri)
+                    continue
+            else:
+                locator.mark_succeeded(candidate)
+            return response
+        raise TransportError(f"no target for {uri}")
 
     async def _attempt(self, request: Request, chosen: Target,
                        on_final: Callable[[Response], None] | None = None) -> Response:
