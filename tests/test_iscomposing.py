@@ -78,13 +78,15 @@ def test_build_round_trips() -> None:
         IsComposing(ComposingState.IDLE, last_active=dt.datetime(2026, 5, 1, tzinfo=dt.UTC)),
         IsComposing(ComposingState.ACTIVE),
     ):
-        data = build_iscomposing(doc.state, last_active=doc.last_active, content_type=doc.content_type,
-                                 refresh=doc.refresh)
+        data = build_iscomposing(
+            doc.state, last_active=doc.last_active, content_type=doc.content_type, refresh=doc.refresh
+        )
         assert data.startswith(b'<?xml version="1.0" encoding="UTF-8"?>')
         assert parse_iscomposing(data) == doc
         assert doc.to_xml() == data
     assert b"<lastactive>2026-05-01T00:00:00Z</lastactive>" in build_iscomposing(
-        "idle", last_active=dt.datetime(2026, 5, 1, tzinfo=dt.UTC))
+        "idle", last_active=dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    )
 
 
 def test_extension_elements_are_kept_and_rebuilt() -> None:
@@ -171,17 +173,24 @@ def test_content_type_recognition() -> None:
 
 def test_wrapped_in_cpim_as_liblinphone_sends_it() -> None:
     wrapped = cpim.build_message(
-        [("From", "<sip:alice@example.com>"), ("To", "<sip:bob@example.com>"),
-         ("DateTime", "2026-05-01T12:00:00Z")],
+        [
+            ("From", "<sip:alice@example.com>"),
+            ("To", "<sip:bob@example.com>"),
+            ("DateTime", "2026-05-01T12:00:00Z"),
+        ],
         content_type=CONTENT_TYPE,
         body=LINPHONE_DOC,
     ).to_bytes()
     message = cpim.parse(wrapped)
     assert composing_from_content(message.content_type, message.decoded_body()) == IsComposing(
-        ComposingState.ACTIVE, refresh=60)
+        ComposingState.ACTIVE, refresh=60
+    )
     assert composing_from_cpim(message) == IsComposing(ComposingState.ACTIVE, refresh=60)
-    text = cpim.parse(cpim.build_message([("From", "<sip:alice@example.com>")], content_type="text/plain",
-                                         body=b"hi").to_bytes())
+    text = cpim.parse(
+        cpim.build_message(
+            [("From", "<sip:alice@example.com>")], content_type="text/plain", body=b"hi"
+        ).to_bytes()
+    )
     assert composing_from_cpim(text) is None
 
 
@@ -196,12 +205,26 @@ def test_fuzz_bytes_parse_or_raise_typed_error(data: bytes) -> None:
         assert isinstance(doc.state, ComposingState)
 
 
-_PIECES = st.sampled_from([
-    "<state>active</state>", "<state>idle</state>", "<state> active </state>", "<refresh>60</refresh>",
-    "<refresh>0</refresh>", "<lastactive>2026-01-01T00:00:00Z</lastactive>", "<lastactive>x</lastactive>",
-    "<contenttype>text/plain</contenttype>", '<e:x xmlns:e="urn:e"/>', "<state/>", "&amp;", "<", "]]>",
-    "<![CDATA[active]]>", "<?pi x?>", "<!-- c -->",
-])
+_PIECES = st.sampled_from(
+    [
+        "<state>active</state>",
+        "<state>idle</state>",
+        "<state> active </state>",
+        "<refresh>60</refresh>",
+        "<refresh>0</refresh>",
+        "<lastactive>2026-01-01T00:00:00Z</lastactive>",
+        "<lastactive>x</lastactive>",
+        "<contenttype>text/plain</contenttype>",
+        '<e:x xmlns:e="urn:e"/>',
+        "<state/>",
+        "&amp;",
+        "<",
+        "]]>",
+        "<![CDATA[active]]>",
+        "<?pi x?>",
+        "<!-- c -->",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -229,8 +252,9 @@ def test_receiver_active_then_times_out_after_refresh() -> None:
     rx = ComposingReceiver(grace=0)
     rx.receive("sip:alice@a", IsComposing(ComposingState.ACTIVE, content_type="text/plain", refresh=90), 10.0)
     [event] = _drain(rx)
-    assert event == ComposingStateChanged("sip:alice@a", ComposingState.ACTIVE, "text/plain", 90, None,
-                                          ChangeCause.INDICATION)
+    assert event == ComposingStateChanged(
+        "sip:alice@a", ComposingState.ACTIVE, "text/plain", 90, None, ChangeCause.INDICATION
+    )
     assert rx.get_timer() == 100.0
     rx.handle_timer(99.9)
     assert _drain(rx) == []
