@@ -1,0 +1,246 @@
+"""RFC 3263 over real DNS: the dnspython adapter against dnsmasq on 127.0.0.1, then SIP failover
+through SipStack.locator to real stacks on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _dnsmasq import DOMAIN, DnsServer, dnsmasq
+from _peers import IN_CI
+
+from sipimdn.dialog.factory import build_request
+from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.errors import TransportError
+from sipimdn.message import Request
+from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.transport import dns as dns_module
+from sipimdn.transport.base import ListenSpec
+from sipimdn.transport.dns import DnsLocator, parse_nameserver
+from sipimdn.transport.flow import Transport
+from sipimdn.transport.locate import Locator
+from sipimdn.transport.select import Target
+from sipimdn.uri import Uri
+
+try:
+    import dns.asyncresolver  # noqa: F401 - the optional dns extra
+except ImportError:
+    if IN_CI:  # scripts/test installs the extra: missing in CI means the install step broke
+        raise
+    pytest.skip("the dns extra (dnspython) is not installed", allow_module_level=True)
+
+FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.2)
+UDP, TCP = Transport.UDP, Transport.TCP
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _logged(server: DnsServer, count: int, name: str | None = None) -> list[str]:
+    """The query log once it has ``count`` lines (dnsmasq writes it a moment after answering)."""
+    for _ in range(50):
+        found = server.queries(name)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    return server.queries(name)
+
+
+def test_parse_nameserver() -> None:
+    assert parse_nameserver("192.0.2.1") == ("192.0.2.1", 53)
+    assert parse_nameserver("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_nameserver("::1") == ("::1", 53)
+    assert parse_nameserver("[::1]:5353") == ("::1", 5353)
+    for bad in ("ns.example.com", "127.0.0.1:0", "127.0.0.1:x", "[::1", "[::1]x", "1.2.3.4:70000"):
+        with pytest.raises(ValueError):
+            parse_nameserver(bad)
+
+
+async def test_srv_only_udp(tmp_path: Path) -> None:
+    records = [
+        f"--srv-host=_sip._udp.srv.{DOMAIN},a.{DOMAIN},5070,0,10",
+        f"--host-record=a.{DOMAIN},127.0.0.1",
+    ]
+    with dnsmasq(records, tmp_path) as server:
+        locator = DnsLocator([server.address], timeout=2.0)
+        assert locator.rfc3263
+        targets = await locator.locate(Uri.parse(f"sip:bob@srv.{DOMAIN}"))
+        assert targets == [Target(UDP, "127.0.0.1", 5070)]
+        asked = await _logged(server, 4)
+        assert asked[0].startswith(f"query[NAPTR] srv.{DOMAIN}")
+        assert f"query[SRV] _sip._udp.srv.{DOMAIN} from 127.0.0.1" in asked
+
+
+async def test_naptr_prefers_tcp(tmp_path: Path) -> None:
+    records = [
+        f"--naptr-record=naptr.{DOMAIN},20,10,s,SIP+D2U,,_sip._udp.naptr.{DOMAIN}",
+        f"--naptr-record=naptr.{DOMAIN},10,10,s,SIP+D2T,,_sip._tcp.naptr.{DOMAIN}",
+        f"--naptr-record=naptr.{DOMAIN},5,10,s,SIP+D2S,,_sip._sctp.naptr.{DOMAIN}",
+        f"--srv-host=_sip._udp.naptr.{DOMAIN},a.{DOMAIN},5060,0,0",
+        f"--srv-host=_sip._tcp.naptr.{DOMAIN},a.{DOMAIN},5080,0,0",
+        f"--host-record=a.{DOMAIN},127.0.0.1",
+    ]
+    with dnsmasq(records, tmp_path) as server:
+        targets = await DnsLocator([server.address]).locate(Uri.parse(f"sip:bob@naptr.{DOMAIN}"))
+        assert targets == [Target(TCP, "127.0.0.1", 5080), Target(UDP, "127.0.0.1", 5060)]
+
+
+async def test_weighted_srv_spreads_across_equal_priority(tmp_path: Path) -> None:
+    records = [
+        f"--srv-host=_sip._udp.w.{DOMAIN},light.{DOMAIN},5060,10,1",
+        f"--srv-host=_sip._udp.w.{DOMAIN},heavy.{DOMAIN},5060,10,9",
+        f"--host-record=light.{DOMAIN},127.0.0.11",
+        f"--host-record=heavy.{DOMAIN},127.0.0.19",
+    ]
+    with dnsmasq(records, tmp_path) as server:
+        locator = DnsLocator([server.address], locator=Locator(rng=random.Random(7)))
+        firsts: Counter[str] = Counter()
+        for _ in range(400):
+            targets = await locator.locate(Uri.parse(f"sip:bob@w.{DOMAIN}"))
+            assert {t.host for t in targets} == {"127.0.0.11", "127.0.0.19"}
+            firsts[targets[0].host] += 1
+        # RFC 2782 picks in [0, 10]: light on 0..1 (2/11), heavy on 2..10 (9/11).
+        assert 0.70 < firsts["127.0.0.19"] / 400 < 0.92
+        assert firsts["127.0.0.11"] > 0
+        # 400 lookups, answers cached: the server saw one round of queries.
+        assert locator.queries_sent <= 8
+
+
+async def test_answers_cached_for_their_ttl(tmp_path: Path) -> None:
+    records = [
+        f"--srv-host=_sip._udp.ttl.{DOMAIN},a.{DOMAIN},5070,0,0",
+        f"--host-record=a.{DOMAIN},127.0.0.1",
+    ]
+    with dnsmasq(records, tmp_path, ttl=30) as server:
+        clock = FakeClock()
+        locator = DnsLocator([server.address], clock=clock)
+        uri = Uri.parse(f"sip:bob@ttl.{DOMAIN}")
+        first = await locator.locate(uri)
+        seen = len(await _logged(server, locator.queries_sent))
+        assert seen == locator.queries_sent > 0
+        clock.now += 29
+        assert await locator.locate(uri) == first
+        await asyncio.sleep(0.2)
+        assert len(server.queries()) == seen  # nothing asked within the TTL
+        clock.now += 2
+        assert await locator.locate(uri) == first
+        assert len(await _logged(server, 2 * seen)) == 2 * seen  # all asked again
+
+
+async def test_bad_dns_names_the_name_and_what_was_tried(tmp_path: Path) -> None:
+    records = [
+        f"--srv-host=_sip._udp.dangling.{DOMAIN},nohost.{DOMAIN},5070,0,0",
+        f"--srv-host=_sip._udp.noservice.{DOMAIN}",  # target "." (RFC 2782: no such service)
+    ]
+    with dnsmasq(records, tmp_path) as server:
+        locator = DnsLocator([server.address])
+        with pytest.raises(TransportError) as info:
+            await locator.locate(Uri.parse(f"sip:bob@dangling.{DOMAIN}"))
+        message = str(info.value)
+        assert f"sip:bob@dangling.{DOMAIN}" in message
+        assert f"A nohost.{DOMAIN}: NXDOMAIN" in message
+        with pytest.raises(TransportError, match=r"SRV _sip\._udp\.noservice\.sipimdn\.test: 0 0 1 \."):
+            await locator.locate(Uri.parse(f"sip:bob@noservice.{DOMAIN}"))
+        with pytest.raises(TransportError, match=rf"NAPTR missing\.{DOMAIN}: NXDOMAIN"):
+            await locator.locate(Uri.parse(f"sip:bob@missing.{DOMAIN}"))
+
+
+async def test_silent_name_server_is_a_transport_error() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:  # bound, never answers
+        sink.bind(("127.0.0.1", 0))
+        port = sink.getsockname()[1]
+        locator = DnsLocator([f"127.0.0.1:{port}"], timeout=0.3)
+        with pytest.raises(TransportError, match=r"no answer within 0\.3 s"):
+            await locator.locate(Uri.parse(f"sip:bob@example.{DOMAIN}:5070"))
+
+
+async def test_without_dnspython_falls_back_to_getaddrinfo(caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dns_module, "_warned_fallback", False)
+    locator = DnsLocator(use_dnspython=False)
+    assert not locator.rfc3263
+    with caplog.at_level(logging.WARNING, logger="sipimdn.transport.dns"):
+        assert await locator.locate(Uri.parse("sip:bob@127.0.0.1:5070;transport=tcp")) == [
+            Target(TCP, "127.0.0.1", 5070)]
+        assert Target(UDP, "127.0.0.1", 5060) in await locator.locate(Uri.parse("sip:bob@localhost"))
+    warnings = [r for r in caplog.records if "NAPTR and SRV" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+# -- SIP failover through SipStack.locator (RFC 3263 §4.3) ----------------------------------------
+
+
+def _message(uri: str) -> Request:
+    return build_request("MESSAGE", uri, "<sip:alice@example.com>", "<sip:bob@example.com>",
+                         body=b"hello", content_type="text/plain")
+
+
+def _closed_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed when the block ends: connecting is refused
+
+
+def _port(stack: SipStack, transport: Transport) -> int:
+    return next(port for kind, (_host, port) in stack.endpoints if kind is transport)
+
+
+async def test_failover_to_the_second_srv_target(tmp_path: Path) -> None:
+    seen: list[IncomingRequest] = []
+
+    def answer(incoming: IncomingRequest) -> None:
+        seen.append(incoming)
+        incoming.respond(200)
+
+    async with SipStack([ListenSpec(TCP, "127.0.0.1", 0)], timers=FAST) as bob:
+        bob.on_request(answer)
+        dead = _closed_tcp_port()
+        records = [
+            f"--srv-host=_sip._tcp.fo.{DOMAIN},a.{DOMAIN},{dead},10,0",
+            f"--srv-host=_sip._tcp.fo.{DOMAIN},a.{DOMAIN},{_port(bob, TCP)},20,0",
+            f"--host-record=a.{DOMAIN},127.0.0.1",
+        ]
+        with dnsmasq(records, tmp_path) as server:
+            async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as alice:
+                locator = DnsLocator([server.address])
+                alice.locator = locator
+                uri = f"sip:bob@fo.{DOMAIN};transport=tcp"
+                response = await asyncio.wait_for(alice.send_request(_message(uri)), 10)
+                assert response.status_code == 200
+                assert len(seen) == 1
+                # The refused target is avoided now: the next request goes straight to bob.
+                targets = await locator.locate(Uri.parse(uri))
+                assert targets[0].port == _port(bob, TCP)
+                assert targets[-1].port == dead
+
+
+async def test_failover_on_503_with_on_final_seeing_only_the_answer(tmp_path: Path) -> None:
+    statuses: list[int] = []
+
+    async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as busy, \
+            SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as bob:
+        busy.on_request(lambda incoming: incoming.respond(503))
+        bob.on_request(lambda incoming: incoming.respond(200))
+        records = [
+            f"--srv-host=_sip._udp.busy.{DOMAIN},a.{DOMAIN},{_port(busy, UDP)},10,0",
+            f"--srv-host=_sip._udp.busy.{DOMAIN},a.{DOMAIN},{_port(bob, UDP)},20,0",
+            f"--host-record=a.{DOMAIN},127.0.0.1",
+        ]
+        with dnsmasq(records, tmp_path) as server:
+            async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as alice:
+                alice.locator = DnsLocator([server.address])
+                response = await asyncio.wait_for(
+                    alice.send_request(_message(f"sip:bob@busy.{DOMAIN}"),
+                                       on_final=lambda r: statuses.append(r.status_code)), 10)
+                assert response.status_code == 200
+                assert statuses == [200]
