@@ -40,6 +40,7 @@ else:
     _HAVE_DNSPYTHON = True
 
 _warned_fallback = False
+_SILENT = "no answer within"
 
 
 def dnspython_available() -> bool:
@@ -134,6 +135,10 @@ class DnsLocator:
         while (query := lookup.next_query()) is not None:
             answer = await self.query(query)
             lookup.feed(query, answer, self._now())
+            if answer.error is not None and answer.error.startswith(_SILENT):
+                # Servers that answer nothing will not answer the next question either: stop,
+                # rather than spend a timeout on each remaining query.
+                lookup.abandon("the name servers do not answer")
         return lookup.result(self._now())
 
     def mark_failed(self, target: Target) -> None:
@@ -154,7 +159,7 @@ class DnsLocator:
         except dns.resolver.NXDOMAIN:
             return Answer((), self.negative_ttl, "NXDOMAIN")
         except dns.resolver.LifetimeTimeout:
-            return Answer((), 0.0, f"no answer within {self.timeout} s")
+            return Answer((), 0.0, f"{_SILENT} {self.timeout} s")
         except dns.resolver.NoNameservers as exc:
             # SERVFAIL, REFUSED, ... from every server: dnspython lists them; keep the gist.
             return Answer((), 0.0, f"no name server gave an answer ({_gist(exc)})")

@@ -277,6 +277,14 @@ class Lookup:
         self._note(query, answer, cached=False)
         self._advance(answer)
 
+    def abandon(self, why: str) -> None:
+        """Stop here (e.g. the name servers do not answer at all): ``result`` raises
+        TransportError with ``why`` and what was tried so far."""
+        if self._pending is None:
+            return
+        self._plan.close()
+        self._fail(why)
+
     def result(self, now: float) -> list[Target]:
         """The targets in the order to try them (recently failed ones last).
 

@@ -7,8 +7,9 @@ What we do, in order:
 3. the port is the URI's, else 5060 (5061 for TLS);
 4. a host name goes through the event loop's resolver (A and AAAA); an IP literal is used as is.
 
-The standard library cannot ask for NAPTR or SRV records, so those steps of RFC 3263 are not done:
-configure an outbound proxy (an explicit target) where a domain relies on them.
+The standard library cannot ask for NAPTR or SRV records, so this module skips those steps of
+RFC 3263. The full procedure (NAPTR, SRV, failover) is ``locate`` plus its dnspython adapter
+``dns`` (the ``sipimdn[dns]`` extra); the stack uses it when ``SipStack.locator`` is set.
 
 The size rule (§18.1.1: a request over 1300 bytes, when the path MTU is unknown, goes over a
 congestion-controlled transport) is applied by the stack at send time: ``needs_stream``.
