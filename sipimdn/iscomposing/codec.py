@@ -1,4 +1,4 @@
-"""application/im-iscomposing+xml documents (RFC 3994 §6, §7): the IsComposing value, parse, build.
+"""application/im-iscomposing+xml documents (RFC 3994 §6): the IsComposing value, parse, build.
 
 Parsing runs the same hardened XML parser as the IMDN codec (``imdn._safexml``: size cap, UTF-8
 only, no DTD or entities, bounded depth), validates the tree against the RFC 3994 schema (embedded
@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 CONTENT_TYPE: Final = "application/im-iscomposing+xml"
-"""Media type of a composition indication (RFC 3994 §9.1)."""
+"""Media type of a composition indication (registered by RFC 3994)."""
 
 XML_NS: Final = "urn:ietf:params:xml:ns:im-iscomposing"
-"""XML namespace of the ``<isComposing>`` document (RFC 3994 §9.2)."""
+"""XML namespace of the ``<isComposing>`` document (registered by RFC 3994)."""
 
 MAX_DOCUMENT_SIZE: Final = 8 * 1024
 """Cap on one document in bytes: a real indication is about 300 bytes; larger is refused with 413."""
@@ -61,7 +61,7 @@ class ComposingState(StrEnum):
     IDLE = "idle"
 
 
-# The schema of RFC 3994 §7, as published.
+# The XML schema RFC 3994 publishes for the document, as published.
 _SCHEMA_XSD: Final = b"""<?xml version="1.0" encoding="UTF-8"?>
 <xs:schema targetNamespace="urn:ietf:params:xml:ns:im-iscomposing"
     elementFormDefault="qualified" attributeFormDefault="unqualified"
@@ -179,7 +179,7 @@ def _parse_refresh(text: str) -> int:
         raise IsComposingError(f"refresh is not a positive integer of at most 10 digits: {text[:20]!r}")
     value = int(text)
     if value <= 0:
-        raise IsComposingError("refresh must be positive (RFC 3994 §7)")
+        raise IsComposingError("refresh must be positive (xs:positiveInteger in the RFC 3994 schema)")
     return value
 
 
