@@ -4,6 +4,7 @@ through SipStack.locator to real stacks on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -18,6 +19,7 @@ from sipimdn.dialog.factory import build_request
 from sipimdn.dialog.transaction import TimerConfig
 from sipimdn.errors import TransportError
 from sipimdn.message import Request
+from sipimdn.parser import parse_message
 from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport import dns as dns_module
 from sipimdn.transport.base import ListenSpec
@@ -253,3 +255,38 @@ async def test_failover_on_503_with_on_final_seeing_only_the_answer(tmp_path: Pa
                                        on_final=lambda r: statuses.append(r.status_code)), 10)
                 assert response.status_code == 200
                 assert statuses == [200]
+
+
+async def test_timer_f_moves_to_the_next_target_and_retransmissions_stay_on_one(tmp_path: Path) -> None:
+    seen: list[IncomingRequest] = []
+
+    def answer(incoming: IncomingRequest) -> None:
+        seen.append(incoming)
+        incoming.respond(200)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # receives, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as bob:
+            bob.on_request(answer)
+            records = [
+                f"--srv-host=_sip._udp.slow.{DOMAIN},a.{DOMAIN},{silent.getsockname()[1]},10,0",
+                f"--srv-host=_sip._udp.slow.{DOMAIN},a.{DOMAIN},{_port(bob, UDP)},20,0",
+                f"--host-record=a.{DOMAIN},127.0.0.1",
+            ]
+            with dnsmasq(records, tmp_path) as server:
+                async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as alice:
+                    alice.locator = DnsLocator([server.address])
+                    response = await asyncio.wait_for(
+                        alice.send_request(_message(f"sip:bob@slow.{DOMAIN}")), 64 * FAST.t1 + 5)
+        assert response.status_code == 200
+        datagrams = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                datagrams.append(silent.recv(65535))
+    # Timer E retransmitted the first transaction to the silent target only, one branch throughout.
+    assert len(datagrams) > 3
+    branches = {parse_message(d).top_via.branch for d in datagrams}
+    assert len(branches) == 1
+    assert len(seen) == 1
+    assert seen[0].request.top_via.branch not in branches
