@@ -10,6 +10,7 @@ import random
 import socket
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _dnsmasq import DOMAIN, DnsServer, dnsmasq
@@ -290,3 +291,42 @@ async def test_timer_f_moves_to_the_next_target_and_retransmissions_stay_on_one(
     assert len(branches) == 1
     assert len(seen) == 1
     assert seen[0].request.top_via.branch not in branches
+
+
+class _CnameLoopResponder(asyncio.DatagramProtocol):
+    """A name server dnsmasq cannot be (it refuses CNAME loops at start): every answer is the loop
+    ``x -> y -> x`` of the test domain."""
+
+    transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        import dns.message
+        import dns.rrset
+
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        name = query.question[0].name
+        other = dns.name.from_text(f"loop-y.{DOMAIN}.")
+        response.answer.append(dns.rrset.from_text(name, 60, "IN", "CNAME", other.to_text()))
+        response.answer.append(dns.rrset.from_text(other, 60, "IN", "CNAME", name.to_text()))
+        self.transport.sendto(response.to_wire(), addr)
+
+
+async def test_cname_loop_is_a_transport_error_naming_it() -> None:
+    import dns.name  # noqa: F401 - used by the responder
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(_CnameLoopResponder, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        locator = DnsLocator([f"127.0.0.1:{port}"], timeout=2.0)
+        with pytest.raises(TransportError) as info:
+            await locator.locate(Uri.parse(f"sip:bob@loop-x.{DOMAIN}:5070"))
+        message = str(info.value)
+        assert f"sip:bob@loop-x.{DOMAIN}:5070" in message
+        assert f"A loop-x.{DOMAIN}: CNAME chain too long (a loop?)" in message
+    finally:
+        transport.close()

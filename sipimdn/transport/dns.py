@@ -41,6 +41,7 @@ else:
 
 _warned_fallback = False
 _SILENT = "no answer within"
+_LOOP = "CNAME chain too long (a loop?)"
 
 
 def dnspython_available() -> bool:
@@ -161,10 +162,13 @@ class DnsLocator:
         except dns.resolver.LifetimeTimeout:
             return Answer((), 0.0, f"{_SILENT} {self.timeout} s")
         except dns.resolver.NoNameservers as exc:
-            # SERVFAIL, REFUSED, ... from every server: dnspython lists them; keep the gist.
+            # SERVFAIL, REFUSED, a CNAME loop, ... from every server: dnspython lists them.
+            errors = exc.kwargs.get("errors") or []
+            if any(len(e) > 3 and isinstance(e[3], dns.message.ChainTooLong) for e in errors):
+                return Answer((), 0.0, _LOOP)
             return Answer((), 0.0, f"no name server gave an answer ({_gist(exc)})")
         except dns.message.ChainTooLong:
-            return Answer((), 0.0, "CNAME chain too long (a loop?)")
+            return Answer((), 0.0, _LOOP)
         except dns.exception.DNSException as exc:
             return Answer((), 0.0, f"DNS error: {exc}")
         rrset = reply.rrset
