@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 from ._coretimer import CoreTimer
+from ._wirelog import log_wire, wire_log
 from .dialog.events import (
     Event,
     RequestReceived,
@@ -298,6 +299,8 @@ class SipStack:
         """From UDP: parse, then hand to the layer; answer 400 statelessly if it is broken."""
         if self._closed:
             return
+        if wire_log.isEnabledFor(logging.DEBUG):
+            log_wire("received", data, flow)
         now = self._now()
         try:
             message = parse_message(data, self._limits)
@@ -311,6 +314,8 @@ class SipStack:
         """From a TCP/TLS connection's framer."""
         if self._closed:
             return
+        if wire_log.isEnabledFor(logging.DEBUG):
+            log_wire("received", message.to_bytes(), flow)
         try:
             self.layer.receive(message, flow, self._now())
         except SipParseError as exc:
@@ -321,6 +326,8 @@ class SipStack:
     def stream_message_failed(self, data: bytes | None, error: SipParseError, flow: Flow) -> None:
         """A connection's framing broke; answer what can be answered before it closes."""
         if data is not None and not self._closed:
+            if wire_log.isEnabledFor(logging.DEBUG):
+                log_wire("received", data, flow)
             self.layer.receive_unparseable(data, error, flow)
             self._pump()
 
@@ -378,7 +385,9 @@ class SipStack:
                 data = outgoing.message.to_bytes()
             if isinstance(outgoing.message, Response) and flow.reliable and not self.transports.is_open(flow):
                 flow = _reconnect_flow(outgoing.message, flow)
-            self.transports.send(data, flow)
+            sent_on = self.transports.send(data, flow)
+            if wire_log.isEnabledFor(logging.DEBUG):
+                log_wire("sent", data, sent_on)
         except TransportError as exc:
             log.info("sending to %s failed: %s", flow.remote, exc)
             if outgoing.key is not None:
