@@ -475,6 +475,8 @@ class _Progress(logging.Handler):
         self._stream = stream if stream is not None else sys.stderr
         #: Retransmissions seen so far.
         self.retransmissions = 0
+        #: Set once the outcome is printed: retransmissions while closing are not news.
+        self.finished = False
 
     def emit(self, record: logging.LogRecord) -> None:
         """Count a retransmission record and print it at the rate above."""
@@ -482,7 +484,7 @@ class _Progress(logging.Handler):
         if not isinstance(n, int):
             return
         self.retransmissions += 1
-        if logging.getLogger("sipimdn").isEnabledFor(logging.INFO):
+        if self.finished or logging.getLogger("sipimdn").isEnabledFor(logging.INFO):
             return  # the -v handler prints it
         if 2 <= n <= 4 or n % 2 == 0:
             self.say(record.getMessage())
@@ -666,6 +668,24 @@ async def _await_outcome(
     *,
     progress: _Progress,
     show_response: bool = True,
+) -> int:
+    try:
+        return await _outcome(
+            handle, to, notify, deadline, printer, progress=progress, show_response=show_response
+        )
+    finally:
+        progress.finished = True
+
+
+async def _outcome(
+    handle: SentMessage,
+    to: str,
+    notify: frozenset[str],
+    deadline: float,
+    printer: Printer,
+    *,
+    progress: _Progress,
+    show_response: bool,
 ) -> int:
     loop = asyncio.get_running_loop()
 
