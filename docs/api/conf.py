@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 project = "sipimdn"
 author = "the sipimdn authors"
-copyright = "the sipimdn authors"  # noqa: A001 (Sphinx's name for it)
+copyright = "the sipimdn authors"
 try:
     release = importlib.metadata.version("sipimdn")
 except importlib.metadata.PackageNotFoundError:
