@@ -277,8 +277,8 @@ def _hint(exc: BaseException, text: str) -> str | None:
         return "that address is not one of this machine's: use one it has (127.0.0.1 for loopback)"
     if "permission denied" in lowered and "bind" in lowered:
         return "ports below 1024 need root: use a higher port in --listen"
-    if "connection refused" in lowered:
-        return "nothing accepts connections there: check the port in --to and --transport"
+    if "connection refused" in lowered or "econnrefused" in lowered:
+        return "nothing listens there: check the host and port in --to, and --transport"
     if isinstance(exc, TransactionTimeout):
         return "nobody answered: check the host and port in --to and that the peer runs"
     if isinstance(exc, AuthenticationFailed):

@@ -335,6 +335,7 @@ class SipStack:
         """ICMP error or connection failure: fail the transactions using that path."""
         if self._closed:
             return
+        log.info("%s path to %s:%s failed: %s", flow.transport.value, flow.remote[0], flow.remote[1], error)
         self.layer.flow_failed(flow, self._now(), str(error))
         self._pump()
 
