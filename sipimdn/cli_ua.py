@@ -11,12 +11,16 @@ Shapes (scripts and tests rely on them)::
      --username NAME with the password in --password-file PATH or $SIPIMDN_PASSWORD,
      --cert/--key/--ca, --store PATH)
     sipimdn demo [--json] [--text TEXT]
+    (all three also take --trace: every SIP message sent and received, in full, on standard
+     error; and -v/-vv: logging on standard error)
 
 With ``--json`` every printed event is one JSON object on one line, with an
 ``"event"`` member naming it. ``send`` exits 0 only if the MESSAGE got a 2xx
 and every requested positive notification (``delivered`` for
 positive-delivery, ``displayed`` for display) arrived within ``--wait``
-seconds; otherwise 1. Usage errors exit 2.
+seconds; otherwise 1. Usage errors exit 2. While the MESSAGE goes unanswered
+or a notification is awaited, progress lines go to standard error (from the
+second retransmission, or after 1, 3, 7, 15 s and then every 8 s).
 
 JSON events: ``listening``, ``message``, ``stopped`` (listen); ``sent``,
 ``response``, ``timeout``, ``failed``, ``outcome``, ``done`` (send, demo);
