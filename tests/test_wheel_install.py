@@ -4,12 +4,16 @@ the ``sipimdn`` console script, the package data; no tests inside."""
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
+import tarfile
 import venv
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,3 +74,19 @@ def test_wheel_installs_into_a_fresh_venv(tmp_path: Path) -> None:
     demo = _run([str(fresh / "bin" / "sipimdn"), "demo", "--json"], timeout=60)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert demo.stdout.splitlines()[-1] == '{"event": "done", "ok": true}'
+
+
+def test_sdist_ships_docs_and_examples_not_tests(tmp_path: Path) -> None:
+    if importlib.util.find_spec("build") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the build package is not installed: the [test] extra has it")
+        pytest.skip("the build package is not installed (pip install -e '.[test]')")
+    built = _run([sys.executable, "-m", "build", "--sdist", "-o", str(tmp_path), str(ROOT)], timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (sdist,) = tmp_path.glob("sipimdn-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {"README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml", "sipimdn/py.typed"} <= names
+    assert {"examples/send_message.py", "docs/api/conf.py", "docs/ARCHITECTURE.md"} <= names
+    # The tests need bench/, tools/, scripts/ and real peers: they stay in the repository.
+    assert not [name for name in names if name.startswith(("tests/", "bench/", "tools/", "scripts/"))]
