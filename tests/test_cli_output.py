@@ -167,7 +167,7 @@ def test_listen_trace_goes_to_stderr_and_json_stays_parseable() -> None:
 
 def test_retransmissions_show_as_progress_lines_and_v_logs_them() -> None:
     with silent_udp_port() as port:
-        quiet = _run(*SEND, "--to", f"sip:bob@127.0.0.1:{port}", "--notify", "", "--wait", "1.8")
+        quiet = _run(*SEND, "--to", f"sip:bob@127.0.0.1:{port}", "--notify", "", "--wait", "2.5")
         verbose = _run(*SEND, "--to", f"sip:bob@127.0.0.1:{port}", "--notify", "", "--wait", "0.8", "-v")
     assert quiet.returncode == 1 and "no final response in time" in quiet.stdout
     # From the second retransmission on (1.5 s with default timers): no line for a peer that is just slow;
