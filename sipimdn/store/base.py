@@ -270,7 +270,7 @@ class Put:
 class Delete:
     """Remove one record; removing a missing one is not an error."""
 
-    #: One of :data:`~sipimdn.store.TABLES`.
+    #: One of ``TABLES``.
     table: str
     key: str
 
