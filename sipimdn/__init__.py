@@ -5,6 +5,8 @@ The public API is re-exported here; submodules prefixed with ``_`` are private.
 
 from __future__ import annotations
 
+import logging
+
 from .config import DisplayPrivacy, ListenEndpoint, UserAgentConfig
 from .errors import (
     AuthenticationFailed,
@@ -24,6 +26,9 @@ from .message import Headers, Request, Response, make_response
 from .parser import KeepAliveReceived, Limits, StreamFramer, parse_message, salvage_reply_headers
 from .ua import IncomingMessage, SentMessage, UserAgent
 from .uri import Uri, parse_uri
+
+# A library logs; the application decides where to (logging HOWTO, "Configuring Logging for a Library").
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 

@@ -12,12 +12,16 @@ Shapes (scripts and tests rely on them)::
      --username NAME with the password in --password-file PATH or $SIPIMDN_PASSWORD,
      --cert/--key/--ca, --store PATH|URL: a SQLite file or postgresql://user@host/db)
     sipimdn demo [--json] [--text TEXT]
+    (all three also take --trace: every SIP message sent and received, in full, on standard
+     error; and -v/-vv: logging on standard error)
 
 With ``--json`` every printed event is one JSON object on one line, with an
 ``"event"`` member naming it. ``send`` exits 0 only if the MESSAGE got a 2xx
 and every requested positive notification (``delivered`` for
 positive-delivery, ``displayed`` for display) arrived within ``--wait``
-seconds; otherwise 1. Usage errors exit 2.
+seconds; otherwise 1. Usage errors exit 2. While the MESSAGE goes unanswered
+or a notification is awaited, progress lines go to standard error (from the
+second retransmission, or after 1, 3, 7, 15 s and then every 8 s).
 
 JSON events: ``listening``, ``message``, ``stopped`` (listen); ``sent``,
 ``response``, ``timeout``, ``failed``, ``outcome``, ``done`` (send, demo);
@@ -41,14 +45,19 @@ import asyncio
 import dataclasses
 import enum
 import json
+import logging
+import math
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO, TypeVar
 
+from ._wirelog import WIRE_LOGGER, TraceFormatter
 from .auth import Credentials
+from .cli import explain
 from .config import ListenEndpoint, UserAgentConfig
 from .errors import SipParseError, StoreError
 from .events import (
@@ -80,6 +89,8 @@ PASSWORD_ENV = "SIPIMDN_PASSWORD"
 _NOTIFY_KINDS = ("positive-delivery", "negative-delivery", "display")
 #: The state each positive request must reach for ``send`` to succeed.
 _POSITIVE_TARGETS = {"positive-delivery": "delivered", "display": "displayed"}
+
+_T = TypeVar("_T")
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -207,6 +218,47 @@ def _notify(text: str) -> frozenset[str]:
     return kinds
 
 
+def _uri(text: str) -> str:
+    """A SIP or SIPS URI (argparse ``type=``); a missing scheme gets a suggestion."""
+    try:
+        uri = Uri.parse(text)
+    except SipParseError as exc:
+        bare = "@" in text and ":" not in text.split("@", 1)[0]
+        suggestion = f"; did you mean sip:{text}?" if bare else ""
+        raise argparse.ArgumentTypeError(f"{exc.reason}{suggestion}") from None
+    if uri.scheme not in ("sip", "sips"):
+        raise argparse.ArgumentTypeError(f"{text!r} is a {uri.scheme}: URI; give a sip: or sips: URI")
+    return text
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse ``type=``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def _delay(text: str) -> float:
+    """Zero or more seconds (argparse ``type=``)."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _seconds(text)
+
+
+def _expires(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError("the binding lifetime must be between 1 and 2147483647 seconds")
+    return value
+
+
 def _status(text: str) -> int:
     try:
         code = int(text)
@@ -220,16 +272,35 @@ def _status(text: str) -> int:
 def _tls_contexts(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     server: ssl.SSLContext | None = None
     client: ssl.SSLContext | None = None
-    if args.cert:
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(args.cert, args.key)
-    if args.ca:
-        client = ssl.create_default_context(cafile=args.ca)
+    if args.key and not args.cert:
+        raise _UsageError("--key needs --cert")
+    try:
+        if args.cert:
+            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server.load_cert_chain(args.cert, args.key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise _UsageError(f"cannot load --cert {args.cert}" + (f" / --key {args.key}" if args.key else "")
+                          + f": {_load_error(exc)}") from None
+    try:
+        if args.ca:
+            client = ssl.create_default_context(cafile=args.ca)
+    except (OSError, ValueError) as exc:
+        raise _UsageError(f"cannot load --ca {args.ca}: {_load_error(exc)}") from None
     return server, client
 
 
+def _load_error(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not a PEM file of the right kind ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
 def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) -> None:
-    parser.add_argument("--aor", required=True, help="our address of record, e.g. sip:bob@127.0.0.1")
+    parser.add_argument(
+        "--aor", required=True, type=_uri, help="our address of record, e.g. sip:bob@127.0.0.1"
+    )
     parser.add_argument("--display-name", default=None, help="display name for From")
     parser.add_argument(
         "--listen",
@@ -247,15 +318,18 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
     parser.add_argument("--cert", default=None, help="PEM certificate chain for TLS listening")
     parser.add_argument("--key", default=None, help="PEM private key for --cert")
     parser.add_argument("--ca", default=None, help="PEM CA bundle to verify TLS peers")
-    parser.add_argument("--proxy", default=None, help="outbound proxy URI: every request goes through it")
+    parser.add_argument(
+        "--proxy", default=None, type=_uri, help="outbound proxy URI: every request goes through it"
+    )
     parser.add_argument(
         "--register",
         action="store_true",
         help="register our contact with the registrar (the AOR's domain, through --proxy) while running",
     )
-    parser.add_argument("--registrar", default=None, help="registrar URI (implies --register)")
+    parser.add_argument("--registrar", default=None, type=_uri, help="registrar URI (implies --register)")
     parser.add_argument(
-        "--register-expires", type=int, default=3600, metavar="SECONDS", help="binding lifetime to ask for"
+        "--register-expires", type=_expires, default=3600, metavar="SECONDS",
+        help="binding lifetime to ask for",
     )
     parser.add_argument("--username", default=None, help="digest user name for 401/407 challenges")
     parser.add_argument(
@@ -268,6 +342,16 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
     # Refused, not taken: see the module docstring. Hidden from --help.
     parser.add_argument("--password", action=_RefusePassword, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object per event and line")
+    _add_trace(parser)
+
+
+def _add_trace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print every SIP message sent and received, in full, on standard error "
+        "(time, transport, direction, both ends: like SIPp's -trace_msg)",
+    )
 
 
 class _Password(str):
@@ -364,6 +448,104 @@ def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> User
         raise _UsageError(str(exc)) from None
 
 
+# -- trace and progress ------------------------------------------------------------------------
+
+
+@contextmanager
+def _tracing(enabled: bool, stream: TextIO | None = None) -> Iterator[None]:
+    """With ``--trace``: every message on the ``sipimdn.wire`` logger, printed in full on ``stream``."""
+    if not enabled:
+        yield
+        return
+    wire = logging.getLogger(WIRE_LOGGER)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(TraceFormatter())
+    saved = wire.level
+    wire.addHandler(handler)
+    wire.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        wire.removeHandler(handler)
+        wire.setLevel(saved)
+
+
+class _Progress(logging.Handler):
+    """Progress lines on standard error while we wait.
+
+    As a logging handler it takes the transaction layer's INFO record of each Timer E
+    retransmission of a request nobody answers, and prints the 2nd, 3rd and 4th, then every
+    other one: with default timers at 1.5, 3.5, 7.5, 15.5, 23.5 and 31.5 s. With ``-v`` the log
+    line itself shows each one, so nothing is printed twice. :meth:`waiting` prints the lines of
+    the waits with no retransmission to show (a stream transport, a notification to come).
+    """
+
+    def __init__(self, command: str, stream: TextIO | None = None) -> None:
+        super().__init__(logging.INFO)
+        self._command = command
+        self._stream = stream if stream is not None else sys.stderr
+        #: Retransmissions seen so far.
+        self.retransmissions = 0
+        #: Set once the outcome is printed: retransmissions while closing are not news.
+        self.finished = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Count a retransmission record and print it at the rate above."""
+        n = getattr(record, "sip_retransmission", None)
+        if not isinstance(n, int):
+            return
+        self.retransmissions += 1
+        if self.finished or logging.getLogger("sipimdn").isEnabledFor(logging.INFO):
+            return  # the -v handler prints it
+        if 2 <= n <= 4 or n % 2 == 0:
+            self.say(record.getMessage())
+
+    def say(self, text: str) -> None:
+        """Print one progress line."""
+        print(f"sipimdn {self._command}: {text}", file=self._stream, flush=True)
+
+
+@contextmanager
+def _progress(command: str) -> Iterator[_Progress]:
+    layer_log = logging.getLogger("sipimdn.dialog.layer")
+    handler = _Progress(command)
+    saved = layer_log.level
+    layer_log.addHandler(handler)
+    if not layer_log.isEnabledFor(logging.INFO):
+        layer_log.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        layer_log.removeHandler(handler)
+        layer_log.setLevel(saved)
+
+
+async def _waiting(awaitable: Awaitable[_T], timeout: float, tick: Callable[[float], None]) -> _T:
+    """``asyncio.wait_for(awaitable, timeout)`` that calls ``tick(seconds waited)`` after 1, 3, 7
+    and 15 s, then every 8 s, while nothing has come."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(awaitable)
+    start = loop.time()
+    end = start + timeout
+    step = 1.0
+    next_tick = start + step
+    try:
+        while True:
+            now = loop.time()
+            if task.done():
+                return task.result()
+            if now >= end:
+                raise TimeoutError
+            await asyncio.wait({task}, timeout=min(end, next_tick) - now)
+            now = loop.time()
+            if not task.done() and next_tick <= now < end:
+                tick(now - start)
+                step = min(2 * step, 8.0)
+                next_tick += step
+    finally:
+        task.cancel()
+
+
 # -- listen ------------------------------------------------------------------------------------
 
 
@@ -441,7 +623,8 @@ async def _display_later(message: IncomingMessage, delay: float) -> None:
 def run_listen(args: argparse.Namespace) -> int:
     """``sipimdn listen``: print every message and notification until SIGINT/SIGTERM."""
     try:
-        return asyncio.run(_listen(args, Printer(as_json=args.json)))
+        with _tracing(args.trace), _progress("listen"):
+            return asyncio.run(_listen(args, Printer(as_json=args.json)))
     except _UsageError as exc:
         return _usage_error("listen", exc)
     except StoreError as exc:  # unreachable database, unwritable file: one line, exit 1
@@ -452,7 +635,7 @@ def run_listen(args: argparse.Namespace) -> int:
 # -- send --------------------------------------------------------------------------------------
 
 
-async def _send(args: argparse.Namespace, printer: Printer) -> int:
+async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress) -> int:
     config = _config(args, "udp:127.0.0.1:0")
     notify: frozenset[str] = args.notify
     loop = asyncio.get_running_loop()
@@ -492,25 +675,53 @@ async def _send(args: argparse.Namespace, printer: Printer) -> int:
             aor=ua.aor,
             notify=sorted(notify),
         )
-        return await _await_outcome(handle, notify, deadline, printer)
+        return await _await_outcome(handle, args.to, notify, deadline, printer, progress=progress)
 
 
 async def _await_outcome(
     handle: SentMessage,
+    to: str,
     notify: frozenset[str],
     deadline: float,
     printer: Printer,
     *,
+    progress: _Progress,
     show_response: bool = True,
 ) -> int:
-    loop = asyncio.get_running_loop()
     try:
-        response = await asyncio.wait_for(handle.final_response(), max(0.0, deadline - loop.time()))
+        return await _outcome(
+            handle, to, notify, deadline, printer, progress=progress, show_response=show_response
+        )
+    finally:
+        progress.finished = True
+
+
+async def _outcome(
+    handle: SentMessage,
+    to: str,
+    notify: frozenset[str],
+    deadline: float,
+    printer: Printer,
+    *,
+    progress: _Progress,
+    show_response: bool,
+) -> int:
+    loop = asyncio.get_running_loop()
+
+    def no_answer_yet(waited: float) -> None:
+        if not progress.retransmissions:  # over UDP the retransmission lines say it
+            progress.say(f"no answer from {to} yet after {waited:.0f} s, waiting")
+
+    try:
+        response = await _waiting(handle.final_response(), max(0.0, deadline - loop.time()), no_answer_yet)
     except TimeoutError:
-        printer.emit("timeout", "no final response in time", waiting_for="response")
+        printer.emit("timeout", "no final response in time (--wait)", waiting_for="response")
         return 1
     except Exception as exc:  # TransactionTimeout, TransportError: report, exit 1
-        printer.emit("failed", f"send failed: {exc}", error=str(exc))
+        text, hint = explain(exc)
+        printer.emit(
+            "failed", f"send failed: {text}" + (f"; hint: {hint}" if hint else ""), error=str(exc), hint=hint
+        )
         return 1
     if show_response:
         printer.emit(
@@ -526,8 +737,14 @@ async def _await_outcome(
     wanted = [kind for kind in _POSITIVE_TARGETS if kind in notify]
     for kind in wanted:
         target = _POSITIVE_TARGETS[kind]
+
+        def still_waiting(waited: float, target: str = target) -> None:
+            left = deadline - loop.time()
+            progress.say(f"waiting for the {target} notification from {to} ({left:.0f} s of --wait left)")
+
+        left = max(0.0, deadline - loop.time())
         try:
-            state = await handle.await_disposition(target, timeout=max(0.0, deadline - loop.time()))
+            state = await _waiting(handle.await_disposition(target, timeout=left), left + 1.0, still_waiting)
         except TimeoutError:
             printer.emit("timeout", f"no {target} notification in time", waiting_for=target)
             return 1
@@ -548,7 +765,8 @@ async def _await_outcome(
 def run_send(args: argparse.Namespace) -> int:
     """``sipimdn send``: one message, then the SIP outcome and every notification."""
     try:
-        return asyncio.run(_send(args, Printer(as_json=args.json)))
+        with _tracing(args.trace), _progress("send") as progress:
+            return asyncio.run(_send(args, Printer(as_json=args.json), progress))
     except _UsageError as exc:
         return _usage_error("send", exc)
 
@@ -563,7 +781,7 @@ _STAGE_TEXT = {
 }
 
 
-async def _demo(args: argparse.Namespace, printer: Printer) -> int:
+async def _demo(args: argparse.Namespace, printer: Printer, progress: _Progress) -> int:
     # Port 0 in an AOR means "the port we get": no registrar is needed on loopback.
     bob_config = UserAgentConfig(aor="sip:bob@127.0.0.1:0", display_name="Bob")
     alice_config = UserAgentConfig(aor="sip:alice@127.0.0.1:0", display_name="Alice")
@@ -598,12 +816,15 @@ async def _demo(args: argparse.Namespace, printer: Printer) -> int:
         )
         handle = await alice.send_message(bob.aor, args.text, notify=notify)
         deadline = asyncio.get_running_loop().time() + args.wait
-        return await _await_outcome(handle, notify, deadline, printer, show_response=False)
+        return await _await_outcome(
+            handle, bob.aor, notify, deadline, printer, progress=progress, show_response=False
+        )
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """``sipimdn demo``: two user agents on loopback, a message and its two notifications."""
-    return asyncio.run(_demo(args, Printer(as_json=args.json)))
+    with _tracing(args.trace), _progress("demo") as progress:
+        return asyncio.run(_demo(args, Printer(as_json=args.json), progress))
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -620,7 +841,7 @@ def register(subparsers: Any) -> None:
     listen.add_argument("--status", type=_status, default=None, help="answer every MESSAGE with this status")
     listen.add_argument(
         "--auto-display",
-        type=float,
+        type=_delay,
         default=None,
         metavar="SECONDS",
         help="mark each message displayed after SECONDS (sends the display notification)",
@@ -638,7 +859,7 @@ def register(subparsers: Any) -> None:
 
     send = subparsers.add_parser("send", help="send one message and wait for its notifications")
     _add_common(send, listen_default="udp:127.0.0.1:0")
-    send.add_argument("--to", required=True, help="recipient URI, e.g. sip:bob@127.0.0.1:5070")
+    send.add_argument("--to", required=True, type=_uri, help="recipient URI, e.g. sip:bob@127.0.0.1:5070")
     send.add_argument("--text", required=True, help="message text")
     send.add_argument(
         "--notify",
@@ -647,7 +868,7 @@ def register(subparsers: Any) -> None:
         help="notifications to request, comma-separated (default positive-delivery,negative-delivery)",
     )
     send.add_argument(
-        "--wait", type=float, default=10.0, metavar="SECONDS", help="how long to wait (default 10)"
+        "--wait", type=_seconds, default=10.0, metavar="SECONDS", help="how long to wait (default 10)"
     )
     send.add_argument(
         "--transport", choices=("udp", "tcp", "tls"), default=None, help="transport to the peer"
@@ -663,7 +884,8 @@ def register(subparsers: Any) -> None:
     demo = subparsers.add_parser("demo", help="two user agents on loopback: message, delivered, displayed")
     demo.add_argument("--text", default="Hello Bob, this is Alice.", help="message text")
     demo.add_argument(
-        "--wait", type=float, default=10.0, metavar="SECONDS", help="how long to wait (default 10)"
+        "--wait", type=_seconds, default=10.0, metavar="SECONDS", help="how long to wait (default 10)"
     )
     demo.add_argument("--json", action="store_true", help="print one JSON object per event and line")
+    _add_trace(demo)
     demo.set_defaults(func=run_demo)

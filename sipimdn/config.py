@@ -1,4 +1,4 @@
-"""Configuration of a :class:`~sipimdn.UserAgent`.
+"""Configuration of a :class:`~sipimdn.ua.UserAgent`.
 
 Everything a user agent needs to know before it starts lives in one frozen
 dataclass, :class:`UserAgentConfig`, so a configuration can be built once,
@@ -138,7 +138,7 @@ def _default_listen() -> tuple[ListenEndpoint, ...]:
 
 @dataclass(frozen=True, slots=True)
 class UserAgentConfig:
-    """Everything a :class:`~sipimdn.UserAgent` is configured with.
+    """Everything a :class:`~sipimdn.ua.UserAgent` is configured with.
 
     Only ``aor`` is required; the defaults give a loopback UDP user agent
     with an in-memory store, automatic delivery notifications and display

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ._coretimer import CoreTimer
+from ._wirelog import log_wire, wire_log
 from .dialog.events import (
     Event,
     RequestReceived,
@@ -342,6 +343,8 @@ class SipStack:
         """From UDP: parse, then hand to the layer; answer 400 statelessly if it is broken."""
         if self._closed:
             return
+        if wire_log.isEnabledFor(logging.DEBUG):
+            log_wire("received", data, flow)
         now = self._now()
         try:
             message = parse_message(data, self._limits)
@@ -355,6 +358,8 @@ class SipStack:
         """From a TCP/TLS connection's framer."""
         if self._closed:
             return
+        if wire_log.isEnabledFor(logging.DEBUG):
+            log_wire("received", message.to_bytes(), flow)
         try:
             self.layer.receive(message, flow, self._now())
         except SipParseError as exc:
@@ -365,6 +370,8 @@ class SipStack:
     def stream_message_failed(self, data: bytes | None, error: SipParseError, flow: Flow) -> None:
         """A connection's framing broke; answer what can be answered before it closes."""
         if data is not None and not self._closed:
+            if wire_log.isEnabledFor(logging.DEBUG):
+                log_wire("received", data, flow)
             self.layer.receive_unparseable(data, error, flow)
             self._pump()
 
@@ -372,6 +379,7 @@ class SipStack:
         """ICMP error or connection failure: fail the transactions using that path."""
         if self._closed:
             return
+        log.info("%s path to %s:%s failed: %s", flow.transport.value, flow.remote[0], flow.remote[1], error)
         self.layer.flow_failed(flow, self._now(), str(error))
         self._pump()
 
@@ -422,7 +430,9 @@ class SipStack:
                 data = outgoing.message.to_bytes()
             if isinstance(outgoing.message, Response) and flow.reliable and not self.transports.is_open(flow):
                 flow = _reconnect_flow(outgoing.message, flow)
-            self.transports.send(data, flow)
+            sent_on = self.transports.send(data, flow)
+            if wire_log.isEnabledFor(logging.DEBUG):
+                log_wire("sent", data, sent_on)
         except TransportError as exc:
             log.info("sending to %s failed: %s", flow.remote, exc)
             if outgoing.key is not None:

@@ -353,7 +353,8 @@ def test_send_list_flag_reaches_send_message(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli_ua.UserAgent, "send_message", spy)
     out = io.StringIO()
     # Nobody listens at port 9: the run times out after --wait, having sent once.
-    asyncio.run(asyncio.wait_for(cli_ua._send(args, cli_ua.Printer(as_json=True, stream=out)), 20))
+    printer = cli_ua.Printer(as_json=True, stream=out)
+    asyncio.run(asyncio.wait_for(cli_ua._send(args, printer, cli_ua._Progress("send")), 20))
     assert [kw["to_list"] for kw in seen] == [True]
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events[:1] == ["sent"]

@@ -78,6 +78,18 @@ class Outgoing:
     key: TransactionKey | None
 
 
+def _log_retransmission(tx: _Client, flow: Flow) -> None:
+    """INFO line for a Timer E retransmission; its attributes let a front end show progress."""
+    request = tx.request
+    log.info(
+        "no answer from %s (%s %s:%s) yet, retransmitting %s (%d)",
+        request.uri, flow.transport.value, flow.remote[0], flow.remote[1], request.method,
+        tx.retransmissions,
+        extra={"sip_retransmission": tx.retransmissions, "sip_method": request.method,
+               "sip_uri": str(request.uri), "sip_peer": flow.remote},
+    )
+
+
 def _same_ip(a: str, b: str) -> bool:
     try:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
@@ -307,8 +319,12 @@ class TransactionLayer:
             del self._scheduled[key]
             client = self._clients.get(key)
             if client is not None:
-                client[0].handle_timer(now)
-                self._collect_client(key, client[0], client[1])
+                tx, flow = client
+                retransmitted = tx.retransmissions
+                tx.handle_timer(now)
+                if tx.retransmissions != retransmitted and log.isEnabledFor(logging.INFO):
+                    _log_retransmission(tx, flow)
+                self._collect_client(key, tx, flow)
                 continue
             server = self._servers.get(key)
             if server is not None:

@@ -216,6 +216,8 @@ class ClientTransaction(Generic[ReqT, RespT]):
         #: Timer F, then Timer K.
         self.timeout_at: float | None = now + config.timer_f
         self._interval = config.t1
+        #: Timer E retransmissions so far.
+        self.retransmissions = 0
         self._actions: list[Action[ReqT | RespT]] = [Send(request)]
         if not reliable:
             self.retransmit_at = now + config.t1
@@ -288,6 +290,7 @@ class ClientTransaction(Generic[ReqT, RespT]):
 
     def _retransmit(self, now: float, message: RespT | None) -> None:
         self._actions.append(Send(self.request))
+        self.retransmissions += 1
         if self.state is TxState.TRYING:
             self._interval = min(2 * self._interval, self.config.t2)
         else:

@@ -271,7 +271,7 @@ class Put:
 class Delete:
     """Remove one record; removing a missing one is not an error."""
 
-    #: One of :data:`TABLES`.
+    #: One of ``TABLES``.
     table: str
     key: str
 
@@ -328,8 +328,8 @@ class Store(Protocol):
 
 
 def check_op(op: object) -> None:
-    """Raise :class:`StoreError` for anything but a :class:`Put` of a record or a :class:`Delete`
-    naming a known table (a plugged-in caller may hand us anything)."""
+    """Raise :class:`~sipimdn.errors.StoreError` for anything but a :class:`Put` of a record or a
+    :class:`Delete` naming a known table (a plugged-in caller may hand us anything)."""
     if isinstance(op, Delete):
         if op.table not in _CLASSES:
             raise StoreError(f"unknown store table {op.table!r}")
@@ -405,7 +405,7 @@ def record_from_json(table: str, text: str, shared: SharedValues | None = None) 
     """Rebuild a record of ``table`` from :func:`record_to_json` output.
 
     ``shared``: equal values of the records decoded with the same :class:`SharedValues`
-    become one object (a store passes one per load). Raises :class:`StoreError` when the
+    become one object (a store passes one per load). Raises :class:`~sipimdn.errors.StoreError` when the
     text does not describe such a record.
     """
     cls = _CLASSES.get(table)

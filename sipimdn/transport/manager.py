@@ -313,7 +313,7 @@ class TransportManager:
             connection.connect_failed(TransportError("connect cancelled"))
             raise
         except (OSError, TimeoutError) as exc:  # ssl.SSLError (e.g. a wrong certificate) is an OSError
-            what = "TLS handshake with" if isinstance(exc, ssl.SSLError) else "connect to"
+            what = "handshake with" if isinstance(exc, ssl.SSLError) else "connect to"
             reason = str(exc) or type(exc).__name__
             error = TransportError(f"{connection.kind.value} {what} {host}:{port} failed: {reason}")
             connection.connect_failed(error)

@@ -1,0 +1,311 @@
+"""What the command line prints when things go wrong or when asked to show more: one-line errors
+with hints, ``--version``, ``-v``/``-vv`` logging, ``--trace`` and progress lines; and the
+``sipimdn.wire`` logger behind ``--trace``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import logging
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_cli_ua import CLI, ENV, _json_lines, _stop, listener
+
+from sipimdn.cli import logging_to_stderr
+from sipimdn.dialog.factory import build_request
+from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.stack import SipStack
+
+TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d"
+
+
+def _run(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *argv], check=False, capture_output=True, text=True, timeout=timeout, env=ENV
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@contextmanager
+def silent_udp_port() -> Iterator[int]:
+    """A bound UDP socket that never reads: requests to it go unanswered (and draw no ICMP error)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_version_is_the_distributions() -> None:
+    result = _run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sipimdn {importlib.metadata.version('sipimdn')}"
+
+
+SEND = ["send", "--aor", "sip:alice@127.0.0.1:0", "--text", "x"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([*SEND, "--to", "bob@127.0.0.1"], "did you mean sip:bob@127.0.0.1?"),
+        ([*SEND, "--to", "tel:+15551234"], "give a sip: or sips: URI"),
+        ([*SEND, "--to", "sip:bob@127.0.0.1", "--wait", "-1"], "must be a positive number of seconds"),
+        ([*SEND, "--to", "sip:bob@127.0.0.1", "--wait", "0"], "must be a positive number of seconds"),
+        ([*SEND, "--to", "sip:bob@127.0.0.1", "--wait", "nan"], "must be a positive number of seconds"),
+        (["send", "--aor", "alice@127.0.0.1", "--to", "sip:b@127.0.0.1", "--text", "x"], "no scheme"),
+        (["listen", "--aor", "sip:b@127.0.0.1", "--register-expires", "0"], "binding lifetime"),
+        (["listen", "--aor", "sip:b@127.0.0.1", "--auto-display", "-2"], "positive number of seconds"),
+        ([], "required: COMMAND"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(argv: list[str], expected: str) -> None:
+    line = _one_line_error(_run(*argv), 2)
+    assert line.startswith("sipimdn") and ": error: " in line
+    assert expected in line
+    assert line.endswith("--help)")
+
+
+def test_port_in_use_is_one_line_with_a_hint() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        line = _one_line_error(
+            _run("listen", "--aor", "sip:b@127.0.0.1", "--listen", f"udp:127.0.0.1:{port}"), 1
+        )
+    assert line.startswith(f"sipimdn listen: error: cannot bind UDP 127.0.0.1:{port}: Address already in use")
+    assert "hint: " in line and "--listen" in line
+
+
+def test_unopenable_store_is_one_line(tmp_path: Path) -> None:
+    store = tmp_path / "no" / "such" / "dir" / "s.db"
+    line = _one_line_error(_run(*SEND, "--to", "sip:bob@127.0.0.1:9", "--store", str(store)), 1)
+    assert line.startswith("sipimdn send: error: cannot open store") and "--store" in line
+
+
+def test_missing_certificate_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    line = _one_line_error(_run(*SEND, "--to", "sip:bob@127.0.0.1:9", "--cert", str(missing)), 2)
+    assert f"cannot load --cert {missing}: No such file or directory" in line
+
+
+def test_tls_handshake_failure_hints_at_ca(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    tls = ["--cert", str(cert_file), "--key", str(key_file)]
+    with listener(*tls, aor="sips:bob@127.0.0.1:0", listen="tls:127.0.0.1:0") as (proc, listening):
+        # No --ca: the listener's certificate cannot be verified.
+        result = _run(*SEND, "--to", listening["aor"], "--notify", "", "--wait", "5", "--json")
+        _stop(proc)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    failed = _json_lines(result.stdout)[-1]
+    assert failed["event"] == "failed"
+    assert "TLS handshake with 127.0.0.1:" in failed["error"]
+    assert "TLS TLS" not in failed["error"] and "tls TLS" not in failed["error"]
+    assert "--ca" in failed["hint"]
+
+
+def test_send_trace_shows_each_message_in_full() -> None:
+    with listener() as (proc, listening):
+        result = _run(*SEND, "--to", listening["aor"], "--notify", "", "--wait", "5", "--trace")
+        _, _events = _stop(proc)
+    assert result.returncode == 0, result.stdout + result.stderr
+    blocks = re.split(rf"^-{{47}} ({TIME})\n", result.stderr, flags=re.MULTILINE)
+    assert blocks[0] == ""
+    traced = [(blocks[i], blocks[i + 1]) for i in range(1, len(blocks), 2)]
+    heads = [block.split("\n", 1)[0] for _, block in traced]
+    port = listening["aor"].rsplit(":", 1)[1]
+    assert re.fullmatch(
+        rf"UDP message sent \((\d+) bytes\) to 127\.0\.0\.1:{port} from 127\.0\.0\.1:\d+:", heads[0]
+    )
+    assert re.fullmatch(
+        rf"UDP message received \(\d+ bytes\) from 127\.0\.0\.1:{port} to 127\.0\.0\.1:\d+:", heads[1]
+    )
+    sent = traced[0][1].split("\n", 2)[2]
+    assert sent.startswith(f"MESSAGE {listening['aor']} SIP/2.0\n")
+    assert "\nCall-ID: " in sent and "\n\nx" in sent  # headers, blank line, body
+    size = int(re.search(r"\((\d+) bytes\)", heads[0]).group(1))  # type: ignore[union-attr]
+    assert len(sent.rstrip("\n").replace("\n", "\r\n").encode()) in (size, size - 2)
+    assert traced[1][1].split("\n", 2)[2].startswith("SIP/2.0 200 OK\n")
+    assert "done: MESSAGE -> 200" in result.stdout  # the events are unchanged, on stdout
+
+
+def test_listen_trace_goes_to_stderr_and_json_stays_parseable() -> None:
+    with listener("--trace") as (proc, listening):
+        result = _run(*SEND, "--to", listening["aor"], "--notify", "", "--wait", "5")
+        proc.send_signal(signal.SIGINT)
+        out, stderr = proc.communicate(timeout=15)
+    events = _json_lines(out)
+    assert result.returncode == 0 and proc.returncode == 0
+    assert [e["event"] for e in events][-2:] == ["message", "stopped"]
+    assert re.search(
+        r"^UDP message received \(\d+ bytes\) from 127\.0\.0\.1:\d+ to 127\.0\.0\.1:\d+:$",
+        stderr,
+        re.MULTILINE,
+    )
+    assert re.search(r"^UDP message sent \(\d+ bytes\) to .*:\n\nSIP/2\.0 200 OK$", stderr, re.MULTILINE)
+
+
+def test_retransmissions_show_as_progress_lines_and_v_logs_them() -> None:
+    with silent_udp_port() as port:
+        quiet = _run(*SEND, "--to", f"sip:bob@127.0.0.1:{port}", "--notify", "", "--wait", "2.5")
+        verbose = _run(*SEND, "--to", f"sip:bob@127.0.0.1:{port}", "--notify", "", "--wait", "0.8", "-v")
+    assert quiet.returncode == 1 and "no final response in time" in quiet.stdout
+    # From the second retransmission on (1.5 s with default timers): no line for a peer that is just slow;
+    # none after the outcome (the close grace may retransmit once more).
+    peer = f"sip:bob@127.0.0.1:{port} (UDP 127.0.0.1:{port})"
+    expected = f"sipimdn send: no answer from {peer} yet, retransmitting MESSAGE (2)"
+    assert quiet.stderr.splitlines() == [expected]
+    assert verbose.returncode == 1
+    logged = [line for line in verbose.stderr.splitlines() if " sipimdn.dialog.layer: " in line]
+    assert logged, verbose.stderr  # (1) at 0.5 s; (2) may follow during the close grace
+    assert re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} INFO sipimdn\.dialog\.layer: no answer from "
+        rf"sip:bob@127\.0\.0\.1:{port} \(UDP 127\.0\.0\.1:{port}\) yet, retransmitting MESSAGE \(1\)",
+        logged[0],
+    )
+    assert "sipimdn send: no answer" not in verbose.stderr  # not printed twice
+
+
+def test_waiting_on_a_stream_transport_shows_progress() -> None:
+    with socket.socket() as server:  # accepts connections (backlog) but never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        result = _run(
+            *SEND,
+            "--to",
+            f"sip:bob@127.0.0.1:{port}",
+            "--transport",
+            "tcp",
+            "--notify",
+            "",
+            "--wait",
+            "1.5",
+            "--json",
+        )
+    assert result.returncode == 1
+    assert _json_lines(result.stdout)[-1]["event"] == "timeout"
+    assert result.stderr.splitlines() == [
+        f"sipimdn send: no answer from sip:bob@127.0.0.1:{port} yet after 1 s, waiting"
+    ]
+
+
+def test_v_and_vv_set_the_level_and_print_level_and_logger_name() -> None:
+    log = logging.getLogger("sipimdn.test.cli")
+    for verbosity, shown in ((0, {"WARNING"}), (1, {"WARNING", "INFO"}), (2, {"WARNING", "INFO", "DEBUG"})):
+        out = io.StringIO()
+        with logging_to_stderr(verbosity, stream=out):
+            log.debug("d")
+            log.info("i")
+            log.warning("w")
+            logging.getLogger("sipimdn.wire").debug("never here: --trace shows the wire")
+        lines = out.getvalue().splitlines()
+        assert {line.split(" ")[2] for line in lines} == shown
+        assert all(" sipimdn.test.cli: " in line for line in lines)
+    # Nothing is left installed once the command has run.
+    assert logging.getLogger("sipimdn").level == logging.NOTSET
+    assert logging.getLogger("sipimdn.wire").propagate
+
+
+def test_the_package_logger_has_a_null_handler() -> None:
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("sipimdn").handlers)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def wire() -> Iterator[_Records]:
+    logger = logging.getLogger("sipimdn.wire")
+    handler = _Records()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+
+
+async def _exchange() -> tuple[int, int]:
+    """alice's stack sends bob's one MESSAGE over UDP; returns (alice's port, bob's port)."""
+    timers = TimerConfig(t1=0.05, t2=0.4, t4=0.2)
+    async with SipStack(timers=timers) as alice, SipStack(timers=timers) as bob:
+        bob.on_request(lambda incoming: incoming.respond(200))
+        bob_port = bob.endpoints[0][1][1]
+        request = build_request(
+            "MESSAGE",
+            f"sip:bob@127.0.0.1:{bob_port}",
+            "<sip:alice@example.com>",
+            "<sip:bob@example.com>",
+            body=b"hi",
+            content_type="text/plain",
+        )
+        response = await alice.send_request(request)
+        assert response.status_code == 200
+        return alice.endpoints[0][1][1], bob_port
+
+
+async def test_wire_logger_carries_every_message_with_its_parts(wire: _Records) -> None:
+    alice_port, bob_port = await _exchange()
+    seen = [
+        (r.sip_direction, r.sip_peer[1], r.sip_local[1], r.sip_data.split(b" ", 1)[0])  # type: ignore[attr-defined]
+        for r in wire.records
+    ]
+    assert sorted(seen) == sorted(
+        [
+            ("sent", bob_port, alice_port, b"MESSAGE"),
+            ("received", alice_port, bob_port, b"MESSAGE"),
+            ("sent", alice_port, bob_port, b"SIP/2.0"),
+            ("received", bob_port, alice_port, b"SIP/2.0"),
+        ]
+    )
+    message = wire.records[0].getMessage()
+    assert message.startswith(f"UDP sent {len(wire.records[0].sip_data)} bytes to 127.0.0.1:")  # type: ignore[attr-defined]
+    assert "\nMESSAGE sip:bob@127.0.0.1:" in message and "\r" not in message
+
+
+async def test_wire_logging_off_costs_no_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sipimdn.stack
+
+    def boom(*args: object) -> None:
+        raise AssertionError("log_wire called with the wire logger off")
+
+    monkeypatch.setattr(sipimdn.stack, "log_wire", boom)
+    assert not logging.getLogger("sipimdn.wire").isEnabledFor(logging.DEBUG)
+    await _exchange()
+
+
+def test_trace_escapes_control_characters() -> None:
+    from sipimdn._wirelog import printable_message
+
+    assert (
+        printable_message(b"MESSAGE x\r\nSubject: \x1b[2Jhi\x07\r\n\r\n\xff")
+        == "MESSAGE x\nSubject: \\x1b[2Jhi\\x07\n\n\\xff"
+    )
