@@ -139,9 +139,10 @@ class UserAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
         self._wire_tasks: set[asyncio.Task[Any]] = set()
-        # Reports (mark_displayed...) made while a message's answer is still being decided,
-        # keyed by (Message-ID, sender); applied right after the answer (IMDN-38).
-        self._deciding: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        # Received messages whose answer is still being decided, keyed by (Message-ID,
+        # sender): reports made meanwhile (mark_displayed...) are applied right after the
+        # answer (RFC 5438 §7.1.2), and resends arriving meanwhile get the same answer.
+        self._deciding: dict[tuple[str, str], _Pending] = {}
         # Weak: a handle the application dropped needs no updates (a message that
         # only asked for negative-delivery is tracked for days).
         self._handles: weakref.WeakValueDictionary[str, SentMessage] = weakref.WeakValueDictionary()
@@ -561,6 +562,13 @@ class UserAgent:
             )
             if reception.duplicate:
                 self._pump()
+                deciding = self._deciding.get((inbound.message_id, sender))
+                if deciding is not None:
+                    # A resend in a new transaction while the first copy is still being
+                    # decided: not handed up again, and answered with the first copy's
+                    # answer when it comes (the sender may only hear this one).
+                    deciding.followers.append(incoming)
+                    return
                 status = reception.previous_status or self.config.deadline_status
                 _log.info("duplicate message %s from %s answered %d", inbound.message_id, sender, status)
                 incoming.respond(status)
@@ -591,7 +599,7 @@ class UserAgent:
         pending = _Pending(incoming, inbound.message_id, sender, tx_key)
         pending.volatile_key = volatile_key
         if inbound.message_id is not None:
-            self._deciding[(inbound.message_id, sender)] = pending.early
+            self._deciding[(inbound.message_id, sender)] = pending
         message = _wire.incoming_message(inbound, incoming, self._report)
         self._decide(message, pending)
 
@@ -619,7 +627,7 @@ class UserAgent:
         status = outcome.decision.status
         reason = outcome.decision.reason
         if self._closed:
-            pending.incoming.respond(status, reason)
+            pending.respond(status, reason)
             return
         if message_id is not None:
             tracker = self._require_tracker()
@@ -636,12 +644,12 @@ class UserAgent:
                 self._durable_answers += 1
                 self._writer.when_written(functools.partial(self._respond_durable, pending, status, reason))
                 return
-            pending.incoming.respond(status, reason)
+            pending.respond(status, reason)
             self._pump()
             # Its last write (the answered status) was just dropped; none follows.
             self._volatile_seen.discard(pending.volatile_key)
             return
-        pending.incoming.respond(status, reason)
+        pending.respond(status, reason)
         if pending.tx_key is not None:
             if 200 <= status < 300 or status >= 600:
                 self._dedup.set_answer(pending.tx_key, status)
@@ -658,7 +666,7 @@ class UserAgent:
         memory for this run.
         """
         self._durable_answers -= 1
-        pending.incoming.respond(status, reason)
+        pending.respond(status, reason)
         held = self._held_notifications.pop(pending.message_id, []) if pending.message_id else []
         for owed in held:
             if not self._closed:
@@ -747,8 +755,9 @@ class UserAgent:
             self._wire_tasks.discard(pending.task)
 
     async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
-        early = self._deciding.get((message_id, sender))
-        if early is not None:
+        deciding = self._deciding.get((message_id, sender))
+        if deciding is not None:
+            early = deciding.early
             # Not answered yet (the handler itself, or a task it started, is reporting):
             # applied right after the answer, and dropped if the answer is not a 2xx.
             early.append((kind, status))
@@ -1043,7 +1052,10 @@ def _droppable(op: StoreOp, volatile: set[str]) -> bool:
 class _Pending:
     """A received IM whose final response is being decided."""
 
-    __slots__ = ("answered", "early", "incoming", "message_id", "sender", "task", "tx_key", "volatile_key")
+    __slots__ = (
+        "answered", "early", "followers", "incoming", "message_id", "sender", "task", "tx_key",
+        "volatile_key",
+    )
 
     def __init__(
         self,
@@ -1062,6 +1074,14 @@ class _Pending:
         self.task: asyncio.Task[Any] | None = None
         #: Key of its dedup entry when that entry is kept in memory only (nothing owed).
         self.volatile_key: str | None = None
+        #: Resends (same Message-ID, new transaction) received while deciding: same answer.
+        self.followers: list[_wire.Incoming] = []
+
+    def respond(self, status: int, reason: str | None) -> None:
+        """Send the final response to this message and to its resends."""
+        self.incoming.respond(status, reason)
+        for follower in self.followers:
+            follower.respond(status, reason)
 
 
 def _answered(pending: _Pending) -> bool:
