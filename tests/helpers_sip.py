@@ -25,7 +25,7 @@ from sipimdn.message import Request, Response, make_response
 from sipimdn.parser import parse_message
 from sipimdn.transport.flow import Address, Flow, Transport
 
-__all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_request"]
+__all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_of_wire_size", "message_request"]
 
 
 @dataclass
@@ -66,6 +66,28 @@ def message_request(to_host: str, to_port: int, body: bytes = b"hello", method: 
     host = f"[{to_host}]" if ":" in to_host else to_host
     return build_request(method, f"sip:bob@{host}:{to_port}", "<sip:alice@example.com>",
                          "<sip:bob@example.com>", body=body, content_type="text/plain")
+
+
+def message_of_wire_size(to_host: str, to_port: int, size: int, sent_by: Address, *,
+                         rport: bool = True) -> Request:
+    """A MESSAGE to ``sip:bob@host:port`` of exactly ``size`` bytes once a sender whose UDP
+    sent-by is ``sent_by`` stamps its Via (RFC 3261 §18.1.1 measures the request as sent).
+
+    Branch, Call-ID and tags have fixed lengths, so a probe stamped here measures what the
+    stack will send; the body is padded until the probe is exactly ``size`` (a few rounds,
+    as the Content-Length digits may change). The caller still checks the size it receives.
+    """
+    body_length = 0
+    for _ in range(4):
+        probe = message_request(to_host, to_port, b"x" * body_length)
+        stamp_via(probe, Transport.UDP, sent_by, rport=rport)
+        missing = size - len(probe.to_bytes())
+        if missing == 0:
+            return message_request(to_host, to_port, b"x" * body_length)
+        body_length += missing
+        if body_length < 0:
+            break
+    raise AssertionError(f"no MESSAGE of exactly {size} bytes")
 
 
 Responder = Callable[[RequestReceived], Response | None]

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import pytest
 import trustme
+from helpers_sip import message_of_wire_size
 
 from sipimdn.dialog.factory import build_request
 from sipimdn.dialog.transaction import TimerConfig
 from sipimdn.errors import LocalProtocolError, TransactionTimeout, TransportError
-from sipimdn.message import Request
+from sipimdn.message import Request, make_response
 from sipimdn.parser import Limits, parse_message
 from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport.base import ListenSpec, TransportConfig
@@ -352,6 +353,86 @@ async def test_large_request_switches_to_tcp() -> None:
         assert [r.flow.transport for r in recorder.seen] == [Transport.UDP, Transport.TCP]
         assert recorder.seen[1].request.top_via.transport == "TCP"
         assert len(recorder.seen[1].request.to_bytes()) > 1300
+
+
+def udp_and_tcp_on_one_port() -> tuple[socket.socket, socket.socket]:
+    """A UDP socket and a listening TCP socket on the same 127.0.0.1 port (non-blocking)."""
+    for _ in range(20):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+        except OSError:  # that TCP port is taken: another pair
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(1)
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        return udp, tcp
+    raise AssertionError("no port free on both UDP and TCP in 20 tries")
+
+
+async def read_stream_message(connection: socket.socket) -> bytes:
+    """One whole SIP message from a stream socket (headers, then Content-Length bytes)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await loop.sock_recv(connection, 65535)
+        assert chunk, "connection closed before a whole message"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = await loop.sock_recv(connection, 65535)
+        assert chunk, "connection closed inside the body"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(("size", "expected"), [(1300, Transport.UDP), (1301, Transport.TCP)])
+async def test_udp_limit_is_1300_bytes_as_sent(size: int, expected: Transport) -> None:
+    """RFC 3261 §18.1.1: a request over 1300 bytes (the MTU unknown) goes over TCP; one of
+    exactly 1300 stays on UDP. Sizes are of the request as sent, our Via included; a raw
+    receiver on one port over UDP and TCP sees which transport carried it and its length."""
+    loop = asyncio.get_running_loop()
+    udp, tcp = udp_and_tcp_on_one_port()
+    a = SipStack(specs("127.0.0.1", Transport.UDP, Transport.TCP))
+    with udp, tcp:
+        async with asyncio.timeout(5), running(a):
+            # §18.2.1: our TCP listener shares the UDP port, so a TCP Via is as long as a UDP one
+            assert port_of(a, Transport.TCP) == port_of(a, Transport.UDP)
+            port = udp.getsockname()[1]
+            request = message_of_wire_size("127.0.0.1", port, size, a.transports.sent_by(
+                Transport.UDP, "127.0.0.1"), rport=a.rport)
+            sending = asyncio.ensure_future(a.send_request(request))
+            over_udp = asyncio.ensure_future(loop.sock_recvfrom(udp, 65535))
+            over_tcp = asyncio.ensure_future(loop.sock_accept(tcp))
+            await asyncio.wait({over_udp, over_tcp}, return_when=asyncio.FIRST_COMPLETED)
+            if over_udp.done():
+                carried = Transport.UDP
+                data, source = over_udp.result()
+                received = parse_message(data)
+                assert isinstance(received, Request)
+                await loop.sock_sendto(udp, make_response(received, 200).to_bytes(), source)
+            else:
+                carried = Transport.TCP
+                connection, _ = over_tcp.result()
+                with connection:
+                    connection.setblocking(False)
+                    data = await read_stream_message(connection)
+                    received = parse_message(data)
+                    assert isinstance(received, Request)
+                    await loop.sock_sendall(connection, make_response(received, 200).to_bytes())
+                    assert (await sending).status_code == 200  # answered on the connection
+            for pending in (over_udp, over_tcp):
+                pending.cancel()
+            assert (await sending).status_code == 200
+    assert carried is expected
+    assert received.top_via.transport == expected.value
+    assert len(data) == size
 
 
 async def test_large_request_fails_clearly_when_tcp_is_unavailable() -> None:

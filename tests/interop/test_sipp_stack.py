@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from helpers_sip import message_of_wire_size
 
-from sipimdn.dialog.factory import build_request
 from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport.base import ListenSpec
 from sipimdn.transport.flow import Transport as StackTransport
@@ -90,11 +90,12 @@ async def test_sipp_lost_10_to_the_stack_succeeds_through_retransmission(
     assert set(responder.call_ids().values()) == {1}
 
 
-@pytest.mark.parametrize(("size", "expected"), [(1500, "TCP"), (200, "UDP")])
+@pytest.mark.parametrize(("size", "expected"), [(1301, "TCP"), (1300, "UDP")])
 async def test_the_stack_switches_to_tcp_above_1300_bytes_by_itself(
     sipp: SippRunner, size: int, expected: str
 ) -> None:
-    """RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU (over 1300) goes over TCP.
+    """RFC 3261 18.1.1: a request over 1300 bytes as sent (our Via included) goes over TCP,
+    one of exactly 1300 stays on UDP.
 
     The target URI names no transport (RFC 3263 would pick UDP). SIPp listens with the
     chosen transport only, so its receiving the request shows which one the stack picked.
@@ -102,18 +103,13 @@ async def test_the_stack_switches_to_tcp_above_1300_bytes_by_itself(
     transport: Transport = "tcp" if expected == "TCP" else "udp"
     server = sipp.start("uas", "uas_any.xml", calls=1, timeout=15, transport=transport)
     async with SipStack([ListenSpec(StackTransport.UDP, LOOPBACK, 0)]) as stack:
-        request = build_request(
-            "MESSAGE",
-            f"sip:bob@{LOOPBACK}:{server.port}",
-            f"<sip:alice@{LOOPBACK}>",
-            f"<sip:bob@{LOOPBACK}:{server.port}>",
-            body=b"x" * size,
-            content_type="text/plain",
-        )
-        assert (len(request.to_bytes()) > 1300) is (expected == "TCP")
+        sent_by = stack.transports.sent_by(StackTransport.UDP, LOOPBACK)
+        request = message_of_wire_size(LOOPBACK, server.port, size, sent_by, rport=stack.rport)
         response = await stack.send_request(request)
     served = await server.wait_async()
     assert response.status_code == 200
     assert (served.exit_code, served.successful) == (0, 1), served.describe()
     assert f"{expected} message received" in served.messages_log
     assert f"Via: SIP/2.0/{expected} " in served.messages_log
+    # SIPp logs each message it received with its length: the size rule saw exactly `size`
+    assert f"{expected} message received [{size}] bytes" in served.messages_log
