@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import trustme
+from _peers import IPV6_TESTED, needs_ipv6
 from helpers_sip import message_of_wire_size
 
 from sipimdn.dialog.factory import build_request
@@ -27,16 +28,6 @@ FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.2)
 HOSTS = ["127.0.0.1", "::1"]
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this machine")
 HOST_PARAMS = [pytest.param("127.0.0.1", id="v4"), pytest.param("::1", id="v6", marks=needs_ipv6)]
 
 
@@ -193,7 +184,7 @@ async def test_tls_client_certificate(certs: Certs) -> None:
 async def test_several_listeners_report_bound_ports(certs: Certs) -> None:
     listen = [ListenSpec(Transport.UDP, "127.0.0.1"), ListenSpec(Transport.TCP, "127.0.0.1"),
               ListenSpec(Transport.TLS, "127.0.0.1", 0, certs.server)]
-    if _has_ipv6():
+    if IPV6_TESTED:
         listen += [ListenSpec(Transport.UDP, "::1"), ListenSpec(Transport.TCP, "::1")]
     async with SipStack(listen) as stack:
         endpoints = stack.endpoints
@@ -538,8 +529,8 @@ async def test_unparseable_request_gets_stateless_400_over_udp() -> None:
 
 
 async def test_hostname_target_is_resolved() -> None:
-    b = SipStack(specs("127.0.0.1", Transport.UDP) + (specs("::1", Transport.UDP) if _has_ipv6() else []))
-    a = SipStack(specs("127.0.0.1", Transport.UDP) + (specs("::1", Transport.UDP) if _has_ipv6() else []))
+    b = SipStack(specs("127.0.0.1", Transport.UDP) + (specs("::1", Transport.UDP) if IPV6_TESTED else []))
+    a = SipStack(specs("127.0.0.1", Transport.UDP) + (specs("::1", Transport.UDP) if IPV6_TESTED else []))
     recorder = Recorder()
     b.on_request(recorder)
     async with asyncio.timeout(5), running(a, b):

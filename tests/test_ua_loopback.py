@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from _peers import needs_ipv6
 from ua_helpers import RawPeer, Recorder, Tls, make_tls, ua_config
 
 from sipimdn import LocalProtocolError, TransportError, UserAgent
@@ -34,27 +35,14 @@ def tls() -> Tls:
     return make_tls()
 
 
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(
     ("transport", "host"),
     [
         ("udp", "127.0.0.1"),
         ("tcp", "127.0.0.1"),
         ("tls", "127.0.0.1"),
-        pytest.param(
-            "udp", "::1", marks=pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback")
-        ),
-        pytest.param(
-            "tls", "::1", marks=pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback")
-        ),
+        pytest.param("udp", "::1", marks=needs_ipv6),
+        pytest.param("tls", "::1", marks=needs_ipv6),
     ],
 )
 async def test_message_accepted_delivered_displayed(transport: str, host: str, tls: Tls) -> None:

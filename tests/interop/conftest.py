@@ -10,6 +10,7 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -33,6 +34,7 @@ def _load_root_conftest() -> ModuleType:
 _ROOT = _load_root_conftest()
 require_binary: Callable[[str], str] = _ROOT.require_binary
 IN_CI: bool = _ROOT.IN_CI
+skip_unless_ci: Callable[[str], NoReturn] = _ROOT.skip_unless_ci
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +70,7 @@ def lpreader_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         return build_reader(tmp_path_factory.mktemp("lpreader"), gcc, pkg_config)
     except PeerError as exc:
-        message = f"cannot build lpreader (scripts/test installs liblinphone-dev): {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"cannot build lpreader (scripts/test installs liblinphone-dev): {exc}")
 
 
 @pytest.fixture
