@@ -15,10 +15,10 @@ from _peers import IPV6_TESTED, needs_ipv6
 from helpers_sip import message_of_wire_size
 from raw_stream import RawStream
 
-from sipimdn.dialog.factory import build_request
+from sipimdn.dialog.factory import build_request, stamp_via
 from sipimdn.dialog.transaction import TimerConfig
 from sipimdn.errors import LocalProtocolError, TransactionTimeout, TransportError
-from sipimdn.message import Request, make_response
+from sipimdn.message import Request, Response, make_response
 from sipimdn.parser import Limits, parse_message
 from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport.base import ListenSpec, TransportConfig
@@ -432,6 +432,65 @@ async def test_large_request_fails_clearly_when_tcp_is_unavailable() -> None:
             await a.send_request(message_to("127.0.0.1", port_of(b, Transport.UDP), body=b"x" * 2000))
         assert asyncio.get_running_loop().time() - started < 2
         assert recorder.seen == []  # and nothing was sent over UDP instead
+
+
+async def test_unanswered_request_gets_no_408_when_its_transaction_gives_up() -> None:
+    """RFC 4320 §4.2 (updating RFC 3261 §17.2.2): a server transaction whose handler never
+    answers sends 100 Trying, then ends silently: no 408, nothing final, ever.
+
+    A raw UDP client retransmits its MESSAGE every T2, as a client past Timer E's growth does.
+    The first transaction absorbs them; once it has given up (64*T1 = 3.2 s with FAST), the
+    next retransmission is a new request to the stack and reaches the handler again: that
+    second arrival, not a timer, says the give-up has happened. An OPTIONS answered after it
+    on the same socket then bounds everything the stack could have sent at the give-up."""
+    loop = asyncio.get_running_loop()
+    b = SipStack(specs("127.0.0.1", Transport.UDP), timers=FAST)
+    held: list[IncomingRequest] = []
+    arrived = asyncio.Event()
+
+    def handler(incoming: IncomingRequest) -> None:
+        if incoming.request.method == "OPTIONS":
+            incoming.respond(200)
+            return
+        held.append(incoming)  # never answered
+        arrived.set()
+
+    b.on_request(handler)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.bind(("127.0.0.1", 0))
+        raw.setblocking(False)
+        received: list[bytes] = []
+
+        async def collect() -> None:
+            while True:
+                received.append(await loop.sock_recv(raw, 65535))
+
+        async with asyncio.timeout(20), running(b):
+            target = ("127.0.0.1", port_of(b, Transport.UDP))
+            request = message_to(*target)
+            stamp_via(request, Transport.UDP, raw.getsockname(), branch="z9hG4bKgiveup")
+            collector = asyncio.create_task(collect())
+            try:
+                for _ in range(40):  # 40 * T2 = 16 s, far past the 3.2 s give-up
+                    await loop.sock_sendto(raw, request.to_bytes(), target)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FAST.t2):
+                            await arrived.wait()
+                    arrived.clear()
+                    if len(held) >= 2:
+                        break
+                assert len(held) == 2, "the first transaction never gave up"
+                options = build_request("OPTIONS", f"sip:bob@127.0.0.1:{target[1]}",
+                                        "<sip:alice@example.com>", "<sip:bob@example.com>")
+                stamp_via(options, Transport.UDP, raw.getsockname(), branch="z9hG4bKprobe")
+                await loop.sock_sendto(raw, options.to_bytes(), target)
+                while not any(b"z9hG4bKprobe" in datagram for datagram in received):
+                    await asyncio.sleep(0.01)  # bounded by the timeout above
+            finally:
+                collector.cancel()
+    answers = [parse_message(d) for d in received if b"z9hG4bKgiveup" in d]
+    statuses = [a.status_code for a in answers if isinstance(a, Response)]
+    assert statuses and set(statuses) == {100}, statuses  # 100 Trying (RFC 4320 §4.1), no 408
 
 
 @pytest.mark.parametrize("host", HOST_PARAMS)
