@@ -18,10 +18,11 @@ replaces it. For each mutation the script
 3. applies the patches, runs the same tests, and restores the files. The tests failing is
    ``caught``; passing is ``survived``, a bug the suite would let through.
 
-The tests run with the interpreter running this script and the copy as working directory, so
-``import sipimdn`` loads the mutated copy (checked before anything runs), not an editable
-install. Tests that need a peer program (SIPp) skip without it unless CI=true is set; the
-script sets CI=true so such a skip fails the run (tests/conftest.py) instead of passing it.
+The tests run with the interpreter running this script, the copy as working directory and first
+on PYTHONPATH, so ``import sipimdn`` loads the mutated copy (checked before anything runs), not
+an editable install, in pytest and in the processes tests start (crash_peer.py, the CLI).
+Tests that need a peer program (SIPp) skip without it unless CI=true is set; the script sets
+CI=true so such a skip fails the run (tests/conftest.py) instead of passing it.
 The exit status is 0 only if every selected mutation was caught.
 """
 
@@ -118,8 +119,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "imdn-matched-to-wrong-message",
         "a notification is applied to the first message awaited, whatever its Message-ID",
-        (Patch("sipimdn/imdn/tracker.py", "record = self._sent.get(message_id)",
-               "record = next(iter(self._sent.values()), None)"),),
+        (Patch("sipimdn/imdn/tracker.py",
+               "record = self._sent.get(message_id)\n        if record is None:\n"
+               "            return reject(RejectReason.UNKNOWN_MESSAGE",
+               "record = next(iter(self._sent.values()), None)\n        if record is None:\n"
+               "            return reject(RejectReason.UNKNOWN_MESSAGE"),),
         ("tests/test_tracker_sender.py", "tests/robustness/test_forgery.py"),
     ),
     Mutation(
@@ -132,6 +136,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "2xx-before-store-write",
         "a received message owed a notification is answered 2xx before that debt is on disk",
         (Patch(AGENT, "if pending.volatile_key is None:", "if False:"),),
+        ("tests/robustness/test_crash_recovery.py",),
+    ),
+    Mutation(
+        "message-before-durable",
+        "a MESSAGE leaves before its sent record is on disk",
+        (Patch(AGENT, "            await self._writer.written()\n        except Exception:\n",
+               "            pass\n        except Exception:\n"),),
         ("tests/robustness/test_crash_recovery.py",),
     ),
     Mutation(
@@ -173,9 +184,16 @@ MUTATIONS: tuple[Mutation, ...] = (
 )
 
 
+def scratch_env(scratch: Path) -> dict[str, str]:
+    """The environment of the tests: the copy first on PYTHONPATH, so the processes the tests
+    start themselves (crash_peer.py, the CLI) import the mutated copy too; CI=true."""
+    path = os.pathsep.join(p for p in (str(scratch), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, CI="true", PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=path)
+
+
 def run_tests(scratch: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str]:
     """Run pytest on ``tests`` in ``scratch``; (passed, last lines of output)."""
-    env = dict(os.environ, CI="true", PYTHONDONTWRITEBYTECODE="1")
+    env = scratch_env(scratch)
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     try:
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True,
@@ -187,9 +205,11 @@ def run_tests(scratch: Path, tests: tuple[str, ...], timeout: float) -> tuple[bo
 
 
 def check_import(scratch: Path) -> None:
-    """Make sure the tests will import the copy, not an installed sipimdn."""
+    """Make sure the tests and their child processes (started from any directory) will import
+    the copy, not an installed (editable) sipimdn."""
     done = subprocess.run([sys.executable, "-c", "import sipimdn; print(sipimdn.__file__)"],
-                          cwd=scratch, capture_output=True, text=True, check=True)
+                          cwd=tempfile.gettempdir(), env=scratch_env(scratch), capture_output=True,
+                          text=True, check=True)
     loaded = Path(done.stdout.strip()).resolve()
     if scratch.resolve() not in loaded.parents:
         raise SystemExit(f"the scratch copy imports {loaded}, not its own sipimdn: cannot mutate")
