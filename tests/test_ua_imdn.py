@@ -62,7 +62,11 @@ async def test_display_privacy(privacy: DisplayPrivacy) -> None:
             declined = await bob_notes.wait_for(NotificationsDeclined)
             assert str(declined[0].reason) == "privacy"
         assert await seen[0].mark_displayed() is False
-        await asyncio.sleep(0.2)
+        # A later event on the same path: bob's IMDNs to alice leave in the order owed (RFC 3428
+        # §8), so a "displayed" wrongly owed by the mark would reach alice before the
+        # "delivered" of a second message sent after it.
+        later = await alice.send_message(bob.aor, "y", notify={"positive-delivery"})
+        assert await later.await_disposition("delivered", timeout=5) is S.DELIVERED
         assert handle.state is (S.FORBIDDEN if privacy is DisplayPrivacy.FORBIDDEN else S.DELIVERED)
 
 
@@ -102,7 +106,8 @@ async def test_peer_answering_415_to_an_imdn_gets_no_more_imdns() -> None:
                 from_=carol.aor, to=bob.aor, body=text, now=time.time(), notify=["positive-delivery"]
             )
             assert (await carol.send_message(bob.aor, "message/cpim", im.to_bytes())).status_code == 200
-            await asyncio.sleep(0.2)
+            # one: its IMDN is refused with 415 and abandoned; two: declined on reception
+            await notes.wait_for(NotificationAbandoned if text == b"one" else NotificationsDeclined)
         abandoned = notes.of(NotificationAbandoned)
         assert [a.reason for a in abandoned] == ["peer-refuses-imdn"]
         assert [str(d.reason) for d in notes.of(NotificationsDeclined)] == ["peer-refuses-imdn"]
@@ -216,8 +221,12 @@ async def test_mark_displayed_inside_the_handler_waits_for_the_answer() -> None:
         assert await handle.await_disposition("displayed", timeout=5) is S.DISPLAYED
         refused = await alice.send_message(bob.aor, "no", notify=BOTH)
         assert (await refused.final_response()).status_code == 603
-        await asyncio.sleep(0.2)
-        assert refused.state is S.FAILED  # nothing follows a non-2xx answer (IMDN-37)
+        # A later event on the same path: the IMDNs of a third message, sent after the refused
+        # one, reach alice after any the refusal would wrongly have owed (one at a time, in
+        # the order owed: RFC 3428 §8).
+        later = await alice.send_message(bob.aor, "again", notify=BOTH)
+        assert await later.await_disposition("displayed", timeout=5) is S.DISPLAYED
+        assert refused.state is S.FAILED  # nothing follows a non-2xx answer (RFC 5438 §7.2.1)
 
 
 async def test_transport_can_be_forced_per_message() -> None:

@@ -141,7 +141,7 @@ class UserAgent:
         self._wire_tasks: set[asyncio.Task[Any]] = set()
         # Received messages whose answer is still being decided, keyed by (Message-ID,
         # sender): reports made meanwhile (mark_displayed...) are applied right after the
-        # answer (RFC 5438 §7.1.2), and resends arriving meanwhile get the same answer.
+        # answer (RFC 5438 §7.2.1), and resends arriving meanwhile get the same answer.
         self._deciding: dict[tuple[str, str], _Pending] = {}
         # Weak: a handle the application dropped needs no updates (a message that
         # only asked for negative-delivery is tracked for days).
