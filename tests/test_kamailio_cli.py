@@ -104,6 +104,35 @@ def test_cli_send_and_listen_register_and_authenticate(kamailio: Kamailio, tmp_p
         assert message["text"] == "through the proxy"
     for secret in ("alice-secret", "bob-secret"):
         assert secret not in result.stdout + result.stderr
+    # What Kamailio saw, from its own log (tests/kamailio/kamailio.cfg.tmpl): both users
+    # registered after a 401, alice's MESSAGE was challenged (407), then relayed to bob's
+    # binding and answered 200 by him; bob's two notifications came back the same way.
+    _kamailio_saw(kamailio, "REGISTER from bob: challenging", "REGISTER from alice: challenging",
+                  "REGISTERED user=bob ", "REGISTERED user=alice ", "MESSAGE from alice: challenging")
+    assert any(" expires=60 " in line for line in _kamailio_saw(kamailio, "REGISTERED user=bob "))
+    assert any(" expires=0 " in line for line in _kamailio_saw(kamailio, "REGISTERED user=alice "))
+    (relayed,) = _kamailio_saw(kamailio, "RELAYING MESSAGE from=alice to=bob ")
+    assert "ctype=message/cpim" in relayed
+    imdns = _kamailio_saw(kamailio, "RELAYING MESSAGE from=bob to=alice ", count=2)
+    assert len(imdns) == 2, imdns  # delivered and displayed
+    for line in (relayed, *imdns):
+        call_id = line.split("call-id=")[1].split()[0]
+        _kamailio_saw(kamailio, f"RELAYED-REPLY 200 to MESSAGE call-id={call_id}")
+
+
+def _kamailio_saw(server: Kamailio, *needles: str, count: int = 1, timeout: float = 5.0) -> list[str]:
+    """Kamailio log lines holding each needle, waiting (bounded) until each shows ``count``
+    times (its log may lag our processes by a moment); the lines of the last needle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.log_text().splitlines()
+        found = [[line for line in log if needle in line] for needle in needles]
+        if all(len(lines) >= count for lines in found):
+            return found[-1]
+        if time.monotonic() > deadline:
+            missing = [n for n, lines in zip(needles, found, strict=True) if len(lines) < count]
+            raise AssertionError(f"Kamailio never logged {missing}:\n{server.log_tail()}")
+        time.sleep(0.05)
 
 
 def test_cli_wrong_password_is_a_clear_failure(kamailio: Kamailio) -> None:  # noqa: F811
