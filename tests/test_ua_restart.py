@@ -9,7 +9,7 @@ import pytest
 from ua_helpers import RawPeer, Recorder, ua_config
 
 from sipimdn import TransportError, UserAgent
-from sipimdn.events import DispositionChanged, DispositionState
+from sipimdn.events import DispositionChanged, DispositionState, NotificationSent
 from sipimdn.store import PeerRecord, Put, SqliteStore, Store
 from sipimdn.ua import IncomingMessage
 from sipimdn.ua._persist import StoreWriter
@@ -71,7 +71,9 @@ async def test_restart_between_send_and_the_notification(tmp_path: Path) -> None
     alice_store = str(tmp_path / "alice.sqlite")
     received: list[IncomingMessage] = []
     bob_config = ua_config("bob", imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=20)
+    bob_notes = Recorder()
     async with UserAgent(bob_config) as bob:
+        bob.on_notification(bob_notes)
 
         @bob.on_message
         async def receive(message: IncomingMessage) -> None:
@@ -84,7 +86,8 @@ async def test_restart_between_send_and_the_notification(tmp_path: Path) -> None
             message_id = handle.message_id
         # Alice is down when bob shows the message: the IMDN fails and is retried.
         assert await received[0].mark_displayed() is True
-        await asyncio.sleep(0.5)
+        sent = await bob_notes.wait_for(NotificationSent, count=2)  # delivered, then displayed
+        assert (sent[1].status, sent[1].sip_status) == ("displayed", None)  # failed: alice is down
         events = Recorder()
         restarted = ua_config("alice", store_path=alice_store, port=port)
         alice_again = UserAgent(restarted)
@@ -117,9 +120,12 @@ async def test_owed_imdn_is_sent_when_the_owing_side_restarts(tmp_path: Path) ->
             assert await handle.await_disposition("delivered", timeout=5) is S.DELIVERED
             message_id = handle.message_id
     # Alice is gone when bob shows the message: the IMDN fails, its retry is 5 s away.
+    bob_notes = Recorder()
     async with UserAgent(bob_config) as bob:
+        bob.on_notification(bob_notes)
         assert await bob.mark_displayed(received[0].message_id or "") is True
-        await asyncio.sleep(0.3)
+        (failed,) = await bob_notes.wait_for(NotificationSent)
+        assert (failed.status, failed.sip_status) == ("displayed", None)  # alice is gone
     events = Recorder()
     alice_again = UserAgent(ua_config("alice", store_path=alice_store, port=port))
     alice_again.on_disposition(events)
