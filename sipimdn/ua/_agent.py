@@ -94,6 +94,9 @@ MessageHandler = Callable[[IncomingMessage], Awaitable[object]]
 ALLOW = "MESSAGE, OPTIONS"
 #: Notification kinds an application may request on send_message.
 _NOTIFY_KINDS = frozenset({"positive-delivery", "negative-delivery", "display", "processing"})
+#: Resends of a message still being decided that wait for its answer (more get the deadline
+#: status at once): a sender retries a few times, only a flood sends more.
+_MAX_FOLLOWERS = 8
 
 
 class Registration:
@@ -563,10 +566,11 @@ class UserAgent:
             if reception.duplicate:
                 self._pump()
                 deciding = self._deciding.get((inbound.message_id, sender))
-                if deciding is not None:
+                if deciding is not None and len(deciding.followers) < _MAX_FOLLOWERS:
                     # A resend in a new transaction while the first copy is still being
                     # decided: not handed up again, and answered with the first copy's
-                    # answer when it comes (the sender may only hear this one).
+                    # answer when it comes (the sender may only hear this one). Bounded:
+                    # past a few, a flood of copies gets the deadline status at once.
                     deciding.followers.append(incoming)
                     return
                 status = reception.previous_status or self.config.deadline_status
