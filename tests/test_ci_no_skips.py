@@ -1,6 +1,6 @@
 """The no-skips rule of CI (tests/conftest.py): with CI=true a skipped test fails the run.
 
-A throwaway suite with this repository's conftest.py and _peers.py, one passing test and one
+A throwaway suite with this repository's conftest.py and its helpers, one passing test and one
 skipped, run by pytest in a subprocess: exit 0 without CI, exit 1 with CI=true; and a skip
 through the helpers (a missing peer program, ``skip_unless_ci``) is a failure under CI.
 """
@@ -39,8 +39,9 @@ def test_missing_feature():
 
 
 def run_suite(tmp_path: Path, source: str, ci: bool) -> subprocess.CompletedProcess[str]:
-    for name in ("conftest.py", "_peers.py"):
-        shutil.copy(HERE / name, tmp_path / name)
+    # The conftest and the private helper modules it imports (_peers, _postgres, ...).
+    for path in [HERE / "conftest.py", *HERE.glob("_*.py")]:
+        shutil.copy(path, tmp_path / path.name)
     (tmp_path / "test_demo.py").write_text(source)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci:
