@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipimdn import cpim, imdn
-from sipimdn.cpim import _grammar
+from sipimdn.cpim import grammar
 from sipimdn.errors import ImdnError, LocalProtocolError
 
 DR = imdn.DispositionRequest
@@ -137,8 +137,8 @@ def test_message_id_generator() -> None:
     ids = {imdn.new_message_id() for _ in range(2000)}
     assert len(ids) == 2000
     for mid in list(ids)[:200]:
-        assert _grammar.TOKEN_RE.fullmatch(mid)
-        assert _grammar.NAME_RE.fullmatch(mid)  # not even a "." in it
+        assert grammar.TOKEN_RE.fullmatch(mid)
+        assert grammar.NAME_RE.fullmatch(mid)  # not even a "." in it
         assert len(base64.urlsafe_b64decode(mid + "==")) * 8 >= 128
 
 

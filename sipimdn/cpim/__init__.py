@@ -8,8 +8,8 @@ Malformed input raises :class:`CpimError`.
 from __future__ import annotations
 
 from ..errors import CpimError
-from ._grammar import escape, unescape
 from .build import build_from_lines, build_message, format_header, format_text
+from .grammar import escape, unescape
 from .message import (
     CONTENT_TYPE,
     CPIM_NS,
@@ -20,6 +20,7 @@ from .message import (
     MimeHeader,
     parse,
     parse_media_type,
+    parse_mime_head,
 )
 from .values import CpimAddress, CpimDateTime, Subject, format_datetime, parse_address, parse_datetime
 
@@ -45,5 +46,6 @@ __all__ = [
     "parse_address",
     "parse_datetime",
     "parse_media_type",
+    "parse_mime_head",
     "unescape",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..errors import CpimError, LocalProtocolError
-from . import _grammar
+from . import grammar
 from .message import (
     DEFAULT_LIMITS,
     CpimMessage,
@@ -28,16 +28,16 @@ __all__ = ["SELF_CHECK", "build_from_lines", "build_message", "format_header", "
 
 def format_text(text: str) -> str:
     """Escape free text (e.g. a Subject) for a header value (CPIM-40..44)."""
-    return _grammar.escape(text)
+    return grammar.escape(text)
 
 
 def format_header(name: str, value: str, params: Sequence[tuple[str, str]] = ()) -> str:
     """One header line (no CRLF): ``Name:;p=v SP value``, checking the name and parameters."""
-    if _grammar.HEADER_NAME_RE.fullmatch(name) is None:
+    if grammar.HEADER_NAME_RE.fullmatch(name) is None:
         raise LocalProtocolError(f"not a CPIM header name: {name!r}")
     rendered = []
     for key, val in params:
-        if _grammar.PARAMETER_RE.fullmatch(f"{key}={val}") is None:
+        if grammar.PARAMETER_RE.fullmatch(f"{key}={val}") is None:
             raise LocalProtocolError(f"not a CPIM header parameter: {key}={val!r}")
         rendered.append(f";{key}={val}")
     # A CR or LF here would start a header of the caller's peer's choosing (injection);

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from .._cache import remember_text
 from ..errors import CpimError
-from . import _grammar
+from . import grammar
 from .values import CpimAddress, CpimDateTime, Subject, parse_address, parse_datetime
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "MimeHeader",
     "parse",
     "parse_media_type",
+    "parse_mime_head",
 ]
 
 CPIM_NS = "urn:ietf:params:cpim-headers:"
@@ -94,7 +95,7 @@ class CpimHeader:
     def text(self) -> str:
         """The value with CPIM escapes decoded (for free text such as Subject)."""
         try:
-            return _grammar.unescape(self.value)
+            return grammar.unescape(self.value)
         except ValueError as exc:
             raise CpimError(f"bad escape in {self.full_name}: {exc}") from None
 
@@ -217,7 +218,7 @@ class CpimMessage:
         out: dict[str, str] = {}
         for h in self.headers:
             if h.namespace == CPIM_NS and h.name == "NS":
-                m = _grammar.NS_VALUE_RE.fullmatch(h.value.rstrip(" "))
+                m = grammar.NS_VALUE_RE.fullmatch(h.value.rstrip(" "))
                 if m is not None:
                     out[m.group("prefix") or ""] = m.group("uri")
         return out
@@ -288,7 +289,7 @@ class CpimMessage:
         out: list[tuple[str | None, str]] = []
         for h in self.headers:
             if h.namespace == CPIM_NS and h.name == "NS":
-                m = _grammar.NS_VALUE_RE.fullmatch(h.value.rstrip(" "))
+                m = grammar.NS_VALUE_RE.fullmatch(h.value.rstrip(" "))
                 if m is not None:
                     if m.group("prefix") is None:
                         default_ns = m.group("uri")
@@ -296,7 +297,7 @@ class CpimMessage:
                         prefixes[m.group("prefix")] = m.group("uri")
             elif h.namespace == CPIM_NS and h.name == "Require":
                 for item in h.value.split(","):
-                    m = _grammar.HEADER_NAME_RE.fullmatch(item.strip(" "))
+                    m = grammar.HEADER_NAME_RE.fullmatch(item.strip(" "))
                     if m is None:
                         continue
                     prefix = m.group("prefix")
@@ -439,6 +440,22 @@ def parse(
     return msg
 
 
+def parse_mime_head(
+    data: bytes, *, max_count: int, max_bytes: int, what: str = "MIME"
+) -> tuple[tuple[MimeHeader, ...], int]:
+    """The MIME header block at the start of ``data`` and the offset of the content after it.
+
+    The header block of a MIME entity as this module reads the one inside message/cpim: lines
+    end in CRLF (bare LF tolerated), folded lines joined (RFC 5322 §2.2.3), and a block the data
+    ends in without an empty line is accepted. At most ``max_count`` lines and ``max_bytes``
+    bytes; ``what`` names the block in errors. Raises :class:`CpimError` (413 over a limit).
+    """
+    lines, pos = _header_lines(
+        data, 0, max_count=max_count, max_bytes=max_bytes, what=what, lenient=[], allow_eof=True
+    )
+    return _parse_mime_headers(lines), pos
+
+
 def _skip_outer_mime(data: bytes, lenient: list[str]) -> int:
     lines, pos = _header_lines(data, 0, max_count=10, max_bytes=4096, what="outer MIME", lenient=lenient)
     for raw in lines:
@@ -576,15 +593,15 @@ def _parse_line(raw: str) -> _Line:
     if _CTL_RE.search(raw) is not None:
         raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
     notes: list[str] = []
-    m = _grammar.HEADER_LINE_RE.fullmatch(raw)
+    m = grammar.HEADER_LINE_RE.fullmatch(raw)
     if m is None:
-        m = _grammar.HEADER_LINE_LENIENT_RE.fullmatch(raw)
+        m = grammar.HEADER_LINE_LENIENT_RE.fullmatch(raw)
         if m is None:
             raise CpimError(f"malformed CPIM header line: {raw[:80]!r}")
         notes.append(f"no SP after the colon in {raw.split(':', 1)[0]!r}")
     params_text = m.group("params")
     params = (
-        tuple((pm.group("pname"), pm.group("pvalue")) for pm in _grammar.PARAMETER_RE.finditer(params_text))
+        tuple((pm.group("pname"), pm.group("pvalue")) for pm in grammar.PARAMETER_RE.finditer(params_text))
         if params_text
         else ()
     )
@@ -635,7 +652,7 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
 def _ns_binding(h: CpimHeader) -> tuple[str | None, str]:
     """Check an NS header; return its binding ``(prefix or None for the default, URI)``."""
     value = h.value.rstrip(" ")
-    m = _grammar.NS_VALUE_RE.fullmatch(value)
+    m = grammar.NS_VALUE_RE.fullmatch(value)
     if m is None:
         raise CpimError(f"malformed NS header: {value!r}")
     uri = m.group("uri")
@@ -658,12 +675,12 @@ def _check_core_header(h: CpimHeader, lenient: list[str]) -> None:
             raise CpimError(str(exc)) from None
     elif h.name == "Subject":
         lang = h.lang
-        if lang is not None and _grammar.LANGUAGE_TAG_RE.fullmatch(lang) is None:
+        if lang is not None and grammar.LANGUAGE_TAG_RE.fullmatch(lang) is None:
             raise CpimError(f"bad Subject language tag: {lang!r}")
         _ = h.text  # decodes escapes; raises CpimError on a lone surrogate
     elif h.name == "Require":
         for item in value.split(","):
-            if _grammar.HEADER_NAME_RE.fullmatch(item.strip()) is None:
+            if grammar.HEADER_NAME_RE.fullmatch(item.strip()) is None:
                 raise CpimError(f"malformed Require entry: {item!r}")
 
 

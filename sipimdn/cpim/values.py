@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .._cache import remember_text
 from ..errors import LocalProtocolError
-from . import _grammar
+from . import grammar
 
 __all__ = [
     "CpimAddress",
@@ -39,13 +39,13 @@ class CpimAddress:
             return f"<{self.uri}>"
         if _is_token_words(self.display_name):
             return f"{self.display_name} <{self.uri}>"
-        return f'"{_grammar.escape(self.display_name, quote=chr(34))}" <{self.uri}>'
+        return f'"{grammar.escape(self.display_name, quote=chr(34))}" <{self.uri}>'
 
 
 def _is_token_words(text: str) -> bool:
     # Formal-name = 1*( Token SP ): words of Token characters separated by one SP.
     words = text.split(" ")
-    return all(_grammar.TOKEN_RE.fullmatch(w) for w in words)
+    return all(grammar.TOKEN_RE.fullmatch(w) for w in words)
 
 
 def parse_address(value: str) -> CpimAddress:
@@ -60,14 +60,14 @@ _ADDRESSES: dict[str, CpimAddress] = {}
 
 
 def _parse_address(value: str) -> CpimAddress:
-    m = _grammar.ADDRESS_VALUE_RE.fullmatch(value.rstrip(" "))
+    m = grammar.ADDRESS_VALUE_RE.fullmatch(value.rstrip(" "))
     if m is None:
         raise ValueError(f"not a CPIM address ([Formal-name] <URI>): {value!r}")
     display = m.group("display")
     name: str | None = None
     if display is not None:
         display = display.rstrip(" ")
-        name = _grammar.unescape(display[1:-1]) if display.startswith('"') else display
+        name = grammar.unescape(display[1:-1]) if display.startswith('"') else display
     return CpimAddress(uri=m.group("uri"), display_name=name)
 
 
@@ -99,10 +99,10 @@ _DATETIMES: dict[str, CpimDateTime] = {}
 def _parse_datetime(raw: str) -> CpimDateTime:
     text = raw.rstrip(" ")
     strict = True
-    m = _grammar.DATE_TIME_RE.fullmatch(text)
+    m = grammar.DATE_TIME_RE.fullmatch(text)
     if m is None:
         strict = False
-        m = _grammar.DATE_TIME_LENIENT_RE.fullmatch(text)
+        m = grammar.DATE_TIME_LENIENT_RE.fullmatch(text)
     if m is None:
         raise ValueError(f"DateTime is not an RFC 3339 date-time: {raw!r}")
     frac = m.group("frac")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .. import _inflate
-from ..cpim.message import _header_lines, _parse_mime_headers, parse_media_type
+from ..cpim.message import parse_media_type, parse_mime_head
 from ..errors import CpimError, ImdnError, LocalProtocolError, RemoteProtocolError
 from .document import CONTENT_TYPE
 
@@ -128,10 +128,7 @@ def split_multipart(body: bytes, boundary: str, *, max_parts: int = MAX_PARTS) -
 
 def _parse_part(chunk: bytes) -> MimePart:
     try:
-        lines, pos = _header_lines(
-            chunk, 0, max_count=50, max_bytes=16 * 1024, what="body part", lenient=[], allow_eof=True
-        )
-        headers = _parse_mime_headers(lines)
+        headers, pos = parse_mime_head(chunk, max_count=50, max_bytes=16 * 1024, what="body part")
     except CpimError as exc:
         raise ImdnError(f"multipart body part: {exc.reason}", exc.status_code) from None
     return MimePart(headers=tuple((h.name, h.value) for h in headers), body=chunk[pos:])

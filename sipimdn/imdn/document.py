@@ -25,7 +25,7 @@ from typing import Final
 
 from lxml import etree
 
-from ..cpim import _grammar
+from ..cpim import grammar
 from ..cpim.values import parse_datetime
 from ..errors import ImdnError, LocalProtocolError
 from ._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, make_parser, parse_xml
@@ -340,7 +340,7 @@ def make_notification(
         raise LocalProtocolError(str(exc)) from None
     if status not in ALLOWED_STATUSES[kind]:
         raise LocalProtocolError(f"status {status} is not allowed in a {kind} notification (RFC 5438 §5)")
-    if _grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
+    if grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
         # It echoes the IM's Message-ID header: a CPIM Token (RFC 5438 §6.3), or at
         # least what imdn_headers() accepts from a peer; never empty or spaced.
         raise LocalProtocolError(f"message-id must be a CPIM Token: {message_id!r}")
@@ -410,7 +410,7 @@ def _render_template(n: Notification) -> bytes | None:
     for text in texts:
         if _PLAIN_TEXT_RE.fullmatch(text) is None:
             return None
-    if _grammar.LENIENT_TOKEN_RE.fullmatch(n.message_id) is None:
+    if grammar.LENIENT_TOKEN_RE.fullmatch(n.message_id) is None:
         return None
     for uri in texts[2:4]:
         if _XSD_URI_RE.fullmatch(uri) is None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .._cache import remember_text
-from ..cpim import _grammar
+from ..cpim import grammar
 from ..cpim.message import CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, parse_address
 from ..errors import ImdnError, LocalProtocolError
@@ -73,11 +73,11 @@ class NotifyRequest:
 
 
 # notify-req, with SEMI = *SP ";" *SP around each Ext-param.
-_EXT_PARAM = rf"(?P<k>{_grammar.name})=(?P<v>{_grammar.string}|{_grammar.token}|{_grammar.number})"
+_EXT_PARAM = rf"(?P<k>{grammar.name})=(?P<v>{grammar.string}|{grammar.token}|{grammar.number})"
 _PARAM_RE = re.compile(rf" *; *{_EXT_PARAM}")
 _NOTIFY_REQ_RE = re.compile(
-    rf"(?P<token>{_grammar.token})(?P<params>(?: *; *{_grammar.name}="
-    rf"(?:{_grammar.string}|{_grammar.token}|{_grammar.number}))*)"
+    rf"(?P<token>{grammar.token})(?P<params>(?: *; *{grammar.name}="
+    rf"(?:{grammar.string}|{grammar.token}|{grammar.number}))*)"
 )
 
 
@@ -175,7 +175,7 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
         # The ABNF says Token, but refusing a whole IM because its Message-ID holds
         # a separator (``abc@host``) helps nobody: accept any non-empty value
         # without SP/CTL, which can still be echoed in <message-id> (xs:token).
-        if _grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
+        if grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
             raise ImdnError(f"IMDN Message-ID is empty or holds spaces: {message_id!r}")
     dn_headers = found.get("Disposition-Notification", ())
     disposition: tuple[NotifyRequest, ...] | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..cpim import _grammar
+from ..cpim import grammar
 from ..cpim.build import build_from_lines, format_header, format_text
 from ..cpim.message import CpimMessage
 from ..cpim.values import CpimAddress, format_datetime, parse_address
@@ -83,7 +83,7 @@ def build_im(
     if not recipients:
         raise LocalProtocolError("an IM needs at least one To")
     mid = message_id if message_id is not None else new_message_id()
-    if _grammar.TOKEN_RE.fullmatch(mid) is None:
+    if grammar.TOKEN_RE.fullmatch(mid) is None:
         raise LocalProtocolError(f"Message-ID must be a CPIM Token: {mid!r}")
     lines = [format_header("From", str(_address(from_)))]
     lines += [format_header("To", str(_address(r))) for r in recipients]
@@ -187,7 +187,7 @@ def build_imdn_message(
     else:
         content_type, body = build_multipart([n.to_xml() for n in notifications])
     mid = message_id if message_id is not None else new_message_id()
-    if _grammar.TOKEN_RE.fullmatch(mid) is None:
+    if grammar.TOKEN_RE.fullmatch(mid) is None:
         raise LocalProtocolError(f"Message-ID must be a CPIM Token: {mid!r}")
     lines = [
         format_header("From", str(_address(from_))),

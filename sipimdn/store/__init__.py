@@ -6,12 +6,17 @@ default and :class:`PostgresStore` (``pip install 'sipimdn[postgres]'``) for
 several workers sharing one database; :func:`open_store` picks one from a
 path or URL. The tracker (:mod:`sipimdn.imdn.tracker`) produces the operations;
 the asyncio user agent applies them off the event loop.
+
+:class:`SqliteStore` (and ``SCHEMA_VERSION``) and :class:`PostgresStore` are imported on first
+use (PEP 562): the records and the contract import without sqlite3 or asyncio, so the sans-IO
+tracker can use them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .. import _lazy
 from .base import (
     TABLES,
     AnyRecord,
@@ -33,10 +38,22 @@ from .base import (
     record_to_json,
 )
 from .memory import MemoryStore
-from .sqlite import SCHEMA_VERSION, SqliteStore
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
+    from .sqlite import SCHEMA_VERSION, SqliteStore
+
+_LAZY = {"SCHEMA_VERSION": ".sqlite", "SqliteStore": ".sqlite", "PostgresStore": ".postgres"}
+
+if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays an error there
+
+    def __getattr__(name: str) -> object:
+        return _lazy.load(__name__, globals(), _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.names(globals(), _LAZY)
+
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -74,17 +91,9 @@ def open_store(target: str, *, worker_id: str | None = None) -> Store:
     unreachable database, an unwritable path, asyncpg not installed).
     """
     from .postgres import PostgresStore, is_postgres_url  # noqa: PLC0415  (loads asyncio lazily)
+    from .sqlite import SqliteStore  # noqa: PLC0415  (loads sqlite3 lazily)
 
     if is_postgres_url(target):
         return PostgresStore(target, worker_id=worker_id)
     return SqliteStore(target, worker_id=worker_id)
 
-
-def __getattr__(name: str) -> Any:
-    # PostgresStore on first use: importing sipimdn.store must not load asyncio (the
-    # sans-IO tracker imports sipimdn.store.base, which imports this package).
-    if name == "PostgresStore":
-        from .postgres import PostgresStore  # noqa: PLC0415
-
-        return PostgresStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

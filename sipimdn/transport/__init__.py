@@ -1,15 +1,42 @@
 """sipimdn.transport: asyncio adapters that move SIP bytes over UDP, TCP and TLS.
 
-``Flow`` and ``Transport`` (``flow``) are plain data shared with the sans-IO layers; ``select`` picks
-the next hop; ``manager`` owns the sockets and the connection table.
+``Flow`` and ``Transport`` (``flow``) are plain data shared with the sans-IO layers, and the only
+names imported with the package; ``select`` (next-hop choice and DNS), ``base`` (configuration)
+and ``manager`` (the sockets and the connection table) are imported on first use of their names
+(PEP 562), so the sans-IO layers can use ``flow`` without loading asyncio, ssl or socket.
 """
 
 from __future__ import annotations
 
-from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
+from typing import TYPE_CHECKING
+
+from .. import _lazy
 from .flow import Address, Flow, Transport
-from .manager import TransportManager
-from .select import Target, resolve, target_for_uri
+
+if TYPE_CHECKING:
+    from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
+    from .manager import TransportManager
+    from .select import Target, resolve, target_for_uri
+
+_LAZY = {
+    "ConnectionCounters": ".base",
+    "ListenSpec": ".base",
+    "TransportConfig": ".base",
+    "TransportUser": ".base",
+    "TransportManager": ".manager",
+    "Target": ".select",
+    "resolve": ".select",
+    "target_for_uri": ".select",
+}
+
+
+def __getattr__(name: str) -> object:
+    return _lazy.load(__name__, globals(), _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.names(globals(), _LAZY)
+
 
 __all__ = [
     "Address",

@@ -10,6 +10,10 @@ Everything here works on ``str`` (the header block is decoded as UTF-8 first,
 CPIM-14), so "UCS-high" below means "any code point above U+007F". The ABNF's
 UTF8-multi also admits the obsolete 5- and 6-byte forms; Python's strict
 UTF-8 decoder (RFC 3629) refuses them, and so do we.
+
+Public because RFC 5438 §10 writes the IMDN headers in this grammar: :mod:`sipimdn.imdn` builds
+its rules from the rule strings here (``name``, ``token``, ``string``, ``number``) and checks
+Message-IDs with ``TOKEN_RE``/``LENIENT_TOKEN_RE``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ __all__ = [
     "TOKEN_RE",
     "URI_RE",
     "escape",
+    "name",
+    "number",
+    "string",
+    "token",
     "unescape",
 ]
 
