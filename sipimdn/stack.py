@@ -40,7 +40,7 @@ from .errors import LocalProtocolError, SipParseError, TransactionTimeout, Trans
 from .message import Request, Response, make_response
 from .parser import Limits, parse_message
 from .transport.base import ListenSpec, TransportConfig
-from .transport.flow import Address, Flow, Transport, is_ip_literal
+from .transport.flow import Address, Flow, SendKind, Transport, is_ip_literal
 from .transport.manager import TransportManager
 from .transport.select import DEFAULT_UDP_MAX, Target, needs_stream, resolve, target_for_uri
 
@@ -87,7 +87,7 @@ class IncomingRequest:
         for name, value in headers:
             response.headers.add(name, value)
         response.body = bytes(body)
-        sent = self._stack._respond(self.key, response)
+        sent = self._stack.respond(self.key, response)
         if sent:
             self.responded = status
         return sent
@@ -337,6 +337,20 @@ class SipStack:
             self._waiters.pop(key, None)
             self._final_hooks.pop(key, None)
 
+    def respond(self, key: TransactionKey, response: Response) -> bool:
+        """Send ``response`` in the server transaction ``key`` and send it out now.
+
+        Returns False when it is too late: the stack is closed or the transaction has ended. A
+        final response after the first is discarded by the transaction (RFC 3261 §17.2.2).
+        ``IncomingRequest.respond`` builds the response and calls this; call it directly only
+        with a response built by hand.
+        """
+        if self._closed:
+            return False
+        sent = self.layer.respond(key, response, self._now())
+        self._pump()
+        return sent
+
     # -- TransportUser ---------------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, flow: Flow) -> None:
@@ -385,13 +399,6 @@ class SipStack:
 
     # -- the pump --------------------------------------------------------------------------------
 
-    def _respond(self, key: TransactionKey, response: Response) -> bool:
-        if self._closed:
-            return False
-        sent = self.layer.respond(key, response, self._now())
-        self._pump()
-        return sent
-
     def _now(self) -> float:
         return self._require_loop().time()
 
@@ -428,9 +435,14 @@ class SipStack:
                 self._encoded = None
             else:
                 data = outgoing.message.to_bytes()
-            if isinstance(outgoing.message, Response) and flow.reliable and not self.transports.is_open(flow):
-                flow = _reconnect_flow(outgoing.message, flow)
-            sent_on = self.transports.send(data, flow)
+            message = outgoing.message
+            if isinstance(message, Response):
+                kind = SendKind.FINAL_RESPONSE if message.status_code >= 200 else SendKind.OTHER
+                if flow.reliable and not self.transports.is_open(flow):
+                    flow = _reconnect_flow(message, flow)
+            else:
+                kind = SendKind.OTHER if message.method == "ACK" else SendKind.REQUEST
+            sent_on = self.transports.send(data, flow, kind)
             if wire_log.isEnabledFor(logging.DEBUG):
                 log_wire("sent", data, sent_on)
         except TransportError as exc:

@@ -17,7 +17,7 @@ import trustme
 from sipimdn.errors import SipParseError, TransportError
 from sipimdn.message import Request, Response
 from sipimdn.transport.base import ListenSpec, TransportConfig
-from sipimdn.transport.flow import Flow, Transport
+from sipimdn.transport.flow import Flow, SendKind, Transport
 from sipimdn.transport.manager import TransportManager
 from sipimdn.transport.stream import COALESCE_BYTES, StreamConnection
 
@@ -205,7 +205,7 @@ def test_busy_hands_queued_bytes_over_and_judges_by_what_is_unsent() -> None:
     conn, fake = coalescing(loop)
     conn.data_received(request(1))  # the peer's request: busy until answered
     assert conn.busy(0.0)
-    conn.send(ok(1))
+    conn.send(ok(1), SendKind.FINAL_RESPONSE)
     assert not conn.busy(0.0)  # answered, and the answer handed to the transport
     assert fake.written == [ok(1)]
     conn.send(ok(2))
@@ -229,7 +229,7 @@ class Echo:
         assert self.manager is not None and isinstance(message, Request)
         self.received += 1
         n = int(message.call_id.rsplit("-", 1)[1])
-        self.manager.send(ok(n), flow)
+        self.manager.send(ok(n), flow, SendKind.FINAL_RESPONSE)
 
     def stream_message_failed(self, data: bytes | None, error: SipParseError, flow: Flow) -> None: ...
 

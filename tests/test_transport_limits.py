@@ -14,10 +14,12 @@ import pytest
 import trustme
 from _peers import skip_unless_ci
 
+from sipimdn.dialog.factory import build_request
 from sipimdn.errors import SipParseError, TransportError
 from sipimdn.message import Request, Response
+from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport.base import ListenSpec, TransportConfig
-from sipimdn.transport.flow import Flow, Transport
+from sipimdn.transport.flow import Flow, SendKind, Transport
 from sipimdn.transport.manager import TransportManager, require_tls12
 from sipimdn.transport.stream import StreamConnection
 
@@ -138,14 +140,53 @@ async def test_busy_connections_are_kept_and_the_newcomer_refused() -> None:
         assert not await closed(half[0], 0.1) and not await closed(unanswered[0], 0.1)
         # A provisional response does not end the transaction; the final one does.
         flow = user.received[0][1]
-        manager.send(TRYING, flow)
+        manager.send(TRYING, flow, SendKind.OTHER)
         refused = await asyncio.open_connection("127.0.0.1", port)
         opened.append(refused)
         assert await closed(refused[0])
-        manager.send(OK, flow)
+        manager.send(OK, flow, SendKind.FINAL_RESPONSE)
         admitted = await connect(port, opened, manager, 2)
         assert await closed(unanswered[0])
         assert not await closed(admitted[0], 0.1) and not await closed(half[0], 0.1)
+
+
+async def test_the_stack_tells_the_connection_its_final_answer_and_its_requests() -> None:
+    # The stack, not the bytes, says what it sends: its 200 makes the connection idle (so a
+    # newcomer displaces it at the cap), its own request makes the connection busy.
+    answered: list[int] = []
+    async with SipStack([ListenSpec(Transport.TCP, "127.0.0.1", 0)],
+                        transport_config=TransportConfig(max_connections=1)) as stack, clients() as opened:
+
+        def answer(incoming: IncomingRequest) -> None:
+            assert incoming.respond(200)
+            answered.append(200)
+
+        stack.on_request(answer)
+        ((_, (_, port)),) = stack.endpoints
+        first = await connect(port, opened, stack.transports, 1)
+        first[1].write(request(1))
+        await until(lambda: answered == [200])
+        second = await connect(port, opened, stack.transports, 1)
+        assert await closed(first[0])  # answered: idle, so it made room
+        second[1].write(request(2))
+        await until(lambda: answered == [200, 200])
+        # Our own request on the remaining connection: busy until answered, so no room.
+        _, client_port = second[1].get_extra_info("sockname")
+        ours = build_request("MESSAGE", f"sip:peer@127.0.0.1:{client_port};transport=tcp",
+                             from_="sip:us@127.0.0.1", to="sip:peer@127.0.0.1")
+        sending = asyncio.create_task(stack.send_request(ours))
+        try:
+            await second[0].readuntil(b"\r\n\r\n")  # the 200 we sent it
+            head = await second[0].readuntil(b"\r\n\r\n")
+            assert head.startswith(b"MESSAGE ")  # ours, on the same connection
+            third = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(third)
+            assert await closed(third[0])  # refused: the only connection waits for an answer
+            assert stack.transports.connection_count == 1
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
 
 
 async def test_outbound_connection_at_the_cap() -> None:
@@ -159,9 +200,9 @@ async def test_outbound_connection_at_the_cap() -> None:
             busy[1].write(request(1))
             await until(lambda: len(user.received) == 1)
             with pytest.raises(TransportError, match="every connection is busy"):
-                manager.send(request(2), far)
-            manager.send(OK, user.received[0][1])  # answered: now idle, so it makes room
-            manager.send(request(3), far)
+                manager.send(request(2), far, SendKind.REQUEST)
+            manager.send(OK, user.received[0][1], SendKind.FINAL_RESPONSE)  # answered: idle, makes room
+            manager.send(request(3), far, SendKind.REQUEST)
             assert await closed(busy[0])
             assert manager.connection_count == 1 and manager.is_open(far)
         finally:
@@ -178,14 +219,14 @@ def test_busy_accounting_of_a_connection() -> None:
     fake = FakeTransport()
     conn.connection_made(fake)
     assert not conn.busy(clock[0])
-    conn.send(request(1))  # our request: busy until its final response comes back
+    conn.send(request(1), SendKind.REQUEST)  # our request: busy until its final response comes back
     assert conn.busy(clock[0])
     conn.data_received(TRYING)
     assert conn.busy(clock[0])
     conn.data_received(OK)
     assert not conn.busy(clock[0])
-    conn.send(b"ACK sip:bob@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n")  # ACK has no answer
-    conn.send(b"\r\n\r\n")  # nor a keep-alive
+    conn.send(b"ACK sip:bob@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n", SendKind.OTHER)  # ACK: no answer
+    conn.send(b"\r\n\r\n", SendKind.OTHER)  # nor a keep-alive
     assert not conn.busy(clock[0])
     conn.data_received(request(2))  # the peer's request: busy until we answer it finally
     assert conn.busy(clock[0])
@@ -193,7 +234,7 @@ def test_busy_accounting_of_a_connection() -> None:
     assert not conn.busy(clock[0])
     conn.data_received(request(3))  # the one left unanswered is forgotten: only this one counts
     assert conn.busy(clock[0])
-    conn.send(OK)
+    conn.send(OK, SendKind.FINAL_RESPONSE)
     assert not conn.busy(clock[0])
     fake.buffered = 10  # bytes not yet taken by the kernel
     assert conn.busy(clock[0])
@@ -334,7 +375,7 @@ async def test_permissive_client_context_does_not_speak_tls11(ca: trustme.CA) ->
         except (ssl.SSLError, ConnectionError):
             skip_unless_ci("this OpenSSL build cannot negotiate TLS 1.1 at all")
         await until(lambda: handshakes == ["TLSv1.1"])
-        manager.send(request(1), Flow(Transport.TLS, ("127.0.0.1", port)))
+        manager.send(request(1), Flow(Transport.TLS, ("127.0.0.1", port)), SendKind.REQUEST)
         assert client.minimum_version is ssl.TLSVersion.TLSv1_2
         await until(lambda: bool(user.failed))
         assert f"TLS connect to 127.0.0.1:{port} failed" in str(user.failed[0][1]) or \

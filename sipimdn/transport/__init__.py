@@ -1,9 +1,10 @@
 """sipimdn.transport: asyncio adapters that move SIP bytes over UDP, TCP and TLS.
 
-``Flow`` and ``Transport`` (``flow``) are plain data shared with the sans-IO layers, and the only
-names imported with the package; ``select`` (next-hop choice and DNS), ``base`` (configuration)
-and ``manager`` (the sockets and the connection table) are imported on first use of their names
-(PEP 562), so the sans-IO layers can use ``flow`` without loading asyncio, ssl or socket.
+``Flow``, ``Transport`` and ``SendKind`` (``flow``) are plain data shared with the sans-IO
+layers, and the only names imported with the package; ``select`` (next-hop choice and DNS),
+``base`` (configuration) and ``manager`` (the sockets and the connection table) are imported on
+first use of their names (PEP 562), so the sans-IO layers can use ``flow`` without loading
+asyncio, ssl or socket.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import _lazy
-from .flow import Address, Flow, Transport
+from .flow import Address, Flow, SendKind, Transport
 
 if TYPE_CHECKING:
     from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
@@ -43,6 +44,7 @@ __all__ = [
     "ConnectionCounters",
     "Flow",
     "ListenSpec",
+    "SendKind",
     "Target",
     "Transport",
     "TransportConfig",

@@ -11,7 +11,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Address", "Flow", "Transport", "is_ip_literal"]
+__all__ = ["Address", "Flow", "SendKind", "Transport", "is_ip_literal"]
 
 #: An (IP literal, port) pair. IPv6 literals carry no brackets.
 Address = tuple[str, int]
@@ -38,6 +38,21 @@ class Transport(enum.Enum):
     def from_token(cls, token: str) -> Transport:
         """Parse a Via or ``transport=`` token case-insensitively; raises ValueError if unknown."""
         return cls(token.upper())
+
+
+class SendKind(enum.Enum):
+    """What a message handed to the transport does to the transactions crossing its connection.
+
+    The sender (the stack, which knows each message it sends) says so; a stream connection counts
+    requests waiting for their final response to tell a busy connection from an idle one.
+    """
+
+    #: A request that waits for a final response: any method but ACK (RFC 3261 §17.1.1.3).
+    REQUEST = "request"
+    #: A final response (2xx-6xx) to a request received on the connection (§17.2.2).
+    FINAL_RESPONSE = "final response"
+    #: Anything else: a provisional response, an ACK, a keep-alive, bytes of no SIP meaning.
+    OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)

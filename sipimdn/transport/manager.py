@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import TransportError
 from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
-from .flow import Address, Flow, Transport
+from .flow import Address, Flow, SendKind, Transport
 from .stream import StreamConnection
 from .udp import UdpEndpoint
 
@@ -240,8 +240,10 @@ class TransportManager:
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, data: bytes, flow: Flow) -> Flow:
+    def send(self, data: bytes, flow: Flow, kind: SendKind = SendKind.OTHER) -> Flow:
         """Send ``data`` along ``flow``; returns the flow with our local address when known.
+
+        ``kind`` says what the message is to a connection's busy accounting (see ``SendKind``).
 
         Raises TransportError when it fails at once; later failures (connect refused, ICMP,
         connection lost) are reported through ``TransportUser.flow_failed``.
@@ -258,7 +260,7 @@ class TransportManager:
         connection = self._connections.get((flow.transport, flow.remote, flow.server_name))
         if connection is None or connection.closed:
             connection = self._connect(flow)
-        connection.send(data)
+        connection.send(data, kind)
         return connection.flow
 
     def is_open(self, flow: Flow) -> bool:

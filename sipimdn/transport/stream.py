@@ -7,7 +7,8 @@ Content-Length) closes the connection: on a stream we cannot find the next messa
 It also keeps what the manager needs to decide which connection may be closed under pressure:
 when the message being received started (a slowloris trickles one forever), and how many requests
 crossed it without their final response yet (a connection carrying a transaction is not idle).
-The requests are counted, not matched to transactions: the transport sees only bytes going out.
+The requests are counted, not matched to transactions: those received are the framer's messages,
+and for those sent the sender says what each message is (``SendKind``), as it alone knows.
 
 Writes are coalesced when the owner gives a ``call_soon`` (the manager does): what is sent during
 one turn of the event loop is queued and written with one ``transport.write`` at the end of the
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, cast
 from ..errors import SipParseError, TransportError
 from ..message import Request
 from ..parser import KeepAliveReceived, Limits, StreamFramer
-from .flow import Address, Flow, Transport
+from .flow import Address, Flow, SendKind, Transport
 
 if TYPE_CHECKING:
     from ..message import Response
@@ -46,17 +47,6 @@ def _address(raw: object) -> Address | None:
     if isinstance(raw, tuple) and len(raw) >= 2:
         return (str(raw[0]), int(raw[1]))
     return None
-
-
-def _outgoing_kind(data: bytes) -> int:
-    """What ``data`` (one whole message, as the stack sends them) does to the unanswered counts:
-    +1 a request expecting an answer, -1 a final response, 0 anything else (a provisional
-    response, an ACK, which has no response (RFC 3261 §17.1.1.3), a keep-alive)."""
-    if data.startswith(b"SIP/2.0 "):
-        return 0 if data[8:9] == b"1" else -1
-    if data[:1].isalpha() and not data.startswith(b"ACK "):
-        return 1
-    return 0
 
 
 class StreamConnection(asyncio.Protocol):
@@ -133,16 +123,18 @@ class StreamConnection(asyncio.Protocol):
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
-        """Write ``data`` (or queue it until connected); raises TransportError if impossible."""
+    def send(self, data: bytes, kind: SendKind = SendKind.OTHER) -> None:
+        """Write ``data`` (or queue it until connected); raises TransportError if impossible.
+
+        ``kind`` says what the message does to the requests waiting on this connection.
+        """
         if self.closed:
             raise TransportError(f"{self.kind.value} connection to {self._peer()} is closed")
         self.last_activity = self._now()
-        kind = _outgoing_kind(data)
-        if kind > 0:
+        if kind is SendKind.REQUEST:
             self._request_crossed(self.last_activity)
             self._unanswered_out += 1
-        elif kind < 0 and self._unanswered_in:
+        elif kind is SendKind.FINAL_RESPONSE and self._unanswered_in:
             self._unanswered_in -= 1
         transport = self._transport
         if transport is None:
