@@ -27,6 +27,8 @@ from .uri import Uri
 
 __all__ = [
     "REASON_PHRASES",
+    "DeferredHeaders",
+    "HeaderRow",
     "Headers",
     "Message",
     "Request",
@@ -123,9 +125,11 @@ def safe_reason_phrase(text: str, default: str = "Error") -> str:
     breaks become one space, at most 100 characters; ``default`` when nothing is left."""
     return " ".join(text.split())[:100] or default
 
-# One header row: (lookup key, name as spelled, unfolded value, original text
-# of the whole field "Name: value" with any folding, written back verbatim).
-_Row = tuple[str, str, str, str]
+
+#: One header row: (lookup key, name as spelled, unfolded value, original text of the whole
+#: field "Name: value" with any folding, written back verbatim). What a parser hands to
+#: :meth:`Headers.from_rows`.
+HeaderRow = tuple[str, str, str, str]
 
 
 def _check_name_value(name: str, value: str) -> None:
@@ -146,22 +150,24 @@ class Headers:
     headers such as Date).
     """
 
-    # ``_source`` is only set on headers the parser leaves unbuilt (the raw
-    # header section of a message whose every line it has already checked);
-    # their rows are made from it on first use (see ``parser._LazyHeaders``).
+    # ``_source`` is only set on a DeferredHeaders (the raw header section of a message whose
+    # every line a parser has already checked); its rows are made from it on first use.
     __slots__ = ("_rows", "_source", "_typed")
 
     _source: bytes
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._rows: list[_Row] = []
+        self._rows: list[HeaderRow] = []
         self._typed: dict[str, object] = {}
         for name, value in items:
             self.add(name, value)
 
     @classmethod
-    def _from_rows(cls, rows: list[_Row]) -> Headers:
-        """Wrap rows the parser already validated (no copying, no checks)."""
+    def from_rows(cls, rows: list[HeaderRow]) -> Headers:
+        """Wrap rows a parser has already checked: no copy, no check (``add`` checks each row).
+
+        The list becomes the object's own; the caller must not use it afterwards.
+        """
         self = cls.__new__(cls)
         self._rows = rows
         self._typed = {}
@@ -210,7 +216,7 @@ class Headers:
 
     def copy(self) -> Headers:
         """An independent copy (typed values are re-parsed on demand)."""
-        return Headers._from_rows(list(self._rows))
+        return Headers.from_rows(list(self._rows))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -247,7 +253,7 @@ class Headers:
         _check_name_value(name, value)
         key = header_key(name)
         new_row = (key, name, value, f"{name}: {value}")
-        rows: list[_Row] = []
+        rows: list[HeaderRow] = []
         placed = False
         for row in self._rows:
             if row[0] == key:
@@ -285,6 +291,61 @@ class Headers:
                 self._typed.clear()
                 return
         self.add(name, value)
+
+
+class DeferredHeaders(Headers):
+    """Headers of a header section a parser has already checked, rows built on first use.
+
+    Most received messages are routed on a few headers, or on none before they are dropped as
+    retransmissions, so building every row at once is wasted work. A parser subclasses this
+    with its :meth:`build_rows` and makes one per message from the section's bytes. The first
+    read or write of the rows or of the typed cache (every ``Headers`` method and typed accessor
+    starts with one) builds them and turns the object into a plain ``Headers``, so later reads
+    cost what they always do. (Properties rather than ``__getattr__``: an unset slot would raise
+    and format an AttributeError first.)
+    """
+
+    __slots__ = ()
+
+    def __init__(self, source: bytes) -> None:
+        self._source = source
+
+    @staticmethod
+    def build_rows(source: bytes) -> list[HeaderRow]:
+        """The rows of ``source``; it was checked when parsed, so this cannot fail."""
+        raise NotImplementedError("a DeferredHeaders subclass provides build_rows")
+
+    def _build(self) -> None:
+        rows = self.build_rows(self._source)
+        # A plain Headers from here on: the slots below are its own.
+        self.__class__ = Headers  # type: ignore[assignment]
+        self._rows = rows
+        self._typed = {}
+        del self._source
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        # copy/pickle: another unbuilt object of the same class on the same (immutable) bytes.
+        return type(self), (self._source,)
+
+    @property
+    def _rows(self) -> list[HeaderRow]:
+        self._build()
+        return self._rows
+
+    @_rows.setter
+    def _rows(self, rows: list[HeaderRow]) -> None:
+        self._build()
+        self._rows = rows
+
+    @property
+    def _typed(self) -> dict[str, object]:
+        self._build()
+        return self._typed
+
+    @_typed.setter
+    def _typed(self, typed: dict[str, object]) -> None:
+        self._build()
+        self._typed = typed
 
 
 # Source addresses already checked by stamp_received (a UAS hears from a few).
@@ -738,7 +799,7 @@ _COPIED_ORDER = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq"
 _COPIED = frozenset(("from", "to", "call-id", "cseq", "timestamp"))
 
 
-def _unfolded(row: _Row) -> _Row:
+def _unfolded(row: HeaderRow) -> HeaderRow:
     """A folded row written back on one line (its value is already unfolded)."""
     return (row[0], row[1], row[2], f"{row[1]}: {row[2]}")
 
@@ -773,8 +834,8 @@ def make_response(
     # each other copied header, reused as they are (already checked when
     # they were parsed or added), so the response repeats the request's
     # spelling byte for byte. This runs for every final response.
-    rows: list[_Row] = []
-    first: dict[str, _Row] = {}
+    rows: list[HeaderRow] = []
+    first: dict[str, HeaderRow] = {}
     for row in request.headers._rows:
         key = row[0]
         if key == "via":
@@ -810,4 +871,4 @@ def make_response(
         reason = REASON_PHRASES.get(status_code, "")
     elif "\r" in reason or "\n" in reason:
         raise LocalProtocolError("line break in reason phrase")
-    return Response._parsed(status_code, reason, Headers._from_rows(rows), b"")
+    return Response._parsed(status_code, reason, Headers.from_rows(rows), b"")

@@ -30,7 +30,7 @@ from . import _abnf
 from ._cache import remember_text
 from .errors import SipParseError
 from .headers import header_key
-from .message import Headers, Request, Response, _Row
+from .message import DeferredHeaders, HeaderRow, Headers, Request, Response
 from .uri import Uri
 
 __all__ = [
@@ -247,57 +247,15 @@ _CONTENT_LENGTH_LINE_RE = re.compile(
 )
 
 
-class _LazyHeaders(Headers):
-    """Headers of a regular header section, rows built from it on first use.
-
-    The parser has already checked every line (``_REGULAR_HEAD_RE``), so
-    building cannot fail; it gives exactly the rows the general path builds.
-    The first read or write of ``_rows`` or ``_typed`` (every ``Headers``
-    method and typed accessor starts with one) builds them and turns the
-    object into a plain ``Headers``, so later reads cost what they always
-    did. (Properties rather than ``__getattr__``: an unset slot would raise
-    and format an AttributeError first.)
-    """
+class _LazyHeaders(DeferredHeaders):
+    """Headers of a regular header section (``_REGULAR_HEAD_RE`` matched it), rows built on
+    first use; building gives exactly the rows the general path builds."""
 
     __slots__ = ()
 
-    def _build(self) -> None:
-        rows = _header_rows(self._source.decode("utf-8", "surrogateescape").split("\r\n"))
-        # A plain Headers from here on: the slots below are its own.
-        self.__class__ = Headers  # type: ignore[assignment]
-        self._rows = rows
-        self._typed = {}
-        del self._source
-
-    def __reduce__(self) -> tuple[object, tuple[bytes]]:
-        # copy/pickle: another unbuilt object on the same (immutable) bytes.
-        return _lazy_headers, (self._source,)
-
-    @property
-    def _rows(self) -> list[_Row]:
-        self._build()
-        return self._rows
-
-    @_rows.setter
-    def _rows(self, rows: list[_Row]) -> None:
-        self._build()
-        self._rows = rows
-
-    @property
-    def _typed(self) -> dict[str, object]:
-        self._build()
-        return self._typed
-
-    @_typed.setter
-    def _typed(self, typed: dict[str, object]) -> None:
-        self._build()
-        self._typed = typed
-
-
-def _lazy_headers(source: bytes) -> _LazyHeaders:
-    headers = _LazyHeaders.__new__(_LazyHeaders)
-    headers._source = source
-    return headers
+    @staticmethod
+    def build_rows(source: bytes) -> list[HeaderRow]:
+        return _header_rows(source.decode("utf-8", "surrogateescape").split("\r\n"))
 
 
 def _parse_regular_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None] | None:
@@ -329,9 +287,7 @@ def _parse_regular_head(head: bytes, limits: Limits) -> tuple[_StartLine, Header
             return None
         length = int(value)
     start = _parse_start_line(head[:line_end].decode("utf-8", "surrogateescape"), limits)
-    headers = _LazyHeaders.__new__(_LazyHeaders)  # (_lazy_headers, inlined: hot path)
-    headers._source = head
-    return start, headers, length
+    return start, _LazyHeaders(head), length
 
 
 def _parse_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None]:
@@ -380,16 +336,16 @@ def _parse_head_general(head: bytes, limits: Limits) -> tuple[_StartLine, Header
             raise _error(f"Content-Length of more than 18 digits: {lengths[0][:30]!r}...", 413)
         if len(lengths) > 1 and any(_abnf.digits_value(value, 18) != length for value in lengths):
             raise _error("conflicting Content-Length headers")
-    return start, Headers._from_rows(rows), length
+    return start, Headers.from_rows(rows), length
 
 
-def _header_rows(lines: list[str]) -> list[_Row]:
+def _header_rows(lines: list[str]) -> list[HeaderRow]:
     """The rows of the header lines ``lines[1:]`` (``lines[0]`` is the start line).
 
     Checks each line ("name HCOLON value", folded continuations joined) and
     raises ``SipParseError`` on the first bad one.
     """
-    rows: list[_Row] = []
+    rows: list[HeaderRow] = []
     append = rows.append
     name_keys = _NAME_KEYS
     line_rows = _LINE_ROWS
@@ -416,7 +372,7 @@ def _header_rows(lines: list[str]) -> list[_Row]:
     return rows
 
 
-def _slow_header_line(rows: list[_Row], line: str, name: str, colon: str, value: str) -> None:
+def _slow_header_line(rows: list[HeaderRow], line: str, name: str, colon: str, value: str) -> None:
     """A header line whose name is not in the cache: fold, new name or error."""
     if not line:
         raise _error("empty line inside the header section")
