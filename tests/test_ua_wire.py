@@ -199,13 +199,15 @@ def test_build_imdn_request_from_an_owed_record() -> None:
         created_at=0.0,
         expires_at=100.0,
     )
-    request = _wire.build_imdn_request(_Me(), owed)
+    request = _wire.build_imdn_request(_Me(), owed, now=1_700_000_000.0)
     assert str(request.uri) == "sip:relay@127.0.0.1:5090"
     assert str(request.to.uri) == "sip:alice@127.0.0.1:5060"
     envelope = cpim.parse(request.body)
     received = recognise(envelope, require_disposition=True)
     assert received is not None
     assert received.message_id == "n-42"
+    assert envelope.date_time is not None
+    assert envelope.date_time.raw.startswith("2023-11-14T22:13:20")  # the IMDN's own, from ``now``
     (note,) = received.notifications
     assert (note.message_id, str(note.kind), str(note.status)) == ("m-123", "display", "displayed")
     assert note.datetime == "2024-01-01T00:00:00Z"

@@ -71,6 +71,7 @@ from ..imdn.tracker import (
 )
 from ..message import Request, Response
 from ..registration import RegistrationClient, RegState
+from ..stack import IncomingRequest, SipStack
 from ..store import Delete, Put, SeenRecord, SqliteStore, Store, StoreOp
 from ..transport.base import ConnectionCounters
 from ..uri import Uri
@@ -156,7 +157,7 @@ class UserAgent:
         self._writer = StoreWriter()
         self._auth = Authenticator(config.credentials) if config.credentials else None
         self._tracker: DispositionTracker | None = None
-        self._stack: _wire.Stack | None = None
+        self._stack: SipStack | None = None
         self._timer = WallClockTimer(self._on_timer)
         self._purge_timer: asyncio.TimerHandle | None = None
         # Handler deadlines of the messages being decided, under one shared timer.
@@ -352,7 +353,7 @@ class UserAgent:
             raise LocalProtocolError("this user agent does not register (set register=True or registrar)")
         return await self._registrar.wait_settled(timeout)
 
-    def _start_registration(self, stack: _wire.Stack) -> None:
+    def _start_registration(self, stack: SipStack) -> None:
         contacts = contacts_for(self._aor, self.config.listen, _wire.endpoints_of(stack))
         client = RegistrationClient(settings_for(self.config, self._aor, contacts), authenticator=self._auth)
         route = _wire.loose_route(self.config.outbound_proxy) if self.config.outbound_proxy else None
@@ -388,7 +389,7 @@ class UserAgent:
 
     # -- the pump ----------------------------------------------------------------------------
 
-    def _require_stack(self) -> _wire.Stack:
+    def _require_stack(self) -> SipStack:
         if self._stack is None or self._closed:
             raise LocalProtocolError("user agent is not running (use `async with UserAgent(...)`)")
         return self._stack
@@ -473,7 +474,7 @@ class UserAgent:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _on_request(self, incoming: _wire.Incoming) -> None:
+    def _on_request(self, incoming: IncomingRequest) -> None:
         request = incoming.request
         method = request.method
         if method == "ACK":
@@ -498,7 +499,7 @@ class UserAgent:
         else:
             incoming.respond(405, None, [("Allow", ALLOW)])
 
-    def _receive_message(self, incoming: _wire.Incoming) -> None:
+    def _receive_message(self, incoming: IncomingRequest) -> None:
         # Runs inline in the stack's callback: decoding, dedup and tracking need no
         # task; only the application's handler gets one (see _decide).
         request = incoming.request
@@ -514,7 +515,7 @@ class UserAgent:
         else:
             self._receive_im(incoming, inbound)
 
-    def _receive_notification(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
+    def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business
         # (no oracle for guessing Message-IDs, RFC 5438 §14).
         incoming.respond(200)
@@ -541,7 +542,7 @@ class UserAgent:
             )
         self._pump()
 
-    def _receive_im(self, incoming: _wire.Incoming, inbound: _wire.Inbound) -> None:
+    def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         request = incoming.request
         tracker = self._require_tracker()
         now = time.time()
@@ -820,7 +821,7 @@ class UserAgent:
     async def _send_owed(self, owed: OwedNotification) -> None:
         status: int | None = None
         try:
-            request = _wire.build_imdn_request(self, owed)
+            request = _wire.build_imdn_request(self, owed, now=time.time())
         except (LocalProtocolError, ValueError) as exc:
             # We cannot build it (bad stored data): retrying would fail the same way.
             _log.error("cannot build IMDN %s for %s: %s", owed.notification_id, owed.message_id, exc)
@@ -1063,7 +1064,7 @@ class _Pending:
 
     def __init__(
         self,
-        incoming: _wire.Incoming,
+        incoming: IncomingRequest,
         message_id: str | None,
         sender: str,
         tx_key: tuple[str, ...] | None,

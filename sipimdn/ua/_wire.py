@@ -4,13 +4,14 @@ Pure functions between the façade (:mod:`._agent`) and the layers below:
 decoding a received MESSAGE into an :class:`Inbound` (text/plain,
 message/cpim wrapping any type, bare message/imdn+xml, deflate/gzip
 bodies), building the CPIM instant message and the CPIM IMDN, and the
-SIP requests that carry them. Nothing here touches a socket or a clock.
+SIP requests that carry them. Nothing here does I/O or reads a clock: the
+caller passes ``now``, and :func:`make_stack` only builds the stack, which
+opens its sockets when started.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -45,9 +46,6 @@ from ..uri import Uri
 from ._deadline import Decision, normalize_decision
 from .incoming import IncomingMessage
 from .request_uri import RequestUriPolicy, RequestUriVerdict
-
-Stack = SipStack
-Incoming = IncomingRequest
 
 #: Bodies we take in a MESSAGE (RFC 3261 §8.2.3: the Accept of our 415).
 ACCEPT = "message/cpim, text/plain, message/imdn+xml"
@@ -225,7 +223,7 @@ def _uri_text(uri: Uri) -> str:
 
 def incoming_message(
     inbound: Inbound,
-    incoming: Incoming,
+    incoming: IncomingRequest,
     report: Callable[[str, str, str, str], Awaitable[bool]],
 ) -> IncomingMessage:
     """The application's view of a received instant message."""
@@ -321,8 +319,11 @@ def build_im_request(
     )
 
 
-def build_imdn_request(ua: _Sender, owed: OwedNotification) -> Request:
-    """The MESSAGE carrying an IMDN we owe (RFC 5438 §7.2.1.1, §12.1.3.1)."""
+def build_imdn_request(ua: _Sender, owed: OwedNotification, *, now: float) -> Request:
+    """The MESSAGE carrying an IMDN we owe (RFC 5438 §7.2.1.1, §12.1.3.1).
+
+    ``now`` (POSIX seconds, the wall clock) becomes the IMDN's CPIM DateTime (RFC 5438 §6.3).
+    """
     note = make_notification(
         message_id=owed.message_id,
         datetime=owed.datetime or "",
@@ -336,7 +337,7 @@ def build_imdn_request(ua: _Sender, owed: OwedNotification) -> Request:
         note,
         from_=owed.cpim_from or ua.aor,
         to=owed.cpim_to or owed.sip_to,
-        now=time.time(),
+        now=now,
         # Stable across retries, so the peer can tell a retry from a new IMDN.
         message_id=owed.notification_id,
         # §7.2.1: every IMDN-Record-Route of the IM becomes an IMDN-Route, same order.
