@@ -27,7 +27,7 @@ __all__ = ["SELF_CHECK", "build_from_lines", "build_message", "format_header", "
 
 
 def format_text(text: str) -> str:
-    """Escape free text (e.g. a Subject) for a header value (CPIM-40..44)."""
+    """Escape free text (e.g. a Subject) for a header value (RFC 3862 §2.3.1)."""
     return grammar.escape(text)
 
 

@@ -7,7 +7,7 @@ once at import. Leniencies are commented next to the rule they relax and are
 applied by the parser, never by the generator ("strict on send").
 
 Everything here works on ``str`` (the header block is decoded as UTF-8 first,
-CPIM-14), so "UCS-high" below means "any code point above U+007F". The ABNF's
+RFC 3862 §2.2), so "UCS-high" below means "any code point above U+007F". The ABNF's
 UTF8-multi also admits the obsolete 5- and 6-byte forms; Python's strict
 UTF-8 decoder (RFC 3629) refuses them, and so do we.
 
@@ -64,7 +64,7 @@ token = r"{tokenchar}+".format(**globals())
 number = r"[0-9]+"
 
 # Escape = "\" ( "u" 4(HEXDIG) / "b" / "t" / "n" / "r" / DQUOTE / "'" / "\" )
-# The parser honours any "\x" (CPIM-46), so inside a String we accept "\" + any char.
+# The parser honours any "\x" (RFC 3862 §2.3.1), so inside a String we accept "\" + any char.
 escape_seq = r"\\[^\x00-\x1f\x7f]"
 
 # Str-char = %x20-21 / %x23-5B / %x5D-7E / UCS-high
@@ -85,7 +85,7 @@ language_tag = r"[A-Za-z]{{1,8}}(?:-[A-Za-z0-9]{{1,8}})*".format(**globals())
 # (Lang-param is an Ext-param whose name is "lang"; the message layer checks the tag.)
 parameter = r"(?P<pname>{name})=(?P<pvalue>{string}|{token}|{number})".format(**globals())
 
-# HEADERCHAR = UCS-no-CTL / Escape   (no control characters at all, CPIM-17)
+# HEADERCHAR = UCS-no-CTL / Escape   (no control characters at all, RFC 3862 §2.2)
 header_value = r"[^\x00-\x1f\x7f]*"
 
 # Header = Header-name ":" *( ";" Parameter ) SP Header-value CRLF
@@ -93,8 +93,8 @@ header_value = r"[^\x00-\x1f\x7f]*"
 param_list = r"(?:;{name}=(?:{string}|{token}|{number}))*".format(**globals())
 header_line = r"{header_name}:(?P<params>{param_list}) (?P<value>{header_value})".format(**globals())
 
-# Leniency: real senders omit the SP after the colon (``imdn.Message-ID:abc``,
-# shared/spec/cpim.md §11). Only used when the strict form does not match.
+# Leniency: real senders omit the SP after the colon (``imdn.Message-ID:abc``).
+# Only used when the strict form does not match.
 header_line_lenient = r"{header_name}:(?P<params>{param_list})(?P<value>{header_value})".format(**globals())
 
 # URI = <absoluteURI, RFC 2396>:  scheme ":" ( hier_part / opaque_part )
@@ -127,7 +127,7 @@ date_time = (
     r"(?P<h>[0-9]{2}):(?P<mi>[0-9]{2}):(?P<s>[0-9]{2})(?P<frac>\.[0-9]+)?"
     r"(?P<off>[Zz]|[+\-][0-9]{2}:[0-9]{2})"
 )
-# Leniency (shared/peers.md): one-digit offset hours ("+5:30"), offsets without
+# Leniency (seen from deployed clients): one-digit offset hours ("+5:30"), offsets without
 # a colon ("+0530") or hour-only ("+05"), a space instead of "T", a missing offset
 # (read as UTC). The raw string is always kept for echoing in <datetime>.
 date_time_lenient = (
@@ -163,12 +163,12 @@ _ESCAPE_TOKEN_RE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.|$)", re.DOTALL)
 
 
 def escape(text: str, quote: str | None = None) -> str:
-    """Escape ``text`` for use in a CPIM header value (generator rules CPIM-40..44).
+    """Escape ``text`` for use in a CPIM header value (generator rules of RFC 3862 §2.3.1).
 
     Backslash, BS, TAB, LF and CR get their short forms; other control
     characters become ``\\uXXXX``; the quote character of an enclosing
     quoted string (``quote``) is escaped; nothing else is (non-ASCII is sent
-    as UTF-8, CPIM-44).
+    as UTF-8, as §2.3.1 requires).
     """
     out: list[str] = []
     for ch in text:
@@ -185,7 +185,7 @@ def escape(text: str, quote: str | None = None) -> str:
 
 
 def unescape(text: str) -> str:
-    """Decode CPIM escapes (parser rules CPIM-45, CPIM-46).
+    """Decode CPIM escapes (parser rules of RFC 3862 §2.3.1).
 
     Every backslash starts an escape; an unknown escape yields the character
     after the backslash; a lone backslash at the very end is dropped. Two

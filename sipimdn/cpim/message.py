@@ -2,14 +2,14 @@
 
 A CPIM message is a block of strict one-line *message headers*, a blank line,
 then an ordinary MIME entity (MIME headers, blank line, content). Message
-headers are kept exactly as received (CPIM-22: never reformatted or
-reordered) and each is resolved to ``(namespace URI, name)`` by replaying the
-``NS`` declarations in order (CPIM-50..53), so ``z.Message-ID`` with
+headers are kept exactly as received (RFC 3862 §2.2, §6: never reformatted
+or reordered) and each is resolved to ``(namespace URI, name)`` by replaying the
+``NS`` declarations in order (RFC 3862 §3.4, §4.6), so ``z.Message-ID`` with
 ``NS: z <urn:ietf:params:imdn>`` is the IMDN Message-ID while an undeclared
 ``imdn.Message-ID`` is not. The MIME part follows RFC 2045 rules instead
-(case-insensitive names, folding allowed, CPIM-80). The content stays bytes.
+(case-insensitive names, folding allowed; RFC 3862 §2.4). The content stays bytes.
 
-Local policy (CPIM-23): at most ``Limits.max_headers`` message headers,
+Local policy (RFC 3862 sets no bounds): at most ``Limits.max_headers`` message headers,
 ``Limits.max_header_bytes`` of message headers, the same bounds for the MIME
 headers. Errors about the input raise :class:`~sipimdn.errors.CpimError`
 (SIP status 400, or 413 past a size bound).
@@ -51,7 +51,7 @@ CONTENT_TYPE = "message/cpim"
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Local DoS bounds (RFC 3862 sets none, CPIM-23)."""
+    """Local DoS bounds (RFC 3862 sets none)."""
 
     max_headers: int = 100
     max_header_bytes: int = 16 * 1024
@@ -70,7 +70,7 @@ class CpimHeader:
 
     ``namespace`` is the URI the header's prefix (or the default namespace)
     was bound to *at that line*; it is None when the prefix was never declared
-    before use (CPIM-52), which makes the header unknown.
+    before use (RFC 3862 §3.4), which makes the header unknown.
     """
 
     raw: str
@@ -78,7 +78,7 @@ class CpimHeader:
     prefix: str | None
     """Name-prefix as written (``imdn`` in ``imdn.Message-ID``), or None."""
     name: str
-    """The Name part, case preserved (names are case-sensitive, CPIM-20)."""
+    """The Name part, case preserved (names are case-sensitive, RFC 3862 §3)."""
     namespace: str | None
     """Resolved namespace URI, or None for an undeclared prefix."""
     params: tuple[tuple[str, str], ...]
@@ -179,7 +179,7 @@ def _split_params(text: str) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class CpimMessage:
-    """A parsed or built message/cpim document. Immutable (RFC 3862 §6, CPIM-81).
+    """A parsed or built message/cpim document. Immutable (RFC 3862 §6).
 
     Header access is by namespace URI and name, never by literal prefix:
     ``msg.get(IMDN_NS, "Message-ID")``. ``to_bytes()`` writes the headers
@@ -198,7 +198,7 @@ class CpimMessage:
     # -- access by namespace -------------------------------------------------------
 
     def get_all(self, namespace: str, name: str) -> list[CpimHeader]:
-        """Every header whose resolved namespace and name match exactly (CPIM-20)."""
+        """Every header whose resolved namespace and name match exactly (RFC 3862 §3)."""
         return [h for h in self.headers if h.name == name and h.namespace == namespace]
 
     def get(self, namespace: str, name: str) -> CpimHeader | None:
@@ -271,7 +271,7 @@ class CpimMessage:
 
     @property
     def require(self) -> list[str]:
-        """Header names and feature tokens listed in Require headers (CPIM-60)."""
+        """Header names and feature tokens listed in Require headers (RFC 3862 §3.5, §4.7)."""
         out: list[str] = []
         for h in self.get_all(CPIM_NS, "Require"):
             out.extend(item.strip() for item in h.value.split(","))
@@ -279,10 +279,10 @@ class CpimMessage:
 
     def requirements(self) -> list[tuple[str | None, str]]:
         """Require entries resolved to ``(namespace URI, name)`` with the NS bindings in force
-        at each Require line (CPIM-60); the namespace is None for an undeclared prefix.
+        at each Require line (RFC 3862 §4.7); the namespace is None for an undeclared prefix.
 
-        RFC 3862 leaves what to do with a requirement one does not understand to
-        the application (CPIM-62): compare these with the headers you support.
+        RFC 3862 §3.5 leaves what to do with a requirement one does not understand to the
+        application: compare these with the headers you support.
         """
         prefixes: dict[str, str] = {}
         default_ns = CPIM_NS
@@ -346,7 +346,7 @@ class CpimMessage:
         return value.split(";", 1)[0].strip().lower() or None
 
     def decoded_body(self) -> bytes:
-        """The content with its Content-Transfer-Encoding undone (RFC 2045 §6; CPIM-82).
+        """The content with its Content-Transfer-Encoding undone (RFC 2045 §6; RFC 3862 §7.1).
 
         ``7bit``, ``8bit``, ``binary`` or no header give :attr:`body` as is;
         ``base64`` and ``quoted-printable`` are decoded. Raises
@@ -420,7 +420,7 @@ def parse(
         what="CPIM",
         lenient=lenient,
     )
-    # No minimum header set (CPIM-23): an empty header block is legal; the
+    # No minimum header set (RFC 3862 §6): an empty header block is legal; the
     # application profile (RFC 5438) decides what it needs.
     headers = _parse_cpim_headers(lines, lenient)
     mime_lines, pos = _header_lines(
@@ -477,7 +477,7 @@ def _header_lines(
 ) -> tuple[list[str], int]:
     """Split header lines up to the first empty line; return them decoded and the body offset.
 
-    Lines end in CRLF (CPIM-15); bare LF is tolerated and noted.
+    Lines end in CRLF (RFC 3862 §2.2); bare LF is tolerated and noted.
     """
     fast = _header_lines_crlf(data, pos, max_count=max_count, max_bytes=max_bytes)
     if fast is not None:
@@ -688,7 +688,7 @@ def _parse_mime_headers(lines: list[str]) -> tuple[MimeHeader, ...]:
     out: list[MimeHeader] = []
     for raw in lines:
         if raw[:1] in (" ", "\t"):
-            # RFC 5322 folding: continuation of the previous header (CPIM-80).
+            # RFC 5322 folding: continuation of the previous header (RFC 3862 §2.4).
             if not out:
                 raise CpimError("MIME header block starts with a continuation line")
             prev = out[-1]

@@ -155,7 +155,7 @@ def _q(local: str) -> str:
     return f"{{{XML_NS}}}{local}"
 
 
-# draft-ietf-simple-imdn-03 called display notifications "read" (imdn.md §14).
+# draft-ietf-simple-imdn-03 called display notifications "read".
 _DRAFT_RENAMES = {_q("read-notification"): _q("display-notification"), _q("read"): _q("displayed")}
 
 
@@ -179,7 +179,7 @@ def parse_notification(
 
     A document with no notification element is refused: RFC 5438 §11.1.6
     makes one mandatory even though the schema's ``<empty/>`` alternative
-    allows none (imdn.md §13 item 1), and there is nothing to act on without it.
+    allows none, and there is nothing to act on without it.
 
     Raises :class:`~sipimdn.errors.ImdnError`.
     """

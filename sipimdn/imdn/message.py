@@ -73,7 +73,7 @@ def build_im(
 ) -> CpimMessage:
     """Build an outgoing instant message (RFC 5438 §7.1.1, header order of its example).
 
-    ``now`` (POSIX seconds) becomes the DateTime header (IMDN-14).
+    ``now`` (POSIX seconds) becomes the DateTime header (RFC 5438 §7.1.1.2).
     ``message_id`` defaults to :func:`~sipimdn.imdn.new_message_id`. ``notify``
     lists the IMDNs to request; empty means none is requested (the
     Message-ID is still sent, which peers use for de-duplication).
@@ -119,11 +119,11 @@ def build_imdn(
     To); it becomes the CPIM From and ``<recipient-uri>``.
     ``<original-recipient-uri>`` is the IM's Original-To if any, else the same
     URI. ``include_recipient=False`` leaves both out (undisclosed lists,
-    IMDN-65). The IMDN's DateTime is ``now``; ``<datetime>`` echoes the IM's
+    RFC 5438 §8, §14.2). The IMDN's DateTime is ``now``; ``<datetime>`` echoes the IM's
     DateTime verbatim.
 
     Raises :class:`~sipimdn.errors.LocalProtocolError` when ``im`` is itself an
-    IMDN (IMDN-53, C4), lacks the Message-ID/DateTime/From an IMDN needs, or
+    IMDN (no IMDN for an IMDN, RFC 5438 §7.2.1), lacks the Message-ID/DateTime/From an IMDN needs, or
     ``status`` does not belong to ``kind``; and
     :class:`~sipimdn.errors.ImdnError` when its IMDN headers are malformed.
     """
@@ -245,7 +245,8 @@ class ReceivedImdn:
 
 
 def is_imdn(msg: CpimMessage) -> bool:
-    """Cheap loop guard (C4, IMDN-53): does ``msg`` carry or claim to carry a notification?"""
+    """Does ``msg`` carry or claim to carry a notification? The cheap loop guard: no IMDN for
+    an IMDN (RFC 5438 §7.2.1)."""
     if msg.content_disposition == "notification":
         return True
     ctype = msg.mime_header("Content-Type") or ""
@@ -262,17 +263,17 @@ def recognise(
     accept_lone_recipient: bool = False,
     max_inflated_size: int = MAX_INFLATED_SIZE,
 ) -> ReceivedImdn | None:
-    """Return the notifications of an IMDN, or None when ``msg`` is an instant message (IMDN-50, IMDN-51).
+    """Return the notifications of an IMDN, or None when ``msg`` is an instant message (RFC 5438 §9).
 
     The encapsulated entity must be ``message/imdn+xml`` (or ``multipart/mixed``
     with such parts, §8.3); a Content-Transfer-Encoding (base64,
     quoted-printable) and then ``Content-Encoding: deflate`` are undone first.
     ``Content-Disposition: notification`` is required only with
-    ``require_disposition=True``: Blink/sipsimple omit it (shared/peers.md),
+    ``require_disposition=True``: Blink/sipsimple omit it,
     and the result records whether it was there. Each document must hold a
     notification element. A multipart body mixing IMDN and other parts is
-    refused (IMDN-52). Disposition-Notification headers in an IMDN are
-    ignored (IMDN-53). ``accept_draft_read`` and ``accept_lone_recipient`` are
+    refused (RFC 5438 §9). Disposition-Notification headers in an IMDN are
+    ignored (RFC 5438 §7.2.1). ``accept_draft_read`` and ``accept_lone_recipient`` are
     passed to :func:`~sipimdn.imdn.parse_notification` for each document.
 
     Raises :class:`~sipimdn.errors.ImdnError` when the message claims to be
