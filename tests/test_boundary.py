@@ -4,14 +4,17 @@ Each check runs in a fresh interpreter, since this test process has long since l
 asyncio side. The SIP core, the transaction layer, the CPIM and IMDN codecs, the IMDN tracker,
 the registration client and digest authentication are sans-IO; ``import sipimdn`` keeps every
 public name but imports the user agent (and its configuration, which needs ssl) only on first use.
+And layers use each other's public names: no module imports a private name of another subpackage.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +130,54 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         sipimdn.NoSuchThing  # noqa: B018
     with pytest.raises(ImportError):
         exec("from sipimdn import NoSuchThing")
+
+
+# -- layers use each other's public names -------------------------------------------------------
+
+PACKAGE_ROOT = Path(sipimdn.__file__).parent
+
+
+def _private_imports() -> list[str]:
+    """``from X import _name`` (or from a ``_module``) outside the package that owns the name.
+
+    A private name belongs to the package that defines it: ``sipimdn.cpim.message._header_lines``
+    and ``sipimdn.cpim._grammar`` to ``sipimdn.cpim`` (only its modules may import them),
+    ``sipimdn._abnf`` to ``sipimdn`` (any module of the project may).
+    """
+    found = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts)
+        importer = parts[:-1]  # the package the importing module is in (for __init__, itself)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                module = [*importer[: len(importer) - node.level + 1], *(node.module or "").split(".")]
+            else:
+                module = (node.module or "").split(".")
+            module = [part for part in module if part]
+            if module[:1] != ["sipimdn"]:
+                continue
+            for alias in node.names:
+                target = [*module, alias.name]
+                private = next((i for i, part in enumerate(target) if _is_private(part)), None)
+                if private is None:
+                    continue
+                owner = target[:private]
+                if not _is_package(owner):
+                    owner = owner[:-1]  # a private name in a module belongs to the module's package
+                if importer[: len(owner)] != owner:
+                    found.append(f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno} {'.'.join(target)}")
+    return found
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _is_package(dotted: list[str]) -> bool:
+    return (PACKAGE_ROOT.parent.joinpath(*dotted) / "__init__.py").exists()
+
+
+def test_no_layer_imports_another_packages_private_names() -> None:
+    assert _private_imports() == []
