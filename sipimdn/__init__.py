@@ -50,9 +50,10 @@ _LAZY = {
     "UserAgent": ".ua",
 }
 
+if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays an error there
 
-def __getattr__(name: str) -> object:
-    return _lazy.load(__name__, globals(), _LAZY, name)
+    def __getattr__(name: str) -> object:
+        return _lazy.load(__name__, globals(), _LAZY, name)
 
 
 def __dir__() -> list[str]:

@@ -4,13 +4,16 @@ The sans-IO cores must import without asyncio, sqlite3 or socket, yet ``sipimdn`
 subpackages also re-export asyncio adapters (the user agent, the transport manager, the SQLite
 store). Such a package lists those names in a table ``{name: submodule}`` and defines::
 
-    def __getattr__(name: str) -> object:
-        return _lazy.load(__name__, globals(), LAZY, name)
+    if not TYPE_CHECKING:
+
+        def __getattr__(name: str) -> object:
+            return _lazy.load(__name__, globals(), LAZY, name)
 
     def __dir__() -> list[str]:
         return _lazy.names(globals(), LAZY)
 
 with the same names imported under ``if TYPE_CHECKING:`` so type checkers and IDEs see them.
+``__getattr__`` is hidden from type checkers: were it seen, any misspelt name would type-check.
 The first access imports the submodule and caches the value in the package's namespace, so
 later accesses are plain attribute reads.
 """
