@@ -56,6 +56,13 @@ SANS_IO_MODULES = [
     # registration and authentication
     "sipimdn.registration",
     "sipimdn.auth",
+    # the intermediary's cores (RFC 5438 §8)
+    "sipimdn.intermediary",
+    "sipimdn.intermediary.exploder",
+    "sipimdn.intermediary.forward",
+    "sipimdn.intermediary.registrar",
+    "sipimdn.intermediary.rewrite",
+    "sipimdn.intermediary.store",
 ]
 
 
@@ -102,7 +109,7 @@ def test_the_user_agent_loads_on_first_use() -> None:
     assert loaded["asyncio"] and loaded["sqlite3"]
 
 
-@pytest.mark.parametrize("package", ["sipimdn", "sipimdn.transport", "sipimdn.store"])
+@pytest.mark.parametrize("package", ["sipimdn", "sipimdn.transport", "sipimdn.store", "sipimdn.intermediary"])
 def test_every_public_name_is_there(package: str) -> None:
     module = importlib.import_module(package)
     for name in module.__all__:
@@ -115,6 +122,7 @@ def test_every_public_name_is_there(package: str) -> None:
 
 def test_lazy_names_are_the_real_objects() -> None:
     from sipimdn.config import UserAgentConfig
+    from sipimdn.intermediary.service import Intermediary
     from sipimdn.store.sqlite import SqliteStore
     from sipimdn.transport.manager import TransportManager
     from sipimdn.ua import UserAgent
@@ -123,6 +131,7 @@ def test_lazy_names_are_the_real_objects() -> None:
     assert sipimdn.UserAgentConfig is UserAgentConfig
     assert importlib.import_module("sipimdn.store").SqliteStore is SqliteStore
     assert importlib.import_module("sipimdn.transport").TransportManager is TransportManager
+    assert importlib.import_module("sipimdn.intermediary").Intermediary is Intermediary
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:

@@ -3,12 +3,17 @@
 Sans-IO building blocks (no asyncio; they take ``now`` and offer
 ``get_timer``/``handle_timer``): :class:`StoreAndForward`,
 :class:`ListExploder`, :class:`Registrar`, the CPIM rewriting helpers of
-:mod:`.rewrite`, and the parked-message stores. :class:`Intermediary` runs
-them all on a :class:`~sipimdn.stack.SipStack`.
+:mod:`.rewrite`, and the parked-message records and in-memory store.
+:class:`Intermediary` runs them all on a :class:`~sipimdn.stack.SipStack`;
+it and :class:`SqliteParkedStore` are imported on first use of their names
+(PEP 562), so importing the building blocks loads no asyncio, sqlite3 or socket.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .. import _lazy
 from .exploder import (
     ExploderConfig,
     ExploderEvent,
@@ -32,7 +37,6 @@ from .forward import (
 )
 from .registrar import Binding, RegisterResult, Registrar
 from .rewrite import add_original_to, add_record_route, pop_imdn_route, replace_to
-from .service import Intermediary, IntermediaryConfig, RequestRouted
 from .store import (
     DropParked,
     ImdnOrigin,
@@ -41,8 +45,28 @@ from .store import (
     ParkedOp,
     ParkedStore,
     PutParked,
-    SqliteParkedStore,
 )
+
+if TYPE_CHECKING:
+    from .service import Intermediary, IntermediaryConfig, RequestRouted
+    from .sqlite import SqliteParkedStore
+
+_LAZY = {
+    "Intermediary": ".service",
+    "IntermediaryConfig": ".service",
+    "RequestRouted": ".service",
+    "SqliteParkedStore": ".sqlite",
+}
+
+if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays an error there
+
+    def __getattr__(name: str) -> object:
+        return _lazy.load(__name__, globals(), _LAZY, name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.names(globals(), _LAZY)
+
 
 __all__ = [
     "RETRYABLE_STATUSES",

@@ -80,7 +80,8 @@ from .forward import (
 )
 from .registrar import Registrar
 from .rewrite import add_original_to, add_record_route, pop_imdn_route, replace_to
-from .store import ImdnOrigin, ParkedMessage, ParkedOp, ParkedStore, SqliteParkedStore
+from .sqlite import SqliteParkedStore
+from .store import ImdnOrigin, ParkedMessage, ParkedOp, ParkedStore
 
 __all__ = ["Intermediary", "IntermediaryConfig", "RequestRouted"]
 
