@@ -38,6 +38,7 @@ SANS_IO_MODULES = [
     "sipimdn.dialog.layer",
     "sipimdn.dialog.transaction",
     "sipimdn.transport.flow",
+    "sipimdn.transport.locate",
     # message/cpim and IMDN
     "sipimdn.cpim",
     "sipimdn.cpim.build",
@@ -53,6 +54,10 @@ SANS_IO_MODULES = [
     "sipimdn.store.base",
     "sipimdn.store.memory",
     "sipimdn.events",
+    # is-composing (RFC 3994)
+    "sipimdn.iscomposing",
+    "sipimdn.iscomposing.codec",
+    "sipimdn.iscomposing.state",
     # registration and authentication
     "sipimdn.registration",
     "sipimdn.auth",

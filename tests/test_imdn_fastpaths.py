@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from sipimdn import cpim, imdn
+from sipimdn import _safexml, cpim, imdn
 from sipimdn.cpim import build as cpim_build
 from sipimdn.cpim import message as cpim_message
 from sipimdn.errors import CpimError, ImdnError, LocalProtocolError
-from sipimdn.imdn import Kind, Notification, Status, _safexml, document
+from sipimdn.imdn import Kind, Notification, Status, document
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

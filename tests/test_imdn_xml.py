@@ -11,9 +11,9 @@ import pytest
 from lxml import etree
 from memory_probe import peak_rss
 
-from sipimdn import imdn
+from sipimdn import _safexml, imdn
 from sipimdn.errors import ImdnError, LocalProtocolError
-from sipimdn.imdn import Kind, Status, _safexml
+from sipimdn.imdn import Kind, Status
 from sipimdn.imdn.document import validate
 
 DATA = Path(__file__).parent / "data" / "imdn"

@@ -25,10 +25,10 @@ from typing import Final
 
 from lxml import etree
 
+from .._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, make_parser, parse_xml
 from ..cpim import grammar
 from ..cpim.values import parse_datetime
 from ..errors import ImdnError, LocalProtocolError
-from ._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, make_parser, parse_xml
 
 __all__ = [
     "ALLOWED_STATUSES",

@@ -22,9 +22,9 @@ from typing import Final
 
 from lxml import etree
 
+from .._safexml import make_parser, parse_xml
 from ..cpim.message import CpimMessage, parse_media_type
 from ..errors import IsComposingError, LocalProtocolError
-from ..imdn._safexml import make_parser, parse_xml
 
 __all__ = [
     "CONTENT_TYPE",

@@ -1,6 +1,6 @@
 """sipimdn.transport: asyncio adapters that move SIP bytes over UDP, TCP and TLS.
 
-``Flow``, ``Transport`` and ``SendKind`` (``flow``) are plain data shared with the sans-IO
+``Flow``, ``Target``, ``Transport`` and ``SendKind`` (``flow``) are plain data shared with the sans-IO
 layers, and the only names imported with the package; ``select`` (next-hop choice and DNS),
 ``base`` (configuration) and ``manager`` (the sockets and the connection table) are imported on
 first use of their names (PEP 562), so the sans-IO layers can use ``flow`` without loading
@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import _lazy
-from .flow import Address, Flow, SendKind, Transport
+from .flow import Address, Flow, SendKind, Target, Transport
 
 if TYPE_CHECKING:
     from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
     from .manager import TransportManager
-    from .select import Target, resolve, target_for_uri
+    from .select import resolve, target_for_uri
 
 _LAZY = {
     "ConnectionCounters": ".base",
@@ -25,7 +25,6 @@ _LAZY = {
     "TransportConfig": ".base",
     "TransportUser": ".base",
     "TransportManager": ".manager",
-    "Target": ".select",
     "resolve": ".select",
     "target_for_uri": ".select",
 }

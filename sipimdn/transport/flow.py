@@ -11,7 +11,9 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Address", "Flow", "SendKind", "Transport", "is_ip_literal"]
+from ..errors import LocalProtocolError
+
+__all__ = ["Address", "Flow", "SendKind", "Target", "Transport", "is_ip_literal"]
 
 #: An (IP literal, port) pair. IPv6 literals carry no brackets.
 Address = tuple[str, int]
@@ -86,3 +88,23 @@ def is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to send a request: a transport, a host (IP literal or name) and a port."""
+
+    #: The transport to use.
+    transport: Transport
+    #: IP literal (no brackets) or a host name to resolve.
+    host: str
+    #: The port.
+    port: int
+    #: The name a TLS certificate must match (the URI host when it is a name).
+    server_name: str | None = None
+
+    def flow(self) -> Flow:
+        """The flow to this target; ``host`` must be an IP literal by now."""
+        if not is_ip_literal(self.host):
+            raise LocalProtocolError(f"target host {self.host!r} is not resolved")
+        return Flow(self.transport, (self.host, self.port), None, self.server_name)

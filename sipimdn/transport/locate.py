@@ -42,8 +42,7 @@ from typing import Final, Protocol
 
 from ..errors import LocalProtocolError, TransportError
 from ..uri import Uri
-from .flow import Transport, is_ip_literal
-from .select import Target
+from .flow import Target, Transport, is_ip_literal
 
 __all__ = [
     "Answer",

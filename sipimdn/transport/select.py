@@ -19,36 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, TransportError
 from ..uri import Uri
-from .flow import Flow, Transport, is_ip_literal
+from .flow import Target, Transport, is_ip_literal
 
 __all__ = ["Target", "needs_stream", "resolve", "target_for_uri"]
 
 #: §18.1.1: above this many bytes a request goes over TCP when the path MTU is unknown.
 DEFAULT_UDP_MAX = 1300
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where to send a request: a transport, a host (IP literal or name) and a port."""
-
-    #: The transport to use.
-    transport: Transport
-    #: IP literal (no brackets) or a host name to resolve.
-    host: str
-    #: The port.
-    port: int
-    #: The name a TLS certificate must match (the URI host when it is a name).
-    server_name: str | None = None
-
-    def flow(self) -> Flow:
-        """The flow to this target; ``host`` must be an IP literal by now."""
-        if not is_ip_literal(self.host):
-            raise LocalProtocolError(f"target host {self.host!r} is not resolved")
-        return Flow(self.transport, (self.host, self.port), None, self.server_name)
 
 
 def target_for_uri(uri: Uri) -> Target:

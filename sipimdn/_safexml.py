@@ -21,7 +21,7 @@ import threading
 
 from lxml import etree
 
-from ..errors import ImdnError, RemoteProtocolError
+from .errors import ImdnError, RemoteProtocolError
 
 __all__ = ["MAX_DEPTH", "MAX_DOCUMENT_SIZE", "make_parser", "parse_xml"]
 
