@@ -189,7 +189,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "xml-size-cap-lifted",
         "IMDN documents are parsed by libxml2 up to 64 MB instead of 64 KB",
-        (Patch("sipimdn/imdn/_safexml.py", "MAX_DOCUMENT_SIZE = 64 * 1024\n",
+        (Patch("sipimdn/_safexml.py", "MAX_DOCUMENT_SIZE = 64 * 1024\n",
                "MAX_DOCUMENT_SIZE = 64 * 1024 * 1024\n"),),
         ("tests/robustness/test_xml_attacks.py", "-k", "ten_megabyte"),
     ),

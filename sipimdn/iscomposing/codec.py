@@ -1,6 +1,6 @@
 """application/im-iscomposing+xml documents (RFC 3994 §6): the IsComposing value, parse, build.
 
-Parsing runs the same hardened XML parser as the IMDN codec (``imdn._safexml``: size cap, UTF-8
+Parsing runs the same hardened XML parser as the IMDN codec (``sipimdn._safexml``: size cap, UTF-8
 only, no DTD or entities, bounded depth), validates the tree against the RFC 3994 schema (embedded
 below), then reads and checks the values the schema leaves loose: ``state`` must be ``active`` or
 ``idle`` (RFC 3994 §3), ``lastactive`` an xs:dateTime Python can represent, ``refresh`` a positive

@@ -1080,7 +1080,7 @@ class _Pending:
         #: Key of its dedup entry when that entry is kept in memory only (nothing owed).
         self.volatile_key: str | None = None
         #: Resends (same Message-ID, new transaction) received while deciding: same answer.
-        self.followers: list[_wire.Incoming] = []
+        self.followers: list[IncomingRequest] = []
 
     def respond(self, status: int, reason: str | None) -> None:
         """Send the final response to this message and to its resends."""
