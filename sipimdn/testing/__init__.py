@@ -198,8 +198,12 @@ async def ua_pair(
     :class:`~sipimdn.store.MemoryStore`, unless its overrides name a ``store_path``. Either AOR
     reaches the other directly: ``await alice.send_message(bob.aor, ...)``.
 
+    A user agent with no ``on_message`` handler answers messages 480 (no application to take
+    them): register your service's handler, or :func:`record_messages`, before sending to it.
+
     Both user agents are closed when the block ends, normally or by an exception, which then
-    propagates unchanged; closing gives notifications in flight ``close_grace`` seconds, as
+    propagates unchanged (if the second cannot start, the first is closed before the error
+    propagates); closing gives notifications in flight ``close_grace`` seconds, as
     ``UserAgent.close`` does.
     """
     if transport == "tls" and tls is None:
