@@ -50,3 +50,7 @@ def test_api_reference_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     ):
         assert f'id="{anchor}"' in useragent
     assert 'id="sipimdn.parser.StreamFramer"' in (out / "sip.html").read_text(encoding="utf-8")
+    testing = (out / "testing.html").read_text(encoding="utf-8")
+    for anchor in ("sipimdn.testing.ua_pair", "sipimdn.testing.Recorder.next",
+                   "sipimdn.testing.pytest_plugin.sipimdn_pair"):
+        assert f'id="{anchor}"' in testing

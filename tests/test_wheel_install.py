@@ -68,6 +68,15 @@ def test_wheel_installs_into_a_fresh_venv(tmp_path: Path) -> None:
     assert imported.returncode == 0, imported.stderr
     where, version = imported.stdout.split()
     assert where.startswith(str(fresh))  # the installed copy, not this checkout
+    # The test helpers ship too, and import without pytest or trustme (neither is in this venv).
+    helpers = _run(
+        [str(python), "-c", "import sys, sipimdn.testing; print(sipimdn.testing.__file__, "
+         "sorted(m for m in ('pytest', 'trustme') if m in sys.modules))"],
+        timeout=60,
+    )
+    assert helpers.returncode == 0, helpers.stderr
+    assert helpers.stdout.split() == [f"{where.rsplit('/', 1)[0]}/testing/__init__.py", "[]"]
+    assert "sipimdn/testing/pytest_plugin.py" in names
     script = _run([str(fresh / "bin" / "sipimdn"), "--version"], timeout=60)
     assert script.returncode == 0, script.stderr
     assert script.stdout.strip() == f"sipimdn {version}"

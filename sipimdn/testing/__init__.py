@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Recorder",
     "TlsContexts",
+    "TransportName",
     "UaPair",
     "UnexpectedDisposition",
     "WaitTimeout",
@@ -67,7 +68,7 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 
 #: The transports :func:`ua_pair` and :func:`loopback_config` can put a user agent on.
-Transport = Literal["udp", "tcp", "tls"]
+TransportName = Literal["udp", "tcp", "tls"]
 
 _T = TypeVar("_T")
 
@@ -130,7 +131,7 @@ def throwaway_tls() -> TlsContexts:
 
 def loopback_config(
     name: str,
-    transport: Transport = "udp",
+    transport: TransportName = "udp",
     *,
     host: str = "127.0.0.1",
     tls: TlsContexts | None = None,
@@ -182,7 +183,7 @@ class UaPair(NamedTuple):
 
 @contextlib.asynccontextmanager
 async def ua_pair(
-    transport: Transport = "udp",
+    transport: TransportName = "udp",
     *,
     alice: Mapping[str, Any] | None = None,
     bob: Mapping[str, Any] | None = None,
