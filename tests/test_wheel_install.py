@@ -1,5 +1,6 @@
 """A wheel built from this checkout installs into a fresh virtualenv and works there: the import
-(``sipimdn.testing`` too, without pytest), the ``sipimdn`` console script, the package data; no tests inside. And what the sdist holds."""
+(``sipimdn.testing`` too, without pytest), the ``sipimdn`` console script, the package data; no
+tests inside. And what the sdist holds."""
 
 from __future__ import annotations
 
