@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import socket
 import struct
 import sys
@@ -311,3 +313,44 @@ def test_source_address_for_wildcard_listeners() -> None:
     manager = TransportManager(NullUser(), TransportConfig())
     assert manager._source_address("127.0.0.1") == "127.0.0.1"
     assert manager._source_address("127.0.0.1") == "127.0.0.1"  # cached
+
+
+async def test_manager_logs_connection_events(caplog: pytest.LogCaptureFixture) -> None:
+    # Ours opened and closed at INFO; accepted ones, and their end, at DEBUG (peers choose their rate).
+    server = TransportManager(NullUser(), TransportConfig())
+    client = TransportManager(NullUser(), TransportConfig(idle_timeout=0.3))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="sipimdn.transport.manager"):
+            _, listener = await server.listen(ListenSpec(Transport.TCP, "127.0.0.1"))
+            await client.listen(ListenSpec(Transport.UDP, "127.0.0.1"))  # arms the idle sweeper
+            client.send(b"\r\n\r\n", Flow(Transport.TCP, listener))
+            async with asyncio.timeout(5):
+                while server.connection_count == 0 or client.connection_count == 0:
+                    await asyncio.sleep(0.01)
+                # Idle for over 0.3 s: the client closes it, the server sees it closed by the peer.
+                while server.connection_count or client.connection_count:
+                    await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+        await server.close()
+    logged = [(r.getMessage(), r.levelno) for r in caplog.records if r.name == "sipimdn.transport.manager"]
+    peer = re.escape(f"127.0.0.1:{listener[1]}")
+    expected = [
+        (rf"opened TCP connection to {peer} from (?P<local>127\.0\.0\.1:\d+)", logging.INFO),
+        (rf"accepted TCP connection from (?P<local>127\.0\.0\.1:\d+) on {peer} \(1 inbound open\)",
+         logging.DEBUG),
+        (rf"closed TCP connection to {peer} after \d+\.\d s: idle for over 0\.3 s", logging.INFO),
+        (r"closed TCP connection from (?P<local>127\.0\.0\.1:\d+) after \d+\.\d s: "
+         r"connection closed by (?P=local)", logging.DEBUG),
+    ]
+    assert len(logged) == len(expected), logged
+    locals_seen = set()
+    for pattern, level in expected:
+        found = [(re.fullmatch(pattern, text), seen) for text, seen in logged]
+        matched = [(m, seen) for m, seen in found if m is not None]
+        assert len(matched) == 1, (pattern, logged)
+        assert matched[0][1] == level, (pattern, logged)
+        local = matched[0][0].groupdict().get("local")
+        if local:
+            locals_seen.add(local)
+    assert len(locals_seen) == 1  # one connection, named by the same client address each time

@@ -24,6 +24,13 @@ Refusals and evictions are counted (``counters``) and logged at most once per
 bytes (slowloris) cannot keep a half-received message and its slot alive by merely refreshing the
 idle timer.
 
+Connection events are logged with transport and peer: a connection we open, and its end, at
+INFO; one we accept, and its end, at DEBUG. Ours are few (one per destination, reused while it
+lives, §18.1.1), so a line each is cheap and tells where traffic goes. The rate of inbound ones is
+the peers' to choose (a server facing many clients, a client opening a connection per message, a
+scanner), and two INFO lines per connection would let any of them write our log at its own pace;
+their messages are logged anyway.
+
 TLS below 1.2 is never spoken (RFC 8996; RFC 3261 §26.3.1 wants TLS at its best): see
 ``require_tls12``.
 """
@@ -97,6 +104,14 @@ class _RateLimitedLog:
         log.log(self._level, message, *args)
 
 
+def _hostport(address: Address | None) -> str:
+    """``host:port``, IPv6 hosts in brackets (``[::1]:5060``); ``?`` when unknown."""
+    if address is None:
+        return "?"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _family(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -145,6 +160,9 @@ class TransportManager:
         # Inbound connections in the table, by source key and back.
         self._source_of: dict[StreamConnection, str] = {}
         self._by_source: dict[str, set[StreamConnection]] = {}
+        # When each connection logged as opened or accepted was made (loop time): its end is
+        # logged once, with its age, however many ways it is reported lost.
+        self._opened_at: dict[StreamConnection, tuple[float, bool]] = {}  # (when, inbound)
         self._counts = {name: 0 for name in ConnectionCounters.__dataclass_fields__}
         self._log_refused = _RateLimitedLog(logging.WARNING)
         self._log_refused_source = _RateLimitedLog(logging.WARNING)
@@ -319,6 +337,14 @@ class TransportManager:
             reason = str(exc) or type(exc).__name__
             error = TransportError(f"{connection.kind.value} {what} {host}:{port} failed: {reason}")
             connection.connect_failed(error)
+            return
+        if connection.closed:  # closed while connecting: never in use
+            return
+        self._opened_at[connection] = (loop.time(), False)
+        flow = connection.flow
+        name = f" ({flow.server_name})" if flow.server_name and flow.server_name != host else ""
+        log.info("opened %s connection to %s%s from %s", connection.kind.value, _hostport(flow.remote),
+                 name, _hostport(flow.local))
 
     def _client_ssl(self) -> ssl.SSLContext:
         if self._default_ssl is None:
@@ -355,6 +381,9 @@ class TransportManager:
         self._by_source.setdefault(source, set()).add(connection)
         self._all.add(connection)
         self._connections[(connection.kind, connection.flow.remote, None)] = connection
+        self._opened_at[connection] = (asyncio.get_running_loop().time(), True)
+        log.debug("accepted %s connection from %s on %s (%d inbound open)", connection.kind.value,
+                  _hostport(connection.flow.remote), _hostport(connection.flow.local), len(self._source_of))
 
     def _room_for_inbound(self, connection: StreamConnection) -> bool:
         """True if the accepted ``connection`` may enter the table, after evicting for it if
@@ -423,7 +452,7 @@ class TransportManager:
                 now, "closing idle %s connection to %s (last active %.1f s ago) to admit a new one",
                 idle.kind.value, idle.flow.remote, now - idle.last_activity)
             idle.close()
-            self._lost(idle, None)
+            self._lost(idle, None, why="idle, closed to admit a new connection")
             return True
         if stalled is not None:
             started = stalled.message_started or now
@@ -452,7 +481,16 @@ class TransportManager:
     def _stream_message(self, message: Request | Response, flow: Flow) -> None:
         self._user.stream_message_received(message, flow)
 
-    def _lost(self, connection: StreamConnection, error: TransportError | None) -> None:
+    def _lost(self, connection: StreamConnection, error: TransportError | None, *,
+              why: str | None = None) -> None:
+        """``connection`` is gone (reported by the connection, or by us closing it: ``why``)."""
+        opened = self._opened_at.pop(connection, None)
+        if opened is not None:
+            opened_at, inbound = opened
+            reason = error or why or ("shutting down" if self._closed else "closed by us")
+            log.log(logging.DEBUG if inbound else logging.INFO, "closed %s connection %s %s after %.1f s: %s",
+                    connection.kind.value, "from" if inbound else "to", _hostport(connection.flow.remote),
+                    asyncio.get_running_loop().time() - opened_at, reason)
         self._release(connection)
         for key, value in list(self._connections.items()):
             if value is connection:
@@ -495,9 +533,8 @@ class TransportManager:
                     f"did not complete a message within {deadline:g} s"))
                 self._release(connection)  # the slot is free now; connection_lost reports
             elif now - connection.last_activity > self.config.idle_timeout:
-                log.debug("closing idle %s connection to %s", connection.kind.value, connection.flow.remote)
                 connection.close()
-                self._lost(connection, None)
+                self._lost(connection, None, why=f"idle for over {self.config.idle_timeout:g} s")
         self._arm_sweeper()
 
     async def close(self) -> None:
