@@ -209,10 +209,12 @@ async def ua_pair(
     """
     if transport == "tls" and tls is None:
         tls = throwaway_tls()
+    sides = list(zip(names, (alice or {}, bob or {}), strict=True))
+    # Both configurations first: a bad override fails before anything listens.
+    configs = [loopback_config(name, transport, host=host, tls=tls, **overrides) for name, overrides in sides]
     async with contextlib.AsyncExitStack() as stack:
         agents: list[UserAgent] = []
-        for name, overrides in zip(names, (alice or {}, bob or {}), strict=True):
-            config = loopback_config(name, transport, host=host, tls=tls, **overrides)
+        for config, (_, overrides) in zip(configs, sides, strict=True):
             store: MemoryStore | None = None
             if "store_path" not in overrides:
                 store = MemoryStore()
