@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _peers import needs_ipv6
 
 from sipimdn.config import ListenEndpoint
 from sipimdn.errors import LocalProtocolError, TransportError
@@ -218,12 +219,8 @@ async def test_config_overrides_per_side(tmp_path: Path) -> None:
         loopback_config("carol", "sctp")  # type: ignore[arg-type]
 
 
+@needs_ipv6
 async def test_ipv6_pair() -> None:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
     async with ua_pair(host="::1") as (alice, bob):
         assert bob.aor.startswith("sip:bob@[::1]:")
         inbox = record_messages(bob)
