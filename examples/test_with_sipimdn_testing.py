@@ -5,7 +5,7 @@
 
 The service under test here is ``Autoresponder``; yours would be imported from your package. Each
 test puts it on one user agent of a loopback pair (``bob``) and drives it from the other
-(``alice``), through the public API only: what passes here passes against a real peer.
+(``alice``), through the public API only, with real SIP between them over loopback sockets.
 
 Three ways to get the pair: ``async with ua_pair()`` inside a test; the ``sipimdn_pair`` fixture
 (parametrized over transports); the fixture with per-test options (configuration overrides).

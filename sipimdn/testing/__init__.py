@@ -4,8 +4,8 @@ Two user agents on loopback, each on a free port with an in-memory store, that
 reach each other by their AORs; recorders that keep what a user agent's
 callbacks receive and wait for the next one with a timeout; a wait for a sent
 message's disposition that fails with a readable error. Everything here uses
-the user agent's public API only, so what passes with these helpers passes
-against a real peer too.
+the user agent's public API only: the helpers see what your application sees,
+and the messages between the two user agents are real SIP over real sockets.
 
 A test with pytest and pytest-asyncio (any ``asyncio_mode``)::
 
