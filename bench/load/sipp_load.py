@@ -45,7 +45,9 @@ class Step:
     server_cpu: float
     """CPU seconds the responder (its whole process group) spent during the run."""
     ooc_messages: int = 0
-    """Requests that reached SIPp outside any call (IMDNs, handled by -oocsf)."""
+    """SIPp's OutOfCallMsgs counter: requests outside any call that no scenario handled."""
+    ooc_answered: int = 0
+    """Requests outside any call answered by the -oocsf scenario (IMDNs): SIPp's AutoAnswered."""
 
     @property
     def achieved(self) -> float:
@@ -236,6 +238,7 @@ def _run(  # noqa: PLR0917
         exit_code=process.returncode,
         server_cpu=cpu,
         ooc_messages=int(stats.get("OutOfCallMsgs(C)", "0") or 0),
+        ooc_answered=int(stats.get("AutoAnswered(C)", "0") or 0),
     )
 
 
