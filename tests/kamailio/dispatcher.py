@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +46,7 @@ __all__ = [
     "Worker",
     "free_port",
     "options_probe",
+    "render_template",
     "require_dispatcher",
 ]
 
@@ -137,6 +138,17 @@ def options_probe(
     return int(match.group(1)) if match else None
 
 
+def render_template(values: Mapping[str, str]) -> str:
+    """``dispatcher.cfg.tmpl`` with every ``@@NAME@@`` replaced by ``values[NAME]``."""
+    text = DISPATCHER_TEMPLATE.read_text()
+    for name, value in values.items():
+        text = text.replace(f"@@{name}@@", value)
+    leftover = re.search(r"@@[A-Z_]+@@", text)
+    if leftover is not None:
+        raise DispatcherError(f"unrendered placeholder {leftover.group(0)} in dispatcher.cfg.tmpl")
+    return text
+
+
 @dataclass(frozen=True)
 class DispatcherSettings:
     """What a rendered dispatcher configuration contains besides ports and paths."""
@@ -225,12 +237,7 @@ class Dispatcher:
             "PING_INTERVAL": str(settings.ping_interval),
             "FAILOVER_TIMEOUT_MS": str(settings.failover_timeout_ms),
         }
-        text = DISPATCHER_TEMPLATE.read_text()
-        for name, value in values.items():
-            text = text.replace(f"@@{name}@@", value)
-        leftover = re.search(r"@@[A-Z_]+@@", text)
-        if leftover is not None:
-            raise DispatcherError(f"unrendered placeholder {leftover.group(0)} in dispatcher.cfg.tmpl")
+        text = render_template(values)
         self.config_path.write_text(text)
         return text
 
