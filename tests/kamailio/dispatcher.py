@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from _peers import stop_process_group
+from _peers import require_binary, skip_unless_ci, stop_process_group
 
 __all__ = [
     "DISPATCHER_TEMPLATE",
@@ -78,16 +78,10 @@ def module_path() -> str | None:
 
 def require_dispatcher() -> tuple[str, str]:
     """(kamailio, kamcmd) paths; skips the test when one is missing (fails it with CI=true)."""
-    import pytest  # imported here: the benchmark uses this module without pytest's fixtures
-    from _peers import IN_CI, require_binary
-
     kamailio = require_binary("kamailio")
     kamcmd = require_binary("kamcmd")
     if module_path() is None:
-        message = "Kamailio's dispatcher module (dispatcher.so) is not installed"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci("Kamailio's dispatcher module (dispatcher.so) is not installed")
     return kamailio, kamcmd
 
 
