@@ -200,9 +200,37 @@ def test_a_killed_worker_is_bypassed_and_the_survivor_answers_everything(
         # Either the request given to the dead worker failed over, or a probe had already
         # marked it down (then round-robin skipped it): both are in Kamailio's log.
         assert f"failed over to worker {alive}" in log or "worker down" in log, dispatcher.log_tail()
+        # The last worker dies too: Kamailio says so at once, with a time to come back.
+        w2.kill()
+        dispatcher.wait_for_states({dead: "I", alive: "I"}, timeout=10)
+        call_id, data = sender.message("nobody home", "nobody-home")
+        sender.client.send(data)
+        reply = sender.receive(5)
+        assert (reply.status_code, reply.get("Call-ID")) == (503, call_id)
+        assert reply.get("Retry-After") == "5"
     finally:
         sender.close()
     assert time.monotonic() - started < 30
+
+
+def test_a_worker_answering_5xx_is_failed_over_to_the_next(tmp_path: Path) -> None:
+    """w1 answers every MESSAGE 503 (it cannot take it): Kamailio relays each to w2 instead."""
+    with workers_behind_dispatcher(tmp_path, 2, settings=SETTINGS, per_worker=[["--status", "503"]]) as (
+        dispatcher,
+        (w1, w2),
+    ):
+        sender = Sender(dispatcher)
+        try:
+            statuses = [sender.send(f"refused by one {i}") for i in range(4)]
+        finally:
+            sender.close()
+        assert statuses == [200] * 4  # the sender never sees the 503
+        w1.wait_messages(2, 5)
+        w2.wait_messages(4, 5)
+        assert _texts(w2) == [f"refused by one {i}" for i in range(4)]
+        # Round-robin still gave w1 every other one first; it answered 503 and Kamailio moved on.
+        assert [e["answer"] for e in w1.messages()] == [503, 503]
+        assert dispatcher.log_text().count("failed over to worker") == 2
 
 
 def test_options_probes_are_answered_200_cheaply_and_reach_neither_the_app_nor_the_store(

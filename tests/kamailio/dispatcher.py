@@ -465,10 +465,12 @@ def workers_behind_dispatcher(
     *,
     settings: DispatcherSettings | None = None,
     extra: Sequence[str] = (),
+    per_worker: Sequence[Sequence[str]] = (),
     binaries: tuple[str, str | None] | None = None,
 ) -> Iterator[tuple[Dispatcher, list[Worker]]]:
     """``count`` workers (``w1``...) serving the dispatcher's public AOR, each sending through it,
-    and the dispatcher in front of them; all stopped on exit."""
+    and the dispatcher in front of them; all stopped on exit. ``extra``: ``listen`` options of
+    every worker; ``per_worker[i]``: more options for worker ``i + 1`` only."""
     kamailio, kamcmd = binaries if binaries is not None else require_dispatcher()
     dispatcher = Dispatcher(kamailio, kamcmd, workdir, settings)
     workers: list[Worker] = []
@@ -478,7 +480,12 @@ def workers_behind_dispatcher(
                 Worker(
                     f"w{index}",
                     dispatcher.aor,
-                    extra=["--proxy", dispatcher.proxy_uri(), *extra],
+                    extra=[
+                        "--proxy",
+                        dispatcher.proxy_uri(),
+                        *extra,
+                        *(per_worker[index - 1] if index <= len(per_worker) else ()),
+                    ],
                     log_dir=workdir,
                 )
             )
