@@ -47,7 +47,7 @@ from typing import Final
 
 __all__ = ["THROUGHPUT_THRESHOLDS", "tune_for_throughput"]
 
-THROUGHPUT_THRESHOLDS: Final = (700, 10, 1000)
+THROUGHPUT_THRESHOLDS: Final = (700, 5, 2000)
 """``gc.set_threshold`` values applied by :func:`tune_for_throughput` (CPython's: 700, 10, 10)."""
 
 _lock = threading.Lock()

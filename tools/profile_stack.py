@@ -95,8 +95,15 @@ class _GcLog:
         self.pauses: list[tuple[int, float, float, int]] = []
         self.histogram: list[tuple[str, int]] = []
         self.tracked = 0
+        self.listening_at = 0  # pauses before this index happened during start-up
+        self.rss_kib: dict[str, int] = {}
         self._started = (0.0, 0.0)
         gc.callbacks.append(self._callback)
+
+    def listening(self) -> None:
+        """The responder listens: later pauses are the load's; RSS now is the baseline."""
+        self.listening_at = len(self.pauses)
+        self.rss_kib["listening"] = _rss_kib()["VmRSS"]
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -107,7 +114,9 @@ class _GcLog:
             self.pauses.append((info["generation"], wall, cpu, info["collected"]))
 
     def snapshot(self) -> None:
-        """Count the tracked objects by type (while the load's state is still alive)."""
+        """Count the tracked objects by type (while the load's state is still alive); RSS and peak."""
+        rss = _rss_kib()
+        self.rss_kib["end"], self.rss_kib["peak"] = rss["VmRSS"], rss["VmHWM"]
         counts: dict[str, int] = {}
         objects = gc.get_objects()
         self.tracked = len(objects)
@@ -119,9 +128,19 @@ class _GcLog:
 
     def dump(self, path: str) -> None:
         gc.callbacks.remove(self._callback)
-        data = {"pauses": self.pauses, "tracked": self.tracked, "histogram": self.histogram,
+        data = {"pauses": self.pauses[self.listening_at:], "startup_pauses": self.pauses[:self.listening_at],
+                "tracked": self.tracked, "histogram": self.histogram, "rss_kib": self.rss_kib,
                 "frozen": gc.get_freeze_count(), "thresholds": gc.get_threshold()}
         Path(path).write_text(json.dumps(data))
+
+
+def _rss_kib() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
 
 
 _GC_LOG: _GcLog | None = None
@@ -135,6 +154,8 @@ def _listening() -> None:
         given = os.environ.get("PROFILE_STACK_GC_THRESHOLDS")  # e.g. "10000,10,100": a sweep
         a, b, c = (int(x) for x in given.split(",")) if given else THROUGHPUT_THRESHOLDS
         tune_for_throughput((a, b, c))
+    if _GC_LOG is not None:
+        _GC_LOG.listening()
 
 
 async def _serve(kind: str) -> None:
@@ -465,6 +486,8 @@ class Server:
         data = json.loads(Path(self.gc_log).read_text())
         pauses = data["pauses"]
         out: dict[str, float] = {"tracked": data["tracked"], "frozen": data["frozen"]}
+        out.update({f"rss_{k}_mib": v / 1024 for k, v in data["rss_kib"].items()})
+        out["cycles_collected"] = sum(p[3] for p in pauses)
         for generation in (0, 1, 2):
             ms = sorted(p[2] for p in pauses if p[0] == generation)
             out[f"gen{generation}_n"] = len(ms)
