@@ -1,37 +1,34 @@
 """Cyclic garbage collector settings for a long-running user agent.
 
 CPython's cycle collector runs a young collection every 700 net container
-allocations and, now and then, a full collection that walks every tracked
-object of the process. A user agent under load allocates a few hundred
-containers per message (parsed headers, CPIM and IMDN values, transactions,
-tasks), so with the defaults it runs a young collection every couple of
-messages, promotes whatever happens to be in flight at that moment into the
-older generations, and pays for those survivors again in the full
-collections, which walk the whole heap: tens of milliseconds each at a few
-thousand messages per second, stalling every answer queued behind them.
+allocations, a middle one every 10 young ones and a full one every 10 middle
+ones (once the objects promoted since the last full collection reach a quarter
+of those that survived it). A full collection walks every tracked object of
+the process; under load most of those are alive for a reason (server
+transactions held for Timer J, 32 s on UDP; the tracker's records), so each
+walk costs 100-500 ms at a few thousand messages per second and stalls every
+answer queued behind it, while finding nothing: measured under load, the
+stack makes no cyclic garbage once started (bench/README.md, "Per-core speed").
 
 :func:`tune_for_throughput` changes two things, process-wide:
 
 * **freeze** (``gc.freeze()``, once, after one collection): everything alive at
-  start-up (modules, lxml and its schema, compiled regular expressions,
-  caches, the configuration) moves to the permanent generation, which
-  collections never walk. Frozen objects are still freed by reference
-  counting; only a reference cycle among them would outlive its use, and
-  start-up state lives as long as the process anyway.
-* **thresholds**: a young collection every ``gen0`` allocations instead of 700,
-  so that the objects of the messages in flight are mostly dead by the time it
-  runs (fewer survivors promoted, less for the full collections to walk),
-  and a full collection only after ``gen2`` middle collections instead of 10
-  (CPython additionally waits until the objects promoted since the last full
-  collection reach a quarter of those that survived it).
+  that moment (modules, lxml and its schema, compiled regular expressions,
+  caches, the agent's own start-up state) moves to the permanent generation,
+  which collections never walk. Frozen objects are still freed by reference
+  counting; a reference cycle among them is collected only after the release.
+* **thresholds** :data:`THROUGHPUT_THRESHOLDS`: young collections as CPython
+  has them (a larger young generation lengthens each young pause without
+  saving CPU here), a middle one every 5 young ones (half the pause), and a
+  full one after 2,000 middle ones instead of 10.
 
-What it costs: between two young collections up to ``gen0`` container objects
-that are already unreachable through a cycle wait to be freed (reference
-counting frees the rest at once), a few megabytes with the defaults here. It
-changes interpreter state for the whole process, which is why
-:class:`~sipimdn.UserAgentConfig` leaves it off by default: an application
-embedding the user agent owns its process and its collector policy; the
-``sipimdn listen`` command, which owns its process, turns it on.
+What it costs: a cycle that survives two young collections waits for the next
+full collection (minutes at load instead of seconds), and the full collection
+that does come walks the whole live set as before. It changes interpreter
+state for the whole process, which is why :class:`~sipimdn.UserAgentConfig`
+leaves it off by default: an application embedding the user agent owns its
+process, its own cyclic garbage and its collector policy; the ``sipimdn
+listen`` command, which owns its process, turns it on.
 
 Calls nest: every :func:`tune_for_throughput` is undone by calling the
 function it returns; the first one applies the settings, the last release

@@ -275,10 +275,10 @@ class UserAgentConfig:
     user_agent: str = "sipimdn/0.1"
 
     #: Tune Python's cyclic garbage collector for a long-running agent while this one
-    #: runs: start-up objects frozen out of collections, full collections a hundred
-    #: times rarer (``sipimdn._gc``; measured in bench/README.md). It changes settings
-    #: of the whole process, so it is off unless the process is the agent's own
-    #: (``sipimdn listen`` turns it on).
+    #: runs: start-up objects frozen out of collections, full collections (which walk
+    #: every live object) 200 times rarer (``sipimdn._gc``; measured in bench/README.md).
+    #: It changes settings of the whole process, so it is off unless the process is the
+    #: agent's own (``sipimdn listen`` turns it on).
     gc_tuning: bool = False
 
     def __post_init__(self) -> None:
