@@ -110,6 +110,8 @@ class Runner:
         if not self.args.quick:
             # The same UA with MemoryStore instead of the SQLite write-behind: what persistence costs.
             found.append(scenarios.sipimdn("ua", False, ("--store", "memory"), suffix="-memstore"))
+            # The collector tuned as `sipimdn listen` tunes it (UserAgentConfig.gc_tuning).
+            found.append(scenarios.sipimdn("ua", False, ("--gc-tuning",), suffix="-gctuned"))
         if self.uvloop:
             found.append(scenarios.sipimdn("ua", True))
         return found

@@ -551,7 +551,8 @@ async def _waiting(awaitable: Awaitable[_T], timeout: float, tick: Callable[[flo
 
 async def _listen(args: argparse.Namespace, printer: Printer) -> int:
     config = _config(
-        args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery, worker_id=args.worker_id
+        args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery, worker_id=args.worker_id,
+        gc_tuning=True,
     )
     # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
     store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)

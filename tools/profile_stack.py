@@ -7,6 +7,7 @@
     python tools/profile_stack.py serve stack|floor|ua|ua-pd [--profile OUT]
     python tools/profile_stack.py run --servers ua,ua-pd,floor          # the UserAgent receive path
     python tools/profile_stack.py profile --server ua-pd [--sort cumtime]
+    python tools/profile_stack.py rate --server ua-pd+gc --rate 2000 --gc-log /tmp/gc   # GC pauses
 
 ``serve`` runs one responder in this process: ``stack`` is a bare ``SipStack`` whose synchronous
 handler answers every request 200; ``floor`` is a raw asyncio responder that copies the
@@ -16,7 +17,10 @@ does nothing, fed CPIM messages that request no notification (bench/run.py's rec
 ``ua-pd`` is the same UserAgent fed messages that request positive-delivery, each from its own
 sender: a message counts as done once its 200 *and* its delivered IMDN arrived, and the client
 answers every IMDN 200, so the figure covers the whole exchange (bench/run.py's
-positive-delivery part). It prints ``READY <port>`` and stops on SIGTERM.
+positive-delivery part). It prints ``READY <port>`` and stops on SIGTERM. A ``+gc`` suffix on a
+server (``ua+gc``, ``ua-pd+gc@DIR``) applies ``sipimdn._gc.tune_for_throughput()`` once it listens
+(what ``sipimdn listen`` does); ``--gc-log DIR`` on ``run``/``rate`` records every collection's
+pause (``gc.callbacks``) and the tracked objects by type at the end of the load, and prints a summary.
 
 ``run`` starts each server in a child process (pinned to CPU 1 when there are two cores, the
 client to CPU 0), sends ``count`` pre-built MESSAGEs with a ~600-byte CPIM body, each with a unique
@@ -82,6 +86,78 @@ class _Floor(asyncio.DatagramProtocol):
         self.transport.sendto(b"".join(out), addr)
 
 
+class _GcLog:
+    """Every collection's pause (``gc.callbacks``) and, on demand, the tracked objects by type."""
+
+    def __init__(self) -> None:
+        # (generation, wall ms, CPU ms of this thread, collected): on a shared machine the wall
+        # time includes preemption, the CPU time is what the pause would be on a core of its own.
+        self.pauses: list[tuple[int, float, float, int]] = []
+        self.histogram: list[tuple[str, int]] = []
+        self.tracked = 0
+        self.listening_at = 0  # pauses before this index happened during start-up
+        self.rss_kib: dict[str, int] = {}
+        self._started = (0.0, 0.0)
+        gc.callbacks.append(self._callback)
+
+    def listening(self) -> None:
+        """The responder listens: later pauses are the load's; RSS now is the baseline."""
+        self.listening_at = len(self.pauses)
+        self.rss_kib["listening"] = _rss_kib()["VmRSS"]
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = (time.perf_counter(), time.thread_time())
+        else:
+            wall = (time.perf_counter() - self._started[0]) * 1e3
+            cpu = (time.thread_time() - self._started[1]) * 1e3
+            self.pauses.append((info["generation"], wall, cpu, info["collected"]))
+
+    def snapshot(self) -> None:
+        """Count the tracked objects by type (while the load's state is still alive); RSS and peak."""
+        rss = _rss_kib()
+        self.rss_kib["end"], self.rss_kib["peak"] = rss["VmRSS"], rss["VmHWM"]
+        counts: dict[str, int] = {}
+        objects = gc.get_objects()
+        self.tracked = len(objects)
+        for obj in objects:
+            name = type(obj).__qualname__
+            counts[name] = counts.get(name, 0) + 1
+        del objects
+        self.histogram = sorted(counts.items(), key=lambda kv: -kv[1])[:25]
+
+    def dump(self, path: str) -> None:
+        gc.callbacks.remove(self._callback)
+        data = {"pauses": self.pauses[self.listening_at:], "startup_pauses": self.pauses[:self.listening_at],
+                "tracked": self.tracked, "histogram": self.histogram, "rss_kib": self.rss_kib,
+                "frozen": gc.get_freeze_count(), "thresholds": gc.get_threshold()}
+        Path(path).write_text(json.dumps(data))
+
+
+def _rss_kib() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+_GC_LOG: _GcLog | None = None
+
+
+def _listening() -> None:
+    """Called once a responder listens: the ``+gc`` servers tune the collector now."""
+    if os.environ.get("PROFILE_STACK_GC_TUNED"):
+        from sipimdn._gc import THROUGHPUT_THRESHOLDS, tune_for_throughput  # noqa: PLC0415 - tuned only
+
+        given = os.environ.get("PROFILE_STACK_GC_THRESHOLDS")  # e.g. "10000,10,100": a sweep
+        a, b, c = (int(x) for x in given.split(",")) if given else THROUGHPUT_THRESHOLDS
+        tune_for_throughput((a, b, c))
+    if _GC_LOG is not None:
+        _GC_LOG.listening()
+
+
 async def _serve(kind: str) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -90,6 +166,7 @@ async def _serve(kind: str) -> None:
         transport, _ = await loop.create_datagram_endpoint(_Floor, local_addr=(HOST, 0))
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        _listening()
         print(f"READY {sock.getsockname()[1]}", flush=True)
         await stop.wait()
         transport.close()
@@ -105,8 +182,15 @@ async def _serve(kind: str) -> None:
             incoming.respond(200)
 
         stack.on_request(answer)
+        _listening()
         print(f"READY {stack.endpoints[0][1][1]}", flush=True)
-        await stop.wait()
+        await _wait_for_stop(stop)
+
+
+async def _wait_for_stop(stop: asyncio.Event) -> None:
+    await stop.wait()
+    if _GC_LOG is not None:
+        _GC_LOG.snapshot()
 
 
 async def _serve_ua(stop: asyncio.Event) -> None:
@@ -120,14 +204,19 @@ async def _serve_ua(stop: asyncio.Event) -> None:
             return None
 
         port = next(e.port for e in ua.endpoints if e.transport == "udp")
+        _listening()
         print(f"READY {port}", flush=True)
-        await stop.wait()
+        await _wait_for_stop(stop)
 
 
 def serve(kind: str, profile: str | None) -> None:
     """Run one responder until SIGTERM."""
+    global _GC_LOG  # noqa: PLW0603 - one responder per process
     if os.environ.get("PROFILE_STACK_NO_GC"):  # diagnosis only: how much of the cost is the cyclic GC
         gc.disable()
+    gc_log = os.environ.get("PROFILE_STACK_GC_LOG")
+    if gc_log:
+        _GC_LOG = _GcLog()
     # CPU time, not wall time: on a shared machine wall time charges preemption to whatever
     # call happened to be running (typically sendto, which wakes the peer).
     profiler = cProfile.Profile(time.process_time) if profile else None
@@ -137,6 +226,8 @@ def serve(kind: str, profile: str | None) -> None:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(profile)  # type: ignore[arg-type]
+    if _GC_LOG is not None and gc_log:
+        _GC_LOG.dump(gc_log)
 
 
 # -- the load -------------------------------------------------------------------------------------
@@ -350,12 +441,21 @@ def _pin(command: list[str], cpu: str) -> list[str]:
 class Server:
     """A responder child process (``serve``) and its port."""
 
-    def __init__(self, spec: str, profile: str | None = None) -> None:
+    def __init__(self, spec: str, profile: str | None = None, gc_log: str | None = None) -> None:
         # "stack", "floor", "ua", "ua-pd", or "KIND@DIR": the code imported from DIR (e.g. an unpacked older
         # commit, `git archive REV sipimdn | tar -x -C DIR`) for before/after figures in one run.
+        # "KIND+gc": the collector tuned once the server listens (see _listening).
         kind, _, path = spec.partition("@")
+        kind, _, tuned = kind.partition("+")
         self.kind = kind
-        env = dict(os.environ, PYTHONPATH=path) if path else None
+        self.gc_log = gc_log
+        env = dict(os.environ)
+        if path:
+            env["PYTHONPATH"] = path
+        if tuned == "gc":
+            env["PROFILE_STACK_GC_TUNED"] = "1"
+        if gc_log:
+            env["PROFILE_STACK_GC_LOG"] = gc_log
         command = [sys.executable, __file__, "serve", kind] + (["--profile", profile] if profile else [])
         self.process = subprocess.Popen(_pin(command, "1"), stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
@@ -379,6 +479,25 @@ class Server:
             self.process.kill()
             self.process.wait()
 
+    def gc_summary(self) -> dict[str, float] | None:
+        """Pauses per generation (count, max and total ms), tracked objects; None without a GC log."""
+        if not self.gc_log or not Path(self.gc_log).exists():
+            return None
+        data = json.loads(Path(self.gc_log).read_text())
+        pauses = data["pauses"]
+        out: dict[str, float] = {"tracked": data["tracked"], "frozen": data["frozen"]}
+        out.update({f"rss_{k}_mib": v / 1024 for k, v in data["rss_kib"].items()})
+        out["cycles_collected"] = sum(p[3] for p in pauses)
+        for generation in (0, 1, 2):
+            ms = sorted(p[2] for p in pauses if p[0] == generation)
+            out[f"gen{generation}_n"] = len(ms)
+            out[f"gen{generation}_max_cpu_ms"] = ms[-1] if ms else 0.0
+            out[f"gen{generation}_total_cpu_ms"] = sum(ms)
+        out["max_wall_ms"] = max((p[1] for p in pauses), default=0.0)
+        out["over_10ms_cpu"] = sum(1 for p in pauses if p[2] > 10)
+        out["over_10ms_wall"] = sum(1 for p in pauses if p[1] > 10)
+        return out
+
 
 def _pin_self() -> None:
     if len(os.sched_getaffinity(0)) >= 2:
@@ -393,7 +512,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     _pin_self()
     kinds = args.servers.split(",")
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    servers = {k: Server(k) for k in kinds}
+    servers = {k: Server(k, gc_log=_gc_log_path(args, k)) for k in kinds}
     try:
         for round_ in range(args.repeat):
             for kind in kinds:
@@ -404,6 +523,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     finally:
         for server in servers.values():
             server.stop()
+    for kind, server in servers.items():
+        summary = server.gc_summary()
+        if summary is not None:
+            print(f"gc {kind} {_show(summary)}")
     medians = {k: statistics.median(r["cpu_us_per_msg"] for r in results[k]) for k in kinds}
     for kind in kinds:
         print(f"median {kind} cpu_us_per_msg={medians[kind]:.1f}")
@@ -413,14 +536,25 @@ def cmd_run(args: argparse.Namespace) -> None:
                 print(f"ratio {kind}/floor = {medians[kind] / medians['floor']:.2f}")
 
 
+def _gc_log_path(args: argparse.Namespace, spec: str) -> str | None:
+    if not args.gc_log:
+        return None
+    Path(args.gc_log).mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9+_-]", "_", spec)
+    return str(Path(args.gc_log) / f"{name}-{os.getpid()}.json")
+
+
 def cmd_rate(args: argparse.Namespace) -> None:
     _pin_self()
-    server = Server(args.server)
+    server = Server(args.server, gc_log=_gc_log_path(args, args.server))
     try:
         windowed(server.port, server.pid, 2000, 32, 0, server.kind)  # warm-up
         print(_show(paced(server.port, server.pid, args.rate, args.seconds, server.kind)))
     finally:
         server.stop()
+    summary = server.gc_summary()
+    if summary is not None:
+        print(f"gc {_show(summary)}")
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -452,11 +586,13 @@ def main() -> None:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--servers", default="stack,floor",
-                   help="comma-separated: stack, floor, ua, ua-pd, KIND@DIR")
+                   help="comma-separated: stack, floor, ua, ua-pd, KIND+gc, KIND@DIR")
+    p.add_argument("--gc-log", help="directory for per-server GC pause logs (summary printed)")
     p = sub.add_parser("rate")
     p.add_argument("--rate", type=float, default=10000)
     p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--server", default="stack", help="stack, floor, ua, ua-pd or KIND@DIR")
+    p.add_argument("--server", default="stack", help="stack, floor, ua, ua-pd, KIND+gc or KIND@DIR")
+    p.add_argument("--gc-log", help="directory for the server's GC pause log (summary printed)")
     p = sub.add_parser("profile")
     p.add_argument("--count", type=int, default=20000)
     p.add_argument("--warmup", type=int, default=2000)

@@ -2,6 +2,7 @@
 
     python bench/load/sipimdn_server.py stack [--uvloop] [--tls-cert PEM --tls-key PEM]
     python bench/load/sipimdn_server.py ua    [--uvloop] [--tls-cert PEM --tls-key PEM] [--profile OUT]
+                                              [--gc-tuning]
 
 ``stack``: a bare :class:`sipimdn.SipStack` whose handler answers every request 200 (the
 SIP core, transactions and transports, no CPIM). ``ua``: a :class:`sipimdn.ua.UserAgent` whose
@@ -73,6 +74,7 @@ async def run_ua(args: argparse.Namespace, stop: asyncio.Event) -> None:
         listen=tuple(listen),
         tls_server_context=tls,
         # The default 2 s deadline never fires with a handler that returns at once.
+        gc_tuning=args.gc_tuning,  # what `sipimdn listen` does; off by default for embedding
     )
     # The default store is SQLite (":memory:" here), written behind by a worker thread;
     # --store memory swaps in MemoryStore to show what those writes cost.
@@ -122,6 +124,8 @@ def cli() -> None:
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--gc-tuning", action="store_true",
+                        help="UserAgentConfig.gc_tuning: the collector tuned as `sipimdn listen` tunes it")
     parser.add_argument("--profile", help="write cProfile statistics of the whole run to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -8,6 +8,7 @@ socket on UDP) and so that the transport layer can tell it which transactions a 
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -83,11 +84,27 @@ class Flow:
 
 def is_ip_literal(host: str) -> bool:
     """True if ``host`` is an IPv4 or IPv6 literal (without brackets)."""
+    # Asked several times per message (Via hosts, Request-URI, destinations) about the same few
+    # hosts: ipaddress parses in Python (a few microseconds, more when it raises). Short hosts are
+    # remembered in a bounded cache; longer ones (never a plain literal, though a scoped IPv6 one
+    # may be) are parsed every time, so peers cannot pin memory with them.
+    if len(host) <= _CACHED_HOST_LENGTH:
+        return _is_ip_literal_cached(host)
+    return _parse_ip_literal(host)
+
+
+_CACHED_HOST_LENGTH = 64
+
+
+def _parse_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
+
+
+_is_ip_literal_cached = functools.lru_cache(maxsize=1024)(_parse_ip_literal)
 
 
 @dataclass(frozen=True, slots=True)

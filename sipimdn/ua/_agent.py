@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from .._gc import tune_for_throughput
 from .._walltimer import WallClockTimer
 from ..auth import Authenticator, challenge_header_for
 from ..config import ListenEndpoint, UserAgentConfig
@@ -207,6 +208,7 @@ class UserAgent:
             await self._writer.close(close_store=self._given_store is None)
             raise
         self._purge_periodically()
+        self._gc_release = tune_for_throughput(enabled=self.config.gc_tuning)  # undone in close()
         # After a restart the tracker has owed IMDNs due at once: send them.
         self._pump()
 
@@ -261,6 +263,7 @@ class UserAgent:
             self._writer.submit(self._tracker.writes_to_apply())
         # A store the application handed us stays open: it is theirs.
         await self._writer.close(close_store=self._given_store is None)
+        self._gc_release()
 
     # -- public properties -------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ requests for the users of its domain by its own rules.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,18 +80,35 @@ _ANSWERS: dict[RequestUriVerdict, tuple[int | None, str]] = {
 
 def _host_key(host: str) -> str:
     """A host as compared: IP literals canonical, names lower-case without a trailing dot."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).compressed
-    except ValueError:
-        return host.lower().rstrip(".")
+    ip = _canonical_ip(host.strip("[]"))
+    return ip if ip is not None else host.lower().rstrip(".")
 
 
 def _is_ip(host: str) -> bool:
+    return _canonical_ip(host) is not None
+
+
+def _canonical_ip(text: str) -> str | None:
+    # Asked two or three times per request about the same few hosts, and ipaddress parses in
+    # Python (a few microseconds, more when it raises): short texts are remembered in a bounded
+    # cache; longer ones (never a plain literal, though a scoped IPv6 one may be) are parsed
+    # every time, so peers cannot pin memory with them.
+    if len(text) <= _CACHED_HOST_LENGTH:
+        return _canonical_ip_cached(text)
+    return _parse_canonical_ip(text)
+
+
+_CACHED_HOST_LENGTH = 64
+
+
+def _parse_canonical_ip(text: str) -> str | None:
     try:
-        ipaddress.ip_address(host)
+        return ipaddress.ip_address(text).compressed
     except ValueError:
-        return False
-    return True
+        return None
+
+
+_canonical_ip_cached = functools.lru_cache(maxsize=1024)(_parse_canonical_ip)
 
 
 def _effective_port(uri: Uri) -> int:
