@@ -132,6 +132,7 @@ __all__ = [
     "TrackingEnded",
     "identity_key",
     "is_anonymous",
+    "was_requested",
 ]
 
 # --- vocabulary ----------------------------------------------------------------------------------
@@ -884,7 +885,7 @@ class DispositionTracker:
         )
         if why is not None:
             return reject(*why)
-        if not _was_requested(record.requested, norm_kind, status_text):
+        if not was_requested(record.requested, norm_kind, status_text):
             return reject(RejectReason.NOT_REQUESTED, f"{norm_kind} {status_text} was not requested")
         if notification_id is not None and notification_id in record.notification_ids:
             return reject(RejectReason.DUPLICATE, "this notification was already applied (replay)")
@@ -1114,7 +1115,7 @@ class DispositionTracker:
             return None
         if record.answered_status is None:
             raise LocalProtocolError("answer the message before reporting its disposition")
-        if not _was_requested(record.requested, norm_kind, status_text):
+        if not was_requested(record.requested, norm_kind, status_text):
             return None
         already = record.delivery_owed if norm_kind == "delivery" else record.display_owed
         if already in {status_text, _DECLINED}:
@@ -1637,7 +1638,7 @@ def _replace_entry(record: SentRecord, entry: RecipientRecord) -> SentRecord:
     return replace(record, recipients=tuple(entry if e.key == entry.key else e for e in record.recipients))
 
 
-def _was_requested(requested: Sequence[str], kind: str, status: str) -> bool:
+def was_requested(requested: Sequence[str], kind: str, status: str) -> bool:
     """C3: was this notification asked for? (delivered needs positive, failed needs negative)."""
     if kind == "display":
         return "display" in requested

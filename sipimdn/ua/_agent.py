@@ -69,6 +69,7 @@ from ..imdn.tracker import (
     NotificationsDeclined,
     OwedNotification,
     TrackingEnded,
+    was_requested,
 )
 from ..message import Request, Response
 from ..registration import RegistrationClient, RegState
@@ -769,14 +770,10 @@ class UserAgent:
             # Not answered yet (the handler itself, or a task it started, is reporting):
             # applied right after the answer, and dropped if the answer is not a 2xx.
             early.append((kind, status))
+            # The tracker's rule, the one applied after the answer (forbidden/error answer
+            # either delivery request, RFC 5438 §7.2.1.1).
             received = self._require_tracker().received(message_id, sender)
-            requested = () if received is None else received.requested
-            wanted = (
-                "display"
-                if kind == "display"
-                else ("positive-delivery" if status == "delivered" else "negative-delivery")
-            )
-            return wanted in requested
+            return received is not None and was_requested(received.requested, kind, status)
         tracker = self._require_tracker()
         owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
         self._pump()
