@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from .auth import Credentials
 from .errors import SipParseError
-from .imdn.tracker import DisplayPolicy
+from .imdn.vocabulary import DisplayPolicy
 from .uri import Uri
 
 __all__ = [
@@ -35,7 +35,7 @@ DEFAULT_PORTS: dict[str, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
 #: What the user agent does with a request for a display notification (RFC 5438 §14.2 asks for the
 #: user's consent): ``SEND`` when the application calls ``mark_displayed``, ``FORBIDDEN`` answers
 #: every display request with ``forbidden``, ``SILENT`` never sends one (RFC 5438 §7.2.1.2). The
-#: tracker's :class:`~sipimdn.imdn.tracker.DisplayPolicy` under the name the configuration uses.
+#: vocabulary's :class:`~sipimdn.imdn.vocabulary.DisplayPolicy` under the name the configuration uses.
 DisplayPrivacy = DisplayPolicy
 
 
@@ -226,7 +226,7 @@ class UserAgentConfig:
     display_privacy: DisplayPrivacy = DisplayPrivacy.SEND
     #: Honour IMDN-Record-Route in received messages (send our IMDNs through the
     #: intermediaries they name). Off by default: a forged route turns us into a
-    #: flood source aimed at a third party (RFC 5438 §14); turn it on behind a
+    #: flood source aimed at a third party (RFC 5438 §14.1); turn it on behind a
     #: trusted proxy or list server.
     trust_imdn_route: bool = False
     #: Answer 404 to a request whose Request-URI is neither our AOR nor one of our
@@ -234,9 +234,9 @@ class UserAgentConfig:
     #: off only behind an element that rewrites the Request-URI to an address we
     #: cannot know (a registrar storing a NAT's public address as our contact).
     check_request_uri: bool = True
-    #: How many transaction keys of plain-text messages the duplicate cache keeps.
+    #: How many plain-text messages (no Message-ID) the tracker remembers for dedup.
     dedup_capacity: int = 4096
-    #: How long (seconds) a plain-text message stays in the duplicate cache.
+    #: How long (seconds) a plain-text message is remembered for dedup.
     dedup_ttl: float = 3600.0
 
     # Sending.

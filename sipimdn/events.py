@@ -10,7 +10,7 @@ events, re-exported here so applications import them from one place:
 - :class:`NotificationAccepted`: a verified IMDN arrived (also ``processed``
   and ``stored``, which change no state);
 - :class:`NotificationRejected`: an IMDN that failed the correlation and
-  anti-forgery checks (RFC 5438 §14). It was answered 200 so
+  anti-forgery checks (RFC 5438 §7.1.2, §14.1). It was answered 200 so
   the sender learns nothing, and it was *not* applied: it is reported so the
   application can log or alert, never trusted;
 - :class:`TrackingEnded`: the message reached its expiry and is forgotten.

@@ -93,8 +93,7 @@ async def test_user_agent_records_a_2xx_inline() -> None:
             port = sink.getsockname()[1]
             handle = await alice.send_message(f"sip:bob@127.0.0.1:{port}", "hi", notify=["positive-delivery"])
             data, addr = await _receive(sink)
-            stack = alice._stack
-            assert stack is not None
+            stack = alice.stack
             flow = Flow(Transport.UDP, addr, stack.endpoints[0][1])
             assert _state(handle) is DispositionState.PENDING
             stack.datagram_received(_answer(data, 200), flow)
@@ -114,8 +113,7 @@ async def test_user_agent_leaves_a_refusal_to_the_sending_task() -> None:
             port = sink.getsockname()[1]
             handle = await alice.send_message(f"sip:bob@127.0.0.1:{port}", "hi", notify=["positive-delivery"])
             data, addr = await _receive(sink)
-            stack = alice._stack
-            assert stack is not None
+            stack = alice.stack
             stack.datagram_received(_answer(data, 404), Flow(Transport.UDP, addr, stack.endpoints[0][1]))
             assert _state(handle) is DispositionState.PENDING  # not recorded inline
             response = await asyncio.wait_for(handle.final_response(), 5)

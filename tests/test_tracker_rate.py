@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from sipimdn.imdn import tracker as tracker_module
 from sipimdn.imdn.tracker import (
     DeclineReason,
     DispositionTracker,
@@ -21,6 +20,7 @@ from sipimdn.imdn.tracker import (
     TrackerConfig,
     TrackerEvent,
 )
+from sipimdn.imdn.tracker import receiver as tracker_receiver
 
 RELAY = "sip:relay@intermediary.example"
 ME = "sip:bob@127.0.0.1"
@@ -115,7 +115,7 @@ def test_cpim_from_is_the_originator_without_a_sip_from() -> None:
 
 def test_limiter_memory_is_bounded_by_active_originators(monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle originators are forgotten; the limiter holds at most about twice the active ones."""
-    monkeypatch.setattr(tracker_module, "_RATE_PRUNE_MIN", 8)  # prune early instead of after 16k keys
+    monkeypatch.setattr(tracker_receiver, "_RATE_PRUNE_MIN", 8)  # prune early instead of after 16k keys
     tracker = make(rate_limit=1, rate_window=10.0)
     for i in range(20):
         deliver(tracker, f"old{i}", f"sip:old{i}@example.com", None, now=1.0, route=())

@@ -113,9 +113,9 @@ def test_non_2xx_answer_owes_nothing_ever() -> None:
     assert owed(drain(tracker)) == []
     assert tracker.received("m1") is None
     assert tracker.mark_displayed("m1", 2.0) is None
-    with pytest.raises(LocalProtocolError, match="IMDN-37"):
+    with pytest.raises(LocalProtocolError, match=r"RFC 5438 §7\.2\.1\.1"):
         tracker.report_disposition("m1", "delivery", "failed", 2.0)
-    with pytest.raises(LocalProtocolError, match="IMDN-37"):
+    with pytest.raises(LocalProtocolError, match=r"RFC 5438 §7\.2\.1\.1"):
         tracker.report_disposition("m1", "delivery", "failed", 2.0, sender=ALICE)
     assert tracker.owed() == ()
 
@@ -142,19 +142,24 @@ def test_second_different_notification_of_a_type_is_misuse() -> None:
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     assert tracker.mark_displayed("m1", 2.0) is not None
-    with pytest.raises(LocalProtocolError, match="IMDN-32"):
+    with pytest.raises(LocalProtocolError, match=r"RFC 5438 §7\.2"):
         tracker.report_disposition("m1", "display", "error", 3.0)
     assert tracker.report_disposition("m1", "display", "displayed", 3.0) is None  # same again: no-op
 
 
-def test_mark_displayed_before_answer_is_misuse() -> None:
-    """IMDN-38: a display IMDN only after a 2xx was sent."""
+def test_reports_before_the_answer_are_decided_at_once_and_owed_with_the_2xx() -> None:
+    """RFC 5438 §7.2.1.2: a display IMDN only after a 2xx; the report made before is kept for it."""
     tracker = make()
-    receive(tracker)
-    with pytest.raises(LocalProtocolError, match="IMDN-38"):
-        tracker.mark_displayed("m1", 1.0)
-    with pytest.raises(LocalProtocolError):
-        tracker.report_disposition("m1", "delivery", "failed", 1.0)
+    receive(tracker, requested=("positive-delivery", "display"))
+    shown = tracker.mark_displayed("m1", 1.0)
+    assert shown is not None and (shown.kind, shown.status) == ("display", "displayed")
+    # Negative delivery was not requested: the same answer before and after the 2xx.
+    assert tracker.report_disposition("m1", "delivery", "failed", 1.0) is None
+    assert owed(drain(tracker)) == [] and tracker.owed() == ()
+    tracker.message_answered("m1", ALICE, 200, 2.0)
+    handed = owed(drain(tracker))
+    assert [(n.kind, n.status) for n in handed] == [("delivery", "delivered"), ("display", "displayed")]
+    assert handed[1].notification_id == shown.notification_id
 
 
 def test_display_not_requested() -> None:
@@ -214,7 +219,7 @@ def test_negative_after_auto_delivered_is_refused() -> None:
     tracker = make()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
-    with pytest.raises(LocalProtocolError, match="IMDN-32"):
+    with pytest.raises(LocalProtocolError, match=r"RFC 5438 §7\.2"):
         tracker.report_disposition("m1", "delivery", "failed", 2.0)
 
 

@@ -22,10 +22,10 @@ from sipimdn.imdn.tracker import (
     NotificationAccepted,
     NotificationRejected,
     RejectReason,
+    SenderInput,
     TrackerConfig,
     TrackerEvent,
     TrackingEnded,
-    _Input,
 )
 from sipimdn.store import Delete, Put, SentRecord
 
@@ -590,11 +590,11 @@ REACH: dict[S, list[tuple[str, ...]]] = {
     S.ERROR: [("display", "error")],
     S.EXPIRED: [("expire",)],
 }
-INPUTS: dict[_Input, tuple[str, ...]] = {
-    _Input.SIP_OK: ("sip", "200"),
-    _Input.SIP_FAIL: ("sip", "404"),
-    _Input.EXPIRE: ("expire",),
-    **{member: member.value for member in _Input if isinstance(member.value, tuple)},
+INPUTS: dict[SenderInput, tuple[str, ...]] = {
+    SenderInput.SIP_OK: ("sip", "200"),
+    SenderInput.SIP_FAIL: ("sip", "404"),
+    SenderInput.EXPIRE: ("expire",),
+    **{member: member.value for member in SenderInput if isinstance(member.value, tuple)},
 }
 
 
@@ -608,8 +608,8 @@ def drive(tracker: DispositionTracker, step: tuple[str, ...], now: float) -> Non
 
 
 @pytest.mark.parametrize("state", list(S))
-@pytest.mark.parametrize("step", list(_Input), ids=lambda i: i.name)
-def test_every_state_and_input(state: S, step: _Input) -> None:
+@pytest.mark.parametrize("step", list(SenderInput), ids=lambda i: i.name)
+def test_every_state_and_input(state: S, step: SenderInput) -> None:
     """The observable behaviour equals TRANSITIONS; a missing pair changes nothing."""
     # CAROL stays pending and the SIP outcome unknown, so tracking never ends on its own here.
     tracker = new_tracker(recipients=(BOB, CAROL))

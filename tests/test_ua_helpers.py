@@ -1,5 +1,5 @@
 """The user agent's own building blocks: per-destination queue,
-duplicate cache, bounded inflation and the handler deadline."""
+bounded inflation and the handler deadline."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sipimdn._inflate import inflate
 from sipimdn._pacing import DestinationQueue
 from sipimdn.errors import RemoteProtocolError
 from sipimdn.ua._deadline import Decision, normalize_decision, outcome_of
-from sipimdn.ua._dedup import DuplicateCache
 
 # -- RFC 3428 §8 per-destination queue -------------------------------------------------------
 
@@ -75,31 +74,6 @@ async def test_turn_handed_to_a_cancelled_waiter_is_passed_on() -> None:
 def test_release_without_acquire_is_a_bug() -> None:
     with pytest.raises(RuntimeError):
         DestinationQueue().release("nobody")
-
-
-# -- duplicate cache -------------------------------------------------------------------------
-
-
-def test_duplicate_cache_detects_repeats_until_expiry() -> None:
-    cache = DuplicateCache(capacity=10, ttl=5.0)
-    assert not cache.seen(("sip:a@h", "m1"), now=0.0)
-    assert cache.seen(("sip:a@h", "m1"), now=1.0)
-    assert not cache.seen(("sip:b@h", "m1"), now=1.0)  # same id, other sender
-    assert not cache.seen(("sip:a@h", "m1"), now=5.5)  # expired, counts as new
-    assert len(cache) == 2
-
-
-def test_duplicate_cache_is_bounded_and_remembers_answers() -> None:
-    cache = DuplicateCache(capacity=3, ttl=100.0)
-    for i in range(5):
-        assert not cache.seen(i, now=float(i))
-    assert len(cache) == 3
-    assert not cache.seen(0, now=6.0)  # evicted as oldest
-    cache.set_answer(4, 486)
-    assert cache.answer(4) == 486
-    assert cache.answer(3) is None
-    cache.forget(4)
-    assert not cache.seen(4, now=7.0)
 
 
 # -- bounded inflation -----------------------------------------------------------------------

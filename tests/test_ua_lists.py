@@ -71,7 +71,7 @@ async def test_handle_state_follows_the_list_not_a_later_member() -> None:
         assert handle.state is S.DISPLAYED
         # to_list=True: still tracked (members may report until the deadline), with both members.
         assert not events.of(TrackingEnded)
-        record = alice._require_tracker().sent(handle.message_id)
+        record = alice.tracker.sent(handle.message_id)
         assert record is not None and record.intermediaries  # expect_members=True reached the tracker
         uris = {r.uri for r in record.recipients}
         assert {CAROL, BOB} <= uris
@@ -81,7 +81,7 @@ async def test_without_to_list_the_list_entry_still_drives_the_handle() -> None:
     async with StackPeer("friends", lambda r: 200) as friends, UserAgent(ua_config("alice")) as alice:
         handle = await alice.send_message(friends.aor, "hi", notify={"positive-delivery"})
         assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 200
-        record = alice._require_tracker().sent(handle.message_id)
+        record = alice.tracker.sent(handle.message_id)
         assert record is not None and not record.intermediaries
         date_time = parse_cpim(friends.requests[0].body).date_time
         assert date_time is not None

@@ -297,7 +297,7 @@ async def test_415_to_cpim_falls_back_to_text_plain_once_and_is_remembered() -> 
             assert retry.body == b"hello"
             assert retry.call_id == first.call_id
             assert retry.cseq.number == first.cseq.number + 1
-            assert PEER_NO_CPIM in alice._require_tracker().peer_flags(peer)
+            assert PEER_NO_CPIM in alice.tracker.peer_flags(peer)
             # Remembered: the next message goes out as text/plain straight away.
             second = await alice.send_message(peer, "again", notify={"positive-delivery"})
             assert (await asyncio.wait_for(second.final_response(), 5)).status_code == 200

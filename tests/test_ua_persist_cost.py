@@ -127,12 +127,12 @@ async def test_dedup_of_messages_owed_nothing_is_not_written_but_still_works() -
 
             assert await _send_ims(bob, raw, [], ["q1", "q2", "q1"]) == [200, 200, 200]
             assert seen == ["q1", "q2"]  # the resend of q1 was recognised, in memory
-            await bob._writer.flush()
+            await bob.flush()
             written = [op for ops in store.calls for op in ops]
             assert written == []  # nothing owed: nothing a restart needs
             # Owed a display notification: its dedup entry and reception are written, once each.
             assert await _send_ims(bob, raw, ["display"], ["n1"]) == [200]
-            await bob._writer.flush()
+            await bob.flush()
             written = [op for ops in store.calls for op in ops]
             tables = sorted(op.record.TABLE for op in written if isinstance(op, Put))
             assert tables == ["received", "seen"]

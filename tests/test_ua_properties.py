@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from sipimdn._pacing import DestinationQueue
 from sipimdn.config import ListenEndpoint
-from sipimdn.ua._dedup import DuplicateCache
 
 endpoints = st.builds(
     ListenEndpoint,
@@ -27,21 +26,6 @@ endpoints = st.builds(
 @given(endpoints)
 def test_listen_endpoint_str_parses_back(endpoint: ListenEndpoint) -> None:
     assert ListenEndpoint.parse(str(endpoint)) == endpoint
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 10)), max_size=60), st.integers(1, 8))
-def test_duplicate_cache_never_exceeds_capacity_and_flags_only_recent_repeats(
-    entries: list[tuple[int, float]], capacity: int
-) -> None:
-    cache = DuplicateCache(capacity=capacity, ttl=5.0)
-    now = 0.0
-    for key, step in entries:
-        now += step
-        cache.seen(key, now)
-        assert len(cache) <= capacity
-        # what was just recorded is remembered
-        assert cache.seen(key, now)
 
 
 @settings(max_examples=200, deadline=None)

@@ -4,8 +4,10 @@
 ``build_notification(...)`` returns the XML bytes; :func:`build_im`,
 :func:`build_imdn`, :func:`build_imdn_message` and :func:`recognise` work on
 whole CPIM messages.
-Malformed peer data raises :class:`ImdnError`. The sans-IO tracker lives in
-``sipimdn.imdn.tracker`` (imported from there, not re-exported here).
+Malformed peer data raises :class:`ImdnError`. The vocabulary (kinds,
+statuses, requests, disposition states) is :mod:`sipimdn.imdn.vocabulary`;
+the sans-IO tracker lives in ``sipimdn.imdn.tracker`` (imported from there,
+not re-exported here).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .message import (
     is_imdn,
     recognise,
 )
+from .vocabulary import REQUEST_KINDS, DisplayPolicy, DispositionState
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -49,8 +52,11 @@ __all__ = [
     "IMDN_NS",
     "MAX_INFLATED_SIZE",
     "MAX_PARTS",
+    "REQUEST_KINDS",
     "XML_NS",
+    "DisplayPolicy",
     "DispositionRequest",
+    "DispositionState",
     "ImdnError",
     "ImdnHeaders",
     "Kind",

@@ -17,9 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from typing import Final
 
@@ -29,6 +27,7 @@ from .._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, make_parser, parse_xml
 from ..cpim import grammar
 from ..cpim.values import parse_datetime
 from ..errors import ImdnError, LocalProtocolError
+from .vocabulary import ALLOWED_STATUSES, Kind, Status
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -48,39 +47,6 @@ XML_NS: Final = "urn:ietf:params:xml:ns:imdn"
 
 CONTENT_TYPE: Final = "message/imdn+xml"
 """Media type of an IMDN document (RFC 5438 §15.1)."""
-
-
-class Kind(StrEnum):
-    """The notification category, named after the request token (RFC 5438 §5)."""
-
-    DELIVERY = "delivery"
-    DISPLAY = "display"
-    PROCESSING = "processing"
-
-    @property
-    def element(self) -> str:
-        """The XML element name: ``delivery-notification`` etc."""
-        return f"{self.value}-notification"
-
-
-class Status(StrEnum):
-    """Every status value of RFC 5438 §11.1.7; which ones fit a kind is in :data:`ALLOWED_STATUSES`."""
-
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    DISPLAYED = "displayed"
-    PROCESSED = "processed"
-    STORED = "stored"
-    FORBIDDEN = "forbidden"
-    ERROR = "error"
-
-
-ALLOWED_STATUSES: Final[Mapping[Kind, frozenset[Status]]] = {
-    Kind.DELIVERY: frozenset({Status.DELIVERED, Status.FAILED, Status.FORBIDDEN, Status.ERROR}),
-    Kind.DISPLAY: frozenset({Status.DISPLAYED, Status.FORBIDDEN, Status.ERROR}),
-    Kind.PROCESSING: frozenset({Status.PROCESSED, Status.STORED, Status.FORBIDDEN, Status.ERROR}),
-}
-"""Allowed ``<status>`` values per notification kind (imdn.md §2 table)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +121,7 @@ def _q(local: str) -> str:
     return f"{{{XML_NS}}}{local}"
 
 
-# draft-ietf-simple-imdn-03 called display notifications "read".
+# draft-ietf-simple-imdn-03 called display notifications "read"; some clients still send it.
 _DRAFT_RENAMES = {_q("read-notification"): _q("display-notification"), _q("read"): _q("displayed")}
 
 

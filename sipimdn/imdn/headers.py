@@ -21,13 +21,13 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from .._cache import remember_text
 from ..cpim import grammar
 from ..cpim.message import CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, parse_address
 from ..errors import ImdnError, LocalProtocolError
+from .vocabulary import DispositionRequest
 
 __all__ = [
     "IMDN_NS",
@@ -42,15 +42,6 @@ __all__ = [
 
 IMDN_NS = "urn:ietf:params:imdn"
 """Namespace URI of the IMDN CPIM headers (RFC 5438 §6.1)."""
-
-
-class DispositionRequest(StrEnum):
-    """The four notify-req values RFC 5438 defines (§6.2)."""
-
-    POSITIVE_DELIVERY = "positive-delivery"
-    NEGATIVE_DELIVERY = "negative-delivery"
-    PROCESSING = "processing"
-    DISPLAY = "display"
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from ..imdn import (
     parse_notification,
     recognise,
 )
-from ..imdn.tracker import DisplayPolicy, OwedNotification, TrackerConfig
+from ..imdn.tracker import OwedNotification, TrackerConfig
 from ..message import Request, safe_reason_phrase
 from ..stack import IncomingRequest, SipStack
 from ..transport.base import ListenSpec, TransportConfig
@@ -352,7 +352,7 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
     """The tracker's configuration derived from the user agent's."""
     return TrackerConfig(
         auto_delivered=config.auto_delivery,
-        display_policy=DisplayPolicy(config.display_privacy.value),
+        display_policy=config.display_privacy,
         max_attempts=config.imdn_max_attempts,
         retry_base=config.imdn_retry_base,
         retry_cap=config.imdn_retry_cap,
@@ -360,6 +360,8 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
         rate_window=config.imdn_rate_window,
         tracking_ttl=config.state_expiry,
         received_ttl=config.state_expiry,
+        plain_dedup_capacity=config.dedup_capacity,
+        plain_dedup_ttl=config.dedup_ttl,
     )
 
 

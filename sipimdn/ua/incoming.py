@@ -86,9 +86,13 @@ class IncomingMessage:
 
         ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or
         ``"error"`` (only after a 2xx answer: never a negative delivery after
-        a non-2xx, IMDN-37), or ``"display"`` with ``"displayed"``,
+        a non-2xx, RFC 5438 §7.2.1.1), or ``"display"`` with ``"displayed"``,
         ``"forbidden"`` or ``"error"``. Returns True if a notification is now
-        owed, False if none was requested.
+        owed, False if nothing is (not requested, the same already owed,
+        policy): exactly what the tracker decided, so True means it is sent
+        and False that nothing is. Inside ``on_message``, before the answer,
+        the decision is the same and the notification leaves with the 2xx
+        (never after a refusal).
         """
         if self.message_id is None or self._report is None:
             return False

@@ -6,34 +6,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..imdn.tracker import DispositionState
+from ..imdn.vocabulary import DispositionState, reached
 
 if TYPE_CHECKING:
     from ..message import Response
 
 __all__ = ["SentMessage", "reached"]
-
-# The positive chain; a state later in it implies every earlier one.
-_CHAIN = (
-    DispositionState.PENDING,
-    DispositionState.ACCEPTED,
-    DispositionState.DELIVERED,
-    DispositionState.DISPLAYED,
-)
-
-
-def reached(state: DispositionState, target: DispositionState) -> bool:
-    """Whether ``state`` is ``target`` or lies beyond it on the positive chain.
-
-    ``displayed`` implies ``delivered`` (a display notification may arrive
-    alone or first); a failure state only reaches itself.
-    """
-    if state == target:
-        return True
-    if state in _CHAIN and target in _CHAIN:
-        return _CHAIN.index(state) >= _CHAIN.index(target)
-    return False
-
 
 def _final(state: DispositionState) -> bool:
     return state not in (DispositionState.PENDING, DispositionState.ACCEPTED, DispositionState.DELIVERED)

@@ -11,7 +11,7 @@ kill itself with SIGKILL at a precise point (fault injection).
 --slow-store SECONDS   every store write takes this much longer (a slow disk): the store worker
                        thread sleeps before each batch, the event loop does not wait.
 
-The hooks wrap the stack's ``IncomingRequest.respond`` and the agent's notification entry point;
+The hooks wrap the stack's ``IncomingRequest.respond`` and the request handler the agent gives it;
 nothing else is changed, so what survives the kill is exactly what the store held.
 """
 
@@ -24,15 +24,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sipimdn import UserAgent
 from sipimdn.config import ListenEndpoint, UserAgentConfig
 from sipimdn.events import DispositionChanged, NotificationRejected, NotificationSent
-from sipimdn.stack import IncomingRequest
+from sipimdn.stack import IncomingRequest, RequestHandler, SipStack
 from sipimdn.store import SqliteStore, StoreOp
-from sipimdn.ua import IncomingMessage, _agent
+from sipimdn.ua import IncomingMessage
 
 
 def emit(**fields: object) -> None:
@@ -68,10 +68,17 @@ def install_slow_store(delay: float) -> None:
 
 
 def install_crash_on_imdn() -> None:
-    def receive_notification(self: object, *args: Any, **kwargs: Any) -> None:
-        die()
+    original = SipStack.on_request
 
-    _agent.UserAgent._receive_notification = receive_notification  # type: ignore[method-assign]
+    def on_request(self: SipStack, handler: RequestHandler) -> Callable[[], None]:
+        def crash_first(incoming: IncomingRequest) -> object:
+            if b"message/imdn+xml" in incoming.request.body:
+                die()  # before the user agent reads it
+            return handler(incoming)
+
+        return original(self, crash_first)
+
+    SipStack.on_request = on_request  # type: ignore[method-assign]
 
 
 async def main() -> None:

@@ -163,8 +163,8 @@ async def test_user_agent_counts_return_to_baseline() -> None:
             nonlocal got
             got += 1
 
-        stacks = [alice._stack, bob._stack]
-        assert stacks[0] is not None and stacks[1] is not None
+        stacks = [alice.stack, bob.stack]
+        callbacks = asyncio.all_tasks()  # the test's own; any other task is the user agents'
 
         async def send_all(count: int) -> None:
             gate = asyncio.Semaphore(CONCURRENCY)
@@ -177,21 +177,20 @@ async def test_user_agent_counts_return_to_baseline() -> None:
             await asyncio.gather(*(one(i) for i in range(count)))
 
         def quiet() -> bool:
-            tracker_a, tracker_b = alice._tracker, bob._tracker
-            assert tracker_a is not None and tracker_b is not None
-            c = census(*stacks)  # type: ignore[arg-type]
+            tracker_a, tracker_b = alice.tracker, bob.tracker
+            c = census(*stacks)
             return (c.transactions == 0 and not tracker_a.owed() and not tracker_b.owed()
-                    and not tracker_a.snapshot().sent and len(alice._tasks) + len(bob._tasks) == 0)
+                    and not tracker_a.snapshot().sent and not asyncio.all_tasks() - callbacks)
 
         await send_all(50)
         assert await settle(quiet, 10)
-        baseline = census(*stacks)  # type: ignore[arg-type]
+        baseline = census(*stacks)
         await send_all(UA_COUNT)
         assert got == UA_COUNT + 50
         assert await settle(quiet, 10)
         assert census(*stacks) == baseline  # type: ignore[arg-type]
-        await alice._writer.flush()
-        await bob._writer.flush()
+        await alice.flush()
+        await bob.flush()
         now = time.time()
         # Nothing is owed or awaited any more; bob keeps one dedup row per message received
         # (the tracker's dedup window, 7 days, is not tied to state_expiry) and nothing else.

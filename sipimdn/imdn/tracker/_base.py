@@ -1,0 +1,399 @@
+"""The tracker's bookkeeping: its tables, the timer heap, the write-behind queue and restore.
+
+Rule 1 of the tracker: all its state is declared here, in
+:meth:`TrackerCore.__init__`; the sender side (:mod:`.sender`) and the
+receiver side (:mod:`.receiver`) only read and change it through
+:meth:`~TrackerCore._put` and :meth:`~TrackerCore._delete`, which keep the
+timer heap and the store operations in step with the tables.
+
+**Persistence: write-behind operations.** The tracker keeps its state in
+memory and is authoritative while running. Every change that a restart
+needs also appends a whole-record :class:`~sipimdn.store.base.Put` or a
+:class:`~sipimdn.store.base.Delete` to a queue drained with
+:meth:`~TrackerCore.writes_to_apply`; the adapter applies each batch, in
+order, with :meth:`Store.apply <sipimdn.store.base.Store.apply>`. The
+tracker never calls a store: it must stay sans-IO and fast on the event
+loop, and whole-record upserts are idempotent (replaying a batch is
+harmless, the store never holds half a record). Two kinds of change are
+not written, because a restart does not need them: the dedup entry of a
+message that is owed no notification (kept in memory, for this run, in the
+``volatile`` table: a store write per message would buy dedup only for a
+resend that straddles our restart), and the removal of an expired dedup
+entry (the store skips expired rows on load and drops them on purge).
+After a restart, ``DispositionTracker(config, snapshot=store.load(now),
+now=now)`` rebuilds everything: owed notifications (also those handed out
+but never acknowledged: the peer dedups on their stable Message-ID) are due
+again at once, sent messages still correlate, received messages can still
+be marked displayed, dedup entries and peer flags survive.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..vocabulary import REQUEST_KINDS
+from .config import TrackerConfig
+from .events import NotificationOwed, TrackerEvent
+from .identity import identity_key
+from .records import (
+    AnyRecord,
+    Delete,
+    OwedRecord,
+    PeerRecord,
+    Put,
+    ReceivedRecord,
+    SeenRecord,
+    SentRecord,
+    Snapshot,
+    StoreOp,
+    received_key,
+)
+
+if TYPE_CHECKING:
+    from .receiver import Receipt
+
+__all__ = ["PEER_NO_CPIM", "PEER_NO_IMDN", "TrackerCore"]
+
+#: Peer flag: the peer answered 415 (or 488) to an IMDN; send it no more.
+PEER_NO_IMDN = "no-imdn"
+#: Peer flag: the peer answered 415 to message/cpim (kept for the UA's text/plain fallback).
+PEER_NO_CPIM = "no-cpim"
+
+_SENT, _OWED, _RECEIVED, _SEEN, _PEER = "sent", "owed", "received", "seen", "peer"
+#: Dedup entries kept in memory only (messages owed no notification); never written.
+_VOLATILE = "volatile"
+#: Every sorted combination of request tokens, each one tuple object: a record keeps its
+#: requested kinds by reference to one of these instead of a tuple of its own (memory per
+#: tracked message; see :func:`shared_kinds`).
+_KIND_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {
+    combo: combo
+    for size in range(len(REQUEST_KINDS) + 1)
+    for combo in itertools.combinations(sorted(REQUEST_KINDS), size)
+}
+#: The timer heap is never swept of stale entries while it holds at most this many.
+_HEAP_SWEEP_MIN = 4096
+#: Dedup entries and received records share one key space (and usually one deadline).
+_RECEIVED_SPACE = (_SEEN, _RECEIVED)
+
+#: In memory, dedup entries and received records are keyed by ``(sender key, Message-ID)``: a
+#: pair of the strings the records hold anyway, where their store key (:func:`received_key`)
+#: would be a third string per message. Every other table uses its store key.
+MemKey = str | tuple[str, str]
+
+
+def _store_key(key: MemKey) -> str:
+    return key if isinstance(key, str) else received_key(*key)
+
+
+def shared_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    """``kinds`` sorted, as the shared tuple of :data:`_KIND_TUPLES` when there is one."""
+    combo = tuple(sorted(kinds))
+    return _KIND_TUPLES.get(combo, combo)
+
+
+def token(value: object) -> str:
+    """Accept plain strings and StrEnum/Enum members alike."""
+    return str(getattr(value, "value", value))
+
+
+class TrackerCore:
+    """The state of a :class:`~sipimdn.imdn.tracker.DispositionTracker` and its bookkeeping.
+
+    ``snapshot`` (from :meth:`Store.load <sipimdn.store.base.Store.load>`)
+    resumes a previous run at time ``now``. ``id_factory`` makes the
+    Message-IDs of the notifications we send (default: 128 random bits in
+    hex, a valid CPIM Token that cannot be guessed: RFC 5438 §14.1 relies on it).
+    """
+
+    def __init__(
+        self,
+        config: TrackerConfig | None = None,
+        *,
+        snapshot: Snapshot | None = None,
+        now: float = 0.0,
+        id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        self.config = config or TrackerConfig()
+        self._new_id = id_factory or (lambda: secrets.token_hex(16))
+        # --- sender side
+        self._sent: dict[str, SentRecord] = {}
+        # --- receiver side
+        self._owed: dict[str, OwedRecord] = {}
+        self._received: dict[tuple[str, str], ReceivedRecord] = {}
+        # Message-ID -> received key, or a list of them: almost always one sender per
+        # Message-ID, so the key itself (no container per tracked message).
+        self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] = {}
+        self._seen: dict[tuple[str, str], SeenRecord] = {}
+        self._volatile: dict[tuple[str, str], SeenRecord] = {}
+        # Received messages whose answer is being decided or sent (see receiver.Receipt):
+        # only those with reports made before the answer or notifications held behind it.
+        self._receipts: dict[tuple[str, str], Receipt] = {}
+        # Plain-text messages (no Message-ID) by (sender, transaction identity): final status
+        # answered, or None while deciding; expiry order is insertion order (one TTL).
+        self._plain: OrderedDict[tuple[str, str], tuple[float, int | None]] = OrderedDict()
+        # Rate limit: originator key -> times of the notifications generated for it in the window.
+        self._rate: dict[str, float | list[float]] = {}
+        # Size past which the limiter prunes idle originators (the first call sets it).
+        self._rate_prune_at = 0
+        # Received messages' CPIM To / Original-To values, one object each (receiver._common_text).
+        self._common: dict[str, str] = {}
+        # --- both
+        self._peers: dict[str, PeerRecord] = {}
+        self._events: deque[TrackerEvent] = deque()
+        self._writes: list[StoreOp] = []
+        # Timers: (deadline, seq, table, key). An entry goes stale (is skipped) when its record is
+        # deleted or gets another deadline; stale entries are dropped when they reach the top
+        # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
+        # may have made an entry stale since the last sweep (an upper bound on stale entries).
+        self._heap: list[tuple[float, int, str, MemKey]] = []
+        self._unswept = 0
+        self._seq = 0
+        self._tables: dict[str, dict[Any, Any]] = {
+            _SENT: self._sent,
+            _OWED: self._owed,
+            _RECEIVED: self._received,
+            _SEEN: self._seen,
+            _VOLATILE: self._volatile,
+            _PEER: self._peers,
+        }
+        if snapshot is not None:
+            self._restore(snapshot, now)
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    def next_event(self) -> TrackerEvent | None:
+        """The next event, in the order their causes happened, or None."""
+        return self._events.popleft() if self._events else None
+
+    def writes_to_apply(self) -> list[StoreOp]:
+        """Store operations produced since the last call; apply them in this order."""
+        writes, self._writes = self._writes, []
+        return writes
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        heap = self._heap
+        while heap and not self._live(*heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at or before ``now``: expiries, retries, give-ups, housekeeping."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, seq, table, key = heapq.heappop(heap)
+            if not self._live(when, seq, table, key):
+                continue
+            if table == _VOLATILE:
+                self._delete(table, key)
+            elif isinstance(key, tuple):
+                # The received space. One entry may serve a dedup entry and a received record
+                # with this deadline: its own table first (the order the two entries had before
+                # they were merged).
+                for name in (table, _RECEIVED if table == _SEEN else _SEEN):
+                    if self._deadline(name, key) == when:
+                        if name == _RECEIVED:
+                            self._received_expired(key)
+                        self._delete(name, key)
+            elif table == _SENT:
+                self._sent_due(self._sent[key], now)
+            elif table == _OWED:
+                self._owed_due(self._owed[key], now)
+            else:
+                self._delete(table, key)
+
+    def snapshot(self) -> Snapshot:
+        """Everything a store fed :meth:`writes_to_apply` holds (for checks and exports).
+
+        Dedup entries kept in memory only (messages owed no notification) are not in it.
+        """
+        return Snapshot(
+            sent=tuple(self._sent.values()),
+            owed=tuple(self._owed.values()),
+            received=tuple(self._received.values()),
+            seen=tuple(self._seen.values()),
+            peers=tuple(self._peers.values()),
+        )
+
+    # --- peers ---------------------------------------------------------------------------------
+
+    def peer_flags(self, uri: str) -> frozenset[str]:
+        """Flags remembered for the peer at ``uri`` (empty if none)."""
+        record = self._peers.get(self._key(uri) or uri)
+        return frozenset(record.flags) if record is not None else frozenset()
+
+    def set_peer_flag(self, uri: str, flag: str, on: bool, now: float) -> None:
+        """Remember (or forget) a capability flag of the peer at ``uri``."""
+        key = self._key(uri) or uri
+        flags = set(self.peer_flags(uri))
+        flags.add(flag) if on else flags.discard(flag)
+        if flags:
+            self._put(PeerRecord(key, tuple(sorted(flags)), now, now + self.config.peer_flag_ttl))
+        elif key in self._peers:
+            self._delete(_PEER, key)
+
+    # --- hooks of the two sides (called by handle_timer and _restore) --------------------------
+
+    def _sent_due(self, record: SentRecord, now: float) -> None:
+        """A sent message reached its tracking deadline (the sender side ends it)."""
+        raise NotImplementedError
+
+    def _owed_due(self, owed: OwedRecord, now: float) -> None:
+        """An owed notification is due: send, retry or give up (the receiver side decides)."""
+        raise NotImplementedError
+
+    def _received_expired(self, key: tuple[str, str]) -> None:
+        """A received record is about to expire (the receiver side forgets its receipt)."""
+        raise NotImplementedError
+
+    def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
+        """Hand out the next attempt of an owed notification (into ``hold`` if given)."""
+        owed = replace(
+            owed,
+            attempts=owed.attempts + 1,
+            in_flight=True,
+            next_attempt_at=now + self.config.in_flight_timeout,
+        )
+        self._put(owed)
+        event = NotificationOwed(owed)
+        if hold is None:
+            self._events.append(event)
+        else:
+            hold.append(event)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _key(self, uri: str | None) -> str | None:
+        key = identity_key(uri, compare_ports=self.config.compare_ports)
+        # The cache hands back the first equal string it was given, maybe another message's
+        # that is gone by now; the caller's own (kept in its record) is the one to share.
+        return uri if key is not uri and key == uri and type(uri) is str else key
+
+    def _emit(self, event: TrackerEvent) -> None:
+        self._events.append(event)
+
+    def _deadline(self, table: str, key: MemKey) -> float | None:
+        record = self._tables[table].get(key)
+        return None if record is None else _deadline_of(record)
+
+    def _live(self, when: float, seq: int, table: str, key: MemKey) -> bool:
+        """Whether a timer entry still stands for a record (else it is stale and skipped)."""
+        if self._deadline(table, key) == when:
+            return True
+        # A dedup entry and a received record of one key and deadline share one entry.
+        return (
+            table in _RECEIVED_SPACE and self._deadline(_RECEIVED if table == _SEEN else _SEEN, key) == when
+        )
+
+    def _put(
+        self, record: AnyRecord, *, write: bool = True, key: MemKey | None = None, table: str | None = None
+    ) -> None:
+        """Store ``record`` in its table (or ``table``); ``key`` (equal to its memory key) shares that key."""
+        name = table or record.TABLE
+        entries = self._tables[name]
+        if key is None:
+            key = _mem_key(record)
+        old = entries.get(key)
+        entries[key] = record
+        if isinstance(record, ReceivedRecord) and old is None and isinstance(key, tuple):
+            self._index_received(record.message_id, key)
+        if write and name != _VOLATILE:
+            self._writes.append(Put(record))
+        deadline = _deadline_of(record)
+        if old is not None:
+            if _deadline_of(old) == deadline:
+                return
+            self._unswept += 1
+        if name in _RECEIVED_SPACE:
+            # The dedup entry and the received record of one message usually expire together:
+            # the timer entry of the one already there serves both (memory per tracked message).
+            other = self._deadline(_RECEIVED if name == _SEEN else _SEEN, key)
+            if other == deadline:
+                return
+        self._push(deadline, name, key)
+
+    def _push(self, deadline: float, table: str, key: MemKey) -> None:
+        self._seq += 1
+        heap = self._heap
+        heapq.heappush(heap, (deadline, self._seq, table, key))
+        if self._unswept * 4 > len(heap) > _HEAP_SWEEP_MIN:
+            # Entries of records deleted or rescheduled long before their deadline (notifications
+            # acknowledged at once, messages settled early) would otherwise stay until then. The
+            # sweep keeps the live ones, whose (deadline, seq) order is unchanged. It runs after
+            # at least a quarter of the heap's length in deletions and reschedules since the
+            # last one (never during a restore, which deletes nothing): amortised O(1) each.
+            heap[:] = [entry for entry in heap if self._live(*entry)]
+            heapq.heapify(heap)
+            self._unswept = 0
+
+    def _index_received(self, message_id: str, key: tuple[str, str]) -> None:
+        index = self._received_by_id
+        keys = index.get(message_id)
+        if keys is None:
+            index[message_id] = key
+        elif isinstance(keys, tuple):
+            if keys != key:
+                index[message_id] = [keys, key]
+        elif key not in keys:
+            keys.append(key)
+
+    def _received_keys(self, message_id: str) -> list[tuple[str, str]]:
+        keys = self._received_by_id.get(message_id)
+        if keys is None:
+            return []
+        return [keys] if isinstance(keys, tuple) else list(keys)
+
+    def _delete(self, table: str, key: MemKey) -> None:
+        record = self._tables[table].pop(key, None)
+        if record is None:
+            return
+        self._unswept += 1
+        if isinstance(record, ReceivedRecord):
+            rest = [k for k in self._received_keys(record.message_id) if k != key]
+            if len(rest) > 1:
+                self._received_by_id[record.message_id] = rest
+            elif rest:
+                self._received_by_id[record.message_id] = rest[0]
+            else:
+                self._received_by_id.pop(record.message_id, None)
+        if table not in (_SEEN, _VOLATILE):
+            # An expired dedup entry needs no Delete: the store skips it on load and purge drops it.
+            self._writes.append(Delete(table, _store_key(key)))
+
+    def _restore(self, snapshot: Snapshot, now: float) -> None:
+        records: list[AnyRecord] = [*snapshot.sent, *snapshot.received, *snapshot.seen, *snapshot.peers]
+        # A message's received record and dedup entry have equal keys: one object for both (the
+        # table slots, the Message-ID index and the timer entry all hold it).
+        keys: dict[MemKey, MemKey] = {}
+        for record in records:
+            key = _mem_key(record)
+            self._put(record, write=False, key=keys.setdefault(key, key))
+        for stored in sorted(snapshot.owed, key=lambda o: o.created_at):
+            # Handed out before the restart but never acknowledged: due again now. The peer
+            # recognises the resend by its unchanged Message-ID.
+            owed = replace(stored, in_flight=False, next_attempt_at=now) if stored.in_flight else stored
+            if owed.next_attempt_at <= now < owed.expires_at:
+                self._dispatch(owed, now)
+            else:
+                self._put(owed, write=False)
+
+
+def _mem_key(record: AnyRecord) -> MemKey:
+    """The key of ``record`` in the tracker's tables (see :data:`MemKey`)."""
+    if isinstance(record, (ReceivedRecord, SeenRecord)):
+        return (record.sender_key, record.message_id)
+    return record.key
+
+
+def _deadline_of(record: AnyRecord) -> float:
+    if isinstance(record, OwedRecord):
+        return min(record.next_attempt_at, record.expires_at)
+    if isinstance(record, SentRecord):
+        return record.deadline
+    return record.expires_at

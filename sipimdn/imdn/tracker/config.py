@@ -1,0 +1,94 @@
+"""The tracker's tunables: :class:`TrackerConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..vocabulary import DisplayPolicy
+
+__all__ = ["TrackerConfig"]
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerConfig:
+    """Tunables of the tracker; defaults suit a chat client."""
+
+    #: How long a sent message's notifications are awaited when no ``expires_at`` is given.
+    tracking_ttl: float = 7 * _DAY
+    #: How long a received message can still be owed a notification (mark_displayed window).
+    received_ttl: float = 7 * _DAY
+    #: How long a (sender, Message-ID) pair is remembered for dedup.
+    dedup_ttl: float = 7 * _DAY
+    #: How long an owed notification is retried at most, whatever the attempt count.
+    owed_ttl: float = _DAY
+    #: Attempts (the first send included) before an owed notification is given up.
+    max_attempts: int = 4
+    #: First backoff before a retry; doubles each time.
+    retry_base: float = 1.0
+    #: Longest backoff between two attempts.
+    retry_cap: float = 30.0
+    #: Give up waiting for the outcome of an attempt after this long (safety net: the SIP
+    #: transaction normally reports within 64*T1) and treat it as a timeout.
+    in_flight_timeout: float = 64.0
+    #: Owe a positive delivery notification automatically after a 2xx (RFC 5438 §7.2.1.1).
+    auto_delivered: bool = True
+    #: Default display policy (RFC 5438 §14.2: display status is private).
+    display_policy: DisplayPolicy = DisplayPolicy.SEND
+    #: A sent message stays in the store this long after its deadline, so an expiry that fell
+    #: while the UA was down is still reported after a restart.
+    expiry_report_grace: float = 7 * _DAY
+    #: Compare ports when matching identities (off: AORs have none and liblinphone drops them).
+    compare_ports: bool = False
+    #: Most IMDN-Record-Route entries honoured (RFC 5438 §14.1: a forged route makes us a flood source).
+    max_imdn_route: int = 4
+    #: Whether IMDN-Record-Route is honoured by default (RFC 5438 §14.1: only from trusted paths).
+    trust_imdn_route: bool = False
+    #: Most recipients (intended plus list members learnt from notifications) per sent message;
+    #: a notification naming one more member is rejected as ``too-many-recipients``.
+    max_recipients: int = 256
+    #: Replay guard: notification Message-IDs remembered per sent message.
+    max_notification_ids: int = 64
+    #: How long peer flags (``no-imdn``...) are remembered, so an upgraded peer gets another chance.
+    peer_flag_ttl: float = 30 * _DAY
+    #: Rate limit (RFC 5438 §14): at most this many notifications generated for the messages of
+    #: one originator (the IM's SIP From, else its CPIM From; not the IMDN-Route hop) within
+    #: ``rate_window`` seconds.
+    rate_limit: int = 120
+    rate_window: float = 60.0
+    #: Ignore notification requests from anonymous senders (RFC 5438 §12.1.1, §14).
+    decline_anonymous: bool = True
+
+    #: Plain-text messages (no Message-ID) remembered for dedup, at most, and for how long.
+    plain_dedup_capacity: int = 4096
+    plain_dedup_ttl: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "tracking_ttl",
+            "expiry_report_grace",
+            "received_ttl",
+            "dedup_ttl",
+            "owed_ttl",
+            "retry_base",
+            "retry_cap",
+            "in_flight_timeout",
+            "peer_flag_ttl",
+            "rate_window",
+            "plain_dedup_ttl",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "max_attempts",
+            "max_recipients",
+            "rate_limit",
+            "max_notification_ids",
+            "plain_dedup_capacity",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_imdn_route < 0:
+            raise ValueError("max_imdn_route must not be negative")
+        object.__setattr__(self, "display_policy", DisplayPolicy(str(self.display_policy)))

@@ -1,0 +1,707 @@
+"""The receiver side of the tracker: what we received and the notifications we owe (RFC 5438 §7.2).
+
+**Dedup.** :meth:`~ReceiverSide.record_received` remembers every received
+message by (sender, Message-ID) for ``dedup_ttl``: a copy sent again in a
+new transaction is answered with the first copy's status, never handed up
+twice. Messages owed a notification keep that entry in the store (their
+notification survives a restart, so must their dedup); the others keep it
+in memory only. Plain-text messages have no Message-ID: they are
+remembered by sender and SIP transaction identity
+(:meth:`~ReceiverSide.record_plain`), in memory, bounded.
+
+**One received message** that asked for notifications (after policy) goes
+through the states of :data:`RECEIVER_TRANSITIONS`:
+
+``deciding``
+    recorded, the application is deciding the answer. A report made now
+    (``mark_displayed`` inside the handler) is decided at once, with the
+    same rules as after the answer, and kept; it is owed if the answer is a
+    2xx and dropped otherwise (RFC 5438 §7.2.1.1: nothing after a non-2xx).
+``answering``
+    answered 2xx, the answer not yet on the wire (the adapter waits for the
+    store first). The notifications the answer made owed (the kept reports,
+    the automatic ``delivered``, display ``forbidden`` by policy) and any
+    reported meanwhile are owed and written, but their
+    :class:`~.events.NotificationOwed` events are held, so no notification
+    overtakes the answer (RFC 5438 §7.2.1.1, §7.2.1.2).
+``open``
+    answered 2xx and sent: a report is owed and handed out at once. The
+    record is dropped as soon as every requested notification is owed or
+    declined, and at ``received_ttl``.
+``closed``
+    answered non-2xx, settled or expired: nothing more is ever owed.
+
+A notification owed becomes an :class:`~sipimdn.store.base.OwedRecord`,
+handed out as :class:`~.events.NotificationOwed` and retried with
+exponential backoff on timeout, 408 and 5xx until acknowledged or given up.
+The loop guard (RFC 5438 §7.2.1: never notify a notification),
+IMDN-Record-Route trust and cap, a rate limit per originator of the IM (its
+SIP From, else CPIM From; never the relay it came through), anonymous
+senders (§12.1.1) and display privacy (§14.2) are enforced here and
+reported as :class:`~.events.NotificationsDeclined`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from enum import StrEnum
+
+from ...errors import LocalProtocolError
+from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
+from ._base import PEER_NO_IMDN, TrackerCore, shared_kinds, token
+from .events import (
+    DeclineReason,
+    NotificationAbandoned,
+    NotificationOwed,
+    NotificationsDeclined,
+    Reception,
+)
+from .identity import is_anonymous
+from .records import OwedRecord, ReceivedRecord, SeenRecord
+
+__all__ = ["RECEIVER_TRANSITIONS", "ReceiptInput", "ReceiptState", "ReceiverSide"]
+
+
+class ReceiptState(StrEnum):
+    """Where one received message that asked for notifications stands (see the module docstring)."""
+
+    #: Recorded; the answer is being decided. Reports are decided and kept.
+    DECIDING = "deciding"
+    #: Answered 2xx, the answer not yet sent: notifications owed, their hand-out held.
+    ANSWERING = "answering"
+    #: Answered 2xx and sent: reports are owed and handed out at once.
+    OPEN = "open"
+    #: Answered non-2xx, settled or expired: nothing is owed any more.
+    CLOSED = "closed"
+
+
+class ReceiptInput(StrEnum):
+    """What can happen to a received message that asked for notifications."""
+
+    #: The application reports an outcome (``mark_displayed``, ``report_disposition``).
+    REPORT = "report"
+    #: We decided a 2xx answer.
+    ANSWER_2XX = "answer-2xx"
+    #: We decided a non-2xx answer.
+    ANSWER_FAILURE = "answer-failure"
+    #: The 2xx answer is on the wire.
+    ANSWER_SENT = "answer-sent"
+    #: ``received_ttl`` passed.
+    EXPIRE = "expire"
+
+
+_D, _AN, _O, _C = ReceiptState.DECIDING, ReceiptState.ANSWERING, ReceiptState.OPEN, ReceiptState.CLOSED
+
+#: The receiver-side state machine: ``(state, input) -> next state``. A pair not listed is
+#: refused: a report in ``closed`` owes nothing (or raises after a non-2xx answer), a second
+#: answer or a stray ``answer_sent`` changes nothing.
+RECEIVER_TRANSITIONS: Mapping[tuple[ReceiptState, ReceiptInput], ReceiptState] = {
+    (_D, ReceiptInput.REPORT): _D,
+    (_D, ReceiptInput.ANSWER_2XX): _AN,
+    (_D, ReceiptInput.ANSWER_FAILURE): _C,
+    (_D, ReceiptInput.EXPIRE): _C,
+    (_AN, ReceiptInput.REPORT): _AN,
+    (_AN, ReceiptInput.ANSWER_SENT): _O,
+    (_O, ReceiptInput.REPORT): _O,
+    (_O, ReceiptInput.EXPIRE): _C,
+}
+
+#: Where a 2xx answer leads from ``deciding`` (looked up once: the answer is on the hot path).
+_AFTER_2XX = RECEIVER_TRANSITIONS[_D, ReceiptInput.ANSWER_2XX]
+#: No reports made before the answer (shared, never changed).
+_NO_EARLY: Mapping[str, OwedRecord | None] = {}
+#: ``delivery_owed``/``display_owed`` value of a notification refused by policy or rate limit.
+_DECLINED = "declined"
+#: The rate limiter drops idle originators once it holds more than this many (or twice what
+#: survived the last pruning).
+_RATE_PRUNE_MIN = 4 * 4096
+#: Most distinct CPIM To / Original-To strings kept for sharing between received records.
+_COMMON_TEXTS_MAX = 256
+#: Request tokens a recipient can answer (it never sends processing notifications, RFC 5438 §7.2).
+_RECIPIENT_KINDS = frozenset({"positive-delivery", "negative-delivery", "display"})
+_NO_REQUEST = Reception(duplicate=False, previous_status=None, requested=())
+
+
+class Receipt:
+    """What the tracker keeps, in memory only, about a message in ``deciding`` or ``answering``.
+
+    Made only when needed: a report before the answer, or a 2xx answer not yet sent.
+    """
+
+    __slots__ = ("early", "held", "state")
+
+    def __init__(self, state: ReceiptState) -> None:
+        self.state = state
+        #: Reports decided before the answer, by kind: the notification to owe, or None if declined.
+        self.early: dict[str, OwedRecord | None] = {}
+        #: Hand-outs held until the answer is sent.
+        self.held: list[NotificationOwed] = []
+
+
+class ReceiverSide(TrackerCore):
+    """Record received messages, their answers and reports; owe, retry and abandon notifications."""
+
+    # --- received messages ---------------------------------------------------------------------
+
+    def record_received(
+        self,
+        *,
+        message_id: str,
+        sender: str,
+        now: float,
+        requested: Iterable[object] = (),
+        sip_from: str | None = None,
+        recipient: str | None = None,
+        original_recipient: str | None = None,
+        datetime: str | None = None,
+        subject: str | None = None,
+        imdn_route: Sequence[str] = (),
+        route_trusted: bool | None = None,
+        is_notification: bool = False,
+        display_policy: object | None = None,
+    ) -> Reception:
+        """Remember a received message before it is handed to the application.
+
+        ``sender`` is its CPIM From (or SIP From for a bare message),
+        ``requested`` its Disposition-Notification tokens (unknown ones are
+        ignored, RFC 5438 §6.2), ``imdn_route`` its IMDN-Record-Route values in
+        order, ``recipient`` its CPIM To, ``datetime`` its raw DateTime.
+        ``is_notification`` marks an IMDN (never owed anything, §7.2.1). The same
+        ``sender`` string names the message in later calls
+        (:meth:`message_answered`, :meth:`mark_displayed`, :meth:`report_disposition`).
+        """
+        sender_key = self._sender_key(sender)
+        key = (sender_key, message_id)
+        seen = self._seen.get(key) or self._volatile.get(key)
+        if seen is not None:
+            return Reception(duplicate=True, previous_status=seen.status, requested=())
+        dedup_expiry = now + self.config.dedup_ttl
+        kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS)
+        policy = self._admit_requests(
+            message_id, sender, kinds, sip_from, imdn_route, route_trusted, is_notification, display_policy
+        )
+        if policy is None:
+            # Owed nothing: the dedup entry lives in memory only (see the module docstring).
+            self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key, table="volatile")
+            return _NO_REQUEST
+        route, display = policy
+        # The key is made once here and shared by the dedup entry, the received record's table
+        # slot, the Message-ID index and their timer (memory per tracked message).
+        self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key)
+        requested_kinds = shared_kinds(kinds)
+        # With the default TTLs both entries expire together: one float object, and one timer
+        # entry serves both (see TrackerCore._put).
+        received_expiry = (
+            dedup_expiry
+            if self.config.received_ttl == self.config.dedup_ttl
+            else now + self.config.received_ttl
+        )
+        # The SIP From is often the very text of the CPIM From or of its key: one object, not
+        # two. The CPIM To and Original-To name us (or a list of ours): the same few values
+        # for every message, each kept once (memory per tracked message).
+        if sip_from == sender:
+            sip_from = sender
+        elif sip_from == sender_key:
+            sip_from = sender_key
+        self._put(
+            ReceivedRecord(
+                message_id=message_id,
+                sender_key=sender_key,
+                sender=sender,
+                sip_from=sip_from,
+                recipient=self._common_text(recipient),
+                original_recipient=self._common_text(original_recipient),
+                datetime=datetime,
+                subject=subject,
+                requested=requested_kinds,
+                imdn_route=route,
+                answered_status=None,
+                delivery_owed=None,
+                display_owed=None,
+                display_policy=display.value,
+                received_at=now,
+                expires_at=received_expiry,
+            ),
+            key=key,
+        )
+        return Reception(duplicate=False, previous_status=None, requested=requested_kinds)
+
+    def _admit_requests(  # noqa: PLR0917 - one call site, the arguments of record_received
+        self,
+        message_id: str,
+        sender: str,
+        kinds: list[str],
+        sip_from: str | None,
+        imdn_route: Sequence[str],
+        route_trusted: bool | None,
+        is_notification: bool,
+        display_policy: object | None,
+    ) -> tuple[tuple[str, ...], DisplayPolicy] | None:
+        """Apply policy to the requests of a new message: ``(route, display policy)``, or None if
+        nothing can be owed. ``kinds`` loses what policy refuses (in place)."""
+        if not kinds:
+            return None
+
+        def decline(which: Sequence[str], reason: DeclineReason) -> None:
+            self._emit(NotificationsDeclined(message_id, sender, tuple(which), reason))
+
+        if is_notification:
+            decline(kinds, DeclineReason.LOOP_GUARD)
+            return None
+        # RCS clients put an anonymous CPIM From on messages whose SIP From is real: the SIP
+        # identity decides, and it is also where the IMDN is routed.
+        if self.config.decline_anonymous and is_anonymous(sip_from if sip_from else sender):
+            decline(kinds, DeclineReason.ANONYMOUS)
+            return None
+        route = tuple(imdn_route)
+        trusted = self.config.trust_imdn_route if route_trusted is None else route_trusted
+        if route and not trusted:
+            decline(kinds, DeclineReason.ROUTE_UNTRUSTED)
+            route = ()
+        elif len(route) > self.config.max_imdn_route:
+            decline(kinds, DeclineReason.ROUTE_TOO_LONG)
+            route = ()
+        target = route[0] if route else (sip_from or sender)
+        if PEER_NO_IMDN in self.peer_flags(target):
+            decline(kinds, DeclineReason.PEER_REFUSES_IMDN)
+            return None
+        policy = DisplayPolicy(token(display_policy)) if display_policy is not None else None
+        policy = policy or self.config.display_policy
+        if "display" in kinds and policy is DisplayPolicy.SILENT:
+            decline(["display"], DeclineReason.PRIVACY)
+            kinds.remove("display")
+            if not kinds:
+                return None
+        return route, policy
+
+    def record_plain(self, sender: str, transaction: str, now: float) -> Reception:
+        """Remember a received message without Message-ID (plain text) by its SIP transaction.
+
+        ``transaction`` identifies the request (Call-ID, From tag and CSeq
+        number; never the Call-ID alone, which some peers reuse across
+        MESSAGEs). Kept in memory, at most ``plain_dedup_capacity`` entries
+        for ``plain_dedup_ttl``; nothing is ever owed for such a message.
+        """
+        entries = self._plain
+        while entries:
+            first, (expiry, _) = next(iter(entries.items()))
+            if expiry > now:
+                break
+            del entries[first]
+        key = (sender, transaction)
+        entry = entries.get(key)
+        if entry is not None:
+            return Reception(duplicate=True, previous_status=entry[1], requested=())
+        entries[key] = (now + self.config.plain_dedup_ttl, None)
+        if len(entries) > self.config.plain_dedup_capacity:
+            entries.popitem(last=False)
+        return _NO_REQUEST
+
+    def plain_answered(self, sender: str, transaction: str, status_code: int) -> None:
+        """Record the final status answered to a plain-text message (see :meth:`record_plain`).
+
+        A 2xx or 6xx is what a copy sent again gets too; any other answer
+        means "not delivered", so a later copy is a fresh attempt.
+        """
+        key = (sender, transaction)
+        entry = self._plain.get(key)
+        if entry is None:
+            return
+        if 200 <= status_code < 300 or status_code >= 600:
+            self._plain[key] = (entry[0], status_code)
+        else:
+            del self._plain[key]
+
+    def message_answered(
+        self, message_id: str, sender: str, status_code: int, now: float, *, sent: bool = True
+    ) -> bool:
+        """Record the final status we answer; a 2xx makes the notifications due at once owed.
+
+        ``sender`` is the same value given to :meth:`record_received`. With
+        ``sent=False`` the answer is not on the wire yet: the notifications
+        owed are written but their hand-out waits for :meth:`answer_sent`.
+        Returns True when it does (apply :meth:`writes_to_apply` before
+        sending the answer, so what the answer commits us to survives a
+        crash). Raises :class:`~sipimdn.errors.LocalProtocolError` for a
+        provisional status.
+        """
+        if status_code < 200:
+            raise LocalProtocolError(f"{status_code} is not a final status")
+        key = (self._sender_key(sender), message_id)
+        seen = self._seen.get(key)
+        if seen is not None and seen.status is None:
+            self._put(replace(seen, status=status_code), key=key)
+        else:
+            volatile = self._volatile.get(key)
+            if volatile is not None and volatile.status is None:
+                self._put(replace(volatile, status=status_code), key=key, table="volatile")
+        record = self._received.get(key)
+        if record is None or record.answered_status is not None:
+            return False
+        # Deciding (the record is not answered yet): the receipt, if any, holds early reports.
+        receipt = self._receipts.pop(key, None)
+        if status_code >= 300:
+            # deciding -> closed. RFC 5438 §7.2.1.1: after a non-2xx answer no delivery
+            # notification of any kind; the early reports are dropped with the record.
+            self._delete(ReceivedRecord.TABLE, key)
+            return False
+        early = receipt.early if receipt is not None else _NO_EARLY
+        hold: list[NotificationOwed] | None = None
+        if not sent:
+            receipt = Receipt(_AFTER_2XX)
+            self._receipts[key] = receipt
+            hold = receipt.held
+        record = replace(record, answered_status=status_code)
+        if Kind.DELIVERY in early:
+            record = self._commit(record, Kind.DELIVERY, early[Kind.DELIVERY], now, hold)
+        elif "positive-delivery" in record.requested and self.config.auto_delivered:
+            # RFC 5438 §7.2.1.1: a 2xx says the message reached us; an explicit report made
+            # before the answer replaces this automatic one.
+            record = self._owe(record, Kind.DELIVERY, "delivered", now, hold)
+        if Kind.DISPLAY in early:
+            record = self._commit(record, Kind.DISPLAY, early[Kind.DISPLAY], now, hold)
+        elif "display" in record.requested and record.display_policy == DisplayPolicy.FORBIDDEN:
+            record = self._owe(record, Kind.DISPLAY, "forbidden", now, hold)
+        self._settle_received(record)
+        return not sent
+
+    def answer_sent(self, message_id: str, sender: str) -> None:
+        """The 2xx recorded with ``message_answered(..., sent=False)`` is on the wire: hand out
+        the notifications held behind it."""
+        key = (self._sender_key(sender), message_id)
+        receipt = self._receipts.get(key)
+        if receipt is None or self._step(receipt.state, ReceiptInput.ANSWER_SENT) is None:
+            return
+        del self._receipts[key]
+        self._events.extend(receipt.held)
+
+    def mark_displayed(self, message_id: str, now: float, sender: str | None = None) -> OwedRecord | None:
+        """The application showed the message: owe ``displayed`` if requested and the policy allows.
+
+        Returns the owed notification, or None when nothing is owed (not
+        requested, already owed, policy). Before the answer the decision is
+        the same, and the notification is owed once the answer is a 2xx
+        (RFC 5438 §7.2.1.2: display notifications follow a 2xx). Raises
+        :class:`~sipimdn.errors.LocalProtocolError` if ``sender`` is needed to
+        tell two messages apart.
+        """
+        record = self._find_received(message_id, sender)
+        if record is None or "display" not in record.requested:
+            return None
+        if record.display_policy != DisplayPolicy.SEND:
+            return None
+        return self._report(record, Kind.DISPLAY, "displayed", now, strict=False)
+
+    def report_disposition(
+        self, message_id: str, kind: object, status: object, now: float, sender: str | None = None
+    ) -> OwedRecord | None:
+        """The application reports an outcome: owe the matching notification if it was requested.
+
+        ``kind`` is ``delivery`` (``delivered``, ``failed``, ``forbidden``,
+        ``error``) or ``display`` (``displayed``, ``forbidden``, ``error``).
+        Returns the notification owed, or None when that notification was not
+        requested (or display policy ``silent``, or the same was owed
+        already). Before the answer the decision is the same and the
+        notification is owed once the answer is a 2xx. Raises
+        :class:`~sipimdn.errors.LocalProtocolError` for a bad kind or status,
+        a message answered non-2xx (RFC 5438 §7.2.1.1), or a second,
+        different notification of one type (RFC 5438 §7.2: one per type).
+        """
+        known = notification_kind(kind)
+        status_text = token(status)
+        if known is None or known is Kind.PROCESSING:
+            # RFC 5438 §7.2: the recipient never generates processing notifications.
+            raise LocalProtocolError(f"a recipient cannot send {token(kind)!r} notifications")
+        if status_text not in ALLOWED_STATUSES[known]:
+            raise LocalProtocolError(f"{status_text!r} is not a {known} status")
+        record = self._find_received(message_id, sender)
+        if record is None:
+            if self._answered_non_2xx(message_id, sender):
+                raise LocalProtocolError("the message was answered with a non-2xx status (RFC 5438 §7.2.1.1)")
+            return None
+        if not was_requested(record.requested, known, status_text):
+            return None
+        if known is Kind.DISPLAY and record.display_policy == DisplayPolicy.SILENT:
+            return None
+        return self._report(record, known, status_text, now, strict=True)
+
+    def received(self, message_id: str, sender: str | None = None) -> ReceivedRecord | None:
+        """A received message that may still be owed a notification, or None."""
+        try:
+            return self._find_received(message_id, sender)
+        except LocalProtocolError:
+            return None
+
+    def receipt_state(self, message_id: str, sender: str) -> ReceiptState:
+        """Where a received message stands (``closed`` also for one never recorded or owed nothing)."""
+        key = (self._sender_key(sender), message_id)
+        receipt = self._receipts.get(key)
+        if receipt is not None:
+            return ReceiptState(receipt.state)
+        record = self._received.get(key)
+        if record is None:
+            return _C
+        return _D if record.answered_status is None else _O
+
+    def is_duplicate(self, message_id: str, sender: str) -> bool:
+        """Whether (sender, Message-ID) was already received (without recording anything)."""
+        key = (self._sender_key(sender), message_id)
+        return key in self._seen or key in self._volatile
+
+    # --- owed notifications --------------------------------------------------------------------
+
+    def notification_outcome(self, notification_id: str, status_code: int | None, now: float) -> None:
+        """Report how the IMDN MESSAGE we sent was answered (None: timeout or transport failure)."""
+        owed = self._owed.get(notification_id)
+        if owed is None or not owed.in_flight:
+            return  # late outcome of something already settled or given up
+        if status_code is not None and status_code < 200:
+            return
+        if status_code is not None and 200 <= status_code < 300:
+            self._delete(OwedRecord.TABLE, notification_id)
+        elif status_code in (415, 488):
+            self.set_peer_flag(owed.request_uri, PEER_NO_IMDN, True, now)
+            for other in [o for o in self._owed.values() if o.peer_key == owed.peer_key]:
+                self._abandon(other, DeclineReason.PEER_REFUSES_IMDN.value)
+        elif status_code is None or status_code == 408 or 500 <= status_code < 600:
+            self._retry_or_abandon(owed, now)
+        else:
+            self._abandon(owed, f"rejected-{status_code}")
+
+    def owed(self) -> tuple[OwedRecord, ...]:
+        """Every notification currently owed (queued or in flight)."""
+        return tuple(self._owed.values())
+
+    # --- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _step(state: ReceiptState, step: ReceiptInput) -> ReceiptState | None:
+        return RECEIVER_TRANSITIONS.get((state, step))
+
+    def _report(
+        self, record: ReceivedRecord, kind: Kind, status: str, now: float, *, strict: bool
+    ) -> OwedRecord | None:
+        """Owe (or, before the answer, decide and keep) one reported notification.
+
+        ``strict``: a different notification of the same type already owed raises
+        (``report_disposition``); otherwise it is simply not owed (``mark_displayed``).
+        """
+        key = (record.sender_key, record.message_id)
+        receipt = self._receipts.get(key)
+        if record.answered_status is None:
+            # Deciding: the same rules now, the notification once the answer is a 2xx.
+            if receipt is None:
+                receipt = self._receipts[key] = Receipt(_D)
+            if kind in receipt.early:
+                kept = receipt.early[kind]
+                already = _DECLINED if kept is None else kept.status
+            elif kind is Kind.DISPLAY and record.display_policy == DisplayPolicy.FORBIDDEN:
+                already = "forbidden"  # owed by policy with the 2xx
+            else:
+                already = None
+        else:
+            already = record.delivery_owed if kind is Kind.DELIVERY else record.display_owed
+        if already is not None:
+            if already in (status, _DECLINED) or not strict:
+                return None
+            raise LocalProtocolError(f"a {kind} notification ({already}) is already owed (RFC 5438 §7.2)")
+        state = receipt.state if receipt is not None else _O
+        if self._step(state, ReceiptInput.REPORT) is None:
+            return None
+        if state is _D:
+            assert receipt is not None
+            owed = self._new_owed(record, kind, status, now)
+            receipt.early[kind] = owed
+            return owed
+        owed = self._new_owed(record, kind, status, now)
+        record = self._commit(record, kind, owed, now, receipt.held if receipt is not None else None)
+        self._settle_received(record)
+        return None if owed is None else self._owed.get(owed.notification_id)
+
+    def _sender_key(self, sender: str) -> str:
+        # From ``sender`` alone, so every later call naming the same sender finds the record.
+        # A key holds no space, so the (sender key, Message-ID) pair stays unambiguous.
+        raw = sender.strip().replace("%", "%25").replace(" ", "%20")
+        return self._key(sender) or f"raw:{raw}"
+
+    def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
+        if sender is not None:
+            return self._received.get((self._sender_key(sender), message_id))
+        keys = self._received_keys(message_id)
+        if len(keys) > 1:
+            raise LocalProtocolError(f"several senders used Message-ID {message_id!r}: name the sender")
+        return self._received[keys[0]] if keys else None
+
+    def _answered_non_2xx(self, message_id: str, sender: str | None) -> bool:
+        if sender is not None:
+            key = (self._sender_key(sender), message_id)
+            seen = self._seen.get(key) or self._volatile.get(key)
+            return seen is not None and seen.status is not None and seen.status >= 300
+        return any(
+            s.message_id == message_id and s.status is not None and s.status >= 300
+            for table in (self._seen, self._volatile)
+            for s in table.values()
+        )
+
+    def _common_text(self, text: str | None) -> str | None:
+        """``text``, or the equal string kept from an earlier message (see record_received)."""
+        if text is None:
+            return None
+        common = self._common
+        kept = common.get(text)
+        if kept is None:
+            if len(common) >= _COMMON_TEXTS_MAX:
+                # Peer-supplied, so bounded: a flood of distinct values costs a fresh start,
+                # never unbounded memory.
+                common.clear()
+            kept = common[text] = text
+        return kept
+
+    def _rate_allows(self, peer_key: str, now: float) -> bool:
+        cutoff = now - self.config.rate_window
+        rate = self._rate
+        window = rate.get(peer_key)
+        # An originator's times in the window, oldest first: a bare number while there is one
+        # (the usual case: many originators with one message each awaiting notifications would
+        # otherwise cost a container each), a list from the second on. Times at or before the
+        # cutoff leave from the front, as they came.
+        if isinstance(window, list):
+            stale = 0
+            while stale < len(window) and window[stale] <= cutoff:
+                stale += 1
+            del window[:stale]
+            if len(window) >= self.config.rate_limit:
+                return False
+            window.append(now)
+        elif window is not None and window > cutoff:
+            if self.config.rate_limit <= 1:
+                return False
+            rate[peer_key] = [window, now]
+        else:
+            rate[peer_key] = now
+        if len(rate) > self._rate_prune_at:
+            # Keep the limiter's memory bounded by the originators active in one window. The
+            # threshold grows with what survives, so many active originators (distinct forged
+            # Froms) cost an amortised O(1) per call, not a full scan each time.
+            for key in [k for k, w in rate.items() if _latest(w) <= cutoff]:
+                del rate[key]
+            self._rate_prune_at = max(_RATE_PRUNE_MIN, 2 * len(rate))
+        return True
+
+    def _new_owed(self, record: ReceivedRecord, kind: str, status: str, now: float) -> OwedRecord | None:
+        """The notification to owe, or None (declined: peer refuses IMDNs, or rate limit)."""
+        request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
+        peer_key = self._key(request_uri) or request_uri
+        refused = PEER_NO_IMDN in self.peer_flags(request_uri)
+        # Limited per originator of the IM (RFC 5438 §14), its SIP From (RCS may put a shared
+        # anonymous identity in the CPIM From), else its CPIM From. Not per destination: the top
+        # IMDN-Route is a list server or store-and-forward relaying for many senders, and one
+        # budget for all of them would decline the IMDNs of every sender behind a busy relay.
+        # Without a route the destination is that same originator, so a flood still cannot
+        # aim more than rate_limit IMDNs per window at one address.
+        originator = record.sip_from or record.sender
+        rate_key = self._key(originator) or originator
+        if refused or not self._rate_allows(rate_key, now):
+            request = "display" if kind == Kind.DISPLAY else "positive-delivery"
+            if kind == Kind.DELIVERY and status != "delivered":
+                request = "negative-delivery"
+            reason = DeclineReason.PEER_REFUSES_IMDN if refused else DeclineReason.RATE_LIMITED
+            self._emit(NotificationsDeclined(record.message_id, record.sender, (request,), reason))
+            return None
+        return OwedRecord(
+            notification_id=self._new_id(),
+            message_id=record.message_id,
+            sender_key=record.sender_key,
+            kind=str(kind),
+            status=status,
+            request_uri=request_uri,
+            sip_to=record.sip_from or record.sender,
+            cpim_to=record.sender,
+            cpim_from=record.recipient,
+            recipient_uri=record.recipient,
+            original_recipient_uri=record.original_recipient,
+            datetime=record.datetime,
+            subject=record.subject,
+            imdn_route=record.imdn_route,
+            peer_key=peer_key,
+            attempts=0,
+            next_attempt_at=now,
+            in_flight=False,
+            created_at=now,
+            expires_at=now + self.config.owed_ttl,
+        )
+
+    def _owe(
+        self,
+        record: ReceivedRecord,
+        kind: str,
+        status: str,
+        now: float,
+        hold: list[NotificationOwed] | None,
+    ) -> ReceivedRecord:
+        """Owe one notification now (or decline it) and mark its type used."""
+        return self._commit(record, kind, self._new_owed(record, kind, status, now), now, hold)
+
+    def _commit(
+        self,
+        record: ReceivedRecord,
+        kind: str,
+        owed: OwedRecord | None,
+        now: float,
+        hold: list[NotificationOwed] | None,
+    ) -> ReceivedRecord:
+        """Hand out ``owed`` (None: declined) and mark its type used on ``record``."""
+        if owed is None:
+            return _with_owed(record, kind, _DECLINED)
+        self._dispatch(owed, now, hold)
+        return _with_owed(record, kind, owed.status)
+
+    def _settle_received(self, record: ReceivedRecord) -> None:
+        """Keep a received record while a notification may still be owed for it."""
+        requested = set(record.requested)
+        delivery_open = (
+            bool(requested & {"positive-delivery", "negative-delivery"}) and record.delivery_owed is None
+        )
+        display_open = "display" in requested and record.display_owed is None
+        if delivery_open or display_open:
+            self._put(record)
+        else:
+            self._delete(ReceivedRecord.TABLE, (record.sender_key, record.message_id))
+
+    def _received_expired(self, key: tuple[str, str]) -> None:
+        receipt = self._receipts.get(key)
+        if receipt is not None and self._step(receipt.state, ReceiptInput.EXPIRE) is not None:
+            del self._receipts[key]
+
+    def _owed_due(self, owed: OwedRecord, now: float) -> None:
+        if now >= owed.expires_at:
+            self._abandon(owed, "expired")
+        elif owed.in_flight:
+            self._retry_or_abandon(owed, now)  # the outcome never came: count it as a timeout
+        else:
+            self._dispatch(owed, now)
+
+    def _retry_or_abandon(self, owed: OwedRecord, now: float) -> None:
+        if owed.attempts >= self.config.max_attempts:
+            self._abandon(owed, "attempts-exhausted")
+            return
+        delay = min(self.config.retry_cap, self.config.retry_base * 2 ** (owed.attempts - 1))
+        self._put(replace(owed, in_flight=False, next_attempt_at=now + delay))
+
+    def _abandon(self, owed: OwedRecord, reason: str) -> None:
+        self._delete(OwedRecord.TABLE, owed.notification_id)
+        self._emit(NotificationAbandoned(owed.notification_id, owed.message_id, reason))
+
+
+def _latest(window: float | list[float]) -> float:
+    """The latest time in a rate-limit window (an emptied list counts as long expired)."""
+    if isinstance(window, list):
+        return window[-1] if window else float("-inf")
+    return window
+
+
+def _with_owed(record: ReceivedRecord, kind: str, status: str) -> ReceivedRecord:
+    if kind == Kind.DELIVERY:
+        return replace(record, delivery_owed=status)
+    return replace(record, display_owed=status)

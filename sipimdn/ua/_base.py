@@ -1,0 +1,203 @@
+"""The user agent's shared state and plumbing: the pump, the tracker's events, tracked tasks.
+
+Every input (a request from the stack, an API call, the tracker's timer)
+ends in :meth:`AgentCore._pump`: drain the tracker's events and do what they
+say, hand its writes to the store, re-arm the single timer (aioquic's
+``_process_events(); transmit()``). Application callbacks run as tasks held
+in a set, whose errors are logged, and they never delay a SIP answer except
+where the application is *asked* to decide one, bounded by ``handler_deadline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._walltimer import WallClockTimer
+from ..auth import Authenticator
+from ..config import UserAgentConfig
+from ..errors import (
+    LocalProtocolError,
+)
+from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
+from ..imdn.tracker import (
+    DispositionChanged,
+    DispositionTracker,
+    NotificationAbandoned,
+    NotificationAccepted,
+    NotificationOwed,
+    NotificationRejected,
+    NotificationsDeclined,
+    OwedNotification,
+    TrackingEnded,
+)
+from ..stack import SipStack
+from ..store import Store
+from ..uri import Uri
+from ._deadline import DeadlineQueue
+from ._pacing import DestinationQueue
+from ._persist import StoreWriter
+from ._register import RegistrationDriver
+from .incoming import IncomingMessage
+from .outgoing import SentMessage
+
+if TYPE_CHECKING:
+    from ._receive import Pending
+
+__all__ = ["ALLOW", "AgentCore", "MessageHandler"]
+
+_log = logging.getLogger("sipimdn.ua")
+
+_E = TypeVar("_E")
+MessageHandler = Callable[[IncomingMessage], Awaitable[object]]
+
+#: Methods we answer; everything else gets 405 with this list (RFC 3261 §8.2.1).
+ALLOW = "MESSAGE, OPTIONS"
+
+
+class AgentCore:
+    """The state every part of the user agent shares, declared in one place."""
+
+    def __init__(self, config: UserAgentConfig, *, store: Store | None = None) -> None:
+        self.config = config
+        self._aor = Uri.parse(config.aor)
+        self._aor_text: tuple[Uri | None, str] = (None, "")
+        self._given_store = store
+        self._message_handlers: list[MessageHandler] = []
+        self._disposition_handlers: list[Callable[[DispositionEvent], Awaitable[None]]] = []
+        self._notification_handlers: list[Callable[[NotificationEvent], Awaitable[None]]] = []
+        self._registration_handlers: list[Callable[[RegistrationEvent], Awaitable[None]]] = []
+        self._registrar: RegistrationDriver | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
+        self._wire_tasks: set[asyncio.Task[Any]] = set()
+        # Weak: a handle the application dropped needs no updates (a message that
+        # only asked for negative-delivery is tracked for days).
+        self._handles: weakref.WeakValueDictionary[str, SentMessage] = weakref.WeakValueDictionary()
+        self._queue = DestinationQueue()
+        self._writer = StoreWriter()
+        self._auth = Authenticator(config.credentials) if config.credentials else None
+        self._tracker: DispositionTracker | None = None
+        self._stack: SipStack | None = None
+        self._timer = WallClockTimer(self._on_timer)
+        self._purge_timer: asyncio.TimerHandle | None = None
+        # Handler deadlines of the messages being decided, under one shared timer.
+        self._deadlines: DeadlineQueue[Pending] | None = None
+        # Messages (by Message-ID and sender) whose answer is being decided, for the resends
+        # that arrive meanwhile: the tracker says they are duplicates; these wait for the
+        # first copy's answer (the transactions to answer are ours, the state the tracker's).
+        self._deciding: dict[tuple[str, str], Pending] = {}
+        # Answers waiting for their records to reach the store (a writer callback each, no
+        # task): protocol work that close() gives close_grace, like the wire tasks.
+        self._durable_answers = 0
+        self._started = False
+        self._closed = False
+
+    @property
+    def aor(self) -> str:
+        """Our address of record."""
+        # Read for every request we build: formatted once per value of _aor.
+        aor = self._aor
+        if self._aor_text[0] is not aor:
+            self._aor_text = (aor, str(aor))
+        return self._aor_text[1]
+
+    async def _send_owed(self, owed: OwedNotification) -> None:
+        """Send one owed IMDN (the send path)."""
+        raise NotImplementedError
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _spawn_wire(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.spawn(coro)
+        self._wire_tasks.add(task)
+        task.add_done_callback(self._wire_tasks.discard)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("callback task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _fire(self, handlers: Iterable[Callable[[_E], Awaitable[None]]], event: _E) -> None:
+        for handler in list(handlers):
+            self.spawn(_call(handler, event))
+
+    # -- the pump ----------------------------------------------------------------------------
+
+    def _require_stack(self) -> SipStack:
+        if self._stack is None or self._closed:
+            raise LocalProtocolError("user agent is not running (use `async with UserAgent(...)`)")
+        return self._stack
+
+    def _require_tracker(self) -> DispositionTracker:
+        if self._tracker is None or self._closed:
+            raise LocalProtocolError("user agent is not running (use `async with UserAgent(...)`)")
+        return self._tracker
+
+    def _pump(self) -> None:
+        tracker = self._tracker
+        if tracker is None or self._closed:
+            # After close, what the tracker still queues is written by close() itself.
+            return
+        while (event := tracker.next_event()) is not None:
+            self._dispatch(event)
+        self._writer.submit(tracker.writes_to_apply())
+        self._arm_timer(tracker.get_timer())
+
+    def _arm_timer(self, at: float | None) -> None:
+        if not self._closed:
+            self._timer.arm(at)
+
+    def _on_timer(self, now: float) -> None:
+        if self._tracker is None or self._closed:
+            return
+        self._tracker.handle_timer(now)
+        self._pump()
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, DispositionChanged):
+            handle = self._handles.get(event.message_id)
+            # The handle follows the target only: a list member's news (its own URI as
+            # ``recipient``) reaches the disposition handlers, never the handle's state,
+            # which would otherwise move backwards (the list's entry is monotonic).
+            if handle is not None and event.recipient == handle.to:
+                handle._set_state(event.state)
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, NotificationAccepted):
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, NotificationRejected):
+            _log.warning(
+                "unverified IMDN not applied: %s (message %s, from %s)",
+                event.reason,
+                event.message_id,
+                event.sender,
+            )
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, TrackingEnded):
+            self._handles.pop(event.message_id, None)
+            self._fire(self._disposition_handlers, event)
+        elif isinstance(event, NotificationOwed):
+            if not self._closed:
+                self._spawn_wire(self._send_owed(event.notification))
+        elif isinstance(event, NotificationAbandoned):
+            _log.warning(
+                "IMDN %s for %s abandoned: %s", event.notification_id, event.message_id, event.reason
+            )
+            self._fire(self._notification_handlers, event)
+        elif isinstance(event, NotificationsDeclined):
+            _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
+            self._fire(self._notification_handlers, event)
+        else:  # pragma: no cover - a new tracker event this adapter does not know yet
+            _log.debug("ignored tracker event %r", event)
+
+
+async def _call(handler: Callable[[_E], Awaitable[None]], event: _E) -> None:
+    await handler(event)

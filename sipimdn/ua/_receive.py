@@ -1,0 +1,356 @@
+"""The receive path: decode a request, ask the tracker, let the application decide, answer.
+
+Cost per received MESSAGE: decoding, dedup and tracking run inline in the
+stack's callback; the handlers get one task, which answers from its own
+step, and deadlines share one timer (:class:`DeadlineQueue`), which skips
+the deadlines of messages already answered instead of waking for each. An
+answer the tracker holds back until the store has its records is a
+callback of the writer's group commit (``StoreWriter.when_written``), not a
+task. Which dedup entries reach the store, what a report owes and when a
+notification may leave are the tracker's decisions (see
+:mod:`sipimdn.imdn.tracker.receiver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any
+
+from ..errors import (
+    CpimError,
+    ImdnError,
+    RemoteProtocolError,
+)
+from ..stack import IncomingRequest
+from . import _wire
+from ._base import ALLOW, AgentCore, MessageHandler
+from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
+from .incoming import IncomingMessage
+
+__all__ = ["Pending", "ReceivePath"]
+
+_log = logging.getLogger("sipimdn.ua")
+#: Resends of a message still being decided that wait for its answer (more get the deadline
+#: status at once): a sender retries a few times, only a flood sends more.
+_MAX_FOLLOWERS = 8
+
+
+class ReceivePath(AgentCore):
+    """Answer requests; hand instant messages to the application; apply notifications."""
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _on_request(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        method = request.method
+        if method == "ACK":
+            # ACK for the 405 we gave an INVITE (RFC 3261 §17.2.1): absorbed.
+            return
+        verdict = _wire.request_uri_verdict(self.config, self._aor, self._require_stack(), request)
+        if verdict.status is not None:  # RFC 3261 §8.2.2.1: nothing reaches the app
+            _log.info("%s for %s from %s: %s", method, request.uri, incoming.flow.remote, verdict.reason)
+            incoming.respond(verdict.status, verdict.reason)
+            return
+        required = [
+            tag for value in request.headers.get_all("Require") for tag in value.split(",") if tag.strip()
+        ]
+        if required:
+            # RFC 3261 §8.2.2.3: we support no extension that could be required.
+            incoming.respond(420, None, [("Unsupported", ", ".join(t.strip() for t in required))])
+            return
+        if method == "MESSAGE":
+            self._receive_message(incoming)
+        elif method == "OPTIONS":
+            incoming.respond(200, None, _wire.capability_headers(ALLOW))
+        else:
+            incoming.respond(405, None, [("Allow", ALLOW)])
+
+    def _receive_message(self, incoming: IncomingRequest) -> None:
+        # Runs inline in the stack's callback: decoding, dedup and tracking need no
+        # task; only the application's handler gets one (see _decide).
+        request = incoming.request
+        try:
+            inbound = _wire.decode_message(request, self.config)
+        except (RemoteProtocolError, CpimError, ImdnError) as exc:
+            _log.info("refused MESSAGE %s: %s", request.call_id, exc)
+            headers = _wire.capability_headers(ALLOW) if exc.status_code == 415 else []
+            incoming.respond(exc.status_code, _wire.reason_phrase(exc.reason), headers)
+            return
+        if inbound.notification is not None:
+            self._receive_notification(incoming, inbound)
+        else:
+            self._receive_im(incoming, inbound)
+
+    def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
+        # Always 200: whether the IMDN correlates is none of the sender's business
+        # (no oracle for guessing Message-IDs, RFC 5438 §14).
+        incoming.respond(200)
+        assert inbound.notification is not None
+        tracker = self._require_tracker()
+        # An aggregated IMDN (RFC 5438 §8.3) carries several; each is checked on its own.
+        notes = (inbound.notification, *inbound.more_notifications)
+        for index, note in enumerate(notes):
+            # The replay guard remembers notification ids; the parts of one
+            # aggregated IMDN share its Message-ID, so each part gets its own.
+            notification_id = inbound.message_id
+            if notification_id is not None and len(notes) > 1:
+                notification_id = f"{notification_id}#{index}"
+            tracker.notification_received(
+                message_id=note.message_id,
+                kind=note.kind,
+                status=note.status,
+                now=time.time(),
+                sender=inbound.cpim_from,
+                sip_from=inbound.sip_from,
+                recipient_uri=note.recipient_uri,
+                original_recipient_uri=note.original_recipient_uri,
+                notification_id=notification_id,
+            )
+        self._pump()
+
+    def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
+        request = incoming.request
+        tracker = self._require_tracker()
+        now = time.time()
+        sender = inbound.cpim_from or inbound.sip_from
+        message_id = inbound.message_id
+        transaction: str | None = None
+        if message_id is not None:
+            reception = tracker.record_received(
+                message_id=message_id,
+                sender=sender,
+                now=now,
+                requested=inbound.notify,
+                sip_from=inbound.sip_from,
+                recipient=inbound.cpim_to[0] if inbound.cpim_to else inbound.sip_to,
+                original_recipient=inbound.original_to,
+                datetime=inbound.datetime,
+                subject=inbound.subject,
+                imdn_route=inbound.imdn_route,
+                route_trusted=self.config.trust_imdn_route,
+                is_notification=False,
+            )
+            # Its events and writes are pumped with the answer (one pump and one write batch
+            # per message): nothing in between can observe them.
+        else:
+            # No Message-ID (plain text): the SIP transaction identifies a copy sent again,
+            # never the Call-ID alone (some peers reuse one across MESSAGEs).
+            transaction = f"{request.call_id} {request.from_.tag or ''} {request.cseq.number}"
+            reception = tracker.record_plain(inbound.sip_from, transaction, now)
+        if reception.duplicate:
+            if message_id is not None:
+                self._pump()
+                deciding = self._deciding.get((message_id, sender))
+                if deciding is not None and len(deciding.followers) < _MAX_FOLLOWERS:
+                    # A resend in a new transaction while the first copy is still being
+                    # decided: not handed up again, and answered with the first copy's
+                    # answer when it comes (the sender may only hear this one). Bounded:
+                    # past a few, a flood of copies gets the deadline status at once.
+                    deciding.followers.append(incoming)
+                    return
+            status = reception.previous_status or self.config.deadline_status
+            _log.info(
+                "duplicate message %s from %s answered %d", message_id or request.call_id, sender, status
+            )
+            incoming.respond(status)
+            return
+        tracked_as = sender if message_id is not None else inbound.sip_from
+        pending = Pending(incoming, message_id, tracked_as, transaction)
+        if message_id is not None:
+            self._deciding[(message_id, sender)] = pending
+        message = _wire.incoming_message(inbound, incoming, self._report)
+        self._decide(message, pending)
+
+    def _answer(self, pending: Pending, outcome: HandlerOutcome) -> None:
+        """Send the final response chosen for a received IM and record it (once)."""
+        if pending.answered:
+            return
+        pending.answered = True
+        if pending.message_id is not None:
+            self._deciding.pop((pending.message_id, pending.sender), None)
+        status = outcome.decision.status
+        reason = outcome.decision.reason
+        if self._closed:
+            pending.respond(status, reason)
+            return
+        tracker = self._require_tracker()
+        if pending.message_id is None:
+            assert pending.transaction is not None
+            tracker.plain_answered(pending.sender, pending.transaction, status)
+            pending.respond(status, reason)
+            return
+        if tracker.message_answered(pending.message_id, pending.sender, status, time.time(), sent=False):
+            # The tracker holds what the answer commits us to until it is sent: those records
+            # must be on disk first, or a crash right after the 2xx loses them for good. Write,
+            # then answer once durable; the writer batches, so concurrent answers share a commit.
+            self._writer.submit(tracker.writes_to_apply())
+            self._durable_answers += 1
+            self._writer.when_written(functools.partial(self._respond_durable, pending, status, reason))
+            return
+        pending.respond(status, reason)
+        self._pump()
+
+    def _respond_durable(self, pending: Pending, status: int, reason: str | None) -> None:
+        """Answer a received IM now that the records behind that answer reached the store.
+
+        Called by the store writer (``when_written``), with no task of its own. A write
+        that failed counts as through: it was logged loudly by the writer, answering
+        anyway keeps the peer's transaction from timing out, and what we owe lives on in
+        memory for this run.
+        """
+        self._durable_answers -= 1
+        pending.respond(status, reason)
+        if pending.message_id is not None and self._tracker is not None:
+            self._tracker.answer_sent(pending.message_id, pending.sender)
+        self._pump()
+
+    def _decide(self, message: IncomingMessage, pending: Pending) -> None:
+        """Run the handlers as one task; answer when they return or at the deadline."""
+        handlers = list(self._message_handlers)
+        if not handlers:
+            # Nobody to deliver to: not delivered (RFC 3428 §7, 4xx = not delivered).
+            self._answer(pending, HandlerOutcome(Decision(480, "No Application"), by_handler=False))
+            return
+        # Tracked like spawn()'s tasks, but the coroutine leaves both sets itself as it ends
+        # (see _run_handlers): two done callbacks, each a loop callback, saved per message.
+        task = asyncio.get_running_loop().create_task(self._run_handlers(handlers, message, pending))
+        if task.done():  # pragma: no cover - only with an eager task factory (3.12+)
+            return
+        pending.task = task
+        self._tasks.add(task)
+        # An answer being decided is protocol work: close() gives it close_grace.
+        self._wire_tasks.add(task)
+        if self._deadlines is None:
+            self._deadlines = DeadlineQueue(
+                self.config.handler_deadline, self._deadline_passed, settled=_answered
+            )
+        self._deadlines.add(pending)
+
+    async def _run_handlers(
+        self, handlers: list[MessageHandler], message: IncomingMessage, pending: Pending
+    ) -> None:
+        # The handler is awaited here, in the one task of this message, and the answer is
+        # sent from the same step that sees its result: no task per handler, no
+        # asyncio.wait and no per-message timer (the deadline is a DeadlineQueue entry).
+        # The task leaves the tracking sets itself as it ends (no done callbacks, see _decide).
+        try:
+            try:
+                if len(handlers) == 1:
+                    result: object = await handlers[0](message)
+                else:
+                    results = await asyncio.gather(*(handler(message) for handler in handlers))
+                    decisions = [_wire.as_decision(r) for r in results]
+                    refusals = [d for d in decisions if not 200 <= d.status < 300]
+                    result = (
+                        refusals[0]
+                        if refusals
+                        else next((d for d in decisions if d.status == 202), decisions[0])
+                    )
+            except asyncio.CancelledError:
+                if not self._closed:  # closing: the stack is going away, nothing more is answered
+                    cancelled = HandlerOutcome(Decision(500, "Handler Cancelled"), by_handler=False)
+                    self._answer(pending, cancelled)
+                raise
+            except Exception as exc:
+                if pending.answered:
+                    _log.error("on_message handler failed after its deadline", exc_info=exc)
+                else:
+                    self._answer(pending, outcome_of(None, exc))
+                return
+            except BaseException as exc:
+                # What spawn()'s done callback logs for other tasks (a handler's SystemExit, say).
+                _log.error("on_message handler task failed", exc_info=exc)
+                raise
+            if pending.answered:
+                _log.info("on_message handler decided %r after its deadline; the stack had answered", result)
+            else:
+                self._answer(pending, outcome_of(result, None))
+        finally:
+            task = pending.task
+            if task is not None:
+                self._tasks.discard(task)
+                self._wire_tasks.discard(task)
+
+    def _deadline_passed(self, pending: Pending) -> None:
+        if pending.answered:
+            return
+        status = self.config.deadline_status
+        _log.warning(
+            "on_message handler missed its %.1fs deadline; answered %d for it",
+            self.config.handler_deadline,
+            status,
+        )
+        self._answer(pending, HandlerOutcome(Decision(status), by_handler=False))
+        if pending.task is not None:
+            # Answered: the handler keeps running as an ordinary callback, not protocol work.
+            self._wire_tasks.discard(pending.task)
+
+    async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
+        # IncomingMessage.report: the same question, asked by the message's own sender.
+        return await self.report_disposition(message_id, kind, status, sender=sender)
+
+    async def report_disposition(
+        self, message_id: str, kind: str, status: str, sender: str | None = None
+    ) -> bool:
+        """Report what became of a received message, also one from an earlier run.
+
+        ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or
+        ``"error"`` (or ``"delivered"`` when ``auto_delivery`` is off), or
+        ``"display"`` with ``"displayed"``, ``"forbidden"`` or ``"error"``.
+        Returns the tracker's decision: True, a notification is owed and
+        will be sent (for a message still being answered: with its 2xx, never
+        after a refusal); False, nothing will be. Raises
+        :class:`~sipimdn.errors.LocalProtocolError` where RFC 5438 forbids the
+        report: after a non-2xx answer (RFC 5438 §7.2.1.1), or a second, different
+        notification of one kind (RFC 5438 §7.2).
+        """
+        tracker = self._require_tracker()
+        owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
+        self._pump()
+        return owed is not None
+
+    async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
+        """Send the display notification for a received message, also one from an earlier run.
+
+        ``sender`` (the CPIM or SIP From of the message) disambiguates when two
+        senders used the same Message-ID. Returns True if a notification is
+        now owed, as :meth:`report_disposition` (False: none requested, already
+        owed, privacy setting, or unknown message).
+        """
+        tracker = self._require_tracker()
+        owed = tracker.mark_displayed(message_id, time.time(), sender=sender)
+        self._pump()
+        return owed is not None
+
+
+class Pending:
+    """A received IM whose final response is being decided."""
+
+    __slots__ = ("answered", "followers", "incoming", "message_id", "sender", "task", "transaction")
+
+    def __init__(
+        self, incoming: IncomingRequest, message_id: str | None, sender: str, transaction: str | None
+    ) -> None:
+        self.incoming = incoming
+        #: Its Message-ID and sender as the tracker knows them (SIP From for plain text).
+        self.message_id = message_id
+        self.sender = sender
+        #: The SIP transaction identity of a plain-text message (its dedup key).
+        self.transaction = transaction
+        self.answered = False
+        self.task: asyncio.Task[Any] | None = None
+        #: Resends (same Message-ID, new transaction) received while deciding: same answer.
+        self.followers: list[IncomingRequest] = []
+
+    def respond(self, status: int, reason: str | None) -> None:
+        """Send the final response to this message and to its resends."""
+        self.incoming.respond(status, reason)
+        for follower in self.followers:
+            follower.respond(status, reason)
+
+
+def _answered(pending: Pending) -> bool:
+    return pending.answered

@@ -1,0 +1,280 @@
+"""The send path: instant messages and owed notifications, one transaction per destination.
+
+``send_message`` registers the message with the tracker, then a wire task
+sends it: at most one MESSAGE transaction at a time to one destination
+(RFC 3428 §8), once as text/plain after a 415 to message/cpim, and with
+credentials after a 401/407 (RFC 3261 §22.2). Owed notifications go the
+same way and their outcome goes back to the tracker.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from ..auth import challenge_header_for
+from ..errors import (
+    AuthenticationFailed,
+    LocalProtocolError,
+    SipParseError,
+    TransactionTimeout,
+    TransportError,
+)
+from ..events import NotificationSent
+from ..imdn import new_message_id
+from ..imdn.tracker import (
+    PEER_NO_CPIM,
+    OwedNotification,
+)
+from ..imdn.vocabulary import REQUEST_KINDS
+from ..message import Request, Response
+from ..uri import Uri
+from . import _wire
+from ._base import AgentCore
+from ._pacing import DestinationKey
+from .outgoing import SentMessage
+
+__all__ = ["SendPath"]
+
+_log = logging.getLogger("sipimdn.ua")
+
+
+class SendPath(AgentCore):
+    """Send instant messages and the notifications the tracker says we owe."""
+
+    # -- owed notifications ------------------------------------------------------------------
+
+    async def _send_owed(self, owed: OwedNotification) -> None:
+        status: int | None = None
+        try:
+            request = _wire.build_imdn_request(self, owed, now=time.time())
+        except (LocalProtocolError, ValueError) as exc:
+            # We cannot build it (bad stored data): retrying would fail the same way.
+            _log.error("cannot build IMDN %s for %s: %s", owed.notification_id, owed.message_id, exc)
+            self._require_tracker().notification_outcome(owed.notification_id, 400, time.time())
+            self._pump()
+            return
+        try:
+            response = await self._transact(Uri.parse(owed.request_uri), request, owed.request_uri)
+            status = response.status_code
+        except (TransactionTimeout, TransportError) as exc:
+            _log.info("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, exc)
+        except _AuthRefused as refused:
+            # A final 401/407: retrying the IMDN with the same credentials cannot help.
+            status = refused.response.status_code
+        if self._closed:
+            return
+        self._require_tracker().notification_outcome(owed.notification_id, status, time.time())
+        self._pump()
+        self._fire(
+            self._notification_handlers,
+            NotificationSent(
+                notification_id=owed.notification_id,
+                message_id=owed.message_id,
+                kind=str(owed.kind),
+                status=str(owed.status),
+                to=owed.request_uri,
+                sip_status=status,
+                attempt=owed.attempt,
+            ),
+        )
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        to: str,
+        body: str | bytes,
+        *,
+        content_type: str = "text/plain;charset=utf-8",
+        notify: Iterable[str] = (),
+        subject: str | None = None,
+        cpim: bool | None = None,
+        transport: str | None = None,
+        to_list: bool = False,
+    ) -> SentMessage:
+        """Send one instant message to ``to``; return its :class:`SentMessage` handle at once.
+
+        ``notify`` lists the notifications to request (``"positive-delivery"``,
+        ``"negative-delivery"``, ``"display"``); requesting any needs CPIM.
+        ``cpim`` forces CPIM on or off (default: ``config.use_cpim``, and
+        off for a peer known to refuse it). ``transport`` (``"udp"``,
+        ``"tcp"``, ``"tls"``) forces the transport to the first hop.
+        ``to_list=True`` says ``to`` is a URI list (RFC 5365): every member's
+        notification is awaited until the tracking deadline (RFC 5438 §7.1.4),
+        even when the list's first report settles everything requested.
+        """
+        tracker = self._require_tracker()
+        self._require_stack()
+        try:
+            target = Uri.parse(to)
+        except SipParseError as exc:
+            raise LocalProtocolError(f"cannot send to {to!r}: {exc.reason}") from None
+        if target.scheme not in ("sip", "sips"):
+            raise LocalProtocolError(f"cannot send to a {target.scheme}: URI; resolve it to a SIP URI first")
+        wanted = frozenset(notify)
+        unknown = wanted - REQUEST_KINDS
+        if unknown:
+            raise LocalProtocolError(f"unknown notification kind(s) {sorted(unknown)}")
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        if cpim is None:
+            use_cpim = self.config.use_cpim and PEER_NO_CPIM not in tracker.peer_flags(to)
+            if not use_cpim and wanted:
+                _log.info("%s refuses CPIM: sending text/plain without notification requests", to)
+                wanted = frozenset()
+        else:
+            use_cpim = cpim
+        if wanted and not use_cpim:
+            raise LocalProtocolError("notifications can only be requested in message/cpim")
+        message_id = new_message_id()  # 128 random bits, CPIM Token-safe (RFC 5438 §6.3)
+        now = time.time()
+        tracker.register_sent(
+            message_id=message_id, recipients=[to], requested=set(wanted), now=now, expect_members=to_list
+        )
+        handle = SentMessage(message_id=message_id, to=to, notify=wanted)
+        self._handles[message_id] = handle
+        self._pump()
+        outgoing = _wire.Outgoing(
+            target=target,
+            to=to,
+            body=data,
+            content_type=content_type,
+            subject=subject,
+            message_id=message_id,
+            notify=wanted,
+            sent_at=now,
+            transport=transport,
+        )
+        self._spawn_wire(self._run_send(handle, outgoing, use_cpim))
+        return handle
+
+    async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, use_cpim: bool) -> None:
+        tracker = self._require_tracker()
+        # The sent record must be on disk before the MESSAGE leaves: a notification can come
+        # back at once, and after a crash an unknown Message-ID would be refused for good.
+        try:
+            await self._writer.written()
+        except Exception:
+            _log.exception("store write before sending %s failed", outgoing.message_id)
+        # A 2xx is recorded the moment the stack matches it (see _accepted), so an IMDN
+        # read in the same loop turn, just behind it, finds the message accepted.
+        accepted = functools.partial(self._accepted, handle.message_id)
+        try:
+            request = _wire.build_im_request(self, outgoing, use_cpim=use_cpim)
+            response = await self._transact(
+                outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
+            )
+            if (
+                response.status_code == 415
+                and use_cpim
+                and self.config.cpim_fallback
+                and outgoing.content_type.lower().startswith("text/")
+            ):
+                _log.info("%s answered 415 to message/cpim: retrying once as text/plain", outgoing.to)
+                tracker.set_peer_flag(outgoing.to, PEER_NO_CPIM, True, time.time())
+                handle._set_notify(frozenset())
+                self._pump()
+                request = _wire.build_im_request(self, outgoing, use_cpim=False, previous=request)
+                response = await self._transact(
+                    outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
+                )
+        except (TransactionTimeout, TransportError) as exc:
+            if not self._closed:
+                tracker.response_received(handle.message_id, exc.status_code, time.time())
+                self._pump()
+            handle._set_failure(exc)
+            return
+        except _AuthRefused as refused:
+            # Not delivered (4xx): the tracker ends the message's tracking as failed.
+            tracker.response_received(handle.message_id, refused.response.status_code, time.time())
+            self._pump()
+            handle._set_failure(refused.error)
+            return
+        # A 2xx was already recorded by _accepted (this second report is then a no-op).
+        tracker.response_received(handle.message_id, response.status_code, time.time())
+        self._pump()
+        handle._set_response(response)
+
+    def _accepted(self, message_id: str, response: Response) -> None:
+        """A 2xx to an IM we sent, recorded inline in the stack's pump (``on_final``).
+
+        The sending task only resumes on a later loop turn; a notification the peer
+        sent right after its 2xx may be read before that (several datagrams per
+        wake-up, or a fast TCP peer) and must find the message accepted, not pending.
+        A 2xx ends the send (no retry follows one), so it is the final answer of the
+        whole send; other answers are left to the task (415 fallback, 401/407 retry).
+        """
+        if 200 <= response.status_code < 300 and not self._closed and self._tracker is not None:
+            self._tracker.response_received(message_id, response.status_code, time.time())
+            self._pump()
+
+    async def _transact(
+        self,
+        key: Uri,
+        request: Request,
+        to: str,
+        transport: str | None = None,
+        on_final: Callable[[Response], None] | None = None,
+    ) -> Response:
+        """One MESSAGE, never two transactions at once to the same URI (RFC 3428 §8).
+
+        With credentials configured, a 401/407 is answered (RFC 3261 §22.2):
+        the retry is a new transaction in the same turn, since the challenged
+        one has completed. Realms answered before go authenticated up front.
+        A challenge we cannot or must not answer again (our credentials were
+        just rejected) raises :class:`_AuthRefused`: never a retry loop.
+        """
+        stack = self._require_stack()
+        target = _wire.target_for(self.config, to, transport)
+        queue = self._queue
+        turn = DestinationKey(key)
+        await queue.acquire(turn)
+        try:
+            # Inside the turn: a request queued behind a challenged one goes out with the
+            # credentials that one just learned, instead of being challenged too.
+            attempt = None
+            if self._auth is not None:
+                attempt = self._auth.start(request.method, str(request.uri), request.body)
+                request = _wire.with_authorization(request, attempt.headers, next_cseq=False)
+            while True:
+                try:
+                    response = await stack.send_request(request, target=target, on_final=on_final)
+                except TransportError:
+                    if self._registrar is not None and self.config.outbound_proxy:
+                        # Our binding points at the flow to the proxy that just failed.
+                        self._registrar.reregister()
+                    raise
+                if response.status_code not in (401, 407):
+                    if attempt is not None and 200 <= response.status_code < 300:
+                        attempt.handle_success(response.headers.get("Authentication-Info"))
+                    return response
+                if attempt is None:
+                    error = AuthenticationFailed(
+                        f"{request.method} to {request.uri} challenged ({response.status_code})"
+                        " and no credentials are configured"
+                    )
+                    raise _AuthRefused(error, response)
+                values = response.headers.get_all(challenge_header_for(response.status_code))
+                try:
+                    headers = attempt.handle_challenge(response.status_code, values)
+                except AuthenticationFailed as exc:
+                    # The message says which realm and why, never the password.
+                    error = AuthenticationFailed(
+                        f"{request.method} to {request.uri}: {exc} (final {response.status_code})"
+                    )
+                    _log.warning("%s", error)
+                    raise _AuthRefused(error, response) from None
+                request = _wire.with_authorization(request, headers, next_cseq=True)
+        finally:
+            queue.release(turn)
+
+
+class _AuthRefused(Exception):
+    """Internal: a request ended in an authentication failure, with the final 401/407."""
+
+    def __init__(self, error: AuthenticationFailed, response: Response) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.response = response
