@@ -44,7 +44,6 @@ from .message import (
     is_imdn,
     recognise,
 )
-from .vocabulary import REQUEST_KINDS, DisplayPolicy, DispositionState
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -52,11 +51,8 @@ __all__ = [
     "IMDN_NS",
     "MAX_INFLATED_SIZE",
     "MAX_PARTS",
-    "REQUEST_KINDS",
     "XML_NS",
-    "DisplayPolicy",
     "DispositionRequest",
-    "DispositionState",
     "ImdnError",
     "ImdnHeaders",
     "Kind",

@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from .._gc import tune_for_throughput
@@ -46,6 +46,7 @@ from ._base import MessageHandler
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
+from .outgoing import SentMessage
 
 __all__ = ["Registration", "UserAgent"]
 
@@ -174,6 +175,15 @@ class UserAgent(ReceivePath, SendPath):
     # -- public properties -------------------------------------------------------------------
 
     @property
+    def aor(self) -> str:
+        """Our address of record."""
+        # Read for every request we build: formatted once per value of _aor.
+        aor = self._aor
+        if self._aor_text[0] is not aor:
+            self._aor_text = (aor, str(aor))
+        return self._aor_text[1]
+
+    @property
     def tracker(self) -> DispositionTracker:
         """The sans-IO tracker holding every notification state of this user agent.
 
@@ -285,6 +295,73 @@ class UserAgent(ReceivePath, SendPath):
             emit=lambda event: self._fire(self._registration_handlers, event),
         )
         self._registrar.start()
+
+    # -- the application's calls ------------------------------------------------------------
+
+    async def send_message(
+        self,
+        to: str,
+        body: str | bytes,
+        *,
+        content_type: str = "text/plain;charset=utf-8",
+        notify: Iterable[str] = (),
+        subject: str | None = None,
+        cpim: bool | None = None,
+        transport: str | None = None,
+        to_list: bool = False,
+    ) -> SentMessage:
+        """Send one instant message to ``to``; return its :class:`SentMessage` handle at once.
+
+        ``notify`` lists the notifications to request (``"positive-delivery"``,
+        ``"negative-delivery"``, ``"display"``); requesting any needs CPIM.
+        ``cpim`` forces CPIM on or off (default: ``config.use_cpim``, and
+        off for a peer known to refuse it). ``transport`` (``"udp"``,
+        ``"tcp"``, ``"tls"``) forces the transport to the first hop.
+        ``to_list=True`` says ``to`` is a URI list (RFC 5365): every member's
+        notification is awaited until the tracking deadline (RFC 5438 §7.1.4),
+        even when the list's first report settles everything requested.
+        """
+        return self._start_send(
+            to,
+            body,
+            content_type=content_type,
+            notify=notify,
+            subject=subject,
+            cpim=cpim,
+            transport=transport,
+            to_list=to_list,
+        )
+
+    async def report_disposition(
+        self, message_id: str, kind: str, status: str, sender: str | None = None
+    ) -> bool:
+        """Report what became of a received message, also one from an earlier run.
+
+        ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or
+        ``"error"`` (or ``"delivered"`` when ``auto_delivery`` is off), or
+        ``"display"`` with ``"displayed"``, ``"forbidden"`` or ``"error"``.
+        Returns the tracker's decision: True, a notification is owed and
+        will be sent (for a message still being answered: with its 2xx, never
+        after a refusal); False, nothing will be. Raises
+        :class:`~sipimdn.errors.LocalProtocolError` where RFC 5438 forbids the
+        report: after a non-2xx answer (RFC 5438 §7.2.1.1), or a second, different
+        notification of one kind (RFC 5438 §7.2).
+        """
+        return self._report_disposition(message_id, kind, status, sender)
+
+    async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
+        """Send the display notification for a received message, also one from an earlier run.
+
+        ``sender`` (the CPIM or SIP From of the message) disambiguates when two
+        senders used the same Message-ID. Returns True if a notification is
+        now owed, as :meth:`report_disposition` (False: none requested, already
+        owed, privacy setting, or unknown message).
+        """
+        return self._mark_displayed(message_id, sender)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""
+        return self._spawn(coro)
 
 
 def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:

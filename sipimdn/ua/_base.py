@@ -96,28 +96,23 @@ class AgentCore:
         self._started = False
         self._closed = False
 
-    @property
-    def aor(self) -> str:
-        """Our address of record."""
-        # Read for every request we build: formatted once per value of _aor.
-        aor = self._aor
-        if self._aor_text[0] is not aor:
-            self._aor_text = (aor, str(aor))
-        return self._aor_text[1]
+    if TYPE_CHECKING:  # UserAgent.aor; the request builders read it
+
+        @property
+        def aor(self) -> str: ...
 
     async def _send_owed(self, owed: OwedNotification) -> None:
         """Send one owed IMDN (the send path)."""
         raise NotImplementedError
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _spawn_wire(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = self.spawn(coro)
+        task = self._spawn(coro)
         self._wire_tasks.add(task)
         task.add_done_callback(self._wire_tasks.discard)
 
@@ -128,7 +123,7 @@ class AgentCore:
 
     def _fire(self, handlers: Iterable[Callable[[_E], Awaitable[None]]], event: _E) -> None:
         for handler in list(handlers):
-            self.spawn(_call(handler, event))
+            self._spawn(_call(handler, event))
 
     # -- the pump ----------------------------------------------------------------------------
 

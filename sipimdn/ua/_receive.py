@@ -290,36 +290,17 @@ class ReceivePath(AgentCore):
 
     async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
         # IncomingMessage.report: the same question, asked by the message's own sender.
-        return await self.report_disposition(message_id, kind, status, sender=sender)
+        return self._report_disposition(message_id, kind, status, sender)
 
-    async def report_disposition(
-        self, message_id: str, kind: str, status: str, sender: str | None = None
-    ) -> bool:
-        """Report what became of a received message, also one from an earlier run.
-
-        ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or
-        ``"error"`` (or ``"delivered"`` when ``auto_delivery`` is off), or
-        ``"display"`` with ``"displayed"``, ``"forbidden"`` or ``"error"``.
-        Returns the tracker's decision: True, a notification is owed and
-        will be sent (for a message still being answered: with its 2xx, never
-        after a refusal); False, nothing will be. Raises
-        :class:`~sipimdn.errors.LocalProtocolError` where RFC 5438 forbids the
-        report: after a non-2xx answer (RFC 5438 §7.2.1.1), or a second, different
-        notification of one kind (RFC 5438 §7.2).
-        """
+    def _report_disposition(self, message_id: str, kind: str, status: str, sender: str | None) -> bool:
+        """Ask the tracker; do what it says; return its decision (``UserAgent.report_disposition``)."""
         tracker = self._require_tracker()
         owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
         self._pump()
         return owed is not None
 
-    async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
-        """Send the display notification for a received message, also one from an earlier run.
-
-        ``sender`` (the CPIM or SIP From of the message) disambiguates when two
-        senders used the same Message-ID. Returns True if a notification is
-        now owed, as :meth:`report_disposition` (False: none requested, already
-        owed, privacy setting, or unknown message).
-        """
+    def _mark_displayed(self, message_id: str, sender: str | None) -> bool:
+        """Ask the tracker; do what it says; return its decision (``UserAgent.mark_displayed``)."""
         tracker = self._require_tracker()
         owed = tracker.mark_displayed(message_id, time.time(), sender=sender)
         self._pump()

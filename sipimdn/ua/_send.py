@@ -83,29 +83,19 @@ class SendPath(AgentCore):
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def send_message(
+    def _start_send(
         self,
         to: str,
         body: str | bytes,
         *,
-        content_type: str = "text/plain;charset=utf-8",
-        notify: Iterable[str] = (),
-        subject: str | None = None,
-        cpim: bool | None = None,
-        transport: str | None = None,
-        to_list: bool = False,
+        content_type: str,
+        notify: Iterable[str],
+        subject: str | None,
+        cpim: bool | None,
+        transport: str | None,
+        to_list: bool,
     ) -> SentMessage:
-        """Send one instant message to ``to``; return its :class:`SentMessage` handle at once.
-
-        ``notify`` lists the notifications to request (``"positive-delivery"``,
-        ``"negative-delivery"``, ``"display"``); requesting any needs CPIM.
-        ``cpim`` forces CPIM on or off (default: ``config.use_cpim``, and
-        off for a peer known to refuse it). ``transport`` (``"udp"``,
-        ``"tcp"``, ``"tls"``) forces the transport to the first hop.
-        ``to_list=True`` says ``to`` is a URI list (RFC 5365): every member's
-        notification is awaited until the tracking deadline (RFC 5438 §7.1.4),
-        even when the list's first report settles everything requested.
-        """
+        """Register the message with the tracker and start its wire task (``UserAgent.send_message``)."""
         tracker = self._require_tracker()
         self._require_stack()
         try:
