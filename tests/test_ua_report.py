@@ -12,6 +12,7 @@ from __future__ import annotations
 from ua_helpers import Recorder, ua_config
 
 from sipimdn import UserAgent
+from sipimdn.config import DisplayPrivacy
 from sipimdn.events import NotificationAccepted
 from sipimdn.ua import IncomingMessage
 
@@ -84,3 +85,24 @@ async def test_report_after_the_answer_follows_the_same_rule() -> None:
         assert await received[0].report("delivery", "forbidden") is True
         accepted = await notes.wait_for(NotificationAccepted)
         assert [(a.message_id, a.status) for a in accepted] == [(sent.message_id, "forbidden")]
+
+
+async def test_mark_displayed_in_the_handler_under_privacy_forbidden_is_false_not_an_error() -> None:
+    """The privacy setting answers display requests with forbidden: mark_displayed owes nothing."""
+    answers: list[bool] = []
+    notes = Recorder()
+    async with (
+        UserAgent(ua_config("bob", display_privacy=DisplayPrivacy.FORBIDDEN)) as bob,
+        UserAgent(ua_config("alice")) as alice,
+    ):
+
+        @bob.on_message
+        async def show(message: IncomingMessage) -> None:
+            answers.append(await message.mark_displayed())
+
+        alice.on_disposition(notes)
+        sent = await alice.send_message(bob.aor, "x", notify={"display"})
+        assert (await sent.final_response()).status_code == 200
+        accepted = await notes.wait_for(NotificationAccepted)
+        assert answers == [False]
+        assert [(a.kind, a.status) for a in accepted] == [("display", "forbidden")]

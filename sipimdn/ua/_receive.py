@@ -290,6 +290,9 @@ class ReceivePath(AgentCore):
 
     async def _report(self, message_id: str, sender: str, kind: str, status: str) -> bool:
         # IncomingMessage.report: the same question, asked by the message's own sender.
+        # "displayed" is mark_displayed: subject to the display privacy setting, never an error.
+        if kind == "display" and status == "displayed":
+            return self._mark_displayed(message_id, sender)
         return self._report_disposition(message_id, kind, status, sender)
 
     def _report_disposition(self, message_id: str, kind: str, status: str, sender: str | None) -> bool:
