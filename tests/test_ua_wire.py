@@ -12,7 +12,7 @@ from sipimdn import cpim
 from sipimdn.config import UserAgentConfig
 from sipimdn.errors import CpimError, ImdnError, RemoteProtocolError
 from sipimdn.imdn import build_im, build_imdn, build_notification, imdn_headers, recognise
-from sipimdn.message import Request
+from sipimdn.message import Request, safe_reason_phrase
 from sipimdn.parser import parse_message
 from sipimdn.store import OwedRecord
 from sipimdn.ua import _wire
@@ -221,5 +221,5 @@ def test_capability_headers_and_reason_phrase() -> None:
     headers = dict(_wire.capability_headers("MESSAGE, OPTIONS"))
     assert headers["Accept"] == "message/cpim, text/plain, message/imdn+xml"
     assert "deflate" in headers["Accept-Encoding"]
-    assert _wire.reason_phrase("two\r\nlines  here") == "two lines here"
-    assert _wire.reason_phrase("") == "Error"
+    assert safe_reason_phrase("two\r\nlines  here") == "two lines here"
+    assert safe_reason_phrase("") == "Error"

@@ -46,6 +46,7 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .._cache import remember
 from ..errors import TransportError
 from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
 from .flow import Address, Flow, SendKind, Transport
@@ -236,10 +237,7 @@ class TransportManager:
                 source = str(probe.getsockname()[0])
             except OSError as exc:
                 raise TransportError(f"no route to {remote_host}: {exc}") from exc
-        if len(self._source_cache) >= 1024:
-            self._source_cache.clear()
-        self._source_cache[remote_host] = source
-        return source
+        return remember(self._source_cache, remote_host, source, 1024)
 
     @property
     def connection_count(self) -> int:

@@ -16,7 +16,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._walltimer import WallClockTimer
+from .._coretimer import CoreTimer
+from .._pacing import DestinationQueue
 from ..auth import Authenticator
 from ..config import UserAgentConfig
 from ..errors import (
@@ -38,7 +39,6 @@ from ..stack import SipStack
 from ..store import Store
 from ..uri import Uri
 from ._deadline import DeadlineQueue
-from ._pacing import DestinationQueue
 from ._persist import StoreWriter
 from ._register import RegistrationDriver
 from .incoming import IncomingMessage
@@ -82,7 +82,7 @@ class AgentCore:
         self._auth = Authenticator(config.credentials) if config.credentials else None
         self._tracker: DispositionTracker | None = None
         self._stack: SipStack | None = None
-        self._timer = WallClockTimer(self._on_timer)
+        self._timer = CoreTimer(self._on_timer)
         self._purge_timer: asyncio.TimerHandle | None = None
         # Handler deadlines of the messages being decided, under one shared timer.
         self._deadlines: DeadlineQueue[Pending] | None = None

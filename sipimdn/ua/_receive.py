@@ -24,6 +24,7 @@ from ..errors import (
     ImdnError,
     RemoteProtocolError,
 )
+from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
 from ._base import ALLOW, AgentCore, MessageHandler
@@ -77,7 +78,7 @@ class ReceivePath(AgentCore):
         except (RemoteProtocolError, CpimError, ImdnError) as exc:
             _log.info("refused MESSAGE %s: %s", request.call_id, exc)
             headers = _wire.capability_headers(ALLOW) if exc.status_code == 415 else []
-            incoming.respond(exc.status_code, _wire.reason_phrase(exc.reason), headers)
+            incoming.respond(exc.status_code, safe_reason_phrase(exc.reason), headers)
             return
         if inbound.notification is not None:
             self._receive_notification(incoming, inbound)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from .._pacing import DestinationKey
 from ..auth import challenge_header_for
 from ..errors import (
     AuthenticationFailed,
@@ -33,7 +34,6 @@ from ..message import Request, Response
 from ..uri import Uri
 from . import _wire
 from ._base import AgentCore
-from ._pacing import DestinationKey
 from .outgoing import SentMessage
 
 __all__ = ["SendPath"]

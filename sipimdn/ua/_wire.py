@@ -37,7 +37,7 @@ from ..imdn import (
     recognise,
 )
 from ..imdn.tracker import OwedNotification, TrackerConfig
-from ..message import Request, safe_reason_phrase
+from ..message import Request
 from ..stack import IncomingRequest, SipStack
 from ..transport.base import ListenSpec, TransportConfig
 from ..transport.flow import Transport
@@ -60,7 +60,6 @@ __all__ = [
     "capability_headers",
     "decode_message",
     "incoming_message",
-    "reason_phrase",
     "request_uri_verdict",
 ]
 
@@ -69,9 +68,6 @@ def capability_headers(allow: str) -> list[tuple[str, str]]:
     """Allow/Accept/Accept-Encoding, for OPTIONS answers and 415s."""
     return [("Allow", allow), ("Accept", ACCEPT), ("Accept-Encoding", ACCEPT_ENCODING)]
 
-
-#: A reason phrase safe to put on a status line (one line, bounded).
-reason_phrase = safe_reason_phrase
 
 
 def as_decision(value: object) -> Decision:
