@@ -325,7 +325,7 @@ def challenge_header_for(status_code: int) -> str:
 def digest_challenges(values: Iterable[str], *, proxy: bool) -> list[DigestChallenge]:
     """Parse every header line of one kind and return its valid Digest challenges.
 
-    Non-Digest schemes are dropped (SIP-90: Basic is never used). A syntax
+    Non-Digest schemes are dropped (RFC 3261 §22.1: Basic is deprecated and never used). A syntax
     error in any line raises RemoteProtocolError; a Digest challenge missing
     its realm or nonce is dropped, so one broken challenge next to a good one
     does not stop authentication.
@@ -663,7 +663,7 @@ class AuthAttempt:
                     self._auth._remember(best)
                     chosen.append(best)
                     continue
-                # SIP-93: never resend credentials that were just rejected.
+                # RFC 3261 §22.2: credentials the server just rejected are not sent again (a new challenge is needed).
                 raise AuthenticationFailed(f"authentication failed: credentials for realm {realm!r} rejected")
             self._answered[(proxy, realm)] = _Answered(best.nonce, False)
             self._auth._remember(best)
