@@ -1,4 +1,4 @@
-"""Smoke tests of the codec contract the user agent codes against (ARCHITECTURE.md §3)."""
+"""Smoke tests of the codec contract the user agent codes against (docs/ARCHITECTURE.md, "Codecs")."""
 
 from __future__ import annotations
 

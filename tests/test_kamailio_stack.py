@@ -2,7 +2,7 @@
 
 Integration of auth.py and registration.py with the real transaction layer and
 transports, over UDP, TCP and TLS; the user agent will do the same in its own
-loop (see docs/ARCHITECTURE.md §5).
+loop (see docs/ARCHITECTURE.md, "Authentication and registration").
 """
 
 from __future__ import annotations

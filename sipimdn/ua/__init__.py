@@ -22,7 +22,7 @@ handlers get), :class:`SentMessage` (what ``send_message`` returns),
 :class:`Registration` (returned by the ``on_*`` methods). Events are in
 :mod:`sipimdn.events`, the configuration in :mod:`sipimdn.config`.
 
-Behind a registrar and proxy (docs/ARCHITECTURE.md §5.3)::
+Behind a registrar and proxy (docs/ARCHITECTURE.md, "The user agent")::
 
     config = UserAgentConfig(
         aor="sip:alice@example.com", outbound_proxy="sip:proxy.example.com;lr",

@@ -1,7 +1,7 @@
 """Store I/O off the event loop, in order, in one worker thread.
 
 The tracker is sans-IO: every change it makes is queued as a store
-operation (write-behind log, ARCHITECTURE §4). The user agent drains those
+operation (write-behind log, docs/ARCHITECTURE.md, "The disposition tracker"). The user agent drains those
 operations after every tracker call and hands them here. One dedicated
 thread applies them, so the event loop never waits on SQLite and the
 operations reach the store in exactly the order the tracker produced them
