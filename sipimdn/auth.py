@@ -663,7 +663,7 @@ class AuthAttempt:
                     self._auth._remember(best)
                     chosen.append(best)
                     continue
-                # RFC 3261 §22.2: credentials the server just rejected are not sent again (a new challenge is needed).
+                # RFC 3261 §22.2: credentials the server just rejected are not sent again.
                 raise AuthenticationFailed(f"authentication failed: credentials for realm {realm!r} rejected")
             self._answered[(proxy, realm)] = _Answered(best.nonce, False)
             self._auth._remember(best)
