@@ -76,6 +76,7 @@ from .events import (
     TrackingEnded,
     Unregistered,
 )
+from .imdn.vocabulary import DispositionRequest
 from .store import open_store
 from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
@@ -208,14 +209,14 @@ def _endpoint(text: str) -> ListenEndpoint:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _notify(text: str) -> frozenset[str]:
+def _notify(text: str) -> frozenset[DispositionRequest]:
     kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
     unknown = kinds - set(_NOTIFY_KINDS)
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown notification {sorted(unknown)} (use {','.join(_NOTIFY_KINDS)})"
         )
-    return kinds
+    return frozenset(DispositionRequest(kind) for kind in kinds)
 
 
 def _uri(text: str) -> str:
@@ -638,7 +639,7 @@ def run_listen(args: argparse.Namespace) -> int:
 
 async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress) -> int:
     config = _config(args, "udp:127.0.0.1:0")
-    notify: frozenset[str] = args.notify
+    notify: frozenset[DispositionRequest] = args.notify
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.wait
     async with UserAgent(config) as ua:
@@ -682,7 +683,7 @@ async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress)
 async def _await_outcome(
     handle: SentMessage,
     to: str,
-    notify: frozenset[str],
+    notify: frozenset[DispositionRequest],
     deadline: float,
     printer: Printer,
     *,
@@ -700,7 +701,7 @@ async def _await_outcome(
 async def _outcome(
     handle: SentMessage,
     to: str,
-    notify: frozenset[str],
+    notify: frozenset[DispositionRequest],
     deadline: float,
     printer: Printer,
     *,
@@ -786,7 +787,7 @@ async def _demo(args: argparse.Namespace, printer: Printer, progress: _Progress)
     # Port 0 in an AOR means "the port we get": no registrar is needed on loopback.
     bob_config = UserAgentConfig(aor="sip:bob@127.0.0.1:0", display_name="Bob")
     alice_config = UserAgentConfig(aor="sip:alice@127.0.0.1:0", display_name="Alice")
-    notify = frozenset({"positive-delivery", "display"})
+    notify = frozenset({DispositionRequest.POSITIVE_DELIVERY, DispositionRequest.DISPLAY})
     async with UserAgent(bob_config) as bob, UserAgent(alice_config) as alice:
 
         async def show(message: IncomingMessage) -> None:
