@@ -213,7 +213,7 @@ class AgentCore:
         elif isinstance(event, NotificationAccepted):
             self._counters.notifications_accepted += 1
             _log.info(
-                "accepted %s notification %r for message %s from %s%s",
+                "accepted %s notification '%s' for message %s from %s%s",
                 event.kind,
                 event.status,
                 event.message_id,

@@ -132,7 +132,7 @@ class HandlerOutcome:
 
 
 def outcome_of(
-    result: object, error: BaseException | None, handler: str = "on_message handler", about: str = ""
+    result: object, error: BaseException | None, handler: str = "", about: str = ""
 ) -> HandlerOutcome:
     """The outcome of a handler that returned ``result`` or raised ``error`` in time.
 
@@ -140,13 +140,18 @@ def outcome_of(
     logged, naming ``handler`` (its qualified name) and ``about`` (the message).
     """
     if error is not None:
-        _log.error("%s raised on %s; answering 500", handler, about or "a message", exc_info=error)
+        _log.error(
+            "on_message handler %s raised on message %s; answering 500", handler, about or "?", exc_info=error
+        )
         return HandlerOutcome(Decision(500), by_handler=False, error=error)
     try:
         return HandlerOutcome(normalize_decision(result), by_handler=True)
     except (TypeError, ValueError) as exc:
         _log.error(
-            "%s returned an invalid decision on %s; answering 500: %s", handler, about or "a message", exc
+            "on_message handler %s returned an invalid decision on message %s; answering 500: %s",
+            handler,
+            about or "?",
+            exc,
         )
         return HandlerOutcome(Decision(500), by_handler=False, error=exc)
 

@@ -97,7 +97,7 @@ class ReceivePath(AgentCore):
         for index, note in enumerate(notes):
             counters.notifications_received += 1
             _log.info(
-                "received %s notification %r for message %s from %s over %s",
+                "received %s notification '%s' for message %s from %s over %s",
                 note.kind,
                 note.status,
                 note.message_id,

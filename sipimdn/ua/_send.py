@@ -66,7 +66,7 @@ class SendPath(AgentCore):
             status = refused.response.status_code
         self._counters.notifications_sent += 1
         _log.info(
-            "sent %s notification %r for message %s to %s: %s",
+            "sent %s notification '%s' for message %s to %s: %s",
             owed.kind,
             owed.status,
             owed.message_id,
