@@ -168,7 +168,7 @@ async def test_tasks_outliving_the_grace_are_cancelled_and_named(caplog: pytest.
     assert 0.15 <= time.monotonic() - started < 3
     assert cancelled.is_set() and task.cancelled()
     (line,) = [r.getMessage() for r in caplog.records if "grace" in r.getMessage()]
-    assert "cancelling 1 task(s)" in line and "nightly-report" in line
+    assert "cancelling 1 spawned task(s)" in line and "nightly-report" in line
 
 
 # -- logs --------------------------------------------------------------------------------------

@@ -127,24 +127,28 @@ class UserAgent(ReceivePath, SendPath):
     async def close(self) -> None:
         """Stop: let running work finish, flush the store, close transports.
 
-        Tasks still running (sends, notifications, answers being decided, handlers,
-        callbacks and :meth:`spawn` tasks) get ``config.close_grace`` seconds to
-        finish, new ones they start included; then the rest are cancelled and
-        named in one warning.
+        Protocol work (sends, notifications, answers being decided) and
+        :meth:`spawn` tasks get ``config.close_grace`` seconds to finish, new
+        ones they start included; then every task still running is cancelled
+        (event callbacks and handlers already answered for at once), spawned
+        ones named in a warning, protocol work in an INFO line.
         """
         if self._closed or not self._started:
             self._closed = True
             return
         # Let what is running finish for a bounded time: protocol work (an answer being
-        # decided, an IMDN in flight) and the application's own tasks (spawn(), callbacks),
-        # so stopping right after mark_displayed, or with replies being written, loses nothing.
+        # decided, an IMDN in flight) and the application's spawn() tasks, so stopping right
+        # after mark_displayed, or with replies being written, loses nothing. Event callbacks
+        # and handlers already answered for (past their deadline) are not waited for.
         loop = asyncio.get_running_loop()
         grace = self.config.close_grace
         grace_end = loop.time() + grace
         # Finishing one task can start another (an answer makes an IMDN due, a spawned task
         # sends a reply): loop until nothing runs or the grace is over.
         while loop.time() < grace_end:
-            pending: list[asyncio.Future[Any]] = [t for t in self._tasks if not t.done()]
+            pending: list[asyncio.Future[Any]] = [
+                t for t in (*self._wire_tasks, *self._app_tasks) if not t.done()
+            ]
             if self._durable_answers:
                 stored: asyncio.Future[None] = loop.create_future()
                 self._writer.when_written(functools.partial(_resolve, stored))
@@ -164,14 +168,8 @@ class UserAgent(ReceivePath, SendPath):
         if self._deadlines is not None:
             self._deadlines.close()
         tasks = [t for t in self._tasks if not t.done()]
-        if tasks:
-            names = sorted({t.get_name() for t in tasks})
-            _log.warning(
-                "closing: cancelling %d task(s) still running after the %gs grace: %s",
-                len(tasks),
-                grace,
-                ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""),
-            )
+        _log_cancelled("spawned", [t for t in tasks if t in self._app_tasks], grace, logging.WARNING)
+        _log_cancelled("protocol", [t for t in tasks if t in self._wire_tasks], grace, logging.INFO)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -445,7 +443,10 @@ class UserAgent(ReceivePath, SendPath):
         qualified name). :meth:`close` waits for it up to ``config.close_grace``
         seconds, then cancels it and says so in a warning.
         """
-        return self._spawn(coro, name)
+        task = self._spawn(coro, name)
+        self._app_tasks.add(task)
+        task.add_done_callback(self._app_tasks.discard)
+        return task
 
 
 def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
@@ -462,6 +463,19 @@ def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
         raise LocalProtocolError(f"AOR {aor} has port 0 but nothing listens on {transport}")
     same_host = [e for e in candidates if e.host == aor.host]
     return dataclasses.replace(aor, port=(same_host or candidates)[0].port)
+
+
+def _log_cancelled(what: str, tasks: list[asyncio.Task[Any]], grace: float, level: int) -> None:
+    if tasks:
+        names = sorted({t.get_name() for t in tasks})
+        _log.log(
+            level,
+            "closing: cancelling %d %s task(s) still running after the %gs grace: %s",
+            len(tasks),
+            what,
+            grace,
+            ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""),
+        )
 
 
 def _check_aor_family(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> None:

@@ -78,6 +78,8 @@ class AgentCore:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
         self._wire_tasks: set[asyncio.Task[Any]] = set()
+        # The application's spawn() tasks: given close_grace too (a reply being written).
+        self._app_tasks: set[asyncio.Task[Any]] = set()
         # Weak: a handle the application dropped needs no updates (a message that
         # only asked for negative-delivery is tracked for days).
         self._handles: weakref.WeakValueDictionary[str, SentMessage] = weakref.WeakValueDictionary()
