@@ -4,7 +4,7 @@ Shapes (scripts and tests rely on them)::
 
     sipimdn listen --aor sip:bob@127.0.0.1 --listen udp:127.0.0.1:5070 [--listen tcp:127.0.0.1:5070]
                    [--listen tls:...] [--status CODE] [--auto-display SECONDS] [--store PATH|URL]
-                   [--worker-id NAME] [--json]
+                   [--worker-id NAME] [--metrics-port PORT [--metrics-host HOST]] [--json]
     sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
                  --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
                  [--transport udp|tcp|tls] [--json]
@@ -52,7 +52,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any, TextIO, TypeVar
 
 from ._wirelog import WIRE_LOGGER, TraceFormatter
@@ -77,6 +77,7 @@ from .events import (
     Unregistered,
 )
 from .imdn.vocabulary import DispositionRequest
+from .metrics import MetricsExporter, require_prometheus_client
 from .store import open_store
 from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
@@ -258,6 +259,16 @@ def _expires(text: str) -> int:
     if not 1 <= value <= 2**31 - 1:
         raise argparse.ArgumentTypeError("the binding lifetime must be between 1 and 2147483647 seconds")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is between 0 and 65535")
+    return port
 
 
 def _status(text: str) -> int:
@@ -556,13 +567,24 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
         gc_tuning=True,
     )
     # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
+    if args.metrics_port is not None:
+        try:
+            require_prometheus_client()
+        except ImportError as exc:
+            raise _UsageError(f"--metrics-port: {exc}") from None
     store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with UserAgent(config, store=store) as ua:
+        async with UserAgent(config, store=store) as ua, AsyncExitStack() as exporters:
+            metrics: dict[str, str] = {}
+            if args.metrics_port is not None:
+                exporter = MetricsExporter(ua, port=args.metrics_port, host=args.metrics_host)
+                await exporters.enter_async_context(exporter)
+                host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+                metrics["metrics"] = f"http://{host}:{exporter.port}/metrics"
 
             async def on_message(message: IncomingMessage) -> int | None:
                 printer.emit(
@@ -592,9 +614,13 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
             ua.on_registration(_print_registration(printer))
             printer.emit(
                 "listening",
-                f"{ua.aor} listening on " + ", ".join(str(e) for e in ua.endpoints) + " (Ctrl-C stops)",
+                f"{ua.aor} listening on "
+                + ", ".join(str(e) for e in ua.endpoints)
+                + (f", metrics on {metrics['metrics']}" if metrics else "")
+                + " (Ctrl-C stops)",
                 aor=ua.aor,
                 endpoints=[str(e) for e in ua.endpoints],
+                **metrics,
             )
             await stop.wait()
     finally:
@@ -856,6 +882,19 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="NAME",
         help="this worker's name among those sharing a PostgreSQL --store (default: host name and pid)",
+    )
+    listen.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the [metrics] extra; 0: any port)",
+    )
+    listen.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics server listens on (default 127.0.0.1)",
     )
     listen.set_defaults(func=run_listen)
 
