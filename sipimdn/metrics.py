@@ -87,6 +87,7 @@ class _StatsCollector:
             value = getattr(stats, field.name)
             name = f"sipimdn_{field.name}"
             help_text = f"sipimdn user agent: {field.name.replace('_', ' ')}"
+            family: core.CounterMetricFamily | core.GaugeMetricFamily
             if field.name in COUNTERS:
                 family = core.CounterMetricFamily(name, help_text, labels=labels)
             else:
