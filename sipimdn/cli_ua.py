@@ -76,6 +76,7 @@ from .events import (
     TrackingEnded,
     Unregistered,
 )
+from .imdn.tracker import DeclineReason
 from .imdn.vocabulary import DispositionRequest
 from .metrics import MetricsExporter, require_prometheus_client
 from .store import open_store
@@ -88,6 +89,8 @@ __all__ = ["PASSWORD_ENV", "register", "run_demo", "run_listen", "run_send"]
 #: Environment variable holding the digest password (the alternative to --password-file).
 PASSWORD_ENV = "SIPIMDN_PASSWORD"
 
+#: Decline reasons after which the notification still goes, to the sender instead of the route.
+_ROUTED_TO_SENDER = frozenset({DeclineReason.ROUTE_UNTRUSTED, DeclineReason.ROUTE_TOO_LONG})
 _NOTIFY_KINDS = ("positive-delivery", "negative-delivery", "display")
 #: The state each positive request must reach for ``send`` to succeed.
 _POSITIVE_TARGETS = {"positive-delivery": "delivered", "display": "displayed"}
@@ -165,11 +168,16 @@ def _describe(event: object) -> str:
     if isinstance(event, NotificationSent):
         outcome = f"SIP {event.sip_status}" if event.sip_status is not None else "no answer"
         again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-        what = f"{event.kind} notification {event.status!r} for {event.message_id}"
+        what = f"{event.kind} notification {str(event.status)!r} for {event.message_id}"
         return f"sent {what} to {event.to}: {outcome}{again}"
     if isinstance(event, NotificationAbandoned):
         return f"gave up notification {event.notification_id} for {event.message_id}: {event.reason}"
     if isinstance(event, NotificationsDeclined):
+        if event.reason in _ROUTED_TO_SENDER:  # sent all the same, to the sender
+            return (
+                f"not following the IMDN route for {', '.join(event.kinds)} of {event.message_id}"
+                f" ({event.reason}): sending to {event.sender}"
+            )
         return (
             f"not sending {', '.join(event.kinds)} for {event.message_id} to {event.sender}: {event.reason}"
         )

@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
 from ..imdn.tracker import (
+    DeclineReason,
     DispositionChanged,
     DispositionTracker,
     NotificationAbandoned,
@@ -244,7 +245,15 @@ class AgentCore:
             )
             self._fire(self._notification_handlers, event)
         elif isinstance(event, NotificationsDeclined):
-            _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
+            if event.reason in (DeclineReason.ROUTE_UNTRUSTED, DeclineReason.ROUTE_TOO_LONG):
+                _log.info(
+                    "IMDN(s) %s for %s sent to the sender, not along the IMDN route: %s",
+                    event.kinds,
+                    event.message_id,
+                    event.reason,
+                )
+            else:
+                _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
             self._fire(self._notification_handlers, event)
         else:  # pragma: no cover - a new tracker event this adapter does not know yet
             _log.debug("ignored tracker event %r", event)
