@@ -4,7 +4,7 @@ Shapes (scripts and tests rely on them)::
 
     sipimdn listen --aor sip:bob@127.0.0.1 --listen udp:127.0.0.1:5070 [--listen tcp:127.0.0.1:5070]
                    [--listen tls:...] [--status CODE] [--auto-display SECONDS] [--store PATH|URL]
-                   [--worker-id NAME] [--json]
+                   [--worker-id NAME] [--metrics-port PORT [--metrics-host HOST]] [--json]
     sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
                  --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
                  [--transport udp|tcp|tls] [--json]
@@ -52,7 +52,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any, TextIO, TypeVar
 
 from ._wirelog import WIRE_LOGGER, TraceFormatter
@@ -76,6 +76,9 @@ from .events import (
     TrackingEnded,
     Unregistered,
 )
+from .imdn.tracker import DeclineReason
+from .imdn.vocabulary import DispositionRequest
+from .metrics import MetricsExporter, require_prometheus_client
 from .store import open_store
 from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
@@ -86,6 +89,8 @@ __all__ = ["PASSWORD_ENV", "register", "run_demo", "run_listen", "run_send"]
 #: Environment variable holding the digest password (the alternative to --password-file).
 PASSWORD_ENV = "SIPIMDN_PASSWORD"
 
+#: Decline reasons after which the notification still goes, to the sender instead of the route.
+_ROUTED_TO_SENDER = frozenset({DeclineReason.ROUTE_UNTRUSTED, DeclineReason.ROUTE_TOO_LONG})
 _NOTIFY_KINDS = ("positive-delivery", "negative-delivery", "display")
 #: The state each positive request must reach for ``send`` to succeed.
 _POSITIVE_TARGETS = {"positive-delivery": "delivered", "display": "displayed"}
@@ -163,11 +168,16 @@ def _describe(event: object) -> str:
     if isinstance(event, NotificationSent):
         outcome = f"SIP {event.sip_status}" if event.sip_status is not None else "no answer"
         again = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-        what = f"{event.kind} notification {event.status!r} for {event.message_id}"
+        what = f"{event.kind} notification {str(event.status)!r} for {event.message_id}"
         return f"sent {what} to {event.to}: {outcome}{again}"
     if isinstance(event, NotificationAbandoned):
         return f"gave up notification {event.notification_id} for {event.message_id}: {event.reason}"
     if isinstance(event, NotificationsDeclined):
+        if event.reason in _ROUTED_TO_SENDER:  # sent all the same, to the sender
+            return (
+                f"not following the IMDN route for {', '.join(event.kinds)} of {event.message_id}"
+                f" ({event.reason}): sending to {event.sender}"
+            )
         return (
             f"not sending {', '.join(event.kinds)} for {event.message_id} to {event.sender}: {event.reason}"
         )
@@ -208,14 +218,14 @@ def _endpoint(text: str) -> ListenEndpoint:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _notify(text: str) -> frozenset[str]:
+def _notify(text: str) -> frozenset[DispositionRequest]:
     kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
     unknown = kinds - set(_NOTIFY_KINDS)
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown notification {sorted(unknown)} (use {','.join(_NOTIFY_KINDS)})"
         )
-    return kinds
+    return frozenset(DispositionRequest(kind) for kind in kinds)
 
 
 def _uri(text: str) -> str:
@@ -257,6 +267,16 @@ def _expires(text: str) -> int:
     if not 1 <= value <= 2**31 - 1:
         raise argparse.ArgumentTypeError("the binding lifetime must be between 1 and 2147483647 seconds")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("a port is between 0 and 65535")
+    return port
 
 
 def _status(text: str) -> int:
@@ -555,13 +575,24 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
         gc_tuning=True,
     )
     # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
+    if args.metrics_port is not None:
+        try:
+            require_prometheus_client()
+        except ImportError as exc:
+            raise _UsageError(f"--metrics-port: {exc}") from None
     store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with UserAgent(config, store=store) as ua:
+        async with UserAgent(config, store=store) as ua, AsyncExitStack() as exporters:
+            metrics: dict[str, str] = {}
+            if args.metrics_port is not None:
+                exporter = MetricsExporter(ua, port=args.metrics_port, host=args.metrics_host)
+                await exporters.enter_async_context(exporter)
+                host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+                metrics["metrics"] = f"http://{host}:{exporter.port}/metrics"
 
             async def on_message(message: IncomingMessage) -> int | None:
                 printer.emit(
@@ -591,9 +622,13 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
             ua.on_registration(_print_registration(printer))
             printer.emit(
                 "listening",
-                f"{ua.aor} listening on " + ", ".join(str(e) for e in ua.endpoints) + " (Ctrl-C stops)",
+                f"{ua.aor} listening on "
+                + ", ".join(str(e) for e in ua.endpoints)
+                + (f", metrics on {metrics['metrics']}" if metrics else "")
+                + " (Ctrl-C stops)",
                 aor=ua.aor,
                 endpoints=[str(e) for e in ua.endpoints],
+                **metrics,
             )
             await stop.wait()
     finally:
@@ -638,7 +673,7 @@ def run_listen(args: argparse.Namespace) -> int:
 
 async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress) -> int:
     config = _config(args, "udp:127.0.0.1:0")
-    notify: frozenset[str] = args.notify
+    notify: frozenset[DispositionRequest] = args.notify
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.wait
     async with UserAgent(config) as ua:
@@ -682,7 +717,7 @@ async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress)
 async def _await_outcome(
     handle: SentMessage,
     to: str,
-    notify: frozenset[str],
+    notify: frozenset[DispositionRequest],
     deadline: float,
     printer: Printer,
     *,
@@ -700,7 +735,7 @@ async def _await_outcome(
 async def _outcome(
     handle: SentMessage,
     to: str,
-    notify: frozenset[str],
+    notify: frozenset[DispositionRequest],
     deadline: float,
     printer: Printer,
     *,
@@ -786,7 +821,7 @@ async def _demo(args: argparse.Namespace, printer: Printer, progress: _Progress)
     # Port 0 in an AOR means "the port we get": no registrar is needed on loopback.
     bob_config = UserAgentConfig(aor="sip:bob@127.0.0.1:0", display_name="Bob")
     alice_config = UserAgentConfig(aor="sip:alice@127.0.0.1:0", display_name="Alice")
-    notify = frozenset({"positive-delivery", "display"})
+    notify = frozenset({DispositionRequest.POSITIVE_DELIVERY, DispositionRequest.DISPLAY})
     async with UserAgent(bob_config) as bob, UserAgent(alice_config) as alice:
 
         async def show(message: IncomingMessage) -> None:
@@ -855,6 +890,19 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="NAME",
         help="this worker's name among those sharing a PostgreSQL --store (default: host name and pid)",
+    )
+    listen.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the [metrics] extra; 0: any port)",
+    )
+    listen.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics server listens on (default 127.0.0.1)",
     )
     listen.set_defaults(func=run_listen)
 

@@ -24,6 +24,14 @@ Registration events (``ua.on_registration``) are the registration client's
 (:mod:`sipimdn.registration`): :class:`RegistrationSucceeded` (also each
 refresh), :class:`RegistrationFailed` (``retry_at`` None: given up),
 :class:`RegistrationExpired` and :class:`Unregistered`.
+
+One clock: every time an event carries (``DispositionChanged.at``,
+``RegistrationSucceeded.refresh_at``, ``RegistrationFailed.retry_at``) is
+wall-clock seconds since the epoch, as :func:`time.time` returns, so it can
+be compared with ``time.time()`` and shown with :func:`datetime.datetime.fromtimestamp`.
+The user agent still schedules registration refreshes on the event loop's
+monotonic clock (a change of the system time does not move them); only the
+values it reports are converted.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from .imdn.tracker import (
     NotificationsDeclined,
     TrackingEnded,
 )
+from .imdn.vocabulary import Kind, Status
 from .registration import (
     RegistrationEvent,
     RegistrationExpired,
@@ -74,10 +83,10 @@ class NotificationSent:
     notification_id: str
     #: The Message-ID of the message it reports on.
     message_id: str
-    #: ``"delivery"``, ``"display"`` or ``"processing"``.
-    kind: str
-    #: The reported status (``"delivered"``, ``"displayed"``, ``"forbidden"``...).
-    status: str
+    #: ``Kind.DELIVERY``, ``Kind.DISPLAY`` or ``Kind.PROCESSING`` (a :class:`str` enum).
+    kind: Kind
+    #: The reported status (``Status.DELIVERED``, ``Status.DISPLAYED``...; a :class:`str` enum).
+    status: Status
     #: Where the IMDN went (the Request-URI).
     to: str
     #: Final SIP status of the IMDN's MESSAGE; None after a timeout or transport failure.

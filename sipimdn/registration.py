@@ -135,7 +135,8 @@ class RegistrationSucceeded:
     expires: int
     """Seconds granted (the smallest over our contacts)."""
     refresh_at: float
-    """When the client will refresh (clock of the ``now`` values)."""
+    """When the client will refresh: the clock of the ``now`` values given to the client;
+    from a :class:`~sipimdn.ua.UserAgent`, wall-clock seconds (:func:`time.time`)."""
     refreshed: bool
     """True for a refresh of a binding that was still live."""
 
@@ -151,7 +152,7 @@ class RegistrationFailed:
     reason: str
     """What went wrong (never contains secrets)."""
     retry_at: float | None
-    """When the client will try again; None when the failure is permanent."""
+    """When the client will try again (the clock as ``refresh_at``); None when the failure is permanent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,7 +202,7 @@ async def test_several_realms_and_sha256(kamailio_factory: Callable[..., Kamaili
 
     bob_config = config_for(server, "bob", "tcp")
     async with UserAgent(bob_config) as bob:
-        bob.on_message(lambda message: _none())
+        bob.on_message(_accept)
         alice_config = config_for(server, "alice", "tcp")
         alice_config = UserAgentConfig(
             **{
@@ -225,15 +225,15 @@ async def test_several_realms_and_sha256(kamailio_factory: Callable[..., Kamaili
     assert len(lines(server, "REGISTER from alice: challenging")) == 1
 
 
-async def _none() -> None:
-    return None
+async def _accept(message: IncomingMessage) -> None:
+    return None  # 200
 
 
 async def test_stale_cached_nonce_is_answered_once(kamailio_factory: Callable[..., Kamailio]) -> None:  # noqa: F811
     """A message sent up front with a nonce Kamailio has let expire: 407 stale=true, one retry, 200."""
     server = kamailio_factory(nonce_expire=1)
     async with UserAgent(config_for(server, "bob", "udp")) as bob:
-        bob.on_message(lambda message: _none())
+        bob.on_message(_accept)
         async with UserAgent(config_for(server, "alice", "udp", register=False)) as alice:
             assert isinstance(await bob.wait_registered(timeout=10), RegistrationSucceeded)
             first = await alice.send_message(f"sip:bob@{server.domain}", "fresh nonce", cpim=False)

@@ -339,17 +339,18 @@ async def test_options_invite_and_unsupported_bodies() -> None:
         raw.close()
 
 
-async def test_on_message_registration_unregisters() -> None:
+async def test_remove_handler_unregisters() -> None:
     seen: list[str] = []
     async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
 
+        @bob.on_message
         async def receive(message: IncomingMessage) -> None:
             seen.append(message.text)
 
-        registration = bob.on_message(receive)
+        assert receive.__name__ == "receive"  # the decorator returns the function itself
         assert (await (await alice.send_message(bob.aor, "one")).final_response()).status_code == 200
-        registration()
-        registration.unregister()  # idempotent
+        assert bob.remove_handler(receive) is True
+        assert bob.remove_handler(receive) is False  # idempotent
         assert (await (await alice.send_message(bob.aor, "two")).final_response()).status_code == 480
         assert seen == ["one"]
 

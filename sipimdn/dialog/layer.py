@@ -196,6 +196,12 @@ class TransactionLayer:
         self._completed: deque[TransactionKey] = deque()
         #: Completed server transactions forgotten before Timer J because of the cap.
         self.evicted = 0
+        #: Requests sent again by Timer E/A (RFC 3261 §17.1.2.2), over the layer's life.
+        self.retransmissions = 0
+        #: Client transactions ended by Timer F/B with no final response.
+        self.timeouts = 0
+        #: Transactions (client or server) ended by a transport failure.
+        self.transport_failures = 0
 
     # -- user API -------------------------------------------------------------------------------
 
@@ -322,8 +328,10 @@ class TransactionLayer:
                 tx, flow = client
                 retransmitted = tx.retransmissions
                 tx.handle_timer(now)
-                if tx.retransmissions != retransmitted and log.isEnabledFor(logging.INFO):
-                    _log_retransmission(tx, flow)
+                if tx.retransmissions != retransmitted:
+                    self.retransmissions += tx.retransmissions - retransmitted
+                    if log.isEnabledFor(logging.INFO):
+                        _log_retransmission(tx, flow)
                 self._collect_client(key, tx, flow)
                 continue
             server = self._servers.get(key)
@@ -401,8 +409,10 @@ class TransactionLayer:
                 self._events.append(ResponseReceived(key, action.message, arrived_on or flow))
             elif isinstance(action, Fail):
                 if action.failure is Failure.TIMEOUT:
+                    self.timeouts += 1
                     self._events.append(TransactionTimedOut(key))
                 else:
+                    self.transport_failures += 1
                     self._events.append(TransportFailed(key, reason or "transport error"))
         if tx.terminated:
             del self._clients[key]
@@ -416,6 +426,7 @@ class TransactionLayer:
                     assert isinstance(action.message, Response)
                     self._outgoing.append(Outgoing(action.message, flow, key))
                 elif isinstance(action, Fail):
+                    self.transport_failures += 1
                     self._events.append(TransportFailed(key, reason or "transport error"))
         if tx.state is TxState.TERMINATED:
             del self._servers[key]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -26,7 +26,10 @@ __all__ = [
     "DispositionRequest",
     "DispositionState",
     "Kind",
+    "KindName",
+    "NotifyName",
     "Status",
+    "StatusName",
     "notification_kind",
     "reached",
     "was_requested",
@@ -58,6 +61,17 @@ class Status(StrEnum):
     ERROR = "error"
 
 
+#: A notification kind as a plain string, for type checkers: ``"delivery"``, ``"display"`` or
+#: ``"processing"`` (the values of :class:`Kind`). APIs take ``Kind | KindName``, so a misspelt
+#: literal is a type error.
+KindName: TypeAlias = Literal["delivery", "display", "processing"]
+
+#: A notification status as a plain string (the values of :class:`Status`).
+StatusName: TypeAlias = Literal[
+    "delivered", "failed", "displayed", "processed", "stored", "forbidden", "error"
+]
+
+
 ALLOWED_STATUSES: Final[Mapping[Kind, frozenset[Status]]] = {
     Kind.DELIVERY: frozenset({Status.DELIVERED, Status.FAILED, Status.FORBIDDEN, Status.ERROR}),
     Kind.DISPLAY: frozenset({Status.DISPLAYED, Status.FORBIDDEN, Status.ERROR}),
@@ -75,6 +89,9 @@ class DispositionRequest(StrEnum):
     PROCESSING = "processing"
     DISPLAY = "display"
 
+
+#: A notification request as a plain string (the values of :class:`DispositionRequest`).
+NotifyName: TypeAlias = Literal["positive-delivery", "negative-delivery", "processing", "display"]
 
 #: The ``Disposition-Notification`` request tokens RFC 5438 §6.2 defines, as plain strings.
 REQUEST_KINDS: Final = frozenset(request.value for request in DispositionRequest)

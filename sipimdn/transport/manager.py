@@ -150,6 +150,9 @@ class TransportManager:
         self._user = user
         self.config = config or TransportConfig()
         self._udp: list[UdpEndpoint] = []
+        # UDP sockets opened only to send requests (no UDP listener of their family): they take
+        # responses and drop requests, so a TCP- or TLS-only user agent takes no plaintext UDP in.
+        self._udp_send_only: list[UdpEndpoint] = []
         self._servers: list[tuple[Transport, Address, asyncio.Server]] = []
         self._connections: dict[_Key, StreamConnection] = {}
         self._all: set[StreamConnection] = set()
@@ -203,6 +206,34 @@ class TransportManager:
         self._arm_sweeper()
         return (kind, local)
 
+    async def open_udp_for_sending(self) -> list[Address]:
+        """Give every address family listened on without UDP a UDP socket for sending requests.
+
+        Bound to the host of that family's first listener, port 0. It sends requests to UDP
+        destinations and takes back their responses only: requests arriving on it are dropped,
+        so the user agent still takes requests only where it listens. It is not in
+        :attr:`endpoints`, and it goes in the Via of the requests it sends. Returns the
+        addresses opened (none when every family has a UDP listener).
+        """
+        opened: list[Address] = []
+        families = {_family(e.local[0]) for e in self._udp}
+        for _, (host, _port), _ in self._servers:
+            family = _family(host)
+            if family in families:
+                continue
+            families.add(family)
+            endpoint = await UdpEndpoint.open(host, 0, self._response_datagram, self._udp_error)
+            self._udp_send_only.append(endpoint)
+            opened.append(endpoint.local)
+        return opened
+
+    def _response_datagram(self, data: bytes, flow: Flow) -> None:
+        # A send-only socket: responses (RFC 3261 §7.2 status line) go up, anything else is dropped.
+        if data.startswith(b"SIP/2.0 "):
+            self._user.datagram_received(data, flow)
+        elif data.strip(b"\r\n"):
+            log.debug("dropping a request from %s on a UDP socket opened only for sending", flow.remote)
+
     @property
     def endpoints(self) -> list[tuple[Transport, Address]]:
         """Every listening (transport, bound address), in the order they were opened."""
@@ -217,7 +248,10 @@ class TransportManager:
         local address the system would use to reach ``remote_host``.
         """
         family = _family(remote_host)
-        same_family = [(k, a) for k, a in self.endpoints if _family(a[0]) == family]
+        candidates = self.endpoints
+        if transport is Transport.UDP and self._udp_send_only:
+            candidates = candidates + [(Transport.UDP, e.local) for e in self._udp_send_only]
+        same_family = [(k, a) for k, a in candidates if _family(a[0]) == family]
         if not same_family:
             raise TransportError(f"no listening socket for the address family of {remote_host}")
         chosen = next((a for k, a in same_family if k is transport), same_family[0][1])
@@ -297,6 +331,9 @@ class TransportManager:
                     return endpoint
         family = _family(flow.remote[0])
         for endpoint in self._udp:
+            if endpoint.family == family:
+                return endpoint
+        for endpoint in self._udp_send_only:
             if endpoint.family == family:
                 return endpoint
         raise TransportError(f"no UDP socket for the address family of {flow.remote[0]}")
@@ -543,7 +580,7 @@ class TransportManager:
             self._sweeper = None
         for task in list(self._tasks):
             task.cancel()
-        for endpoint in self._udp:
+        for endpoint in self._udp + self._udp_send_only:
             endpoint.close()
         for _, _, server in self._servers:
             server.close()
@@ -555,6 +592,7 @@ class TransportManager:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._udp.clear()
+        self._udp_send_only.clear()
         self._servers.clear()
         self._connections.clear()
         self._all.clear()

@@ -17,9 +17,12 @@ A minimal receiver and sender on loopback::
             await sent.await_disposition("displayed", timeout=5)
 
 Public names: :class:`UserAgent`, :class:`IncomingMessage` (what ``on_message``
-handlers get), :class:`SentMessage` (what ``send_message`` returns),
-:class:`Decision` (a handler's answer with a reason phrase) and
-:class:`Registration` (returned by the ``on_*`` methods). Events are in
+handlers get; ``message.reply(...)`` answers with a new message),
+:class:`SentMessage` (what ``send_message`` returns), :class:`Answer` and
+:class:`Decision` (a handler's answer, see ``HandlerResult``) and
+:class:`UserAgentStats` (what ``ua.stats()`` returns). The ``on_*`` methods
+return the handler they are given (decorators leave the function as it
+is); ``ua.remove_handler(handler)`` unregisters it. Events are in
 :mod:`sipimdn.events`, the configuration in :mod:`sipimdn.config`.
 
 Behind a registrar and proxy (docs/ARCHITECTURE.md, "The user agent")::
@@ -36,9 +39,18 @@ Behind a registrar and proxy (docs/ARCHITECTURE.md, "The user agent")::
 
 from __future__ import annotations
 
-from ._agent import Registration, UserAgent
-from ._deadline import Decision
+from ._agent import UserAgent
+from ._deadline import Answer, Decision, HandlerResult
 from .incoming import IncomingMessage
 from .outgoing import SentMessage
+from .stats import UserAgentStats
 
-__all__ = ["Decision", "IncomingMessage", "Registration", "SentMessage", "UserAgent"]
+__all__ = [
+    "Answer",
+    "Decision",
+    "HandlerResult",
+    "IncomingMessage",
+    "SentMessage",
+    "UserAgent",
+    "UserAgentStats",
+]

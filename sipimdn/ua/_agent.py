@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from .._gc import tune_for_throughput
 from ..config import ListenEndpoint
@@ -36,39 +38,28 @@ from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
 from ..imdn.tracker import (
     DispositionTracker,
 )
+from ..imdn.vocabulary import DispositionRequest, Kind, KindName, NotifyName, Status, StatusName
 from ..registration import RegistrationClient, RegState
 from ..stack import SipStack
 from ..store import SqliteStore
 from ..transport.base import ConnectionCounters
 from ..uri import Uri
 from . import _wire
-from ._base import MessageHandler
+from ._base import MessageHandler, callable_name, require_async
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
 from .outgoing import SentMessage
+from .stats import UserAgentStats
 
-__all__ = ["Registration", "UserAgent"]
+_log = logging.getLogger("sipimdn.ua")
 
+_MessageH = TypeVar("_MessageH", bound=MessageHandler)
+_DispositionH = TypeVar("_DispositionH", bound=Callable[[DispositionEvent], Awaitable[None]])
+_NotificationH = TypeVar("_NotificationH", bound=Callable[[NotificationEvent], Awaitable[None]])
+_RegistrationH = TypeVar("_RegistrationH", bound=Callable[[RegistrationEvent], Awaitable[None]])
 
-class Registration:
-    """Returned by ``on_message``/``on_disposition``/``on_notification``; call it to unregister.
-
-    Used as a decorator, the decorated name becomes this object.
-    """
-
-    def __init__(self, handlers: list[Any], handler: Any) -> None:
-        self._handlers = handlers
-        #: The registered callable.
-        self.handler = handler
-
-    def unregister(self) -> None:
-        """Stop calling the handler (idempotent)."""
-        if self.handler in self._handlers:
-            self._handlers.remove(self.handler)
-
-    def __call__(self) -> None:
-        self.unregister()
+__all__ = ["UserAgent"]
 
 
 class UserAgent(ReceivePath, SendPath):
@@ -105,7 +96,13 @@ class UserAgent(ReceivePath, SendPath):
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)
             await self._stack.start()
-            self._aor = _resolve_port_zero(self._aor, _wire.endpoints_of(self._stack))
+            endpoints = _wire.endpoints_of(self._stack)
+            _check_aor_family(self._aor, endpoints)
+            for local in await self._stack.transports.open_udp_for_sending():
+                # Listening on TCP/TLS only: UDP destinations (a peer's plain sip: AOR, its
+                # IMDN's Request-URI) are still reachable; nothing is taken in on this socket.
+                _log.info("no UDP listener for %s: sending UDP requests from %s:%d", local[0], *local)
+            self._aor = _resolve_port_zero(self._aor, endpoints)
             if self.config.registers:
                 self._start_registration(self._stack)
         except BaseException:
@@ -128,17 +125,30 @@ class UserAgent(ReceivePath, SendPath):
         self._purge_timer = asyncio.get_running_loop().call_later(interval, self._purge_periodically)
 
     async def close(self) -> None:
-        """Stop: cancel callbacks and sends in flight, flush the store, close transports."""
+        """Stop: let running work finish, flush the store, close transports.
+
+        Protocol work (sends, notifications, answers being decided) and
+        :meth:`spawn` tasks get ``config.close_grace`` seconds to finish, new
+        ones they start included; then every task still running is cancelled
+        (event callbacks and handlers already answered for at once), spawned
+        ones named in a warning, protocol work in an INFO line.
+        """
         if self._closed or not self._started:
             self._closed = True
             return
-        # Let what is on the wire finish (an answer being decided, an IMDN in flight)
-        # for a bounded time, so stopping right after mark_displayed still sends it.
+        # Let what is running finish for a bounded time: protocol work (an answer being
+        # decided, an IMDN in flight) and the application's spawn() tasks, so stopping right
+        # after mark_displayed, or with replies being written, loses nothing. Event callbacks
+        # and handlers already answered for (past their deadline) are not waited for.
         loop = asyncio.get_running_loop()
-        grace_end = loop.time() + self.config.close_grace
-        # Finishing one task can start another (an answer makes an IMDN due): loop.
+        grace = self.config.close_grace
+        grace_end = loop.time() + grace
+        # Finishing one task can start another (an answer makes an IMDN due, a spawned task
+        # sends a reply): loop until nothing runs or the grace is over.
         while loop.time() < grace_end:
-            pending: list[asyncio.Future[Any]] = [t for t in self._wire_tasks if not t.done()]
+            pending: list[asyncio.Future[Any]] = [
+                t for t in (*self._wire_tasks, *self._app_tasks) if not t.done()
+            ]
             if self._durable_answers:
                 stored: asyncio.Future[None] = loop.create_future()
                 self._writer.when_written(functools.partial(_resolve, stored))
@@ -158,6 +168,8 @@ class UserAgent(ReceivePath, SendPath):
         if self._deadlines is not None:
             self._deadlines.close()
         tasks = [t for t in self._tasks if not t.done()]
+        _log_cancelled("spawned", [t for t in tasks if t in self._app_tasks], grace, logging.WARNING)
+        _log_cancelled("protocol", [t for t in tasks if t in self._wire_tasks], grace, logging.INFO)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -226,44 +238,109 @@ class UserAgent(ReceivePath, SendPath):
 
     # -- registration ------------------------------------------------------------------------
 
-    def on_message(self, handler: MessageHandler) -> Registration:
-        """Call ``await handler(message)`` for every new instant message.
+    def on_message(self, handler: _MessageH) -> _MessageH:
+        """Call ``await handler(message)`` for every new instant message; return ``handler``.
 
-        The handler decides the final response: return None (200), 202, a
-        4xx/5xx/6xx code or ``(code, reason)``. If it has not returned within
+        Usable as a decorator (the decorated function stays a function). The
+        handler must be a coroutine function (``async def``, or an object with
+        an ``async def __call__``): anything else raises :class:`TypeError`
+        here, since it would block the event loop. It decides the final
+        response: return None (200), an :class:`~sipimdn.ua.Answer` or another
+        final status code, ``(code, reason)`` or a :class:`~sipimdn.ua.Decision`
+        (:data:`~sipimdn.ua.HandlerResult`). If it has not returned within
         ``config.handler_deadline`` seconds the stack answers
         ``config.deadline_status`` by itself and the handler keeps running.
         With several handlers the first refusal (in registration order) wins,
-        then 202, then 200. Returns a :class:`Registration`.
+        then 202, then 200. Stop calling it with :meth:`remove_handler`.
         """
+        require_async(handler, "on_message")
         self._message_handlers.append(handler)
-        return Registration(self._message_handlers, handler)
+        return handler
 
-    def on_disposition(self, handler: Callable[[DispositionEvent], Awaitable[None]]) -> Registration:
-        """Call ``await handler(event)`` for every disposition event of messages we sent.
+    def on_disposition(self, handler: _DispositionH) -> _DispositionH:
+        """Call ``await handler(event)`` for every disposition event of messages we sent; return it.
 
-        Also for messages sent before a restart. Events: ``DispositionChanged``,
+        Also for messages sent before a restart. Events
+        (:data:`~sipimdn.events.DispositionEvent`): ``DispositionChanged``,
         ``NotificationAccepted``, ``NotificationRejected`` (unverified, not
-        applied) and ``TrackingEnded``.
+        applied) and ``TrackingEnded``. A decorator, like :meth:`on_message`.
         """
+        require_async(handler, "on_disposition")
         self._disposition_handlers.append(handler)
-        return Registration(self._disposition_handlers, handler)
+        return handler
 
-    def on_notification(self, handler: Callable[[NotificationEvent], Awaitable[None]]) -> Registration:
-        """Call ``await handler(event)`` for what happens to notifications we owe."""
+    def on_notification(self, handler: _NotificationH) -> _NotificationH:
+        """Call ``await handler(event)`` for what happens to notifications we owe; return it.
+
+        Events (:data:`~sipimdn.events.NotificationEvent`): ``NotificationSent``,
+        ``NotificationAbandoned`` and ``NotificationsDeclined``. A decorator,
+        like :meth:`on_message`.
+        """
+        require_async(handler, "on_notification")
         self._notification_handlers.append(handler)
-        return Registration(self._notification_handlers, handler)
+        return handler
 
-    def on_registration(self, handler: Callable[[RegistrationEvent], Awaitable[None]]) -> Registration:
-        """Call ``await handler(event)`` whenever our registration changes.
+    def on_registration(self, handler: _RegistrationH) -> _RegistrationH:
+        """Call ``await handler(event)`` whenever our registration changes; return it.
 
         Events (from :mod:`sipimdn.registration`): ``RegistrationSucceeded``
         (first registration and each refresh, with the granted expiry),
         ``RegistrationFailed`` (``retry_at`` None: given up, e.g. wrong
         password), ``RegistrationExpired`` and ``Unregistered`` (on close).
+        A decorator, like :meth:`on_message`.
         """
+        require_async(handler, "on_registration")
         self._registration_handlers.append(handler)
-        return Registration(self._registration_handlers, handler)
+        return handler
+
+    def remove_handler(self, handler: Callable[..., Awaitable[Any]]) -> bool:
+        """Stop calling ``handler``, wherever it was registered; True if it was registered.
+
+        Idempotent. Calls already started finish (a message being decided keeps
+        its handler's answer).
+        """
+        removed = False
+        registries: tuple[list[Any], ...] = (
+            self._message_handlers,
+            self._disposition_handlers,
+            self._notification_handlers,
+            self._registration_handlers,
+        )
+        for registry in registries:
+            while handler in registry:
+                registry.remove(handler)
+                removed = True
+        if removed:
+            _log.debug("handler %s removed", callable_name(handler))
+        return removed
+
+    def stats(self) -> UserAgentStats:
+        """A snapshot of what this user agent has done and holds now (see :mod:`sipimdn.ua.stats`)."""
+        stack = self._require_stack()
+        tracker = self._require_tracker()
+        counters = self._counters
+        layer = stack.layer
+        writer = self._writer
+        return UserAgentStats(
+            messages_sent=counters.messages_sent,
+            messages_received=counters.messages_received,
+            duplicates_received=counters.duplicates_received,
+            notifications_sent=counters.notifications_sent,
+            notifications_received=counters.notifications_received,
+            notifications_accepted=counters.notifications_accepted,
+            notifications_rejected=counters.notifications_rejected,
+            retransmissions=layer.retransmissions,
+            timeouts=layer.timeouts,
+            transport_errors=layer.transport_failures,
+            open_connections=stack.transports.connection_count,
+            tracked_messages=tracker.tracked_sent,
+            tracked_received=tracker.tracked_received,
+            owed_notifications=tracker.owed_count,
+            store_writes=writer.writes,
+            store_failures=writer.failures,
+            store_write_seconds=writer.write_seconds,
+            store_write_max_seconds=writer.write_max_seconds,
+        )
 
     @property
     def registration_state(self) -> RegState | None:
@@ -304,7 +381,7 @@ class UserAgent(ReceivePath, SendPath):
         body: str | bytes,
         *,
         content_type: str = "text/plain;charset=utf-8",
-        notify: Iterable[str] = (),
+        notify: Iterable[DispositionRequest | NotifyName] = (),
         subject: str | None = None,
         cpim: bool | None = None,
         transport: str | None = None,
@@ -333,7 +410,7 @@ class UserAgent(ReceivePath, SendPath):
         )
 
     async def report_disposition(
-        self, message_id: str, kind: str, status: str, sender: str | None = None
+        self, message_id: str, kind: Kind | KindName, status: Status | StatusName, sender: str | None = None
     ) -> bool:
         """Report what became of a received message, also one from an earlier run.
 
@@ -359,9 +436,17 @@ class UserAgent(ReceivePath, SendPath):
         """
         return self._mark_displayed(message_id, sender)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""
-        return self._spawn(coro)
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the user agent tracks.
+
+        Its errors are logged with its name (``name``, else the coroutine's
+        qualified name). :meth:`close` waits for it up to ``config.close_grace``
+        seconds, then cancels it and says so in a warning.
+        """
+        task = self._spawn(coro, name)
+        self._app_tasks.add(task)
+        task.add_done_callback(self._app_tasks.discard)
+        return task
 
 
 def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
@@ -378,6 +463,41 @@ def _resolve_port_zero(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> Uri:
         raise LocalProtocolError(f"AOR {aor} has port 0 but nothing listens on {transport}")
     same_host = [e for e in candidates if e.host == aor.host]
     return dataclasses.replace(aor, port=(same_host or candidates)[0].port)
+
+
+def _log_cancelled(what: str, tasks: list[asyncio.Task[Any]], grace: float, level: int) -> None:
+    if tasks:
+        names = sorted({t.get_name() for t in tasks})
+        _log.log(
+            level,
+            "closing: cancelling %d %s task(s) still running after the %gs grace: %s",
+            len(tasks),
+            what,
+            grace,
+            ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""),
+        )
+
+
+def _check_aor_family(aor: Uri, endpoints: Iterable[ListenEndpoint]) -> None:
+    """An AOR written as an IP address must be of a family we listen on.
+
+    With port 0 the AOR stands for this very user agent, so a family nothing
+    listens on (``sip:carol@[::1]:0`` with the default IPv4 listener) would
+    advertise an address where nobody answers: refused. With a real port the
+    AOR may name another host (a registrar's address): a warning.
+    """
+    try:
+        address = ipaddress.ip_address(aor.host.strip("[]"))
+    except ValueError:
+        return  # a domain name: any listener may serve it
+    families = {ipaddress.ip_address(e.host).version for e in endpoints}
+    if address.version in families:
+        return
+    listened = ", ".join(str(e) for e in endpoints)
+    problem = f"AOR {aor} is an IPv{address.version} address but the user agent listens only on {listened}"
+    if aor.port == 0:
+        raise LocalProtocolError(f"{problem}: add a listen endpoint of that family")
+    _log.warning("%s: requests sent to the AOR will not reach us directly", problem)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -11,6 +11,8 @@ where the application is *asked* to decide one, bounded by ``handler_deadline``.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -25,6 +27,7 @@ from ..errors import (
 )
 from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
 from ..imdn.tracker import (
+    DeclineReason,
     DispositionChanged,
     DispositionTracker,
     NotificationAbandoned,
@@ -38,21 +41,23 @@ from ..imdn.tracker import (
 from ..stack import SipStack
 from ..store import Store
 from ..uri import Uri
-from ._deadline import DeadlineQueue
+from ._deadline import DeadlineQueue, HandlerResult
 from ._persist import StoreWriter
 from ._register import RegistrationDriver
 from .incoming import IncomingMessage
 from .outgoing import SentMessage
+from .stats import Counters
 
 if TYPE_CHECKING:
     from ._receive import Pending
 
-__all__ = ["ALLOW", "AgentCore", "MessageHandler"]
+__all__ = ["ALLOW", "AgentCore", "MessageHandler", "callable_name", "require_async"]
 
 _log = logging.getLogger("sipimdn.ua")
 
 _E = TypeVar("_E")
-MessageHandler = Callable[[IncomingMessage], Awaitable[object]]
+#: An ``on_message`` handler: ``async def handler(message) -> HandlerResult``.
+MessageHandler = Callable[[IncomingMessage], Awaitable[HandlerResult]]
 
 #: Methods we answer; everything else gets 405 with this list (RFC 3261 §8.2.1).
 ALLOW = "MESSAGE, OPTIONS"
@@ -74,6 +79,8 @@ class AgentCore:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
         self._wire_tasks: set[asyncio.Task[Any]] = set()
+        # The application's spawn() tasks: given close_grace too (a reply being written).
+        self._app_tasks: set[asyncio.Task[Any]] = set()
         # Weak: a handle the application dropped needs no updates (a message that
         # only asked for negative-delivery is tracked for days).
         self._handles: weakref.WeakValueDictionary[str, SentMessage] = weakref.WeakValueDictionary()
@@ -95,6 +102,8 @@ class AgentCore:
         self._durable_answers = 0
         self._started = False
         self._closed = False
+        #: Plain-int counters behind ``stats()``.
+        self._counters = Counters()
 
     if TYPE_CHECKING:  # UserAgent.aor; the request builders read it
 
@@ -105,8 +114,46 @@ class AgentCore:
         """Send one owed IMDN (the send path)."""
         raise NotImplementedError
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _start_send(
+        self,
+        to: str,
+        body: str | bytes,
+        *,
+        content_type: str,
+        notify: Iterable[str],
+        subject: str | None,
+        cpim: bool | None,
+        transport: str | None,
+        to_list: bool,
+    ) -> SentMessage:
+        """Start sending one instant message (the send path)."""
+        raise NotImplementedError
+
+    async def _reply(  # noqa: PLR0917 - called positionally through IncomingMessage's Callable type
+        self,
+        to: str,
+        body: str | bytes,
+        content_type: str,
+        notify: frozenset[str],
+        subject: str | None,
+        transport: str | None,
+    ) -> SentMessage:
+        # IncomingMessage.reply: a new message to the sender, as send_message would send it.
+        return self._start_send(
+            to,
+            body,
+            content_type=content_type,
+            notify=notify,
+            subject=subject,
+            cpim=None,
+            transport=transport,
+            to_list=False,
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        # Named after the coroutine (or what it serves), so a failure or a cancellation
+        # at close says which piece of code it was.
+        task = asyncio.get_running_loop().create_task(coro, name=name or _coro_name(coro))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -119,11 +166,11 @@ class AgentCore:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            _log.error("callback task %s failed", task.get_name(), exc_info=task.exception())
+            _log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     def _fire(self, handlers: Iterable[Callable[[_E], Awaitable[None]]], event: _E) -> None:
         for handler in list(handlers):
-            self._spawn(_call(handler, event))
+            self._spawn(_call(handler, event), name=f"{callable_name(handler)}({type(event).__name__})")
 
     # -- the pump ----------------------------------------------------------------------------
 
@@ -167,8 +214,18 @@ class AgentCore:
                 handle._set_state(event.state)
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationAccepted):
+            self._counters.notifications_accepted += 1
+            _log.info(
+                "accepted %s notification '%s' for message %s from %s%s",
+                event.kind,
+                event.status,
+                event.message_id,
+                event.recipient,
+                "" if event.changed else " (state unchanged)",
+            )
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationRejected):
+            self._counters.notifications_rejected += 1
             _log.warning(
                 "unverified IMDN not applied: %s (message %s, from %s)",
                 event.reason,
@@ -188,11 +245,56 @@ class AgentCore:
             )
             self._fire(self._notification_handlers, event)
         elif isinstance(event, NotificationsDeclined):
-            _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
+            if event.reason in (DeclineReason.ROUTE_UNTRUSTED, DeclineReason.ROUTE_TOO_LONG):
+                _log.info(
+                    "IMDN(s) %s for %s sent to the sender, not along the IMDN route: %s",
+                    event.kinds,
+                    event.message_id,
+                    event.reason,
+                )
+            else:
+                _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
             self._fire(self._notification_handlers, event)
         else:  # pragma: no cover - a new tracker event this adapter does not know yet
             _log.debug("ignored tracker event %r", event)
 
 
 async def _call(handler: Callable[[_E], Awaitable[None]], event: _E) -> None:
-    await handler(event)
+    try:
+        await handler(event)
+    except Exception:
+        # Logged here, where both are known: the callback by name and the event it was given.
+        _log.exception("callback %s failed on %r", callable_name(handler), event)
+
+
+def callable_name(function: object) -> str:
+    """``module.qualname`` of a function (or of the class of a callable object), for log lines."""
+    target = function
+    while isinstance(target, functools.partial):
+        target = target.func
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return f"{module}.{qualname}" if module and module != "builtins" else str(qualname)
+
+
+def _coro_name(coro: Coroutine[Any, Any, Any]) -> str:
+    return str(getattr(coro, "__qualname__", None) or type(coro).__qualname__)
+
+
+def require_async(handler: object, where: str) -> None:
+    """Refuse, with a TypeError, a handler that is not a coroutine function.
+
+    Handlers are awaited on the event loop: a plain function would either block
+    the loop (and with it every SIP timer) or return something that is not
+    awaitable, which used to fail every message with 500, one at a time.
+    """
+    if not callable(handler):
+        raise TypeError(f"{where} takes a callable, not {handler!r}")
+    call = getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call):
+        return
+    raise TypeError(
+        f"{where} handler {callable_name(handler)} is not a coroutine function: declare it with"
+        " `async def` (the user agent awaits it on the event loop; a blocking function would stall"
+        " every SIP timer, so run blocking work with asyncio.to_thread inside an async handler)"
+    )

@@ -21,12 +21,15 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from enum import IntEnum
+from typing import Generic, TypeAlias, TypeVar
 
 __all__ = [
+    "Answer",
     "DeadlineQueue",
     "Decision",
     "HandlerOutcome",
+    "HandlerResult",
     "normalize_decision",
     "outcome_of",
 ]
@@ -44,6 +47,42 @@ class Decision:
     status: int
     #: Reason phrase, or None for the standard one.
     reason: str | None = None
+
+
+class Answer(IntEnum):
+    """Final answers an ``on_message`` handler commonly returns (RFC 3428 §7, RFC 3261 §21).
+
+    Any final status code (200-699 but 408) is accepted; these names spare a
+    magic number, and a misspelt name is a type error where a wrong int is not.
+    """
+
+    #: Delivered to the user.
+    OK = 200
+    #: Accepted for later delivery (stored, relayed): not delivered yet (RFC 3428 §7).
+    ACCEPTED = 202
+    #: The request is malformed for this application.
+    BAD_REQUEST = 400
+    #: The recipient refuses messages from this sender.
+    FORBIDDEN = 403
+    #: No such user here.
+    NOT_FOUND = 404
+    #: A body this application does not take.
+    UNSUPPORTED_MEDIA_TYPE = 415
+    #: The user exists but cannot take messages now.
+    TEMPORARILY_UNAVAILABLE = 480
+    #: The user is busy.
+    BUSY_HERE = 486
+    #: The application failed.
+    SERVER_INTERNAL_ERROR = 500
+    #: Overloaded; try later.
+    SERVICE_UNAVAILABLE = 503
+    #: The user declines, everywhere (no other device will take it either).
+    DECLINE = 603
+
+
+#: What an ``on_message`` handler may return: None (200), a status code (an :class:`Answer`
+#: or any final code but 408), ``(status, reason)`` or a :class:`Decision`.
+HandlerResult: TypeAlias = Decision | Answer | int | tuple[int, str] | None
 
 
 def normalize_decision(value: object) -> Decision:
@@ -92,18 +131,28 @@ class HandlerOutcome:
     error: BaseException | None = None
 
 
-def outcome_of(result: object, error: BaseException | None) -> HandlerOutcome:
+def outcome_of(
+    result: object, error: BaseException | None, handler: str = "", about: str = ""
+) -> HandlerOutcome:
     """The outcome of a handler that returned ``result`` or raised ``error`` in time.
 
-    An error, or a result that is not a valid decision, becomes 500 and is logged.
+    An error, or a result that is not a valid decision, becomes 500 and is
+    logged, naming ``handler`` (its qualified name) and ``about`` (the message).
     """
     if error is not None:
-        _log.error("on_message handler raised; answering 500", exc_info=error)
+        _log.error(
+            "on_message handler %s raised on message %s; answering 500", handler, about or "?", exc_info=error
+        )
         return HandlerOutcome(Decision(500), by_handler=False, error=error)
     try:
         return HandlerOutcome(normalize_decision(result), by_handler=True)
     except (TypeError, ValueError) as exc:
-        _log.error("on_message handler returned an invalid decision; answering 500: %s", exc)
+        _log.error(
+            "on_message handler %s returned an invalid decision on message %s; answering 500: %s",
+            handler,
+            about or "?",
+            exc,
+        )
         return HandlerOutcome(Decision(500), by_handler=False, error=exc)
 
 

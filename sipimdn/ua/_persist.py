@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,6 +58,10 @@ class StoreWriter:
         # The batch the worker is writing now; while set, timed batches wait for it.
         self._in_flight: asyncio.Future[None] | None = None
         self._failures = 0
+        #: Batches applied, seconds spent applying them, and the slowest one (worker thread).
+        self.writes = 0
+        self.write_seconds = 0.0
+        self.write_max_seconds = 0.0
         self._closed = False
         # Group commit (see written): submissions so far, how many of them have been
         # through the worker, and who waits for which count.
@@ -87,8 +92,14 @@ class StoreWriter:
 
     def _apply(self, batch: Sequence[Sequence[StoreOp]]) -> None:
         store = self._require()
+        started = time.perf_counter()
         try:
             store.apply(coalesce([op for ops in batch for op in ops]))
+            elapsed = time.perf_counter() - started
+            # Only this worker thread writes these; the loop reads them for stats().
+            self.writes += 1
+            self.write_seconds += elapsed
+            self.write_max_seconds = max(self.write_max_seconds, elapsed)
         except Exception:
             if len(batch) == 1:
                 self._failures += 1

@@ -27,7 +27,7 @@ from ..errors import (
 from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
-from ._base import ALLOW, AgentCore, MessageHandler
+from ._base import ALLOW, AgentCore, MessageHandler, callable_name
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
 from .incoming import IncomingMessage
 
@@ -93,7 +93,17 @@ class ReceivePath(AgentCore):
         tracker = self._require_tracker()
         # An aggregated IMDN (RFC 5438 §8.3) carries several; each is checked on its own.
         notes = (inbound.notification, *inbound.more_notifications)
+        counters = self._counters
         for index, note in enumerate(notes):
+            counters.notifications_received += 1
+            _log.info(
+                "received %s notification '%s' for message %s from %s over %s",
+                note.kind,
+                note.status,
+                note.message_id,
+                inbound.cpim_from or inbound.sip_from,
+                incoming.flow.transport.value,
+            )
             # The replay guard remembers notification ids; the parts of one
             # aggregated IMDN share its Message-ID, so each part gets its own.
             notification_id = inbound.message_id
@@ -153,16 +163,25 @@ class ReceivePath(AgentCore):
                     deciding.followers.append(incoming)
                     return
             status = reception.previous_status or self.config.deadline_status
+            self._counters.duplicates_received += 1
             _log.info(
                 "duplicate message %s from %s answered %d", message_id or request.call_id, sender, status
             )
             incoming.respond(status)
             return
         tracked_as = sender if message_id is not None else inbound.sip_from
+        self._counters.messages_received += 1
+        _log.info(
+            "received message %s from %s over %s%s",
+            message_id or f"(Call-ID {request.call_id})",
+            sender,
+            incoming.flow.transport.value,
+            f", notifications asked: {', '.join(sorted(inbound.notify))}" if inbound.notify else "",
+        )
         pending = Pending(incoming, message_id, tracked_as, transaction)
         if message_id is not None:
             self._deciding[(message_id, sender)] = pending
-        message = _wire.incoming_message(inbound, incoming, self._report)
+        message = _wire.incoming_message(inbound, incoming, self._report, self._reply)
         self._decide(message, pending)
 
     def _answer(self, pending: Pending, outcome: HandlerOutcome) -> None:
@@ -174,6 +193,13 @@ class ReceivePath(AgentCore):
             self._deciding.pop((pending.message_id, pending.sender), None)
         status = outcome.decision.status
         reason = outcome.decision.reason
+        _log.info(
+            "answered message %s from %s: %d%s",
+            pending.message_id or f"(Call-ID {pending.incoming.request.call_id})",
+            pending.sender,
+            status,
+            "" if outcome.by_handler else " (not decided by a handler)",
+        )
         if self._closed:
             pending.respond(status, reason)
             return
@@ -257,18 +283,34 @@ class ReceivePath(AgentCore):
                 raise
             except Exception as exc:
                 if pending.answered:
-                    _log.error("on_message handler failed after its deadline", exc_info=exc)
+                    _log.error(
+                        "on_message handler %s failed on message %s after its deadline",
+                        _names(handlers),
+                        _about(pending),
+                        exc_info=exc,
+                    )
                 else:
-                    self._answer(pending, outcome_of(None, exc))
+                    self._answer(pending, outcome_of(None, exc, _names(handlers), _about(pending)))
                 return
             except BaseException as exc:
                 # What spawn()'s done callback logs for other tasks (a handler's SystemExit, say).
-                _log.error("on_message handler task failed", exc_info=exc)
+                _log.error(
+                    "on_message handler %s task failed on message %s",
+                    _names(handlers),
+                    _about(pending),
+                    exc_info=exc,
+                )
                 raise
             if pending.answered:
-                _log.info("on_message handler decided %r after its deadline; the stack had answered", result)
+                _log.info(
+                    "on_message handler %s decided %r on message %s after its deadline;"
+                    " the stack had answered",
+                    _names(handlers),
+                    result,
+                    _about(pending),
+                )
             else:
-                self._answer(pending, outcome_of(result, None))
+                self._answer(pending, outcome_of(result, None, _names(handlers), _about(pending)))
         finally:
             task = pending.task
             if task is not None:
@@ -280,8 +322,9 @@ class ReceivePath(AgentCore):
             return
         status = self.config.deadline_status
         _log.warning(
-            "on_message handler missed its %.1fs deadline; answered %d for it",
+            "on_message handler missed its %.1fs deadline on message %s; answered %d for it",
             self.config.handler_deadline,
+            _about(pending),
             status,
         )
         self._answer(pending, HandlerOutcome(Decision(status), by_handler=False))
@@ -339,3 +382,14 @@ class Pending:
 
 def _answered(pending: Pending) -> bool:
     return pending.answered
+
+
+def _names(handlers: list[MessageHandler]) -> str:
+    return ", ".join(callable_name(handler) for handler in handlers)
+
+
+def _about(pending: Pending) -> str:
+    """The message a log line is about: its Message-ID and sender, else its Call-ID."""
+    if pending.message_id is not None:
+        return f"{pending.message_id} from {pending.sender}"
+    return f"(Call-ID {pending.incoming.request.call_id}) from {pending.sender}"

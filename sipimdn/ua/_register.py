@@ -10,7 +10,10 @@ granted); this module is only its pump, one asyncio task per user agent:
     :class:`~sipimdn._coretimer.CoreTimer`) or a wake-up.
 
 Its clock is the event loop's (monotonic), never the wall clock: refreshes
-must not drift when the system time is set. A wake-up comes from
+must not drift when the system time is set. The events it hands on carry
+wall-clock times (``refresh_at``, ``retry_at`` as :func:`time.time` values),
+like every event of the user agent: the client's monotonic deadlines are
+converted as they leave it. A wake-up comes from
 :meth:`RegistrationDriver.reregister` (a request through the proxy failed
 on the transport, so the flow our binding points at is probably gone) and
 :meth:`RegistrationDriver.stop` (unregister on close).
@@ -19,7 +22,9 @@ on the transport, so the flow our binding points at is probably gone) and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from .._coretimer import CoreTimer
@@ -228,6 +233,7 @@ class RegistrationDriver:
 
     def _drain(self) -> None:
         while (event := self.client.next_event()) is not None:
+            event = _wall_clock(event, time.time() - asyncio.get_running_loop().time())
             self._last = event
             _log.info("registration of %s: %s", self.client.settings.aor, _describe(event))
             settles = isinstance(event, RegistrationSucceeded) or (
@@ -238,6 +244,15 @@ class RegistrationDriver:
                     if not future.done():
                         future.set_result(event)
             self._emit(event)
+
+
+def _wall_clock(event: RegistrationEvent, offset: float) -> RegistrationEvent:
+    """``event`` with its loop-clock deadline moved to the wall clock (``offset`` = wall - loop)."""
+    if isinstance(event, RegistrationSucceeded):
+        return dataclasses.replace(event, refresh_at=event.refresh_at + offset)
+    if isinstance(event, RegistrationFailed) and event.retry_at is not None:
+        return dataclasses.replace(event, retry_at=event.retry_at + offset)
+    return event
 
 
 def _describe(event: RegistrationEvent) -> str:

@@ -29,7 +29,7 @@ from ..imdn.tracker import (
     PEER_NO_CPIM,
     OwedNotification,
 )
-from ..imdn.vocabulary import REQUEST_KINDS
+from ..imdn.vocabulary import REQUEST_KINDS, Kind, Status
 from ..message import Request, Response
 from ..uri import Uri
 from . import _wire
@@ -60,10 +60,19 @@ class SendPath(AgentCore):
             response = await self._transact(Uri.parse(owed.request_uri), request, owed.request_uri)
             status = response.status_code
         except (TransactionTimeout, TransportError) as exc:
-            _log.info("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, exc)
+            _log.debug("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, exc)
         except _AuthRefused as refused:
             # A final 401/407: retrying the IMDN with the same credentials cannot help.
             status = refused.response.status_code
+        self._counters.notifications_sent += 1
+        _log.info(
+            "sent %s notification '%s' for message %s to %s: %s",
+            owed.kind,
+            owed.status,
+            owed.message_id,
+            owed.request_uri,
+            status if status is not None else "no answer",
+        )
         if self._closed:
             return
         self._require_tracker().notification_outcome(owed.notification_id, status, time.time())
@@ -73,8 +82,8 @@ class SendPath(AgentCore):
             NotificationSent(
                 notification_id=owed.notification_id,
                 message_id=owed.message_id,
-                kind=str(owed.kind),
-                status=str(owed.status),
+                kind=Kind(owed.kind),
+                status=Status(owed.status),
                 to=owed.request_uri,
                 sip_status=status,
                 attempt=owed.attempt,
@@ -125,6 +134,7 @@ class SendPath(AgentCore):
         )
         handle = SentMessage(message_id=message_id, to=to, notify=wanted)
         self._handles[message_id] = handle
+        self._counters.messages_sent += 1
         self._pump()
         outgoing = _wire.Outgoing(
             target=target,
@@ -153,6 +163,13 @@ class SendPath(AgentCore):
         accepted = functools.partial(self._accepted, handle.message_id)
         try:
             request = _wire.build_im_request(self, outgoing, use_cpim=use_cpim)
+            _log.info(
+                "sending message %s to %s (Call-ID %s%s)",
+                handle.message_id,
+                outgoing.to,
+                request.call_id,
+                f", notifications asked: {', '.join(sorted(handle.notify))}" if handle.notify else "",
+            )
             response = await self._transact(
                 outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
             )
@@ -171,17 +188,32 @@ class SendPath(AgentCore):
                     outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
                 )
         except (TransactionTimeout, TransportError) as exc:
+            _log.info("message %s to %s failed: %s", handle.message_id, outgoing.to, exc)
             if not self._closed:
                 tracker.response_received(handle.message_id, exc.status_code, time.time())
                 self._pump()
             handle._set_failure(exc)
             return
         except _AuthRefused as refused:
+            _log.info(
+                "message %s to %s answered %d: %s",
+                handle.message_id,
+                outgoing.to,
+                refused.response.status_code,
+                refused.error,
+            )
             # Not delivered (4xx): the tracker ends the message's tracking as failed.
             tracker.response_received(handle.message_id, refused.response.status_code, time.time())
             self._pump()
             handle._set_failure(refused.error)
             return
+        _log.info(
+            "message %s to %s answered %d %s",
+            handle.message_id,
+            outgoing.to,
+            response.status_code,
+            response.reason,
+        )
         # A 2xx was already recorded by _accepted (this second report is then a no-op).
         tracker.response_received(handle.message_id, response.status_code, time.time())
         self._pump()

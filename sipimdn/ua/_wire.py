@@ -45,6 +45,7 @@ from ..transport.select import Target, target_for_uri
 from ..uri import Uri
 from ._deadline import Decision, normalize_decision
 from .incoming import IncomingMessage
+from .outgoing import SentMessage
 from .request_uri import RequestUriPolicy, RequestUriVerdict
 
 #: Bodies we take in a MESSAGE (RFC 3261 §8.2.3: the Accept of our 415).
@@ -221,8 +222,9 @@ def incoming_message(
     inbound: Inbound,
     incoming: IncomingRequest,
     report: Callable[[str, str, str, str], Awaitable[bool]],
+    reply: Callable[..., Awaitable[SentMessage]] | None = None,
 ) -> IncomingMessage:
-    """The application's view of a received instant message."""
+    """The application's view of a received instant message (``reply`` sends one back)."""
     flow = incoming.flow
     return IncomingMessage(
         sender=inbound.sip_from,
@@ -242,6 +244,7 @@ def incoming_message(
         request=inbound.request,
         cpim=inbound.cpim,
         _report=report,
+        _reply=reply,
     )
 
 

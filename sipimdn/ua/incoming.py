@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from ..errors import LocalProtocolError
+from ..imdn.vocabulary import DispositionRequest, Kind, KindName, NotifyName, Status, StatusName
+from .outgoing import SentMessage
 
 if TYPE_CHECKING:
     from ..cpim import CpimMessage
@@ -14,6 +18,8 @@ __all__ = ["IncomingMessage"]
 
 # (message_id, sender, kind, status) -> whether an IMDN is now owed
 _Reporter = Callable[[str, str, str, str], Awaitable[bool]]
+# (to, body, content_type, notify, subject, transport) -> the reply's handle
+_Replier = Callable[[str, str | bytes, str, frozenset[str], str | None, str | None], Awaitable[SentMessage]]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -57,6 +63,7 @@ class IncomingMessage:
     #: The parsed CPIM envelope, if the body was ``message/cpim``.
     cpim: CpimMessage | None = None
     _report: _Reporter | None = field(default=None, repr=False)
+    _reply: _Replier | None = field(default=None, repr=False)
 
     @property
     def text(self) -> str:
@@ -81,7 +88,28 @@ class IncomingMessage:
         """
         return await self.report("display", "displayed")
 
-    async def report(self, kind: str, status: str) -> bool:
+    async def reply(
+        self,
+        body: str | bytes,
+        *,
+        content_type: str = "text/plain;charset=utf-8",
+        notify: Iterable[DispositionRequest | NotifyName] = (),
+        subject: str | None = None,
+        transport: str | None = None,
+    ) -> SentMessage:
+        """Send an instant message back to the sender (its SIP From URI); return its handle.
+
+        The same as ``ua.send_message(message.sender, body, ...)`` on the user
+        agent that received this message: a new MESSAGE, outside any dialog
+        (RFC 3428 §4), with its own Message-ID. It may be called inside the
+        ``on_message`` handler (the reply does not wait for this message's
+        answer) or later, from a :meth:`~sipimdn.ua.UserAgent.spawn` task.
+        """
+        if self._reply is None:
+            raise LocalProtocolError("this message was not received by a user agent: nothing to reply with")
+        return await self._reply(self.sender, body, content_type, frozenset(notify), subject, transport)
+
+    async def report(self, kind: Kind | KindName, status: Status | StatusName) -> bool:
         """Report an outcome RFC 5438 lets the recipient report.
 
         ``kind`` ``"delivery"`` with ``"failed"``, ``"forbidden"`` or

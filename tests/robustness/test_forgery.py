@@ -170,8 +170,12 @@ async def test_c1_unknown_message_id_changes_nothing() -> None:
         await s.forge(s.bob, imdn_cpim(cpim_from=s.bob.uri, to=s.alice.aor, message_id=imdn.new_message_id(),
                                        recipient_uri=s.bob.uri))
         await s.rejected("unknown-message")
+        stats = s.alice.stats()
+        assert (stats.notifications_received, stats.notifications_rejected) == (1, 1)
+        assert stats.notifications_accepted == 0
         await s.genuine()
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
+        assert s.alice.stats().notifications_accepted == 1
 
 
 @pytest.mark.parametrize("recipient", ["mallory", None])

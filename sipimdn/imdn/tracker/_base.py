@@ -221,6 +221,21 @@ class TrackerCore:
             peers=tuple(self._peers.values()),
         )
 
+    @property
+    def tracked_sent(self) -> int:
+        """Messages we sent that are still tracked (awaiting or remembering their notifications)."""
+        return len(self._sent)
+
+    @property
+    def tracked_received(self) -> int:
+        """Received messages remembered for their notifications (owed or still reportable)."""
+        return len(self._received)
+
+    @property
+    def owed_count(self) -> int:
+        """Notifications we owe and have not sent (or are retrying)."""
+        return len(self._owed)
+
     # --- peers ---------------------------------------------------------------------------------
 
     def peer_flags(self, uri: str) -> frozenset[str]:

@@ -89,7 +89,8 @@ class DispositionChanged:
     status: str | None
     #: Final SIP status that caused it, if the response did.
     sip_status: int | None
-    #: Tracker time of the change.
+    #: When it changed: the ``now`` the tracker was given. From a
+    #: :class:`~sipimdn.ua.UserAgent`, wall-clock seconds (:func:`time.time`).
     at: float
 
 
