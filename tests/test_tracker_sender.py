@@ -512,11 +512,25 @@ def test_no_notification_requested_ends_at_the_response() -> None:
 
 
 def test_imdn_dropped_after_text_plain_fallback() -> None:
+    # Notifications were requested, the message finally went out without CPIM: none can come.
     tracker = new_tracker()
     tracker.response_received("m1", 200, 1.0, imdn_dropped=True)
     events = drain(tracker)
-    assert events[-1] == TrackingEnded("m1", ((BOB, S.ACCEPTED),))
+    assert changes(events) == [(BOB, S.PENDING, S.UNSUPPORTED)]
+    assert events[-1] == TrackingEnded("m1", ((BOB, S.UNSUPPORTED),))
     assert tracker.sent("m1") is None
+
+
+def test_imdn_dropped_without_requests_stays_accepted() -> None:
+    tracker = new_tracker(requested=())
+    tracker.response_received("m1", 200, 1.0, imdn_dropped=True)
+    assert drain(tracker)[-1] == TrackingEnded("m1", ((BOB, S.ACCEPTED),))
+
+
+def test_imdn_dropped_and_refused_is_failed() -> None:
+    tracker = new_tracker()
+    tracker.response_received("m1", 404, 1.0, imdn_dropped=True)
+    assert drain(tracker)[-1] == TrackingEnded("m1", ((BOB, S.FAILED),))
 
 
 # --- registration ------------------------------------------------------------------------------------
@@ -589,10 +603,12 @@ REACH: dict[S, list[tuple[str, ...]]] = {
     S.FORBIDDEN: [("delivery", "forbidden")],
     S.ERROR: [("display", "error")],
     S.EXPIRED: [("expire",)],
+    S.UNSUPPORTED: [("sip-without-cpim", "200")],
 }
 INPUTS: dict[SenderInput, tuple[str, ...]] = {
     SenderInput.SIP_OK: ("sip", "200"),
     SenderInput.SIP_FAIL: ("sip", "404"),
+    SenderInput.SIP_OK_WITHOUT_CPIM: ("sip-without-cpim", "200"),
     SenderInput.EXPIRE: ("expire",),
     **{member: member.value for member in SenderInput if isinstance(member.value, tuple)},
 }
@@ -601,6 +617,8 @@ INPUTS: dict[SenderInput, tuple[str, ...]] = {
 def drive(tracker: DispositionTracker, step: tuple[str, ...], now: float) -> None:
     if step[0] == "sip":
         tracker.response_received("m1", int(step[1]), now)
+    elif step[0] == "sip-without-cpim":
+        tracker.response_received("m1", int(step[1]), now, imdn_dropped=True)
     elif step[0] == "expire":
         tracker.handle_timer(TrackerConfig().tracking_ttl)
     else:

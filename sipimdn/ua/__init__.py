@@ -18,8 +18,9 @@ A minimal receiver and sender on loopback::
 
 Public names: :class:`UserAgent`, :class:`IncomingMessage` (what ``on_message``
 handlers get), :class:`SentMessage` (what ``send_message`` returns),
-:class:`Decision` (a handler's answer with a reason phrase) and
-:class:`Registration` (returned by the ``on_*`` methods). Events are in
+:class:`Decision` (a handler's answer with a reason phrase),
+:class:`Registration` (returned by the ``on_*`` methods) and :class:`Composer`
+(what ``composing(peer)`` returns, RFC 3994). Events are in
 :mod:`sipimdn.events`, the configuration in :mod:`sipimdn.config`.
 
 Behind a registrar and proxy (docs/ARCHITECTURE.md, "The user agent")::
@@ -37,8 +38,9 @@ Behind a registrar and proxy (docs/ARCHITECTURE.md, "The user agent")::
 from __future__ import annotations
 
 from ._agent import Registration, UserAgent
+from ._composing import Composer
 from ._deadline import Decision
 from .incoming import IncomingMessage
 from .outgoing import SentMessage
 
-__all__ = ["Decision", "IncomingMessage", "Registration", "SentMessage", "UserAgent"]
+__all__ = ["Composer", "Decision", "IncomingMessage", "Registration", "SentMessage", "UserAgent"]

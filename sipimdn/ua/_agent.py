@@ -36,6 +36,7 @@ from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
 from ..imdn.tracker import (
     DispositionTracker,
 )
+from ..iscomposing import DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH, ComposingStateChanged
 from ..registration import RegistrationClient, RegState
 from ..stack import SipStack
 from ..store import SqliteStore
@@ -43,6 +44,7 @@ from ..transport.base import ConnectionCounters
 from ..uri import Uri
 from . import _wire
 from ._base import MessageHandler
+from ._composing import Composer, ComposingPath
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
@@ -71,7 +73,7 @@ class Registration:
         self.unregister()
 
 
-class UserAgent(ReceivePath, SendPath):
+class UserAgent(ReceivePath, ComposingPath, SendPath):
     """Sends and receives instant messages with delivery and display notifications.
 
     Use as ``async with UserAgent(config) as ua:``; pass ``store=`` to plug
@@ -265,6 +267,18 @@ class UserAgent(ReceivePath, SendPath):
         self._registration_handlers.append(handler)
         return Registration(self._registration_handlers, handler)
 
+    def on_composing(self, handler: Callable[[ComposingStateChanged], Awaitable[None]]) -> Registration:
+        """Call ``await handler(event)`` when a peer starts or stops composing (RFC 3994).
+
+        ``event`` is a :class:`~sipimdn.iscomposing.ComposingStateChanged`: ``sender``
+        (CPIM From, else SIP From), ``state`` (``active``/``idle``), ``content_type``,
+        ``refresh``, ``last_active`` and ``cause``: an indication, a ``timeout`` (an active
+        state not refreshed in time, RFC 3994 §3.3), a ``message`` from the sender, or
+        ``limit`` (too many senders active at once).
+        """
+        self._composing_handlers.append(handler)
+        return Registration(self._composing_handlers, handler)
+
     @property
     def registration_state(self) -> RegState | None:
         """Where our registration stands; None when the configuration does not register."""
@@ -358,6 +372,30 @@ class UserAgent(ReceivePath, SendPath):
         owed, privacy setting, or unknown message).
         """
         return self._mark_displayed(message_id, sender)
+
+    def composing(
+        self,
+        peer: str,
+        *,
+        content_type: str | None = "text/plain",
+        refresh: int = DEFAULT_REFRESH,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        cpim: bool | None = None,
+    ) -> Composer:
+        """Our composing state towards ``peer`` (RFC 3994 §3.2): call ``keystroke()`` on it.
+
+        The same :class:`~sipimdn.ua.Composer` is returned for a peer while the
+        application holds it (the other arguments apply when it is made).
+        ``refresh`` (at least 60 s) is how often an active state is re-sent,
+        ``idle_timeout`` how long after the last keystroke ``idle`` is sent.
+        ``cpim`` forces the indications into message/cpim (no IMDN header) or
+        bare; default: as messages (``config.use_cpim``, off for a peer known to
+        refuse CPIM). A message sent to the peer ends the active state with no
+        ``idle`` indication.
+        """
+        return self._composer(
+            peer, content_type=content_type, refresh=refresh, idle_timeout=idle_timeout, cpim=cpim
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the user agent tracks: its errors are logged, close() cancels it."""

@@ -24,6 +24,7 @@ from ..errors import (
     ImdnError,
     RemoteProtocolError,
 )
+from ..imdn.tracker import PEER_CPIM, PEER_NO_CPIM
 from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
@@ -80,10 +81,26 @@ class ReceivePath(AgentCore):
             headers = _wire.capability_headers(ALLOW) if exc.status_code == 415 else []
             incoming.respond(exc.status_code, safe_reason_phrase(exc.reason), headers)
             return
-        if inbound.notification is not None:
+        if inbound.composing is not None:
+            # RFC 3994 §3.3: answered 200, never delivered as a message, owes no IMDN.
+            incoming.respond(200)
+            self._learn_capabilities(inbound)
+            self._composing_received(inbound.cpim_from or inbound.sip_from, inbound.composing)
+        elif inbound.notification is not None:
             self._receive_notification(incoming, inbound)
         else:
             self._receive_im(incoming, inbound)
+
+    def _learn_capabilities(self, inbound: _wire.Inbound) -> None:
+        """A peer that sends us message/cpim takes it: remember (only a change is written)."""
+        if inbound.cpim is None or self._closed:
+            return
+        tracker = self._require_tracker()
+        flags = tracker.peer_flags(inbound.sip_from)
+        if PEER_CPIM not in flags or PEER_NO_CPIM in flags:
+            now = time.time()
+            tracker.set_peer_flag(inbound.sip_from, PEER_NO_CPIM, False, now)
+            tracker.set_peer_flag(inbound.sip_from, PEER_CPIM, True, now)
 
     def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business
@@ -158,6 +175,8 @@ class ReceivePath(AgentCore):
             )
             incoming.respond(status)
             return
+        self._learn_capabilities(inbound)
+        self._composing_message_from(sender)
         tracked_as = sender if message_id is not None else inbound.sip_from
         pending = Pending(incoming, message_id, tracked_as, transaction)
         if message_id is not None:
