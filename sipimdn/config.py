@@ -257,6 +257,9 @@ class UserAgentConfig:
     #: Locate servers by RFC 3263 with the system's name servers (``/etc/resolv.conf``); with
     #: neither this nor ``dns_servers``, a host name is looked up with getaddrinfo only.
     rfc3263: bool = False
+    #: Seconds past a peer's announced refresh interval (RFC 3994 §3.3) before its active
+    #: composing state times out to idle: its refresh reaches us a network delay late.
+    composing_grace: float = 10.0
     #: Attempts (first send included) for one IMDN before it is given up.
     imdn_max_attempts: int = 4
     #: First back-off (seconds) before an IMDN is retried; it doubles each time.
@@ -319,8 +322,8 @@ class UserAgentConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.close_grace < 0:
-            raise ValueError("close_grace must not be negative")
+        if self.close_grace < 0 or self.composing_grace < 0:
+            raise ValueError("close_grace and composing_grace must not be negative")
         if self.dedup_ttl <= 0 or self.state_expiry <= 0 or self.peer_capability_ttl <= 0:
             raise ValueError("dedup_ttl, state_expiry and peer_capability_ttl must be positive")
         if isinstance(self.dns_servers, str):

@@ -76,7 +76,7 @@ class AgentCore:
         # Composition indications (RFC 3994): every sender's state as we see it, and our
         # composers by peer (weak: the application holds them; the active ones are also
         # held here so that their idle indication still goes out).
-        self._composing_rx = ComposingReceiver()
+        self._composing_rx = ComposingReceiver(grace=config.composing_grace)
         self._composers: weakref.WeakValueDictionary[str, Composer] = weakref.WeakValueDictionary()
         self._active_composers: dict[str, Composer] = {}
         # OPTIONS probes in flight by peer URI (``probe_options``), shared by the messages
