@@ -433,6 +433,12 @@ class LinphoneReader:
             time.sleep(0.05)
         raise PeerError(f"lpreader did not register within {register_timeout} s\n{self.describe()}")
 
+    def compose(self, uri: str) -> None:
+        """Type to ``uri``: liblinphone sends an is-composing ``active`` indication (RFC 3994)."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(f"compose {uri}\n".encode())
+        self.process.stdin.flush()
+
     def read_ids(self) -> list[str]:
         """The Message-IDs of the messages it has marked read (display IMDN sent)."""
         return [line.split()[1] for line in self.output().splitlines() if line.startswith("read ")]
