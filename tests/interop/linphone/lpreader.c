@@ -4,7 +4,7 @@
  *
  * Why it exists: marking a chat room as read (linphone_chat_room_mark_as_read) is the only
  * thing that makes liblinphone send a display IMDN, and neither linphone-daemon nor linphonec
- * ever does it (shared/interop-linphone.md 2.2). This program runs one core from a config
+ * ever does it. This program runs one core from a config
  * file (the same linphonerc the daemon uses), prints what happens on stdout, one event per
  * line, and marks each room read a given delay after a message arrives in it.
  *
