@@ -6,8 +6,9 @@ routes every MESSAGE and IMDN between them by location; sipimdn uses it as outbo
 
 liblinphone 5.1's January bug (its CPIM parser stores the month 0-based, then refuses a month
 below 1): it rejects any CPIM whose DateTime is in January (488). sipimdn stamps DateTime
-with the current time, so in January the ``not_january`` fixture moves the user agent's wall clock (only its own modules' view of
-``time.time``) 31 days on; the rest of the year it changes nothing.
+with the current time, so in January the ``not_january`` fixture moves the user agent's wall
+clock (only its own modules' view of ``time.time``) 31 days on; the rest of the year it changes
+nothing.
 
 liblinphone sends a display notification only when a client marks the chat room read,
 which linphone-daemon never does: the display test runs alice in ``lpreader``
