@@ -24,7 +24,8 @@ seconds; otherwise 1. Usage errors exit 2. While the MESSAGE goes unanswered
 or a notification is awaited, progress lines go to standard error (from the
 second retransmission, or after 1, 3, 7, 15 s and then every 8 s).
 
-JSON events: ``listening``, ``message``, ``stopped`` (listen); ``sent``,
+JSON events: ``listening``, ``message``, ``composing`` (``from``, ``state``,
+``content_type``, ``refresh``, ``last_active``, ``cause``), ``stopped`` (listen); ``sent``,
 ``response``, ``timeout``, ``failed``, ``outcome``, ``done`` (send, demo);
 ``demo``; and the library events by name: ``disposition-changed``,
 ``notification-accepted``, ``notification-rejected``, ``tracking-ended``,
