@@ -12,6 +12,7 @@ from ua_helpers import Recorder, StackPeer, ua_config
 
 from sipimdn import UserAgent
 from sipimdn.events import DispositionChanged, DispositionState, TrackingEnded
+from sipimdn.imdn import build_im
 from sipimdn.imdn.tracker import PEER_CPIM, PEER_NO_CPIM
 from sipimdn.message import Request
 from sipimdn.ua import IncomingMessage
@@ -109,7 +110,7 @@ async def test_without_probing_no_options_is_sent() -> None:
 
 async def test_a_peer_that_sends_cpim_is_known_to_take_it() -> None:
     async with (
-        UserAgent(ua_config("bob")) as bob,
+        StackPeer("speaker", answer=_answer_with_accept("text/plain")) as peer,
         UserAgent(ua_config("alice", probe_options=True)) as alice,
     ):
         got: list[IncomingMessage] = []
@@ -118,20 +119,16 @@ async def test_a_peer_that_sends_cpim_is_known_to_take_it() -> None:
         async def take(message: IncomingMessage) -> None:
             got.append(message)
 
-        sent = await bob.send_message(alice.aor, "from bob")  # message/cpim by default
-        assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 200
-        assert PEER_CPIM in alice.tracker.peer_flags(bob.aor)
-
-        seen: list[IncomingMessage] = []
-
-        @bob.on_message
-        async def keep(message: IncomingMessage) -> None:
-            seen.append(message)
-
-        back = await alice.send_message(bob.aor, "to bob", notify={"positive-delivery"})
-        # No probe was needed: the reply went as CPIM and its notification came back.
-        assert await back.await_disposition("delivered", timeout=5) is S.DELIVERED
-        assert seen[0].cpim is not None
+        envelope = build_im(from_=peer.aor, to=alice.aor, body=b"hi alice", now=1.8e9)
+        response = await peer.send_message(alice.aor, "message/cpim", envelope.to_bytes())
+        assert response.status_code == 200
+        assert got[0].cpim is not None
+        # No probe is needed (its OPTIONS answer would even say text/plain): it sent us CPIM.
+        back = await alice.send_message(peer.aor, "hi back", notify={"positive-delivery"})
+        assert (await asyncio.wait_for(back.final_response(), 5)).status_code == 200
+        (request,) = await peer.wait_requests(1)
+        assert (request.method, _mime(request)) == ("MESSAGE", "message/cpim")
+        assert back.notify == frozenset({"positive-delivery"})
 
 
 async def test_415_fallback_ends_requested_notifications_unsupported() -> None:

@@ -82,6 +82,8 @@ class AgentCore:
         # OPTIONS probes in flight by peer URI (``probe_options``), shared by the messages
         # waiting for the same answer.
         self._probes: dict[str, asyncio.Task[Any]] = {}
+        # Peers that sent us message/cpim, by SIP From: when that stops proving they take it.
+        self._sent_us_cpim: dict[str, float] = {}
         self._registrar: RegistrationDriver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.

@@ -19,12 +19,12 @@ import logging
 import time
 from typing import Any
 
+from .._cache import remember_text
 from ..errors import (
     CpimError,
     ImdnError,
     RemoteProtocolError,
 )
-from ..imdn.tracker import PEER_CPIM, PEER_NO_CPIM
 from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
@@ -38,6 +38,8 @@ _log = logging.getLogger("sipimdn.ua")
 #: Resends of a message still being decided that wait for its answer (more get the deadline
 #: status at once): a sender retries a few times, only a flood sends more.
 _MAX_FOLLOWERS = 8
+#: Senders remembered as having sent us message/cpim (past this the table starts over).
+_MAX_CPIM_SENDERS = 4096
 
 
 class ReceivePath(AgentCore):
@@ -92,15 +94,14 @@ class ReceivePath(AgentCore):
             self._receive_im(incoming, inbound)
 
     def _learn_capabilities(self, inbound: _wire.Inbound) -> None:
-        """A peer that sends us message/cpim takes it: remember (only a change is written)."""
-        if inbound.cpim is None or self._closed:
-            return
-        tracker = self._require_tracker()
-        flags = tracker.peer_flags(inbound.sip_from)
-        if PEER_CPIM not in flags or PEER_NO_CPIM in flags:
-            now = time.time()
-            tracker.set_peer_flag(inbound.sip_from, PEER_NO_CPIM, False, now)
-            tracker.set_peer_flag(inbound.sip_from, PEER_CPIM, True, now)
+        """A peer that sends us message/cpim takes it: remembered so ``probe_options`` need not
+        ask it. In memory and bounded (any peer can send us anything, so this is no store
+        record per sender), until ``peer_capability_ttl`` passes."""
+        if inbound.cpim is not None:
+            remember_text(
+                self._sent_us_cpim, inbound.sip_from, time.time() + self.config.peer_capability_ttl,
+                _MAX_CPIM_SENDERS,
+            )
 
     def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business

@@ -122,7 +122,7 @@ class SendPath(AgentCore):
                 wanted = frozenset()  # our own choice: nothing was requested
             elif PEER_NO_CPIM in flags:
                 use_cpim = False
-            elif self.config.probe_options and PEER_CPIM not in flags:
+            elif self.config.probe_options and PEER_CPIM not in flags and not self._sent_us_cpim_lately(to):
                 use_cpim = None
             else:
                 use_cpim = True
@@ -237,6 +237,11 @@ class SendPath(AgentCore):
                 message_id, response.status_code, time.time(), imdn_dropped=dropped
             )
             self._pump()
+
+    def _sent_us_cpim_lately(self, peer: str) -> bool:
+        """Whether ``peer`` sent us message/cpim within ``peer_capability_ttl``: it takes it."""
+        until = self._sent_us_cpim.get(peer)
+        return until is not None and until > time.time()
 
     async def _probe(self, outgoing: _wire.Outgoing) -> bool:
         """Ask a peer of unknown capabilities with OPTIONS whether it takes message/cpim.
