@@ -112,6 +112,32 @@ async def test_idle_timeout_and_stop_send_idle_with_last_active(cpim: bool) -> N
         assert [_indication(r)[1] for r in requests] == [ACTIVE, IDLE, ACTIVE, IDLE]
 
 
+async def test_a_peer_refusing_indications_gets_no_more() -> None:
+    def text_only(request: Request) -> int:
+        return 200 if request.content_type is not None and request.content_type.mime == "text/plain" else 415
+
+    async with StackPeer("old", answer=text_only) as peer, UserAgent(ua_config("alice")) as alice:
+        composer = alice.composing(peer.aor, cpim=False)
+        composer.keystroke()
+        await peer.wait_requests(1)
+        for _ in range(50):  # the 415 reaches the composer a loop turn or two later
+            if composer.refused:
+                break
+            await asyncio.sleep(0.01)
+        assert composer.refused
+        composer.stop()  # would be "idle": not sent
+        composer.keystroke()  # would be "active": not sent
+        sent = await alice.send_message(peer.aor, "typed anyway", cpim=False)
+        assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 200
+        assert [_indication(r)[1] if _mime(r) == CONTENT_TYPE else _mime(r) for r in peer.requests] == [
+            ACTIVE, "text/plain",
+        ]
+
+
+def _mime(request: Request) -> str | None:
+    return request.content_type.mime if request.content_type is not None else None
+
+
 async def test_composer_refuses_a_refresh_below_60_s_and_non_sip_peers() -> None:
     async with UserAgent(ua_config("alice")) as alice:
         with pytest.raises(LocalProtocolError):

@@ -54,11 +54,20 @@ class Composer:
         self.peer = peer
         self._core = core
         self._cpim = cpim
+        # Set when the peer refused an indication (415, 488, 501...): it does not take them,
+        # so the composer keeps its state but sends nothing more.
+        self._refused = False
 
     @property
     def state(self) -> ComposingState:
         """``active`` or ``idle``."""
         return self._core.state
+
+    @property
+    def refused(self) -> bool:
+        """True once the peer refused an indication (a 4xx/5xx/6xx other than 401/407, 408 and
+        503): nothing more is sent to it from this composer."""
+        return self._refused
 
     def keystroke(self) -> None:
         """The user edited the draft."""
@@ -128,7 +137,8 @@ class ComposingPath(SendPath):
         """Send what the composer queued; keep it referenced while it has deadlines."""
         core = composer._core
         while (indication := core.next_indication()) is not None:
-            self._spawn_wire(self._send_indication(composer, indication))
+            if not composer._refused:
+                self._spawn_wire(self._send_indication(composer, indication))
         if core.get_timer() is None:
             self._active_composers.pop(composer.peer, None)
         else:
@@ -170,7 +180,15 @@ class ComposingPath(SendPath):
         except _AuthRefused as refused:
             _log.info("%s indication to %s refused: %s", indication.state, peer, refused.error)
             return
-        if not 200 <= response.status_code < 300:
-            _log.info("%s indication to %s answered %d", indication.state, peer, response.status_code)
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status not in (408, 503) and not composer._refused:
+            # RFC 3994 §3.2 leaves it to the composer; a peer that refused one indication
+            # (415 from a text-only client, say) would refuse every keystroke's.
+            composer._refused = True
+            _log.info("%s refused a composing indication (%d): sending it no more", peer, status)
+        else:
+            _log.info("%s indication to %s answered %d", indication.state, peer, status)
 
 
