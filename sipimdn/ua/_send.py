@@ -168,14 +168,8 @@ class SendPath(AgentCore):
             _log.exception("store write before sending %s failed", outgoing.message_id)
         # A 2xx is recorded the moment the stack matches it (see _accepted), so an IMDN
         # read in the same loop turn, just behind it, finds the message accepted.
-        try:
-            use_cpim = cpim if cpim is not None else await self._probe(outgoing)
-        except (TransactionTimeout, TransportError) as exc:
-            if not self._closed:
-                tracker.response_received(handle.message_id, exc.status_code, time.time())
-                self._pump()
-            handle._set_failure(exc)
-            return
+        # A probe never fails: what it cannot learn leaves the default, message/cpim.
+        use_cpim = cpim if cpim is not None else await self._probe(outgoing)
         if not use_cpim:
             handle._set_notify(frozenset())
         # Without CPIM no notification can come: tracking ends at the answer (``unsupported``
