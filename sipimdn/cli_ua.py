@@ -7,8 +7,9 @@ Shapes (scripts and tests rely on them)::
                    [--worker-id NAME] [--metrics-port PORT [--metrics-host HOST]] [--json]
     sipimdn send --aor sip:alice@127.0.0.1 [--listen udp:127.0.0.1:0] --to sip:bob@127.0.0.1:5070
                  --text TEXT [--notify positive-delivery,negative-delivery,display] [--wait SECONDS]
-                 [--transport udp|tcp|tls] [--json]
-    (both also take --proxy URI, --register [--registrar URI] [--register-expires SECONDS],
+                 [--transport udp|tcp|tls] [--probe-options] [--json]
+    (both also take --dns-server HOST:PORT (RFC 3263 NAPTR/SRV location),
+     --proxy URI, --register [--registrar URI] [--register-expires SECONDS],
      --username NAME with the password in --password-file PATH or $SIPIMDN_PASSWORD,
      --cert/--key/--ca, --store PATH|URL: a SQLite file or postgresql://user@host/db)
     sipimdn demo [--json] [--text TEXT]
@@ -23,7 +24,8 @@ seconds; otherwise 1. Usage errors exit 2. While the MESSAGE goes unanswered
 or a notification is awaited, progress lines go to standard error (from the
 second retransmission, or after 1, 3, 7, 15 s and then every 8 s).
 
-JSON events: ``listening``, ``message``, ``stopped`` (listen); ``sent``,
+JSON events: ``listening``, ``message``, ``composing`` (``from``, ``state``,
+``content_type``, ``refresh``, ``last_active``, ``cause``), ``stopped`` (listen); ``sent``,
 ``response``, ``timeout``, ``failed``, ``outcome``, ``done`` (send, demo);
 ``demo``; and the library events by name: ``disposition-changed``,
 ``notification-accepted``, ``notification-rejected``, ``tracking-ended``,
@@ -77,9 +79,11 @@ from .events import (
     Unregistered,
 )
 from .imdn.tracker import DeclineReason
-from .imdn.vocabulary import DispositionRequest
+from .imdn.vocabulary import DispositionRequest, DispositionState
+from .iscomposing import ComposingStateChanged
 from .metrics import MetricsExporter, require_prometheus_client
 from .store import open_store
+from .transport.dns import parse_nameserver
 from .transport.flow import is_ip_literal
 from .ua import IncomingMessage, SentMessage, UserAgent
 from .uri import Uri
@@ -218,6 +222,15 @@ def _endpoint(text: str) -> ListenEndpoint:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _dns_server(text: str) -> str:
+    """A name server as ``host:port`` (argparse ``type=``)."""
+    try:
+        parse_nameserver(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _notify(text: str) -> frozenset[DispositionRequest]:
     kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
     unknown = kinds - set(_NOTIFY_KINDS)
@@ -342,6 +355,14 @@ def _add_common(parser: argparse.ArgumentParser, *, listen_default: str | None) 
         "--proxy", default=None, type=_uri, help="outbound proxy URI: every request goes through it"
     )
     parser.add_argument(
+        "--dns-server",
+        action="append",
+        type=_dns_server,
+        default=None,
+        metavar="HOST:PORT",
+        help="name server for RFC 3263 location (NAPTR, SRV, A), repeatable; needs sipimdn[dns]",
+    )
+    parser.add_argument(
         "--register",
         action="store_true",
         help="register our contact with the registrar (the AOR's domain, through --proxy) while running",
@@ -462,6 +483,7 @@ def _config(args: argparse.Namespace, default_listen: str, **extra: Any) -> User
             store_path=args.store,
             tls_server_context=server,
             tls_client_context=client,
+            dns_servers=tuple(args.dns_server or ()),
             **extra,
         )
     except ValueError as exc:
@@ -616,7 +638,21 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
             async def on_disposition(event: DispositionEvent) -> None:
                 printer.emit_dataclass(event, _describe(event))
 
+            async def on_composing(event: ComposingStateChanged) -> None:
+                what = f" {event.content_type}" if event.content_type else ""
+                printer.emit(
+                    "composing",
+                    f"{event.sender} is {event.state}{what} ({event.cause.value})",
+                    **{"from": event.sender},
+                    state=event.state,
+                    content_type=event.content_type,
+                    refresh=event.refresh,
+                    last_active=event.last_active.isoformat() if event.last_active else None,
+                    cause=event.cause,
+                )
+
             ua.on_message(on_message)
+            ua.on_composing(on_composing)
             ua.on_notification(on_notification)
             ua.on_disposition(on_disposition)
             ua.on_registration(_print_registration(printer))
@@ -672,7 +708,7 @@ def run_listen(args: argparse.Namespace) -> int:
 
 
 async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress) -> int:
-    config = _config(args, "udp:127.0.0.1:0")
+    config = _config(args, "udp:127.0.0.1:0", probe_options=args.probe_options)
     notify: frozenset[DispositionRequest] = args.notify
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args.wait
@@ -784,6 +820,17 @@ async def _outcome(
         except TimeoutError:
             printer.emit("timeout", f"no {target} notification in time", waiting_for=target)
             return 1
+        if state is DispositionState.UNSUPPORTED:
+            # Accepted, but the peer takes no CPIM: the message went as text/plain and no
+            # notification can come. Said once; not a failure of the message.
+            printer.emit(
+                "outcome",
+                f"accepted as text/plain: {to} takes no message/cpim, so no notification can come",
+                state=state,
+                expected=target,
+            )
+            wanted = []
+            break
         if not handle.reached(target):
             printer.emit("outcome", f"ended as {state}, not {target}", state=state, expected=target)
             ok = False
@@ -921,6 +968,11 @@ def register(subparsers: Any) -> None:
     )
     send.add_argument(
         "--transport", choices=("udp", "tcp", "tls"), default=None, help="transport to the peer"
+    )
+    send.add_argument(
+        "--probe-options",
+        action="store_true",
+        help="ask the peer with OPTIONS first; send text/plain if its Accept lacks message/cpim",
     )
     send.add_argument(
         "--list",

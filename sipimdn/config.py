@@ -244,6 +244,22 @@ class UserAgentConfig:
     use_cpim: bool = True
     #: After a 415 to ``message/cpim``, retry once as ``text/plain`` and remember the peer.
     cpim_fallback: bool = True
+    #: Before the first message to a peer whose capabilities are unknown, ask it with OPTIONS
+    #: (RFC 3261 §11) and send text/plain when its Accept lacks ``message/cpim``; requested
+    #: notifications then end ``unsupported``. Off: message/cpim until a 415 says otherwise.
+    probe_options: bool = False
+    #: How long (seconds) what a peer accepts, learned from a 415, an OPTIONS answer or what
+    #: it sends us, is remembered.
+    peer_capability_ttl: float = 7 * 24 * 3600.0
+    #: Name servers (``host:port``) for RFC 3263 server location (NAPTR, SRV, A/AAAA; needs
+    #: ``pip install 'sipimdn[dns]'``). Setting any turns RFC 3263 location on.
+    dns_servers: tuple[str, ...] = ()
+    #: Locate servers by RFC 3263 with the system's name servers (``/etc/resolv.conf``); with
+    #: neither this nor ``dns_servers``, a host name is looked up with getaddrinfo only.
+    rfc3263: bool = False
+    #: Seconds past a peer's announced refresh interval (RFC 3994 §3.3) before its active
+    #: composing state times out to idle: its refresh reaches us a network delay late.
+    composing_grace: float = 10.0
     #: Attempts (first send included) for one IMDN before it is given up.
     imdn_max_attempts: int = 4
     #: First back-off (seconds) before an IMDN is retried; it doubles each time.
@@ -306,10 +322,17 @@ class UserAgentConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.close_grace < 0:
-            raise ValueError("close_grace must not be negative")
-        if self.dedup_ttl <= 0 or self.state_expiry <= 0:
-            raise ValueError("dedup_ttl and state_expiry must be positive")
+        if self.close_grace < 0 or self.composing_grace < 0:
+            raise ValueError("close_grace and composing_grace must not be negative")
+        if self.dedup_ttl <= 0 or self.state_expiry <= 0 or self.peer_capability_ttl <= 0:
+            raise ValueError("dedup_ttl, state_expiry and peer_capability_ttl must be positive")
+        if isinstance(self.dns_servers, str):
+            raise ValueError("dns_servers is a sequence of host:port strings, not one string")
+        if self.dns_servers:
+            from .transport.dns import parse_nameserver  # noqa: PLC0415  (only when used: loads asyncio)
+
+            for server in self.dns_servers:
+                parse_nameserver(server)
         _check_store(self.store_path, self.worker_id)
         self._check_registration()
         check_connection_limits(self.max_connections, self.max_connections_per_source,

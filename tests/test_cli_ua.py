@@ -358,3 +358,62 @@ def test_send_list_flag_reaches_send_message(monkeypatch: pytest.MonkeyPatch) ->
     assert [kw["to_list"] for kw in seen] == [True]
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events[:1] == ["sent"]
+
+
+def test_send_finds_the_listener_through_dns_srv(tmp_path: Path) -> None:
+    """RFC 3263: ``send --dns-server`` to a SIP URI in the test domain reaches the UA its SRV names."""
+    pytest.importorskip("dns.asyncresolver")  # the dns extra; scripts/test installs it for CI
+    from _dnsmasq import DOMAIN, dnsmasq
+
+    with listener("--auto-display", "0.1", aor=f"sip:bob@{DOMAIN}") as (proc, listening):
+        port = int(listening["endpoints"][0].rsplit(":", 1)[1])
+        records = [f"--srv-host=_sip._udp.{DOMAIN},bob-host.{DOMAIN},{port},0,10",
+                   f"--host-record=bob-host.{DOMAIN},127.0.0.1"]
+        with dnsmasq(records, tmp_path) as server:
+            result = _send(f"sip:bob@{DOMAIN}", "--dns-server", server.address,
+                           "--notify", "positive-delivery,display")
+            asked = server.queries()
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = _json_lines(result.stdout)
+        assert [e["state"] for e in events if e["event"] == "disposition-changed"] == [
+            "accepted", "delivered", "displayed",
+        ]
+        assert any(q.startswith(f"query[SRV] _sip._udp.{DOMAIN}") for q in asked), asked
+        code, listen_events = _stop(proc)
+    assert code == 0
+    assert next(e for e in listen_events if e["event"] == "message")["to"] == f"sip:bob@{DOMAIN}"
+
+
+def test_send_rejects_a_dns_server_that_is_not_an_address() -> None:
+    result = _send("sip:bob@example.com", "--dns-server", "ns.example.com")
+    assert result.returncode == 2
+    assert "not an IP address" in result.stderr
+
+
+def test_listen_prints_composing_events() -> None:
+    from sipimdn.iscomposing import CONTENT_TYPE, build_iscomposing
+
+    async def indicate(bob: str) -> None:
+        from ua_helpers import StackPeer
+
+        async with StackPeer("alice") as alice:
+            for document in (build_iscomposing("active", content_type="text/plain", refresh=90),
+                             build_iscomposing("idle")):
+                assert (await alice.send_message(bob, CONTENT_TYPE, document)).status_code == 200
+
+    with listener() as (proc, listening):
+        asyncio.run(indicate(listening["aor"]))
+        assert proc.stdout is not None
+        first = _read_line(proc.stdout, 10)  # printed as the indication arrives
+        proc.send_signal(signal.SIGINT)
+        # Read through the same buffered stream: the line read above may have buffered more.
+        rest = proc.stdout.read()
+        code = proc.wait(15)
+    assert code == 0
+    events = _json_lines(first + rest)
+    composing = [e for e in events if e["event"] == "composing"]
+    assert [(e["state"], e["content_type"], e["refresh"]) for e in composing] == [
+        ("active", "text/plain", 90), ("idle", "text/plain", None),
+    ]
+    assert composing[0]["from"].startswith("sip:alice@127.0.0.1:")
+    assert not any(e["event"] == "message" for e in events)

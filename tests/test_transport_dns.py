@@ -330,3 +330,62 @@ async def test_cname_loop_is_a_transport_error_naming_it() -> None:
         assert f"A loop-x.{DOMAIN}: CNAME chain too long (a loop?)" in message
     finally:
         transport.close()
+
+
+async def test_user_agent_with_dns_servers_fails_over_to_the_second_srv_target(tmp_path: Path) -> None:
+    """UserAgentConfig.dns_servers puts the RFC 3263 locator under the user agent: a message to
+    a SIP URI of the test domain goes to the first SRV target, which answers 503, then to the
+    second, a user agent whose delivery notification comes back (RFC 3263 §4.3)."""
+    from sipimdn import UserAgent
+    from sipimdn.config import ListenEndpoint, UserAgentConfig
+    from sipimdn.ua import IncomingMessage
+
+    refused: list[IncomingRequest] = []
+
+    def busy(incoming: IncomingRequest) -> None:
+        refused.append(incoming)
+        incoming.respond(503)
+
+    domain = f"ua.{DOMAIN}"
+    bob_config = UserAgentConfig(aor=f"sip:bob@{domain}", listen=(ListenEndpoint("udp", "127.0.0.1", 0),))
+    async with (
+        SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as first,
+        UserAgent(bob_config) as bob,
+    ):
+        first.on_request(busy)
+        got: list[IncomingMessage] = []
+
+        @bob.on_message
+        async def take(message: IncomingMessage) -> None:
+            got.append(message)
+
+        bob_port = next(e.port for e in bob.endpoints if e.transport == "udp")
+        records = [
+            f"--srv-host=_sip._udp.{domain},a.{DOMAIN},{_port(first, UDP)},10,0",
+            f"--srv-host=_sip._udp.{domain},a.{DOMAIN},{bob_port},20,0",
+            f"--host-record=a.{DOMAIN},127.0.0.1",
+        ]
+        with dnsmasq(records, tmp_path) as server:
+            alice_config = UserAgentConfig(
+                aor="sip:alice@127.0.0.1:0",
+                listen=(ListenEndpoint("udp", "127.0.0.1", 0),),
+                dns_servers=(server.address,),
+            )
+            async with UserAgent(alice_config) as alice:
+                assert isinstance(alice.stack.locator, DnsLocator)
+                to = f"sip:bob@{domain}"
+                handle = await alice.send_message(to, "found you", notify={"positive-delivery"})
+                assert (await asyncio.wait_for(handle.final_response(), 10)).status_code == 200
+                assert await handle.await_disposition("delivered", timeout=5) == "delivered"
+            assert len(refused) == 1
+            assert [m.text for m in got] == ["found you"]
+            assert any(q.startswith(f"query[SRV] _sip._udp.{domain}") for q in server.queries())
+
+
+def test_user_agent_config_refuses_a_dns_server_name() -> None:
+    from sipimdn.config import UserAgentConfig
+
+    with pytest.raises(ValueError, match="not an IP address"):
+        UserAgentConfig(aor="sip:alice@127.0.0.1", dns_servers=("ns.example.com",))
+    with pytest.raises(ValueError, match="sequence"):
+        UserAgentConfig(aor="sip:alice@127.0.0.1", dns_servers="127.0.0.1:53")  # type: ignore[arg-type]

@@ -219,7 +219,7 @@ def test_build_imdn_request_from_an_owed_record() -> None:
 
 def test_capability_headers_and_reason_phrase() -> None:
     headers = dict(_wire.capability_headers("MESSAGE, OPTIONS"))
-    assert headers["Accept"] == "message/cpim, text/plain, message/imdn+xml"
+    assert headers["Accept"] == "message/cpim, text/plain, message/imdn+xml, application/im-iscomposing+xml"
     assert "deflate" in headers["Accept-Encoding"]
     assert safe_reason_phrase("two\r\nlines  here") == "two lines here"
     assert safe_reason_phrase("") == "Error"

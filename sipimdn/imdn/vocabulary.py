@@ -116,6 +116,10 @@ class DispositionState(StrEnum):
     ERROR = "error"
     #: Tracking ended with no positive news (terminal).
     EXPIRED = "expired"
+    #: Accepted, but sent without message/cpim because the peer does not take it (its 415,
+    #: or the Accept of its OPTIONS answer): the notifications requested cannot come, since
+    #: RFC 5438 §6 carries requests only in CPIM (terminal).
+    UNSUPPORTED = "unsupported"
 
 
 #: The positive path, in order; a state later in it implies every earlier one
@@ -134,6 +138,7 @@ TERMINAL_STATES: Final = frozenset(
         DispositionState.FORBIDDEN,
         DispositionState.ERROR,
         DispositionState.EXPIRED,
+        DispositionState.UNSUPPORTED,
     }
 )
 
@@ -144,6 +149,7 @@ STATE_RANK: Final[Mapping[DispositionState, int]] = {
     DispositionState.FORBIDDEN: 4,
     DispositionState.ERROR: 4,
     DispositionState.EXPIRED: 4,
+    DispositionState.UNSUPPORTED: 4,
 }
 
 _CHAIN_INDEX: Final = {state: index for index, state in enumerate(POSITIVE_CHAIN)}

@@ -40,6 +40,7 @@ Behind a registrar and proxy (docs/ARCHITECTURE.md, "The user agent")::
 from __future__ import annotations
 
 from ._agent import UserAgent
+from ._composing import Composer
 from ._deadline import Answer, Decision, HandlerResult
 from .incoming import IncomingMessage
 from .outgoing import SentMessage
@@ -47,6 +48,7 @@ from .stats import UserAgentStats
 
 __all__ = [
     "Answer",
+    "Composer",
     "Decision",
     "HandlerResult",
     "IncomingMessage",

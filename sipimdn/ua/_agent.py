@@ -39,6 +39,7 @@ from ..imdn.tracker import (
     DispositionTracker,
 )
 from ..imdn.vocabulary import DispositionRequest, Kind, KindName, NotifyName, Status, StatusName
+from ..iscomposing import DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH, ComposingStateChanged
 from ..registration import RegistrationClient, RegState
 from ..stack import SipStack
 from ..store import SqliteStore
@@ -46,6 +47,7 @@ from ..transport.base import ConnectionCounters
 from ..uri import Uri
 from . import _wire
 from ._base import MessageHandler, callable_name, require_async
+from ._composing import Composer, ComposingPath
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
@@ -58,11 +60,12 @@ _MessageH = TypeVar("_MessageH", bound=MessageHandler)
 _DispositionH = TypeVar("_DispositionH", bound=Callable[[DispositionEvent], Awaitable[None]])
 _NotificationH = TypeVar("_NotificationH", bound=Callable[[NotificationEvent], Awaitable[None]])
 _RegistrationH = TypeVar("_RegistrationH", bound=Callable[[RegistrationEvent], Awaitable[None]])
+_ComposingH = TypeVar("_ComposingH", bound=Callable[[ComposingStateChanged], Awaitable[None]])
 
 __all__ = ["UserAgent"]
 
 
-class UserAgent(ReceivePath, SendPath):
+class UserAgent(ReceivePath, ComposingPath, SendPath):
     """Sends and receives instant messages with delivery and display notifications.
 
     Use as ``async with UserAgent(config) as ua:``; pass ``store=`` to plug
@@ -305,6 +308,7 @@ class UserAgent(ReceivePath, SendPath):
             self._disposition_handlers,
             self._notification_handlers,
             self._registration_handlers,
+            self._composing_handlers,
         )
         for registry in registries:
             while handler in registry:
@@ -341,6 +345,19 @@ class UserAgent(ReceivePath, SendPath):
             store_write_seconds=writer.write_seconds,
             store_write_max_seconds=writer.write_max_seconds,
         )
+
+    def on_composing(self, handler: _ComposingH) -> _ComposingH:
+        """Call ``await handler(event)`` when a peer starts or stops composing (RFC 3994); return it.
+
+        ``event`` is a :class:`~sipimdn.iscomposing.ComposingStateChanged`: ``sender``
+        (CPIM From, else SIP From), ``state`` (``active``/``idle``), ``content_type``,
+        ``refresh``, ``last_active`` and ``cause``: an indication, a ``timeout`` (an active
+        state not refreshed in time, RFC 3994 §3.3), a ``message`` from the sender, or
+        ``limit`` (too many senders active at once). A decorator, like :meth:`on_message`.
+        """
+        require_async(handler, "on_composing")
+        self._composing_handlers.append(handler)
+        return handler
 
     @property
     def registration_state(self) -> RegState | None:
@@ -435,6 +452,30 @@ class UserAgent(ReceivePath, SendPath):
         owed, privacy setting, or unknown message).
         """
         return self._mark_displayed(message_id, sender)
+
+    def composing(
+        self,
+        peer: str,
+        *,
+        content_type: str | None = "text/plain",
+        refresh: int = DEFAULT_REFRESH,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        cpim: bool | None = None,
+    ) -> Composer:
+        """Our composing state towards ``peer`` (RFC 3994 §3.2): call ``keystroke()`` on it.
+
+        The same :class:`~sipimdn.ua.Composer` is returned for a peer while the
+        application holds it (the other arguments apply when it is made).
+        ``refresh`` (at least 60 s) is how often an active state is re-sent,
+        ``idle_timeout`` how long after the last keystroke ``idle`` is sent.
+        ``cpim`` forces the indications into message/cpim (no IMDN header) or
+        bare; default: as messages (``config.use_cpim``, off for a peer known to
+        refuse CPIM). A message sent to the peer ends the active state with no
+        ``idle`` indication.
+        """
+        return self._composer(
+            peer, content_type=content_type, refresh=refresh, idle_timeout=idle_timeout, cpim=cpim
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the user agent tracks.

@@ -38,6 +38,7 @@ from ..imdn.tracker import (
     OwedNotification,
     TrackingEnded,
 )
+from ..iscomposing import ComposingReceiver, ComposingStateChanged, IsComposing
 from ..stack import SipStack
 from ..store import Store
 from ..uri import Uri
@@ -49,6 +50,7 @@ from .outgoing import SentMessage
 from .stats import Counters
 
 if TYPE_CHECKING:
+    from ._composing import Composer
     from ._receive import Pending
 
 __all__ = ["ALLOW", "AgentCore", "MessageHandler", "callable_name", "require_async"]
@@ -75,6 +77,18 @@ class AgentCore:
         self._disposition_handlers: list[Callable[[DispositionEvent], Awaitable[None]]] = []
         self._notification_handlers: list[Callable[[NotificationEvent], Awaitable[None]]] = []
         self._registration_handlers: list[Callable[[RegistrationEvent], Awaitable[None]]] = []
+        self._composing_handlers: list[Callable[[ComposingStateChanged], Awaitable[None]]] = []
+        # Composition indications (RFC 3994): every sender's state as we see it, and our
+        # composers by peer (weak: the application holds them; the active ones are also
+        # held here so that their idle indication still goes out).
+        self._composing_rx = ComposingReceiver(grace=config.composing_grace)
+        self._composers: weakref.WeakValueDictionary[str, Composer] = weakref.WeakValueDictionary()
+        self._active_composers: dict[str, Composer] = {}
+        # OPTIONS probes in flight by peer URI (``probe_options``), shared by the messages
+        # waiting for the same answer.
+        self._probes: dict[str, asyncio.Task[Any]] = {}
+        # Peers that sent us message/cpim, by SIP From: when that stops proving they take it.
+        self._sent_us_cpim: dict[str, float] = {}
         self._registrar: RegistrationDriver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
@@ -112,6 +126,26 @@ class AgentCore:
 
     async def _send_owed(self, owed: OwedNotification) -> None:
         """Send one owed IMDN (the send path)."""
+        raise NotImplementedError
+
+    def _composing_deadline(self) -> float | None:
+        """The earliest deadline of the composition indications (see :mod:`._composing`)."""
+        raise NotImplementedError
+
+    def _composing_timer(self, now: float) -> None:
+        """Act on the composition indications' deadlines that passed."""
+        raise NotImplementedError
+
+    def _composing_received(self, sender: str, indication: IsComposing) -> None:
+        """Feed the composing receiver with an indication answered 200."""
+        raise NotImplementedError
+
+    def _composing_message_from(self, sender: str) -> None:
+        """A content message from ``sender``: no longer composing (RFC 3994 §3.3)."""
+        raise NotImplementedError
+
+    def _composing_message_sent(self, to: str) -> None:
+        """A message to ``to`` leaves: our composer for it goes idle silently (RFC 3994 §3.2)."""
         raise NotImplementedError
 
     def _start_send(
@@ -192,7 +226,11 @@ class AgentCore:
         while (event := tracker.next_event()) is not None:
             self._dispatch(event)
         self._writer.submit(tracker.writes_to_apply())
-        self._arm_timer(tracker.get_timer())
+        at = tracker.get_timer()
+        composing = self._composing_deadline()
+        if composing is not None and (at is None or composing < at):
+            at = composing
+        self._arm_timer(at)
 
     def _arm_timer(self, at: float | None) -> None:
         if not self._closed:
@@ -202,6 +240,7 @@ class AgentCore:
         if self._tracker is None or self._closed:
             return
         self._tracker.handle_timer(now)
+        self._composing_timer(now)
         self._pump()
 
     def _dispatch(self, event: object) -> None:

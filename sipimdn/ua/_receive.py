@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from .._cache import remember_text
 from ..errors import (
     CpimError,
     ImdnError,
@@ -37,6 +38,8 @@ _log = logging.getLogger("sipimdn.ua")
 #: Resends of a message still being decided that wait for its answer (more get the deadline
 #: status at once): a sender retries a few times, only a flood sends more.
 _MAX_FOLLOWERS = 8
+#: Senders remembered as having sent us message/cpim (past this the table starts over).
+_MAX_CPIM_SENDERS = 4096
 
 
 class ReceivePath(AgentCore):
@@ -80,10 +83,25 @@ class ReceivePath(AgentCore):
             headers = _wire.capability_headers(ALLOW) if exc.status_code == 415 else []
             incoming.respond(exc.status_code, safe_reason_phrase(exc.reason), headers)
             return
-        if inbound.notification is not None:
+        if inbound.composing is not None:
+            # RFC 3994 §3.3: answered 200, never delivered as a message, owes no IMDN.
+            incoming.respond(200)
+            self._learn_capabilities(inbound)
+            self._composing_received(inbound.cpim_from or inbound.sip_from, inbound.composing)
+        elif inbound.notification is not None:
             self._receive_notification(incoming, inbound)
         else:
             self._receive_im(incoming, inbound)
+
+    def _learn_capabilities(self, inbound: _wire.Inbound) -> None:
+        """A peer that sends us message/cpim takes it: remembered so ``probe_options`` need not
+        ask it. In memory and bounded (any peer can send us anything, so this is no store
+        record per sender), until ``peer_capability_ttl`` passes."""
+        if inbound.cpim is not None:
+            remember_text(
+                self._sent_us_cpim, inbound.sip_from, time.time() + self.config.peer_capability_ttl,
+                _MAX_CPIM_SENDERS,
+            )
 
     def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business
@@ -169,6 +187,8 @@ class ReceivePath(AgentCore):
             )
             incoming.respond(status)
             return
+        self._learn_capabilities(inbound)
+        self._composing_message_from(sender)
         tracked_as = sender if message_id is not None else inbound.sip_from
         self._counters.messages_received += 1
         _log.info(

@@ -9,6 +9,7 @@ same way and their outcome goes back to the tracker.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -26,6 +27,7 @@ from ..errors import (
 from ..events import NotificationSent
 from ..imdn import new_message_id
 from ..imdn.tracker import (
+    PEER_CPIM,
     PEER_NO_CPIM,
     OwedNotification,
 )
@@ -39,6 +41,8 @@ from .outgoing import SentMessage
 __all__ = ["SendPath"]
 
 _log = logging.getLogger("sipimdn.ua")
+#: Seconds an OPTIONS probe may take before the message goes out as message/cpim anyway.
+_PROBE_TIMEOUT = 5.0
 
 
 class SendPath(AgentCore):
@@ -118,23 +122,37 @@ class SendPath(AgentCore):
         if unknown:
             raise LocalProtocolError(f"unknown notification kind(s) {sorted(unknown)}")
         data = body.encode("utf-8") if isinstance(body, str) else body
+        # None: CPIM unless the peer's OPTIONS answer says otherwise (asked by the wire task).
+        use_cpim: bool | None
         if cpim is None:
-            use_cpim = self.config.use_cpim and PEER_NO_CPIM not in tracker.peer_flags(to)
-            if not use_cpim and wanted:
-                _log.info("%s refuses CPIM: sending text/plain without notification requests", to)
-                wanted = frozenset()
+            flags = tracker.peer_flags(to)
+            if not self.config.use_cpim:
+                use_cpim = False
+                wanted = frozenset()  # our own choice: nothing was requested
+            elif PEER_NO_CPIM in flags:
+                use_cpim = False
+            elif self.config.probe_options and PEER_CPIM not in flags and not self._sent_us_cpim_lately(to):
+                use_cpim = None
+            else:
+                use_cpim = True
         else:
             use_cpim = cpim
-        if wanted and not use_cpim:
-            raise LocalProtocolError("notifications can only be requested in message/cpim")
+            if wanted and not use_cpim:
+                raise LocalProtocolError("notifications can only be requested in message/cpim")
+        if wanted and use_cpim is False:
+            # Requested, but the peer takes no CPIM: sent as text/plain; the recipient ends
+            # ``unsupported`` once the message is accepted (see DispositionState.UNSUPPORTED).
+            _log.info("%s takes no message/cpim: sending text/plain without notification requests", to)
         message_id = new_message_id()  # 128 random bits, CPIM Token-safe (RFC 5438 §6.3)
         now = time.time()
         tracker.register_sent(
             message_id=message_id, recipients=[to], requested=set(wanted), now=now, expect_members=to_list
         )
-        handle = SentMessage(message_id=message_id, to=to, notify=wanted)
+        shown = wanted if use_cpim is not False else frozenset()
+        handle = SentMessage(message_id=message_id, to=to, notify=shown)
         self._handles[message_id] = handle
         self._counters.messages_sent += 1
+        self._composing_message_sent(to)
         self._pump()
         outgoing = _wire.Outgoing(
             target=target,
@@ -150,7 +168,7 @@ class SendPath(AgentCore):
         self._spawn_wire(self._run_send(handle, outgoing, use_cpim))
         return handle
 
-    async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, use_cpim: bool) -> None:
+    async def _run_send(self, handle: SentMessage, outgoing: _wire.Outgoing, cpim: bool | None) -> None:
         tracker = self._require_tracker()
         # The sent record must be on disk before the MESSAGE leaves: a notification can come
         # back at once, and after a crash an unknown Message-ID would be refused for good.
@@ -160,7 +178,14 @@ class SendPath(AgentCore):
             _log.exception("store write before sending %s failed", outgoing.message_id)
         # A 2xx is recorded the moment the stack matches it (see _accepted), so an IMDN
         # read in the same loop turn, just behind it, finds the message accepted.
-        accepted = functools.partial(self._accepted, handle.message_id)
+        # A probe never fails: what it cannot learn leaves the default, message/cpim.
+        use_cpim = cpim if cpim is not None else await self._probe(outgoing)
+        if not use_cpim:
+            handle._set_notify(frozenset())
+        # Without CPIM no notification can come: tracking ends at the answer (``unsupported``
+        # when some were requested).
+        dropped = not use_cpim
+        accepted = functools.partial(self._accepted, handle.message_id, dropped)
         try:
             request = _wire.build_im_request(self, outgoing, use_cpim=use_cpim)
             _log.info(
@@ -180,9 +205,12 @@ class SendPath(AgentCore):
                 and outgoing.content_type.lower().startswith("text/")
             ):
                 _log.info("%s answered 415 to message/cpim: retrying once as text/plain", outgoing.to)
+                tracker.set_peer_flag(outgoing.to, PEER_CPIM, False, time.time())
                 tracker.set_peer_flag(outgoing.to, PEER_NO_CPIM, True, time.time())
                 handle._set_notify(frozenset())
                 self._pump()
+                dropped = True
+                accepted = functools.partial(self._accepted, handle.message_id, dropped)
                 request = _wire.build_im_request(self, outgoing, use_cpim=False, previous=request)
                 response = await self._transact(
                     outgoing.target, request, outgoing.to, outgoing.transport, on_final=accepted
@@ -215,11 +243,13 @@ class SendPath(AgentCore):
             response.reason,
         )
         # A 2xx was already recorded by _accepted (this second report is then a no-op).
-        tracker.response_received(handle.message_id, response.status_code, time.time())
+        tracker.response_received(
+            handle.message_id, response.status_code, time.time(), imdn_dropped=dropped
+        )
         self._pump()
         handle._set_response(response)
 
-    def _accepted(self, message_id: str, response: Response) -> None:
+    def _accepted(self, message_id: str, dropped: bool, response: Response) -> None:
         """A 2xx to an IM we sent, recorded inline in the stack's pump (``on_final``).
 
         The sending task only resumes on a later loop turn; a notification the peer
@@ -229,8 +259,57 @@ class SendPath(AgentCore):
         whole send; other answers are left to the task (415 fallback, 401/407 retry).
         """
         if 200 <= response.status_code < 300 and not self._closed and self._tracker is not None:
-            self._tracker.response_received(message_id, response.status_code, time.time())
+            self._tracker.response_received(
+                message_id, response.status_code, time.time(), imdn_dropped=dropped
+            )
             self._pump()
+
+    def _sent_us_cpim_lately(self, peer: str) -> bool:
+        """Whether ``peer`` sent us message/cpim within ``peer_capability_ttl``: it takes it."""
+        until = self._sent_us_cpim.get(peer)
+        return until is not None and until > time.time()
+
+    async def _probe(self, outgoing: _wire.Outgoing) -> bool:
+        """Ask a peer of unknown capabilities with OPTIONS whether it takes message/cpim.
+
+        RFC 3261 §11: the Accept of the 200 lists the bodies it takes. The answer is
+        remembered (peer flags, ``peer_capability_ttl``); one probe per peer at a time,
+        shared by the messages waiting for it. No answer, a refusal or an answer with no
+        Accept teaches nothing: CPIM, as without probing (a 415 still falls back).
+        """
+        to = outgoing.to
+        probe = self._probes.get(to)
+        if probe is None:
+            probe = self._spawn(self._ask_options(outgoing))
+            self._probes[to] = probe
+            probe.add_done_callback(lambda _f: self._probes.pop(to, None))
+        return bool(await asyncio.shield(probe))
+
+    async def _ask_options(self, outgoing: _wire.Outgoing) -> bool:
+        to = outgoing.to
+        request = _wire.build_options_request(self, to)
+        try:
+            response = await asyncio.wait_for(
+                self._transact(outgoing.target, request, to, outgoing.transport), _PROBE_TIMEOUT
+            )
+        except (TransactionTimeout, TransportError, TimeoutError, _AuthRefused) as exc:
+            _log.info("OPTIONS to %s taught nothing (%s): sending message/cpim", to, exc)
+            return True
+        if not 200 <= response.status_code < 300:
+            _log.info("OPTIONS to %s answered %d: sending message/cpim", to, response.status_code)
+            return True
+        verdict = _wire.accepts_cpim(response.headers.get_all("Accept"))
+        if verdict is None:
+            return True
+        if not self._closed:
+            tracker = self._require_tracker()
+            now = time.time()
+            tracker.set_peer_flag(to, PEER_NO_CPIM, not verdict, now)
+            tracker.set_peer_flag(to, PEER_CPIM, verdict, now)
+            self._pump()
+        if not verdict:
+            _log.info("%s lists no message/cpim in its Accept: sending text/plain", to)
+        return verdict
 
     async def _transact(
         self,

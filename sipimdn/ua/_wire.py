@@ -37,9 +37,12 @@ from ..imdn import (
     recognise,
 )
 from ..imdn.tracker import OwedNotification, TrackerConfig
+from ..iscomposing import CONTENT_TYPE as COMPOSING_TYPE
+from ..iscomposing import IsComposing, composing_from_cpim, parse_iscomposing
 from ..message import Request
 from ..stack import IncomingRequest, SipStack
 from ..transport.base import ListenSpec, TransportConfig
+from ..transport.dns import DnsLocator
 from ..transport.flow import Transport
 from ..transport.select import Target, target_for_uri
 from ..uri import Uri
@@ -48,16 +51,20 @@ from .incoming import IncomingMessage
 from .outgoing import SentMessage
 from .request_uri import RequestUriPolicy, RequestUriVerdict
 
-#: Bodies we take in a MESSAGE (RFC 3261 §8.2.3: the Accept of our 415).
-ACCEPT = "message/cpim, text/plain, message/imdn+xml"
+#: Bodies we take in a MESSAGE (RFC 3261 §8.2.3: the Accept of our 415 and OPTIONS answers):
+#: CPIM (wrapping any type), plain text, bare IMDNs and composition indications (RFC 3994).
+ACCEPT = f"message/cpim, text/plain, message/imdn+xml, {COMPOSING_TYPE}"
 
 __all__ = [
     "ACCEPT",
     "Inbound",
     "Outgoing",
+    "accepts_cpim",
     "as_decision",
+    "build_composing_request",
     "build_im_request",
     "build_imdn_request",
+    "build_options_request",
     "capability_headers",
     "decode_message",
     "incoming_message",
@@ -103,14 +110,17 @@ class Inbound:
     notification: Notification | None = None
     #: Further notifications of an aggregated IMDN (RFC 5438 §8.3).
     more_notifications: tuple[Notification, ...] = ()
+    #: Set when the MESSAGE carries a composition indication (RFC 3994), bare or in CPIM.
+    composing: IsComposing | None = None
 
 
 def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
     """Decode a MESSAGE body; raises a ``RemoteProtocolError`` carrying the status to answer.
 
     413 when the body is larger than ``config.max_body_bytes`` (or inflates
-    past ``config.max_inflated_bytes``), 415 for a type or coding we do not
-    take, 400 for a malformed CPIM envelope or IMDN document.
+    past ``config.max_inflated_bytes``) or an is-composing document over its
+    cap, 415 for a type or coding we do not take, 400 for a malformed CPIM
+    envelope, IMDN or is-composing document.
     """
     # Runs for every received MESSAGE: the Inbound is built in one call per branch (no
     # keyword dicts), the SIP From/To URIs are formatted once per URI object (the core
@@ -150,6 +160,14 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
             content_type=mime, content_params=params, body=body, cpim=None, cpim_from=None,
             cpim_to=(), message_id=None, notify=_NOTHING, datetime=note.datetime, subject=subject,
             original_to=None, imdn_route=(), notification=note,
+        )
+    if mime == COMPOSING_TYPE:
+        indication = parse_iscomposing(body)
+        return Inbound(
+            request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
+            content_type=mime, content_params=params, body=body, cpim=None, cpim_from=None,
+            cpim_to=(), message_id=None, notify=_NOTHING, datetime=None, subject=subject,
+            original_to=None, imdn_route=(), composing=indication,
         )
     raise RemoteProtocolError(f"unsupported Content-Type {mime}", 415)
 
@@ -194,6 +212,16 @@ def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig, sip_sub
                 datetime=datetime, subject=subject, original_to=original_to, imdn_route=imdn_route,
                 notification=first, more_notifications=tuple(rest),
             )
+    if inner == COMPOSING_TYPE:
+        # liblinphone wraps indications in CPIM when CPIM is on; any IMDN request it
+        # carries is ignored: an indication never owes a notification (RFC 3994 §3.3).
+        indication = composing_from_cpim(envelope)
+        return Inbound(
+            request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
+            content_type=inner, content_params=inner_params, body=envelope.body, cpim=envelope,
+            cpim_from=cpim_from, cpim_to=cpim_to, message_id=None, notify=_NOTHING,
+            datetime=datetime, subject=subject, original_to=None, imdn_route=(), composing=indication,
+        )
     requested = imdn.requested
     notify = frozenset(str(r) for r in requested) if requested else _NOTHING
     return Inbound(
@@ -347,6 +375,54 @@ def build_imdn_request(ua: _Sender, owed: OwedNotification, *, now: float) -> Re
     )
 
 
+def build_composing_request(
+    ua: _Sender, to: str, indication: IsComposing, *, use_cpim: bool, now: float
+) -> Request:
+    """The MESSAGE carrying a composition indication (RFC 3994 §3.2), bare or in message/cpim.
+
+    The CPIM envelope has From, To and DateTime and no IMDN header: an indication
+    requests no notification.
+    """
+    document = indication.to_xml()
+    if not use_cpim:
+        return _message_request(ua, to, to, content_type=COMPOSING_TYPE, body=document)
+    envelope = cpim.build_message(
+        [("From", str(_our_address(ua))), ("To", str(cpim.CpimAddress(uri=to))),
+         ("DateTime", cpim.format_datetime(now))],
+        content_type=COMPOSING_TYPE,
+        body=document,
+    )
+    return _message_request(ua, to, to, content_type=cpim.CONTENT_TYPE, body=envelope.to_bytes())
+
+
+def build_options_request(ua: _Sender, to: str) -> Request:
+    """An OPTIONS asking ``to`` what it takes (RFC 3261 §11.1)."""
+    config = ua.config
+    route = [f"<{loose_route(config.outbound_proxy)}>"] if config.outbound_proxy else []
+    headers = [("User-Agent", config.user_agent)] if config.user_agent else []
+    return build_request(
+        "OPTIONS", to, _from_value(ua.aor, config.display_name), NameAddr(Uri.parse(to)),
+        route=route, headers=headers,
+    )
+
+
+def accepts_cpim(accept_values: Sequence[str]) -> bool | None:
+    """Whether Accept header values list message/cpim (or a range covering it).
+
+    None when there is no Accept value at all: RFC 3261 §11.2 lets an OPTIONS
+    answer leave it out, which says nothing about CPIM.
+    """
+    ranges = [
+        item.split(";", 1)[0].strip().lower()
+        for value in accept_values
+        for item in value.split(",")
+        if item.strip()
+    ]
+    if not ranges:
+        return None
+    return any(r in ("message/cpim", "message/*", "*/*") for r in ranges)
+
+
 def tracker_config(config: UserAgentConfig) -> TrackerConfig:
     """The tracker's configuration derived from the user agent's."""
     return TrackerConfig(
@@ -361,6 +437,7 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
         received_ttl=config.state_expiry,
         plain_dedup_capacity=config.dedup_capacity,
         plain_dedup_ttl=config.dedup_ttl,
+        peer_flag_ttl=config.peer_capability_ttl,
     )
 
 
@@ -438,11 +515,16 @@ def make_stack(config: UserAgentConfig) -> SipStack:
         outbound_connection_reserve=config.outbound_connection_reserve,
         stalled_connection_after=config.stalled_connection_after,
     )
-    return SipStack(
+    stack = SipStack(
         specs,
         timers=TimerConfig(t1=config.t1, t2=config.t2, t4=config.t4),
         transport_config=transport_config,
     )
+    if config.dns_servers or config.rfc3263:
+        # RFC 3263 server location: NAPTR, SRV (weighted), A/AAAA, with failover (§4.3).
+        # Opt-in: without it a host name goes through getaddrinfo, as before.
+        stack.locator = DnsLocator(config.dns_servers)
+    return stack
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,7 +23,9 @@ class SentMessage:
 
     ``state`` follows the recipient through ``pending -> accepted ->
     delivered -> displayed`` (or ``failed``/``forbidden``/``error``/
-    ``expired``) and never moves back.
+    ``expired``, or ``unsupported``: accepted, but sent without CPIM to a
+    peer that does not take it, so no requested notification can come) and
+    never moves back.
     """
 
     #: The CPIM imdn.Message-ID (also used as our key for text/plain messages).

@@ -1,13 +1,14 @@
-"""liblinphone (Debian linphone-cli, linphone-daemon) against sipimdn's UserAgent (issue 7, item 3).
+"""liblinphone (Debian linphone-cli, linphone-daemon) against sipimdn's UserAgent.
 
 Topology and why: tests/interop/linphone/peers.py. alice is liblinphone and tester is
 sipimdn's UserAgent (in this process); both register with a Kamailio registrar, which
 routes every MESSAGE and IMDN between them by location; sipimdn uses it as outbound proxy.
 
-liblinphone 5.1's January bug (shared/interop-linphone.md 2.7): it rejects any CPIM whose
-DateTime is in January (488). sipimdn stamps DateTime with the current time, so in January
-the ``not_january`` fixture moves the user agent's wall clock (only its own modules' view of
-``time.time``) 31 days on; the rest of the year it changes nothing.
+liblinphone 5.1's January bug (its CPIM parser stores the month 0-based, then refuses a month
+below 1): it rejects any CPIM whose DateTime is in January (488). sipimdn stamps DateTime
+with the current time, so in January the ``not_january`` fixture moves the user agent's wall
+clock (only its own modules' view of ``time.time``) 31 days on; the rest of the year it changes
+nothing.
 
 liblinphone sends a display notification only when a client marks the chat room read,
 which linphone-daemon never does: the display test runs alice in ``lpreader``
@@ -17,6 +18,7 @@ which linphone-daemon never does: the display test runs alice in ``lpreader``
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +31,7 @@ import pytest
 from sipimdn import UserAgent
 from sipimdn.config import ListenEndpoint, UserAgentConfig
 from sipimdn.events import DispositionChanged, DispositionEvent, DispositionState, NotificationRejected
+from sipimdn.iscomposing import ChangeCause, ComposingState, ComposingStateChanged
 from sipimdn.registration import RegistrationSucceeded
 from sipimdn.ua import IncomingMessage
 
@@ -229,3 +232,38 @@ async def test_plain_text_both_ways_with_linphone_cpim_off(
     assert message.content_type.startswith("text/plain"), net.describe()
     assert message.text.strip() == "plain from liblinphone"
     assert not message.notify
+
+
+@pytest.mark.parametrize("cpim", [True, False], ids=["cpim", "bare"])
+async def test_linphone_composing_indications_surface_as_events(
+    topology: Callable[..., Awaitable[Topology]], lpreader_program: Path, cpim: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """liblinphone -> sipimdn: the user types (linphone_chat_room_compose), liblinphone sends
+    is-composing "active" (in message/cpim, deflated, when CPIM is on; bare otherwise),
+    sipimdn answers 200, raises an active event and delivers no message."""
+    net = await topology(cpim, reader=lpreader_program)
+    assert isinstance(net.alice, LinphoneReader)
+    events: list[ComposingStateChanged] = []
+
+    async def on_composing(event: ComposingStateChanged) -> None:
+        events.append(event)
+
+    net.ua.on_composing(on_composing)
+    caplog.set_level(logging.DEBUG, logger="sipimdn.wire")  # every message, in full
+    await asyncio.to_thread(net.alice.compose, UA_AOR)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not events and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert events, net.describe()
+    first = events[0]
+    assert first.state is ComposingState.ACTIVE, net.describe()
+    assert first.sender == ALICE
+    assert first.cause is ChangeCause.INDICATION
+    assert net.received == []  # an indication is never delivered as a message
+    # How it came: in message/cpim (deflated, as liblinphone sends its CPIM) or bare.
+    wire = [bytes(r.sip_data) for r in caplog.records if getattr(r, "sip_direction", None) == "received"]
+    received = [data for data in wire if data.startswith(b"MESSAGE ")]
+    assert received, net.describe()
+    wanted = b"Content-Type: message/cpim" if cpim else b"Content-Type: application/im-iscomposing+xml"
+    assert wanted in received[0], received[0][:600]

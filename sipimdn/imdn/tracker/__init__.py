@@ -34,7 +34,7 @@ from ..vocabulary import (
     DispositionState,
     was_requested,
 )
-from ._base import PEER_NO_CPIM, PEER_NO_IMDN
+from ._base import PEER_CPIM, PEER_NO_CPIM, PEER_NO_IMDN
 from .config import TrackerConfig
 from .events import (
     DeclineReason,
@@ -57,6 +57,7 @@ from .sender import TRANSITIONS, SenderInput, SenderSide
 
 __all__ = [
     "ALLOWED_STATUSES",
+    "PEER_CPIM",
     "PEER_NO_CPIM",
     "PEER_NO_IMDN",
     "RECEIVER_TRANSITIONS",

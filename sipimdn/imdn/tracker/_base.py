@@ -58,12 +58,15 @@ from .records import (
 if TYPE_CHECKING:
     from .receiver import Receipt
 
-__all__ = ["PEER_NO_CPIM", "PEER_NO_IMDN", "TrackerCore"]
+__all__ = ["PEER_CPIM", "PEER_NO_CPIM", "PEER_NO_IMDN", "TrackerCore"]
 
 #: Peer flag: the peer answered 415 (or 488) to an IMDN; send it no more.
 PEER_NO_IMDN = "no-imdn"
 #: Peer flag: the peer answered 415 to message/cpim (kept for the UA's text/plain fallback).
 PEER_NO_CPIM = "no-cpim"
+#: Peer flag: the peer takes message/cpim (listed in the Accept of its OPTIONS answer, or it
+#: sent us CPIM); with neither flag, what it takes is unknown.
+PEER_CPIM = "cpim"
 
 _SENT, _OWED, _RECEIVED, _SEEN, _PEER = "sent", "owed", "received", "seen", "peer"
 #: Dedup entries kept in memory only (messages owed no notification); never written.

@@ -4,7 +4,7 @@ A message registered with :meth:`~SenderSide.register_sent` has one
 :class:`~sipimdn.store.base.RecipientRecord` per intended recipient whose
 main state follows :data:`TRANSITIONS`: ``pending -> accepted -> delivered
 -> displayed`` or one of the terminal ``failed / forbidden / error /
-expired``. The table only ever moves forward; a missing ``(state, input)``
+expired / unsupported``. The table only ever moves forward; a missing ``(state, input)``
 pair means "no change" (a late ``delivered`` after ``displayed`` is recorded
 in ``.delivery`` and changes nothing). The final SIP response moves only
 recipients still ``pending``, so a notification that overtook the response
@@ -79,6 +79,8 @@ class SenderInput(Enum):
     DISPLAY_FORBIDDEN = ("display", "forbidden")
     DISPLAY_ERROR = ("display", "error")
     EXPIRE = "expire"
+    #: A 2xx to a message that requested notifications but went out without CPIM.
+    SIP_OK_WITHOUT_CPIM = "sip-2xx-without-cpim"
 
 
 _P, _A, _DV, _DS = (
@@ -87,11 +89,12 @@ _P, _A, _DV, _DS = (
     DispositionState.DELIVERED,
     DispositionState.DISPLAYED,
 )
-_F, _FB, _E, _X = (
+_F, _FB, _E, _X, _U = (
     DispositionState.FAILED,
     DispositionState.FORBIDDEN,
     DispositionState.ERROR,
     DispositionState.EXPIRED,
+    DispositionState.UNSUPPORTED,
 )
 
 #: The whole sender-side state machine: ``(state, input) -> next state``.
@@ -101,6 +104,7 @@ _F, _FB, _E, _X = (
 TRANSITIONS: Mapping[tuple[DispositionState, SenderInput], DispositionState] = {
     (_P, SenderInput.SIP_OK): _A,
     (_P, SenderInput.SIP_FAIL): _F,
+    (_P, SenderInput.SIP_OK_WITHOUT_CPIM): _U,
     (_P, SenderInput.DELIVERED): _DV,
     (_P, SenderInput.DELIVERY_FAILED): _F,
     (_P, SenderInput.DELIVERY_FORBIDDEN): _FB,
@@ -204,7 +208,9 @@ class SenderSide(TrackerCore):
 
         Report the outcome of the whole send once (after any 415 -> text/plain
         fallback); ``imdn_dropped=True`` says the message finally went out
-        without CPIM, so no notification can come and tracking ends now.
+        without CPIM, so no notification can come and tracking ends now: after
+        a 2xx, a recipient of a message that requested notifications ends
+        ``unsupported`` (one that requested none stays ``accepted``).
         Returns False for an unknown Message-ID or a second final response.
         """
         record = self._sent.get(message_id)
@@ -213,6 +219,8 @@ class SenderSide(TrackerCore):
         if status_code < 200:
             return True
         step = SenderInput.SIP_OK if 200 <= status_code < 300 else SenderInput.SIP_FAIL
+        if step is SenderInput.SIP_OK and imdn_dropped and record.requested:
+            step = SenderInput.SIP_OK_WITHOUT_CPIM
         record = replace(record, sip_status=status_code)
         record = self._advance_all(record, step, now, sip_status=status_code, only_pending=True)
         self._put(record)

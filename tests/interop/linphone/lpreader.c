@@ -4,16 +4,20 @@
  *
  * Why it exists: marking a chat room as read (linphone_chat_room_mark_as_read) is the only
  * thing that makes liblinphone send a display IMDN, and neither linphone-daemon nor linphonec
- * ever does it (shared/interop-linphone.md 2.2). This program runs one core from a config
+ * ever does it. This program runs one core from a config
  * file (the same linphonerc the daemon uses), prints what happens on stdout, one event per
  * line, and marks each room read a given delay after a message arrives in it.
  *
  * Usage: lpreader CONFIG READ_DELAY_MS RUN_SECONDS
  *   Runs at most RUN_SECONDS, and stops early on end of input on stdin (the test closes it).
+ * Commands on stdin, one per line:
+ *   compose <SIP URI>   the user types to URI: liblinphone sends an is-composing "active"
+ *                       indication (RFC 3994), then "idle" after its idle timeout
  * Output lines:
  *   registration <LinphoneRegistrationState name>
  *   received <imdn.Message-ID> <text>
  *   read <imdn.Message-ID>
+ *   composing <SIP URI>
  *
  * Build (Debian's linphone.pc leaves -llinphone out):
  *   gcc -o lpreader lpreader.c $(pkg-config --cflags --libs linphone) -llinphone
@@ -88,14 +92,46 @@ static void mark_due_rooms_read(void) {
 	pending_count = kept;
 }
 
-static int stdin_closed(void) {
+static char line[512];
+static size_t line_length = 0;
+
+static void run_command(LinphoneCore *core, const char *command) {
+	if (strncmp(command, "compose ", 8) == 0) {
+		/* Deprecated in favour of linphone_core_search_chat_room, but the one-call way to get
+		 * the basic 1-to-1 room the daemon also uses for "message <uri>". */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+		LinphoneChatRoom *room = linphone_core_get_chat_room_from_uri(core, command + 8);
+#pragma GCC diagnostic pop
+		if (room != NULL) {
+			printf("composing %s\n", command + 8);
+			fflush(stdout);
+			linphone_chat_room_compose(room);
+		}
+	}
+}
+
+/* Reads what stdin has; runs each complete line; returns 1 once stdin is closed. */
+static int read_stdin(LinphoneCore *core) {
 	struct pollfd fd = {.fd = 0, .events = POLLIN};
 	if (poll(&fd, 1, 0) <= 0) {
 		return 0;
 	}
 	char buffer[256];
 	ssize_t n = read(0, buffer, sizeof buffer);
-	return n == 0 || (fd.revents & POLLHUP) != 0;
+	if (n <= 0) {
+		return 1;
+	}
+	for (ssize_t i = 0; i < n; i++) {
+		if (buffer[i] == '\n') {
+			line[line_length] = '\0';
+			run_command(core, line);
+			line_length = 0;
+		} else if (line_length + 1 < sizeof line) {
+			line[line_length++] = buffer[i];
+		}
+	}
+	return 0;
 }
 
 int main(int argc, char **argv) {
@@ -120,7 +156,7 @@ int main(int argc, char **argv) {
 	printf("started\n");
 	fflush(stdout);
 
-	while (now_ms() < stop_at && !stdin_closed()) {
+	while (now_ms() < stop_at && !read_stdin(core)) {
 		linphone_core_iterate(core);
 		mark_due_rooms_read();
 		usleep(20000);

@@ -1,6 +1,7 @@
 """Kamailio (registrar + proxy, no auth) and liblinphone's ``linphone-daemon`` as test peers.
 
-Topology (shared/interop-linphone.md section 1), everything on 127.0.0.1 with free ports::
+Topology (liblinphone drops ports from its room keys and sends only through its registrar's
+route, so every party registers with one Kamailio), everything on 127.0.0.1 with free ports::
 
     sipimdn UA (tester) <-- REGISTER, MESSAGE, IMDN --> Kamailio <-- REGISTER, MESSAGE, IMDN --> liblinphone
                                                       (registrar + proxy)                        (alice)
@@ -140,7 +141,7 @@ class Registrar:
 def render_linphonerc(home: Path, *, user: str, sip_port: int, registrar_port: int, cpim: bool) -> Path:
     """A liblinphone 5.1 config for one account, written to ``home/linphonerc``.
 
-    The keys that matter (shared/interop-linphone.md 2.1): loopback UDP only; a port-less
+    The keys that matter: loopback UDP only; a port-less
     identity (IMDNs leave only for a registered account matching the port-less To);
     the registrar as proxy (same domain: forced route); CPIM in basic chat rooms read from
     ``[proxy_default_values]`` (5.1.65 ignores it in ``[proxy_0]``); a writable message
@@ -432,6 +433,12 @@ class LinphoneReader:
                 break
             time.sleep(0.05)
         raise PeerError(f"lpreader did not register within {register_timeout} s\n{self.describe()}")
+
+    def compose(self, uri: str) -> None:
+        """Type to ``uri``: liblinphone sends an is-composing ``active`` indication (RFC 3994)."""
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.write(f"compose {uri}\n".encode())
+        self.process.stdin.flush()
 
     def read_ids(self) -> list[str]:
         """The Message-IDs of the messages it has marked read (display IMDN sent)."""
