@@ -327,41 +327,62 @@ class SenderSide(TrackerCore):
     ) -> tuple[str | None, str | None, tuple[RejectReason, str] | None]:
         """Find which recipient a notification is about: ``(target key, via key, rejection)``.
 
-        A target with a via key and no entry yet is a list member to add.
+        The XML's ``recipient-uri`` and ``original-recipient-uri`` only say whom
+        the notification is about; whether it may change that recipient's state
+        depends on who sent it (RFC 5438 §7, §14: the notification's origin):
+        the recipient itself, the list it was reached through, or an
+        intermediary the message went through. A target with a via key and no
+        entry yet is a list member to add.
         """
         known = {entry.key: entry for entry in record.recipients}
         intended = [entry.key for entry in record.recipients if entry.via is None]
+        senders = set(sender_keys)
+        hops = set(record.intermediaries)
+        hop = next((key for key in sender_keys if key in hops), None)
+
+        def speaks_for(key: str) -> bool:
+            via = known[key].via
+            return hop is not None or key in senders or (via is not None and via in senders)
+
+        def not_origin(detail: str) -> tuple[None, None, tuple[RejectReason, str]]:
+            return None, None, (RejectReason.NOT_A_RECIPIENT, detail)
+
         if rkey is not None and rkey in known:
             # A member already known keeps reporting through its list: the list's entry still
             # takes the first news of each type (a display after the delivery, say).
+            if not speaks_for(rkey):
+                return not_origin(
+                    "recipient-uri names a recipient, but the sender is neither it nor its list"
+                )
             return rkey, known[rkey].via, None
         if okey is not None and okey in known:
+            if okey not in intended:
+                # Original-To is the URI the sender addressed (RFC 5438 §6.4), never a member:
+                # a member cannot vouch for further members.
+                return not_origin("original-recipient-uri names a list member, not a recipient we addressed")
             if rkey is None:
+                if not speaks_for(okey):
+                    return not_origin("original-recipient-uri names a recipient, but the sender is not it")
                 return okey, None, None
-            if okey in intended:
-                return rkey, okey, None  # a member reached through a list we addressed
-            # Original-To is the URI the sender addressed (RFC 5438 §6.4), never a member:
-            # a member cannot vouch for further members.
-            return (
-                None,
-                None,
-                (
-                    RejectReason.NOT_A_RECIPIENT,
-                    "original-recipient-uri names a list member, not a recipient we addressed",
-                ),
-            )
+            # A member reached through a list we addressed (RFC 5438 §7.1.2). Members are learnt
+            # from the list's own notifications (or an intermediary's); a member speaking for
+            # itself only once the recipient is known to be a list (expect_members, or members
+            # already reported through it). A third party naming a recipient as the list it
+            # reached them through never makes a one-to-one message a list.
+            known_list = okey in hops or any(entry.via == okey for entry in record.recipients)
+            if hop is not None or okey in senders or (rkey in senders and known_list):
+                return rkey, okey, None
+            return not_origin("only the list itself may report members reached through it")
         for key in sender_keys:
             if key in known:
                 return key, None, None
-        hops = set(record.intermediaries)
-        if hops.intersection(sender_keys) or (okey is not None and okey in hops):
-            via = next(k for k in (*sender_keys, okey) if k is not None and k in hops)
+        if hop is not None:
             if rkey is not None:
-                return rkey, via, None
+                return rkey, hop, None
             if len(intended) == 1:
                 return intended[0], None, None
             return None, None, (RejectReason.AMBIGUOUS_RECIPIENT, "intermediary did not name the recipient")
-        return None, None, (RejectReason.NOT_A_RECIPIENT, "sender is no recipient of this message")
+        return not_origin("sender is no recipient of this message")
 
     def _apply_notification(
         self,
