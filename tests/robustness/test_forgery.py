@@ -185,6 +185,32 @@ async def test_c2_notification_from_the_wrong_party_changes_nothing(recipient: s
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
 
 
+async def test_c2_forged_list_members_and_third_party_reports_change_nothing() -> None:
+    """RFC 5438 §7, §14: the XML names whom a notification is about, but only its sender's
+    identity counts. mallory claiming to report for members reached through bob (the forged-member
+    attack), or naming bob himself, neither adds members to a one-to-one message nor moves bob."""
+    async with scene(notify=("positive-delivery", "display")) as s:
+        for index in range(3):
+            fake = f"sip:fake{index}@evil.example"
+            xml = imdn.build_notification(message_id=s.message_id, datetime=NOW, kind="delivery",
+                                          status="delivered", recipient_uri=fake,
+                                          original_recipient_uri=s.bob.uri)
+            forged = imdn_cpim(cpim_from=fake, to=s.alice.aor, message_id=s.message_id, xml=xml)
+            await s.forge(s.mallory, forged, sip_from=fake)
+        for kind, status in (("delivery", "delivered"), ("display", "displayed")):
+            xml = imdn.build_notification(message_id=s.message_id, datetime=NOW, kind=kind, status=status,
+                                          recipient_uri=s.bob.uri, original_recipient_uri=s.bob.uri)
+            await s.forge(s.mallory, imdn_cpim(cpim_from=s.mallory.uri, to=s.alice.aor,
+                                               message_id=s.message_id, xml=xml))
+        assert await settle(lambda: s.events.rejections().count("not-a-recipient") == 5, 3), s.events.items
+        record = s.alice.tracker.sent(s.message_id)
+        assert record is not None
+        assert [entry.uri for entry in record.recipients] == [s.bob.uri]  # no member was added
+        assert s.handle.state is S.ACCEPTED
+        await s.genuine()
+        assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
+
+
 async def test_c3_kind_not_requested_changes_nothing() -> None:
     """Only positive-delivery was asked: a display or a negative (failed) report is refused."""
     async with scene(notify=("positive-delivery",)) as s:

@@ -15,27 +15,36 @@ point whose members we never learn in advance. A notification whose
 ``original-recipient-uri`` is an intended recipient and whose
 ``recipient-uri`` is someone else adds that member as its own entry (``via``
 the list), with its own monotonic state and its own one-per-type guard; the
-list's entry takes the first news of each type. From then on the message
-stays tracked until its deadline (RFC 5438 §7.1.4: be ready for several
-IMDNs), because nothing tells us how many members are still to report;
-``register_sent(..., expect_members=True)`` says so from the start. The
-members of one message are capped by ``TrackerConfig.max_recipients``
-(``too-many-recipients`` beyond it), so a forged flood of members cannot
-grow one record without bound.
+list's entry takes the first news of each type. Members are learnt only
+from the list itself (the notification's sender is the list, or an
+intermediary the message went through), or, once the recipient is known to
+be a list (``register_sent(..., expect_members=True)``, or members already
+reported through it), from a member speaking for itself. A third party
+naming a one-to-one recipient as "the list it reached me through" is the
+forged-member attack: rejected. From then on the message stays tracked
+until its deadline (RFC 5438 §7.1.4: be ready for several IMDNs), because
+nothing tells us how many members are still to report;
+``expect_members=True`` says so from the start. The members of one message
+are capped by ``TrackerConfig.max_recipients`` (``too-many-recipients``
+beyond it), so a flood of members cannot grow one record without bound.
 
 **Correlation and safety (RFC 5438 §7.1.2, §14.1).** A notification is
 applied only when, in this order: its kind and status are valid together
-(§5); its Message-ID is one we sent and still track (§7.1.2); its SIP From /
-CPIM From, or its ``recipient-uri`` / ``original-recipient-uri``, is an
-intended recipient or a known intermediary of that message; its type was
-requested (§7.1.1); it is not a replay (same notification Message-ID) nor a
-second notification of the same type for the same recipient; and it is not
-a negative delivery after we saw a non-2xx final response (§7.2.1.1: no
-negative delivery notification after a failure response). Anything else
-becomes a :class:`~.events.NotificationRejected` event and changes nothing;
-the user agent answers 200 anyway, so a prober learns nothing. The only
-real secret is the unpredictable Message-ID (§14.1): every identity in a
-notification is the peer's claim, and IMDNs prove nothing (§14).
+(§5); its Message-ID is one we sent and still track (§7.1.2); it comes
+from the recipient it is about (its SIP From or CPIM From), from the list
+that recipient was reached through, or from a known intermediary of that
+message (the ``recipient-uri`` / ``original-recipient-uri`` of the XML only
+say *which* recipient: they are the sender's claim and never vouch for
+it); its type was requested (§7.1.1); it is not a replay (same
+notification Message-ID) nor a second notification of the same type for
+the same recipient; and it is not a negative delivery after we saw a
+non-2xx final response (§7.2.1.1: no negative delivery notification after a
+failure response). Anything else becomes a
+:class:`~.events.NotificationRejected` event and changes nothing; the user
+agent answers 200 anyway, so a prober learns nothing. The unpredictable
+Message-ID (§14.1) and the origin check together are what stand between a
+third party and a recipient's state: identities in a notification are not
+authenticated unless the network asserts them (§14).
 """
 
 from __future__ import annotations
