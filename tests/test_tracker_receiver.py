@@ -395,7 +395,9 @@ def test_acknowledged_notification_is_forgotten() -> None:
 
 @pytest.mark.parametrize("failure", [None, 408, 500, 503])
 def test_retry_with_backoff_then_give_up(failure: int | None) -> None:
-    tracker, n = owe_one(max_attempts=4, retry_base=1.0, retry_cap=3.0)
+    # A timeout (None) also parks the destination (park_base doubling to park_cap), here in step
+    # with the backoff, so every failure retries on the same schedule.
+    tracker, n = owe_one(max_attempts=4, retry_base=1.0, retry_cap=3.0, park_base=1.0, park_cap=3.0)
     now = 0.0
     sent_at = [now]
     for _ in range(3):
@@ -431,7 +433,7 @@ def test_provisional_and_late_outcomes_are_ignored() -> None:
 
 
 def test_missing_outcome_counts_as_timeout() -> None:
-    tracker, _ = owe_one(in_flight_timeout=40.0, retry_base=2.0)
+    tracker, _ = owe_one(in_flight_timeout=40.0, retry_base=2.0, park_base=2.0)
     assert tracker.get_timer() == 40.0
     tracker.handle_timer(40.0)
     assert drain(tracker) == []

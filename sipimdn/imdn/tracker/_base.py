@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..vocabulary import REQUEST_KINDS
 from .config import TrackerConfig
+from .destinations import DestinationGuard
 from .events import NotificationOwed, TrackerEvent
 from .identity import identity_key
 from .records import (
@@ -141,6 +142,15 @@ class TrackerCore:
         self._rate: dict[str, float | list[float]] = {}
         # Size past which the limiter prunes idle originators (the first call sets it).
         self._rate_prune_at = 0
+        # Per destination address: byte budget, proof of life, parking (see .destinations).
+        self._guard = DestinationGuard(
+            byte_budget=self.config.byte_budget,
+            window=self.config.rate_window,
+            park_base=self.config.park_base,
+            park_cap=self.config.park_cap,
+        )
+        # Notifications declined by a rate limit, a byte budget or a parked destination.
+        self._suppressed = 0
         # Received messages' CPIM To / Original-To values, one object each (receiver._common_text).
         self._common: dict[str, str] = {}
         # --- both
