@@ -259,6 +259,17 @@ def _expires(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A whole number, at least 1 (argparse ``type=``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _status(text: str) -> int:
     try:
         code = int(text)
@@ -550,10 +561,12 @@ async def _waiting(awaitable: Awaitable[_T], timeout: float, tick: Callable[[flo
 
 
 async def _listen(args: argparse.Namespace, printer: Printer) -> int:
-    config = _config(
-        args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery, worker_id=args.worker_id,
-        gc_tuning=True,
-    )
+    extra: dict[str, Any] = {
+        "auto_delivery": not args.no_auto_delivery, "worker_id": args.worker_id, "gc_tuning": True
+    }
+    if args.dedup_max is not None:
+        extra["dedup_max"] = args.dedup_max
+    config = _config(args, "udp:127.0.0.1:5060", **extra)
     # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
     store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)
     stop = asyncio.Event()
@@ -849,6 +862,14 @@ def register(subparsers: Any) -> None:
     )
     listen.add_argument(
         "--no-auto-delivery", action="store_true", help="do not send delivered notifications on our own"
+    )
+    listen.add_argument(
+        "--dedup-max",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="most received Message-IDs remembered for dedup, oldest forgotten first "
+        "(default 100000; a copy of a message older than that window reaches the application again)",
     )
     listen.add_argument(
         "--worker-id",

@@ -234,6 +234,11 @@ class UserAgentConfig:
     #: off only behind an element that rewrites the Request-URI to an address we
     #: cannot know (a registrar storing a NAT's public address as our contact).
     check_request_uri: bool = True
+    #: Most received Message-IDs remembered for dedup (in memory and in the store),
+    #: the oldest forgotten first: a copy of a message older than that window reaches
+    #: the application again. About 200 bytes of memory each (20 MB for the default);
+    #: without a cap a peer sending fresh Message-IDs would grow memory without bound.
+    dedup_max: int = 100_000
     #: How many plain-text messages (no Message-ID) the tracker remembers for dedup.
     dedup_capacity: int = 4096
     #: How long (seconds) a plain-text message is remembered for dedup.
@@ -315,6 +320,7 @@ class UserAgentConfig:
             "max_body_bytes",
             "max_inflated_bytes",
             "dedup_capacity",
+            "dedup_max",
             "imdn_max_attempts",
             "imdn_rate_limit",
             "imdn_byte_budget",

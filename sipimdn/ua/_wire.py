@@ -360,6 +360,7 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
         tracking_ttl=config.state_expiry,
         received_ttl=config.state_expiry,
         plain_dedup_capacity=config.dedup_capacity,
+        dedup_max=config.dedup_max,
         plain_dedup_ttl=config.dedup_ttl,
     )
 

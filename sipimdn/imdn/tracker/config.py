@@ -21,6 +21,15 @@ class TrackerConfig:
     received_ttl: float = 7 * _DAY
     #: How long a (sender, Message-ID) pair is remembered for dedup.
     dedup_ttl: float = 7 * _DAY
+    #: Most (sender, Message-ID) pairs remembered for dedup, in memory and in the store; past
+    #: it the oldest are forgotten first. The trade-off: a copy of a message older than the
+    #: window (``dedup_ttl``, or the last ``dedup_max`` messages if they came faster) reaches
+    #: the application again. Without a cap a peer sending fresh Message-IDs grows memory
+    #: without bound. 100,000 entries cost about 20 MB (about 200 bytes each, measured with
+    #: tracemalloc in tests/test_tracker_dedup_cap.py) and, at ten messages a second, still
+    #: cover almost three hours: far longer than any resend (a transaction lasts 32 s, a
+    #: restarted sender resends within minutes).
+    dedup_max: int = 100_000
     #: How long an owed notification is retried at most, whatever the attempt count.
     owed_ttl: float = _DAY
     #: Attempts (the first send included) before an owed notification is given up.
@@ -107,6 +116,7 @@ class TrackerConfig:
             "max_notification_ids",
             "plain_dedup_capacity",
             "byte_budget",
+            "dedup_max",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -5,7 +5,11 @@ message by (sender, Message-ID) for ``dedup_ttl``: a copy sent again in a
 new transaction is answered with the first copy's status, never handed up
 twice. Messages owed a notification keep that entry in the store (their
 notification survives a restart, so must their dedup); the others keep it
-in memory only. Plain-text messages have no Message-ID: they are
+in memory only. At most ``dedup_max`` entries are kept in all: past it the
+oldest are evicted (counted in ``dedup_evictions``, logged at most once a
+minute, removed from the store), so a peer sending fresh Message-IDs cannot
+grow memory or the store without bound; a copy older than that window
+reaches the application again. Plain-text messages have no Message-ID: they are
 remembered by sender and SIP transaction identity
 (:meth:`~ReceiverSide.record_plain`), in memory, bounded.
 
@@ -178,6 +182,36 @@ class ReceiverSide(TrackerCore):
         seen = self._seen.get(key) or self._volatile.get(key)
         if seen is not None:
             return Reception(duplicate=True, previous_status=seen.status, requested=())
+        known = self._received.get(key)
+        if known is not None:
+            # Its dedup entry was evicted (dedup_max) but the message still awaits notifications:
+            # still a duplicate, never a second set of notifications.
+            return Reception(duplicate=True, previous_status=known.answered_status, requested=())
+        reception = self._record_new(
+            key, message_id, sender, now, requested, sip_from, recipient, original_recipient, datetime,
+            subject, imdn_route, route_trusted, is_notification, display_policy,
+        )
+        self._bound_dedup(now)
+        return reception
+
+    def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site
+        self,
+        key: tuple[str, str],
+        message_id: str,
+        sender: str,
+        now: float,
+        requested: Iterable[object],
+        sip_from: str | None,
+        recipient: str | None,
+        original_recipient: str | None,
+        datetime: str | None,
+        subject: str | None,
+        imdn_route: Sequence[str],
+        route_trusted: bool | None,
+        is_notification: bool,
+        display_policy: object | None,
+    ) -> Reception:
+        sender_key = key[0]
         dedup_expiry = now + self.config.dedup_ttl
         kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS)
         policy = self._admit_requests(
