@@ -236,7 +236,7 @@ class UserAgentConfig:
     check_request_uri: bool = True
     #: Most received Message-IDs remembered for dedup (in memory and in the store),
     #: the oldest forgotten first: a copy of a message older than that window reaches
-    #: the application again. About 200 bytes of memory each (20 MB for the default);
+    #: the application again. About 320 bytes of memory each (32 MB for the default);
     #: without a cap a peer sending fresh Message-IDs would grow memory without bound.
     dedup_max: int = 100_000
     #: How many plain-text messages (no Message-ID) the tracker remembers for dedup.
