@@ -176,7 +176,7 @@ def test_stale_timers_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _reference_limiter(limit: int, window: float) -> Any:
-    """The C6 limiter as first written (a deque of times per originator), to compare against."""
+    """The rate limiter (RFC 5438 §14) as first written (a deque of times per key), to compare against."""
     times: dict[str, deque[float]] = {}
 
     def allows(key: str, now: float) -> bool:

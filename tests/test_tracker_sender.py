@@ -1,6 +1,5 @@
-"""Sender side of the disposition tracker: the state table and the C1..C3 checks.
-
-IDs cite shared/spec/imdn.md (IMDN-nn, C-n). Time is a plain float passed in
+"""Sender side of the disposition tracker: the state table and the correlation checks
+(RFC 5438 §7.1.2, §14.1). Time is a plain float passed in
 as ``now``: the tracker reads no clock.
 """
 
@@ -31,7 +30,7 @@ from sipimdn.store import Delete, Put, SentRecord
 
 S = DispositionState
 BOB = "sip:bob@127.0.0.1:5070"
-BOB_AOR = "<sip:bob@127.0.0.1>"  # liblinphone drops the port (interop-linphone.md §1)
+BOB_AOR = "<sip:bob@127.0.0.1>"  # liblinphone drops the port
 CAROL = "sip:carol@example.org"
 MALLORY = "sip:mallory@evil.example"
 FULL = ("positive-delivery", "negative-delivery", "display")
@@ -113,7 +112,7 @@ def test_full_path_pending_accepted_delivered_displayed() -> None:
 
 
 def test_202_counts_as_accepted_not_delivered() -> None:
-    """IMDN-93: 202 means relayed; the state is accepted, delivery still awaited."""
+    """RFC 3428: 202 means relayed; the state is accepted, delivery still awaited."""
     tracker = new_tracker()
     tracker.response_received("m1", 202, 1.0)
     assert state_of(tracker, "m1") is S.ACCEPTED
@@ -125,7 +124,7 @@ def test_non_2xx_final_fails_every_pending_recipient(code: int) -> None:
     tracker.response_received("m1", code, 1.0)
     events = drain(tracker)
     assert changes(events) == [(BOB, S.PENDING, S.FAILED), (CAROL, S.PENDING, S.FAILED)]
-    # Nothing can change any more (IMDN-37: no negative delivery follows a non-2xx).
+    # Nothing can change any more (RFC 5438 §7.2.1.1: no negative delivery follows a non-2xx).
     assert isinstance(events[-1], TrackingEnded)
 
 
@@ -140,7 +139,7 @@ def test_provisional_response_is_ignored_and_second_final_refused() -> None:
 
 
 def test_notification_before_final_response_counts() -> None:
-    """liblinphone sends its delivery IMDN before its 200 OK (interop-linphone.md §2.2)."""
+    """liblinphone sends its delivery IMDN before its 200 OK."""
     tracker = new_tracker()
     assert notify(tracker, "delivery", "delivered", 1.0)
     assert changes(drain(tracker)) == [(BOB, S.PENDING, S.DELIVERED)]
@@ -159,7 +158,7 @@ def test_failure_response_after_early_delivery_keeps_delivered() -> None:
 
 
 def test_late_delivered_after_displayed_changes_nothing() -> None:
-    """Never backwards; IMDN-32: the delivery notification is recorded, the state stays."""
+    """Never backwards; RFC 5438 §7.2: the delivery notification is recorded, the state stays."""
     tracker = new_tracker()
     notify(tracker, "display", "displayed", 1.0)
     drain(tracker)
@@ -260,7 +259,7 @@ def rejected(tracker: DispositionTracker, kind: str, status: str, **kw: str | No
 
 
 def test_c1_unknown_message_id() -> None:
-    """C1: a Message-ID we never sent is unsolicited (RFC 5438 §14.1): logged, not applied."""
+    """RFC 5438 §7.1.2: a Message-ID we never sent is unsolicited (RFC 5438 §14.1): logged, not applied."""
     tracker = new_tracker()
     assert rejected(tracker, "delivery", "delivered", message_id="guess") == [RejectReason.UNKNOWN_MESSAGE]
 
@@ -355,7 +354,7 @@ def test_c3_forbidden_and_error_answer_either_delivery_request(
 
 
 def test_c3_second_notification_of_a_type_is_a_duplicate() -> None:
-    """IMDN-32: at most one per type; a delivered then failed is not honoured."""
+    """RFC 5438 §7.2: at most one per type; a delivered then failed is not honoured."""
     tracker = new_tracker(recipients=(BOB, CAROL))
     assert notify(tracker, "delivery", "delivered", 1.0)
     drain(tracker)
@@ -394,7 +393,7 @@ def test_unknown_kind() -> None:
 
 
 def test_negative_delivery_after_sip_failure() -> None:
-    """IMDN-37: a UAS that answered non-2xx must not send a negative delivery IMDN."""
+    """RFC 5438 §7.2.1.1: a UAS that answered non-2xx must not send a negative delivery IMDN."""
     tracker = new_tracker(recipients=(BOB, CAROL))
     notify(tracker, "delivery", "delivered", 1.0)  # keeps tracking alive after the failure
     tracker.response_received("m1", 480, 2.0)
@@ -404,7 +403,7 @@ def test_negative_delivery_after_sip_failure() -> None:
 
 
 def test_notification_after_tracking_ended_is_unknown() -> None:
-    """IMDN-81: notifications arriving after state expiry are consumed."""
+    """RFC 5438 §7.1.3: notifications arriving after state expiry are consumed."""
     tracker = new_tracker(requested=("positive-delivery",))
     tracker.response_received("m1", 200, 1.0)
     notify(tracker, "delivery", "delivered", 2.0)
@@ -563,11 +562,11 @@ def test_expiry_without_any_response() -> None:
 
 
 def test_negative_only_request_does_not_expire_accepted() -> None:
-    """IMDN-16: negative-delivery only asks about failure; silence until the deadline is fine."""
+    """RFC 5438 §6.2: negative-delivery only asks about failure; silence until the deadline is fine."""
     tracker = new_tracker(requested=("negative-delivery",))
     tracker.response_received("m1", 200, 1.0)
     drain(tracker)
-    assert tracker.sent("m1") is not None  # a failure may still be reported (IMDN-36)
+    assert tracker.sent("m1") is not None  # a failure may still be reported (RFC 5438 §7.2.1.1)
     tracker.handle_timer(TrackerConfig().tracking_ttl)
     events = drain(tracker)
     assert changes(events) == []
