@@ -564,8 +564,9 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
     extra: dict[str, Any] = {
         "auto_delivery": not args.no_auto_delivery, "worker_id": args.worker_id, "gc_tuning": True
     }
-    if args.dedup_max is not None:
-        extra["dedup_max"] = args.dedup_max
+    for option in ("dedup_max", "imdn_rate_limit", "imdn_byte_budget"):
+        if getattr(args, option) is not None:
+            extra[option] = getattr(args, option)
     config = _config(args, "udp:127.0.0.1:5060", **extra)
     # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
     store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)
@@ -870,6 +871,21 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="most received Message-IDs remembered for dedup, oldest forgotten first "
         "(default 100000; a copy of a message older than that window reaches the application again)",
+    )
+    listen.add_argument(
+        "--imdn-rate-limit",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="most notifications per minute to one destination address (default 120; a load test "
+        "whose senders share one address needs more)",
+    )
+    listen.add_argument(
+        "--imdn-byte-budget",
+        type=_count,
+        default=None,
+        metavar="BYTES",
+        help="most notification bytes per minute to one destination address (default 131072)",
     )
     listen.add_argument(
         "--worker-id",
