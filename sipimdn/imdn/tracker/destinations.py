@@ -38,6 +38,8 @@ __all__ = ["DestinationGuard", "address_key"]
 
 #: Destinations remembered at most; the idle ones are forgotten first, then the oldest.
 _MAX_DESTINATIONS = 65536
+#: Notifications sent to one destination within this many seconds share one byte-budget entry.
+_BUCKET = 1.0
 #: The table is pruned of idle destinations once it holds this many (or twice what survived).
 _PRUNE_MIN = 4096
 
@@ -51,7 +53,7 @@ def address_key(identity: str) -> str:
 
 
 class _Destination:
-    __slots__ = ("answered", "in_flight", "parked_until", "sent", "silences", "waiting")
+    __slots__ = ("answered", "in_flight", "parked_until", "sent", "sent_bytes", "silences", "waiting")
 
     def __init__(self) -> None:
         #: Whether it answered anything since it was last silent.
@@ -63,8 +65,11 @@ class _Destination:
         #: Consecutive transactions it left unanswered.
         self.silences = 0
         self.parked_until = float("-inf")
-        #: (time, bytes) of the notifications sent to it within the window, oldest first.
+        #: (time, bytes) of the notifications sent to it within the window, oldest first, one
+        #: entry per second of sending at most.
         self.sent: deque[tuple[float, int]] = deque()
+        #: The sum of the sizes in ``sent``.
+        self.sent_bytes = 0
 
     def idle(self, now: float) -> bool:
         return not self.in_flight and not self.waiting and not self.sent and self.parked_until <= now
@@ -99,7 +104,7 @@ class DestinationGuard:
         if entry is None:
             return False
         self._expire(entry, now)
-        return sum(size for _, size in entry.sent) >= self.byte_budget
+        return entry.sent_bytes >= self.byte_budget
 
     def admit(self, address: str, notification_id: str, target: str, now: float) -> float | None:
         """May this notification (to the Request-URI whose key is ``target``) go out now? None:
@@ -124,7 +129,15 @@ class DestinationGuard:
         """Count ``size`` bytes sent to the destination."""
         entry = self._entry(address, now)
         self._expire(entry, now)
-        entry.sent.append((now, size))
+        sent = entry.sent
+        if sent and sent[-1][0] > now - _BUCKET:
+            # One entry per second of sending at most: memory bounded by the window, not by
+            # the rate (a bucket leaves the window with its first notification, a little early).
+            start, total = sent.pop()
+            sent.append((start, total + size))
+        else:
+            sent.append((now, size))
+        entry.sent_bytes += size
 
     def answered(self, address: str, notification_id: str) -> list[str]:
         """The destination answered (any status): it is alive. Returns the notifications
@@ -168,7 +181,7 @@ class DestinationGuard:
         cutoff = now - self.window
         sent = entry.sent
         while sent and sent[0][0] <= cutoff:
-            sent.popleft()
+            entry.sent_bytes -= sent.popleft()[1]
 
     def _entry(self, address: str, now: float) -> _Destination:
         entry = self._table.get(address)
