@@ -44,12 +44,34 @@ _BUCKET = 1.0
 _PRUNE_MIN = 4096
 
 
-def address_key(identity: str) -> str:
-    """The destination address of an identity key (``sip:user@host:port`` -> ``sip:host:port``)."""
+def address_key(identity: str, uri: str) -> str:
+    """The destination address of a notification's Request-URI ``uri`` whose identity key (ports
+    not compared) is ``identity``: ``sip:user@host`` -> ``sip:host:port``. Only the port is read
+    from ``uri`` (the identity key already normalised the host), with a cheap parse: this runs
+    for every notification."""
     scheme, colon, rest = identity.partition(":")
     if not colon or scheme not in ("sip", "sips"):
         return identity
-    return f"{scheme}:{rest.rpartition('@')[2]}"
+    secure = uri.lstrip("<").lstrip()[:5].lower() == "sips:" or "<sips:" in uri.lower()
+    return f"{scheme}:{rest.rpartition('@')[2]}:{_port(uri) or ('5061' if secure else '5060')}"
+
+
+def _port(uri: str) -> str:
+    """The port of a SIP URI (or name-addr) as written, or "" (RFC 3261 §19.1.1 hostport)."""
+    start = uri.find("<")
+    if start >= 0:
+        end = uri.find(">", start)
+        uri = uri[start + 1 : end if end >= 0 else len(uri)]
+    rest = uri.partition(":")[2]
+    userinfo, at, hostpart = rest.partition("@")
+    if not at:
+        hostpart = userinfo
+    for stop in (";", "?"):
+        hostpart = hostpart.split(stop, 1)[0]
+    if hostpart.startswith("["):
+        hostpart = hostpart[hostpart.find("]") + 1 :]
+    port = hostpart.rpartition(":")[2] if ":" in hostpart else ""
+    return str(int(port)) if port.isdigit() and 0 < int(port) < 65536 else ""
 
 
 class _Destination:

@@ -48,6 +48,7 @@ reported as :class:`~.events.NotificationsDeclined`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from enum import StrEnum
@@ -673,8 +674,7 @@ class ReceiverSide(TrackerCore):
 
     def _address(self, uri: str) -> str:
         """The destination address of a notification's Request-URI (see :mod:`.destinations`)."""
-        key = identity_key(uri, compare_ports=True)
-        return address_key(key) if key is not None else uri
+        return _address_of(uri)
 
     def _new_owed(self, record: ReceivedRecord, kind: str, status: str, now: float) -> OwedRecord | None:
         """The notification to owe, or None (declined: peer refuses IMDNs, a budget, a parked
@@ -815,6 +815,12 @@ class ReceiverSide(TrackerCore):
         self._guard.forget(self._address(owed.request_uri), owed.notification_id)
         self._delete(OwedRecord.TABLE, owed.notification_id)
         self._emit(NotificationAbandoned(owed.notification_id, owed.message_id, reason))
+
+
+@functools.lru_cache(maxsize=4096)  # pure; asked four times per notification (owe, send, outcome)
+def _address_of(uri: str) -> str:
+    key = identity_key(uri)  # the peer key's cache entry: one parse per URI
+    return address_key(key, uri) if key is not None else uri
 
 
 def _latest(window: float | list[float]) -> float:
