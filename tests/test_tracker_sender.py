@@ -695,3 +695,20 @@ def test_every_state_and_input(state: S, step: SenderInput) -> None:
     record = tracker.sent("m1")
     if record is not None:
         assert state_of(tracker, "m1") is expected
+
+
+def test_a_trusted_intermediary_reports_for_our_recipients_but_adds_no_member() -> None:
+    """RFC 5438 §7: the outbound proxy (a store-and-forward server) every message goes through
+    may report for bob; it cannot make a one-to-one message a list."""
+    proxy = "sip:127.0.0.1:5999;lr"
+    tracker = new_tracker(requested=("positive-delivery", "processing"), trusted_intermediaries=(proxy,))
+    assert notify(tracker, "processing", "stored", 1.0, sender="sip:127.0.0.1:5999", recipient_uri=BOB)
+    drain(tracker)
+    tracker.writes_to_apply()
+    assert rejected(
+        tracker, "delivery", "delivered", sender="sip:127.0.0.1:5999", recipient_uri=MALLORY
+    ) == [RejectReason.NOT_A_RECIPIENT]
+    # Anyone else naming bob is still refused.
+    assert rejected(tracker, "delivery", "delivered", sender=CAROL, recipient_uri=BOB) == [
+        RejectReason.NOT_A_RECIPIENT
+    ]

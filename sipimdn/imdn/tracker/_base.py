@@ -128,6 +128,13 @@ class TrackerCore:
         self._new_id = id_factory or (lambda: secrets.token_hex(16))
         # --- sender side
         self._sent: dict[str, SentRecord] = {}
+        # Identity keys of config.trusted_intermediaries.
+        self._trusted_hops = frozenset(
+            key
+            for key in (identity_key(uri, compare_ports=self.config.compare_ports)
+                        for uri in self.config.trusted_intermediaries)
+            if key is not None
+        )
         # --- receiver side
         self._owed: dict[str, OwedRecord] = {}
         self._received: dict[tuple[str, str], ReceivedRecord] = {}

@@ -54,6 +54,10 @@ class TrackerConfig:
     max_imdn_route: int = 4
     #: Whether IMDN-Record-Route is honoured by default (RFC 5438 §14.1: only from trusted paths).
     trust_imdn_route: bool = False
+    #: Intermediaries every message we send goes through (the outbound proxy, a store-and-forward
+    #: server): their notifications may report for any intended recipient of any message
+    #: (RFC 5438 §7: an intermediary the message went through), as the recipient itself may.
+    trusted_intermediaries: tuple[str, ...] = ()
     #: Most recipients (intended plus list members learnt from notifications) per sent message;
     #: a notification naming one more member is rejected as ``too-many-recipients``.
     max_recipients: int = 256
@@ -123,3 +127,4 @@ class TrackerConfig:
         if self.max_imdn_route < 0:
             raise ValueError("max_imdn_route must not be negative")
         object.__setattr__(self, "display_policy", DisplayPolicy(str(self.display_policy)))
+        object.__setattr__(self, "trusted_intermediaries", tuple(self.trusted_intermediaries))

@@ -348,10 +348,15 @@ class SenderSide(TrackerCore):
         senders = set(sender_keys)
         hops = set(record.intermediaries)
         hop = next((key for key in sender_keys if key in hops), None)
+        # An intermediary every message goes through (the outbound proxy) speaks for the
+        # recipients we know, but never adds members: that takes this message's own list.
+        proxy = next((key for key in sender_keys if key in self._trusted_hops), None)
 
         def speaks_for(key: str) -> bool:
             via = known[key].via
-            return hop is not None or key in senders or (via is not None and via in senders)
+            if hop is not None or proxy is not None or key in senders:
+                return True
+            return via is not None and via in senders
 
         def not_origin(detail: str) -> tuple[None, None, tuple[RejectReason, str]]:
             return None, None, (RejectReason.NOT_A_RECIPIENT, detail)
@@ -385,12 +390,15 @@ class SenderSide(TrackerCore):
         for key in sender_keys:
             if key in known:
                 return key, None, None
-        if hop is not None:
-            if rkey is not None:
-                return rkey, hop, None
-            if len(intended) == 1:
+        if hop is not None and rkey is not None:
+            return rkey, hop, None
+        if hop is not None or proxy is not None:
+            if rkey is None and len(intended) == 1:
                 return intended[0], None, None
-            return None, None, (RejectReason.AMBIGUOUS_RECIPIENT, "intermediary did not name the recipient")
+            if rkey is None:
+                why = (RejectReason.AMBIGUOUS_RECIPIENT, "intermediary did not name the recipient")
+                return None, None, why
+            return not_origin("an intermediary of every message cannot add members to one")
         return not_origin("sender is no recipient of this message")
 
     def _apply_notification(
