@@ -175,3 +175,15 @@ def test_through_a_trusted_relay_the_count_is_per_originator() -> None:
     events = drain(tracker)
     assert declined(events) == []
     assert len(owed(events)) == 3  # one URI (the relay): all handed out
+
+
+def test_those_waiting_go_when_the_one_in_flight_expires() -> None:
+    tracker = make(owed_ttl=10.0, in_flight_timeout=64.0)
+    forged(tracker, 0, 0.0)
+    forged(tracker, 1, 5.0)  # another URI at the same address: waits for the first
+    [first] = owed(drain(tracker))
+    tracker.handle_timer(10.0)  # the first expires in flight, never answered
+    events = drain(tracker)
+    assert [getattr(e, "reason", None) for e in events if not isinstance(e, NotificationOwed)] == ["expired"]
+    assert [n.message_id for n in owed(events)] == ["m1"]
+    assert first.message_id == "m0"

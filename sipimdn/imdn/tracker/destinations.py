@@ -190,6 +190,15 @@ class DestinationGuard:
         entry = self._table.get(address)
         return tuple(entry.waiting) if entry is not None else ()
 
+    def release(self, address: str, now: float) -> list[str]:
+        """The notifications waiting for the destination, if nothing is in flight to it any more
+        and it is not parked (the one in flight was settled otherwise, e.g. expired)."""
+        entry = self._table.get(address)
+        if entry is None or entry.in_flight or entry.parked_until > now:
+            return []
+        waiting, entry.waiting = entry.waiting, []
+        return waiting
+
     def forget(self, address: str, notification_id: str) -> None:
         """The notification is settled otherwise (given up, expired): it waits no more."""
         entry = self._table.get(address)

@@ -789,6 +789,11 @@ class ReceiverSide(TrackerCore):
     def _owed_due(self, owed: OwedRecord, now: float) -> None:
         if now >= owed.expires_at:
             self._abandon(owed, "expired")
+            # If it was the one in flight, those waiting behind it go now.
+            for waiting in self._guard.release(self._address(owed.request_uri), now):
+                other = self._owed.get(waiting)
+                if other is not None and not other.in_flight:
+                    self._dispatch(other, now)
         elif owed.in_flight:
             self._silent(owed, now)  # the outcome never came: count it as a timeout
         else:
