@@ -117,7 +117,10 @@ def _behind_dispatcher(
     # SIPp addresses the service as sip:bob@127.0.0.1:<kamailio port>: that is the public AOR.
     aor = f"sip:bob@{LOOPBACK}:{dispatcher.port}"
     workers: list[Worker] = []
-    extra = ["--proxy", dispatcher.proxy_uri()]
+    # SIPp sends every call from its one address (a fresh user part each): the notification
+    # budgets per destination address (RFC 5438 §14, 120 a minute by default) are lifted.
+    extra = ["--proxy", dispatcher.proxy_uri(), "--imdn-rate-limit", str(1 << 30),
+             "--imdn-byte-budget", str(1 << 40)]
     if store is not None:
         extra += ["--store", store.create_database()]  # one database, shared by the workers
     try:

@@ -292,6 +292,17 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    """A whole number, at least 1 (argparse ``type=``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _status(text: str) -> int:
     try:
         code = int(text)
@@ -592,10 +603,13 @@ async def _waiting(awaitable: Awaitable[_T], timeout: float, tick: Callable[[flo
 
 
 async def _listen(args: argparse.Namespace, printer: Printer) -> int:
-    config = _config(
-        args, "udp:127.0.0.1:5060", auto_delivery=not args.no_auto_delivery, worker_id=args.worker_id,
-        gc_tuning=True,
-    )
+    extra: dict[str, Any] = {
+        "auto_delivery": not args.no_auto_delivery, "worker_id": args.worker_id, "gc_tuning": True
+    }
+    for option in ("dedup_max", "imdn_rate_limit", "imdn_byte_budget"):
+        if getattr(args, option) is not None:
+            extra[option] = getattr(args, option)
+    config = _config(args, "udp:127.0.0.1:5060", **extra)
     # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
     if args.metrics_port is not None:
         try:
@@ -931,6 +945,29 @@ def register(subparsers: Any) -> None:
     )
     listen.add_argument(
         "--no-auto-delivery", action="store_true", help="do not send delivered notifications on our own"
+    )
+    listen.add_argument(
+        "--dedup-max",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="most received Message-IDs remembered for dedup, oldest forgotten first "
+        "(default 100000; a copy of a message older than that window reaches the application again)",
+    )
+    listen.add_argument(
+        "--imdn-rate-limit",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="most notifications per minute to one destination address (default 120; a load test "
+        "whose senders share one address needs more)",
+    )
+    listen.add_argument(
+        "--imdn-byte-budget",
+        type=_count,
+        default=None,
+        metavar="BYTES",
+        help="most notification bytes per minute to one destination address (default 131072)",
     )
     listen.add_argument(
         "--worker-id",

@@ -234,6 +234,11 @@ class UserAgentConfig:
     #: off only behind an element that rewrites the Request-URI to an address we
     #: cannot know (a registrar storing a NAT's public address as our contact).
     check_request_uri: bool = True
+    #: Most received Message-IDs remembered for dedup (in memory and in the store),
+    #: the oldest forgotten first: a copy of a message older than that window reaches
+    #: the application again. About 320 bytes of memory each (32 MB for the default);
+    #: without a cap a peer sending fresh Message-IDs would grow memory without bound.
+    dedup_max: int = 100_000
     #: How many plain-text messages (no Message-ID) the tracker remembers for dedup.
     dedup_capacity: int = 4096
     #: How long (seconds) a plain-text message is remembered for dedup.
@@ -266,12 +271,23 @@ class UserAgentConfig:
     imdn_retry_base: float = 1.0
     #: Longest back-off between two IMDN attempts (seconds).
     imdn_retry_cap: float = 30.0
-    #: At most this many notifications for the messages of one originator (SIP From,
-    #: else CPIM From) per ``imdn_rate_window`` seconds; beyond it requests are
-    #: declined (RFC 5438 §14: a flood of messages must not make us a flood source).
+    #: At most this many notifications to one destination address (host and port of
+    #: the notification's Request-URI, whatever its user part; per originator through a
+    #: trusted IMDN-Record-Route) per ``imdn_rate_window`` seconds; beyond it requests
+    #: are declined (RFC 5438 §14: a flood of forged messages must not make us a flood
+    #: source aimed at a third party).
     imdn_rate_limit: int = 120
-    #: The window of ``imdn_rate_limit``, in seconds.
+    #: The window of ``imdn_rate_limit`` and ``imdn_byte_budget``, in seconds.
     imdn_rate_window: float = 60.0
+    #: At most this many bytes of notifications to one destination address per
+    #: ``imdn_rate_window`` (about 150 typical IMDNs: it binds only on oversized ones).
+    imdn_byte_budget: int = 128 * 1024
+    #: A destination that leaves a notification transaction wholly unanswered is parked
+    #: this many seconds (doubling per further silent probe, up to ``imdn_park_cap``):
+    #: no transaction after transaction into the void.
+    imdn_park_base: float = 60.0
+    #: Longest parking of a silent destination, in seconds.
+    imdn_park_cap: float = 3600.0
 
     # Persistence.
     #: Where what we owe and await is kept: a SQLite file (``":memory:"`` keeps nothing) or a
@@ -304,7 +320,10 @@ class UserAgentConfig:
             raise ValueError("at least one listen endpoint is required")
         if any(ep.transport == "tls" for ep in self.listen) and self.tls_server_context is None:
             raise ValueError("a tls listen endpoint needs tls_server_context")
-        for name in ("t1", "t2", "t4", "handler_deadline", "imdn_retry_base", "imdn_retry_cap"):
+        for name in (
+            "t1", "t2", "t4", "handler_deadline", "imdn_retry_base", "imdn_retry_cap", "imdn_park_base",
+            "imdn_park_cap",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.t2 < self.t1:
@@ -317,8 +336,10 @@ class UserAgentConfig:
             "max_body_bytes",
             "max_inflated_bytes",
             "dedup_capacity",
+            "dedup_max",
             "imdn_max_attempts",
             "imdn_rate_limit",
+            "imdn_byte_budget",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -175,12 +175,32 @@ def test_send_to_nobody_fails_cleanly() -> None:
         ["send", "--aor", "sip:a@127.0.0.1", "--to", "sip:b@127.0.0.1", "--text", "x", "--notify", "bogus"],
         ["listen", "--aor", "sip:b@127.0.0.1", "--listen", "sctp:127.0.0.1:1"],
         ["listen", "--aor", "sip:b@127.0.0.1", "--status", "180"],
+        ["listen", "--aor", "sip:b@127.0.0.1", "--dedup-max", "0"],
+        ["listen", "--aor", "sip:b@127.0.0.1", "--dedup-max", "many"],
+        ["listen", "--aor", "sip:b@127.0.0.1", "--imdn-rate-limit", "-1"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     result = subprocess.run([*CLI, *argv], check=False, capture_output=True, text=True, timeout=30, env=ENV)
     assert result.returncode == 2
     assert "error" in result.stderr
+
+
+def test_listen_takes_its_limits() -> None:
+    """``--dedup-max`` and the notification budgets are accepted (and bad values refused above);
+    messages and their notifications still flow with a cap of one."""
+    with listener("--dedup-max", "1", "--imdn-rate-limit", "1000", "--imdn-byte-budget", "1000000") as (
+        proc,
+        listening,
+    ):
+        for _ in range(2):  # two fresh Message-IDs with a cap of one: the first is evicted
+            result = _send(listening["aor"], "--notify", "positive-delivery")
+            assert result.returncode == 0, result.stdout + result.stderr
+            states = [e["state"] for e in _json_lines(result.stdout) if e["event"] == "disposition-changed"]
+            assert states == ["accepted", "delivered"]
+        code, listen_events = _stop(proc)
+    assert code == 0
+    assert len([e for e in listen_events if e["event"] == "message"]) == 2
 
 
 def test_demo_prints_the_three_stages() -> None:

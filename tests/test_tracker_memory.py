@@ -176,7 +176,7 @@ def test_stale_timers_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _reference_limiter(limit: int, window: float) -> Any:
-    """The C6 limiter as first written (a deque of times per originator), to compare against."""
+    """The rate limiter (RFC 5438 §14) as first written (a deque of times per key), to compare against."""
     times: dict[str, deque[float]] = {}
 
     def allows(key: str, now: float) -> bool:
@@ -240,9 +240,8 @@ def test_ua_shaped_inputs_share_what_is_equal() -> None:
     assert first.recipient is second.recipient is first.original_recipient == "<sip:bob@example.org>"
     tracker.message_answered("m0", "<sip:carol@example.com>", 200, 0.0)
     assert tracker.mark_displayed("m0", 0.0) is not None
-    # The C6 window is keyed by the record's own string, not the identity cache's first copy.
-    [rate_key] = list(tracker._rate)
-    assert rate_key is first.sip_from
+    # The rate window is kept per destination address (RFC 5438 §14), never per user part.
+    assert list(tracker._rate) == ["sip:example.com:5060"]
 
 
 def test_common_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

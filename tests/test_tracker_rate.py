@@ -1,8 +1,9 @@
-"""C6: the rate limit on IMDN generation is per originator of the IM, never per relay.
+"""RFC 5438 §14: the rate limit on IMDN generation.
 
-An intermediary (list server, store-and-forward) named by the top IMDN-Route relays for many
-senders; one budget for all of them declined the IMDNs of everyone behind a busy relay
-(requests-for-tracker.md §2). One sender flooding is still limited, relay or not.
+Sent straight back, notifications are counted per destination address (a forger varies the user
+part at will). Through a trusted IMDN-Record-Route hop (list server, store-and-forward relaying
+for many senders) they are counted per originator of the IM: one budget for the relay would
+decline the IMDNs of everyone behind a busy one. One sender flooding is still limited.
 """
 
 from __future__ import annotations
@@ -114,18 +115,18 @@ def test_cpim_from_is_the_originator_without_a_sip_from() -> None:
 
 
 def test_limiter_memory_is_bounded_by_active_originators(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idle originators are forgotten; the limiter holds at most about twice the active ones."""
+    """Idle destinations are forgotten; the limiter holds at most about twice the active ones."""
     monkeypatch.setattr(tracker_receiver, "_RATE_PRUNE_MIN", 8)  # prune early instead of after 16k keys
     tracker = make(rate_limit=1, rate_window=10.0)
     for i in range(20):
-        deliver(tracker, f"old{i}", f"sip:old{i}@example.com", None, now=1.0, route=())
+        deliver(tracker, f"old{i}", f"sip:old@h{i}.example.com", None, now=1.0, route=())
     # One window later a new crowd arrives: the old one, idle since, is dropped on the way.
     for i in range(40):
-        deliver(tracker, f"new{i}", f"sip:new{i}@example.com", None, now=100.0, route=())
+        deliver(tracker, f"new{i}", f"sip:new@n{i}.example.com", None, now=100.0, route=())
     assert tally(drain(tracker)) == (60, [])
     kept = set(tracker._rate)  # white-box: the memory bound is the point of this test
-    assert kept <= {f"sip:new{i}@example.com" for i in range(40)}
+    assert kept <= {f"sip:n{i}.example.com:5060" for i in range(40)}
     assert len(kept) <= 2 * 40
-    # The budget of an originator still active survives the pruning.
-    deliver(tracker, "again", "sip:new0@example.com", None, now=101.0, route=())
+    # The budget of a destination still active survives the pruning (any user part at it).
+    deliver(tracker, "again", "sip:other@n0.example.com", None, now=101.0, route=())
     assert tally(drain(tracker)) == (0, [DeclineReason.RATE_LIMITED])

@@ -1,6 +1,5 @@
-"""Receiver side of the disposition tracker: what we owe, retries, policy and the C4..C7 checks.
-
-IDs cite shared/spec/imdn.md (IMDN-nn, C-n).
+"""Receiver side of the disposition tracker: what we owe, retries, policy and the checks of
+RFC 5438 §7.2.1 and §14.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def receive(
 
 
 def test_positive_delivery_owed_after_2xx_with_everything_to_build_it() -> None:
-    """IMDN-35, §7.2.1: after a 2xx, a delivered IMDN addressed per §7.2.1 / §12.1.3.1."""
+    """RFC 5438 §7.2.1.1, §7.2.1: after a 2xx, a delivered IMDN addressed per §7.2.1 / §12.1.3.1."""
     tracker = make()
     assert receive(tracker) == ("display", "negative-delivery", "positive-delivery")
     assert owed(drain(tracker)) == []
@@ -106,7 +105,7 @@ def test_auto_delivered_off_waits_for_the_application() -> None:
 
 
 def test_non_2xx_answer_owes_nothing_ever() -> None:
-    """IMDN-37: no negative delivery IMDN after a non-2xx final response."""
+    """RFC 5438 §7.2.1.1: no negative delivery IMDN after a non-2xx final response."""
     tracker = make()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 486, 1.0)
@@ -121,7 +120,7 @@ def test_non_2xx_answer_owes_nothing_ever() -> None:
 
 
 def test_mark_displayed_owes_displayed_once() -> None:
-    """IMDN-31/32: delivery and display IMDNs for one IM, at most one of each."""
+    """RFC 5438 §7.2: delivery and display IMDNs for one IM, at most one of each."""
     tracker = make()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -137,7 +136,7 @@ def test_mark_displayed_owes_displayed_once() -> None:
 
 
 def test_second_different_notification_of_a_type_is_misuse() -> None:
-    """IMDN-32, while the message is still open for another type."""
+    """RFC 5438 §7.2, while the message is still open for another type."""
     tracker = make(auto_delivered=False)
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -172,7 +171,7 @@ def test_display_not_requested() -> None:
 
 
 def test_display_policy_forbidden_answers_at_once() -> None:
-    """C7 / §14.2: the user never reveals display; forbidden goes out with the delivery IMDN."""
+    """RFC 5438 §14.2: the user never reveals display; forbidden goes out with the delivery IMDN."""
     tracker = make(display_policy=DisplayPolicy.FORBIDDEN)
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -184,7 +183,7 @@ def test_display_policy_forbidden_answers_at_once() -> None:
 
 
 def test_display_policy_silent_declines() -> None:
-    """C7, IMDN-39: a recipient may silently ignore display requests."""
+    """RFC 5438 §7.2.1.2, §14.2: a recipient may silently ignore display requests."""
     tracker = make(display_policy="silent")
     assert receive(tracker) == ("negative-delivery", "positive-delivery")
     assert declined(drain(tracker)) == [(("display",), DeclineReason.PRIVACY)]
@@ -203,7 +202,7 @@ def test_per_message_policy_accepts_the_ua_enum() -> None:
 
 
 def test_negative_only_and_success_sends_nothing() -> None:
-    """IMDN-33, IMDN-36: silence on success; a later failure may still be reported."""
+    """RFC 5438 §7.2.1.1: silence on success; a later failure may still be reported."""
     tracker = make()
     receive(tracker, requested=("negative-delivery",))
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -215,7 +214,7 @@ def test_negative_only_and_success_sends_nothing() -> None:
 
 
 def test_negative_after_auto_delivered_is_refused() -> None:
-    """IMDN-32: no delivered then failed."""
+    """RFC 5438 §7.2: no delivered then failed."""
     tracker = make()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -228,7 +227,7 @@ def test_negative_after_auto_delivered_is_refused() -> None:
     [("processing", "processed"), ("delivery", "displayed"), ("display", "failed"), ("read", "read")],
 )
 def test_report_disposition_misuse(kind: str, status: str) -> None:
-    """IMDN-34: a recipient never sends processing notifications; statuses belong to kinds."""
+    """RFC 5438 §7.2: a recipient never sends processing notifications; statuses belong to kinds."""
     tracker = make()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -237,7 +236,7 @@ def test_report_disposition_misuse(kind: str, status: str) -> None:
 
 
 def test_unknown_and_processing_requests_are_ignored() -> None:
-    """IMDN-30: unknown tokens ignored; IMDN-34: processing is for intermediaries."""
+    """RFC 5438 §6.2: unknown tokens ignored; §7.2: processing is for intermediaries."""
     tracker = make()
     assert receive(tracker, requested=("processing", "read", "Display")) == ()
     assert tracker.received("m1") is None
@@ -290,11 +289,11 @@ def test_dedup_entry_expires() -> None:
     assert not tracker.is_duplicate("m1", ALICE)
 
 
-# --- declines (C4, C5, C6, IMDN-42) ------------------------------------------------------------------------
+# --- declines (RFC 5438 §7.2.1, §12.1.1, §14) --------------------------------------------------------
 
 
 def test_c4_never_notify_a_notification() -> None:
-    """C4 / IMDN-53: loop guard."""
+    """RFC 5438 §7.2.1: loop guard."""
     tracker = make()
     assert receive(tracker, is_notification=True) == ()
     assert declined(drain(tracker)) == [
@@ -308,7 +307,7 @@ ANONYMOUS = "<sip:anonymous@anonymous.invalid>"
 
 
 def test_anonymous_sender_declined() -> None:
-    """IMDN-42 (§12.1.1): requests from anonymous senders may be ignored."""
+    """RFC 5438 §12.1.1: requests from anonymous senders may be ignored."""
     tracker = make()
     assert receive(tracker, sender=ANONYMOUS, sip_from=None) == ()
     assert receive(tracker, message_id="m2", sender=ALICE, sip_from=ANONYMOUS) == ()
@@ -328,7 +327,7 @@ def test_anonymous_cpim_from_with_real_sip_from_is_served() -> None:
 
 
 def test_c5_untrusted_route_is_not_honoured() -> None:
-    """C5: a forged IMDN-Record-Route must not turn us into a flood source."""
+    """RFC 5438 §14.1: a forged IMDN-Record-Route must not turn us into a flood source."""
     tracker = make()
     receive(tracker, imdn_route=["sip:victim@target.example"])
     assert declined(drain(tracker)) == [(FULL_SORTED, DeclineReason.ROUTE_UNTRUSTED)]
@@ -395,7 +394,9 @@ def test_acknowledged_notification_is_forgotten() -> None:
 
 @pytest.mark.parametrize("failure", [None, 408, 500, 503])
 def test_retry_with_backoff_then_give_up(failure: int | None) -> None:
-    tracker, n = owe_one(max_attempts=4, retry_base=1.0, retry_cap=3.0)
+    # A timeout (None) also parks the destination (park_base doubling to park_cap), here in step
+    # with the backoff, so every failure retries on the same schedule.
+    tracker, n = owe_one(max_attempts=4, retry_base=1.0, retry_cap=3.0, park_base=1.0, park_cap=3.0)
     now = 0.0
     sent_at = [now]
     for _ in range(3):
@@ -431,7 +432,7 @@ def test_provisional_and_late_outcomes_are_ignored() -> None:
 
 
 def test_missing_outcome_counts_as_timeout() -> None:
-    tracker, _ = owe_one(in_flight_timeout=40.0, retry_base=2.0)
+    tracker, _ = owe_one(in_flight_timeout=40.0, retry_base=2.0, park_base=2.0)
     assert tracker.get_timer() == 40.0
     tracker.handle_timer(40.0)
     assert drain(tracker) == []

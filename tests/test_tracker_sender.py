@@ -58,10 +58,16 @@ def state_of(tracker: DispositionTracker, message_id: str, uri: str = BOB) -> S:
 
 
 def new_tracker(
-    recipients: tuple[str, ...] = (BOB,), requested: tuple[str, ...] = FULL, **config: Any
+    recipients: tuple[str, ...] = (BOB,),
+    requested: tuple[str, ...] = FULL,
+    *,
+    expect_members: bool = False,
+    **config: Any,
 ) -> DispositionTracker:
     tracker = DispositionTracker(TrackerConfig(**config), now=0.0)
-    tracker.register_sent(message_id="m1", recipients=recipients, requested=requested, now=0.0)
+    tracker.register_sent(
+        message_id="m1", recipients=recipients, requested=requested, now=0.0, expect_members=expect_members
+    )
     drain(tracker)
     tracker.writes_to_apply()
     return tracker
@@ -276,16 +282,44 @@ def test_c2_sender_not_a_recipient() -> None:
     ]
 
 
-def test_c2_any_one_identity_suffices() -> None:
-    """RFC 5438 §14: SIP From, CPIM From, recipient-uri or original-recipient-uri naming a recipient."""
+def test_c2_any_one_sender_identity_suffices() -> None:
+    """RFC 5438 §7: the SIP From or the CPIM From naming the recipient is enough (RCS clients put
+    an anonymous CPIM From on a message whose SIP From is real)."""
     for kw in (
         {"sender": None, "sip_from": "sip:bob@127.0.0.1"},
-        {"sender": "<sip:anonymous@anonymous.invalid>", "recipient_uri": BOB},
-        {"sender": MALLORY, "original_recipient_uri": "sip:bob@127.0.0.1"},
+        {
+            "sender": "<sip:anonymous@anonymous.invalid>",
+            "sip_from": "sip:bob@127.0.0.1",
+            "recipient_uri": BOB,
+        },
         {"sender": "im:bob@127.0.0.1"},
+        {"sender": BOB_AOR, "original_recipient_uri": BOB},
     ):
         tracker = new_tracker()
         assert notify(tracker, "delivery", "delivered", **kw), kw
+
+
+def test_c2_the_xml_alone_names_nobody() -> None:
+    """RFC 5438 §14: the XML is only the sender's claim. A third party naming bob as the
+    recipient (or original recipient) moves nothing, and a one-to-one message gains no member."""
+    for kw in (
+        {"sender": "<sip:anonymous@anonymous.invalid>", "recipient_uri": BOB},
+        {"sender": MALLORY, "original_recipient_uri": "sip:bob@127.0.0.1"},
+        {"sender": MALLORY, "sip_from": MALLORY, "recipient_uri": BOB, "original_recipient_uri": BOB},
+        {"sender": MALLORY, "recipient_uri": MALLORY, "original_recipient_uri": BOB},
+        {"sender": CAROL, "recipient_uri": "sip:eve@example.org", "original_recipient_uri": BOB},
+    ):
+        tracker = new_tracker()
+        before = tracker.sent("m1")
+        assert rejected(tracker, "delivery", "delivered", **kw) == [RejectReason.NOT_A_RECIPIENT], kw
+        assert tracker.sent("m1") == before
+    # bob reporting from another URI of his (a GRUU) is still bob, and not a list member.
+    tracker = new_tracker()
+    assert notify(
+        tracker, "delivery", "delivered", sender=BOB_AOR, recipient_uri="sip:bob@127.0.0.1;gr=urn:uuid:1"
+    )
+    record = tracker.sent("m1")
+    assert record is None or [r.uri for r in record.recipients] == [BOB]
 
 
 def test_c2_ports_compared_when_configured() -> None:
@@ -369,7 +403,7 @@ def test_negative_delivery_after_sip_failure() -> None:
 
 
 def test_notification_after_tracking_ended_is_unknown() -> None:
-    """Notifications arriving after state expiry are consumed."""
+    """RFC 5438 §7.1.3: notifications arriving after state expiry are consumed."""
     tracker = new_tracker(requested=("positive-delivery",))
     tracker.response_received("m1", 200, 1.0)
     notify(tracker, "delivery", "delivered", 2.0)
@@ -384,8 +418,12 @@ LIST = "sip:friends@lists.example"
 
 
 def test_members_of_a_list_tracked_individually() -> None:
-    """RFC 5438 §7.1.2: recipient-uri / original-recipient-uri tell members apart (RFC 5365 list)."""
-    tracker = new_tracker(recipients=(LIST,))
+    """RFC 5438 §7.1.2: recipient-uri / original-recipient-uri tell members apart (RFC 5365 list).
+
+    Members speak for themselves once the recipient is known to be a list (here: the application
+    said so); see test_members_self_reporting_need_a_known_list for a recipient not known as one.
+    """
+    tracker = new_tracker(recipients=(LIST,), expect_members=True)
     tracker.response_received("m1", 202, 1.0)
     drain(tracker)
     assert notify(
@@ -411,8 +449,40 @@ def test_members_of_a_list_tracked_individually() -> None:
     ]
 
 
+def test_members_self_reporting_need_a_known_list() -> None:
+    """RFC 5438 §14: "carol, reached through the list you addressed" from carol herself proves
+    nothing about a recipient not known to be a list: it is the forged-member attack's shape. The
+    list's own notification teaches that it is one; members may then speak for themselves."""
+    tracker = new_tracker(recipients=(LIST,))
+    tracker.response_received("m1", 202, 1.0)
+    drain(tracker)
+    tracker.writes_to_apply()
+    assert rejected(
+        tracker, "delivery", "delivered", sender=CAROL, recipient_uri=CAROL, original_recipient_uri=LIST
+    ) == [RejectReason.NOT_A_RECIPIENT]
+    assert notify(
+        tracker,
+        "delivery",
+        "delivered",
+        2.0,
+        sender=LIST,
+        recipient_uri="sip:dave@example.org",
+        original_recipient_uri=LIST,
+    )
+    assert notify(
+        tracker, "delivery", "delivered", 3.0, sender=CAROL, recipient_uri=CAROL, original_recipient_uri=LIST
+    )
+    record = tracker.sent("m1")
+    assert record is not None
+    assert [(r.uri, r.via) for r in record.recipients] == [
+        (LIST, None),
+        ("sip:dave@example.org", "sip:friends@lists.example"),
+        (CAROL, "sip:friends@lists.example"),
+    ]
+
+
 def test_member_limit() -> None:
-    tracker = new_tracker(recipients=(LIST,), max_recipients=2)
+    tracker = new_tracker(recipients=(LIST,), max_recipients=2, expect_members=True)
     assert notify(
         tracker, "delivery", "delivered", 1.0, sender=CAROL, recipient_uri=CAROL, original_recipient_uri=LIST
     )
@@ -643,3 +713,20 @@ def test_every_state_and_input(state: S, step: SenderInput) -> None:
     record = tracker.sent("m1")
     if record is not None:
         assert state_of(tracker, "m1") is expected
+
+
+def test_a_trusted_intermediary_reports_for_our_recipients_but_adds_no_member() -> None:
+    """RFC 5438 §7: the outbound proxy (a store-and-forward server) every message goes through
+    may report for bob; it cannot make a one-to-one message a list."""
+    proxy = "sip:127.0.0.1:5999;lr"
+    tracker = new_tracker(requested=("positive-delivery", "processing"), trusted_intermediaries=(proxy,))
+    assert notify(tracker, "processing", "stored", 1.0, sender="sip:127.0.0.1:5999", recipient_uri=BOB)
+    drain(tracker)
+    tracker.writes_to_apply()
+    assert rejected(
+        tracker, "delivery", "delivered", sender="sip:127.0.0.1:5999", recipient_uri=MALLORY
+    ) == [RejectReason.NOT_A_RECIPIENT]
+    # Anyone else naming bob is still refused.
+    assert rejected(tracker, "delivery", "delivered", sender=CAROL, recipient_uri=BOB) == [
+        RejectReason.NOT_A_RECIPIENT
+    ]

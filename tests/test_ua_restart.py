@@ -70,7 +70,10 @@ async def test_restart_between_send_and_the_notification(tmp_path: Path) -> None
     """Alice stops after sending; bob's display IMDN is retried until alice is back on the same file."""
     alice_store = str(tmp_path / "alice.sqlite")
     received: list[IncomingMessage] = []
-    bob_config = ua_config("bob", imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=20)
+    # A silent destination is parked (RFC 5438 §14: no transaction after transaction into the
+    # void); short here, so the retry finds alice soon after she is back.
+    bob_config = ua_config("bob", imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=20,
+                           imdn_park_base=0.2, imdn_park_cap=0.4)
     bob_notes = Recorder()
     async with UserAgent(bob_config) as bob:
         bob.on_notification(bob_notes)
@@ -107,7 +110,9 @@ async def test_owed_imdn_is_sent_when_the_owing_side_restarts(tmp_path: Path) ->
     bob_store = str(tmp_path / "bob.sqlite")
     alice_store = str(tmp_path / "alice.sqlite")
     received: list[IncomingMessage] = []
-    bob_config = ua_config("bob", store_path=bob_store, imdn_retry_base=1.0, close_grace=0.1)
+    bob_config = ua_config(
+        "bob", store_path=bob_store, imdn_retry_base=1.0, imdn_park_base=1.0, close_grace=0.1
+    )
     async with UserAgent(ua_config("alice", store_path=alice_store)) as alice:
         port = alice.endpoints[0].port
         async with UserAgent(bob_config) as bob:

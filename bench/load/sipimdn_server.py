@@ -75,6 +75,11 @@ async def run_ua(args: argparse.Namespace, stop: asyncio.Event) -> None:
         tls_server_context=tls,
         # The default 2 s deadline never fires with a handler that returns at once.
         gc_tuning=args.gc_tuning,  # what `sipimdn listen` does; off by default for embedding
+        # SIPp sends every call from its one address (a fresh user part each): the notification
+        # budgets per destination address (RFC 5438 §14, 120 a minute by default) would rightly
+        # decline nearly all of the load's IMDNs.
+        imdn_rate_limit=1 << 30,
+        imdn_byte_budget=1 << 40,
     )
     # The default store is SQLite (":memory:" here), written behind by a worker thread;
     # --store memory swaps in MemoryStore to show what those writes cost.

@@ -60,9 +60,21 @@ class SendPath(AgentCore):
             self._require_tracker().notification_outcome(owed.notification_id, 400, time.time())
             self._pump()
             return
+        tracker = self._require_tracker()
+        tracker.notification_sent(owed.notification_id, len(request.to_bytes()), time.time())
+
+        def held() -> bool:
+            # Our turn at this URI (RFC 3428 §8) came after the hand-out: if the destination was
+            # parked meanwhile (it left another notification unanswered), wait for the end of
+            # the parking instead of running one more transaction into the void.
+            return tracker.notification_held(owed.notification_id, time.time())
+
         try:
-            response = await self._transact(Uri.parse(owed.request_uri), request, owed.request_uri)
+            response = await self._transact(Uri.parse(owed.request_uri), request, owed.request_uri, held=held)
             status = response.status_code
+        except _Held:
+            self._pump()
+            return
         except (TransactionTimeout, TransportError) as exc:
             _log.debug("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, exc)
         except _AuthRefused as refused:
@@ -318,6 +330,8 @@ class SendPath(AgentCore):
         to: str,
         transport: str | None = None,
         on_final: Callable[[Response], None] | None = None,
+        *,
+        held: Callable[[], bool] | None = None,
     ) -> Response:
         """One MESSAGE, never two transactions at once to the same URI (RFC 3428 §8).
 
@@ -326,6 +340,8 @@ class SendPath(AgentCore):
         one has completed. Realms answered before go authenticated up front.
         A challenge we cannot or must not answer again (our credentials were
         just rejected) raises :class:`_AuthRefused`: never a retry loop.
+        ``held`` is asked once the turn is ours: True gives the turn up
+        unused (:class:`_Held`).
         """
         stack = self._require_stack()
         target = _wire.target_for(self.config, to, transport)
@@ -333,6 +349,8 @@ class SendPath(AgentCore):
         turn = DestinationKey(key)
         await queue.acquire(turn)
         try:
+            if held is not None and held():
+                raise _Held
             # Inside the turn: a request queued behind a challenged one goes out with the
             # credentials that one just learned, instead of being challenged too.
             attempt = None
@@ -370,6 +388,10 @@ class SendPath(AgentCore):
                 request = _wire.with_authorization(request, headers, next_cseq=True)
         finally:
             queue.release(turn)
+
+
+class _Held(Exception):
+    """Internal: an owed notification was held back when its turn came (destination parked)."""
 
 
 class _AuthRefused(Exception):

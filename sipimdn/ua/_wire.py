@@ -433,9 +433,16 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
         retry_cap=config.imdn_retry_cap,
         rate_limit=config.imdn_rate_limit,
         rate_window=config.imdn_rate_window,
+        byte_budget=config.imdn_byte_budget,
+        park_base=config.imdn_park_base,
+        park_cap=config.imdn_park_cap,
         tracking_ttl=config.state_expiry,
         received_ttl=config.state_expiry,
         plain_dedup_capacity=config.dedup_capacity,
+        dedup_max=config.dedup_max,
+        # Every message we send goes through the outbound proxy: it may report for our recipients
+        # (a store-and-forward server's processing and failure notifications).
+        trusted_intermediaries=(config.outbound_proxy,) if config.outbound_proxy else (),
         plain_dedup_ttl=config.dedup_ttl,
         peer_flag_ttl=config.peer_capability_ttl,
     )

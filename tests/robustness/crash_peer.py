@@ -102,7 +102,7 @@ async def main() -> None:
     config = UserAgentConfig(
         aor=args.aor, listen=(ListenEndpoint("udp", "127.0.0.1", args.port),), udp_implies_tcp=False,
         store_path=args.store, t1=0.02, t2=0.16, t4=0.1,
-        imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=40,
+        imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=40, imdn_park_base=0.2, imdn_park_cap=0.4,
     )
     agent = UserAgent(config)
 

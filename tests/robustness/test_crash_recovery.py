@@ -122,7 +122,8 @@ async def agent(name: str, handler_delay: float = 0.0, **extra: Any) -> AsyncIte
     ``handler_delay`` seconds to accept each message."""
     config = UserAgentConfig(
         aor=f"sip:{name}@127.0.0.1:0", listen=(ListenEndpoint("udp", "127.0.0.1", 0),), udp_implies_tcp=False,
-        t1=0.02, t2=0.16, t4=0.1, imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=40, **extra)
+        t1=0.02, t2=0.16, t4=0.1, imdn_retry_base=0.2, imdn_retry_cap=0.4, imdn_max_attempts=40,
+        imdn_park_base=0.2, imdn_park_cap=0.4, **extra)
     received: list[IncomingMessage] = []
     changes: list[DispositionChanged] = []
     ua = UserAgent(config)

@@ -1,16 +1,19 @@
-"""Forged and abusive IMDN traffic against a UserAgent: one test per check C1..C10 of
-shared/spec/imdn.md §11. C9 (never leak undisclosed list members, IMDN-65/83) is a duty of an
-IMDN intermediary (a list server): it is tested with sipimdn.intermediary's exploder in
-tests/test_group_list_loopback.py and tests/test_intermediary_service.py.
+"""Forged and abusive IMDN traffic against a UserAgent (RFC 5438 §14 and the checks it calls for).
 
-Sender-side checks (C1-C3, C8, C10): alice (a UserAgent) sends to "bob", a bare SipStack we
-control, then a forger (another SipStack) sends crafted IMDN MESSAGEs to alice. A forged IMDN is
-answered 200 (no oracle) but must change no state: the send handle stays where it was, no
+Never leaking undisclosed list members (RFC 5438 §8.2) is a duty of an IMDN intermediary (a list
+server): it is tested with sipimdn.intermediary's exploder in tests/test_group_list_loopback.py
+and tests/test_intermediary_service.py.
+
+Sender-side checks (correlation by Message-ID, the notification's origin, the kinds requested,
+hostile XML, RFC 5438 §7.1.2, §14.1, §14.3): alice (a UserAgent) sends to "bob", a bare SipStack
+we control, then a forger (another SipStack) sends crafted IMDN MESSAGEs to alice. A forged IMDN
+is answered 200 (no oracle) but must change no state: the send handle stays where it was, no
 ``DispositionChanged`` fires, and a ``NotificationRejected`` names the failed check. Each test
 ends with the genuine IMDN, proving the same path *can* change state.
 
-Receiver-side checks (C4-C7): the forger sends crafted IMs to bob (a UserAgent) and records
-which IMDNs come back, and where.
+Receiver-side checks (loop guard, IMDN-Record-Route trust, rate limit, display privacy: RFC 5438
+§7.2.1, §14.1, §14, §14.2): the forger sends crafted IMs to bob (a UserAgent) and records which
+IMDNs come back, and where.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ async def scene(notify: Iterable[str] = ("positive-delivery",),
             yield Scene(alice, bob, mallory, events, handle)
 
 
-# -- sender side: C1, C2, C3, C8, C10 ------------------------------------------------------------
+# -- sender side: RFC 5438 §7.1.2, §14.1, §14.3 ----------------------------------------------------
 
 
 async def test_c1_unknown_message_id_changes_nothing() -> None:
@@ -189,6 +192,32 @@ async def test_c2_notification_from_the_wrong_party_changes_nothing(recipient: s
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
 
 
+async def test_c2_forged_list_members_and_third_party_reports_change_nothing() -> None:
+    """RFC 5438 §7, §14: the XML names whom a notification is about, but only its sender's
+    identity counts. mallory claiming to report for members reached through bob (the forged-member
+    attack), or naming bob himself, neither adds members to a one-to-one message nor moves bob."""
+    async with scene(notify=("positive-delivery", "display")) as s:
+        for index in range(3):
+            fake = f"sip:fake{index}@evil.example"
+            xml = imdn.build_notification(message_id=s.message_id, datetime=NOW, kind="delivery",
+                                          status="delivered", recipient_uri=fake,
+                                          original_recipient_uri=s.bob.uri)
+            forged = imdn_cpim(cpim_from=fake, to=s.alice.aor, message_id=s.message_id, xml=xml)
+            await s.forge(s.mallory, forged, sip_from=fake)
+        for kind, status in (("delivery", "delivered"), ("display", "displayed")):
+            xml = imdn.build_notification(message_id=s.message_id, datetime=NOW, kind=kind, status=status,
+                                          recipient_uri=s.bob.uri, original_recipient_uri=s.bob.uri)
+            await s.forge(s.mallory, imdn_cpim(cpim_from=s.mallory.uri, to=s.alice.aor,
+                                               message_id=s.message_id, xml=xml))
+        assert await settle(lambda: s.events.rejections().count("not-a-recipient") == 5, 3), s.events.items
+        record = s.alice.tracker.sent(s.message_id)
+        assert record is not None
+        assert [entry.uri for entry in record.recipients] == [s.bob.uri]  # no member was added
+        assert s.handle.state is S.ACCEPTED
+        await s.genuine()
+        assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
+
+
 async def test_c3_kind_not_requested_changes_nothing() -> None:
     """Only positive-delivery was asked: a display or a negative (failed) report is refused."""
     async with scene(notify=("positive-delivery",)) as s:
@@ -207,7 +236,7 @@ async def test_c3_replay_and_second_report_of_a_kind_change_nothing() -> None:
                           recipient_uri=s.bob.uri)
         await s.forge(s.bob, first)
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
-        # The very same IMDN again (a replay), then a new one of the same kind (IMDN-32).
+        # The very same IMDN again (a replay), then a new one of the same kind (RFC 5438 §7.2).
         await s.forge(s.bob, first)
         await s.forge(s.bob, imdn_cpim(cpim_from=s.bob.uri, to=s.alice.aor, message_id=s.message_id,
                                        recipient_uri=s.bob.uri))
@@ -266,13 +295,13 @@ async def test_c10_a_lost_notification_is_never_guessed() -> None:
         assert await s.handle.await_disposition("expired", timeout=5) is S.EXPIRED
         assert s.events.changes(s.message_id) == [S.ACCEPTED, S.EXPIRED]
         assert s.events.of(TrackingEnded)
-        # After tracking ended, a late (even genuine) IMDN is unknown (IMDN-81): no resurrection.
+        # After tracking ended, a late (even genuine) IMDN is unknown (RFC 5438 §7.1.3): no resurrection.
         await s.genuine()
         assert await settle(lambda: "unknown-message" in s.events.rejections(), 3)
         assert s.handle.state is S.EXPIRED
 
 
-# -- receiver side: C4, C5, C6, C7 ---------------------------------------------------------------
+# -- receiver side: RFC 5438 §7.2.1, §14, §14.1, §14.2 --------------------------------------------
 
 
 @dataclass

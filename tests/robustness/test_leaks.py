@@ -139,7 +139,9 @@ def ua_config(name: str) -> UserAgentConfig:
         udp_implies_tcp=False,
         t1=TIMERS.t1, t2=TIMERS.t2, t4=TIMERS.t4,
         state_expiry=60.0,
-        imdn_rate_limit=1_000_000,  # C6 would (rightly) stop 600 IMDNs a minute to one peer
+        # The per-destination budgets (RFC 5438 §14) would rightly stop 600 IMDNs a minute to one peer.
+        imdn_rate_limit=1_000_000,
+        imdn_byte_budget=1 << 40,
     )
 
 

@@ -20,7 +20,9 @@ One module per job:
 - :mod:`._base`: the tables, timer heap, write-behind queue and restore;
 - :mod:`.sender`: messages we sent (:data:`TRANSITIONS`);
 - :mod:`.receiver`: messages we received, their dedup, answers, reports and
-  the notifications we owe (:data:`RECEIVER_TRANSITIONS`).
+  the notifications we owe (:data:`RECEIVER_TRANSITIONS`);
+- :mod:`.destinations`: the notification budgets per destination address
+  (RFC 5438 §14: we are no reflector).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..vocabulary import REQUEST_KINDS
 from .config import TrackerConfig
+from .destinations import DestinationGuard
 from .events import NotificationOwed, TrackerEvent
 from .identity import identity_key
 from .records import (
@@ -79,6 +81,9 @@ _KIND_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     for size in range(len(REQUEST_KINDS) + 1)
     for combo in itertools.combinations(sorted(REQUEST_KINDS), size)
 }
+_log = logging.getLogger("sipimdn.imdn.tracker")
+#: At most one log line about dedup evictions per this many seconds.
+_EVICTION_LOG_INTERVAL = 60.0
 #: The timer heap is never swept of stale entries while it holds at most this many.
 _HEAP_SWEEP_MIN = 4096
 #: Dedup entries and received records share one key space (and usually one deadline).
@@ -126,14 +131,27 @@ class TrackerCore:
         self._new_id = id_factory or (lambda: secrets.token_hex(16))
         # --- sender side
         self._sent: dict[str, SentRecord] = {}
+        # Identity keys of config.trusted_intermediaries.
+        self._trusted_hops = frozenset(
+            key
+            for key in (identity_key(uri, compare_ports=self.config.compare_ports)
+                        for uri in self.config.trusted_intermediaries)
+            if key is not None
+        )
         # --- receiver side
         self._owed: dict[str, OwedRecord] = {}
         self._received: dict[tuple[str, str], ReceivedRecord] = {}
         # Message-ID -> received key, or a list of them: almost always one sender per
         # Message-ID, so the key itself (no container per tracked message).
         self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] = {}
+        # Dedup entries, each table in arrival order (one TTL, so also expiry order); together
+        # at most config.dedup_max, the oldest evicted first (_bound_dedup).
         self._seen: dict[tuple[str, str], SeenRecord] = {}
         self._volatile: dict[tuple[str, str], SeenRecord] = {}
+        self._dedup_evictions = 0
+        # Evictions not logged yet, and when the last log line was written (rate limit).
+        self._evictions_unlogged = 0
+        self._evictions_logged_at = float("-inf")
         # Received messages whose answer is being decided or sent (see receiver.Receipt):
         # only those with reports made before the answer or notifications held behind it.
         self._receipts: dict[tuple[str, str], Receipt] = {}
@@ -144,6 +162,15 @@ class TrackerCore:
         self._rate: dict[str, float | list[float]] = {}
         # Size past which the limiter prunes idle originators (the first call sets it).
         self._rate_prune_at = 0
+        # Per destination address: byte budget, proof of life, parking (see .destinations).
+        self._guard = DestinationGuard(
+            byte_budget=self.config.byte_budget,
+            window=self.config.rate_window,
+            park_base=self.config.park_base,
+            park_cap=self.config.park_cap,
+        )
+        # Notifications declined by a rate limit, a byte budget or a parked destination.
+        self._suppressed = 0
         # Received messages' CPIM To / Original-To values, one object each (receiver._common_text).
         self._common: dict[str, str] = {}
         # --- both
@@ -238,6 +265,50 @@ class TrackerCore:
     def owed_count(self) -> int:
         """Notifications we owe and have not sent (or are retrying)."""
         return len(self._owed)
+
+    # --- dedup bound ---------------------------------------------------------------------------
+
+    @property
+    def dedup_size(self) -> int:
+        """How many (sender, Message-ID) pairs are remembered for dedup (at most ``dedup_max``)."""
+        return len(self._seen) + len(self._volatile)
+
+    @property
+    def dedup_evictions(self) -> int:
+        """How many dedup entries were forgotten before their time to stay under ``dedup_max``."""
+        return self._dedup_evictions
+
+    def _bound_dedup(self, now: float) -> None:
+        """Evict the oldest dedup entries past ``dedup_max`` (a Delete for the stored ones)."""
+        seen, volatile = self._seen, self._volatile
+        excess = len(seen) + len(volatile) - self.config.dedup_max
+        while excess > 0:
+            first_seen = next(iter(seen.items()), None)
+            first_volatile = next(iter(volatile.items()), None)
+            if first_volatile is None or (
+                first_seen is not None and first_seen[1].expires_at <= first_volatile[1].expires_at
+            ):
+                assert first_seen is not None
+                key = first_seen[0]
+                del seen[key]
+                self._writes.append(Delete(_SEEN, _store_key(key)))
+            else:
+                key = first_volatile[0]
+                del volatile[key]
+            self._unswept += 1  # its timer entry is stale now
+            excess -= 1
+            self._dedup_evictions += 1
+            self._evictions_unlogged += 1
+        if self._evictions_unlogged and now - self._evictions_logged_at >= _EVICTION_LOG_INTERVAL:
+            _log.warning(
+                "dedup table full (dedup_max=%d): forgot the %d oldest entries since the last report, "
+                "%d in all; a copy of a message older than the window will reach the application again",
+                self.config.dedup_max,
+                self._evictions_unlogged,
+                self._dedup_evictions,
+            )
+            self._evictions_unlogged = 0
+            self._evictions_logged_at = now
 
     # --- peers ---------------------------------------------------------------------------------
 
@@ -400,6 +471,8 @@ class TrackerCore:
                 self._dispatch(owed, now)
             else:
                 self._put(owed, write=False)
+        # A store written with a larger cap (or none) is trimmed to this one.
+        self._bound_dedup(now)
 
 
 def _mem_key(record: AnyRecord) -> MemKey:

@@ -21,6 +21,15 @@ class TrackerConfig:
     received_ttl: float = 7 * _DAY
     #: How long a (sender, Message-ID) pair is remembered for dedup.
     dedup_ttl: float = 7 * _DAY
+    #: Most (sender, Message-ID) pairs remembered for dedup, in memory and in the store; past
+    #: it the oldest are forgotten first. The trade-off: a copy of a message older than the
+    #: window (``dedup_ttl``, or the last ``dedup_max`` messages if they came faster) reaches
+    #: the application again. Without a cap a peer sending fresh Message-IDs grows memory
+    #: without bound. 100,000 entries cost about 32 MB (about 320 bytes each, measured with
+    #: tracemalloc in tests/test_tracker_dedup_cap.py) and, at ten messages a second, still
+    #: cover almost three hours: far longer than any resend (a transaction lasts 32 s, a
+    #: restarted sender resends within minutes).
+    dedup_max: int = 100_000
     #: How long an owed notification is retried at most, whatever the attempt count.
     owed_ttl: float = _DAY
     #: Attempts (the first send included) before an owed notification is given up.
@@ -45,6 +54,10 @@ class TrackerConfig:
     max_imdn_route: int = 4
     #: Whether IMDN-Record-Route is honoured by default (RFC 5438 §14.1: only from trusted paths).
     trust_imdn_route: bool = False
+    #: Intermediaries every message we send goes through (the outbound proxy, a store-and-forward
+    #: server): their notifications may report for any intended recipient of any message
+    #: (RFC 5438 §7: an intermediary the message went through), as the recipient itself may.
+    trusted_intermediaries: tuple[str, ...] = ()
     #: Most recipients (intended plus list members learnt from notifications) per sent message;
     #: a notification naming one more member is rejected as ``too-many-recipients``.
     max_recipients: int = 256
@@ -52,11 +65,29 @@ class TrackerConfig:
     max_notification_ids: int = 64
     #: How long peer flags (``no-imdn``...) are remembered, so an upgraded peer gets another chance.
     peer_flag_ttl: float = 30 * _DAY
-    #: Rate limit (RFC 5438 §14): at most this many notifications generated for the messages of
-    #: one originator (the IM's SIP From, else its CPIM From; not the IMDN-Route hop) within
-    #: ``rate_window`` seconds.
+    #: Rate limit (RFC 5438 §14): at most this many notifications generated towards one
+    #: destination address (scheme, host and port of the notification's Request-URI, never its
+    #: user part, which a forger varies at will) within ``rate_window`` seconds. A notification
+    #: routed through a trusted IMDN-Record-Route hop (a list server or store-and-forward
+    #: relaying for many senders) is counted per originator of the IM instead (its SIP From,
+    #: else CPIM From), so one busy relay does not starve everyone behind it. 120 a minute
+    #: (two a second) is more than a person chats with one domain and bounds what a flood of
+    #: forged messages can aim at one address to one notification per forged message.
     rate_limit: int = 120
     rate_window: float = 60.0
+    #: Bytes of notifications sent to one destination address per ``rate_window`` at most
+    #: (RFC 5438 §14); beyond it new notification requests are declined. 128 KiB a minute is
+    #: about 150 notifications of a typical 0.8 KiB: above ``rate_limit`` for ordinary ones,
+    #: so it binds only when forged messages make each notification large (long Subjects,
+    #: echoed URIs).
+    byte_budget: int = 128 * 1024
+    #: A destination that left a notification transaction wholly unanswered is parked this
+    #: long (doubling per further silent probe, up to ``park_cap``): nothing more is sent to
+    #: it meanwhile, owed notifications wait, new requests are declined. A minute is long
+    #: against the seconds a reachable peer needs and short against the day an owed
+    #: notification is kept; an hour's cap still retries a peer that comes back.
+    park_base: float = 60.0
+    park_cap: float = 3600.0
     #: Ignore notification requests from anonymous senders (RFC 5438 §12.1.1, §14).
     decline_anonymous: bool = True
 
@@ -77,6 +108,8 @@ class TrackerConfig:
             "peer_flag_ttl",
             "rate_window",
             "plain_dedup_ttl",
+            "park_base",
+            "park_cap",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
@@ -86,9 +119,12 @@ class TrackerConfig:
             "rate_limit",
             "max_notification_ids",
             "plain_dedup_capacity",
+            "byte_budget",
+            "dedup_max",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_imdn_route < 0:
             raise ValueError("max_imdn_route must not be negative")
         object.__setattr__(self, "display_policy", DisplayPolicy(str(self.display_policy)))
+        object.__setattr__(self, "trusted_intermediaries", tuple(self.trusted_intermediaries))

@@ -56,8 +56,13 @@ class DeclineReason(StrEnum):
     ANONYMOUS = "anonymous"
     #: The peer answered 415/488 to an earlier IMDN.
     PEER_REFUSES_IMDN = "peer-refuses-imdn"
-    #: Too many notifications generated for this originator (SIP From, else CPIM From) recently.
+    #: Too many notifications generated towards this destination address recently (or, through
+    #: a trusted IMDN-Record-Route, for this originator).
     RATE_LIMITED = "rate-limited"
+    #: The destination used its budget of notification bytes for the current window.
+    BYTE_BUDGET = "byte-budget"
+    #: The destination left a notification wholly unanswered and is parked for a while.
+    DESTINATION_SILENT = "destination-silent"
     #: Display policy ``silent`` (RFC 5438 §14.2).
     PRIVACY = "privacy"
     #: IMDN-Record-Route not honoured because the path is not trusted (RFC 5438 §14.1);

@@ -5,7 +5,11 @@ message by (sender, Message-ID) for ``dedup_ttl``: a copy sent again in a
 new transaction is answered with the first copy's status, never handed up
 twice. Messages owed a notification keep that entry in the store (their
 notification survives a restart, so must their dedup); the others keep it
-in memory only. Plain-text messages have no Message-ID: they are
+in memory only. At most ``dedup_max`` entries are kept in all: past it the
+oldest are evicted (counted in ``dedup_evictions``, logged at most once a
+minute, removed from the store), so a peer sending fresh Message-IDs cannot
+grow memory or the store without bound; a copy older than that window
+reaches the application again. Plain-text messages have no Message-ID: they are
 remembered by sender and SIP transaction identity
 (:meth:`~ReceiverSide.record_plain`), in memory, bounded.
 
@@ -35,14 +39,16 @@ A notification owed becomes an :class:`~sipimdn.store.base.OwedRecord`,
 handed out as :class:`~.events.NotificationOwed` and retried with
 exponential backoff on timeout, 408 and 5xx until acknowledged or given up.
 The loop guard (RFC 5438 §7.2.1: never notify a notification),
-IMDN-Record-Route trust and cap, a rate limit per originator of the IM (its
-SIP From, else CPIM From; never the relay it came through), anonymous
-senders (§12.1.1) and display privacy (§14.2) are enforced here and
+IMDN-Record-Route trust and cap, anonymous senders (§12.1.1), display
+privacy (§14.2) and the budgets that keep us from being a reflector
+(§14: a count and a byte budget per destination address, a silent
+destination parked; see :mod:`.destinations`) are enforced here and
 reported as :class:`~.events.NotificationsDeclined`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from enum import StrEnum
@@ -50,6 +56,7 @@ from enum import StrEnum
 from ...errors import LocalProtocolError
 from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
 from ._base import PEER_NO_IMDN, TrackerCore, shared_kinds, token
+from .destinations import address_key
 from .events import (
     DeclineReason,
     NotificationAbandoned,
@@ -57,7 +64,7 @@ from .events import (
     NotificationsDeclined,
     Reception,
 )
-from .identity import is_anonymous
+from .identity import identity_key, is_anonymous
 from .records import OwedRecord, ReceivedRecord, SeenRecord
 
 __all__ = ["RECEIVER_TRANSITIONS", "ReceiptInput", "ReceiptState", "ReceiverSide"]
@@ -176,6 +183,36 @@ class ReceiverSide(TrackerCore):
         seen = self._seen.get(key) or self._volatile.get(key)
         if seen is not None:
             return Reception(duplicate=True, previous_status=seen.status, requested=())
+        known = self._received.get(key)
+        if known is not None:
+            # Its dedup entry was evicted (dedup_max) but the message still awaits notifications:
+            # still a duplicate, never a second set of notifications.
+            return Reception(duplicate=True, previous_status=known.answered_status, requested=())
+        reception = self._record_new(
+            key, message_id, sender, now, requested, sip_from, recipient, original_recipient, datetime,
+            subject, imdn_route, route_trusted, is_notification, display_policy,
+        )
+        self._bound_dedup(now)
+        return reception
+
+    def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site
+        self,
+        key: tuple[str, str],
+        message_id: str,
+        sender: str,
+        now: float,
+        requested: Iterable[object],
+        sip_from: str | None,
+        recipient: str | None,
+        original_recipient: str | None,
+        datetime: str | None,
+        subject: str | None,
+        imdn_route: Sequence[str],
+        route_trusted: bool | None,
+        is_notification: bool,
+        display_policy: object | None,
+    ) -> Reception:
+        sender_key = key[0]
         dedup_expiry = now + self.config.dedup_ttl
         kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS)
         policy = self._admit_requests(
@@ -452,22 +489,68 @@ class ReceiverSide(TrackerCore):
     # --- owed notifications --------------------------------------------------------------------
 
     def notification_outcome(self, notification_id: str, status_code: int | None, now: float) -> None:
-        """Report how the IMDN MESSAGE we sent was answered (None: timeout or transport failure)."""
+        """Report how the IMDN MESSAGE we sent was answered (None: timeout or transport failure).
+
+        Any answer proves the destination alive (notifications waiting for it are
+        handed out now); none at all parks it (see :mod:`.destinations`).
+        """
         owed = self._owed.get(notification_id)
         if owed is None or not owed.in_flight:
             return  # late outcome of something already settled or given up
         if status_code is not None and status_code < 200:
             return
-        if status_code is not None and 200 <= status_code < 300:
+        address = self._address(owed.request_uri)
+        if status_code is None:
+            self._silent(owed, now)
+            return
+        for waiting in self._guard.answered(address, notification_id):
+            other = self._owed.get(waiting)
+            if other is not None and not other.in_flight and waiting != notification_id:
+                self._dispatch(other, now)
+        if 200 <= status_code < 300:
             self._delete(OwedRecord.TABLE, notification_id)
         elif status_code in (415, 488):
             self.set_peer_flag(owed.request_uri, PEER_NO_IMDN, True, now)
             for other in [o for o in self._owed.values() if o.peer_key == owed.peer_key]:
                 self._abandon(other, DeclineReason.PEER_REFUSES_IMDN.value)
-        elif status_code is None or status_code == 408 or 500 <= status_code < 600:
+        elif status_code == 408 or 500 <= status_code < 600:
             self._retry_or_abandon(owed, now)
         else:
             self._abandon(owed, f"rejected-{status_code}")
+
+    def notification_sent(self, notification_id: str, size: int, now: float) -> None:
+        """Count the bytes of an IMDN MESSAGE handed to the transport against its
+        destination's byte budget (``TrackerConfig.byte_budget``)."""
+        owed = self._owed.get(notification_id)
+        if owed is not None:
+            self._guard.charge(self._address(owed.request_uri), size, now)
+
+    @property
+    def notifications_suppressed(self) -> int:
+        """Notifications declined so far by a rate limit, a byte budget or a parked destination
+        (RFC 5438 §14: we are no reflector); each is also a
+        :class:`~.events.NotificationsDeclined` event."""
+        return self._suppressed
+
+    def destination_parked_until(self, uri: str, now: float) -> float | None:
+        """When notifications to the address of ``uri`` may go out again, or None if not parked."""
+        return self._guard.parked_until(self._address(uri), now)
+
+    def notification_held(self, notification_id: str, now: float) -> bool:
+        """The adapter did not send a handed-out notification because its destination is parked
+        (its turn came after the hand-out, see :meth:`destination_parked_until`). The attempt
+        does not count; the notification waits for the end of the parking. Returns False if it
+        is not parked (then send it)."""
+        owed = self._owed.get(notification_id)
+        if owed is None or not owed.in_flight:
+            return True  # settled meanwhile: nothing to send
+        address = self._address(owed.request_uri)
+        parked = self._guard.parked_until(address, now)
+        if parked is None:
+            return False
+        self._guard.forget(address, notification_id)
+        self._put(replace(owed, attempts=max(0, owed.attempts - 1), in_flight=False, next_attempt_at=parked))
+        return True
 
     def owed(self) -> tuple[OwedRecord, ...]:
         """Every notification currently owed (queued or in flight)."""
@@ -589,24 +672,31 @@ class ReceiverSide(TrackerCore):
             self._rate_prune_at = max(_RATE_PRUNE_MIN, 2 * len(rate))
         return True
 
+    def _address(self, uri: str) -> str:
+        """The destination address of a notification's Request-URI (see :mod:`.destinations`)."""
+        return _address_of(uri)
+
     def _new_owed(self, record: ReceivedRecord, kind: str, status: str, now: float) -> OwedRecord | None:
-        """The notification to owe, or None (declined: peer refuses IMDNs, or rate limit)."""
+        """The notification to owe, or None (declined: peer refuses IMDNs, a budget, a parked
+        destination)."""
         request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
         peer_key = self._key(request_uri) or request_uri
-        refused = PEER_NO_IMDN in self.peer_flags(request_uri)
-        # Limited per originator of the IM (RFC 5438 §14), its SIP From (RCS may put a shared
-        # anonymous identity in the CPIM From), else its CPIM From. Not per destination: the top
-        # IMDN-Route is a list server or store-and-forward relaying for many senders, and one
-        # budget for all of them would decline the IMDNs of every sender behind a busy relay.
-        # Without a route the destination is that same originator, so a flood still cannot
-        # aim more than rate_limit IMDNs per window at one address.
-        originator = record.sip_from or record.sender
-        rate_key = self._key(originator) or originator
-        if refused or not self._rate_allows(rate_key, now):
+        address = self._address(request_uri)
+        reason: DeclineReason | None = None
+        if PEER_NO_IMDN in self.peer_flags(request_uri):
+            reason = DeclineReason.PEER_REFUSES_IMDN
+        elif self._guard.parked_until(address, now) is not None:
+            reason = DeclineReason.DESTINATION_SILENT
+        elif not self._rate_allows(self._rate_key(record, address), now):
+            reason = DeclineReason.RATE_LIMITED
+        elif self._guard.over_budget(address, now):
+            reason = DeclineReason.BYTE_BUDGET
+        if reason is not None:
+            if reason is not DeclineReason.PEER_REFUSES_IMDN:
+                self._suppressed += 1
             request = "display" if kind == Kind.DISPLAY else "positive-delivery"
             if kind == Kind.DELIVERY and status != "delivered":
                 request = "negative-delivery"
-            reason = DeclineReason.PEER_REFUSES_IMDN if refused else DeclineReason.RATE_LIMITED
             self._emit(NotificationsDeclined(record.message_id, record.sender, (request,), reason))
             return None
         return OwedRecord(
@@ -674,24 +764,68 @@ class ReceiverSide(TrackerCore):
         if receipt is not None and self._step(receipt.state, ReceiptInput.EXPIRE) is not None:
             del self._receipts[key]
 
+    def _rate_key(self, record: ReceivedRecord, address: str) -> str:
+        """What the count limit is kept per (see ``TrackerConfig.rate_limit``)."""
+        if record.imdn_route:
+            # A trusted relay (list server, store-and-forward) sends on for many senders: one
+            # budget per originator of the IM, its SIP From (RCS may put a shared anonymous
+            # identity in the CPIM From), else its CPIM From.
+            originator = record.sip_from or record.sender
+            return self._key(originator) or originator
+        # Otherwise the notification goes to the originator's address, which a forger names at
+        # will with a fresh user part each time: one budget per address.
+        return address
+
+    def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
+        # A parked destination, or one not yet proven alive with a notification in flight, gets
+        # nothing now: the owed record waits (its attempts unchanged) until the guard's time, or
+        # until the destination answers (notification_outcome hands it out then).
+        later = self._guard.admit(self._address(owed.request_uri), owed.notification_id, owed.peer_key, now)
+        if later is None:
+            super()._dispatch(owed, now, hold)
+        else:
+            self._put(replace(owed, in_flight=False, next_attempt_at=later))
+
     def _owed_due(self, owed: OwedRecord, now: float) -> None:
         if now >= owed.expires_at:
             self._abandon(owed, "expired")
+            # If it was the one in flight, those waiting behind it go now.
+            for waiting in self._guard.release(self._address(owed.request_uri), now):
+                other = self._owed.get(waiting)
+                if other is not None and not other.in_flight:
+                    self._dispatch(other, now)
         elif owed.in_flight:
-            self._retry_or_abandon(owed, now)  # the outcome never came: count it as a timeout
+            self._silent(owed, now)  # the outcome never came: count it as a timeout
         else:
             self._dispatch(owed, now)
 
-    def _retry_or_abandon(self, owed: OwedRecord, now: float) -> None:
+    def _silent(self, owed: OwedRecord, now: float) -> None:
+        """No answer at all to ``owed``: park its destination; it and those waiting wait too."""
+        address = self._address(owed.request_uri)
+        parked = self._guard.silent(address, owed.notification_id, now)
+        for waiting in self._guard.waiting(address):
+            other = self._owed.get(waiting)
+            if other is not None and not other.in_flight and other.next_attempt_at > parked:
+                self._put(replace(other, next_attempt_at=parked))
+        self._retry_or_abandon(owed, now, not_before=parked)
+
+    def _retry_or_abandon(self, owed: OwedRecord, now: float, *, not_before: float = 0.0) -> None:
         if owed.attempts >= self.config.max_attempts:
             self._abandon(owed, "attempts-exhausted")
             return
         delay = min(self.config.retry_cap, self.config.retry_base * 2 ** (owed.attempts - 1))
-        self._put(replace(owed, in_flight=False, next_attempt_at=now + delay))
+        self._put(replace(owed, in_flight=False, next_attempt_at=max(now + delay, not_before)))
 
     def _abandon(self, owed: OwedRecord, reason: str) -> None:
+        self._guard.forget(self._address(owed.request_uri), owed.notification_id)
         self._delete(OwedRecord.TABLE, owed.notification_id)
         self._emit(NotificationAbandoned(owed.notification_id, owed.message_id, reason))
+
+
+@functools.lru_cache(maxsize=4096)  # pure; asked four times per notification (owe, send, outcome)
+def _address_of(uri: str) -> str:
+    key = identity_key(uri)  # the peer key's cache entry: one parse per URI
+    return address_key(key, uri) if key is not None else uri
 
 
 def _latest(window: float | list[float]) -> float:

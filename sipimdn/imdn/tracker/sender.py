@@ -15,27 +15,36 @@ point whose members we never learn in advance. A notification whose
 ``original-recipient-uri`` is an intended recipient and whose
 ``recipient-uri`` is someone else adds that member as its own entry (``via``
 the list), with its own monotonic state and its own one-per-type guard; the
-list's entry takes the first news of each type. From then on the message
-stays tracked until its deadline (RFC 5438 §7.1.4: be ready for several
-IMDNs), because nothing tells us how many members are still to report;
-``register_sent(..., expect_members=True)`` says so from the start. The
-members of one message are capped by ``TrackerConfig.max_recipients``
-(``too-many-recipients`` beyond it), so a forged flood of members cannot
-grow one record without bound.
+list's entry takes the first news of each type. Members are learnt only
+from the list itself (the notification's sender is the list, or an
+intermediary the message went through), or, once the recipient is known to
+be a list (``register_sent(..., expect_members=True)``, or members already
+reported through it), from a member speaking for itself. A third party
+naming a one-to-one recipient as "the list it reached me through" is the
+forged-member attack: rejected. From then on the message stays tracked
+until its deadline (RFC 5438 §7.1.4: be ready for several IMDNs), because
+nothing tells us how many members are still to report;
+``expect_members=True`` says so from the start. The members of one message
+are capped by ``TrackerConfig.max_recipients`` (``too-many-recipients``
+beyond it), so a flood of members cannot grow one record without bound.
 
 **Correlation and safety (RFC 5438 §7.1.2, §14.1).** A notification is
 applied only when, in this order: its kind and status are valid together
-(§5); its Message-ID is one we sent and still track (§7.1.2); its SIP From /
-CPIM From, or its ``recipient-uri`` / ``original-recipient-uri``, is an
-intended recipient or a known intermediary of that message; its type was
-requested (§7.1.1); it is not a replay (same notification Message-ID) nor a
-second notification of the same type for the same recipient; and it is not
-a negative delivery after we saw a non-2xx final response (§7.2.1.1: no
-negative delivery notification after a failure response). Anything else
-becomes a :class:`~.events.NotificationRejected` event and changes nothing;
-the user agent answers 200 anyway, so a prober learns nothing. The only
-real secret is the unpredictable Message-ID (§14.1): every identity in a
-notification is the peer's claim, and IMDNs prove nothing (§14).
+(§5); its Message-ID is one we sent and still track (§7.1.2); it comes
+from the recipient it is about (its SIP From or CPIM From), from the list
+that recipient was reached through, or from a known intermediary of that
+message (the ``recipient-uri`` / ``original-recipient-uri`` of the XML only
+say *which* recipient: they are the sender's claim and never vouch for
+it); its type was requested (§7.1.1); it is not a replay (same
+notification Message-ID) nor a second notification of the same type for
+the same recipient; and it is not a negative delivery after we saw a
+non-2xx final response (§7.2.1.1: no negative delivery notification after a
+failure response). Anything else becomes a
+:class:`~.events.NotificationRejected` event and changes nothing; the user
+agent answers 200 anyway, so a prober learns nothing. The unpredictable
+Message-ID (§14.1) and the origin check together are what stand between a
+third party and a recipient's state: identities in a notification are not
+authenticated unless the network asserts them (§14).
 """
 
 from __future__ import annotations
@@ -335,41 +344,70 @@ class SenderSide(TrackerCore):
     ) -> tuple[str | None, str | None, tuple[RejectReason, str] | None]:
         """Find which recipient a notification is about: ``(target key, via key, rejection)``.
 
-        A target with a via key and no entry yet is a list member to add.
+        The XML's ``recipient-uri`` and ``original-recipient-uri`` only say whom
+        the notification is about; whether it may change that recipient's state
+        depends on who sent it (RFC 5438 §7, §14: the notification's origin):
+        the recipient itself, the list it was reached through, or an
+        intermediary the message went through. A target with a via key and no
+        entry yet is a list member to add.
         """
         known = {entry.key: entry for entry in record.recipients}
         intended = [entry.key for entry in record.recipients if entry.via is None]
+        senders = set(sender_keys)
+        hops = set(record.intermediaries)
+        hop = next((key for key in sender_keys if key in hops), None)
+        # An intermediary every message goes through (the outbound proxy) speaks for the
+        # recipients we know, but never adds members: that takes this message's own list.
+        proxy = next((key for key in sender_keys if key in self._trusted_hops), None)
+
+        def speaks_for(key: str) -> bool:
+            via = known[key].via
+            if hop is not None or proxy is not None or key in senders:
+                return True
+            return via is not None and via in senders
+
+        def not_origin(detail: str) -> tuple[None, None, tuple[RejectReason, str]]:
+            return None, None, (RejectReason.NOT_A_RECIPIENT, detail)
+
         if rkey is not None and rkey in known:
             # A member already known keeps reporting through its list: the list's entry still
             # takes the first news of each type (a display after the delivery, say).
+            if not speaks_for(rkey):
+                return not_origin(
+                    "recipient-uri names a recipient, but the sender is neither it nor its list"
+                )
             return rkey, known[rkey].via, None
         if okey is not None and okey in known:
+            if okey not in intended:
+                # Original-To is the URI the sender addressed (RFC 5438 §6.4), never a member:
+                # a member cannot vouch for further members.
+                return not_origin("original-recipient-uri names a list member, not a recipient we addressed")
             if rkey is None:
+                if not speaks_for(okey):
+                    return not_origin("original-recipient-uri names a recipient, but the sender is not it")
                 return okey, None, None
-            if okey in intended:
-                return rkey, okey, None  # a member reached through a list we addressed
-            # Original-To is the URI the sender addressed (RFC 5438 §6.4), never a member:
-            # a member cannot vouch for further members.
-            return (
-                None,
-                None,
-                (
-                    RejectReason.NOT_A_RECIPIENT,
-                    "original-recipient-uri names a list member, not a recipient we addressed",
-                ),
-            )
+            # A member reached through a list we addressed (RFC 5438 §7.1.2). Members are learnt
+            # from the list's own notifications (or an intermediary's); a member speaking for
+            # itself only once the recipient is known to be a list (expect_members, or members
+            # already reported through it). A third party naming a recipient as the list it
+            # reached them through never makes a one-to-one message a list.
+            known_list = okey in hops or any(entry.via == okey for entry in record.recipients)
+            if hop is not None or okey in senders or (rkey in senders and known_list):
+                return rkey, okey, None
+            return not_origin("only the list itself may report members reached through it")
         for key in sender_keys:
             if key in known:
                 return key, None, None
-        hops = set(record.intermediaries)
-        if hops.intersection(sender_keys) or (okey is not None and okey in hops):
-            via = next(k for k in (*sender_keys, okey) if k is not None and k in hops)
-            if rkey is not None:
-                return rkey, via, None
-            if len(intended) == 1:
+        if hop is not None and rkey is not None:
+            return rkey, hop, None
+        if hop is not None or proxy is not None:
+            if rkey is None and len(intended) == 1:
                 return intended[0], None, None
-            return None, None, (RejectReason.AMBIGUOUS_RECIPIENT, "intermediary did not name the recipient")
-        return None, None, (RejectReason.NOT_A_RECIPIENT, "sender is no recipient of this message")
+            if rkey is None:
+                why = (RejectReason.AMBIGUOUS_RECIPIENT, "intermediary did not name the recipient")
+                return None, None, why
+            return not_origin("an intermediary of every message cannot add members to one")
+        return not_origin("sender is no recipient of this message")
 
     def _apply_notification(
         self,
