@@ -84,7 +84,7 @@ def test_schema_is_created_once_and_reopening_is_idempotent(
     postgres_server: PostgresServer, opened: list[PostgresStore], postgres_url: str
 ) -> None:
     first = open_pg(opened, postgres_url)
-    assert first.schema_version == SCHEMA_VERSION == 1
+    assert first.schema_version == SCHEMA_VERSION == 2
     first.apply([Put(r) for r in every_kind()])
     again = open_pg(opened, postgres_url)
     assert again.schema_version == SCHEMA_VERSION
@@ -118,7 +118,7 @@ def test_workers_starting_together_migrate_once(postgres_server: PostgresServer,
         for store in stores:
             store.close()
     database = database_of(postgres_url)
-    assert postgres_server.psql("SELECT version FROM sipimdn_schema_version", database) == "1"
+    assert postgres_server.psql("SELECT version FROM sipimdn_schema_version", database) == str(SCHEMA_VERSION)
 
 
 def test_newer_schema_is_refused(postgres_server: PostgresServer, postgres_url: str) -> None:

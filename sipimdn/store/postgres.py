@@ -77,6 +77,7 @@ from .base import (
     Delete,
     Put,
     SeenRecord,
+    SentRecord,
     SharedValues,
     Snapshot,
     StoreOp,
@@ -96,7 +97,7 @@ _log = logging.getLogger("sipimdn.store.postgres")
 _T = TypeVar("_T")
 
 #: The schema version this code writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Tables whose rows have an owning worker and a lease.
 LEASED_TABLES = ("sent", "owed")
@@ -149,8 +150,22 @@ def _create_v1() -> list[str]:
     return statements
 
 
+#: Notifications about a ``sent`` record received by a worker that does not own it, waiting
+#: for the owner to apply them (see :meth:`PostgresStore.forward_notification`).
+_FORWARDED = "sipimdn_forwarded"
+
+
+def _create_v2() -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {_FORWARDED} (id BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {_FORWARDED}_message ON {_FORWARDED} ({_id_of('message_id')})",
+        f"CREATE INDEX IF NOT EXISTS {_FORWARDED}_expires ON {_FORWARDED} (expires_at)",
+    ]
+
+
 #: Steps in order: ``(version, statements)`` taking the schema from version-1 to version.
-_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1())]
+_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1()), (2, _create_v2())]
 
 
 @functools.lru_cache(maxsize=256)
@@ -198,11 +213,33 @@ def _apply_sql(puts: tuple[str, ...], deletes: tuple[str, ...], notify: bool) ->
     return "WITH " + ",\n".join(clauses) + f"\nSELECT {counted}, $1::text, $2::float8, $3::text"
 
 
+_PURGED = (*(_table(t) for t in TABLES), _FORWARDED)
 _PURGE_SQL = (
     "WITH "
-    + ", ".join(f"p_{t} AS (DELETE FROM {_table(t)} WHERE expires_at <= $1 RETURNING 1)" for t in TABLES)
+    + ", ".join(
+        f"p_{i} AS (DELETE FROM {t} WHERE expires_at <= $1 RETURNING 1)" for i, t in enumerate(_PURGED)
+    )
     + " SELECT "
-    + " + ".join(f"(SELECT count(*) FROM p_{t})" for t in TABLES)
+    + " + ".join(f"(SELECT count(*) FROM p_{i})" for i in range(len(_PURGED)))
+)
+
+_LOAD_SENT_SQL = f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2"
+
+# The notification is kept only for a message some worker tracks (a peer's IMDN for an unknown
+# Message-ID must not fill the table), until that message's record expires; the NOTIFY wakes
+# its owner ("i:" + Message-ID), the row is the truth.
+_FORWARD_SQL = (
+    f"WITH f AS (INSERT INTO {_FORWARDED} (message_id, expires_at, data) "
+    f"SELECT $1, s.expires_at, $2 FROM {_table('sent')} s WHERE s.{_ID} = {_id_of('$1')} "
+    "AND s.expires_at > $3 RETURNING 1), "
+    "n AS (SELECT pg_notify($4, 'i:' || $1) WHERE $4::text IS NOT NULL AND EXISTS (SELECT 1 FROM f) "
+    f"AND octet_length($1) <= {_MAX_NOTIFY_BYTES - 2}) "
+    "SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM n)"
+)
+
+_TAKE_FORWARDED_SQL = (
+    f"SELECT f.id, f.data FROM {_FORWARDED} f JOIN {_table('sent')} s ON s.{_ID} = {_id_of('f.message_id')} "
+    "WHERE s.owner = $1 AND f.expires_at > $2 ORDER BY f.id LIMIT $3"
 )
 
 _CLAIM_SQL = (
@@ -271,6 +308,9 @@ class PostgresStore:
     :class:`~sipimdn.errors.StoreError` when the database cannot be reached, the
     schema is newer than this code, or asyncpg is not installed.
     """
+
+    #: Several processes may share the database (see :class:`~sipimdn.store.base.SharedStore`).
+    multi_worker = True
 
     def __init__(
         self,
@@ -553,6 +593,85 @@ class PostgresStore:
 
         with self._lock:
             self._call(send(), "store notify failed")
+
+    def load_sent(self, message_id: str, now: float) -> SentRecord | None:
+        """The ``sent`` record of ``message_id`` (whichever worker owns it), unless expired at ``now``."""
+
+        async def read() -> str | None:
+            conn = await self._connection()
+            data: str | None = await conn.fetchval(_LOAD_SENT_SQL, message_id, now)
+            return data
+
+        with self._lock:
+            text = self._call(read(), "store read failed")
+        if text is None:
+            return None
+        record = record_from_json("sent", text)
+        assert isinstance(record, SentRecord)
+        return record
+
+    def load_own(self, now: float) -> Snapshot:
+        """What this worker resumes with: its own ``sent`` and ``owed`` records (another worker's
+        are that worker's, or :meth:`take_over`'s once its lease ran out) and every other record
+        not expired at ``now``."""
+
+        async def read() -> list[tuple[str, list[str]]]:
+            conn = await self._connection()
+            rows = []
+            for table in TABLES:
+                sql = f"SELECT data FROM {_table(table)} WHERE expires_at > $1"
+                if table in LEASED_TABLES:
+                    fetched = await conn.fetch(sql + " AND owner = $2", now, self.worker_id)
+                else:
+                    fetched = await conn.fetch(sql, now)
+                rows.append((table, [row[0] for row in fetched]))
+            return rows
+
+        with self._lock:
+            tables = self._call(read(), "store read failed")
+        shared = SharedValues()
+        return snapshot_from_records(
+            [record_from_json(table, text, shared) for table, texts in tables for text in texts]
+        )
+
+    def forward_notification(self, message_id: str, data: str, now: float) -> bool:
+        """Keep ``data`` (a received notification, as text) for the owner of the ``sent`` record
+        of ``message_id`` and wake it (NOTIFY ``"i:" + message_id``); False when no worker tracks
+        that message (nothing is kept). The owner reads it with :meth:`take_forwarded`."""
+
+        async def forward() -> bool:
+            conn = await self._connection()
+            row = await conn.fetchrow(_FORWARD_SQL, message_id, data, now, self.channel)
+            return bool(row is not None and row[0])
+
+        with self._lock:
+            return self._call(forward(), "store write failed")
+
+    def take_forwarded(self, now: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """Up to ``limit`` notifications forwarded for ``sent`` records this worker owns, oldest
+        first, as ``(id, data)``; they stay until :meth:`drop_forwarded` (apply, store the
+        result, then drop: a crash in between applies them again, which the replay guard absorbs)."""
+
+        async def read() -> list[tuple[int, str]]:
+            conn = await self._connection()
+            rows = await conn.fetch(_TAKE_FORWARDED_SQL, self.worker_id, now, limit)
+            return [(int(row[0]), str(row[1])) for row in rows]
+
+        with self._lock:
+            return self._call(read(), "store read failed")
+
+    def drop_forwarded(self, ids: Sequence[int]) -> None:
+        """Delete forwarded notifications by id (applied by their owner)."""
+        if not ids:
+            return
+        wanted = [int(i) for i in ids]
+
+        async def delete() -> None:
+            conn = await self._connection()
+            await conn.execute(f"DELETE FROM {_FORWARDED} WHERE id = ANY($1::bigint[])", wanted)
+
+        with self._lock:
+            self._call(delete(), "store write failed")
 
     def listen(
         self, callback: Callable[[str], None], *, on_resume: Callable[[], None] | None = None

@@ -30,6 +30,7 @@ from ..stack import IncomingRequest
 from . import _wire
 from ._base import ALLOW, AgentCore, MessageHandler, callable_name
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
+from ._shared import SharedPath
 from .incoming import IncomingMessage
 
 __all__ = ["Pending", "ReceivePath"]
@@ -42,7 +43,7 @@ _MAX_FOLLOWERS = 8
 _MAX_CPIM_SENDERS = 4096
 
 
-class ReceivePath(AgentCore):
+class ReceivePath(SharedPath):
     """Answer requests; hand instant messages to the application; apply notifications."""
 
     # -- receiving ---------------------------------------------------------------------------
@@ -127,6 +128,8 @@ class ReceivePath(AgentCore):
             notification_id = inbound.message_id
             if notification_id is not None and len(notes) > 1:
                 notification_id = f"{notification_id}#{index}"
+            if self._forward_foreign(note, inbound, notification_id):
+                continue  # about a message another worker sent: its owner applies it
             tracker.notification_received(
                 message_id=note.message_id,
                 kind=note.kind,
@@ -141,6 +144,11 @@ class ReceivePath(AgentCore):
         self._pump()
 
     def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
+        sender = inbound.cpim_from or inbound.sip_from
+        if not self._claim_first(incoming, inbound, sender):
+            self._receive_claimed(incoming, inbound)
+
+    def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         request = incoming.request
         tracker = self._require_tracker()
         now = time.time()
@@ -233,7 +241,7 @@ class ReceivePath(AgentCore):
             # The tracker holds what the answer commits us to until it is sent: those records
             # must be on disk first, or a crash right after the 2xx loses them for good. Write,
             # then answer once durable; the writer batches, so concurrent answers share a commit.
-            self._writer.submit(tracker.writes_to_apply())
+            self._writer.submit(self._drain_writes(tracker))
             self._durable_answers += 1
             self._writer.when_written(functools.partial(self._respond_durable, pending, status, reason))
             return

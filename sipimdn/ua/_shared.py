@@ -1,0 +1,324 @@
+"""Several workers, one state: what the user agent does when its store is shared.
+
+Any number of user agent processes ("workers") with the same AOR may share a
+multi-worker :class:`~sipimdn.store.base.SharedStore` (PostgreSQL), each with
+its own tracker. Only here does a worker talk to the store on the hot path,
+and only when the store is really shared (SQLite is one worker's):
+
+- **Dedup across workers.** A received IM whose (sender, Message-ID) this
+  worker's tracker does not know is claimed in the store
+  (:meth:`~sipimdn.store.base.SharedStore.claim_seen`, atomic) before it is
+  recorded and handed up. Claimed before: a copy another worker received (a
+  resend with a new Call-ID), answered as a duplicate and not handed up.
+  A store that cannot be reached: 503 with Retry-After, never a 2xx whose
+  obligations are not stored (RFC 3261 §21.5.4).
+- **Correlation across workers** (RFC 5438 §7.1.2 by Message-ID). A
+  notification about a message this worker did not send is forwarded to the
+  owner of that message's ``sent`` record through the store
+  (:meth:`~sipimdn.store.base.SharedStore.forward_notification`): the row is
+  the truth, the database notification the wake-up. The owner applies it
+  through its tracker, the one writer of that record, so two workers never
+  race on it. Each write of a ``sent`` record wakes the workers waiting for
+  that Message-ID (:meth:`SharedPath._await_disposition`).
+- **Ownership and take-over.** Every quarter of ``config.worker_lease`` a
+  worker renews the leases of the records it owns, takes over those whose
+  owner stopped renewing (a survivor sends the owed IMDNs and tracks the
+  awaited notifications of a worker killed with SIGKILL) and applies the
+  notifications forwarded to it (also those whose wake-up was lost).
+- **Ended messages.** The tracker drops a message when its tracking ends; in
+  a shared store the final record stays (marked ended, never adopted) until
+  it expires, so a worker waiting on that Message-ID reads the final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import LocalProtocolError, StoreError
+from ..imdn.tracker import DispositionState
+from ..imdn.vocabulary import reached
+from ..stack import IncomingRequest
+from ..store import Delete, Put, SentRecord, SharedStore, Store, StoreOp
+from . import _wire
+from ._base import AgentCore
+
+__all__ = ["ENDED", "SharedPath", "shared_store"]
+
+_log = logging.getLogger("sipimdn.ua.shared")
+
+#: Metadata name marking a ``sent`` record whose tracking ended (kept for readers, never adopted).
+ENDED = "sipimdn.ended"
+#: Retry-After (seconds) of the 503 given while the shared store cannot be reached.
+RETRY_AFTER = 5
+#: How often a worker waiting on another worker's message re-reads it without a wake-up.
+_AWAIT_POLL = 1.0
+
+_STATE_ORDER = ("pending", "accepted", "delivered", "displayed")
+
+
+def shared_store(store: Store) -> SharedStore | None:
+    """``store`` as a store other processes share, or None (one worker's: nothing to share)."""
+    if isinstance(store, SharedStore) and getattr(store, "multi_worker", False):
+        return store
+    return None
+
+
+def ended_writes(ops: Sequence[StoreOp]) -> list[StoreOp]:
+    """``ops`` with each ``sent`` Delete that follows a Put of the same record turned into a Put
+    of that final record marked :data:`ENDED` (it expires on its own; purge removes it)."""
+    last: dict[str, SentRecord] = {}
+    out: list[StoreOp] = []
+    for op in ops:
+        if isinstance(op, Put) and isinstance(op.record, SentRecord):
+            last[op.record.message_id] = op.record
+        elif isinstance(op, Delete) and op.table == SentRecord.TABLE and op.key in last:
+            record = last[op.key]
+            metadata = tuple(sorted({**dict(record.metadata), ENDED: "1"}.items()))
+            out.append(Put(replace(record, metadata=metadata)))
+            continue
+        out.append(op)
+    return out
+
+
+def is_ended(record: SentRecord) -> bool:
+    """Whether ``record`` is the final state of a message whose tracking ended."""
+    return any(name == ENDED for name, _ in record.metadata)
+
+
+def recipient_state(record: SentRecord) -> DispositionState:
+    """The state of the message's first intended recipient (what ``SentMessage.state`` follows)."""
+    for entry in record.recipients:
+        if entry.via is None:
+            return DispositionState(entry.state)
+    return DispositionState(record.recipients[0].state)
+
+
+def _settled(state: DispositionState, wanted: DispositionState) -> bool:
+    return reached(state, wanted) or state.value not in _STATE_ORDER
+
+
+class SharedPath(AgentCore):
+    """Claims, forwarding, take-over and cross-worker waits (see the module docstring)."""
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def _shared_start(self, store: SharedStore) -> None:
+        """Listen for the other workers' wake-ups and start the lease ticks."""
+        self._shared = store
+        loop = asyncio.get_running_loop()
+
+        def wake(payload: str) -> None:  # on the store's thread
+            loop.call_soon_threadsafe(self._on_store_notice, payload)
+
+        self._unlisten = await asyncio.to_thread(store.listen, wake)
+        self._lease_task = self._spawn(self._lease_ticks(store))
+
+    def _shared_stop(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+
+    def _shared_writes(self, ops: list[StoreOp]) -> list[StoreOp]:
+        return ended_writes(ops) if self._shared is not None else ops
+
+    async def _lease_ticks(self, store: SharedStore) -> None:
+        interval = self.config.worker_lease / 4
+        while not self._closed:
+            try:
+                await self._lease_tick(store)
+            except StoreError as exc:
+                _log.warning("shared store: lease renewal or take-over failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _lease_tick(self, store: SharedStore) -> None:
+        await asyncio.to_thread(store.renew_leases)
+        now = time.time()
+        taken = await asyncio.to_thread(store.take_over, now)
+        if self._closed:
+            return
+        if taken.sent or taken.owed:
+            sent = [r for r in taken.sent if not is_ended(r)]
+            adopted = self._require_tracker().adopt(replace(taken, sent=tuple(sent)), now)
+            _log.warning(
+                "took over %d awaited message(s) and %d owed notification(s) from workers that stopped",
+                len(adopted),
+                len(taken.owed),
+            )
+            self._pump()
+        await self._apply_forwarded(store)
+
+    # -- dedup across workers ----------------------------------------------------------------------
+
+    def _claim_first(self, incoming: IncomingRequest, inbound: _wire.Inbound, sender: str) -> bool:
+        """True when the IM waits for a claim in the shared store (it is received afterwards)."""
+        message_id = inbound.message_id
+        if self._shared is None or message_id is None:
+            return False
+        if self._require_tracker().is_duplicate(message_id, sender):
+            return False  # this worker's tracker answers it
+        self._spawn_wire(self._claim(self._shared, incoming, inbound, sender, message_id))
+        return True
+
+    async def _claim(
+        self,
+        store: SharedStore,
+        incoming: IncomingRequest,
+        inbound: _wire.Inbound,
+        sender: str,
+        message_id: str,
+    ) -> None:
+        now = time.time()
+        record = self._require_tracker().dedup_record(message_id, sender, now)
+        try:
+            first = await asyncio.to_thread(store.claim_seen, record, now)
+        except StoreError as exc:
+            _log.error(
+                "shared store unreachable: MESSAGE %s from %s answered 503: %s", message_id, sender, exc
+            )
+            incoming.respond(503, None, [("Retry-After", str(RETRY_AFTER))])
+            return
+        if self._closed:
+            return
+        tracker = self._require_tracker()
+        if not first and not tracker.is_duplicate(message_id, sender):
+            # Another worker received it first (a resend with a new Call-ID): never handed up twice.
+            status = self.config.deadline_status
+            _log.info(
+                "duplicate message %s from %s (another worker's) answered %d", message_id, sender, status
+            )
+            incoming.respond(status)
+            return
+        # First (or a copy this worker recorded meanwhile, which the tracker answers).
+        self._receive_claimed(incoming, inbound)
+
+    def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
+        """Receive an IM once claimed (the receive path)."""
+        raise NotImplementedError
+
+    # -- correlation across workers ----------------------------------------------------------------
+
+    def _forward_foreign(self, note: Any, inbound: _wire.Inbound, notification_id: str | None) -> bool:
+        """True when a notification is about a message this worker does not track and goes to
+        its owner through the shared store instead of this worker's tracker."""
+        if self._shared is None or self._require_tracker().sent(note.message_id) is not None:
+            return False
+        fields = {
+            "message_id": note.message_id,
+            "kind": str(note.kind),
+            "status": str(note.status),
+            "sender": inbound.cpim_from,
+            "sip_from": inbound.sip_from,
+            "recipient_uri": note.recipient_uri,
+            "original_recipient_uri": note.original_recipient_uri,
+            "notification_id": notification_id,
+        }
+        self._spawn_wire(self._forward(self._shared, fields))
+        return True
+
+    async def _forward(self, store: SharedStore, fields: dict[str, Any]) -> None:
+        try:
+            kept = await asyncio.to_thread(
+                store.forward_notification, fields["message_id"], json.dumps(fields), time.time()
+            )
+        except StoreError as exc:
+            _log.error(
+                "shared store unreachable: notification for %s not forwarded: %s", fields["message_id"], exc
+            )
+            return
+        if not kept and not self._closed:
+            # No worker tracks it: this worker's tracker rejects it (an unknown Message-ID).
+            self._apply_notification(fields)
+
+    def _apply_notification(self, fields: dict[str, Any]) -> None:
+        self._require_tracker().notification_received(now=time.time(), **fields)
+        self._pump()
+
+    def _on_store_notice(self, payload: str) -> None:
+        if self._closed or self._shared is None:
+            return
+        if payload.startswith("i:"):
+            if self._tracker is not None and self._tracker.sent(payload[2:]) is not None:
+                self._forwarded_due = True
+                if self._forwarding is None or self._forwarding.done():
+                    self._forwarding = self._spawn(self._apply_forwarded(self._shared))
+            return
+        for waiter in self._sent_waiters.pop(payload, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _apply_forwarded(self, store: SharedStore) -> None:
+        """Apply the notifications other workers forwarded for messages this worker owns."""
+        self._forwarded_due = True
+        while self._forwarded_due and not self._closed:
+            self._forwarded_due = False
+            try:
+                rows = await asyncio.to_thread(store.take_forwarded, time.time())
+            except StoreError as exc:
+                _log.warning("shared store: forwarded notifications not read: %s", exc)
+                return
+            if not rows or self._closed:
+                continue
+            for _, data in rows:
+                try:
+                    fields = json.loads(data)
+                    self._apply_notification(fields)
+                except (ValueError, TypeError) as exc:
+                    _log.error("shared store: unreadable forwarded notification dropped: %s", exc)
+            # Dropped once what they changed is stored: a crash in between applies them again,
+            # which the tracker's replay guard absorbs (same notification Message-ID).
+            await self._writer.written()
+            try:
+                await asyncio.to_thread(store.drop_forwarded, [row_id for row_id, _ in rows])
+            except StoreError as exc:
+                _log.warning("shared store: forwarded notifications not dropped: %s", exc)
+                return
+            self._forwarded_due = True  # there may be more than one batch
+
+    # -- waiting on a message any worker sent ------------------------------------------------------
+
+    async def _await_disposition(
+        self, message_id: str, target: str | DispositionState, timeout: float | None
+    ) -> DispositionState:
+        wanted = DispositionState(target)
+        handle = self._handles.get(message_id)
+        if handle is not None:
+            return await handle.await_disposition(wanted, timeout)
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        last: DispositionState | None = None
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._sent_waiters.setdefault(message_id, []).append(waiter)
+            try:
+                state = await self._current_state(message_id)
+                if state is None:
+                    if last is None:
+                        raise LocalProtocolError(f"no message {message_id!r} is tracked")
+                    return last  # gone (expired from the store): the last state read is the final one
+                last = state
+                if _settled(state, wanted):
+                    return state
+                left = _AWAIT_POLL if end is None else min(_AWAIT_POLL, end - loop.time())
+                if left <= 0:
+                    raise TimeoutError(f"message {message_id} did not reach {wanted.value}")
+                await asyncio.wait([waiter], timeout=left)
+            finally:
+                waiters = self._sent_waiters.get(message_id)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._sent_waiters[message_id]
+
+    async def _current_state(self, message_id: str) -> DispositionState | None:
+        record = self._require_tracker().sent(message_id)
+        if record is None and self._shared is not None:
+            record = await asyncio.to_thread(self._shared.load_sent, message_id, time.time())
+        return None if record is None else recipient_state(record)
