@@ -139,3 +139,18 @@ def test_closed_shared_store_raises(shared: SharedStore) -> None:
         shared.renew_leases()
     with pytest.raises(StoreError):
         shared.notify("x")
+
+
+def test_lookups_and_forwarding_in_both_forms(shared: SharedStore) -> None:
+    """Any worker reads a sent record by Message-ID; a notification forwarded about it is kept
+    for its owner where several workers may share the store (on SQLite the one worker owns
+    every record, so there is nobody to forward to)."""
+    shared.apply([Put(sent("m1"))])
+    assert shared.load_sent("m1", 0.0) == sent("m1") and shared.load_sent("m2", 0.0) is None
+    assert shared.load_own(0.0).sent == (sent("m1"),)
+    assert shared.forward_notification("m1", "{}", 0.0) is shared.multi_worker
+    assert shared.forward_notification("m2", "{}", 0.0) is False
+    taken = shared.take_forwarded(0.0)
+    assert [data for _, data in taken] == (["{}"] if shared.multi_worker else [])
+    shared.drop_forwarded([row_id for row_id, _ in taken])
+    assert shared.take_forwarded(0.0) == []

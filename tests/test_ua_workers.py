@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from _postgres import PostgresServer, require_postgres
 from ua_helpers import RawPeer, Recorder, ua_config
 
 from sipimdn import UserAgent, cpim, imdn
+from sipimdn.errors import StoreError
 from sipimdn.events import DispositionChanged, DispositionState
 from sipimdn.message import Request
+from sipimdn.store import StoreOp
 from sipimdn.store.postgres import PostgresStore
 from sipimdn.ua import IncomingMessage
 
@@ -171,3 +174,85 @@ async def test_a_survivor_takes_over_what_a_stopped_worker_owed_and_awaited(post
             assert state is DispositionState.DELIVERED
     finally:
         raw.close()
+
+
+async def test_database_gone_mid_run_is_503_with_retry_after_then_recovers() -> None:
+    """No 2xx whose obligations are not stored: while the database is down a new MESSAGE gets
+    503 with Retry-After (the dedup claim fails); once it is back, messages are taken again."""
+    server = PostgresServer(require_postgres())
+    raw = await RawPeer.open()
+    seen: list[str] = []
+    try:
+        server.start()
+        url = server.create_database()
+        async with worker(url, "w1") as w1:
+
+            @w1.on_message
+            async def got(message: IncomingMessage) -> None:
+                seen.append(message.message_id or "")
+
+            data, branch = im_bytes(raw, w1.aor, "before", "call-before")
+            assert (await raw.transact(data, branch, dest(w1))).status_code == 200
+            await asyncio.to_thread(server.stop)
+            data, branch = im_bytes(raw, w1.aor, "during", "call-during")
+            refused = await raw.transact(data, branch, dest(w1), timeout=10)
+            assert refused.status_code == 503 and refused.headers.get("Retry-After") == "5"
+            await asyncio.to_thread(server.start)
+            # The sender retries after Retry-After: received now, handed up once.
+            data, branch = im_bytes(raw, w1.aor, "during", "call-retry")
+            assert (await raw.transact(data, branch, dest(w1), timeout=10)).status_code == 200
+        assert seen == ["before", "during"]
+    finally:
+        raw.close()
+        await asyncio.to_thread(server.destroy)
+
+
+class _Failing(PostgresStore):
+    """A PostgreSQL store whose writes fail while ``failing`` is set (claims still work)."""
+
+    failing = False
+
+    def apply(self, ops: Sequence[StoreOp]) -> None:
+        if self.failing:
+            raise StoreError("store write failed: injected")
+        super().apply(ops)
+
+
+async def test_a_2xx_whose_records_cannot_be_stored_is_a_503_and_the_retry_is_taken(
+    postgres_url: str,
+) -> None:
+    """The database goes away between the claim and the answer's write: 503, nothing owed; the
+    claim is released when the store is back, so the retry is received afresh and answered 200
+    with its delivered IMDN (the handler saw it twice: at least once across the outage)."""
+    store = _Failing(postgres_url, worker_id="w1", lease=LEASE)
+    raw = await RawPeer.open()
+    seen: list[str] = []
+    try:
+        async with UserAgent(ua_config("bob", worker_lease=LEASE), store=store) as w1:
+
+            @w1.on_message
+            async def got(message: IncomingMessage) -> None:
+                seen.append(message.message_id or "")
+                store.failing = len(seen) == 1
+
+            data, branch = im_bytes(raw, w1.aor, "unstored", "call-one")
+            refused = await raw.transact(data, branch, dest(w1), timeout=10)
+            assert refused.status_code == 503 and refused.headers.get("Retry-After") == "5"
+            assert w1.tracker.owed() == ()
+            store.failing = False
+            status = 0
+            for attempt in range(20):  # the claim is released on the next lease tick
+                data, branch = im_bytes(raw, w1.aor, "unstored", f"call-retry-{attempt}")
+                status = (await raw.transact(data, branch, dest(w1), timeout=10)).status_code
+                if status == 200:
+                    break
+                await asyncio.sleep(LEASE / 4)
+            assert status == 200
+            request = await next_request(raw)
+            while b"imdn+xml" not in request.body:
+                request = await next_request(raw)
+            assert notified(request).message_id == "unstored"
+        assert seen == ["unstored", "unstored"]
+    finally:
+        raw.close()
+        store.close()

@@ -123,6 +123,8 @@ class AgentCore:
         self._forwarding: asyncio.Task[Any] | None = None
         self._forwarded_due = False
         self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Dedup claims of refused messages to release in the shared store (retried until done).
+        self._unreleased: set[str] = set()
         self._started = False
         self._closed = False
         #: Plain-int counters behind ``stats()``.

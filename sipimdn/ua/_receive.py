@@ -243,20 +243,26 @@ class ReceivePath(SharedPath):
             # then answer once durable; the writer batches, so concurrent answers share a commit.
             self._writer.submit(self._drain_writes(tracker))
             self._durable_answers += 1
-            self._writer.when_written(functools.partial(self._respond_durable, pending, status, reason))
+            failures = self._writer.failures
+            self._writer.when_written(
+                functools.partial(self._respond_durable, pending, status, reason, failures)
+            )
             return
         pending.respond(status, reason)
         self._pump()
 
-    def _respond_durable(self, pending: Pending, status: int, reason: str | None) -> None:
+    def _respond_durable(self, pending: Pending, status: int, reason: str | None, failures: int = 0) -> None:
         """Answer a received IM now that the records behind that answer reached the store.
 
         Called by the store writer (``when_written``), with no task of its own. A write
         that failed counts as through: it was logged loudly by the writer, answering
         anyway keeps the peer's transaction from timing out, and what we owe lives on in
-        memory for this run.
+        memory for this run. Not with a shared store: other workers must be able to take
+        over what we owe, so the message is refused with 503 instead (``_refuse_unstored``).
         """
         self._durable_answers -= 1
+        if self._writer.failures > failures and self._refuse_unstored(pending):
+            return
         pending.respond(status, reason)
         if pending.message_id is not None and self._tracker is not None:
             self._tracker.answer_sent(pending.message_id, pending.sender)
@@ -401,11 +407,11 @@ class Pending:
         #: Resends (same Message-ID, new transaction) received while deciding: same answer.
         self.followers: list[IncomingRequest] = []
 
-    def respond(self, status: int, reason: str | None) -> None:
+    def respond(self, status: int, reason: str | None, headers: list[tuple[str, str]] | None = None) -> None:
         """Send the final response to this message and to its resends."""
-        self.incoming.respond(status, reason)
+        self.incoming.respond(status, reason, headers or ())
         for follower in self.followers:
-            follower.respond(status, reason)
+            follower.respond(status, reason, headers or ())
 
 
 def _answered(pending: Pending) -> bool:

@@ -25,6 +25,15 @@ and only when the store is really shared (SQLite is one worker's):
   owner stopped renewing (a survivor sends the owed IMDNs and tracks the
   awaited notifications of a worker killed with SIGKILL) and applies the
   notifications forwarded to it (also those whose wake-up was lost).
+- **Database gone.** A claim that fails is a 503 with Retry-After. A 2xx
+  whose records did not reach the store (the database went away after the
+  claim) is not sent either: the message is refused with 503 and forgotten
+  (:meth:`~sipimdn.imdn.tracker.shared.SharedSide.withdraw_answer`), its
+  claim released once the store is back, so the sender's retry is received
+  afresh. The handler did run for it: across a database outage a message
+  may reach the application twice (at least once, never a 2xx with
+  obligations nobody can take over). Calls fail fast while the database is
+  down and the store reconnects by itself, so the worker recovers when it returns.
 - **Ended messages.** The tracker drops a message when its tracking ends; in
   a shared store the final record stays (marked ended, never adopted) until
   it expires, so a worker waiting on that Message-ID reads the final state.
@@ -38,15 +47,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LocalProtocolError, StoreError
 from ..imdn.tracker import DispositionState
 from ..imdn.vocabulary import reached
 from ..stack import IncomingRequest
-from ..store import Delete, Put, SentRecord, SharedStore, Store, StoreOp
+from ..store import Delete, Put, SeenRecord, SentRecord, SharedStore, Store, StoreOp
 from . import _wire
 from ._base import AgentCore
+
+if TYPE_CHECKING:
+    from ._receive import Pending
 
 __all__ = ["ENDED", "SharedPath", "shared_store"]
 
@@ -56,6 +68,8 @@ _log = logging.getLogger("sipimdn.ua.shared")
 ENDED = "sipimdn.ended"
 #: Retry-After (seconds) of the 503 given while the shared store cannot be reached.
 RETRY_AFTER = 5
+#: How long the final record of a message whose tracking ended stays readable (seconds).
+ENDED_KEEP = 3600.0
 #: How often a worker waiting on another worker's message re-reads it without a wake-up.
 _AWAIT_POLL = 1.0
 
@@ -69,9 +83,10 @@ def shared_store(store: Store) -> SharedStore | None:
     return None
 
 
-def ended_writes(ops: Sequence[StoreOp]) -> list[StoreOp]:
+def ended_writes(ops: Sequence[StoreOp], now: float) -> list[StoreOp]:
     """``ops`` with each ``sent`` Delete that follows a Put of the same record turned into a Put
-    of that final record marked :data:`ENDED` (it expires on its own; purge removes it)."""
+    of that final record marked :data:`ENDED`, expiring within :data:`ENDED_KEEP` of ``now``
+    (purge removes it)."""
     last: dict[str, SentRecord] = {}
     out: list[StoreOp] = []
     for op in ops:
@@ -80,7 +95,8 @@ def ended_writes(ops: Sequence[StoreOp]) -> list[StoreOp]:
         elif isinstance(op, Delete) and op.table == SentRecord.TABLE and op.key in last:
             record = last[op.key]
             metadata = tuple(sorted({**dict(record.metadata), ENDED: "1"}.items()))
-            out.append(Put(replace(record, metadata=metadata)))
+            expires = min(record.expires_at, now + ENDED_KEEP)
+            out.append(Put(replace(record, metadata=metadata, expires_at=expires)))
             continue
         out.append(op)
     return out
@@ -127,7 +143,7 @@ class SharedPath(AgentCore):
             self._unlisten = None
 
     def _shared_writes(self, ops: list[StoreOp]) -> list[StoreOp]:
-        return ended_writes(ops) if self._shared is not None else ops
+        return ended_writes(ops, time.time()) if self._shared is not None else ops
 
     async def _lease_ticks(self, store: SharedStore) -> None:
         interval = self.config.worker_lease / 4
@@ -139,6 +155,10 @@ class SharedPath(AgentCore):
             await asyncio.sleep(interval)
 
     async def _lease_tick(self, store: SharedStore) -> None:
+        if self._unreleased:
+            keys = list(self._unreleased)
+            await asyncio.to_thread(store.apply, [Delete(SeenRecord.TABLE, key) for key in keys])
+            self._unreleased.difference_update(keys)
         await asyncio.to_thread(store.renew_leases)
         now = time.time()
         taken = await asyncio.to_thread(store.take_over, now)
@@ -202,6 +222,26 @@ class SharedPath(AgentCore):
     def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         """Receive an IM once claimed (the receive path)."""
         raise NotImplementedError
+
+    def _refuse_unstored(self, pending: Pending) -> bool:
+        """Refuse (503) a received IM whose 2xx could not be made durable; True if done so.
+
+        Only with a shared store and a Message-ID (see the module docstring).
+        """
+        if self._shared is None or pending.message_id is None or self._tracker is None:
+            return False
+        _log.error(
+            "shared store write failed: MESSAGE %s from %s answered 503 instead of its 2xx",
+            pending.message_id,
+            pending.sender,
+        )
+        pending.respond(503, None, [("Retry-After", str(RETRY_AFTER))])
+        tracker = self._tracker
+        tracker.withdraw_answer(pending.message_id, pending.sender)
+        # The claim's release must reach the store, which is failing now: retried on the ticks.
+        self._unreleased.add(tracker.dedup_record(pending.message_id, pending.sender, 0.0).key)
+        self._pump()
+        return True
 
     # -- correlation across workers ----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .receiver import ReceiverSide
-from .records import OwedRecord, SeenRecord, Snapshot
+from .records import Delete, OwedRecord, ReceivedRecord, SeenRecord, Snapshot, received_key
 
 __all__ = ["SharedSide"]
 
@@ -28,6 +28,27 @@ class SharedSide(ReceiverSide):
         """The dedup entry of a message from ``sender``, to claim in a shared store before
         :meth:`~.receiver.ReceiverSide.record_received` (nothing is recorded here)."""
         return SeenRecord(self._sender_key(sender), message_id, None, now + self.config.dedup_ttl)
+
+    def withdraw_answer(self, message_id: str, sender: str) -> None:
+        """Forget a received message as if it never arrived: its 2xx, recorded with
+        ``message_answered(..., sent=False)``, will not be sent because what it commits us to
+        could not be stored (the shared store went away), so it is refused instead.
+
+        The notifications held behind the answer are dropped, its records removed, and a Delete
+        of its dedup entry queued (releasing the claim, so a resend is received afresh once the
+        store is back; the adapter retries that write until it succeeds).
+        """
+        sender_key = self._sender_key(sender)
+        key = (sender_key, message_id)
+        self._receipts.pop(key, None)
+        for owed in [
+            o for o in self._owed.values() if o.message_id == message_id and o.sender_key == sender_key
+        ]:
+            self._delete(OwedRecord.TABLE, owed.notification_id)
+        self._delete(ReceivedRecord.TABLE, key)
+        self._delete("volatile", key)
+        self._delete(SeenRecord.TABLE, key)
+        self._writes.append(Delete(SeenRecord.TABLE, received_key(sender_key, message_id)))
 
     def adopt(self, snapshot: Snapshot, now: float) -> tuple[str, ...]:
         """Track ``sent`` and ``owed`` records taken over from another worker; return the
