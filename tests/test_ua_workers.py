@@ -73,7 +73,8 @@ def notified(request: Request) -> imdn.Notification:
 
 
 async def test_a_copy_sent_to_another_worker_is_not_handed_up_again(postgres_url: str) -> None:
-    """Same Message-ID, new Call-ID, other worker: a duplicate, answered without the application."""
+    """Same Message-ID, new Call-ID, other worker: a duplicate, answered as the first copy was,
+    without the application."""
     seen: dict[str, list[str]] = {"w1": [], "w2": []}
     raw = await RawPeer.open()
     try:
@@ -88,7 +89,7 @@ async def test_a_copy_sent_to_another_worker_is_not_handed_up_again(postgres_url
             assert (await raw.transact(data, branch, dest(w1))).status_code == 200
             again, branch = im_bytes(raw, w2.aor, "shared-1", "call-two")
             resent = await raw.transact(again, branch, dest(w2))
-            assert resent.status_code == w2.config.deadline_status
+            assert resent.status_code == 200  # the answer w1 gave the first copy
             # A new message to w2 is handed up there: dedup is by Message-ID, not by worker.
             other, branch = im_bytes(raw, w2.aor, "shared-2", "call-three")
             assert (await raw.transact(other, branch, dest(w2))).status_code == 200
@@ -256,3 +257,49 @@ async def test_a_2xx_whose_records_cannot_be_stored_is_a_503_and_the_retry_is_ta
     finally:
         raw.close()
         store.close()
+
+
+async def test_a_claim_left_unanswered_by_a_dead_worker_is_taken_over(postgres_url: str) -> None:
+    """w1 claims a message and dies while its handler decides: the copy the sender retries on w2
+    is a duplicate (202) while w1 could still answer, then, once the claim is abandoned
+    (worker_lease + handler_deadline), w2 receives it: accepted, handed up, notified."""
+    raw = await RawPeer.open()
+    w2_seen: list[str] = []
+    entered = asyncio.Event()
+    try:
+        async with worker(postgres_url, "w2") as w2:
+
+            @w2.on_message
+            async def got(message: IncomingMessage) -> None:
+                w2_seen.append(message.message_id or "")
+
+            async with worker(postgres_url, "w1", handler_deadline=30.0, close_grace=0.1) as w1:
+
+                @w1.on_message
+                async def hold(message: IncomingMessage) -> None:
+                    entered.set()
+                    await asyncio.Event().wait()  # never decides
+
+                data, _ = im_bytes(raw, w1.aor, "orphan-1", "call-first")
+                assert raw.transport is not None
+                raw.transport.sendto(data, dest(w1))
+                await asyncio.wait_for(entered.wait(), 10)
+                claimed_at = time.monotonic()
+                data, branch = im_bytes(raw, w2.aor, "orphan-1", "call-early")
+                assert (await raw.transact(data, branch, dest(w2))).status_code == 202
+            status, attempt = 0, 0
+            while status != 200 and time.monotonic() - claimed_at < 15:
+                attempt += 1
+                data, branch = im_bytes(raw, w2.aor, "orphan-1", f"call-retry-{attempt}")
+                status = (await raw.transact(data, branch, dest(w2))).status_code
+                if status != 200:
+                    await asyncio.sleep(0.5)
+            assert status == 200
+            assert time.monotonic() - claimed_at >= w2.config.worker_lease + w2.config.handler_deadline - 1
+            assert w2_seen == ["orphan-1"]
+            request = await next_request(raw)
+            while b"imdn+xml" not in request.body:
+                request = await next_request(raw)
+            assert notified(request).message_id == "orphan-1"
+    finally:
+        raw.close()

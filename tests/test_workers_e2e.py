@@ -2,21 +2,23 @@
 
 A raw UDP sender does what a round-robin balancer in front of the workers does: consecutive
 MESSAGEs go to alternate workers. It asks for positive-delivery, resends some Message-IDs with
-a new Call-ID to the other worker, and leaves the IMDNs unanswered for a while so they pile up
-as owed (in flight, retransmitted). Then one worker gets SIGKILL and is not restarted; the
-sender starts answering. Every accepted message must get its delivered IMDN (the survivor
-takes the dead worker's over once its lease runs out), and no Message-ID may reach the
-application twice.
+a new Call-ID to the other worker, and leaves the IMDNs unanswered so they pile up as owed (in
+flight, retransmitted). Halfway, one worker gets SIGKILL and is not restarted; requests the
+balancer still sends it time out and fail over to the survivor. Then the sender answers. Every
+accepted message must get its delivered IMDN from the survivor (it takes over the dead
+worker's once their lease runs out), and no Message-ID may reach the application twice.
 
-The crash window: a worker claims a Message-ID in the store before handing the message up,
-so a copy can never be handed up twice, but a message claimed by a worker that dies before
-answering is answered by the survivor as a duplicate and not handed up again (at most once).
-Here the kill comes after every message was answered, so that window holds no message.
+The crash window: a worker claims a Message-ID in the store before handing the message up. A
+claim its worker never answered (it died while the application decided) is taken over by
+another worker after ``worker_lease + handler_deadline``, so that message is not lost but may
+reach the application twice: at most the messages the dead worker was deciding when it died.
+Here the kill falls between two answered transactions, so that window holds none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from contextlib import ExitStack
@@ -26,7 +28,9 @@ from test_cli_ua import listener
 from test_ua_workers import answer, im_bytes, notified
 from ua_helpers import RawPeer
 
-MESSAGES = 24
+MESSAGES = 40
+#: The worker is killed just before this message is sent.
+KILL_AT = 20
 LEASE = "2"
 
 
@@ -50,19 +54,32 @@ async def test_two_workers_one_killed_every_message_delivered_once(postgres_url:
         raw = await RawPeer.open()
         try:
             finals: dict[str, int] = {}
+            failed_over = 0
             for i in range(MESSAGES):
-                target = addresses[i % 2]
-                data, branch = im_bytes(raw, aors[i % 2], f"e2e-{i}", f"call-{i}")
-                finals[f"e2e-{i}"] = (await raw.transact(data, branch, target, timeout=10)).status_code
-                if i % 3 == 0:  # a resend with a new Call-ID, to the other worker
-                    data, branch = im_bytes(raw, aors[(i + 1) % 2], f"e2e-{i}", f"call-{i}-again")
-                    again = await raw.transact(data, branch, addresses[(i + 1) % 2], timeout=10)
-                    assert again.status_code in (200, 202)
+                if i == KILL_AT:
+                    # SIGKILL mid-run, not restarted; its IMDNs are owed, in flight, unanswered.
+                    procs[0].kill()
+                    procs[0].wait(10)
+                mid, turn = f"e2e-{i}", i % 2
+                if turn == 0 and i >= KILL_AT:
+                    # Round-robin still picks the dead worker until its probes fail: no answer,
+                    # so the request fails over to the next worker (a new transaction).
+                    data, branch = im_bytes(raw, aors[0], mid, f"call-{i}-dead")
+                    with contextlib.suppress(TimeoutError):
+                        await raw.transact(data, branch, addresses[0], timeout=0.5)
+                        raise AssertionError("a killed worker answered")
+                    failed_over += 1
+                    turn = 1
+                data, branch = im_bytes(raw, aors[turn], mid, f"call-{i}")
+                finals[mid] = (await raw.transact(data, branch, addresses[turn], timeout=10)).status_code
+                if i % 3 == 0:  # the sender retries with a new Call-ID, on the other (live) worker
+                    other = 1 - turn if i < KILL_AT else 1
+                    data, branch = im_bytes(raw, aors[other], mid, f"call-{i}-again")
+                    again = await raw.transact(data, branch, addresses[other], timeout=10)
+                    assert again.status_code == finals[mid]  # the first copy's answer
             accepted = {mid for mid, status in finals.items() if 200 <= status < 300}
-            assert accepted == set(finals)
-            await asyncio.sleep(1.0)  # the IMDNs are owed and in flight, unanswered
-            procs[0].kill()  # SIGKILL, not restarted
-            procs[0].wait(10)
+            assert accepted == set(finals) and failed_over == (MESSAGES - KILL_AT) // 2
+            await asyncio.sleep(1.0)  # the IMDNs pile up as owed, unanswered
             delivered: set[str] = set()
             deadline = time.monotonic() + 30
             while not accepted <= delivered and time.monotonic() < deadline:
@@ -86,4 +103,6 @@ async def test_two_workers_one_killed_every_message_delivered_once(postgres_url:
         procs[1].terminate()
         out = [proc.communicate(timeout=15)[0] for proc in procs]
     handed_up = [e["message_id"] for text in out for e in _events(text) if e.get("event") == "message"]
+    # The crash window holds nothing here (the kill falls between two answered transactions),
+    # so every Message-ID reached the application exactly once.
     assert sorted(handed_up) == sorted(finals), "a Message-ID reached the application twice (or never)"

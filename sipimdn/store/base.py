@@ -257,6 +257,15 @@ class SharedStore(Store, Protocol):
         """
         ...
 
+    def claim_message(
+        self, record: SeenRecord, now: float, stale_expiry: float | None = None
+    ) -> SeenRecord | None:
+        """:meth:`claim_seen` saying who kept the key: None when ``record`` was written, else the
+        live entry (whose ``status`` is the first copy's answer, once given). An entry still
+        unanswered whose ``expires_at`` is at or before ``stale_expiry`` is taken over: its
+        claimer died before answering (atomic too: one taker)."""
+        ...
+
     def renew_leases(self) -> int:
         """Extend this worker's lease on the records it owns; return how many."""
         ...

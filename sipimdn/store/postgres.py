@@ -248,6 +248,17 @@ _CLAIM_SQL = (
     f"WHERE {_table('seen')}.expires_at <= $4 RETURNING key"
 )
 
+# claim_message: as _CLAIM_SQL, and an unanswered entry (status null) whose expiry is at or before
+# $5 is taken too (its claimer died before answering); then the entry that kept the key, if any.
+_SEEN = _table("seen")
+_CLAIM_MESSAGE_SQL = (
+    f"WITH c AS (INSERT INTO {_SEEN} (key, expires_at, data) VALUES ($1, $2, $3) "
+    f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
+    f"WHERE {_SEEN}.expires_at <= $4 OR ($5::float8 IS NOT NULL "
+    f"AND ({_SEEN}.data::json ->> 'status') IS NULL AND {_SEEN}.expires_at <= $5) RETURNING key) "
+    f"SELECT (SELECT count(*) FROM c), (SELECT data FROM {_SEEN} WHERE {_ID} = {_id_of('$1')})"
+)
+
 _RENEW_SQL = (
     "WITH "
     + ", ".join(
@@ -544,6 +555,35 @@ class PostgresStore:
 
         with self._lock:
             return self._call(claim(), "store claim failed")
+
+    def claim_message(
+        self, record: SeenRecord, now: float, stale_expiry: float | None = None
+    ) -> SeenRecord | None:
+        """:meth:`claim_seen` that also says who kept the key: None when ``record`` was written
+        (the caller is first), else the live entry (None too when it is not visible yet).
+
+        ``stale_expiry``: an entry still unanswered (``status`` None) whose ``expires_at`` is at
+        or before it counts as abandoned and is taken over (its claimer died before answering).
+        """
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
+        args = (record.key, float(record.expires_at), record_to_json(record), now, stale_expiry)
+
+        async def claim() -> tuple[int, str | None]:
+            conn = await self._connection()
+            row = await conn.fetchrow(_CLAIM_MESSAGE_SQL, *args)
+            assert row is not None
+            return int(row[0]), row[1]
+
+        with self._lock:
+            written, kept = self._call(claim(), "store claim failed")
+        if written or kept is None:
+            return (
+                None if written else SeenRecord(record.sender_key, record.message_id, None, record.expires_at)
+            )
+        found = record_from_json("seen", kept)
+        assert isinstance(found, SeenRecord)
+        return found
 
     def renew_leases(self) -> int:
         """Extend the lease on every ``sent``/``owed`` row this worker owns; return how many.

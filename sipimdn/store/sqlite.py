@@ -272,6 +272,50 @@ class SqliteStore:
         """Nothing to drop."""
         self._connection()
 
+    def claim_message(
+        self, record: SeenRecord, now: float, stale_expiry: float | None = None
+    ) -> SeenRecord | None:
+        """:meth:`claim_seen` that also says who kept the key (None: ``record`` was written);
+        an unanswered entry expiring at or before ``stale_expiry`` is taken over."""
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
+                        "WHERE seen.expires_at <= ? OR (? IS NOT NULL "
+                        "AND json_extract(seen.data, '$.status') IS NULL AND seen.expires_at <= ?)",
+                        (
+                            record.key,
+                            record.expires_at,
+                            record_to_json(record),
+                            now,
+                            stale_expiry,
+                            stale_expiry,
+                        ),
+                    )
+                    written = cursor.rowcount == 1
+                    row = (
+                        None
+                        if written
+                        else conn.execute("SELECT data FROM seen WHERE key = ?", (record.key,)).fetchone()
+                    )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store claim failed: {exc}") from exc
+        if row is None:
+            return None
+        found = record_from_json("seen", row[0])
+        assert isinstance(found, SeenRecord)
+        return found
+
     def renew_leases(self) -> int:
         """How many ``sent`` and ``owed`` records there are: all of them are this worker's."""
         with self._lock:

@@ -237,6 +237,7 @@ class ReceivePath(SharedPath):
             tracker.plain_answered(pending.sender, pending.transaction, status)
             pending.respond(status, reason)
             return
+        self._store_answer(pending, status)
         if tracker.message_answered(pending.message_id, pending.sender, status, time.time(), sent=False):
             # The tracker holds what the answer commits us to until it is sent: those records
             # must be on disk first, or a crash right after the 2xx loses them for good. Write,

@@ -7,9 +7,14 @@ and only when the store is really shared (SQLite is one worker's):
 
 - **Dedup across workers.** A received IM whose (sender, Message-ID) this
   worker's tracker does not know is claimed in the store
-  (:meth:`~sipimdn.store.base.SharedStore.claim_seen`, atomic) before it is
-  recorded and handed up. Claimed before: a copy another worker received (a
-  resend with a new Call-ID), answered as a duplicate and not handed up.
+  (:meth:`~sipimdn.store.base.SharedStore.claim_message`, atomic) before it
+  is recorded and handed up. Claimed before: a copy another worker received
+  (a resend with a new Call-ID), answered as that worker answered it and not
+  handed up. The answer is written into the claim; a claim left unanswered
+  for longer than ``worker_lease + handler_deadline`` belonged to a worker
+  that died while deciding, and is taken over (the crash window: such a
+  message may have reached the dead worker's application, and reaches the
+  survivor's; nothing else is handed up twice).
   A store that cannot be reached: 503 with Retry-After, never a 2xx whose
   obligations are not stored (RFC 3261 §21.5.4).
 - **Correlation across workers** (RFC 5438 §7.1.2 by Message-ID). A
@@ -196,9 +201,15 @@ class SharedPath(AgentCore):
         message_id: str,
     ) -> None:
         now = time.time()
-        record = self._require_tracker().dedup_record(message_id, sender, now)
+        tracker = self._require_tracker()
+        record = tracker.dedup_record(message_id, sender, now)
+        # A claim still unanswered after this long is abandoned (its worker died before it
+        # answered): taken over, so the message is received here rather than lost.
+        abandoned = now - (self.config.worker_lease + self.config.handler_deadline)
         try:
-            first = await asyncio.to_thread(store.claim_seen, record, now)
+            kept = await asyncio.to_thread(
+                store.claim_message, record, now, abandoned + tracker.config.dedup_ttl
+            )
         except StoreError as exc:
             _log.error(
                 "shared store unreachable: MESSAGE %s from %s answered 503: %s", message_id, sender, exc
@@ -208,9 +219,10 @@ class SharedPath(AgentCore):
         if self._closed:
             return
         tracker = self._require_tracker()
-        if not first and not tracker.is_duplicate(message_id, sender):
-            # Another worker received it first (a resend with a new Call-ID): never handed up twice.
-            status = self.config.deadline_status
+        if kept is not None and not tracker.is_duplicate(message_id, sender):
+            # Another worker received it first (a resend with a new Call-ID): never handed up
+            # twice; answered as that worker answered it, as the tracker answers a duplicate.
+            status = kept.status or self.config.deadline_status
             _log.info(
                 "duplicate message %s from %s (another worker's) answered %d", message_id, sender, status
             )
@@ -222,6 +234,15 @@ class SharedPath(AgentCore):
     def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         """Receive an IM once claimed (the receive path)."""
         raise NotImplementedError
+
+    def _store_answer(self, pending: Pending, status: int) -> None:
+        """Write the answer into the message's dedup entry, so a copy reaching another worker
+        gets the same answer and the claim is never taken for abandoned (the tracker writes
+        it only for messages owed a notification)."""
+        if self._shared is None or pending.message_id is None or self._tracker is None:
+            return
+        record = self._tracker.dedup_record(pending.message_id, pending.sender, time.time())
+        self._writer.submit([Put(replace(record, status=status))])
 
     def _refuse_unstored(self, pending: Pending) -> bool:
         """Refuse (503) a received IM whose 2xx could not be made durable; True if done so.
