@@ -154,3 +154,19 @@ def test_lookups_and_forwarding_in_both_forms(shared: SharedStore) -> None:
     assert [data for _, data in taken] == (["{}"] if shared.multi_worker else [])
     shared.drop_forwarded([row_id for row_id, _ in taken])
     assert shared.take_forwarded(0.0) == []
+
+
+def test_claim_message_says_who_kept_the_key_and_takes_abandoned_claims(shared: SharedStore) -> None:
+    first = SeenRecord("sip:a@x", "m1", None, 100.0)
+    assert shared.claim_message(first, now=0.0) is None  # written: first
+    # A second claim sees the first, unanswered; once answered, with its status.
+    assert shared.claim_message(SeenRecord("sip:a@x", "m1", None, 110.0), now=10.0) == first
+    shared.apply([Put(SeenRecord("sip:a@x", "m1", 200, 100.0))])
+    kept = shared.claim_message(SeenRecord("sip:a@x", "m1", None, 110.0), now=10.0, stale_expiry=105.0)
+    assert kept is not None and kept.status == 200  # answered: never taken, however old
+    # Unanswered and old enough (expiry at or before stale_expiry): abandoned, taken over.
+    shared.apply([Put(SeenRecord("sip:a@x", "m2", None, 100.0))])
+    young = SeenRecord("sip:a@x", "m2", None, 120.0)
+    assert shared.claim_message(young, now=20.0, stale_expiry=99.0) is not None
+    assert shared.claim_message(young, now=20.0, stale_expiry=100.0) is None
+    assert shared.claim_message(young, now=20.0, stale_expiry=100.0) == young
