@@ -49,6 +49,16 @@ def im_bytes(raw: RawPeer, to: str, message_id: str, call_id: str) -> tuple[byte
     return raw.request_bytes("MESSAGE", to, content_type="message/cpim", body=body, call_id=call_id)
 
 
+def imdn_bytes(raw: RawPeer, to: str, about: str) -> tuple[bytes, str]:
+    """A delivered IMDN from the raw peer about ``about`` (a message ``to`` supposedly sent)."""
+    peer = f"sip:raw@{raw.address[0]}:{raw.address[1]}"
+    im = imdn.build_im(
+        from_=to, to=peer, body=b"x", now=time.time(), message_id=about, notify={"positive-delivery"}
+    )
+    report = imdn.build_imdn(im, kind="delivery", status="delivered", now=time.time()).to_bytes()
+    return raw.request_bytes("MESSAGE", to, content_type="message/cpim", body=report)
+
+
 async def next_request(raw: RawPeer, timeout: float = 10.0) -> Request:
     return await asyncio.wait_for(raw.requests.get(), timeout)
 
@@ -198,7 +208,13 @@ async def test_database_gone_mid_run_is_503_with_retry_after_then_recovers() -> 
             data, branch = im_bytes(raw, w1.aor, "during", "call-during")
             refused = await raw.transact(data, branch, dest(w1), timeout=10)
             assert refused.status_code == 503 and refused.headers.get("Retry-After") == "5"
+            # An IMDN about a message this worker did not send cannot be kept for its sender
+            # either: 503 too, so the peer sends it again (never a 200 for a lost notification).
+            imdn_data, imdn_branch = imdn_bytes(raw, w1.aor, "sent-elsewhere")
+            assert (await raw.transact(imdn_data, imdn_branch, dest(w1), timeout=10)).status_code == 503
             await asyncio.to_thread(server.start)
+            imdn_data, imdn_branch = imdn_bytes(raw, w1.aor, "sent-elsewhere")
+            assert (await raw.transact(imdn_data, imdn_branch, dest(w1), timeout=10)).status_code == 200
             # The sender retries after Retry-After: received now, handed up once.
             data, branch = im_bytes(raw, w1.aor, "during", "call-retry")
             assert (await raw.transact(data, branch, dest(w1), timeout=10)).status_code == 200

@@ -51,7 +51,7 @@ from ._composing import Composer, ComposingPath
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
-from ._shared import shared_store
+from ._shared import shared_store, without_ended
 from .outgoing import SentMessage
 from .stats import UserAgentStats
 
@@ -105,7 +105,10 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             shared = shared_store(self._writer.store)
             now = time.time()
             # A worker resumes its own records only; another's are taken over once its lease ends.
-            snapshot = await (self._writer.load_own(now) if shared is not None else self._writer.load(now))
+            if shared is not None:
+                snapshot = without_ended(await self._writer.load_own(now))
+            else:
+                snapshot = await self._writer.load(now)
             self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)

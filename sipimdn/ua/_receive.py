@@ -106,13 +106,16 @@ class ReceivePath(SharedPath):
 
     def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business
-        # (no oracle for guessing Message-IDs, RFC 5438 §14).
-        incoming.respond(200)
+        # (no oracle for guessing Message-IDs, RFC 5438 §14). Parts about messages another
+        # worker sent are answered once kept for that worker (see _shared).
         assert inbound.notification is not None
         tracker = self._require_tracker()
         # An aggregated IMDN (RFC 5438 §8.3) carries several; each is checked on its own.
         notes = (inbound.notification, *inbound.more_notifications)
         counters = self._counters
+        foreign: list[dict[str, Any]] = []
+        if not any(self._is_foreign(note.message_id) for note in notes):
+            incoming.respond(200)
         for index, note in enumerate(notes):
             counters.notifications_received += 1
             _log.info(
@@ -128,8 +131,10 @@ class ReceivePath(SharedPath):
             notification_id = inbound.message_id
             if notification_id is not None and len(notes) > 1:
                 notification_id = f"{notification_id}#{index}"
-            if self._forward_foreign(note, inbound, notification_id):
-                continue  # about a message another worker sent: its owner applies it
+            if self._is_foreign(note.message_id):
+                # About a message another worker sent: its owner applies it.
+                foreign.append(_wire_fields(note, inbound, notification_id))
+                continue
             tracker.notification_received(
                 message_id=note.message_id,
                 kind=note.kind,
@@ -142,6 +147,8 @@ class ReceivePath(SharedPath):
                 notification_id=notification_id,
             )
         self._pump()
+        if foreign:
+            self._forward_then_answer(incoming, foreign)
 
     def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         sender = inbound.cpim_from or inbound.sip_from
@@ -413,6 +420,20 @@ class Pending:
         self.incoming.respond(status, reason, headers or ())
         for follower in self.followers:
             follower.respond(status, reason, headers or ())
+
+
+def _wire_fields(note: Any, inbound: _wire.Inbound, notification_id: str | None) -> dict[str, Any]:
+    """The arguments of ``DispositionTracker.notification_received`` for one notification."""
+    return {
+        "message_id": note.message_id,
+        "kind": str(note.kind),
+        "status": str(note.status),
+        "sender": inbound.cpim_from,
+        "sip_from": inbound.sip_from,
+        "recipient_uri": note.recipient_uri,
+        "original_recipient_uri": note.original_recipient_uri,
+        "notification_id": notification_id,
+    }
 
 
 def _answered(pending: Pending) -> bool:

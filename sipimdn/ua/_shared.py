@@ -58,14 +58,14 @@ from ..errors import LocalProtocolError, StoreError
 from ..imdn.tracker import DispositionState
 from ..imdn.vocabulary import reached
 from ..stack import IncomingRequest
-from ..store import Delete, Put, SeenRecord, SentRecord, SharedStore, Store, StoreOp
+from ..store import Delete, Put, SeenRecord, SentRecord, SharedStore, Snapshot, Store, StoreOp
 from . import _wire
 from ._base import AgentCore
 
 if TYPE_CHECKING:
     from ._receive import Pending
 
-__all__ = ["ENDED", "SharedPath", "shared_store"]
+__all__ = ["ENDED", "SharedPath", "shared_store", "without_ended"]
 
 _log = logging.getLogger("sipimdn.ua.shared")
 
@@ -110,6 +110,11 @@ def ended_writes(ops: Sequence[StoreOp], now: float) -> list[StoreOp]:
 def is_ended(record: SentRecord) -> bool:
     """Whether ``record`` is the final state of a message whose tracking ended."""
     return any(name == ENDED for name, _ in record.metadata)
+
+
+def without_ended(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` without the final records of messages whose tracking ended."""
+    return replace(snapshot, sent=tuple(r for r in snapshot.sent if not is_ended(r)))
 
 
 def recipient_state(record: SentRecord) -> DispositionState:
@@ -170,8 +175,7 @@ class SharedPath(AgentCore):
         if self._closed:
             return
         if taken.sent or taken.owed:
-            sent = [r for r in taken.sent if not is_ended(r)]
-            adopted = self._require_tracker().adopt(replace(taken, sent=tuple(sent)), now)
+            adopted = self._require_tracker().adopt(without_ended(taken), now)
             _log.warning(
                 "took over %d awaited message(s) and %d owed notification(s) from workers that stopped",
                 len(adopted),
@@ -266,35 +270,38 @@ class SharedPath(AgentCore):
 
     # -- correlation across workers ----------------------------------------------------------------
 
-    def _forward_foreign(self, note: Any, inbound: _wire.Inbound, notification_id: str | None) -> bool:
-        """True when a notification is about a message this worker does not track and goes to
-        its owner through the shared store instead of this worker's tracker."""
-        if self._shared is None or self._require_tracker().sent(note.message_id) is not None:
-            return False
-        fields = {
-            "message_id": note.message_id,
-            "kind": str(note.kind),
-            "status": str(note.status),
-            "sender": inbound.cpim_from,
-            "sip_from": inbound.sip_from,
-            "recipient_uri": note.recipient_uri,
-            "original_recipient_uri": note.original_recipient_uri,
-            "notification_id": notification_id,
-        }
-        self._spawn_wire(self._forward(self._shared, fields))
-        return True
+    def _is_foreign(self, message_id: str) -> bool:
+        """Whether a notification about ``message_id`` goes to another worker: the store is
+        shared and this worker's tracker does not track that message."""
+        return self._shared is not None and self._require_tracker().sent(message_id) is None
 
-    async def _forward(self, store: SharedStore, fields: dict[str, Any]) -> None:
+    def _forward_then_answer(self, incoming: IncomingRequest, notes: list[dict[str, Any]]) -> None:
+        """Keep ``notes`` (notification_received arguments) for the owners of their messages,
+        then answer the IMDN: 200, or 503 with Retry-After when the store cannot keep them (the
+        peer sends it again, RFC 5438 §7.2.1.1 keeps its Message-ID: the replay guard absorbs
+        what was applied twice)."""
+        assert self._shared is not None
+        self._spawn_wire(self._forward(self._shared, incoming, notes))
+
+    async def _forward(
+        self, store: SharedStore, incoming: IncomingRequest, notes: list[dict[str, Any]]
+    ) -> None:
+        unknown = []
         try:
-            kept = await asyncio.to_thread(
-                store.forward_notification, fields["message_id"], json.dumps(fields), time.time()
-            )
+            for fields in notes:
+                kept = await asyncio.to_thread(
+                    store.forward_notification, fields["message_id"], json.dumps(fields), time.time()
+                )
+                if not kept:
+                    unknown.append(fields)
         except StoreError as exc:
-            _log.error(
-                "shared store unreachable: notification for %s not forwarded: %s", fields["message_id"], exc
-            )
+            _log.error("shared store unreachable: IMDN %s answered 503: %s", incoming.request.call_id, exc)
+            incoming.respond(503, None, [("Retry-After", str(RETRY_AFTER))])
             return
-        if not kept and not self._closed:
+        incoming.respond(200)
+        if self._closed:
+            return
+        for fields in unknown:
             # No worker tracks it: this worker's tracker rejects it (an unknown Message-ID).
             self._apply_notification(fields)
 
