@@ -52,10 +52,18 @@ progress with :class:`~sipimdn.errors.StoreError`; the next call connects
 again, so the store recovers when the database returns. The listening
 connection reconnects by itself (see :meth:`PostgresStore.listen`).
 
-Ownership is at the store level only: a Put by a worker that no longer owns
-the row (its lease was taken over) still writes the record. Keeping such a
-worker from writing, and deciding which records to hand over, is the user
-agent's business.
+Several workers. Version 2 adds ``sipimdn_forwarded``: a notification a
+worker received about a ``sent`` record another worker owns is kept there
+for that owner (:meth:`PostgresStore.forward_notification`, NOTIFY ``"i:"``
++ Message-ID as the wake-up, only for a message some worker tracks) until
+the owner applied it (:meth:`PostgresStore.take_forwarded`, then
+:meth:`PostgresStore.drop_forwarded`), so only the owner writes its
+records. :meth:`PostgresStore.claim_message` is the dedup claim a worker
+makes before handing a message up; :meth:`PostgresStore.load_own` what it
+resumes with. Ownership is at the store level only: a Put by a worker that
+no longer owns the row (its lease was taken over) still writes the record;
+which records to hand over, and when, is the user agent's business
+(``sipimdn.ua._shared``).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LocalProtocolError, StoreError
 from ..imdn.tracker import DispositionState
-from ..imdn.vocabulary import reached
+from ..imdn.vocabulary import TERMINAL_STATES, reached
 from ..stack import IncomingRequest
 from ..store import Delete, Put, SeenRecord, SentRecord, SharedStore, Snapshot, Store, StoreOp
 from . import _wire
@@ -77,8 +77,6 @@ RETRY_AFTER = 5
 ENDED_KEEP = 3600.0
 #: How often a worker waiting on another worker's message re-reads it without a wake-up.
 _AWAIT_POLL = 1.0
-
-_STATE_ORDER = ("pending", "accepted", "delivered", "displayed")
 
 
 def shared_store(store: Store) -> SharedStore | None:
@@ -126,7 +124,7 @@ def recipient_state(record: SentRecord) -> DispositionState:
 
 
 def _settled(state: DispositionState, wanted: DispositionState) -> bool:
-    return reached(state, wanted) or state.value not in _STATE_ORDER
+    return reached(state, wanted) or state in TERMINAL_STATES
 
 
 class SharedPath(AgentCore):
@@ -182,7 +180,8 @@ class SharedPath(AgentCore):
                 len(taken.owed),
             )
             self._pump()
-        await self._apply_forwarded(store)
+        # Also what was forwarded while its owner was gone, or whose wake-up was lost.
+        self._kick_forwarded()
 
     # -- dedup across workers ----------------------------------------------------------------------
 
@@ -314,17 +313,20 @@ class SharedPath(AgentCore):
             return
         if payload.startswith("i:"):
             if self._tracker is not None and self._tracker.sent(payload[2:]) is not None:
-                self._forwarded_due = True
-                if self._forwarding is None or self._forwarding.done():
-                    self._forwarding = self._spawn(self._apply_forwarded(self._shared))
+                self._kick_forwarded()
             return
         for waiter in self._sent_waiters.pop(payload, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _kick_forwarded(self) -> None:
+        """Read the forwarded notifications soon: one reader at a time, run again if asked meanwhile."""
+        self._forwarded_due = True
+        if self._shared is not None and (self._forwarding is None or self._forwarding.done()):
+            self._forwarding = self._spawn(self._apply_forwarded(self._shared))
+
     async def _apply_forwarded(self, store: SharedStore) -> None:
         """Apply the notifications other workers forwarded for messages this worker owns."""
-        self._forwarded_due = True
         while self._forwarded_due and not self._closed:
             self._forwarded_due = False
             try:
