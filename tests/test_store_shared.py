@@ -170,3 +170,20 @@ def test_claim_message_says_who_kept_the_key_and_takes_abandoned_claims(shared: 
     assert shared.claim_message(young, now=20.0, stale_expiry=99.0) is not None
     assert shared.claim_message(young, now=20.0, stale_expiry=100.0) is None
     assert shared.claim_message(young, now=20.0, stale_expiry=100.0) == young
+
+
+def test_claim_messages_in_one_batch(shared: SharedStore) -> None:
+    """As claim_message for each record, in order; a key given twice is the first record's."""
+    shared.apply([Put(SeenRecord("sip:a@x", "answered", 200, 100.0))])
+    batch = [
+        SeenRecord("sip:a@x", "new", None, 100.0),
+        SeenRecord("sip:a@x", "answered", None, 100.0),
+        SeenRecord("sip:a@x", "new", None, 101.0),  # the same key again in this batch
+        SeenRecord("sip:b@x", "new", None, 100.0),  # another sender: another key
+    ]
+    answers = shared.claim_messages(batch, now=0.0)
+    assert answers[0] is None and answers[3] is None
+    assert answers[1] is not None and answers[1].status == 200
+    assert answers[2] == batch[0]
+    assert shared.claim_messages([SeenRecord("sip:a@x", "new", None, 100.0)], now=0.0) == [batch[0]]
+    assert shared.claim_messages([], now=0.0) == []

@@ -266,6 +266,13 @@ class SharedStore(Store, Protocol):
         claimer died before answering (atomic too: one taker)."""
         ...
 
+    def claim_messages(
+        self, records: Sequence[SeenRecord], now: float, stale_expiry: float | None = None
+    ) -> list[SeenRecord | None]:
+        """:meth:`claim_message` for several records at once (one round trip where it matters),
+        the answers in order; a key given twice is claimed by its first record only."""
+        ...
+
     def renew_leases(self) -> int:
         """Extend this worker's lease on the records it owns; return how many."""
         ...

@@ -267,6 +267,19 @@ _CLAIM_MESSAGE_SQL = (
     f"SELECT (SELECT count(*) FROM c), (SELECT data FROM {_SEEN} WHERE {_ID} = {_id_of('$1')})"
 )
 
+# claim_messages: _CLAIM_MESSAGE_SQL for a batch of distinct keys in one statement; per input row
+# (in order) whether it was written, and the entry that kept its key otherwise.
+_CLAIM_MESSAGES_SQL = (
+    "WITH input AS (SELECT k, e, d, i FROM unnest($1::text[], $2::float8[], $3::text[]) "
+    "WITH ORDINALITY AS u(k, e, d, i)), "
+    f"c AS (INSERT INTO {_SEEN} (key, expires_at, data) SELECT k, e, d FROM input ORDER BY i "
+    f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
+    f"WHERE {_SEEN}.expires_at <= $4 OR ($5::float8 IS NOT NULL "
+    f"AND ({_SEEN}.data::json ->> 'status') IS NULL AND {_SEEN}.expires_at <= $5) RETURNING key) "
+    "SELECT input.k IN (SELECT key FROM c), s.data FROM input "
+    f"LEFT JOIN {_SEEN} s ON s.{_ID} = {_id_of('input.k')} ORDER BY input.i"
+)
+
 _RENEW_SQL = (
     "WITH "
     + ", ".join(
@@ -592,6 +605,48 @@ class PostgresStore:
         found = record_from_json("seen", kept)
         assert isinstance(found, SeenRecord)
         return found
+
+    def claim_messages(
+        self, records: Sequence[SeenRecord], now: float, stale_expiry: float | None = None
+    ) -> list[SeenRecord | None]:
+        """:meth:`claim_message` for several records in one statement (one round trip); the
+        answers in order. A key given twice is claimed by its first record only."""
+        first: dict[str, int] = {}
+        for index, record in enumerate(records):
+            if not isinstance(record, SeenRecord):
+                raise StoreError(f"not a seen record: {record!r}")
+            first.setdefault(record.key, index)
+        unique = [records[i] for i in sorted(first.values())]
+        if not unique:
+            return []
+        keys = [r.key for r in unique]
+        expiries = [float(r.expires_at) for r in unique]
+        datas = [record_to_json(r) for r in unique]
+
+        async def claim() -> list[tuple[bool, str | None]]:
+            conn = await self._connection()
+            rows = await conn.fetch(_CLAIM_MESSAGES_SQL, keys, expiries, datas, now, stale_expiry)
+            return [(bool(row[0]), row[1]) for row in rows]
+
+        with self._lock:
+            outcomes = self._call(claim(), "store claim failed")
+        by_key: dict[str, SeenRecord | None] = {}
+        for record, (written, kept) in zip(unique, outcomes, strict=True):
+            if written:
+                by_key[record.key] = None
+            elif kept is None:  # kept by a claim not visible to this statement yet
+                by_key[record.key] = SeenRecord(record.sender_key, record.message_id, None, record.expires_at)
+            else:
+                found = record_from_json("seen", kept)
+                assert isinstance(found, SeenRecord)
+                by_key[record.key] = found
+        answers: list[SeenRecord | None] = []
+        for index, record in enumerate(records):
+            if first[record.key] == index:
+                answers.append(by_key[record.key])
+            else:  # a second copy in the same batch: kept by the first one's claim (or its keeper)
+                answers.append(by_key[record.key] or records[first[record.key]])
+        return answers
 
     def renew_leases(self) -> int:
         """Extend the lease on every ``sent``/``owed`` row this worker owns; return how many.

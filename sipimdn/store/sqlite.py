@@ -316,6 +316,12 @@ class SqliteStore:
         assert isinstance(found, SeenRecord)
         return found
 
+    def claim_messages(
+        self, records: Sequence[SeenRecord], now: float, stale_expiry: float | None = None
+    ) -> list[SeenRecord | None]:
+        """:meth:`claim_message` for each record, in order."""
+        return [self.claim_message(record, now, stale_expiry) for record in records]
+
     def renew_leases(self) -> int:
         """How many ``sent`` and ``owed`` records there are: all of them are this worker's."""
         with self._lock:

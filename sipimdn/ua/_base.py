@@ -40,7 +40,7 @@ from ..imdn.tracker import (
 )
 from ..iscomposing import ComposingReceiver, ComposingStateChanged, IsComposing
 from ..stack import SipStack
-from ..store import SharedStore, Store, StoreOp
+from ..store import SeenRecord, SharedStore, Store, StoreOp
 from ..uri import Uri
 from ._deadline import DeadlineQueue, HandlerResult
 from ._persist import StoreWriter
@@ -125,6 +125,9 @@ class AgentCore:
         self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
         # Dedup claims of refused messages to release in the shared store (retried until done).
         self._unreleased: set[str] = set()
+        # Dedup claims waiting for the next batch to the shared store, and whether one is out.
+        self._claim_queue: list[tuple[SeenRecord, asyncio.Future[SeenRecord | None]]] = []
+        self._claiming = False
         self._started = False
         self._closed = False
         #: Plain-int counters behind ``stats()``.

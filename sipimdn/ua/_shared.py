@@ -203,16 +203,9 @@ class SharedPath(AgentCore):
         sender: str,
         message_id: str,
     ) -> None:
-        now = time.time()
-        tracker = self._require_tracker()
-        record = tracker.dedup_record(message_id, sender, now)
-        # A claim still unanswered after this long is abandoned (its worker died before it
-        # answered): taken over, so the message is received here rather than lost.
-        abandoned = now - (self.config.worker_lease + self.config.handler_deadline)
+        record = self._require_tracker().dedup_record(message_id, sender, time.time())
         try:
-            kept = await asyncio.to_thread(
-                store.claim_message, record, now, abandoned + tracker.config.dedup_ttl
-            )
+            kept = await self._claim_batched(store, record)
         except StoreError as exc:
             _log.error(
                 "shared store unreachable: MESSAGE %s from %s answered 503: %s", message_id, sender, exc
@@ -233,6 +226,42 @@ class SharedPath(AgentCore):
             return
         # First (or a copy this worker recorded meanwhile, which the tracker answers).
         self._receive_claimed(incoming, inbound)
+
+    async def _claim_batched(self, store: SharedStore, record: SeenRecord) -> SeenRecord | None:
+        """``store.claim_message(record, ...)``, with the claims made meanwhile: while one batch
+        is in the database, the next gathers, and goes as one statement (one thread hand-off
+        and one round trip for all of them, as the writer's group commit)."""
+        waiter: asyncio.Future[SeenRecord | None] = asyncio.get_running_loop().create_future()
+        self._claim_queue.append((record, waiter))
+        if not self._claiming:
+            self._claiming = True
+            self._spawn(self._run_claims(store))
+        return await waiter
+
+    async def _run_claims(self, store: SharedStore) -> None:
+        try:
+            while self._claim_queue and not self._closed:
+                batch, self._claim_queue = self._claim_queue, []
+                now = time.time()
+                # A claim still unanswered after this long is abandoned (its worker died before
+                # answering): taken over, so the message is received here rather than lost.
+                abandoned = now - (self.config.worker_lease + self.config.handler_deadline)
+                stale_expiry = abandoned + self._require_tracker().config.dedup_ttl
+                records = [record for record, _ in batch]
+                try:
+                    answers = await asyncio.to_thread(store.claim_messages, records, now, stale_expiry)
+                except StoreError as exc:
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for (_, waiter), answer in zip(batch, answers, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(answer)
+        finally:
+            self._claiming = False
+            for _, waiter in self._claim_queue if self._closed else ():
+                waiter.cancel()
 
     def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         """Receive an IM once claimed (the receive path)."""
