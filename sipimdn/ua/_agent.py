@@ -38,7 +38,15 @@ from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
 from ..imdn.tracker import (
     DispositionTracker,
 )
-from ..imdn.vocabulary import DispositionRequest, DispositionState, Kind, KindName, NotifyName, Status, StatusName
+from ..imdn.vocabulary import (
+    DispositionRequest,
+    DispositionState,
+    Kind,
+    KindName,
+    NotifyName,
+    Status,
+    StatusName,
+)
 from ..iscomposing import DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH, ComposingStateChanged
 from ..registration import RegistrationClient, RegState
 from ..stack import SipStack

@@ -28,7 +28,7 @@ from ..errors import (
 from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
-from ._base import ALLOW, AgentCore, MessageHandler, callable_name
+from ._base import ALLOW, MessageHandler, callable_name
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
 from ._shared import SharedPath
 from .incoming import IncomingMessage
