@@ -604,19 +604,22 @@ async def _waiting(awaitable: Awaitable[_T], timeout: float, tick: Callable[[flo
 
 async def _listen(args: argparse.Namespace, printer: Printer) -> int:
     extra: dict[str, Any] = {
-        "auto_delivery": not args.no_auto_delivery, "worker_id": args.worker_id, "gc_tuning": True
+        "auto_delivery": not args.no_auto_delivery, "worker_id": args.worker_id,
+        "worker_lease": args.worker_lease, "gc_tuning": True,
     }
     for option in ("dedup_max", "imdn_rate_limit", "imdn_byte_budget"):
         if getattr(args, option) is not None:
             extra[option] = getattr(args, option)
     config = _config(args, "udp:127.0.0.1:5060", **extra)
-    # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
     if args.metrics_port is not None:
         try:
             require_prometheus_client()
         except ImportError as exc:
             raise _UsageError(f"--metrics-port: {exc}") from None
-    store = await asyncio.to_thread(open_store, config.store_path, worker_id=config.worker_id)
+    # Opened here (a SQLite file or a PostgreSQL URL) so a store that cannot be opened is one line.
+    store = await asyncio.to_thread(
+        open_store, config.store_path, worker_id=config.worker_id, lease=config.worker_lease
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -987,6 +990,14 @@ def register(subparsers: Any) -> None:
         default="127.0.0.1",
         metavar="HOST",
         help="address the metrics server listens on (default 127.0.0.1)",
+    )
+    listen.add_argument(
+        "--worker-lease",
+        type=_delay,
+        default=20.0,
+        metavar="SECONDS",
+        help="with a shared --store: a worker that stops renewing for this long has its owed and "
+        "awaited notifications taken over by another (default 20)",
     )
     listen.set_defaults(func=run_listen)
 

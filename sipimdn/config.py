@@ -11,6 +11,7 @@ parsed by :meth:`ListenEndpoint.parse`.
 from __future__ import annotations
 
 import ipaddress
+import math
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -297,6 +298,10 @@ class UserAgentConfig:
     #: This process's name among the workers sharing a PostgreSQL store (owner of its
     #: records); None: host name and process id.
     worker_id: str | None = None
+    #: With a shared store: seconds a worker's claim on what it owes and awaits lasts unless
+    #: renewed (a live worker renews every quarter of it); a survivor takes over the records
+    #: of a worker that stopped renewing within about 1.25 times this.
+    worker_lease: float = 20.0
     #: Age (seconds) after which finished or forgotten store entries are removed.
     state_expiry: float = 7 * 24 * 3600.0
 
@@ -355,6 +360,8 @@ class UserAgentConfig:
             for server in self.dns_servers:
                 parse_nameserver(server)
         _check_store(self.store_path, self.worker_id)
+        if not (math.isfinite(self.worker_lease) and 1.0 <= self.worker_lease <= 3600.0):
+            raise ValueError("worker_lease must be between 1 and 3600 seconds")
         self._check_registration()
         check_connection_limits(self.max_connections, self.max_connections_per_source,
                                 self.outbound_connection_reserve, self.stalled_connection_after)

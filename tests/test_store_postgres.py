@@ -84,7 +84,7 @@ def test_schema_is_created_once_and_reopening_is_idempotent(
     postgres_server: PostgresServer, opened: list[PostgresStore], postgres_url: str
 ) -> None:
     first = open_pg(opened, postgres_url)
-    assert first.schema_version == SCHEMA_VERSION == 1
+    assert first.schema_version == SCHEMA_VERSION == 2
     first.apply([Put(r) for r in every_kind()])
     again = open_pg(opened, postgres_url)
     assert again.schema_version == SCHEMA_VERSION
@@ -118,7 +118,7 @@ def test_workers_starting_together_migrate_once(postgres_server: PostgresServer,
         for store in stores:
             store.close()
     database = database_of(postgres_url)
-    assert postgres_server.psql("SELECT version FROM sipimdn_schema_version", database) == "1"
+    assert postgres_server.psql("SELECT version FROM sipimdn_schema_version", database) == str(SCHEMA_VERSION)
 
 
 def test_newer_schema_is_refused(postgres_server: PostgresServer, postgres_url: str) -> None:
@@ -327,3 +327,64 @@ def test_no_channel_means_no_notifications(opened: list[PostgresStore], postgres
     quiet.apply([Put(sent())])
     with pytest.raises(StoreError, match="no notification channel"):
         quiet.listen(lambda payload: None)
+
+
+# --- what several workers' user agents use ------------------------------------------------------------
+
+
+def test_load_own_and_load_sent(opened: list[PostgresStore], postgres_url: str) -> None:
+    alice = open_pg(opened, postgres_url, worker_id="alice")
+    bob = open_pg(opened, postgres_url, worker_id="bob")
+    alice.apply([Put(r) for r in every_kind()])
+    bob.apply([Put(sent("bobs"))])
+    mine = alice.load_own(0.0)
+    # Her own sent and owed records, not bob's; the unowned tables whole.
+    assert [s.message_id for s in mine.sent] == ["m1"] and len(mine.owed) == 1
+    assert mine.received == alice.load(0.0).received and mine.seen == alice.load(0.0).seen
+    assert [s.message_id for s in bob.load_own(0.0).sent] == ["bobs"] and bob.load_own(0.0).owed == ()
+    # Any worker reads any sent record by Message-ID; an expired or unknown one is None.
+    assert bob.load_sent("m1", 0.0) == sent("m1") and alice.load_sent("bobs", 0.0) == sent("bobs")
+    assert alice.load_sent("m1", 100.0) is None and alice.load_sent("nobody", 0.0) is None
+
+
+def test_forwarded_notifications_reach_the_owner_only(opened: list[PostgresStore], postgres_url: str) -> None:
+    alice = open_pg(opened, postgres_url, worker_id="alice")
+    bob = open_pg(opened, postgres_url, worker_id="bob")
+    heard: queue.Queue[str] = queue.Queue()
+    alice.listen(heard.put)
+    alice.apply([Put(sent("m1"))])
+    assert heard.get(timeout=5) == "m1"
+    # Bob got a notification about alice's message: kept for her, and she is woken.
+    assert bob.forward_notification("m1", '{"n": 1}', 0.0) is True
+    assert heard.get(timeout=5) == "i:m1"
+    # About a message nobody tracks (or expired): nothing kept.
+    assert bob.forward_notification("unknown", "{}", 0.0) is False
+    assert bob.forward_notification("m1", "{}", 100.0) is False
+    assert bob.take_forwarded(0.0) == []
+    taken = alice.take_forwarded(0.0)
+    assert [data for _, data in taken] == ['{"n": 1}']
+    assert alice.take_forwarded(0.0) == taken  # kept until dropped
+    alice.drop_forwarded([row_id for row_id, _ in taken])
+    assert alice.take_forwarded(0.0) == []
+    # Expired with the message they are about.
+    assert bob.forward_notification("m1", "{}", 0.0) is True
+    assert alice.purge(100.0) >= 2
+    assert alice.take_forwarded(0.0) == []
+
+
+def test_schema_version_1_is_migrated_to_2(postgres_server: PostgresServer, postgres_url: str) -> None:
+    first = PostgresStore(postgres_url)
+    first.apply([Put(sent("kept"))])
+    first.close()
+    database = database_of(postgres_url)
+    # As version 1 left it: no forwarded-notification table.
+    postgres_server.psql(
+        "DROP TABLE sipimdn_forwarded; UPDATE sipimdn_schema_version SET version = 1", database
+    )
+    again = PostgresStore(postgres_url)
+    try:
+        assert again.schema_version == SCHEMA_VERSION == 2
+        assert [s.message_id for s in again.load(0.0).sent] == ["kept"]
+        assert again.forward_notification("kept", "{}", 0.0) is True
+    finally:
+        again.close()

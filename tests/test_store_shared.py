@@ -139,3 +139,51 @@ def test_closed_shared_store_raises(shared: SharedStore) -> None:
         shared.renew_leases()
     with pytest.raises(StoreError):
         shared.notify("x")
+
+
+def test_lookups_and_forwarding_in_both_forms(shared: SharedStore) -> None:
+    """Any worker reads a sent record by Message-ID; a notification forwarded about it is kept
+    for its owner where several workers may share the store (on SQLite the one worker owns
+    every record, so there is nobody to forward to)."""
+    shared.apply([Put(sent("m1"))])
+    assert shared.load_sent("m1", 0.0) == sent("m1") and shared.load_sent("m2", 0.0) is None
+    assert shared.load_own(0.0).sent == (sent("m1"),)
+    assert shared.forward_notification("m1", "{}", 0.0) is shared.multi_worker
+    assert shared.forward_notification("m2", "{}", 0.0) is False
+    taken = shared.take_forwarded(0.0)
+    assert [data for _, data in taken] == (["{}"] if shared.multi_worker else [])
+    shared.drop_forwarded([row_id for row_id, _ in taken])
+    assert shared.take_forwarded(0.0) == []
+
+
+def test_claim_message_says_who_kept_the_key_and_takes_abandoned_claims(shared: SharedStore) -> None:
+    first = SeenRecord("sip:a@x", "m1", None, 100.0)
+    assert shared.claim_message(first, now=0.0) is None  # written: first
+    # A second claim sees the first, unanswered; once answered, with its status.
+    assert shared.claim_message(SeenRecord("sip:a@x", "m1", None, 110.0), now=10.0) == first
+    shared.apply([Put(SeenRecord("sip:a@x", "m1", 200, 100.0))])
+    kept = shared.claim_message(SeenRecord("sip:a@x", "m1", None, 110.0), now=10.0, stale_expiry=105.0)
+    assert kept is not None and kept.status == 200  # answered: never taken, however old
+    # Unanswered and old enough (expiry at or before stale_expiry): abandoned, taken over.
+    shared.apply([Put(SeenRecord("sip:a@x", "m2", None, 100.0))])
+    young = SeenRecord("sip:a@x", "m2", None, 120.0)
+    assert shared.claim_message(young, now=20.0, stale_expiry=99.0) is not None
+    assert shared.claim_message(young, now=20.0, stale_expiry=100.0) is None
+    assert shared.claim_message(young, now=20.0, stale_expiry=100.0) == young
+
+
+def test_claim_messages_in_one_batch(shared: SharedStore) -> None:
+    """As claim_message for each record, in order; a key given twice is the first record's."""
+    shared.apply([Put(SeenRecord("sip:a@x", "answered", 200, 100.0))])
+    batch = [
+        SeenRecord("sip:a@x", "new", None, 100.0),
+        SeenRecord("sip:a@x", "answered", None, 100.0),
+        SeenRecord("sip:a@x", "new", None, 101.0),  # the same key again in this batch
+        SeenRecord("sip:b@x", "new", None, 100.0),  # another sender: another key
+    ]
+    answers = shared.claim_messages(batch, now=0.0)
+    assert answers[0] is None and answers[3] is None
+    assert answers[1] is not None and answers[1].status == 200
+    assert answers[2] == batch[0]
+    assert shared.claim_messages([SeenRecord("sip:a@x", "new", None, 100.0)], now=0.0) == [batch[0]]
+    assert shared.claim_messages([], now=0.0) == []

@@ -15,7 +15,7 @@ from ua_helpers import ua_config
 from sipimdn import UserAgent
 from sipimdn.events import DispositionState
 from sipimdn.store import open_store
-from sipimdn.store.postgres import PostgresStore
+from sipimdn.store.postgres import SCHEMA_VERSION, PostgresStore
 from sipimdn.ua import IncomingMessage
 
 CLI = [sys.executable, "-m", "sipimdn"]
@@ -80,7 +80,7 @@ def test_listen_on_postgres_receives(postgres_url: str) -> None:
     store = PostgresStore(postgres_url)
     try:
         # The CLI's worker created the schema and recorded the message for dedup.
-        assert store.schema_version == 1
+        assert store.schema_version == SCHEMA_VERSION
         assert len(store.load(0.0).seen) == 1
     finally:
         store.close()

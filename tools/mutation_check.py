@@ -66,6 +66,7 @@ RECEIVE = "sipimdn/ua/_receive.py"
 SEND = "sipimdn/ua/_send.py"
 SENDER = "sipimdn/imdn/tracker/sender.py"
 RECEIVER = "sipimdn/imdn/tracker/receiver.py"
+SHARED = "sipimdn/ua/_shared.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -201,6 +202,35 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a test skipped under CI=true leaves the run green",
         (Patch("tests/conftest.py", "session.exitstatus = pytest.ExitCode.TESTS_FAILED", "pass"),),
         ("tests/test_ci_no_skips.py",),
+    ),
+    Mutation(
+        "cross-worker-copy-handed-up",
+        "a copy (same Message-ID, new Call-ID) reaching another worker sharing the store is handed "
+        "to the application again",
+        (Patch(SHARED, "if kept is not None and not tracker.is_duplicate(message_id, sender):",
+               "if False:"),),
+        ("tests/test_ua_workers.py", "-k", "copy_sent_to_another_worker"),
+    ),
+    Mutation(
+        "foreign-imdn-not-forwarded",
+        "an IMDN about a message another worker sent is rejected where it lands instead of "
+        "reaching the sender's worker",
+        (Patch(SHARED, "return self._shared is not None and self._require_tracker().sent(message_id) is None",
+               "return False"),),
+        ("tests/test_ua_workers.py", "-k", "reaching_another_worker"),
+    ),
+    Mutation(
+        "no-take-over",
+        "a survivor never takes over what a stopped worker owed and awaited",
+        (Patch(SHARED, "taken = await asyncio.to_thread(store.take_over, now)", "taken = Snapshot()"),),
+        ("tests/test_ua_workers.py", "-k", "survivor"),
+    ),
+    Mutation(
+        "2xx-with-unstored-obligations",
+        "with a shared store, a 2xx goes out although its records did not reach the store",
+        (Patch(RECEIVE, "if self._writer.failures > failures and self._refuse_unstored(pending):",
+               "if False:"),),
+        ("tests/test_ua_workers.py", "-k", "cannot_be_stored"),
     ),
 )
 

@@ -82,9 +82,10 @@ __all__ = [
 ]
 
 
-def open_store(target: str, *, worker_id: str | None = None) -> Store:
+def open_store(target: str, *, worker_id: str | None = None, lease: float | None = None) -> Store:
     """Open the store ``target`` names: a ``postgresql://`` (or ``postgres://``) URL gives a
-    :class:`PostgresStore` (``worker_id``: this process's name among the workers sharing it);
+    :class:`PostgresStore` (``worker_id``: this process's name among the workers sharing it;
+    ``lease``: seconds its ownership of records lasts unless renewed, default 30);
     anything else is a SQLite file name, ``":memory:"`` a private in-memory database.
 
     Raises :class:`~sipimdn.errors.StoreError` when the store cannot be opened (an
@@ -94,6 +95,7 @@ def open_store(target: str, *, worker_id: str | None = None) -> Store:
     from .sqlite import SqliteStore  # noqa: PLC0415  (loads sqlite3 lazily)
 
     if is_postgres_url(target):
+        if lease is not None:
+            return PostgresStore(target, worker_id=worker_id, lease=lease)
         return PostgresStore(target, worker_id=worker_id)
     return SqliteStore(target, worker_id=worker_id)
-

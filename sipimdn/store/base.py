@@ -225,12 +225,52 @@ class SharedStore(Store, Protocol):
     worker_id: str
     #: Seconds an owner's lease lasts without :meth:`renew_leases`.
     lease: float
+    #: True when other processes may really share it (PostgreSQL); False for the one-worker
+    #: form (SQLite), where claims, forwarding and take-over have nothing to do.
+    multi_worker: bool
+
+    def load_own(self, now: float) -> Snapshot:
+        """What this worker resumes with: its own ``sent``/``owed`` records and every other record."""
+        ...
+
+    def load_sent(self, message_id: str, now: float) -> SentRecord | None:
+        """The ``sent`` record of ``message_id`` whichever worker owns it (None: unknown or expired)."""
+        ...
+
+    def forward_notification(self, message_id: str, data: str, now: float) -> bool:
+        """Keep a notification received about a message another worker owns, for that owner,
+        and wake it; False (nothing kept) when no worker tracks ``message_id``."""
+        ...
+
+    def take_forwarded(self, now: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """Notifications forwarded for records this worker owns, as ``(id, data)``, oldest first."""
+        ...
+
+    def drop_forwarded(self, ids: Sequence[int]) -> None:
+        """Delete forwarded notifications once applied and stored."""
+        ...
 
     def claim_seen(self, record: SeenRecord, now: float) -> bool:
         """Write ``record`` unless a live (not expired at ``now``) entry has its key; True if written.
 
         Of several workers claiming the same key at once, exactly one gets True.
         """
+        ...
+
+    def claim_message(
+        self, record: SeenRecord, now: float, stale_expiry: float | None = None
+    ) -> SeenRecord | None:
+        """:meth:`claim_seen` saying who kept the key: None when ``record`` was written, else the
+        live entry (whose ``status`` is the first copy's answer, once given). An entry still
+        unanswered whose ``expires_at`` is at or before ``stale_expiry`` is taken over: its
+        claimer died before answering (atomic too: one taker)."""
+        ...
+
+    def claim_messages(
+        self, records: Sequence[SeenRecord], now: float, stale_expiry: float | None = None
+    ) -> list[SeenRecord | None]:
+        """:meth:`claim_message` for several records at once (one round trip where it matters),
+        the answers in order; a key given twice is claimed by its first record only."""
         ...
 
     def renew_leases(self) -> int:

@@ -52,10 +52,18 @@ progress with :class:`~sipimdn.errors.StoreError`; the next call connects
 again, so the store recovers when the database returns. The listening
 connection reconnects by itself (see :meth:`PostgresStore.listen`).
 
-Ownership is at the store level only: a Put by a worker that no longer owns
-the row (its lease was taken over) still writes the record. Keeping such a
-worker from writing, and deciding which records to hand over, is the user
-agent's business.
+Several workers. Version 2 adds ``sipimdn_forwarded``: a notification a
+worker received about a ``sent`` record another worker owns is kept there
+for that owner (:meth:`PostgresStore.forward_notification`, NOTIFY ``"i:"``
++ Message-ID as the wake-up, only for a message some worker tracks) until
+the owner applied it (:meth:`PostgresStore.take_forwarded`, then
+:meth:`PostgresStore.drop_forwarded`), so only the owner writes its
+records. :meth:`PostgresStore.claim_message` is the dedup claim a worker
+makes before handing a message up; :meth:`PostgresStore.load_own` what it
+resumes with. Ownership is at the store level only: a Put by a worker that
+no longer owns the row (its lease was taken over) still writes the record;
+which records to hand over, and when, is the user agent's business
+(``sipimdn.ua._shared``).
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ from .base import (
     Delete,
     Put,
     SeenRecord,
+    SentRecord,
     SharedValues,
     Snapshot,
     StoreOp,
@@ -96,7 +105,7 @@ _log = logging.getLogger("sipimdn.store.postgres")
 _T = TypeVar("_T")
 
 #: The schema version this code writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Tables whose rows have an owning worker and a lease.
 LEASED_TABLES = ("sent", "owed")
@@ -149,8 +158,22 @@ def _create_v1() -> list[str]:
     return statements
 
 
+#: Notifications about a ``sent`` record received by a worker that does not own it, waiting
+#: for the owner to apply them (see :meth:`PostgresStore.forward_notification`).
+_FORWARDED = "sipimdn_forwarded"
+
+
+def _create_v2() -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {_FORWARDED} (id BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {_FORWARDED}_message ON {_FORWARDED} ({_id_of('message_id')})",
+        f"CREATE INDEX IF NOT EXISTS {_FORWARDED}_expires ON {_FORWARDED} (expires_at)",
+    ]
+
+
 #: Steps in order: ``(version, statements)`` taking the schema from version-1 to version.
-_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1())]
+_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1()), (2, _create_v2())]
 
 
 @functools.lru_cache(maxsize=256)
@@ -198,17 +221,63 @@ def _apply_sql(puts: tuple[str, ...], deletes: tuple[str, ...], notify: bool) ->
     return "WITH " + ",\n".join(clauses) + f"\nSELECT {counted}, $1::text, $2::float8, $3::text"
 
 
+_PURGED = (*(_table(t) for t in TABLES), _FORWARDED)
 _PURGE_SQL = (
     "WITH "
-    + ", ".join(f"p_{t} AS (DELETE FROM {_table(t)} WHERE expires_at <= $1 RETURNING 1)" for t in TABLES)
+    + ", ".join(
+        f"p_{i} AS (DELETE FROM {t} WHERE expires_at <= $1 RETURNING 1)" for i, t in enumerate(_PURGED)
+    )
     + " SELECT "
-    + " + ".join(f"(SELECT count(*) FROM p_{t})" for t in TABLES)
+    + " + ".join(f"(SELECT count(*) FROM p_{i})" for i in range(len(_PURGED)))
+)
+
+_LOAD_SENT_SQL = f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2"
+
+# The notification is kept only for a message some worker tracks (a peer's IMDN for an unknown
+# Message-ID must not fill the table), until that message's record expires; the NOTIFY wakes
+# its owner ("i:" + Message-ID), the row is the truth.
+_FORWARD_SQL = (
+    f"WITH f AS (INSERT INTO {_FORWARDED} (message_id, expires_at, data) "
+    f"SELECT $1, s.expires_at, $2 FROM {_table('sent')} s WHERE s.{_ID} = {_id_of('$1')} "
+    "AND s.expires_at > $3 RETURNING 1), "
+    "n AS (SELECT pg_notify($4, 'i:' || $1) WHERE $4::text IS NOT NULL AND EXISTS (SELECT 1 FROM f) "
+    f"AND octet_length($1) <= {_MAX_NOTIFY_BYTES - 2}) "
+    "SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM n)"
+)
+
+_TAKE_FORWARDED_SQL = (
+    f"SELECT f.id, f.data FROM {_FORWARDED} f JOIN {_table('sent')} s ON s.{_ID} = {_id_of('f.message_id')} "
+    "WHERE s.owner = $1 AND f.expires_at > $2 ORDER BY f.id LIMIT $3"
 )
 
 _CLAIM_SQL = (
     f"INSERT INTO {_table('seen')} (key, expires_at, data) VALUES ($1, $2, $3) "
     f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
     f"WHERE {_table('seen')}.expires_at <= $4 RETURNING key"
+)
+
+# claim_message: as _CLAIM_SQL, and an unanswered entry (status null) whose expiry is at or before
+# $5 is taken too (its claimer died before answering); then the entry that kept the key, if any.
+_SEEN = _table("seen")
+_CLAIM_MESSAGE_SQL = (
+    f"WITH c AS (INSERT INTO {_SEEN} (key, expires_at, data) VALUES ($1, $2, $3) "
+    f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
+    f"WHERE {_SEEN}.expires_at <= $4 OR ($5::float8 IS NOT NULL "
+    f"AND ({_SEEN}.data::json ->> 'status') IS NULL AND {_SEEN}.expires_at <= $5) RETURNING key) "
+    f"SELECT (SELECT count(*) FROM c), (SELECT data FROM {_SEEN} WHERE {_ID} = {_id_of('$1')})"
+)
+
+# claim_messages: _CLAIM_MESSAGE_SQL for a batch of distinct keys in one statement; per input row
+# (in order) whether it was written, and the entry that kept its key otherwise.
+_CLAIM_MESSAGES_SQL = (
+    "WITH input AS (SELECT k, e, d, i FROM unnest($1::text[], $2::float8[], $3::text[]) "
+    "WITH ORDINALITY AS u(k, e, d, i)), "
+    f"c AS (INSERT INTO {_SEEN} (key, expires_at, data) SELECT k, e, d FROM input ORDER BY i "
+    f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data "
+    f"WHERE {_SEEN}.expires_at <= $4 OR ($5::float8 IS NOT NULL "
+    f"AND ({_SEEN}.data::json ->> 'status') IS NULL AND {_SEEN}.expires_at <= $5) RETURNING key) "
+    "SELECT input.k IN (SELECT key FROM c), s.data FROM input "
+    f"LEFT JOIN {_SEEN} s ON s.{_ID} = {_id_of('input.k')} ORDER BY input.i"
 )
 
 _RENEW_SQL = (
@@ -271,6 +340,9 @@ class PostgresStore:
     :class:`~sipimdn.errors.StoreError` when the database cannot be reached, the
     schema is newer than this code, or asyncpg is not installed.
     """
+
+    #: Several processes may share the database (see :class:`~sipimdn.store.base.SharedStore`).
+    multi_worker = True
 
     def __init__(
         self,
@@ -505,6 +577,77 @@ class PostgresStore:
         with self._lock:
             return self._call(claim(), "store claim failed")
 
+    def claim_message(
+        self, record: SeenRecord, now: float, stale_expiry: float | None = None
+    ) -> SeenRecord | None:
+        """:meth:`claim_seen` that also says who kept the key: None when ``record`` was written
+        (the caller is first), else the live entry (None too when it is not visible yet).
+
+        ``stale_expiry``: an entry still unanswered (``status`` None) whose ``expires_at`` is at
+        or before it counts as abandoned and is taken over (its claimer died before answering).
+        """
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
+        args = (record.key, float(record.expires_at), record_to_json(record), now, stale_expiry)
+
+        async def claim() -> tuple[int, str | None]:
+            conn = await self._connection()
+            row = await conn.fetchrow(_CLAIM_MESSAGE_SQL, *args)
+            assert row is not None
+            return int(row[0]), row[1]
+
+        with self._lock:
+            written, kept = self._call(claim(), "store claim failed")
+        if written or kept is None:
+            return (
+                None if written else SeenRecord(record.sender_key, record.message_id, None, record.expires_at)
+            )
+        found = record_from_json("seen", kept)
+        assert isinstance(found, SeenRecord)
+        return found
+
+    def claim_messages(
+        self, records: Sequence[SeenRecord], now: float, stale_expiry: float | None = None
+    ) -> list[SeenRecord | None]:
+        """:meth:`claim_message` for several records in one statement (one round trip); the
+        answers in order. A key given twice is claimed by its first record only."""
+        first: dict[str, int] = {}
+        for index, record in enumerate(records):
+            if not isinstance(record, SeenRecord):
+                raise StoreError(f"not a seen record: {record!r}")
+            first.setdefault(record.key, index)
+        unique = [records[i] for i in sorted(first.values())]
+        if not unique:
+            return []
+        keys = [r.key for r in unique]
+        expiries = [float(r.expires_at) for r in unique]
+        datas = [record_to_json(r) for r in unique]
+
+        async def claim() -> list[tuple[bool, str | None]]:
+            conn = await self._connection()
+            rows = await conn.fetch(_CLAIM_MESSAGES_SQL, keys, expiries, datas, now, stale_expiry)
+            return [(bool(row[0]), row[1]) for row in rows]
+
+        with self._lock:
+            outcomes = self._call(claim(), "store claim failed")
+        by_key: dict[str, SeenRecord | None] = {}
+        for record, (written, kept) in zip(unique, outcomes, strict=True):
+            if written:
+                by_key[record.key] = None
+            elif kept is None:  # kept by a claim not visible to this statement yet
+                by_key[record.key] = SeenRecord(record.sender_key, record.message_id, None, record.expires_at)
+            else:
+                found = record_from_json("seen", kept)
+                assert isinstance(found, SeenRecord)
+                by_key[record.key] = found
+        answers: list[SeenRecord | None] = []
+        for index, record in enumerate(records):
+            if first[record.key] == index:
+                answers.append(by_key[record.key])
+            else:  # a second copy in the same batch: kept by the first one's claim (or its keeper)
+                answers.append(by_key[record.key] or records[first[record.key]])
+        return answers
+
     def renew_leases(self) -> int:
         """Extend the lease on every ``sent``/``owed`` row this worker owns; return how many.
 
@@ -553,6 +696,85 @@ class PostgresStore:
 
         with self._lock:
             self._call(send(), "store notify failed")
+
+    def load_sent(self, message_id: str, now: float) -> SentRecord | None:
+        """The ``sent`` record of ``message_id`` (whichever worker owns it), unless expired at ``now``."""
+
+        async def read() -> str | None:
+            conn = await self._connection()
+            data: str | None = await conn.fetchval(_LOAD_SENT_SQL, message_id, now)
+            return data
+
+        with self._lock:
+            text = self._call(read(), "store read failed")
+        if text is None:
+            return None
+        record = record_from_json("sent", text)
+        assert isinstance(record, SentRecord)
+        return record
+
+    def load_own(self, now: float) -> Snapshot:
+        """What this worker resumes with: its own ``sent`` and ``owed`` records (another worker's
+        are that worker's, or :meth:`take_over`'s once its lease ran out) and every other record
+        not expired at ``now``."""
+
+        async def read() -> list[tuple[str, list[str]]]:
+            conn = await self._connection()
+            rows = []
+            for table in TABLES:
+                sql = f"SELECT data FROM {_table(table)} WHERE expires_at > $1"
+                if table in LEASED_TABLES:
+                    fetched = await conn.fetch(sql + " AND owner = $2", now, self.worker_id)
+                else:
+                    fetched = await conn.fetch(sql, now)
+                rows.append((table, [row[0] for row in fetched]))
+            return rows
+
+        with self._lock:
+            tables = self._call(read(), "store read failed")
+        shared = SharedValues()
+        return snapshot_from_records(
+            [record_from_json(table, text, shared) for table, texts in tables for text in texts]
+        )
+
+    def forward_notification(self, message_id: str, data: str, now: float) -> bool:
+        """Keep ``data`` (a received notification, as text) for the owner of the ``sent`` record
+        of ``message_id`` and wake it (NOTIFY ``"i:" + message_id``); False when no worker tracks
+        that message (nothing is kept). The owner reads it with :meth:`take_forwarded`."""
+
+        async def forward() -> bool:
+            conn = await self._connection()
+            row = await conn.fetchrow(_FORWARD_SQL, message_id, data, now, self.channel)
+            return bool(row is not None and row[0])
+
+        with self._lock:
+            return self._call(forward(), "store write failed")
+
+    def take_forwarded(self, now: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """Up to ``limit`` notifications forwarded for ``sent`` records this worker owns, oldest
+        first, as ``(id, data)``; they stay until :meth:`drop_forwarded` (apply, store the
+        result, then drop: a crash in between applies them again, which the replay guard absorbs)."""
+
+        async def read() -> list[tuple[int, str]]:
+            conn = await self._connection()
+            rows = await conn.fetch(_TAKE_FORWARDED_SQL, self.worker_id, now, limit)
+            return [(int(row[0]), str(row[1])) for row in rows]
+
+        with self._lock:
+            return self._call(read(), "store read failed")
+
+    def drop_forwarded(self, ids: Sequence[int]) -> None:
+        """Delete forwarded notifications by id (applied by their owner)."""
+        if not ids:
+            return
+        wanted = [int(i) for i in ids]
+
+        async def delete() -> None:
+            conn = await self._connection()
+            await conn.execute(f"DELETE FROM {_FORWARDED} WHERE id = ANY($1::bigint[])", wanted)
+
+        with self._lock:
+            self._call(delete(), "store write failed")
 
     def listen(
         self, callback: Callable[[str], None], *, on_resume: Callable[[], None] | None = None

@@ -35,6 +35,7 @@ from .base import (
     Delete,
     Put,
     SeenRecord,
+    SentRecord,
     SharedValues,
     Snapshot,
     StoreOp,
@@ -72,6 +73,9 @@ class SqliteStore:
     Raises :class:`~sipimdn.errors.StoreError` if the file cannot be opened or
     was written by a newer schema.
     """
+
+    #: One worker only (see :class:`~sipimdn.store.base.SharedStore`).
+    multi_worker = False
 
     def __init__(self, path: str, *, timeout: float = 5.0, worker_id: str | None = None) -> None:
         if "://" in path:
@@ -233,6 +237,90 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store claim failed: {exc}") from exc
         return claimed
+
+    def load_sent(self, message_id: str, now: float) -> SentRecord | None:
+        """The ``sent`` record of ``message_id``, unless expired at ``now``."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                row = conn.execute(
+                    "SELECT data FROM sent WHERE key = ? AND expires_at > ?", (message_id, now)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        if row is None:
+            return None
+        record = record_from_json("sent", row[0])
+        assert isinstance(record, SentRecord)
+        return record
+
+    def load_own(self, now: float) -> Snapshot:
+        """Everything (every record is this worker's): :meth:`load`."""
+        return self.load(now)
+
+    def forward_notification(self, message_id: str, data: str, now: float) -> bool:
+        """False: the one worker owns every record, so a message it does not track is unknown."""
+        self._connection()
+        return False
+
+    def take_forwarded(self, now: float, limit: int = 1000) -> list[tuple[int, str]]:
+        """Nothing: nothing is ever forwarded here."""
+        self._connection()
+        return []
+
+    def drop_forwarded(self, ids: Sequence[int]) -> None:
+        """Nothing to drop."""
+        self._connection()
+
+    def claim_message(
+        self, record: SeenRecord, now: float, stale_expiry: float | None = None
+    ) -> SeenRecord | None:
+        """:meth:`claim_seen` that also says who kept the key (None: ``record`` was written);
+        an unanswered entry expiring at or before ``stale_expiry`` is taken over."""
+        if not isinstance(record, SeenRecord):
+            raise StoreError(f"not a seen record: {record!r}")
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
+                        "WHERE seen.expires_at <= ? OR (? IS NOT NULL "
+                        "AND json_extract(seen.data, '$.status') IS NULL AND seen.expires_at <= ?)",
+                        (
+                            record.key,
+                            record.expires_at,
+                            record_to_json(record),
+                            now,
+                            stale_expiry,
+                            stale_expiry,
+                        ),
+                    )
+                    written = cursor.rowcount == 1
+                    row = (
+                        None
+                        if written
+                        else conn.execute("SELECT data FROM seen WHERE key = ?", (record.key,)).fetchone()
+                    )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store claim failed: {exc}") from exc
+        if row is None:
+            return None
+        found = record_from_json("seen", row[0])
+        assert isinstance(found, SeenRecord)
+        return found
+
+    def claim_messages(
+        self, records: Sequence[SeenRecord], now: float, stale_expiry: float | None = None
+    ) -> list[SeenRecord | None]:
+        """:meth:`claim_message` for each record, in order."""
+        return [self.claim_message(record, now, stale_expiry) for record in records]
 
     def renew_leases(self) -> int:
         """How many ``sent`` and ``owed`` records there are: all of them are this worker's."""

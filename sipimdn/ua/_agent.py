@@ -38,11 +38,19 @@ from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
 from ..imdn.tracker import (
     DispositionTracker,
 )
-from ..imdn.vocabulary import DispositionRequest, Kind, KindName, NotifyName, Status, StatusName
+from ..imdn.vocabulary import (
+    DispositionRequest,
+    DispositionState,
+    Kind,
+    KindName,
+    NotifyName,
+    Status,
+    StatusName,
+)
 from ..iscomposing import DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH, ComposingStateChanged
 from ..registration import RegistrationClient, RegState
 from ..stack import SipStack
-from ..store import SqliteStore
+from ..store import open_store
 from ..transport.base import ConnectionCounters
 from ..uri import Uri
 from . import _wire
@@ -51,6 +59,7 @@ from ._composing import Composer, ComposingPath
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
+from ._shared import shared_store, without_ended
 from .outgoing import SentMessage
 from .stats import UserAgentStats
 
@@ -69,9 +78,11 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
     """Sends and receives instant messages with delivery and display notifications.
 
     Use as ``async with UserAgent(config) as ua:``; pass ``store=`` to plug
-    in a :class:`~sipimdn.store.Store` of your own (the default is a
-    :class:`~sipimdn.store.SqliteStore` on ``config.store_path``, closed
-    with the user agent; a store passed in is left open). A store is used
+    in a :class:`~sipimdn.store.Store` of your own (the default is the store
+    ``config.store_path`` names, see :func:`~sipimdn.store.open_store`, closed
+    with the user agent; a store passed in is left open). A store other
+    processes share (PostgreSQL) makes this user agent one of several workers
+    with one state (see ``sipimdn.ua._shared``). A store is used
     from one worker thread at a time, never from the event loop.
     """
 
@@ -90,11 +101,22 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             raise LocalProtocolError("user agent already started")
         self._started = True
         given = self._given_store
-        path = self.config.store_path
+        config = self.config
         try:
-            await self._writer.open(lambda: given if given is not None else SqliteStore(path))
+            await self._writer.open(
+                lambda: (
+                    given
+                    if given is not None
+                    else open_store(config.store_path, worker_id=config.worker_id, lease=config.worker_lease)
+                )
+            )
+            shared = shared_store(self._writer.store)
             now = time.time()
-            snapshot = await self._writer.load(now)
+            # A worker resumes its own records only; another's are taken over once its lease ends.
+            if shared is not None:
+                snapshot = without_ended(await self._writer.load_own(now))
+            else:
+                snapshot = await self._writer.load(now)
             self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)
@@ -108,6 +130,8 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             self._aor = _resolve_port_zero(self._aor, endpoints)
             if self.config.registers:
                 self._start_registration(self._stack)
+            if shared is not None:
+                await self._shared_start(shared)
         except BaseException:
             self._closed = True
             if self._stack is not None:
@@ -164,6 +188,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             await self._registrar.stop(max(0.0, grace_end - loop.time()) or self.config.t1)
             await asyncio.sleep(0)  # let the Unregistered handlers start before tasks are cancelled
         self._closed = True
+        self._shared_stop()
         self._timer.cancel()
         if self._purge_timer is not None:
             self._purge_timer.cancel()
@@ -182,7 +207,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         if self._stack is not None:
             await self._stack.close()
         if self._tracker is not None:
-            self._writer.submit(self._tracker.writes_to_apply())
+            self._writer.submit(self._drain_writes(self._tracker))
         # A store the application handed us stays open: it is theirs.
         await self._writer.close(close_store=self._given_store is None)
         self._gc_release()
@@ -476,6 +501,20 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         return self._composer(
             peer, content_type=content_type, refresh=refresh, idle_timeout=idle_timeout, cpim=cpim
         )
+
+    async def await_disposition(
+        self, message_id: str, state: str | DispositionState, timeout: float | None = None
+    ) -> DispositionState:
+        """Wait until the message ``message_id`` reaches ``state`` (or can no longer); return its state.
+
+        Works for a message any worker sharing the store sent (its record is read there and
+        re-read when a worker writes it), as for one sent here (see
+        :meth:`SentMessage.await_disposition <sipimdn.ua.SentMessage.await_disposition>`).
+        Raises :class:`TimeoutError` after ``timeout`` seconds and
+        :class:`~sipimdn.errors.LocalProtocolError` for a message nobody tracks.
+        """
+        self._require_tracker()
+        return await self._await_disposition(message_id, state, timeout)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the user agent tracks.

@@ -40,7 +40,7 @@ from ..imdn.tracker import (
 )
 from ..iscomposing import ComposingReceiver, ComposingStateChanged, IsComposing
 from ..stack import SipStack
-from ..store import Store
+from ..store import SeenRecord, SharedStore, Store, StoreOp
 from ..uri import Uri
 from ._deadline import DeadlineQueue, HandlerResult
 from ._persist import StoreWriter
@@ -114,6 +114,20 @@ class AgentCore:
         # Answers waiting for their records to reach the store (a writer callback each, no
         # task): protocol work that close() gives close_grace, like the wire tasks.
         self._durable_answers = 0
+        # Several workers sharing the store (see _shared): the store when it is really shared,
+        # the lease ticks, the unsubscriber of its wake-ups, the forwarded-notification reader
+        # and whether it must run again, and who waits on which Message-ID from another worker.
+        self._shared: SharedStore | None = None
+        self._lease_task: asyncio.Task[Any] | None = None
+        self._unlisten: Callable[[], None] | None = None
+        self._forwarding: asyncio.Task[Any] | None = None
+        self._forwarded_due = False
+        self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Dedup claims of refused messages to release in the shared store (retried until done).
+        self._unreleased: set[str] = set()
+        # Dedup claims waiting for the next batch to the shared store, and whether one is out.
+        self._claim_queue: list[tuple[SeenRecord, asyncio.Future[SeenRecord | None]]] = []
+        self._claiming = False
         self._started = False
         self._closed = False
         #: Plain-int counters behind ``stats()``.
@@ -184,6 +198,14 @@ class AgentCore:
             to_list=False,
         )
 
+    def _shared_writes(self, ops: list[StoreOp]) -> list[StoreOp]:
+        """The tracker's writes as a shared store keeps them (see ``_shared``)."""
+        raise NotImplementedError
+
+    def _drain_writes(self, tracker: DispositionTracker) -> list[StoreOp]:
+        """The tracker's writes since the last call, for the store writer."""
+        return self._shared_writes(tracker.writes_to_apply())
+
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         # Named after the coroutine (or what it serves), so a failure or a cancellation
         # at close says which piece of code it was.
@@ -225,7 +247,7 @@ class AgentCore:
             return
         while (event := tracker.next_event()) is not None:
             self._dispatch(event)
-        self._writer.submit(tracker.writes_to_apply())
+        self._writer.submit(self._drain_writes(tracker))
         at = tracker.get_timer()
         composing = self._composing_deadline()
         if composing is not None and (at is None or composing < at):

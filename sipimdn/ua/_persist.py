@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ..store import Put, Snapshot, Store, StoreOp
+from ..store import Put, SharedStore, Snapshot, Store, StoreOp
 
 __all__ = ["StoreWriter", "coalesce"]
 
@@ -78,6 +78,21 @@ class StoreWriter:
         """Create the store in the worker thread (SQLite connections like their own thread)."""
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(self._executor, factory)
+
+    @property
+    def store(self) -> Store:
+        """The store (once :meth:`open` returned)."""
+        return self._require()
+
+    async def load_own(self, now: float) -> Snapshot:
+        """:meth:`SharedStore.load_own <sipimdn.store.base.SharedStore.load_own>` (off the loop,
+        after queued writes): what this worker resumes with when workers share the store."""
+        self._send_now()
+        store = self._require()
+        if not isinstance(store, SharedStore):
+            raise TypeError("not a shared store")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, store.load_own, now)
 
     def _require(self) -> Store:
         if self._store is None:

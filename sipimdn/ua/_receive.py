@@ -28,8 +28,9 @@ from ..errors import (
 from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
-from ._base import ALLOW, AgentCore, MessageHandler, callable_name
+from ._base import ALLOW, MessageHandler, callable_name
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
+from ._shared import SharedPath
 from .incoming import IncomingMessage
 
 __all__ = ["Pending", "ReceivePath"]
@@ -42,7 +43,7 @@ _MAX_FOLLOWERS = 8
 _MAX_CPIM_SENDERS = 4096
 
 
-class ReceivePath(AgentCore):
+class ReceivePath(SharedPath):
     """Answer requests; hand instant messages to the application; apply notifications."""
 
     # -- receiving ---------------------------------------------------------------------------
@@ -105,13 +106,16 @@ class ReceivePath(AgentCore):
 
     def _receive_notification(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         # Always 200: whether the IMDN correlates is none of the sender's business
-        # (no oracle for guessing Message-IDs, RFC 5438 §14).
-        incoming.respond(200)
+        # (no oracle for guessing Message-IDs, RFC 5438 §14). Parts about messages another
+        # worker sent are answered once kept for that worker (see _shared).
         assert inbound.notification is not None
         tracker = self._require_tracker()
         # An aggregated IMDN (RFC 5438 §8.3) carries several; each is checked on its own.
         notes = (inbound.notification, *inbound.more_notifications)
         counters = self._counters
+        foreign: list[dict[str, Any]] = []
+        if not any(self._is_foreign(note.message_id) for note in notes):
+            incoming.respond(200)
         for index, note in enumerate(notes):
             counters.notifications_received += 1
             _log.info(
@@ -127,6 +131,10 @@ class ReceivePath(AgentCore):
             notification_id = inbound.message_id
             if notification_id is not None and len(notes) > 1:
                 notification_id = f"{notification_id}#{index}"
+            if self._is_foreign(note.message_id):
+                # About a message another worker sent: its owner applies it.
+                foreign.append(_wire_fields(note, inbound, notification_id))
+                continue
             tracker.notification_received(
                 message_id=note.message_id,
                 kind=note.kind,
@@ -139,8 +147,15 @@ class ReceivePath(AgentCore):
                 notification_id=notification_id,
             )
         self._pump()
+        if foreign:
+            self._forward_then_answer(incoming, foreign)
 
     def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
+        sender = inbound.cpim_from or inbound.sip_from
+        if not self._claim_first(incoming, inbound, sender):
+            self._receive_claimed(incoming, inbound)
+
+    def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         request = incoming.request
         tracker = self._require_tracker()
         now = time.time()
@@ -229,26 +244,33 @@ class ReceivePath(AgentCore):
             tracker.plain_answered(pending.sender, pending.transaction, status)
             pending.respond(status, reason)
             return
+        self._store_answer(pending, status)
         if tracker.message_answered(pending.message_id, pending.sender, status, time.time(), sent=False):
             # The tracker holds what the answer commits us to until it is sent: those records
             # must be on disk first, or a crash right after the 2xx loses them for good. Write,
             # then answer once durable; the writer batches, so concurrent answers share a commit.
-            self._writer.submit(tracker.writes_to_apply())
+            self._writer.submit(self._drain_writes(tracker))
             self._durable_answers += 1
-            self._writer.when_written(functools.partial(self._respond_durable, pending, status, reason))
+            failures = self._writer.failures
+            self._writer.when_written(
+                functools.partial(self._respond_durable, pending, status, reason, failures)
+            )
             return
         pending.respond(status, reason)
         self._pump()
 
-    def _respond_durable(self, pending: Pending, status: int, reason: str | None) -> None:
+    def _respond_durable(self, pending: Pending, status: int, reason: str | None, failures: int = 0) -> None:
         """Answer a received IM now that the records behind that answer reached the store.
 
         Called by the store writer (``when_written``), with no task of its own. A write
         that failed counts as through: it was logged loudly by the writer, answering
         anyway keeps the peer's transaction from timing out, and what we owe lives on in
-        memory for this run.
+        memory for this run. Not with a shared store: other workers must be able to take
+        over what we owe, so the message is refused with 503 instead (``_refuse_unstored``).
         """
         self._durable_answers -= 1
+        if self._writer.failures > failures and self._refuse_unstored(pending):
+            return
         pending.respond(status, reason)
         if pending.message_id is not None and self._tracker is not None:
             self._tracker.answer_sent(pending.message_id, pending.sender)
@@ -393,11 +415,25 @@ class Pending:
         #: Resends (same Message-ID, new transaction) received while deciding: same answer.
         self.followers: list[IncomingRequest] = []
 
-    def respond(self, status: int, reason: str | None) -> None:
+    def respond(self, status: int, reason: str | None, headers: list[tuple[str, str]] | None = None) -> None:
         """Send the final response to this message and to its resends."""
-        self.incoming.respond(status, reason)
+        self.incoming.respond(status, reason, headers or ())
         for follower in self.followers:
-            follower.respond(status, reason)
+            follower.respond(status, reason, headers or ())
+
+
+def _wire_fields(note: Any, inbound: _wire.Inbound, notification_id: str | None) -> dict[str, Any]:
+    """The arguments of ``DispositionTracker.notification_received`` for one notification."""
+    return {
+        "message_id": note.message_id,
+        "kind": str(note.kind),
+        "status": str(note.status),
+        "sender": inbound.cpim_from,
+        "sip_from": inbound.sip_from,
+        "recipient_uri": note.recipient_uri,
+        "original_recipient_uri": note.original_recipient_uri,
+        "notification_id": notification_id,
+    }
 
 
 def _answered(pending: Pending) -> bool:

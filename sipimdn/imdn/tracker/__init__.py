@@ -23,6 +23,7 @@ One module per job:
   the notifications we owe (:data:`RECEIVER_TRANSITIONS`);
 - :mod:`.destinations`: the notification budgets per destination address
   (RFC 5438 §14: we are no reflector).
+- :mod:`.shared`: dedup claims and take-over when workers share a store.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ from .events import (
     TrackingEnded,
 )
 from .identity import identity_key, is_anonymous
-from .receiver import RECEIVER_TRANSITIONS, ReceiptInput, ReceiptState, ReceiverSide
+from .receiver import RECEIVER_TRANSITIONS, ReceiptInput, ReceiptState
 from .records import OwedRecord
 from .sender import TRANSITIONS, SenderInput, SenderSide
+from .shared import SharedSide
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -93,7 +95,7 @@ __all__ = [
 ]
 
 
-class DispositionTracker(SenderSide, ReceiverSide):
+class DispositionTracker(SenderSide, SharedSide):
     """Sans-IO state of sent and received messages' notifications (see the package docstring).
 
     ``DispositionTracker(config, snapshot=store.load(now), now=now)`` resumes

@@ -98,6 +98,13 @@ class DispositionChanged:
     #: :class:`~sipimdn.ua.UserAgent`, wall-clock seconds (:func:`time.time`).
     at: float
 
+    @property
+    def event_id(self) -> str:
+        """The same for every report of this change, whichever worker makes it: states only move
+        forward, so (message, recipient, new state) happens once. Handlers told of a change more
+        than once (several workers, a take-over) can use it to act once."""
+        return f"{self.message_id} {self.recipient} {self.state.value}"
+
 
 @dataclass(frozen=True, slots=True)
 class NotificationAccepted:
