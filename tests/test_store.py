@@ -4,11 +4,13 @@ PostgreSQL specifics are in test_store_postgres.py."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,3 +317,45 @@ def _fields(record: AnyRecord) -> dict[str, object]:
 
 def _types(record: AnyRecord) -> list[tuple[str, type]]:
     return [(name, type(value)) for name, value in _fields(record).items()]
+
+
+
+def _open_and_close(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        SqliteStore(path).close()
+        results.put(None)
+    except Exception as exc:  # reported to the test, which names it
+        results.put(repr(exc))
+
+
+def test_sqlite_store_opened_by_several_processes_at_once(tmp_path: Path) -> None:
+    """Workers opening one new file together: the journal-mode switch (which SQLite refuses with
+    "database is locked" instead of waiting) and the migration wait for each other. Before the
+    retry, about one open in ten failed here."""
+    context = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for round_ in range(15):
+        path = str(tmp_path / f"race{round_}.db")
+        barrier, results = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_open_and_close, args=(path, barrier, results)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+        failures += [outcome for outcome in outcomes if outcome is not None]
+    assert failures == []
+
+
+def test_sqlite_store_gives_up_on_a_file_held_past_its_timeout(tmp_path: Path) -> None:
+    path = str(tmp_path / "held.db")
+    SqliteStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError):
+            SqliteStore(path, timeout=0.2).apply([Put(SeenRecord("sip:a@x", "m1", None, 50.0))])
+    finally:
+        holder.execute("COMMIT")
+        holder.close()

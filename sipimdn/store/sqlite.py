@@ -25,6 +25,7 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from ..errors import StoreError
@@ -98,7 +99,7 @@ class SqliteStore:
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
         try:
             if path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
+                _switch_to_wal(conn, timeout)
                 conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn)
         except (sqlite3.Error, StoreError) as exc:
@@ -117,6 +118,9 @@ class SqliteStore:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: another process opening the same file at the same
+            # moment may have migrated it while we waited for the lock.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 _MIGRATIONS[step](conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -370,3 +374,23 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the file.
+
+    Changing the journal mode needs the database to itself, and SQLite reports "database is
+    locked" at once there instead of waiting out the busy timeout: two workers opening one new
+    file together would otherwise fail. Bounded by ``timeout``, as every other wait on the file.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
