@@ -114,6 +114,8 @@ class Runner:
             found.append(scenarios.sipimdn("ua", False, ("--gc-tuning",), suffix="-gctuned"))
         if self.uvloop:
             found.append(scenarios.sipimdn("ua", True))
+        # `sipimdn listen` as users run it: the CLI process, its output, its collector tuning.
+        found.append(scenarios.listen_cli())
         return found
 
     def receive(self) -> dict[str, Any]:
@@ -139,7 +141,9 @@ class Runner:
     def positive_delivery(self) -> dict[str, Any]:
         assert self.sipp is not None
         out: dict[str, Any] = {}
-        variants = [scenarios.sipimdn("ua", False)] + ([scenarios.sipimdn("ua", True)] if self.uvloop else [])
+        variants = [scenarios.sipimdn("ua", False), scenarios.listen_cli()]
+        if self.uvloop:
+            variants.append(scenarios.sipimdn("ua", True))
         for responder in variants:
             log_dir = self.logs / "positive-delivery" / responder.name
             entry: dict[str, Any] = {"loop": responder.loop}
@@ -274,6 +278,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny load, well under a minute (CI)")
     parser.add_argument("--duration", type=float, help="seconds per offered-rate step (default 3, quick 1)")
     parser.add_argument("--rates", help="comma-separated offered rates of the receive sweeps")
+    parser.add_argument("--pd-rates", help="comma-separated offered rates of the positive-delivery sweeps")
+    parser.add_argument(
+        "--latency-rates", help="comma-separated rates of our latency client in the receive part"
+    )
     parser.add_argument("--sustain", type=float, help="seconds of the sustained 10k/s run (default 60)")
     parser.add_argument("--out", type=Path, default=BENCH, help="where RESULTS.md, results.json and plots go")
     parser.add_argument("--logs", type=Path, help="SIPp and responder logs (default OUT/logs)")
@@ -301,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["step_seconds"] = args.duration
     if args.rates:
         overrides["rates"] = tuple(int(r) for r in args.rates.split(","))
+    if args.pd_rates:
+        overrides["pd_rates"] = tuple(int(r) for r in args.pd_rates.split(","))
+    if args.latency_rates:
+        overrides["latency_rates"] = tuple(int(r) for r in args.latency_rates.split(","))
     if args.sustain is not None:
         overrides["sustain_seconds"] = args.sustain
     if overrides:

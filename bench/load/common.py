@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -177,10 +178,25 @@ class ServerProcess:
         return stats
 
 
+def _ready_line(line: str) -> dict[str, Any] | None:
+    """The ports a responder printed as ``READY {json}``, or None for any other line."""
+    if line.startswith("READY "):
+        info: dict[str, Any] = json.loads(line[6:])
+        return info
+    return None
+
+
 def start_server(
-    name: str, command: list[str], log_dir: Path, *, ready_timeout: float = 20.0, cpu: str = SERVER_CPU
+    name: str,
+    command: list[str],
+    log_dir: Path,
+    *,
+    ready_timeout: float = 20.0,
+    cpu: str = SERVER_CPU,
+    ready: Callable[[str], dict[str, Any] | None] = _ready_line,
 ) -> ServerProcess:
-    """Start a responder pinned to ``cpu`` and wait for its ``READY {json}`` line."""
+    """Start a responder pinned to ``cpu`` and wait until ``ready`` recognises a line of its
+    output (by default ``READY {json}``) and returns its ports."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("wb")
@@ -197,8 +213,9 @@ def start_server(
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("READY "):
-                server.info = json.loads(line[6:])
+            info = ready(line)
+            if info is not None:
+                server.info = info
                 return server
         if process.poll() is not None:
             break

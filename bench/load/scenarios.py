@@ -25,6 +25,7 @@ from .common import (
     REPO_DIR,
     SERVER_CPU,
     ServerProcess,
+    free_port,
     pinned,
     python_command,
     start_server,
@@ -59,6 +60,8 @@ class Responder:
     kind: str  # "reference" or "sipimdn"
     loop: str  # "asyncio", "uvloop" or "C"
     start: Callable[[Path], ServerProcess]
+    #: Counters read from the responder's log when it prints no ``STATS {json}`` line of its own.
+    stats_from_log: Callable[[Path], dict[str, Any]] | None = None
 
 
 def floor(uvloop: bool) -> Responder:
@@ -83,6 +86,55 @@ def sipimdn(mode: str, uvloop: bool, extra: tuple[str, ...] = (), suffix: str = 
     )
 
 
+#: ``sipimdn listen``'s per-destination notification budgets for the benchmark. SIPp sends every
+#: call from its one address (a fresh user part each), so the defaults (RFC 5438 §14: 120
+#: notifications and 128 KiB a minute per destination address) would rightly decline nearly all
+#: of the load's IMDNs. A deliberate benchmark setting, the same as sipimdn_server.py's.
+LISTEN_BUDGETS = ("--imdn-rate-limit", str(1 << 30), "--imdn-byte-budget", str(1 << 40))
+
+
+def listen_cli(extra: tuple[str, ...] = (), suffix: str = "") -> Responder:
+    """``python -m sipimdn listen`` as a user runs it: its text output (one line per message and per
+    notification sent, line-buffered as on a terminal) into the log, the delivered IMDNs sent on its
+    own, the collector tuned as the CLI tunes it, the notification state in SQLite ``:memory:``."""
+
+    def start(log_dir: Path) -> ServerProcess:
+        port = free_port()
+        command = [
+            sys.executable, "-u", "-m", "sipimdn", "listen",
+            "--aor", f"sip:bob@{LOOPBACK}:{port}",
+            "--listen", f"udp:{LOOPBACK}:{port}", "--listen", f"tcp:{LOOPBACK}:{port}",
+            *LISTEN_BUDGETS, *extra,
+        ]  # fmt: skip
+
+        def ready(line: str) -> dict[str, Any] | None:
+            return {"udp": port, "tcp": port, "tls": None} if " listening on " in line else None
+
+        return start_server("sipimdn-listen", command, log_dir, ready=ready)
+
+    return Responder(
+        name="sipimdn-listen" + suffix,
+        kind="sipimdn",
+        loop="asyncio",
+        start=start,
+        stats_from_log=_listen_counts,
+    )
+
+
+def _listen_counts(log_path: Path) -> dict[str, Any]:
+    """Messages and notifications ``sipimdn listen`` reported, counted from its text output."""
+    counts = {"messages": 0, "imdn_sent": 0, "imdn_2xx": 0, "imdn_other": 0}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("message from "):
+            counts["messages"] += 1
+        elif line.startswith("sent ") and " notification " in line:
+            counts["imdn_sent"] += 1
+            status = line.rsplit(": SIP ", 1)
+            ok = len(status) == 2 and status[1][:1] == "2"
+            counts["imdn_2xx" if ok else "imdn_other"] += 1
+    return counts
+
+
 def kamailio(binary: str, tls: tuple[str, str] | None = None) -> Responder:
     return Responder(
         name="kamailio", kind="reference", loop="C", start=lambda d: kamailio_ref.start(binary, d, tls)
@@ -96,6 +148,8 @@ def running(responder: Responder, log_dir: Path) -> Iterator[ServerProcess]:
         yield server
     finally:
         stats = server.stop()
+        if not stats and responder.stats_from_log is not None:
+            stats = responder.stats_from_log(server.log_path)
         (log_dir / "server-stats.json").write_text(json.dumps(stats))
 
 
