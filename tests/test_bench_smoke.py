@@ -75,7 +75,7 @@ def test_entry_command_succeeds_and_writes_the_report(
     assert "| command | `python bench/run.py --quick" in text
     assert "## Errors" not in text
     # Every responder appears in the summary table with its two transports.
-    for name in ("floor", "kamailio", "sipimdn-stack", "sipimdn-ua"):
+    for name in ("floor", "kamailio", "sipimdn-stack", "sipimdn-ua", "sipimdn-listen"):
         assert f"| {name} | UDP |" in text, name
         assert f"| {name} | TCP |" in text, name
 
@@ -95,6 +95,9 @@ def test_each_part_ran_load_through_the_real_processes(
         assert entry["latency"][0]["answered"] > 0, (name, entry["latency"])
     imdn_counts = results["positive-delivery"]["sipimdn-ua"]["udp_server"]
     assert imdn_counts["imdn_sent"] > 0
+    # `sipimdn listen` (the CLI process): its delivered IMDNs reached SIPp and were answered 2xx.
+    listen_counts = results["positive-delivery"]["sipimdn-listen"]["udp_server"]
+    assert listen_counts["messages"] > 0 and listen_counts["imdn_2xx"] > 0, listen_counts
     assert results["sustain"]["sipp"]["successful"] > 0
     assert all(r["ok"] > 0 for r in results["send"]), results["send"]
     assert results["tls"]["kamailio"][0]["answered"] > 0
