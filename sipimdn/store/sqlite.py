@@ -21,12 +21,13 @@ taken over, and notifications reach this store object's listeners only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import StoreError
 from ._worker import default_worker_id
@@ -157,21 +158,29 @@ class SqliteStore:
                 )
             elif isinstance(op, Delete):
                 rows.append((f"DELETE FROM {op.table} WHERE key = ?", (op.key,)))
+        with self._write("write") as conn:
+            for sql, params in rows:
+                conn.execute(sql, params)
+        if self._listeners:
+            self._announce([op.record.key for op in ops if isinstance(op, Put) and op.record.TABLE == "sent"])
+
+    @contextlib.contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: it waits for other writers, also in other
+        processes, up to the timeout), rolled back if the body raises; a database error becomes
+        ``StoreError("store {action} failed: ...")``."""
         with self._lock:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for sql, params in rows:
-                        conn.execute(sql, params)
+                    yield conn
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StoreError(f"store write failed: {exc}") from exc
-        if self._listeners:
-            self._announce([op.record.key for op in ops if isinstance(op, Put) and op.record.TABLE == "sent"])
+                raise StoreError(f"store {action} failed: {exc}") from exc
 
     def load(self, now: float) -> Snapshot:
         """Every record that has not expired at ``now``."""
@@ -222,24 +231,14 @@ class SqliteStore:
         """Write ``record`` unless a live entry (not expired at ``now``) has its key; True if written."""
         if not isinstance(record, SeenRecord):
             raise StoreError(f"not a seen record: {record!r}")
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    cursor = conn.execute(
-                        "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
-                        "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
-                        "WHERE seen.expires_at <= ?",
-                        (record.key, record.expires_at, record_to_json(record), now),
-                    )
-                    claimed = cursor.rowcount == 1
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"store claim failed: {exc}") from exc
+        with self._write("claim") as conn:
+            cursor = conn.execute(
+                "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
+                "WHERE seen.expires_at <= ?",
+                (record.key, record.expires_at, record_to_json(record), now),
+            )
+            claimed = cursor.rowcount == 1
         return claimed
 
     def load_sent(self, message_id: str, now: float) -> SentRecord | None:
@@ -283,37 +282,27 @@ class SqliteStore:
         an unanswered entry expiring at or before ``stale_expiry`` is taken over."""
         if not isinstance(record, SeenRecord):
             raise StoreError(f"not a seen record: {record!r}")
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    cursor = conn.execute(
-                        "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
-                        "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
-                        "WHERE seen.expires_at <= ? OR (? IS NOT NULL "
-                        "AND json_extract(seen.data, '$.status') IS NULL AND seen.expires_at <= ?)",
-                        (
-                            record.key,
-                            record.expires_at,
-                            record_to_json(record),
-                            now,
-                            stale_expiry,
-                            stale_expiry,
-                        ),
-                    )
-                    written = cursor.rowcount == 1
-                    row = (
-                        None
-                        if written
-                        else conn.execute("SELECT data FROM seen WHERE key = ?", (record.key,)).fetchone()
-                    )
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"store claim failed: {exc}") from exc
+        with self._write("claim") as conn:
+            cursor = conn.execute(
+                "INSERT INTO seen (key, expires_at, data) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET expires_at = excluded.expires_at, data = excluded.data "
+                "WHERE seen.expires_at <= ? OR (? IS NOT NULL "
+                "AND json_extract(seen.data, '$.status') IS NULL AND seen.expires_at <= ?)",
+                (
+                    record.key,
+                    record.expires_at,
+                    record_to_json(record),
+                    now,
+                    stale_expiry,
+                    stale_expiry,
+                ),
+            )
+            written = cursor.rowcount == 1
+            row = (
+                None
+                if written
+                else conn.execute("SELECT data FROM seen WHERE key = ?", (record.key,)).fetchone()
+            )
         if row is None:
             return None
         found = record_from_json("seen", row[0])
