@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gc
 import heapq
 import json
@@ -196,7 +197,16 @@ async def _wait_for_stop(stop: asyncio.Event) -> None:
 async def _serve_ua(stop: asyncio.Event) -> None:
     from sipimdn import ListenEndpoint, UserAgent, UserAgentConfig  # noqa: PLC0415
 
-    config = UserAgentConfig(aor=f"sip:bob@{HOST}:0", listen=(ListenEndpoint("udp", HOST, 0),))
+    # A benchmark, not a deployment: every message comes from one address, which the per-address
+    # notification limits (no reflection, RFC 5438 §14) would throttle. Older trees (KIND@DIR) may
+    # not have those settings.
+    known = {field.name for field in dataclasses.fields(UserAgentConfig)}
+    lifted = {"imdn_rate_limit": 1 << 30, "imdn_byte_budget": 1 << 40}
+    config = UserAgentConfig(
+        aor=f"sip:bob@{HOST}:0",
+        listen=(ListenEndpoint("udp", HOST, 0),),
+        **{name: value for name, value in lifted.items() if name in known},
+    )
     async with UserAgent(config) as ua:
 
         @ua.on_message
