@@ -134,8 +134,22 @@ def run_uac(  # noqa: PLR0917
 def start_uas(
     binary: str, transport: str, calls: int, timeout: float, log_dir: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A SIPp UAS answering ``calls`` MESSAGEs with 200; returns (process, port) once bound."""
+    """A SIPp UAS answering ``calls`` MESSAGEs with 200; returns (process, port) once bound.
+
+    The ports are picked free and handed to SIPp, so another process can take one in between
+    (SIPp then exits: "Address already in use"): up to three attempts, each with fresh ports.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):
+        started = _start_uas_once(binary, transport, calls, timeout, log_dir)
+        if started is not None:
+            return started
+    raise RuntimeError(f"SIPp UAS did not bind a {transport} port in 3 attempts; see {log_dir}")
+
+
+def _start_uas_once(
+    binary: str, transport: str, calls: int, timeout: float, log_dir: Path
+) -> tuple[subprocess.Popen[bytes], int] | None:
     port = free_port((_sock(transport),))
     command = [
         binary, "-sf", str(SCENARIOS / "uas_message.xml"),
@@ -171,7 +185,7 @@ def start_uas(
             break
         time.sleep(0.02)
     stop(process)
-    raise RuntimeError(f"SIPp UAS did not bind {transport}:{port}; see {log_dir}")
+    return None
 
 
 def uas_result(process: subprocess.Popen[bytes], log_dir: Path, timeout: float) -> dict[str, int]:
