@@ -1,4 +1,4 @@
-"""Aggregated IMDNs (RFC 5438 §8.3, IMDN-82) and bounded deflate inflation (shared/peers.md)."""
+"""Aggregated IMDNs (RFC 5438 §8.3) and bounded deflate inflation (liblinphone deflates its IMDNs)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""message/cpim parsing: cpim.md §10 "tricky parse cases", the field quirks of cpim.md §11 and
-shared/peers.md, escapes (CPIM-40..46) and every refusal with its typed error."""
+"""message/cpim parsing: tricky cases of the RFC 3862 §3 grammar, field quirks of real peers,
+escapes (RFC 3862 §3.2) and every refusal with its typed error."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def parse_headers(*lines: str) -> cpim.CpimMessage:
     return cpim.parse("".join(line + "\r\n" for line in lines).encode() + TAIL)
 
 
-# -- cpim.md §10 item 1: parameters before the value -----------------------------------
+# -- RFC 3862 §3.2: parameters before the value -----------------------------------
 
 
 def test_tricky_1_lang_parameter_before_value() -> None:
@@ -152,7 +152,7 @@ def test_tricky_5_switched_default_is_not_validated_as_core() -> None:
 
 @pytest.mark.parametrize("line", ["NS: imdn <urn:ietf:params:imdn>", "NS: imdn<urn:ietf:params:imdn>"])
 def test_tricky_6_ns_with_and_without_space(line: str) -> None:
-    """cpim.md §10.6 and the ZTE/Mavenir quirk in peers.md: both spellings bind the prefix."""
+    """RFC 3862 §3.3 (NS) and a quirk seen from ZTE/Mavenir clients: both spellings bind the prefix."""
     msg = parse_headers(line, "imdn.Message-ID: m1")
     assert msg.value(IMDN_NS, "Message-ID") == "m1"
     assert msg.to_bytes().startswith(line.encode() + b"\r\n")  # spelling preserved on output
@@ -188,7 +188,7 @@ def test_tricky_7_cpim_headers_may_not_fold() -> None:
         cpim.parse(b"Subject: a\r\n b\r\n" + TAIL)
 
 
-# -- quirks from cpim.md §11 and shared/peers.md -------------------------------------
+# -- quirks seen from real peers -------------------------------------
 
 
 def test_quirk_disposition_notification_without_space() -> None:

@@ -2,7 +2,7 @@
 state, serialise back octet for octet (CPIM-22), and rebuild to an equivalent message.
 
 Data files in tests/data/cpim/ are the examples as printed, including the outer
-``Content-type: Message/CPIM`` line (cpim.md §1 project note), hence ``outer_mime=True``.
+``Content-type: Message/CPIM`` line (how RFC 3862 §6 prints its examples), hence ``outer_mime=True``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_rfc5438_7_1_1_im_values() -> None:
     assert headers.requested == {imdn.DispositionRequest.POSITIVE_DELIVERY, imdn.DispositionRequest.DISPLAY}
     assert msg.date_time is not None and msg.date_time.raw == "2006-04-04T12:16:49-05:00"
     assert msg.content_type == "text/plain"
-    # "Content-length: 12" is kept but never used for framing (cpim.md §11).
+    # "Content-length: 12" is kept but never used for framing (the enclosing protocol frames CPIM).
     assert msg.mime_header("Content-Length") == "12"
     assert msg.body == b"Hello World\r\n"
     assert imdn.recognise(msg) is None  # an IM, not an IMDN (IMDN-50)
@@ -128,7 +128,7 @@ def test_rfc5438_imdn_examples_recognised(
     msg = load(name)
     received = imdn.recognise(msg, require_disposition=True)
     assert received is not None
-    assert received.message_id == mid  # §8.1's example has no NS/Message-ID (imdn.md §13 item 4)
+    assert received.message_id == mid  # §8.1's example has no NS/Message-ID (a gap in the RFC's example)
     assert received.disposition_marker and not received.aggregated
     (note,) = received.notifications
     assert note.message_id == "34jk324j"
@@ -157,7 +157,7 @@ def test_rfc5438_8_3_aggregated_example() -> None:
 def test_rfc5438_7_2_1_1_rebuilt_from_the_7_1_1_im() -> None:
     """Building the §7.2.1.1 IMDN from the §7.1.1 IM gives the RFC's wrapper and values.
 
-    The RFC's example omits DateTime (imdn.md §13 item 4); we add one, a project choice.
+    The RFC's example omits DateTime although RFC 5438 §6.3 requires it; we add one, a project choice.
     """
     im = load("rfc5438_7_1_1_im.cpim")
     report = imdn.build_imdn(

@@ -205,7 +205,7 @@ def test_build_imdn_refusals() -> None:
 
 
 def test_build_imdn_echoes_a_quirky_datetime_verbatim() -> None:
-    """peers.md: ``+5:30`` is kept raw and echoed in <datetime> exactly."""
+    """A bad offset seen from real peers: ``+5:30`` is kept raw and echoed in <datetime> exactly."""
     im = cpim.parse(
         b"From: <im:a@x>\r\nTo: <im:b@x>\r\nNS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: m\r\n"
         b"DateTime: 2018-02-16T01:42:50+5:30\r\n\r\nContent-Type: text/plain\r\n\r\nx"
@@ -243,7 +243,7 @@ def wrap(mime: str, body: bytes) -> cpim.CpimMessage:
 
 
 def test_recognise_without_disposition_marker() -> None:
-    """peers.md (Blink/sipsimple): accepted on content type, and the missing marker is reported."""
+    """Blink/python-sipsimple behaviour: accepted on content type, and the missing marker is reported."""
     msg = wrap("Content-Type: message/imdn+xml\r\n", XML)
     received = imdn.recognise(msg)
     assert received is not None and not received.disposition_marker
@@ -290,7 +290,7 @@ def test_recognise_ignores_disposition_request_inside_an_imdn() -> None:
 
 
 def test_recognise_inflates_deflate_content_encoding() -> None:
-    """peers.md (liblinphone): Content-Encoding: deflate, zlib-wrapped or raw."""
+    """liblinphone behaviour: Content-Encoding: deflate, zlib-wrapped or raw."""
     for packed in (zlib.compress(XML), zlib.compress(XML)[2:-4]):
         msg = wrap("Content-Type: message/imdn+xml\r\nContent-Encoding: deflate\r\n", packed)
         received = imdn.recognise(msg)

@@ -1,4 +1,4 @@
-"""IMDN CPIM headers (RFC 5438 §6, §10; imdn.md §3): typed access, Disposition-Notification,
+"""IMDN CPIM headers (RFC 5438 §6, §10): typed access, Disposition-Notification,
 Message-ID generation, and refusals."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def message(*lines: str, prefix: str = "imdn") -> cpim.CpimMessage:
             "positive-delivery, negative-delivery, display",
             ["positive-delivery", "negative-delivery", "display"],
         ),
-        ("positive-delivery,display", ["positive-delivery", "display"]),  # peers.md quirk
+        ("positive-delivery,display", ["positive-delivery", "display"]),  # seen from real peers
         ("processing  ,  display", ["processing", "display"]),  # COMMA = *SP "," *SP
         ("display", ["display"]),
         ("", []),  # IMDN-17: empty means nothing requested
@@ -95,7 +95,7 @@ def test_typed_access_with_any_prefix() -> None:
 
 @pytest.mark.parametrize("value", ["abc@host", "a/b=", "<x>"])
 def test_non_token_message_id_tolerated_on_receive(value: str) -> None:
-    """imdn.md §3 note: ``abc@host`` or standard base64 are not Tokens; we accept them from peers
+    """RFC 5438 §6.3 wants a Token: ``abc@host`` or standard base64 are not Tokens; we accept them from peers
     (lenient on receive) and can still echo them in an IMDN, but never generate them."""
     msg = message(f"imdn.Message-ID: {value}")
     assert imdn.imdn_headers(msg).message_id == value

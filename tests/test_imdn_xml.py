@@ -1,5 +1,5 @@
 """message/imdn+xml: the RFC 5438 examples, statuses per kind, the shipped XSD rejecting each
-schema rule of imdn.md §6, extensions, draft-03 "read", and the hostile documents of C8."""
+schema rule of RFC 5438 §11, extensions, draft-03 "read", and hostile documents (RFC 5438 §14)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_rfc5438_examples_parse_and_rebuild(name: str, kind: Kind, status: Statu
     assert parsed.sent_at is not None and parsed.sent_at.utcoffset() is not None
 
 
-# -- statuses per kind (imdn.md §2) --------------------------------------------------------
+# -- statuses per kind (RFC 5438 §11.1) --------------------------------------------------------
 
 ALL_PAIRS = [(k, s) for k in Kind for s in Status]
 
@@ -100,7 +100,7 @@ def test_allowed_status_table_matches_rfc() -> None:
     } == imdn.ALLOWED_STATUSES
 
 
-# -- the XSD rejects each schema rule of imdn.md §6 ----------------------------------------
+# -- the XSD rejects each schema rule of RFC 5438 §11 ----------------------------------------
 
 RECIPIENTS = "<recipient-uri>im:b@x</recipient-uri><original-recipient-uri>im:b@x</original-recipient-uri>"
 SCHEMA_VIOLATIONS = {
@@ -179,7 +179,7 @@ def test_xsd_accepts_what_the_rfc_allows() -> None:
 
 
 def test_schema_valid_document_without_notification_is_still_refused() -> None:
-    """imdn.md §13 item 1: the schema allows it (<empty/>), §11.1.6 requires one; we refuse."""
+    """The RFC 5438 schema allows it (<empty/>), §11.1.6 requires one; we refuse."""
     data = doc(HEAD)
     assert validate(etree.fromstring(data)) is None
     with pytest.raises(ImdnError, match="no notification element"):
@@ -203,7 +203,7 @@ def test_whitespace_collapse_of_token_and_uri_types() -> None:
 
 
 def test_liblinphone_error_notification_with_reason_extension() -> None:
-    """Shape liblinphone writes for a failed delivery (code reading, shared/peers.md): an extra
+    """Shape liblinphone writes for a failed delivery (from reading its code): an extra
     namespace on the root and ``<linphoneimdn:reason code=..>`` after ``<error/>`` in <status>."""
     data = (
         b'<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -3,7 +3,7 @@
 The sender never learns how many members a list has (RFC 5438 §7.1.4, IMDN-21), so the first
 member's notification must not end tracking; the others (parts 2..n of an aggregated IMDN, or
 later relayed ones) are applied each to its own member entry, still under C1..C3.
-IDs cite shared/spec/imdn.md (IMDN-nn, C-n).
+Rules are those of RFC 5438 §7.1.2 and §7.1.4.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def test_positive_delivery_owed_after_2xx_with_everything_to_build_it() -> None:
     assert (n.kind, n.status, n.notification_id, n.attempt) == ("delivery", "delivered", "n1", 1)
     assert n.request_uri == ALICE_SIP and n.sip_to == ALICE_SIP  # the IM's SIP From
     assert n.cpim_to == ALICE and n.cpim_from == ME and n.recipient_uri == ME
-    assert n.datetime == "2018-02-16T01:42:50+5:30"  # echoed raw (peers.md: bad offsets exist)
+    assert n.datetime == "2018-02-16T01:42:50+5:30"  # echoed raw (real peers send bad offsets)
     assert n.subject == "hello" and n.imdn_route == () and n.in_flight
     assert tracker.owed() == (n,)
 
@@ -268,7 +268,7 @@ def test_provisional_answer_is_misuse() -> None:
 
 
 def test_dedup_by_sender_and_message_id() -> None:
-    """peers.md: dedup on (sender, imdn.Message-ID), never Call-ID alone."""
+    """Dedup on (sender, imdn.Message-ID), never Call-ID alone (RFC 5438 §6.3: the Message-ID is the key)."""
     tracker = make()
     receive(tracker)
     again = tracker.record_received(message_id="m1", sender="sip:alice@EXAMPLE.com:5060", now=1.0)
@@ -317,7 +317,7 @@ def test_anonymous_sender_declined() -> None:
 
 
 def test_anonymous_cpim_from_with_real_sip_from_is_served() -> None:
-    """peers.md: RCS clients send an anonymous CPIM From; route on the SIP From, never on CPIM."""
+    """RCS clients send an anonymous CPIM From; route on the SIP From, never on CPIM."""
     tracker = make()
     assert receive(tracker, sender=ANONYMOUS) == FULL_SORTED
     tracker.message_answered("m1", ANONYMOUS, 200, 1.0)
@@ -451,7 +451,7 @@ def test_owed_notification_expires() -> None:
 
 @pytest.mark.parametrize("code", [415, 488])
 def test_peer_refusing_imdn_gets_no_more(code: int) -> None:
-    """peers.md pain point 3: no IMDN floods towards peers that reject them."""
+    """No IMDN floods towards peers that reject them."""
     tracker = make()
     receive(tracker, message_id="a")
     receive(tracker, message_id="b")

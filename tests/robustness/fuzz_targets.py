@@ -110,7 +110,7 @@ def _cpim(data: bytes) -> None:
     try:
         cpim.parse(data)
     except CpimError:
-        # The RFC examples print the outer Content-Type block too (cpim.md §1).
+        # The RFC examples print the outer Content-Type block too (RFC 3862 §6).
         cpim.parse(data, outer_mime=True)
 
 

@@ -1,4 +1,4 @@
-"""Hostile message/imdn+xml documents (shared/spec/imdn.md C8): refused quickly, memory bounded.
+"""Hostile message/imdn+xml documents (RFC 5438 §14 security; XML hardening): refused quickly, memory bounded.
 
 Each attack goes through ``imdn.parse_notification`` (what the user agent calls on every IMDN it
 receives) and must end in ``ImdnError`` within a time bound, with a bounded peak of resident
