@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _peers import IN_CI
+from _peers import skip_unless_ci
 
 __all__ = ["PostgresServer", "find_postgres_bin", "postgres_server", "postgres_url", "require_postgres"]
 
@@ -43,21 +43,15 @@ def find_postgres_bin() -> Path | None:
     return max(found)[1] if found else None
 
 
-def _missing(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def require_postgres() -> Path:
     """The PostgreSQL bin directory, and asyncpg importable: else skip (fail with CI=true)."""
     bin_dir = find_postgres_bin()
     if bin_dir is None:
-        _missing("PostgreSQL is not installed (scripts/test installs Debian's postgresql package)")
+        skip_unless_ci("PostgreSQL is not installed (scripts/test installs Debian's postgresql package)")
     try:
         import asyncpg  # noqa: F401
     except ImportError:
-        _missing("asyncpg is not installed (pip install -e '.[postgres]'; scripts/test does)")
+        skip_unless_ci("asyncpg is not installed (pip install -e '.[postgres]'; scripts/test does)")
     assert bin_dir is not None
     return bin_dir
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from _peers import skip_unless_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_api_reference_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     if importlib.util.find_spec("sphinx") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sphinx is not installed: scripts/test installs the [docs] extra")
-        pytest.skip("sphinx is not installed (pip install -e '.[docs]')")
+        skip_unless_ci("sphinx is not installed (pip install -e '.[docs]'; scripts/test does)")
     out = tmp_path / "html"
     result = subprocess.run(
         [
