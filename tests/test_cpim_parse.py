@@ -1,5 +1,5 @@
 """message/cpim parsing: tricky cases of the RFC 3862 §3 grammar, field quirks of real peers,
-escapes (RFC 3862 §3.2) and every refusal with its typed error."""
+escapes (RFC 3862 §2.3) and every refusal with its typed error."""
 
 from __future__ import annotations
 
@@ -19,18 +19,18 @@ def parse_headers(*lines: str) -> cpim.CpimMessage:
     return cpim.parse("".join(line + "\r\n" for line in lines).encode() + TAIL)
 
 
-# -- RFC 3862 §3.2: parameters before the value -----------------------------------
+# -- RFC 3862 §3.3, §3.6: parameters sit between the colon and the space ---------------
 
 
-def test_tricky_1_lang_parameter_before_value() -> None:
-    """CPIM-32: ``Subject:;lang=de Grüße`` has lang de; ``Subject: ;lang=de x`` has none."""
+def test_lang_parameter_before_value() -> None:
+    """RFC 3862 §3.3: ``Subject:;lang=de Grüße`` has lang de; ``Subject: ;lang=de x`` has none."""
     msg = parse_headers("Subject:;lang=de Grüße", "Subject: ;lang=de x")
     assert msg.subjects == [cpim.Subject("Grüße", "de"), cpim.Subject(";lang=de x", None)]
     assert msg.headers[0].params == (("lang", "de"),)
     assert msg.headers[1].params == ()
 
 
-def test_tricky_1_extension_parameters_kept() -> None:
+def test_extension_parameters_kept() -> None:
     msg = parse_headers('x.Foo:;a=1;b="two words";lang=en-GB value', "NS: x <urn:example:x>")
     (foo, _) = msg.headers
     assert foo.params == (("a", "1"), ("b", '"two words"'), ("lang", "en-GB"))
@@ -38,47 +38,48 @@ def test_tricky_1_extension_parameters_kept() -> None:
     assert foo.value == "value"
 
 
-# -- item 2: prefixes are resolved by URI, declared before use ---------------------------
+# -- RFC 3862 §3.4: prefixes are resolved by URI, declared before use ---------------------
 
 
-def test_tricky_2_any_prefix_bound_to_the_imdn_urn() -> None:
-    """IMDN-02, CPIM-51: ``z.Message-ID`` under ``NS: z <urn:ietf:params:imdn>`` is the Message-ID."""
+def test_any_prefix_bound_to_the_imdn_urn() -> None:
+    """RFC 5438 §6.1, RFC 3862 §3.4: ``z.Message-ID`` under ``NS: z <urn:ietf:params:imdn>`` is the
+    Message-ID."""
     msg = parse_headers("NS: z <urn:ietf:params:imdn>", "z.Message-ID: abc")
     assert msg.value(IMDN_NS, "Message-ID") == "abc"
     assert imdn.imdn_headers(msg).message_id == "abc"
 
 
-def test_tricky_2_undeclared_prefix_is_unknown() -> None:
-    """CPIM-52: ``imdn.Message-ID`` without an NS declaration is an unknown header."""
+def test_undeclared_prefix_is_unknown() -> None:
+    """RFC 3862 §3.4: ``imdn.Message-ID`` without an NS declaration is an unknown header."""
     msg = parse_headers("imdn.Message-ID: abc")
     assert msg.get(IMDN_NS, "Message-ID") is None
     assert msg.headers[0].namespace is None
 
 
-def test_tricky_2_prefix_declared_after_use_is_unknown() -> None:
+def test_prefix_declared_after_use_is_unknown() -> None:
     msg = parse_headers("imdn.Message-ID: early", "NS: imdn <urn:ietf:params:imdn>", "imdn.Message-ID: late")
     assert [h.value for h in msg.get_all(IMDN_NS, "Message-ID")] == ["late"]
 
 
-def test_tricky_2_two_prefixes_same_uri_are_equivalent() -> None:
-    """CPIM-51: ``x.Foo`` and ``y.Foo`` are the same header when x and y map to one URI."""
+def test_two_prefixes_same_uri_are_equivalent() -> None:
+    """RFC 3862 §3.4: ``x.Foo`` and ``y.Foo`` are the same header when x and y map to one URI."""
     msg = parse_headers("NS: x <urn:example:f>", "NS: y <urn:example:f>", "x.Foo: 1", "y.Foo: 2")
     assert [h.value for h in msg.get_all("urn:example:f", "Foo")] == ["1", "2"]
     assert [h.prefix for h in msg.get_all("urn:example:f", "Foo")] == ["x", "y"]
 
 
-def test_tricky_2_prefix_rebinding_applies_from_that_line_on() -> None:
+def test_prefix_rebinding_applies_from_that_line_on() -> None:
     msg = parse_headers("NS: p <urn:example:a>", "p.H: 1", "NS: p <urn:example:b>", "p.H: 2")
     assert msg.value("urn:example:a", "H") == "1"
     assert msg.value("urn:example:b", "H") == "2"
     assert msg.namespaces() == {"p": "urn:example:b"}
 
 
-# -- item 3: names are case-sensitive ---------------------------------------------------
+# -- RFC 3862 §3: names are case-sensitive -----------------------------------------------
 
 
-def test_tricky_3_case_matters_in_names() -> None:
-    """CPIM-20, IMDN-03: ``from``/``CC``/``imdn.message-id`` are not From/cc/Message-ID."""
+def test_case_matters_in_names() -> None:
+    """RFC 3862 §3, RFC 5438 §10: ``from``/``CC``/``imdn.message-id`` are not From/cc/Message-ID."""
     msg = parse_headers(
         "from: <im:a@b>",
         "CC: <im:c@d>",
@@ -92,82 +93,82 @@ def test_tricky_3_case_matters_in_names() -> None:
     assert msg.value(CPIM_NS, "from") == "<im:a@b>"
 
 
-# -- item 4: escapes ---------------------------------------------------------------------
+# -- RFC 3862 §2.3, §2.3.1: escapes --------------------------------------------------------
 
 
-def test_tricky_4_escapes_in_subject() -> None:
-    """CPIM-45/46: known escapes, ``\\u00E9``, unknown ``\\q`` -> q, trailing lone backslash dropped."""
+def test_escapes_in_subject() -> None:
+    """RFC 3862 §2.3.1: known escapes, ``\\u00E9``, unknown ``\\q`` -> q, trailing lone backslash dropped."""
     msg = parse_headers("Subject: tab\\there \\u00E9 \\q end\\")
     assert msg.subject == "tab\there é q end"
     assert msg.headers[0].value == "tab\\there \\u00E9 \\q end\\"  # raw kept for echoing
 
 
-def test_tricky_4_quoted_formal_name_with_escaped_quote() -> None:
+def test_quoted_formal_name_with_escaped_quote() -> None:
     msg = parse_headers('From: "Dr \\"Who\\" \\\\ Co" <im:who@tardis.example>')
     assert msg.from_ == cpim.CpimAddress("im:who@tardis.example", 'Dr "Who" \\ Co')
     assert cpim.parse_address(str(msg.from_)) == msg.from_
 
 
-def test_tricky_4_surrogate_pair_escape_is_one_code_point() -> None:
+def test_surrogate_pair_escape_is_one_code_point() -> None:
     msg = parse_headers("Subject: \\uD83D\\uDE00!")
     assert msg.subject == "\U0001f600!"
 
 
 @pytest.mark.parametrize("value", ["\\uD83D", "\\uDE00x", "\\uD83Dx", "\\uD83D\\u0041"])
-def test_tricky_4_lone_surrogate_is_refused(value: str) -> None:
+def test_lone_surrogate_is_refused(value: str) -> None:
     with pytest.raises(CpimError, match="surrogate"):
         parse_headers(f"Subject: {value}")
 
 
 def test_escape_generator_rules() -> None:
-    """CPIM-40..44: short forms, \\uXXXX for other controls, quote escaping, nothing else."""
+    """RFC 3862 §2.3.1: short forms, \\uXXXX for other controls, quote escaping, nothing else."""
     assert cpim.escape("a\\b\bc\td\ne\rf") == "a\\\\b\\bc\\td\\ne\\rf"
     assert cpim.escape("\x00\x1f\x7f") == "\\u0000\\u001F\\u007F"
     assert cpim.escape('say "hi"', quote='"') == 'say \\"hi\\"'
     assert cpim.escape("it's", quote="'") == "it\\'s"
-    assert cpim.escape('é "x"') == 'é "x"'  # CPIM-44: no escape for non-ASCII or unquoted quotes
+    assert cpim.escape('é "x"') == 'é "x"'  # no escape for non-ASCII or unquoted quotes
     for text in ["plain", "tab\there", "\x01\x7f", "\\", "é\U0001f600", 'q":']:
         assert cpim.unescape(cpim.escape(text)) == text
 
 
-# -- item 5: default namespace switch ----------------------------------------------------
+# -- RFC 3862 §3.4, §4.6: default namespace switch --------------------------------------
 
 
-def test_tricky_5_default_namespace_switch() -> None:
-    """CPIM-53: after ``NS: <http://example/x>`` an unprefixed To is not the core To."""
+def test_default_namespace_switch() -> None:
+    """RFC 3862 §3.4: after ``NS: <http://example/x>`` an unprefixed To is not the core To."""
     msg = parse_headers("To: <im:first@b>", "NS: <http://example/x>", "To: <im:a@b>")
     assert [a.uri for a in msg.to] == ["im:first@b"]
     assert msg.value("http://example/x", "To") == "<im:a@b>"
 
 
-def test_tricky_5_switched_default_is_not_validated_as_core() -> None:
+def test_switched_default_is_not_validated_as_core() -> None:
     # "From" in another namespace is opaque: no address syntax is imposed on it.
     msg = parse_headers("NS: <urn:example:other>", "From: not an address")
     assert msg.from_ is None
     assert msg.value("urn:example:other", "From") == "not an address"
 
 
-# -- item 6: NS spacing ------------------------------------------------------------------
+# -- RFC 3862 §4.6: NS spacing --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("line", ["NS: imdn <urn:ietf:params:imdn>", "NS: imdn<urn:ietf:params:imdn>"])
-def test_tricky_6_ns_with_and_without_space(line: str) -> None:
-    """RFC 3862 §3.3 (NS) and a quirk seen from ZTE/Mavenir clients: both spellings bind the prefix."""
+def test_ns_with_and_without_space(line: str) -> None:
+    """RFC 3862 §4.6 (NS) and a quirk seen from ZTE/Mavenir clients: both spellings bind the prefix."""
     msg = parse_headers(line, "imdn.Message-ID: m1")
     assert msg.value(IMDN_NS, "Message-ID") == "m1"
     assert msg.to_bytes().startswith(line.encode() + b"\r\n")  # spelling preserved on output
 
 
-def test_tricky_6_builder_emits_the_spaced_form() -> None:
+def test_builder_emits_the_spaced_form() -> None:
     im = imdn.build_im(from_="im:a@example.com", to="im:b@example.com", body=b"x", now=0)
     assert im.get(CPIM_NS, "NS") is not None
     assert b"\r\nNS: imdn <urn:ietf:params:imdn>\r\n" in im.to_bytes()
 
 
-# -- item 7: blank-line boundaries, folding, binary content ----------------------------
+# -- RFC 3862 §2, §2.2, §2.4: blank-line boundaries, folding, binary content -------------
 
 
-def test_tricky_7_boundaries_folding_and_binary_body() -> None:
+def test_boundaries_folding_and_binary_body() -> None:
     body = bytes(range(256)) + b"\r\n\r\nFrom: <im:not@header>\r\n"
     data = (
         b"From: <im:a@example.com>\r\n\r\n"
@@ -183,7 +184,7 @@ def test_tricky_7_boundaries_folding_and_binary_body() -> None:
     assert msg.to_bytes() == data
 
 
-def test_tricky_7_cpim_headers_may_not_fold() -> None:
+def test_cpim_headers_may_not_fold() -> None:
     with pytest.raises(CpimError, match="folding"):
         cpim.parse(b"Subject: a\r\n b\r\n" + TAIL)
 
@@ -277,7 +278,7 @@ def test_outer_mime_only_when_asked() -> None:
 
 
 def test_require_resolved_with_the_bindings_in_force() -> None:
-    """CPIM-60/61: entries may name headers or pure feature tokens; prefixes resolve by URI."""
+    """RFC 3862 §3.5, §4.7: entries may name headers or pure feature tokens; prefixes resolve by URI."""
     msg = parse_headers(
         "Require: Early.Thing, Subject",
         "NS: Early <urn:example:e>",
@@ -307,7 +308,7 @@ def test_empty_header_value_and_trailing_space() -> None:
 
 
 def test_empty_message_header_block() -> None:
-    """CPIM-23: RFC 3862 sets no minimum header set."""
+    """RFC 3862 sets no minimum header set (§6: the application profile decides)."""
     data = b"\r\nContent-Type: text/plain\r\n\r\nbody"
     msg = cpim.parse(data)
     assert msg.headers == () and msg.body == b"body" and msg.from_ is None

@@ -102,10 +102,10 @@ def test_relay_mode_sends_each_at_once() -> None:
 @pytest.mark.parametrize(
     ("notification", "sender"),
     [
-        (note("sip:mallory@evil.test"), None),  # not a member (C2)
-        (note(MEMBERS[0], mid="other"), None),  # unknown Message-ID (C1)
-        (note(MEMBERS[0], "processing", "stored"), None),  # not requested (C3)
-        (note(MEMBERS[0], "delivery", "failed"), None),  # negative delivery not requested (C3)
+        (note("sip:mallory@evil.test"), None),  # not a member: a forged origin (RFC 5438 §14.1)
+        (note(MEMBERS[0], mid="other"), None),  # unknown Message-ID: no fan-out matches it
+        (note(MEMBERS[0], "processing", "stored"), None),  # processing was not requested
+        (note(MEMBERS[0], "delivery", "failed"), None),  # negative delivery was not requested
     ],
 )
 def test_refuses_what_does_not_belong(notification: Notification, sender: str | None) -> None:
@@ -189,7 +189,8 @@ def test_expiry_flushes_then_forgets() -> None:
     [ready] = drain(exploder)
     assert isinstance(ready, NotificationsReady)
     assert exploder.fanout_for("m1") is None
-    assert not exploder.notification_received(note(MEMBERS[1]), 100.5)  # late: dropped (IMDN-81)
+    # Late, after the fan-out's state expired: dropped (RFC 5438 §8.3).
+    assert not exploder.notification_received(note(MEMBERS[1]), 100.5)
     assert exploder.get_timer() is None
 
 

@@ -292,7 +292,7 @@ def test_dedup_entry_expires() -> None:
 # --- declines (RFC 5438 §7.2.1, §12.1.1, §14) --------------------------------------------------------
 
 
-def test_c4_never_notify_a_notification() -> None:
+def test_never_notify_a_notification() -> None:
     """RFC 5438 §7.2.1: loop guard."""
     tracker = make()
     assert receive(tracker, is_notification=True) == ()
@@ -326,7 +326,7 @@ def test_anonymous_cpim_from_with_real_sip_from_is_served() -> None:
     assert tracker.mark_displayed("m1", 2.0, sender=ANONYMOUS) is not None
 
 
-def test_c5_untrusted_route_is_not_honoured() -> None:
+def test_untrusted_route_is_not_honoured() -> None:
     """RFC 5438 §14.1: a forged IMDN-Record-Route must not turn us into a flood source."""
     tracker = make()
     receive(tracker, imdn_route=["sip:victim@target.example"])
@@ -339,8 +339,8 @@ def test_c5_untrusted_route_is_not_honoured() -> None:
 FULL_SORTED = ("display", "negative-delivery", "positive-delivery")
 
 
-def test_c5_trusted_route_is_followed_and_copied() -> None:
-    """§7.2.1: IMDN goes to the top IMDN-Route; IMDN-Route copies the IM's Record-Routes in order."""
+def test_trusted_route_is_followed_and_copied() -> None:
+    """RFC 5438 §7.2.1: IMDN goes to the top IMDN-Route; IMDN-Route copies the IM's Record-Routes in order."""
     route = ["sip:as1@example.net", "sip:as2@example.net"]
     tracker = make()
     receive(tracker, imdn_route=route, route_trusted=True)
@@ -350,7 +350,8 @@ def test_c5_trusted_route_is_followed_and_copied() -> None:
     assert n.sip_to == ALICE_SIP  # SIP To stays the IM's SIP From
 
 
-def test_c5_route_count_is_capped() -> None:
+def test_route_count_is_capped() -> None:
+    """An IMDN-Record-Route list longer than ``max_imdn_route`` is declined, even when trusted."""
     tracker = make(trust_imdn_route=True, max_imdn_route=1)
     receive(tracker, imdn_route=["sip:a@x", "sip:b@x"])
     assert declined(drain(tracker)) == [(FULL_SORTED, DeclineReason.ROUTE_TOO_LONG)]
@@ -358,7 +359,8 @@ def test_c5_route_count_is_capped() -> None:
     assert owed(drain(tracker))[0].request_uri == ALICE_SIP
 
 
-def test_c6_rate_limit_per_peer() -> None:
+def test_rate_limit_per_peer() -> None:
+    """RFC 5438 §14: at most ``rate_limit`` notifications per peer in a sliding window."""
     tracker = make(rate_limit=2, rate_window=60.0)
     for i in range(3):
         receive(tracker, message_id=f"m{i}", requested=("positive-delivery",))

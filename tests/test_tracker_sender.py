@@ -258,13 +258,14 @@ def rejected(tracker: DispositionTracker, kind: str, status: str, **kw: str | No
     return rejections(events)
 
 
-def test_c1_unknown_message_id() -> None:
+def test_unknown_message_id_changes_nothing() -> None:
     """RFC 5438 §7.1.2: a Message-ID we never sent is unsolicited (RFC 5438 §14.1): logged, not applied."""
     tracker = new_tracker()
     assert rejected(tracker, "delivery", "delivered", message_id="guess") == [RejectReason.UNKNOWN_MESSAGE]
 
 
-def test_c2_sender_not_a_recipient() -> None:
+def test_notification_from_a_non_recipient_is_refused() -> None:
+    """RFC 5438 §14.1: only a recipient of the message (by SIP or CPIM From) may report on it."""
     tracker = new_tracker()
     assert rejected(tracker, "delivery", "delivered", sender=MALLORY) == [RejectReason.NOT_A_RECIPIENT]
     assert rejected(
@@ -282,7 +283,7 @@ def test_c2_sender_not_a_recipient() -> None:
     ]
 
 
-def test_c2_any_one_sender_identity_suffices() -> None:
+def test_either_sender_identity_naming_the_recipient_suffices() -> None:
     """RFC 5438 §7: the SIP From or the CPIM From naming the recipient is enough (RCS clients put
     an anonymous CPIM From on a message whose SIP From is real)."""
     for kw in (
@@ -299,7 +300,7 @@ def test_c2_any_one_sender_identity_suffices() -> None:
         assert notify(tracker, "delivery", "delivered", **kw), kw
 
 
-def test_c2_the_xml_alone_names_nobody() -> None:
+def test_recipient_uris_in_the_xml_alone_prove_nothing() -> None:
     """RFC 5438 §14: the XML is only the sender's claim. A third party naming bob as the
     recipient (or original recipient) moves nothing, and a one-to-one message gains no member."""
     for kw in (
@@ -322,7 +323,8 @@ def test_c2_the_xml_alone_names_nobody() -> None:
     assert record is None or [r.uri for r in record.recipients] == [BOB]
 
 
-def test_c2_ports_compared_when_configured() -> None:
+def test_sender_ports_compared_when_configured() -> None:
+    """With ``compare_ports`` the notification's sender must match the recipient's port too."""
     tracker = new_tracker(compare_ports=True)
     assert rejected(tracker, "delivery", "delivered", sender=BOB_AOR) == [RejectReason.NOT_A_RECIPIENT]
     assert notify(tracker, "delivery", "delivered", sender="sip:bob@127.0.0.1:5070;transport=udp")
@@ -338,7 +340,7 @@ def test_c2_ports_compared_when_configured() -> None:
         (("positive-delivery", "display"), "processing", "processed"),
     ],
 )
-def test_c3_type_not_requested(requested: tuple[str, ...], kind: str, status: str) -> None:
+def test_type_not_requested_is_refused(requested: tuple[str, ...], kind: str, status: str) -> None:
     tracker = new_tracker(requested=requested)
     assert rejected(tracker, kind, status) == [RejectReason.NOT_REQUESTED]
 
@@ -346,14 +348,14 @@ def test_c3_type_not_requested(requested: tuple[str, ...], kind: str, status: st
 @pytest.mark.parametrize(
     ("requested", "status"), [(("positive-delivery",), "forbidden"), (("negative-delivery",), "error")]
 )
-def test_c3_forbidden_and_error_answer_either_delivery_request(
+def test_forbidden_and_error_answer_either_delivery_request(
     requested: tuple[str, ...], status: str
 ) -> None:
     tracker = new_tracker(requested=requested)
     assert notify(tracker, "delivery", status)
 
 
-def test_c3_second_notification_of_a_type_is_a_duplicate() -> None:
+def test_second_notification_of_a_type_is_a_duplicate() -> None:
     """RFC 5438 §7.2: at most one per type; a delivered then failed is not honoured."""
     tracker = new_tracker(recipients=(BOB, CAROL))
     assert notify(tracker, "delivery", "delivered", 1.0)
@@ -363,7 +365,8 @@ def test_c3_second_notification_of_a_type_is_a_duplicate() -> None:
     assert rejected(tracker, "delivery", "delivered") == [RejectReason.DUPLICATE]
 
 
-def test_c3_replayed_notification_id_is_a_duplicate() -> None:
+def test_replayed_notification_id_is_a_duplicate() -> None:
+    """A notification whose own Message-ID was already applied is a replay: refused as a duplicate."""
     tracker = new_tracker(recipients=(BOB, CAROL))
     assert notify(tracker, "delivery", "delivered", 1.0, notification_id="n1")
     drain(tracker)

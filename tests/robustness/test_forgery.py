@@ -1,6 +1,6 @@
 """Forged and abusive IMDN traffic against a UserAgent (RFC 5438 §14 and the checks it calls for).
 
-Never leaking undisclosed list members (RFC 5438 §8.2) is a duty of an IMDN intermediary (a list
+Never leaking undisclosed list members (RFC 5438 §8, §14.2) is a duty of an IMDN intermediary (a list
 server): it is tested with sipimdn.intermediary's exploder in tests/test_group_list_loopback.py
 and tests/test_intermediary_service.py.
 
@@ -168,7 +168,8 @@ async def scene(notify: Iterable[str] = ("positive-delivery",),
 # -- sender side: RFC 5438 §7.1.2, §14.1, §14.3 ----------------------------------------------------
 
 
-async def test_c1_unknown_message_id_changes_nothing() -> None:
+async def test_unknown_message_id_changes_nothing() -> None:
+    """RFC 5438 §7.1.2, §14.1: an IMDN for a Message-ID alice never sent is unsolicited."""
     async with scene() as s:
         await s.forge(s.bob, imdn_cpim(cpim_from=s.bob.uri, to=s.alice.aor, message_id=imdn.new_message_id(),
                                        recipient_uri=s.bob.uri))
@@ -182,7 +183,8 @@ async def test_c1_unknown_message_id_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize("recipient", ["mallory", None])
-async def test_c2_notification_from_the_wrong_party_changes_nothing(recipient: str | None) -> None:
+async def test_notification_from_the_wrong_party_changes_nothing(recipient: str | None) -> None:
+    """RFC 5438 §14.1: a party the message was not sent to cannot report on it."""
     async with scene() as s:
         recipient_uri = s.mallory.uri if recipient else None
         await s.forge(s.mallory, imdn_cpim(cpim_from=s.mallory.uri, to=s.alice.aor, message_id=s.message_id,
@@ -192,7 +194,7 @@ async def test_c2_notification_from_the_wrong_party_changes_nothing(recipient: s
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
 
 
-async def test_c2_forged_list_members_and_third_party_reports_change_nothing() -> None:
+async def test_forged_list_members_and_third_party_reports_change_nothing() -> None:
     """RFC 5438 §7, §14: the XML names whom a notification is about, but only its sender's
     identity counts. mallory claiming to report for members reached through bob (the forged-member
     attack), or naming bob himself, neither adds members to a one-to-one message nor moves bob."""
@@ -218,8 +220,9 @@ async def test_c2_forged_list_members_and_third_party_reports_change_nothing() -
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
 
 
-async def test_c3_kind_not_requested_changes_nothing() -> None:
-    """Only positive-delivery was asked: a display or a negative (failed) report is refused."""
+async def test_kind_not_requested_changes_nothing() -> None:
+    """Only positive-delivery was asked (RFC 5438 §7.1.1): a display or a negative (failed) report
+    is refused."""
     async with scene(notify=("positive-delivery",)) as s:
         await s.forge(s.bob, imdn_cpim(cpim_from=s.bob.uri, to=s.alice.aor, message_id=s.message_id,
                                        kind="display", status="displayed", recipient_uri=s.bob.uri))
@@ -230,7 +233,8 @@ async def test_c3_kind_not_requested_changes_nothing() -> None:
         assert s.handle.state is S.ACCEPTED
 
 
-async def test_c3_replay_and_second_report_of_a_kind_change_nothing() -> None:
+async def test_replay_and_second_report_of_a_kind_change_nothing() -> None:
+    """A replayed IMDN and a second report of one kind are duplicates (RFC 5438 §7.2: one per type)."""
     async with scene(notify=("positive-delivery", "display")) as s:
         first = imdn_cpim(cpim_from=s.bob.uri, to=s.alice.aor, message_id=s.message_id,
                           recipient_uri=s.bob.uri)
@@ -267,7 +271,8 @@ async def test_status_not_of_its_kind_changes_nothing() -> None:
         assert s.events.rejections() == []
 
 
-async def test_c8_hostile_xml_changes_nothing_and_the_agent_keeps_working() -> None:
+async def test_hostile_xml_changes_nothing_and_the_agent_keeps_working() -> None:
+    """An entity-expansion bomb in the IMDN is answered 4xx within two seconds and changes nothing."""
     async with scene() as s:
         def ref(i: int) -> str:
             return "&a" + (str(i) if i else "") + ";"
@@ -289,8 +294,9 @@ async def test_c8_hostile_xml_changes_nothing_and_the_agent_keeps_working() -> N
         assert await s.handle.await_disposition("delivered", timeout=3) is S.DELIVERED
 
 
-async def test_c10_a_lost_notification_is_never_guessed() -> None:
-    """No IMDN ever comes: the state stays ACCEPTED, then EXPIRES; nothing is inferred."""
+async def test_a_lost_notification_is_never_guessed() -> None:
+    """No IMDN ever comes: the state stays ACCEPTED, then EXPIRES; nothing is inferred (RFC 5438
+    §14.3: IMDNs can be lost, they are no certified delivery)."""
     async with scene(state_expiry=1.0) as s:
         assert await s.handle.await_disposition("expired", timeout=5) is S.EXPIRED
         assert s.events.changes(s.message_id) == [S.ACCEPTED, S.EXPIRED]
@@ -347,7 +353,8 @@ async def test_control_bob_answers_a_plain_request() -> None:
         assert imdn.is_imdn(mallory.cpim_messages()[0])
 
 
-async def test_c4_an_imdn_asking_for_an_imdn_gets_none() -> None:
+async def test_an_imdn_asking_for_an_imdn_gets_none() -> None:
+    """RFC 5438 §7.2.1: no IMDN is ever sent for an IMDN (loop guard)."""
     async with peer("mallory") as mallory, bob_agent() as inbox:
         loop = imdn_cpim(cpim_from=mallory.uri, to=inbox.bob.aor, message_id=imdn.new_message_id())
         looped = cpim.build_message([*((h.name, h.value) for h in loop.headers),
@@ -366,7 +373,8 @@ async def test_c4_an_imdn_asking_for_an_imdn_gets_none() -> None:
         assert [m.text for m in inbox.received] == ["hello"]  # the looped one is not an IM either
 
 
-async def test_c5_imdn_record_route_is_not_honoured_by_default() -> None:
+async def test_imdn_record_route_is_not_honoured_by_default() -> None:
+    """RFC 5438 §14.1: a forged IMDN-Record-Route would aim our IMDNs at a third party."""
     async with peer("mallory") as mallory, peer("victim") as victim, bob_agent() as inbox:
         route = [("imdn.IMDN-Record-Route", f"<{victim.uri}>")]
         assert await mallory.send(inbox.bob.aor, im(mallory, inbox.bob.aor, extra=route)) == 200
@@ -376,7 +384,8 @@ async def test_c5_imdn_record_route_is_not_honoured_by_default() -> None:
         assert "route-untrusted" in declines(inbox)
 
 
-async def test_c5_route_length_is_capped_when_trusted() -> None:
+async def test_route_length_is_capped_when_trusted() -> None:
+    """Even from a trusted path, an IMDN-Record-Route list longer than the cap is declined."""
     async with peer("mallory") as mallory, peer("victim") as victim, \
             bob_agent(trust_imdn_route=True) as inbox:
         route = [("imdn.IMDN-Record-Route", f"<sip:hop{i}@127.0.0.1:9>") for i in range(40)]
@@ -387,7 +396,8 @@ async def test_c5_route_length_is_capped_when_trusted() -> None:
         assert victim.seen == []
 
 
-async def test_c6_imdn_generation_is_rate_limited_per_peer() -> None:
+async def test_imdn_generation_is_rate_limited_per_peer() -> None:
+    """RFC 5438 §14: IMDN generation is bounded per peer, so we are no reflector."""
     async with peer("mallory") as mallory, bob_agent(imdn_rate_limit=3, imdn_rate_window=60.0) as inbox:
         statuses = [await mallory.send(inbox.bob.aor, im(mallory, inbox.bob.aor)) for _ in range(8)]
         assert statuses == [200] * 8  # every IM is still received
@@ -399,7 +409,8 @@ async def test_c6_imdn_generation_is_rate_limited_per_peer() -> None:
 
 
 @pytest.mark.parametrize("privacy", [DisplayPrivacy.FORBIDDEN, DisplayPrivacy.SILENT])
-async def test_c7_display_status_stays_private(privacy: DisplayPrivacy) -> None:
+async def test_display_status_stays_private(privacy: DisplayPrivacy) -> None:
+    """RFC 5438 §14.2: with privacy on, a display request gets ``forbidden`` or nothing."""
     async with peer("mallory") as mallory, bob_agent(display_privacy=privacy) as inbox:
         assert await mallory.send(inbox.bob.aor, im(mallory, inbox.bob.aor, notify="display")) == 200
         assert await settle(lambda: len(inbox.received) == 1, 3)
