@@ -1,4 +1,4 @@
-"""Hypothesis properties of the codecs (issue 4 proof): build -> parse is identity for CPIM
+"""Hypothesis properties of the codecs: build -> parse is identity for CPIM
 messages and IMDN documents; any bytes either parse or raise the codec's own error type."""
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ urns = st.builds(lambda s: f"urn:example:{s}", st.from_regex(r"[a-z0-9]{1,8}", f
 def test_headers_resolve_by_uri_whatever_the_prefix(
     bindings: list[tuple[str, str]], name: str, stranger: str
 ) -> None:
-    """CPIM-51/52, IMDN-02: access by (URI, name) finds each header under the binding in force."""
+    """RFC 3862 §3.4, RFC 5438 §6.1: access by (URI, name) finds each header under the binding in force."""
     lines = []
     expected: dict[str, list[str]] = {}
     current: dict[str, str] = {}

@@ -1,5 +1,5 @@
 """The RFC 3862 and RFC 5438 examples, at the CPIM level: they parse to the values the RFCs
-state, serialise back octet for octet (CPIM-22), and rebuild to an equivalent message.
+state, serialise back octet for octet (RFC 3862 §2.2, §6), and rebuild to an equivalent message.
 
 Data files in tests/data/cpim/ are the examples as printed, including the outer
 ``Content-type: Message/CPIM`` line (how RFC 3862 §6 prints its examples), hence ``outer_mime=True``.
@@ -28,7 +28,7 @@ def load(name: str) -> cpim.CpimMessage:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.cpim")))
 def test_examples_serialise_back_octet_for_octet(name: str) -> None:
-    """CPIM-22: headers are never reformatted or reordered; content is untouched."""
+    """RFC 3862 §2.2, §6: headers are never reformatted or reordered; content is untouched."""
     data = (DATA / name).read_bytes()
     assert load(name).to_bytes() == data[len(OUTER) :]
 
@@ -110,7 +110,7 @@ def test_rfc5438_7_1_1_im_values() -> None:
     # "Content-length: 12" is kept but never used for framing (the enclosing protocol frames CPIM).
     assert msg.mime_header("Content-Length") == "12"
     assert msg.body == b"Hello World\r\n"
-    assert imdn.recognise(msg) is None  # an IM, not an IMDN (IMDN-50)
+    assert imdn.recognise(msg) is None  # an IM, not an IMDN (RFC 5438 §9)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 Aggregated (one multipart/mixed IMDN per batch, RFC 5438 §8.3) and relayed
 (one IMDN per member) modes; the members are told apart by
 ``<recipient-uri>`` while ``<original-recipient-uri>`` names the list. A
-private list strips member identities (C9).
+private list strips member identities (RFC 5438 §8, §14.2).
 """
 
 from __future__ import annotations
@@ -293,7 +293,8 @@ async def test_list_hiding_its_size_sends_one_imdn() -> None:
     async with scene(aggregate=True, hide_count=True) as s:
         sent = await s.alice.send_message(LIST, "how many are we?", notify=["positive-delivery", "display"])
         assert (await asyncio.wait_for(sent.final_response(), 5)).status_code == 202
-        # Each member answered its copy (marking displayed needs the answer first, IMDN-38).
+        # Each member answered its copy (marking displayed needs the answer first,
+        # RFC 5438 §7.2.1.2).
         await s.seen.wait_for(lambda: len([e for e in s.seen.of(MessageForwarded) if e.message.group]) == 3)
         for member in s.members[:2]:
             assert await member.ua.mark_displayed(member.inbox[0].message_id or "")

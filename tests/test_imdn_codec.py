@@ -1,4 +1,4 @@
-"""Whole IMs and IMDNs (RFC 5438 §7, §9; issue 4 item 4): build_im, build_imdn in one call,
+"""Whole IMs and IMDNs (RFC 5438 §7, §9): build_im, build_imdn in one call,
 build_imdn_message from tracker fields, imdn_destination, recognise and is_imdn."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def received_im(*extra: str, to: tuple[str, ...] = ("Bob <im:bob@example.com>",)
 
 
 def test_build_im_headers_in_rfc_order() -> None:
-    """RFC 5438 §7.1.1 (IMDN-10, -11, -14): From, To, NS, Message-ID, DateTime, Subject, request."""
+    """RFC 5438 §7.1.1: From, To, NS, Message-ID, DateTime, Subject, request."""
     im = imdn.build_im(
         from_=cpim.CpimAddress("im:alice@example.com", "Alice"),
         to=["im:bob@example.com", cpim.CpimAddress("im:carol@example.com", "Carol C")],
@@ -161,7 +161,7 @@ def test_build_imdn_privacy_and_subject_options() -> None:
     hidden = imdn.parse_notification(
         imdn.build_imdn(im, kind="delivery", status="delivered", now=NOW, include_recipient=False).body
     )
-    assert hidden.recipient_uri is None and hidden.original_recipient_uri is None  # IMDN-65
+    assert hidden.recipient_uri is None and hidden.original_recipient_uri is None  # RFC 5438 §14.2
     with_subject = imdn.parse_notification(
         imdn.build_imdn(im, kind="delivery", status="delivered", now=NOW, include_subject=True).body
     )
@@ -171,7 +171,7 @@ def test_build_imdn_privacy_and_subject_options() -> None:
 def test_build_imdn_refusals() -> None:
     im = received_im()
     report = imdn.build_imdn(im, kind="delivery", status="delivered", now=NOW)
-    with pytest.raises(LocalProtocolError, match="for an IMDN"):  # IMDN-53, C4
+    with pytest.raises(LocalProtocolError, match="for an IMDN"):  # RFC 5438 §7.2.1
         imdn.build_imdn(report, kind="delivery", status="delivered", now=NOW)
     with pytest.raises(LocalProtocolError, match="not allowed"):
         imdn.build_imdn(im, kind="display", status="delivered", now=NOW)
@@ -252,7 +252,7 @@ def test_recognise_without_disposition_marker() -> None:
 
 
 def test_recognise_instant_messages() -> None:
-    """IMDN-50: no imdn+xml part means an IM."""
+    """RFC 5438 §9: no imdn+xml part means an IM."""
     assert imdn.recognise(received_im()) is None
     assert not imdn.is_imdn(received_im())
     text_parts = (
@@ -264,7 +264,7 @@ def test_recognise_instant_messages() -> None:
 
 
 def test_recognise_refuses_im_and_imdn_mixed() -> None:
-    """IMDN-52: an IM and an IMDN in one multipart body is invalid."""
+    """RFC 5438 §9: an IM and an IMDN in one multipart body is invalid."""
     body = (
         b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: message/imdn+xml\r\n\r\n" + XML
     )
@@ -275,7 +275,7 @@ def test_recognise_refuses_im_and_imdn_mixed() -> None:
 
 
 def test_recognise_ignores_disposition_request_inside_an_imdn() -> None:
-    """IMDN-53: a Disposition-Notification in an IMDN is ignored (and never answered)."""
+    """RFC 5438 §7.2.1: a Disposition-Notification in an IMDN is ignored (and never answered)."""
     head = (
         "From: <im:b@x>\r\nTo: <im:a@x>\r\nNS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: n\r\n"
         "imdn.Disposition-Notification: display\r\n\r\n"
@@ -302,7 +302,7 @@ def test_recognise_inflates_deflate_content_encoding() -> None:
 
 
 def test_recognise_undoes_content_transfer_encoding() -> None:
-    """RFC 3862 §2.4 / CPIM-82: the encapsulated entity may carry a Content-Transfer-Encoding."""
+    """RFC 3862 §2.4: the encapsulated entity may carry a Content-Transfer-Encoding."""
     b64 = base64.encodebytes(XML)  # 76-column lines, as MIME writes them
     msg = wrap("Content-Type: message/imdn+xml\r\nContent-Transfer-Encoding: base64\r\n", b64)
     assert msg.decoded_body() == XML

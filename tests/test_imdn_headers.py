@@ -32,7 +32,7 @@ def message(*lines: str, prefix: str = "imdn") -> cpim.CpimMessage:
         ("positive-delivery,display", ["positive-delivery", "display"]),  # seen from real peers
         ("processing  ,  display", ["processing", "display"]),  # COMMA = *SP "," *SP
         ("display", ["display"]),
-        ("", []),  # IMDN-17: empty means nothing requested
+        ("", []),  # the RFC 5438 §10 grammar allows an empty value: nothing requested
         ("   ", []),
     ],
 )
@@ -41,7 +41,7 @@ def test_disposition_notification_values(value: str, tokens: list[str]) -> None:
 
 
 def test_unknown_tokens_and_parameters_are_kept() -> None:
-    """RFC 5438 §10 notify-req = (... / Token) *(SEMI Ext-param); IMDN-30 ignores unknown values."""
+    """RFC 5438 §10 notify-req = (... / Token) *(SEMI Ext-param); §7.2: unknown values are ignored."""
     reqs = imdn.parse_disposition_notification('display ; x=1;y="a b", x-custom;ttl=30, positive-delivery')
     assert reqs == (
         imdn.NotifyRequest("display", (("x", "1"), ("y", '"a b"'))),
@@ -74,7 +74,7 @@ def test_format_refuses_bad_values() -> None:
 
 
 def test_typed_access_with_any_prefix() -> None:
-    """IMDN-02: every IMDN header found by URN under an unusual prefix."""
+    """RFC 5438 §6.1: every IMDN header found by URN under an unusual prefix."""
     msg = message(
         "z.Message-ID: Ab-_09",
         "z.Disposition-Notification: negative-delivery",
@@ -133,7 +133,7 @@ def test_refusals(lines: list[str], reason: str) -> None:
 
 
 def test_message_id_generator() -> None:
-    """IMDN-12/13, issue 4 item 2: >= 128 bits from secrets, URL-safe, a valid CPIM Token."""
+    """RFC 5438 §6.3: >= 128 bits from secrets, URL-safe, a valid CPIM Token."""
     ids = {imdn.new_message_id() for _ in range(2000)}
     assert len(ids) == 2000
     for mid in list(ids)[:200]:

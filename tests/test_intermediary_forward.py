@@ -101,7 +101,7 @@ def test_unreachable_then_registered_stored_once_then_forwarded_never_delivered(
     assert core.recipient_reachable(BOB, 60.0) == 0  # already in flight
     core.forward_outcome(key, 200, 61.0)
     events = drain(core)
-    assert notes(events) == []  # no second processing notification (IMDN-66), never "delivered"
+    assert notes(events) == []  # no second processing notification (RFC 5438 §8.1), never "delivered"
     assert [type(e) for e in events] == [MessageForwarded]
     assert core.held() == ()
     assert isinstance(core.writes_to_apply()[-1], DropParked)

@@ -138,7 +138,7 @@ async def test_late_notification_for_a_private_list_is_dropped() -> None:
         response = await send(peer, server, server.uri, body=envelope.to_bytes(), content_type="message/cpim")
         assert response.status_code == 200
         await asyncio.sleep(0.2)
-        assert peer.requests == []  # never relayed: it would name a member (C9)
+        assert peer.requests == []  # never relayed: it would name a member (RFC 5438 §14.2)
         assert not server.forwarder.held()
         assert seen.routed("refused")
 
@@ -280,7 +280,7 @@ async def test_a_resent_message_is_held_and_exploded_once() -> None:
             await asyncio.sleep(0.2)
             assert len(member.requests) == 1
             stored = [r for r in peer.requests if b"<stored/>" in r.body]
-            assert len(stored) == 1  # one processing notification (IMDN-66)
+            assert len(stored) == 1  # one processing notification (RFC 5438 §8.1)
 
 
 async def test_register_only_for_our_domains_and_malformed_refused() -> None:

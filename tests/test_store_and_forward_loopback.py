@@ -187,7 +187,7 @@ async def test_restart_between_store_and_forward_loses_nothing(tmp_path: Path) -
                 assert inbox.messages[0].body == b"survive a restart"
                 await sent.await_disposition(DispositionState.DELIVERED, timeout=5)
             assert not second.forwarder.held()
-        # Only one processing notification ever (IMDN-66), even across the restart.
+        # Only one processing notification ever (RFC 5438 §8.1), even across the restart.
         assert len(accepted(alice_events, "processing")) == 1
 
 

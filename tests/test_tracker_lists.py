@@ -1,8 +1,9 @@
 """Messages sent to a URI list: every member's notification is applied until the deadline.
 
-The sender never learns how many members a list has (RFC 5438 §7.1.4, IMDN-21), so the first
+The sender never learns how many members a list has (RFC 5438 §7.1.4), so the first
 member's notification must not end tracking; the others (parts 2..n of an aggregated IMDN, or
-later relayed ones) are applied each to its own member entry, still under C1..C3.
+later relayed ones) are applied each to its own member entry, each checked as any notification
+is (a Message-ID we sent, a sender we may hear from, a type we requested).
 Rules are those of RFC 5438 §7.1.2 and §7.1.4.
 """
 
@@ -87,7 +88,7 @@ def states(tracker: DispositionTracker) -> dict[str, tuple[S, str | None]]:
 def test_aggregated_imdn_with_three_parts_positive_delivery_only() -> None:
     """Parts 2 and 3 used to be rejected as unknown-message once part 1 settled the list entry."""
     tracker = sent_to_list()
-    assert tracker.response_received("m1", 202, 1.0)  # the list server relays (IMDN-93)
+    assert tracker.response_received("m1", 202, 1.0)  # the list server relays (RFC 3428 §7)
     drain(tracker)
     list_key = identity_key(LIST)
     # The UA applies the parts of one aggregated IMDN one after another, sharing its Message-ID
@@ -111,7 +112,7 @@ def test_aggregated_imdn_with_three_parts_positive_delivery_only() -> None:
     for index, member in enumerate(MEMBERS):
         assert not member_part(tracker, member, now=3.0, notification_id=f"agg1#{index}")
     assert [r for r, _ in rejections(drain(tracker))] == [RejectReason.DUPLICATE] * 3
-    # A member relayed later, on its own, still counts (IMDN-21: be ready for several).
+    # A member relayed later, on its own, still counts (RFC 5438 §7.1.4: be ready for several).
     assert member_part(tracker, "sip:erin@example.org", now=600.0, sender="sip:erin@example.org")
     assert changes(drain(tracker)) == [("sip:erin@example.org", S.ACCEPTED, S.DELIVERED)]
     # The deadline ends it; delivered entries stay delivered.
@@ -130,7 +131,7 @@ def test_aggregated_imdn_with_three_parts_positive_delivery_only() -> None:
     ]
     assert tracker.sent("m1") is None
     assert not member_part(tracker, "sip:frank@example.org", now=TTL + 1)
-    assert [r for r, _ in rejections(drain(tracker))] == [RejectReason.UNKNOWN_MESSAGE]  # IMDN-81
+    assert [r for r, _ in rejections(drain(tracker))] == [RejectReason.UNKNOWN_MESSAGE]  # RFC 5438 §7.1.3
 
 
 def test_members_before_the_202_keep_the_record_open() -> None:
@@ -146,7 +147,7 @@ def test_members_before_the_202_keep_the_record_open() -> None:
 
 
 def test_list_failing_at_sip_level_still_ends_tracking() -> None:
-    """After a non-2xx final answer no member can report (IMDN-37): nothing is held open."""
+    """After a non-2xx final answer no member can report (RFC 5438 §7.2.1.1): nothing is held open."""
     tracker = sent_to_list()
     assert member_part(tracker, MEMBERS[0], now=0.5)
     drain(tracker)
@@ -156,7 +157,7 @@ def test_list_failing_at_sip_level_still_ends_tracking() -> None:
     assert tracker.sent("m1") is None
 
 
-# --- each member is checked on its own (C1..C3, IMDN-32) -------------------------------------------
+# --- each member is checked on its own (RFC 5438 §7.1.2, §7.2, §14.1) ------------------------------
 
 
 def test_each_member_has_its_own_monotonic_state_and_one_per_type() -> None:
@@ -166,7 +167,7 @@ def test_each_member_has_its_own_monotonic_state_and_one_per_type() -> None:
     assert member_part(tracker, MEMBERS[1], "failed")
     assert member_part(tracker, MEMBERS[0], kind="display", status="displayed", now=3.0)
     drain(tracker)
-    # IMDN-32: a second delivery notification for one member is refused, the other is untouched.
+    # RFC 5438 §7.2: a second delivery notification for one member is refused, the other is untouched.
     assert not member_part(tracker, MEMBERS[0], "failed", now=4.0)
     assert not member_part(tracker, MEMBERS[1], now=4.0)
     events = drain(tracker)
@@ -183,7 +184,7 @@ def test_each_member_has_its_own_monotonic_state_and_one_per_type() -> None:
 
 
 def test_member_notification_of_a_type_not_requested_is_refused() -> None:
-    """C3 for members: only positive delivery was asked for."""
+    """A type not requested is refused for members too: only positive delivery was asked for."""
     tracker = sent_to_list()
     tracker.response_received("m1", 202, 1.0)
     assert member_part(tracker, MEMBERS[0])
@@ -196,7 +197,7 @@ def test_member_notification_of_a_type_not_requested_is_refused() -> None:
 
 
 def test_member_must_be_reached_through_a_recipient_we_addressed() -> None:
-    """C2: original-recipient-uri must name the list we sent to, not a stranger nor a member."""
+    """RFC 5438 §14.1: original-recipient-uri must name the list we sent to, not a stranger nor a member."""
     tracker = sent_to_list()
     tracker.response_received("m1", 202, 1.0)
     assert member_part(tracker, MEMBERS[0])
@@ -284,7 +285,7 @@ def test_members_learnt_survive_a_restart_and_keep_the_record_open() -> None:
     store.apply(tracker.writes_to_apply())
     tracker = DispositionTracker(tracker.config, snapshot=store.load(5.0), now=5.0)
     assert member_part(tracker, MEMBERS[1], now=6.0)
-    assert not member_part(tracker, MEMBERS[0], now=6.0)  # IMDN-32 across the restart
+    assert not member_part(tracker, MEMBERS[0], now=6.0)  # one per type (RFC 5438 §7.2), across the restart
     drain(tracker)
     assert tracker.sent("m1") is not None
 
@@ -384,7 +385,7 @@ def test_member_invariants(
             continue
         assert len(record.recipients) <= cap
         members = [entry for entry in record.recipients if entry.via is not None]
-        # Members only ever come through the list we addressed (C2).
+        # Members only ever come through the list we addressed (RFC 5438 §14.1).
         assert all(entry.via == list_key for entry in members)
         assert all(identity_key(entry.uri) != list_key for entry in members)
         for entry in record.recipients:

@@ -136,7 +136,8 @@ def test_states_never_move_back_and_unverified_never_applies(
                 assert {m: tracker.sent(m) for m in ("m1", "m2")} == before
                 assert not any(isinstance(e, (DispositionChanged, NotificationAccepted)) for e in events)
             else:
-                # Applied only if C1 (known id), C2 (a recipient's identity) and C3 (requested) hold.
+                # Applied only if the Message-ID is one we sent (RFC 5438 §7.1.2), the sender is a
+                # recipient (§14.1) and the type was requested (§7.1.1).
                 assert step.message_id in ("m1", "m2") and verified
                 assert step.status in ALLOWED_STATUSES[step.kind]
                 token = {"display": "display", "processing": "processing"}.get(step.kind)
@@ -158,7 +159,7 @@ def test_states_never_move_back_and_unverified_never_applies(
             if record is None:
                 continue
             for entry in record.recipients:
-                # Per type at most one notification is ever recorded (IMDN-32): fields are set once.
+                # Per type at most one notification is ever recorded (RFC 5438 §7.2): fields are set once.
                 recorded = last.get((message_id, entry.uri), DispositionState.PENDING)
                 assert DispositionState(entry.state) == recorded
 
@@ -212,7 +213,7 @@ def test_receiver_store_mirror_and_at_most_one_per_type(steps: list[tuple[Any, .
         for event in drain(tracker):
             if isinstance(event, NotificationOwed):
                 n = event.notification
-                # One notification per type per message: retries reuse the same id (IMDN-32).
+                # One notification per type per message: retries reuse the same id (RFC 5438 §7.2).
                 assert handed_out.setdefault((n.message_id, n.kind), n.notification_id) == n.notification_id
                 in_flight.append(n.notification_id)
         snapshot, live = store.load(now), tracker.snapshot()

@@ -78,7 +78,8 @@ def test_awaited_notification_still_correlates_after_restart(tmp_path: Path) -> 
     tracker, store = restart(db, 200.0)
     record = tracker.sent("m1")
     assert record is not None and record.recipients[0].delivery == "delivered"
-    # The forged copy is still refused after a restart (C2) and a duplicate still a duplicate (C3).
+    # After a restart a report from a non-recipient is still refused (RFC 5438 §14.1) and a
+    # second report of one type still a duplicate (RFC 5438 §7.2).
     assert not tracker.notification_received(
         message_id="m1", kind="display", status="displayed", now=201.0, sender="sip:mallory@x"
     )

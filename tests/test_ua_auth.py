@@ -81,7 +81,7 @@ async def test_wrong_password_is_tried_once_then_authentication_failed(
             handle = await alice.send_message("sip:bob@example.invalid", "hi")
             with pytest.raises(AuthenticationFailed, match=r"rejected \(final 407\)"):
                 await asyncio.wait_for(handle.final_response(), 5)
-            assert len(proxy.requests) == 2  # never resend rejected credentials (SIP-93)
+            assert len(proxy.requests) == 2  # never resend rejected credentials (RFC 3261 §22.2)
             await asyncio.wait_for(handle.await_disposition("failed", timeout=5), 6)
             assert str(handle.state) == "failed"
             # The next message tries once more (the password may have been fixed server-side),

@@ -180,7 +180,8 @@ async def test_imdn_record_route(trusted: bool) -> None:
         assert str(imdn.uri) == target.aor
         assert str(imdn.to.uri) == carol.aor  # SIP To is always the IM's SIP From
         routes = [r.uri for r in imdn_headers(parse_cpim(imdn.body)).routes]
-        # Honoured: IMDN-Route copies the record-route (§7.2.1); ignored (C5): the IMDN
+        # Honoured: IMDN-Route copies the record-route (RFC 5438 §7.2.1); ignored (an untrusted
+        # route is not followed, RFC 5438 §14.1): the IMDN
         # goes straight to the sender and names no route.
         assert routes == ([relay.aor] if trusted else [])
         other = carol if trusted else relay

@@ -245,9 +245,9 @@ async def test_forged_imdns_change_nothing() -> None:
             dest = (alice.endpoints[0].host, alice.endpoints[0].port)
             mallory = f"sip:mallory@{raw.address[0]}:{raw.address[1]}"
             forged = [
-                # the right Message-ID from the wrong sender (C2)
+                # the right Message-ID from the wrong sender (RFC 5438 §14.1)
                 (handle.message_id, mallory, mallory),
-                # the right sender, but a Message-ID we never sent (C1)
+                # the right sender, but a Message-ID we never sent (RFC 5438 §7.1.2)
                 ("never-sent", bob.aor, bob.aor),
             ]
             for message_id, sip_from, recipient in forged:

@@ -96,7 +96,7 @@ def test_decode_cpim_imdn_and_bare_imdn() -> None:
     assert inbound.notification.message_id == "m-123"
     assert str(inbound.notification.status) == "delivered"
     assert inbound.message_id == "n-1"
-    assert inbound.notify == frozenset()  # never a request in an IMDN (IMDN-53)
+    assert inbound.notify == frozenset()  # never a request in an IMDN (RFC 5438 §7.2.1)
     xml = build_notification(
         message_id="m-9", datetime="2024-01-01T00:00:00Z", kind="display", status="displayed"
     )
