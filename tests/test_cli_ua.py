@@ -291,7 +291,7 @@ def test_send_text_output_is_readable() -> None:
 
 
 def test_send_with_a_portless_aor_gets_its_notifications_back() -> None:
-    # The issue's own example: --aor without a port, an ephemeral listen port.
+    # The everyday invocation: --aor without a port, an ephemeral listen port.
     with listener("--auto-display", "0.1") as (proc, listening):
         result = _send(listening["aor"], "--notify", "positive-delivery,display", aor="sip:alice@127.0.0.1")
         assert result.returncode == 0, result.stdout + result.stderr

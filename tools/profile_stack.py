@@ -11,7 +11,7 @@
 
 ``serve`` runs one responder in this process: ``stack`` is a bare ``SipStack`` whose synchronous
 handler answers every request 200; ``floor`` is a raw asyncio responder that copies the
-Via/From/To/Call-ID/CSeq lines into a 200 with no SIP library (the Python floor of issue 9);
+Via/From/To/Call-ID/CSeq lines into a 200 with no SIP library (the floor any Python responder pays);
 ``ua`` is a ``UserAgent`` (default SQLite ``:memory:`` store) whose async ``on_message`` handler
 does nothing, fed CPIM messages that request no notification (bench/run.py's receive part);
 ``ua-pd`` is the same UserAgent fed messages that request positive-delivery, each from its own

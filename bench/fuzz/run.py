@@ -1,4 +1,4 @@
-"""Long fuzz runs of every peer-data parser (issue 10 item 1); a bench, not a test.
+"""Long fuzz runs of every peer-data parser; a bench, not a test.
 
     python bench/fuzz/run.py                       # atheris if installed, 1,000,000 inputs per parser
     python bench/fuzz/run.py --engine mutate --runs 200000 --targets sip,uri

@@ -172,7 +172,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def targets(results: dict[str, Any]) -> list[list[str]]:
-    """The issue's targets: measured value, the bound, and met / missed by how much."""
+    """The performance targets: measured value, the bound, and met / missed by how much."""
     rows: list[list[str]] = []
     receive = results.get("receive", {})
     pd = results.get("positive-delivery", {})

@@ -1,4 +1,4 @@
-"""baresip (text/plain only) against sipimdn's UserAgent (issue 7, item 4).
+"""baresip (text/plain only) against sipimdn's UserAgent.
 
 - sipimdn -> baresip with CPIM on: baresip answers 415 (Accept: text/plain); sipimdn
   retries once as text/plain by itself, gets 200, and remembers: the next message to baresip

@@ -1,4 +1,4 @@
-"""SIPp against sipimdn's SipStack (issue 7, SIPp part, transaction and transport level).
+"""SIPp against sipimdn's SipStack, at transaction and transport level.
 
 The stack runs in this process with a handler that answers every MESSAGE 200 and records
 what it was handed. SIPp sends over UDP and TCP, also with 10% loss; and SIPp is the

@@ -1,4 +1,4 @@
-"""SIPp against sipimdn's user agent, driven through its CLI (issue 7, SIPp part).
+"""SIPp against sipimdn's user agent, driven through its CLI.
 
 Both directions, over UDP and TCP:
 - SIPp -> ``sipimdn listen``: plain text and CPIM MESSAGEs get 200; a CPIM MESSAGE asking

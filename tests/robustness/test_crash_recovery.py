@@ -1,5 +1,5 @@
 """kill -9 and restart on the same SQLite store: nothing owed is lost, nothing reaches the
-application twice, the states agree (issue 10 item 3).
+application twice, the states agree.
 
 Each user agent under test runs in its own process (``crash_peer.py``) and SIGKILLs itself at
 the exact point under test; the test then restarts it on the same store file and port.
