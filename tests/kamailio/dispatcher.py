@@ -34,9 +34,18 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from _peers import require_binary, skip_unless_ci, stop_process_group
+from _peers import require_binary, skip_unless_ci
+
+from kamailio.process import (
+    HOST,
+    KamailioProcess,
+    KamailioProcessError,
+    find_module_dir,
+    free_ports,
+    render_placeholders,
+)
 
 __all__ = [
     "DISPATCHER_TEMPLATE",
@@ -51,29 +60,16 @@ __all__ = [
 ]
 
 DISPATCHER_TEMPLATE = Path(__file__).with_name("dispatcher.cfg.tmpl")
-HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
 
-_MODULE_PATHS = (
-    os.environ.get("KAMAILIO_MODULE_PATH", ""),
-    "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
-    "/usr/lib/aarch64-linux-gnu/kamailio/modules/",
-    "/usr/lib/kamailio/modules/",
-    "/usr/local/lib64/kamailio/modules/",
-    "/usr/local/lib/kamailio/modules/",
-)
 
-
-class DispatcherError(RuntimeError):
+class DispatcherError(KamailioProcessError):
     """Kamailio or a worker could not be started, or died; carries the tail of its log."""
 
 
 def module_path() -> str | None:
     """Kamailio's module directory holding ``dispatcher.so``, or None."""
-    for candidate in _MODULE_PATHS:
-        if candidate and Path(candidate, "dispatcher.so").exists():
-            return candidate if candidate.endswith("/") else candidate + "/"
-    return None
+    return find_module_dir("dispatcher")
 
 
 def require_dispatcher() -> tuple[str, str]:
@@ -87,17 +83,7 @@ def require_dispatcher() -> tuple[str, str]:
 
 def free_port() -> int:
     """A port free on 127.0.0.1 for both UDP and TCP (probed, then released)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port: int = udp.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                    tcp.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise DispatcherError("no free port on 127.0.0.1")
+    return free_ports(1)[0]
 
 
 def options_probe(
@@ -134,13 +120,7 @@ def options_probe(
 
 def render_template(values: Mapping[str, str]) -> str:
     """``dispatcher.cfg.tmpl`` with every ``@@NAME@@`` replaced by ``values[NAME]``."""
-    text = DISPATCHER_TEMPLATE.read_text()
-    for name, value in values.items():
-        text = text.replace(f"@@{name}@@", value)
-    leftover = re.search(r"@@[A-Z_]+@@", text)
-    if leftover is not None:
-        raise DispatcherError(f"unrendered placeholder {leftover.group(0)} in dispatcher.cfg.tmpl")
-    return text
+    return render_placeholders(DISPATCHER_TEMPLATE, values, DispatcherError)
 
 
 @dataclass(frozen=True)
@@ -162,8 +142,10 @@ class DispatcherSettings:
     debug: int = 2
 
 
-class Dispatcher:
+class Dispatcher(KamailioProcess):
     """One Kamailio with the dispatcher module on 127.0.0.1, in front of workers on loopback."""
+
+    error = DispatcherError
 
     def __init__(
         self,
@@ -174,19 +156,13 @@ class Dispatcher:
         *,
         port: int | None = None,
     ) -> None:
-        self.binary = binary
+        super().__init__(binary, workdir, "dispatcher.cfg")
         self.kamcmd = kamcmd
-        self.workdir = workdir
         self.settings = settings or DispatcherSettings()
-        self.host = HOST
         self.port = port if port is not None else free_port()
-        self.config_path = workdir / "dispatcher.cfg"
         self.list_path = workdir / "dispatcher.list"
-        self.log_path = workdir / "kamailio.log"
         self.ctl_socket = workdir / "kamailio_ctl"
         self.workers: list[tuple[str, int]] = []
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
 
     # -- addresses ------------------------------------------------------------
 
@@ -248,32 +224,10 @@ class Dispatcher:
         """Start Kamailio in front of ``workers`` ((host, port) each) and wait until it answers
         and (``wait_active``, needs kamcmd) its probes have made every worker active."""
         self.render(workers)
-        check = subprocess.run(
-            [self.binary, "-c", "-f", str(self.config_path)], capture_output=True, timeout=30, check=False
-        )
-        if check.returncode != 0:
-            raise DispatcherError("config check failed:\n" + check.stderr.decode(errors="replace")[-4000:])
-        rundir = self.workdir / "run"
-        rundir.mkdir(exist_ok=True)
-        command = [
-            self.binary, "-f", str(self.config_path),
-            "-DD",  # do not daemonize: the PID we hold is the main process
-            "-E",  # log to stderr (our log file)
-            "-Y", str(rundir),  # private runtime dir, not the packaged /run/kamailio
-            "-m", "64", "-M", "8",
-        ]  # fmt: skip
-        if cpu is not None and shutil.which("taskset"):
-            command = ["taskset", "-c", cpu, *command]
-        log = self.log_path.open("wb")
-        self._log_file = log
-        self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.workdir, start_new_session=True,  # its children share our PID as process group
-        )  # fmt: skip
+        self._launch(cpu=cpu)
         deadline = time.monotonic() + timeout
         while options_probe(self.port) != 200:
-            if self._process.poll() is not None:
-                raise DispatcherError(f"kamailio exited with {self._process.returncode}:\n{self.log_tail()}")
+            self._raise_if_exited()
             if time.monotonic() > deadline:
                 self.stop()
                 raise DispatcherError(f"kamailio did not answer within {timeout}s:\n{self.log_tail()}")
@@ -281,31 +235,6 @@ class Dispatcher:
         if wait_active:
             remaining = max(1.0, deadline - time.monotonic())
             self.wait_for_states({self.destination_uri(w): "A" for w in self.workers}, remaining)
-
-    def stop(self) -> None:
-        """Kill the process we started and its children (its own process group), by PID."""
-        if self._process is not None:
-            stop_process_group(self._process)
-        self._process = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    @property
-    def pid(self) -> int | None:
-        """The PID of the running Kamailio, or None."""
-        return self._process.pid if self._process is not None else None
-
-    def log_text(self) -> str:
-        """Everything Kamailio logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        """The last lines of the log, for failure messages."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     # -- the dispatcher's view ------------------------------------------------------
 
@@ -344,9 +273,6 @@ class Dispatcher:
 
     def __enter__(self) -> Dispatcher:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class Worker:

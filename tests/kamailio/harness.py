@@ -19,22 +19,27 @@ With ``CI=true`` a missing ``kamailio`` binary fails the test (``require_binary`
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import secrets
 import shutil
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import pytest
-from _peers import require_binary, stop_process_group
+from _peers import require_binary
+
+from kamailio.process import (
+    HOST,
+    KamailioProcess,
+    KamailioProcessError,
+    find_module_dir,
+    free_ports,
+    render_placeholders,
+)
 
 __all__ = [
     "DEFAULT_USERS",
@@ -46,21 +51,10 @@ __all__ = [
 ]
 
 TEMPLATE = Path(__file__).with_name("kamailio.cfg.tmpl")
-HOST = "127.0.0.1"
 DEFAULT_USERS: dict[str, str] = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 
-# Debian's module directory; overridable for other layouts.
-_MODULE_PATHS = (
-    os.environ.get("KAMAILIO_MODULE_PATH", ""),
-    "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
-    "/usr/lib/aarch64-linux-gnu/kamailio/modules/",
-    "/usr/lib/kamailio/modules/",
-    "/usr/local/lib64/kamailio/modules/",
-    "/usr/local/lib/kamailio/modules/",
-)
 
-
-class KamailioError(RuntimeError):
+class KamailioError(KamailioProcessError):
     """Kamailio could not be started, or died; carries the tail of its log."""
 
 
@@ -84,57 +78,28 @@ class KamailioSettings:
 
 
 def _module_path() -> str:
-    for candidate in _MODULE_PATHS:
-        if candidate and Path(candidate, "auth.so").exists():
-            return candidate if candidate.endswith("/") else candidate + "/"
-    raise KamailioError("cannot find Kamailio's module directory (set KAMAILIO_MODULE_PATH)")
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free for both UDP and TCP, distinct from each other."""
-    ports: list[int] = []
-    for _ in range(200):
-        port = _free_port(socket.SOCK_STREAM)
-        if port in ports:
-            continue
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind((HOST, port))
-        except OSError:
-            continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise KamailioError("no free ports on 127.0.0.1")
+    path = find_module_dir("auth")
+    if path is None:
+        raise KamailioError("cannot find Kamailio's module directory (set KAMAILIO_MODULE_PATH)")
+    return path
 
 
 _CHALLENGE_FLAGS = {"auth": "1", "auth-int": "2", None: "0"}
 
 
-class Kamailio:
+class Kamailio(KamailioProcess):
     """One Kamailio process on 127.0.0.1, with its own config, certificate and log."""
 
+    error = KamailioError
+
     def __init__(self, binary: str, workdir: Path, settings: KamailioSettings | None = None) -> None:
-        self.binary = binary
-        self.workdir = workdir
+        super().__init__(binary, workdir, "kamailio.cfg")
         self.settings = settings or KamailioSettings()
-        self.host = HOST
         # UDP and TCP share one port, as on a real server (RFC 3261 §18.2.1): a request
         # that outgrows UDP (§18.1.1) is sent over TCP to the same port.
-        self.udp_port, self.tls_port = _free_ports(2)
+        self.udp_port, self.tls_port = free_ports(2)
         self.tcp_port = self.udp_port
-        self.config_path = workdir / "kamailio.cfg"
-        self.log_path = workdir / "kamailio.log"
         self.cafile = workdir / "ca.pem"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
 
     # -- addresses ------------------------------------------------------------
 
@@ -202,51 +167,18 @@ class Kamailio:
             "CHALLENGE_FLAGS": _CHALLENGE_FLAGS[settings.qop],
             "STALE_FLAGS": str(int(_CHALLENGE_FLAGS[settings.qop]) | 16),
         }
-        text = TEMPLATE.read_text()
-        for name, value in values.items():
-            text = text.replace(f"@@{name}@@", value)
-        leftover = re.search(r"@@[A-Z_]+@@", text)
-        if leftover is not None:
-            raise KamailioError(f"unrendered placeholder {leftover.group(0)} in kamailio.cfg.tmpl")
+        text = render_placeholders(TEMPLATE, values, KamailioError)
         self.config_path.write_text(text)
         return text
 
     def start(self, timeout: float = 15.0) -> None:
         """Start Kamailio in the foreground and wait until every transport answers."""
         self.render()
-        check = subprocess.run(
-            [self.binary, "-c", "-f", str(self.config_path)],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise KamailioError("config check failed:\n" + check.stderr.decode(errors="replace")[-4000:])
-        rundir = self.workdir / "run"
-        rundir.mkdir(exist_ok=True)
-        log = self.log_path.open("wb")
-        self._log_file = log
-        self._process = subprocess.Popen(
-            [
-                self.binary,
-                "-f", str(self.config_path),
-                "-DD",  # do not daemonize: the PID we hold is the main process
-                "-E",  # log to stderr (our log file)
-                "-Y", str(rundir),  # private runtime dir, not the packaged /run/kamailio
-                "-m", "64",
-                "-M", "8",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            start_new_session=True,  # its children share our PID as process group
-        )
+        self._launch()
         deadline = time.monotonic() + timeout
         pending = ["udp", "tcp", "tls"]
         while pending:
-            if self._process.poll() is not None:
-                raise KamailioError(f"kamailio exited with {self._process.returncode}:\n{self.log_tail()}")
+            self._raise_if_exited()
             if time.monotonic() > deadline:
                 self.stop()
                 raise KamailioError(
@@ -258,38 +190,9 @@ class Kamailio:
             else:
                 time.sleep(0.1)
 
-    def stop(self) -> None:
-        """Kill the process we started (and its children, its own process group), by PID."""
-        if self._process is not None:
-            # start_new_session made the PID the process-group id of Kamailio's workers.
-            stop_process_group(self._process)
-        self._process = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    @property
-    def pid(self) -> int | None:
-        """The PID of the running Kamailio, or None."""
-        return self._process.pid if self._process is not None else None
-
-    def log_text(self) -> str:
-        """Everything Kamailio logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        """The last lines of the log, for failure messages."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     def __enter__(self) -> Kamailio:
         self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- readiness probe -------------------------------------------------------
 
