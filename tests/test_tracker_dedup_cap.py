@@ -8,10 +8,11 @@ message older than the window reaches the application again.
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 import tracemalloc
 from typing import Any
+
+from tracker_helpers import make_tracker
 
 from sipimdn.imdn.tracker import DispositionTracker, TrackerConfig
 from sipimdn.store import Delete, MemoryStore
@@ -21,10 +22,9 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
     # No rate limit in the way: these tests are about dedup, not about notification budgets.
     config.setdefault("rate_limit", 10**9)
-    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
+    return make_tracker(**config)
 
 
 def rss() -> int:

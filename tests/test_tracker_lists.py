@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tracker_helpers import drain
 
 from sipimdn.imdn.tracker import (
     STATE_RANK,
@@ -36,13 +37,6 @@ LIST = "sip:friends@lists.example"
 LIST_SERVER_FROM = "<sip:friends@lists.example>"
 MEMBERS = ("sip:bob@example.org", "sip:carol@example.org", "sip:dave@example.org")
 TTL = 3600.0
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def changes(events: list[TrackerEvent]) -> list[tuple[str, S, S]]:

@@ -7,12 +7,12 @@ changed: same decisions, same timers, same store writes.
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import deque
 from typing import Any
 
 import pytest
+from tracker_helpers import drain, make_tracker
 
 import sipimdn.imdn.tracker._base as tracker_base
 import sipimdn.imdn.tracker.receiver as tracker_receiver
@@ -20,24 +20,11 @@ from sipimdn.imdn.tracker import (
     DispositionTracker,
     NotificationOwed,
     TrackerConfig,
-    TrackerEvent,
     identity_key,
 )
 from sipimdn.store import Delete, MemoryStore, Put, SeenRecord
 
 ME = "sip:bob@127.0.0.1"
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
-
-
-def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
-    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
 
 
 def receive(tracker: DispositionTracker, message_id: str, sender: str, now: float = 0.0) -> None:
@@ -68,7 +55,7 @@ def test_identity_key_of_a_normalised_uri_is_that_string() -> None:
 
 
 def test_a_received_message_shares_its_key_kinds_and_timer() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "m1", "sip:alice@example.com")
     receive(tracker, "m2", "sip:carol@example.com")
     [seen_key, _] = list(tracker._seen)
@@ -97,7 +84,7 @@ def test_a_received_message_shares_its_key_kinds_and_timer() -> None:
 
 
 def test_dedup_outlives_the_received_record_it_shares_a_timer_with() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "m1", "sip:alice@example.com")
     assert tracker.mark_displayed("m1", 1.0) is not None
     assert tracker.received("m1") is None  # nothing more owed: record dropped, dedup entry kept
@@ -112,7 +99,7 @@ def test_dedup_outlives_the_received_record_it_shares_a_timer_with() -> None:
 
 
 def test_different_ttls_keep_their_own_timers() -> None:
-    tracker = make(dedup_ttl=100.0, received_ttl=50.0)
+    tracker = make_tracker(dedup_ttl=100.0, received_ttl=50.0)
     receive(tracker, "m1", "sip:alice@example.com")
     assert tracker.get_timer() == 50.0
     tracker.handle_timer(50.0)
@@ -124,7 +111,7 @@ def test_different_ttls_keep_their_own_timers() -> None:
 
 
 def test_restored_records_share_their_key() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "m1", "sip:alice@example.com")
     store = MemoryStore()
     store.apply(tracker.writes_to_apply())
@@ -138,7 +125,7 @@ def test_restored_records_share_their_key() -> None:
 
 
 def test_message_id_index_follows_senders_coming_and_going() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "m1", "sip:alice@example.com")
     assert tracker._received_by_id["m1"] == ("sip:alice@example.com", "m1")  # a bare key
     receive(tracker, "m1", "sip:carol@example.com")
@@ -155,7 +142,7 @@ def test_message_id_index_follows_senders_coming_and_going() -> None:
 def test_stale_timers_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
     """Acknowledged IMDNs leave stale timer entries; they go in bulk even if get_timer is not called."""
     monkeypatch.setattr(tracker_base, "_HEAP_SWEEP_MIN", 8)
-    tracker = make(rate_limit=10**6)
+    tracker = make_tracker(rate_limit=10**6)
     receive(tracker, "slow", "sip:slow@example.com")
     slow = tracker.mark_displayed("slow", 0.0)
     assert slow is not None and len(drain(tracker)) == 1  # handed out, never acknowledged
@@ -194,7 +181,7 @@ def _reference_limiter(limit: int, window: float) -> Any:
 @pytest.mark.parametrize("limit", [1, 2, 3, 5])
 def test_rate_windows_decide_as_a_deque_of_times_would(limit: int) -> None:
     rng = random.Random(limit)
-    tracker = make(rate_limit=limit, rate_window=10.0)
+    tracker = make_tracker(rate_limit=limit, rate_window=10.0)
     reference = _reference_limiter(limit, 10.0)
     now = 0.0
     for _ in range(3000):
@@ -203,7 +190,7 @@ def test_rate_windows_decide_as_a_deque_of_times_would(limit: int) -> None:
         key = f"sip:o{rng.randrange(4)}@example.com"
         assert tracker._rate_allows(key, now) == reference(key, now)
     # One notification in the window is a bare time; more make a list.
-    tracker = make(rate_limit=limit, rate_window=10.0)
+    tracker = make_tracker(rate_limit=limit, rate_window=10.0)
     assert tracker._rate_allows("sip:a@example.com", 1.0)
     assert tracker._rate["sip:a@example.com"] == 1.0
     if limit > 1:
@@ -212,7 +199,7 @@ def test_rate_windows_decide_as_a_deque_of_times_would(limit: int) -> None:
 
 
 def test_dedup_write_keeps_its_key() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "m1", "sip:alice@example.com")
     writes = tracker.writes_to_apply()
     seen = [op.record for op in writes if isinstance(op, Put) and isinstance(op.record, SeenRecord)]
@@ -222,7 +209,7 @@ def test_dedup_write_keeps_its_key() -> None:
 
 def test_ua_shaped_inputs_share_what_is_equal() -> None:
     """CPIM From as a name-addr, SIP From URI, CPIM To: equal texts end up as one object."""
-    tracker = make()
+    tracker = make_tracker()
     for i in range(2):
         sip_from = "".join(["sip:carol", "@example.com"])  # a string of its own, as parsed
         tracker.record_received(
@@ -246,7 +233,7 @@ def test_ua_shaped_inputs_share_what_is_equal() -> None:
 
 def test_common_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracker_receiver, "_COMMON_TEXTS_MAX", 4)
-    tracker = make()
+    tracker = make_tracker()
     for i in range(10):
         tracker.record_received(
             message_id=f"m{i}",

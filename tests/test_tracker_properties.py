@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tracker_helpers import drain
 
 from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import (
@@ -20,7 +21,6 @@ from sipimdn.imdn.tracker import (
     NotificationAccepted,
     NotificationOwed,
     TrackerConfig,
-    TrackerEvent,
     identity_key,
 )
 from sipimdn.store import MemoryStore
@@ -74,13 +74,6 @@ respond_st = st.builds(
 )
 tick_st = st.builds(Tick, seconds=st.sampled_from([0.5, 10.0, 60.0]))
 steps_st = st.lists(st.one_of(notify_st, respond_st, tick_st, st.just(Restart())), max_size=40)
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def is_intended(value: str | None) -> bool:

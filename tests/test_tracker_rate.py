@@ -8,35 +8,20 @@ decline the IMDNs of everyone behind a busy one. One sender flooding is still li
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
 import pytest
+from tracker_helpers import drain, make_tracker
 
 from sipimdn.imdn.tracker import (
     DeclineReason,
     DispositionTracker,
     NotificationOwed,
     NotificationsDeclined,
-    TrackerConfig,
     TrackerEvent,
 )
 from sipimdn.imdn.tracker import receiver as tracker_receiver
 
 RELAY = "sip:relay@intermediary.example"
 ME = "sip:bob@127.0.0.1"
-
-
-def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
-    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def deliver(
@@ -69,7 +54,7 @@ def tally(events: list[TrackerEvent]) -> tuple[int, list[DeclineReason]]:
 
 def test_300_senders_through_one_relay_are_not_declined() -> None:
     """The bench_relay scenario: 300 IMs via one IMDN-Route hop, 120 per 60 s allowed."""
-    tracker = make(rate_limit=120, rate_window=60.0)
+    tracker = make_tracker(rate_limit=120, rate_window=60.0)
     for i in range(300):
         sender = f"sip:user{i}@example.com"
         deliver(tracker, f"m{i}", sender, sender, now=1.0 + i / 100)
@@ -80,7 +65,7 @@ def test_300_senders_through_one_relay_are_not_declined() -> None:
 
 
 def test_one_sender_flooding_through_a_relay_is_still_limited() -> None:
-    tracker = make(rate_limit=120, rate_window=60.0)
+    tracker = make_tracker(rate_limit=120, rate_window=60.0)
     for i in range(300):
         deliver(tracker, f"m{i}", "sip:flood@example.com", "sip:flood@example.com", now=1.0 + i / 100)
     assert tally(drain(tracker)) == (120, [DeclineReason.RATE_LIMITED] * 180)
@@ -94,14 +79,14 @@ def test_one_sender_flooding_through_a_relay_is_still_limited() -> None:
 
 def test_the_sip_from_is_the_originator_when_cpim_from_varies() -> None:
     """RCS-style: the CPIM From may vary (or be shared); the SIP From decides the budget."""
-    tracker = make(rate_limit=3)
+    tracker = make_tracker(rate_limit=3)
     for i in range(5):
         deliver(tracker, f"m{i}", f"<im:alias{i}@example.com>", "sip:mallory@evil.example", route=())
     assert tally(drain(tracker)) == (3, [DeclineReason.RATE_LIMITED] * 2)
 
 
 def test_cpim_from_is_the_originator_without_a_sip_from() -> None:
-    tracker = make(rate_limit=2)
+    tracker = make_tracker(rate_limit=2)
     for i in range(3):
         deliver(tracker, f"a{i}", "sip:alice@example.com", None)
     deliver(tracker, "c1", "sip:carol@example.com", None)
@@ -117,7 +102,7 @@ def test_cpim_from_is_the_originator_without_a_sip_from() -> None:
 def test_limiter_memory_is_bounded_by_active_originators(monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle destinations are forgotten; the limiter holds at most about twice the active ones."""
     monkeypatch.setattr(tracker_receiver, "_RATE_PRUNE_MIN", 8)  # prune early instead of after 16k keys
-    tracker = make(rate_limit=1, rate_window=10.0)
+    tracker = make_tracker(rate_limit=1, rate_window=10.0)
     for i in range(20):
         deliver(tracker, f"old{i}", f"sip:old@h{i}.example.com", None, now=1.0, route=())
     # One window later a new crowd arrives: the old one, idle since, is dropped on the way.

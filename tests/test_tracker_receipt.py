@@ -8,12 +8,10 @@ gets is exactly what is handed out.
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tracker_helpers import make_tracker
 
 from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import (
@@ -23,18 +21,12 @@ from sipimdn.imdn.tracker import (
     OwedNotification,
     ReceiptInput,
     ReceiptState,
-    TrackerConfig,
     TrackerEvent,
 )
 from sipimdn.store import Delete, MemoryStore, Put
 
 ALICE = "sip:alice@example.com"
 ME = "sip:bob@127.0.0.1"
-
-
-def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
-    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
 
 
 def owed(tracker: DispositionTracker) -> list[OwedNotification]:
@@ -71,7 +63,7 @@ def receive(tracker: DispositionTracker, *requested: str, message_id: str = "m1"
 def test_a_report_is_owed_exactly_when_the_tracker_says_so(
     requested: tuple[str, ...], kind: str, status: str, sent: bool, before_answer: bool
 ) -> None:
-    tracker = make(auto_delivered=False)
+    tracker = make_tracker(auto_delivered=False)
     receive(tracker, *requested)
     if not before_answer:
         tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -87,7 +79,7 @@ def test_a_report_is_owed_exactly_when_the_tracker_says_so(
 
 
 def test_an_early_report_is_dropped_by_a_non_2xx_answer() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "positive-delivery", "display")
     assert tracker.mark_displayed("m1", 0.5, sender=ALICE) is not None
     assert tracker.receipt_state("m1", ALICE) is ReceiptState.DECIDING
@@ -98,7 +90,7 @@ def test_an_early_report_is_dropped_by_a_non_2xx_answer() -> None:
 
 
 def test_an_early_delivery_report_replaces_the_automatic_delivered() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "positive-delivery", "negative-delivery")
     assert tracker.report_disposition("m1", "delivery", "failed", 0.5) is not None
     # A second, different delivery report is refused at once, as after the answer.
@@ -109,7 +101,7 @@ def test_an_early_delivery_report_replaces_the_automatic_delivered() -> None:
 
 
 def test_display_forbidden_by_policy_is_not_reported_twice() -> None:
-    tracker = make(display_policy="forbidden")
+    tracker = make_tracker(display_policy="forbidden")
     receive(tracker, "display")
     assert tracker.mark_displayed("m1", 0.5) is None
     assert tracker.report_disposition("m1", "display", "forbidden", 0.5) is None
@@ -121,7 +113,7 @@ def test_display_forbidden_by_policy_is_not_reported_twice() -> None:
 
 
 def test_notifications_are_held_until_the_answer_is_sent() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "positive-delivery", "display")
     assert tracker.message_answered("m1", ALICE, 200, 1.0, sent=False) is True
     assert tracker.receipt_state("m1", ALICE) is ReceiptState.ANSWERING
@@ -142,7 +134,7 @@ def test_notifications_are_held_until_the_answer_is_sent() -> None:
 
 
 def test_nothing_is_held_when_nothing_can_be_owed() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, "negative-delivery")
     assert tracker.message_answered("m1", ALICE, 486, 1.0, sent=False) is False
     receive(tracker, message_id="m2")
@@ -154,7 +146,7 @@ def test_nothing_is_held_when_nothing_can_be_owed() -> None:
 
 def test_dedup_of_a_message_owed_nothing_stays_in_memory() -> None:
     store = MemoryStore()
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, message_id="plain")  # no notification requested
     receive(tracker, "display", message_id="asked")
     tracker.message_answered("plain", ALICE, 200, 1.0)
@@ -179,7 +171,7 @@ def test_dedup_of_a_message_owed_nothing_stays_in_memory() -> None:
 
 
 def test_plain_text_dedup_remembers_the_answer_and_expires() -> None:
-    tracker = make(plain_dedup_ttl=5.0)
+    tracker = make_tracker(plain_dedup_ttl=5.0)
     assert not tracker.record_plain(ALICE, "c1 t1 1", 0.0).duplicate
     again = tracker.record_plain(ALICE, "c1 t1 1", 1.0)
     assert again.duplicate and again.previous_status is None  # still being decided
@@ -191,7 +183,7 @@ def test_plain_text_dedup_remembers_the_answer_and_expires() -> None:
 
 
 def test_plain_text_refused_may_be_sent_again() -> None:
-    tracker = make()
+    tracker = make_tracker()
     tracker.record_plain(ALICE, "c1 t1 1", 0.0)
     tracker.plain_answered(ALICE, "c1 t1 1", 486)
     assert not tracker.record_plain(ALICE, "c1 t1 1", 1.0).duplicate
@@ -202,7 +194,7 @@ def test_plain_text_refused_may_be_sent_again() -> None:
 def test_plain_text_dedup_is_bounded_and_flags_only_recent_repeats(
     entries: list[tuple[int, float]], capacity: int
 ) -> None:
-    tracker = make(plain_dedup_capacity=capacity, plain_dedup_ttl=5.0)
+    tracker = make_tracker(plain_dedup_capacity=capacity, plain_dedup_ttl=5.0)
     now = 0.0
     for key, step in entries:
         now += step

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 import pytest
+from tracker_helpers import drain, make_tracker
 
 from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import (
@@ -20,7 +21,6 @@ from sipimdn.imdn.tracker import (
     NotificationOwed,
     NotificationsDeclined,
     OwedNotification,
-    TrackerConfig,
     TrackerEvent,
 )
 
@@ -30,28 +30,12 @@ ME = "sip:bob@127.0.0.1"
 FULL = ("positive-delivery", "negative-delivery", "display")
 
 
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
-
-
 def owed(events: list[TrackerEvent]) -> list[OwedNotification]:
     return [e.notification for e in events if isinstance(e, NotificationOwed)]
 
 
 def declined(events: list[TrackerEvent]) -> list[tuple[tuple[str, ...], DeclineReason]]:
     return [(e.kinds, e.reason) for e in events if isinstance(e, NotificationsDeclined)]
-
-
-def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
-    return DispositionTracker(
-        TrackerConfig(**config),
-        now=0.0,
-        id_factory=lambda: f"n{next(counter)}",
-    )
 
 
 def receive(
@@ -81,7 +65,7 @@ def receive(
 
 def test_positive_delivery_owed_after_2xx_with_everything_to_build_it() -> None:
     """RFC 5438 §7.2.1.1, §7.2.1: after a 2xx, a delivered IMDN addressed per §7.2.1 / §12.1.3.1."""
-    tracker = make()
+    tracker = make_tracker()
     assert receive(tracker) == ("display", "negative-delivery", "positive-delivery")
     assert owed(drain(tracker)) == []
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -95,7 +79,7 @@ def test_positive_delivery_owed_after_2xx_with_everything_to_build_it() -> None:
 
 
 def test_auto_delivered_off_waits_for_the_application() -> None:
-    tracker = make(auto_delivered=False)
+    tracker = make_tracker(auto_delivered=False)
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     assert owed(drain(tracker)) == []
@@ -106,7 +90,7 @@ def test_auto_delivered_off_waits_for_the_application() -> None:
 
 def test_non_2xx_answer_owes_nothing_ever() -> None:
     """RFC 5438 §7.2.1.1: no negative delivery IMDN after a non-2xx final response."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 486, 1.0)
     assert owed(drain(tracker)) == []
@@ -121,7 +105,7 @@ def test_non_2xx_answer_owes_nothing_ever() -> None:
 
 def test_mark_displayed_owes_displayed_once() -> None:
     """RFC 5438 §7.2: delivery and display IMDNs for one IM, at most one of each."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     drain(tracker)
@@ -137,7 +121,7 @@ def test_mark_displayed_owes_displayed_once() -> None:
 
 def test_second_different_notification_of_a_type_is_misuse() -> None:
     """RFC 5438 §7.2, while the message is still open for another type."""
-    tracker = make(auto_delivered=False)
+    tracker = make_tracker(auto_delivered=False)
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     assert tracker.mark_displayed("m1", 2.0) is not None
@@ -148,7 +132,7 @@ def test_second_different_notification_of_a_type_is_misuse() -> None:
 
 def test_reports_before_the_answer_are_decided_at_once_and_owed_with_the_2xx() -> None:
     """RFC 5438 §7.2.1.2: a display IMDN only after a 2xx; the report made before is kept for it."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, requested=("positive-delivery", "display"))
     shown = tracker.mark_displayed("m1", 1.0)
     assert shown is not None and (shown.kind, shown.status) == ("display", "displayed")
@@ -162,7 +146,7 @@ def test_reports_before_the_answer_are_decided_at_once_and_owed_with_the_2xx() -
 
 
 def test_display_not_requested() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, requested=("positive-delivery",))
     tracker.message_answered("m1", ALICE, 200, 1.0)
     drain(tracker)
@@ -172,7 +156,7 @@ def test_display_not_requested() -> None:
 
 def test_display_policy_forbidden_answers_at_once() -> None:
     """RFC 5438 §14.2: the user never reveals display; forbidden goes out with the delivery IMDN."""
-    tracker = make(display_policy=DisplayPolicy.FORBIDDEN)
+    tracker = make_tracker(display_policy=DisplayPolicy.FORBIDDEN)
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     assert [(n.kind, n.status) for n in owed(drain(tracker))] == [
@@ -184,7 +168,7 @@ def test_display_policy_forbidden_answers_at_once() -> None:
 
 def test_display_policy_silent_declines() -> None:
     """RFC 5438 §7.2.1.2, §14.2: a recipient may silently ignore display requests."""
-    tracker = make(display_policy="silent")
+    tracker = make_tracker(display_policy="silent")
     assert receive(tracker) == ("negative-delivery", "positive-delivery")
     assert declined(drain(tracker)) == [(("display",), DeclineReason.PRIVACY)]
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -196,14 +180,14 @@ def test_per_message_policy_accepts_the_ua_enum() -> None:
     class DisplayPrivacy(StrEnum):  # the shape of sipimdn.config.DisplayPrivacy
         SILENT = "silent"
 
-    tracker = make()
+    tracker = make_tracker()
     assert receive(tracker, requested=("display",), display_policy=DisplayPrivacy.SILENT) == ()
     assert tracker.received("m1") is None
 
 
 def test_negative_only_and_success_sends_nothing() -> None:
     """RFC 5438 §7.2.1.1: silence on success; a later failure may still be reported."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, requested=("negative-delivery",))
     tracker.message_answered("m1", ALICE, 200, 1.0)
     assert owed(drain(tracker)) == []
@@ -215,7 +199,7 @@ def test_negative_only_and_success_sends_nothing() -> None:
 
 def test_negative_after_auto_delivered_is_refused() -> None:
     """RFC 5438 §7.2: no delivered then failed."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     with pytest.raises(LocalProtocolError, match=r"RFC 5438 §7\.2"):
@@ -228,7 +212,7 @@ def test_negative_after_auto_delivered_is_refused() -> None:
 )
 def test_report_disposition_misuse(kind: str, status: str) -> None:
     """RFC 5438 §7.2: a recipient never sends processing notifications; statuses belong to kinds."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     with pytest.raises(LocalProtocolError):
@@ -237,7 +221,7 @@ def test_report_disposition_misuse(kind: str, status: str) -> None:
 
 def test_unknown_and_processing_requests_are_ignored() -> None:
     """RFC 5438 §6.2: unknown tokens ignored; §7.2: processing is for intermediaries."""
-    tracker = make()
+    tracker = make_tracker()
     assert receive(tracker, requested=("processing", "read", "Display")) == ()
     assert tracker.received("m1") is None
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -245,7 +229,7 @@ def test_unknown_and_processing_requests_are_ignored() -> None:
 
 
 def test_ambiguous_message_id_needs_the_sender() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     receive(tracker, sender="sip:carol@example.org", sip_from="sip:carol@example.org")
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -258,7 +242,7 @@ def test_ambiguous_message_id_needs_the_sender() -> None:
 
 
 def test_provisional_answer_is_misuse() -> None:
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     with pytest.raises(LocalProtocolError):
         tracker.message_answered("m1", ALICE, 180, 1.0)
@@ -269,7 +253,7 @@ def test_provisional_answer_is_misuse() -> None:
 
 def test_dedup_by_sender_and_message_id() -> None:
     """Dedup on (sender, imdn.Message-ID), never Call-ID alone (RFC 5438 §6.3: the Message-ID is the key)."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker)
     again = tracker.record_received(message_id="m1", sender="sip:alice@EXAMPLE.com:5060", now=1.0)
     assert again.duplicate and again.previous_status is None
@@ -283,7 +267,7 @@ def test_dedup_by_sender_and_message_id() -> None:
 
 
 def test_dedup_entry_expires() -> None:
-    tracker = make(dedup_ttl=10.0)
+    tracker = make_tracker(dedup_ttl=10.0)
     receive(tracker, requested=())
     tracker.handle_timer(10.0)
     assert not tracker.is_duplicate("m1", ALICE)
@@ -294,7 +278,7 @@ def test_dedup_entry_expires() -> None:
 
 def test_never_notify_a_notification() -> None:
     """RFC 5438 §7.2.1: loop guard."""
-    tracker = make()
+    tracker = make_tracker()
     assert receive(tracker, is_notification=True) == ()
     assert declined(drain(tracker)) == [
         (("display", "negative-delivery", "positive-delivery"), DeclineReason.LOOP_GUARD)
@@ -308,17 +292,17 @@ ANONYMOUS = "<sip:anonymous@anonymous.invalid>"
 
 def test_anonymous_sender_declined() -> None:
     """RFC 5438 §12.1.1: requests from anonymous senders may be ignored."""
-    tracker = make()
+    tracker = make_tracker()
     assert receive(tracker, sender=ANONYMOUS, sip_from=None) == ()
     assert receive(tracker, message_id="m2", sender=ALICE, sip_from=ANONYMOUS) == ()
     assert [r for _, r in declined(drain(tracker))] == [DeclineReason.ANONYMOUS] * 2
-    tracker2 = make(decline_anonymous=False)
+    tracker2 = make_tracker(decline_anonymous=False)
     assert receive(tracker2, sender=ANONYMOUS, sip_from=None) != ()
 
 
 def test_anonymous_cpim_from_with_real_sip_from_is_served() -> None:
     """RCS clients send an anonymous CPIM From; route on the SIP From, never on CPIM."""
-    tracker = make()
+    tracker = make_tracker()
     assert receive(tracker, sender=ANONYMOUS) == FULL_SORTED
     tracker.message_answered("m1", ANONYMOUS, 200, 1.0)
     [n] = owed(drain(tracker))
@@ -328,7 +312,7 @@ def test_anonymous_cpim_from_with_real_sip_from_is_served() -> None:
 
 def test_untrusted_route_is_not_honoured() -> None:
     """RFC 5438 §14.1: a forged IMDN-Record-Route must not turn us into a flood source."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, imdn_route=["sip:victim@target.example"])
     assert declined(drain(tracker)) == [(FULL_SORTED, DeclineReason.ROUTE_UNTRUSTED)]
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -342,7 +326,7 @@ FULL_SORTED = ("display", "negative-delivery", "positive-delivery")
 def test_trusted_route_is_followed_and_copied() -> None:
     """RFC 5438 §7.2.1: IMDN goes to the top IMDN-Route; IMDN-Route copies the IM's Record-Routes in order."""
     route = ["sip:as1@example.net", "sip:as2@example.net"]
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, imdn_route=route, route_trusted=True)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     [n] = owed(drain(tracker))
@@ -352,7 +336,7 @@ def test_trusted_route_is_followed_and_copied() -> None:
 
 def test_route_count_is_capped() -> None:
     """An IMDN-Record-Route list longer than ``max_imdn_route`` is declined, even when trusted."""
-    tracker = make(trust_imdn_route=True, max_imdn_route=1)
+    tracker = make_tracker(trust_imdn_route=True, max_imdn_route=1)
     receive(tracker, imdn_route=["sip:a@x", "sip:b@x"])
     assert declined(drain(tracker)) == [(FULL_SORTED, DeclineReason.ROUTE_TOO_LONG)]
     tracker.message_answered("m1", ALICE, 200, 1.0)
@@ -361,7 +345,7 @@ def test_route_count_is_capped() -> None:
 
 def test_rate_limit_per_peer() -> None:
     """RFC 5438 §14: at most ``rate_limit`` notifications per peer in a sliding window."""
-    tracker = make(rate_limit=2, rate_window=60.0)
+    tracker = make_tracker(rate_limit=2, rate_window=60.0)
     for i in range(3):
         receive(tracker, message_id=f"m{i}", requested=("positive-delivery",))
         tracker.message_answered(f"m{i}", ALICE, 200, 1.0)
@@ -380,7 +364,7 @@ def test_rate_limit_per_peer() -> None:
 
 
 def owe_one(**config: Any) -> tuple[DispositionTracker, OwedNotification]:
-    tracker = make(**config)
+    tracker = make_tracker(**config)
     receive(tracker, requested=("positive-delivery",))
     tracker.message_answered("m1", ALICE, 200, 0.0)
     [n] = owed(drain(tracker))
@@ -454,7 +438,7 @@ def test_owed_notification_expires() -> None:
 @pytest.mark.parametrize("code", [415, 488])
 def test_peer_refusing_imdn_gets_no_more(code: int) -> None:
     """No IMDN floods towards peers that reject them."""
-    tracker = make()
+    tracker = make_tracker()
     receive(tracker, message_id="a")
     receive(tracker, message_id="b")
     tracker.message_answered("a", ALICE, 200, 0.0)
@@ -476,7 +460,7 @@ def test_peer_refusing_imdn_gets_no_more(code: int) -> None:
 
 
 def test_peer_flags_expire_and_can_be_cleared() -> None:
-    tracker = make(peer_flag_ttl=100.0)
+    tracker = make_tracker(peer_flag_ttl=100.0)
     tracker.set_peer_flag("sip:alice@example.com", PEER_NO_IMDN, True, 0.0)
     assert tracker.peer_flags(ALICE) == {PEER_NO_IMDN}
     tracker.set_peer_flag(ALICE, PEER_NO_IMDN, False, 1.0)
@@ -487,7 +471,7 @@ def test_peer_flags_expire_and_can_be_cleared() -> None:
 
 
 def test_received_record_expires() -> None:
-    tracker = make(received_ttl=50.0)
+    tracker = make_tracker(received_ttl=50.0)
     receive(tracker)
     tracker.message_answered("m1", ALICE, 200, 1.0)
     drain(tracker)
@@ -498,7 +482,7 @@ def test_received_record_expires() -> None:
 
 def test_unparseable_senders_do_not_collide() -> None:
     """A raw sender key keeps (sender, Message-ID) pairs apart even with spaces in both."""
-    tracker = make()
+    tracker = make_tracker()
     tracker.record_received(message_id="y z", sender="x", now=0.0)
     assert not tracker.record_received(message_id="z", sender="x y", now=0.0).duplicate
     assert tracker.record_received(message_id="y z", sender=" x ", now=0.0).duplicate

@@ -6,8 +6,7 @@ messages, answers, outcomes, ``handle_timer``.
 
 from __future__ import annotations
 
-import itertools
-from typing import Any
+from tracker_helpers import drain, make_tracker
 
 from sipimdn.imdn.tracker import (
     DeclineReason,
@@ -15,24 +14,11 @@ from sipimdn.imdn.tracker import (
     NotificationOwed,
     NotificationsDeclined,
     OwedNotification,
-    TrackerConfig,
     TrackerEvent,
 )
 
 ME = "sip:bob@example.org"
 SILENT = "192.0.2.7:5060"
-
-
-def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
-    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def owed(events: list[TrackerEvent]) -> list[OwedNotification]:
@@ -54,7 +40,7 @@ def forged(tracker: DispositionTracker, index: int, now: float, host: str = SILE
 
 
 def test_one_uri_at_a_time_until_the_address_answers() -> None:
-    tracker = make()
+    tracker = make_tracker()
     for index in range(5):
         forged(tracker, index, 0.0)
     [first] = owed(drain(tracker))  # the others wait: the address has not answered yet
@@ -67,7 +53,7 @@ def test_one_uri_at_a_time_until_the_address_answers() -> None:
 
 
 def test_a_silent_address_is_parked_and_its_notifications_wait() -> None:
-    tracker = make(park_base=60.0, park_cap=240.0, max_attempts=3)
+    tracker = make_tracker(park_base=60.0, park_cap=240.0, max_attempts=3)
     for index in range(3):
         forged(tracker, index, 0.0)
     [first] = owed(drain(tracker))
@@ -90,7 +76,7 @@ def test_a_silent_address_is_parked_and_its_notifications_wait() -> None:
 
 
 def test_a_missing_outcome_parks_the_address_too() -> None:
-    tracker = make(in_flight_timeout=64.0, park_base=60.0)
+    tracker = make_tracker(in_flight_timeout=64.0, park_base=60.0)
     forged(tracker, 0, 0.0)
     [_] = owed(drain(tracker))
     tracker.handle_timer(64.0)
@@ -98,7 +84,7 @@ def test_a_missing_outcome_parks_the_address_too() -> None:
 
 
 def test_attempts_stay_capped_and_parking_ends_in_abandon() -> None:
-    tracker = make(park_base=10.0, park_cap=10.0, max_attempts=2)
+    tracker = make_tracker(park_base=10.0, park_cap=10.0, max_attempts=2)
     forged(tracker, 0, 0.0)
     [n] = owed(drain(tracker))
     tracker.notification_outcome(n.notification_id, None, 1.0)
@@ -111,7 +97,7 @@ def test_attempts_stay_capped_and_parking_ends_in_abandon() -> None:
 
 
 def test_the_count_limit_is_per_address_whatever_the_user_part() -> None:
-    tracker = make(rate_limit=3, rate_window=60.0)
+    tracker = make_tracker(rate_limit=3, rate_window=60.0)
     for index in range(5):
         forged(tracker, index, 1.0)
     assert declined(drain(tracker)) == [DeclineReason.RATE_LIMITED] * 2
@@ -121,7 +107,7 @@ def test_the_count_limit_is_per_address_whatever_the_user_part() -> None:
 
 
 def test_the_byte_budget_per_address() -> None:
-    tracker = make(byte_budget=2000, rate_window=60.0)
+    tracker = make_tracker(byte_budget=2000, rate_window=60.0)
     forged(tracker, 0, 0.0)
     [first] = owed(drain(tracker))
     tracker.notification_sent(first.notification_id, 1500, 0.0)
@@ -139,7 +125,7 @@ def test_the_byte_budget_per_address() -> None:
 def test_a_turn_that_comes_while_parked_is_held_not_counted() -> None:
     """Two notifications to one URI (delivered, displayed): both handed out, the adapter runs
     them one at a time (RFC 3428 §8). The first gets no answer: the second is held back."""
-    tracker = make(park_base=30.0)
+    tracker = make_tracker(park_base=30.0)
     sender = f"sip:alice@{SILENT}"
     tracker.record_received(message_id="m1", sender=sender, sip_from=sender, now=0.0,
                             requested=("positive-delivery", "display"), recipient=ME)
@@ -164,7 +150,7 @@ def test_a_turn_that_comes_while_parked_is_held_not_counted() -> None:
 
 def test_through_a_trusted_relay_the_count_is_per_originator() -> None:
     """A list server relays for many senders: its budget is theirs, one each."""
-    tracker = make(rate_limit=1)
+    tracker = make_tracker(rate_limit=1)
     relay = "sip:relay@lists.example"
     for index in range(3):
         sender = f"sip:user{index}@example.com"
@@ -178,7 +164,7 @@ def test_through_a_trusted_relay_the_count_is_per_originator() -> None:
 
 
 def test_those_waiting_go_when_the_one_in_flight_expires() -> None:
-    tracker = make(owed_ttl=10.0, in_flight_timeout=64.0)
+    tracker = make_tracker(owed_ttl=10.0, in_flight_timeout=64.0)
     forged(tracker, 0, 0.0)
     forged(tracker, 1, 5.0)  # another URI at the same address: waits for the first
     [first] = owed(drain(tracker))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from tracker_helpers import drain
+
 from sipimdn.imdn.tracker import (
     PEER_NO_IMDN,
     DeclineReason,
@@ -26,13 +28,6 @@ from sipimdn.store import MemoryStore, SqliteStore, Store
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@127.0.0.1:5070"
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def flush(tracker: DispositionTracker, store: Store) -> list[TrackerEvent]:

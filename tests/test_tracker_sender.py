@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 import pytest
+from tracker_helpers import drain
 
 from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import (
@@ -34,13 +35,6 @@ BOB_AOR = "<sip:bob@127.0.0.1>"  # liblinphone drops the port of its own URIs
 CAROL = "sip:carol@example.org"
 MALLORY = "sip:mallory@evil.example"
 FULL = ("positive-delivery", "negative-delivery", "display")
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def changes(events: list[TrackerEvent]) -> list[tuple[str, S, S]]:

@@ -6,24 +6,18 @@ is passed in by hand.
 
 from __future__ import annotations
 
+from tracker_helpers import drain
+
 from sipimdn.imdn.tracker import (
     DispositionChanged,
     DispositionState,
     DispositionTracker,
     NotificationOwed,
-    TrackerEvent,
 )
 from sipimdn.store import Delete, MemoryStore, Put, SeenRecord, Snapshot
 
 ALICE = "sip:alice@example.com"
 BOB = "sip:bob@127.0.0.1:5070"
-
-
-def drain(tracker: DispositionTracker) -> list[TrackerEvent]:
-    events: list[TrackerEvent] = []
-    while (event := tracker.next_event()) is not None:
-        events.append(event)
-    return events
 
 
 def receive(tracker: DispositionTracker, message_id: str = "m1", now: float = 1.0) -> None:
