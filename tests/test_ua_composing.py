@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from ua_helpers import RawPeer, Recorder, StackPeer, ua_config
 
 from sipimdn import LocalProtocolError, UserAgent
 from sipimdn.cpim import build_message
+from sipimdn.cpim import parse as parse_cpim
 from sipimdn.iscomposing import (
     CONTENT_TYPE,
     MAX_DOCUMENT_SIZE,
@@ -18,7 +23,7 @@ from sipimdn.iscomposing import (
     build_iscomposing,
     parse_iscomposing,
 )
-from sipimdn.message import Request
+from sipimdn.message import Request, Response
 from sipimdn.ua import IncomingMessage
 
 ACTIVE = ComposingState.ACTIVE
@@ -30,9 +35,7 @@ def _indication(request: Request) -> tuple[bool, ComposingState]:
     ctype = request.content_type
     assert ctype is not None
     if ctype.mime == "message/cpim":
-        from sipimdn.cpim import parse
-
-        envelope = parse(request.body)
+        envelope = parse_cpim(request.body)
         assert envelope.content_type == CONTENT_TYPE
         # RFC 3994 needs no IMDN: the envelope carries none of its headers.
         assert b"imdn" not in request.body
@@ -102,9 +105,7 @@ async def test_idle_timeout_and_stop_send_idle_with_last_active(cpim: bool) -> N
         assert composer.state is IDLE
         body = second.body
         if cpim:
-            from sipimdn.cpim import parse
-
-            body = parse(body).decoded_body()
+            body = parse_cpim(body).decoded_body()
         assert parse_iscomposing(body).last_active is not None
         composer.keystroke()
         composer.stop()
@@ -146,121 +147,106 @@ async def test_composer_refuses_a_refresh_below_60_s_and_non_sip_peers() -> None
             alice.composing("tel:+1234")
 
 
-async def test_unrefreshed_active_state_times_out_on_the_receiver() -> None:
-    events = Recorder()
+@dataclass
+class Receiver:
+    """bob, a user agent recording composing events and messages, and a raw UDP peer facing him."""
+
+    bob: UserAgent
+    raw: RawPeer
+    events: Recorder = field(default_factory=Recorder)
+    received: list[IncomingMessage] = field(default_factory=list)
+
+    async def send(self, body: bytes = b"", *, content_type: str | None = CONTENT_TYPE,
+                   method: str = "MESSAGE") -> Response:
+        """One request from the raw peer to bob; its final response."""
+        dest = (self.bob.endpoints[0].host, self.bob.endpoints[0].port)
+        data, branch = self.raw.request_bytes(method, self.bob.aor, content_type=content_type, body=body)
+        return await self.raw.transact(data, branch, dest)
+
+
+@asynccontextmanager
+async def receiver(**config: Any) -> AsyncIterator[Receiver]:
     raw = await RawPeer.open()
     try:
-        async with UserAgent(ua_config("bob", composing_grace=0.0)) as bob:
-            bob.on_composing(events)
-            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
-            body = build_iscomposing("active", content_type="text/plain", refresh=1)
-            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type=CONTENT_TYPE, body=body)
-            assert (await raw.transact(data, branch, dest)).status_code == 200
-            active, idle = await events.wait_for(ComposingStateChanged, count=2, timeout=5)
-            assert (active.state, active.refresh) == (ACTIVE, 1)
-            assert (idle.state, idle.cause) == (IDLE, ChangeCause.TIMEOUT)
-            assert idle.sender == active.sender
+        async with UserAgent(ua_config("bob", **config)) as bob:
+            side = Receiver(bob, raw)
+            bob.on_composing(side.events)
+
+            @bob.on_message
+            async def got(message: IncomingMessage) -> None:
+                side.received.append(message)
+
+            yield side
     finally:
         raw.close()
+
+
+async def test_unrefreshed_active_state_times_out_on_the_receiver() -> None:
+    async with receiver(composing_grace=0.0) as side:
+        body = build_iscomposing("active", content_type="text/plain", refresh=1)
+        assert (await side.send(body)).status_code == 200
+        active, idle = await side.events.wait_for(ComposingStateChanged, count=2, timeout=5)
+        assert (active.state, active.refresh) == (ACTIVE, 1)
+        assert (idle.state, idle.cause) == (IDLE, ChangeCause.TIMEOUT)
+        assert idle.sender == active.sender
 
 
 async def test_bad_indications_get_400_or_413_and_nothing_else() -> None:
-    events = Recorder()
-    received: list[IncomingMessage] = []
-    raw = await RawPeer.open()
-    try:
-        async with UserAgent(ua_config("bob")) as bob:
-            bob.on_composing(events)
-
-            @bob.on_message
-            async def got(message: IncomingMessage) -> None:
-                received.append(message)
-
-            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
-            bad = b'<?xml version="1.0"?><isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing"/>'
-            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type=CONTENT_TYPE, body=bad)
-            assert (await raw.transact(data, branch, dest)).status_code == 400
-            padding = b"<!--" + b"x" * MAX_DOCUMENT_SIZE + b"-->"
-            huge = build_iscomposing("active").replace(b"</isComposing>", padding + b"</isComposing>")
-            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type=CONTENT_TYPE, body=huge)
-            assert (await raw.transact(data, branch, dest)).status_code == 413
-            # A good one afterwards is the first and only event.
-            good = build_iscomposing("active")
-            data, branch = raw.request_bytes("MESSAGE", bob.aor, content_type=CONTENT_TYPE, body=good)
-            assert (await raw.transact(data, branch, dest)).status_code == 200
-            (only,) = await events.wait_for(ComposingStateChanged)
-            assert only.state is ACTIVE
-            assert received == []
-    finally:
-        raw.close()
+    async with receiver() as side:
+        bad = b'<?xml version="1.0"?><isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing"/>'
+        assert (await side.send(bad)).status_code == 400
+        padding = b"<!--" + b"x" * MAX_DOCUMENT_SIZE + b"-->"
+        huge = build_iscomposing("active").replace(b"</isComposing>", padding + b"</isComposing>")
+        assert (await side.send(huge)).status_code == 413
+        # A good one afterwards is the first and only event.
+        good = build_iscomposing("active")
+        assert (await side.send(good)).status_code == 200
+        (only,) = await side.events.wait_for(ComposingStateChanged)
+        assert only.state is ACTIVE
+        assert side.received == []
 
 
 async def test_cpim_indication_requesting_imdns_owes_none_and_is_not_a_message() -> None:
-    events = Recorder()
-    received: list[IncomingMessage] = []
-    raw = await RawPeer.open()
-    try:
-        async with UserAgent(ua_config("bob")) as bob:
-            bob.on_composing(events)
-
-            @bob.on_message
-            async def got(message: IncomingMessage) -> None:
-                received.append(message)
-
-            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
-            host, port = raw.address
-            envelope = build_message(
-                [
-                    ("From", f"<sip:raw@{host}:{port}>"),
-                    ("To", f"<{bob.aor}>"),
-                    ("NS", "imdn <urn:ietf:params:imdn>"),
-                    ("imdn.Message-ID", "composing1"),
-                    ("imdn.Disposition-Notification", "positive-delivery, display"),
-                ],
-                content_type=CONTENT_TYPE,
-                body=build_iscomposing("active", refresh=90),
-            )
-            data, branch = raw.request_bytes(
-                "MESSAGE", bob.aor, content_type="message/cpim", body=envelope.to_bytes()
-            )
-            assert (await raw.transact(data, branch, dest)).status_code == 200
-            (event,) = await events.wait_for(ComposingStateChanged)
-            assert (event.state, event.refresh, event.sender) == (ACTIVE, 90, f"sip:raw@{host}:{port}")
-            assert received == []
-            assert bob.tracker.received("composing1", event.sender) is None
-            # A real message asking for the same afterwards: the first IMDN the raw peer
-            # gets is for it, none came for the indication.
-            im = build_message(
-                [
-                    ("From", f"<sip:raw@{host}:{port}>"),
-                    ("To", f"<{bob.aor}>"),
-                    ("NS", "imdn <urn:ietf:params:imdn>"),
-                    ("imdn.Message-ID", "message2"),
-                    ("DateTime", "2026-01-01T00:00:00Z"),
-                    ("imdn.Disposition-Notification", "positive-delivery"),
-                ],
-                content_type="text/plain",
-                body=b"hi",
-            )
-            data, branch = raw.request_bytes(
-                "MESSAGE", bob.aor, content_type="message/cpim", body=im.to_bytes()
-            )
-            assert (await raw.transact(data, branch, dest)).status_code == 200
-            imdn = await asyncio.wait_for(raw.requests.get(), 5)
-            assert b"<message-id>message2</message-id>" in imdn.body
-            assert [m.message_id for m in received] == ["message2"]
-    finally:
-        raw.close()
+    async with receiver() as side:
+        bob, (host, port) = side.bob, side.raw.address
+        envelope = build_message(
+            [
+                ("From", f"<sip:raw@{host}:{port}>"),
+                ("To", f"<{bob.aor}>"),
+                ("NS", "imdn <urn:ietf:params:imdn>"),
+                ("imdn.Message-ID", "composing1"),
+                ("imdn.Disposition-Notification", "positive-delivery, display"),
+            ],
+            content_type=CONTENT_TYPE,
+            body=build_iscomposing("active", refresh=90),
+        )
+        assert (await side.send(envelope.to_bytes(), content_type="message/cpim")).status_code == 200
+        (event,) = await side.events.wait_for(ComposingStateChanged)
+        assert (event.state, event.refresh, event.sender) == (ACTIVE, 90, f"sip:raw@{host}:{port}")
+        assert side.received == []
+        assert bob.tracker.received("composing1", event.sender) is None
+        # A real message asking for the same afterwards: the first IMDN the raw peer
+        # gets is for it, none came for the indication.
+        im = build_message(
+            [
+                ("From", f"<sip:raw@{host}:{port}>"),
+                ("To", f"<{bob.aor}>"),
+                ("NS", "imdn <urn:ietf:params:imdn>"),
+                ("imdn.Message-ID", "message2"),
+                ("DateTime", "2026-01-01T00:00:00Z"),
+                ("imdn.Disposition-Notification", "positive-delivery"),
+            ],
+            content_type="text/plain",
+            body=b"hi",
+        )
+        assert (await side.send(im.to_bytes(), content_type="message/cpim")).status_code == 200
+        imdn = await asyncio.wait_for(side.raw.requests.get(), 5)
+        assert b"<message-id>message2</message-id>" in imdn.body
+        assert [m.message_id for m in side.received] == ["message2"]
 
 
 async def test_options_accept_lists_the_composing_type() -> None:
-    raw = await RawPeer.open()
-    try:
-        async with UserAgent(ua_config("bob")) as bob:
-            dest = (bob.endpoints[0].host, bob.endpoints[0].port)
-            data, branch = raw.request_bytes("OPTIONS", bob.aor)
-            answer = await raw.transact(data, branch, dest)
-            accept = [t.strip() for t in (answer.headers.get("Accept") or "").split(",")]
-            assert set(accept) == {"message/cpim", "text/plain", "message/imdn+xml", CONTENT_TYPE}
-    finally:
-        raw.close()
+    async with receiver() as side:
+        answer = await side.send(method="OPTIONS", content_type=None)
+        accept = [t.strip() for t in (answer.headers.get("Accept") or "").split(",")]
+        assert set(accept) == {"message/cpim", "text/plain", "message/imdn+xml", CONTENT_TYPE}
