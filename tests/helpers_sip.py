@@ -30,9 +30,12 @@ __all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_of_wire_size", "me
 
 @dataclass
 class FakeClock:
-    """A clock that moves only when told."""
+    """A clock that moves only when told; calling it reads it (a ``clock=`` argument)."""
 
     now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
     def advance(self, seconds: float) -> float:
         self.now += seconds

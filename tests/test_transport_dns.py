@@ -9,12 +9,14 @@ import logging
 import random
 import socket
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _dnsmasq import DOMAIN, DnsServer, dnsmasq
 from _peers import IN_CI
+from helpers_sip import FakeClock
 
 from sipimdn.dialog.factory import build_request
 from sipimdn.dialog.transaction import TimerConfig
@@ -39,14 +41,6 @@ except ImportError:
 
 FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.2)
 UDP, TCP = Transport.UDP, Transport.TCP
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _logged(server: DnsServer, count: int, name: str | None = None) -> list[str]:
@@ -125,7 +119,7 @@ async def test_answers_cached_for_their_ttl(tmp_path: Path) -> None:
         f"--host-record=a.{DOMAIN},127.0.0.1",
     ]
     with dnsmasq(records, tmp_path, ttl=30) as server:
-        clock = FakeClock()
+        clock = FakeClock(now=1000.0)
         locator = DnsLocator([server.address], clock=clock)
         uri = Uri.parse(f"sip:bob@ttl.{DOMAIN}")
         first = await locator.locate(uri)
@@ -207,23 +201,40 @@ def _port(stack: SipStack, transport: Transport) -> int:
     return next(port for kind, (_host, port) in stack.endpoints if kind is transport)
 
 
+def _stack(transport: Transport = UDP) -> SipStack:
+    """A SipStack on 127.0.0.1, on a port of its own, with fast timers."""
+    return SipStack([ListenSpec(transport, "127.0.0.1", 0)], timers=FAST)
+
+
+def _answering(status: int, into: list[IncomingRequest]) -> Callable[[IncomingRequest], None]:
+    """A request handler that records each request in ``into`` and answers ``status``."""
+
+    def answer(incoming: IncomingRequest) -> None:
+        into.append(incoming)
+        incoming.respond(status)
+
+    return answer
+
+
+def _two_srv_targets(service: str, first: int, second: int) -> list[str]:
+    """dnsmasq records: the SRV name ``service`` on ``a.<test domain>`` (127.0.0.1), port
+    ``first`` at priority 10, then port ``second`` at priority 20."""
+    return [
+        f"--srv-host={service},a.{DOMAIN},{first},10,0",
+        f"--srv-host={service},a.{DOMAIN},{second},20,0",
+        f"--host-record=a.{DOMAIN},127.0.0.1",
+    ]
+
+
 async def test_failover_to_the_second_srv_target(tmp_path: Path) -> None:
     seen: list[IncomingRequest] = []
 
-    def answer(incoming: IncomingRequest) -> None:
-        seen.append(incoming)
-        incoming.respond(200)
-
-    async with SipStack([ListenSpec(TCP, "127.0.0.1", 0)], timers=FAST) as bob:
-        bob.on_request(answer)
+    async with _stack(TCP) as bob:
+        bob.on_request(_answering(200, seen))
         dead = _closed_tcp_port()
-        records = [
-            f"--srv-host=_sip._tcp.fo.{DOMAIN},a.{DOMAIN},{dead},10,0",
-            f"--srv-host=_sip._tcp.fo.{DOMAIN},a.{DOMAIN},{_port(bob, TCP)},20,0",
-            f"--host-record=a.{DOMAIN},127.0.0.1",
-        ]
+        records = _two_srv_targets(f"_sip._tcp.fo.{DOMAIN}", dead, _port(bob, TCP))
         with dnsmasq(records, tmp_path) as server:
-            async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as alice:
+            async with _stack() as alice:
                 locator = DnsLocator([server.address])
                 alice.locator = locator
                 uri = f"sip:bob@fo.{DOMAIN};transport=tcp"
@@ -239,17 +250,12 @@ async def test_failover_to_the_second_srv_target(tmp_path: Path) -> None:
 async def test_failover_on_503_with_on_final_seeing_only_the_answer(tmp_path: Path) -> None:
     statuses: list[int] = []
 
-    async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as busy, \
-            SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as bob:
+    async with _stack() as busy, _stack() as bob:
         busy.on_request(lambda incoming: incoming.respond(503))
         bob.on_request(lambda incoming: incoming.respond(200))
-        records = [
-            f"--srv-host=_sip._udp.busy.{DOMAIN},a.{DOMAIN},{_port(busy, UDP)},10,0",
-            f"--srv-host=_sip._udp.busy.{DOMAIN},a.{DOMAIN},{_port(bob, UDP)},20,0",
-            f"--host-record=a.{DOMAIN},127.0.0.1",
-        ]
+        records = _two_srv_targets(f"_sip._udp.busy.{DOMAIN}", _port(busy, UDP), _port(bob, UDP))
         with dnsmasq(records, tmp_path) as server:
-            async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as alice:
+            async with _stack() as alice:
                 alice.locator = DnsLocator([server.address])
                 response = await asyncio.wait_for(
                     alice.send_request(_message(f"sip:bob@busy.{DOMAIN}"),
@@ -261,22 +267,14 @@ async def test_failover_on_503_with_on_final_seeing_only_the_answer(tmp_path: Pa
 async def test_timer_f_moves_to_the_next_target_and_retransmissions_stay_on_one(tmp_path: Path) -> None:
     seen: list[IncomingRequest] = []
 
-    def answer(incoming: IncomingRequest) -> None:
-        seen.append(incoming)
-        incoming.respond(200)
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # receives, never answers
         silent.bind(("127.0.0.1", 0))
         silent.setblocking(False)
-        async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as bob:
-            bob.on_request(answer)
-            records = [
-                f"--srv-host=_sip._udp.slow.{DOMAIN},a.{DOMAIN},{silent.getsockname()[1]},10,0",
-                f"--srv-host=_sip._udp.slow.{DOMAIN},a.{DOMAIN},{_port(bob, UDP)},20,0",
-                f"--host-record=a.{DOMAIN},127.0.0.1",
-            ]
+        async with _stack() as bob:
+            bob.on_request(_answering(200, seen))
+            records = _two_srv_targets(f"_sip._udp.slow.{DOMAIN}", silent.getsockname()[1], _port(bob, UDP))
             with dnsmasq(records, tmp_path) as server:
-                async with SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as alice:
+                async with _stack() as alice:
                     alice.locator = DnsLocator([server.address])
                     response = await asyncio.wait_for(
                         alice.send_request(_message(f"sip:bob@slow.{DOMAIN}")), 64 * FAST.t1 + 5)
@@ -341,18 +339,10 @@ async def test_user_agent_with_dns_servers_fails_over_to_the_second_srv_target(t
     from sipimdn.ua import IncomingMessage
 
     refused: list[IncomingRequest] = []
-
-    def busy(incoming: IncomingRequest) -> None:
-        refused.append(incoming)
-        incoming.respond(503)
-
     domain = f"ua.{DOMAIN}"
     bob_config = UserAgentConfig(aor=f"sip:bob@{domain}", listen=(ListenEndpoint("udp", "127.0.0.1", 0),))
-    async with (
-        SipStack([ListenSpec(UDP, "127.0.0.1", 0)], timers=FAST) as first,
-        UserAgent(bob_config) as bob,
-    ):
-        first.on_request(busy)
+    async with _stack() as first, UserAgent(bob_config) as bob:
+        first.on_request(_answering(503, refused))
         got: list[IncomingMessage] = []
 
         @bob.on_message
@@ -360,11 +350,7 @@ async def test_user_agent_with_dns_servers_fails_over_to_the_second_srv_target(t
             got.append(message)
 
         bob_port = next(e.port for e in bob.endpoints if e.transport == "udp")
-        records = [
-            f"--srv-host=_sip._udp.{domain},a.{DOMAIN},{_port(first, UDP)},10,0",
-            f"--srv-host=_sip._udp.{domain},a.{DOMAIN},{bob_port},20,0",
-            f"--host-record=a.{DOMAIN},127.0.0.1",
-        ]
+        records = _two_srv_targets(f"_sip._udp.{domain}", _port(first, UDP), bob_port)
         with dnsmasq(records, tmp_path) as server:
             alice_config = UserAgentConfig(
                 aor="sip:alice@127.0.0.1:0",
