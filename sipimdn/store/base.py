@@ -218,7 +218,9 @@ class SharedStore(Store, Protocol):
     its records over), and a notification channel through which one worker
     wakes the others when a ``sent`` record changes. A Put of a ``sent`` or
     ``owed`` record makes the writing worker its owner when the record is new;
-    updates keep the owner. Same threading rules as :class:`Store`.
+    updates keep the owner, and only the owner writes or deletes the record
+    (:meth:`apply_owned`: a worker whose records were taken over is fenced
+    off). Same threading rules as :class:`Store`.
     """
 
     #: This worker's name among those sharing the store.
@@ -271,6 +273,20 @@ class SharedStore(Store, Protocol):
     ) -> list[SeenRecord | None]:
         """:meth:`claim_message` for several records at once (one round trip where it matters),
         the answers in order; a key given twice is claimed by its first record only."""
+        ...
+
+    def apply_owned(self, ops: Sequence[StoreOp]) -> tuple[StoreOp, ...]:
+        """:meth:`~Store.apply` with the owner's fence, returning the operations fenced off.
+
+        A Put or Delete of a ``sent`` or ``owed`` record whose row another worker owns (it
+        took the row over when this worker's lease ran out) changes nothing and is returned:
+        one writer per record at a time. Everything else is applied as :meth:`~Store.apply`
+        applies it (a Put of a new record makes this worker its owner).
+        """
+        ...
+
+    def owned_elsewhere(self, table: str, keys: Sequence[str]) -> list[str]:
+        """The keys among ``keys`` whose ``table`` row (``sent`` or ``owed``) another worker owns."""
         ...
 
     def renew_leases(self) -> int:

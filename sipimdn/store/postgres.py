@@ -178,47 +178,75 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1()), (2, _create_v2())
 
 @functools.lru_cache(maxsize=256)
 def _apply_sql(puts: tuple[str, ...], deletes: tuple[str, ...], notify: bool) -> str:
-    """The one statement of :meth:`PostgresStore.apply` for a batch that upserts into the
-    tables ``puts`` and deletes from the tables ``deletes`` (only those: a clause for an
+    """The one statement of :meth:`PostgresStore.apply_owned` for a batch that upserts into
+    the tables ``puts`` and deletes from the tables ``deletes`` (only those: a clause for an
     untouched table would still be planned and run).
 
     Parameters: $1 worker id, $2 lease seconds, $3 notify channel, then for each table of
     ``puts`` its keys, expiries and JSON texts, then for each table of ``deletes`` its keys.
+    The one row it returns: the count of notifications, then for each leased table of
+    ``puts`` and then of ``deletes`` (in that order) the array of keys fenced off (NULL: none).
+
+    The fence (leased tables): a row another worker owns is neither updated nor deleted.
+    The owner is tested in the statement that writes, on the row as it is when written (an
+    ``ON CONFLICT ... DO UPDATE ... WHERE`` and a ``DELETE ... WHERE`` re-check a row a
+    concurrent take-over changed), so no write slips in between a check and the write.
     """
     clauses = []
+    fenced = []
     n = 4
     for table in puts:
         name = _table(table)
         keys, expiries, datas = (f"${n}", f"${n + 1}", f"${n + 2}")
         n += 3
         rows = f"FROM unnest({keys}::text[], {expiries}::float8[], {datas}::text[]) AS u(k, e, d)"
+        update = f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data"
         if table in LEASED_TABLES:
-            # Ownership changes only through take_over: an update keeps the owner and its lease.
+            # Ownership changes only through take_over: an update keeps the owner and its lease,
+            # and only the owner updates (the fence); a key not returned was fenced off.
             insert = (
                 f"INSERT INTO {name} (key, expires_at, data, owner, lease_until) "
                 f"SELECT k, e, d, $1, {_NOW} + $2 {rows}"
             )
+            clauses.append(f"put_{table} AS ({insert} {update} WHERE {name}.owner = $1 RETURNING key)")
+            clauses.append(
+                f"fenced_put_{table} AS (SELECT array_agg(k) AS keys FROM unnest({keys}::text[]) AS u(k) "
+                f"WHERE NOT EXISTS (SELECT 1 FROM put_{table} p WHERE p.key = u.k))"
+            )
+            fenced.append(f"(SELECT keys FROM fenced_put_{table})")
         else:
             insert = f"INSERT INTO {name} (key, expires_at, data) SELECT k, e, d {rows}"
-        clauses.append(
-            f"put_{table} AS ({insert} "
-            f"ON CONFLICT ({_ID}) DO UPDATE SET expires_at = EXCLUDED.expires_at, data = EXCLUDED.data)"
-        )
+            clauses.append(f"put_{table} AS ({insert} {update})")
         if table == "sent" and notify:
-            # A SELECT in WITH runs only when referenced: the final SELECT counts it.
+            # A SELECT in WITH runs only when referenced: the final SELECT counts it. Only
+            # records written are announced (a fenced-off Put changed nothing).
             clauses.append(
-                f"notified AS (SELECT pg_notify($3, k) FROM unnest({keys}::text[]) AS u(k) "
-                f"WHERE octet_length(k) <= {_MAX_NOTIFY_BYTES})"
+                f"notified AS (SELECT pg_notify($3, key) FROM put_{table} "
+                f"WHERE octet_length(key) <= {_MAX_NOTIFY_BYTES})"
             )
     for table in deletes:
-        clauses.append(
-            f"del_{table} AS (DELETE FROM {_table(table)} WHERE {_ID} IN "
-            f"(SELECT {_id_of('k')} FROM unnest(${n}::text[]) AS u(k)))"
-        )
+        name = _table(table)
+        wanted = f"SELECT {_id_of('k')} FROM unnest(${n}::text[]) AS u(k)"
+        if table in LEASED_TABLES:
+            # A row still there after the owner's delete (seen in the statement's snapshot, not
+            # deleted) is another worker's: fenced off. A row already gone is nobody's.
+            clauses.append(
+                f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN ({wanted}) AND owner = $1 "
+                f"RETURNING {_ID})"
+            )
+            clauses.append(
+                f"fenced_del_{table} AS (SELECT array_agg(t.key) AS keys FROM {name} t "
+                f"WHERE t.{_ID} IN ({wanted}) AND NOT EXISTS "
+                f"(SELECT 1 FROM del_{table} d WHERE d.{_ID} = t.{_ID}))"
+            )
+            fenced.append(f"(SELECT keys FROM fenced_del_{table})")
+        else:
+            clauses.append(f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN ({wanted}))")
         n += 1
     counted = "(SELECT count(*) FROM notified)" if "sent" in puts and notify else "0"
     # $1-$3 appear in every statement so the parameter list has one shape.
-    return "WITH " + ",\n".join(clauses) + f"\nSELECT {counted}, $1::text, $2::float8, $3::text"
+    columns = ", ".join([counted, *fenced, "$1::text", "$2::float8", "$3::text"])
+    return "WITH " + ",\n".join(clauses) + f"\nSELECT {columns}"
 
 
 _PURGED = (*(_table(t) for t in TABLES), _FORWARDED)
@@ -458,9 +486,33 @@ class PostgresStore:
             return self._call(read(), "store read failed")
 
     def apply(self, ops: Sequence[StoreOp]) -> None:
-        """Apply operations in one transaction (one statement): all or none, durable on return."""
+        """Apply operations in one transaction (one statement): all or none, durable on return.
+
+        The fence of :meth:`apply_owned` holds here too: a write of a ``sent`` or ``owed``
+        record another worker owns changes nothing (logged as a warning).
+        """
+        fenced = self.apply_owned(ops)
+        if fenced:
+            _log.warning(
+                "store: %d write(s) of records another worker owns fenced off (worker %s)",
+                len(fenced),
+                self.worker_id,
+            )
+
+    def apply_owned(self, ops: Sequence[StoreOp]) -> tuple[StoreOp, ...]:
+        """:meth:`apply`, returning the operations fenced off: Puts and Deletes of ``sent``
+        and ``owed`` records whose row another worker owns (it took them over when this
+        worker's lease ran out: see :meth:`take_over`). Those change nothing; the rest of the
+        batch is applied, in one transaction, durable on return.
+
+        The owner is tested in the statement that writes, on the row as it stands then, so a
+        take-over racing with the batch either comes first (the write is fenced off) or
+        waits for it (and then takes the row as written). A Put of a row that does not
+        exist creates it, owned by this worker; a Delete of a row already gone is not
+        reported (nobody owns it). Only the last operation on each record counts.
+        """
         if not ops:
-            return
+            return ()
         for op in ops:
             check_op(op)
         last: dict[tuple[str, str], StoreOp] = {}
@@ -487,13 +539,25 @@ class PostgresStore:
         for table in put_tables:
             params.extend(puts[table])
         params.extend(deletes[table] for table in delete_tables)
+        # The fenced-key columns of the statement's row, in order (see _apply_sql).
+        fenced_of = [(True, t) for t in put_tables if t in LEASED_TABLES]
+        fenced_of += [(False, t) for t in delete_tables if t in LEASED_TABLES]
 
-        async def write() -> None:
+        async def write() -> list[list[str] | None]:
             conn = await self._connection()
-            await conn.fetchval(sql, *params)
+            row = await conn.fetchrow(sql, *params)
+            assert row is not None
+            return [row[1 + i] for i in range(len(fenced_of))]
 
         with self._lock:
-            self._call(write(), "store write failed")
+            columns = self._call(write(), "store write failed")
+        fenced: list[StoreOp] = []
+        for (is_put, table), column in zip(fenced_of, columns, strict=True):
+            for key in column or ():
+                op = last[(table, key)]
+                if isinstance(op, Put) is is_put:
+                    fenced.append(op)
+        return tuple(fenced)
 
     def load(self, now: float) -> Snapshot:
         """Every record that has not expired at ``now``."""
@@ -661,6 +725,27 @@ class PostgresStore:
 
         with self._lock:
             return self._call(renew(), "store lease renewal failed")
+
+    def owned_elsewhere(self, table: str, keys: Sequence[str]) -> list[str]:
+        """The keys among ``keys`` whose ``table`` row (``sent`` or ``owed``) another worker owns
+        now: what this worker lost to a take-over while its lease had run out. A key with no
+        row is not listed (nobody owns it)."""
+        if table not in LEASED_TABLES:
+            raise StoreError(f"no owners in store table {table!r}")
+        wanted = list(keys)
+        if not wanted:
+            return []
+        sql = (
+            f"SELECT key FROM {_table(table)} WHERE {_ID} IN "
+            f"(SELECT {_id_of('k')} FROM unnest($2::text[]) AS u(k)) AND owner <> $1"
+        )
+
+        async def read() -> list[str]:
+            conn = await self._connection()
+            return [str(row[0]) for row in await conn.fetch(sql, self.worker_id, wanted)]
+
+        with self._lock:
+            return self._call(read(), "store read failed")
 
     def take_over(self, now: float, limit: int = 1000) -> Snapshot:
         """Become the owner of up to ``limit`` rows per leased table whose owner's lease ran out.

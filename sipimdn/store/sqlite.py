@@ -326,6 +326,18 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
+    def apply_owned(self, ops: Sequence[StoreOp]) -> tuple[StoreOp, ...]:
+        """:meth:`apply`; nothing is ever fenced off (every record is this worker's)."""
+        self.apply(ops)
+        return ()
+
+    def owned_elsewhere(self, table: str, keys: Sequence[str]) -> list[str]:
+        """Nothing: no other worker owns records here."""
+        if table not in ("sent", "owed"):
+            raise StoreError(f"no owners in store table {table!r}")
+        self._connection()
+        return []
+
     def take_over(self, now: float, limit: int = 1000) -> Snapshot:
         """Nothing: no other worker owns records here."""
         if limit <= 0:
