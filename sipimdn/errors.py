@@ -16,6 +16,7 @@ __all__ = [
     "ImdnError",
     "IsComposingError",
     "LocalProtocolError",
+    "MessageNotTracked",
     "ProtocolError",
     "RemoteProtocolError",
     "SipError",
@@ -53,6 +54,30 @@ class ProtocolError(SipError):
 
 class LocalProtocolError(ProtocolError):
     """We were asked to build or send something the protocol does not allow."""
+
+
+class MessageNotTracked(LocalProtocolError):
+    """No worker tracks the sent message awaited (``UserAgent.await_disposition``).
+
+    Either it was never tracked (``last_state`` is None), or it was while the caller
+    waited and its record is gone now: its tracking ended and its final record expired
+    from the store before it was read, so the state it ended in is unknown (it is
+    ``last_state`` or later on the disposition path).
+    """
+
+    def __init__(self, message_id: str, last_state: object | None = None) -> None:
+        if last_state is None:
+            reason = f"no message {message_id!r} is tracked"
+        else:
+            reason = (
+                f"message {message_id!r} is no longer tracked (last seen {last_state}): "
+                "its tracking ended and its final state expired before it was read"
+            )
+        super().__init__(reason)
+        #: The Message-ID awaited.
+        self.message_id = message_id
+        #: The last :class:`~sipimdn.imdn.vocabulary.DispositionState` read while waiting, if any.
+        self.last_state = last_state
 
 
 class RemoteProtocolError(ProtocolError):

@@ -43,6 +43,7 @@ COUNTERS = frozenset(
         "retransmissions",
         "timeouts",
         "transport_errors",
+        "records_lost",
         "store_writes",
         "store_failures",
         "store_write_seconds",

@@ -229,10 +229,10 @@ class _Failing(PostgresStore):
 
     failing = False
 
-    def apply(self, ops: Sequence[StoreOp]) -> None:
-        if self.failing:
+    def apply_owned(self, ops: Sequence[StoreOp]) -> tuple[StoreOp, ...]:
+        if self.failing:  # every write goes through here (apply too)
             raise StoreError("store write failed: injected")
-        super().apply(ops)
+        return super().apply_owned(ops)
 
 
 async def test_a_2xx_whose_records_cannot_be_stored_is_a_503_and_the_retry_is_taken(

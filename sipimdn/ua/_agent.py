@@ -365,6 +365,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             tracked_messages=tracker.tracked_sent,
             tracked_received=tracker.tracked_received,
             owed_notifications=tracker.owed_count,
+            records_lost=counters.records_lost,
             store_writes=writer.writes,
             store_failures=writer.failures,
             store_write_seconds=writer.write_seconds,
@@ -510,8 +511,19 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         Works for a message any worker sharing the store sent (its record is read there and
         re-read when a worker writes it), as for one sent here (see
         :meth:`SentMessage.await_disposition <sipimdn.ua.SentMessage.await_disposition>`).
-        Raises :class:`TimeoutError` after ``timeout`` seconds and
-        :class:`~sipimdn.errors.LocalProtocolError` for a message nobody tracks.
+        It can no longer reach ``state`` when its state is terminal (``failed``, ``expired``
+        when no positive news came before the tracking deadline...) or when its tracking
+        ended: the state returned is then the one tracking ended in, which may fall short of
+        ``state`` (``delivered`` when ``displayed`` was awaited); check with
+        :func:`~sipimdn.imdn.vocabulary.reached`. A shared store keeps that final state
+        readable for an hour (at most until the record's expiry).
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds, and
+        :class:`~sipimdn.errors.MessageNotTracked` (a
+        :class:`~sipimdn.errors.LocalProtocolError`) when no worker tracks the message: never
+        sent, or its tracking ended and its final state can no longer be read (a store of one
+        worker's drops it at once; a shared one when it expires): ``last_state`` then says
+        what was read while waiting, if anything.
         """
         self._require_tracker()
         return await self._await_disposition(message_id, state, timeout)

@@ -125,6 +125,9 @@ class AgentCore:
         self._sent_waiters: dict[str, list[asyncio.Future[None]]] = {}
         # Dedup claims of refused messages to release in the shared store (retried until done).
         self._unreleased: set[str] = set()
+        # Until when (time.monotonic()) this worker is sure its leases hold: no other worker can
+        # have taken its records over before then (see _shared, "Fencing").
+        self._lease_sure_until = float("inf")
         # Dedup claims waiting for the next batch to the shared store, and whether one is out.
         self._claim_queue: list[tuple[SeenRecord, asyncio.Future[SeenRecord | None]]] = []
         self._claiming = False
@@ -197,6 +200,10 @@ class AgentCore:
             transport=transport,
             to_list=False,
         )
+
+    def _may_send_owed(self, notification_id: str) -> bool:
+        """Whether this worker may send an owed notification now (see ``_shared``)."""
+        raise NotImplementedError
 
     def _shared_writes(self, ops: list[StoreOp]) -> list[StoreOp]:
         """The tracker's writes as a shared store keeps them (see ``_shared``)."""
@@ -295,7 +302,9 @@ class AgentCore:
             )
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, TrackingEnded):
-            self._handles.pop(event.message_id, None)
+            ended = self._handles.pop(event.message_id, None)
+            if ended is not None:
+                ended._set_ended()
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationOwed):
             if not self._closed:

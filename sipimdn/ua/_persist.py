@@ -31,6 +31,7 @@ must not kill the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -68,6 +69,9 @@ class StoreWriter:
         self._submitted = 0
         self._applied = 0
         self._waiters: list[tuple[int, Callable[[], None]]] = []
+        # With a store other workers share: who hears of the writes fenced off (see on_fenced).
+        self._on_fenced: Callable[[tuple[StoreOp, ...]], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def failures(self) -> int:
@@ -94,6 +98,25 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, store.load_own, now)
 
+    def on_fenced(self, callback: Callable[[tuple[StoreOp, ...]], None]) -> None:
+        """Write through :meth:`SharedStore.apply_owned <sipimdn.store.base.SharedStore.apply_owned>`
+        from now on and call ``callback(ops)`` on this event loop with the operations of each
+        batch that were fenced off (records another worker owns now)."""
+        if not isinstance(self._require(), SharedStore):
+            raise TypeError("not a shared store")
+        self._loop = asyncio.get_running_loop()
+        self._on_fenced = callback
+
+    def _write(self, store: Store, ops: list[StoreOp]) -> None:
+        callback, loop = self._on_fenced, self._loop
+        if callback is None or loop is None or not isinstance(store, SharedStore):
+            store.apply(ops)
+            return
+        fenced = store.apply_owned(ops)
+        if fenced:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to tell
+                loop.call_soon_threadsafe(callback, fenced)
+
     def _require(self) -> Store:
         if self._store is None:
             raise RuntimeError("store writer not opened")
@@ -109,7 +132,7 @@ class StoreWriter:
         store = self._require()
         started = time.perf_counter()
         try:
-            store.apply(coalesce([op for ops in batch for op in ops]))
+            self._write(store, coalesce([op for ops in batch for op in ops]))
             elapsed = time.perf_counter() - started
             # Only this worker thread writes these; the loop reads them for stats().
             self.writes += 1

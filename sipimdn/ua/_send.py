@@ -66,7 +66,11 @@ class SendPath(AgentCore):
         def held() -> bool:
             # Our turn at this URI (RFC 3428 §8) came after the hand-out: if the destination was
             # parked meanwhile (it left another notification unanswered), wait for the end of
-            # the parking instead of running one more transaction into the void.
+            # the parking instead of running one more transaction into the void. With workers
+            # sharing the store, nor while this one is unsure it still owns the notification
+            # (checked here, as late as can be before the request goes out).
+            if not self._may_send_owed(owed.notification_id):
+                return True
             return tracker.notification_held(owed.notification_id, time.time())
 
         try:

@@ -54,16 +54,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LocalProtocolError, StoreError
+from ..errors import MessageNotTracked, StoreError
 from ..imdn.tracker import DispositionState
 from ..imdn.vocabulary import TERMINAL_STATES, reached
 from ..stack import IncomingRequest
-from ..store import Delete, Put, SeenRecord, SentRecord, SharedStore, Snapshot, Store, StoreOp
+from ..store import Delete, OwedRecord, Put, SeenRecord, SentRecord, SharedStore, Snapshot, Store, StoreOp
 from . import _wire
 from ._base import AgentCore
 
 if TYPE_CHECKING:
     from ._receive import Pending
+    from .outgoing import SentMessage
 
 __all__ = ["ENDED", "SharedPath", "shared_store", "without_ended"]
 
@@ -77,6 +78,11 @@ RETRY_AFTER = 5
 ENDED_KEEP = 3600.0
 #: How often a worker waiting on another worker's message re-reads it without a wake-up.
 _AWAIT_POLL = 1.0
+#: The part of its lease a worker counts on after a renewal (the rest covers the database's
+#: clock running a little faster than this machine's, and the time a renewal takes to return).
+_LEASE_TRUST = 0.8
+#: Keys per ownership check after a late renewal (one statement each).
+_LOST_CHUNK = 5000
 
 
 def shared_store(store: Store) -> SharedStore | None:
@@ -133,8 +139,13 @@ class SharedPath(AgentCore):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def _shared_start(self, store: SharedStore) -> None:
-        """Listen for the other workers' wake-ups and start the lease ticks."""
+        """Listen for the other workers' wake-ups, hear of the writes fenced off and start the
+        lease ticks."""
         self._shared = store
+        # Rows written from now on are leased past this (the records resumed were renewed
+        # when this worker last ran, or are taken over by the first tick if their lease ran out).
+        self._lease_sure_until = time.monotonic() + store.lease * _LEASE_TRUST
+        self._writer.on_fenced(self._on_fenced)
         loop = asyncio.get_running_loop()
 
         def wake(payload: str) -> None:  # on the store's thread
@@ -153,8 +164,11 @@ class SharedPath(AgentCore):
     def _shared_writes(self, ops: list[StoreOp]) -> list[StoreOp]:
         return ended_writes(ops, time.time()) if self._shared is not None else ops
 
+    def _tick_interval(self, store: SharedStore) -> float:
+        return min(self.config.worker_lease, store.lease) / 4
+
     async def _lease_ticks(self, store: SharedStore) -> None:
-        interval = self.config.worker_lease / 4
+        interval = self._tick_interval(store)
         while not self._closed:
             try:
                 await self._lease_tick(store)
@@ -167,7 +181,14 @@ class SharedPath(AgentCore):
             keys = list(self._unreleased)
             await asyncio.to_thread(store.apply, [Delete(SeenRecord.TABLE, key) for key in keys])
             self._unreleased.difference_update(keys)
+        started = time.monotonic()
         await asyncio.to_thread(store.renew_leases)
+        if time.monotonic() > self._lease_sure_until:
+            # The renewal came after our lease may have run out: another worker may have
+            # taken records over meanwhile. Until we know which, nothing owed is sent.
+            await self._drop_lost(store)
+        # The renewal ran after `started`: every row still ours is leased past started + lease.
+        self._lease_sure_until = started + store.lease * _LEASE_TRUST
         now = time.time()
         taken = await asyncio.to_thread(store.take_over, now)
         if self._closed:
@@ -182,6 +203,102 @@ class SharedPath(AgentCore):
             self._pump()
         # Also what was forwarded while its owner was gone, or whose wake-up was lost.
         self._kick_forwarded()
+
+    # -- fencing: records lost to another worker ---------------------------------------------------
+
+    def _may_send_owed(self, notification_id: str) -> bool:
+        """Whether an owed notification may go out now: always with a store of one worker's;
+        with a shared one only while this worker is sure it still owns the notification's
+        record (else it is put back, due at the next lease tick, which finds out)."""
+        store = self._shared
+        if store is None or time.monotonic() <= self._lease_sure_until:
+            return True
+        tracker = self._require_tracker()
+        if tracker.hold_notification(notification_id, time.time() + self._tick_interval(store)):
+            _log.debug("IMDN %s held: this worker's lease on it is not confirmed", notification_id)
+            self._pump()
+        return False
+
+    def _on_fenced(self, ops: tuple[StoreOp, ...]) -> None:
+        """The store refused writes of records another worker owns now (on the loop)."""
+        lost: dict[str, list[str]] = {}
+        for op in ops:
+            table, key = (op.record.TABLE, op.record.key) if isinstance(op, Put) else (op.table, op.key)
+            lost.setdefault(table, []).append(key)
+        self._lose(lost, "its writes were fenced off")
+
+    async def _drop_lost(self, store: SharedStore) -> None:
+        """Find the records tracked here that another worker owns now, and stop tracking them."""
+        await self._writer.written()  # what was written before counts (fenced writes are reported)
+        lost: dict[str, list[str]] = {}
+        for table in (SentRecord.TABLE, OwedRecord.TABLE):
+            keys = self._require_tracker().leased_keys(table)
+            for at in range(0, len(keys), _LOST_CHUNK):
+                found = await asyncio.to_thread(store.owned_elsewhere, table, keys[at : at + _LOST_CHUNK])
+                lost.setdefault(table, []).extend(found)
+        if not self._closed:
+            self._lose(lost, "found on renewing its lease late")
+
+    def _lose(self, lost: dict[str, list[str]], how: str) -> None:
+        """Stop tracking and sending what another worker took over: it is that worker's to
+        send and track now (the one writer of those records)."""
+        if self._closed or self._tracker is None or self._shared is None:
+            return
+        tracker, store = self._tracker, self._shared
+        now = time.time()
+        count = 0
+        for table, keys in lost.items():
+            released = tracker.release(table, keys, now)
+            count += len(released)
+            if table == SentRecord.TABLE:
+                for message_id in released:
+                    handle = self._handles.get(message_id)
+                    if handle is not None:
+                        self._spawn(self._follow(store, handle))
+        if not count:
+            return
+        self._counters.records_lost += count
+        _log.warning(
+            "shared store: %d awaited message(s) or owed notification(s) now belong to another "
+            "worker (this one's lease ran out, %s): no longer tracked or sent from here",
+            count,
+            how,
+        )
+        self._pump()
+
+    async def _follow(self, store: SharedStore, handle: SentMessage) -> None:
+        """Keep a :class:`SentMessage` whose record another worker took over up to date from
+        the store (that worker applies its notifications now)."""
+        loop = asyncio.get_running_loop()
+        message_id = handle.message_id
+        while not self._closed:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._sent_waiters.setdefault(message_id, []).append(waiter)
+            try:
+                try:
+                    record = await asyncio.to_thread(store.load_sent, message_id, time.time())
+                except StoreError:  # read again at the next poll
+                    await asyncio.wait([waiter], timeout=_AWAIT_POLL)
+                    continue
+                if record is None:  # gone: its tracking ended and its record expired
+                    handle._set_ended()
+                    return
+                state = recipient_state(record)
+                if state != handle.state:
+                    handle._set_state(state)
+                if is_ended(record) or state in TERMINAL_STATES:
+                    handle._set_ended()
+                    return
+                await asyncio.wait([waiter], timeout=_AWAIT_POLL)
+            finally:
+                self._drop_waiter(message_id, waiter)
+
+    def _drop_waiter(self, message_id: str, waiter: asyncio.Future[None]) -> None:
+        waiters = self._sent_waiters.get(message_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._sent_waiters[message_id]
 
     # -- dedup across workers ----------------------------------------------------------------------
 
@@ -397,27 +514,22 @@ class SharedPath(AgentCore):
             waiter: asyncio.Future[None] = loop.create_future()
             self._sent_waiters.setdefault(message_id, []).append(waiter)
             try:
-                state = await self._current_state(message_id)
-                if state is None:
-                    if last is None:
-                        raise LocalProtocolError(f"no message {message_id!r} is tracked")
-                    return last  # gone (expired from the store): the last state read is the final one
-                last = state
-                if _settled(state, wanted):
-                    return state
+                record = await self._current_record(message_id)
+                if record is None:
+                    # Never tracked, or gone: ended and its final record expired unread.
+                    raise MessageNotTracked(message_id, last)
+                last = recipient_state(record)
+                if _settled(last, wanted) or (self._shared is not None and is_ended(record)):
+                    return last  # reached, or can no longer: terminal, or tracking ended
                 left = _AWAIT_POLL if end is None else min(_AWAIT_POLL, end - loop.time())
                 if left <= 0:
                     raise TimeoutError(f"message {message_id} did not reach {wanted.value}")
                 await asyncio.wait([waiter], timeout=left)
             finally:
-                waiters = self._sent_waiters.get(message_id)
-                if waiters is not None and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._sent_waiters[message_id]
+                self._drop_waiter(message_id, waiter)
 
-    async def _current_state(self, message_id: str) -> DispositionState | None:
+    async def _current_record(self, message_id: str) -> SentRecord | None:
         record = self._require_tracker().sent(message_id)
         if record is None and self._shared is not None:
             record = await asyncio.to_thread(self._shared.load_sent, message_id, time.time())
-        return None if record is None else recipient_state(record)
+        return record

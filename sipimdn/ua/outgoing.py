@@ -40,6 +40,7 @@ class SentMessage:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    _ended: bool = False
 
     def __post_init__(self) -> None:
         # Nobody may ever await the response: don't let a failure be "never retrieved".
@@ -58,6 +59,13 @@ class SentMessage:
         """True once the final response (or its failure) is known."""
         return self._response.done()
 
+    @property
+    def tracking_ended(self) -> bool:
+        """True once tracking ended (the tracking deadline passed, or every notification
+        requested came): ``state`` is final, whether or not it is terminal (``delivered``
+        stays ``delivered`` when a display notification was requested but never came)."""
+        return self._ended
+
     def reached(self, target: str | DispositionState) -> bool:
         """Whether the recipient is at ``target`` or beyond it (``displayed`` implies ``delivered``)."""
         return reached(self.state, DispositionState(target))
@@ -67,12 +75,16 @@ class SentMessage:
     ) -> DispositionState:
         """Wait until the state reaches ``target`` or can no longer reach it; return the state.
 
-        Raises :class:`TimeoutError` after ``timeout`` seconds.
+        It can no longer when the state is terminal (``failed``, ``expired``...) or when
+        tracking ended (:attr:`tracking_ended`): then the state returned is the one tracking
+        ended in, which may fall short of ``target`` (``delivered`` when ``displayed`` was
+        awaited and no display notification came before the tracking deadline). Check with
+        :meth:`reached`. Raises :class:`TimeoutError` after ``timeout`` seconds.
         """
         wanted = DispositionState(target)
 
         def settled() -> bool:
-            return reached(self.state, wanted) or _final(self.state)
+            return reached(self.state, wanted) or _final(self.state) or self._ended
 
         async def wait() -> DispositionState:
             loop = asyncio.get_running_loop()
@@ -96,6 +108,10 @@ class SentMessage:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _set_ended(self) -> None:
+        self._ended = True
+        self._set_state(self.state)  # wakes the waiters: nothing will change any more
 
     def _set_notify(self, notify: frozenset[str]) -> None:
         self.notify = notify

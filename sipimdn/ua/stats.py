@@ -25,6 +25,7 @@ class Counters:
         "notifications_received",
         "notifications_rejected",
         "notifications_sent",
+        "records_lost",
     )
 
     def __init__(self) -> None:
@@ -35,6 +36,7 @@ class Counters:
         self.notifications_received = 0
         self.notifications_accepted = 0
         self.notifications_rejected = 0
+        self.records_lost = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +71,10 @@ class UserAgentStats:
     tracked_received: int
     #: Notifications owed and not yet sent (or being retried) now; a gauge.
     owed_notifications: int
+    #: Awaited messages and owed notifications another worker sharing the store took over
+    #: while this one's lease had run out (it was cut off from the database, or paused), and
+    #: that this one therefore stopped tracking and sending (each logged as a warning).
+    records_lost: int
     #: Store write batches applied so far.
     store_writes: int
     #: Store write batches that failed (each was logged).

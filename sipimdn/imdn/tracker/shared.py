@@ -7,16 +7,20 @@ Message-ID) pair, and hands the records of a worker whose lease ran out to
 a survivor. This module is what the tracker contributes: the dedup entry a
 worker claims before it records a message (:meth:`SharedSide.dedup_record`,
 same key and expiry as the one :meth:`~.receiver.ReceiverSide.record_received`
-writes, so the tracker's later write replaces the claim), and
-:meth:`SharedSide.adopt`, which takes records over into a running tracker.
+writes, so the tracker's later write replaces the claim),
+:meth:`SharedSide.adopt`, which takes records over into a running tracker, and
+:meth:`SharedSide.release`, its converse: a worker whose lease ran out (it was
+cut off from the store, or paused) lost records to a survivor, the one writer
+of them from then on, and stops tracking them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from .receiver import ReceiverSide
-from .records import Delete, OwedRecord, ReceivedRecord, SeenRecord, Snapshot, received_key
+from .records import Delete, OwedRecord, ReceivedRecord, SeenRecord, SentRecord, Snapshot, received_key
 
 __all__ = ["SharedSide"]
 
@@ -75,3 +79,54 @@ class SharedSide(ReceiverSide):
             else:
                 self._put(owed, write=False)
         return tuple(adopted)
+
+    def leased_keys(self, table: str) -> list[str]:
+        """The keys of the ``sent`` (Message-IDs) or ``owed`` (notification ids) records tracked
+        here: those a shared store gives an owner."""
+        if table == SentRecord.TABLE:
+            return list(self._sent)
+        if table == OwedRecord.TABLE:
+            return list(self._owed)
+        raise ValueError(f"no owners in table {table!r}")
+
+    def release(self, table: str, keys: Iterable[str], now: float) -> list[str]:
+        """Stop tracking the ``sent`` or ``owed`` records ``keys``: another worker owns them now
+        (it took them over while this one's lease had run out). Returns the keys that were
+        tracked here.
+
+        No store write (they are the other worker's to write) and no event: an owed
+        notification released is not sent from here (a hand-out still queued finds it gone:
+        :meth:`~.receiver.ReceiverSide.notification_held` says so), nor is its outcome
+        applied; the notifications waiting behind it for the same destination go now.
+        """
+        if table not in (SentRecord.TABLE, OwedRecord.TABLE):
+            raise ValueError(f"no owners in table {table!r}")
+        released = []
+        for key in keys:
+            if table == SentRecord.TABLE:
+                if self._sent.pop(key, None) is None:
+                    continue
+            else:
+                owed = self._owed.pop(key, None)
+                if owed is None:
+                    continue
+                address = self._address(owed.request_uri)
+                self._guard.forget(address, key)
+                for waiting in self._guard.release(address, now):
+                    other = self._owed.get(waiting)
+                    if other is not None and not other.in_flight:
+                        self._dispatch(other, now)
+            self._unswept += 1  # its timer entry is stale now
+            released.append(key)
+        return released
+
+    def hold_notification(self, notification_id: str, until: float) -> bool:
+        """Put a handed-out notification back unsent, due again at ``until`` (the attempt does
+        not count): the adapter may not send it now (its worker is not sure it still owns
+        it). False when it is no longer owed here (nothing to send)."""
+        owed = self._owed.get(notification_id)
+        if owed is None or not owed.in_flight:
+            return False
+        self._guard.forget(self._address(owed.request_uri), notification_id)
+        self._put(replace(owed, attempts=max(0, owed.attempts - 1), in_flight=False, next_attempt_at=until))
+        return True
