@@ -85,7 +85,7 @@ def test_schema_is_created_once_and_reopening_is_idempotent(
     postgres_server: PostgresServer, opened: list[PostgresStore], postgres_url: str
 ) -> None:
     first = open_pg(opened, postgres_url)
-    assert first.schema_version == SCHEMA_VERSION == 2
+    assert first.schema_version == SCHEMA_VERSION == 3
     first.apply([Put(r) for r in every_kind()])
     again = open_pg(opened, postgres_url)
     assert again.schema_version == SCHEMA_VERSION
@@ -266,18 +266,25 @@ def test_a_worker_whose_records_were_taken_over_is_fenced_off(
     assert snap.sent == (sent("m1", expires_at=200.0),)  # bob's write stands
     assert {o.key: o.expires_at for o in snap.owed} == {"n2": 100.0, "n3": 100.0}
     assert [s.key for s in snap.seen] == [SeenRecord("sip:a@x", "mid", 200, 50.0).key]
-    # A record bob already finished (n1: deleted) is not alice's to report.
-    assert alice.apply_owned([Delete("owed", "n1")]) == ()
+    # A record bob took over and then finished (n1, deleted) stays his until it expires, as a
+    # tombstone nobody loads: alice cannot write it back (she would send its IMDN again).
+    assert alice.apply_owned([Put(owed("n1")), Delete("owed", "n1")]) == (Delete("owed", "n1"),)
+    assert alice.apply_owned([Put(owed("n1"))]) == (Put(owed("n1")),)
+    assert "n1" not in {o.key for o in bob.load(0.0).owed} and bob.take_over(now=0.0).owed == ()
     # Bob's writes go through, alice owns only what she created since; she can ask what she lost.
     assert bob.apply_owned([Put(owed("n2", expires_at=150.0)), Delete("sent", "m1")]) == ()
-    assert alice.renew_leases() == 1 and bob.renew_leases() == 1
-    assert sorted(alice.owned_elsewhere("owed", ["n1", "n2", "n3"])) == ["n2"]
-    assert alice.owned_elsewhere("sent", ["m1"]) == [] and bob.owned_elsewhere("owed", ["n3"]) == ["n3"]
+    assert bob.apply_owned([Delete("sent", "m1")]) == ()  # deleting a tombstone again: no news
+    assert bob.load_sent("m1", 0.0) is None and bob.load_own(0.0).sent == ()
+    assert alice.renew_leases() == 1 and bob.renew_leases() == 1  # tombstones are not counted
+    assert sorted(alice.owned_elsewhere("owed", ["n1", "n2", "n3", "n9"])) == ["n1", "n2"]
+    assert alice.owned_elsewhere("sent", ["m1"]) == ["m1"] and bob.owned_elsewhere("owed", ["n3"]) == ["n3"]
+    # A record never taken over is deleted outright by its owner.
+    assert alice.apply_owned([Delete("owed", "n3")]) == () and bob.owned_elsewhere("owed", ["n3"]) == []
     with pytest.raises(StoreError):
         alice.owned_elsewhere("seen", ["x"])
     # The plain Store contract's apply is fenced the same way (and says so in the log).
     alice.apply([Put(owed("n2", expires_at=999.0))])
-    assert {o.key: o.expires_at for o in bob.load(0.0).owed} == {"n2": 150.0, "n3": 100.0}
+    assert {o.key: o.expires_at for o in bob.load(0.0).owed} == {"n2": 150.0}
 
 
 def test_the_fence_holds_against_a_concurrent_take_over(
@@ -467,7 +474,7 @@ def test_schema_version_1_is_migrated_to_2(postgres_server: PostgresServer, post
     )
     again = PostgresStore(postgres_url)
     try:
-        assert again.schema_version == SCHEMA_VERSION == 2
+        assert again.schema_version == SCHEMA_VERSION == 3
         assert [s.message_id for s in again.load(0.0).sent] == ["kept"]
         assert again.forward_notification("kept", "{}", 0.0) is True
     finally:

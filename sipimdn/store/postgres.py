@@ -105,7 +105,7 @@ _log = logging.getLogger("sipimdn.store.postgres")
 _T = TypeVar("_T")
 
 #: The schema version this code writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Tables whose rows have an owning worker and a lease.
 LEASED_TABLES = ("sent", "owed")
@@ -172,8 +172,18 @@ def _create_v2() -> list[str]:
     ]
 
 
+#: ``data`` of a leased row its owner deleted after taking it over: a tombstone, so the worker
+#: it was taken from cannot write the record back (see :meth:`PostgresStore.apply_owned`).
+_GONE = "''"
+
+
+def _create_v3() -> list[str]:
+    # taken_from: the worker a row was taken over from (NULL: never taken over).
+    return [f"ALTER TABLE {_table(t)} ADD COLUMN IF NOT EXISTS taken_from TEXT" for t in LEASED_TABLES]
+
+
 #: Steps in order: ``(version, statements)`` taking the schema from version-1 to version.
-_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1()), (2, _create_v2())]
+_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1()), (2, _create_v2()), (3, _create_v3())]
 
 
 @functools.lru_cache(maxsize=256)
@@ -228,16 +238,24 @@ def _apply_sql(puts: tuple[str, ...], deletes: tuple[str, ...], notify: bool) ->
         name = _table(table)
         wanted = f"SELECT {_id_of('k')} FROM unnest(${n}::text[]) AS u(k)"
         if table in LEASED_TABLES:
-            # A row still there after the owner's delete (seen in the statement's snapshot, not
-            # deleted) is another worker's: fenced off. A row already gone is nobody's.
+            # A row taken over is not deleted but left as a tombstone (until it expires), so
+            # the worker it was taken from cannot write it back. A row still there after the
+            # owner's delete (seen in the statement's snapshot, neither deleted nor made a
+            # tombstone, nor one of ours already) is another worker's: fenced off. A row
+            # already gone is nobody's.
             clauses.append(
                 f"del_{table} AS (DELETE FROM {name} WHERE {_ID} IN ({wanted}) AND owner = $1 "
-                f"RETURNING {_ID})"
+                f"AND taken_from IS NULL RETURNING {_ID})"
+            )
+            clauses.append(
+                f"gone_{table} AS (UPDATE {name} SET data = {_GONE} WHERE {_ID} IN ({wanted}) "
+                f"AND owner = $1 AND taken_from IS NOT NULL AND data <> {_GONE} RETURNING {_ID})"
             )
             clauses.append(
                 f"fenced_del_{table} AS (SELECT array_agg(t.key) AS keys FROM {name} t "
-                f"WHERE t.{_ID} IN ({wanted}) AND NOT EXISTS "
-                f"(SELECT 1 FROM del_{table} d WHERE d.{_ID} = t.{_ID}))"
+                f"WHERE t.{_ID} IN ({wanted}) AND NOT (t.owner = $1 AND t.data = {_GONE}) "
+                f"AND NOT EXISTS (SELECT 1 FROM del_{table} d WHERE d.{_ID} = t.{_ID}) "
+                f"AND NOT EXISTS (SELECT 1 FROM gone_{table} g WHERE g.{_ID} = t.{_ID}))"
             )
             fenced.append(f"(SELECT keys FROM fenced_del_{table})")
         else:
@@ -259,7 +277,9 @@ _PURGE_SQL = (
     + " + ".join(f"(SELECT count(*) FROM p_{i})" for i in range(len(_PURGED)))
 )
 
-_LOAD_SENT_SQL = f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2"
+_LOAD_SENT_SQL = (
+    f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2 AND data <> {_GONE}"
+)
 
 # The notification is kept only for a message some worker tracks (a peer's IMDN for an unknown
 # Message-ID must not fill the table), until that message's record expires; the NOTIFY wakes
@@ -267,7 +287,7 @@ _LOAD_SENT_SQL = f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')
 _FORWARD_SQL = (
     f"WITH f AS (INSERT INTO {_FORWARDED} (message_id, expires_at, data) "
     f"SELECT $1, s.expires_at, $2 FROM {_table('sent')} s WHERE s.{_ID} = {_id_of('$1')} "
-    "AND s.expires_at > $3 RETURNING 1), "
+    f"AND s.expires_at > $3 AND s.data <> {_GONE} RETURNING 1), "
     "n AS (SELECT pg_notify($4, 'i:' || $1) WHERE $4::text IS NOT NULL AND EXISTS (SELECT 1 FROM f) "
     f"AND octet_length($1) <= {_MAX_NOTIFY_BYTES - 2}) "
     "SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM n)"
@@ -311,7 +331,8 @@ _CLAIM_MESSAGES_SQL = (
 _RENEW_SQL = (
     "WITH "
     + ", ".join(
-        f"r_{t} AS (UPDATE {_table(t)} SET lease_until = {_NOW} + $2 WHERE owner = $1 RETURNING 1)"
+        f"r_{t} AS (UPDATE {_table(t)} SET lease_until = {_NOW} + $2 WHERE owner = $1 "
+        f"AND data <> {_GONE} RETURNING 1)"
         for t in LEASED_TABLES
     )
     + " SELECT "
@@ -323,9 +344,10 @@ _RENEW_SQL = (
 _TAKE_OVER_SQL = (
     "WITH "
     + ", ".join(
-        f"t_{t} AS (UPDATE {_table(t)} SET owner = $1, lease_until = {_NOW} + $2 "
+        f"t_{t} AS (UPDATE {_table(t)} SET owner = $1, taken_from = owner, lease_until = {_NOW} + $2 "
         f"WHERE {_ID} IN (SELECT {_ID} FROM {_table(t)} WHERE lease_until < {_NOW} AND owner <> $1 "
-        f"AND expires_at > $3 ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING data)"
+        f"AND expires_at > $3 AND data <> {_GONE} ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED) "
+        "RETURNING data)"
         for t in LEASED_TABLES
     )
     + " "
@@ -566,7 +588,8 @@ class PostgresStore:
             conn = await self._connection()
             rows = []
             for table in TABLES:
-                fetched = await conn.fetch(f"SELECT data FROM {_table(table)} WHERE expires_at > $1", now)
+                sql = f"SELECT data FROM {_table(table)} WHERE expires_at > $1 AND data <> {_GONE}"
+                fetched = await conn.fetch(sql, now)
                 rows.append((table, [row[0] for row in fetched]))
             return rows
 
@@ -807,7 +830,7 @@ class PostgresStore:
             conn = await self._connection()
             rows = []
             for table in TABLES:
-                sql = f"SELECT data FROM {_table(table)} WHERE expires_at > $1"
+                sql = f"SELECT data FROM {_table(table)} WHERE expires_at > $1 AND data <> {_GONE}"
                 if table in LEASED_TABLES:
                     fetched = await conn.fetch(sql + " AND owner = $2", now, self.worker_id)
                 else:
