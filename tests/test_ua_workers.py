@@ -9,10 +9,12 @@ whichever worker the test chooses, as a round-robin balancer would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import pytest
 from _postgres import PostgresServer, require_postgres
 from ua_helpers import RawPeer, Recorder, ua_config
 
@@ -20,7 +22,7 @@ from sipimdn import UserAgent, cpim, imdn
 from sipimdn.errors import StoreError
 from sipimdn.events import DispositionChanged, DispositionState
 from sipimdn.message import Request
-from sipimdn.store import StoreOp
+from sipimdn.store import Snapshot, StoreOp
 from sipimdn.store.postgres import PostgresStore
 from sipimdn.ua import IncomingMessage
 
@@ -319,3 +321,118 @@ async def test_a_claim_left_unanswered_by_a_dead_worker_is_taken_over(postgres_u
             assert notified(request).message_id == "orphan-1"
     finally:
         raw.close()
+
+
+class _CutOff(PostgresStore):
+    """A PostgreSQL store whose worker is cut off from the database while ``cut_off`` is set:
+    its writes, lease renewals and take-overs fail, as over a broken network."""
+
+    cut_off = False
+
+    def _check(self) -> None:
+        if self.cut_off:
+            raise StoreError("store unreachable: injected")
+
+    def apply_owned(self, ops: Sequence[StoreOp]) -> tuple[StoreOp, ...]:
+        self._check()
+        return super().apply_owned(ops)
+
+    def renew_leases(self) -> int:
+        self._check()
+        return super().renew_leases()
+
+    def take_over(self, now: float, limit: int = 1000) -> Snapshot:
+        self._check()
+        return super().take_over(now, limit)
+
+
+def _from(request: Request, ua: UserAgent) -> bool:
+    return request.top_via.port == dest(ua)[1]
+
+
+async def test_a_worker_cut_off_past_its_lease_leaves_what_it_lost_to_the_survivor(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """w1 owes a delivered IMDN (its first attempt unanswered) and awaits one, then is cut
+    off from the database for longer than its lease. w2 takes both over and sends the IMDN.
+    w1 sends it no more: not while unsure of its lease, and not once back, when it finds both
+    records lost (its writes of them fenced off, or its late renewal), stops tracking them,
+    logs and counts it; its handle then follows the record w2 owns."""
+    raw = await RawPeer.open()
+    store = _CutOff(postgres_url, worker_id="w1", lease=LEASE)
+    # Short SIP timers: w1's unanswered IMDN transaction ends (Timer F) and is due again
+    # while it is cut off, which is when it must not go out.
+    fast = {"t1": 0.05, "imdn_park_base": 0.5}
+    try:
+        async with (
+            worker(postgres_url, "w2", aor="bob") as w2,
+            UserAgent(ua_config("bob", worker_lease=LEASE, **fast), store=store) as w1,
+        ):
+
+            @w1.on_message
+            async def accept(message: IncomingMessage) -> None:
+                return None
+
+            data, branch = im_bytes(raw, w1.aor, "owed-1", "call-owed")
+            assert (await raw.transact(data, branch, dest(w1))).status_code == 200
+            first = await next_request(raw)  # w1's IMDN: left unanswered
+            assert notified(first).message_id == "owed-1"
+            target = f"sip:carol@{raw.address[0]}:{raw.address[1]}"
+            handle = await w1.send_message(target, "later", notify={"positive-delivery"})
+            sent = await next_request(raw)
+            while sent.call_id == first.call_id:  # a retransmission of the IMDN
+                sent = await next_request(raw)
+            answer(raw, sent, dest(w1))
+            assert (await handle.final_response()).status_code == 200
+
+            store.cut_off = True
+            cut_at = time.monotonic()
+            late: list[Request] = []  # IMDN transactions w1 started after it was cut off
+
+            def note(request: Request) -> None:
+                if _from(request, w1) and request.call_id != first.call_id and b"imdn+xml" in request.body:
+                    late.append(request)
+
+            while True:  # w2 takes over within about 1.25 leases, and sends the IMDN
+                request = await next_request(raw, timeout=4 * LEASE)
+                note(request)
+                if _from(request, w2) and b"imdn+xml" in request.body:
+                    break
+            assert notified(request).message_id == "owed-1"
+            assert time.monotonic() - cut_at < 1.25 * LEASE + 2
+            answer(raw, request, dest(w2))  # delivered: w2 is done with it
+            # w1 stays cut off past its IMDN's Timer F (3.2 s) and retry, then comes back.
+            while time.monotonic() - cut_at < 4.5:
+                with contextlib.suppress(TimeoutError):
+                    note(await next_request(raw, timeout=0.2))
+            store.cut_off = False
+            for _ in range(100):
+                if w1.stats().records_lost == 2:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    note(await next_request(raw, timeout=0.1))
+            assert w1.stats().records_lost == 2
+            assert w1.tracker.owed() == () and w1.tracker.sent(handle.message_id) is None
+            # Back and sure of its lease again, w1 still sends nothing about them.
+            back = time.monotonic()
+            while time.monotonic() - back < 2.0:
+                with contextlib.suppress(TimeoutError):
+                    note(await next_request(raw, timeout=0.2))
+            assert late == []
+            lost = [r for r in caplog.records if "now belong to another worker" in r.getMessage()]
+            assert lost and all(r.levelname == "WARNING" for r in lost)
+            # The message w1 awaited is w2's now: its notification is applied there, and w1's
+            # handle follows the record in the store.
+            report = imdn.build_imdn(
+                cpim.parse(sent.body), kind="delivery", status="delivered", now=time.time()
+            ).to_bytes()
+            data, branch = raw.request_bytes(
+                "MESSAGE", w2.aor, from_uri=target, content_type="message/cpim", body=report
+            )
+            assert (await raw.transact(data, branch, dest(w2))).status_code == 200
+            assert await handle.await_disposition("delivered", 10) is DispositionState.DELIVERED
+            state = await w1.await_disposition(handle.message_id, "delivered", 10)
+            assert state is DispositionState.DELIVERED
+    finally:
+        raw.close()
+        store.close()
