@@ -6,6 +6,7 @@ is passed in by hand.
 
 from __future__ import annotations
 
+import pytest
 from tracker_helpers import drain
 
 from sipimdn.imdn.tracker import (
@@ -91,3 +92,40 @@ def test_withdrawn_answer_forgets_the_message_and_releases_its_claim() -> None:
     assert {op.table for op in writes if isinstance(op, Delete)} >= {"owed", "seen"}
     # Received again afresh.
     receive(tracker, now=5.0)
+
+
+def test_released_records_are_neither_sent_nor_written() -> None:
+    """Worker A lost m1 (sent) and its owed notification to another worker: it stops tracking
+    both, writes nothing about them, and a hand-out still queued finds nothing to send."""
+    a = DispositionTracker(now=0.0)
+    a.register_sent(message_id="out", recipients=[BOB], requested=["positive-delivery"], now=0.0)
+    receive(a)
+    a.message_answered("m1", ALICE, 200, 1.5)
+    owed = [e.notification for e in drain(a) if isinstance(e, NotificationOwed)]
+    assert len(owed) == 1
+    a.writes_to_apply()
+    assert sorted(a.leased_keys("sent")) == ["out"] and a.leased_keys("owed") == [owed[0].notification_id]
+    assert a.release("owed", [owed[0].notification_id, "unknown"], 2.0) == [owed[0].notification_id]
+    assert a.release("sent", ["out"], 2.0) == ["out"]
+    assert a.release("sent", ["out"], 2.0) == []  # released once
+    assert a.owed() == () and a.sent("out") is None and a.writes_to_apply() == []
+    assert a.notification_held(owed[0].notification_id, 2.5)  # the queued hand-out: not sent
+    a.notification_outcome(owed[0].notification_id, 200, 3.0)  # a late outcome changes nothing
+    a.handle_timer(owed[0].expires_at + 1.0)  # its stale timers fire nothing
+    assert a.writes_to_apply() == [] and [e for e in drain(a) if isinstance(e, NotificationOwed)] == []
+    with pytest.raises(ValueError):
+        a.release("seen", ["x"], 3.0)  # no owner in that table
+
+
+def test_a_held_notification_is_due_again_later_without_counting_the_attempt() -> None:
+    tracker = DispositionTracker(now=0.0)
+    receive(tracker)
+    tracker.message_answered("m1", ALICE, 200, 1.5)
+    [owed] = [e.notification for e in drain(tracker) if isinstance(e, NotificationOwed)]
+    assert tracker.hold_notification(owed.notification_id, 5.0)
+    assert not tracker.hold_notification(owed.notification_id, 6.0)  # not in flight any more
+    assert tracker.get_timer() == 5.0
+    tracker.handle_timer(5.0)
+    [again] = [e.notification for e in drain(tracker) if isinstance(e, NotificationOwed)]
+    assert again.notification_id == owed.notification_id and again.attempts == owed.attempts
+    assert not tracker.hold_notification("unknown", 6.0)
