@@ -19,7 +19,7 @@ from _postgres import PostgresServer, require_postgres
 from ua_helpers import RawPeer, Recorder, ua_config
 
 from sipimdn import UserAgent, cpim, imdn
-from sipimdn.errors import StoreError
+from sipimdn.errors import MessageNotTracked, StoreError
 from sipimdn.events import DispositionChanged, DispositionState
 from sipimdn.message import Request
 from sipimdn.store import Snapshot, StoreOp
@@ -436,3 +436,50 @@ async def test_a_worker_cut_off_past_its_lease_leaves_what_it_lost_to_the_surviv
     finally:
         raw.close()
         store.close()
+
+
+async def test_waiting_from_another_worker_when_tracking_ends_or_its_record_is_gone(
+    postgres_url: str,
+) -> None:
+    """w2 waits on messages w1 sent. One ends tracking delivered while displayed was awaited:
+    w2 returns that final state as soon as w1 writes it (not when the record expires). The
+    other's record vanishes while w2 waits (purged): a MessageNotTracked saying what was read."""
+    raw = await RawPeer.open()
+    target = f"sip:carol@{raw.address[0]}:{raw.address[1]}"
+    try:
+        async with (
+            worker(postgres_url, "w2") as w2,
+            worker(postgres_url, "w1", state_expiry=3.0) as w1,
+        ):
+            ended = await w1.send_message(target, "one", notify={"positive-delivery", "display"})
+            request = await next_request(raw)
+            answer(raw, request, dest(w1))
+            report = imdn.build_imdn(
+                cpim.parse(request.body), kind="delivery", status="delivered", now=time.time()
+            ).to_bytes()
+            data, branch = raw.request_bytes(
+                "MESSAGE", w1.aor, from_uri=target, content_type="message/cpim", body=report
+            )
+            assert (await raw.transact(data, branch, dest(w1))).status_code == 200
+            assert await w2.await_disposition(ended.message_id, "delivered", 10) is DispositionState.DELIVERED
+            started = time.monotonic()
+            assert await w2.await_disposition(ended.message_id, "displayed", 20) is DispositionState.DELIVERED
+            assert time.monotonic() - started < 3.0 + 2  # w1's tracking deadline, not the record's expiry
+            assert ended.tracking_ended
+
+            gone = await w1.send_message(target, "two", notify={"positive-delivery"})
+            answer(raw, await next_request(raw), dest(w1))
+            assert (await gone.final_response()).status_code == 200
+            waiting = asyncio.ensure_future(w2.await_disposition(gone.message_id, "delivered", 20))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            cleaner = PostgresStore(postgres_url, worker_id="cleaner")
+            try:
+                assert await asyncio.to_thread(cleaner.purge, time.time() + 10**9) > 0
+            finally:
+                cleaner.close()
+            with pytest.raises(MessageNotTracked) as error:
+                await asyncio.wait_for(waiting, 5)
+            assert error.value.last_state is DispositionState.ACCEPTED
+    finally:
+        raw.close()

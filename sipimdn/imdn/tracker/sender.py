@@ -70,7 +70,7 @@ from .events import (
     RejectReason,
     TrackingEnded,
 )
-from .records import RecipientRecord, SentRecord
+from .records import Put, RecipientRecord, SentRecord
 
 __all__ = ["TRANSITIONS", "SenderInput", "SenderSide"]
 
@@ -498,6 +498,11 @@ class SenderSide(TrackerCore):
                 tuple((entry.uri, DispositionState(entry.state)) for entry in record.recipients),
             )
         )
+        # The final state goes out before the Delete, even when tracking ends unchanged: a store
+        # several workers share keeps it for readers elsewhere (the adapter turns the pair into
+        # an ended record); any other store gets only the Delete (the writer keeps the last
+        # operation on each record).
+        self._writes.append(Put(record))
         self._delete(SentRecord.TABLE, record.message_id)
 
     def _advance_one(
