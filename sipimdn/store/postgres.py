@@ -24,10 +24,11 @@ Message-ID may exceed what a B-tree entry holds), with ``data`` the record as
 JSON (:func:`~sipimdn.store.base.record_to_json`), the same shape as the
 SQLite store, so a new optional record field needs no migration. ``sent``
 and ``owed`` rows also carry ``owner`` (the worker id that wrote them
-first) and ``lease_until`` (seconds since the epoch, on the database's
-clock so workers on several machines agree): see :meth:`renew_leases` and
-:meth:`take_over`. Times in ``expires_at`` are the tracker's wall clock
-(``time.time()``), which all workers share.
+first, or took them over), ``lease_until`` (seconds since the epoch, on the
+database's clock so workers on several machines agree) and ``taken_from``:
+see :meth:`renew_leases`, :meth:`take_over` and "Fencing" below. Times in
+``expires_at`` are the tracker's wall clock (``time.time()``), which all
+workers share.
 
 Schema. ``sipimdn_schema_version`` holds the version; :data:`_MIGRATIONS`
 lists the steps in order. Opening a store takes a transaction-scoped
@@ -60,10 +61,23 @@ the owner applied it (:meth:`PostgresStore.take_forwarded`, then
 :meth:`PostgresStore.drop_forwarded`), so only the owner writes its
 records. :meth:`PostgresStore.claim_message` is the dedup claim a worker
 makes before handing a message up; :meth:`PostgresStore.load_own` what it
-resumes with. Ownership is at the store level only: a Put by a worker that
-no longer owns the row (its lease was taken over) still writes the record;
-which records to hand over, and when, is the user agent's business
-(``sipimdn.ua._shared``).
+resumes with.
+
+Fencing (version 3). Only the owner of a ``sent`` or ``owed`` row writes or
+deletes it: :meth:`PostgresStore.apply_owned` tests ``owner`` in the very
+statement that writes (``ON CONFLICT ... DO UPDATE ... WHERE owner = $1``,
+``DELETE ... WHERE owner = $1``), which PostgreSQL re-evaluates on the row as
+a concurrent :meth:`~PostgresStore.take_over` left it, and returns the
+operations fenced off; the rest of the batch is applied in the same
+transaction. A worker whose lease ran out while it was cut off or paused can
+therefore not overwrite, nor delete, what a survivor took over. A row taken
+over keeps the worker it was taken from (``taken_from``); when its new owner
+deletes it, it stays as a tombstone (``data`` empty, skipped by every read
+and by take-over, owned still, removed by :meth:`~PostgresStore.purge` once
+expired), so the old owner cannot create it again either (it would send the
+IMDN again). :meth:`PostgresStore.owned_elsewhere` tells a worker back from a
+stall which of its records it lost. What a worker does with that is the user
+agent's business (``sipimdn.ua._shared``).
 """
 
 from __future__ import annotations

@@ -39,6 +39,22 @@ and only when the store is really shared (SQLite is one worker's):
   may reach the application twice (at least once, never a 2xx with
   obligations nobody can take over). Calls fail fast while the database is
   down and the store reconnects by itself, so the worker recovers when it returns.
+- **Fencing.** Only a record's owner writes it (the store tests the owner in
+  the writing statement: :meth:`~sipimdn.store.base.SharedStore.apply_owned`).
+  A worker counts on its lease for 80% of it after each successful renewal
+  (measured on its monotonic clock from before the renewal: the rows it
+  still owns are leased past that, on the database's clock). Past that it
+  may have lost records to a survivor, so an owed IMDN whose turn comes is
+  put back, not sent, until a renewal succeeds; a late renewal then asks the
+  store which records another worker owns now. Those, and the records whose
+  writes the store fenced off, are released from the tracker (not sent, not
+  tracked here any more), logged once per batch and counted
+  (``records_lost``); a handle of a sent message released follows the new
+  owner's record in the store. The remaining window: a pause between the
+  check and the send longer than the rest of the lease, the retransmissions
+  of a transaction already started, and clocks that disagree on how long a
+  lease lasts; the IM sender then gets a notification twice with the same
+  Message-ID and disposition, which it has already applied.
 - **Ended messages.** The tracker drops a message when its tracking ends; in
   a shared store the final record stays (marked ended, never adopted) until
   it expires, so a worker waiting on that Message-ID reads the final state.
