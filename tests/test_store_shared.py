@@ -16,7 +16,7 @@ import pytest
 from test_store import every_kind, owed, sent
 
 from sipimdn.errors import StoreError
-from sipimdn.store import Put, SeenRecord, SharedStore, Snapshot, open_store
+from sipimdn.store import Delete, Put, SeenRecord, SharedStore, Snapshot, open_store
 
 SRC = str(Path(__file__).resolve().parents[1])
 
@@ -129,6 +129,16 @@ def test_a_lone_worker_keeps_its_records(shared: SharedStore) -> None:
     assert shared.take_over(now=0.0) == Snapshot()
     with pytest.raises(ValueError):
         shared.take_over(now=0.0, limit=0)
+
+
+def test_a_lone_worker_is_never_fenced_off(shared: SharedStore) -> None:
+    records = every_kind()
+    assert shared.apply_owned([Put(r) for r in records]) == ()
+    assert shared.apply_owned([Delete(r.TABLE, r.key) for r in records]) == ()
+    assert shared.load(0.0) == Snapshot()
+    assert shared.owned_elsewhere("owed", ["n1"]) == [] and shared.owned_elsewhere("sent", []) == []
+    with pytest.raises(StoreError):
+        shared.owned_elsewhere("peer", ["x"])
 
 
 def test_closed_shared_store_raises(shared: SharedStore) -> None:
