@@ -113,7 +113,10 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             shared = shared_store(self._writer.store)
             now = time.time()
             # A worker resumes its own records only; another's are taken over once its lease ends.
+            # Renewed first: what is still its own then stays so while it resumes (see _shared).
+            renewed_at = time.monotonic()
             if shared is not None:
+                await asyncio.to_thread(shared.renew_leases)
                 snapshot = without_ended(await self._writer.load_own(now))
             else:
                 snapshot = await self._writer.load(now)
@@ -131,7 +134,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             if self.config.registers:
                 self._start_registration(self._stack)
             if shared is not None:
-                await self._shared_start(shared)
+                await self._shared_start(shared, renewed_at)
         except BaseException:
             self._closed = True
             if self._stack is not None:

@@ -154,13 +154,12 @@ class SharedPath(AgentCore):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def _shared_start(self, store: SharedStore) -> None:
+    async def _shared_start(self, store: SharedStore, renewed_at: float) -> None:
         """Listen for the other workers' wake-ups, hear of the writes fenced off and start the
-        lease ticks."""
+        lease ticks. ``renewed_at``: when (``time.monotonic()``) the leases of the records this
+        worker resumed were renewed, before it loaded them."""
         self._shared = store
-        # Rows written from now on are leased past this (the records resumed were renewed
-        # when this worker last ran, or are taken over by the first tick if their lease ran out).
-        self._lease_sure_until = time.monotonic() + store.lease * _LEASE_TRUST
+        self._lease_sure_until = renewed_at + store.lease * _LEASE_TRUST
         self._writer.on_fenced(self._on_fenced)
         loop = asyncio.get_running_loop()
 
