@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from .auth import Credentials
 from .errors import SipParseError
 from .imdn.vocabulary import DisplayPolicy
+from .trust import TrustedAsserters
 from .uri import Uri
 
 __all__ = [
@@ -235,6 +236,15 @@ class UserAgentConfig:
     #: off only behind an element that rewrites the Request-URI to an address we
     #: cannot know (a registrar storing a NAT's public address as our contact).
     check_request_uri: bool = True
+    #: The proxies whose P-Asserted-Identity we believe (RFC 3325 §4, §9.1): IP addresses,
+    #: networks (``"10.0.0.0/24"``) or host names (resolved when the user agent starts).
+    #: A request whose transport source (the datagram's or connection's real address, never
+    #: its Via) is one of them has its asserted identity used as the sender: an IMDN then
+    #: changes a recipient's state only if that identity is the recipient or an intermediary
+    #: of the message, whatever its From says, and ``IncomingMessage.asserted_identity`` shows
+    #: it. Empty (the default): the header is ignored from everyone, as RFC 3325 §9.1 asks of
+    #: a source outside the trust domain (anyone can write it). See :mod:`sipimdn.trust`.
+    trusted_asserters: tuple[str, ...] = ()
     #: Most received Message-IDs remembered for dedup (in memory and in the store),
     #: the oldest forgotten first: a copy of a message older than that window reaches
     #: the application again. About 320 bytes of memory each (32 MB for the default);
@@ -354,6 +364,7 @@ class UserAgentConfig:
             raise ValueError("dedup_ttl, state_expiry and peer_capability_ttl must be positive")
         if isinstance(self.dns_servers, str):
             raise ValueError("dns_servers is a sequence of host:port strings, not one string")
+        TrustedAsserters.parse(self.trusted_asserters)
         if self.dns_servers:
             from .transport.dns import parse_nameserver  # noqa: PLC0415  (only when used: loads asyncio)
 

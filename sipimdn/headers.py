@@ -6,14 +6,15 @@ one with ``with_params`` / ``with_tag`` and put it back through the message
 (for example ``Request.set_top_via``). Parameter names are stored lower-case;
 quoted parameter values are stored unquoted and re-quoted when written.
 
-Also here: the header-name table (compact forms, canonical spellings) and the
-comma splitting rule that ``Headers.get_all`` uses.
+Also here: the header-name table (compact forms, canonical spellings), the
+comma splitting rule that ``Headers.get_all`` uses, and the identity a trusted
+network element asserts (P-Asserted-Identity, RFC 3325 §9.1).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
@@ -25,6 +26,7 @@ from .uri import Uri
 
 __all__ = [
     "COMPACT_FORMS",
+    "AssertedIdentity",
     "CSeq",
     "ContentType",
     "NameAddr",
@@ -690,3 +692,87 @@ class ContentType:
             f";{k}={v}" if v and _abnf.TOKEN_RE.fullmatch(v) else f";{k}={_quote(v)}"
             for k, v in self.params.items()
         )
+
+
+# -- P-Asserted-Identity ----------------------------------------------------------
+
+#: RFC 3325 §9.1: one value, or two (a sip/sips URI and a tel URI).
+_MAX_ASSERTED = 2
+_SIP_SCHEMES = frozenset({"sip", "sips"})
+
+
+@dataclass(frozen=True, slots=True)
+class AssertedIdentity:
+    """The sender's identity as a network element asserts it: P-Asserted-Identity (RFC 3325 §9.1).
+
+    ``PAssertedID-value = name-addr / addr-spec``, one or two of them: one
+    sip, sips or tel URI, or a sip/sips URI and a tel URI. The grammar has
+    no header parameters, so ``<sip:a@b>;tag=1`` is malformed, and an
+    addr-spec keeps everything after ``;`` as URI parameters
+    (``sip:+12025550123@example.com;user=phone``). Whether to believe it is
+    not decided here: only a value received from a trusted element means
+    anything (RFC 3325 §4, §9.1; see :mod:`sipimdn.trust`).
+    """
+
+    #: The values in the order received (one or two), parameters-free.
+    values: tuple[NameAddr, ...]
+
+    @classmethod
+    def parse(cls, values: Iterable[str]) -> AssertedIdentity | None:
+        """The identity of ``values`` (``Headers.get_all("P-Asserted-Identity")``).
+
+        None when there is no value; raises :class:`~sipimdn.errors.SipParseError`
+        for a malformed one, more than two, a scheme other than sip/sips/tel,
+        or two of one kind.
+        """
+        parsed: list[NameAddr] = []
+        for raw in values:
+            for value in split_comma_list(raw):
+                if len(parsed) == _MAX_ASSERTED:
+                    raise SipParseError("more than two P-Asserted-Identity values (RFC 3325 §9.1)")
+                parsed.append(_asserted_value(value))
+        if not parsed:
+            return None
+        if len(parsed) == _MAX_ASSERTED and _tel_last(parsed[0]) == _tel_last(parsed[1]):
+            raise SipParseError(
+                "two P-Asserted-Identity values must be one sip/sips URI and one tel URI (RFC 3325 §9.1)"
+            )
+        return cls(tuple(parsed))
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        """The asserted URIs as text, sip/sips first."""
+        return tuple(str(value.uri) for value in sorted(self.values, key=_tel_last))
+
+    @property
+    def uri(self) -> str:
+        """The sip/sips URI if asserted, else the tel URI: whom the request is from."""
+        return self.uris[0]
+
+    @property
+    def display_name(self) -> str | None:
+        """The first display name given, if any."""
+        return next((v.display_name for v in self.values if v.display_name is not None), None)
+
+    def __str__(self) -> str:
+        return ", ".join(str(value) for value in self.values)
+
+
+def _tel_last(value: NameAddr) -> bool:
+    return value.uri.scheme == "tel"
+
+
+def _asserted_value(text: str) -> NameAddr:
+    s = text.strip(" \t")
+    if "<" in s:
+        value = NameAddr.parse(s)
+        if value.params:
+            raise SipParseError(f"P-Asserted-Identity takes no header parameters: {text[:200]!r}")
+    else:
+        # addr-spec: the whole value is the URI, parameters included (no header parameters here).
+        value = NameAddr(Uri.parse(s))
+    scheme = value.uri.scheme
+    if scheme not in _SIP_SCHEMES and scheme != "tel":
+        raise SipParseError(f"P-Asserted-Identity must be a sip, sips or tel URI, not {scheme} "
+                            "(RFC 3325 §9.1)")
+    return value

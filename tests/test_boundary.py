@@ -31,6 +31,7 @@ SANS_IO_MODULES = [
     "sipimdn.headers",
     "sipimdn.message",
     "sipimdn.parser",
+    "sipimdn.trust",
     # transactions and the request factory
     "sipimdn.dialog",
     "sipimdn.dialog.events",

@@ -121,6 +121,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             else:
                 snapshot = await self._writer.load(now)
             self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
+            await self._resolve_asserters()
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)
             await self._stack.start()

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import socket
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,8 +40,9 @@ from ..imdn.tracker import (
     TrackingEnded,
 )
 from ..iscomposing import ComposingReceiver, ComposingStateChanged, IsComposing
-from ..stack import SipStack
+from ..stack import IncomingRequest, SipStack
 from ..store import SeenRecord, SharedStore, Store, StoreOp
+from ..trust import AssertedIdentity, TrustedAsserters, asserted_identity
 from ..uri import Uri
 from ._deadline import DeadlineQueue, HandlerResult
 from ._persist import StoreWriter
@@ -135,6 +137,38 @@ class AgentCore:
         self._closed = False
         #: Plain-int counters behind ``stats()``.
         self._counters = Counters()
+        #: Whose P-Asserted-Identity is believed (host names resolved by start()).
+        self._asserters = TrustedAsserters.parse(config.trusted_asserters)
+
+    def _asserted_identity(self, incoming: IncomingRequest) -> AssertedIdentity | None:
+        """The sender's identity as a trusted proxy asserted it (RFC 3325 §9.1), judged by the
+        request's transport source (see :mod:`sipimdn.trust`); None unless believed."""
+        if not self._asserters:
+            return None
+        return asserted_identity(incoming.request, incoming.flow.remote[0], self._asserters)
+
+    async def _resolve_asserters(self) -> None:
+        """Turn the host names among ``trusted_asserters`` into the addresses they have now.
+
+        A name that does not resolve is logged and trusts nothing: its assertions are then
+        ignored (today's rule, the safe side), never believed from an unknown address.
+        """
+        names = self._asserters.names
+        if not names:
+            return
+        loop = asyncio.get_running_loop()
+        addresses: list[str] = []
+        for name in names:
+            try:
+                infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                _log.error("trusted_asserters: %s does not resolve (%s): its P-Asserted-Identity "
+                           "is not believed until the user agent restarts", name, exc)
+                continue
+            found = sorted({str(info[4][0]) for info in infos})
+            _log.info("trusted_asserters: %s is %s", name, ", ".join(found))
+            addresses.extend(found)
+        self._asserters = self._asserters.with_addresses(addresses)
 
     if TYPE_CHECKING:  # UserAgent.aor; the request builders read it
 

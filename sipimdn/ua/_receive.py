@@ -114,6 +114,9 @@ class ReceivePath(SharedPath):
         notes = (inbound.notification, *inbound.more_notifications)
         counters = self._counters
         foreign: list[dict[str, Any]] = []
+        # The sender as a trusted proxy asserted it (RFC 3325 §9.1): the origin check's identity.
+        asserted = self._asserted_identity(incoming)
+        asserted_uris = None if asserted is None else asserted.uris
         if not any(self._is_foreign(note.message_id) for note in notes):
             incoming.respond(200)
         for index, note in enumerate(notes):
@@ -133,7 +136,7 @@ class ReceivePath(SharedPath):
                 notification_id = f"{notification_id}#{index}"
             if self._is_foreign(note.message_id):
                 # About a message another worker sent: its owner applies it.
-                foreign.append(_wire_fields(note, inbound, notification_id))
+                foreign.append(_wire_fields(note, inbound, notification_id, asserted_uris))
                 continue
             tracker.notification_received(
                 message_id=note.message_id,
@@ -145,6 +148,7 @@ class ReceivePath(SharedPath):
                 recipient_uri=note.recipient_uri,
                 original_recipient_uri=note.original_recipient_uri,
                 notification_id=notification_id,
+                asserted_identity=asserted_uris,
             )
         self._pump()
         if foreign:
@@ -216,7 +220,9 @@ class ReceivePath(SharedPath):
         pending = Pending(incoming, message_id, tracked_as, transaction)
         if message_id is not None:
             self._deciding[(message_id, sender)] = pending
-        message = _wire.incoming_message(inbound, incoming, self._report, self._reply)
+        message = _wire.incoming_message(
+            inbound, incoming, self._report, self._reply, asserted=self._asserted_identity(incoming)
+        )
         self._decide(message, pending)
 
     def _answer(self, pending: Pending, outcome: HandlerOutcome) -> None:
@@ -422,9 +428,11 @@ class Pending:
             follower.respond(status, reason, headers or ())
 
 
-def _wire_fields(note: Any, inbound: _wire.Inbound, notification_id: str | None) -> dict[str, Any]:
+def _wire_fields(
+    note: Any, inbound: _wire.Inbound, notification_id: str | None, asserted: tuple[str, ...] | None
+) -> dict[str, Any]:
     """The arguments of ``DispositionTracker.notification_received`` for one notification."""
-    return {
+    fields = {
         "message_id": note.message_id,
         "kind": str(note.kind),
         "status": str(note.status),
@@ -434,6 +442,10 @@ def _wire_fields(note: Any, inbound: _wire.Inbound, notification_id: str | None)
         "original_recipient_uri": note.original_recipient_uri,
         "notification_id": notification_id,
     }
+    if asserted is not None:
+        # Only when there is one: a row without it reads as before, on any worker.
+        fields["asserted_identity"] = list(asserted)
+    return fields
 
 
 def _answered(pending: Pending) -> bool:

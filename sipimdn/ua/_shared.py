@@ -466,6 +466,13 @@ class SharedPath(AgentCore):
             self._apply_notification(fields)
 
     def _apply_notification(self, fields: dict[str, Any]) -> None:
+        # A row written before the asserted identity was forwarded has no such field: the
+        # From claims decide, as they did then.
+        asserted = fields.get("asserted_identity")
+        if asserted is not None and not (
+            isinstance(asserted, list) and all(isinstance(uri, str) for uri in asserted)
+        ):
+            raise TypeError(f"asserted_identity must be a list of URIs, not {asserted!r}")
         self._require_tracker().notification_received(now=time.time(), **fields)
         self._pump()
 

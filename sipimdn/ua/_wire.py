@@ -45,6 +45,7 @@ from ..transport.base import ListenSpec, TransportConfig
 from ..transport.dns import DnsLocator
 from ..transport.flow import Transport
 from ..transport.select import Target, target_for_uri
+from ..trust import AssertedIdentity, withholds_identity
 from ..uri import Uri
 from ._deadline import Decision, normalize_decision
 from .incoming import IncomingMessage
@@ -251,8 +252,11 @@ def incoming_message(
     incoming: IncomingRequest,
     report: Callable[[str, str, str, str], Awaitable[bool]],
     reply: Callable[..., Awaitable[SentMessage]] | None = None,
+    *,
+    asserted: AssertedIdentity | None = None,
 ) -> IncomingMessage:
-    """The application's view of a received instant message (``reply`` sends one back)."""
+    """The application's view of a received instant message (``reply`` sends one back);
+    ``asserted`` is the sender's identity as a trusted proxy asserted it."""
     flow = incoming.flow
     return IncomingMessage(
         sender=inbound.sip_from,
@@ -271,6 +275,9 @@ def incoming_message(
         source=(flow.remote[0], flow.remote[1]),
         request=inbound.request,
         cpim=inbound.cpim,
+        asserted_identity=None if asserted is None else asserted.uri,
+        asserted_identities=() if asserted is None else asserted.uris,
+        identity_withheld=asserted is not None and withholds_identity(inbound.request),
         _report=report,
         _reply=reply,
     )

@@ -30,7 +30,7 @@ class IncomingMessage:
     *encapsulated* ones; the CPIM envelope is in :attr:`cpim`.
     """
 
-    #: SIP From URI of the request (the authenticated-ish sender).
+    #: SIP From URI of the request: what the sender claims (see ``asserted_identity``).
     sender: str
     #: Display name from the SIP From header, if any.
     sender_name: str | None
@@ -62,6 +62,17 @@ class IncomingMessage:
     request: Request
     #: The parsed CPIM envelope, if the body was ``message/cpim``.
     cpim: CpimMessage | None = None
+    #: Who really sent it, as a trusted proxy asserted (P-Asserted-Identity, RFC 3325 §9.1):
+    #: the sip/sips URI, else the tel URI. None unless the request came from one of
+    #: ``UserAgentConfig.trusted_asserters`` with a well-formed value; ``sender`` and
+    #: ``cpim_from`` are whatever the sender wrote.
+    asserted_identity: str | None = None
+    #: Every asserted URI (one, or a sip/sips and a tel URI), sip/sips first; empty when none.
+    asserted_identities: tuple[str, ...] = ()
+    #: The asserted identity came with ``Privacy: id`` (RFC 3325 §9.3): the sender asked to
+    #: keep it from the other party. Use it (access control, blocking) but do not show it to
+    #: the user; the user agent does not log it.
+    identity_withheld: bool = False
     _report: _Reporter | None = field(default=None, repr=False)
     _reply: _Replier | None = field(default=None, repr=False)
 

@@ -31,7 +31,8 @@ beyond it), so a flood of members cannot grow one record without bound.
 **Correlation and safety (RFC 5438 §7.1.2, §14.1).** A notification is
 applied only when, in this order: its kind and status are valid together
 (§5); its Message-ID is one we sent and still track (§7.1.2); it comes
-from the recipient it is about (its SIP From or CPIM From), from the list
+from the recipient it is about (the identity a trusted proxy asserted,
+RFC 3325 §9.1, else its SIP From or CPIM From), from the list
 that recipient was reached through, or from a known intermediary of that
 message (the ``recipient-uri`` / ``original-recipient-uri`` of the XML only
 say *which* recipient: they are the sender's claim and never vouch for
@@ -44,7 +45,11 @@ failure response). Anything else becomes a
 agent answers 200 anyway, so a prober learns nothing. The unpredictable
 Message-ID (§14.1) and the origin check together are what stand between a
 third party and a recipient's state: identities in a notification are not
-authenticated unless the network asserts them (§14).
+authenticated unless the network asserts them (§14). Where a trusted proxy
+does (``asserted_identity``, RFC 3325 §9.1), that identity alone is the
+sender: a notification naming the recipient in its From but asserted for a
+third party is rejected, and one asserted for the recipient is accepted
+whatever its From says.
 """
 
 from __future__ import annotations
@@ -249,17 +254,30 @@ class SenderSide(TrackerCore):
         recipient_uri: str | None = None,
         original_recipient_uri: str | None = None,
         notification_id: str | None = None,
+        asserted_identity: str | Sequence[str] | None = None,
     ) -> bool:
         """Check and apply a received notification; True iff it was verified and recorded.
 
         ``sender`` is the IMDN's CPIM From, ``sip_from`` its SIP From URI,
-        ``notification_id`` its own ``imdn.Message-ID``. Never raises for
-        peer data: a refusal is a :class:`NotificationRejected` event.
+        ``notification_id`` its own ``imdn.Message-ID``. ``asserted_identity``
+        is the sender's identity as a trusted proxy asserted it
+        (P-Asserted-Identity, RFC 3325 §9.1: one URI, or a sip/sips and a tel
+        URI); when given it is the sender, and the From claims vouch for
+        nothing. Never raises for peer data: a refusal is a
+        :class:`NotificationRejected` event.
         """
         kind_text, status_text = token(kind), token(status)
-        claimed = sender or sip_from
+        asserted = (
+            (asserted_identity,) if isinstance(asserted_identity, str) else tuple(asserted_identity or ())
+        )
+        claimed = asserted[0] if asserted else sender or sip_from
 
         def reject(reason: RejectReason, detail: str) -> bool:
+            if asserted and reason is RejectReason.NOT_A_RECIPIENT:
+                detail += (
+                    f" (sender asserted by a trusted proxy: {', '.join(asserted)};"
+                    " SIP and CPIM From not used)"
+                )
             self._emit(NotificationRejected(message_id, reason, kind_text, status_text, claimed, detail))
             return False
 
@@ -272,7 +290,9 @@ class SenderSide(TrackerCore):
         record = self._sent.get(message_id)
         if record is None:
             return reject(RejectReason.UNKNOWN_MESSAGE, "no message with this Message-ID is awaited")
-        sender_keys = [k for k in (self._key(sender), self._key(sip_from)) if k is not None]
+        # Who sent it (RFC 5438 §7, §14): the identity a trusted proxy asserted, else the From claims.
+        claims = asserted or (sender, sip_from)
+        sender_keys = [k for k in map(self._key, claims) if k is not None]
         target, member_of, why = self._resolve(
             record, sender_keys, self._key(recipient_uri), self._key(original_recipient_uri)
         )
