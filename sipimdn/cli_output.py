@@ -133,7 +133,7 @@ def _describe(event: object) -> str:
 
 
 def _message_fields(message: IncomingMessage) -> dict[str, Any]:
-    return {
+    fields = {
         "message_id": message.message_id,
         "from": message.sender,
         "to": message.recipient,
@@ -143,6 +143,17 @@ def _message_fields(message: IncomingMessage) -> dict[str, Any]:
         "notify": sorted(message.notify),
         "transport": message.transport,
     }
+    asserted = _asserted(message)
+    if asserted is not None:
+        fields["asserted_identity"] = asserted
+    return fields
+
+
+def _asserted(message: IncomingMessage) -> str | None:
+    """The identity a trusted proxy asserted, as printed: ``withheld`` under Privacy: id."""
+    if message.asserted_identity is None:
+        return None
+    return "withheld" if message.identity_withheld else message.asserted_identity
 
 
 # -- trace and progress ------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from .cli_options import (
 )
 from .cli_output import (
     Printer,
+    _asserted,
     _describe,
     _message_fields,
     _Progress,
@@ -105,6 +106,8 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
     for option in ("dedup_max", "imdn_rate_limit", "imdn_byte_budget"):
         if getattr(args, option) is not None:
             extra[option] = getattr(args, option)
+    if args.trusted_asserter:
+        extra["trusted_asserters"] = tuple(args.trusted_asserter)
     config = _config(args, "udp:127.0.0.1:5060", **extra)
     if args.metrics_port is not None:
         try:
@@ -131,7 +134,9 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
             async def on_message(message: IncomingMessage) -> int | None:
                 printer.emit(
                     "message",
-                    f"message from {message.sender}: {message.text!r}"
+                    f"message from {message.sender}"
+                    + (f" (asserted: {asserted})" if (asserted := _asserted(message)) is not None else "")
+                    + f": {message.text!r}"
                     + (
                         f" (notifications requested: {', '.join(sorted(message.notify))})"
                         if message.notify
@@ -466,6 +471,15 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="BYTES",
         help="most notification bytes per minute to one destination address (default 131072)",
+    )
+    listen.add_argument(
+        "--trusted-asserter",
+        action="append",
+        default=None,
+        metavar="ADDRESS",
+        help="believe P-Asserted-Identity (RFC 3325) in requests whose transport source is this IP "
+        "address, network (10.0.0.0/24) or host name: the proxy that authenticates senders; "
+        "repeatable (default: believed from nobody)",
     )
     listen.add_argument(
         "--worker-id",

@@ -178,6 +178,7 @@ def test_send_to_nobody_fails_cleanly() -> None:
         ["listen", "--aor", "sip:b@127.0.0.1", "--dedup-max", "0"],
         ["listen", "--aor", "sip:b@127.0.0.1", "--dedup-max", "many"],
         ["listen", "--aor", "sip:b@127.0.0.1", "--imdn-rate-limit", "-1"],
+        ["listen", "--aor", "sip:b@127.0.0.1", "--trusted-asserter", "10.0.0.1:5060"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str]) -> None:
@@ -437,3 +438,27 @@ def test_listen_prints_composing_events() -> None:
     ]
     assert composing[0]["from"].startswith("sip:alice@127.0.0.1:")
     assert not any(e["event"] == "message" for e in events)
+
+
+def test_listen_shows_the_identity_a_trusted_proxy_asserts() -> None:
+    """``--trusted-asserter``: P-Asserted-Identity from that address is believed (RFC 3325 §9.1)
+    and printed beside the From; ``Privacy: id`` (§9.3) prints it as withheld."""
+    from sipimdn.dialog.factory import build_request
+
+    async def send(bob: str) -> None:
+        from ua_helpers import StackPeer
+
+        async with StackPeer("alice") as alice:
+            for privacy in ((), (("Privacy", "id"),)):
+                headers = [("P-Asserted-Identity", "<sip:alice.real@ims.example.com>"), *privacy]
+                request = build_request("MESSAGE", bob, f"<{alice.aor}>", f"<{bob}>", headers=headers,
+                                        body=b"hi", content_type="text/plain")
+                assert (await alice.stack.send_request(request)).status_code == 200
+
+    with listener("--trusted-asserter", "127.0.0.1") as (proc, listening):
+        asyncio.run(send(listening["aor"]))
+        code, events = _stop(proc)
+    assert code == 0
+    messages = [e for e in events if e["event"] == "message"]
+    assert [e["asserted_identity"] for e in messages] == ["sip:alice.real@ims.example.com", "withheld"]
+    assert all(e["from"].startswith("sip:alice@127.0.0.1:") for e in messages)
