@@ -20,7 +20,7 @@ from ua_helpers import RawPeer, Recorder, ua_config
 
 from sipimdn import UserAgent, cpim, imdn
 from sipimdn.errors import MessageNotTracked, StoreError
-from sipimdn.events import DispositionChanged, DispositionState
+from sipimdn.events import DispositionChanged, DispositionState, NotificationRejected
 from sipimdn.message import Request
 from sipimdn.store import Snapshot, StoreOp
 from sipimdn.store.postgres import PostgresStore
@@ -140,6 +140,42 @@ async def test_a_notification_reaching_another_worker_updates_the_sender(postgre
             )
             changes = [e for e in events.of(DispositionChanged) if e.state is DispositionState.DELIVERED]
             assert [e.event_id for e in changes] == [f"{handle.message_id} {target} delivered"]
+    finally:
+        raw.close()
+
+
+async def test_a_forwarded_notification_keeps_its_asserted_identity(postgres_url: str) -> None:
+    """The identity a trusted proxy asserted (RFC 3325 §9.1) travels with a notification forwarded
+    to the worker that sent the message: asserted as a third party, the From naming the recipient
+    does not help it there either; asserted as the recipient, it is applied."""
+    raw = await RawPeer.open()
+    events = Recorder()
+    trusted = {"trusted_asserters": ("127.0.0.1",)}
+    try:
+        async with (
+            worker(postgres_url, "w1", aor="alice", **trusted) as w1,
+            worker(postgres_url, "w2", aor="alice", **trusted) as w2,
+        ):
+            w1.on_disposition(events)
+            target = f"sip:bob@{raw.address[0]}:{raw.address[1]}"
+            handle = await w1.send_message(target, "hello", notify={"positive-delivery"})
+            request = await next_request(raw)
+            answer(raw, request, dest(w1))
+            assert (await handle.final_response()).status_code == 200
+            im = cpim.parse(request.body)
+            for asserted in ("sip:mallory@evil.example", target):
+                report = imdn.build_imdn(im, kind="delivery", status="delivered", now=time.time()).to_bytes()
+                data, branch = raw.request_bytes(
+                    "MESSAGE", w2.aor, from_uri=target, content_type="message/cpim", body=report,
+                    extra=[f"P-Asserted-Identity: <{asserted}>"],
+                )
+                assert (await raw.transact(data, branch, dest(w2))).status_code == 200
+                if asserted != target:
+                    (rejected,) = await events.wait_for(NotificationRejected, timeout=10)
+                    assert rejected.reason == "not-a-recipient"
+                    assert rejected.sender == asserted and "asserted by a trusted proxy" in rejected.detail
+                    assert handle.state is DispositionState.ACCEPTED
+            assert await handle.await_disposition("delivered", timeout=10) is DispositionState.DELIVERED
     finally:
         raw.close()
 
