@@ -50,7 +50,7 @@ from .errors import SipParseError
 from .headers import AssertedIdentity
 from .message import Request
 
-__all__ = ["AssertedIdentity", "TrustedAsserters", "asserted_identity", "withholds_identity"]
+__all__ = ["TrustedAsserters", "asserted_identity", "withholds_identity"]
 
 _log = logging.getLogger("sipimdn.trust")
 

@@ -27,6 +27,7 @@ from ..errors import (
     LocalProtocolError,
 )
 from ..events import DispositionEvent, NotificationEvent, RegistrationEvent
+from ..headers import AssertedIdentity
 from ..imdn.tracker import (
     DeclineReason,
     DispositionChanged,
@@ -42,7 +43,7 @@ from ..imdn.tracker import (
 from ..iscomposing import ComposingReceiver, ComposingStateChanged, IsComposing
 from ..stack import IncomingRequest, SipStack
 from ..store import SeenRecord, SharedStore, Store, StoreOp
-from ..trust import AssertedIdentity, TrustedAsserters, asserted_identity
+from ..trust import TrustedAsserters, asserted_identity
 from ..uri import Uri
 from ._deadline import DeadlineQueue, HandlerResult
 from ._persist import StoreWriter

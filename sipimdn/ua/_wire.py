@@ -23,7 +23,7 @@ from ..config import ListenEndpoint, UserAgentConfig
 from ..dialog.factory import build_request
 from ..dialog.transaction import TimerConfig
 from ..errors import CpimError, RemoteProtocolError
-from ..headers import NameAddr
+from ..headers import AssertedIdentity, NameAddr
 from ..imdn import (
     CONTENT_TYPE as IMDN_CONTENT_TYPE,
 )
@@ -45,7 +45,7 @@ from ..transport.base import ListenSpec, TransportConfig
 from ..transport.dns import DnsLocator
 from ..transport.flow import Transport
 from ..transport.select import Target, target_for_uri
-from ..trust import AssertedIdentity, withholds_identity
+from ..trust import withholds_identity
 from ..uri import Uri
 from ._deadline import Decision, normalize_decision
 from .incoming import IncomingMessage
