@@ -138,15 +138,16 @@ class AgentCore:
         self._closed = False
         #: Plain-int counters behind ``stats()``.
         self._counters = Counters()
-        #: Whose P-Asserted-Identity is believed (host names resolved by start()).
-        self._asserters = TrustedAsserters.parse(config.trusted_asserters)
+        #: Whose P-Asserted-Identity is believed (host names resolved by start()); None: nobody's.
+        self._asserters: TrustedAsserters | None = TrustedAsserters.parse(config.trusted_asserters) or None
 
     def _asserted_identity(self, incoming: IncomingRequest) -> AssertedIdentity | None:
         """The sender's identity as a trusted proxy asserted it (RFC 3325 §9.1), judged by the
         request's transport source (see :mod:`sipimdn.trust`); None unless believed."""
-        if not self._asserters:
+        asserters = self._asserters
+        if asserters is None:
             return None
-        return asserted_identity(incoming.request, incoming.flow.remote[0], self._asserters)
+        return asserted_identity(incoming.request, incoming.flow.remote[0], asserters)
 
     async def _resolve_asserters(self) -> None:
         """Turn the host names among ``trusted_asserters`` into the addresses they have now.
@@ -154,12 +155,12 @@ class AgentCore:
         A name that does not resolve is logged and trusts nothing: its assertions are then
         ignored (today's rule, the safe side), never believed from an unknown address.
         """
-        names = self._asserters.names
-        if not names:
+        asserters = self._asserters
+        if asserters is None or not asserters.names:
             return
         loop = asyncio.get_running_loop()
         addresses: list[str] = []
-        for name in names:
+        for name in asserters.names:
             try:
                 infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
             except OSError as exc:
@@ -169,7 +170,7 @@ class AgentCore:
             found = sorted({str(info[4][0]) for info in infos})
             _log.info("trusted_asserters: %s is %s", name, ", ".join(found))
             addresses.extend(found)
-        self._asserters = self._asserters.with_addresses(addresses)
+        self._asserters = asserters.with_addresses(addresses) or None
 
     if TYPE_CHECKING:  # UserAgent.aor; the request builders read it
 

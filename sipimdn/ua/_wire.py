@@ -258,7 +258,7 @@ def incoming_message(
     """The application's view of a received instant message (``reply`` sends one back);
     ``asserted`` is the sender's identity as a trusted proxy asserted it."""
     flow = incoming.flow
-    return IncomingMessage(
+    message = IncomingMessage(
         sender=inbound.sip_from,
         sender_name=inbound.sip_from_name,
         recipient=inbound.sip_to,
@@ -275,12 +275,14 @@ def incoming_message(
         source=(flow.remote[0], flow.remote[1]),
         request=inbound.request,
         cpim=inbound.cpim,
-        asserted_identity=None if asserted is None else asserted.uri,
-        asserted_identities=() if asserted is None else asserted.uris,
-        identity_withheld=asserted is not None and withholds_identity(inbound.request),
         _report=report,
         _reply=reply,
     )
+    if asserted is not None:  # (set apart: the usual message has none and pays nothing for it)
+        message.asserted_identity = asserted.uri
+        message.asserted_identities = asserted.uris
+        message.identity_withheld = withholds_identity(inbound.request)
+    return message
 
 
 # -- sending ----------------------------------------------------------------------------------

@@ -263,7 +263,9 @@ class SenderSide(TrackerCore):
         is the sender's identity as a trusted proxy asserted it
         (P-Asserted-Identity, RFC 3325 §9.1: one URI, or a sip/sips and a tel
         URI); when given it is the sender, and the From claims vouch for
-        nothing. Never raises for peer data: a refusal is a
+        nothing (a tel URI alone matches only a recipient addressed by tel
+        URI: a sip URI with ``user=phone`` is not taken for the same number).
+        Never raises for peer data: a refusal is a
         :class:`NotificationRejected` event.
         """
         kind_text, status_text = token(kind), token(status)
