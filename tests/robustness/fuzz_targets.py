@@ -25,6 +25,7 @@ from sipimdn.errors import (
     RemoteProtocolError,
     SipParseError,
 )
+from sipimdn.headers import AssertedIdentity
 from sipimdn.parser import KeepAliveReceived, Limits, StreamFramer, parse_message
 from sipimdn.uri import Uri
 
@@ -106,6 +107,15 @@ def _uri(data: bytes) -> None:
         raise AssertionError(f"URI round trip changed it: {uri!s} -> {again!s}")
 
 
+def _asserted(data: bytes) -> None:
+    # One P-Asserted-Identity header field per line (RFC 3325 §9.1), as a request would carry them.
+    identity = AssertedIdentity.parse(_text(data).split("\n"))
+    if identity is not None:
+        again = AssertedIdentity.parse([str(identity)])
+        if again is None or [Uri.parse(u) for u in again.uris] != [Uri.parse(u) for u in identity.uris]:
+            raise AssertionError(f"P-Asserted-Identity round trip changed it: {identity!s} -> {again!s}")
+
+
 def _cpim(data: bytes) -> None:
     try:
         cpim.parse(data)
@@ -158,6 +168,9 @@ def _seeds() -> dict[str, tuple[bytes, ...]]:
         "uri": (b"sip:alice@example.com", b"sips:bob:pw@[::1]:5061;transport=tcp;lr?subject=hi%20there",
                 b"sip:+1-212-555-1212:1234@gateway.com;user=phone", b"tel:+358-555-1234567;postd=pp22",
                 b"im:fred@example.com", b"sip:%61lice@atlanta.com;maddr=239.255.255.1;ttl=15"),
+        "asserted": (b'"Bob Smith" <sip:bob@ims.example.com>, <tel:+1-202-555-0123>',
+                     b"sip:+12025550123@ims.example.com;user=phone\ntel:+12025550123;phone-context=x",
+                     b"<sips:bob@[2001:db8::1]:5061>"),
         "cpim": cpims,
         "imdn": xmls,
         "multipart": (boundary + b"\n" + multipart_body,
@@ -180,6 +193,7 @@ TARGETS: dict[str, FuzzTarget] = {
         FuzzTarget("sip", _parse_sip, SipParseError, SEEDS["sip"]),
         FuzzTarget("framer", _framer, SipParseError, SEEDS["framer"], max_len=2048),
         FuzzTarget("uri", _uri, SipParseError, SEEDS["uri"]),
+        FuzzTarget("asserted", _asserted, SipParseError, SEEDS["asserted"]),
         FuzzTarget("cpim", _cpim, CpimError, SEEDS["cpim"]),
         FuzzTarget("imdn", _imdn_xml, ImdnError, SEEDS["imdn"]),
         FuzzTarget("multipart", _multipart, ImdnError, SEEDS["multipart"]),
