@@ -103,6 +103,8 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         given = self._given_store
         config = self.config
         try:
+            # Before the store: a slow name lookup must not sit between renewing leases and listening.
+            await self._resolve_asserters()
             await self._writer.open(
                 lambda: (
                     given
@@ -121,7 +123,6 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             else:
                 snapshot = await self._writer.load(now)
             self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
-            await self._resolve_asserters()
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)
             await self._stack.start()
