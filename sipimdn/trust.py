@@ -7,7 +7,10 @@ only inside a Trust Domain, between elements that know each other, and
 §9.1 says an element receiving it from an untrusted source ignores it (anyone
 can write the header). So a user agent believes it only in requests that
 arrive from one of the elements it is configured to trust
-(``UserAgentConfig.trusted_asserters``), and by default from none.
+(``UserAgentConfig.trusted_asserters``), and by default from none. Trusting
+an element is trusting everything it relays: it must replace or remove a
+P-Asserted-Identity that reached it from outside its trust domain (RFC 3325
+§5), or any sender behind it asserts what it likes.
 
 **Trust by transport source.** Whether a request comes from a trusted
 element is decided by the address the request really came from: the UDP
