@@ -103,7 +103,7 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
         "auto_delivery": not args.no_auto_delivery, "worker_id": args.worker_id,
         "worker_lease": args.worker_lease, "gc_tuning": True,
     }
-    for option in ("dedup_max", "imdn_rate_limit", "imdn_byte_budget"):
+    for option in ("dedup_max", "working_set_max", "imdn_rate_limit", "imdn_byte_budget"):
         if getattr(args, option) is not None:
             extra[option] = getattr(args, option)
     if args.trusted_asserter:
@@ -456,6 +456,14 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="most received Message-IDs remembered for dedup, oldest forgotten first "
         "(default 100000; a copy of a message older than that window reaches the application again)",
+    )
+    listen.add_argument(
+        "--working-set-max",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="most received and most sent messages awaiting notifications kept in memory; the "
+        "store keeps them all and reads an older one back when needed (default 10000)",
     )
     listen.add_argument(
         "--imdn-rate-limit",

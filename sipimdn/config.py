@@ -250,6 +250,14 @@ class UserAgentConfig:
     #: the application again. About 320 bytes of memory each (32 MB for the default);
     #: without a cap a peer sending fresh Message-IDs would grow memory without bound.
     dedup_max: int = 100_000
+    #: Most received messages (those that may still be owed a notification, such as a display
+    #: notification the application has not reported yet) and, separately, most sent messages
+    #: (awaiting notifications) whose records stay in memory; the store holds them all, and an
+    #: idle one that left memory is read back when needed (``mark_displayed``, a notification
+    #: about it, its deadline). About 600 bytes per received and 1.2 KB per sent message:
+    #: the default costs at most 6 + 12 MB however many messages await notifications. None
+    #: keeps every record in memory (as does a store that cannot read records back).
+    working_set_max: int | None = 10_000
     #: How many plain-text messages (no Message-ID) the tracker remembers for dedup.
     dedup_capacity: int = 4096
     #: How long (seconds) a plain-text message is remembered for dedup.
@@ -358,6 +366,8 @@ class UserAgentConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.working_set_max is not None and self.working_set_max < 1:
+            raise ValueError("working_set_max must be at least 1 (None: no bound)")
         if self.close_grace < 0 or self.composing_grace < 0:
             raise ValueError("close_grace and composing_grace must not be negative")
         if self.dedup_ttl <= 0 or self.state_expiry <= 0 or self.peer_capability_ttl <= 0:

@@ -47,6 +47,8 @@ COUNTERS = frozenset(
         "store_writes",
         "store_failures",
         "store_write_seconds",
+        "working_set_evictions",
+        "working_set_reads",
     }
 )
 

@@ -233,7 +233,7 @@ def test_corrupt_json_is_a_store_error(text: str) -> None:
 def test_sqlite_file_uses_wal_and_versioned_schema(tmp_path: Path) -> None:
     path = str(tmp_path / "s.db")
     with SqliteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         store.apply([Put(r) for r in every_kind()])
     conn = sqlite3.connect(path)
     try:

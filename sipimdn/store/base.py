@@ -44,6 +44,7 @@ __all__ = [
     "OwedRecord",
     "PeerRecord",
     "Put",
+    "ReadBackStore",
     "ReceivedRecord",
     "RecipientRecord",
     "SeenRecord",
@@ -53,6 +54,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "StoreOp",
+    "WorkingSetStore",
     "check_op",
     "received_key",
     "record_from_json",
@@ -95,6 +97,43 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release resources; the store is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class ReadBackStore(Store, Protocol):
+    """A :class:`Store` that reads single records back: the miss path of the tracker's working
+    set (see :mod:`sipimdn.imdn.tracker.workingset`). Without it the tracker keeps every sent
+    and received record in memory. Same threading rules as :class:`Store`; the adapter calls
+    these after every write it queued before, so they see the tracker's latest state."""
+
+    def load_received(
+        self, message_id: str, sender_key: str | None, now: float
+    ) -> tuple[ReceivedRecord, ...]:
+        """The ``received`` records of ``message_id`` not expired at ``now``: the one from
+        ``sender_key`` (at most one), or from any sender when it is None."""
+        ...
+
+    def load_sent(self, message_id: str, now: float) -> SentRecord | None:
+        """The ``sent`` record of ``message_id``, unless expired at ``now`` (None: unknown)."""
+        ...
+
+
+@runtime_checkable
+class WorkingSetStore(ReadBackStore, Protocol):
+    """A :class:`ReadBackStore` that also loads a bounded working set at start and the sent
+    records whose tracking deadline passed (one worker's store: SQLite, memory)."""
+
+    def load_working_set(self, now: float, limit: int) -> Snapshot:
+        """:meth:`Store.load`, but at most ``limit`` ``received`` and ``limit`` ``sent`` records:
+        those expiring last (the most recent); the others stay in the store."""
+        ...
+
+    def load_sent_due(
+        self, before: float, now: float, limit: int
+    ) -> tuple[tuple[SentRecord, ...], float | None]:
+        """Up to ``limit`` ``sent`` records with ``now < expires_at <= before``, expiring first
+        first, and the earliest ``expires_at`` after ``before`` (None if no record has one)."""
         ...
 
 

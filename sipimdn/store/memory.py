@@ -6,7 +6,19 @@ import threading
 from collections.abc import Sequence
 
 from ..errors import StoreError
-from .base import TABLES, AnyRecord, Delete, Put, Snapshot, StoreOp, check_op, snapshot_from_records
+from .base import (
+    TABLES,
+    AnyRecord,
+    Delete,
+    Put,
+    ReceivedRecord,
+    SentRecord,
+    Snapshot,
+    StoreOp,
+    check_op,
+    received_key,
+    snapshot_from_records,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -15,6 +27,8 @@ class MemoryStore:
     """Keeps records in dictionaries, one per table, behind a lock.
 
     Records are immutable, so :meth:`load` can hand them out without copying.
+    Reads single records back (:class:`~sipimdn.store.base.WorkingSetStore`) by
+    scanning: it is meant for tests and small amounts.
     """
 
     def __init__(self) -> None:
@@ -40,6 +54,53 @@ class MemoryStore:
             self._check_open()
             live = [r for table in self._tables.values() for r in table.values() if r.expires_at > now]
         return snapshot_from_records(live)
+
+    def load_working_set(self, now: float, limit: int) -> Snapshot:
+        """:meth:`load` with at most ``limit`` received and ``limit`` sent records (expiring last)."""
+        with self._lock:
+            self._check_open()
+            live: list[AnyRecord] = []
+            for name, table in self._tables.items():
+                rows = [r for r in table.values() if r.expires_at > now]
+                if name in (ReceivedRecord.TABLE, SentRecord.TABLE) and len(rows) > limit:
+                    rows = sorted(rows, key=lambda r: r.expires_at)[-limit:]
+                live.extend(rows)
+        return snapshot_from_records(live)
+
+    def load_received(
+        self, message_id: str, sender_key: str | None, now: float
+    ) -> tuple[ReceivedRecord, ...]:
+        """The received records of ``message_id`` (from ``sender_key``, if given) not expired."""
+        with self._lock:
+            self._check_open()
+            table = self._tables[ReceivedRecord.TABLE]
+            if sender_key is not None:
+                found = table.get(received_key(sender_key, message_id))
+                rows = [] if found is None else [found]
+            else:
+                rows = [
+                    r for r in table.values() if isinstance(r, ReceivedRecord) and r.message_id == message_id
+                ]
+        return tuple(r for r in rows if isinstance(r, ReceivedRecord) and r.expires_at > now)
+
+    def load_sent(self, message_id: str, now: float) -> SentRecord | None:
+        """The sent record of ``message_id``, unless expired."""
+        with self._lock:
+            self._check_open()
+            found = self._tables[SentRecord.TABLE].get(message_id)
+        return found if isinstance(found, SentRecord) and found.expires_at > now else None
+
+    def load_sent_due(
+        self, before: float, now: float, limit: int
+    ) -> tuple[tuple[SentRecord, ...], float | None]:
+        """Sent records with ``now < expires_at <= before`` (at most ``limit``, soonest first)
+        and the earliest ``expires_at`` after ``before``."""
+        with self._lock:
+            self._check_open()
+            rows = [r for r in self._tables[SentRecord.TABLE].values() if isinstance(r, SentRecord)]
+        due = sorted((r for r in rows if now < r.expires_at <= before), key=lambda r: r.expires_at)
+        later = [r.expires_at for r in rows if r.expires_at > before]
+        return tuple(due[:limit]), min(later, default=None)
 
     def purge(self, now: float) -> int:
         """Drop expired records; return how many were dropped."""

@@ -98,12 +98,14 @@ from .base import (
     AnyRecord,
     Delete,
     Put,
+    ReceivedRecord,
     SeenRecord,
     SentRecord,
     SharedValues,
     Snapshot,
     StoreOp,
     check_op,
+    received_key,
     record_from_json,
     record_to_json,
     snapshot_from_records,
@@ -293,6 +295,15 @@ _PURGE_SQL = (
 
 _LOAD_SENT_SQL = (
     f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2 AND data <> {_GONE}"
+)
+#: A received record by its key, and by its Message-ID alone (the part of the key after the sender
+#: key, which holds no space): the second scans the table, for ``mark_displayed`` without a sender.
+_LOAD_RECEIVED_SQL = (
+    f"SELECT data FROM {_table('received')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2"
+)
+_FIND_RECEIVED_SQL = (
+    f"SELECT data FROM {_table('received')} "
+    "WHERE substr(key, strpos(key, ' ') + 1) = $1 AND expires_at > $2"
 )
 
 # The notification is kept only for a message some worker tracks (a peer's IMDN for an unknown
@@ -834,6 +845,26 @@ class PostgresStore:
         record = record_from_json("sent", text)
         assert isinstance(record, SentRecord)
         return record
+
+    def load_received(
+        self, message_id: str, sender_key: str | None, now: float
+    ) -> tuple[ReceivedRecord, ...]:
+        """The ``received`` records of ``message_id`` not expired at ``now`` (from ``sender_key``
+        only, when given), whichever worker received them (every worker resumes with all of
+        them too, :meth:`load_own`)."""
+
+        async def read() -> list[str]:
+            conn = await self._connection()
+            if sender_key is not None:
+                rows = await conn.fetch(_LOAD_RECEIVED_SQL, received_key(sender_key, message_id), now)
+            else:
+                rows = await conn.fetch(_FIND_RECEIVED_SQL, message_id, now)
+            return [row[0] for row in rows]
+
+        with self._lock:
+            texts = self._call(read(), "store read failed")
+        found = [record_from_json(ReceivedRecord.TABLE, text) for text in texts]
+        return tuple(r for r in found if isinstance(r, ReceivedRecord))
 
     def load_own(self, now: float) -> Snapshot:
         """What this worker resumes with: its own ``sent`` and ``owed`` records (another worker's

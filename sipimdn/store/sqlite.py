@@ -36,12 +36,14 @@ from .base import (
     AnyRecord,
     Delete,
     Put,
+    ReceivedRecord,
     SeenRecord,
     SentRecord,
     SharedValues,
     Snapshot,
     StoreOp,
     check_op,
+    received_key,
     record_from_json,
     record_to_json,
     snapshot_from_records,
@@ -52,7 +54,10 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 _log = logging.getLogger("sipimdn.store.sqlite")
 
 #: The schema version this code writes (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The Message-ID part of a ``received`` key (``"{sender key} {Message-ID}"``; a sender key holds
+#: no space): indexed, so a received message is found by its Message-ID alone.
+_RECEIVED_ID = "substr(key, instr(key, ' ') + 1)"
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
@@ -64,8 +69,13 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_expires ON {table}(expires_at)")
 
 
+def _create_v2(conn: sqlite3.Connection) -> None:
+    # The working set's miss path: mark_displayed(message_id) without the sender.
+    conn.execute(f"CREATE INDEX IF NOT EXISTS received_message_id ON received({_RECEIVED_ID})")
+
+
 #: Steps from version N-1 to N, applied in order inside one transaction.
-_MIGRATIONS = {1: _create_v1}
+_MIGRATIONS = {1: _create_v1, 2: _create_v2}
 
 
 class SqliteStore:
@@ -197,6 +207,75 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
         return snapshot_from_records(records)
+
+    def load_working_set(self, now: float, limit: int) -> Snapshot:
+        """:meth:`load`, but at most ``limit`` received and ``limit`` sent records (those
+        expiring last); the others stay here, read back on a miss."""
+        records: list[AnyRecord] = []
+        shared = SharedValues()
+        with self._lock:
+            conn = self._connection()
+            try:
+                for table in TABLES:
+                    sql = f"SELECT data FROM {table} WHERE expires_at > ?"
+                    if table in (ReceivedRecord.TABLE, SentRecord.TABLE):
+                        cursor = conn.execute(sql + " ORDER BY expires_at DESC LIMIT ?", (now, limit))
+                    else:
+                        cursor = conn.execute(sql, (now,))
+                    records.extend(record_from_json(table, row[0], shared) for row in cursor)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        return snapshot_from_records(records)
+
+    def load_received(
+        self, message_id: str, sender_key: str | None, now: float
+    ) -> tuple[ReceivedRecord, ...]:
+        """The received records of ``message_id`` not expired at ``now`` (from ``sender_key``
+        only, when given); both lookups use an index."""
+        if sender_key is not None:
+            sql, params = (
+                "SELECT data FROM received WHERE key = ? AND expires_at > ?",
+                (
+                    received_key(sender_key, message_id),
+                    now,
+                ),
+            )
+        else:
+            sql, params = (
+                f"SELECT data FROM received WHERE {_RECEIVED_ID} = ? AND expires_at > ?",
+                (message_id, now),
+            )
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        found = [record_from_json(ReceivedRecord.TABLE, row[0]) for row in rows]
+        return tuple(r for r in found if isinstance(r, ReceivedRecord))
+
+    def load_sent_due(
+        self, before: float, now: float, limit: int
+    ) -> tuple[tuple[SentRecord, ...], float | None]:
+        """Up to ``limit`` sent records with ``now < expires_at <= before``, soonest first, and the
+        earliest ``expires_at`` after ``before`` (both on the ``expires_at`` index)."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                rows = conn.execute(
+                    "SELECT data FROM sent WHERE expires_at > ? AND expires_at <= ? "
+                    "ORDER BY expires_at LIMIT ?",
+                    (now, before, limit),
+                ).fetchall()
+                later = conn.execute(
+                    "SELECT min(expires_at) FROM sent WHERE expires_at > ?", (before,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+        found = [record_from_json(SentRecord.TABLE, row[0]) for row in rows]
+        return tuple(r for r in found if isinstance(r, SentRecord)), (
+            None if later[0] is None else float(later[0])
+        )
 
     def purge(self, now: float) -> int:
         """Delete expired records; return how many."""

@@ -60,6 +60,7 @@ from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
 from ._shared import shared_store, without_ended
+from ._workingset import working_set_config
 from .outgoing import SentMessage
 from .stats import UserAgentStats
 
@@ -114,15 +115,18 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             )
             shared = shared_store(self._writer.store)
             now = time.time()
+            tracker_config = working_set_config(_wire.tracker_config(self.config), self._writer.store, shared)
             # A worker resumes its own records only; another's are taken over once its lease ends.
             # Renewed first: what is still its own then stays so while it resumes (see _shared).
             renewed_at = time.monotonic()
+            # One worker resumes with its working set only (the rest is read back when needed).
+            partial = False
             if shared is not None:
                 await asyncio.to_thread(shared.renew_leases)
                 snapshot = without_ended(await self._writer.load_own(now))
             else:
-                snapshot = await self._writer.load(now)
-            self._tracker = DispositionTracker(_wire.tracker_config(self.config), snapshot=snapshot, now=now)
+                snapshot, partial = await self._load_working_set(tracker_config, now)
+            self._tracker = DispositionTracker(tracker_config, snapshot=snapshot, now=now, partial=partial)
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)
             await self._stack.start()
@@ -195,6 +199,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         self._closed = True
         self._shared_stop()
         self._timer.cancel()
+        self._sweep_timer.cancel()
         if self._purge_timer is not None:
             self._purge_timer.cancel()
             self._purge_timer = None
@@ -371,6 +376,8 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             tracked_received=tracker.tracked_received,
             owed_notifications=tracker.owed_count,
             records_lost=counters.records_lost,
+            working_set_evictions=tracker.working_set_evictions,
+            working_set_reads=counters.working_set_reads,
             store_writes=writer.writes,
             store_failures=writer.failures,
             store_write_seconds=writer.write_seconds,
@@ -472,7 +479,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         report: after a non-2xx answer (RFC 5438 §7.2.1.1), or a second, different
         notification of one kind (RFC 5438 §7.2).
         """
-        return self._report_disposition(message_id, kind, status, sender)
+        return await self._report_disposition(message_id, kind, status, sender)
 
     async def mark_displayed(self, message_id: str, sender: str | None = None) -> bool:
         """Send the display notification for a received message, also one from an earlier run.
@@ -482,7 +489,7 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         now owed, as :meth:`report_disposition` (False: none requested, already
         owed, privacy setting, or unknown message).
         """
-        return self._mark_displayed(message_id, sender)
+        return await self._mark_displayed(message_id, sender)
 
     def composing(
         self,

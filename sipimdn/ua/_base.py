@@ -107,6 +107,10 @@ class AgentCore:
         self._tracker: DispositionTracker | None = None
         self._stack: SipStack | None = None
         self._timer = CoreTimer(self._on_timer)
+        # When the earliest deadline of the sent records the tracker left to the store passes
+        # (whole seconds: one read serves the deadlines of a second), and the read in progress.
+        self._sweep_timer = CoreTimer(self._on_sweep_timer, slot=1.0)
+        self._sweeping: asyncio.Task[Any] | None = None
         self._purge_timer: asyncio.TimerHandle | None = None
         # Handler deadlines of the messages being decided, under one shared timer.
         self._deadlines: DeadlineQueue[Pending] | None = None
@@ -296,6 +300,16 @@ class AgentCore:
         if composing is not None and (at is None or composing < at):
             at = composing
         self._arm_timer(at)
+        due = tracker.evicted_sent_due
+        if due is not None:
+            self._arm_sweep(due)
+
+    def _arm_sweep(self, due: float) -> None:
+        """Read back the evicted sent records due at ``due`` then (see ``_workingset``)."""
+        raise NotImplementedError
+
+    def _on_sweep_timer(self, now: float) -> None:
+        raise NotImplementedError
 
     def _arm_timer(self, at: float | None) -> None:
         if not self._closed:

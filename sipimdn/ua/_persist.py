@@ -37,12 +37,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ..store import Put, SharedStore, Snapshot, Store, StoreOp
 
 __all__ = ["StoreWriter", "coalesce"]
 
 _log = logging.getLogger("sipimdn.ua.store")
+_T = TypeVar("_T")
 
 
 class StoreWriter:
@@ -127,6 +129,13 @@ class StoreWriter:
         self._send_now()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._require().load, now)
+
+    async def read(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` (a store read) on the worker thread, after every write submitted
+        before: it sees them all, and the event loop never waits on the store."""
+        self._send_now()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(call, *args))
 
     def _apply(self, batch: Sequence[Sequence[StoreOp]]) -> None:
         store = self._require()

@@ -30,7 +30,7 @@ from ..stack import IncomingRequest
 from . import _wire
 from ._base import ALLOW, MessageHandler, callable_name
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
-from ._shared import SharedPath
+from ._workingset import WorkingSetPath
 from .incoming import IncomingMessage
 
 __all__ = ["Pending", "ReceivePath"]
@@ -43,7 +43,7 @@ _MAX_FOLLOWERS = 8
 _MAX_CPIM_SENDERS = 4096
 
 
-class ReceivePath(SharedPath):
+class ReceivePath(WorkingSetPath):
     """Answer requests; hand instant messages to the application; apply notifications."""
 
     # -- receiving ---------------------------------------------------------------------------
@@ -117,6 +117,7 @@ class ReceivePath(SharedPath):
         # The sender as a trusted proxy asserted it (RFC 3325 §9.1): the origin check's identity.
         asserted = self._asserted_identity(incoming)
         asserted_uris = None if asserted is None else asserted.uris
+        evicted: list[dict[str, Any]] = []
         if not any(self._is_foreign(note.message_id) for note in notes):
             incoming.respond(200)
         for index, note in enumerate(notes):
@@ -138,6 +139,10 @@ class ReceivePath(SharedPath):
                 # About a message another worker sent: its owner applies it.
                 foreign.append(_wire_fields(note, inbound, notification_id, asserted_uris))
                 continue
+            if self._sent_evicted(note.message_id):
+                # About a message whose record left memory: read back, then applied.
+                evicted.append(_wire_fields(note, inbound, notification_id, asserted_uris))
+                continue
             tracker.notification_received(
                 message_id=note.message_id,
                 kind=note.kind,
@@ -153,6 +158,8 @@ class ReceivePath(SharedPath):
         self._pump()
         if foreign:
             self._forward_then_answer(incoming, foreign)
+        if evicted:
+            self._spawn_wire(self._apply_read_back(evicted))
 
     def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         sender = inbound.cpim_from or inbound.sip_from
@@ -384,18 +391,20 @@ class ReceivePath(SharedPath):
         # IncomingMessage.report: the same question, asked by the message's own sender.
         # "displayed" is mark_displayed: subject to the display privacy setting, never an error.
         if kind == "display" and status == "displayed":
-            return self._mark_displayed(message_id, sender)
-        return self._report_disposition(message_id, kind, status, sender)
+            return await self._mark_displayed(message_id, sender)
+        return await self._report_disposition(message_id, kind, status, sender)
 
-    def _report_disposition(self, message_id: str, kind: str, status: str, sender: str | None) -> bool:
+    async def _report_disposition(self, message_id: str, kind: str, status: str, sender: str | None) -> bool:
         """Ask the tracker; do what it says; return its decision (``UserAgent.report_disposition``)."""
+        await self._read_back_received(message_id, sender)
         tracker = self._require_tracker()
         owed = tracker.report_disposition(message_id, kind, status, time.time(), sender=sender)
         self._pump()
         return owed is not None
 
-    def _mark_displayed(self, message_id: str, sender: str | None) -> bool:
+    async def _mark_displayed(self, message_id: str, sender: str | None) -> bool:
         """Ask the tracker; do what it says; return its decision (``UserAgent.mark_displayed``)."""
+        await self._read_back_received(message_id, sender)
         tracker = self._require_tracker()
         owed = tracker.mark_displayed(message_id, time.time(), sender=sender)
         self._pump()

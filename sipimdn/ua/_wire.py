@@ -449,6 +449,7 @@ def tracker_config(config: UserAgentConfig) -> TrackerConfig:
         received_ttl=config.state_expiry,
         plain_dedup_capacity=config.dedup_capacity,
         dedup_max=config.dedup_max,
+        working_set_max=config.working_set_max,
         # Every message we send goes through the outbound proxy: it may report for our recipients
         # (a store-and-forward server's processing and failure notifications).
         trusted_intermediaries=(config.outbound_proxy,) if config.outbound_proxy else (),

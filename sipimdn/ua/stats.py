@@ -26,6 +26,7 @@ class Counters:
         "notifications_rejected",
         "notifications_sent",
         "records_lost",
+        "working_set_reads",
     )
 
     def __init__(self) -> None:
@@ -37,6 +38,7 @@ class Counters:
         self.notifications_accepted = 0
         self.notifications_rejected = 0
         self.records_lost = 0
+        self.working_set_reads = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,9 +67,11 @@ class UserAgentStats:
     transport_errors: int
     #: TCP and TLS connections open (or opening) now; a gauge.
     open_connections: int
-    #: Messages we sent still tracked for their notifications now; a gauge.
+    #: Messages we sent still tracked for their notifications and held in memory now (the
+    #: working set: at most ``working_set_max``, the others in the store); a gauge.
     tracked_messages: int
-    #: Received messages remembered for the notifications they may be owed now; a gauge.
+    #: Received messages remembered for the notifications they may be owed, held in memory now
+    #: (at most ``working_set_max``, the others in the store); a gauge.
     tracked_received: int
     #: Notifications owed and not yet sent (or being retried) now; a gauge.
     owed_notifications: int
@@ -75,6 +79,10 @@ class UserAgentStats:
     #: while this one's lease had run out (it was cut off from the database, or paused), and
     #: that this one therefore stopped tracking and sending (each logged as a warning).
     records_lost: int
+    #: Sent and received records that left memory for the store (``working_set_max``).
+    working_set_evictions: int
+    #: Store reads of a record not in memory (``mark_displayed``, a notification, a deadline).
+    working_set_reads: int
     #: Store write batches applied so far.
     store_writes: int
     #: Store write batches that failed (each was logged).

@@ -23,7 +23,9 @@ One module per job:
   the notifications we owe (:data:`RECEIVER_TRANSITIONS`);
 - :mod:`.destinations`: the notification budgets per destination address
   (RFC 5438 §14: we are no reflector).
-- :mod:`.shared`: dedup claims and take-over when workers share a store.
+- :mod:`.shared`: dedup claims and take-over when workers share a store;
+- :mod:`.workingset`: the bounded cache of sent and received records (the
+  store holds them all; the adapter reads an evicted one back on a miss).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from .receiver import RECEIVER_TRANSITIONS, ReceiptInput, ReceiptState
 from .records import OwedRecord
 from .sender import TRANSITIONS, SenderInput, SenderSide
 from .shared import SharedSide
+from .workingset import WorkingSetSide
 
 __all__ = [
     "ALLOWED_STATUSES",
@@ -95,7 +98,7 @@ __all__ = [
 ]
 
 
-class DispositionTracker(SenderSide, SharedSide):
+class DispositionTracker(SenderSide, SharedSide, WorkingSetSide):
     """Sans-IO state of sent and received messages' notifications (see the package docstring).
 
     ``DispositionTracker(config, snapshot=store.load(now), now=now)`` resumes

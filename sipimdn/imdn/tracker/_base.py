@@ -7,7 +7,10 @@ receiver side (:mod:`.receiver`) only read and change it through
 timer heap and the store operations in step with the tables.
 
 **Persistence: write-behind operations.** The tracker keeps its state in
-memory and is authoritative while running. Every change that a restart
+memory and is authoritative while running, except that long-lived sent and
+received records are a bounded cache (the working set, :mod:`.workingset`):
+an idle one may leave memory, the store keeping it, and the adapter reads it
+back when it is needed. Every change that a restart
 needs also appends a whole-record :class:`~sipimdn.store.base.Put` or a
 :class:`~sipimdn.store.base.Delete` to a queue drained with
 :meth:`~TrackerCore.writes_to_apply`; the adapter applies each batch, in
@@ -114,7 +117,9 @@ class TrackerCore:
     """The state of a :class:`~sipimdn.imdn.tracker.DispositionTracker` and its bookkeeping.
 
     ``snapshot`` (from :meth:`Store.load <sipimdn.store.base.Store.load>`)
-    resumes a previous run at time ``now``. ``id_factory`` makes the
+    resumes a previous run at time ``now``; ``partial=True`` says it holds only
+    the working set (``load_working_set``): the other sent and received records
+    are in the store, read back on a miss (see :mod:`.workingset`). ``id_factory`` makes the
     Message-IDs of the notifications we send (default: 128 random bits in
     hex, a valid CPIM Token that cannot be guessed: RFC 5438 §14.1 relies on it).
     """
@@ -126,11 +131,13 @@ class TrackerCore:
         snapshot: Snapshot | None = None,
         now: float = 0.0,
         id_factory: Callable[[], str] | None = None,
+        partial: bool = False,
     ) -> None:
         self.config = config or TrackerConfig()
         self._new_id = id_factory or (lambda: secrets.token_hex(16))
-        # --- sender side
-        self._sent: dict[str, SentRecord] = {}
+        # --- sender side; sent and received records are kept least recently used first (the
+        # working set, see .workingset)
+        self._sent: OrderedDict[str, SentRecord] = OrderedDict()
         # Identity keys of config.trusted_intermediaries.
         self._trusted_hops = frozenset(
             key
@@ -140,7 +147,10 @@ class TrackerCore:
         )
         # --- receiver side
         self._owed: dict[str, OwedRecord] = {}
-        self._received: dict[tuple[str, str], ReceivedRecord] = {}
+        self._received: OrderedDict[tuple[str, str], ReceivedRecord] = OrderedDict()
+        # Received key -> how many of its notifications are owed (queued, in flight or held):
+        # such a received record is not idle, so it stays in memory.
+        self._owed_for: dict[tuple[str, str], int] = {}
         # Message-ID -> received key, or a list of them: almost always one sender per
         # Message-ID, so the key itself (no container per tracked message).
         self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] = {}
@@ -173,7 +183,16 @@ class TrackerCore:
         self._suppressed = 0
         # Received messages' CPIM To / Original-To values, one object each (receiver._common_text).
         self._common: dict[str, str] = {}
-        # --- both
+        # --- both: the working set (see .workingset). Records left in memory for the store;
+        # when the last log line about it was written, and what it did not report yet;
+        # whether a record missing from memory may be in the store (evicted, or not loaded:
+        # ``partial``); the earliest tracking deadline of a sent record evicted since the last
+        # sweep (None: none), which the adapter reads back when it passes.
+        self._ws_evictions = 0
+        self._ws_unlogged = 0
+        self._ws_logged_at = float("-inf")
+        self._reads_back = partial
+        self._evicted_sent_due: float | None = now if partial else None
         self._peers: dict[str, PeerRecord] = {}
         self._events: deque[TrackerEvent] = deque()
         self._writes: list[StoreOp] = []
@@ -192,6 +211,8 @@ class TrackerCore:
             _VOLATILE: self._volatile,
             _PEER: self._peers,
         }
+        # The tables of the working set, each least recently used first.
+        self._recency: dict[str, OrderedDict[Any, Any]] = {_SENT: self._sent, _RECEIVED: self._received}
         if snapshot is not None:
             self._restore(snapshot, now)
 
@@ -341,6 +362,10 @@ class TrackerCore:
         """A received record is about to expire (the receiver side forgets its receipt)."""
         raise NotImplementedError
 
+    def _bound_working_set(self, now: float) -> None:
+        """Leave idle records to the store past ``working_set_max`` (see :mod:`.workingset`)."""
+        raise NotImplementedError
+
     def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
         """Hand out the next attempt of an owed notification (into ``hold`` if given)."""
         owed = replace(
@@ -390,8 +415,16 @@ class TrackerCore:
             key = _mem_key(record)
         old = entries.get(key)
         entries[key] = record
-        if isinstance(record, ReceivedRecord) and old is None and isinstance(key, tuple):
-            self._index_received(record.message_id, key)
+        if old is None:
+            if isinstance(record, ReceivedRecord) and isinstance(key, tuple):
+                self._index_received(record.message_id, key)
+            elif isinstance(record, OwedRecord):
+                owner = (record.sender_key, record.message_id)
+                self._owed_for[owner] = self._owed_for.get(owner, 0) + 1
+        else:
+            recency = self._recency.get(name)
+            if recency is not None:
+                recency.move_to_end(key)  # used just now: the last to leave memory
         if write and name != _VOLATILE:
             self._writes.append(Put(record))
         deadline = _deadline_of(record)
@@ -432,6 +465,15 @@ class TrackerCore:
         elif key not in keys:
             keys.append(key)
 
+    def _unindex_received(self, message_id: str, key: MemKey) -> None:
+        rest = [k for k in self._received_keys(message_id) if k != key]
+        if len(rest) > 1:
+            self._received_by_id[message_id] = rest
+        elif rest:
+            self._received_by_id[message_id] = rest[0]
+        else:
+            self._received_by_id.pop(message_id, None)
+
     def _received_keys(self, message_id: str) -> list[tuple[str, str]]:
         keys = self._received_by_id.get(message_id)
         if keys is None:
@@ -444,13 +486,12 @@ class TrackerCore:
             return
         self._unswept += 1
         if isinstance(record, ReceivedRecord):
-            rest = [k for k in self._received_keys(record.message_id) if k != key]
-            if len(rest) > 1:
-                self._received_by_id[record.message_id] = rest
-            elif rest:
-                self._received_by_id[record.message_id] = rest[0]
-            else:
-                self._received_by_id.pop(record.message_id, None)
+            self._unindex_received(record.message_id, key)
+        elif isinstance(record, OwedRecord):
+            owner = (record.sender_key, record.message_id)
+            left = self._owed_for.pop(owner, 1) - 1
+            if left > 0:
+                self._owed_for[owner] = left
         if table not in (_SEEN, _VOLATILE):
             # An expired dedup entry needs no Delete: the store skips it on load and purge drops it.
             self._writes.append(Delete(table, _store_key(key)))
@@ -471,8 +512,10 @@ class TrackerCore:
                 self._dispatch(owed, now)
             else:
                 self._put(owed, write=False)
-        # A store written with a larger cap (or none) is trimmed to this one.
+        # A store written with a larger cap (or none) is trimmed to this one; so is the
+        # working set, when the store gave more than it holds.
         self._bound_dedup(now)
+        self._bound_working_set(now)
 
 
 def _mem_key(record: AnyRecord) -> MemKey:

@@ -30,6 +30,22 @@ class TrackerConfig:
     #: cover almost three hours: far longer than any resend (a transaction lasts 32 s, a
     #: restarted sender resends within minutes).
     dedup_max: int = 100_000
+    #: Most received records (messages that may still be owed a notification: the display
+    #: notification of a message the application has not marked displayed yet, for days) and,
+    #: separately, most sent records (messages awaiting notifications) kept in memory; the
+    #: store holds them all. Past it the least recently used *idle* ones leave memory (a
+    #: received message answered, with no notification pending, held or being retried; a sent
+    #: message whose final SIP response came) and are read back from the store when needed
+    #: (``mark_displayed``, a notification about it, its tracking deadline): see
+    #: :mod:`sipimdn.imdn.tracker.workingset`. None keeps everything in memory (a store that
+    #: cannot read records back). 10,000 cost about 6 MB for received messages (about 600
+    #: bytes each) and 12 MB for sent ones (about 1.2 KB each, one recipient), and at ten
+    #: messages a second still hold the last quarter of an hour, when most messages are read;
+    #: an older one costs one store read (a fraction of a millisecond with SQLite).
+    working_set_max: int | None = 10_000
+    #: Whether sent records leave memory past ``working_set_max`` too. Off for a store several
+    #: workers share: there a sent record's reader may be another worker (see sipimdn.ua._shared).
+    evict_sent: bool = True
     #: How long an owed notification is retried at most, whatever the attempt count.
     owed_ttl: float = _DAY
     #: Attempts (the first send included) before an owed notification is given up.
@@ -124,6 +140,8 @@ class TrackerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.working_set_max is not None and self.working_set_max < 1:
+            raise ValueError("working_set_max must be at least 1 (None: no bound)")
         if self.max_imdn_route < 0:
             raise ValueError("max_imdn_route must not be negative")
         object.__setattr__(self, "display_policy", DisplayPolicy(str(self.display_policy)))

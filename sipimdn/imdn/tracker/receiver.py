@@ -193,6 +193,7 @@ class ReceiverSide(TrackerCore):
             subject, imdn_route, route_trusted, is_notification, display_policy,
         )
         self._bound_dedup(now)
+        self._bound_working_set(now)
         return reception
 
     def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site

@@ -213,6 +213,7 @@ class SenderSide(TrackerCore):
             metadata=tuple(sorted((metadata or {}).items())),
         )
         self._put(record)
+        self._bound_working_set(now)
         return record
 
     def response_received(
