@@ -258,6 +258,8 @@ class TrackerCore:
                 self._owed_due(self._owed[key], now)
             else:
                 self._delete(table, key)
+        # Records that became idle since they were admitted leave memory now if over the cap.
+        self._bound_working_set(now)
 
     def snapshot(self) -> Snapshot:
         """Everything a store fed :meth:`writes_to_apply` holds (for checks and exports).

@@ -510,6 +510,7 @@ class ReceiverSide(TrackerCore):
                 self._dispatch(other, now)
         if 200 <= status_code < 300:
             self._delete(OwedRecord.TABLE, notification_id)
+            self._bound_working_set(now)  # its message may be idle now
         elif status_code in (415, 488):
             self.set_peer_flag(owed.request_uri, PEER_NO_IMDN, True, now)
             for other in [o for o in self._owed.values() if o.peer_key == owed.peer_key]:

@@ -241,6 +241,7 @@ class SenderSide(TrackerCore):
         self._put(record)
         if imdn_dropped or not self._can_change(record):
             self._end_tracking(record, now, expire=False)
+        self._bound_working_set(now)  # it may be idle now
         return True
 
     def notification_received(
