@@ -51,9 +51,10 @@ __all__ = ["WorkingSetSide"]
 _log = logging.getLogger("sipimdn.imdn.tracker")
 #: At most one log line about working-set evictions per this many seconds.
 _LOG_INTERVAL = 60.0
-#: Records looked at per eviction beyond the excess: non-idle ones met go to the back, so a
-#: call costs O(excess + this) whatever is not idle.
-_SCAN_SLACK = 16
+#: Most records looked at per table and call: non-idle ones met go to the back, so a call
+#: costs O(1) however many are not idle; calls are frequent (every admission, acknowledgement
+#: and timer), so a backlog of records that became idle meanwhile drains quickly.
+_SCAN_MAX = 32
 
 
 class WorkingSetSide(ReceiverSide):
@@ -135,7 +136,7 @@ class WorkingSetSide(ReceiverSide):
         evicted = 0
         received = self._received
         excess = len(received) - cap
-        budget = excess + _SCAN_SLACK
+        budget = _SCAN_MAX
         while excess > 0 and budget > 0:
             budget -= 1
             key, record = next(iter(received.items()))
@@ -149,7 +150,7 @@ class WorkingSetSide(ReceiverSide):
             evicted += 1
         sent = self._sent
         excess = len(sent) - cap if self.config.evict_sent else 0
-        budget = excess + _SCAN_SLACK
+        budget = _SCAN_MAX
         while excess > 0 and budget > 0:
             budget -= 1
             message_id, message = next(iter(sent.items()))
