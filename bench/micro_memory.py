@@ -62,10 +62,13 @@ def _drain(tracker: DispositionTracker) -> None:
 
 
 _NOW = 1_800_000_000.0
+#: The trackers' working_set_max: None (the default here) keeps every record in memory, so the
+#: figures are the memory per tracked record; a cap shows what stays per message beyond it.
+_WORKING_SET_MAX: int | None = None
 _PHASES = ("sent", "received", "received-ua-shaped")
 
 
-def tracker_memory(count: int) -> dict[str, Any]:
+def tracker_memory(count: int, working_set_max: int | None = None) -> dict[str, Any]:
     """RSS per sent message awaiting notifications, and per received message still owed one.
 
     Each phase runs in a process of its own: in one process, a phase would reuse the memory
@@ -74,7 +77,8 @@ def tracker_memory(count: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for phase in _PHASES:
         done = subprocess.run(
-            [sys.executable, __file__, "tracker-phase", phase, "--count", str(count)],
+            [sys.executable, __file__, "tracker-phase", phase, "--count", str(count),
+             *(["--working-set-max", str(working_set_max)] if working_set_max else [])],
             check=True,
             capture_output=True,
             text=True,
@@ -82,6 +86,7 @@ def tracker_memory(count: int) -> dict[str, Any]:
         results.update(json.loads(done.stdout))
     return {
         "count": count,
+        "working_set_max": working_set_max,
         "sent_bytes_per_message": results["sent_bytes_per_message"],
         "sent_state": results["sent_state"],
         "received_bytes_per_message": results["received_bytes_per_message"],
@@ -90,8 +95,10 @@ def tracker_memory(count: int) -> dict[str, Any]:
     }
 
 
-def tracker_phase(phase: str, count: int) -> dict[str, Any]:
+def tracker_phase(phase: str, count: int, working_set_max: int | None = None) -> dict[str, Any]:
     """One phase of :func:`tracker_memory`, in this (fresh) process."""
+    global _WORKING_SET_MAX  # noqa: PLW0603 - one phase per process
+    _WORKING_SET_MAX = working_set_max
     if phase == "sent":
         sent_bytes, state = _sent_memory(count, _NOW)
         return {"sent_bytes_per_message": sent_bytes, "sent_state": state}
@@ -109,7 +116,7 @@ def _sent_memory(count: int, now: float) -> tuple[float, str | None]:
     """RSS per sent message answered 200 and awaiting its notifications; a record's state."""
     gc.collect()
     base = _rss()
-    tracker = DispositionTracker(TrackerConfig(), now=now)
+    tracker = DispositionTracker(TrackerConfig(working_set_max=_WORKING_SET_MAX), now=now)
     for i in range(count):
         message_id = f"m{i:08d}x{random.getrandbits(64):016x}"
         tracker.register_sent(
@@ -140,7 +147,7 @@ def _received_memory(count: int, now: float, *, ua_shaped: bool) -> tuple[float,
     """
     gc.collect()
     base = _rss()
-    tracker = DispositionTracker(TrackerConfig(rate_limit=10**9), now=now)
+    tracker = DispositionTracker(TrackerConfig(rate_limit=10**9, working_set_max=_WORKING_SET_MAX), now=now)
     owed = 0
     answered_at = acknowledged_at = now
     for i in range(count):
@@ -269,12 +276,15 @@ def main() -> None:
     parser.add_argument("what", choices=["tracker", "store", "tracker-phase"])
     parser.add_argument("phase", nargs="?", choices=_PHASES, help="tracker-phase only (internal)")
     parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument(
+        "--working-set-max", type=int, default=None, help="tracker: cap the records in memory (default: none)"
+    )
     parser.add_argument("--path", type=Path, default=Path(f"/tmp/sipimdn-bench-store-{os.getpid()}.db"))
     args = parser.parse_args()
     if args.what == "tracker":
-        result = tracker_memory(args.count)
+        result = tracker_memory(args.count, args.working_set_max)
     elif args.what == "tracker-phase":
-        result = tracker_phase(args.phase or "sent", args.count)
+        result = tracker_phase(args.phase or "sent", args.count, args.working_set_max)
     else:
         try:
             result = store_scale(args.count, args.path)
