@@ -477,7 +477,9 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         after a refusal); False, nothing will be. Raises
         :class:`~sipimdn.errors.LocalProtocolError` where RFC 5438 forbids the
         report: after a non-2xx answer (RFC 5438 §7.2.1.1), or a second, different
-        notification of one kind (RFC 5438 §7.2).
+        notification of one kind (RFC 5438 §7.2), and
+        :class:`~sipimdn.errors.StoreError` when the message's record had left memory (see
+        ``config.working_set_max``) and the store could not be read.
         """
         return await self._report_disposition(message_id, kind, status, sender)
 
@@ -487,7 +489,8 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
         ``sender`` (the CPIM or SIP From of the message) disambiguates when two
         senders used the same Message-ID. Returns True if a notification is
         now owed, as :meth:`report_disposition` (False: none requested, already
-        owed, privacy setting, or unknown message).
+        owed, privacy setting, or unknown message). A message whose record left memory
+        (``config.working_set_max``) is read back from the store first, off the event loop.
         """
         return await self._mark_displayed(message_id, sender)
 

@@ -38,10 +38,11 @@ class TrackerConfig:
     #: message whose final SIP response came) and are read back from the store when needed
     #: (``mark_displayed``, a notification about it, its tracking deadline): see
     #: :mod:`sipimdn.imdn.tracker.workingset`. None keeps everything in memory (a store that
-    #: cannot read records back). 10,000 cost about 6 MB for received messages (about 600
-    #: bytes each) and 12 MB for sent ones (about 1.2 KB each, one recipient), and at ten
+    #: cannot read records back). 10,000 cost about 5 MB for received messages (about 500
+    #: bytes each beside its dedup entry, which ``dedup_max`` bounds) and 7 MB for sent ones
+    #: (about 700 bytes each, one recipient; measured with bench/micro_memory.py), and at ten
     #: messages a second still hold the last quarter of an hour, when most messages are read;
-    #: an older one costs one store read (a fraction of a millisecond with SQLite).
+    #: an older one costs one store read (about 0.2 ms with SQLite, bench/working_set.py).
     working_set_max: int | None = 10_000
     #: Whether sent records leave memory past ``working_set_max`` too. Off for a store several
     #: workers share: there a sent record's reader may be another worker (see sipimdn.ua._shared).
