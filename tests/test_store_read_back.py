@@ -48,8 +48,9 @@ def test_working_set_and_sent_due(store: Store) -> None:  # noqa: F811 - the fix
     store.apply([Put(received(f"r{i}", expires_at=100.0 + i)) for i in range(10)])
     store.apply([Put(sent(f"s{i}", expires_at=100.0 + i)) for i in range(10)])
     loaded = store.load_working_set(0.0, 3)
-    assert sorted(r.message_id for r in loaded.received) == ["r7", "r8", "r9"]
-    assert sorted(r.message_id for r in loaded.sent) == ["s7", "s8", "s9"]
+    # The last to expire, oldest first: the tracker keeps them in that (recency) order.
+    assert [r.message_id for r in loaded.received] == ["r7", "r8", "r9"]
+    assert [r.message_id for r in loaded.sent] == ["s7", "s8", "s9"]
     assert len(store.load_working_set(0.0, 50).received) == 10
     due, later = store.load_sent_due(104.0, 101.0, 2)
     assert [r.message_id for r in due] == ["s2", "s3"] and later == 105.0

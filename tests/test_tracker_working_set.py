@@ -16,7 +16,7 @@ import pytest
 
 from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import DispositionTracker, NotificationOwed, TrackerConfig
-from sipimdn.store import MemoryStore
+from sipimdn.store import MemoryStore, Snapshot
 
 ME = "sip:bob@example.org"
 PEER = "sip:alice@example.net"
@@ -118,6 +118,22 @@ def test_sent_records_leave_memory_only_once_answered() -> None:
     assert tracker.tracked_sent == 5
     assert tracker.working_set_evictions == 16
     assert tracker.evicted_sent_due == 101.0  # the earliest deadline among those evicted
+
+
+def test_a_whole_store_resumed_into_a_small_working_set_is_trimmed_at_once() -> None:
+    # What a store that loads everything (PostgreSQL's load_own) gives a tracker with a cap.
+    full = make()
+    for index in range(500):
+        receive(full, index, 1.0)
+    resumed = DispositionTracker(TrackerConfig(working_set_max=10), snapshot=full.snapshot(), now=2.0)
+    assert resumed.tracked_received == 10 and resumed.reads_back
+    assert resumed.received("m499", sender_of(499)) is not None  # the most recent stay
+    assert resumed.writes_to_apply() == []
+    # A snapshot that is only part of the store (load_working_set) says so: misses read back,
+    # and the evicted deadlines are looked for at once.
+    config = TrackerConfig(working_set_max=10)
+    partial = DispositionTracker(config, snapshot=Snapshot(), now=2.0, partial=True)
+    assert partial.reads_back and partial.evicted_sent_due == 2.0
 
 
 def test_an_evicted_message_is_still_a_duplicate_while_its_dedup_entry_lives() -> None:

@@ -219,7 +219,14 @@ class SqliteStore:
                 for table in TABLES:
                     sql = f"SELECT data FROM {table} WHERE expires_at > ?"
                     if table in (ReceivedRecord.TABLE, SentRecord.TABLE):
-                        cursor = conn.execute(sql + " ORDER BY expires_at DESC LIMIT ?", (now, limit))
+                        # The last ``limit`` to expire, oldest first (the tracker's recency order).
+                        recent = (
+                            f"SELECT data, expires_at FROM {table} WHERE expires_at > ? "
+                            "ORDER BY expires_at DESC LIMIT ?"
+                        )
+                        cursor = conn.execute(
+                            f"SELECT data FROM ({recent}) ORDER BY expires_at", (now, limit)
+                        )
                     else:
                         cursor = conn.execute(sql, (now,))
                     records.extend(record_from_json(table, row[0], shared) for row in cursor)

@@ -364,8 +364,9 @@ class TrackerCore:
         """A received record is about to expire (the receiver side forgets its receipt)."""
         raise NotImplementedError
 
-    def _bound_working_set(self, now: float) -> None:
-        """Leave idle records to the store past ``working_set_max`` (see :mod:`.workingset`)."""
+    def _bound_working_set(self, now: float, *, scan: int = 32) -> None:
+        """Leave idle records to the store past ``working_set_max``, looking at ``scan`` records
+        of each table at most (see :mod:`.workingset`)."""
         raise NotImplementedError
 
     def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
@@ -517,7 +518,7 @@ class TrackerCore:
         # A store written with a larger cap (or none) is trimmed to this one; so is the
         # working set, when the store gave more than it holds.
         self._bound_dedup(now)
-        self._bound_working_set(now)
+        self._bound_working_set(now, scan=len(self._received) + len(self._sent))
 
 
 def _mem_key(record: AnyRecord) -> MemKey:

@@ -465,7 +465,8 @@ class ReceiverSide(TrackerCore):
         return self._report(record, known, status_text, now, strict=True)
 
     def received(self, message_id: str, sender: str | None = None) -> ReceivedRecord | None:
-        """A received message that may still be owed a notification, or None."""
+        """A received message that may still be owed a notification, or None (also when its
+        record left memory for the store: see :mod:`.workingset`)."""
         try:
             return self._find_received(message_id, sender)
         except LocalProtocolError:

@@ -348,7 +348,8 @@ class SenderSide(TrackerCore):
         return True
 
     def sent(self, message_id: str) -> SentRecord | None:
-        """The tracked state of a sent message, or None once tracking ended."""
+        """The tracked state of a sent message, or None once tracking ended (or while its record
+        is left to the store: see :mod:`.workingset`)."""
         return self._sent.get(message_id)
 
     # --- internals ------------------------------------------------------------------------------

@@ -129,14 +129,14 @@ class WorkingSetSide(ReceiverSide):
             return record.message_id in self._sent
         return (record.sender_key, record.message_id) in self._received
 
-    def _bound_working_set(self, now: float) -> None:
+    def _bound_working_set(self, now: float, *, scan: int = _SCAN_MAX) -> None:
         cap = self.config.working_set_max
         if cap is None:
             return
         evicted = 0
         received = self._received
         excess = len(received) - cap
-        budget = _SCAN_MAX
+        budget = scan
         while excess > 0 and budget > 0:
             budget -= 1
             key, record = next(iter(received.items()))
@@ -150,7 +150,7 @@ class WorkingSetSide(ReceiverSide):
             evicted += 1
         sent = self._sent
         excess = len(sent) - cap if self.config.evict_sent else 0
-        budget = _SCAN_MAX
+        budget = scan
         while excess > 0 and budget > 0:
             budget -= 1
             message_id, message = next(iter(sent.items()))
