@@ -117,3 +117,39 @@ def test_config_worker_id() -> None:
     assert ua_config("bob", worker_id="w7").worker_id == "w7"
     with pytest.raises(ValueError, match="worker_id"):
         ua_config("bob", worker_id="bad\nname")
+
+
+async def test_working_set_reads_received_records_back_from_postgres(postgres_url: str) -> None:
+    """Bob keeps 20 received records in memory, the rest in PostgreSQL: an early message is read
+    back and marked displayed, before and after a restart (which loads them all, then trims)."""
+    received: list[IncomingMessage] = []
+    unlimited = {"imdn_rate_limit": 10**6, "imdn_byte_budget": 10**9}
+    delivered, displayed = DispositionState.DELIVERED, DispositionState.DISPLAYED
+    async with UserAgent(ua_config("alice")) as alice:
+        first = open_store(postgres_url, worker_id="bob")
+        try:
+            async with UserAgent(ua_config("bob", working_set_max=20, **unlimited), store=first) as bob:
+
+                @bob.on_message
+                async def receive(message: IncomingMessage) -> None:
+                    received.append(message)
+
+                handles = [
+                    await alice.send_message(bob.aor, f"m{n}", notify={"positive-delivery", "display"})
+                    for n in range(100)
+                ]
+                for handle in handles:
+                    assert await handle.await_disposition("delivered", timeout=10) is delivered
+                assert bob.stats().working_set_evictions >= 80 and bob.tracker.tracked_received <= 20
+                assert await bob.mark_displayed(received[0].message_id or "") is True
+                assert await handles[0].await_disposition("displayed", timeout=10) is displayed
+        finally:
+            first.close()
+        again = open_store(postgres_url, worker_id="bob")
+        try:
+            async with UserAgent(ua_config("bob", working_set_max=20, **unlimited), store=again) as bob_again:
+                assert bob_again.tracker.tracked_received == 20
+                assert await bob_again.mark_displayed(received[1].message_id or "") is True
+                assert await handles[1].await_disposition("displayed", timeout=10) is displayed
+        finally:
+            again.close()
