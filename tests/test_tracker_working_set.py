@@ -8,11 +8,11 @@ exactly the decisions, events and store contents it would have given had it neve
 
 from __future__ import annotations
 
-import itertools
 import random
 from typing import Any
 
 import pytest
+from tracker_helpers import make_tracker
 
 from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import DispositionTracker, NotificationOwed, TrackerConfig
@@ -23,10 +23,10 @@ PEER = "sip:alice@example.net"
 
 
 def make(**config: Any) -> DispositionTracker:
-    counter = itertools.count(1)
+    """A tracker with numbered notification ids and no notification budget in the way."""
     config.setdefault("rate_limit", 10**9)
     config.setdefault("byte_budget", 10**12)
-    return DispositionTracker(TrackerConfig(**config), now=0.0, id_factory=lambda: f"n{next(counter)}")
+    return make_tracker(**config)
 
 
 def sender_of(index: int) -> str:
