@@ -5,8 +5,9 @@ and display notifications; its delivery notifications are answered, the applicat
 anything displayed, so every message keeps a display notification owed for days. With a small
 working set (``--working-set-max 500``) and dedup cap (``--dedup-max 2000``), once both are
 full the listener's resident set size stays flat while the store's received rows keep growing
-by one per message. Without the working set the same load grew RSS by about 0.9 KiB per
-message without levelling (``python tests/load_listener.py --working-set-max none``).
+by one per message. Every record in memory, the same load grows RSS by about 1.8 KB per
+message (each carries a 1 KB Subject), 35 MB over the 20,000 messages measured here, without
+levelling: ``python tests/load_listener.py --working-set-max none``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from load_listener import listener, send_rounds
 
 PER_ROUND = 5000
 ROUNDS = 6
-#: RSS growth allowed over the last 20,000 messages: allocator and SQLite page-cache noise. The
-#: growth of a listener keeping every record would be about 17 MiB.
-SLACK = 4 * 2**20
+#: RSS growth allowed over the last 20,000 messages: what is not kept per message (allocator
+#: high-water marks of busy moments, SQLite's page cache, the rate limiter's one-minute window)
+#: grows in a few steps, up to about 5 MiB on a loaded machine. A listener keeping every record
+#: grows by about 35 MB.
+SLACK = 8 * 2**20
 
 
 async def test_rss_is_flat_while_the_store_grows(tmp_path: Path) -> None:
