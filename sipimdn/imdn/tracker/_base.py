@@ -469,6 +469,10 @@ class TrackerCore:
             keys.append(key)
 
     def _unindex_received(self, message_id: str, key: MemKey) -> None:
+        index = self._received_by_id
+        if index.get(message_id) == key:  # one sender used this Message-ID: the usual case
+            del index[message_id]
+            return
         rest = [k for k in self._received_keys(message_id) if k != key]
         if len(rest) > 1:
             self._received_by_id[message_id] = rest

@@ -145,7 +145,9 @@ class WorkingSetSide(ReceiverSide):
                 continue
             del received[key]
             self._unindex_received(record.message_id, key)
-            self._unswept += 1  # its timer entry may be stale now
+            seen = self._seen.get(key)
+            if seen is None or seen.expires_at != record.expires_at:
+                self._unswept += 1  # its timer entry is stale now (else the dedup entry's, too)
             excess -= 1
             evicted += 1
         sent = self._sent
