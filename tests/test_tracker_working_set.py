@@ -136,6 +136,20 @@ def test_a_whole_store_resumed_into_a_small_working_set_is_trimmed_at_once() -> 
     assert partial.reads_back and partial.evicted_sent_due == 2.0
 
 
+def test_a_notification_released_to_another_worker_no_longer_holds_its_message() -> None:
+    tracker = make(working_set_max=1)
+    tracker.record_received(message_id="m", sender=PEER, now=1.0, requested=("positive-delivery", "display"))
+    tracker.message_answered("m", PEER, 200, 1.0)
+    (owed,) = tracker.owed()
+    while tracker.next_event() is not None:  # handed out, never answered
+        pass
+    receive(tracker, 1, 2.0)
+    assert tracker.received("m", PEER) is not None  # its delivery notification is in flight
+    assert tracker.release("owed", [owed.notification_id], 3.0) == [owed.notification_id]
+    receive(tracker, 2, 4.0)
+    assert tracker.received("m", PEER) is None  # nothing owed here any more: idle, evicted
+
+
 def test_an_evicted_message_is_still_a_duplicate_while_its_dedup_entry_lives() -> None:
     tracker = make(working_set_max=10)
     for index in range(100):

@@ -468,6 +468,13 @@ class TrackerCore:
         elif key not in keys:
             keys.append(key)
 
+    def _owed_gone(self, owed: OwedRecord) -> None:
+        """``owed`` left the owed table: one notification fewer keeps its message in memory."""
+        owner = (owed.sender_key, owed.message_id)
+        left = self._owed_for.pop(owner, 1) - 1
+        if left > 0:
+            self._owed_for[owner] = left
+
     def _unindex_received(self, message_id: str, key: MemKey) -> None:
         index = self._received_by_id
         if index.get(message_id) == key:  # one sender used this Message-ID: the usual case
@@ -495,10 +502,7 @@ class TrackerCore:
         if isinstance(record, ReceivedRecord):
             self._unindex_received(record.message_id, key)
         elif isinstance(record, OwedRecord):
-            owner = (record.sender_key, record.message_id)
-            left = self._owed_for.pop(owner, 1) - 1
-            if left > 0:
-                self._owed_for[owner] = left
+            self._owed_gone(record)
         if table not in (_SEEN, _VOLATILE):
             # An expired dedup entry needs no Delete: the store skips it on load and purge drops it.
             self._writes.append(Delete(table, _store_key(key)))

@@ -110,6 +110,7 @@ class SharedSide(ReceiverSide):
                 owed = self._owed.pop(key, None)
                 if owed is None:
                     continue
+                self._owed_gone(owed)
                 address = self._address(owed.request_uri)
                 self._guard.forget(address, key)
                 for waiting in self._guard.release(address, now):
