@@ -156,8 +156,11 @@ class TrackerCore:
         self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] = {}
         # Dedup entries, each table in arrival order (one TTL, so also expiry order); together
         # at most config.dedup_max, the oldest evicted first (_bound_dedup).
-        self._seen: dict[tuple[str, str], SeenRecord] = {}
-        self._volatile: dict[tuple[str, str], SeenRecord] = {}
+        # Ordered dicts, not plain ones: _bound_dedup takes the oldest entry at every message once
+        # the cap is reached, and a plain dict finds its first live entry by stepping over every
+        # slot deleted before it (tens of microseconds at 100,000 entries); a linked order is O(1).
+        self._seen: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
+        self._volatile: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
         self._dedup_evictions = 0
         # Evictions not logged yet, and when the last log line was written (rate limit).
         self._evictions_unlogged = 0
