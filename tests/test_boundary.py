@@ -30,6 +30,10 @@ SANS_IO_MODULES = [
     "sipimdn.uri",
     "sipimdn.headers",
     "sipimdn.message",
+    "sipimdn.message._base",
+    "sipimdn.message._request",
+    "sipimdn.message._response",
+    "sipimdn.message._rows",
     "sipimdn.parser",
     "sipimdn.trust",
     # transactions and the request factory
