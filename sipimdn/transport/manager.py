@@ -47,6 +47,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._cache import remember
+from .._ratelog import RateLimitedLog
 from ..errors import TransportError
 from .base import ConnectionCounters, ListenSpec, TransportConfig, TransportUser
 from .flow import Address, Flow, SendKind, Transport
@@ -84,25 +85,6 @@ def _source_of(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-class _RateLimitedLog:
-    """A log line at most once per ``_LOG_PERIOD``, telling how many were held back meanwhile."""
-
-    def __init__(self, level: int) -> None:
-        self._level = level
-        self._next = float("-inf")
-        self._held = 0
-
-    def __call__(self, now: float, message: str, *args: object) -> None:
-        if now < self._next:
-            self._held += 1
-            return
-        if self._held:
-            message += f" ({self._held} more like this in the last {_LOG_PERIOD:g} s)"
-            self._held = 0
-        self._next = now + _LOG_PERIOD
-        log.log(self._level, message, *args)
 
 
 def _hostport(address: Address | None) -> str:
@@ -168,10 +150,10 @@ class TransportManager:
         # logged once, with its age, however many ways it is reported lost.
         self._opened_at: dict[StreamConnection, tuple[float, bool]] = {}  # (when, inbound)
         self._counts = {name: 0 for name in ConnectionCounters.__dataclass_fields__}
-        self._log_refused = _RateLimitedLog(logging.WARNING)
-        self._log_refused_source = _RateLimitedLog(logging.WARNING)
-        self._log_refused_outbound = _RateLimitedLog(logging.WARNING)
-        self._log_evicted = _RateLimitedLog(logging.INFO)
+        self._log_refused = RateLimitedLog(log, logging.WARNING, _LOG_PERIOD)
+        self._log_refused_source = RateLimitedLog(log, logging.WARNING, _LOG_PERIOD)
+        self._log_refused_outbound = RateLimitedLog(log, logging.WARNING, _LOG_PERIOD)
+        self._log_evicted = RateLimitedLog(log, logging.INFO, _LOG_PERIOD)
 
     # -- listening ------------------------------------------------------------------------------
 

@@ -15,12 +15,14 @@ import functools
 import inspect
 import logging
 import socket
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._coretimer import CoreTimer
 from .._pacing import DestinationQueue
+from .._ratelog import RateLimitedLog
 from ..auth import Authenticator
 from ..config import UserAgentConfig
 from ..errors import (
@@ -142,6 +144,10 @@ class AgentCore:
         self._closed = False
         #: Plain-int counters behind ``stats()``.
         self._counters = Counters()
+        # Forged or refused notifications are a peer's choice: at most one log line per period
+        # each (the counters above count every one).
+        self._log_rejected = RateLimitedLog(_log, logging.WARNING)
+        self._log_declined = RateLimitedLog(_log, logging.INFO)
         #: Whose P-Asserted-Identity is believed (host names resolved by start()); None: nobody's.
         self._asserters: TrustedAsserters | None = TrustedAsserters.parse(config.trusted_asserters) or None
 
@@ -344,7 +350,8 @@ class AgentCore:
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationRejected):
             self._counters.notifications_rejected += 1
-            _log.warning(
+            self._log_rejected(
+                time.monotonic(),
                 "unverified IMDN not applied: %s (message %s, from %s)",
                 event.reason,
                 event.message_id,
@@ -366,14 +373,21 @@ class AgentCore:
             self._fire(self._notification_handlers, event)
         elif isinstance(event, NotificationsDeclined):
             if event.reason in (DeclineReason.ROUTE_UNTRUSTED, DeclineReason.ROUTE_TOO_LONG):
-                _log.info(
+                self._log_declined(
+                    time.monotonic(),
                     "IMDN(s) %s for %s sent to the sender, not along the IMDN route: %s",
                     event.kinds,
                     event.message_id,
                     event.reason,
                 )
             else:
-                _log.info("IMDN(s) %s for %s not sent: %s", event.kinds, event.message_id, event.reason)
+                self._log_declined(
+                    time.monotonic(),
+                    "IMDN(s) %s for %s not sent: %s",
+                    event.kinds,
+                    event.message_id,
+                    event.reason,
+                )
             self._fire(self._notification_handlers, event)
         else:  # pragma: no cover - a new tracker event this adapter does not know yet
             _log.debug("ignored tracker event %r", event)

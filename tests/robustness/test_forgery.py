@@ -431,3 +431,31 @@ async def test_display_status_stays_private(privacy: DisplayPrivacy) -> None:
             assert statuses() == ["delivered"]
             assert "privacy" in declines(inbox)
 
+
+
+# -- the operator's log: a peer chooses how often these happen, not how many lines they write ----
+
+
+async def test_forged_imdns_do_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Thirty forged IMDNs are each counted and each a NotificationRejected event, but the log gets
+    one WARNING line for them in a period (the next line says how many were held back)."""
+    async with scene() as s:
+        caplog.set_level("INFO", logger="sipimdn.ua")
+        for _ in range(30):
+            await s.forge(s.mallory, imdn_cpim(cpim_from=s.mallory.uri, to=s.alice.aor,
+                                               message_id=imdn.new_message_id()))
+        assert await settle(lambda: s.alice.stats().notifications_rejected == 30, 5)
+        assert len(s.events.rejections()) == 30
+        lines = [r for r in caplog.records if "unverified IMDN not applied" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelname == "WARNING"
+
+
+async def test_declined_notifications_do_not_flood_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """IMs beyond the per-peer rate limit are declined one by one (events), logged once a period."""
+    async with peer("mallory") as mallory, bob_agent(imdn_rate_limit=1, imdn_rate_window=60.0) as inbox:
+        caplog.set_level("INFO", logger="sipimdn.ua")
+        for _ in range(12):
+            assert await mallory.send(inbox.bob.aor, im(mallory, inbox.bob.aor)) == 200
+        assert await settle(lambda: declines(inbox).count("rate-limited") == 11, 3)
+        lines = [r for r in caplog.records if "not sent: rate-limited" in r.getMessage()]
+        assert len(lines) == 1
