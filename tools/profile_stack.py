@@ -6,6 +6,7 @@
     python tools/profile_stack.py profile [--count 20000] [--out /tmp/stack.prof] [--top 35]
     python tools/profile_stack.py serve stack|floor|ua|ua-pd [--profile OUT]
     python tools/profile_stack.py run --servers ua,ua-pd,floor          # the UserAgent receive path
+    python tools/profile_stack.py run --servers ua-pd@/tmp/old,ua-pd --paced 600 --seconds 5  # fixed rate
     python tools/profile_stack.py profile --server ua-pd [--sort cumtime]
     python tools/profile_stack.py rate --server ua-pd+gc --rate 2000 --gc-log /tmp/gc   # GC pauses
 
@@ -229,7 +230,10 @@ def serve(kind: str, profile: str | None) -> None:
         _GC_LOG = _GcLog()
     # CPU time, not wall time: on a shared machine wall time charges preemption to whatever
     # call happened to be running (typically sendto, which wakes the peer).
-    profiler = cProfile.Profile(time.process_time) if profile else None
+    # PROFILE_STACK_THREAD_TIME: the event loop's thread only (process time also charges the
+    # store's worker thread to whatever the loop happened to be running).
+    clock = time.thread_time if os.environ.get("PROFILE_STACK_THREAD_TIME") else time.process_time
+    profiler = cProfile.Profile(clock) if profile else None
     if profiler is not None:
         profiler.enable()
     asyncio.run(_serve(kind))
@@ -524,10 +528,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     servers = {k: Server(k, gc_log=_gc_log_path(args, k)) for k in kinds}
     try:
+        if args.paced:
+            for server in servers.values():
+                windowed(server.port, server.pid, args.warmup, 32, 0, server.kind)  # warm-up
         for round_ in range(args.repeat):
             for kind in kinds:
                 server = servers[kind]
-                figures = windowed(server.port, server.pid, args.count, args.window, args.warmup, server.kind)
+                if args.paced:
+                    figures = paced(server.port, server.pid, args.paced, args.seconds, server.kind)
+                else:
+                    figures = windowed(
+                        server.port, server.pid, args.count, args.window, args.warmup, server.kind
+                    )
                 results[kind].append(figures)
                 print(f"round {round_ + 1} {kind} {_show(figures)}", flush=True)
     finally:
@@ -598,6 +610,9 @@ def main() -> None:
     p.add_argument("--servers", default="stack,floor",
                    help="comma-separated: stack, floor, ua, ua-pd, KIND+gc, KIND@DIR")
     p.add_argument("--gc-log", help="directory for per-server GC pause logs (summary printed)")
+    p.add_argument("--paced", type=float, default=0.0,
+                   help="offer this rate for --seconds per round (as `rate` does) instead of windowed")
+    p.add_argument("--seconds", type=float, default=5.0)
     p = sub.add_parser("rate")
     p.add_argument("--rate", type=float, default=10000)
     p.add_argument("--seconds", type=float, default=10)

@@ -153,16 +153,34 @@ def check_op(op: object) -> None:
 def _plain(value: Any) -> Any:
     """Turn records (and their tuples) into JSON-ready lists and dicts."""
     if isinstance(value, RecipientRecord):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        return {name: _plain(getattr(value, name)) for name in _field_names(RecipientRecord)}
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value
 
 
+#: Field names per record class, in declaration order (``dataclasses.fields`` costs about
+#: 2 us a call; every write of every record serialises it).
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+#: What ``json.dumps(data, separators=(",", ":"), ensure_ascii=False)`` builds on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 def record_to_json(record: AnyRecord) -> str:
     """Serialise a record as compact JSON (tuples become lists)."""
-    data = {f.name: _plain(getattr(record, f.name)) for f in fields(record)}
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    data = {}
+    for name in _field_names(type(record)):
+        value = getattr(record, name)
+        # Strings, numbers and None go as they are; only tuples (and the records in them) change.
+        data[name] = _plain(value) if isinstance(value, tuple) else value
+    return _ENCODER.encode(data)
 
 
 class SharedValues:
