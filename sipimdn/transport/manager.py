@@ -136,6 +136,8 @@ class TransportManager:
         # responses and drop requests, so a TCP- or TLS-only user agent takes no plaintext UDP in.
         self._udp_send_only: list[UdpEndpoint] = []
         self._servers: list[tuple[Transport, Address, asyncio.Server]] = []
+        # What ``endpoints`` returns, built once per change of the listeners (read per request).
+        self._endpoints: tuple[tuple[Transport, Address], ...] | None = None
         self._connections: dict[_Key, StreamConnection] = {}
         self._all: set[StreamConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +165,7 @@ class TransportManager:
             endpoint = await UdpEndpoint.open(spec.host, spec.port, self._user.datagram_received,
                                               self._udp_error)
             self._udp.append(endpoint)
+            self._endpoints = None
             self._arm_sweeper()
             return (Transport.UDP, endpoint.local)
         if spec.transport is Transport.TLS:
@@ -185,6 +188,7 @@ class TransportManager:
         sockname = server.sockets[0].getsockname()
         local = (str(sockname[0]), int(sockname[1]))
         self._servers.append((kind, local, server))
+        self._endpoints = None
         self._arm_sweeper()
         return (kind, local)
 
@@ -219,7 +223,17 @@ class TransportManager:
     @property
     def endpoints(self) -> list[tuple[Transport, Address]]:
         """Every listening (transport, bound address), in the order they were opened."""
-        return [(Transport.UDP, e.local) for e in self._udp] + [(k, a) for k, a, _ in self._servers]
+        return list(self.endpoint_tuple)
+
+    @property
+    def endpoint_tuple(self) -> tuple[tuple[Transport, Address], ...]:
+        """:attr:`endpoints` as a tuple, the same object until the listeners change."""
+        endpoints = self._endpoints
+        if endpoints is None:
+            endpoints = self._endpoints = tuple(
+                [(Transport.UDP, e.local) for e in self._udp] + [(k, a) for k, a, _ in self._servers]
+            )
+        return endpoints
 
     def sent_by(self, transport: Transport, remote_host: str) -> Address:
         """Our address to put in the Via of a request to ``remote_host`` over ``transport``.
@@ -576,6 +590,7 @@ class TransportManager:
         self._udp.clear()
         self._udp_send_only.clear()
         self._servers.clear()
+        self._endpoints = None
         self._connections.clear()
         self._all.clear()
         self._source_of.clear()

@@ -556,8 +556,19 @@ def request_uri_verdict(
     (RFC 3261 §8.2.2.1, see :mod:`.request_uri`); always accepted when ``check_request_uri`` is off."""
     if not config.check_request_uri:
         return RequestUriVerdict.ACCEPTED
-    endpoints = tuple(address for _, address in stack.endpoints)
-    return _request_uri_policy(aor, endpoints).classify(request.method, request.uri)
+    listening = stack.transports.endpoint_tuple
+    last = _LAST_POLICY[0]
+    # Asked for every request: the same agent and listeners skip hashing the AOR (a Uri).
+    if last is not None and last[0] is aor and last[1] is listening:
+        policy = last[2]
+    else:
+        policy = _request_uri_policy(aor, tuple(address for _, address in listening))
+        _LAST_POLICY[0] = (aor, listening, policy)
+    return policy.classify(request.method, request.uri)
+
+
+#: The policy last used, with the AOR object and the listener tuple it was made for.
+_LAST_POLICY: list[tuple[Uri, tuple[object, ...], RequestUriPolicy] | None] = [None]
 
 
 def endpoints_of(stack: SipStack) -> tuple[ListenEndpoint, ...]:
