@@ -273,6 +273,94 @@ def test_build_checks_agree_with_reparse(
     assert built.to_bytes() == expected.to_bytes()
 
 
+def _imdn_by_lines(  # noqa: PLR0917 - build_imdn_message's arguments, spelled out
+    note: Notification, from_: Any, to: Any, now: float, mid: str, routes: list[Any], prefix: str
+) -> cpim.CpimMessage | str:
+    """build_imdn_message's general way: every line through build_from_lines (or its error text)."""
+    try:
+        lines = [
+            cpim_build.format_header("From", str(imdn.message._address(from_))),
+            cpim_build.format_header("To", str(imdn.message._address(to))),
+            cpim_build.format_header("NS", f"{prefix} <{imdn.IMDN_NS}>"),
+            cpim_build.format_header(f"{prefix}.Message-ID", mid),
+            cpim_build.format_header("DateTime", cpim.format_datetime(now)),
+        ]
+        lines += [
+            cpim_build.format_header(f"{prefix}.IMDN-Route", str(imdn.message._address(r))) for r in routes
+        ]
+        return cpim_build.build_from_lines(
+            lines,
+            content_type=imdn.CONTENT_TYPE,
+            body=note.to_xml(),
+            mime_headers=[("Content-Disposition", "notification")],
+        )
+    except LocalProtocolError as exc:
+        return str(exc)
+
+
+# CPIM addresses as build_imdn_message takes them: bare URIs, "Name <URI>" strings (parsed),
+# CpimAddress values (taken as they are), with characters the grammar refuses or must escape.
+_address_texts = st.sampled_from(
+    ["sip:a@example.com", "im:bob@b", "sip:x", "sip:a b@c", "sip:a\r\nTo: <sip:evil@x>", "sip:é@x", "", "<>"]
+) | good_uris | texts
+addresses = (
+    _address_texts
+    | st.builds(lambda n, u: f"{n} <{u}>", texts | st.sampled_from(['"A \\"q\\""', "Bob", "é ü"]), good_uris)
+    | st.builds(cpim.CpimAddress, _address_texts, st.none() | texts)
+)
+
+
+@SETTINGS
+@given(
+    from_=addresses,
+    to=addresses,
+    mid=tokens,
+    routes=st.lists(addresses, max_size=2),
+    now=st.sampled_from([0.0, 1_700_000_000.123, 253402300799.999, 1e20, -1.5]),
+    prefix=st.sampled_from(["imdn", "z", "IMDN", "a-b", "bad prefix", "x.y"]),
+)
+@example(from_="sip:bob@example.com", to="Alice <sip:alice@example.com>", mid="m-2", routes=["<sip:as@r>"],
+         now=1_700_000_000.123, prefix="imdn")
+@example(from_=cpim.CpimAddress("sip:bob@b", 'B "x"'), to="im:a@a", mid="x", routes=[], now=0.0, prefix="z")
+def test_imdn_envelope_fast_path_equals_the_line_by_line_build(  # noqa: PLR0917 - hypothesis
+    from_: Any, to: Any, mid: str, routes: list[Any], now: float, prefix: str
+) -> None:
+    # build_imdn_message takes the Message-ID and DateTime headers as made (build_with_known)
+    # instead of parsing them again: the same message, or the same refusal, as parsing every line.
+    note = imdn.make_notification(
+        message_id="m-1", datetime="2023-11-14T22:13:20Z", kind="delivery", status="delivered"
+    )
+    if grammar_token(mid) is None:
+        with pytest.raises(LocalProtocolError):
+            imdn.build_imdn_message(
+                note, from_=from_, to=to, now=now, message_id=mid, routes=routes, prefix=prefix
+            )
+        return
+    expected = _imdn_by_lines(note, from_, to, now, mid, routes, prefix)
+    try:
+        built: cpim.CpimMessage | str = imdn.build_imdn_message(
+            note, from_=from_, to=to, now=now, message_id=mid, routes=routes, prefix=prefix
+        )
+    except LocalProtocolError as exc:
+        built = str(exc)
+    assert built == expected
+    if isinstance(built, cpim.CpimMessage):
+        assert isinstance(expected, cpim.CpimMessage)
+        assert built.to_bytes() == expected.to_bytes()
+        # ... and it is what the strict parser reads back from its bytes.
+        assert cpim.parse(built.to_bytes(), strict=True) == built
+
+
+def grammar_token(text: str) -> object:
+    return cpim.grammar.TOKEN_RE.fullmatch(text)
+
+
+def test_build_with_known_refuses_a_known_ns_header() -> None:
+    ns = cpim_message.CpimHeader("NS: z <urn:z>", None, "NS", cpim_message.CPIM_NS, (), "z <urn:z>")
+    with pytest.raises(LocalProtocolError):
+        cpim_build.build_with_known(["NS: z <urn:z>"], {0: ns}, mime=(), body=b"")
+
+
 @pytest.mark.parametrize("line", ["Subject: a\r\nTo: <sip:evil@x>", "Subject: a\nb", ""])
 def test_build_refuses_lines_that_would_split_on_the_wire(line: str) -> None:
     with pytest.raises(LocalProtocolError):

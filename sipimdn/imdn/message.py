@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from ..cpim import grammar
-from ..cpim.build import build_from_lines, format_header, format_text
-from ..cpim.message import CpimMessage
+from ..cpim.build import build_from_lines, build_with_known, format_header, format_text
+from ..cpim.message import CPIM_NS, CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, format_datetime, parse_address
 from ..errors import CpimError, ImdnError, LocalProtocolError
 from .aggregation import MAX_INFLATED_SIZE, build_multipart, inflate, split_multipart
@@ -194,15 +195,32 @@ def build_imdn_message(
         format_header("To", str(_address(to))),
         format_header("NS", f"{prefix} <{IMDN_NS}>"),
         format_header(f"{prefix}.Message-ID", mid),
-        format_header("DateTime", format_datetime(now)),
     ]
+    date_time = format_datetime(now)
+    lines.append(format_header("DateTime", date_time))
     lines += [format_header(f"{prefix}.IMDN-Route", str(_address(r))) for r in routes]
+    if content_type == CONTENT_TYPE:
+        # The common case, without parsing again what was just made: the Message-ID is a
+        # Token, bound to the IMDN namespace by the NS line before it (RFC 3862 §3.4), and
+        # the DateTime is ours (format_datetime writes strict RFC 3339). From, To, NS and
+        # the routes are checked as build_from_lines checks them.
+        known = {
+            3: CpimHeader(lines[3], prefix, "Message-ID", IMDN_NS, (), mid),
+            4: CpimHeader(lines[4], None, "DateTime", CPIM_NS, (), date_time),
+        }
+        return build_with_known(lines, known, mime=_SINGLE_MIME, body=body)
     return build_from_lines(
         lines,
         content_type=content_type,
         body=body,
         mime_headers=[("Content-Disposition", "notification")],
     )
+
+
+#: The MIME headers of a one-notification IMDN, as build_from_lines checks and parses them.
+_SINGLE_MIME: Final = build_from_lines(
+    [], content_type=CONTENT_TYPE, body=b"", mime_headers=[("Content-Disposition", "notification")]
+).mime_headers
 
 
 def _own_address(im: CpimMessage, own: CpimAddress | str | None) -> CpimAddress:
