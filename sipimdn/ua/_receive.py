@@ -29,7 +29,7 @@ from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
 from ._base import ALLOW, MessageHandler, callable_name
-from ._deadline import DeadlineQueue, Decision, HandlerOutcome, outcome_of
+from ._deadline import DeadlineQueue, Decision, HandlerOutcome, normalize_decision, outcome_of
 from ._workingset import WorkingSetPath
 from .incoming import IncomingMessage
 
@@ -217,13 +217,14 @@ class ReceivePath(WorkingSetPath):
         self._composing_message_from(sender)
         tracked_as = sender if message_id is not None else inbound.sip_from
         self._counters.messages_received += 1
-        _log.info(
-            "received message %s from %s over %s%s",
-            message_id or f"(Call-ID {request.call_id})",
-            sender,
-            incoming.flow.transport.value,
-            f", notifications asked: {', '.join(sorted(inbound.notify))}" if inbound.notify else "",
-        )
+        if _log.isEnabledFor(logging.INFO):  # the arguments cost more than the disabled call
+            _log.info(
+                "received message %s from %s over %s%s",
+                message_id or f"(Call-ID {request.call_id})",
+                sender,
+                incoming.flow.transport.value,
+                f", notifications asked: {', '.join(sorted(inbound.notify))}" if inbound.notify else "",
+            )
         pending = Pending(incoming, message_id, tracked_as, transaction)
         if message_id is not None:
             self._deciding[(message_id, sender)] = pending
@@ -365,7 +366,12 @@ class ReceivePath(WorkingSetPath):
                     _about(pending),
                 )
             else:
-                self._answer(pending, outcome_of(result, None, _names(handlers), _about(pending)))
+                try:
+                    # The common case: a valid decision, for which no names are formatted.
+                    outcome = HandlerOutcome(normalize_decision(result), by_handler=True)
+                except (TypeError, ValueError):
+                    outcome = outcome_of(result, None, _names(handlers), _about(pending))
+                self._answer(pending, outcome)
         finally:
             task = pending.task
             if task is not None:

@@ -97,6 +97,8 @@ class SendPath(AgentCore):
             return
         self._require_tracker().notification_outcome(owed.notification_id, status, time.time())
         self._pump()
+        if not self._notification_handlers:
+            return  # nobody to tell: the event is not even built
         self._fire(
             self._notification_handlers,
             NotificationSent(
