@@ -38,7 +38,6 @@ import logging
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..vocabulary import REQUEST_KINDS
@@ -59,6 +58,7 @@ from .records import (
     StoreOp,
     received_key,
 )
+from .records import evolve as replace  # dataclasses.replace at about half the cost
 
 if TYPE_CHECKING:
     from .receiver import Receipt
