@@ -13,7 +13,7 @@ from test_stack import Recorder, message_to, port_of, running, specs
 from sipimdn.dialog.events import RequestReceived
 from sipimdn.dialog.factory import new_local_tag
 from sipimdn.dialog.layer import TransactionLayer
-from sipimdn.dialog.transaction import ServerTransaction, TimerConfig, TxState
+from sipimdn.dialog.transaction import ClientTransaction, ServerTransaction, TimerConfig, TxState
 from sipimdn.errors import TransportError
 from sipimdn.message import Response, make_response
 from sipimdn.parser import parse_message
@@ -81,6 +81,21 @@ def test_completed_server_transaction_lets_its_request_go() -> None:
     tx.receive_request(2)  # a retransmission is still answered, from the kept response alone
     sent = tx.pop_actions()
     assert len(sent) == 2 and all(getattr(a, "message", None) is tx.last_response for a in sent)
+
+
+def test_completed_client_transaction_lets_its_request_go() -> None:
+    request = parse_message(raw_request("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKgone"))
+    tx: ClientTransaction[object, Response] = ClientTransaction(
+        request, reliable=False, now=0, config=TimerConfig())
+    assert tx.request is request
+    tx.handle_timer(TimerConfig().t1)  # Timer E: retransmitted while pending
+    assert [getattr(a, "message", None) for a in tx.pop_actions()] == [request, request]
+    tx.receive_response(Response(200), 1)
+    assert tx.state is TxState.COMPLETED and tx.request is None
+    tx.receive_response(Response(200), 2)  # a retransmitted 200 is absorbed in Timer K
+    assert len(tx.pop_actions()) == 1  # the first 200, delivered once
+    tx.handle_timer(1 + TimerConfig().timer_k(False))
+    assert tx.terminated
 
 
 def test_local_tags_are_unique_and_carry_a_64_bit_random_prefix() -> None:

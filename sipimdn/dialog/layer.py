@@ -81,6 +81,8 @@ class Outgoing:
 def _log_retransmission(tx: _Client, flow: Flow) -> None:
     """INFO line for a Timer E retransmission; its attributes let a front end show progress."""
     request = tx.request
+    if request is None:  # completed meanwhile (a retransmission is only due before that)
+        return
     log.info(
         "no answer from %s (%s %s:%s) yet, retransmitting %s (%d)",
         request.uri, flow.transport.value, flow.remote[0], flow.remote[1], request.method,

@@ -207,7 +207,10 @@ class ClientTransaction(Generic[ReqT, RespT]):
     """
 
     def __init__(self, request: ReqT, *, reliable: bool, now: float, config: TimerConfig) -> None:
-        self.request = request
+        #: The request, until a final response completes the transaction: Timer K (5 s on UDP)
+        #: only absorbs response retransmissions, so the request is let go then (a held
+        #: request, its headers and Via are objects the garbage collector walks meanwhile).
+        self.request: ReqT | None = request
         self.reliable = reliable
         self.config = config
         self.state = TxState.TRYING
@@ -276,6 +279,7 @@ class ClientTransaction(Generic[ReqT, RespT]):
         self.state = state
         if state is TxState.COMPLETED:
             self.retransmit_at = None
+            self.request = None  # see ``request``
             k = self.config.timer_k(self.reliable)
             self.timeout_at = now + k
             if k == 0:
@@ -289,6 +293,7 @@ class ClientTransaction(Generic[ReqT, RespT]):
         pass
 
     def _retransmit(self, now: float, message: RespT | None) -> None:
+        assert self.request is not None  # only in Trying and Proceeding
         self._actions.append(Send(self.request))
         self.retransmissions += 1
         if self.state is TxState.TRYING:
