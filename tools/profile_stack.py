@@ -18,7 +18,9 @@ does nothing, fed CPIM messages that request no notification (bench/run.py's rec
 ``ua-pd`` is the same UserAgent fed messages that request positive-delivery, each from its own
 sender: a message counts as done once its 200 *and* its delivered IMDN arrived, and the client
 answers every IMDN 200, so the figure covers the whole exchange (bench/run.py's
-positive-delivery part). It prints ``READY <port>`` and stops on SIGTERM. A ``+gc`` suffix on a
+positive-delivery part); ``ua-pd-silent`` is that server with a client that never answers the
+IMDNs (a message is done with its 200; the IMDN transactions time out and the tracker parks the
+silent destination). It prints ``READY <port>`` and stops on SIGTERM. A ``+gc`` suffix on a
 server (``ua+gc``, ``ua-pd+gc@DIR``) applies ``sipimdn._gc.tune_for_throughput()`` once it listens
 (what ``sipimdn listen`` does); ``--gc-log DIR`` on ``run``/``rate`` records every collection's
 pause (``gc.callbacks``) and the tracked objects by type at the end of the load, and prints a summary.
@@ -258,7 +260,7 @@ def build_messages(count: int, port: int, local_port: int, run_id: str, kind: st
     """
     out = []
     for i in range(count):
-        user = f"alice-{i}" if kind == "ua-pd" else "alice"
+        user = f"alice-{i}" if kind in ("ua-pd", "ua-pd-silent") else "alice"
         notify = "" if kind == "ua" else "imdn.Disposition-Notification: positive-delivery\r\n"
         cpim = (
             f"From: <sip:{user}@{HOST}:{local_port}>\r\n"
@@ -470,7 +472,10 @@ class Server:
             env["PROFILE_STACK_GC_TUNED"] = "1"
         if gc_log:
             env["PROFILE_STACK_GC_LOG"] = gc_log
-        command = [sys.executable, __file__, "serve", kind] + (["--profile", profile] if profile else [])
+        serve_kind = "ua-pd" if kind == "ua-pd-silent" else kind  # the same server, a silent client
+        command = [sys.executable, __file__, "serve", serve_kind]
+        if profile:
+            command += ["--profile", profile]
         self.process = subprocess.Popen(_pin(command, "1"), stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -608,7 +613,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--servers", default="stack,floor",
-                   help="comma-separated: stack, floor, ua, ua-pd, KIND+gc, KIND@DIR")
+                   help="comma-separated: stack, floor, ua, ua-pd, ua-pd-silent, KIND+gc, KIND@DIR")
     p.add_argument("--gc-log", help="directory for per-server GC pause logs (summary printed)")
     p.add_argument("--paced", type=float, default=0.0,
                    help="offer this rate for --seconds per round (as `rate` does) instead of windowed")
