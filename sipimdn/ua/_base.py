@@ -268,9 +268,15 @@ class AgentCore:
         return task
 
     def _spawn_wire(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = self._spawn(coro)
+        # As _spawn, with one done callback for both sets (one loop callback per send or IMDN).
+        task = asyncio.get_running_loop().create_task(coro, name=_coro_name(coro))
+        self._tasks.add(task)
         self._wire_tasks.add(task)
-        task.add_done_callback(self._wire_tasks.discard)
+        task.add_done_callback(self._wire_task_done)
+
+    def _wire_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._wire_tasks.discard(task)
+        self._task_done(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
