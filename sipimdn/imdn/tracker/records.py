@@ -38,7 +38,6 @@ __all__ = [
     "SentRecord",
     "Snapshot",
     "StoreOp",
-    "evolve",
     "received_key",
 ]
 
@@ -287,9 +286,10 @@ _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
 
 
 def evolve(record: _R, /, **changes: Any) -> _R:
-    """``dataclasses.replace`` for these records (no ``__post_init__``, every field in ``__init__``),
-    at about half its cost: the tracker replaces a few records for every message it handles.
-    An unknown field name is the same TypeError (from ``__init__``)."""
+    """The tracker's own (not exported) ``dataclasses.replace`` for these records (no
+    ``__post_init__``, every field in ``__init__``), at about half its cost: the tracker
+    replaces a few records for every message it handles. An unknown field name is the same
+    TypeError (from ``__init__``)."""
     cls = type(record)
     names = _FIELD_NAMES.get(cls)
     if names is None:
