@@ -85,7 +85,7 @@ def test_schema_is_created_once_and_reopening_is_idempotent(
     postgres_server: PostgresServer, opened: list[PostgresStore], postgres_url: str
 ) -> None:
     first = open_pg(opened, postgres_url)
-    assert first.schema_version == SCHEMA_VERSION == 3
+    assert first.schema_version == SCHEMA_VERSION == 4
     first.apply([Put(r) for r in every_kind()])
     again = open_pg(opened, postgres_url)
     assert again.schema_version == SCHEMA_VERSION
@@ -478,7 +478,7 @@ def test_schema_version_1_is_migrated_to_2(postgres_server: PostgresServer, post
     )
     again = PostgresStore(postgres_url)
     try:
-        assert again.schema_version == SCHEMA_VERSION == 3
+        assert again.schema_version == SCHEMA_VERSION == 4
         assert [s.message_id for s in again.load(0.0).sent] == ["kept"]
         assert again.forward_notification("kept", "{}", 0.0) is True
     finally:

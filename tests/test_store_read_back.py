@@ -1,8 +1,8 @@
 """Reading single records back (the working set's miss path) on every store.
 
-``load_received`` and ``load_sent`` on memory, SQLite and PostgreSQL; ``load_working_set`` and
-``load_sent_due`` on the one-worker stores; the SQLite schema step that indexes received
-records by Message-ID.
+``load_received``, ``load_sent``, ``load_working_set`` and ``load_sent_due`` on memory, SQLite
+and PostgreSQL; the SQLite schema step that indexes received records by Message-ID.
+PostgreSQL's owners and tombstones, and its schema step, are in test_store_postgres.py.
 """
 
 from __future__ import annotations
@@ -42,9 +42,7 @@ def test_received_by_key_and_by_message_id(store: Store) -> None:  # noqa: F811 
 
 
 def test_working_set_and_sent_due(store: Store) -> None:  # noqa: F811 - the fixture
-    if not isinstance(store, WorkingSetStore):
-        assert type(store).__name__ == "PostgresStore"  # several workers: sent records stay in memory
-        return
+    assert isinstance(store, WorkingSetStore)
     store.apply([Put(received(f"r{i}", expires_at=100.0 + i)) for i in range(10)])
     store.apply([Put(sent(f"s{i}", expires_at=100.0 + i)) for i in range(10)])
     loaded = store.load_working_set(0.0, 3)

@@ -122,7 +122,8 @@ class ReadBackStore(Store, Protocol):
 @runtime_checkable
 class WorkingSetStore(ReadBackStore, Protocol):
     """A :class:`ReadBackStore` that also loads a bounded working set at start and the sent
-    records whose tracking deadline passed (one worker's store: SQLite, memory)."""
+    records whose tracking deadline passed (memory, SQLite, PostgreSQL). A store several
+    workers share gives each worker only the ``sent`` (and ``owed``) records it owns."""
 
     def load_working_set(self, now: float, limit: int) -> Snapshot:
         """:meth:`Store.load`, but at most ``limit`` ``received`` and ``limit`` ``sent`` records:

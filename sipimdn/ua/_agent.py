@@ -59,7 +59,7 @@ from ._composing import Composer, ComposingPath
 from ._receive import ReceivePath
 from ._register import RegistrationDriver, contacts_for, settings_for
 from ._send import SendPath
-from ._shared import shared_store, without_ended
+from ._shared import shared_store
 from ._workingset import working_set_config
 from .outgoing import SentMessage
 from .stats import UserAgentStats
@@ -119,13 +119,10 @@ class UserAgent(ReceivePath, ComposingPath, SendPath):
             # A worker resumes its own records only; another's are taken over once its lease ends.
             # Renewed first: what is still its own then stays so while it resumes (see _shared).
             renewed_at = time.monotonic()
-            # One worker resumes with its working set only (the rest is read back when needed).
-            partial = False
             if shared is not None:
                 await asyncio.to_thread(shared.renew_leases)
-                snapshot = without_ended(await self._writer.load_own(now))
-            else:
-                snapshot, partial = await self._load_working_set(tracker_config, now)
+            # The working set only (the rest is read back when needed).
+            snapshot, partial = await self._load_working_set(tracker_config, now, shared)
             self._tracker = DispositionTracker(tracker_config, snapshot=snapshot, now=now, partial=partial)
             self._stack = _wire.make_stack(self.config)
             self._stack.on_request(self._on_request)

@@ -97,6 +97,8 @@ _AWAIT_POLL = 1.0
 #: The part of its lease a worker counts on after a renewal (the rest covers the database's
 #: clock running a little faster than this machine's, and the time a renewal takes to return).
 _LEASE_TRUST = 0.8
+#: Most records per table taken over from stopped workers per lease tick.
+_TAKE_OVER_MAX = 1000
 #: Keys per ownership check after a late renewal (one statement each).
 _LOST_CHUNK = 5000
 
@@ -205,7 +207,11 @@ class SharedPath(AgentCore):
         # The renewal ran after `started`: every row still ours is leased past started + lease.
         self._lease_sure_until = started + store.lease * _LEASE_TRUST
         now = time.time()
-        taken = await asyncio.to_thread(store.take_over, now)
+        # At most a working set's worth at once: the tracker trims what it adopts to its cap
+        # (the rest stays in the store, owned now, read back when needed).
+        cap = self._require_tracker().config.working_set_max
+        limit = _TAKE_OVER_MAX if cap is None else max(1, min(cap, _TAKE_OVER_MAX))
+        taken = await asyncio.to_thread(store.take_over, now, limit)
         if self._closed:
             return
         if taken.sent or taken.owed:
@@ -476,11 +482,18 @@ class SharedPath(AgentCore):
         self._require_tracker().notification_received(now=time.time(), **fields)
         self._pump()
 
+    async def _before_forwarded(self, message_id: str) -> None:
+        """Before a forwarded notification about ``message_id`` (a ``sent`` row this worker
+        owns) is applied: read its record back if it left memory (the working set's business)."""
+
     def _on_store_notice(self, payload: str) -> None:
         if self._closed or self._shared is None:
             return
         if payload.startswith("i:"):
-            if self._tracker is not None and self._tracker.sent(payload[2:]) is not None:
+            tracker = self._tracker
+            # Ours if we track it; perhaps ours too if its record may have left memory (the
+            # store hands each worker only the forwarded notifications of the rows it owns).
+            if tracker is not None and (tracker.reads_back or tracker.sent(payload[2:]) is not None):
                 self._kick_forwarded()
             return
         for waiter in self._sent_waiters.pop(payload, ()):
@@ -507,6 +520,11 @@ class SharedPath(AgentCore):
             for _, data in rows:
                 try:
                     fields = json.loads(data)
+                    if not isinstance(fields, dict) or not isinstance(fields.get("message_id"), str):
+                        raise TypeError(f"not a notification: {data[:200]!r}")
+                    await self._before_forwarded(fields["message_id"])
+                    if self._closed:
+                        return
                     self._apply_notification(fields)
                 except (ValueError, TypeError) as exc:
                     _log.error("shared store: unreadable forwarded notification dropped: %s", exc)

@@ -23,12 +23,21 @@ unknown message stays unknown without any store read. At start the tracker
 is resumed with the working set only (``load_working_set``): the most recent
 records, every owed notification, dedup entry and peer flag.
 
-Several workers sharing a store (PostgreSQL, :mod:`._shared`): received
-records are read back the same way (every worker resumes with all of them
-anyway); sent records stay in memory, as a notification about a message this
-worker does not hold is already forwarded to the worker owning it. A store
-that cannot read records back (:class:`~sipimdn.store.base.ReadBackStore`)
-keeps everything in memory, as before.
+Several workers sharing a store (PostgreSQL, :mod:`._shared`): a worker
+resumes with its working set too (the most recent received records, whoever
+received them, and the most recent sent records it owns), received records
+are read back the same way, and the deadlines of its evicted sent records are
+read from the rows it owns. A notification about a sent message this worker
+does not hold goes through the store as before (it may be another worker's):
+kept for the owner of the row, who is woken and reads the forwarded
+notifications of the records it owns, reads an evicted record back
+(``load_sent``), then applies it. The worker that received the notification
+may be that owner: the path is the same. Records taken over from a worker
+that stopped enter the tracker a batch at a time (at most
+``working_set_max``) and are trimmed to the cap like any others, the rest
+waiting in the store, owned. A store that cannot read records back
+(:class:`~sipimdn.store.base.ReadBackStore`) keeps everything in memory, as
+before.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ from typing import Any
 from ..errors import StoreError
 from ..imdn.tracker import TrackerConfig
 from ..store import ReadBackStore, SentRecord, SharedStore, Snapshot, Store, WorkingSetStore
-from ._shared import SharedPath
+from ._shared import SharedPath, is_ended, without_ended
 
 __all__ = ["WorkingSetPath", "working_set_config"]
 
@@ -60,7 +69,7 @@ def working_set_config(config: TrackerConfig, store: Store, shared: SharedStore 
     if not isinstance(store, ReadBackStore):
         _log.info("store %s cannot read records back: every tracked record stays in memory", type(store))
         return dataclasses.replace(config, working_set_max=None)
-    if shared is not None or not isinstance(store, WorkingSetStore):
+    if not isinstance(store, WorkingSetStore):
         return dataclasses.replace(config, evict_sent=False)
     return config
 
@@ -68,14 +77,21 @@ def working_set_config(config: TrackerConfig, store: Store, shared: SharedStore 
 class WorkingSetPath(SharedPath):
     """Read evicted records back before the tracker is asked about them."""
 
-    async def _load_working_set(self, config: TrackerConfig, now: float) -> tuple[Snapshot, bool]:
-        """What a one-worker user agent resumes with, and whether it is only part of the store."""
+    async def _load_working_set(
+        self, config: TrackerConfig, now: float, shared: SharedStore | None
+    ) -> tuple[Snapshot, bool]:
+        """What the user agent resumes with, and whether it is only part of the store. With a
+        shared store, only what this worker owns of the leased records (``load_own``), without
+        the final records of messages whose tracking ended."""
         store = self._writer.store
         cap = config.working_set_max
         if cap is None or not isinstance(store, WorkingSetStore):
+            if shared is not None:
+                return without_ended(await self._writer.load_own(now)), False
             return await self._writer.load(now), False
         snapshot = await self._writer.read(store.load_working_set, now, cap)
-        return snapshot, len(snapshot.received) >= cap or len(snapshot.sent) >= cap
+        partial = len(snapshot.received) >= cap or len(snapshot.sent) >= cap
+        return (snapshot if shared is None else without_ended(snapshot)), partial
 
     async def _read_back_received(self, message_id: str, sender: str | None) -> None:
         """Re-admit the received record(s) of ``message_id`` if the tracker let them go."""
@@ -106,15 +122,33 @@ class WorkingSetPath(SharedPath):
             and tracker.sent(message_id) is None
         )
 
-    async def _read_back_sent(self, message_id: str) -> None:
+    async def _read_back_sent(self, message_id: str, *, owned: bool = False) -> None:
+        """Re-admit the sent record of ``message_id`` if the tracker let it go. ``owned``: with a
+        shared store, the caller knows this worker owns the row (a notification forwarded to
+        it); otherwise only a store of one worker's is read back (another worker's row is
+        that worker's to track)."""
         store = self._writer.store
-        if not isinstance(store, ReadBackStore) or not self._sent_evicted(message_id):
+        tracker = self._tracker
+        if not isinstance(store, ReadBackStore) or tracker is None:
+            return
+        if owned:
+            if not tracker.reads_back or tracker.sent(message_id) is not None:
+                return
+        elif not self._sent_evicted(message_id):
             return
         self._pump()
         self._counters.working_set_reads += 1
         record = await self._writer.read(store.load_sent, message_id, time.time())
-        if record is not None and not self._closed:
+        # A shared store keeps the final record of a message whose tracking ended: not tracked again.
+        if record is not None and not is_ended(record) and not self._closed:
             self._require_tracker().readmit([record], time.time())
+
+    async def _before_forwarded(self, message_id: str) -> None:
+        try:
+            await self._read_back_sent(message_id, owned=True)
+        except StoreError as exc:
+            # Applied anyway: the tracker rejects it as about an unknown message, logged.
+            _log.error("store read of sent message %s failed: %s", message_id, exc)
 
     async def _apply_read_back(self, notes: list[dict[str, Any]]) -> None:
         """Apply notifications about messages whose records are read back first, in order."""
@@ -162,12 +196,14 @@ class WorkingSetPath(SharedPath):
             records, later = (), now + grace + _DUE_RETRY
         if self._closed:
             return
+        more = len(records) >= _DUE_LIMIT
+        # A shared store keeps the final record of a message whose tracking ended: not ended twice.
+        records = tuple(r for r in records if not is_ended(r))
         tracker.readmit_due(
             records,
             time.time(),
             next_deadline=None if later is None else later - grace,
-            more=len(records) >= _DUE_LIMIT,
+            more=more,
         )
         self._sweeping = None
         self._pump()
-

@@ -78,6 +78,9 @@ class SharedSide(ReceiverSide):
                 self._dispatch(owed, now)
             else:
                 self._put(owed, write=False)
+        # Past working_set_max the idle ones leave memory at once (the store has them, owned
+        # by this worker now): a take-over never grows memory beyond the cap.
+        self._bound_working_set(now, scan=len(self._received) + len(self._sent))
         return tuple(adopted)
 
     def leased_keys(self, table: str) -> list[str]:

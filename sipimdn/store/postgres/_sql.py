@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 #: The schema version this code writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Tables whose rows have an owning worker and a lease.
 LEASED_TABLES = ("sent", "owed")
@@ -86,8 +86,30 @@ def _create_v3() -> list[str]:
     return [f"ALTER TABLE {_table(t)} ADD COLUMN IF NOT EXISTS taken_from TEXT" for t in LEASED_TABLES]
 
 
+#: The Message-ID of a ``received`` row: its key after the sender key (which holds no space).
+_RECEIVED_ID = "substr(key, strpos(key, ' ') + 1)"
+
+
+def _create_v4() -> list[str]:
+    # The bounded working set: received rows by Message-ID alone (``mark_displayed`` without
+    # a sender reads one back; a digest, as the primary key, since a Message-ID may outgrow a
+    # B-tree entry), and a worker's own sent rows by expiry (its most recent at start, those
+    # whose deadline passed later), which the plain owner index served only by a scan.
+    received, sent = _table("received"), _table("sent")
+    return [
+        f"CREATE INDEX IF NOT EXISTS {received}_message_id ON {received} ({_id_of(_RECEIVED_ID)})",
+        f"CREATE INDEX IF NOT EXISTS {sent}_owner_expires ON {sent} (owner, expires_at)",
+        f"DROP INDEX IF EXISTS {sent}_owner",  # a prefix of the one above
+    ]
+
+
 #: Steps in order: ``(version, statements)`` taking the schema from version-1 to version.
-_MIGRATIONS: list[tuple[int, list[str]]] = [(1, _create_v1()), (2, _create_v2()), (3, _create_v3())]
+_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, _create_v1()),
+    (2, _create_v2()),
+    (3, _create_v3()),
+    (4, _create_v4()),
+]
 
 
 @functools.lru_cache(maxsize=256)
@@ -184,11 +206,32 @@ _PURGE_SQL = (
 _LOAD_SENT_SQL = (
     f"SELECT data FROM {_table('sent')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2 AND data <> {_GONE}"
 )
-#: A received record by its key, and by its Message-ID alone (the part of the key after the sender
-#: key, which holds no space): the second scans the table, for ``mark_displayed`` without a sender.
+#: A received record by its key, and by its Message-ID alone (for ``mark_displayed`` without a
+#: sender: on the version 4 index, the Message-ID compared too, a digest being only a digest).
 _LOAD_RECEIVED_SQL = f"SELECT data FROM {_table('received')} WHERE {_ID} = {_id_of('$1')} AND expires_at > $2"
 _FIND_RECEIVED_SQL = (
-    f"SELECT data FROM {_table('received')} WHERE substr(key, strpos(key, ' ') + 1) = $1 AND expires_at > $2"
+    f"SELECT data FROM {_table('received')} WHERE {_id_of(_RECEIVED_ID)} = {_id_of('$1')} "
+    f"AND {_RECEIVED_ID} = $1 AND expires_at > $2"
+)
+
+#: The working set's recent rows of ``received`` (every worker's) and ``sent`` (this worker's,
+#: $3): the last $2 to expire after $1, oldest first (the tracker's recency order).
+_RECENT_RECEIVED_SQL = (
+    f"SELECT data FROM (SELECT data, expires_at FROM {_table('received')} WHERE expires_at > $1 "
+    "ORDER BY expires_at DESC LIMIT $2) r ORDER BY expires_at"
+)
+_RECENT_SENT_SQL = (
+    f"SELECT data FROM (SELECT data, expires_at FROM {_table('sent')} WHERE owner = $3 "
+    f"AND expires_at > $1 AND data <> {_GONE} ORDER BY expires_at DESC LIMIT $2) s ORDER BY expires_at"
+)
+#: This worker's ($1) sent rows whose expiry is in ($2, $3], soonest first, at most $4.
+_SENT_DUE_SQL = (
+    f"SELECT data FROM {_table('sent')} WHERE owner = $1 AND expires_at > $2 AND expires_at <= $3 "
+    f"AND data <> {_GONE} ORDER BY expires_at LIMIT $4"
+)
+#: The earliest expiry after $2 among this worker's ($1) sent rows.
+_SENT_LATER_SQL = (
+    f"SELECT min(expires_at) FROM {_table('sent')} WHERE owner = $1 AND expires_at > $2 AND data <> {_GONE}"
 )
 
 # The notification is kept only for a message some worker tracks (a peer's IMDN for an unknown

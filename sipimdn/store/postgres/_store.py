@@ -40,7 +40,11 @@ from ._sql import (
     _LOAD_RECEIVED_SQL,
     _LOAD_SENT_SQL,
     _PURGE_SQL,
+    _RECENT_RECEIVED_SQL,
+    _RECENT_SENT_SQL,
     _RENEW_SQL,
+    _SENT_DUE_SQL,
+    _SENT_LATER_SQL,
     _TAKE_FORWARDED_SQL,
     _TAKE_OVER_SQL,
     LEASED_TABLES,
@@ -56,7 +60,8 @@ _log = logging.getLogger("sipimdn.store.postgres")
 
 
 class PostgresStore(LoopClient):
-    """A :class:`~sipimdn.store.base.SharedStore` on one PostgreSQL database.
+    """A :class:`~sipimdn.store.base.SharedStore` and
+    :class:`~sipimdn.store.base.WorkingSetStore` on one PostgreSQL database.
 
     ``url``: a libpq-style URL, e.g. ``postgresql://user:secret@db.example/sipimdn`` or
     ``postgresql://postgres@/postgres?host=/run/postgresql`` (Unix socket directory).
@@ -401,13 +406,28 @@ class PostgresStore(LoopClient):
         """What this worker resumes with: its own ``sent`` and ``owed`` records (another worker's
         are that worker's, or :meth:`take_over`'s once its lease ran out) and every other record
         not expired at ``now``."""
+        return self._load_own(now, None)
 
+    def load_working_set(self, now: float, limit: int) -> Snapshot:
+        """:meth:`load_own`, but at most ``limit`` ``received`` (any worker's) and ``limit`` of
+        this worker's ``sent`` records: those expiring last, oldest first (the tracker's recency
+        order); the others stay here, read back on a miss (:meth:`load_received`,
+        :meth:`load_sent`, :meth:`load_sent_due`). Tombstones are skipped, as everywhere."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        return self._load_own(now, limit)
+
+    def _load_own(self, now: float, limit: int | None) -> Snapshot:
         async def read() -> list[tuple[str, list[str]]]:
             conn = await self._connection()
             rows = []
             for table in TABLES:
                 sql = f"SELECT data FROM {_table(table)} WHERE expires_at > $1 AND data <> {_GONE}"
-                if table in LEASED_TABLES:
+                if limit is not None and table == ReceivedRecord.TABLE:
+                    fetched = await conn.fetch(_RECENT_RECEIVED_SQL, now, limit)
+                elif limit is not None and table == SentRecord.TABLE:
+                    fetched = await conn.fetch(_RECENT_SENT_SQL, now, limit, self.worker_id)
+                elif table in LEASED_TABLES:
                     fetched = await conn.fetch(sql + " AND owner = $2", now, self.worker_id)
                 else:
                     fetched = await conn.fetch(sql, now)
@@ -420,6 +440,26 @@ class PostgresStore(LoopClient):
         return snapshot_from_records(
             [record_from_json(table, text, shared) for table, texts in tables for text in texts]
         )
+
+    def load_sent_due(
+        self, before: float, now: float, limit: int
+    ) -> tuple[tuple[SentRecord, ...], float | None]:
+        """Up to ``limit`` of this worker's ``sent`` records with ``now < expires_at <= before``,
+        expiring first first, and the earliest ``expires_at`` after ``before`` among its others
+        (None if none); both on the version 4 ``(owner, expires_at)`` index. Another worker's
+        records are that worker's to end (or a survivor's, once taken over)."""
+
+        async def read() -> tuple[list[str], float | None]:
+            conn = await self._connection()
+            rows = await conn.fetch(_SENT_DUE_SQL, self.worker_id, now, before, limit)
+            later = await conn.fetchval(_SENT_LATER_SQL, self.worker_id, before)
+            return [row[0] for row in rows], None if later is None else float(later)
+
+        with self._lock:
+            texts, later = self._call(read(), "store read failed")
+        shared = SharedValues()
+        found = [record_from_json(SentRecord.TABLE, text, shared) for text in texts]
+        return tuple(r for r in found if isinstance(r, SentRecord)), later
 
     def forward_notification(self, message_id: str, data: str, now: float) -> bool:
         """Keep ``data`` (a received notification, as text) for the owner of the ``sent`` record
