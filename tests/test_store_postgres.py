@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from _postgres import PostgresServer, require_postgres
-from test_store import every_kind, owed, sent
+from test_store import every_kind, owed, received, sent
 
 from sipimdn.errors import StoreError
 from sipimdn.store import (
@@ -481,5 +481,114 @@ def test_schema_version_1_is_migrated_to_2(postgres_server: PostgresServer, post
         assert again.schema_version == SCHEMA_VERSION == 4
         assert [s.message_id for s in again.load(0.0).sent] == ["kept"]
         assert again.forward_notification("kept", "{}", 0.0) is True
+    finally:
+        again.close()
+
+
+# --- the bounded working set (schema version 4) -----------------------------------------------------
+
+
+def test_working_set_is_this_workers_most_recent_rows(opened: list[PostgresStore], postgres_url: str) -> None:
+    """At most ``limit`` received rows (whoever received them) and ``limit`` of this worker's
+    sent rows, the last to expire, oldest first; its owed rows; never a tombstone."""
+    alice = open_pg(opened, postgres_url, worker_id="alice", lease=0.3)
+    bob = open_pg(opened, postgres_url, worker_id="bob", lease=30)
+    alice.apply([Put(sent(f"a{i}", expires_at=100.0 + i)) for i in range(10)])
+    bob.apply([Put(sent(f"b{i}", expires_at=150.0 + i)) for i in range(5)])  # later, but bob's
+    alice.apply([Put(received(f"r{i}", expires_at=100.0 + 2 * i)) for i in range(5)])
+    bob.apply([Put(received(f"q{i}", expires_at=101.0 + 2 * i)) for i in range(5)])
+    alice.apply([Put(owed("n1")), Put(SeenRecord("sip:a@x", "mid", 200, 50.0))])
+    loaded = alice.load_working_set(0.0, 3)
+    assert [s.message_id for s in loaded.sent] == ["a7", "a8", "a9"]
+    assert [r.message_id for r in loaded.received] == ["q3", "r4", "q4"]
+    assert [o.key for o in loaded.owed] == ["n1"] and len(loaded.seen) == 1
+    assert [s.message_id for s in bob.load_working_set(0.0, 2).sent] == ["b3", "b4"]
+    assert bob.load_working_set(0.0, 3).owed == ()
+    assert [s.message_id for s in alice.load_working_set(105.5, 50).sent] == ["a6", "a7", "a8", "a9"]
+    # Bob takes alice's rows over (her lease ran out) and ends a9: a tombstone, nobody's working set.
+    time.sleep(0.5)
+    assert len(bob.take_over(now=0.0).sent) == 10
+    assert bob.apply_owned([Delete("sent", "a9")]) == ()
+    assert alice.load_working_set(0.0, 3).sent == ()
+    assert [s.message_id for s in bob.load_working_set(0.0, 3).sent] == ["b2", "b3", "b4"]
+    assert "a9" not in {s.message_id for s in bob.load_working_set(0.0, 20).sent}
+    with pytest.raises(ValueError):
+        bob.load_working_set(0.0, 0)
+
+
+def test_sent_due_are_this_workers_rows(opened: list[PostgresStore], postgres_url: str) -> None:
+    alice = open_pg(opened, postgres_url, worker_id="alice", lease=0.3)
+    bob = open_pg(opened, postgres_url, worker_id="bob", lease=30)
+    alice.apply([Put(sent(f"a{i}", expires_at=100.0 + i)) for i in range(10)])
+    bob.apply([Put(sent(f"b{i}", expires_at=100.5 + i)) for i in range(3)])
+    due, later = alice.load_sent_due(104.0, 101.0, 2)
+    assert [r.message_id for r in due] == ["a2", "a3"] and later == 105.0
+    due, later = alice.load_sent_due(200.0, 0.0, 100)
+    assert len(due) == 10 and later is None
+    due, later = bob.load_sent_due(101.0, 0.0, 100)
+    assert [r.message_id for r in due] == ["b0"] and later == 101.5
+    # Taken over: bob's to end now; a tombstone is never due.
+    time.sleep(0.5)
+    bob.take_over(now=0.0)
+    assert bob.apply_owned([Delete("sent", "a0")]) == ()
+    assert alice.load_sent_due(200.0, 0.0, 100) == ((), None)
+    due, later = bob.load_sent_due(101.0, 0.0, 100)
+    assert [r.message_id for r in due] == ["b0", "a1"] and later == 101.5
+
+
+def test_received_by_message_id_uses_the_index(
+    opened: list[PostgresStore], postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """``load_received`` without a sender finds a Message-ID through the version 4 index, even
+    one longer than an index entry holds; a digest match alone is not enough (the text is compared)."""
+    store = open_pg(opened, postgres_url, worker_id="w")
+    long_id = "x" * 5000
+    store.apply([Put(received(f"m{i}")) for i in range(200)] + [Put(received(long_id))])
+    assert store.load_received(long_id, None, 0.0) == (received(long_id),)
+    assert [r.message_id for r in store.load_received("m7", None, 0.0)] == ["m7"]
+    database = database_of(postgres_url)
+    postgres_server.psql("ANALYZE sipimdn_received", database)
+    plan = postgres_server.psql(
+        "SET enable_seqscan = off; EXPLAIN SELECT data FROM sipimdn_received WHERE "
+        "sipimdn_key_id(substr(key, strpos(key, ' ') + 1)) = sipimdn_key_id('m7') "
+        "AND substr(key, strpos(key, ' ') + 1) = 'm7' AND expires_at > 0",
+        database,
+    )
+    assert "sipimdn_received_message_id" in plan
+    plan = postgres_server.psql(
+        "SET enable_seqscan = off; EXPLAIN SELECT data FROM sipimdn_sent WHERE owner = 'w' "
+        "AND expires_at > 0 ORDER BY expires_at LIMIT 5",
+        database,
+    )
+    assert "sipimdn_sent_owner_expires" in plan
+
+
+def _indexes(postgres_server: PostgresServer, database: str) -> set[str]:
+    sql = "SELECT indexname FROM pg_indexes WHERE tablename LIKE 'sipimdn_%'"
+    names = postgres_server.psql(sql, database)
+    return set(names.split())
+
+
+def test_schema_version_3_is_migrated_to_4(postgres_server: PostgresServer, postgres_url: str) -> None:
+    first = PostgresStore(postgres_url, worker_id="w")
+    first.apply([Put(sent("kept")), Put(received("r1"))])
+    first.close()
+    database = database_of(postgres_url)
+    fresh = _indexes(postgres_server, database)
+    assert {"sipimdn_received_message_id", "sipimdn_sent_owner_expires"} <= fresh
+    assert "sipimdn_sent_owner" not in fresh and "sipimdn_owed_owner" in fresh
+    # As version 3 left it: neither index, the owner index on sent.
+    postgres_server.psql(
+        "DROP INDEX sipimdn_received_message_id; DROP INDEX sipimdn_sent_owner_expires; "
+        "CREATE INDEX sipimdn_sent_owner ON sipimdn_sent (owner); "
+        "UPDATE sipimdn_schema_version SET version = 3",
+        database,
+    )
+    again = PostgresStore(postgres_url, worker_id="w")
+    try:
+        assert again.schema_version == SCHEMA_VERSION == 4
+        assert _indexes(postgres_server, database) == fresh
+        assert [s.message_id for s in again.load_working_set(0.0, 5).sent] == ["kept"]
+        assert [r.message_id for r in again.load_received("r1", None, 0.0)] == ["r1"]
     finally:
         again.close()

@@ -345,6 +345,8 @@ class SenderSide(TrackerCore):
         self._put(record)
         if not self._can_change(record) and record.sip_status is not None:
             self._end_tracking(record, now, expire=False)
+        # A record read back for this notification counts against the cap again.
+        self._bound_working_set(now)
         return True
 
     def sent(self, message_id: str) -> SentRecord | None:
