@@ -79,6 +79,14 @@ IMDN again). :meth:`PostgresStore.owned_elsewhere` tells a worker back from a
 stall which of its records it lost. What a worker does with that is the user
 agent's business (``sipimdn.ua._shared``).
 
+Working set (version 4). :meth:`PostgresStore.load_working_set` is
+:meth:`PostgresStore.load_own` with at most ``limit`` received rows (any
+worker's) and ``limit`` sent rows (this worker's), those expiring last;
+:meth:`PostgresStore.load_sent_due` reads this worker's sent rows whose
+deadline passed. Version 4 indexes ``sent`` by ``(owner, expires_at)`` for
+both, and ``received`` by the digest of its Message-ID (the key after the
+sender key) for :meth:`PostgresStore.load_received` without a sender.
+
 Modules. :mod:`._sql` holds the schema, its migrations and the statements;
 :mod:`._conn` the private loop, the connections and LISTEN; :mod:`._store`
 the :class:`PostgresStore` built on them. The names below are re-exported here.
