@@ -31,7 +31,9 @@ from sipimdn.store import (
     StoreOp,
     open_store,
 )
+from sipimdn.store.base import ENDED_METADATA
 from sipimdn.store.postgres import SCHEMA_VERSION, PostgresStore, is_postgres_url
+from sipimdn.store.postgres._sql import _LIVE_SENT
 
 
 def database_of(url: str) -> str:
@@ -516,6 +518,22 @@ def test_working_set_is_this_workers_most_recent_rows(opened: list[PostgresStore
         bob.load_working_set(0.0, 0)
 
 
+def test_ended_records_are_neither_in_the_working_set_nor_due(
+    opened: list[PostgresStore], postgres_url: str
+) -> None:
+    """The final record of a message whose tracking ended stays for readers (``load_sent``) but is
+    never tracked again: not loaded, not due, not the next deadline."""
+    store = open_pg(opened, postgres_url, worker_id="w")
+    ended = replace(sent("e1", expires_at=101.0), metadata=(("a", "b"), (ENDED_METADATA, "1")))
+    # Only a pair *named* so marks it (not one whose value is the name).
+    odd = replace(sent("o1", expires_at=102.0), metadata=((ENDED_METADATA + "x", ENDED_METADATA),))
+    store.apply([Put(ended), Put(odd), Put(sent("live", expires_at=103.0))])
+    assert [s.message_id for s in store.load_working_set(0.0, 5).sent] == ["o1", "live"]
+    assert [s.message_id for s in store.load_sent_due(102.5, 0.0, 10)[0]] == ["o1"]
+    assert store.load_sent_due(101.5, 0.0, 10) == ((), 102.0)
+    assert store.load_sent("e1", 0.0) == ended
+
+
 def test_sent_due_are_this_workers_rows(opened: list[PostgresStore], postgres_url: str) -> None:
     alice = open_pg(opened, postgres_url, worker_id="alice", lease=0.3)
     bob = open_pg(opened, postgres_url, worker_id="bob", lease=30)
@@ -557,10 +575,10 @@ def test_received_by_message_id_uses_the_index(
     assert "sipimdn_received_message_id" in plan
     plan = postgres_server.psql(
         "SET enable_seqscan = off; EXPLAIN SELECT data FROM sipimdn_sent WHERE owner = 'w' "
-        "AND expires_at > 0 ORDER BY expires_at LIMIT 5",
+        f"AND expires_at > 0 AND {_LIVE_SENT} ORDER BY expires_at LIMIT 5",
         database,
     )
-    assert "sipimdn_sent_owner_expires" in plan
+    assert "sipimdn_sent_live" in plan
 
 
 def _indexes(postgres_server: PostgresServer, database: str) -> set[str]:
@@ -575,15 +593,14 @@ def test_schema_version_3_is_migrated_to_4(postgres_server: PostgresServer, post
     first.close()
     database = database_of(postgres_url)
     fresh = _indexes(postgres_server, database)
-    assert {"sipimdn_received_message_id", "sipimdn_sent_owner_expires"} <= fresh
-    assert "sipimdn_sent_owner" not in fresh and "sipimdn_owed_owner" in fresh
-    # As version 3 left it: neither index, the owner index on sent.
+    assert {"sipimdn_received_message_id", "sipimdn_sent_live", "sipimdn_sent_owner"} <= fresh
+    # As version 3 left it: neither index.
     postgres_server.psql(
-        "DROP INDEX sipimdn_received_message_id; DROP INDEX sipimdn_sent_owner_expires; "
-        "CREATE INDEX sipimdn_sent_owner ON sipimdn_sent (owner); "
+        "DROP INDEX sipimdn_received_message_id; DROP INDEX sipimdn_sent_live; "
         "UPDATE sipimdn_schema_version SET version = 3",
         database,
     )
+    assert not {"sipimdn_received_message_id", "sipimdn_sent_live"} & _indexes(postgres_server, database)
     again = PostgresStore(postgres_url, worker_id="w")
     try:
         assert again.schema_version == SCHEMA_VERSION == 4

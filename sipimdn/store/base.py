@@ -38,6 +38,7 @@ from ..imdn.tracker.records import (
 )
 
 __all__ = [
+    "ENDED_METADATA",
     "TABLES",
     "AnyRecord",
     "Delete",
@@ -61,6 +62,11 @@ __all__ = [
     "record_to_json",
     "snapshot_from_records",
 ]
+
+#: Metadata name marking the final ``sent`` record of a message whose tracking ended, which a
+#: shared store keeps for the other workers to read until it expires: never tracked again, so
+#: never in a working set nor due (:class:`WorkingSetStore` skips it).
+ENDED_METADATA = "sipimdn.ended"
 
 
 def snapshot_from_records(records: Sequence[AnyRecord]) -> Snapshot:

@@ -75,6 +75,7 @@ from ..imdn.tracker import DispositionState
 from ..imdn.vocabulary import TERMINAL_STATES, reached
 from ..stack import IncomingRequest
 from ..store import Delete, OwedRecord, Put, SeenRecord, SentRecord, SharedStore, Snapshot, Store, StoreOp
+from ..store.base import ENDED_METADATA
 from . import _wire
 from ._base import AgentCore
 
@@ -87,7 +88,7 @@ __all__ = ["ENDED", "SharedPath", "shared_store", "without_ended"]
 _log = logging.getLogger("sipimdn.ua.shared")
 
 #: Metadata name marking a ``sent`` record whose tracking ended (kept for readers, never adopted).
-ENDED = "sipimdn.ended"
+ENDED = ENDED_METADATA
 #: Retry-After (seconds) of the 503 given while the shared store cannot be reached.
 RETRY_AFTER = 5
 #: How long the final record of a message whose tracking ended stays readable (seconds).
