@@ -83,7 +83,8 @@ Working set (version 4). :meth:`PostgresStore.load_working_set` is
 :meth:`PostgresStore.load_own` with at most ``limit`` received rows (any
 worker's) and ``limit`` sent rows (this worker's), those expiring last;
 :meth:`PostgresStore.load_sent_due` reads this worker's sent rows whose
-deadline passed. Version 4 indexes ``sent`` by ``(owner, expires_at)`` for
+deadline passed. Version 4 indexes live ``sent`` rows (neither tombstones nor
+the final records of ended messages) by ``(owner, expires_at)`` for
 both, and ``received`` by the digest of its Message-ID (the key after the
 sender key) for :meth:`PostgresStore.load_received` without a sender.
 
