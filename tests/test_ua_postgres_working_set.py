@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from test_store import sent
-from test_ua_workers import answer, dest, next_request, worker
+from test_ua_workers import LEASE, answer, dest, next_request, worker
 from ua_helpers import RawPeer, ua_config
 
 from sipimdn import UserAgent, cpim, imdn
+from sipimdn.errors import StoreError
 from sipimdn.events import DispositionState
-from sipimdn.store import Put
+from sipimdn.store import Put, SentRecord
 from sipimdn.store.postgres import PostgresStore
 from sipimdn.ua import IncomingMessage, SentMessage
 
@@ -72,18 +74,33 @@ async def test_evicted_sent_records_correlate_on_postgres(postgres_url: str) -> 
         store.close()
 
 
-async def test_a_notification_forwarded_from_another_worker_reads_the_record_back(postgres_url: str) -> None:
+@pytest.mark.parametrize("read_fails", [False, True], ids=["read", "first-read-fails"])
+async def test_a_notification_forwarded_from_another_worker_reads_the_record_back(
+    postgres_url: str, read_fails: bool
+) -> None:
     """w1 (cap 5) sends 15 messages; a display notification about an early, evicted one lands on
-    w2: forwarded to w1, which reads the record back and applies it."""
+    w2: forwarded to w1, which reads the record back and applies it. When that read fails, the
+    notification stays in the store and is applied on a later lease tick."""
     raw = await RawPeer.open()
+    store = PostgresStore(postgres_url, worker_id="w1", lease=LEASE)
+    reads = {"failed": 0}
+    load_sent = store.load_sent
+
+    def flaky_load_sent(message_id: str, now: float) -> SentRecord | None:
+        if read_fails and not reads["failed"] and message_id == handles[0].message_id:
+            reads["failed"] += 1
+            raise StoreError("store read failed: connection lost (simulated)")
+        return load_sent(message_id, now)
+
+    store.load_sent = flaky_load_sent  # type: ignore[method-assign]
+    handles: list[SentMessage] = []
     try:
         async with (
             asyncio.timeout(60),
-            worker(postgres_url, "w1", aor="alice", working_set_max=5) as w1,
+            UserAgent(ua_config("alice", worker_lease=LEASE, working_set_max=5), store=store) as w1,
             worker(postgres_url, "w2", aor="alice", working_set_max=5) as w2,
         ):
             target = f"sip:bob@{raw.address[0]}:{raw.address[1]}"
-            handles: list[SentMessage] = []
             bodies = {}
             for n in range(15):
                 handles.append(await w1.send_message(target, f"m{n}", notify={"display"}))
@@ -93,7 +110,7 @@ async def test_a_notification_forwarded_from_another_worker_reads_the_record_bac
             await wait_for(lambda: w1.stats().working_set_evictions >= 10, 10)
             first = handles[0]
             assert w1.tracker.sent(first.message_id) is None
-            reads = w1.stats().working_set_reads
+            before = w1.stats().working_set_reads
             report = imdn.build_imdn(
                 cpim.parse(bodies[first.message_id]), kind="display", status="displayed", now=time.time()
             ).to_bytes()
@@ -102,9 +119,12 @@ async def test_a_notification_forwarded_from_another_worker_reads_the_record_bac
             )
             assert (await raw.transact(data, branch, dest(w2))).status_code == 200
             assert await first.await_disposition("displayed", timeout=10) is DISPLAYED
-            assert w1.stats().working_set_reads > reads
+            assert w1.stats().working_set_reads > before
+            assert reads["failed"] == (1 if read_fails else 0)
+            assert w1.stats().notifications_rejected == 0
             assert w2.tracker.sent(first.message_id) is None  # never w2's to track
     finally:
+        store.close()
         raw.close()
 
 
@@ -147,8 +167,9 @@ async def test_a_take_over_is_bounded_by_the_cap(postgres_url: str) -> None:
                 most = max(most, ua.tracker.tracked_sent)
                 assert time.monotonic() < end, "not taken over in time"
                 await asyncio.sleep(0.1)
+            # The last batch is committed before the survivor's loop adopts it.
+            await wait_for(lambda: ua.stats().working_set_evictions >= 200 - CAP, 10)
             assert most <= CAP and ua.tracker.tracked_sent <= CAP
-            assert ua.stats().working_set_evictions >= 200 - CAP
             survivor = PostgresStore(postgres_url, worker_id="survivor")
             try:
                 assert len(survivor.load_own(time.time()).sent) == 200

@@ -485,7 +485,8 @@ class SharedPath(AgentCore):
 
     async def _before_forwarded(self, message_id: str) -> None:
         """Before a forwarded notification about ``message_id`` (a ``sent`` row this worker
-        owns) is applied: read its record back if it left memory (the working set's business)."""
+        owns) is applied: read its record back if it left memory (the working set's business;
+        :class:`~sipimdn.errors.StoreError` when the store cannot be read)."""
 
     def _on_store_notice(self, payload: str) -> None:
         if self._closed or self._shared is None:
@@ -527,6 +528,11 @@ class SharedPath(AgentCore):
                     if self._closed:
                         return
                     self._apply_notification(fields)
+                except StoreError as exc:
+                    # Kept in the store: applied on a later wake-up or lease tick (those applied
+                    # before it again, which the replay guard absorbs).
+                    _log.warning("shared store: forwarded notifications not applied: %s", exc)
+                    return
                 except (ValueError, TypeError) as exc:
                     _log.error("shared store: unreadable forwarded notification dropped: %s", exc)
             # Dropped once what they changed is stored: a crash in between applies them again,

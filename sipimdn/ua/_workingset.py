@@ -144,11 +144,7 @@ class WorkingSetPath(SharedPath):
             self._require_tracker().readmit([record], time.time())
 
     async def _before_forwarded(self, message_id: str) -> None:
-        try:
-            await self._read_back_sent(message_id, owned=True)
-        except StoreError as exc:
-            # Applied anyway: the tracker rejects it as about an unknown message, logged.
-            _log.error("store read of sent message %s failed: %s", message_id, exc)
+        await self._read_back_sent(message_id, owned=True)
 
     async def _apply_read_back(self, notes: list[dict[str, Any]]) -> None:
         """Apply notifications about messages whose records are read back first, in order."""
