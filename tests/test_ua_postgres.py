@@ -121,7 +121,7 @@ def test_config_worker_id() -> None:
 
 async def test_working_set_reads_received_records_back_from_postgres(postgres_url: str) -> None:
     """Bob keeps 20 received records in memory, the rest in PostgreSQL: an early message is read
-    back and marked displayed, before and after a restart (which loads them all, then trims)."""
+    back and marked displayed, before and after a restart (which loads the working set only)."""
     received: list[IncomingMessage] = []
     unlimited = {"imdn_rate_limit": 10**6, "imdn_byte_budget": 10**9}
     delivered, displayed = DispositionState.DELIVERED, DispositionState.DISPLAYED
