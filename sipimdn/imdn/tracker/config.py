@@ -44,8 +44,9 @@ class TrackerConfig:
     #: messages a second still hold the last quarter of an hour, when most messages are read;
     #: an older one costs one store read (about 0.2 ms with SQLite, bench/working_set.py).
     working_set_max: int | None = 10_000
-    #: Whether sent records leave memory past ``working_set_max`` too. Off for a store several
-    #: workers share: there a sent record's reader may be another worker (see sipimdn.ua._shared).
+    #: Whether sent records leave memory past ``working_set_max`` too. The user agent turns it
+    #: off for a store that reads single records back but cannot list the sent records that
+    #: fall due (``WorkingSetStore.load_sent_due``): their deadlines would pass unnoticed.
     evict_sent: bool = True
     #: How long an owed notification is retried at most, whatever the attempt count.
     owed_ttl: float = _DAY
