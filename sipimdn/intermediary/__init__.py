@@ -48,13 +48,15 @@ from .store import (
 )
 
 if TYPE_CHECKING:
-    from .service import Intermediary, IntermediaryConfig, RequestRouted
+    from ._receive import RequestRouted
+    from .config import IntermediaryConfig
+    from .service import Intermediary
     from .sqlite import SqliteParkedStore
 
 _LAZY = {
     "Intermediary": ".service",
-    "IntermediaryConfig": ".service",
-    "RequestRouted": ".service",
+    "IntermediaryConfig": ".config",
+    "RequestRouted": "._receive",
     "SqliteParkedStore": ".sqlite",
 }
 
