@@ -75,6 +75,54 @@ def test_a_silent_address_is_parked_and_its_notifications_wait() -> None:
     assert [n.message_id for n in owed(drain(tracker))] == ["m20"]
 
 
+def test_a_silence_rewrites_only_the_probe_not_those_waiting() -> None:
+    """Thousands may wait behind a silent address. Parking it changes nothing durable about
+    them (they wait for the probe's answer either way), so neither the silence nor the end of
+    the parking rewrites their records: each message answered meanwhile waits for the store
+    batch before its 2xx. The probe's answer still hands them all out."""
+    tracker = make_tracker(park_base=60.0, park_cap=3600.0, rate_limit=1 << 30)
+    for index in range(200):
+        forged(tracker, index, index / 100)
+    [first] = owed(drain(tracker))
+    tracker.writes_to_apply()
+    tracker.notification_outcome(first.notification_id, None, 32.0)
+    [write] = tracker.writes_to_apply()  # the probe's retry, at the end of the parking
+    assert getattr(write, "record", None) is not None
+    assert write.record.key == first.notification_id and write.record.next_attempt_at == 92.0
+    tracker.handle_timer(92.0)
+    [probe] = owed(drain(tracker))
+    assert probe.notification_id == first.notification_id and probe.attempt == 2
+    assert len(tracker.writes_to_apply()) == 1  # the probe in flight; the others untouched
+    tracker.notification_outcome(probe.notification_id, 200, 92.1)
+    assert len(owed(drain(tracker))) == 199
+
+
+def test_a_probe_given_up_hands_the_probe_to_the_oldest_waiting() -> None:
+    tracker = make_tracker(park_base=10.0, park_cap=3600.0, max_attempts=1)
+    for index in range(3):
+        forged(tracker, index, float(index))
+    [first] = owed(drain(tracker))
+    tracker.notification_outcome(first.notification_id, None, 32.0)
+    assert [getattr(e, "reason", None) for e in drain(tracker)] == ["attempts-exhausted"]
+    tracker.handle_timer(41.9)
+    assert owed(drain(tracker)) == []
+    tracker.handle_timer(42.0)  # the parking ends: one probe, the oldest of those waiting
+    assert [n.message_id for n in owed(drain(tracker))] == ["m1"]
+
+
+def test_a_probe_expiring_while_parked_hands_the_probe_on() -> None:
+    tracker = make_tracker(park_base=10.0, park_cap=3600.0, owed_ttl=40.0)
+    forged(tracker, 0, 0.0)
+    forged(tracker, 1, 20.0)
+    forged(tracker, 2, 21.0)
+    [first] = owed(drain(tracker))
+    tracker.notification_outcome(first.notification_id, None, 32.0)  # parked until 42
+    tracker.handle_timer(40.0)  # the probe expires before its retry
+    assert [getattr(e, "reason", None) for e in drain(tracker)] == ["expired"]
+    tracker.handle_timer(42.0)
+    assert [n.message_id for n in owed(drain(tracker))] == ["m1"]
+
+
 def test_a_missing_outcome_parks_the_address_too() -> None:
     tracker = make_tracker(in_flight_timeout=64.0, park_base=60.0)
     forged(tracker, 0, 0.0)

@@ -23,8 +23,9 @@ Request-URI, never its user part):
 - **parking**: a transaction that gets no answer at all (timeout,
   transport failure) parks the destination for ``park_base`` seconds,
   doubling on each silent probe up to ``park_cap``. Notifications already
-  owed wait for the end of the parking (one probe then, still counted
-  against ``max_attempts``); new ones are declined while it lasts.
+  owed wait for the end of the parking and the answer to the one probe
+  then (still counted against ``max_attempts``); new ones are declined
+  while it lasts.
 
 Everything refused here is counted in :attr:`DestinationGuard.suppressed`.
 Pure bookkeeping: the caller passes ``now``.
@@ -33,6 +34,7 @@ Pure bookkeeping: the caller passes ``now``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 
 __all__ = ["DestinationGuard", "address_key"]
 
@@ -82,8 +84,10 @@ class _Destination:
         self.answered = False
         #: Notification ids in flight to it, and the key of their Request-URI.
         self.in_flight: dict[str, str] = {}
-        #: Notification ids waiting for its first answer or for the end of its parking.
-        self.waiting: list[str] = []
+        #: Notification ids waiting for its first answer or for the end of its parking, in
+        #: arrival order (a dict as an ordered set: thousands wait behind a silent destination,
+        #: and each admission, retry and settlement looks one up).
+        self.waiting: dict[str, None] = {}
         #: Consecutive transactions it left unanswered.
         self.silences = 0
         self.parked_until = float("-inf")
@@ -139,11 +143,9 @@ class DestinationGuard:
         elif not entry.answered and any(uri != target for uri in entry.in_flight.values()):
             later = now + self.park_cap  # a safety net: the answer or the silence releases it
         if later is not None:
-            if notification_id not in entry.waiting:
-                entry.waiting.append(notification_id)
+            entry.waiting[notification_id] = None
             return later
-        if notification_id in entry.waiting:
-            entry.waiting.remove(notification_id)
+        entry.waiting.pop(notification_id, None)
         entry.in_flight[notification_id] = target
         return None
 
@@ -171,7 +173,7 @@ class DestinationGuard:
         entry.answered = True
         entry.silences = 0
         entry.parked_until = float("-inf")
-        waiting, entry.waiting = entry.waiting, []
+        waiting, entry.waiting = list(entry.waiting), {}
         return waiting
 
     def silent(self, address: str, notification_id: str, now: float) -> float:
@@ -185,10 +187,11 @@ class DestinationGuard:
         entry.parked_until = max(entry.parked_until, now + delay)
         return entry.parked_until
 
-    def waiting(self, address: str) -> tuple[str, ...]:
-        """The notifications waiting for the destination (to reschedule after :meth:`silent`)."""
+    def waiting(self, address: str) -> Iterator[str]:
+        """The notifications waiting for the destination, oldest first (lazily: thousands may
+        wait behind a silent destination and the caller usually needs the first)."""
         entry = self._table.get(address)
-        return tuple(entry.waiting) if entry is not None else ()
+        return iter(entry.waiting) if entry is not None else iter(())
 
     def release(self, address: str, now: float) -> list[str]:
         """The notifications waiting for the destination, if nothing is in flight to it any more
@@ -196,7 +199,7 @@ class DestinationGuard:
         entry = self._table.get(address)
         if entry is None or entry.in_flight or entry.parked_until > now:
             return []
-        waiting, entry.waiting = entry.waiting, []
+        waiting, entry.waiting = list(entry.waiting), {}
         return waiting
 
     def forget(self, address: str, notification_id: str) -> None:
@@ -205,8 +208,7 @@ class DestinationGuard:
         if entry is None:
             return
         entry.in_flight.pop(notification_id, None)
-        if notification_id in entry.waiting:
-            entry.waiting.remove(notification_id)
+        entry.waiting.pop(notification_id, None)
 
     def _expire(self, entry: _Destination, now: float) -> None:
         cutoff = now - self.window

@@ -792,8 +792,14 @@ class ReceiverSide(TrackerCore):
     def _owed_due(self, owed: OwedRecord, now: float) -> None:
         if now >= owed.expires_at:
             self._abandon(owed, "expired")
+            address = self._address(owed.request_uri)
+            parked = self._guard.parked_until(address, now)
+            if parked is not None:
+                if owed.next_attempt_at <= parked:  # it was to probe the end of the parking
+                    self._next_probe(address, parked)
+                return
             # If it was the one in flight, those waiting behind it go now.
-            for waiting in self._guard.release(self._address(owed.request_uri), now):
+            for waiting in self._guard.release(address, now):
                 other = self._owed.get(waiting)
                 if other is not None and not other.in_flight:
                     self._dispatch(other, now)
@@ -803,14 +809,28 @@ class ReceiverSide(TrackerCore):
             self._dispatch(owed, now)
 
     def _silent(self, owed: OwedRecord, now: float) -> None:
-        """No answer at all to ``owed``: park its destination; it and those waiting wait too."""
+        """No answer at all to ``owed``: park its destination. ``owed`` itself is retried when
+        the parking ends, as the one probe; those waiting stay as they are (for the probe's
+        answer, which hands them out, or for their own time) instead of each being rescheduled
+        and rewritten to the store: behind a silent destination thousands may wait, and every
+        message answered meanwhile waits for the store batch holding those rewrites."""
         address = self._address(owed.request_uri)
         parked = self._guard.silent(address, owed.notification_id, now)
+        if owed.attempts >= self.config.max_attempts:
+            self._abandon(owed, "attempts-exhausted")
+            self._next_probe(address, parked)
+            return
+        self._retry_or_abandon(owed, now, not_before=parked)
+
+    def _next_probe(self, address: str, parked: float) -> None:
+        """The probe of a parked destination is gone: the oldest notification waiting for it
+        goes when the parking ends instead (one record rescheduled, not all of them)."""
         for waiting in self._guard.waiting(address):
             other = self._owed.get(waiting)
-            if other is not None and not other.in_flight and other.next_attempt_at > parked:
-                self._put(replace(other, next_attempt_at=parked))
-        self._retry_or_abandon(owed, now, not_before=parked)
+            if other is not None and not other.in_flight:
+                if other.next_attempt_at > parked:
+                    self._put(replace(other, next_attempt_at=parked))
+                return
 
     def _retry_or_abandon(self, owed: OwedRecord, now: float, *, not_before: float = 0.0) -> None:
         if owed.attempts >= self.config.max_attempts:
