@@ -150,6 +150,46 @@ def _rss_kib() -> dict[str, int]:
 _GC_LOG: _GcLog | None = None
 
 
+class _Trace:
+    """PROFILE_STACK_TRACE=FILE: every store batch (when, operations submitted and written,
+    seconds in the worker) and every loop stall over 20 ms (when, how late), monotonic times
+    the client's latencies can be lined up with; written to FILE.<server pid> on exit (the
+    client's answers slower than 50 ms, by send time, to FILE.<server pid>.client)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, int, int, float]] = []
+        self.stalls: list[tuple[float, float]] = []
+        from sipimdn.ua import _persist  # noqa: PLC0415 - diagnosis only
+
+        original = _persist.StoreWriter._apply
+        coalesce = _persist.coalesce
+        batches = self.batches
+
+        def traced(writer: object, batch: list[list[object]]) -> None:
+            started = time.perf_counter()
+            submitted = sum(len(ops) for ops in batch)
+            written = len(coalesce([op for ops in batch for op in ops]))  # type: ignore[misc]
+            original(writer, batch)  # type: ignore[arg-type]
+            batches.append((started, submitted, written, time.perf_counter() - started))
+
+        _persist.StoreWriter._apply = traced  # type: ignore[method-assign,assignment]
+
+    async def watch(self) -> None:
+        """Record how late a 10 ms sleep wakes up, when over 20 ms."""
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            late = time.perf_counter() - before - 0.01
+            if late > 0.02:
+                self.stalls.append((before, late))
+
+    def dump(self, path: str) -> None:
+        Path(path).write_text(json.dumps({"batches": self.batches, "stalls": self.stalls}))
+
+
+_TRACE: _Trace | None = None
+
+
 def _listening() -> None:
     """Called once a responder listens: the ``+gc`` servers tune the collector now."""
     if os.environ.get("PROFILE_STACK_GC_TUNED"):
@@ -218,8 +258,11 @@ async def _serve_ua(stop: asyncio.Event) -> None:
 
         port = next(e.port for e in ua.endpoints if e.transport == "udp")
         _listening()
+        watcher = asyncio.ensure_future(_TRACE.watch()) if _TRACE is not None else None
         print(f"READY {port}", flush=True)
         await _wait_for_stop(stop)
+        if watcher is not None:
+            watcher.cancel()
 
 
 def serve(kind: str, profile: str | None) -> None:
@@ -230,6 +273,10 @@ def serve(kind: str, profile: str | None) -> None:
     gc_log = os.environ.get("PROFILE_STACK_GC_LOG")
     if gc_log:
         _GC_LOG = _GcLog()
+    global _TRACE  # noqa: PLW0603 - one responder per process
+    trace = os.environ.get("PROFILE_STACK_TRACE")
+    if trace:
+        _TRACE = _Trace()
     # CPU time, not wall time: on a shared machine wall time charges preemption to whatever
     # call happened to be running (typically sendto, which wakes the peer).
     # PROFILE_STACK_THREAD_TIME: the event loop's thread only (process time also charges the
@@ -244,6 +291,8 @@ def serve(kind: str, profile: str | None) -> None:
         profiler.dump_stats(profile)  # type: ignore[arg-type]
     if _GC_LOG is not None and gc_log:
         _GC_LOG.dump(gc_log)
+    if _TRACE is not None and trace:
+        _TRACE.dump(f"{trace}.{os.getpid()}")
 
 
 # -- the load -------------------------------------------------------------------------------------
@@ -436,6 +485,10 @@ def paced(port: int, pid: int, rate: float, seconds: float, kind: str = "stack")
     cpu = cpu_seconds(pid) - cpu0
     sock.close()
     latencies = sorted(a for a in answered if a > 0)
+    if os.environ.get("PROFILE_STACK_TRACE"):  # when the slow answers were sent (see _Trace)
+        slow = [(round(sent_at[i], 3), round(a * 1e3, 1)) for i, a in enumerate(answered) if a > 0.05]
+        Path(f"{os.environ['PROFILE_STACK_TRACE']}.{pid}.client").write_text(
+            json.dumps({"start": start, "slow": slow}))
     return {
         "offered": rate, "sent": total, "answered": len(latencies), "failed": total - len(latencies),
         "retransmissions": retransmissions, "achieved_rate": len(latencies) / wall,
