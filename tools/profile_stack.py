@@ -24,6 +24,9 @@ silent destination). It prints ``READY <port>`` and stops on SIGTERM. A ``+gc`` 
 server (``ua+gc``, ``ua-pd+gc@DIR``) applies ``sipimdn._gc.tune_for_throughput()`` once it listens
 (what ``sipimdn listen`` does); ``--gc-log DIR`` on ``run``/``rate`` records every collection's
 pause (``gc.callbacks``) and the tracked objects by type at the end of the load, and prints a summary.
+``PROFILE_STACK_TRACE=FILE`` (UserAgent servers, paced load) logs every store batch (operations,
+seconds in the worker), every event-loop stall over 20 ms and the answers slower than 50 ms by
+send time, on one monotonic clock, to ``FILE.<server pid>`` and ``FILE.<server pid>.client``.
 
 ``run`` starts each server in a child process (pinned to CPU 1 when there are two cores, the
 client to CPU 0), sends ``count`` pre-built MESSAGEs with a ~600-byte CPIM body, each with a unique
@@ -607,6 +610,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         summary = server.gc_summary()
         if summary is not None:
             print(f"gc {kind} {_show(summary)}")
+    for kind, server in servers.items():
+        trace = _trace_summary(server.pid)
+        if trace is not None:
+            print(f"trace {kind} {trace}")
     medians = {k: statistics.median(r["cpu_us_per_msg"] for r in results[k]) for k in kinds}
     for kind in kinds:
         print(f"median {kind} cpu_us_per_msg={medians[kind]:.1f}")
@@ -614,6 +621,30 @@ def cmd_run(args: argparse.Namespace) -> None:
         for kind in kinds:
             if kind != "floor":
                 print(f"ratio {kind}/floor = {medians[kind] / medians['floor']:.2f}")
+
+
+def _trace_summary(pid: int) -> str | None:
+    """The last paced round of PROFILE_STACK_TRACE in brief: the largest store batches, the
+    longest loop stalls and in which seconds of the round the slow answers were sent."""
+    base = os.environ.get("PROFILE_STACK_TRACE")
+    if not base or not Path(f"{base}.{pid}").exists() or not Path(f"{base}.{pid}.client").exists():
+        return None
+    server = json.loads(Path(f"{base}.{pid}").read_text())
+    client = json.loads(Path(f"{base}.{pid}.client").read_text())
+    start = client["start"]
+    batches = [b for b in server["batches"] if b[0] >= start]
+    largest = sorted(batches, key=lambda b: -b[1])[:3]
+    stalls = sorted((s for s in server["stalls"] if s[0] >= start), key=lambda s: -s[1])[:4]
+    slow: dict[int, int] = {}
+    for sent, _ in client["slow"]:
+        second = int(sent - start)
+        slow[second] = slow.get(second, 0) + 1
+    return (
+        f"batches={len(batches)} largest(ops,ms,at_s)="
+        f"{[(b[1], round(b[3] * 1e3, 1), round(b[0] - start, 1)) for b in largest]} "
+        f"stalls(ms,at_s)={[(round(s[1] * 1e3, 1), round(s[0] - start, 1)) for s in stalls]} "
+        f"answers_over_50ms_by_second={sorted(slow.items())}"
+    )
 
 
 def _gc_log_path(args: argparse.Namespace, spec: str) -> str | None:
