@@ -56,6 +56,7 @@ SANS_IO_MODULES = [
     "sipimdn.imdn.headers",
     "sipimdn.imdn.message",
     "sipimdn.imdn.tracker",
+    "sipimdn.imdn.tracker.dispatch",
     "sipimdn.store.base",
     "sipimdn.store.memory",
     "sipimdn.events",

@@ -18,7 +18,7 @@ from sipimdn.imdn.tracker import (
     NotificationsDeclined,
     TrackerEvent,
 )
-from sipimdn.imdn.tracker import receiver as tracker_receiver
+from sipimdn.imdn.tracker import dispatch as tracker_dispatch
 
 RELAY = "sip:relay@intermediary.example"
 ME = "sip:bob@127.0.0.1"
@@ -101,7 +101,7 @@ def test_cpim_from_is_the_originator_without_a_sip_from() -> None:
 
 def test_limiter_memory_is_bounded_by_active_originators(monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle destinations are forgotten; the limiter holds at most about twice the active ones."""
-    monkeypatch.setattr(tracker_receiver, "_RATE_PRUNE_MIN", 8)  # prune early instead of after 16k keys
+    monkeypatch.setattr(tracker_dispatch, "_RATE_PRUNE_MIN", 8)  # prune early instead of after 16k keys
     tracker = make_tracker(rate_limit=1, rate_window=10.0)
     for i in range(20):
         deliver(tracker, f"old{i}", f"sip:old@h{i}.example.com", None, now=1.0, route=())

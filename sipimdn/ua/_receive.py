@@ -8,7 +8,7 @@ answer the tracker holds back until the store has its records is a
 callback of the writer's group commit (``StoreWriter.when_written``), not a
 task. Which dedup entries reach the store, what a report owes and when a
 notification may leave are the tracker's decisions (see
-:mod:`sipimdn.imdn.tracker.receiver`).
+:mod:`sipimdn.imdn.tracker.receiver` and :mod:`sipimdn.imdn.tracker.dispatch`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ One module per job:
 - :mod:`._base`: the tables, timer heap, write-behind queue and restore;
 - :mod:`.sender`: messages we sent (:data:`TRANSITIONS`);
 - :mod:`.receiver`: messages we received, their dedup, answers, reports and
-  the notifications we owe (:data:`RECEIVER_TRANSITIONS`);
+  which notifications they owe (:data:`RECEIVER_TRANSITIONS`);
+- :mod:`.dispatch`: the notifications we owe, from owing (or declining) to
+  handing out, retrying, parking and abandoning them;
 - :mod:`.destinations`: the notification budgets per destination address
   (RFC 5438 §14: we are no reflector).
 - :mod:`.shared`: dedup claims and take-over when workers share a store;

@@ -99,7 +99,7 @@ class SharedSide(ReceiverSide):
 
         No store write (they are the other worker's to write) and no event: an owed
         notification released is not sent from here (a hand-out still queued finds it gone:
-        :meth:`~.receiver.ReceiverSide.notification_held` says so), nor is its outcome
+        :meth:`~.dispatch.DispatchSide.notification_held` says so), nor is its outcome
         applied; the notifications waiting behind it for the same destination go now.
         """
         if table not in (SentRecord.TABLE, OwedRecord.TABLE):
