@@ -40,6 +40,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..._ratelog import RateLimitedTally
 from ..vocabulary import REQUEST_KINDS
 from .config import TrackerConfig
 from .destinations import DestinationGuard
@@ -85,7 +86,7 @@ _KIND_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {
     for combo in itertools.combinations(sorted(REQUEST_KINDS), size)
 }
 _log = logging.getLogger("sipimdn.imdn.tracker")
-#: At most one log line about dedup evictions per this many seconds.
+#: At most one log line about dedup (or working-set) evictions per this many seconds.
 _EVICTION_LOG_INTERVAL = 60.0
 #: The timer heap is never swept of stale entries while it holds at most this many.
 _HEAP_SWEEP_MIN = 4096
@@ -162,9 +163,8 @@ class TrackerCore:
         self._seen: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
         self._volatile: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
         self._dedup_evictions = 0
-        # Evictions not logged yet, and when the last log line was written (rate limit).
-        self._evictions_unlogged = 0
-        self._evictions_logged_at = float("-inf")
+        # Evictions reported in one log line a minute at most.
+        self._dedup_evictions_log = RateLimitedTally(_EVICTION_LOG_INTERVAL)
         # Received messages whose answer is being decided or sent (see receiver.Receipt):
         # only those with reports made before the answer or notifications held behind it.
         self._receipts: dict[tuple[str, str], Receipt] = {}
@@ -192,8 +192,7 @@ class TrackerCore:
         # ``partial``); the earliest tracking deadline of a sent record evicted since the last
         # sweep (None: none), which the adapter reads back when it passes.
         self._ws_evictions = 0
-        self._ws_unlogged = 0
-        self._ws_logged_at = float("-inf")
+        self._ws_evictions_log = RateLimitedTally(_EVICTION_LOG_INTERVAL)
         self._reads_back = partial
         self._evicted_sent_due: float | None = now if partial else None
         self._peers: dict[str, PeerRecord] = {}
@@ -308,6 +307,7 @@ class TrackerCore:
         """Evict the oldest dedup entries past ``dedup_max`` (a Delete for the stored ones)."""
         seen, volatile = self._seen, self._volatile
         excess = len(seen) + len(volatile) - self.config.dedup_max
+        evicted = 0
         while excess > 0:
             first_seen = next(iter(seen.items()), None)
             first_volatile = next(iter(volatile.items()), None)
@@ -324,17 +324,16 @@ class TrackerCore:
             self._unswept += 1  # its timer entry is stale now
             excess -= 1
             self._dedup_evictions += 1
-            self._evictions_unlogged += 1
-        if self._evictions_unlogged and now - self._evictions_logged_at >= _EVICTION_LOG_INTERVAL:
+            evicted += 1
+        due = self._dedup_evictions_log.add(now, evicted)
+        if due is not None:
             _log.warning(
                 "dedup table full (dedup_max=%d): forgot the %d oldest entries since the last report, "
                 "%d in all; a copy of a message older than the window will reach the application again",
                 self.config.dedup_max,
-                self._evictions_unlogged,
+                due,
                 self._dedup_evictions,
             )
-            self._evictions_unlogged = 0
-            self._evictions_logged_at = now
 
     # --- peers ---------------------------------------------------------------------------------
 

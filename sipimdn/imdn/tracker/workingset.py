@@ -49,8 +49,6 @@ from .records import ReceivedRecord, SentRecord
 __all__ = ["WorkingSetSide"]
 
 _log = logging.getLogger("sipimdn.imdn.tracker")
-#: At most one log line about working-set evictions per this many seconds.
-_LOG_INTERVAL = 60.0
 #: Most records looked at per table and call: non-idle ones met go to the back, so a call
 #: costs O(1) however many are not idle; calls are frequent (every admission, acknowledgement
 #: and timer), so a backlog of records that became idle meanwhile drains quickly.
@@ -168,14 +166,12 @@ class WorkingSetSide(ReceiverSide):
         if evicted:
             self._reads_back = True
             self._ws_evictions += evicted
-            self._ws_unlogged += evicted
-        if self._ws_unlogged and now - self._ws_logged_at >= _LOG_INTERVAL:
+        due = self._ws_evictions_log.add(now, evicted)
+        if due is not None:
             _log.info(
                 "working set full (working_set_max=%d): %d idle record(s) left memory for the store "
                 "since the last report, %d in all (read back when needed)",
                 cap,
-                self._ws_unlogged,
+                due,
                 self._ws_evictions,
             )
-            self._ws_unlogged = 0
-            self._ws_logged_at = now
