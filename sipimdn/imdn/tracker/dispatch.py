@@ -41,8 +41,7 @@ from .events import (
     NotificationsDeclined,
 )
 from .identity import identity_key
-from .records import OwedRecord, ReceivedRecord
-from .records import evolve as replace  # dataclasses.replace at about half the cost
+from .records import OwedRecord, ReceivedRecord, evolve
 
 __all__ = ["DispatchSide"]
 
@@ -119,7 +118,7 @@ class DispatchSide(TrackerCore):
         if parked is None:
             return False
         self._guard.forget(address, notification_id)
-        self._put(replace(owed, attempts=max(0, owed.attempts - 1), in_flight=False, next_attempt_at=parked))
+        self._put(evolve(owed, attempts=max(0, owed.attempts - 1), in_flight=False, next_attempt_at=parked))
         return True
 
     def owed(self) -> tuple[OwedRecord, ...]:
@@ -229,7 +228,7 @@ class DispatchSide(TrackerCore):
         if later is None:
             super()._dispatch(owed, now, hold)
         else:
-            self._put(replace(owed, in_flight=False, next_attempt_at=later))
+            self._put(evolve(owed, in_flight=False, next_attempt_at=later))
 
     def _owed_due(self, owed: OwedRecord, now: float) -> None:
         if now >= owed.expires_at:
@@ -271,7 +270,7 @@ class DispatchSide(TrackerCore):
             other = self._owed.get(waiting)
             if other is not None and not other.in_flight:
                 if other.next_attempt_at > parked:
-                    self._put(replace(other, next_attempt_at=parked))
+                    self._put(evolve(other, next_attempt_at=parked))
                 return
 
     def _retry_or_abandon(self, owed: OwedRecord, now: float, *, not_before: float = 0.0) -> None:
@@ -279,7 +278,7 @@ class DispatchSide(TrackerCore):
             self._abandon(owed, "attempts-exhausted")
             return
         delay = min(self.config.retry_cap, self.config.retry_base * 2 ** (owed.attempts - 1))
-        self._put(replace(owed, in_flight=False, next_attempt_at=max(now + delay, not_before)))
+        self._put(evolve(owed, in_flight=False, next_attempt_at=max(now + delay, not_before)))
 
     def _abandon(self, owed: OwedRecord, reason: str) -> None:
         self._guard.forget(self._address(owed.request_uri), owed.notification_id)

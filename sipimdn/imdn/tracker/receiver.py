@@ -64,8 +64,7 @@ from .events import (
     Reception,
 )
 from .identity import is_anonymous
-from .records import OwedRecord, ReceivedRecord, SeenRecord
-from .records import evolve as replace  # dataclasses.replace at about half the cost
+from .records import OwedRecord, ReceivedRecord, SeenRecord, evolve
 
 __all__ = ["RECEIVER_TRANSITIONS", "ReceiptInput", "ReceiptState", "ReceiverSide"]
 
@@ -367,11 +366,11 @@ class ReceiverSide(DispatchSide):
         key = (self._sender_key(sender), message_id)
         seen = self._seen.get(key)
         if seen is not None and seen.status is None:
-            self._put(replace(seen, status=status_code), key=key)
+            self._put(evolve(seen, status=status_code), key=key)
         else:
             volatile = self._volatile.get(key)
             if volatile is not None and volatile.status is None:
-                self._put(replace(volatile, status=status_code), key=key, table="volatile")
+                self._put(evolve(volatile, status=status_code), key=key, table="volatile")
         record = self._received.get(key)
         if record is None or record.answered_status is not None:
             return False
@@ -388,7 +387,7 @@ class ReceiverSide(DispatchSide):
             receipt = Receipt(_AFTER_2XX)
             self._receipts[key] = receipt
             hold = receipt.held
-        record = replace(record, answered_status=status_code)
+        record = evolve(record, answered_status=status_code)
         if Kind.DELIVERY in early:
             record = self._commit(record, Kind.DELIVERY, early[Kind.DELIVERY], now, hold)
         elif "positive-delivery" in record.requested and self.config.auto_delivered:
@@ -616,5 +615,5 @@ class ReceiverSide(DispatchSide):
 
 def _with_owed(record: ReceivedRecord, kind: str, status: str) -> ReceivedRecord:
     if kind == Kind.DELIVERY:
-        return replace(record, delivery_owed=status)
-    return replace(record, display_owed=status)
+        return evolve(record, delivery_owed=status)
+    return evolve(record, display_owed=status)

@@ -55,7 +55,6 @@ whatever its From says.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from enum import Enum
 
 from ...errors import LocalProtocolError
@@ -75,7 +74,7 @@ from .events import (
     RejectReason,
     TrackingEnded,
 )
-from .records import Put, RecipientRecord, SentRecord
+from .records import Put, RecipientRecord, SentRecord, evolve
 
 __all__ = ["TRANSITIONS", "SenderInput", "SenderSide"]
 
@@ -236,7 +235,7 @@ class SenderSide(TrackerCore):
         step = SenderInput.SIP_OK if 200 <= status_code < 300 else SenderInput.SIP_FAIL
         if step is SenderInput.SIP_OK and imdn_dropped and record.requested:
             step = SenderInput.SIP_OK_WITHOUT_CPIM
-        record = replace(record, sip_status=status_code)
+        record = evolve(record, sip_status=status_code)
         record = self._advance_all(record, step, now, sip_status=status_code, only_pending=True)
         self._put(record)
         if imdn_dropped or not self._can_change(record):
@@ -327,10 +326,10 @@ class SenderSide(TrackerCore):
             entry = RecipientRecord(
                 uri=recipient_uri, key=target, state=initial, via=member_of, updated_at=now
             )
-            record = replace(record, recipients=(*record.recipients, entry))
+            record = evolve(record, recipients=(*record.recipients, entry))
         if notification_id is not None:
             ids = (*record.notification_ids, notification_id)[-self.config.max_notification_ids :]
-            record = replace(record, notification_ids=ids)
+            record = evolve(record, notification_ids=ids)
         record, _ = self._apply_notification(
             record, entry.key, norm_kind, status_text, now, notification_id=notification_id
         )
@@ -452,7 +451,7 @@ class SenderSide(TrackerCore):
         step = _NOTIFICATION_INPUTS.get((kind, status))
         new_state = TRANSITIONS.get((DispositionState(entry.state), step)) if step is not None else None
         if new_state is not None:
-            updated = replace(updated, state=new_state.value, updated_at=now)
+            updated = evolve(updated, state=new_state.value, updated_at=now)
         record = _replace_entry(record, updated)
         self._emit(
             NotificationAccepted(
@@ -484,7 +483,7 @@ class SenderSide(TrackerCore):
             new_state = TRANSITIONS.get((state, step))
             if new_state is None:
                 continue
-            record = _replace_entry(record, replace(entry, state=new_state.value, updated_at=now))
+            record = _replace_entry(record, evolve(entry, state=new_state.value, updated_at=now))
             self._emit(
                 DispositionChanged(
                     record.message_id, entry.uri, state, new_state, None, None, sip_status, now
@@ -540,16 +539,16 @@ class SenderSide(TrackerCore):
         if new_state is None:
             return record
         self._emit(DispositionChanged(record.message_id, entry.uri, state, new_state, None, None, None, now))
-        return _replace_entry(record, replace(entry, state=new_state.value, updated_at=now))
+        return _replace_entry(record, evolve(entry, state=new_state.value, updated_at=now))
 
 
 def _replace_entry(record: SentRecord, entry: RecipientRecord) -> SentRecord:
-    return replace(record, recipients=tuple(entry if e.key == entry.key else e for e in record.recipients))
+    return evolve(record, recipients=tuple(entry if e.key == entry.key else e for e in record.recipients))
 
 
 def _with_status(entry: RecipientRecord, kind: str, status: str) -> RecipientRecord:
     if kind == "delivery":
-        return replace(entry, delivery=status)
+        return evolve(entry, delivery=status)
     if kind == "display":
-        return replace(entry, display=status)
-    return replace(entry, processing=status)
+        return evolve(entry, display=status)
+    return evolve(entry, processing=status)

@@ -17,10 +17,18 @@ of them from then on, and stops tracking them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from .receiver import ReceiverSide
-from .records import Delete, OwedRecord, ReceivedRecord, SeenRecord, SentRecord, Snapshot, received_key
+from .records import (
+    Delete,
+    OwedRecord,
+    ReceivedRecord,
+    SeenRecord,
+    SentRecord,
+    Snapshot,
+    evolve,
+    received_key,
+)
 
 __all__ = ["SharedSide"]
 
@@ -72,7 +80,7 @@ class SharedSide(ReceiverSide):
             if stored.notification_id in self._owed or stored.expires_at <= now:
                 continue
             owed: OwedRecord = (
-                replace(stored, in_flight=False, next_attempt_at=now) if stored.in_flight else stored
+                evolve(stored, in_flight=False, next_attempt_at=now) if stored.in_flight else stored
             )
             if owed.next_attempt_at <= now:
                 self._dispatch(owed, now)
@@ -132,5 +140,5 @@ class SharedSide(ReceiverSide):
         if owed is None or not owed.in_flight:
             return False
         self._guard.forget(self._address(owed.request_uri), notification_id)
-        self._put(replace(owed, attempts=max(0, owed.attempts - 1), in_flight=False, next_attempt_at=until))
+        self._put(evolve(owed, attempts=max(0, owed.attempts - 1), in_flight=False, next_attempt_at=until))
         return True
