@@ -81,6 +81,13 @@ class DestinationQueue:
                 waiters.remove(future)
             raise
 
+    def try_acquire(self, key: Hashable) -> bool:
+        """Hold the turn for ``key`` if it is free (then True), without waiting: False if taken."""
+        if key in self._busy:
+            return False
+        self._busy[key] = deque()
+        return True
+
     def release(self, key: Hashable) -> None:
         """Give the turn for ``key`` to the next waiter, or free the destination."""
         waiters = self._busy.get(key)

@@ -266,6 +266,39 @@ class SipStack:
                 log.info("%s unreachable, trying the next address of %s", candidate.host, target.host)
         raise AssertionError("resolve() returned no address")  # pragma: no cover
 
+    def send_request_now(self, request: Request) -> asyncio.Future[Response] | None:
+        """Start ``request``'s client transaction here and now, without a task; or return None.
+
+        The synchronous start of :meth:`send_request` with no target: the first Route or the
+        Request-URI, when that is an IP address (nothing to resolve), no locator is set and the
+        request fits UDP's size limit. The request is sent before this returns; the future
+        gets the final response or the error :meth:`send_request` would raise. None: nothing
+        was sent, use :meth:`send_request` (a host name to resolve, RFC 3263 location, a
+        switch to TCP by size whose failure has its own error).
+        """
+        loop = self._require_loop()
+        if self.locator is not None:
+            return None
+        routes = request.route
+        target = target_for_uri(routes[0].uri if routes else request.uri)
+        if not is_ip_literal(target.host):
+            return None
+        transport = target.transport
+        stamp_via(request, transport, self.transports.sent_by(transport, target.host), rport=self.rport)
+        data = request.to_bytes()
+        if needs_stream(len(data), transport, self.udp_max):
+            return None
+        key = self.layer.send_request(request, target.flow(), loop.time())
+        future: asyncio.Future[Response] = loop.create_future()
+        # Forgotten by the pump as it settles the future (_dispatch, _fail): no task here to do it.
+        self._waiters[key] = future
+        self._encoded = (request, data)
+        try:
+            self._pump()
+        finally:
+            self._encoded = None
+        return future
+
     async def _send_located(self, request: Request, uri: Uri, locator: ServerLocator,
                             on_final: Callable[[Response], None] | None) -> Response:
         """RFC 3263 §4.3: each target in turn, a new transaction (fresh branch) each, moving on at a
@@ -454,8 +487,10 @@ class SipStack:
         if isinstance(event, RequestReceived):
             self._run_handler(IncomingRequest(self, event.key, event.request, event.flow))
         elif isinstance(event, ResponseReceived):
-            future = self._waiters.get(event.key)
-            if event.final and future is not None and not future.done():
+            if not event.final:
+                return
+            future = self._waiters.pop(event.key, None)
+            if future is not None and not future.done():
                 hook = self._final_hooks.pop(event.key, None)
                 if hook is not None:
                     try:
@@ -472,7 +507,8 @@ class SipStack:
                 log.info("response to %s lost: %s", event.key.method, event.reason)
 
     def _fail(self, key: TransactionKey, error: Exception) -> None:
-        future = self._waiters.get(key)
+        future = self._waiters.pop(key, None)
+        self._final_hooks.pop(key, None)
         if future is not None and not future.done():
             future.set_exception(error)
 

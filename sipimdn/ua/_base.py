@@ -96,8 +96,9 @@ class AgentCore:
         self._sent_us_cpim: dict[str, float] = {}
         self._registrar: RegistrationDriver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish.
-        self._wire_tasks: set[asyncio.Task[Any]] = set()
+        # Protocol work (sends, IMDNs, answers being decided): given close_grace to finish. Tasks,
+        # and the response futures of the IMDNs started without one (see SendPath._start_owed).
+        self._wire_tasks: set[asyncio.Future[Any]] = set()
         # The application's spawn() tasks: given close_grace too (a reply being written).
         self._app_tasks: set[asyncio.Task[Any]] = set()
         # Weak: a handle the application dropped needs no updates (a message that
@@ -187,8 +188,8 @@ class AgentCore:
         @property
         def aor(self) -> str: ...
 
-    async def _send_owed(self, owed: OwedNotification) -> None:
-        """Send one owed IMDN (the send path)."""
+    def _send_owed(self, owed: OwedNotification) -> None:
+        """Send one owed IMDN (the send path): started at once, finished by a callback or a task."""
         raise NotImplementedError
 
     def _composing_deadline(self) -> float | None:
@@ -371,7 +372,7 @@ class AgentCore:
             self._fire(self._disposition_handlers, event)
         elif isinstance(event, NotificationOwed):
             if not self._closed:
-                self._spawn_wire(self._send_owed(event.notification))
+                self._send_owed(event.notification)
         elif isinstance(event, NotificationAbandoned):
             _log.warning(
                 "IMDN %s for %s abandoned: %s", event.notification_id, event.message_id, event.reason

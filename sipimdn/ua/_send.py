@@ -29,6 +29,7 @@ from ..imdn import new_message_id
 from ..imdn.tracker import (
     PEER_CPIM,
     PEER_NO_CPIM,
+    DispositionTracker,
     OwedNotification,
 )
 from ..imdn.vocabulary import REQUEST_KINDS, Kind, Status
@@ -50,8 +51,15 @@ class SendPath(AgentCore):
 
     # -- owed notifications ------------------------------------------------------------------
 
-    async def _send_owed(self, owed: OwedNotification) -> None:
-        status: int | None = None
+    def _send_owed(self, owed: OwedNotification) -> None:
+        """Send one owed IMDN, started in the pump that made it due.
+
+        The client transaction starts right here when nothing must be awaited first: the
+        destination's turn is free (RFC 3428 §8), no credentials are configured (a 401/407
+        would be answered with a retry) and the stack can send at once (see
+        :meth:`SipStack.send_request_now`); its answer is handled by a callback
+        (:meth:`_owed_answered`). Otherwise a wire task waits for what it must.
+        """
         try:
             request = _wire.build_imdn_request(self, owed, now=time.time())
         except (LocalProtocolError, ValueError) as exc:
@@ -62,19 +70,76 @@ class SendPath(AgentCore):
             return
         tracker = self._require_tracker()
         tracker.notification_sent(owed.notification_id, len(request.to_bytes()), time.time())
+        key = Uri.parse(owed.request_uri)
+        if self._auth is None:
+            turn = DestinationKey(key)
+            if self._queue.try_acquire(turn):
+                self._start_owed(owed, request, turn)
+                return
+        held = functools.partial(self._owed_held, tracker, owed.notification_id)
+        self._spawn_wire(self._send_owed_waiting(owed, request, key, held=held))
 
-        def held() -> bool:
-            # Our turn at this URI (RFC 3428 §8) came after the hand-out: if the destination was
-            # parked meanwhile (it left another notification unanswered), wait for the end of
-            # the parking instead of running one more transaction into the void. With workers
-            # sharing the store, nor while this one is unsure it still owns the notification
-            # (checked here, as late as can be before the request goes out).
-            if not self._may_send_owed(owed.notification_id):
-                return True
-            return tracker.notification_held(owed.notification_id, time.time())
+    def _owed_held(self, tracker: DispositionTracker, notification_id: str) -> bool:
+        # Our turn at this URI (RFC 3428 §8) came after the hand-out: if the destination was
+        # parked meanwhile (it left another notification unanswered), wait for the end of
+        # the parking instead of running one more transaction into the void. With workers
+        # sharing the store, nor while this one is unsure it still owns the notification
+        # (checked here, as late as can be before the request goes out).
+        if not self._may_send_owed(notification_id):
+            return True
+        return tracker.notification_held(notification_id, time.time())
 
+    def _start_owed(self, owed: OwedNotification, request: Request, turn: DestinationKey) -> None:
+        """Send an owed IMDN whose destination turn we hold, without a task when the stack can."""
+        if self._owed_held(self._require_tracker(), owed.notification_id):
+            self._queue.release(turn)
+            self._pump()
+            return
         try:
-            response = await self._transact(Uri.parse(owed.request_uri), request, owed.request_uri, held=held)
+            future = self._require_stack().send_request_now(request)
+        except Exception as exc:  # what awaiting send_request would raise: the same handling
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        if future is None:
+            # Something to await (a host name to resolve, server location): a task holding the turn.
+            self._spawn_wire(self._send_owed_waiting(owed, request, Uri.parse(owed.request_uri), turn=turn))
+            return
+        self._wire_tasks.add(future)
+        future.add_done_callback(functools.partial(self._owed_answered, owed, turn))
+
+    def _owed_answered(
+        self, owed: OwedNotification, turn: DestinationKey, future: asyncio.Future[Response]
+    ) -> None:
+        """The final answer (or failure) of an IMDN started by :meth:`_start_owed`."""
+        self._wire_tasks.discard(future)
+        self._queue.release(turn)
+        if self._closed or future.cancelled():
+            return  # closing: as a wire task cancelled by close(), nothing more is done
+        error = future.exception()
+        if error is None:
+            # Without credentials a 401/407 is final too: its status is the outcome.
+            self._owed_done(owed, future.result().status_code)
+        elif isinstance(error, (TransactionTimeout, TransportError)):
+            if isinstance(error, TransportError):
+                self._transport_failed()
+            _log.debug("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, error)
+            self._owed_done(owed, None)
+        else:
+            _log.error("IMDN %s to %s failed", owed.notification_id, owed.request_uri, exc_info=error)
+
+    async def _send_owed_waiting(
+        self,
+        owed: OwedNotification,
+        request: Request,
+        key: Uri,
+        *,
+        held: Callable[[], bool] | None = None,
+        turn: DestinationKey | None = None,
+    ) -> None:
+        """An owed IMDN that must await something (its turn, a resolution, credentials)."""
+        status: int | None = None
+        try:
+            response = await self._transact(key, request, owed.request_uri, held=held, holding=turn)
             status = response.status_code
         except _Held:
             self._pump()
@@ -84,6 +149,10 @@ class SendPath(AgentCore):
         except _AuthRefused as refused:
             # A final 401/407: retrying the IMDN with the same credentials cannot help.
             status = refused.response.status_code
+        self._owed_done(owed, status)
+
+    def _owed_done(self, owed: OwedNotification, status: int | None) -> None:
+        """Report a sent IMDN's outcome (the final status, None without answer) to the tracker."""
         self._counters.notifications_sent += 1
         _log.info(
             "sent %s notification '%s' for message %s to %s: %s",
@@ -338,6 +407,7 @@ class SendPath(AgentCore):
         on_final: Callable[[Response], None] | None = None,
         *,
         held: Callable[[], bool] | None = None,
+        holding: DestinationKey | None = None,
     ) -> Response:
         """One MESSAGE, never two transactions at once to the same URI (RFC 3428 §8).
 
@@ -347,14 +417,17 @@ class SendPath(AgentCore):
         A challenge we cannot or must not answer again (our credentials were
         just rejected) raises :class:`_AuthRefused`: never a retry loop.
         ``held`` is asked once the turn is ours: True gives the turn up
-        unused (:class:`_Held`).
+        unused (:class:`_Held`). ``holding``: the turn, already ours.
         """
-        stack = self._require_stack()
-        target = _wire.target_for(self.config, to, transport)
         queue = self._queue
-        turn = DestinationKey(key)
-        await queue.acquire(turn)
+        if holding is None:
+            turn = DestinationKey(key)
+            await queue.acquire(turn)
+        else:
+            turn = holding
         try:
+            stack = self._require_stack()
+            target = _wire.target_for(self.config, to, transport)
             if held is not None and held():
                 raise _Held
             # Inside the turn: a request queued behind a challenged one goes out with the
@@ -367,9 +440,7 @@ class SendPath(AgentCore):
                 try:
                     response = await stack.send_request(request, target=target, on_final=on_final)
                 except TransportError:
-                    if self._registrar is not None and self.config.outbound_proxy:
-                        # Our binding points at the flow to the proxy that just failed.
-                        self._registrar.reregister()
+                    self._transport_failed()
                     raise
                 if response.status_code not in (401, 407):
                     if attempt is not None and 200 <= response.status_code < 300:
@@ -394,6 +465,12 @@ class SendPath(AgentCore):
                 request = _wire.with_authorization(request, headers, next_cseq=True)
         finally:
             queue.release(turn)
+
+
+    def _transport_failed(self) -> None:
+        if self._registrar is not None and self.config.outbound_proxy:
+            # Our binding points at the flow to the proxy that just failed.
+            self._registrar.reregister()
 
 
 class _Held(Exception):
