@@ -1,17 +1,25 @@
 """Shortcuts on the send side of the IMDN path keep their results: destination keys with a
 cached hash, request building without re-formatting the same From/To, one serialisation for
-the first transmission."""
+the first transmission, an owed IMDN started without a task."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
+from ua_helpers import Recorder, StackPeer, ua_config
+
+from sipimdn import UserAgent
 from sipimdn._pacing import DestinationKey, DestinationQueue
 from sipimdn.dialog.factory import build_request
+from sipimdn.events import NotificationSent
 from sipimdn.headers import NameAddr
+from sipimdn.imdn import build_im, imdn_headers
 from sipimdn.message import Request
 from sipimdn.parser import parse_message
 from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.ua import IncomingMessage
 from sipimdn.uri import Uri
 
 
@@ -80,3 +88,75 @@ async def test_first_transmission_sends_the_measured_bytes() -> None:
         assert isinstance(sent, Request)
         assert received[0].body == b"hello" and received[0].call_id == sent.call_id
         assert received[0].top_via.branch == request.top_via.branch
+
+
+async def _accept(message: IncomingMessage) -> None:
+    return None
+
+
+def _is_imdn_request(request: Request) -> bool:
+    content_type = request.content_type
+    return content_type is not None and content_type.subtype == "cpim" and b"message/imdn+xml" in request.body
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["turn-free", "turn-busy"])
+async def test_owed_imdn_goes_out_without_a_task_or_waits_its_turn_in_one_with_the_same_outcome(
+    busy: bool,
+) -> None:
+    # Turn free: the IMDN's transaction starts in the pump that made it due and its answer is
+    # handled by a callback on the response future (no task). Turn busy (RFC 3428 §8): a wire
+    # task waits for it. Either way the same request shape, the same tracker outcome, the same
+    # NotificationSent.
+    notes = Recorder()
+    async with (
+        StackPeer("carol", lambda r: None if _is_imdn_request(r) else 200) as carol,
+        UserAgent(ua_config("bob")) as bob,
+    ):
+        bob.on_message(_accept)
+        bob.on_notification(notes)
+        turn = DestinationKey(Uri.parse(carol.aor))
+        if busy:
+            assert bob._queue.try_acquire(turn)
+        im = build_im(from_=carol.aor, to=bob.aor, body=b"hi", now=time.time(), notify=["positive-delivery"])
+        assert (await carol.send_message(bob.aor, "message/cpim", im.to_bytes())).status_code == 200
+        waiting = [t for t in asyncio.all_tasks() if "owed" in t.get_name()]
+        if busy:
+            await asyncio.sleep(0.05)
+            assert not carol.requests  # the IMDN waits for the turn
+            assert len(waiting) == 1 and waiting[0] in bob._wire_tasks
+            assert not bob._queue.try_acquire(turn)
+            bob._queue.release(turn)
+        incoming = await asyncio.wait_for(carol.incoming.get(), 5)
+        assert _is_imdn_request(incoming.request)
+        if not busy:
+            assert not waiting
+            (pending,) = bob._wire_tasks
+            assert not isinstance(pending, asyncio.Task) and not pending.done()
+        assert not bob._queue.try_acquire(turn)  # held while the IMDN is in flight
+        incoming.respond(200)
+        (sent,) = await notes.wait_for(NotificationSent)
+        assert (sent.message_id, sent.kind, sent.status, sent.to, sent.sip_status, sent.attempt) == (
+            imdn_headers(im).message_id, "delivery", "delivered", carol.aor, 200, 1
+        )
+        assert not bob.tracker.owed() and not bob._wire_tasks
+        assert bob._queue.try_acquire(turn)  # released with the answer
+        bob._queue.release(turn)
+        assert bob.stats().notifications_sent == 1
+        request = incoming.request
+        assert request.uri == Uri.parse(carol.aor) and request.from_.uri == Uri.parse(bob.aor)
+        assert request.to.uri == Uri.parse(carol.aor) and request.cseq.number == 1
+
+
+async def test_owed_imdn_started_without_a_task_reports_no_answer_after_timer_f() -> None:
+    notes = Recorder()
+    async with (
+        StackPeer("carol", lambda r: None if _is_imdn_request(r) else 200) as carol,
+        UserAgent(ua_config("bob", t1=0.01, t2=0.04, t4=0.05)) as bob,
+    ):
+        bob.on_message(_accept)
+        bob.on_notification(notes)
+        im = build_im(from_=carol.aor, to=bob.aor, body=b"hi", now=time.time(), notify=["positive-delivery"])
+        assert (await carol.send_message(bob.aor, "message/cpim", im.to_bytes())).status_code == 200
+        (sent,) = await notes.wait_for(NotificationSent, timeout=10)
+        assert sent.sip_status is None and sent.attempt == 1 and not bob._wire_tasks
+        assert bob._queue.try_acquire(DestinationKey(Uri.parse(carol.aor)))
