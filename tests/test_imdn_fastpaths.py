@@ -540,3 +540,73 @@ def test_depth_bound_is_exact(depth: int, siblings: int, max_depth: int) -> None
         assert true_depth <= max_depth, outcome
         return
     assert true_depth > max_depth
+
+
+# -- the IMDN's wire form: build_imdn_bytes against build_imdn_message ------------------------
+
+_addresses = (
+    good_uris
+    | good_uris.map(lambda u: f"Bob <{u}>")
+    | texts
+    | st.sampled_from(
+        ["sip:bob@example.com", '"B\\"ob" <sip:b@x>', "Bob <sip:b@x", "<sip:b@x>", "sip:a b@x",
+         "sip:a\r\nX: y", "sip:" + "a" * 300 + "@x", "", " sip:b@x"]
+    )
+)
+_times = st.floats(min_value=-1e12, max_value=1e13, allow_nan=False) | st.sampled_from(
+    [0.0, 1.9999996, 1765137600.123, 1765137600.9995, 1e300, float("inf"), float("nan")]
+)
+
+
+def _outcome(build: Any, **kw: Any) -> bytes | tuple[type[Exception], str]:
+    try:
+        return build(**kw)  # type: ignore[no-any-return]
+    except (LocalProtocolError, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+@SETTINGS
+@given(
+    from_=_addresses,
+    to=_addresses,
+    now=_times,
+    message_id=tokens | st.sampled_from(["0123456789abcdef0123456789abcdef", "a" * 300]),
+    routes=st.sampled_from([(), ("sip:proxy@example.com",), ("<bad",)]),
+    recipient=st.none() | good_uris | st.just("sip:a b"),
+    datetime=st.just("2023-11-14T22:13:20.000Z") | texts,
+)
+@example(from_="sip:bob@127.0.0.1", to="sip:alice@127.0.0.1", now=1765137600.123,
+         message_id="0123456789abcdef", routes=(), recipient="sip:bob@127.0.0.1",
+         datetime="2023-11-14T22:13:20.000Z")  # fmt: skip
+def test_imdn_bytes_are_those_of_the_built_message_and_refusals_the_same(**kw: Any) -> None:
+    note = Notification(
+        message_id="m1",
+        datetime=kw.pop("datetime"),
+        kind=Kind.DELIVERY,
+        status=Status.DELIVERED,
+        recipient_uri=kw["recipient"],
+        original_recipient_uri=kw.pop("recipient"),
+    )
+    for _ in range(2):  # the second time with the address lines remembered
+        general = _outcome(lambda **k: imdn.build_imdn_message(note, **k).to_bytes(), **kw)
+        fast = _outcome(lambda **k: imdn.message.build_imdn_bytes(note, **k), **kw)
+        assert fast == general
+
+
+def test_imdn_bytes_respect_the_cpim_size_limits_as_the_builder_does() -> None:
+    note = imdn.make_notification(
+        message_id="m1", datetime="d", kind="delivery", status="delivered", recipient_uri="sip:b@x"
+    )
+    limits = cpim_message.DEFAULT_LIMITS
+    # A To just long enough that the header block passes its limit by one byte, and one fitting.
+    base = imdn.build_imdn_message(note, from_="sip:a@x", to="sip:b@x", now=0.0, message_id="n1")
+    head = base.to_bytes().index(b"\r\n\r\n") + 3  # as the builder counts: up to the empty line's CR
+    room = limits.max_header_bytes - head
+    for extra in (room, room + 1):
+        to = "sip:b" + "c" * extra + "@x"
+        general = _outcome(lambda **k: imdn.build_imdn_message(note, **k).to_bytes(), from_="sip:a@x",
+                           to=to, now=0.0, message_id="n1")  # fmt: skip
+        fast = _outcome(imdn.message.build_imdn_bytes, notification=note, from_="sip:a@x", to=to, now=0.0,
+                        message_id="n1")  # fmt: skip
+        assert fast == general
+        assert isinstance(fast, bytes) is (extra == room)

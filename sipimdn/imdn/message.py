@@ -18,9 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from .._cache import remember
+from ..cpim import build as _cpim_build
 from ..cpim import grammar
 from ..cpim.build import build_from_lines, build_with_known, format_header, format_text
-from ..cpim.message import CPIM_NS, CpimHeader, CpimMessage
+from ..cpim.message import CPIM_NS, DEFAULT_LIMITS, CpimHeader, CpimMessage, _parse_cpim_headers
 from ..cpim.values import CpimAddress, format_datetime, parse_address
 from ..errors import CpimError, ImdnError, LocalProtocolError
 from .aggregation import MAX_INFLATED_SIZE, build_multipart, inflate, split_multipart
@@ -38,6 +40,7 @@ __all__ = [
     "ReceivedImdn",
     "build_im",
     "build_imdn",
+    "build_imdn_bytes",
     "build_imdn_message",
     "imdn_destination",
     "is_imdn",
@@ -221,6 +224,91 @@ def build_imdn_message(
 _SINGLE_MIME: Final = build_from_lines(
     [], content_type=CONTENT_TYPE, body=b"", mime_headers=[("Content-Disposition", "notification")]
 ).mime_headers
+#: Their wire form with the empty line after them, as CpimMessage.to_bytes writes it.
+_SINGLE_MIME_BYTES: Final = ("".join(h.raw + "\r\n" for h in _SINGLE_MIME) + "\r\n").encode("utf-8")
+
+
+def build_imdn_bytes(
+    notification: Notification,
+    *,
+    from_: CpimAddress | str,
+    to: CpimAddress | str,
+    now: float,
+    message_id: str,
+    routes: Sequence[CpimAddress | str] = (),
+) -> bytes:
+    """``build_imdn_message(...).to_bytes()`` for one notification: the IMDN's wire form.
+
+    The common case (string addresses, no IMDN-Route, a Token Message-ID) is
+    written as text, from lines already known to pass the checks
+    :func:`build_imdn_message` runs; anything else is left to it, so the
+    refusals are its own. tests/test_imdn_fastpaths.py holds the two to the same
+    bytes and the same errors.
+    """
+    if (
+        not routes
+        and isinstance(from_, str)
+        and isinstance(to, str)
+        and not _cpim_build.SELF_CHECK
+        and grammar.TOKEN_RE.fullmatch(message_id) is not None
+    ):
+        from_line = _address_line("From", from_)
+        to_line = _address_line("To", to) if from_line is not None else None
+        if to_line is not None:
+            body = notification.to_xml()  # what build_imdn_message does first, errors included
+            try:
+                date_time = format_datetime(now)
+            except LocalProtocolError:
+                date_time = ""  # refused below, by build_imdn_message
+            if date_time:
+                head = (
+                    f"{from_line}\r\n{to_line}\r\n{_IMDN_NS_LINE}\r\nimdn.Message-ID: {message_id}\r\n"
+                    f"DateTime: {date_time}\r\n\r\n"
+                ).encode()
+                data = head + _SINGLE_MIME_BYTES + body
+                # The size limits as build_with_known counts them (see cpim.build._check_sizes):
+                # the header block is the text less its last CRLF's LF, the whole is data.
+                limits = DEFAULT_LIMITS
+                if (
+                    limits.max_headers >= 5
+                    and len(head) - 1 <= limits.max_header_bytes
+                    and len(data) <= limits.max_size
+                ):
+                    return data
+    return build_imdn_message(
+        notification, from_=from_, to=to, now=now, message_id=message_id, routes=routes
+    ).to_bytes()
+
+
+def _address_line(name: str, value: str) -> str | None:
+    """The From/To line :func:`build_imdn_message` writes for ``value``, if it passes its checks.
+
+    A pure function of ``(name, value)``: the line is formatted as there and parsed as
+    build_with_known parses it (no prefix, so the CPIM namespace whatever follows); None
+    when anything refuses it or notes a leniency (then the general path says why).
+    """
+    key = (name, value)
+    line = _ADDRESS_LINES.get(key)
+    if line is not None:
+        return line
+    try:
+        line = format_header(name, str(_address(value)))
+        notes: list[str] = []
+        _parse_cpim_headers([line], notes)
+    except (LocalProtocolError, CpimError, ValueError):
+        return None
+    if notes:
+        return None
+    if len(value) <= _ADDRESS_LINES_MAX_KEY:
+        remember(_ADDRESS_LINES, key, line, _ADDRESS_LINES_MAX)
+    return line
+
+
+# (name, value) -> the checked From/To line; values are peers' CPIM From (bounded).
+_ADDRESS_LINES: dict[tuple[str, str], str] = {}
+_ADDRESS_LINES_MAX = 1024
+_ADDRESS_LINES_MAX_KEY = 256
+_IMDN_NS_LINE: Final = format_header("NS", f"imdn <{IMDN_NS}>")
 
 
 def _own_address(im: CpimMessage, own: CpimAddress | str | None) -> CpimAddress:

@@ -30,12 +30,12 @@ from ..imdn import (
 from ..imdn import (
     Notification,
     build_im,
-    build_imdn_message,
     imdn_headers,
     make_notification,
     parse_notification,
     recognise,
 )
+from ..imdn.message import build_imdn_bytes
 from ..imdn.tracker import OwedNotification, TrackerConfig
 from ..iscomposing import CONTENT_TYPE as COMPOSING_TYPE
 from ..iscomposing import IsComposing, composing_from_cpim, parse_iscomposing
@@ -369,7 +369,7 @@ def build_imdn_request(ua: _Sender, owed: OwedNotification, *, now: float) -> Re
         original_recipient_uri=owed.original_recipient_uri,
         subject=owed.subject,
     )
-    envelope = build_imdn_message(
+    envelope = build_imdn_bytes(
         note,
         from_=owed.cpim_from or ua.aor,
         to=owed.cpim_to or owed.sip_to,
@@ -379,9 +379,7 @@ def build_imdn_request(ua: _Sender, owed: OwedNotification, *, now: float) -> Re
         # §7.2.1: every IMDN-Record-Route of the IM becomes an IMDN-Route, same order.
         routes=owed.imdn_route,
     )
-    return _message_request(
-        ua, owed.request_uri, owed.sip_to, content_type=cpim.CONTENT_TYPE, body=envelope.to_bytes()
-    )
+    return _message_request(ua, owed.request_uri, owed.sip_to, content_type=cpim.CONTENT_TYPE, body=envelope)
 
 
 def build_composing_request(
