@@ -8,17 +8,22 @@ import asyncio
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ua_helpers import Recorder, StackPeer, ua_config
 
 from sipimdn import UserAgent
 from sipimdn._pacing import DestinationKey, DestinationQueue
-from sipimdn.dialog.factory import build_request
+from sipimdn.dialog import factory
+from sipimdn.dialog.factory import build_request, stamp_via
+from sipimdn.errors import LocalProtocolError
 from sipimdn.events import NotificationSent
-from sipimdn.headers import NameAddr
+from sipimdn.headers import NameAddr, Via
 from sipimdn.imdn import build_im, imdn_headers
-from sipimdn.message import Request
+from sipimdn.message import HeaderRow, Headers, Request
 from sipimdn.parser import parse_message
 from sipimdn.stack import IncomingRequest, SipStack
+from sipimdn.transport.flow import Transport
 from sipimdn.ua import IncomingMessage
 from sipimdn.uri import Uri
 
@@ -160,3 +165,46 @@ async def test_owed_imdn_started_without_a_task_reports_no_answer_after_timer_f(
         (sent,) = await notes.wait_for(NotificationSent, timeout=10)
         assert sent.sip_status is None and sent.attempt == 1 and not bob._wire_tasks
         assert bob._queue.try_acquire(DestinationKey(Uri.parse(carol.aor)))
+
+
+_names = st.sampled_from(
+    ["Route", "Max-Forwards", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Type", "User-Agent",
+     "X-Other", "bad name", "", "from", "i"]
+)  # fmt: skip
+_values = st.text(alphabet=st.sampled_from(["a", " ", "<", ":", "\r", "\n", "\x00", "é", ";"]), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(_names, _values), max_size=8))
+def test_request_rows_built_directly_are_those_headers_add_makes(items: list[tuple[str, str]]) -> None:
+    try:
+        general: list[HeaderRow] | type[Exception] = Headers(items)._rows
+    except LocalProtocolError as exc:
+        general = type(exc)
+    checked = factory._checked_rows(items)
+    if checked is not None:
+        assert checked == general  # equal rows, so equal requests; never accepts a refused row
+    assert isinstance(general, list) or checked is None
+
+
+def test_build_request_refuses_a_bad_header_value_as_before() -> None:
+    me = NameAddr(Uri.parse("sip:alice@example.com"))
+    with pytest.raises(LocalProtocolError, match="line break or NUL in the value of User-Agent"):
+        build_request("MESSAGE", "sip:bob@example.com", me, me, headers=[("User-Agent", "a\r\nX: y")])
+    with pytest.raises(LocalProtocolError, match="invalid header name"):
+        build_request("MESSAGE", "sip:bob@example.com", me, me, headers=[("Bad Name", "x")])
+    request = build_request("MESSAGE", "sip:bob@example.com", me, me, headers=[("X-Other", "1")])
+    assert request.headers.get("x-other") == "1" and request.headers.get("l") is None
+
+
+@pytest.mark.parametrize("transport", list(Transport))
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "host.example.com"])
+@pytest.mark.parametrize("rport", [True, False])
+def test_stamped_via_is_what_its_row_parses_to(transport: Transport, host: str, rport: bool) -> None:
+    me = NameAddr(Uri.parse("sip:alice@example.com"))
+    request = build_request("MESSAGE", "sip:bob@example.com", me, me)
+    via = stamp_via(request, transport, (host, 5062), rport=rport)
+    assert request.top_via is via
+    assert Via.parse(request.headers.get_all("Via")[0]) == via
+    again = parse_message(request.to_bytes())
+    assert isinstance(again, Request) and again.top_via == via

@@ -30,6 +30,7 @@ __all__ = [
     "build_from_lines",
     "build_message",
     "build_with_known",
+    "check_header_lines",
     "format_header",
     "format_text",
 ]
@@ -152,6 +153,21 @@ def build_with_known(
     if SELF_CHECK:
         _self_check(msg)
     return msg
+
+
+def check_header_lines(lines: Sequence[str]) -> None:
+    """Check message header lines as :func:`build_from_lines` checks them, without the size
+    limits: raise the :class:`~sipimdn.errors.LocalProtocolError` it would raise for them.
+
+    For a sender that keeps lines it has checked once (a peer's address) to write them again.
+    """
+    lenient: list[str] = []
+    try:
+        _parse_cpim_headers(list(lines), lenient)
+        if lenient:
+            raise CpimError(f"not strict RFC 3862: {'; '.join(lenient)}")
+    except CpimError as exc:
+        raise LocalProtocolError(f"cannot build CPIM message: {exc.reason}") from None
 
 
 def _check_sizes(lines: Sequence[str], mime_lines: list[str], body: bytes, limits: Limits) -> None:

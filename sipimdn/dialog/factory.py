@@ -21,8 +21,8 @@ from collections.abc import Iterable
 
 from .._cache import remember
 from ..errors import LocalProtocolError
-from ..headers import NameAddr, Via
-from ..message import Request
+from ..headers import NameAddr, Via, header_key
+from ..message import HeaderRow, Headers, Request
 from ..transport.flow import Address, Transport
 from ..uri import Uri
 
@@ -132,7 +132,30 @@ def build_request(
         rows.append((name, value))
     if content_type is not None:
         rows.append(("Content-Type", content_type))
-    return Request(method, request_uri, rows, body)
+    checked = _checked_rows(rows)
+    return Request(method, request_uri, rows if checked is None else Headers.from_rows(checked), body)
+
+
+# The header names requests are built with, and their lookup keys (header_key).
+_KNOWN_KEYS: dict[str, str] = {
+    name: header_key(name)
+    for name in ("Route", "Max-Forwards", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Type",
+                 "User-Agent")
+}  # fmt: skip
+
+
+def _checked_rows(items: list[tuple[str, str]]) -> list[HeaderRow] | None:
+    """The rows ``Headers(items)`` holds, when every name is one of ours (a token) and no value
+    has what ``Headers.add`` refuses (CR, LF, NUL); None leaves the rows to ``Headers.add``,
+    which then raises its own error. tests/test_send_fast_paths.py holds the two equal."""
+    out: list[HeaderRow] = []
+    known = _KNOWN_KEYS
+    for name, value in items:
+        key = known.get(name)
+        if key is None or "\r" in value or "\n" in value or "\x00" in value:
+            return None
+        out.append((key, name, value, f"{name}: {value}"))
+    return out
 
 
 # NameAddr -> its text, for the values requests are built from again and again (our own From,
@@ -175,4 +198,7 @@ def stamp_via(request: Request, transport: Transport, sent_by: Address, *, rport
         request.set_top_via(via)
     else:
         request.headers.prepend("Via", str(via))
+        # As set_top_via does: the typed top Via is the one just written (a Via parses back
+        # from its text equal to itself), so the transaction layer reading it next parses nothing.
+        request.headers._typed["via:top"] = via
     return via

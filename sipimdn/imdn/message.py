@@ -21,8 +21,8 @@ from typing import Final
 from .._cache import remember
 from ..cpim import build as _cpim_build
 from ..cpim import grammar
-from ..cpim.build import build_from_lines, build_with_known, format_header, format_text
-from ..cpim.message import CPIM_NS, DEFAULT_LIMITS, CpimHeader, CpimMessage, _parse_cpim_headers
+from ..cpim.build import build_from_lines, build_with_known, check_header_lines, format_header, format_text
+from ..cpim.message import CPIM_NS, DEFAULT_LIMITS, CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, format_datetime, parse_address
 from ..errors import CpimError, ImdnError, LocalProtocolError
 from .aggregation import MAX_INFLATED_SIZE, build_multipart, inflate, split_multipart
@@ -293,11 +293,8 @@ def _address_line(name: str, value: str) -> str | None:
         return line
     try:
         line = format_header(name, str(_address(value)))
-        notes: list[str] = []
-        _parse_cpim_headers([line], notes)
-    except (LocalProtocolError, CpimError, ValueError):
-        return None
-    if notes:
+        check_header_lines([line])
+    except (LocalProtocolError, ValueError):
         return None
     if len(value) <= _ADDRESS_LINES_MAX_KEY:
         remember(_ADDRESS_LINES, key, line, _ADDRESS_LINES_MAX)
