@@ -208,3 +208,19 @@ def test_stamped_via_is_what_its_row_parses_to(transport: Transport, host: str, 
     assert Via.parse(request.headers.get_all("Via")[0]) == via
     again = parse_message(request.to_bytes())
     assert isinstance(again, Request) and again.top_via == via
+
+
+@pytest.mark.parametrize("method", ["MESSAGE", "OPTIONS", "REGISTER", "X-CUSTOM"])
+@pytest.mark.parametrize(
+    "uri", ["sip:bob@example.com", "sips:b%20ob@[::1]:5061;transport=tls?subject=a%20b", "tel:+1-555"]
+)
+def test_built_request_is_the_request_made_from_its_rows(method: str, uri: str) -> None:
+    me = NameAddr(Uri.parse("sip:alice@example.com"), "Alice")
+    for target in (uri, Uri.parse(uri)):
+        for _ in range(2):  # the second time with the Request-URI's text remembered
+            request = build_request(method, target, me, me, body=bytearray(b"x"), content_type="text/plain")
+            general = Request(method, uri, list(request.headers.items()), b"x")
+            assert request.to_bytes() == general.to_bytes()
+            assert request.uri == general.uri and type(request.body) is bytes
+    with pytest.raises(LocalProtocolError, match="invalid method"):
+        build_request("BAD METHOD", uri, me, me)
