@@ -83,6 +83,7 @@ def test_template_is_byte_identical_to_the_tree_builder(**kw: Any) -> None:
         subject=kw["subject"],
     )
     fast = document._render_template(n)
+    assert document._render_template(n) == fast  # again, with the URI elements remembered
     tree = _tree_or_error(n)
     if fast is not None:
         # The template only answers what the tree builder writes and imdn.xsd accepts.
@@ -610,3 +611,23 @@ def test_imdn_bytes_respect_the_cpim_size_limits_as_the_builder_does() -> None:
                         message_id="n1")  # fmt: skip
         assert fast == general
         assert isinstance(fast, bytes) is (extra == room)
+
+
+@pytest.mark.parametrize("kind", ["delivery", Kind.DISPLAY, "Delivery", "read", 3, ["delivery"], None])
+@pytest.mark.parametrize("status", ["delivered", Status.DISPLAYED, "bogus", 7, ("x",)])
+def test_make_notification_reads_kind_and_status_as_the_enums_do(kind: Any, status: Any) -> None:
+    try:
+        expected: Any = (Kind(kind), Status(status))
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        n = imdn.make_notification(message_id="m1", datetime="d", kind=kind, status=status)
+    except LocalProtocolError as exc:
+        got: Any = exc.reason if isinstance(expected, str) else "refused"
+        if not isinstance(expected, str):
+            assert "not allowed" in str(exc)  # a valid pair of the wrong kind (RFC 5438 §5)
+            return
+        assert got == expected
+        return
+    assert (n.kind, n.status) == expected and type(n.kind) is Kind and type(n.status) is Status
+    assert n.extensions == () and n.status_extensions == ()

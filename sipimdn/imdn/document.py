@@ -23,6 +23,7 @@ from typing import Final
 
 from lxml import etree
 
+from .._cache import remember_text
 from .._safexml import MAX_DEPTH, MAX_DOCUMENT_SIZE, make_parser, parse_xml
 from ..cpim import grammar
 from ..cpim.values import parse_datetime
@@ -299,11 +300,16 @@ def make_notification(
     status_extensions: tuple[bytes, ...] = (),
 ) -> Notification:
     """Check the fields and return a :class:`Notification` (see :func:`build_notification`)."""
-    try:
-        kind = Kind(kind)
-        status = Status(status)
-    except ValueError as exc:
-        raise LocalProtocolError(str(exc)) from None
+    # The members by value (a member is its own value, StrEnum); the enum call says what is wrong.
+    known_kind = _KIND_OF.get(kind) if isinstance(kind, str) else None
+    known_status = _STATUS_OF.get(status) if isinstance(status, str) else None
+    if known_kind is None or known_status is None:
+        try:
+            known_kind = Kind(kind)
+            known_status = Status(status)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
+    kind, status = known_kind, known_status
     if status not in ALLOWED_STATUSES[kind]:
         raise LocalProtocolError(f"status {status} is not allowed in a {kind} notification (RFC 5438 §5)")
     if grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
@@ -324,9 +330,15 @@ def make_notification(
         recipient_uri=recipient_uri,
         original_recipient_uri=original_recipient_uri,
         subject=subject,
-        extensions=tuple(_serialise(_extension(raw)) for raw in extensions),
-        status_extensions=tuple(_serialise(_extension(raw)) for raw in status_extensions),
+        extensions=tuple(_serialise(_extension(raw)) for raw in extensions) if extensions else (),
+        status_extensions=(
+            tuple(_serialise(_extension(raw)) for raw in status_extensions) if status_extensions else ()
+        ),
     )
+
+
+_KIND_OF: Final[dict[str, Kind]] = {k.value: k for k in Kind}
+_STATUS_OF: Final[dict[str, Status]] = {s.value: s for s in Status}
 
 
 def _render(n: Notification) -> bytes:
@@ -366,30 +378,50 @@ def _render_template(n: Notification) -> bytes | None:
     tail = _TAILS.get((n.kind, n.status))
     if tail is None:
         return None
-    texts = [n.message_id, n.datetime]
-    if n.recipient_uri is not None:
-        texts += [n.recipient_uri, n.original_recipient_uri or n.recipient_uri]
-        if n.subject is not None:
-            texts.append(n.subject)
+    message_id = n.message_id
+    datetime = n.datetime
+    if (
+        _PLAIN_TEXT_RE.fullmatch(message_id) is None
+        or _PLAIN_TEXT_RE.fullmatch(datetime) is None
+        or grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None
+    ):
+        return None
+    parts = [_HEAD, "<message-id>", message_id.translate(_ESCAPES), "</message-id><datetime>"]
+    parts += [datetime.translate(_ESCAPES), "</datetime>"]
+    recipient = n.recipient_uri
+    if recipient is not None:
+        first = _uri_element("recipient-uri", recipient)
+        second = _uri_element("original-recipient-uri", n.original_recipient_uri or recipient)
+        if first is None or second is None:
+            return None
+        parts += [first, second]
+        subject = n.subject
+        if subject is not None:
+            if _PLAIN_TEXT_RE.fullmatch(subject) is None:
+                return None
+            parts += ["<subject>", subject.translate(_ESCAPES), "</subject>"]
     elif n.subject is not None or n.original_recipient_uri is not None:
         return None
-    for text in texts:
-        if _PLAIN_TEXT_RE.fullmatch(text) is None:
-            return None
-    if grammar.LENIENT_TOKEN_RE.fullmatch(n.message_id) is None:
-        return None
-    for uri in texts[2:4]:
-        if _XSD_URI_RE.fullmatch(uri) is None:
-            return None
-    parts = [_HEAD, "<message-id>", n.message_id.translate(_ESCAPES), "</message-id><datetime>"]
-    parts += [n.datetime.translate(_ESCAPES), "</datetime>"]
-    if len(texts) > 2:
-        parts += ["<recipient-uri>", texts[2].translate(_ESCAPES), "</recipient-uri>"]
-        parts += ["<original-recipient-uri>", texts[3].translate(_ESCAPES), "</original-recipient-uri>"]
-        if len(texts) > 4:
-            parts += ["<subject>", texts[4].translate(_ESCAPES), "</subject>"]
     parts.append(tail)
     return "".join(parts).encode("utf-8")
+
+
+def _uri_element(name: str, uri: str) -> str | None:
+    """``<name>uri</name>`` as the template writes it, or None if the URI is not for the
+    template (see :func:`_render_template`); a pure function of its arguments, remembered:
+    the recipient URIs are ours and repeat."""
+    key = f"{name} {uri}"
+    element = _URI_ELEMENTS.get(key)
+    if element is None:
+        if _PLAIN_TEXT_RE.fullmatch(uri) is None or _XSD_URI_RE.fullmatch(uri) is None:
+            return None
+        element = remember_text(
+            _URI_ELEMENTS, key, f"<{name}>{uri.translate(_ESCAPES)}</{name}>", 256, max_key=300
+        )
+    return element
+
+
+_URI_ELEMENTS: dict[str, str] = {}
 
 
 def _render_tree(n: Notification) -> bytes:
