@@ -224,3 +224,31 @@ def test_built_request_is_the_request_made_from_its_rows(method: str, uri: str) 
             assert request.uri == general.uri and type(request.body) is bytes
     with pytest.raises(LocalProtocolError, match="invalid method"):
         build_request("BAD METHOD", uri, me, me)
+
+
+async def test_owed_imdn_to_a_host_name_is_resolved_in_a_task_holding_the_turn() -> None:
+    # send_request_now declines (a name to resolve): the turn taken for it goes to a wire task.
+    notes = Recorder()
+    async with (
+        StackPeer("carol", lambda r: None if _is_imdn_request(r) else 200) as carol,
+        UserAgent(ua_config("bob")) as bob,
+    ):
+        bob.on_message(_accept)
+        bob.on_notification(notes)
+        port = carol.stack.endpoints[0][1][1]
+        named = f"sip:carol@localhost:{port}"
+        im = build_im(from_=named, to=bob.aor, body=b"hi", now=time.time(), notify=["positive-delivery"])
+        request = build_request(
+            "MESSAGE", bob.aor, f"<{named}>", f"<{bob.aor}>", body=im.to_bytes(), content_type="message/cpim"
+        )
+        assert (await carol.stack.send_request(request)).status_code == 200
+        incoming = await asyncio.wait_for(carol.incoming.get(), 5)
+        assert _is_imdn_request(incoming.request) and incoming.request.uri == Uri.parse(named)
+        (waiting,) = [t for t in asyncio.all_tasks() if "owed" in t.get_name()]
+        assert waiting in bob._wire_tasks
+        assert not bob._queue.try_acquire(DestinationKey(Uri.parse(named)))
+        incoming.respond(200)
+        (sent,) = await notes.wait_for(NotificationSent)
+        assert (sent.to, sent.sip_status, sent.attempt) == (named, 200, 1)
+        await asyncio.wait_for(waiting, 5)
+        assert not bob._wire_tasks and bob._queue.try_acquire(DestinationKey(Uri.parse(named)))

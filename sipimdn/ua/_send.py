@@ -4,7 +4,9 @@
 sends it: at most one MESSAGE transaction at a time to one destination
 (RFC 3428 §8), once as text/plain after a 415 to message/cpim, and with
 credentials after a 401/407 (RFC 3261 §22.2). Owed notifications go the
-same way and their outcome goes back to the tracker.
+same way and their outcome goes back to the tracker; one whose transaction
+can start at once (its destination free, nothing to resolve, no credentials)
+starts in the pump that made it due and ends in a callback, with no task.
 """
 
 from __future__ import annotations
