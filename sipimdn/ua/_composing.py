@@ -153,10 +153,13 @@ class ComposingPath(SendPath):
             self._after_composer(composer)
 
     def _composing_deadline(self) -> float | None:
-        deadlines = [c._core.get_timer() for c in self._active_composers.values()]
-        deadlines.append(self._composing_rx.get_timer())
-        present = [d for d in deadlines if d is not None]
-        return min(present) if present else None
+        # Asked by every pump: the earliest deadline without building lists (usually no composer).
+        at = self._composing_rx.get_timer()
+        for composer in self._active_composers.values():
+            deadline = composer._core.get_timer()
+            if deadline is not None and (at is None or deadline < at):
+                at = deadline
+        return at
 
     def _composing_timer(self, now: float) -> None:
         self._composing_rx.handle_timer(now)
