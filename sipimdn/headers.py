@@ -14,6 +14,7 @@ network element asserts (P-Asserted-Identity, RFC 3325 §9.1).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -310,6 +311,15 @@ class NameAddr:
         cached = _NAME_ADDRS.get(text)
         if cached is not None:
             return cached
+        head, tag_sep, tag = text.rpartition(";tag=")
+        if tag_sep:
+            # The usual From (and To of a response): a tag-less value seen before plus ";tag=".
+            # ``head`` took the fast path below with no parameters (only such values are
+            # cached), so the fast path would match ``text`` with the same groups and the tag
+            # as its only parameter, exactly when the tag is a run of the characters it allows.
+            base = _NAME_ADDRS.get(head)
+            if base is not None and not base.params and _TAG_VALUE_RE.fullmatch(tag) is not None:
+                return cls._make(base.uri, base.display_name, MappingProxyType({"tag": tag}))
         m = _abnf.NAME_ADDR_FAST_RE.fullmatch(text)
         if m is None:
             return cls._parse_general(text)
@@ -322,8 +332,14 @@ class NameAddr:
             params = MappingProxyType({"tag": params_text[5:]})
         else:
             params = MappingProxyType(_split_simple_params(params_text, "address"))
-        parsed = cls._make(Uri.parse(uri_text), quoted if quoted is not None else plain, params)
-        if "tag" not in params:
+        display = quoted if quoted is not None else plain
+        parsed = cls._make(Uri.parse(uri_text), display, params)
+        if len(params) == 1 and "tag" in params:
+            # Remember the value without its tag, for the next one from the same sender.
+            head = text[: m.start("params")]
+            if head not in _NAME_ADDRS:
+                remember_text(_NAME_ADDRS, head, cls._make(parsed.uri, display, _EMPTY), 1024)
+        elif "tag" not in params:
             # A To without a tag (every out-of-dialog request), a Contact, a
             # Route: the same text comes back message after message. Values
             # with a tag are per transaction and would only churn the cache.
@@ -426,6 +442,8 @@ _set_na_display_name = NameAddr.__dict__["display_name"].__set__
 _set_na_params = NameAddr.__dict__["params"].__set__
 # Parsed name-addr values without a tag, by text (immutable, so shareable).
 _NAME_ADDRS: dict[str, NameAddr] = {}
+# A tag value the name-addr fast path takes: what its parameter pattern allows after "=".
+_TAG_VALUE_RE = re.compile(rf"[{_abnf.token_char}:]+")
 
 
 # -- Via ---------------------------------------------------------------------
@@ -450,6 +468,16 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         """Parse one via-parm (not a comma list)."""
+        head, semi, _ = text.partition(";")
+        sent = _VIA_HEADS.get(head)
+        if sent is not None and (not semi or _abnf.SIMPLE_PARAMS_RE.fullmatch(text, len(head)) is not None):
+            # The sent-protocol and sent-by of this peer were read by the fast path below (a
+            # sent-by holds no ";", so ``head`` is exactly what it matched before the
+            # parameters): only the parameters are new, checked by the same pattern.
+            cached_params = _split_simple_params(text[len(head):], "Via")
+            if cached_params:
+                cls._check_params(cached_params, text)
+            return cls._make(sent[0], sent[1], sent[2], MappingProxyType(cached_params))
         fast = _abnf.VIA_FAST_RE.fullmatch(text)
         if fast is not None:
             transport, host, port_text, params_text = fast.groups()
@@ -467,7 +495,10 @@ class Via:
             fast_params = _split_simple_params(params_text, "Via")
             if fast_params:
                 cls._check_params(fast_params, text)
-            return cls._make(transport.upper(), host, fast_port, MappingProxyType(fast_params))
+            transport = transport.upper()
+            sent_by = (transport, host, fast_port)
+            remember_text(_VIA_HEADS, text[: fast.start("params")], sent_by, 256, max_key=128)
+            return cls._make(transport, host, fast_port, MappingProxyType(fast_params))
         m = _abnf.VIA_SENT_RE.match(text)
         if m is None:
             raise SipParseError(f"bad Via {text[:200]!r}")
@@ -581,6 +612,10 @@ class Via:
         return f"{self.protocol}/{self.transport} {host}{port}{_params_text(self.params)}"
 
 
+# (transport, host, port) of the sent-protocol and sent-by texts the fast path of Via.parse
+# accepted: one per peer, the same in every request it sends, while the parameters change.
+_VIA_HEADS: dict[str, tuple[str, str, int | None]] = {}
+
 _set_via_transport = Via.__dict__["transport"].__set__
 _set_via_host = Via.__dict__["host"].__set__
 _set_via_port = Via.__dict__["port"].__set__
@@ -601,6 +636,9 @@ class CSeq:
     @classmethod
     def parse(cls, text: str) -> CSeq:
         """Parse ``1*DIGIT LWS Method``."""
+        cached = _CSEQS.get(text)
+        if cached is not None:
+            return cached
         m = _abnf.CSEQ_RE.fullmatch(text.strip(" \t"))
         if m is None:
             raise SipParseError(f"bad CSeq {text[:200]!r}")
@@ -614,11 +652,15 @@ class CSeq:
         self = object.__new__(cls)
         _set_cseq_number(self, number)
         _set_cseq_method(self, m.group("method"))
-        return self
+        # Out of dialog every request says "1 MESSAGE": the same immutable value again.
+        return remember_text(_CSEQS, text, self, 256, max_key=64)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
 
+
+#: Parsed CSeq values by text.
+_CSEQS: dict[str, CSeq] = {}
 
 _set_cseq_number = CSeq.__dict__["number"].__set__
 _set_cseq_method = CSeq.__dict__["method"].__set__

@@ -373,3 +373,66 @@ def test_make_response_copies_a_quoted_pair_nul_verbatim() -> None:
     assert response.to_bytes().split(b"\r\n")[3] == b'To: "a\\\x00b" <sip:bob@b.example>;tag=t1'
     again = parse_message(response.to_bytes())
     assert again.to.display_name == "a\x00b" and again.to.tag == "t1"
+
+
+# -- caches of typed values: Via sent-by, name-addr without its tag, CSeq -------------------------
+
+
+def _cold(parse: object, text: str) -> object:
+    headers_module._VIA_HEADS.clear()
+    headers_module._NAME_ADDRS.clear()
+    headers_module._CSEQS.clear()
+    return _typed_outcome(parse, text)
+
+
+def _typed_outcome(parse: object, text: str) -> object:
+    try:
+        value = parse(text)  # type: ignore[operator]
+    except SipParseError as exc:
+        return ("error", str(exc))
+    params = getattr(value, "params", None)
+    return (value, repr(value), None if params is None else list(params.items()))
+
+
+tagged_name_addr = st.builds(
+    "{}{}".format,
+    st.sampled_from(["<sip:a@b.example>", "Alice <sip:a@b.example>", '"A" <sip:a@b>', "<sip:a@b;lr>",
+                     "<sip:a@b>;x=1", "sip:a@b", "<sip:a@b> "]),
+    st.sampled_from(
+        ["", ";tag=1", ";tag=a:b", ";tag=", ";tag=a b", ";tag=a;x", ";TAG=1", ";tag=é", ";tag=1;tag=2"]
+    ),
+)
+cseq_text = st.sampled_from(["1 MESSAGE", "2 MESSAGE", " 1 MESSAGE ", "1  INVITE", "99999999999 MESSAGE",
+                             "2147483648 MESSAGE", "1 M@", "x MESSAGE"])
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.tuples(st.just("via"), via_parm()),
+                          st.tuples(st.just("name-addr"), tagged_name_addr),
+                          st.tuples(st.just("cseq"), cseq_text)), min_size=1, max_size=8))
+def test_typed_value_caches_give_what_a_cold_parse_gives(texts: list[tuple[str, str]]) -> None:
+    parsers = {"via": Via.parse, "name-addr": NameAddr.parse, "cseq": headers_module.CSeq.parse}
+    # Warm: each text parsed after the ones before it (whose results fill the caches), twice,
+    # and after a value of the same sender (same sent-by, same name-addr with another tag).
+    primers = {"via": lambda text: text.partition(";")[0] + ";branch=z9hG4bKw",
+               "name-addr": lambda text: text.rpartition(";tag=")[0] + ";tag=w",
+               "cseq": lambda text: text}
+    warm = []
+    for kind, text in texts + texts:
+        _typed_outcome(parsers[kind], primers[kind](text))
+        warm.append(_typed_outcome(parsers[kind], text))
+    cold = [_cold(parsers[kind], text) for kind, text in texts + texts]
+    assert warm == cold
+
+
+def test_via_and_from_of_a_known_peer_come_from_the_caches() -> None:
+    first = parse_message(build(via="Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa;rport\r\n"))
+    first.top_via  # noqa: B018
+    first.from_  # noqa: B018
+    assert "SIP/2.0/UDP 192.0.2.1:5060" in headers_module._VIA_HEADS
+    assert "<sip:alice@a.example>" in headers_module._NAME_ADDRS
+    second = parse_message(build(via="Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKb;rport\r\n",
+                                 from_="From: <sip:alice@a.example>;tag=2\r\n"))
+    assert second.top_via == Via("UDP", "192.0.2.1", 5060, {"branch": "z9hG4bKb", "rport": None})
+    assert second.from_ == NameAddr.parse("<sip:alice@a.example>").with_tag("2")
+    assert second.from_.uri is first.from_.uri
