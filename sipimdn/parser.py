@@ -40,6 +40,7 @@ __all__ = [
     "StreamFramer",
     "parse_message",
     "salvage_reply_headers",
+    "written_headers",
 ]
 
 
@@ -256,6 +257,17 @@ class _LazyHeaders(DeferredHeaders):
     @staticmethod
     def build_rows(source: bytes) -> list[HeaderRow]:
         return _header_rows(source.decode("utf-8", "surrogateescape").split("\r\n"))
+
+
+def written_headers(head: bytes) -> Headers:
+    """The headers of a header section ``Message.to_bytes`` wrote (start line first, CRLF line
+    ends, no final empty line), rows built on first use.
+
+    Holding a message sent already in this form keeps one bytes object instead of a row tuple
+    and two strings per header; the rows built from it write back the same bytes (every row
+    ``to_bytes`` writes is a checked name, a colon and a value, folded only as received).
+    """
+    return _LazyHeaders(head)
 
 
 def _parse_regular_head(head: bytes, limits: Limits) -> tuple[_StartLine, Headers, int | None] | None:

@@ -463,7 +463,9 @@ class SipStack:
         flow = outgoing.flow
         try:
             encoded = self._encoded
-            if encoded is not None and encoded[0] is outgoing.message:
+            if outgoing.data is not None:
+                data = outgoing.data
+            elif encoded is not None and encoded[0] is outgoing.message:
                 data = encoded[1]
                 self._encoded = None
             else:

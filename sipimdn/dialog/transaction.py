@@ -39,7 +39,7 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
 from ..errors import LocalProtocolError
 
@@ -206,6 +206,9 @@ class ClientTransaction(Generic[ReqT, RespT]):
     ``handle_timer``; collect side effects with ``pop_actions``.
     """
 
+    __slots__ = ("_actions", "_interval", "config", "reliable", "request", "retransmissions", "retransmit_at",
+                 "state", "timeout_at")
+
     def __init__(self, request: ReqT, *, reliable: bool, now: float, config: TimerConfig) -> None:
         #: The request, until a final response completes the transaction: Timer K (5 s on UDP)
         #: only absorbs response retransmissions, so the request is let go then (a held
@@ -327,6 +330,12 @@ class ServerTransaction(Generic[ReqT, RespT]):
     has not answered within ``TimerConfig.trying_delay``.
     """
 
+    # Slots, and no list of actions while there are none: a completed UDP transaction lingers
+    # for Timer J (32 s) with only its state, deadline and last response, and at thousands of
+    # requests a second every object and dict it keeps is walked by the garbage collector.
+    __slots__ = ("_actions", "_make_trying", "_pending", "config", "last_response", "reliable", "request",
+                 "retransmit_at", "state", "timeout_at")
+
     def __init__(self, request: ReqT, *, reliable: bool, now: float, config: TimerConfig,
                  make_trying: Callable[[], RespT]) -> None:
         #: The request, until the transaction completes: from then on only ``last_response`` is
@@ -343,7 +352,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
         self.timeout_at: float | None = now + config.timer_f
         self._make_trying: Callable[[], RespT] | None = make_trying
         self._pending: RespT | None = None
-        self._actions: list[Action[ReqT | RespT]] = []
+        self._actions: list[Action[ReqT | RespT]] = _NO_ACTIONS
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -381,7 +390,10 @@ class ServerTransaction(Generic[ReqT, RespT]):
 
     def pop_actions(self) -> list[Action[ReqT | RespT]]:
         """Side effects produced since the last call, in order."""
-        actions, self._actions = self._actions, []
+        actions = self._actions
+        if actions is _NO_ACTIONS:
+            return []
+        self._actions = _NO_ACTIONS
         return actions
 
     @property
@@ -390,6 +402,12 @@ class ServerTransaction(Generic[ReqT, RespT]):
         return self.state is TxState.TERMINATED
 
     # -- the machine ----------------------------------------------------------------------------
+
+    def _emit(self, action: Action[ReqT | RespT]) -> None:
+        if self._actions is _NO_ACTIONS:
+            self._actions = [action]
+        else:
+            self._actions.append(action)
 
     def _fire(self, kind: TxInput, now: float) -> None:
         try:
@@ -422,22 +440,26 @@ class ServerTransaction(Generic[ReqT, RespT]):
     def _send_trying(self, now: float) -> None:
         assert self._make_trying is not None  # only called in Trying
         self.last_response = self._make_trying()
-        self._actions.append(Send(self.last_response))
+        self._emit(Send(self.last_response))
 
     def _send_final(self, now: float) -> None:
         assert self._pending is not None
         self.last_response, self._pending = self._pending, None
-        self._actions.append(Send(self.last_response))
+        self._emit(Send(self.last_response))
 
     def _discard_final(self, now: float) -> None:
         self._pending = None  # §17.2.2: later finals from the TU are discarded
 
     def _resend_last(self, now: float) -> None:
         assert self.last_response is not None
-        self._actions.append(Send(self.last_response))
+        self._emit(Send(self.last_response))
 
     def _transport_failed(self, now: float) -> None:
-        self._actions.append(Fail(Failure.TRANSPORT))
+        self._emit(Fail(Failure.TRANSPORT))
+
+
+#: A server transaction's actions while it has none (shared, never appended to: see ``_emit``).
+_NO_ACTIONS: list[Any] = []
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -1,0 +1,108 @@
+"""A completed server transaction keeps its final response as the bytes it sent (RFC 3261
+§17.2.2: it answers every retransmission of the request with that response until Timer J).
+
+Differential: what a retransmission gets on the wire is byte for byte what the first send got,
+which is the general ``Response.to_bytes()`` of the response the TU gave, whatever the request's
+spelling (folded and compact headers, several Vias) and the response's extra headers and body.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sipimdn.dialog.events import RequestReceived
+from sipimdn.dialog.layer import TransactionLayer
+from sipimdn.dialog.transaction import TxState
+from sipimdn.errors import SipParseError
+from sipimdn.message import DeferredHeaders, Request, Response, make_response
+from sipimdn.parser import parse_message
+from sipimdn.transport.flow import Flow, Transport
+
+UDP = Flow(Transport.UDP, ("192.0.2.7", 40000), ("127.0.0.1", 5060))
+TCP = Flow(Transport.TCP, ("192.0.2.7", 40001), ("127.0.0.1", 5060))
+
+via_rows = st.sampled_from([
+    "Via: SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bKw1;rport\r\n",
+    "v: SIP/2.0/UDP h.example;branch=z9hG4bKw2\r\n",
+    "Via: SIP/2.0/UDP 192.0.2.7\r\n ;branch=z9hG4bKw3\r\n",
+    "Via: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKw4, SIP/2.0/TCP p.example;branch=z9hG4bKp\r\n"
+    "Via: SIP/2.0/TLS [2001:db8::1];branch=z9hG4bKq\r\n",
+    'Via: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKw5;x="a b"\r\n',
+])
+from_rows = st.sampled_from(["From: <sip:a@example.com>;tag=f1\r\n", "f:  Al <sip:a@example.com> ;tag=f2\r\n",
+                             'From: "A \\"q\\"" <sip:a@example.com>;tag=f3\r\n'])
+to_rows = st.sampled_from(["To: <sip:bob@example.com>\r\n", "t: <sip:bob@example.com>;tag=old\r\n",
+                           "To: Bob\r\n <sip:bob@example.com>\r\n"])
+extra_rows = st.sampled_from(["", "Timestamp: 5\r\n", "Content-Length: 0\r\n", "Subject: x,\r\n y\r\n"])
+added = st.lists(st.tuples(st.sampled_from(["X-A", "Server", "Content-Length", "l", "Content-Type"]),
+                           st.sampled_from(["", "v", "a, b", "12", "é"])), max_size=3)
+
+
+def request_bytes(via: str, from_: str, to: str, extra: str) -> bytes:
+    return (f"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n{via}{from_}{to}Call-ID: c1\r\nCSeq: 7 MESSAGE\r\n"
+            f"{extra}\r\n").encode("utf-8", "surrogateescape")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(via=via_rows, from_=from_rows, to=to_rows, extra=extra_rows,
+       status=st.sampled_from([200, 202, 404, 699]), headers=added,
+       body=st.sampled_from([b"", b"x", b"\r\n\r\nbody"]), reliable=st.booleans())
+def test_retransmissions_get_the_bytes_of_the_first_send(
+    *, via: str, from_: str, to: str, extra: str, status: int, headers: list[tuple[str, str]], body: bytes,
+    reliable: bool,
+) -> None:
+    data = request_bytes(via, from_, to, extra)
+    try:
+        request = parse_message(data)
+    except SipParseError:
+        return
+    assert isinstance(request, Request)
+    flow = TCP if reliable else UDP
+    layer = TransactionLayer()
+    try:
+        layer.receive(request, flow, 0.0)
+    except SipParseError:
+        return
+    event = layer.next_event()
+    assert isinstance(event, RequestReceived)
+    response = make_response(event.request, status, to_tag="t9")
+    for name, value in headers:
+        response.headers.add(name, value)
+    response.body = body
+    reference = response.copy().to_bytes()  # the general path, on an untouched copy
+    assert layer.respond(event.key, response, 1.0)
+    [first] = layer.messages_to_send()
+    assert first.message is response
+    assert (first.data if first.data is not None else first.message.to_bytes()) == reference
+    if reliable:  # Timer J is zero on a stream: the transaction is gone, nothing is kept
+        assert layer.transaction_count == 0
+        return
+    assert first.data == reference
+    for at in (2.0, 3.0):  # the request again, parsed afresh each time
+        layer.receive(parse_message(data), flow, at)
+        assert layer.next_event() is None
+        [again] = layer.messages_to_send()
+        assert again.key == event.key
+        assert isinstance(again.message, Response) and again.message.status_code == status
+        assert again.message.to_bytes() == reference
+        assert again.message.headers.get_all("via") == response.headers.get_all("via")
+        assert again.message.to == response.to
+
+
+def test_a_completed_transaction_keeps_no_request_and_no_rows() -> None:
+    data = request_bytes("Via: SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bKk;rport\r\n",
+                         "From: <sip:a@example.com>;tag=f1\r\n", "To: <sip:bob@example.com>\r\n", "")
+    layer = TransactionLayer()
+    layer.receive(parse_message(data), UDP, 0.0)
+    event = layer.next_event()
+    assert isinstance(event, RequestReceived)
+    layer.respond(event.key, make_response(event.request, 200, to_tag="t"), 0.0)
+    [sent] = layer.messages_to_send()
+    tx, _ = layer._servers[event.key]
+    assert tx.state is TxState.COMPLETED and tx.request is None
+    kept = tx.last_response
+    assert kept is not None
+    # The header section as written, as one bytes object: no rows until someone reads them.
+    assert isinstance(kept.headers, DeferredHeaders)
+    assert kept.to_bytes() == sent.data == sent.message.to_bytes()
