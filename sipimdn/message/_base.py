@@ -177,17 +177,22 @@ class Message:
             # around separators: edit through the typed value instead.
             self.set_top_via(stamped)
             return stamped
-        # No quotes and no whitespace after sent-by: every ";" separates a
-        # parameter, so splitting on it is exact.
-        parts = text.split(";")
-        for j in range(1, len(parts)):
-            name = parts[j].partition("=")[0]
-            lowered = name.lower()
-            if lowered in changes:
-                parts[j] = f"{name}={changes.pop(lowered)}"
-        for name, param in changes.items():
-            parts.append(f"{name}={param}")
-        value = ";".join(parts)
+        if len(changes) == 2 and "received" not in params and text.endswith(";rport"):
+            # The usual RFC 3581 request: a valueless rport last and no received. What the
+            # loop below writes: that rport filled in, received appended.
+            value = f"{text}={changes['rport']};received={ip}"
+        else:
+            # No quotes and no whitespace after sent-by: every ";" separates a
+            # parameter, so splitting on it is exact.
+            parts = text.split(";")
+            for j in range(1, len(parts)):
+                name = parts[j].partition("=")[0]
+                lowered = name.lower()
+                if lowered in changes:
+                    parts[j] = f"{name}={changes.pop(lowered)}"
+            for name, param in changes.items():
+                parts.append(f"{name}={param}")
+            value = ";".join(parts)
         rows[i] = ("via", row[1], value, f"{row[1]}: {value}")
         typed = self.headers._typed
         typed.pop("via", None)
