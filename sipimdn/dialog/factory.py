@@ -1,13 +1,14 @@
 """Identifiers and out-of-dialog requests (RFC 3261 §8.1.1, §19.3; RFC 3428 §4).
 
-Every identifier we put on a request comes from ``secrets``: branches carry 96 random bits after
+Every identifier we put on a request is random bytes from the operating system's CSPRNG (drawn
+in blocks by :mod:`sipimdn._tokens`, which hands each byte out once): branches carry 96 random bits after
 the magic cookie (§8.1.1.7 wants them unique in space and time, and an unpredictable branch keeps
 an off-path attacker from forging responses to our requests), tags 64 bits (§19.3 asks for at
 least 32, cryptographically random), Call-IDs 128 bits.
 
 The To tag a UAS puts on its responses (``new_local_tag``) is made on the receive path, once per
-request, where ``secrets`` costs as much as a good part of the rest of the transaction. It is a
-64-bit prefix drawn from ``secrets`` once per 65,536 tags, then a counter: every tag carries 64
+request, where even pooled randomness is worth saving. It is a
+64-bit random prefix drawn once per 65,536 tags, then a counter: every tag carries 64
 cryptographically random bits that no other process shares (§19.3's "at least 32 bits of
 randomness", whose purpose is global uniqueness), and tags from one process never repeat. A tag
 only identifies the dialog a response would create; it guards nothing, so its next value being
@@ -16,10 +17,10 @@ guessable from the last one costs nothing.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 
 from .._cache import remember
+from .._tokens import token_hex
 from ..errors import LocalProtocolError
 from ..headers import NameAddr, Via, header_key
 from ..message import HeaderRow, Headers, Request
@@ -42,12 +43,12 @@ MAGIC_COOKIE = "z9hG4bK"
 
 def new_branch() -> str:
     """A fresh Via branch: the magic cookie and 96 random bits."""
-    return MAGIC_COOKIE + secrets.token_hex(12)
+    return MAGIC_COOKIE + token_hex(12)
 
 
 def new_tag() -> str:
     """A fresh From/To tag: 64 random bits."""
-    return secrets.token_hex(8)
+    return token_hex(8)
 
 
 class _TagSource:
@@ -62,7 +63,7 @@ class _TagSource:
     def __call__(self) -> str:
         count = self._count
         if count >= 0x10000:
-            self._prefix = secrets.token_hex(8)
+            self._prefix = token_hex(8)
             count = 0
         self._count = count + 1
         return f"{self._prefix}{count:x}"
@@ -75,7 +76,7 @@ new_local_tag = _TagSource()
 
 def new_call_id(host: str | None = None) -> str:
     """A fresh Call-ID: 128 random bits, optionally ``@host`` (§8.1.1.4)."""
-    token = secrets.token_hex(16)
+    token = token_hex(16)
     return f"{token}@{host}" if host else token
 
 
