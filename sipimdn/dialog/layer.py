@@ -63,6 +63,8 @@ __all__ = ["Outgoing", "TransactionLayer", "response_flow"]
 log = logging.getLogger(__name__)
 
 _Client = ClientTransaction[Request, Response]
+#: A deadline: (when, insertion order, transaction).
+_Entry = tuple[float, int, TransactionKey]
 _Server = ServerTransaction[Request, Response]
 
 
@@ -190,15 +192,22 @@ class TransactionLayer:
         self._servers: dict[TransactionKey, tuple[_Server, Flow]] = {}
         self._events: deque[Event] = deque()
         self._outgoing: list[Outgoing] = []
-        # Deadlines in a heap with lazy deletion: an entry counts only while it equals
-        # ``_scheduled[key]``, so get_timer and handle_timer cost O(log n), not O(n), under load.
-        self._heap: list[tuple[float, int, TransactionKey]] = []
+        # Deadlines as (at, sequence, key) entries with lazy deletion: an entry counts only while
+        # its ``at`` equals ``_scheduled[key]``. Entries fire in (at, sequence) order, from three
+        # sources: the first deadline of every server transaction (now + the RFC 4320 delay) and
+        # the Timer J of every completed one (now + 64*T1) are each the same interval for all,
+        # so appended as they come they are already in order: two FIFO queues, O(1) per
+        # message. Every other deadline (client timers, a server's give-up after its 100) goes
+        # in a heap, O(log n). A deadline that would break a queue's order (a clock that went
+        # back, in tests) goes in the heap instead.
+        self._heap: list[_Entry] = []
         self._scheduled: dict[TransactionKey, float] = {}
         self._seq = itertools.count()
-        # Completed UDP server transactions, oldest first (they all wait the same Timer J, so this
-        # is also expiry order). At the cap the oldest is forgotten early to admit a new request:
-        # see ``max_server_transactions``. Keys of transactions already gone are skipped lazily.
-        self._completed: deque[TransactionKey] = deque()
+        self._trying: deque[_Entry] = deque()
+        # Completed UDP server transactions, oldest first, with their Timer J deadline: expiry
+        # order. At the cap the oldest is forgotten early to admit a new request: see
+        # ``max_server_transactions``. Entries of transactions already gone are skipped lazily.
+        self._completed: deque[_Entry] = deque()
         #: Completed server transactions forgotten before Timer J because of the cap.
         self.evicted = 0
         #: Requests sent again by Timer E/A (RFC 3261 §17.1.2.2), over the layer's life.
@@ -239,7 +248,13 @@ class TransactionLayer:
         tx.respond(response, now)
         wire = None
         if tx.state is TxState.COMPLETED and before is not TxState.COMPLETED:
-            self._completed.append(key)
+            at = tx.timeout_at
+            assert at is not None  # Timer J
+            completed = self._completed
+            in_order = not completed or completed[-1][0] <= at
+            completed.append((at, next(self._seq), key))
+            if in_order:
+                self._scheduled[key] = at  # (so _collect_server's _schedule puts nothing in the heap)
             if tx.last_response is response:
                 wire = _keep_wire_form(tx, response)
         self._collect_server(key, tx, flow, wire=wire)
@@ -315,21 +330,19 @@ class TransactionLayer:
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction, or None."""
-        heap = self._heap
-        while heap:
-            at, _, key = heap[0]
-            if self._scheduled.get(key) == at:
-                return at
-            heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
-        return None
+        entry = self._earliest()
+        return None if entry is None else entry[0]
 
     def handle_timer(self, now: float) -> None:
         """Fire every transaction timer due at ``now``."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            at, _, key = heapq.heappop(heap)
-            if self._scheduled.get(key) != at:
-                continue
+        while (entry := self._earliest()) is not None and entry[0] <= now:
+            if self._heap and self._heap[0] is entry:
+                heapq.heappop(self._heap)
+            elif self._trying and self._trying[0] is entry:
+                self._trying.popleft()
+            else:
+                self._completed.popleft()
+            key = entry[2]
             del self._scheduled[key]
             client = self._clients.get(key)
             if client is not None:
@@ -386,7 +399,7 @@ class TransactionLayer:
         tx: _Server = ServerTransaction(request, reliable=flow.transport.reliable, now=now,
                                         config=self.config, make_trying=make_trying)
         self._servers[key] = (tx, route)
-        self._schedule(key, tx.get_timer())
+        self._schedule(key, tx.get_timer(), self._trying)
         self._events.append(RequestReceived(key, request, flow))
 
     def _receive_response(self, response: Response, flow: Flow, now: float) -> None:
@@ -443,9 +456,10 @@ class TransactionLayer:
             del self._servers[key]
             self._scheduled.pop(key, None)
             # Usually Timer J of the oldest completed one; a transaction that ended otherwise (a
-            # transport error) leaves its key behind, dropped here once it reaches the front.
+            # transport error) leaves its entry behind, dropped here once it reaches the front.
             completed = self._completed
-            while completed and completed[0] not in self._servers:
+            scheduled = self._scheduled
+            while completed and scheduled.get(completed[0][2]) != completed[0][0]:
                 completed.popleft()
             return
         self._schedule(key, tx.get_timer())
@@ -454,21 +468,39 @@ class TransactionLayer:
         """Forget the oldest completed server transaction; False if there is none."""
         completed = self._completed
         while completed:
-            key = completed.popleft()
+            at, _, key = completed.popleft()
             entry = self._servers.get(key)
-            if entry is not None and entry[0].state is TxState.COMPLETED:
+            if entry is not None and entry[0].state is TxState.COMPLETED and self._scheduled.get(key) == at:
                 del self._servers[key]
                 self._scheduled.pop(key, None)
                 self.evicted += 1
                 return True
         return False
 
-    def _schedule(self, key: TransactionKey, at: float | None) -> None:
+    def _schedule(self, key: TransactionKey, at: float | None, queue: deque[_Entry] | None = None) -> None:
         if at is None:
             self._scheduled.pop(key, None)
         elif self._scheduled.get(key) != at:
             self._scheduled[key] = at
-            heapq.heappush(self._heap, (at, next(self._seq), key))
+            entry = (at, next(self._seq), key)
+            if queue is not None and (not queue or queue[-1][0] <= at):
+                queue.append(entry)
+            else:
+                heapq.heappush(self._heap, entry)
+
+    def _earliest(self) -> _Entry | None:
+        """The first live entry of the heap and the two queues, stale fronts dropped on the way."""
+        scheduled = self._scheduled
+        heap = self._heap
+        while heap and scheduled.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
+        best = heap[0] if heap else None
+        for queue in (self._trying, self._completed):
+            while queue and scheduled.get(queue[0][2]) != queue[0][0]:
+                queue.popleft()
+            if queue and (best is None or queue[0] < best):
+                best = queue[0]
+        return best
 
 
 def _keep_wire_form(tx: _Server, response: Response) -> tuple[Response, bytes]:
