@@ -11,9 +11,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipimdn.dialog.events import RequestReceived
-from sipimdn.dialog.layer import TransactionLayer
-from sipimdn.dialog.transaction import TxState
+from sipimdn.dialog import layer as layer_module
+from sipimdn.dialog import transaction as transaction_module
+from sipimdn.dialog.events import RequestReceived, TransactionKey
+from sipimdn.dialog.layer import Outgoing, TransactionLayer
+from sipimdn.dialog.transaction import Send, TxState
 from sipimdn.errors import SipParseError
 from sipimdn.message import DeferredHeaders, Request, Response, make_response
 from sipimdn.parser import parse_message
@@ -106,3 +108,22 @@ def test_a_completed_transaction_keeps_no_request_and_no_rows() -> None:
     # The header section as written, as one bytes object: no rows until someone reads them.
     assert isinstance(kept.headers, DeferredHeaders)
     assert kept.to_bytes() == sent.data == sent.message.to_bytes()
+
+
+def test_the_layers_own_constructors_build_what_the_classes_build() -> None:
+    # The layer and the transactions build these without the frozen dataclass __init__.
+    response = Response(200)
+    key = TransactionKey(False, "z9hG4bKa", "MESSAGE", "h:5060")
+    built = layer_module._outgoing(response, UDP, key, b"x")
+    reference = Outgoing(response, UDP, key, b"x")
+    assert built == reference and hash(built) == hash(reference) and repr(built) == repr(reference)
+    request = parse_message(request_bytes("Via: SIP/2.0/UDP 192.0.2.7;branch=z9hG4bKa\r\n",
+                                           "From: <sip:a@example.com>;tag=f1\r\n",
+                                           "To: <sip:b@example.com>\r\n", ""))
+    assert isinstance(request, Request)
+    assert layer_module._request_received(key, request, UDP) == RequestReceived(key, request, UDP)
+    assert transaction_module._send(response) == Send(response)
+    server_key = layer_module.server_key(request)
+    assert type(server_key) is TransactionKey
+    assert server_key == TransactionKey(False, "z9hG4bKa", "MESSAGE", "192.0.2.7:")
+    assert server_key._asdict() == TransactionKey(False, "z9hG4bKa", "MESSAGE", "192.0.2.7:")._asdict()

@@ -83,6 +83,38 @@ class Outgoing:
     data: bytes | None = None
 
 
+# Constructors for the objects every request makes, skipping the frozen dataclasses' __init__
+# (one object.__setattr__ per field): the slots are set through their descriptors, half the cost.
+# What they build is equal to what the class builds (a differential test holds them so).
+_new = object.__new__
+_new_tuple = tuple.__new__
+_set_out_message = Outgoing.__dict__["message"].__set__
+_set_out_flow = Outgoing.__dict__["flow"].__set__
+_set_out_key = Outgoing.__dict__["key"].__set__
+_set_out_data = Outgoing.__dict__["data"].__set__
+_set_rr_key = RequestReceived.__dict__["key"].__set__
+_set_rr_request = RequestReceived.__dict__["request"].__set__
+_set_rr_flow = RequestReceived.__dict__["flow"].__set__
+
+
+def _outgoing(message: Request | Response, flow: Flow, key: TransactionKey | None,
+              data: bytes | None) -> Outgoing:
+    out: Outgoing = _new(Outgoing)
+    _set_out_message(out, message)
+    _set_out_flow(out, flow)
+    _set_out_key(out, key)
+    _set_out_data(out, data)
+    return out
+
+
+def _request_received(key: TransactionKey, request: Request, flow: Flow) -> RequestReceived:
+    event: RequestReceived = _new(RequestReceived)
+    _set_rr_key(event, key)
+    _set_rr_request(event, request)
+    _set_rr_flow(event, flow)
+    return event
+
+
 def _log_retransmission(tx: _Client, flow: Flow) -> None:
     """INFO line for a Timer E retransmission; its attributes let a front end show progress."""
     request = tx.request
@@ -167,7 +199,7 @@ def server_key(request: Request) -> TransactionKey:
     sent_by = f"{host.lower()}:{port or ''}"
     method = "INVITE" if request.method == "ACK" else request.method
     if branch is not None and branch.startswith(MAGIC_COOKIE):
-        return TransactionKey(False, branch, method, sent_by)
+        return _new_tuple(TransactionKey, (False, branch, method, sent_by))
     # RFC 2543 peers: the request's identifying fields stand in for the branch (§17.2.3).
     cseq = request.cseq
     parts = (str(request.uri), request.to.tag or "", request.from_.tag or "", request.call_id,
@@ -400,7 +432,7 @@ class TransactionLayer:
                                         config=self.config, make_trying=make_trying)
         self._servers[key] = (tx, route)
         self._schedule(key, tx.get_timer(), self._trying)
-        self._events.append(RequestReceived(key, request, flow))
+        self._events.append(_request_received(key, request, flow))
 
     def _receive_response(self, response: Response, flow: Flow, now: float) -> None:
         vias = response.headers.get_all("via")
@@ -448,7 +480,7 @@ class TransactionLayer:
                     message = action.message
                     assert isinstance(message, Response)
                     data = wire[1] if wire is not None and message is wire[0] else None
-                    self._outgoing.append(Outgoing(message, flow, key, data))
+                    self._outgoing.append(_outgoing(message, flow, key, data))
                 elif isinstance(action, Fail):
                     self.transport_failures += 1
                     self._events.append(TransportFailed(key, reason or "transport error"))

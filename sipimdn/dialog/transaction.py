@@ -197,6 +197,15 @@ class Fail:
 
 Action: TypeAlias = Send[MsgT] | Deliver[MsgT] | Fail
 
+_set_send_message = Send.__dict__["message"].__set__
+
+
+def _send(message: MsgT) -> Send[MsgT]:
+    # Send(message) without the frozen dataclass __init__ (one per response: the hot path).
+    action: Send[MsgT] = object.__new__(Send)
+    _set_send_message(action, message)
+    return action
+
 
 class ClientTransaction(Generic[ReqT, RespT]):
     """A non-INVITE client transaction (RFC 3261 §17.1.2, Figure 6).
@@ -440,19 +449,19 @@ class ServerTransaction(Generic[ReqT, RespT]):
     def _send_trying(self, now: float) -> None:
         assert self._make_trying is not None  # only called in Trying
         self.last_response = self._make_trying()
-        self._emit(Send(self.last_response))
+        self._emit(_send(self.last_response))
 
     def _send_final(self, now: float) -> None:
         assert self._pending is not None
         self.last_response, self._pending = self._pending, None
-        self._emit(Send(self.last_response))
+        self._emit(_send(self.last_response))
 
     def _discard_final(self, now: float) -> None:
         self._pending = None  # §17.2.2: later finals from the TU are discarded
 
     def _resend_last(self, now: float) -> None:
         assert self.last_response is not None
-        self._emit(Send(self.last_response))
+        self._emit(_send(self.last_response))
 
     def _transport_failed(self, now: float) -> None:
         self._emit(Fail(Failure.TRANSPORT))
