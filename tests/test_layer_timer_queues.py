@@ -28,11 +28,12 @@ class ScanLayer(TransactionLayer):
 
     def _deadlines(self) -> list[tuple[float, TransactionKey]]:
         found = []
-        for table in (self._clients, self._servers):
-            for key, (tx, _) in table.items():
-                at = tx.get_timer()
-                if at is not None:
-                    found.append((at, key))
+        transactions = [(key, tx) for key, (tx, _) in self._clients.items()]
+        transactions += list(self._servers.items())
+        for key, tx in transactions:
+            at = tx.get_timer()
+            if at is not None:
+                found.append((at, key))
         return found
 
     def get_timer(self) -> float | None:
@@ -51,8 +52,8 @@ class ScanLayer(TransactionLayer):
                 self._collect_client(key, client[0], client[1])
                 continue
             server = self._servers[key]
-            server[0].handle_timer(now)
-            self._collect_server(key, server[0], server[1])
+            server.handle_timer(now)
+            self._collect_server(key, server, server.flow)
 
 
 def raw_request(branch: int, host: str = "192.0.2.7") -> bytes:
@@ -117,6 +118,8 @@ operation = st.one_of(
 # The clock steps back between two answers: the second Timer J is earlier than the first.
 @example([("request", 1, 0), ("request", 2, 0), ("tick", 10.0, 0), ("answer", 0, 200), ("tick", -2.0, 0),
           ("answer", 0, 200), ("tick", 0.0, 0), ("tick", 31.0, 0)], 50)
+# ... and between two requests: the second one's first deadline is earlier.
+@example([("tick", 5.0, 0), ("request", 1, 0), ("tick", -2.0, 0), ("request", 2, 0), ("tick", 5.0, 0)], 50)
 def test_queues_and_heap_fire_what_a_scan_fires(operations: list[tuple[str, float, int]], cap: int) -> None:
     layer = TransactionLayer(TimerConfig(), max_server_transactions=cap)
     reference = ScanLayer(TimerConfig(), max_server_transactions=cap)

@@ -101,7 +101,7 @@ def test_a_completed_transaction_keeps_no_request_and_no_rows() -> None:
     assert isinstance(event, RequestReceived)
     layer.respond(event.key, make_response(event.request, 200, to_tag="t"), 0.0)
     [sent] = layer.messages_to_send()
-    tx, _ = layer._servers[event.key]
+    tx = layer._servers[event.key]
     assert tx.state is TxState.COMPLETED and tx.request is None
     kept = tx.last_response
     assert kept is not None

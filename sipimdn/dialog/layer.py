@@ -65,7 +65,18 @@ log = logging.getLogger(__name__)
 _Client = ClientTransaction[Request, Response]
 #: A deadline: (when, insertion order, transaction).
 _Entry = tuple[float, int, TransactionKey]
-_Server = ServerTransaction[Request, Response]
+
+
+class _Server(ServerTransaction[Request, Response]):
+    """A server transaction as the layer keeps it: with its key, the flow its responses take and
+    the insertion order of its entry in a deadline queue (the transaction itself is the entry:
+    one object per transaction for the collector to walk, no pair, no entry tuple)."""
+
+    __slots__ = ("flow", "key", "seq")
+
+    flow: Flow
+    key: TransactionKey
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,25 +232,28 @@ class TransactionLayer:
         #: it again), which at the default cap needs the peer to retransmit 5 s late at 10,000/s.
         self.max_server_transactions = max_server_transactions
         self._clients: dict[TransactionKey, tuple[_Client, Flow]] = {}
-        self._servers: dict[TransactionKey, tuple[_Server, Flow]] = {}
+        self._servers: dict[TransactionKey, _Server] = {}
         self._events: deque[Event] = deque()
         self._outgoing: list[Outgoing] = []
-        # Deadlines as (at, sequence, key) entries with lazy deletion: an entry counts only while
-        # its ``at`` equals ``_scheduled[key]``. Entries fire in (at, sequence) order, from three
-        # sources: the first deadline of every server transaction (now + the RFC 4320 delay) and
-        # the Timer J of every completed one (now + 64*T1) are each the same interval for all,
-        # so appended as they come they are already in order: two FIFO queues, O(1) per
-        # message. Every other deadline (client timers, a server's give-up after its 100) goes
-        # in a heap, O(log n). A deadline that would break a queue's order (a clock that went
-        # back, in tests) goes in the heap instead.
+        # Deadlines with lazy deletion, fired in (at, sequence) order from three sources. The
+        # first deadline of every server transaction (now + the RFC 4320 delay) and the Timer J
+        # of every completed one (now + 64*T1) are each the same interval for all, so appended
+        # as they come they are already in order: two FIFO queues of the transactions
+        # themselves, O(1) per request, an entry counting while its transaction is still the
+        # live one for its key in the state the queue is for. Every other deadline (client
+        # timers, a server's give-up after its 100) is an (at, sequence, key) entry in a heap,
+        # O(log n), counting while its ``at`` equals ``_scheduled[key]``. A deadline that would
+        # break a queue's order (a clock that went back, in tests) goes in the heap instead.
         self._heap: list[_Entry] = []
         self._scheduled: dict[TransactionKey, float] = {}
         self._seq = itertools.count()
-        self._trying: deque[_Entry] = deque()
-        # Completed UDP server transactions, oldest first, with their Timer J deadline: expiry
-        # order. At the cap the oldest is forgotten early to admit a new request: see
-        # ``max_server_transactions``. Entries of transactions already gone are skipped lazily.
-        self._completed: deque[_Entry] = deque()
+        self._trying: deque[_Server] = deque()
+        # Completed UDP server transactions, oldest first: Timer J (expiry) order. At the cap the
+        # oldest is forgotten early to admit a new request: see ``max_server_transactions``.
+        # Transactions already gone are skipped lazily.
+        self._completed: deque[_Server] = deque()
+        # The deadline each queue was last appended with (a queue only takes a later one).
+        self._trying_last = self._completed_last = float("-inf")
         #: Completed server transactions forgotten before Timer J because of the cap.
         self.evicted = 0
         #: Requests sent again by Timer E/A (RFC 3261 §17.1.2.2), over the layer's life.
@@ -272,24 +286,23 @@ class TransactionLayer:
         Returns False when the transaction is already gone (it gave up waiting: RFC 4320 lets it
         end silently); raises LocalProtocolError for a provisional or 408 response.
         """
-        entry = self._servers.get(key)
-        if entry is None:
+        tx = self._servers.get(key)
+        if tx is None:
             return False
-        tx, flow = entry
         before = tx.state
         tx.respond(response, now)
         wire = None
         if tx.state is TxState.COMPLETED and before is not TxState.COMPLETED:
             at = tx.timeout_at
             assert at is not None  # Timer J
-            completed = self._completed
-            in_order = not completed or completed[-1][0] <= at
-            completed.append((at, next(self._seq), key))
-            if in_order:
+            tx.seq = next(self._seq)
+            self._completed.append(tx)  # (always: the eviction order)
+            if self._completed_last <= at:
+                self._completed_last = at
                 self._scheduled[key] = at  # (so _collect_server's _schedule puts nothing in the heap)
             if tx.last_response is response:
                 wire = _keep_wire_form(tx, response)
-        self._collect_server(key, tx, flow, wire=wire)
+        self._collect_server(key, tx, tx.flow, wire=wire)
         return True
 
     # -- from the transports -----------------------------------------------------------------------
@@ -339,9 +352,9 @@ class TransactionLayer:
                 self._collect_client(key, client[0], client[1], reason)
             return
         server = self._servers.get(key)
-        if server is not None and server[0].state is not TxState.TRYING:
-            server[0].transport_error(now)
-            self._collect_server(key, server[0], server[1], reason)
+        if server is not None and server.state is not TxState.TRYING:
+            server.transport_error(now)
+            self._collect_server(key, server, server.flow, reason)
 
     def flow_failed(self, flow: Flow, now: float, reason: str) -> None:
         """Nothing more will get through ``flow`` (ICMP error, connect refused, connection lost):
@@ -354,8 +367,8 @@ class TransactionLayer:
             # A closed connection is not a failed send for a server transaction: its final response
             # can still go out over a new connection to the sent-by address (§18.2.2).
             return
-        for key, (server, server_flow) in list(self._servers.items()):
-            if _same_path(server_flow, flow) and server.state in (TxState.PROCEEDING, TxState.COMPLETED):
+        for key, server in list(self._servers.items()):
+            if _same_path(server.flow, flow) and server.state in (TxState.PROCEEDING, TxState.COMPLETED):
                 self.transport_error(key, now, reason)
 
     # -- time and output -------------------------------------------------------------------------
@@ -368,12 +381,11 @@ class TransactionLayer:
     def handle_timer(self, now: float) -> None:
         """Fire every transaction timer due at ``now``."""
         while (entry := self._earliest()) is not None and entry[0] <= now:
-            if self._heap and self._heap[0] is entry:
+            source = entry[3]
+            if source is None:
                 heapq.heappop(self._heap)
-            elif self._trying and self._trying[0] is entry:
-                self._trying.popleft()
             else:
-                self._completed.popleft()
+                source.popleft()
             key = entry[2]
             del self._scheduled[key]
             client = self._clients.get(key)
@@ -389,8 +401,8 @@ class TransactionLayer:
                 continue
             server = self._servers.get(key)
             if server is not None:
-                server[0].handle_timer(now)
-                self._collect_server(key, server[0], server[1])
+                server.handle_timer(now)
+                self._collect_server(key, server, server.flow)
 
     def next_event(self) -> Event | None:
         """The next event, or None."""
@@ -416,10 +428,10 @@ class TransactionLayer:
             return
         _check_request(request)
         key = server_key(request)
-        entry = self._servers.get(key)
-        if entry is not None:
-            entry[0].receive_request(now)
-            self._collect_server(key, entry[0], entry[1])
+        known = self._servers.get(key)
+        if known is not None:
+            known.receive_request(now)
+            self._collect_server(key, known, known.flow)
             return
         route = response_flow(flow, stamped)
         if len(self._servers) >= self.max_server_transactions and not self._evict_completed():
@@ -428,10 +440,20 @@ class TransactionLayer:
             self._outgoing.append(Outgoing(busy, route, None))
             return
         make_trying = functools.partial(make_response, request, 100)
-        tx: _Server = ServerTransaction(request, reliable=flow.transport.reliable, now=now,
-                                        config=self.config, make_trying=make_trying)
-        self._servers[key] = (tx, route)
-        self._schedule(key, tx.get_timer(), self._trying)
+        tx = _Server(request, reliable=flow.transport.reliable, now=now, config=self.config,
+                     make_trying=make_trying)
+        tx.key = key
+        tx.flow = route
+        self._servers[key] = tx
+        at = tx.retransmit_at  # the RFC 4320 delay, before the give-up deadline
+        assert at is not None
+        if self._trying_last <= at:
+            self._trying_last = at
+            tx.seq = next(self._seq)
+            self._trying.append(tx)
+            self._scheduled[key] = at
+        else:
+            self._schedule(key, at)
         self._events.append(_request_received(key, request, flow))
 
     def _receive_response(self, response: Response, flow: Flow, now: float) -> None:
@@ -490,8 +512,7 @@ class TransactionLayer:
             # Usually Timer J of the oldest completed one; a transaction that ended otherwise (a
             # transport error) leaves its entry behind, dropped here once it reaches the front.
             completed = self._completed
-            scheduled = self._scheduled
-            while completed and scheduled.get(completed[0][2]) != completed[0][0]:
+            while completed and not self._counts_completed(completed[0]):
                 completed.popleft()
             return
         self._schedule(key, tx.get_timer())
@@ -500,39 +521,72 @@ class TransactionLayer:
         """Forget the oldest completed server transaction; False if there is none."""
         completed = self._completed
         while completed:
-            at, _, key = completed.popleft()
-            entry = self._servers.get(key)
-            if entry is not None and entry[0].state is TxState.COMPLETED and self._scheduled.get(key) == at:
+            tx = completed.popleft()
+            if self._counts_completed(tx):
+                key = tx.key
                 del self._servers[key]
                 self._scheduled.pop(key, None)
                 self.evicted += 1
                 return True
         return False
 
-    def _schedule(self, key: TransactionKey, at: float | None, queue: deque[_Entry] | None = None) -> None:
+    def _schedule(self, key: TransactionKey, at: float | None) -> None:
         if at is None:
             self._scheduled.pop(key, None)
         elif self._scheduled.get(key) != at:
             self._scheduled[key] = at
-            entry = (at, next(self._seq), key)
-            if queue is not None and (not queue or queue[-1][0] <= at):
-                queue.append(entry)
-            else:
-                heapq.heappush(self._heap, entry)
+            heapq.heappush(self._heap, (at, next(self._seq), key))
 
-    def _earliest(self) -> _Entry | None:
-        """The first live entry of the heap and the two queues, stale fronts dropped on the way."""
+    def _counts_trying(self, tx: _Server) -> bool:
+        """True while ``tx``'s entry in the first-deadline queue is live."""
+        key = tx.key
+        return (tx.state is TxState.TRYING and self._servers.get(key) is tx
+                and self._scheduled.get(key) == tx.retransmit_at)
+
+    def _counts_completed(self, tx: _Server) -> bool:
+        """True while ``tx``'s entry in the Timer J queue is live."""
+        key = tx.key
+        return (tx.state is TxState.COMPLETED and self._servers.get(key) is tx
+                and self._scheduled.get(key) == tx.timeout_at)
+
+    def _earliest(self) -> tuple[float, int, TransactionKey, deque[_Server] | None] | None:
+        """The first live deadline of the heap and the two queues, as (at, sequence, key, the
+        queue holding it or None for the heap); stale fronts are dropped on the way."""
         scheduled = self._scheduled
         heap = self._heap
         while heap and scheduled.get(heap[0][2]) != heap[0][0]:
             heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
-        best = heap[0] if heap else None
-        for queue in (self._trying, self._completed):
-            while queue and scheduled.get(queue[0][2]) != queue[0][0]:
-                queue.popleft()
-            if queue and (best is None or queue[0] < best):
-                best = queue[0]
+        best: tuple[float, int, TransactionKey, deque[_Server] | None] | None = None
+        if heap:
+            at, seq, key = heap[0]
+            best = (at, seq, key, None)
+        trying = self._trying
+        while trying and not self._counts_trying(trying[0]):
+            trying.popleft()
+        if trying:
+            tx = trying[0]
+            at = _trying_at(tx)
+            if best is None or (at, tx.seq) < best[:2]:
+                best = (at, tx.seq, tx.key, trying)
+        completed = self._completed
+        while completed and not self._counts_completed(completed[0]):
+            completed.popleft()
+        if completed:
+            tx = completed[0]
+            at = _completed_at(tx)
+            if best is None or (at, tx.seq) < best[:2]:
+                best = (at, tx.seq, tx.key, completed)
         return best
+
+
+def _trying_at(tx: _Server) -> float:
+    at = tx.retransmit_at
+    return at if at is not None else float("inf")
+
+
+def _completed_at(tx: _Server) -> float:
+    at = tx.timeout_at
+    return at if at is not None else float("inf")
 
 
 def _keep_wire_form(tx: _Server, response: Response) -> tuple[Response, bytes]:
