@@ -524,6 +524,7 @@ class TransactionLayer:
             tx = completed.popleft()
             if self._counts_completed(tx):
                 key = tx.key
+                tx.seq = -1  # evicted: its queue entry no longer counts
                 del self._servers[key]
                 self._scheduled.pop(key, None)
                 self.evicted += 1
@@ -537,56 +538,56 @@ class TransactionLayer:
             self._scheduled[key] = at
             heapq.heappush(self._heap, (at, next(self._seq), key))
 
-    def _counts_trying(self, tx: _Server) -> bool:
-        """True while ``tx``'s entry in the first-deadline queue is live."""
-        key = tx.key
-        return (tx.state is TxState.TRYING and self._servers.get(key) is tx
-                and self._scheduled.get(key) == tx.retransmit_at)
-
-    def _counts_completed(self, tx: _Server) -> bool:
-        """True while ``tx``'s entry in the Timer J queue is live."""
-        key = tx.key
-        return (tx.state is TxState.COMPLETED and self._servers.get(key) is tx
-                and self._scheduled.get(key) == tx.timeout_at)
+    @staticmethod
+    def _counts_completed(tx: _Server) -> bool:
+        """True while ``tx``'s entry in the Timer J queue is live: a completed transaction leaves
+        the table only by Timer J or a transport error (both end it) or by eviction (which
+        marks it), and its deadline never moves. (Likewise a transaction in the first-deadline
+        queue counts while it is in Trying: it leaves that state and the table only together.)"""
+        return tx.state is _COMPLETED and tx.seq >= 0
 
     def _earliest(self) -> tuple[float, int, TransactionKey, deque[_Server] | None] | None:
         """The first live deadline of the heap and the two queues, as (at, sequence, key, the
         queue holding it or None for the heap); stale fronts are dropped on the way."""
+        # (Called after every input: _counts_completed and its Trying counterpart inlined.)
         scheduled = self._scheduled
         heap = self._heap
-        while heap and scheduled.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
-        best: tuple[float, int, TransactionKey, deque[_Server] | None] | None = None
-        if heap:
+        best_at = _INF
+        best_seq = 0
+        best_key: TransactionKey | None = None
+        best_source: deque[_Server] | None = None
+        while heap:
             at, seq, key = heap[0]
-            best = (at, seq, key, None)
+            if scheduled.get(key) == at:
+                best_at, best_seq, best_key = at, seq, key
+                break
+            heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
         trying = self._trying
-        while trying and not self._counts_trying(trying[0]):
-            trying.popleft()
-        if trying:
+        while trying:
             tx = trying[0]
-            at = _trying_at(tx)
-            if best is None or (at, tx.seq) < best[:2]:
-                best = (at, tx.seq, tx.key, trying)
+            due = tx.retransmit_at
+            if tx.state is _TRYING and due is not None:
+                if best_key is None or due < best_at or (due == best_at and tx.seq < best_seq):
+                    best_at, best_seq, best_key, best_source = due, tx.seq, tx.key, trying
+                break
+            trying.popleft()
         completed = self._completed
-        while completed and not self._counts_completed(completed[0]):
-            completed.popleft()
-        if completed:
+        while completed:
             tx = completed[0]
-            at = _completed_at(tx)
-            if best is None or (at, tx.seq) < best[:2]:
-                best = (at, tx.seq, tx.key, completed)
-        return best
+            due = tx.timeout_at
+            if tx.state is _COMPLETED and tx.seq >= 0 and due is not None:
+                if best_key is None or due < best_at or (due == best_at and tx.seq < best_seq):
+                    best_at, best_seq, best_key, best_source = due, tx.seq, tx.key, completed
+                break
+            completed.popleft()
+        if best_key is None:
+            return None
+        return best_at, best_seq, best_key, best_source
 
 
-def _trying_at(tx: _Server) -> float:
-    at = tx.retransmit_at
-    return at if at is not None else float("inf")
-
-
-def _completed_at(tx: _Server) -> float:
-    at = tx.timeout_at
-    return at if at is not None else float("inf")
+_INF = float("inf")
+_TRYING = TxState.TRYING
+_COMPLETED = TxState.COMPLETED
 
 
 def _keep_wire_form(tx: _Server, response: Response) -> tuple[Response, bytes]:
