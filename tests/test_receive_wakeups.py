@@ -124,6 +124,49 @@ async def test_deadline_queue_rearms_for_the_first_item_still_waiting() -> None:
     queue.close()
 
 
+async def test_deadline_queue_discard_forgets_an_item_at_once() -> None:
+    fired: list[int] = []
+    queue: DeadlineQueue[int] = DeadlineQueue(0.05, fired.append)
+    for i in range(4):
+        queue.add(i)
+    queue.discard(0)
+    queue.discard(2)
+    queue.discard(7)  # never added: nothing
+    assert len(queue) == 2
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while len(fired) < 2 and loop.time() - start < 2.0:
+        await asyncio.sleep(0.01)
+    assert fired == [1, 3]
+    assert len(queue) == 0 and queue._handle is None
+    queue.close()
+
+
+async def test_deadline_queue_expiry_may_discard_or_add_items() -> None:
+    # Items due together expire in order; one an earlier expiry discarded does not, and an item
+    # added by an expiry gets its own full delay under one timer.
+    fired: list[int] = []
+
+    def on_expiry(item: int) -> None:
+        fired.append(item)
+        if item == 0:
+            queue.discard(1)
+            queue.add(9)
+
+    queue: DeadlineQueue[int] = DeadlineQueue(0.03, on_expiry)
+
+    for i in range(3):
+        queue.add(i)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while len(fired) < 3 and loop.time() - start < 2.0:
+        await asyncio.sleep(0.005)
+    assert fired == [0, 2, 9]
+    assert loop.time() - start >= 0.055
+    assert len(queue) == 0 and queue._handle is None
+    queue.close()
+
+
 def _peer(name: str) -> PeerRecord:
     return PeerRecord(peer_key=f"sip:{name}@h", flags=("no-imdn",), updated_at=0.0, expires_at=1e12)
 

@@ -9,16 +9,16 @@ transaction absorbs retransmissions meanwhile. A handler that raises gets
 500 and the error is logged, never swallowed.
 
 Every received MESSAGE has the same deadline length, so deadlines expire in
-the order they were armed: :class:`DeadlineQueue` keeps them in a FIFO under
+the order they were armed: :class:`DeadlineQueue` keeps them in that order under
 one loop timer instead of one timer (and one ``asyncio.wait``) per message,
-which the receive-path profile showed as a large share of the per-message cost.
+which the receive-path profile showed as a large share of the per-message cost,
+and a message answered in time leaves it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -161,13 +161,18 @@ class DeadlineQueue(Generic[_T]):
 
     ``add(item)`` arms a deadline ``delay`` seconds from now; when it passes,
     ``on_expiry(item)`` is called. Because every deadline has the same
-    length, the queue is FIFO and only its head needs a timer. Items are not
-    removed when they finish early; ``settled(item)`` (default: never) says
-    an item no longer cares, and settled items are dropped from the head
-    whenever the timer runs, *before* their deadline, so the timer is re-armed
-    for the first item still waiting, or not at all. With handlers that
-    answer at once the timer then runs about once per ``delay`` instead of
-    once per message (a loop wake-up each at low rates).
+    length, items expire in the order they were added and only the first
+    needs a timer. An item that finishes early is taken out with
+    ``discard(item)``, at once: it is not kept (nor anything it holds) until
+    its deadline, and the timer never runs for it. ``settled(item)`` (default:
+    never) is the other way to say an item no longer cares: settled items are
+    dropped from the head whenever the timer runs, *before* their deadline. Either
+    way the timer is re-armed for the first item still waiting, or not at all;
+    with handlers that answer at once it runs about once per ``delay`` instead
+    of once per message (a loop wake-up each at low rates).
+
+    Items are hashable and added at most once while waiting (a received
+    message's :class:`~sipimdn.ua._receive.Pending` is).
     """
 
     def __init__(
@@ -179,7 +184,8 @@ class DeadlineQueue(Generic[_T]):
         self._delay = delay
         self._on_expiry = on_expiry
         self._settled = settled
-        self._entries: deque[tuple[float, _T]] = deque()
+        # item -> its deadline; a dict keeps insertion order, which is deadline order.
+        self._entries: dict[_T, float] = {}
         self._handle: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -189,9 +195,13 @@ class DeadlineQueue(Generic[_T]):
         """Arm ``item``'s deadline (must be called from the running loop)."""
         loop = asyncio.get_running_loop()
         when = loop.time() + self._delay
-        self._entries.append((when, item))
+        self._entries[item] = when
         if self._handle is None:
             self._handle = loop.call_at(when, self._fire)
+
+    def discard(self, item: _T) -> None:
+        """Forget ``item``'s deadline (no expiry); nothing if it has none."""
+        self._entries.pop(item, None)
 
     def _fire(self) -> None:
         self._handle = None
@@ -199,20 +209,30 @@ class DeadlineQueue(Generic[_T]):
         now = loop.time()
         entries = self._entries
         settled = self._settled
-        while entries:
-            when, item = entries[0]
+        # One walk from the front (each fresh walk of a dict would skip again the slots of
+        # the entries removed before it): what is settled or due, up to the first still waiting.
+        dropped: list[_T] = []
+        due: list[_T] = []
+        for item, when in entries.items():
             if settled is not None and settled(item):
-                entries.popleft()  # finished early: no expiry, and no timer for it
-                continue
-            if when > now:
+                dropped.append(item)  # finished early: no expiry, and no timer for it
+            elif when > now:
                 break
-            entries.popleft()
+            else:
+                due.append(item)
+        for item in dropped:
+            del entries[item]
+        for item in due:
+            if entries.pop(item, None) is None or (settled is not None and settled(item)):
+                continue  # discarded or settled by an expiry before it
             try:
                 self._on_expiry(item)
             except Exception:  # one failing expiry must not strand the ones behind it
                 _log.exception("deadline expiry handler failed")
-        if entries:
-            self._handle = loop.call_at(entries[0][0], self._fire)
+        if self._handle is None:  # (an expiry may have added an item, arming it)
+            for when in entries.values():
+                self._handle = loop.call_at(when, self._fire)
+                break
 
     def close(self) -> None:
         """Cancel the timer and drop every pending deadline."""

@@ -2,8 +2,8 @@
 
 Cost per received MESSAGE: decoding, dedup and tracking run inline in the
 stack's callback; the handlers get one task, which answers from its own
-step, and deadlines share one timer (:class:`DeadlineQueue`), which skips
-the deadlines of messages already answered instead of waking for each. An
+step, and deadlines share one timer (:class:`DeadlineQueue`); a message
+answered in time leaves it with its answer, so the timer never wakes for it. An
 answer the tracker holds back until the store has its records is a
 callback of the writer's group commit (``StoreWriter.when_written``), not a
 task. Which dedup entries reach the store, what a report owes and when a
@@ -238,6 +238,10 @@ class ReceivePath(WorkingSetPath):
         if pending.answered:
             return
         pending.answered = True
+        deadlines = self._deadlines
+        if deadlines is not None:
+            # Answered: its deadline goes now, with what it holds (not ``delay`` later, cold).
+            deadlines.discard(pending)
         if pending.message_id is not None:
             self._deciding.pop((pending.message_id, pending.sender), None)
         status = outcome.decision.status
@@ -307,9 +311,7 @@ class ReceivePath(WorkingSetPath):
         # An answer being decided is protocol work: close() gives it close_grace.
         self._wire_tasks.add(task)
         if self._deadlines is None:
-            self._deadlines = DeadlineQueue(
-                self.config.handler_deadline, self._deadline_passed, settled=_answered
-            )
+            self._deadlines = DeadlineQueue(self.config.handler_deadline, self._deadline_passed)
         self._deadlines.add(pending)
 
     async def _run_handlers(
@@ -461,10 +463,6 @@ def _wire_fields(
         # Only when there is one: a row without it reads as before, on any worker.
         fields["asserted_identity"] = list(asserted)
     return fields
-
-
-def _answered(pending: Pending) -> bool:
-    return pending.answered
 
 
 def _names(handlers: list[MessageHandler]) -> str:
