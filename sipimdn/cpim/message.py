@@ -412,31 +412,55 @@ def parse(
     pos = 0
     if outer_mime:
         pos = _skip_outer_mime(data, lenient)
-    lines, pos = _header_lines(
-        data,
-        pos,
-        max_count=limits.max_headers,
-        max_bytes=limits.max_header_bytes,
-        what="CPIM",
-        lenient=lenient,
-    )
+    # The common case (CRLF lines, within the limits, UTF-8) in one pass, else line by line.
+    split = _header_lines_crlf(data, pos, limits.max_headers, limits.max_header_bytes)
+    if split is None:
+        split = _header_lines(
+            data,
+            pos,
+            max_count=limits.max_headers,
+            max_bytes=limits.max_header_bytes,
+            what="CPIM",
+            lenient=lenient,
+        )
+    lines, pos = split
     # No minimum header set (RFC 3862 §6): an empty header block is legal; the
     # application profile (RFC 5438) decides what it needs.
     headers = _parse_cpim_headers(lines, lenient)
-    mime_lines, pos = _header_lines(
-        data,
-        pos,
-        max_count=limits.max_mime_headers,
-        max_bytes=limits.max_mime_header_bytes,
-        what="MIME",
-        lenient=lenient,
-        allow_eof=True,
-    )
+    split = _header_lines_crlf(data, pos, limits.max_mime_headers, limits.max_mime_header_bytes)
+    if split is None:
+        split = _header_lines(
+            data,
+            pos,
+            max_count=limits.max_mime_headers,
+            max_bytes=limits.max_mime_header_bytes,
+            what="MIME",
+            lenient=lenient,
+            allow_eof=True,
+        )
+    mime_lines, pos = split
     mime_headers = _parse_mime_headers(mime_lines)
-    msg = CpimMessage(headers=headers, mime_headers=mime_headers, body=data[pos:], lenient=tuple(lenient))
+    msg = _message(headers, mime_headers, data[pos:], tuple(lenient) if lenient else ())
     _check_entity(msg)
     if strict and lenient:
         raise CpimError(f"not strict RFC 3862: {'; '.join(lenient)}")
+    return msg
+
+
+_new_object = object.__new__
+
+
+def _message(
+    headers: tuple[CpimHeader, ...],
+    mime_headers: tuple[MimeHeader, ...],
+    body: bytes,
+    lenient: tuple[str, ...],
+) -> CpimMessage:
+    """``CpimMessage(headers, mime_headers, body, lenient)`` for the parser, which has checked
+    every field: the frozen dataclass's ``__init__`` sets each attribute through
+    ``object.__setattr__``; one update of the instance dict gives the same object for less."""
+    msg: CpimMessage = _new_object(CpimMessage)
+    msg.__dict__.update(headers=headers, mime_headers=mime_headers, body=body, lenient=lenient)
     return msg
 
 
@@ -479,7 +503,7 @@ def _header_lines(
 
     Lines end in CRLF (RFC 3862 §2.2); bare LF is tolerated and noted.
     """
-    fast = _header_lines_crlf(data, pos, max_count=max_count, max_bytes=max_bytes)
+    fast = _header_lines_crlf(data, pos, max_count, max_bytes)
     if fast is not None:
         return fast
     lines: list[str] = []
@@ -513,9 +537,7 @@ def _header_lines(
     return lines, pos
 
 
-def _header_lines_crlf(
-    data: bytes, pos: int, *, max_count: int, max_bytes: int
-) -> tuple[list[str], int] | None:
+def _header_lines_crlf(data: bytes, pos: int, max_count: int, max_bytes: int) -> tuple[list[str], int] | None:
     """The common case of :func:`_header_lines` in a few C-level calls, or None to take the slow path.
 
     It only answers when the block is all CRLF lines ending in an empty line,
@@ -588,24 +610,27 @@ _UNCACHED_NAMES = frozenset({"Message-ID", "DateTime"})
 
 
 def _parse_line(raw: str) -> _Line:
-    if raw[:1] in (" ", "\t"):
-        raise CpimError("CPIM header folding/leading whitespace is not allowed (RFC 3862 §2.2)")
-    if _CTL_RE.search(raw) is not None:
-        raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
-    notes: list[str] = []
     m = grammar.HEADER_LINE_RE.fullmatch(raw)
     if m is None:
+        # Neither form admits leading white space or a control character: when the strict
+        # form matched, there is none, and the reasons below are only needed on a mismatch.
+        if raw[:1] in (" ", "\t"):
+            raise CpimError("CPIM header folding/leading whitespace is not allowed (RFC 3862 §2.2)")
+        if _CTL_RE.search(raw) is not None:
+            raise CpimError("control character in a CPIM header; use an escape (RFC 3862 §2.2)")
         m = grammar.HEADER_LINE_LENIENT_RE.fullmatch(raw)
         if m is None:
             raise CpimError(f"malformed CPIM header line: {raw[:80]!r}")
-        notes.append(f"no SP after the colon in {raw.split(':', 1)[0]!r}")
-    params_text = m.group("params")
+        notes = [f"no SP after the colon in {raw.split(':', 1)[0]!r}"]
+    else:
+        notes = []
+    prefix, local, params_text, value = m.group("prefix", "local", "params", "value")
     params = (
         tuple((pm.group("pname"), pm.group("pvalue")) for pm in grammar.PARAMETER_RE.finditer(params_text))
         if params_text
         else ()
     )
-    return _Line(m.group("prefix"), m.group("local"), params, m.group("value"), notes)
+    return _Line(prefix, local, params, value, notes)
 
 
 def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeader, ...]:
@@ -623,14 +648,7 @@ def _parse_cpim_headers(lines: list[str], lenient: list[str]) -> tuple[CpimHeade
         namespace: str | None = default_ns if prefix is None else prefixes.get(prefix)
         header = line.header
         if header is None or header.namespace != namespace:
-            header = line.header = CpimHeader(
-                raw=raw,
-                prefix=prefix,
-                name=line.name,
-                namespace=namespace,
-                params=line.params,
-                value=line.value,
-            )
+            header = line.header = CpimHeader(raw, prefix, line.name, namespace, line.params, line.value)
         if namespace == CPIM_NS:
             if line.name == "NS":
                 binding = line.ns
