@@ -7,6 +7,8 @@ import time
 import zlib
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from sipimdn import cpim
 from sipimdn.config import UserAgentConfig
@@ -223,3 +225,79 @@ def test_capability_headers_and_reason_phrase() -> None:
     assert "deflate" in headers["Accept-Encoding"]
     assert safe_reason_phrase("two\r\nlines  here") == "two lines here"
     assert safe_reason_phrase("") == "Error"
+
+
+# -- the CPIM decode against the envelope's general reading (differential) ---------------------
+
+_ENVELOPE_LINES = st.sampled_from(
+    [
+        "From: <sip:alice@example.com>",
+        'From: "Carol C" <sip:carol@example.com>',
+        "To: <sip:bob@example.com>",
+        "To: Dave <im:dave@example.com>",
+        "DateTime: 2026-06-15T10:00:00Z  ",
+        "DateTime: 2026-06-15 10:00:00",
+        "Subject: hello",
+        "Subject:;lang=fr bonjour\\n",
+        "Subject: ",
+        "NS: imdn <urn:ietf:params:imdn>",
+        "NS: z <urn:ietf:params:cpim-headers:>",
+        "NS: <urn:example:other>",
+        "NS: <urn:ietf:params:cpim-headers:>",
+        "z.From: <sip:zed@example.com>",
+        "z.Subject: via a prefix",
+        "imdn.Message-ID: m-1",
+        "imdn.Message-ID: m-2",
+        "imdn.Disposition-Notification: positive-delivery, display",
+        "imdn.Disposition-Notification: negative-delivery,x-ext;v=1",
+        "imdn.Disposition-Notification: bad value!",
+        "imdn.Original-To: <sip:orig@example.com>",
+        "imdn.IMDN-Record-Route: <sip:proxy@example.com>",
+        "X-Other: anything",
+    ]
+)
+
+
+def _general_reading(request: Request, body: bytes) -> object:
+    """What the decode gives, read through the envelope's properties and imdn_headers."""
+    try:
+        envelope = cpim.parse(body)
+        sender = envelope.from_
+        imdn = imdn_headers(envelope)
+        date_time = envelope.date_time
+        return (
+            None if sender is None else sender.uri,
+            tuple(a.uri for a in envelope.to),
+            None if date_time is None else date_time.raw.rstrip(" "),
+            envelope.subject or request.headers.get("Subject"),
+            imdn.message_id,
+            frozenset(str(r) for r in imdn.requested),
+            None if imdn.original_to is None else imdn.original_to.uri,
+            tuple(a.uri for a in imdn.record_routes),
+        )
+    except (CpimError, ImdnError) as exc:
+        return (type(exc), exc.reason, exc.status_code)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_ENVELOPE_LINES, max_size=9), sip_subject=st.booleans())
+@example(lines=["Subject: ", "From: <sip:a@b>"], sip_subject=True)
+def test_cpim_decode_agrees_with_the_envelope_properties(lines: list[str], sip_subject: bool) -> None:
+    body = ("".join(f"{line}\r\n" for line in lines) + "\r\nContent-Type: text/plain\r\n\r\nhi").encode()
+    request = _message("message/cpim", body, "Subject: from SIP\r\n" if sip_subject else "")
+    expected = _general_reading(request, body)
+    try:
+        inbound = _wire.decode_message(request, CONFIG)
+    except (CpimError, ImdnError) as exc:
+        assert (type(exc), exc.reason, exc.status_code) == expected
+        return
+    assert (
+        inbound.cpim_from,
+        inbound.cpim_to,
+        inbound.datetime,
+        inbound.subject,
+        inbound.message_id,
+        inbound.notify,
+        inbound.original_to,
+        inbound.imdn_route,
+    ) == expected

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .._cache import remember_text
+from .._cache import remember, remember_text
 from ..cpim import grammar
 from ..cpim.message import CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, parse_address
@@ -141,9 +141,22 @@ class ImdnHeaders:
     @property
     def requested(self) -> frozenset[DispositionRequest]:
         """The RFC 5438 notification types requested (unknown tokens dropped, RFC 5438 §7.2)."""
-        if not self.disposition_notification:
-            return frozenset()
-        return frozenset(r.known for r in self.disposition_notification if r.known is not None)
+        requests = self.disposition_notification
+        if not requests:
+            return _NONE_REQUESTED
+        # The same few values arrive on every IM: short ones memoised by value (the result is
+        # immutable; a long list a peer made up is computed, never kept).
+        cached = _REQUESTED.get(requests)
+        if cached is None:
+            cached = frozenset(r.known for r in requests if r.known is not None)
+            if len(requests) <= _REQUESTED_MAX_KEY:
+                remember(_REQUESTED, requests, cached, 256)
+        return cached
+
+
+_NONE_REQUESTED: frozenset[DispositionRequest] = frozenset()
+_REQUESTED: dict[tuple[NotifyRequest, ...], frozenset[DispositionRequest]] = {}
+_REQUESTED_MAX_KEY = 8
 
 
 def imdn_headers(msg: CpimMessage) -> ImdnHeaders:

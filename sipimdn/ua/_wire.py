@@ -28,6 +28,7 @@ from ..imdn import (
     CONTENT_TYPE as IMDN_CONTENT_TYPE,
 )
 from ..imdn import (
+    DispositionRequest,
     Notification,
     build_im,
     imdn_headers,
@@ -87,9 +88,10 @@ def as_decision(value: object) -> Decision:
 # -- receiving --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inbound:
-    """A received MESSAGE, decoded."""
+    """A received MESSAGE, decoded (read-only by convention: not frozen, whose ``__init__`` sets
+    each of these fields through ``object.__setattr__``, four times the cost per message)."""
 
     request: Request
     sip_from: str
@@ -141,7 +143,7 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
     else:
         mime = ctype.mime
         if mime == cpim.CONTENT_TYPE:
-            return _decode_cpim(request, body, config, headers.get("Subject"))
+            return _decode_cpim(request, body, config)
         params = dict(ctype.params)
     from_ = request.from_
     sip_from = _uri_text(from_.uri)
@@ -175,22 +177,45 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
 
 _NOTHING: frozenset[str] = frozenset()
 _IMDN_TYPES = (IMDN_CONTENT_TYPE, "multipart/mixed")
+# Requested notification types -> their names (a handful of sets, each its own frozen object).
+_NOTIFY: dict[frozenset[DispositionRequest], frozenset[str]] = {}
 
 
-def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig, sip_subject: str | None) -> Inbound:
+def _notify(requested: frozenset[DispositionRequest]) -> frozenset[str]:
+    return remember(_NOTIFY, requested, frozenset(str(r) for r in requested), 64)
+
+
+def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig) -> Inbound:
     envelope = cpim.parse(body)
     from_ = request.from_
     sip_from = _uri_text(from_.uri)
     sip_to = _uri_text(request.to.uri)
-    sender = envelope.from_
-    cpim_from = None if sender is None else sender.uri
-    cpim_to = tuple(a.uri for a in envelope.to)
+    # One walk over the envelope's headers for what its properties (from_, to, date_time,
+    # subject) would each walk for. cpim.parse checked every standard header of the CPIM
+    # namespace, so none of these reads can fail here; the IMDN headers are imdn_headers' part.
+    cpim_from: str | None = None
+    to: list[str] = []
+    datetime: str | None = None
+    subject: str | None = None
+    for h in envelope.headers:
+        if h.namespace == cpim.CPIM_NS:
+            name = h.name
+            if name == "From":
+                if cpim_from is None:
+                    cpim_from = cpim.parse_address(h.value).uri
+            elif name == "To":
+                to.append(cpim.parse_address(h.value).uri)
+            elif name == "DateTime":
+                if datetime is None:
+                    datetime = h.value.rstrip(" ")
+            elif name == "Subject" and subject is None:
+                subject = h.text
+    cpim_to = tuple(to)
     imdn = imdn_headers(envelope)
-    date_time = envelope.date_time
-    datetime = None if date_time is None else date_time.raw.rstrip(" ")
-    subject = envelope.subject or sip_subject
+    # The SIP Subject only when the envelope has none (RFC 3862 §4.5 wins).
+    subject = subject or request.headers.get("Subject")
     original_to = None if imdn.original_to is None else imdn.original_to.uri
-    imdn_route = tuple(a.uri for a in imdn.record_routes)
+    imdn_route = tuple(a.uri for a in imdn.record_routes) if imdn.record_routes else ()
     # The inner Content-Type read once (type and parameters from one parse); cpim.parse
     # already refused a message without a readable one.
     inner_value = envelope.mime_header("Content-Type")
@@ -224,7 +249,7 @@ def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig, sip_sub
             datetime=datetime, subject=subject, original_to=None, imdn_route=(), composing=indication,
         )
     requested = imdn.requested
-    notify = frozenset(str(r) for r in requested) if requested else _NOTHING
+    notify = (_NOTIFY.get(requested) or _notify(requested)) if requested else _NOTHING
     return Inbound(
         request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
         content_type=inner, content_params=inner_params, body=envelope.body, cpim=envelope,
