@@ -41,6 +41,8 @@ _log = logging.getLogger("sipimdn.ua")
 _MAX_FOLLOWERS = 8
 #: Senders remembered as having sent us message/cpim (past this the table starts over).
 _MAX_CPIM_SENDERS = 4096
+#: What a handler returning None decided (both are immutable, so one is shared).
+_DELIVERED = HandlerOutcome(normalize_decision(None), by_handler=True)
 
 
 class ReceivePath(WorkingSetPath):
@@ -246,13 +248,14 @@ class ReceivePath(WorkingSetPath):
             self._deciding.pop((pending.message_id, pending.sender), None)
         status = outcome.decision.status
         reason = outcome.decision.reason
-        _log.info(
-            "answered message %s from %s: %d%s",
-            pending.message_id or f"(Call-ID {pending.incoming.request.call_id})",
-            pending.sender,
-            status,
-            "" if outcome.by_handler else " (not decided by a handler)",
-        )
+        if _log.isEnabledFor(logging.INFO):  # the arguments cost more than the disabled call
+            _log.info(
+                "answered message %s from %s: %d%s",
+                pending.message_id or f"(Call-ID {pending.incoming.request.call_id})",
+                pending.sender,
+                status,
+                "" if outcome.by_handler else " (not decided by a handler)",
+            )
         if self._closed:
             pending.respond(status, reason)
             return
@@ -367,9 +370,12 @@ class ReceivePath(WorkingSetPath):
                     result,
                     _about(pending),
                 )
+            elif result is None:
+                # The most common case: 200 (``normalize_decision(None)``), one shared outcome.
+                self._answer(pending, _DELIVERED)
             else:
                 try:
-                    # The common case: a valid decision, for which no names are formatted.
+                    # A valid decision, for which no names are formatted.
                     outcome = HandlerOutcome(normalize_decision(result), by_handler=True)
                 except (TypeError, ValueError):
                     outcome = outcome_of(result, None, _names(handlers), _about(pending))
