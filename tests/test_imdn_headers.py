@@ -156,3 +156,88 @@ ext_params = st.lists(
 def test_disposition_notification_round_trip(items: list[tuple[str, list[tuple[str, str]]]]) -> None:
     reqs = tuple(imdn.NotifyRequest(t, tuple(p)) for t, p in items)
     assert imdn.parse_disposition_notification(imdn.format_disposition_notification(reqs)) == reqs
+
+
+# -- imdn_headers against a plain reading (differential) ---------------------------------------
+
+
+def _plain_reading(msg: cpim.CpimMessage) -> object:
+    """The IMDN headers read one by one through the message's namespace access."""
+    ns = imdn.IMDN_NS
+    try:
+        ids = msg.get_all(ns, "Message-ID")
+        if len(ids) > 1:
+            raise ImdnError("more than one IMDN Message-ID header")
+        message_id = ids[0].value.rstrip(" ") if ids else None
+        if message_id is not None and grammar.LENIENT_TOKEN_RE.fullmatch(message_id) is None:
+            raise ImdnError(f"IMDN Message-ID is empty or holds spaces: {message_id!r}")
+        dn = msg.get_all(ns, "Disposition-Notification")
+        disposition = None
+        if dn:
+            try:
+                disposition = tuple(r for h in dn for r in imdn.parse_disposition_notification(h.value))
+            except ValueError as exc:
+                raise ImdnError(str(exc)) from None
+        originals = msg.get_all(ns, "Original-To")
+        if len(originals) > 1:
+            raise ImdnError("more than one Original-To header (RFC 5438 §6.4)")
+
+        def address(h: cpim.CpimHeader) -> cpim.CpimAddress:
+            try:
+                return cpim.parse_address(h.value)
+            except ValueError as exc:
+                raise ImdnError(f"{h.full_name}: {exc}") from None
+
+        known = frozenset(r.known for r in disposition or () if r.known is not None)
+        return (
+            message_id,
+            disposition,
+            address(originals[0]) if originals else None,
+            tuple(address(h) for h in msg.get_all(ns, "IMDN-Record-Route")),
+            tuple(address(h) for h in msg.get_all(ns, "IMDN-Route")),
+            known,
+        )
+    except ImdnError as exc:
+        return ("refused", exc.reason)
+
+
+_IMDN_LINES = st.sampled_from(
+    [
+        "imdn.Message-ID: a1",
+        "imdn.Message-ID: abc@host",
+        "imdn.Message-ID: ",
+        "imdn.Disposition-Notification: positive-delivery, display",
+        "imdn.Disposition-Notification: x-ext;v=1,negative-delivery",
+        "imdn.Disposition-Notification: ",
+        "imdn.Disposition-Notification: bad value!",
+        "imdn.Original-To: <sip:o@example.com>",
+        "imdn.Original-To: junk",
+        "imdn.IMDN-Record-Route: <sip:r1@example.com>",
+        "imdn.IMDN-Record-Route: Proxy <sip:r2@example.com>",
+        "imdn.IMDN-Route: <sip:r3@example.com>",
+        "imdn.IMDN-Route: nope",
+        "other.Message-ID: not-imdn",
+        "NS: other <urn:ietf:params:imdn>",
+        "Subject: not imdn",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_IMDN_LINES, max_size=7), prefix=st.sampled_from(["imdn", "zz"]))
+def test_imdn_headers_agree_with_a_plain_reading(lines: list[str], prefix: str) -> None:
+    msg = message(*lines, prefix=prefix)
+    expected = _plain_reading(msg)
+    try:
+        headers = imdn.imdn_headers(msg)
+    except ImdnError as exc:
+        assert ("refused", exc.reason) == expected
+        return
+    assert (
+        headers.message_id,
+        headers.disposition_notification,
+        headers.original_to,
+        headers.record_routes,
+        headers.routes,
+        headers.requested,
+    ) == expected

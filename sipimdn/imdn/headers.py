@@ -169,7 +169,13 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
     found: dict[str, list[CpimHeader]] = {}
     for h in msg.headers:
         if h.namespace == IMDN_NS:
-            found.setdefault(h.name, []).append(h)
+            group = found.get(h.name)
+            if group is None:
+                found[h.name] = [h]
+            else:
+                group.append(h)
+    if not found:
+        return _NO_HEADERS
     ids = found.get("Message-ID", ())
     if len(ids) > 1:
         raise ImdnError("more than one IMDN Message-ID header")
@@ -195,13 +201,19 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
     originals = found.get("Original-To", ())
     if len(originals) > 1:
         raise ImdnError("more than one Original-To header (RFC 5438 §6.4)")
+    record_routes = found.get("IMDN-Record-Route")
+    routes = found.get("IMDN-Route")
     return ImdnHeaders(
-        message_id=message_id,
-        disposition_notification=disposition,
-        original_to=_address(originals[0]) if originals else None,
-        record_routes=tuple(_address(h) for h in found.get("IMDN-Record-Route", ())),
-        routes=tuple(_address(h) for h in found.get("IMDN-Route", ())),
+        message_id,
+        disposition,
+        _address(originals[0]) if originals else None,
+        tuple(_address(h) for h in record_routes) if record_routes else (),
+        tuple(_address(h) for h in routes) if routes else (),
     )
+
+
+#: A message without IMDN headers (immutable, so shared).
+_NO_HEADERS = ImdnHeaders(None, None, None, (), ())
 
 
 def _address(h: CpimHeader) -> CpimAddress:
