@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,7 +15,7 @@ from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport.base import ListenSpec
 from sipimdn.transport.flow import Transport
 from sipimdn.transport.select import Target
-from sipimdn.ua import UserAgent
+from sipimdn.ua import UserAgent, _wire
 from sipimdn.ua.incoming import IncomingMessage
 from sipimdn.ua.request_uri import RequestUriPolicy, RequestUriVerdict
 from sipimdn.uri import Uri
@@ -216,3 +217,33 @@ async def test_worker_behind_a_dispatcher_accepts_the_public_aor() -> None:
                                     body=b"hi", content_type="text/plain")
             assert (await dispatcher.send_request(request, to_bob)).status_code == status, uri
         assert [m.body for m in seen] == [b"hi", b"hi"]
+
+
+def test_repeated_request_uri_objects_get_the_verdict_of_their_own_method_and_policy() -> None:
+    # The verdict of the last (policy, Request-URI object, method) is reused for the next request;
+    # a different method, URI object or listener set is judged afresh.
+    config = UserAgentConfig(aor="sip:bob@192.0.2.10:5070")
+    aor = Uri.parse(config.aor)
+    here = _listening(("192.0.2.10", 5070))
+    there = _listening(("192.0.2.11", 5070))
+    probe = Uri.parse("sip:192.0.2.10:5070")
+    contact = Uri.parse("sip:bob@192.0.2.11:5070")
+    cases = [
+        (here, "OPTIONS", probe, ACCEPTED),
+        (here, "OPTIONS", probe, ACCEPTED),
+        (here, "MESSAGE", probe, NOT_HERE),  # same URI object, another method
+        (here, "MESSAGE", probe, NOT_HERE),
+        (here, "MESSAGE", contact, NOT_HERE),
+        (there, "MESSAGE", contact, ACCEPTED),  # same URI object, other listeners
+        (there, "MESSAGE", contact, ACCEPTED),
+        (here, "MESSAGE", contact, NOT_HERE),
+    ]
+    for stack, method, uri, expected in cases:
+        headers = build_request(method, uri, "<sip:a@example.com>", "<sip:bob@x>").headers
+        verdict = _wire.request_uri_verdict(config, aor, stack, Request(method, uri, headers))  # type: ignore[arg-type]
+        assert verdict is expected, (method, uri)
+
+
+def _listening(address: tuple[str, int]) -> SimpleNamespace:
+    """What request_uri_verdict reads of a stack: its listeners."""
+    return SimpleNamespace(transports=SimpleNamespace(endpoint_tuple=((Transport.UDP, address),)))

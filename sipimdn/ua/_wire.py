@@ -587,11 +587,23 @@ def request_uri_verdict(
     else:
         policy = _request_uri_policy(aor, tuple(address for _, address in listening))
         _LAST_POLICY[0] = (aor, listening, policy)
-    return policy.classify(request.method, request.uri)
+    # The core hands out one Uri object per distinct Request-URI text, so the requests of a
+    # run of messages to us carry the same object: its verdict (a pure function of the
+    # policy, the method and the URI, which is immutable) is kept for the next one.
+    uri = request.uri
+    method = request.method
+    verdict = _LAST_VERDICT[0]
+    if verdict is not None and verdict[0] is policy and verdict[1] is uri and verdict[2] == method:
+        return verdict[3]
+    answer = policy.classify(method, uri)
+    _LAST_VERDICT[0] = (policy, uri, method, answer)
+    return answer
 
 
 #: The policy last used, with the AOR object and the listener tuple it was made for.
 _LAST_POLICY: list[tuple[Uri, tuple[object, ...], RequestUriPolicy] | None] = [None]
+#: The last verdict, with the policy, Request-URI object and method it was given for.
+_LAST_VERDICT: list[tuple[RequestUriPolicy, Uri, str, RequestUriVerdict] | None] = [None]
 
 
 def endpoints_of(stack: SipStack) -> tuple[ListenEndpoint, ...]:
