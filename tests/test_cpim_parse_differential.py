@@ -11,8 +11,10 @@ on a first parse and on a second one served from the caches.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -303,3 +305,19 @@ def test_limits_agree_with_the_reference(count: int, max_headers: int, max_heade
     limits = Limits(max_headers=max_headers, max_header_bytes=max_header_bytes, max_mime_headers=max_headers)
     data = ("".join(f"X-{i}: v\r\n" for i in range(count)) + "\r\nContent-Type: text/plain\r\n\r\n").encode()
     _same(data, limits=limits)
+
+
+def test_parsed_objects_are_the_frozen_dataclasses_their_init_makes() -> None:
+    # The parser builds CpimHeader and CpimMessage without their __init__: same values, same
+    # equality and hash, still immutable.
+    msg = cpim.parse(b"imdn.Message-ID: m1\r\nFrom: <sip:a@b>\r\n\r\nContent-Type: text/plain\r\n\r\nhi")
+    reference = reference_parse(msg.to_bytes())
+    assert msg == reference and hash(msg.headers) == hash(reference.headers)
+    header = msg.headers[0]
+    assert (header.raw, header.prefix, header.name, header.namespace, header.params, header.value) == (
+        "imdn.Message-ID: m1", "imdn", "Message-ID", None, (), "m1",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        header.value = "m2"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.body = b""  # type: ignore[misc]
