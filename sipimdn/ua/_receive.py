@@ -61,9 +61,8 @@ class ReceivePath(WorkingSetPath):
             _log.info("%s for %s from %s: %s", method, request.uri, incoming.flow.remote, verdict.reason)
             incoming.respond(verdict.status, verdict.reason)
             return
-        required = [
-            tag for value in request.headers.get_all("Require") for tag in value.split(",") if tag.strip()
-        ]
+        require = request.headers.get_all("Require")  # almost always none
+        required = [tag for value in require for tag in value.split(",") if tag.strip()] if require else None
         if required:
             # RFC 3261 §8.2.2.3: we support no extension that could be required.
             incoming.respond(420, None, [("Unsupported", ", ".join(t.strip() for t in required))])
