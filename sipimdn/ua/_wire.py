@@ -212,7 +212,7 @@ def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig) -> Inbo
                 subject = h.text
     cpim_to = tuple(to)
     imdn = imdn_headers(envelope)
-    # The SIP Subject only when the envelope has none (RFC 3862 §4.5 wins).
+    # The SIP Subject is read only when the envelope has no Subject (RFC 3862 §4.5), which is preferred.
     subject = subject or request.headers.get("Subject")
     original_to = None if imdn.original_to is None else imdn.original_to.uri
     imdn_route = tuple(a.uri for a in imdn.record_routes) if imdn.record_routes else ()
