@@ -169,6 +169,35 @@ async def test_slow_handler_hits_the_deadline_and_the_stack_answers() -> None:
         assert handle.state in (S.ACCEPTED, S.DELIVERED)
 
 
+async def test_deadline_applies_to_the_slow_message_only_among_fast_ones() -> None:
+    # Messages answered in time leave the deadline queue at once; the slow one still waiting
+    # behind and ahead of them gets the deadline status at its own deadline, and only it.
+    release = asyncio.Event()
+    async with (
+        UserAgent(ua_config("bob", handler_deadline=0.3)) as bob,
+        UserAgent(ua_config("alice")) as alice,
+    ):
+
+        @bob.on_message
+        async def decide(message: IncomingMessage) -> int:
+            if message.text == "slow":
+                await release.wait()
+                return 486  # too late to count
+            return 200
+
+        fast_before = await alice.send_message(bob.aor, "fast")
+        assert (await asyncio.wait_for(fast_before.final_response(), 5)).status_code == 200
+        start = time.monotonic()
+        slow = await alice.send_message(bob.aor, "slow")
+        fast_after = [await alice.send_message(bob.aor, "fast") for _ in range(3)]
+        for handle in fast_after:
+            assert (await asyncio.wait_for(handle.final_response(), 5)).status_code == 200
+        assert (await asyncio.wait_for(slow.final_response(), 5)).status_code == 202
+        assert time.monotonic() - start >= 0.25
+        release.set()
+        assert bob._deadlines is not None and len(bob._deadlines) == 0
+
+
 async def test_no_handler_means_not_delivered() -> None:
     async with UserAgent(ua_config("bob")) as bob, UserAgent(ua_config("alice")) as alice:
         handle = await alice.send_message(bob.aor, "x")
