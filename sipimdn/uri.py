@@ -363,6 +363,26 @@ def _identity(uri: str, compare_ports: bool) -> str | None:
     return f"{scheme}:{rest.split(';', 1)[0].lower()}"
 
 
+#: Hosts as :func:`identity_key` writes them, by their lower-cased text: a host is the same
+#: few peers' (or our own) address over and over, and telling an IP address from a name with
+#: :mod:`ipaddress` costs more than the rest of the key.
+_HOSTS: dict[str, str] = {}
+
+
+def _identity_host(host: str) -> str:
+    """``host`` (lower-case, no trailing dot) in canonical form: an IP address compressed, an
+    IPv6 one in brackets."""
+    canonical = _HOSTS.get(host)
+    if canonical is None:
+        canonical = host
+        with contextlib.suppress(ValueError):
+            canonical = ipaddress.ip_address(host).compressed
+        if ":" in canonical:
+            canonical = f"[{canonical}]"
+        remember_text(_HOSTS, host, canonical, 1024)
+    return canonical
+
+
 def _sip_identity(scheme: str, rest: str, compare_ports: bool) -> str | None:
     # The user part may not contain an unescaped "@" (RFC 3261 §25.1), so the
     # first "@" ends the userinfo.
@@ -390,10 +410,7 @@ def _sip_identity(scheme: str, rest: str, compare_ports: bool) -> str | None:
     host = host.lower().rstrip(".")
     if not host:
         return None
-    with contextlib.suppress(ValueError):
-        host = ipaddress.ip_address(host).compressed
-    if ":" in host:
-        host = f"[{host}]"
+    host = _identity_host(host)
     port: int | None = None
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:

@@ -534,8 +534,10 @@ class ReceiverSide(DispatchSide):
     def _sender_key(self, sender: str) -> str:
         # From ``sender`` alone, so every later call naming the same sender finds the record.
         # A key holds no space, so the (sender key, Message-ID) pair stays unambiguous.
-        raw = sender.strip().replace("%", "%25").replace(" ", "%20")
-        return self._key(sender) or f"raw:{raw}"
+        key = self._key(sender)
+        if key is None:
+            key = "raw:" + sender.strip().replace("%", "%25").replace(" ", "%20")
+        return key
 
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:
