@@ -373,12 +373,18 @@ class TrackerCore:
 
     def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
         """Hand out the next attempt of an owed notification (into ``hold`` if given)."""
-        owed = evolve(
-            owed,
-            attempts=owed.attempts + 1,
-            in_flight=True,
-            next_attempt_at=now + self.config.in_flight_timeout,
+        self._hand_out(
+            evolve(
+                owed,
+                attempts=owed.attempts + 1,
+                in_flight=True,
+                next_attempt_at=now + self.config.in_flight_timeout,
+            ),
+            hold,
         )
+
+    def _hand_out(self, owed: OwedRecord, hold: list[NotificationOwed] | None) -> None:
+        """Keep ``owed``, an attempt just started, and report it (into ``hold`` if given)."""
         self._put(owed)
         event = NotificationOwed(owed)
         if hold is None:

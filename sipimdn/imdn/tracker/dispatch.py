@@ -162,9 +162,19 @@ class DispatchSide(TrackerCore):
         """The destination address of a notification's Request-URI (see :mod:`.destinations`)."""
         return _address_of(uri)
 
-    def _new_owed(self, record: ReceivedRecord, kind: str, status: str, now: float) -> OwedRecord | None:
+    def _new_owed(
+        self,
+        record: ReceivedRecord,
+        kind: str,
+        status: str,
+        now: float,
+        *,
+        hand_out: bool = False,
+        hold: list[NotificationOwed] | None = None,
+    ) -> OwedRecord | None:
         """The notification to owe, or None (declined: peer refuses IMDNs, a budget, a parked
-        destination)."""
+        destination). ``hand_out``: owe it now, as :meth:`_dispatch` of the record returned
+        would (the record is born with its first attempt, not replaced at once by it)."""
         request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
         peer_key = self._key(request_uri) or request_uri
         address = self._address(request_uri)
@@ -185,8 +195,16 @@ class DispatchSide(TrackerCore):
                 request = "negative-delivery"
             self._emit(NotificationsDeclined(record.message_id, record.sender, (request,), reason))
             return None
-        return OwedRecord(
-            notification_id=self._new_id(),
+        notification_id = self._new_id()
+        attempts, in_flight, next_attempt_at = 0, False, now
+        if hand_out:
+            later = self._guard.admit(address, notification_id, peer_key, now)
+            if later is None:
+                attempts, in_flight, next_attempt_at = 1, True, now + self.config.in_flight_timeout
+            else:
+                next_attempt_at = later
+        owed = OwedRecord(
+            notification_id=notification_id,
             message_id=record.message_id,
             sender_key=record.sender_key,
             kind=str(kind),
@@ -201,12 +219,17 @@ class DispatchSide(TrackerCore):
             subject=record.subject,
             imdn_route=record.imdn_route,
             peer_key=peer_key,
-            attempts=0,
-            next_attempt_at=now,
-            in_flight=False,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            in_flight=in_flight,
             created_at=now,
             expires_at=now + self.config.owed_ttl,
         )
+        if in_flight:
+            self._hand_out(owed, hold)
+        elif hand_out:
+            self._put(owed)  # waits for its destination (see _dispatch)
+        return owed
 
     def _rate_key(self, record: ReceivedRecord, address: str) -> str:
         """What the count limit is kept per (see ``TrackerConfig.rate_limit``)."""

@@ -387,18 +387,25 @@ class ReceiverSide(DispatchSide):
             receipt = Receipt(_AFTER_2XX)
             self._receipts[key] = receipt
             hold = receipt.held
-        record = evolve(record, answered_status=status_code)
+        delivery_owed, display_owed = record.delivery_owed, record.display_owed
+        requested = record.requested
         if Kind.DELIVERY in early:
-            record = self._commit(record, Kind.DELIVERY, early[Kind.DELIVERY], now, hold)
-        elif "positive-delivery" in record.requested and self.config.auto_delivered:
+            delivery_owed = self._commit_owed(early[Kind.DELIVERY], now, hold)
+        elif "positive-delivery" in requested and self.config.auto_delivered:
             # RFC 5438 §7.2.1.1: a 2xx says the message reached us; an explicit report made
             # before the answer replaces this automatic one.
-            record = self._owe(record, Kind.DELIVERY, "delivered", now, hold)
+            delivery_owed = self._owe(record, Kind.DELIVERY, "delivered", now, hold)
         if Kind.DISPLAY in early:
-            record = self._commit(record, Kind.DISPLAY, early[Kind.DISPLAY], now, hold)
-        elif "display" in record.requested and record.display_policy == DisplayPolicy.FORBIDDEN:
-            record = self._owe(record, Kind.DISPLAY, "forbidden", now, hold)
-        self._settle_received(record)
+            display_owed = self._commit_owed(early[Kind.DISPLAY], now, hold)
+        elif "display" in requested and record.display_policy == DisplayPolicy.FORBIDDEN:
+            display_owed = self._owe(record, Kind.DISPLAY, "forbidden", now, hold)
+        if _still_open(requested, delivery_owed, display_owed):
+            answered = evolve(
+                record, answered_status=status_code, delivery_owed=delivery_owed, display_owed=display_owed
+            )
+            self._put(answered, key=key)
+        else:
+            self._delete(ReceivedRecord.TABLE, key)
         return not sent
 
     def answer_sent(self, message_id: str, sender: str) -> None:
@@ -579,9 +586,17 @@ class ReceiverSide(DispatchSide):
         status: str,
         now: float,
         hold: list[NotificationOwed] | None,
-    ) -> ReceivedRecord:
-        """Owe one notification now (or decline it) and mark its type used."""
-        return self._commit(record, kind, self._new_owed(record, kind, status, now), now, hold)
+    ) -> str:
+        """Owe one notification now (or decline it): the status its type is marked used with."""
+        owed = self._new_owed(record, kind, status, now, hand_out=True, hold=hold)
+        return _DECLINED if owed is None else owed.status
+
+    def _commit_owed(self, owed: OwedRecord | None, now: float, hold: list[NotificationOwed] | None) -> str:
+        """Hand out ``owed`` (None: declined): the status its type is marked used with."""
+        if owed is None:
+            return _DECLINED
+        self._dispatch(owed, now, hold)
+        return owed.status
 
     def _commit(
         self,
@@ -592,19 +607,11 @@ class ReceiverSide(DispatchSide):
         hold: list[NotificationOwed] | None,
     ) -> ReceivedRecord:
         """Hand out ``owed`` (None: declined) and mark its type used on ``record``."""
-        if owed is None:
-            return _with_owed(record, kind, _DECLINED)
-        self._dispatch(owed, now, hold)
-        return _with_owed(record, kind, owed.status)
+        return _with_owed(record, kind, self._commit_owed(owed, now, hold))
 
     def _settle_received(self, record: ReceivedRecord) -> None:
         """Keep a received record while a notification may still be owed for it."""
-        requested = set(record.requested)
-        delivery_open = (
-            bool(requested & {"positive-delivery", "negative-delivery"}) and record.delivery_owed is None
-        )
-        display_open = "display" in requested and record.display_owed is None
-        if delivery_open or display_open:
+        if _still_open(record.requested, record.delivery_owed, record.display_owed):
             self._put(record)
         else:
             self._delete(ReceivedRecord.TABLE, (record.sender_key, record.message_id))
@@ -613,6 +620,13 @@ class ReceiverSide(DispatchSide):
         receipt = self._receipts.get(key)
         if receipt is not None and self._step(receipt.state, ReceiptInput.EXPIRE) is not None:
             del self._receipts[key]
+
+
+def _still_open(requested: tuple[str, ...], delivery_owed: str | None, display_owed: str | None) -> bool:
+    """Whether a notification requested may still be owed (its type not owed nor declined yet)."""
+    if delivery_owed is None and ("positive-delivery" in requested or "negative-delivery" in requested):
+        return True
+    return display_owed is None and "display" in requested
 
 
 def _with_owed(record: ReceivedRecord, kind: str, status: str) -> ReceivedRecord:
