@@ -204,6 +204,10 @@ class TrackerCore:
         # may have made an entry stale since the last sweep (an upper bound on stale entries).
         self._heap: list[tuple[float, int, str, MemKey]] = []
         self._unswept = 0
+        # The entry get_timer last found live at the top, and _unswept then: while both hold,
+        # it is still live (every change that can make an entry stale counts in _unswept).
+        self._top_live: tuple[float, int, str, MemKey] | None = None
+        self._top_unswept = 0
         self._seq = 0
         self._tables: dict[str, dict[Any, Any]] = {
             _SENT: self._sent,
@@ -232,9 +236,18 @@ class TrackerCore:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
         heap = self._heap
+        if not heap:
+            return None
+        top = heap[0]
+        if top is self._top_live and self._unswept == self._top_unswept:
+            # Nothing went stale since this entry was found live (the UA asks after every input).
+            return top[0]
         while heap and not self._live(*heap[0]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        if not heap:
+            return None
+        self._top_live, self._top_unswept = heap[0], self._unswept
+        return heap[0][0]
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at or before ``now``: expiries, retries, give-ups, housekeeping."""
@@ -461,9 +474,11 @@ class TrackerCore:
             # sweep keeps the live ones, whose (deadline, seq) order is unchanged. It runs after
             # at least a quarter of the heap's length in deletions and reschedules since the
             # last one (never during a restore, which deletes nothing): amortised O(1) each.
-            heap[:] = [entry for entry in heap if self._live(*entry)]
+            live = self._live
+            heap[:] = [entry for entry in heap if live(*entry)]
             heapq.heapify(heap)
             self._unswept = 0
+            self._top_live = None
 
     def _index_received(self, message_id: str, key: tuple[str, str]) -> None:
         index = self._received_by_id
@@ -506,7 +521,11 @@ class TrackerCore:
         record = self._tables[table].pop(key, None)
         if record is None:
             return
-        self._unswept += 1
+        if table not in _RECEIVED_SPACE or self._deadline(
+            _RECEIVED if table == _SEEN else _SEEN, key
+        ) != _deadline_of(record):
+            # Its timer entry is stale now, unless it also serves the message's other record.
+            self._unswept += 1
         if isinstance(record, ReceivedRecord):
             self._unindex_received(record.message_id, key)
         elif isinstance(record, OwedRecord):
