@@ -55,7 +55,7 @@ from enum import StrEnum
 
 from ...errors import LocalProtocolError
 from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
-from ._base import PEER_NO_IMDN, shared_kinds, token
+from ._base import _VOLATILE, PEER_NO_IMDN, shared_kinds, token
 from .dispatch import DispatchSide
 from .events import (
     DeclineReason,
@@ -212,13 +212,15 @@ class ReceiverSide(DispatchSide):
     ) -> Reception:
         sender_key = key[0]
         dedup_expiry = now + self.config.dedup_ttl
-        kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS)
+        kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS) if requested else []
         policy = self._admit_requests(
             message_id, sender, kinds, sip_from, imdn_route, route_trusted, is_notification, display_policy
         )
         if policy is None:
-            # Owed nothing: the dedup entry lives in memory only (see the module docstring).
-            self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key, table="volatile")
+            # Owed nothing: the dedup entry lives in memory only (see the module docstring). New
+            # (record_received found none), it needs only its table slot and its timer.
+            self._volatile[key] = SeenRecord(sender_key, message_id, None, dedup_expiry)
+            self._push(dedup_expiry, _VOLATILE, key)
             return _NO_REQUEST
         route, display = policy
         # The key is made once here and shared by the dedup entry, the received record's table
@@ -370,7 +372,10 @@ class ReceiverSide(DispatchSide):
         else:
             volatile = self._volatile.get(key)
             if volatile is not None and volatile.status is None:
-                self._put(evolve(volatile, status=status_code), key=key, table="volatile")
+                # In memory only, same deadline: the new value in its slot is all there is to do.
+                self._volatile[key] = SeenRecord(
+                    volatile.sender_key, volatile.message_id, status_code, volatile.expires_at
+                )
         record = self._received.get(key)
         if record is None or record.answered_status is not None:
             return False
