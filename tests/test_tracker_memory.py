@@ -244,3 +244,54 @@ def test_common_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         assert len(tracker._common) <= 4
     assert [r.recipient for r in tracker.snapshot().received] == [f"sip:me{i}@example.org" for i in range(10)]
+
+
+def _ops(writes: list[Any]) -> list[tuple[str, str, str]]:
+    return [
+        ("put", op.record.TABLE, op.record.key) if isinstance(op, Put) else ("delete", op.table, op.key)
+        for op in writes
+    ]
+
+
+def test_a_received_record_created_and_settled_before_the_hand_out_costs_the_store_nothing() -> None:
+    """Positive delivery owed at once settles the received record with its answer: when both
+    happen between two hand-outs, the store never hears of it (no Put, no Delete)."""
+    tracker = make_tracker()
+    sender = "sip:alice@example.com"
+    tracker.record_received(message_id="m1", sender=sender, now=0.0, requested=("positive-delivery",))
+    tracker.message_answered("m1", sender, 200, 0.0, sent=False)
+    assert _ops(tracker.writes_to_apply()) == [
+        ("put", "seen", f"{sender} m1"),
+        ("put", "seen", f"{sender} m1"),  # with its answer
+        ("put", "owed", "n1"),
+    ]
+    # Drained in between: the store has the record, so it gets its Delete.
+    tracker.record_received(message_id="m2", sender=sender, now=0.0, requested=("positive-delivery",))
+    assert ("put", "received", f"{sender} m2") in _ops(tracker.writes_to_apply())
+    tracker.message_answered("m2", sender, 200, 0.0, sent=False)
+    assert ("delete", "received", f"{sender} m2") in _ops(tracker.writes_to_apply())
+    # Still open (display asked too): one Put, with its last state.
+    both = ("positive-delivery", "display")
+    tracker.record_received(message_id="m3", sender=sender, now=0.0, requested=both)
+    tracker.message_answered("m3", sender, 200, 0.0, sent=False)
+    writes = tracker.writes_to_apply()
+    [received] = [op.record for op in writes if isinstance(op, Put) and op.record.TABLE == "received"]
+    assert received.answered_status == 200 and received.delivery_owed == "delivered"
+    store = MemoryStore()
+    store.apply(writes)
+    assert {r.key for r in store.load(0.0).received} == {f"{sender} m3"}
+
+
+def test_a_received_record_that_may_be_in_the_store_is_always_deleted() -> None:
+    """Once records have left memory for the store (working set), a record absent from memory
+    may still be stored: its Delete is kept."""
+    tracker = make_tracker(working_set_max=1)
+    sender = "sip:alice@example.com"
+    for message_id in ("a", "b"):
+        tracker.record_received(message_id=message_id, sender=sender, now=0.0, requested=("display",))
+        tracker.message_answered(message_id, sender, 200, 0.0)
+    assert tracker.reads_back
+    tracker.writes_to_apply()
+    tracker.record_received(message_id="c", sender=sender, now=0.0, requested=("positive-delivery",))
+    tracker.message_answered("c", sender, 200, 0.0, sent=False)
+    assert ("delete", "received", f"{sender} c") in _ops(tracker.writes_to_apply())

@@ -38,7 +38,7 @@ import logging
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..._ratelog import RateLimitedTally
 from ..vocabulary import REQUEST_KINDS
@@ -197,7 +197,14 @@ class TrackerCore:
         self._evicted_sent_due: float | None = now if partial else None
         self._peers: dict[str, PeerRecord] = {}
         self._events: deque[TrackerEvent] = deque()
-        self._writes: list[StoreOp] = []
+        # Store operations not yet handed out (writes_to_apply); None where one was withdrawn.
+        self._writes: list[StoreOp | None] = []
+        # Received records created since the last hand-out, by key: the index in _writes of
+        # the one Put queued for each (the store has never held them). Deleted before the
+        # hand-out, such a record costs the store nothing: its Put is withdrawn, no Delete
+        # (a received message settled by its answer: positive delivery owed at once).
+        self._queued_new: dict[MemKey, int] = {}
+        self._withdrawn = 0
         # Timers: (deadline, seq, table, key). An entry goes stale (is skipped) when its record is
         # deleted or gets another deadline; stale entries are dropped when they reach the top
         # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
@@ -231,7 +238,12 @@ class TrackerCore:
     def writes_to_apply(self) -> list[StoreOp]:
         """Store operations produced since the last call; apply them in this order."""
         writes, self._writes = self._writes, []
-        return writes
+        if self._queued_new:
+            self._queued_new = {}
+        if self._withdrawn:
+            self._withdrawn = 0
+            return [op for op in writes if op is not None]
+        return cast("list[StoreOp]", writes)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
@@ -450,7 +462,10 @@ class TrackerCore:
             if recency is not None:
                 recency.move_to_end(key)  # used just now: the last to leave memory
         if write and name != _VOLATILE:
-            self._writes.append(Put(record))
+            if name == _RECEIVED:
+                self._queue_received(key, old is None, Put(record))
+            else:
+                self._writes.append(Put(record))
         deadline = _deadline_of(record)
         if old is not None:
             if _deadline_of(old) == deadline:
@@ -530,9 +545,28 @@ class TrackerCore:
             self._unindex_received(record.message_id, key)
         elif isinstance(record, OwedRecord):
             self._owed_gone(record)
+        if table == _RECEIVED:
+            index = self._queued_new.pop(key, None)
+            if index is not None:  # created since the last hand-out: the store never had it
+                self._writes[index] = None
+                self._withdrawn += 1
+                return
         if table not in (_SEEN, _VOLATILE):
             # An expired dedup entry needs no Delete: the store skips it on load and purge drops it.
             self._writes.append(Delete(table, _store_key(key)))
+
+    def _queue_received(self, key: MemKey, new: bool, put: Put) -> None:
+        """Queue the Put of a received record; ``new``: it was not in memory before."""
+        index = self._queued_new.get(key)
+        if index is not None:
+            self._writes[index] = put  # still the store's first sight of it: one Put is enough
+        elif new and not self._reads_back:
+            # Absent from memory and nothing ever left memory for the store (working set,
+            # partial resume): the store does not hold it either.
+            self._queued_new[key] = len(self._writes)
+            self._writes.append(put)
+        else:
+            self._writes.append(put)
 
     def _restore(self, snapshot: Snapshot, now: float) -> None:
         records: list[AnyRecord] = [*snapshot.sent, *snapshot.received, *snapshot.seen, *snapshot.peers]
