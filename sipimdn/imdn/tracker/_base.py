@@ -35,11 +35,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from ..._entropy import token_hex
 from ..._ratelog import RateLimitedTally
 from ..vocabulary import REQUEST_KINDS
 from .config import TrackerConfig
@@ -103,6 +103,11 @@ def _store_key(key: MemKey) -> str:
     return key if isinstance(key, str) else received_key(*key)
 
 
+def _random_id() -> str:
+    """128 random bits in hex (the default notification Message-ID)."""
+    return token_hex(16)
+
+
 def shared_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     """``kinds`` sorted, as the shared tuple of :data:`_KIND_TUPLES` when there is one."""
     combo = tuple(sorted(kinds))
@@ -135,7 +140,7 @@ class TrackerCore:
         partial: bool = False,
     ) -> None:
         self.config = config or TrackerConfig()
-        self._new_id = id_factory or (lambda: secrets.token_hex(16))
+        self._new_id = id_factory or _random_id
         # --- sender side; sent and received records are kept least recently used first (the
         # working set, see .workingset)
         self._sent: OrderedDict[str, SentRecord] = OrderedDict()
