@@ -331,7 +331,7 @@ def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
     table = _PORT_IDENTITIES if compare_ports else _IDENTITIES
     key = table.get(uri, _NOT_A_URI)
     if key is _NOT_A_URI:
-        key = _identity(uri, compare_ports)
+        key = _identity(uri, compare_ports, table)
         # A URI already in normal form (the common case) gives back the caller's own string, so a
         # record that keeps both the URI and its key (a received message's sender) holds one object.
         key = remember_text(table, uri, uri if key == uri and type(uri) is str else key, 4096)
@@ -343,7 +343,7 @@ _IDENTITIES: dict[str, str | None] = {}
 _PORT_IDENTITIES: dict[str, str | None] = {}
 
 
-def _identity(uri: str, compare_ports: bool) -> str | None:
+def _identity(uri: str, compare_ports: bool, table: dict[str, str | None]) -> str | None:
     text = uri.strip()
     if "<" in text:
         start = text.index("<")
@@ -351,6 +351,18 @@ def _identity(uri: str, compare_ports: bool) -> str | None:
         if end < 0:
             return None
         text = text[start + 1 : end].strip()
+        if "<" not in text:
+            # The addr-spec of a name-addr often comes alone too (a message's CPIM From and
+            # its SIP From): memoised under its own text, one parse serves both.
+            key = table.get(text, _NOT_A_URI)
+            if key is _NOT_A_URI:
+                key = _addr_identity(text, compare_ports)
+                key = remember_text(table, text, text if key == text else key, 4096)
+            return key
+    return _addr_identity(text, compare_ports)
+
+
+def _addr_identity(text: str, compare_ports: bool) -> str | None:
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
     if not colon or not rest or not _SCHEME.fullmatch(scheme):

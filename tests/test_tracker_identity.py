@@ -128,3 +128,38 @@ def test_host_memo_matches_the_direct_parse(host: str, user: str, port: str) -> 
     assert uri._identity_host(lowered) == expected_host  # memoised
     key = identity_key(text)
     assert key is None or key.endswith(f"@{expected_host}" if user else f":{expected_host}")
+
+
+_ADDR_TEXT = st.one_of(
+    st.builds(
+        "{}:{}{}{}".format,
+        st.sampled_from(["sip", "SIP", "sips", "im", "tel", "mailto", "x y"]),
+        st.sampled_from(["", "bob@", "B%6Fb@", "+1-555@", "a:pw@"]),
+        st.sampled_from(["example.com", "127.0.0.1", "[::1]", "EXAMPLE.com.", "h"]),
+        st.sampled_from(["", ":5070", ";transport=tcp", "?x=y", ":bad"]),
+    ),
+    st.text(alphabet="<>: sip@;", max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    addr=_ADDR_TEXT, display=st.sampled_from(["", '"Bob" ', "Bob "]), params=st.sampled_from(["", ";tag=1"])
+)
+def test_name_addr_and_its_addr_spec_memoised_together_match_cold_answers(
+    addr: str, display: str, params: str
+) -> None:
+    name_addr = f"{display}<{addr}>{params}"
+    cold: dict[tuple[str, bool], str | None] = {}
+    for text in (name_addr, addr):
+        for ports in (False, True):
+            uri._IDENTITIES.clear()
+            uri._PORT_IDENTITIES.clear()
+            cold[text, ports] = identity_key(text, compare_ports=ports)
+    for order in ((name_addr, addr), (addr, name_addr)):
+        uri._IDENTITIES.clear()
+        uri._PORT_IDENTITIES.clear()
+        for _ in range(2):  # computed, then memoised
+            for text in order:
+                for ports in (False, True):
+                    assert identity_key(text, compare_ports=ports) == cold[text, ports]

@@ -372,6 +372,14 @@ class TrackerCore:
         record = self._peers.get(self._key(uri) or uri)
         return frozenset(record.flags) if record is not None else frozenset()
 
+    def _peer_refuses_imdn(self, uri: str) -> bool:
+        """``PEER_NO_IMDN in self.peer_flags(uri)``, without the set (asked for every message)."""
+        peers = self._peers
+        if not peers:
+            return False
+        record = peers.get(self._key(uri) or uri)
+        return record is not None and PEER_NO_IMDN in record.flags
+
     def set_peer_flag(self, uri: str, flag: str, on: bool, now: float) -> None:
         """Remember (or forget) a capability flag of the peer at ``uri``."""
         key = self._key(uri) or uri

@@ -179,7 +179,7 @@ class DispatchSide(TrackerCore):
         peer_key = self._key(request_uri) or request_uri
         address = self._address(request_uri)
         reason: DeclineReason | None = None
-        if PEER_NO_IMDN in self.peer_flags(request_uri):
+        if self._peer_refuses_imdn(request_uri):
             reason = DeclineReason.PEER_REFUSES_IMDN
         elif self._guard.parked_until(address, now) is not None:
             reason = DeclineReason.DESTINATION_SILENT

@@ -55,7 +55,7 @@ from enum import StrEnum
 
 from ...errors import LocalProtocolError
 from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
-from ._base import _VOLATILE, PEER_NO_IMDN, shared_kinds, token
+from ._base import _VOLATILE, shared_kinds, token
 from .dispatch import DispatchSide
 from .events import (
     DeclineReason,
@@ -300,7 +300,7 @@ class ReceiverSide(DispatchSide):
             decline(kinds, DeclineReason.ROUTE_TOO_LONG)
             route = ()
         target = route[0] if route else (sip_from or sender)
-        if PEER_NO_IMDN in self.peer_flags(target):
+        if self._peer_refuses_imdn(target):
             decline(kinds, DeclineReason.PEER_REFUSES_IMDN)
             return None
         policy = DisplayPolicy(token(display_policy)) if display_policy is not None else None
