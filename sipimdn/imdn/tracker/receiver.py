@@ -55,7 +55,7 @@ from enum import StrEnum
 
 from ...errors import LocalProtocolError
 from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
-from ._base import _VOLATILE, shared_kinds, token
+from ._base import _RECEIVED, _SEEN, _VOLATILE, shared_kinds, token
 from .dispatch import DispatchSide
 from .events import (
     DeclineReason,
@@ -64,7 +64,7 @@ from .events import (
     Reception,
 )
 from .identity import is_anonymous
-from .records import OwedRecord, ReceivedRecord, SeenRecord, evolve
+from .records import OwedRecord, Put, ReceivedRecord, SeenRecord, evolve
 
 __all__ = ["RECEIVER_TRANSITIONS", "ReceiptInput", "ReceiptState", "ReceiverSide"]
 
@@ -124,6 +124,8 @@ _COMMON_TEXTS_MAX = 256
 #: Request tokens a recipient can answer (it never sends processing notifications, RFC 5438 §7.2).
 _RECIPIENT_KINDS = frozenset({"positive-delivery", "negative-delivery", "display"})
 _NO_REQUEST = Reception(duplicate=False, previous_status=None, requested=())
+#: Each display policy's text (an enum member's ``value`` is a property lookup: once per message).
+_POLICY_TEXT: Mapping[DisplayPolicy, str] = {policy: policy.value for policy in DisplayPolicy}
 
 
 class Receipt:
@@ -224,8 +226,13 @@ class ReceiverSide(DispatchSide):
             return _NO_REQUEST
         route, display = policy
         # The key is made once here and shared by the dedup entry, the received record's table
-        # slot, the Message-ID index and their timer (memory per tracked message).
-        self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key)
+        # slot, the Message-ID index and their timer (memory per tracked message). Both records
+        # are new (record_received found neither): what TrackerCore._put would do for them,
+        # without its general checks.
+        seen = SeenRecord(sender_key, message_id, None, dedup_expiry)
+        self._seen[key] = seen
+        self._writes.append(Put(seen))
+        self._push(dedup_expiry, _SEEN, key)
         requested_kinds = shared_kinds(kinds)
         # With the default TTLs both entries expire together: one float object, and one timer
         # entry serves both (see TrackerCore._put).
@@ -241,27 +248,29 @@ class ReceiverSide(DispatchSide):
             sip_from = sender
         elif sip_from == sender_key:
             sip_from = sender_key
-        self._put(
-            ReceivedRecord(
-                message_id=message_id,
-                sender_key=sender_key,
-                sender=sender,
-                sip_from=sip_from,
-                recipient=self._common_text(recipient),
-                original_recipient=self._common_text(original_recipient),
-                datetime=datetime,
-                subject=subject,
-                requested=requested_kinds,
-                imdn_route=route,
-                answered_status=None,
-                delivery_owed=None,
-                display_owed=None,
-                display_policy=display.value,
-                received_at=now,
-                expires_at=received_expiry,
-            ),
-            key=key,
+        record = ReceivedRecord(
+            message_id=message_id,
+            sender_key=sender_key,
+            sender=sender,
+            sip_from=sip_from,
+            recipient=self._common_text(recipient),
+            original_recipient=self._common_text(original_recipient),
+            datetime=datetime,
+            subject=subject,
+            requested=requested_kinds,
+            imdn_route=route,
+            answered_status=None,
+            delivery_owed=None,
+            display_owed=None,
+            display_policy=_POLICY_TEXT[display],
+            received_at=now,
+            expires_at=received_expiry,
         )
+        self._received[key] = record
+        self._index_received(message_id, key)
+        self._queue_received(key, True, Put(record))
+        if received_expiry != dedup_expiry:  # else the dedup entry's timer serves both
+            self._push(received_expiry, _RECEIVED, key)
         return Reception(duplicate=False, previous_status=None, requested=requested_kinds)
 
     def _admit_requests(  # noqa: PLR0917 - one call site, the arguments of record_received
