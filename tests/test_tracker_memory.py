@@ -178,17 +178,34 @@ def _reference_limiter(limit: int, window: float) -> Any:
     return allows
 
 
-@pytest.mark.parametrize("limit", [1, 2, 3, 5])
-def test_rate_windows_decide_as_a_deque_of_times_would(limit: int) -> None:
+_LONG_STEPS = (0.0,) * 400 + (0.005,) * 597 + (11.0, -0.3, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("limit", "steps"),
+    [
+        (1, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        (2, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        (3, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        (5, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        # Long windows (past a list's length, kept in a deque): filling for a few hundred
+        # calls, then, rarely, draining at once (a step past the window) or a step back.
+        (100, _LONG_STEPS),
+        (10**6, _LONG_STEPS),
+    ],
+)
+def test_rate_windows_decide_as_a_deque_of_times_would(limit: int, steps: tuple[float, ...]) -> None:
     rng = random.Random(limit)
     tracker = make_tracker(rate_limit=limit, rate_window=10.0)
     reference = _reference_limiter(limit, 10.0)
     now = 0.0
     for _ in range(3000):
         # Mostly forward, sometimes a step back (clocks are the caller's), a few originators.
-        now += rng.choice([0.0, 0.5, 1.0, 3.0, 11.0, -2.0])
+        now += rng.choice(steps)
         key = f"sip:o{rng.randrange(4)}@example.com"
         assert tracker._rate_allows(key, now) == reference(key, now)
+    if limit >= 100:  # white-box: the long windows did become deques
+        assert any(isinstance(w, deque) for w in tracker._rate.values())
     # One notification in the window is a bare time; more make a list.
     tracker = make_tracker(rate_limit=limit, rate_window=10.0)
     assert tracker._rate_allows("sip:a@example.com", 1.0)

@@ -30,6 +30,7 @@ owed notification from then on:
 from __future__ import annotations
 
 import functools
+from collections import deque
 
 from ..vocabulary import Kind
 from ._base import PEER_NO_IMDN, TrackerCore
@@ -48,6 +49,8 @@ __all__ = ["DispatchSide"]
 #: The rate limiter drops idle originators once it holds more than this many (or twice what
 #: survived the last pruning).
 _RATE_PRUNE_MIN = 4 * 4096
+#: Times kept in a list per originator at most; a longer window is a deque.
+_LONG_WINDOW = 64
 
 
 class DispatchSide(TrackerCore):
@@ -133,13 +136,23 @@ class DispatchSide(TrackerCore):
         window = rate.get(peer_key)
         # An originator's times in the window, oldest first: a bare number while there is one
         # (the usual case: many originators with one message each awaiting notifications would
-        # otherwise cost a container each), a list from the second on. Times at or before the
-        # cutoff leave from the front, as they came.
+        # otherwise cost a container each), a list from the second on, a deque past
+        # _LONG_WINDOW (a list's front deletion moves all the rest: with a high limit, one
+        # busy address makes it thousands of times long). Times at or before the cutoff leave
+        # from the front, as they came.
         if isinstance(window, list):
             stale = 0
             while stale < len(window) and window[stale] <= cutoff:
                 stale += 1
             del window[:stale]
+            if len(window) >= self.config.rate_limit:
+                return False
+            window.append(now)
+            if len(window) > _LONG_WINDOW:
+                rate[peer_key] = deque(window)
+        elif isinstance(window, deque):
+            while window and window[0] <= cutoff:
+                window.popleft()
             if len(window) >= self.config.rate_limit:
                 return False
             window.append(now)
@@ -315,8 +328,8 @@ def _address_of(uri: str) -> str:
     return address_key(key, uri) if key is not None else uri
 
 
-def _latest(window: float | list[float]) -> float:
+def _latest(window: float | list[float] | deque[float]) -> float:
     """The latest time in a rate-limit window (an emptied list counts as long expired)."""
-    if isinstance(window, list):
+    if isinstance(window, (list, deque)):
         return window[-1] if window else float("-inf")
     return window
