@@ -312,3 +312,25 @@ def test_a_received_record_that_may_be_in_the_store_is_always_deleted() -> None:
     tracker.record_received(message_id="c", sender=sender, now=0.0, requested=("positive-delivery",))
     tracker.message_answered("c", sender, 200, 0.0, sent=False)
     assert ("delete", "received", f"{sender} c") in _ops(tracker.writes_to_apply())
+
+
+def test_a_steady_flow_at_the_dedup_cap_needs_no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acknowledged notifications and dedup entries evicted oldest first leave the heap from the
+    top as the user agent asks for its timer: counted out there, they bring no sweep of the
+    whole heap (a pause of about a microsecond per entry), and the heap stays the live size."""
+    monkeypatch.setattr(tracker_base, "_HEAP_SWEEP_MIN", 8)
+    sweeps = []
+    heapify = tracker_base.heapq.heapify
+    monkeypatch.setattr(tracker_base.heapq, "heapify", lambda heap: (sweeps.append(len(heap)), heapify(heap)))
+    tracker = make_tracker(rate_limit=10**6, dedup_max=50)
+    for i in range(2000):
+        now = i * 0.01
+        sender = f"sip:user{i}@example.com"
+        tracker.record_received(message_id=f"m{i}", sender=sender, now=now, requested=("positive-delivery",))
+        tracker.message_answered(f"m{i}", sender, 200, now)
+        [owed] = [e for e in drain(tracker) if isinstance(e, NotificationOwed)]
+        tracker.notification_outcome(owed.notification.notification_id, 200, now)
+        tracker.writes_to_apply()
+        assert tracker.get_timer() is not None
+    assert sweeps == []
+    assert len(timers(tracker)) <= 51 and tracker.dedup_size == 50

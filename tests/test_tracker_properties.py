@@ -224,6 +224,8 @@ def test_receiver_store_mirror_and_at_most_one_per_type(steps: list[tuple[Any, .
             assert set(getattr(snapshot, name)) == set(getattr(live, name)), name
         # The timer (its top entry remembered between calls) is the earliest deadline of all.
         assert tracker.get_timer() == tracker.get_timer() == earliest_deadline(tracker)
+        # The sweep's count bounds the stale timer entries (white-box: the heap's memory bound).
+        assert sum(not tracker._live(*entry) for entry in tracker._heap) <= tracker._unswept
     # A restart from the store rebuilds the same state.
     rebuilt = DispositionTracker(tracker.config, snapshot=store.load(now), now=now)
     assert {r.key for r in rebuilt.snapshot().received} == {r.key for r in tracker.snapshot().received}

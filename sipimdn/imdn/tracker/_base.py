@@ -213,11 +213,13 @@ class TrackerCore:
         # Timers: (deadline, seq, table, key). An entry goes stale (is skipped) when its record is
         # deleted or gets another deadline; stale entries are dropped when they reach the top
         # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
-        # may have made an entry stale since the last sweep (an upper bound on stale entries).
+        # may have made an entry stale since the last sweep, less the stale entries dropped
+        # from the top since (an upper bound on the stale entries in the heap).
         self._heap: list[tuple[float, int, str, MemKey]] = []
         self._unswept = 0
         # The entry get_timer last found live at the top, and _unswept then: while both hold,
-        # it is still live (every change that can make an entry stale counts in _unswept).
+        # it is still live (every change that can make an entry stale counts in _unswept; the
+        # count goes down only as the top entry leaves, which changes the top).
         self._top_live: tuple[float, int, str, MemKey] | None = None
         self._top_unswept = 0
         self._seq = 0
@@ -261,6 +263,7 @@ class TrackerCore:
             return top[0]
         while heap and not self._live(*heap[0]):
             heapq.heappop(heap)
+            self._popped_stale()
         if not heap:
             return None
         self._top_live, self._top_unswept = heap[0], self._unswept
@@ -272,6 +275,7 @@ class TrackerCore:
         while heap and heap[0][0] <= now:
             when, seq, table, key = heapq.heappop(heap)
             if not self._live(when, seq, table, key):
+                self._popped_stale()
                 continue
             if table == _VOLATILE:
                 self._delete(table, key)
@@ -491,6 +495,14 @@ class TrackerCore:
             if other == deadline:
                 return
         self._push(deadline, name, key)
+
+    def _popped_stale(self) -> None:
+        """A stale entry left the heap from the top: one fewer for the next sweep to drop. (In
+        a steady flow most go this way, the oldest first: notifications acknowledged within
+        their in-flight timeout, dedup entries evicted oldest first at ``dedup_max``; counted
+        out, they no longer bring a sweep of the whole heap every few thousand messages.)"""
+        if self._unswept:
+            self._unswept -= 1
 
     def _push(self, deadline: float, table: str, key: MemKey) -> None:
         self._seq += 1
