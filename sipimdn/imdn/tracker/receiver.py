@@ -177,8 +177,36 @@ class ReceiverSide(DispatchSide):
         ``sender`` string names the message in later calls
         (:meth:`message_answered`, :meth:`mark_displayed`, :meth:`report_disposition`).
         """
-        sender_key = self._sender_key(sender)
-        key = (sender_key, message_id)
+        key = (self._sender_key(sender), message_id)
+        duplicate = self._duplicate(key)
+        if duplicate is not None:
+            return duplicate
+        reception = self._record_new(
+            key, message_id, sender, now, requested, sip_from, recipient, original_recipient, datetime,
+            subject, imdn_route, route_trusted, is_notification, display_policy,
+        )
+        self._bound_dedup(now)
+        self._bound_working_set(now)
+        return reception
+
+    def record_unrequested(self, message_id: str, sender: str, now: float) -> Reception:
+        """:meth:`record_received` for a message that requests no notification a recipient
+        sends (no ``requested`` token among ``positive-delivery``, ``negative-delivery`` and
+        ``display``): the same result and effects (dedup of copies sent again, in memory
+        only, no event, no store write), through the short route such a message takes, with
+        none of the arguments it does not need. The other arguments of
+        :meth:`record_received` only matter when something may be owed."""
+        key = (self._sender_key(sender), message_id)
+        duplicate = self._duplicate(key)
+        if duplicate is not None:
+            return duplicate
+        self._remember_unrequested(key, now)
+        self._bound_dedup(now)
+        self._bound_working_set(now)
+        return _NO_REQUEST
+
+    def _duplicate(self, key: tuple[str, str]) -> Reception | None:
+        """The reception of a copy of a message already received, or None for a new one."""
         seen = self._seen.get(key) or self._volatile.get(key)
         if seen is not None:
             return Reception(duplicate=True, previous_status=seen.status, requested=())
@@ -187,13 +215,14 @@ class ReceiverSide(DispatchSide):
             # Its dedup entry was evicted (dedup_max) but the message still awaits notifications:
             # still a duplicate, never a second set of notifications.
             return Reception(duplicate=True, previous_status=known.answered_status, requested=())
-        reception = self._record_new(
-            key, message_id, sender, now, requested, sip_from, recipient, original_recipient, datetime,
-            subject, imdn_route, route_trusted, is_notification, display_policy,
-        )
-        self._bound_dedup(now)
-        self._bound_working_set(now)
-        return reception
+        return None
+
+    def _remember_unrequested(self, key: tuple[str, str], now: float) -> None:
+        """A new message owed nothing: its dedup entry lives in memory only (see the module
+        docstring). New (no dedup entry yet), it needs only its table slot and its timer."""
+        expiry = now + self.config.dedup_ttl
+        self._volatile[key] = SeenRecord(key[0], key[1], None, expiry)
+        self._push(expiry, _VOLATILE, key)
 
     def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site
         self,
@@ -219,10 +248,7 @@ class ReceiverSide(DispatchSide):
             message_id, sender, kinds, sip_from, imdn_route, route_trusted, is_notification, display_policy
         )
         if policy is None:
-            # Owed nothing: the dedup entry lives in memory only (see the module docstring). New
-            # (record_received found none), it needs only its table slot and its timer.
-            self._volatile[key] = SeenRecord(sender_key, message_id, None, dedup_expiry)
-            self._push(dedup_expiry, _VOLATILE, key)
+            self._remember_unrequested(key, now)
             return _NO_REQUEST
         route, display = policy
         # The key is made once here and shared by the dedup entry, the received record's table
