@@ -331,7 +331,7 @@ def identity_key(uri: str | None, *, compare_ports: bool = False) -> str | None:
     table = _PORT_IDENTITIES if compare_ports else _IDENTITIES
     key = table.get(uri, _NOT_A_URI)
     if key is _NOT_A_URI:
-        key = _identity(uri, compare_ports)
+        key = _identity(uri, compare_ports, table)
         # A URI already in normal form (the common case) gives back the caller's own string, so a
         # record that keeps both the URI and its key (a received message's sender) holds one object.
         key = remember_text(table, uri, uri if key == uri and type(uri) is str else key, 4096)
@@ -343,7 +343,7 @@ _IDENTITIES: dict[str, str | None] = {}
 _PORT_IDENTITIES: dict[str, str | None] = {}
 
 
-def _identity(uri: str, compare_ports: bool) -> str | None:
+def _identity(uri: str, compare_ports: bool, table: dict[str, str | None]) -> str | None:
     text = uri.strip()
     if "<" in text:
         start = text.index("<")
@@ -351,6 +351,18 @@ def _identity(uri: str, compare_ports: bool) -> str | None:
         if end < 0:
             return None
         text = text[start + 1 : end].strip()
+        if "<" not in text:
+            # The addr-spec of a name-addr often comes alone too (a message's CPIM From and
+            # its SIP From): memoised under its own text, one parse serves both.
+            key = table.get(text, _NOT_A_URI)
+            if key is _NOT_A_URI:
+                key = _addr_identity(text, compare_ports)
+                key = remember_text(table, text, text if key == text else key, 4096)
+            return key
+    return _addr_identity(text, compare_ports)
+
+
+def _addr_identity(text: str, compare_ports: bool) -> str | None:
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
     if not colon or not rest or not _SCHEME.fullmatch(scheme):
@@ -361,6 +373,26 @@ def _identity(uri: str, compare_ports: bool) -> str | None:
         number = rest.split(";", 1)[0].translate(_TEL_SEPARATORS).lower()
         return f"tel:{number}" if number else None
     return f"{scheme}:{rest.split(';', 1)[0].lower()}"
+
+
+#: Hosts as :func:`identity_key` writes them, by their lower-cased text: a host is the same
+#: few peers' (or our own) address over and over, and telling an IP address from a name with
+#: :mod:`ipaddress` costs more than the rest of the key.
+_HOSTS: dict[str, str] = {}
+
+
+def _identity_host(host: str) -> str:
+    """``host`` (lower-case, no trailing dot) in canonical form: an IP address compressed, an
+    IPv6 one in brackets."""
+    canonical = _HOSTS.get(host)
+    if canonical is None:
+        canonical = host
+        with contextlib.suppress(ValueError):
+            canonical = ipaddress.ip_address(host).compressed
+        if ":" in canonical:
+            canonical = f"[{canonical}]"
+        remember_text(_HOSTS, host, canonical, 1024)
+    return canonical
 
 
 def _sip_identity(scheme: str, rest: str, compare_ports: bool) -> str | None:
@@ -390,10 +422,7 @@ def _sip_identity(scheme: str, rest: str, compare_ports: bool) -> str | None:
     host = host.lower().rstrip(".")
     if not host:
         return None
-    with contextlib.suppress(ValueError):
-        host = ipaddress.ip_address(host).compressed
-    if ":" in host:
-        host = f"[{host}]"
+    host = _identity_host(host)
     port: int | None = None
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import ipaddress
 
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from sipimdn import uri
 from sipimdn.imdn.tracker import is_anonymous
 from sipimdn.uri import identity_key
 
@@ -89,3 +95,71 @@ def test_not_an_identity(text: str | None) -> None:
 )
 def test_is_anonymous(uri: str, anonymous: bool) -> None:
     assert is_anonymous(uri) is anonymous
+
+
+# --- the memoised host canonicalisation against the computation it memoises ------------------
+
+
+def _reference_host(host: str) -> str:
+    """What identity_key did to a host before hosts were memoised (the ipaddress parse each time)."""
+    with contextlib.suppress(ValueError):
+        host = ipaddress.ip_address(host).compressed
+    return f"[{host}]" if ":" in host else host
+
+
+_HOST_TEXT = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda a: a.exploded),
+    st.from_regex(r"[0-9a-fA-F:.]{1,40}", fullmatch=True),
+    st.from_regex(r"[a-zA-Z0-9.-]{1,30}", fullmatch=True),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(host=_HOST_TEXT, user=st.sampled_from(["", "bob@", "a%40b@"]), port=st.sampled_from(["", ":5070"]))
+def test_host_memo_matches_the_direct_parse(host: str, user: str, port: str) -> None:
+    lowered = host.lower().rstrip(".")
+    assume(lowered)
+    expected_host = _reference_host(lowered)
+    text = f"sip:{user}[{host}]{port}" if ":" in host else f"sip:{user}{host}{port}"
+    uri._HOSTS.clear()
+    uri._IDENTITIES.clear()
+    assert uri._identity_host(lowered) == expected_host  # computed
+    assert uri._identity_host(lowered) == expected_host  # memoised
+    key = identity_key(text)
+    assert key is None or key.endswith(f"@{expected_host}" if user else f":{expected_host}")
+
+
+_ADDR_TEXT = st.one_of(
+    st.builds(
+        "{}:{}{}{}".format,
+        st.sampled_from(["sip", "SIP", "sips", "im", "tel", "mailto", "x y"]),
+        st.sampled_from(["", "bob@", "B%6Fb@", "+1-555@", "a:pw@"]),
+        st.sampled_from(["example.com", "127.0.0.1", "[::1]", "EXAMPLE.com.", "h"]),
+        st.sampled_from(["", ":5070", ";transport=tcp", "?x=y", ":bad"]),
+    ),
+    st.text(alphabet="<>: sip@;", max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    addr=_ADDR_TEXT, display=st.sampled_from(["", '"Bob" ', "Bob "]), params=st.sampled_from(["", ";tag=1"])
+)
+def test_name_addr_and_its_addr_spec_memoised_together_match_cold_answers(
+    addr: str, display: str, params: str
+) -> None:
+    name_addr = f"{display}<{addr}>{params}"
+    cold: dict[tuple[str, bool], str | None] = {}
+    for text in (name_addr, addr):
+        for ports in (False, True):
+            uri._IDENTITIES.clear()
+            uri._PORT_IDENTITIES.clear()
+            cold[text, ports] = identity_key(text, compare_ports=ports)
+    for order in ((name_addr, addr), (addr, name_addr)):
+        uri._IDENTITIES.clear()
+        uri._PORT_IDENTITIES.clear()
+        for _ in range(2):  # computed, then memoised
+            for text in order:
+                for ports in (False, True):
+                    assert identity_key(text, compare_ports=ports) == cold[text, ports]

@@ -178,17 +178,34 @@ def _reference_limiter(limit: int, window: float) -> Any:
     return allows
 
 
-@pytest.mark.parametrize("limit", [1, 2, 3, 5])
-def test_rate_windows_decide_as_a_deque_of_times_would(limit: int) -> None:
+_LONG_STEPS = (0.0,) * 400 + (0.005,) * 597 + (11.0, -0.3, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("limit", "steps"),
+    [
+        (1, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        (2, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        (3, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        (5, (0.0, 0.5, 1.0, 3.0, 11.0, -2.0)),
+        # Long windows (past a list's length, kept in a deque): filling for a few hundred
+        # calls, then, rarely, draining at once (a step past the window) or a step back.
+        (100, _LONG_STEPS),
+        (10**6, _LONG_STEPS),
+    ],
+)
+def test_rate_windows_decide_as_a_deque_of_times_would(limit: int, steps: tuple[float, ...]) -> None:
     rng = random.Random(limit)
     tracker = make_tracker(rate_limit=limit, rate_window=10.0)
     reference = _reference_limiter(limit, 10.0)
     now = 0.0
     for _ in range(3000):
         # Mostly forward, sometimes a step back (clocks are the caller's), a few originators.
-        now += rng.choice([0.0, 0.5, 1.0, 3.0, 11.0, -2.0])
+        now += rng.choice(steps)
         key = f"sip:o{rng.randrange(4)}@example.com"
         assert tracker._rate_allows(key, now) == reference(key, now)
+    if limit >= 100:  # white-box: the long windows did become deques
+        assert any(isinstance(w, deque) for w in tracker._rate.values())
     # One notification in the window is a bare time; more make a list.
     tracker = make_tracker(rate_limit=limit, rate_window=10.0)
     assert tracker._rate_allows("sip:a@example.com", 1.0)
@@ -244,3 +261,76 @@ def test_common_texts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         assert len(tracker._common) <= 4
     assert [r.recipient for r in tracker.snapshot().received] == [f"sip:me{i}@example.org" for i in range(10)]
+
+
+def _ops(writes: list[Any]) -> list[tuple[str, str, str]]:
+    return [
+        ("put", op.record.TABLE, op.record.key) if isinstance(op, Put) else ("delete", op.table, op.key)
+        for op in writes
+    ]
+
+
+def test_a_received_record_created_and_settled_before_the_hand_out_costs_the_store_nothing() -> None:
+    """Positive delivery owed at once settles the received record with its answer: when both
+    happen between two hand-outs, the store never hears of it (no Put, no Delete)."""
+    tracker = make_tracker()
+    sender = "sip:alice@example.com"
+    tracker.record_received(message_id="m1", sender=sender, now=0.0, requested=("positive-delivery",))
+    tracker.message_answered("m1", sender, 200, 0.0, sent=False)
+    assert _ops(tracker.writes_to_apply()) == [
+        ("put", "seen", f"{sender} m1"),
+        ("put", "seen", f"{sender} m1"),  # with its answer
+        ("put", "owed", "n1"),
+    ]
+    # Drained in between: the store has the record, so it gets its Delete.
+    tracker.record_received(message_id="m2", sender=sender, now=0.0, requested=("positive-delivery",))
+    assert ("put", "received", f"{sender} m2") in _ops(tracker.writes_to_apply())
+    tracker.message_answered("m2", sender, 200, 0.0, sent=False)
+    assert ("delete", "received", f"{sender} m2") in _ops(tracker.writes_to_apply())
+    # Still open (display asked too): one Put, with its last state.
+    both = ("positive-delivery", "display")
+    tracker.record_received(message_id="m3", sender=sender, now=0.0, requested=both)
+    tracker.message_answered("m3", sender, 200, 0.0, sent=False)
+    writes = tracker.writes_to_apply()
+    [received] = [op.record for op in writes if isinstance(op, Put) and op.record.TABLE == "received"]
+    assert received.answered_status == 200 and received.delivery_owed == "delivered"
+    store = MemoryStore()
+    store.apply(writes)
+    assert {r.key for r in store.load(0.0).received} == {f"{sender} m3"}
+
+
+def test_a_received_record_that_may_be_in_the_store_is_always_deleted() -> None:
+    """Once records have left memory for the store (working set), a record absent from memory
+    may still be stored: its Delete is kept."""
+    tracker = make_tracker(working_set_max=1)
+    sender = "sip:alice@example.com"
+    for message_id in ("a", "b"):
+        tracker.record_received(message_id=message_id, sender=sender, now=0.0, requested=("display",))
+        tracker.message_answered(message_id, sender, 200, 0.0)
+    assert tracker.reads_back
+    tracker.writes_to_apply()
+    tracker.record_received(message_id="c", sender=sender, now=0.0, requested=("positive-delivery",))
+    tracker.message_answered("c", sender, 200, 0.0, sent=False)
+    assert ("delete", "received", f"{sender} c") in _ops(tracker.writes_to_apply())
+
+
+def test_a_steady_flow_at_the_dedup_cap_needs_no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acknowledged notifications and dedup entries evicted oldest first leave the heap from the
+    top as the user agent asks for its timer: counted out there, they bring no sweep of the
+    whole heap (a pause of about a microsecond per entry), and the heap stays the live size."""
+    monkeypatch.setattr(tracker_base, "_HEAP_SWEEP_MIN", 8)
+    sweeps = []
+    heapify = tracker_base.heapq.heapify
+    monkeypatch.setattr(tracker_base.heapq, "heapify", lambda heap: (sweeps.append(len(heap)), heapify(heap)))
+    tracker = make_tracker(rate_limit=10**6, dedup_max=50)
+    for i in range(2000):
+        now = i * 0.01
+        sender = f"sip:user{i}@example.com"
+        tracker.record_received(message_id=f"m{i}", sender=sender, now=now, requested=("positive-delivery",))
+        tracker.message_answered(f"m{i}", sender, 200, now)
+        [owed] = [e for e in drain(tracker) if isinstance(e, NotificationOwed)]
+        tracker.notification_outcome(owed.notification.notification_id, 200, now)
+        tracker.writes_to_apply()
+        assert tracker.get_timer() is not None
+    assert sweeps == []
+    assert len(timers(tracker)) <= 51 and tracker.dedup_size == 50

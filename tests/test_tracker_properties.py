@@ -22,7 +22,7 @@ from sipimdn.imdn.tracker import (
     TrackerConfig,
     identity_key,
 )
-from sipimdn.store import MemoryStore
+from sipimdn.store import MemoryStore, OwedRecord, SentRecord
 
 RECIPIENTS = ("sip:bob@127.0.0.1:5070", "sip:carol@example.org")
 STRANGERS = ("sip:mallory@evil.example", "<sip:anonymous@anonymous.invalid>", None)
@@ -73,6 +73,18 @@ respond_st = st.builds(
 )
 tick_st = st.builds(Tick, seconds=st.sampled_from([0.5, 10.0, 60.0]))
 steps_st = st.lists(st.one_of(notify_st, respond_st, tick_st, st.just(Restart())), max_size=40)
+
+
+def earliest_deadline(tracker: DispositionTracker) -> float | None:
+    """The earliest deadline of every record the tracker holds, computed afresh (white-box:
+    the dedup entries kept in memory only are in no snapshot)."""
+
+    def deadline(record: Any) -> float:
+        if isinstance(record, OwedRecord):
+            return min(record.next_attempt_at, record.expires_at)
+        return record.deadline if isinstance(record, SentRecord) else float(record.expires_at)
+
+    return min((deadline(r) for table in tracker._tables.values() for r in table.values()), default=None)
 
 
 def is_intended(value: str | None) -> bool:
@@ -210,6 +222,10 @@ def test_receiver_store_mirror_and_at_most_one_per_type(steps: list[tuple[Any, .
         snapshot, live = store.load(now), tracker.snapshot()
         for name in ("sent", "owed", "received", "seen", "peers"):
             assert set(getattr(snapshot, name)) == set(getattr(live, name)), name
+        # The timer (its top entry remembered between calls) is the earliest deadline of all.
+        assert tracker.get_timer() == tracker.get_timer() == earliest_deadline(tracker)
+        # The sweep's count bounds the stale timer entries (white-box: the heap's memory bound).
+        assert sum(not tracker._live(*entry) for entry in tracker._heap) <= tracker._unswept
     # A restart from the store rebuilds the same state.
     rebuilt = DispositionTracker(tracker.config, snapshot=store.load(now), now=now)
     assert {r.key for r in rebuilt.snapshot().received} == {r.key for r in tracker.snapshot().received}

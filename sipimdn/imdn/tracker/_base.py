@@ -35,11 +35,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from ..._entropy import token_hex
 from ..._ratelog import RateLimitedTally
 from ..vocabulary import REQUEST_KINDS
 from .config import TrackerConfig
@@ -103,6 +103,11 @@ def _store_key(key: MemKey) -> str:
     return key if isinstance(key, str) else received_key(*key)
 
 
+def _random_id() -> str:
+    """128 random bits in hex (the default notification Message-ID)."""
+    return token_hex(16)
+
+
 def shared_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
     """``kinds`` sorted, as the shared tuple of :data:`_KIND_TUPLES` when there is one."""
     combo = tuple(sorted(kinds))
@@ -135,7 +140,7 @@ class TrackerCore:
         partial: bool = False,
     ) -> None:
         self.config = config or TrackerConfig()
-        self._new_id = id_factory or (lambda: secrets.token_hex(16))
+        self._new_id = id_factory or _random_id
         # --- sender side; sent and received records are kept least recently used first (the
         # working set, see .workingset)
         self._sent: OrderedDict[str, SentRecord] = OrderedDict()
@@ -172,7 +177,7 @@ class TrackerCore:
         # answered, or None while deciding; expiry order is insertion order (one TTL).
         self._plain: OrderedDict[tuple[str, str], tuple[float, int | None]] = OrderedDict()
         # Rate limit: originator key -> times of the notifications generated for it in the window.
-        self._rate: dict[str, float | list[float]] = {}
+        self._rate: dict[str, float | list[float] | deque[float]] = {}
         # Size past which the limiter prunes idle originators (the first call sets it).
         self._rate_prune_at = 0
         # Per destination address: byte budget, proof of life, parking (see .destinations).
@@ -197,13 +202,26 @@ class TrackerCore:
         self._evicted_sent_due: float | None = now if partial else None
         self._peers: dict[str, PeerRecord] = {}
         self._events: deque[TrackerEvent] = deque()
-        self._writes: list[StoreOp] = []
+        # Store operations not yet handed out (writes_to_apply); None where one was withdrawn.
+        self._writes: list[StoreOp | None] = []
+        # Received records created since the last hand-out, by key: the index in _writes of
+        # the one Put queued for each (the store has never held them). Deleted before the
+        # hand-out, such a record costs the store nothing: its Put is withdrawn, no Delete
+        # (a received message settled by its answer: positive delivery owed at once).
+        self._queued_new: dict[MemKey, int] = {}
+        self._withdrawn = 0
         # Timers: (deadline, seq, table, key). An entry goes stale (is skipped) when its record is
         # deleted or gets another deadline; stale entries are dropped when they reach the top
         # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
-        # may have made an entry stale since the last sweep (an upper bound on stale entries).
+        # may have made an entry stale since the last sweep, less the stale entries dropped
+        # from the top since (an upper bound on the stale entries in the heap).
         self._heap: list[tuple[float, int, str, MemKey]] = []
         self._unswept = 0
+        # The entry get_timer last found live at the top, and _unswept then: while both hold,
+        # it is still live (every change that can make an entry stale counts in _unswept; the
+        # count goes down only as the top entry leaves, which changes the top).
+        self._top_live: tuple[float, int, str, MemKey] | None = None
+        self._top_unswept = 0
         self._seq = 0
         self._tables: dict[str, dict[Any, Any]] = {
             _SENT: self._sent,
@@ -227,14 +245,29 @@ class TrackerCore:
     def writes_to_apply(self) -> list[StoreOp]:
         """Store operations produced since the last call; apply them in this order."""
         writes, self._writes = self._writes, []
-        return writes
+        if self._queued_new:
+            self._queued_new = {}
+        if self._withdrawn:
+            self._withdrawn = 0
+            return [op for op in writes if op is not None]
+        return cast("list[StoreOp]", writes)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
         heap = self._heap
+        if not heap:
+            return None
+        top = heap[0]
+        if top is self._top_live and self._unswept == self._top_unswept:
+            # Nothing went stale since this entry was found live (the UA asks after every input).
+            return top[0]
         while heap and not self._live(*heap[0]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+            self._popped_stale()
+        if not heap:
+            return None
+        self._top_live, self._top_unswept = heap[0], self._unswept
+        return heap[0][0]
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at or before ``now``: expiries, retries, give-ups, housekeeping."""
@@ -242,6 +275,7 @@ class TrackerCore:
         while heap and heap[0][0] <= now:
             when, seq, table, key = heapq.heappop(heap)
             if not self._live(when, seq, table, key):
+                self._popped_stale()
                 continue
             if table == _VOLATILE:
                 self._delete(table, key)
@@ -342,6 +376,14 @@ class TrackerCore:
         record = self._peers.get(self._key(uri) or uri)
         return frozenset(record.flags) if record is not None else frozenset()
 
+    def _peer_refuses_imdn(self, uri: str) -> bool:
+        """``PEER_NO_IMDN in self.peer_flags(uri)``, without the set (asked for every message)."""
+        peers = self._peers
+        if not peers:
+            return False
+        record = peers.get(self._key(uri) or uri)
+        return record is not None and PEER_NO_IMDN in record.flags
+
     def set_peer_flag(self, uri: str, flag: str, on: bool, now: float) -> None:
         """Remember (or forget) a capability flag of the peer at ``uri``."""
         key = self._key(uri) or uri
@@ -373,12 +415,18 @@ class TrackerCore:
 
     def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
         """Hand out the next attempt of an owed notification (into ``hold`` if given)."""
-        owed = evolve(
-            owed,
-            attempts=owed.attempts + 1,
-            in_flight=True,
-            next_attempt_at=now + self.config.in_flight_timeout,
+        self._hand_out(
+            evolve(
+                owed,
+                attempts=owed.attempts + 1,
+                in_flight=True,
+                next_attempt_at=now + self.config.in_flight_timeout,
+            ),
+            hold,
         )
+
+    def _hand_out(self, owed: OwedRecord, hold: list[NotificationOwed] | None) -> None:
+        """Keep ``owed``, an attempt just started, and report it (into ``hold`` if given)."""
         self._put(owed)
         event = NotificationOwed(owed)
         if hold is None:
@@ -431,7 +479,10 @@ class TrackerCore:
             if recency is not None:
                 recency.move_to_end(key)  # used just now: the last to leave memory
         if write and name != _VOLATILE:
-            self._writes.append(Put(record))
+            if name == _RECEIVED:
+                self._queue_received(key, old is None, Put(record))
+            else:
+                self._writes.append(Put(record))
         deadline = _deadline_of(record)
         if old is not None:
             if _deadline_of(old) == deadline:
@@ -445,6 +496,14 @@ class TrackerCore:
                 return
         self._push(deadline, name, key)
 
+    def _popped_stale(self) -> None:
+        """A stale entry left the heap from the top: one fewer for the next sweep to drop. (In
+        a steady flow most go this way, the oldest first: notifications acknowledged within
+        their in-flight timeout, dedup entries evicted oldest first at ``dedup_max``; counted
+        out, they no longer bring a sweep of the whole heap every few thousand messages.)"""
+        if self._unswept:
+            self._unswept -= 1
+
     def _push(self, deadline: float, table: str, key: MemKey) -> None:
         self._seq += 1
         heap = self._heap
@@ -455,9 +514,11 @@ class TrackerCore:
             # sweep keeps the live ones, whose (deadline, seq) order is unchanged. It runs after
             # at least a quarter of the heap's length in deletions and reschedules since the
             # last one (never during a restore, which deletes nothing): amortised O(1) each.
-            heap[:] = [entry for entry in heap if self._live(*entry)]
+            live = self._live
+            heap[:] = [entry for entry in heap if live(*entry)]
             heapq.heapify(heap)
             self._unswept = 0
+            self._top_live = None
 
     def _index_received(self, message_id: str, key: tuple[str, str]) -> None:
         index = self._received_by_id
@@ -500,14 +561,37 @@ class TrackerCore:
         record = self._tables[table].pop(key, None)
         if record is None:
             return
-        self._unswept += 1
+        if table not in _RECEIVED_SPACE or self._deadline(
+            _RECEIVED if table == _SEEN else _SEEN, key
+        ) != _deadline_of(record):
+            # Its timer entry is stale now, unless it also serves the message's other record.
+            self._unswept += 1
         if isinstance(record, ReceivedRecord):
             self._unindex_received(record.message_id, key)
         elif isinstance(record, OwedRecord):
             self._owed_gone(record)
+        if table == _RECEIVED:
+            index = self._queued_new.pop(key, None)
+            if index is not None:  # created since the last hand-out: the store never had it
+                self._writes[index] = None
+                self._withdrawn += 1
+                return
         if table not in (_SEEN, _VOLATILE):
             # An expired dedup entry needs no Delete: the store skips it on load and purge drops it.
             self._writes.append(Delete(table, _store_key(key)))
+
+    def _queue_received(self, key: MemKey, new: bool, put: Put) -> None:
+        """Queue the Put of a received record; ``new``: it was not in memory before."""
+        index = self._queued_new.get(key)
+        if index is not None:
+            self._writes[index] = put  # still the store's first sight of it: one Put is enough
+        elif new and not self._reads_back:
+            # Absent from memory and nothing ever left memory for the store (working set,
+            # partial resume): the store does not hold it either.
+            self._queued_new[key] = len(self._writes)
+            self._writes.append(put)
+        else:
+            self._writes.append(put)
 
     def _restore(self, snapshot: Snapshot, now: float) -> None:
         records: list[AnyRecord] = [*snapshot.sent, *snapshot.received, *snapshot.seen, *snapshot.peers]

@@ -30,6 +30,7 @@ owed notification from then on:
 from __future__ import annotations
 
 import functools
+from collections import deque
 
 from ..vocabulary import Kind
 from ._base import PEER_NO_IMDN, TrackerCore
@@ -48,6 +49,8 @@ __all__ = ["DispatchSide"]
 #: The rate limiter drops idle originators once it holds more than this many (or twice what
 #: survived the last pruning).
 _RATE_PRUNE_MIN = 4 * 4096
+#: Times kept in a list per originator at most; a longer window is a deque.
+_LONG_WINDOW = 64
 
 
 class DispatchSide(TrackerCore):
@@ -133,13 +136,23 @@ class DispatchSide(TrackerCore):
         window = rate.get(peer_key)
         # An originator's times in the window, oldest first: a bare number while there is one
         # (the usual case: many originators with one message each awaiting notifications would
-        # otherwise cost a container each), a list from the second on. Times at or before the
-        # cutoff leave from the front, as they came.
+        # otherwise cost a container each), a list from the second on, a deque past
+        # _LONG_WINDOW (a list's front deletion moves all the rest: with a high limit, one
+        # busy address makes it thousands of times long). Times at or before the cutoff leave
+        # from the front, as they came.
         if isinstance(window, list):
             stale = 0
             while stale < len(window) and window[stale] <= cutoff:
                 stale += 1
             del window[:stale]
+            if len(window) >= self.config.rate_limit:
+                return False
+            window.append(now)
+            if len(window) > _LONG_WINDOW:
+                rate[peer_key] = deque(window)
+        elif isinstance(window, deque):
+            while window and window[0] <= cutoff:
+                window.popleft()
             if len(window) >= self.config.rate_limit:
                 return False
             window.append(now)
@@ -162,14 +175,24 @@ class DispatchSide(TrackerCore):
         """The destination address of a notification's Request-URI (see :mod:`.destinations`)."""
         return _address_of(uri)
 
-    def _new_owed(self, record: ReceivedRecord, kind: str, status: str, now: float) -> OwedRecord | None:
+    def _new_owed(
+        self,
+        record: ReceivedRecord,
+        kind: str,
+        status: str,
+        now: float,
+        *,
+        hand_out: bool = False,
+        hold: list[NotificationOwed] | None = None,
+    ) -> OwedRecord | None:
         """The notification to owe, or None (declined: peer refuses IMDNs, a budget, a parked
-        destination)."""
+        destination). ``hand_out``: owe it now, as :meth:`_dispatch` of the record returned
+        would (the record is born with its first attempt, not replaced at once by it)."""
         request_uri = record.imdn_route[0] if record.imdn_route else (record.sip_from or record.sender)
         peer_key = self._key(request_uri) or request_uri
         address = self._address(request_uri)
         reason: DeclineReason | None = None
-        if PEER_NO_IMDN in self.peer_flags(request_uri):
+        if self._peer_refuses_imdn(request_uri):
             reason = DeclineReason.PEER_REFUSES_IMDN
         elif self._guard.parked_until(address, now) is not None:
             reason = DeclineReason.DESTINATION_SILENT
@@ -185,8 +208,16 @@ class DispatchSide(TrackerCore):
                 request = "negative-delivery"
             self._emit(NotificationsDeclined(record.message_id, record.sender, (request,), reason))
             return None
-        return OwedRecord(
-            notification_id=self._new_id(),
+        notification_id = self._new_id()
+        attempts, in_flight, next_attempt_at = 0, False, now
+        if hand_out:
+            later = self._guard.admit(address, notification_id, peer_key, now)
+            if later is None:
+                attempts, in_flight, next_attempt_at = 1, True, now + self.config.in_flight_timeout
+            else:
+                next_attempt_at = later
+        owed = OwedRecord(
+            notification_id=notification_id,
             message_id=record.message_id,
             sender_key=record.sender_key,
             kind=str(kind),
@@ -201,12 +232,17 @@ class DispatchSide(TrackerCore):
             subject=record.subject,
             imdn_route=record.imdn_route,
             peer_key=peer_key,
-            attempts=0,
-            next_attempt_at=now,
-            in_flight=False,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            in_flight=in_flight,
             created_at=now,
             expires_at=now + self.config.owed_ttl,
         )
+        if in_flight:
+            self._hand_out(owed, hold)
+        elif hand_out:
+            self._put(owed)  # waits for its destination (see _dispatch)
+        return owed
 
     def _rate_key(self, record: ReceivedRecord, address: str) -> str:
         """What the count limit is kept per (see ``TrackerConfig.rate_limit``)."""
@@ -292,8 +328,8 @@ def _address_of(uri: str) -> str:
     return address_key(key, uri) if key is not None else uri
 
 
-def _latest(window: float | list[float]) -> float:
+def _latest(window: float | list[float] | deque[float]) -> float:
     """The latest time in a rate-limit window (an emptied list counts as long expired)."""
-    if isinstance(window, list):
+    if isinstance(window, (list, deque)):
         return window[-1] if window else float("-inf")
     return window

@@ -55,7 +55,7 @@ from enum import StrEnum
 
 from ...errors import LocalProtocolError
 from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
-from ._base import PEER_NO_IMDN, shared_kinds, token
+from ._base import _RECEIVED, _SEEN, _VOLATILE, shared_kinds, token
 from .dispatch import DispatchSide
 from .events import (
     DeclineReason,
@@ -64,7 +64,7 @@ from .events import (
     Reception,
 )
 from .identity import is_anonymous
-from .records import OwedRecord, ReceivedRecord, SeenRecord, evolve
+from .records import OwedRecord, Put, ReceivedRecord, SeenRecord, evolve
 
 __all__ = ["RECEIVER_TRANSITIONS", "ReceiptInput", "ReceiptState", "ReceiverSide"]
 
@@ -124,6 +124,8 @@ _COMMON_TEXTS_MAX = 256
 #: Request tokens a recipient can answer (it never sends processing notifications, RFC 5438 §7.2).
 _RECIPIENT_KINDS = frozenset({"positive-delivery", "negative-delivery", "display"})
 _NO_REQUEST = Reception(duplicate=False, previous_status=None, requested=())
+#: Each display policy's text (an enum member's ``value`` is a property lookup: once per message).
+_POLICY_TEXT: Mapping[DisplayPolicy, str] = {policy: policy.value for policy in DisplayPolicy}
 
 
 class Receipt:
@@ -175,8 +177,36 @@ class ReceiverSide(DispatchSide):
         ``sender`` string names the message in later calls
         (:meth:`message_answered`, :meth:`mark_displayed`, :meth:`report_disposition`).
         """
-        sender_key = self._sender_key(sender)
-        key = (sender_key, message_id)
+        key = (self._sender_key(sender), message_id)
+        duplicate = self._duplicate(key)
+        if duplicate is not None:
+            return duplicate
+        reception = self._record_new(
+            key, message_id, sender, now, requested, sip_from, recipient, original_recipient, datetime,
+            subject, imdn_route, route_trusted, is_notification, display_policy,
+        )
+        self._bound_dedup(now)
+        self._bound_working_set(now)
+        return reception
+
+    def record_unrequested(self, message_id: str, sender: str, now: float) -> Reception:
+        """:meth:`record_received` for a message that requests no notification a recipient
+        sends (no ``requested`` token among ``positive-delivery``, ``negative-delivery`` and
+        ``display``): the same result and effects (dedup of copies sent again, in memory
+        only, no event, no store write), through the short route such a message takes, with
+        none of the arguments it does not need. The other arguments of
+        :meth:`record_received` only matter when something may be owed."""
+        key = (self._sender_key(sender), message_id)
+        duplicate = self._duplicate(key)
+        if duplicate is not None:
+            return duplicate
+        self._remember_unrequested(key, now)
+        self._bound_dedup(now)
+        self._bound_working_set(now)
+        return _NO_REQUEST
+
+    def _duplicate(self, key: tuple[str, str]) -> Reception | None:
+        """The reception of a copy of a message already received, or None for a new one."""
         seen = self._seen.get(key) or self._volatile.get(key)
         if seen is not None:
             return Reception(duplicate=True, previous_status=seen.status, requested=())
@@ -185,13 +215,14 @@ class ReceiverSide(DispatchSide):
             # Its dedup entry was evicted (dedup_max) but the message still awaits notifications:
             # still a duplicate, never a second set of notifications.
             return Reception(duplicate=True, previous_status=known.answered_status, requested=())
-        reception = self._record_new(
-            key, message_id, sender, now, requested, sip_from, recipient, original_recipient, datetime,
-            subject, imdn_route, route_trusted, is_notification, display_policy,
-        )
-        self._bound_dedup(now)
-        self._bound_working_set(now)
-        return reception
+        return None
+
+    def _remember_unrequested(self, key: tuple[str, str], now: float) -> None:
+        """A new message owed nothing: its dedup entry lives in memory only (see the module
+        docstring). New (no dedup entry yet), it needs only its table slot and its timer."""
+        expiry = now + self.config.dedup_ttl
+        self._volatile[key] = SeenRecord(key[0], key[1], None, expiry)
+        self._push(expiry, _VOLATILE, key)
 
     def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site
         self,
@@ -212,18 +243,22 @@ class ReceiverSide(DispatchSide):
     ) -> Reception:
         sender_key = key[0]
         dedup_expiry = now + self.config.dedup_ttl
-        kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS)
+        kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS) if requested else []
         policy = self._admit_requests(
             message_id, sender, kinds, sip_from, imdn_route, route_trusted, is_notification, display_policy
         )
         if policy is None:
-            # Owed nothing: the dedup entry lives in memory only (see the module docstring).
-            self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key, table="volatile")
+            self._remember_unrequested(key, now)
             return _NO_REQUEST
         route, display = policy
         # The key is made once here and shared by the dedup entry, the received record's table
-        # slot, the Message-ID index and their timer (memory per tracked message).
-        self._put(SeenRecord(sender_key, message_id, None, dedup_expiry), key=key)
+        # slot, the Message-ID index and their timer (memory per tracked message). Both records
+        # are new (record_received found neither): what TrackerCore._put would do for them,
+        # without its general checks.
+        seen = SeenRecord(sender_key, message_id, None, dedup_expiry)
+        self._seen[key] = seen
+        self._writes.append(Put(seen))
+        self._push(dedup_expiry, _SEEN, key)
         requested_kinds = shared_kinds(kinds)
         # With the default TTLs both entries expire together: one float object, and one timer
         # entry serves both (see TrackerCore._put).
@@ -239,27 +274,29 @@ class ReceiverSide(DispatchSide):
             sip_from = sender
         elif sip_from == sender_key:
             sip_from = sender_key
-        self._put(
-            ReceivedRecord(
-                message_id=message_id,
-                sender_key=sender_key,
-                sender=sender,
-                sip_from=sip_from,
-                recipient=self._common_text(recipient),
-                original_recipient=self._common_text(original_recipient),
-                datetime=datetime,
-                subject=subject,
-                requested=requested_kinds,
-                imdn_route=route,
-                answered_status=None,
-                delivery_owed=None,
-                display_owed=None,
-                display_policy=display.value,
-                received_at=now,
-                expires_at=received_expiry,
-            ),
-            key=key,
+        record = ReceivedRecord(
+            message_id=message_id,
+            sender_key=sender_key,
+            sender=sender,
+            sip_from=sip_from,
+            recipient=self._common_text(recipient),
+            original_recipient=self._common_text(original_recipient),
+            datetime=datetime,
+            subject=subject,
+            requested=requested_kinds,
+            imdn_route=route,
+            answered_status=None,
+            delivery_owed=None,
+            display_owed=None,
+            display_policy=_POLICY_TEXT[display],
+            received_at=now,
+            expires_at=received_expiry,
         )
+        self._received[key] = record
+        self._index_received(message_id, key)
+        self._queue_received(key, True, Put(record))
+        if received_expiry != dedup_expiry:  # else the dedup entry's timer serves both
+            self._push(received_expiry, _RECEIVED, key)
         return Reception(duplicate=False, previous_status=None, requested=requested_kinds)
 
     def _admit_requests(  # noqa: PLR0917 - one call site, the arguments of record_received
@@ -298,7 +335,7 @@ class ReceiverSide(DispatchSide):
             decline(kinds, DeclineReason.ROUTE_TOO_LONG)
             route = ()
         target = route[0] if route else (sip_from or sender)
-        if PEER_NO_IMDN in self.peer_flags(target):
+        if self._peer_refuses_imdn(target):
             decline(kinds, DeclineReason.PEER_REFUSES_IMDN)
             return None
         policy = DisplayPolicy(token(display_policy)) if display_policy is not None else None
@@ -370,7 +407,10 @@ class ReceiverSide(DispatchSide):
         else:
             volatile = self._volatile.get(key)
             if volatile is not None and volatile.status is None:
-                self._put(evolve(volatile, status=status_code), key=key, table="volatile")
+                # In memory only, same deadline: the new value in its slot is all there is to do.
+                self._volatile[key] = SeenRecord(
+                    volatile.sender_key, volatile.message_id, status_code, volatile.expires_at
+                )
         record = self._received.get(key)
         if record is None or record.answered_status is not None:
             return False
@@ -387,18 +427,25 @@ class ReceiverSide(DispatchSide):
             receipt = Receipt(_AFTER_2XX)
             self._receipts[key] = receipt
             hold = receipt.held
-        record = evolve(record, answered_status=status_code)
+        delivery_owed, display_owed = record.delivery_owed, record.display_owed
+        requested = record.requested
         if Kind.DELIVERY in early:
-            record = self._commit(record, Kind.DELIVERY, early[Kind.DELIVERY], now, hold)
-        elif "positive-delivery" in record.requested and self.config.auto_delivered:
+            delivery_owed = self._commit_owed(early[Kind.DELIVERY], now, hold)
+        elif "positive-delivery" in requested and self.config.auto_delivered:
             # RFC 5438 §7.2.1.1: a 2xx says the message reached us; an explicit report made
             # before the answer replaces this automatic one.
-            record = self._owe(record, Kind.DELIVERY, "delivered", now, hold)
+            delivery_owed = self._owe(record, Kind.DELIVERY, "delivered", now, hold)
         if Kind.DISPLAY in early:
-            record = self._commit(record, Kind.DISPLAY, early[Kind.DISPLAY], now, hold)
-        elif "display" in record.requested and record.display_policy == DisplayPolicy.FORBIDDEN:
-            record = self._owe(record, Kind.DISPLAY, "forbidden", now, hold)
-        self._settle_received(record)
+            display_owed = self._commit_owed(early[Kind.DISPLAY], now, hold)
+        elif "display" in requested and record.display_policy == DisplayPolicy.FORBIDDEN:
+            display_owed = self._owe(record, Kind.DISPLAY, "forbidden", now, hold)
+        if _still_open(requested, delivery_owed, display_owed):
+            answered = evolve(
+                record, answered_status=status_code, delivery_owed=delivery_owed, display_owed=display_owed
+            )
+            self._put(answered, key=key)
+        else:
+            self._delete(ReceivedRecord.TABLE, key)
         return not sent
 
     def answer_sent(self, message_id: str, sender: str) -> None:
@@ -534,8 +581,10 @@ class ReceiverSide(DispatchSide):
     def _sender_key(self, sender: str) -> str:
         # From ``sender`` alone, so every later call naming the same sender finds the record.
         # A key holds no space, so the (sender key, Message-ID) pair stays unambiguous.
-        raw = sender.strip().replace("%", "%25").replace(" ", "%20")
-        return self._key(sender) or f"raw:{raw}"
+        key = self._key(sender)
+        if key is None:
+            key = "raw:" + sender.strip().replace("%", "%25").replace(" ", "%20")
+        return key
 
     def _find_received(self, message_id: str, sender: str | None) -> ReceivedRecord | None:
         if sender is not None:
@@ -577,9 +626,17 @@ class ReceiverSide(DispatchSide):
         status: str,
         now: float,
         hold: list[NotificationOwed] | None,
-    ) -> ReceivedRecord:
-        """Owe one notification now (or decline it) and mark its type used."""
-        return self._commit(record, kind, self._new_owed(record, kind, status, now), now, hold)
+    ) -> str:
+        """Owe one notification now (or decline it): the status its type is marked used with."""
+        owed = self._new_owed(record, kind, status, now, hand_out=True, hold=hold)
+        return _DECLINED if owed is None else owed.status
+
+    def _commit_owed(self, owed: OwedRecord | None, now: float, hold: list[NotificationOwed] | None) -> str:
+        """Hand out ``owed`` (None: declined): the status its type is marked used with."""
+        if owed is None:
+            return _DECLINED
+        self._dispatch(owed, now, hold)
+        return owed.status
 
     def _commit(
         self,
@@ -590,19 +647,11 @@ class ReceiverSide(DispatchSide):
         hold: list[NotificationOwed] | None,
     ) -> ReceivedRecord:
         """Hand out ``owed`` (None: declined) and mark its type used on ``record``."""
-        if owed is None:
-            return _with_owed(record, kind, _DECLINED)
-        self._dispatch(owed, now, hold)
-        return _with_owed(record, kind, owed.status)
+        return _with_owed(record, kind, self._commit_owed(owed, now, hold))
 
     def _settle_received(self, record: ReceivedRecord) -> None:
         """Keep a received record while a notification may still be owed for it."""
-        requested = set(record.requested)
-        delivery_open = (
-            bool(requested & {"positive-delivery", "negative-delivery"}) and record.delivery_owed is None
-        )
-        display_open = "display" in requested and record.display_owed is None
-        if delivery_open or display_open:
+        if _still_open(record.requested, record.delivery_owed, record.display_owed):
             self._put(record)
         else:
             self._delete(ReceivedRecord.TABLE, (record.sender_key, record.message_id))
@@ -611,6 +660,13 @@ class ReceiverSide(DispatchSide):
         receipt = self._receipts.get(key)
         if receipt is not None and self._step(receipt.state, ReceiptInput.EXPIRE) is not None:
             del self._receipts[key]
+
+
+def _still_open(requested: tuple[str, ...], delivery_owed: str | None, display_owed: str | None) -> bool:
+    """Whether a notification requested may still be owed (its type not owed nor declined yet)."""
+    if delivery_owed is None and ("positive-delivery" in requested or "negative-delivery" in requested):
+        return True
+    return display_owed is None and "display" in requested
 
 
 def _with_owed(record: ReceivedRecord, kind: str, status: str) -> ReceivedRecord:

@@ -21,6 +21,8 @@ here, beside the tracker and free of I/O; :mod:`sipimdn.store` re-exports them.
 
 from __future__ import annotations
 
+import keyword
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -281,19 +283,42 @@ class Snapshot:
     peers: tuple[PeerRecord, ...] = ()
 
 
-#: Field names per record class (``dataclasses.fields`` costs about 2 us a call).
-_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+#: A record's own ``evolve``, per record class (made on first use, see :func:`_evolver`).
+_EVOLVERS: dict[type[Any], Callable[..., Any]] = {}
+#: Default of every parameter of an evolver: "keep the record's value".
+_KEEP: Any = object()
 
 
 def evolve(record: _R, /, **changes: Any) -> _R:
     """The tracker's own (not exported) ``dataclasses.replace`` for these records (no
     ``__post_init__``, every field in ``__init__``), at about half its cost: the tracker
     replaces a few records for every message it handles. An unknown field name is the same
-    TypeError (from ``__init__``)."""
-    cls = type(record)
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
-    kwargs = {name: getattr(record, name) for name in names}
-    kwargs.update(changes)
-    return cls(**kwargs)
+    TypeError (an unexpected keyword argument)."""
+    try:
+        evolver = _EVOLVERS[type(record)]
+    except KeyError:
+        evolver = _EVOLVERS[type(record)] = _evolver(type(record))
+    result: _R = evolver(record, **changes)
+    return result
+
+
+def _evolver(cls: type[Any]) -> Callable[..., Any]:
+    """``def evolve(record, *, a=KEEP, ...): return cls(record.a if a is KEEP else a, ...)`` for
+    the fields of ``cls``: one call with keyword defaults, where a generic replace builds and
+    merges a dict of every field (``dataclasses`` makes its ``__init__`` the same way)."""
+    names = [f.name for f in fields(cls)]
+    for name in names:
+        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+            raise TypeError(f"{cls.__name__}.{name}: not a plain field name")  # (never: our records)
+    params = ", ".join(f"{name}=_KEEP" for name in names)
+    values = ", ".join(f"record.{name} if {name} is _KEEP else {name}" for name in names)
+    source = f"def evolve(record, /, *, {params}):\n    return _cls({values})\n"
+    scope: dict[str, Any] = {"_KEEP": _KEEP, "_cls": cls}
+    exec(source, scope)  # source made above from the dataclass's own field names
+    evolver: Callable[..., Any] = scope["evolve"]
+    return evolver
+
+
+_RECORD_CLASSES: tuple[type[Any], ...] = (RecipientRecord, *CLASSES.values())
+for _cls in _RECORD_CLASSES:
+    _EVOLVERS[_cls] = _evolver(_cls)
