@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from sipimdn._tokens import token_hex
 from sipimdn.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -430,12 +430,12 @@ def build_authorization(
 
     ``uri`` is the Request-URI as sent (RFC 3261 §22.4: the digest-uri is the
     Request-URI and is always quoted). ``cnonce`` defaults to 128 bits from
-    :mod:`secrets`. ``nc`` is the nonce count for this use of the nonce.
+    the operating system's CSPRNG (``sipimdn._tokens``). ``nc`` is the nonce count for this use of the nonce.
     """
     alg = _algorithm(challenge.algorithm or "MD5")
     qop = _choose_qop(challenge, prefer_auth_int)
     if cnonce is None:
-        cnonce = secrets.token_hex(16)
+        cnonce = token_hex(16)
     response = digest_response(
         algorithm=alg.name,
         username=credentials.username,
@@ -524,7 +524,7 @@ class Authenticator:
         for cred in creds:
             self._by_realm.setdefault(cred.realm, cred)
         self._prefer_auth_int = prefer_auth_int
-        self._cnonce_factory = cnonce_factory or (lambda: secrets.token_hex(16))
+        self._cnonce_factory = cnonce_factory or (lambda: token_hex(16))
         # (proxy, realm) -> last challenge we answered: insertion order is kept so
         # preemptive headers come out in a stable order.
         self._cache: dict[tuple[bool, str], DigestChallenge] = {}

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import random
 import re
-import secrets
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from sipimdn._tokens import token_hex
 from sipimdn.auth import AuthAttempt, Authenticator
 from sipimdn.errors import AuthenticationFailed, LocalProtocolError, SipParseError
 from sipimdn.headers import CSeq, NameAddr
@@ -289,9 +289,9 @@ class RegistrationClient:
             key for contact in settings.contacts if (key := identity_key(contact, compare_ports=True))
         )
         self._auth = authenticator
-        self.call_id = call_id or secrets.token_hex(12)
+        self.call_id = call_id or token_hex(12)
         """Constant across refreshes (RFC 3261 §10.2: the same Call-ID for the whole boot cycle)."""
-        self.from_tag = secrets.token_hex(6)
+        self.from_tag = token_hex(6)
         self._rng = rng or random.Random()
         self._cseq = 0
         self._expires = settings.expires

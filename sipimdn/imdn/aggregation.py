@@ -14,11 +14,11 @@ compressed body cannot expand into a memory bomb.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .. import _inflate
+from .._tokens import token_hex
 from ..cpim.message import parse_media_type, parse_mime_head
 from ..errors import CpimError, ImdnError, LocalProtocolError, RemoteProtocolError
 from .document import CONTENT_TYPE
@@ -79,7 +79,7 @@ def build_multipart(documents: Sequence[bytes], *, boundary: str | None = None) 
     if not documents:
         raise LocalProtocolError("an aggregated IMDN needs at least one document")
     if boundary is None:
-        boundary = "imdn-" + secrets.token_hex(12)
+        boundary = "imdn-" + token_hex(12)
     if _BOUNDARY_RE.fullmatch(boundary) is None:
         raise LocalProtocolError(f"not an RFC 2046 boundary: {boundary!r}")
     delimiter = b"--" + boundary.encode("ascii")

@@ -19,6 +19,7 @@ from typing import Final, Literal, TypeAlias
 __all__ = [
     "ALLOWED_STATUSES",
     "POSITIVE_CHAIN",
+    "RECIPIENT_REQUESTS",
     "REQUEST_KINDS",
     "STATE_RANK",
     "TERMINAL_STATES",
@@ -95,6 +96,18 @@ NotifyName: TypeAlias = Literal["positive-delivery", "negative-delivery", "proce
 
 #: The ``Disposition-Notification`` request tokens RFC 5438 §6.2 defines, as plain strings.
 REQUEST_KINDS: Final = frozenset(request.value for request in DispositionRequest)
+
+#: The request tokens a recipient answers: it never sends processing notifications, which are
+#: an intermediary's (RFC 5438 §7.2). A message requesting none of these is owed nothing by its
+#: recipient.
+RECIPIENT_REQUESTS: Final = frozenset(
+    request.value
+    for request in (
+        DispositionRequest.POSITIVE_DELIVERY,
+        DispositionRequest.NEGATIVE_DELIVERY,
+        DispositionRequest.DISPLAY,
+    )
+)
 
 
 class DispositionState(StrEnum):

@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from .._tokens import token_hex
 from ..imdn import Kind, Notification, Status, make_notification
 from ..uri import identity_key
 
@@ -281,7 +281,7 @@ class ListExploder:
         out, but notifications keep going to the first fan-out.
         """
         fanout = Fanout(
-            id=secrets.token_hex(8),
+            id=token_hex(8),
             uri_list=uri_list,
             message_id=message_id,
             datetime=datetime,

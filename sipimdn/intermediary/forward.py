@@ -53,12 +53,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from .._tokens import token_hex
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..uri import identity_key
 from .store import DropParked, ImdnOrigin, ParkedMessage, ParkedOp, PutParked
@@ -264,7 +264,7 @@ class StoreAndForward:
         if origin is not None and not is_notification and group is None:
             owed = tuple(sorted(INTERMEDIARY_KINDS.intersection(origin.requested)))
         record = ParkedMessage(
-            key=secrets.token_hex(12),
+            key=token_hex(12),
             target=target,
             sip_from=sip_from,
             sip_from_name=sip_from_name,

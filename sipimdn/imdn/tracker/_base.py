@@ -39,8 +39,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from ..._entropy import token_hex
 from ..._ratelog import RateLimitedTally
+from ..._tokens import token_hex
 from ..vocabulary import REQUEST_KINDS
 from .config import TrackerConfig
 from .destinations import DestinationGuard

@@ -54,7 +54,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 
 from ...errors import LocalProtocolError
-from ..vocabulary import ALLOWED_STATUSES, DisplayPolicy, Kind, notification_kind, was_requested
+from ..vocabulary import (
+    ALLOWED_STATUSES,
+    RECIPIENT_REQUESTS,
+    DisplayPolicy,
+    Kind,
+    notification_kind,
+    was_requested,
+)
 from ._base import _RECEIVED, _SEEN, _VOLATILE, shared_kinds, token
 from .dispatch import DispatchSide
 from .events import (
@@ -121,8 +128,6 @@ _NO_EARLY: Mapping[str, OwedRecord | None] = {}
 _DECLINED = "declined"
 #: Most distinct CPIM To / Original-To strings kept for sharing between received records.
 _COMMON_TEXTS_MAX = 256
-#: Request tokens a recipient can answer (it never sends processing notifications, RFC 5438 §7.2).
-_RECIPIENT_KINDS = frozenset({"positive-delivery", "negative-delivery", "display"})
 _NO_REQUEST = Reception(duplicate=False, previous_status=None, requested=())
 #: Each display policy's text (an enum member's ``value`` is a property lookup: once per message).
 _POLICY_TEXT: Mapping[DisplayPolicy, str] = {policy: policy.value for policy in DisplayPolicy}
@@ -243,7 +248,7 @@ class ReceiverSide(DispatchSide):
     ) -> Reception:
         sender_key = key[0]
         dedup_expiry = now + self.config.dedup_ttl
-        kinds = sorted({token(k) for k in requested} & _RECIPIENT_KINDS) if requested else []
+        kinds = sorted({token(k) for k in requested} & RECIPIENT_REQUESTS) if requested else []
         policy = self._admit_requests(
             message_id, sender, kinds, sip_from, imdn_route, route_trusted, is_notification, display_policy
         )
