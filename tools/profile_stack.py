@@ -24,6 +24,8 @@ silent destination). It prints ``READY <port>`` and stops on SIGTERM. A ``+gc`` 
 server (``ua+gc``, ``ua-pd+gc@DIR``) applies ``sipimdn._gc.tune_for_throughput()`` once it listens
 (what ``sipimdn listen`` does); ``--gc-log DIR`` on ``run``/``rate`` records every collection's
 pause (``gc.callbacks``) and the tracked objects by type at the end of the load, and prints a summary.
+``PROFILE_STACK_LOOP_COUNTS=FILE`` counts the loop's iterations, the tasks and callbacks it
+schedules (by name) and the loop thread's CPU against the process's, into ``FILE.<server pid>``.
 ``PROFILE_STACK_TRACE=FILE`` (UserAgent servers, paced load) logs every store batch (operations,
 seconds in the worker), every event-loop stall over 20 ms and the answers slower than 50 ms by
 send time, on one monotonic clock, to ``FILE.<server pid>`` and ``FILE.<server pid>.client``.
@@ -63,6 +65,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
@@ -193,6 +196,48 @@ class _Trace:
 _TRACE: _Trace | None = None
 
 
+class _LoopCounts:
+    """PROFILE_STACK_LOOP_COUNTS=FILE: how the loop spends its turns, for a count per message.
+    Counts loop iterations, tasks created (by coroutine), callbacks scheduled (call_soon,
+    call_at, call_soon_threadsafe, by callback), and the loop thread's CPU against the
+    process's (the rest is the store's worker thread), written as JSON to FILE.<server pid>
+    on exit. Totals include the client's warm-up: divide by warm-up + count messages."""
+
+    def __init__(self) -> None:
+        import collections  # noqa: PLC0415 - diagnosis only
+
+        self.counts: collections.Counter[str] = collections.Counter()
+        counts = self.counts
+        loop_class = asyncio.BaseEventLoop
+        run_once = loop_class._run_once  # type: ignore[attr-defined]
+
+        def counted_run_once(loop: asyncio.BaseEventLoop) -> None:
+            counts["loop iterations"] += 1
+            run_once(loop)
+
+        def counting(name: str, method: Any) -> Any:
+            def wrapper(loop: asyncio.BaseEventLoop, first: Any, *args: Any, **kwargs: Any) -> Any:
+                target = first if name != "call_at" else args[0]
+                what = getattr(target, "__qualname__", type(target).__name__)
+                counts[f"{name} {what}"] += 1
+                return method(loop, first, *args, **kwargs)
+
+            return wrapper
+
+        loop_class._run_once = counted_run_once  # type: ignore[attr-defined]
+        for name in ("create_task", "call_soon", "call_at", "call_soon_threadsafe"):
+            setattr(loop_class, name, counting(name, getattr(loop_class, name)))
+
+    def dump(self, path: str) -> None:
+        out = dict(self.counts.most_common())
+        out["loop thread cpu ms"] = round(time.thread_time() * 1000)
+        out["process cpu ms"] = round(time.process_time() * 1000)
+        Path(path).write_text(json.dumps(out, indent=1))
+
+
+_LOOP_COUNTS: _LoopCounts | None = None
+
+
 def _listening() -> None:
     """Called once a responder listens: the ``+gc`` servers tune the collector now."""
     if os.environ.get("PROFILE_STACK_GC_TUNED"):
@@ -280,6 +325,10 @@ def serve(kind: str, profile: str | None) -> None:
     trace = os.environ.get("PROFILE_STACK_TRACE")
     if trace:
         _TRACE = _Trace()
+    global _LOOP_COUNTS  # noqa: PLW0603 - one responder per process
+    loop_counts = os.environ.get("PROFILE_STACK_LOOP_COUNTS")
+    if loop_counts:
+        _LOOP_COUNTS = _LoopCounts()
     # CPU time, not wall time: on a shared machine wall time charges preemption to whatever
     # call happened to be running (typically sendto, which wakes the peer).
     # PROFILE_STACK_THREAD_TIME: the event loop's thread only (process time also charges the
@@ -296,6 +345,8 @@ def serve(kind: str, profile: str | None) -> None:
         _GC_LOG.dump(gc_log)
     if _TRACE is not None and trace:
         _TRACE.dump(f"{trace}.{os.getpid()}")
+    if _LOOP_COUNTS is not None and loop_counts:
+        _LOOP_COUNTS.dump(f"{loop_counts}.{os.getpid()}")
 
 
 # -- the load -------------------------------------------------------------------------------------
