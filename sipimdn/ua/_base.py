@@ -109,7 +109,11 @@ class AgentCore:
         self._auth = Authenticator(config.credentials) if config.credentials else None
         self._tracker: DispositionTracker | None = None
         self._stack: SipStack | None = None
-        self._timer = CoreTimer(self._on_timer)
+        # The tracker's deadlines (retries, expiries, parked destinations) are seconds apart
+        # and move with every record: lazy (a deadline that moved later keeps the armed
+        # handle) and 10 ms slots (deadlines close together share a wake-up) re-arm the loop
+        # timer about once per 100 messages instead of once per message.
+        self._timer = CoreTimer(self._on_timer, slot=0.01, lazy=True)
         # When the earliest deadline of the sent records the tracker left to the store passes
         # (whole seconds: one read serves the deadlines of a second), and the read in progress.
         self._sweep_timer = CoreTimer(self._on_sweep_timer, slot=1.0)
