@@ -16,6 +16,7 @@ from tracker_helpers import drain, make_tracker
 
 import sipimdn.imdn.tracker._base as tracker_base
 import sipimdn.imdn.tracker.receiver as tracker_receiver
+from sipimdn.errors import LocalProtocolError
 from sipimdn.imdn.tracker import (
     DispositionTracker,
     NotificationOwed,
@@ -127,7 +128,12 @@ def test_restored_records_share_their_key() -> None:
 def test_message_id_index_follows_senders_coming_and_going() -> None:
     tracker = make_tracker()
     receive(tracker, "m1", "sip:alice@example.com")
-    assert tracker._received_by_id["m1"] == ("sip:alice@example.com", "m1")  # a bare key
+    # Lookups naming the sender need no Message-ID index: none is kept.
+    assert tracker.received("m1", "sip:alice@example.com") is not None
+    assert tracker._received_by_id is None
+    # The first lookup without the sender builds it from the records held.
+    assert tracker.received("m1") is not None
+    assert tracker._received_by_id == {"m1": ("sip:alice@example.com", "m1")}  # a bare key
     receive(tracker, "m1", "sip:carol@example.com")
     assert tracker.received("m1") is None  # ambiguous without the sender
     assert tracker.mark_displayed("m1", 1.0, sender="sip:carol@example.com") is not None
@@ -334,3 +340,60 @@ def test_a_steady_flow_at_the_dedup_cap_needs_no_sweep(monkeypatch: pytest.Monke
         assert tracker.get_timer() is not None
     assert sweeps == []
     assert len(timers(tracker)) <= 51 and tracker.dedup_size == 50
+
+
+def _index_ops(seed: int) -> list[tuple[str, int, int | None]]:
+    rng = random.Random(seed)
+    ops: list[tuple[str, int, int | None]] = []
+    for _ in range(300):
+        sender = rng.choice((None, 0, 1, 2)) if rng.random() < 0.5 else rng.randrange(3)
+        op = rng.choice(("receive", "receive", "display", "deliver", "lookup", "expire"))
+        ops.append((op, rng.randrange(12), sender))
+    return ops
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("build_at", [None, 0, 50, 150])
+def test_a_lazily_built_message_id_index_answers_as_one_kept_from_the_start(
+    seed: int, build_at: int | None
+) -> None:
+    """Differential: the Message-ID index built on the first lookup without the sender (or never)
+    gives the same answers, errors, events and store writes as one kept from the start."""
+    trackers = [make_tracker(rate_limit=10**6), make_tracker(rate_limit=10**6)]
+    trackers[0]._received_keys("")  # the reference: index kept from the start
+    now = 0.0
+    for step, (op, number, who) in enumerate(_index_ops(seed)):
+        if step == build_at:
+            trackers[1]._received_keys("")
+        now += 1.0
+        message_id = f"m{number}"
+        sender = None if who is None else f"sip:user{who}@example.com"
+        outcomes = []
+        for tracker in trackers:
+            try:
+                if op == "receive":
+                    receive(tracker, message_id, sender or "sip:user0@example.com", now)
+                    result: object = None
+                elif op == "display":
+                    owed = tracker.mark_displayed(message_id, now, sender=sender)
+                    result = None if owed is None else (owed.message_id, owed.sender_key, owed.status)
+                elif op == "deliver":
+                    owed = tracker.report_disposition(message_id, "delivery", "failed", now, sender=sender)
+                    result = None if owed is None else (owed.message_id, owed.sender_key, owed.status)
+                elif op == "lookup":
+                    record = tracker.received(message_id, sender)
+                    result = None if record is None else (record.sender_key, record.message_id)
+                else:
+                    tracker.handle_timer(now + 3 * 86400.0 * (number % 4))
+                    result = None
+            except LocalProtocolError as error:  # the same error on both sides is the point
+                result = (type(error).__name__, str(error))
+            events = [type(e).__name__ for e in drain(tracker)]
+            outcomes.append((result, _ops(tracker.writes_to_apply()), events))
+        assert outcomes[0] == outcomes[1], (step, op, message_id, sender)
+    for tracker in trackers:
+        if tracker._received_by_id is not None:  # when built, it names exactly the records held
+            index = tracker._received_by_id.values()
+            assert sorted(k for ks in index for k in ([ks] if isinstance(ks, tuple) else ks)) == sorted(
+                tracker._received
+            )

@@ -158,8 +158,11 @@ class TrackerCore:
         # such a received record is not idle, so it stays in memory.
         self._owed_for: dict[tuple[str, str], int] = {}
         # Message-ID -> received key, or a list of them: almost always one sender per
-        # Message-ID, so the key itself (no container per tracked message).
-        self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] = {}
+        # Message-ID, so the key itself (no container per tracked message). Built on the first
+        # lookup without the sender (``mark_displayed(message_id)``), then kept in step: an
+        # application that always names the sender (the user agent's messages do) never pays
+        # its entry per tracked message (memory per tracked message). None: not built yet.
+        self._received_by_id: dict[str, tuple[str, str] | list[tuple[str, str]]] | None = None
         # Dedup entries, each table in arrival order (one TTL, so also expiry order); together
         # at most config.dedup_max, the oldest evicted first (_bound_dedup).
         # Ordered dicts, not plain ones: _bound_dedup takes the oldest entry at every message once
@@ -522,6 +525,8 @@ class TrackerCore:
 
     def _index_received(self, message_id: str, key: tuple[str, str]) -> None:
         index = self._received_by_id
+        if index is None:  # not built: the first lookup without the sender builds it
+            return
         keys = index.get(message_id)
         if keys is None:
             index[message_id] = key
@@ -540,19 +545,29 @@ class TrackerCore:
 
     def _unindex_received(self, message_id: str, key: MemKey) -> None:
         index = self._received_by_id
+        if index is None:
+            return
         if index.get(message_id) == key:  # one sender used this Message-ID: the usual case
             del index[message_id]
             return
         rest = [k for k in self._received_keys(message_id) if k != key]
         if len(rest) > 1:
-            self._received_by_id[message_id] = rest
+            index[message_id] = rest
         elif rest:
-            self._received_by_id[message_id] = rest[0]
+            index[message_id] = rest[0]
         else:
-            self._received_by_id.pop(message_id, None)
+            index.pop(message_id, None)
 
     def _received_keys(self, message_id: str) -> list[tuple[str, str]]:
-        keys = self._received_by_id.get(message_id)
+        """The keys of the received records (in memory) with this Message-ID."""
+        index = self._received_by_id
+        if index is None:
+            # First lookup without the sender: index what is held now (one pass; from here on
+            # every record coming or going updates it).
+            index = self._received_by_id = {}
+            for key in self._received:
+                self._index_received(key[1], key)
+        keys = index.get(message_id)
         if keys is None:
             return []
         return [keys] if isinstance(keys, tuple) else list(keys)
