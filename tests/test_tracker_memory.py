@@ -43,8 +43,11 @@ def receive(tracker: DispositionTracker, message_id: str, sender: str, now: floa
             tracker.notification_outcome(event.notification.notification_id, 200, now)
 
 
-def timers(tracker: DispositionTracker) -> list[tuple[float, int, str, str]]:
-    return list(tracker._heap)  # white-box: what the timer heap holds is the point
+def timers(tracker: DispositionTracker) -> list[tuple[float, int, str, Any]]:
+    """The timer heap's entries as (deadline, sequence, table, key): white-box, what the heap
+    holds is the point."""
+    bits, mask, tables = tracker_base._TABLE_BITS, tracker_base._TABLE_MASK, tracker_base._TIMED_TABLES
+    return [(when, tag >> bits, tables[tag & mask], key) for when, tag, key in tracker._heap]
 
 
 def test_identity_key_of_a_normalised_uri_is_that_string() -> None:

@@ -92,6 +92,11 @@ _EVICTION_LOG_INTERVAL = 60.0
 _HEAP_SWEEP_MIN = 4096
 #: Dedup entries and received records share one key space (and usually one deadline).
 _RECEIVED_SPACE = (_SEEN, _RECEIVED)
+#: The tables a timer entry may name, by the code in the low bits of its tag (see _push).
+_TIMED_TABLES = (_SENT, _OWED, _RECEIVED, _SEEN, _VOLATILE, _PEER)
+_TABLE_CODE = {name: code for code, name in enumerate(_TIMED_TABLES)}
+_TABLE_BITS = 3
+_TABLE_MASK = (1 << _TABLE_BITS) - 1
 
 #: In memory, dedup entries and received records are keyed by ``(sender key, Message-ID)``: a
 #: pair of the strings the records hold anyway, where their store key (:func:`received_key`)
@@ -213,17 +218,20 @@ class TrackerCore:
         # (a received message settled by its answer: positive delivery owed at once).
         self._queued_new: dict[MemKey, int] = {}
         self._withdrawn = 0
-        # Timers: (deadline, seq, table, key). An entry goes stale (is skipped) when its record is
+        # Timers: (deadline, tag, key), the tag being the push's sequence number shifted left
+        # by _TABLE_BITS, the code of the record's table in the bits freed (so entries of one
+        # deadline fire in push order, and an entry is a 3-tuple: memory per tracked message).
+        # An entry goes stale (is skipped) when its record is
         # deleted or gets another deadline; stale entries are dropped when they reach the top
         # and, in bulk, once they may be a quarter of the heap (_push). _unswept counts what
         # may have made an entry stale since the last sweep, less the stale entries dropped
         # from the top since (an upper bound on the stale entries in the heap).
-        self._heap: list[tuple[float, int, str, MemKey]] = []
+        self._heap: list[tuple[float, int, MemKey]] = []
         self._unswept = 0
         # The entry get_timer last found live at the top, and _unswept then: while both hold,
         # it is still live (every change that can make an entry stale counts in _unswept; the
         # count goes down only as the top entry leaves, which changes the top).
-        self._top_live: tuple[float, int, str, MemKey] | None = None
+        self._top_live: tuple[float, int, MemKey] | None = None
         self._top_unswept = 0
         self._seq = 0
         self._tables: dict[str, dict[Any, Any]] = {
@@ -276,10 +284,11 @@ class TrackerCore:
         """Run everything due at or before ``now``: expiries, retries, give-ups, housekeeping."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, seq, table, key = heapq.heappop(heap)
-            if not self._live(when, seq, table, key):
+            when, tag, key = heapq.heappop(heap)
+            if not self._live(when, tag, key):
                 self._popped_stale()
                 continue
+            table = _TIMED_TABLES[tag & _TABLE_MASK]
             if table == _VOLATILE:
                 self._delete(table, key)
             elif isinstance(key, tuple):
@@ -452,8 +461,9 @@ class TrackerCore:
         record = self._tables[table].get(key)
         return None if record is None else _deadline_of(record)
 
-    def _live(self, when: float, seq: int, table: str, key: MemKey) -> bool:
+    def _live(self, when: float, tag: int, key: MemKey) -> bool:
         """Whether a timer entry still stands for a record (else it is stale and skipped)."""
+        table = _TIMED_TABLES[tag & _TABLE_MASK]
         if self._deadline(table, key) == when:
             return True
         # A dedup entry and a received record of one key and deadline share one entry.
@@ -510,11 +520,11 @@ class TrackerCore:
     def _push(self, deadline: float, table: str, key: MemKey) -> None:
         self._seq += 1
         heap = self._heap
-        heapq.heappush(heap, (deadline, self._seq, table, key))
+        heapq.heappush(heap, (deadline, self._seq << _TABLE_BITS | _TABLE_CODE[table], key))
         if self._unswept * 4 > len(heap) > _HEAP_SWEEP_MIN:
             # Entries of records deleted or rescheduled long before their deadline (notifications
             # acknowledged at once, messages settled early) would otherwise stay until then. The
-            # sweep keeps the live ones, whose (deadline, seq) order is unchanged. It runs after
+            # sweep keeps the live ones, whose (deadline, tag) order is unchanged. It runs after
             # at least a quarter of the heap's length in deletions and reschedules since the
             # last one (never during a restore, which deletes nothing): amortised O(1) each.
             live = self._live
