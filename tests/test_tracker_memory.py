@@ -7,7 +7,9 @@ changed: same decisions, same timers, same store writes.
 
 from __future__ import annotations
 
+import gc
 import random
+import tracemalloc
 from collections import deque
 from typing import Any
 
@@ -400,3 +402,53 @@ def test_a_lazily_built_message_id_index_answers_as_one_kept_from_the_start(
             assert sorted(k for ks in index for k in ([ks] if isinstance(ks, tuple) else ks)) == sorted(
                 tracker._received
             )
+
+
+#: Messages tracked by the budget test: enough that the tracker's fixed costs (caches, rate
+#: windows) weigh little, the tables' hash arrays about as full as in a long run.
+_BUDGET_MESSAGES = 30_000
+
+
+def test_a_received_message_owed_its_display_notification_costs_at_most_1_kib() -> None:
+    """The memory budget (1 KiB per tracked message), for received messages shaped as the user
+    agent records them: CPIM From as a name-addr, SIP From URI, CPIM To, a DateTime and a
+    clock reading each, the delivered IMDN sent and acknowledged, the display one still owed.
+    Every byte Python allocated for it counts, the inputs the tracker keeps included
+    (``bench/micro_memory.py tracker`` measures the same shape by RSS)."""
+    rng = random.Random(5438)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracker = make_tracker(rate_limit=10**9, working_set_max=None)
+        for i in range(_BUDGET_MESSAGES):
+            # Each input a string of its own, as the parser makes them.
+            message_id = f"r{i:08d}x{rng.getrandbits(64):016x}"
+            sender = f"<sip:user{i}@example.com>"
+            arrived_at = 1_800_000_000.0 + i / 100
+            tracker.record_received(
+                message_id=message_id,
+                sender=sender,
+                now=arrived_at,
+                requested=("positive-delivery", "display"),
+                sip_from=f"sip:user{i}@example.com",
+                recipient="".join(("<sip:me", "@example.org>")),
+                datetime=f"2026-06-15T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z",
+            )
+            tracker.message_answered(message_id, sender, 200, arrived_at + 0.001)
+            for event in drain(tracker):
+                if isinstance(event, NotificationOwed):
+                    tracker.notification_outcome(event.notification.notification_id, 200, arrived_at + 0.002)
+            if i % 1000 == 999:  # the store takes the writes, the timer is asked for (as the UA does)
+                tracker.writes_to_apply()
+                tracker.get_timer()
+        tracker.writes_to_apply()
+        tracker.get_timer()
+        del event, message_id, sender
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert tracker.tracked_received == _BUDGET_MESSAGES
+    assert len(tracker.owed()) == 0
+    assert used / _BUDGET_MESSAGES <= 1024, used / _BUDGET_MESSAGES
