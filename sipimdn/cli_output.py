@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import sys
@@ -38,7 +39,13 @@ _T = TypeVar("_T")
 # -- output ----------------------------------------------------------------------------------
 
 
+#: Types :func:`_jsonable` returns as they are (exact types: a str enum is not one of them).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _jsonable(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, bytes):
@@ -56,30 +63,77 @@ def _jsonable(value: Any) -> Any:
 
 
 def _event_name(event: object) -> str:
-    name = type(event).__name__
+    return _kebab(type(event).__name__)
+
+
+@functools.cache
+def _kebab(name: str) -> str:
+    """``NotificationSent`` -> ``notification-sent``."""
     return "".join("-" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 class Printer:
-    """Prints events either readably or as one JSON object per line."""
+    """Prints events either readably or as one JSON object per line.
+
+    Lines are written in order, a loop turn's worth at a time: inside a running event loop a
+    line waits in a buffer until the loop's next turn, which writes and flushes every line of
+    the turn at once (one write instead of one or two per line, so a busy ``listen`` does not
+    pay a system call per event while ``listen --json | jq`` still sees each event a turn after
+    it happened). Outside a loop a line is written at once. The commands call :meth:`flush`
+    before they return, so nothing printed is lost at exit or on a signal.
+    """
 
     def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
         self._json = as_json
         self._stream = stream if stream is not None else sys.stdout
+        self._lines: list[str] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    @property
+    def as_json(self) -> bool:
+        """True if events are printed as JSON (``--json``): skip building their readable text."""
+        return self._json
 
     def emit(self, event: str, human: str, /, **fields: Any) -> None:
         """Print one event: ``text`` for people, ``{"event": event, **fields}`` as JSON."""
         if self._json:
-            line = json.dumps({"event": event, **{k: _jsonable(v) for k, v in fields.items()}})
+            self.line(json.dumps({"event": event, **{k: _jsonable(v) for k, v in fields.items()}}))
         else:
-            line = human
-        print(line, file=self._stream, flush=True)
+            self.line(human)
 
-    def emit_dataclass(self, event: object, human: str) -> None:
-        """Print a library event (a dataclass) with all its fields."""
-        fields = _jsonable(event)
-        assert isinstance(fields, dict)
-        self.emit(_event_name(event), human, **fields)
+    def emit_dataclass(self, event: object, human: str | None = None) -> None:
+        """Print a library event (a dataclass) with all its fields; readably as ``human``, by
+        default the line :func:`_describe` gives it."""
+        if self._json:
+            fields = _jsonable(event)
+            assert isinstance(fields, dict)
+            self.line(json.dumps({"event": _event_name(event), **fields}))
+        else:
+            self.line(_describe(event) if human is None else human)
+
+    def line(self, text: str) -> None:
+        """Print ``text`` as one line: at the loop's next turn, or now outside a loop."""
+        self._lines.append(text)
+        if self._flush_handle is not None:
+            return  # this turn's flush is already due
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_handle = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every line still buffered, in order, and flush the stream."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()  # called directly: the turn's flush has nothing left to do
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        lines.append("")  # the last line's end
+        self._stream.write("\n".join(lines))
+        self._stream.flush()
 
 
 def _describe(event: object) -> str:
@@ -130,6 +184,15 @@ def _describe(event: object) -> str:
     if isinstance(event, Unregistered):
         return f"{event.aor} unregistered" + ("" if event.confirmed else " (unconfirmed)")
     return repr(event)
+
+
+def _message_line(message: IncomingMessage) -> str:
+    """The readable line of a received message (``listen``)."""
+    asserted = _asserted(message)
+    seen = "" if asserted is None else f" (asserted: {asserted})"
+    notify = message.notify
+    asked = f" (notifications requested: {', '.join(sorted(notify))})" if notify else ""
+    return f"message from {message.sender}{seen}: {message.text!r}{asked}"
 
 
 def _message_fields(message: IncomingMessage) -> dict[str, Any]:

@@ -66,9 +66,9 @@ from .cli_options import (
 )
 from .cli_output import (
     Printer,
-    _asserted,
     _describe,
     _message_fields,
+    _message_line,
     _Progress,
     _progress,
     _tracing,
@@ -132,28 +132,20 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
                 metrics["metrics"] = f"http://{host}:{exporter.port}/metrics"
 
             async def on_message(message: IncomingMessage) -> int | None:
-                printer.emit(
-                    "message",
-                    f"message from {message.sender}"
-                    + (f" (asserted: {asserted})" if (asserted := _asserted(message)) is not None else "")
-                    + f": {message.text!r}"
-                    + (
-                        f" (notifications requested: {', '.join(sorted(message.notify))})"
-                        if message.notify
-                        else ""
-                    ),
-                    answer=args.status or 200,
-                    **_message_fields(message),
-                )
+                # Only what is printed is built: the readable line, or the JSON fields.
+                if printer.as_json:
+                    printer.emit("message", "", answer=args.status or 200, **_message_fields(message))
+                else:
+                    printer.line(_message_line(message))
                 if args.auto_display is not None and message.message_id is not None:
                     ua.spawn(_display_later(message, args.auto_display))
                 return args.status  # type: ignore[no-any-return]
 
             async def on_notification(event: NotificationEvent) -> None:
-                printer.emit_dataclass(event, _describe(event))
+                printer.emit_dataclass(event)
 
             async def on_disposition(event: DispositionEvent) -> None:
-                printer.emit_dataclass(event, _describe(event))
+                printer.emit_dataclass(event)
 
             async def on_composing(event: ComposingStateChanged) -> None:
                 what = f" {event.content_type}" if event.content_type else ""
@@ -194,7 +186,7 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
 
 def _print_registration(printer: Printer) -> Any:
     async def show(event: RegistrationEvent) -> None:
-        printer.emit_dataclass(event, _describe(event))
+        printer.emit_dataclass(event)
 
     return show
 
@@ -211,14 +203,17 @@ async def _display_later(message: IncomingMessage, delay: float) -> None:
 
 def run_listen(args: argparse.Namespace) -> int:
     """``sipimdn listen``: print every message and notification until SIGINT/SIGTERM."""
+    printer = Printer(as_json=args.json)
     try:
         with _tracing(args.trace), _progress("listen"):
-            return asyncio.run(_listen(args, Printer(as_json=args.json)))
+            return asyncio.run(_listen(args, printer))
     except _UsageError as exc:
         return _usage_error("listen", exc)
     except StoreError as exc:  # unreachable database, unwritable file: one line, exit 1
         print(f"sipimdn listen: error: {exc}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        printer.flush()  # what the last loop turn printed, whatever ended the run
 
 
 # -- send --------------------------------------------------------------------------------------
@@ -232,7 +227,7 @@ async def _send(args: argparse.Namespace, printer: Printer, progress: _Progress)
     async with UserAgent(config) as ua:
 
         async def on_disposition(event: DispositionEvent) -> None:
-            printer.emit_dataclass(event, _describe(event))
+            printer.emit_dataclass(event)
 
         ua.on_disposition(on_disposition)
         if config.registers:
@@ -364,11 +359,14 @@ async def _outcome(
 
 def run_send(args: argparse.Namespace) -> int:
     """``sipimdn send``: one message, then the SIP outcome and every notification."""
+    printer = Printer(as_json=args.json)
     try:
         with _tracing(args.trace), _progress("send") as progress:
-            return asyncio.run(_send(args, Printer(as_json=args.json), progress))
+            return asyncio.run(_send(args, printer, progress))
     except _UsageError as exc:
         return _usage_error("send", exc)
+    finally:
+        printer.flush()
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -423,8 +421,12 @@ async def _demo(args: argparse.Namespace, printer: Printer, progress: _Progress)
 
 def run_demo(args: argparse.Namespace) -> int:
     """``sipimdn demo``: two user agents on loopback, a message and its two notifications."""
-    with _tracing(args.trace), _progress("demo") as progress:
-        return asyncio.run(_demo(args, Printer(as_json=args.json), progress))
+    printer = Printer(as_json=args.json)
+    try:
+        with _tracing(args.trace), _progress("demo") as progress:
+            return asyncio.run(_demo(args, printer, progress))
+    finally:
+        printer.flush()
 
 
 # -- registration ------------------------------------------------------------------------------
