@@ -4,6 +4,7 @@ with hints, ``--version``, ``-v``/``-vv`` logging, ``--trace`` and progress line
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import io
 import logging
@@ -16,12 +17,32 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cli_ua import CLI, ENV, _json_lines, _stop, listener
 
+from sipimdn import cli_output
 from sipimdn.cli import logging_to_stderr
+from sipimdn.cli_output import Printer
 from sipimdn.dialog.factory import build_request
 from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.events import (
+    DispositionChanged,
+    NotificationAbandoned,
+    NotificationAccepted,
+    NotificationRejected,
+    NotificationsDeclined,
+    NotificationSent,
+    RegistrationExpired,
+    RegistrationFailed,
+    RegistrationSucceeded,
+    TrackingEnded,
+    Unregistered,
+)
+from sipimdn.imdn.tracker import DeclineReason, RejectReason
+from sipimdn.imdn.vocabulary import DispositionState, Kind, Status
 from sipimdn.stack import SipStack
+from sipimdn.ua import IncomingMessage
 
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d"
 
@@ -309,3 +330,130 @@ def test_trace_escapes_control_characters() -> None:
         printable_message(b"MESSAGE x\r\nSubject: \x1b[2Jhi\x07\r\n\r\n\xff")
         == "MESSAGE x\nSubject: \\x1b[2Jhi\\x07\n\n\\xff"
     )
+
+
+# -- the printer: a loop turn's lines in one write, nothing lost --------------------------------
+
+
+class _Writes(io.StringIO):
+    """A text stream that records each write and each flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+async def test_printer_writes_a_turns_lines_at_once_at_the_next_turn() -> None:
+    out = _Writes()
+    printer = Printer(as_json=False, stream=out)
+    printer.line("one")
+    printer.emit("x", "two", ignored=1)
+    printer.emit_dataclass(Unregistered(aor="sip:bob@example.com", confirmed=True))
+    assert out.writes == []  # still this turn
+    await asyncio.sleep(0)
+    assert out.writes == ["one\ntwo\nsip:bob@example.com unregistered\n"]
+    assert out.flushes == 1
+    printer.line("three")
+    await asyncio.sleep(0)
+    assert out.getvalue().splitlines() == ["one", "two", "sip:bob@example.com unregistered", "three"]
+    assert out.flushes == 2
+
+
+async def test_printer_flush_writes_what_is_buffered_and_leaves_no_empty_write() -> None:
+    out = _Writes()
+    printer = Printer(as_json=True, stream=out)
+    printer.emit("stopped", "stopped")
+    printer.flush()  # as the commands do before they return
+    assert out.writes == ['{"event": "stopped"}\n']
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert out.writes == ['{"event": "stopped"}\n'] and out.flushes == 1
+    printer.line("after")  # a new turn schedules a new flush
+    await asyncio.sleep(0)
+    assert out.writes[-1] == "after\n"
+
+
+def test_printer_outside_a_loop_writes_each_line_at_once() -> None:
+    out = _Writes()
+    printer = Printer(as_json=False, stream=out)
+    printer.line("a")
+    assert out.writes == ["a\n"]
+    printer.emit("b", "b")
+    assert out.writes == ["a\n", "b\n"]
+
+
+_LIBRARY_EVENTS = [
+    DispositionChanged(message_id="m1", recipient="sip:bob@b.example", previous=DispositionState.PENDING,
+                       state=DispositionState.DELIVERED, kind="delivery", status="delivered", sip_status=None,
+                       at=1.5),
+    NotificationAbandoned(notification_id="n1", message_id="m1", reason="no answer"),
+    NotificationAccepted(message_id="m1", recipient="sip:bob@b.example", kind="display", status="displayed",
+                         notification_id=None, changed=True),
+    NotificationRejected(message_id="m1", reason=RejectReason.UNKNOWN_MESSAGE, kind="delivery",
+                         status="delivered", sender="sip:eve@e.example", detail="x"),
+    NotificationSent(notification_id="n1", message_id="m1", kind=Kind.DELIVERY, status=Status.DELIVERED,
+                     to="sip:alice@a.example", sip_status=200, attempt=2),
+    NotificationsDeclined(message_id="m1", sender="sip:alice@a.example", kinds=("display", "delivery"),
+                          reason=DeclineReason.ROUTE_TOO_LONG),
+    RegistrationExpired(aor="sip:bob@b.example"),
+    RegistrationFailed(aor="sip:bob@b.example", status_code=None, reason="timeout", retry_at=3.0),
+    RegistrationSucceeded(aor="sip:bob@b.example", expires=3600, refresh_at=1800.0, refreshed=False),
+    TrackingEnded(message_id="m1", states=(("sip:bob@b.example", DispositionState.DELIVERED),)),
+    Unregistered(aor="sip:bob@b.example", confirmed=False),
+]
+
+
+@pytest.mark.parametrize("event", _LIBRARY_EVENTS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_emit_dataclass_prints_what_emit_with_every_field_prints(event: object, as_json: bool) -> None:
+    """Differential: ``emit_dataclass`` (builds only what it prints) against ``emit`` given the
+    readable line and every field, as the commands printed library events before."""
+    fields = cli_output._jsonable(event)
+    reference, fast = io.StringIO(), io.StringIO()
+    Printer(as_json=as_json, stream=reference).emit(
+        cli_output._event_name(event), cli_output._describe(event), **fields
+    )
+    Printer(as_json=as_json, stream=fast).emit_dataclass(event)
+    assert fast.getvalue() == reference.getvalue()
+    assert fast.getvalue().count("\n") == 1
+
+
+def _message_line_before(message: IncomingMessage) -> str:
+    """The readable line of a received message, as ``listen`` built it inline before."""
+    return (
+        f"message from {message.sender}"
+        + (f" (asserted: {asserted})" if (asserted := cli_output._asserted(message)) is not None else "")
+        + f": {message.text!r}"
+        + (f" (notifications requested: {', '.join(sorted(message.notify))})" if message.notify else "")
+    )
+
+
+@given(
+    sender=st.text(min_size=1, max_size=20),
+    body=st.binary(max_size=30),
+    charset=st.sampled_from(["utf-8", "latin-1", "no-such-charset"]),
+    notify=st.frozensets(st.sampled_from(["positive-delivery", "negative-delivery", "display"])),
+    asserted=st.none() | st.text(max_size=20),
+    withheld=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_message_line_is_the_line_listen_printed_before(
+    *, sender: str, body: bytes, charset: str, notify: frozenset[str], asserted: str | None, withheld: bool
+) -> None:
+    message = IncomingMessage(
+        sender=sender, sender_name=None, recipient="sip:bob@b.example", cpim_from=None, cpim_to=(),
+        content_type="text/plain", content_params={"charset": charset}, body=body, subject=None,
+        message_id=None, datetime=None, notify=notify, transport="udp", source=("127.0.0.1", 5060),
+        request=build_request("MESSAGE", "sip:bob@b.example", "<sip:a@a.example>", "<sip:bob@b.example>"),
+        asserted_identity=asserted, identity_withheld=withheld,
+    )  # fmt: skip
+    assert cli_output._message_line(message) == _message_line_before(message)

@@ -462,3 +462,67 @@ def test_listen_shows_the_identity_a_trusted_proxy_asserts() -> None:
     messages = [e for e in events if e["event"] == "message"]
     assert [e["asserted_identity"] for e in messages] == ["sip:alice.real@ims.example.com", "withheld"]
     assert all(e["from"].startswith("sip:alice@127.0.0.1:") for e in messages)
+
+
+async def _send_plain(bob: str, texts: list[str]) -> None:
+    """Send each text to ``bob`` in a text/plain MESSAGE from a bare stack, all at once; each answered 200."""
+    from ua_helpers import StackPeer
+
+    from sipimdn.dialog.factory import build_request
+
+    async with StackPeer("alice") as alice:
+
+        async def one(text: str) -> None:
+            request = build_request("MESSAGE", bob, f"<{alice.aor}>", f"<{bob}>", body=text.encode(),
+                                    content_type="text/plain")
+            assert (await alice.stack.send_request(request)).status_code == 200
+
+        await asyncio.gather(*(one(text) for text in texts))
+
+
+def test_listen_json_prints_each_event_promptly_not_at_exit() -> None:
+    """``listen --json | jq``: each message's line reaches the reader while listen runs, within a
+    bounded time of the 200 (the printer writes a loop turn's lines at the next turn)."""
+    with listener() as (proc, listening):
+        assert proc.stdout is not None
+        for n in range(3):
+            asyncio.run(_send_plain(listening["aor"], [f"prompt {n}"]))
+            answered = time.monotonic()
+            event = json.loads(_read_line(proc.stdout, 5))
+            waited = time.monotonic() - answered
+            assert (event["event"], event["text"]) == ("message", f"prompt {n}")
+            assert proc.poll() is None  # printed while running, not at exit
+            assert waited < 2.0, waited  # a loop turn, give or take a loaded machine
+        code, rest = _stop(proc)
+    assert code == 0
+    assert [e["event"] for e in rest] == ["stopped"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_listen_text_output_loses_nothing_when_stopped_right_after_a_burst(signum: int) -> None:
+    """Default text output, as users run it: a burst of messages, then the signal at once; every
+    message's line is there, and ``stopped`` last."""
+    proc = subprocess.Popen(
+        [*CLI, "listen", "--aor", "sip:bob@127.0.0.1:0", "--listen", "udp:127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = _read_line(proc.stdout, 15)
+        assert " listening on " in first, first
+        bob = first.split(" listening on ", 1)[0]
+        texts = [f"burst {n}" for n in range(40)]
+        asyncio.run(_send_plain(bob, texts))
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == "stopped"
+    alice = "message from sip:alice@127.0.0.1:"
+    received = [line.rsplit(": ", 1)[1] for line in lines if line.startswith(alice)]
+    assert sorted(received) == sorted(repr(text) for text in texts)
+    assert len(lines) == len(texts) + 1
