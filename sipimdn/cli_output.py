@@ -79,13 +79,18 @@ class Printer:
     line waits in a buffer until the loop's next turn, which writes and flushes every line of
     the turn at once (one write instead of one or two per line, so a busy ``listen`` does not
     pay a system call per event while ``listen --json | jq`` still sees each event a turn after
-    it happened). Outside a loop a line is written at once. The commands call :meth:`flush`
-    before they return, so nothing printed is lost at exit or on a signal.
+    it happened). Outside a loop, or on a terminal (where the lines keep their place among the
+    progress and log lines of standard error), a line is written at once. The commands call
+    :meth:`flush` before they return, so nothing printed is lost at exit or on a signal.
     """
 
     def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
         self._json = as_json
         self._stream = stream if stream is not None else sys.stdout
+        try:
+            self._by_line = self._stream.isatty()
+        except ValueError:  # a closed stream: writing will say so
+            self._by_line = True
         self._lines: list[str] = []
         self._flush_handle: asyncio.Handle | None = None
 
@@ -112,16 +117,19 @@ class Printer:
             self.line(_describe(event) if human is None else human)
 
     def line(self, text: str) -> None:
-        """Print ``text`` as one line: at the loop's next turn, or now outside a loop."""
+        """Print ``text`` as one line: at the loop's next turn, or now (outside a loop, on a terminal)."""
         self._lines.append(text)
         if self._flush_handle is not None:
             return  # this turn's flush is already due
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._flush_handle = loop.call_soon(self.flush)
+        if not self._by_line:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                self._flush_handle = loop.call_soon(self.flush)
+                return
+        self.flush()
 
     def flush(self) -> None:
         """Write every line still buffered, in order, and flush the stream."""

@@ -382,6 +382,21 @@ async def test_printer_flush_writes_what_is_buffered_and_leaves_no_empty_write()
     assert out.writes[-1] == "after\n"
 
 
+class _Terminal(_Writes):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_printer_on_a_terminal_writes_each_line_at_once() -> None:
+    out = _Terminal()
+    printer = Printer(as_json=False, stream=out)
+    printer.line("a")
+    printer.emit("b", "b")
+    assert out.writes == ["a\n", "b\n"] and out.flushes == 2
+    await asyncio.sleep(0)
+    assert out.writes == ["a\n", "b\n"]
+
+
 def test_printer_outside_a_loop_writes_each_line_at_once() -> None:
     out = _Writes()
     printer = Printer(as_json=False, stream=out)
