@@ -127,15 +127,18 @@ class Printer:
             except RuntimeError:
                 pass
             else:
-                self._flush_handle = loop.call_soon(self.flush)
+                self._flush_handle = loop.call_soon(self._turn_ended)
                 return
         self.flush()
 
     def flush(self) -> None:
         """Write every line still buffered, in order, and flush the stream."""
-        handle, self._flush_handle = self._flush_handle, None
-        if handle is not None:
-            handle.cancel()  # called directly: the turn's flush has nothing left to do
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # the turn's flush would have nothing left to do
+        self._turn_ended()
+
+    def _turn_ended(self) -> None:
+        self._flush_handle = None
         if not self._lines:
             return
         lines, self._lines = self._lines, []
