@@ -138,6 +138,11 @@ class TransportManager:
         self._servers: list[tuple[Transport, Address, asyncio.Server]] = []
         # What ``endpoints`` returns, built once per change of the listeners (read per request).
         self._endpoints: tuple[tuple[Transport, Address], ...] | None = None
+        # What ``sent_by`` picks per (transport, address family): the chosen (host, port) and
+        # whether its host is a wildcard (resolved per remote host); emptied when a socket opens.
+        self._sent_by: dict[tuple[Transport, int], tuple[Address, bool]] = {}
+        # The UDP socket a request of each address family leaves from (``_udp_for``), likewise.
+        self._udp_by_family: dict[int, UdpEndpoint] = {}
         self._connections: dict[_Key, StreamConnection] = {}
         self._all: set[StreamConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -165,7 +170,7 @@ class TransportManager:
             endpoint = await UdpEndpoint.open(spec.host, spec.port, self._user.datagram_received,
                                               self._udp_error)
             self._udp.append(endpoint)
-            self._endpoints = None
+            self._sockets_changed()
             self._arm_sweeper()
             return (Transport.UDP, endpoint.local)
         if spec.transport is Transport.TLS:
@@ -188,7 +193,7 @@ class TransportManager:
         sockname = server.sockets[0].getsockname()
         local = (str(sockname[0]), int(sockname[1]))
         self._servers.append((kind, local, server))
-        self._endpoints = None
+        self._sockets_changed()
         self._arm_sweeper()
         return (kind, local)
 
@@ -210,6 +215,7 @@ class TransportManager:
             families.add(family)
             endpoint = await UdpEndpoint.open(host, 0, self._response_datagram, self._udp_error)
             self._udp_send_only.append(endpoint)
+            self._sockets_changed()
             opened.append(endpoint.local)
         return opened
 
@@ -235,6 +241,13 @@ class TransportManager:
             )
         return endpoints
 
+    def _sockets_changed(self) -> None:
+        """Forget what was derived from the set of sockets (a listener or send-only socket opened,
+        or all closed)."""
+        self._endpoints = None
+        self._sent_by.clear()
+        self._udp_by_family.clear()
+
     def sent_by(self, transport: Transport, remote_host: str) -> Address:
         """Our address to put in the Via of a request to ``remote_host`` over ``transport``.
 
@@ -243,7 +256,22 @@ class TransportManager:
         back on the same connection anyway. A wildcard listener (0.0.0.0, ::) is replaced by the
         local address the system would use to reach ``remote_host``.
         """
-        family = _family(remote_host)
+        # Asked for every request sent, with the same few answers: the choice is kept per
+        # (transport, family) until the sockets change; a wildcard host is still resolved per
+        # remote host (through its own cache).
+        family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
+        known = self._sent_by.get((transport, family))
+        if known is None:
+            known = self._choose_sent_by(transport, family, remote_host)
+            self._sent_by[(transport, family)] = known
+        chosen, wildcard = known
+        if wildcard:
+            return (self._source_address(remote_host), chosen[1])
+        return chosen
+
+    def _choose_sent_by(self, transport: Transport, family: int, remote_host: str) -> tuple[Address, bool]:
+        """:meth:`sent_by`'s choice of socket for ``transport`` and ``family``, and whether its
+        host is a wildcard; raises ``TransportError`` when the family has no socket."""
         candidates = self.endpoints
         if transport is Transport.UDP and self._udp_send_only:
             candidates = candidates + [(Transport.UDP, e.local) for e in self._udp_send_only]
@@ -251,10 +279,7 @@ class TransportManager:
         if not same_family:
             raise TransportError(f"no listening socket for the address family of {remote_host}")
         chosen = next((a for k, a in same_family if k is transport), same_family[0][1])
-        host, port = chosen
-        if host in ("0.0.0.0", "::"):
-            host = self._source_address(remote_host)
-        return (host, port)
+        return (chosen, chosen[0] in ("0.0.0.0", "::"))
 
     def _source_address(self, remote_host: str) -> str:
         cached = self._source_cache.get(remote_host)
@@ -325,14 +350,22 @@ class TransportManager:
             for endpoint in udp:
                 if endpoint.local == local:
                     return endpoint
-        family = _family(flow.remote[0])
+        family = socket.AF_INET6 if ":" in flow.remote[0] else socket.AF_INET
+        chosen = self._udp_by_family.get(family)
+        if chosen is None:
+            chosen = self._udp_by_family[family] = self._udp_of_family(family, flow.remote[0])
+        return chosen
+
+    def _udp_of_family(self, family: int, host: str) -> UdpEndpoint:
+        """The UDP socket requests to ``family`` leave from: the first listener of that family,
+        else the first send-only socket of it; raises ``TransportError`` when there is none."""
         for endpoint in self._udp:
             if endpoint.family == family:
                 return endpoint
         for endpoint in self._udp_send_only:
             if endpoint.family == family:
                 return endpoint
-        raise TransportError(f"no UDP socket for the address family of {flow.remote[0]}")
+        raise TransportError(f"no UDP socket for the address family of {host}")
 
     def _connect(self, flow: Flow) -> StreamConnection:
         if flow.transport is Transport.TLS:
@@ -590,7 +623,7 @@ class TransportManager:
         self._udp.clear()
         self._udp_send_only.clear()
         self._servers.clear()
-        self._endpoints = None
+        self._sockets_changed()
         self._connections.clear()
         self._all.clear()
         self._source_of.clear()
