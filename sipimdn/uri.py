@@ -99,6 +99,12 @@ class Uri:
     params: Mapping[str, str | None] = field(default_factory=_empty)
     headers: Mapping[str, str] = field(default_factory=_empty)
     opaque: str | None = None
+    # Derived once per object, on first use: the text ``str()`` writes, the comparison key and
+    # its hash. A Uri never changes (frozen, its mappings read-only copies) and the parse cache
+    # hands the same object out for every message naming it, so each is worked out once.
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
+    _cmp_key: tuple[object, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Freeze caller-supplied dicts so a shared (cached) Uri cannot change.
@@ -214,6 +220,13 @@ class Uri:
     # -- writing -----------------------------------------------------------
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._write()
+            _set_text(self, text)
+        return text
+
+    def _write(self) -> str:
         if self.opaque is not None:
             return f"{self.scheme}:{self.opaque}"
         parts = [self.scheme, ":"]
@@ -255,6 +268,13 @@ class Uri:
         return self.host.lower()
 
     def _key(self) -> tuple[object, ...]:
+        key = self._cmp_key
+        if key is None:
+            key = self._make_key()
+            _set_cmp_key(self, key)
+        return key
+
+    def _make_key(self) -> tuple[object, ...]:
         """The parts that must be equal for two URIs to be equal.
 
         Parameters present in only one URI are ignored unless they are one of
@@ -293,7 +313,17 @@ class Uri:
         return True
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        value = self._hash
+        if value is None:
+            value = hash(self._key())
+            _set_hash(self, value)
+        return value
+
+
+# Slot setters of the frozen class, for the values it derives once (bypass the frozen __setattr__).
+_set_text = Uri.__dict__["_text"].__set__
+_set_cmp_key = Uri.__dict__["_cmp_key"].__set__
+_set_hash = Uri.__dict__["_hash"].__set__
 
 
 def parse_uri(text: str) -> Uri:

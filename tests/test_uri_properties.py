@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipimdn import SipParseError, Uri
+from sipimdn.errors import LocalProtocolError
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -112,3 +116,38 @@ def test_other_params_in_one_uri_only_are_ignored(uri: Uri, name: str, value: st
 def test_escaped_unreserved_characters_equal_plain_ones(user: str, host_name: str) -> None:
     escaped = "".join(f"%{ord(c):02X}" for c in user)
     assert Uri.parse(f"sip:{escaped}@{host_name}") == Uri.parse(f"sip:{user}@{host_name}")
+
+
+def _twin(uri: Uri) -> Uri:
+    """A fresh object of the same fields: nothing derived yet."""
+    return Uri(uri.scheme, uri.user, uri.password, uri.host, uri.port, uri.params, uri.headers, uri.opaque)
+
+
+@SETTINGS
+@given(st.one_of(sip_uris(), st.text(alphabet="sipte:@;=?&%[]:.-_abc123ABC!~*'()/,$+ ", max_size=60)))
+def test_text_key_and_hash_remembered_per_object_equal_the_computed_ones(value: Uri | str) -> None:
+    # str(), the comparison key and the hash are derived once per Uri and kept on it: every later
+    # answer must be what a fresh object computes, and derived values never leak to a copy.
+    if isinstance(value, str):
+        try:
+            uri = Uri.parse(value)
+        except SipParseError:
+            return
+    else:
+        uri = value
+    try:
+        written: str | None = _twin(uri)._write()
+    except LocalProtocolError:
+        written = None
+    for _ in range(2):
+        if written is None:
+            with pytest.raises(LocalProtocolError):
+                str(uri)
+        else:
+            assert str(uri) == written
+        assert uri._key() == _twin(uri)._make_key()
+        assert hash(uri) == hash(_twin(uri)._make_key())
+        assert uri == _twin(uri) and hash(uri) == hash(_twin(uri))
+    moved = dataclasses.replace(uri, port=(uri.port or 0) + 1) if uri.host else None
+    if moved is not None:
+        assert str(moved) == _twin(moved)._write() and moved != uri
