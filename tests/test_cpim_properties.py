@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -333,3 +334,37 @@ def test_headers_resolve_by_uri_whatever_the_prefix(
         assert got == values + stray
     if undeclared:
         assert msg.headers[-1].namespace is None
+
+
+def _plain_format_datetime(now: float) -> str:
+    """format_datetime as written without the kept second: fromtimestamp and strftime each time."""
+    import datetime as dt
+
+    moment = dt.datetime.fromtimestamp(now, tz=dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_NEAR_EDGES = st.builds(
+    lambda second, offset: second + offset,
+    st.integers(0, 4_102_444_800).map(float),  # up to 2100
+    st.sampled_from([0.0, 5e-7, 4.9999e-7, 0.0005, 0.0004995, 0.9995, 0.9999994, 0.9999995, 0.9999996,
+                     0.99999949, 0.999999, 0.5, 0.123456, 0.0015]),
+)
+
+
+@SETTINGS
+@example([1.7649e9 + 0.9999995, 1.7649e9 + 0.9999995, 1.7649e9 + 1.0000004])
+@example([-1.5, -0.0, 0.0, 0.9999999999, 1.0, float("nan"), float("inf")])
+@given(st.lists(st.one_of(_NEAR_EDGES, st.floats(0, 4.1e9), st.floats(-1e11, 1e11), st.floats()),
+                min_size=1, max_size=6))
+def test_format_datetime_keeps_its_last_second_exactly(moments: list[float]) -> None:
+    # The kept second must never change a text: each moment, in any order (repeats of a second,
+    # rounding up into the next one, negative and unrepresentable times), gives the plain text.
+    for now in [*moments, *moments]:
+        try:
+            expected = _plain_format_datetime(now)
+        except (OverflowError, OSError, ValueError):
+            with pytest.raises(LocalProtocolError):
+                cpim.format_datetime(now)
+            continue
+        assert cpim.format_datetime(now) == expected

@@ -8,6 +8,7 @@ into ``CpimError``. Formatters produce the strict form of the ABNF.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass
 
 from .._cache import remember_text
@@ -147,11 +148,36 @@ def _parse_offset(off: str) -> _dt.tzinfo:
 
 def format_datetime(now: float) -> str:
     """Format a POSIX timestamp as RFC 3339 UTC with milliseconds, e.g. ``2026-11-24T01:17:57.123Z``."""
+    # Every notification and message carries one, and consecutive ones mostly fall in the same
+    # second: the text up to the seconds is kept for the last second written. The fraction is
+    # rounded as datetime.fromtimestamp rounds it (half-even to the microsecond, the seconds
+    # carried at 1,000,000), so the text is the one _format_datetime writes;
+    # tests/test_cpim_properties.py holds the two equal.
+    if type(now) is float:
+        fraction, whole = math.modf(now)
+        second, head = _LAST_SECOND[0]
+        if whole == second and fraction >= 0.0:
+            micro = round(fraction * 1e6)
+            if micro < 1_000_000:
+                return f"{head}{micro // 1000:03d}Z"
+    return _format_datetime(now)
+
+
+#: The last whole second :func:`format_datetime` wrote, and its text up to the decimal point.
+_LAST_SECOND: list[tuple[float, str]] = [(math.nan, "")]
+
+
+def _format_datetime(now: float) -> str:
     try:
         moment = _dt.datetime.fromtimestamp(now, tz=_dt.UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise LocalProtocolError(f"cannot format {now!r} as a DateTime: {exc}") from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    head = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    if type(now) is float:
+        fraction, whole = math.modf(now)
+        if fraction >= 0.0 and round(fraction * 1e6) < 1_000_000:  # no carry: moment is in ``whole``
+            _LAST_SECOND[0] = (whole, head)
+    return head + f"{moment.microsecond // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
