@@ -28,9 +28,9 @@ __all__ = ["DestinationKey", "DestinationQueue"]
 class DestinationKey:
     """A hashable destination (a :class:`~sipimdn.uri.Uri`) whose hash is computed once.
 
-    A Uri hashes by its RFC 3261 §19.1.4 comparison key, rebuilt on every
-    call; a turn costs several dictionary operations on its key. Equal when
-    the wrapped values are equal.
+    A turn costs several dictionary operations on its key; the wrapped value
+    is hashed once, here (a Uri keeps its own hash, but any other hashable
+    may not). Equal when the wrapped values are equal.
     """
 
     __slots__ = ("_hash", "value")

@@ -166,20 +166,22 @@ class Uri:
             port = _abnf.digits_value(port_text, 5)
             if port is None or port > 65535:
                 raise _fail(text, "port above 65535")
-        params = _parse_uri_params(params_text) if params_text else {}
-        headers: dict[str, str] = {}
+        params = MappingProxyType(_parse_uri_params(params_text)) if params_text else _EMPTY
+        headers: Mapping[str, str] = _EMPTY
         if headers_text:
+            fields: dict[str, str] = {}
             for item in headers_text.split("&"):
                 name, _, value = item.partition("=")
-                headers[unquote(name)] = unquote(value)
-        return cls(
+                fields[unquote(name)] = unquote(value)
+            headers = MappingProxyType(fields)
+        return _make(
             scheme,
             unquote(user) if user is not None else None,
             unquote(password) if password is not None else None,
             host,
             port,
-            params,
-            headers,
+            params=params,
+            headers=headers,
         )
 
     # -- derived values --------------------------------------------------
@@ -315,15 +317,50 @@ class Uri:
     def __hash__(self) -> int:
         value = self._hash
         if value is None:
-            value = hash(self._key())
+            key = self._cmp_key
+            if key is None:
+                key = self._make_key()
+                _set_cmp_key(self, key)
+            value = hash(key)
             _set_hash(self, value)
         return value
 
 
-# Slot setters of the frozen class, for the values it derives once (bypass the frozen __setattr__).
+# Slot setters of the frozen class, for the values it derives once and for _make (bypass the
+# frozen __setattr__, which costs twice as much per field).
 _set_text = Uri.__dict__["_text"].__set__
 _set_cmp_key = Uri.__dict__["_cmp_key"].__set__
 _set_hash = Uri.__dict__["_hash"].__set__
+_set_scheme = Uri.__dict__["scheme"].__set__
+_set_user = Uri.__dict__["user"].__set__
+_set_password = Uri.__dict__["password"].__set__
+_set_host = Uri.__dict__["host"].__set__
+_set_port = Uri.__dict__["port"].__set__
+_set_params = Uri.__dict__["params"].__set__
+_set_headers = Uri.__dict__["headers"].__set__
+_set_opaque = Uri.__dict__["opaque"].__set__
+_new_uri = object.__new__
+
+
+def _make(scheme: str, user: str | None, password: str | None, host: str, port: int | None, *,
+          params: Mapping[str, str | None], headers: Mapping[str, str]) -> Uri:
+    """The Uri ``Uri(scheme, user, password, host, port, params, headers)`` builds, from mappings
+    already read-only and owned by it alone (the parser's), without the dataclass ``__init__``
+    (ten frozen ``__setattr__`` calls and the copies ``__post_init__`` makes of its mappings).
+    tests/test_uri_properties.py holds the two equal."""
+    uri: Uri = _new_uri(Uri)
+    _set_scheme(uri, scheme)
+    _set_user(uri, user)
+    _set_password(uri, password)
+    _set_host(uri, host)
+    _set_port(uri, port)
+    _set_params(uri, params)
+    _set_headers(uri, headers)
+    _set_opaque(uri, None)
+    _set_text(uri, None)
+    _set_cmp_key(uri, None)
+    _set_hash(uri, None)
+    return uri
 
 
 def parse_uri(text: str) -> Uri:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -151,3 +152,25 @@ def test_text_key_and_hash_remembered_per_object_equal_the_computed_ones(value: 
     moved = dataclasses.replace(uri, port=(uri.port or 0) + 1) if uri.host else None
     if moved is not None:
         assert str(moved) == _twin(moved)._write() and moved != uri
+
+
+_FIELDS = ("scheme", "user", "password", "host", "port", "params", "headers", "opaque")
+
+
+@SETTINGS
+@given(st.one_of(sip_uris().map(str), st.text(alphabet="sip:@;=?&%[]:.-_abc123ABC!~*'()/,$+ ", max_size=60)))
+def test_parser_builds_what_the_constructor_builds(text: str) -> None:
+    # The parser sets a new Uri's slots itself (no dataclass __init__): the object must be the one
+    # the constructor makes from the same fields, read-only mappings included.
+    try:
+        parsed = Uri._parse(text)
+    except SipParseError:
+        return
+    built = Uri(*(getattr(parsed, name) for name in _FIELDS))
+    for name in _FIELDS:
+        assert getattr(parsed, name) == getattr(built, name), name
+    for mapping in (parsed.params, parsed.headers):
+        assert type(mapping) is MappingProxyType
+    assert (parsed._text, parsed._cmp_key, parsed._hash) == (None, None, None)
+    assert repr(parsed) == repr(built) and parsed == built and hash(parsed) == hash(built)
+    assert dataclasses.replace(parsed) == parsed
