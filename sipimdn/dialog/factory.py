@@ -139,7 +139,7 @@ def build_request(
     # What Request() makes of the same rows, without formatting the Request-URI again: a Uri
     # is immutable and the same object comes back for the same text (Uri.parse's cache).
     uri = request_uri if isinstance(request_uri, Uri) else Uri.parse(request_uri)
-    return Request._parsed(method, uri, _uri_text(uri), Headers.from_rows(checked), bytes(body))
+    return Request._parsed(method, uri, str(uri), Headers.from_rows(checked), bytes(body))
 
 
 #: Methods Request() accepts (its method token check passes), for the shortcut above.
@@ -147,17 +147,6 @@ _PLAIN_METHODS = frozenset(
     {"MESSAGE", "OPTIONS", "REGISTER", "INVITE", "ACK", "BYE", "CANCEL", "SUBSCRIBE", "NOTIFY", "INFO",
      "UPDATE", "PRACK", "REFER", "PUBLISH"}
 )  # fmt: skip
-# Uri -> its text (Uri.__str__), by identity, holding the object (see _TEXT_CACHE below).
-_URI_TEXT: dict[int, tuple[Uri, str]] = {}
-
-
-def _uri_text(uri: Uri) -> str:
-    entry = _URI_TEXT.get(id(uri))
-    if entry is not None and entry[0] is uri:
-        return entry[1]
-    text = str(uri)
-    remember(_URI_TEXT, id(uri), (uri, text), _TEXT_CACHE_MAX)
-    return text
 
 
 # The header names requests are built with, and their lookup keys (header_key).

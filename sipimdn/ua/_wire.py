@@ -146,8 +146,8 @@ def decode_message(request: Request, config: UserAgentConfig) -> Inbound:
             return _decode_cpim(request, body, config)
         params = dict(ctype.params)
     from_ = request.from_
-    sip_from = _uri_text(from_.uri)
-    sip_to = _uri_text(request.to.uri)
+    sip_from = str(from_.uri)  # a Uri keeps its text: the parse cache shares the object
+    sip_to = str(request.to.uri)
     subject = headers.get("Subject")
     if mime == "text/plain":
         return Inbound(
@@ -188,8 +188,8 @@ def _notify(requested: frozenset[DispositionRequest]) -> frozenset[str]:
 def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig) -> Inbound:
     envelope = cpim.parse(body)
     from_ = request.from_
-    sip_from = _uri_text(from_.uri)
-    sip_to = _uri_text(request.to.uri)
+    sip_from = str(from_.uri)  # a Uri keeps its text: the parse cache shares the object
+    sip_to = str(request.to.uri)
     # One walk over the envelope's headers for what its properties (from_, to, date_time,
     # subject) would each walk for. cpim.parse checked every standard header of the CPIM
     # namespace, so none of these reads can fail here; the IMDN headers are imdn_headers' part.
@@ -256,20 +256,6 @@ def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig) -> Inbo
         cpim_from=cpim_from, cpim_to=cpim_to, message_id=imdn.message_id, notify=notify,
         datetime=datetime, subject=subject, original_to=original_to, imdn_route=imdn_route,
     )
-
-
-# URI -> text of the last SIP From and To seen. The core hands out one Uri object per
-# distinct header text, so a peer's From and our own To usually hit; a Uri is immutable.
-_URI_TEXT: dict[int, tuple[Uri, str]] = {}
-
-
-def _uri_text(uri: Uri) -> str:
-    entry = _URI_TEXT.get(id(uri))
-    if entry is not None and entry[0] is uri:
-        return entry[1]
-    text = str(uri)
-    remember(_URI_TEXT, id(uri), (uri, text), 256)
-    return text
 
 
 def incoming_message(
