@@ -4,6 +4,7 @@ sets, before and after every socket opens."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -108,3 +109,37 @@ async def test_sent_by_and_udp_socket_match_the_plain_choice(steps: list[ListenS
         await manager.close()
     with pytest.raises(TransportError):
         manager.sent_by(Transport.UDP, "127.0.0.1")  # closed: the memo went with the sockets
+
+
+async def test_udp_send_reports_the_flow_replies_arrive_on() -> None:
+    # A request's flow comes back with the socket it left from: the same value a datagram from
+    # that peer arrives with (the socket shares one Flow per peer address).
+    arrived: list[Flow] = []
+
+    class User(NullUser):
+        def datagram_received(self, data: bytes, flow: Flow) -> None:
+            arrived.append(flow)
+
+    manager = TransportManager(User(), TransportConfig())
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        _, local = await manager.listen(ListenSpec(Transport.UDP, "127.0.0.1"))
+        peer.bind(("127.0.0.1", 0))
+        remote = ("127.0.0.1", peer.getsockname()[1])
+        for _ in range(2):
+            sent = manager.send(b"OPTIONS", Flow(Transport.UDP, remote))
+            assert sent == Flow(Transport.UDP, remote, local)
+            assert peer.recv(100) == b"OPTIONS"
+        stated = Flow(Transport.UDP, remote, local)
+        assert manager.send(b"x", stated) is stated  # already complete: handed back as is
+        peer.recv(100)
+        peer.sendto(b"SIP/2.0 200 OK\r\n\r\n", local)
+        for _ in range(200):
+            if arrived:
+                break
+            await asyncio.sleep(0.005)
+        assert arrived == [Flow(Transport.UDP, remote, local)]
+        assert manager.send(b"y", Flow(Transport.UDP, remote)) == arrived[0]
+    finally:
+        peer.close()
+        await manager.close()

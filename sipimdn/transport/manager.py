@@ -326,7 +326,7 @@ class TransportManager:
             endpoint.send(data, flow.remote)
             if flow.local == endpoint.local and flow.server_name is None:
                 return flow
-            return Flow(Transport.UDP, flow.remote, endpoint.local)
+            return endpoint.flow_to(flow.remote)
         # The key holds the TLS name too: a connection verified for one name is never reused for another.
         connection = self._connections.get((flow.transport, flow.remote, flow.server_name))
         if connection is None or connection.closed:

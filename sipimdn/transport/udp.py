@@ -159,6 +159,14 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 return
             self._deliver(data, addr)
 
+    def flow_to(self, remote: Address) -> Flow:
+        """The flow of a datagram between ``remote`` and this socket: the one datagrams from
+        ``remote`` arrive with when there is one (a Flow is immutable, so it is shared)."""
+        flow = self._flows.get(remote)
+        if flow is None:
+            flow = remember(self._flows, remote, Flow(Transport.UDP, remote, self.local), _FLOW_CACHE)
+        return flow
+
     def _deliver(self, data: bytes, addr: tuple[str, int]) -> None:
         flow = self._flows.get(addr)
         if flow is None:
