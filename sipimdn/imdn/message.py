@@ -291,11 +291,18 @@ def _address_line(name: str, value: str) -> str | None:
     line = _ADDRESS_LINES.get(key)
     if line is not None:
         return line
-    try:
-        line = format_header(name, str(_address(value)))
-        check_header_lines([line])
-    except (LocalProtocolError, ValueError):
-        return None
+    if name in _PLAIN_ADDRESS_NAMES and grammar.URI_RE.fullmatch(value) is not None:
+        # A bare URI (a new peer's, most often): the URI grammar excludes "<", ">", DQUOTE, SP
+        # and control characters, so "<URI>" is a strict address value (RFC 3862 §3) with no
+        # Formal-name, and the line is what the general path writes and passes; tests/
+        # test_imdn_fastpaths.py holds the two equal.
+        line = f"{name}: <{value}>"
+    else:
+        try:
+            line = format_header(name, str(_address(value)))
+            check_header_lines([line])
+        except (LocalProtocolError, ValueError):
+            return None
     if len(value) <= _ADDRESS_LINES_MAX_KEY:
         remember(_ADDRESS_LINES, key, line, _ADDRESS_LINES_MAX)
     return line
@@ -306,6 +313,8 @@ _ADDRESS_LINES: dict[tuple[str, str], str] = {}
 _ADDRESS_LINES_MAX = 1024
 _ADDRESS_LINES_MAX_KEY = 256
 _IMDN_NS_LINE: Final = format_header("NS", f"imdn <{IMDN_NS}>")
+#: The header names whose bare-URI lines _address_line writes without the parser.
+_PLAIN_ADDRESS_NAMES: Final = frozenset({"From", "To"})
 
 
 def _own_address(im: CpimMessage, own: CpimAddress | str | None) -> CpimAddress:
