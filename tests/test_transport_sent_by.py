@@ -8,7 +8,7 @@ import asyncio
 import socket
 
 import pytest
-from conftest import IPV6_TESTED
+from _peers import IPV6_TESTED
 
 from sipimdn.errors import SipParseError, TransportError
 from sipimdn.message import Request, Response
