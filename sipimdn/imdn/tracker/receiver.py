@@ -201,14 +201,9 @@ class ReceiverSide(DispatchSide):
         only, no event, no store write), through the short route such a message takes, with
         none of the arguments it does not need. The other arguments of
         :meth:`record_received` only matter when something may be owed."""
-        key = (self._sender_key(sender), message_id)
-        duplicate = self._duplicate(key)
-        if duplicate is not None:
-            return duplicate
-        self._remember_unrequested(key, now)
-        self._bound_dedup(now)
-        self._bound_working_set(now)
-        return _NO_REQUEST
+        # With nothing requested, record_received takes that short route itself (no sort, no
+        # policy): one path for the dedup entry and the bounds, not two.
+        return self.record_received(message_id=message_id, sender=sender, now=now)
 
     def _duplicate(self, key: tuple[str, str]) -> Reception | None:
         """The reception of a copy of a message already received, or None for a new one."""
