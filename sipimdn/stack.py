@@ -288,16 +288,32 @@ class SipStack:
         data = request.to_bytes()
         if needs_stream(len(data), transport, self.udp_max):
             return None
-        key = self.layer.send_request(request, target.flow(), loop.time())
+        # Its waiter is forgotten by the pump as it settles the future (_dispatch, _fail): no
+        # task here to do it.
+        return self._start(loop, request, target.flow(), data)[1]
+
+    def _start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        request: Request,
+        flow: Flow,
+        data: bytes,
+        on_final: Callable[[Response], None] | None = None,
+    ) -> tuple[TransactionKey, asyncio.Future[Response]]:
+        """Open ``request``'s client transaction on ``flow`` and send it now: its key and the future
+        of its final response. The first transmission sends ``data``, the bytes just measured,
+        instead of serialising again."""
+        key = self.layer.send_request(request, flow, loop.time())
         future: asyncio.Future[Response] = loop.create_future()
-        # Forgotten by the pump as it settles the future (_dispatch, _fail): no task here to do it.
         self._waiters[key] = future
+        if on_final is not None:
+            self._final_hooks[key] = on_final
         self._encoded = (request, data)
         try:
             self._pump()
         finally:
             self._encoded = None
-        return future
+        return key, future
 
     async def _send_located(self, request: Request, uri: Uri, locator: ServerLocator,
                             on_final: Callable[[Response], None] | None) -> Response:
@@ -347,17 +363,7 @@ class SipStack:
             chosen = Target(Transport.TCP, chosen.host, chosen.port, None)
             stamp_via(request, transport, self.transports.sent_by(transport, chosen.host), rport=self.rport)
             data = request.to_bytes()
-        key = self.layer.send_request(request, chosen.flow(), loop.time())
-        future: asyncio.Future[Response] = loop.create_future()
-        self._waiters[key] = future
-        if on_final is not None:
-            self._final_hooks[key] = on_final
-        # The first transmission sends the bytes just measured instead of serialising again.
-        self._encoded = (request, data)
-        try:
-            self._pump()
-        finally:
-            self._encoded = None
+        key, future = self._start(loop, request, chosen.flow(), data, on_final)
         try:
             return await future
         except TransportError as exc:
