@@ -203,6 +203,7 @@ class Tally:
         self.scheduled = array("d", [nan]) * capacity
         self.answered_at = array("d", [nan]) * capacity
         self.notified_at = array("d", [nan]) * capacity
+        self.status = array("H", [0]) * capacity  # the final answer's code
         self.sent = 0
         self.ok = 0
         self.other_answers = 0
@@ -229,6 +230,7 @@ class Tally:
             self.answer_retransmissions += 1
             return
         self.answered_at[index] = at
+        self.status[index] = answer.status
         if answer.status == 200:
             self.ok += 1
         else:
@@ -281,7 +283,7 @@ class Tally:
                 latencies.append(latency)
                 slot[0].append(latency)
             if math.isnan(notified):
-                if not math.isnan(answered):
+                if self.status[index] == 200:  # a 200 and no IMDN (none is owed after an error)
                     never += 1
                 continue
             if math.isnan(answered):
