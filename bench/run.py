@@ -1,16 +1,22 @@
 """Run every benchmark of sipimdn and write bench/RESULTS.md (plus PNG plots and results.json).
 
-    python bench/run.py            # the full run (about 15 minutes on 2 cores)
+    python bench/run.py            # the full run (about 25 minutes on 2 cores, 10 of them the soak)
     python bench/run.py --quick    # a tiny load, well under a minute (what CI runs)
     python bench/run.py --out DIR  # write RESULTS.md, results.json and the plots into DIR
+    python bench/run.py --only soak                     # the 10-minute soak at 1000/s alone
+    python bench/run.py --only soak --soak-seconds 60   # a shorter one
+
+A run of some parts (``--only``) merges into the OUT/results.json already there: the parts it did
+not run keep their figures, and RESULTS.md says which command and date each of those came from.
 
 Every figure is meant to be read as a ratio against the references measured in the same run:
 the Python floor (bench/floor_responder.py, raw asyncio, no SIP library), Kamailio answering
 statelessly (bench/kamailio_stateless.cfg), and each again under uvloop when it imports.
-Load comes from SIPp (bounded runs at stepped offered rates until failures appear) and from
-our own latency client (bench/load/latency_client.py). Responders run in their own process
-groups pinned to one CPU, load generators on the other, and CPU per message is read from
-/proc/<pid>/stat of the responder's process group.
+Load comes from SIPp (bounded runs at stepped offered rates until failures appear), from
+our own latency client (bench/load/latency_client.py), and for the soak (positive delivery at a
+fixed rate for ten minutes, the IMDN's delay after the 200) from bench/load/soak_client.py.
+Responders run in their own process groups pinned to one CPU, load generators on the other,
+and CPU per message is read from /proc/<pid>/stat of the responder's process group.
 
 With ``--require-peers`` (what CI's smoke test passes when CI=true), a missing sipp or kamailio
 is an error instead of a section marked "not run".
@@ -51,7 +57,12 @@ FULL = scenarios.Plan(
     micro_seconds=2.0,
     profile_rate=250,
     profile_seconds=8.0,
+    soak_rate=1000,
+    soak_seconds=600.0,
 )
+
+#: Every part, in the order a full run runs them.
+PARTS = ("micro", "receive", "positive-delivery", "tls", "sustain", "send", "profile", "soak")
 
 QUICK = scenarios.Plan(
     rates=(300,),
@@ -68,6 +79,8 @@ QUICK = scenarios.Plan(
     micro_seconds=0.3,
     profile_rate=300,
     profile_seconds=1.0,
+    soak_rate=200,
+    soak_seconds=3.0,
 )
 
 
@@ -193,6 +206,17 @@ class Runner:
                 self.sipp, server, self.plan.sustain_rate, self.plan.sustain_seconds, log_dir
             )
 
+    def soak(self) -> dict[str, Any]:
+        """`sipimdn listen` as users run it, positive delivery asked at a fixed rate, every IMDN
+        answered: when the delivered IMDN leaves after the 200, over a long run."""
+        responder = scenarios.listen_cli()
+        log_dir = self.logs / "soak"
+        with scenarios.running(responder, log_dir) as server:
+            result = scenarios.soak(server, self.plan.soak_rate, self.plan.soak_seconds)
+        result["responder"] = responder.name
+        result["server"] = json.loads((log_dir / "server-stats.json").read_text())
+        return result
+
     def send(self) -> list[dict[str, Any]]:
         assert self.sipp is not None
         results = []
@@ -283,11 +307,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency-rates", help="comma-separated rates of our latency client in the receive part"
     )
     parser.add_argument("--sustain", type=float, help="seconds of the sustained 10k/s run (default 60)")
+    parser.add_argument("--soak-seconds", type=float, help="seconds of the soak (default 600, quick 3)")
+    parser.add_argument("--soak-rate", type=int, help="messages/s of the soak (default 1000, quick 200)")
     parser.add_argument("--out", type=Path, default=BENCH, help="where RESULTS.md, results.json and plots go")
     parser.add_argument("--logs", type=Path, help="SIPp and responder logs (default OUT/logs)")
-    parser.add_argument(
-        "--only", help="comma-separated parts: micro,receive,positive-delivery,tls,sustain,send,profile"
-    )
+    parser.add_argument("--only", help="comma-separated parts: " + ",".join(PARTS))
     parser.add_argument(
         "--render-only", action="store_true", help="only re-render RESULTS.md from OUT/results.json"
     )
@@ -315,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["latency_rates"] = tuple(int(r) for r in args.latency_rates.split(","))
     if args.sustain is not None:
         overrides["sustain_seconds"] = args.sustain
+    if args.soak_seconds is not None:
+        overrides["soak_seconds"] = args.soak_seconds
+    if args.soak_rate is not None:
+        overrides["soak_rate"] = args.soak_rate
     if overrides:
         plan = scenarios.Plan(**{**plan.__dict__, **overrides})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -330,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"missing peers: {', '.join(missing)}", file=sys.stderr)
             return 2
     only = set(args.only.split(",")) if args.only else None
+    if only is not None and only - set(PARTS):
+        print(f"unknown parts: {', '.join(sorted(only - set(PARTS)))}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     runner.results["meta"] = report.machine_info(
         argv if argv is not None else sys.argv[1:], runner.sipp, runner.kamailio, quick=args.quick
@@ -344,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         ("sustain", runner.sustain, runner.sipp is not None),
         ("send", runner.send, runner.sipp is not None),
         ("profile", runner.profile, runner.sipp is not None),
+        ("soak", runner.soak, True),
     ]
+    assert [name for name, _fn, _possible in parts] == list(PARTS)
     for name, fn, possible in parts:
         if only is not None and name not in only:
             continue
@@ -354,11 +387,17 @@ def main(argv: list[str] | None = None) -> int:
             runner.skip(name, "sipp is not installed (Debian package sip-tester)")
     runner.results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)
     runner.results["meta"]["loadavg_end"] = os.getloadavg()
-    (args.out / "results.json").write_text(json.dumps(runner.results, indent=1, default=str))
-    plots = report.plots(runner.results, args.out)
-    text = report.render(runner.results, plots)
+    results = runner.results
+    previous_path = args.out / "results.json"
+    if only is not None and previous_path.exists():
+        # A partial run: the parts it did not run keep the figures of the run that measured them.
+        previous = json.loads(previous_path.read_text())
+        results = report.merge(previous, results, ran=[name for name in PARTS if name in only])
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    plots = report.plots(results, args.out)
+    text = report.render(results, plots)
     (args.out / "RESULTS.md").write_text(text)
-    print(f"wrote {args.out / 'RESULTS.md'} in {runner.results['meta']['total_seconds']} s", flush=True)
+    print(f"wrote {args.out / 'RESULTS.md'} in {results['meta']['total_seconds']} s", flush=True)
     return 1 if runner.results["errors"] else 0
 
 

@@ -175,6 +175,7 @@ def test_tally_correlates_imdns_with_their_200_and_counts_what_went_wrong() -> N
         "imdns": 6,
         "imdn_not_delivered": 1,
         "imdn_never": 1,
+        "imdn_late": 0,
         "imdn_duplicates": 1,
         "imdn_other": 1,
         "imdn_before_200": 1,
@@ -194,6 +195,7 @@ def test_tally_correlates_imdns_with_their_200_and_counts_what_went_wrong() -> N
         (4.0, 1, 0),
     ]
     assert summary["windows"][0]["imdn_after_200_max_ms"] == pytest.approx(100.0)
+    assert tally.summary(window=2.0, start=10.0, late_ms=50.0)["imdn_late"] == 1  # the 100 ms one
     # Summaries are views: asking twice gives the same figures.
     assert tally.summary(window=2.0, start=10.0) == summary
 

@@ -172,9 +172,10 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)  # workers left behind
         self._log.close()
         stats: dict[str, Any] = {}
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("STATS "):
-                stats = json.loads(line[6:])
+        with self.log_path.open(errors="replace") as lines:  # line by line: a soak's log is large
+            for line in lines:
+                if line.startswith("STATS "):
+                    stats = json.loads(line[6:])
         return stats
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pstats
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from .common import (
     free_port,
     pinned,
     python_command,
+    rss_bytes,
     start_server,
 )
 
@@ -50,6 +54,8 @@ class Plan:
     micro_seconds: float
     profile_rate: int
     profile_seconds: float
+    soak_rate: int = 1000
+    soak_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -124,14 +130,16 @@ def listen_cli(extra: tuple[str, ...] = (), suffix: str = "") -> Responder:
 def _listen_counts(log_path: Path) -> dict[str, Any]:
     """Messages and notifications ``sipimdn listen`` reported, counted from its text output."""
     counts = {"messages": 0, "imdn_sent": 0, "imdn_2xx": 0, "imdn_other": 0}
-    for line in log_path.read_text(errors="replace").splitlines():
-        if line.startswith("message from "):
-            counts["messages"] += 1
-        elif line.startswith("sent ") and " notification " in line:
-            counts["imdn_sent"] += 1
-            status = line.rsplit(": SIP ", 1)
-            ok = len(status) == 2 and status[1][:1] == "2"
-            counts["imdn_2xx" if ok else "imdn_other"] += 1
+    # Line by line: a soak's log holds two lines per message (hundreds of MB for ten minutes).
+    with log_path.open(errors="replace") as lines:
+        for line in lines:
+            if line.startswith("message from "):
+                counts["messages"] += 1
+            elif line.startswith("sent ") and " notification " in line:
+                counts["imdn_sent"] += 1
+                status = line.rstrip("\n").rsplit(": SIP ", 1)
+                ok = len(status) == 2 and status[1][:1] == "2"
+                counts["imdn_2xx" if ok else "imdn_other"] += 1
     return counts
 
 
@@ -231,6 +239,58 @@ def sustained(sipp: str, server: ServerProcess, rate: int, seconds: float, log_d
     )
     thread.join(timeout=seconds + 60)
     return {"rate": rate, "seconds": seconds, "sipp": step.as_dict(), "latency": holder.get("latency", {})}
+
+
+def soak(server: ServerProcess, rate: int, seconds: float, *, grace: float = 5.0) -> dict[str, Any]:
+    """``soak_client.py`` against ``server`` for ``seconds`` at ``rate`` (positive-delivery asked,
+    every IMDN answered); the server's CPU per 200 and its RSS sampled along the way."""
+    server.wait_idle()
+    window = 60.0 if seconds >= 300 else max(1.0, seconds / 10)
+    command = pinned(
+        python_command(BENCH_DIR / "load" / "soak_client.py", LOOPBACK, str(server.port("udp")),
+                       "--rate", str(rate), "--duration", str(seconds), "--grace", str(grace),
+                       "--window", str(window)),
+        LOAD_CPU,
+    )  # fmt: skip
+    cpu_before = server.cpu_seconds()
+    started = time.monotonic()
+    rss = [(0.0, rss_bytes(server.pid))]
+    every = max(1.0, seconds / 60)  # at most ~60 samples
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    limit = started + seconds + grace + 60
+    try:
+        while process.poll() is None and time.monotonic() < limit:
+            time.sleep(min(every, 0.25) if seconds < 5 else every)
+            with contextlib.suppress(OSError):
+                rss.append((round(time.monotonic() - started, 1), rss_bytes(server.pid)))
+        timed_out = process.poll() is None
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    cpu = server.cpu_seconds() - cpu_before
+    rss_end = rss_bytes(server.pid)
+    if timed_out:
+        return {"offered": rate, "seconds": seconds, "error": f"client timed out ({limit - started:g} s)"}
+    try:
+        result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"offered": rate, "seconds": seconds, "error": (stderr or stdout)[-800:]}
+    ok = result.get("ok", 0)
+    result["server_cpu_s"] = round(cpu, 2)
+    result["cpu_us_per_msg"] = cpu * 1e6 / ok if ok else float("nan")
+    result["rss_start"] = rss[0][1]
+    result["rss_end"] = rss_end
+    result["rss_max"] = max(rss_end, *(r for _, r in rss))
+    result["rss_samples"] = rss
+    return result
 
 
 def send_path(  # noqa: PLR0917

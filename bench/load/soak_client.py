@@ -20,7 +20,8 @@ time the client read them.
     python bench/load/soak_client.py 127.0.0.1 5060 --rate 1000 --duration 600
 
 Prints one JSON object: counts (sent, 200s, other answers, IMDNs, IMDNs whose status is not
-``delivered``, messages whose IMDN never came within the grace period, retransmissions seen),
+``delivered``, messages whose IMDN never came within the grace period or came later than
+``--late-ms`` after the 200, retransmissions seen),
 percentiles p50/p99/p99.9/max of both delays, and the same per time window.
 """
 
@@ -265,11 +266,12 @@ class Tally:
         """Every message sent so far has its final answer, and as many have their IMDN as got a 200."""
         return self.ok + self.other_answers >= self.sent and self.notified >= self.ok
 
-    def summary(self, window: float, start: float) -> dict[str, Any]:
-        """Counts, percentiles (us, ms) and per-window figures, ``window`` seconds each from ``start``."""
+    def summary(self, window: float, start: float, late_ms: float = 100.0) -> dict[str, Any]:
+        """Counts, percentiles (us, ms) and per-window figures, ``window`` seconds each from
+        ``start``; ``imdn_late`` counts delivered IMDNs later than ``late_ms`` after their 200."""
         latencies: list[float] = []
         delays: list[float] = []
-        never = before_200 = without_200 = 0
+        never = before_200 = without_200 = late = 0
         buckets: dict[int, tuple[list[float], list[float]]] = {}
         for index in range(self.sent):
             scheduled, answered, notified = (
@@ -292,6 +294,8 @@ class Tally:
             if notified < answered:
                 before_200 += 1
             delay = max(0.0, notified - answered) * 1e3
+            if delay > late_ms:
+                late += 1
             delays.append(delay)
             slot[1].append(delay)
         windows = []
@@ -317,6 +321,8 @@ class Tally:
             "imdns": self.imdns,
             "imdn_not_delivered": self.imdn_not_delivered,
             "imdn_never": never,
+            "imdn_late": late,
+            "late_ms": late_ms,
             "imdn_duplicates": self.imdn_duplicates,
             "imdn_other": self.imdn_other,
             "imdn_before_200": before_200,
@@ -359,6 +365,7 @@ def run(
     *,
     grace: float = 5.0,
     window: float = 60.0,
+    late_ms: float = 100.0,
 ) -> dict[str, Any]:
     """Offer ``rate`` MESSAGEs/s for ``duration`` s; then wait up to ``grace`` s for the last
     answers and IMDNs (answering IMDNs all along)."""
@@ -419,7 +426,7 @@ def run(
                     answers_unsent += 1  # the responder retransmits the IMDN (RFC 3261 §17.1.2)
     wall = time.perf_counter() - start
     sock.close()
-    result = tally.summary(window, start)
+    result = tally.summary(window, start, late_ms)
     result.update(
         offered=rate,
         seconds=duration,
@@ -442,10 +449,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to wait for the last IMDNs")
     parser.add_argument("--window", type=float, default=60.0, help="seconds per reported time window")
+    parser.add_argument("--late-ms", type=float, default=100.0, help="an IMDN later than this is late")
     args = parser.parse_args()
     if args.rate <= 0 or args.duration <= 0:
         parser.error("--rate and --duration must be positive")
-    result = run(args.host, args.port, args.rate, args.duration, grace=args.grace, window=args.window)
+    result = run(
+        args.host,
+        args.port,
+        args.rate,
+        args.duration,
+        grace=args.grace,
+        window=args.window,
+        late_ms=args.late_ms,
+    )
     print(json.dumps(result), flush=True)
 
 
