@@ -69,6 +69,7 @@ def test_entry_command_succeeds_and_writes_the_report(
         "## Send path",
         "## Micro benchmarks",
         "## Profile of the receive path",
+        "## Soak: positive delivery through `sipimdn listen`",
         "## Fuzzing (recorded by `python bench/fuzz/run.py`",
     ):
         assert heading in text, heading
@@ -107,3 +108,6 @@ def test_each_part_ran_load_through_the_real_processes(
     assert micro["tracker"]["count"] > 0 and micro["store"]["count"] > 0
     assert micro["store"]["lookups_found"] == micro["store"]["lookups"]
     assert results["profile"]["receive"]["messages"] > 0
+    # The soak: `sipimdn listen` answered, sent delivered IMDNs, and the client matched them.
+    soak = results["soak"]
+    assert soak["ok"] > 0 and soak["imdns"] > 0 and soak["server"]["imdn_2xx"] > 0, soak

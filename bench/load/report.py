@@ -1063,7 +1063,7 @@ def _soak_section(results: dict[str, Any]) -> list[str]:
             ["from s", "200s", "IMDNs", "200 p99 ms", "IMDN after 200 p99.9 ms", "IMDN after 200 max ms"],
             [
                 [
-                    _f(w["from_s"]),
+                    f"{w['from_s']:g}",
                     _f(w["answered"]),
                     _f(w["imdns"]),
                     f"{w['ok_p99_us'] / 1000:,.2f}",
