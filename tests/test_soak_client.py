@@ -179,6 +179,7 @@ def test_tally_correlates_imdns_with_their_200_and_counts_what_went_wrong() -> N
         "imdn_duplicates": 1,
         "imdn_other": 1,
         "imdn_before_200": 1,
+        "imdn_read_first": 1,  # message 4's (no 200 at all); message 3's 200 was read first
         "imdn_without_200": 1,
         "answer_retransmissions": 1,
         "imdn_retransmissions": 1,
@@ -220,3 +221,10 @@ def test_tally_bounds_the_transactions_it_remembers() -> None:
         tally.on_notification(_note(None, f"c{n}"), 1.0)
     assert tally.transactions_dropped == 3
     assert tally.imdns == limit + 3
+
+
+def test_wall_offset_maps_perf_counter_onto_the_wall_clock() -> None:
+    import time
+
+    offset = soak.wall_offset()
+    assert abs(time.perf_counter() + offset - time.time()) < 0.05

@@ -1044,9 +1044,9 @@ def _soak_section(results: dict[str, Any]) -> list[str]:
         ["IMDNs received / not `delivered` / never came / later than the bound",
          f"{s['imdns']:,} / {s['imdn_not_delivered']:,} / {s['imdn_never']:,} / "
          f"{s.get('imdn_late', 0):,}"],
-        ["IMDN before its 200 / without a 200 / duplicate transactions / about no message",
-         f"{s['imdn_before_200']:,} / {s['imdn_without_200']:,} / {s['imdn_duplicates']:,} / "
-         f"{s['imdn_other']:,}"],
+        ["IMDN before its 200 (stamped / read first) / without a 200 / duplicates / about no message",
+         f"{s['imdn_before_200']:,} / {s.get('imdn_read_first', '-')} / {s['imdn_without_200']:,} / "
+         f"{s['imdn_duplicates']:,} / {s['imdn_other']:,}"],
         ["retransmissions seen: 200s / IMDNs",
          f"{s['answer_retransmissions']:,} / {s['imdn_retransmissions']:,}"],
         ["server CPU per 200", f"{_f(s.get('cpu_us_per_msg'), 1)} us ({_f(s.get('server_cpu_s'), 1)} s)"],

@@ -215,6 +215,7 @@ class Tally:
         self.imdn_not_delivered = 0  # a delivery notification whose status is not "delivered"
         self.imdn_other = 0  # an IMDN of another kind, or about no message of this run
         self.notified = 0  # messages with their (first) delivery notification
+        self.imdn_read_first = 0  # the IMDN was read from the socket before its message's answer
         self.transactions_dropped = 0  # IMDN transactions beyond the bound on remembered ones
         self._transactions: set[tuple[str, str]] = set()
         self._transaction_limit = 4 * capacity + 64
@@ -260,6 +261,8 @@ class Tally:
             return True
         self.notified_at[index] = at
         self.notified += 1
+        if math.isnan(self.answered_at[index]):
+            self.imdn_read_first += 1
         return True
 
     def complete(self) -> bool:
@@ -326,6 +329,7 @@ class Tally:
             "imdn_duplicates": self.imdn_duplicates,
             "imdn_other": self.imdn_other,
             "imdn_before_200": before_200,
+            "imdn_read_first": self.imdn_read_first,
             "imdn_without_200": without_200,
             "answer_retransmissions": self.answer_retransmissions,
             "imdn_retransmissions": self.imdn_retransmissions,
@@ -357,6 +361,19 @@ def _kernel_timestamps(sock: socket.socket) -> bool:
     return True
 
 
+def wall_offset(samples: int = 5) -> float:
+    """``time.time() - time.perf_counter()`` from the tightest of a few paired reads, so a
+    preemption between two reads does not shift it."""
+    best_gap, best = math.inf, 0.0
+    for _ in range(samples):
+        before = time.perf_counter()
+        wall = time.time()
+        after = time.perf_counter()
+        if after - before < best_gap:
+            best_gap, best = after - before, wall - (before + after) / 2
+    return best
+
+
 def run(
     rhost: str,
     rport: int,
@@ -383,13 +400,21 @@ def run(
     tally = Tally(total)
     send_errors = 0
     answers_unsent = 0
-    start = time.perf_counter()
+    # Every time the tally keeps is wall-clock (CLOCK_REALTIME, the kernel timestamps' clock), so
+    # the 200 and its IMDN are compared stamp to stamp. The schedule runs on perf_counter and
+    # each scheduled time is mapped once, with an offset re-read every second (a slewing wall
+    # clock then moves it by well under a millisecond between reads).
+    offset = wall_offset()
+    offset_at = start = time.perf_counter()
+    wall_start = start + offset
     last_send_deadline = start + duration + grace
     sent = 0
     while True:
         now = time.perf_counter()
+        if now - offset_at >= 1.0:
+            offset, offset_at = wall_offset(), now
         while sent < total and start + sent * interval <= now:
-            tally.on_sent(sent, start + sent * interval)
+            tally.on_sent(sent, start + sent * interval + offset)
             try:
                 sock.send(pd_request(tag, sent, local, (rhost, rport)))
             except (BlockingIOError, ConnectionRefusedError):
@@ -401,20 +426,17 @@ def run(
         readable, _, _ = select.select([sock], [], [], min(wait, 0.05))
         if not readable:
             continue
-        # Kernel timestamps are CLOCK_REALTIME: map them onto perf_counter with an offset taken
-        # now (read each batch, so a slewing wall clock does not drift over a long soak).
-        offset = time.perf_counter() - time.time()
         while True:
             try:
                 data, cmsgs, _flags, _addr = sock.recvmsg(65536, ancillary)
             except (BlockingIOError, ConnectionRefusedError):
                 break
-            at = time.perf_counter()
+            at = time.time()
             if kernel_time:
                 for level, kind, value in cmsgs:
                     if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
                         seconds, nanos = _TIMESPEC.unpack_from(value)
-                        at = seconds + nanos * 1e-9 + offset
+                        at = seconds + nanos * 1e-9
             found = classify(data, tag)
             if isinstance(found, Answer):
                 tally.on_answer(found, at)
@@ -426,7 +448,7 @@ def run(
                     answers_unsent += 1  # the responder retransmits the IMDN (RFC 3261 §17.1.2)
     wall = time.perf_counter() - start
     sock.close()
-    result = tally.summary(window, start, late_ms)
+    result = tally.summary(window, wall_start, late_ms)
     result.update(
         offered=rate,
         seconds=duration,
