@@ -1039,6 +1039,9 @@ def _soak_section(results: dict[str, Any]) -> list[str]:
          f"{s['sent']:,} / {s['ok']:,} / {s['other_answers']:,} / {s['unanswered']:,}"],
         ["200 latency p50 / p99 / p99.9 / max",
          " / ".join(f"{s[f'ok_{k}_us'] / 1000:,.2f}" for k in ("p50", "p99", "p999", "max")) + " ms"],
+        ["the client's own lateness sending, p99 / max (part of the 200's latency)",
+         f"{s.get('send_lag_p99_us', math.nan) / 1000:,.2f} / "
+         f"{s.get('send_lag_max_us', math.nan) / 1000:,.2f} ms"],
         ["IMDN after the 200 p50 / p99 / p99.9 / max",
          " / ".join(f"{s[f'imdn_after_200_{k}_ms']:,.2f}" for k in ("p50", "p99", "p999", "max")) + " ms"],
         ["IMDNs received / not `delivered` / never came / later than the bound",

@@ -22,7 +22,8 @@ time the client read them.
 Prints one JSON object: counts (sent, 200s, other answers, IMDNs, IMDNs whose status is not
 ``delivered``, messages whose IMDN never came within the grace period or came later than
 ``--late-ms`` after the 200, retransmissions seen),
-percentiles p50/p99/p99.9/max of both delays, and the same per time window.
+percentiles p50/p99/p99.9/max of both delays, and the same per time window; how late the client
+itself sent (p99, max), the share of the 200's latency that is its own.
 """
 
 from __future__ import annotations
@@ -400,6 +401,8 @@ def run(
     tally = Tally(total)
     send_errors = 0
     answers_unsent = 0
+    # How late the client itself sent each request: the part of a 200's latency that is ours.
+    send_lag = array("d", bytes(8 * total))
     # Every time the tally keeps is wall-clock (CLOCK_REALTIME, the kernel timestamps' clock), so
     # the 200 and its IMDN are compared stamp to stamp. The schedule runs on perf_counter and
     # each scheduled time is mapped once, with an offset re-read every second (a slewing wall
@@ -415,6 +418,7 @@ def run(
             offset, offset_at = wall_offset(), now
         while sent < total and start + sent * interval <= now:
             tally.on_sent(sent, start + sent * interval + offset)
+            send_lag[sent] = time.perf_counter() - start - sent * interval
             try:
                 sock.send(pd_request(tag, sent, local, (rhost, rport)))
             except (BlockingIOError, ConnectionRefusedError):
@@ -449,7 +453,10 @@ def run(
     wall = time.perf_counter() - start
     sock.close()
     result = tally.summary(window, wall_start, late_ms)
+    lag = percentiles(list(send_lag[:sent]))
     result.update(
+        send_lag_p99_us=round(lag["p99"] * 1e6, 1),
+        send_lag_max_us=round(lag["max"] * 1e6, 1),
         offered=rate,
         seconds=duration,
         grace_s=grace,
