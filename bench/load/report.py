@@ -1062,8 +1062,16 @@ def _soak_section(results: dict[str, Any]) -> list[str]:
     windows = s.get("windows", [])
     if len(windows) > 1:
         out += [f"Per {s['window_s']:g}-second window of scheduled send times:", ""]
+        samples = s.get("rss_samples", [])
+
+        def rss_at(t: float) -> str:
+            # The server's RSS at the last sample taken by the window's end (None: no sample).
+            taken = [rss for at, rss in samples if at <= t]
+            return f"{taken[-1] / 2**20:,.1f}" if taken else "-"
+
         out += _table(
-            ["from s", "200s", "IMDNs", "200 p99 ms", "IMDN after 200 p99.9 ms", "IMDN after 200 max ms"],
+            ["from s", "200s", "IMDNs", "200 p99 ms", "IMDN after 200 p99.9 ms", "IMDN after 200 max ms",
+             "server RSS MiB at its end"],
             [
                 [
                     f"{w['from_s']:g}",
@@ -1072,10 +1080,11 @@ def _soak_section(results: dict[str, Any]) -> list[str]:
                     f"{w['ok_p99_us'] / 1000:,.2f}",
                     f"{w['imdn_after_200_p999_ms']:,.2f}",
                     f"{w['imdn_after_200_max_ms']:,.2f}",
+                    rss_at(w["from_s"] + s["window_s"]),
                 ]
                 for w in windows
             ],
-        )
+        )  # fmt: skip
     return out
 
 
