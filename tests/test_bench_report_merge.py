@@ -117,6 +117,8 @@ def test_soak_target_counts_missing_and_late_imdns_against_the_p999() -> None:
     assert report.soak_target(_soak())[3] == "met"
     assert report.soak_target(_soak(imdn_late=300, imdn_never=200, imdn_not_delivered=100))[3] == "met"
     assert report.soak_target(_soak(imdn_late=300, imdn_never=301))[3] == "missed (601 misses)"
-    short = _soak(seconds=30.0, ok=30_000, imdns=30_000)
+    lossy = _soak(ok=599_000, unanswered=1_000)
+    assert report.soak_target(lossy)[3] == "inconclusive (1,000 of 600,000 MESSAGEs got no 200)"
+    short = _soak(seconds=30.0, sent=30_000, ok=30_000, imdns=30_000)
     assert report.soak_target(short)[3].startswith("met at this size, not measured at full size")
     assert report.soak_target({"error": "client timed out"})[3] == "not measured"

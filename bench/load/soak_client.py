@@ -408,6 +408,7 @@ def run(
     # each scheduled time is mapped once, with an offset re-read every second (a slewing wall
     # clock then moves it by well under a millisecond between reads).
     offset = wall_offset()
+    cpu_start = time.process_time()
     offset_at = start = time.perf_counter()
     wall_start = start + offset
     last_send_deadline = start + duration + grace
@@ -457,6 +458,7 @@ def run(
     result.update(
         send_lag_p99_us=round(lag["p99"] * 1e6, 1),
         send_lag_max_us=round(lag["max"] * 1e6, 1),
+        client_cpu_s=round(time.process_time() - cpu_start, 2),
         offered=rate,
         seconds=duration,
         grace_s=grace,
