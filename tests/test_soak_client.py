@@ -185,6 +185,7 @@ def test_tally_correlates_imdns_with_their_200_and_counts_what_went_wrong() -> N
         "imdn_retransmissions": 1,
         "transactions_dropped": 0,
     }
+    assert summary["imdn_read_first_examples"] == [4]
     assert summary["ok_p50_us"] == pytest.approx(2000.0)  # 1, 2, 5, 10 ms: nearest rank p50 = 2nd
     assert summary["ok_max_us"] == pytest.approx(10000.0)
     # Delays after the 200: 2 ms, 100 ms and 0 ms (the IMDN that came first).

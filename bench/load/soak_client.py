@@ -217,6 +217,7 @@ class Tally:
         self.imdn_other = 0  # an IMDN of another kind, or about no message of this run
         self.notified = 0  # messages with their (first) delivery notification
         self.imdn_read_first = 0  # the IMDN was read from the socket before its message's answer
+        self.read_first_examples: list[int] = []  # the first few such messages (their numbers)
         self.transactions_dropped = 0  # IMDN transactions beyond the bound on remembered ones
         self._transactions: set[tuple[str, str]] = set()
         self._transaction_limit = 4 * capacity + 64
@@ -264,6 +265,8 @@ class Tally:
         self.notified += 1
         if math.isnan(self.answered_at[index]):
             self.imdn_read_first += 1
+            if len(self.read_first_examples) < 10:
+                self.read_first_examples.append(index)
         return True
 
     def complete(self) -> bool:
@@ -331,6 +334,7 @@ class Tally:
             "imdn_other": self.imdn_other,
             "imdn_before_200": before_200,
             "imdn_read_first": self.imdn_read_first,
+            "imdn_read_first_examples": list(self.read_first_examples),
             "imdn_without_200": without_200,
             "answer_retransmissions": self.answer_retransmissions,
             "imdn_retransmissions": self.imdn_retransmissions,
