@@ -391,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     previous_path = args.out / "results.json"
     if only is not None and previous_path.exists():
         # A partial run: the parts it did not run keep the figures of the run that measured them.
-        previous = json.loads(previous_path.read_text())
-        results = report.merge(previous, results, ran=[name for name in PARTS if name in only])
+        try:
+            previous = json.loads(previous_path.read_text())
+        except ValueError as exc:
+            print(f"{previous_path} is unreadable ({exc}): writing this run's parts only", file=sys.stderr)
+        else:
+            results = report.merge(previous, results, ran=[name for name in PARTS if name in only])
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     plots = report.plots(results, args.out)
     text = report.render(results, plots)
