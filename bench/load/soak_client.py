@@ -21,9 +21,9 @@ time the client read them.
 
 Prints one JSON object: counts (sent, 200s, other answers, IMDNs, IMDNs whose status is not
 ``delivered``, messages whose IMDN never came within the grace period or came later than
-``--late-ms`` after the 200, retransmissions seen),
-percentiles p50/p99/p99.9/max of both delays, and the same per time window; how late the client
-itself sent (p99, max), the share of the 200's latency that is its own.
+``--late-ms`` after the 200, retransmissions seen), percentiles p50/p99/p99.9/max of both delays
+overall and per time window, and how late the client itself sent (p99, max): the share of the
+200's latency that is its own.
 """
 
 from __future__ import annotations
