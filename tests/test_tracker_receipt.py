@@ -133,6 +133,33 @@ def test_notifications_are_held_until_the_answer_is_sent() -> None:
     assert owed(tracker) == []
 
 
+def test_a_notification_released_by_its_destination_still_waits_for_its_answer() -> None:
+    # The first IMDN to a host not yet proven alive is in flight; one to another user there
+    # waits for that one's answer. If the answer releases it while its own message's 2xx is
+    # still waiting for the store, it goes only once that 2xx is out (its 200 first).
+    carol = "sip:carol@example.com"
+    tracker = make_tracker()
+    receive(tracker, "positive-delivery", message_id="m1")
+    tracker.message_answered("m1", ALICE, 200, 1.0)
+    (first,) = owed(tracker)
+    tracker.record_received(
+        message_id="m2", sender=carol, requested=("positive-delivery",), recipient=ME, now=1.0
+    )
+    assert tracker.message_answered("m2", carol, 200, 1.1, sent=False) is True
+    waiting = next(o for o in tracker.owed() if o.message_id == "m2")
+    assert not waiting.in_flight  # behind the first one, whose destination is unproven
+    tracker.notification_outcome(first.notification_id, 200, 1.2)
+    assert owed(tracker) == []  # released by the destination, held by its own answer
+    assert tracker.receipt_state("m2", carol) is ReceiptState.ANSWERING
+    tracker.answer_sent("m2", carol)
+    assert [(n.message_id, n.kind, n.status) for n in owed(tracker)] == [("m2", "delivery", "delivered")]
+    # It was in flight from its release on: its outcome settles it as for any other.
+    (record,) = tracker.owed()
+    assert record.in_flight and record.attempts == 1
+    tracker.notification_outcome(record.notification_id, 200, 1.3)
+    assert tracker.owed() == ()
+
+
 def test_nothing_is_held_when_nothing_can_be_owed() -> None:
     tracker = make_tracker()
     receive(tracker, "negative-delivery")

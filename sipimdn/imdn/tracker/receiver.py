@@ -458,6 +458,19 @@ class ReceiverSide(DispatchSide):
         del self._receipts[key]
         self._events.extend(receipt.held)
 
+    def _hand_out(self, owed: OwedRecord, hold: list[NotificationOwed] | None) -> None:
+        # A notification can become due by another route than its message's answer: its
+        # destination proven alive by the answer to an earlier IMDN (notification_outcome), or a
+        # waiting time passing. If its message's 2xx is decided but not on the wire yet (the
+        # answer waits for the store), it still waits behind that 2xx: RFC 5438 §7.2.1.1 owes
+        # delivery notifications for a message accepted, and a peer must not see the IMDN of a
+        # message whose 200 it has not had.
+        if hold is None and self._receipts:
+            receipt = self._receipts.get((owed.sender_key, owed.message_id))
+            if receipt is not None and receipt.state is ReceiptState.ANSWERING:
+                hold = receipt.held
+        super()._hand_out(owed, hold)
+
     def mark_displayed(self, message_id: str, now: float, sender: str | None = None) -> OwedRecord | None:
         """The application showed the message: owe ``displayed`` if requested and the policy allows.
 
