@@ -29,6 +29,7 @@ from ..uri import Uri
 
 __all__ = [
     "MAGIC_COOKIE",
+    "RequestTemplate",
     "build_request",
     "new_branch",
     "new_call_id",
@@ -180,19 +181,12 @@ _TEXT_CACHE_MAX = 256
 
 def _name_addr_text(addr: NameAddr) -> str:
     if addr.display_name is None and not addr.params:
-        # <uri>: as NameAddr.__str__ writes it, cached by the (shared) Uri object
-        key: object = addr.uri
-        entry = _TEXT_CACHE.get(id(key))
-        if entry is not None and entry[0] is key:
-            return entry[1]
-        text = f"<{addr.uri}>"
-    else:
-        key = addr
-        entry = _TEXT_CACHE.get(id(key))
-        if entry is not None and entry[0] is key:
-            return entry[1]
-        text = str(addr)
-    remember(_TEXT_CACHE, id(key), (key, text), _TEXT_CACHE_MAX)
+        return _uri_in_angles(addr.uri)  # <uri>: as NameAddr.__str__ writes it
+    entry = _TEXT_CACHE.get(id(addr))
+    if entry is not None and entry[0] is addr:
+        return entry[1]
+    text = str(addr)
+    remember(_TEXT_CACHE, id(addr), (addr, text), _TEXT_CACHE_MAX)
     return text
 
 
@@ -215,3 +209,98 @@ def stamp_via(request: Request, transport: Transport, sent_by: Address, *, rport
         # from its text equal to itself), so the transaction layer reading it next parses nothing.
         request.headers._typed["via:top"] = via
     return via
+
+
+# -- templates: the constant rows of the requests sent again and again ----------------------------
+
+#: Rows every out-of-dialog MESSAGE built from a template carries unchanged (§8.1.1.6: Max-Forwards
+#: 70; §8.1.1.5: CSeq 1 for a new request). Rows are immutable tuples, so every request shares them.
+_MAX_FORWARDS_ROW: HeaderRow = ("max-forwards", "Max-Forwards", "70", "Max-Forwards: 70")
+
+
+class RequestTemplate:
+    """What :func:`build_request` writes for one method, From, Route set, extra headers and
+    Content-Type, kept once: the rows that do not change between requests (Route, Max-Forwards,
+    CSeq, User-Agent, Content-Type) are built and checked here and shared by every request,
+    and the From text is formatted once, with only its tag fresh each time.
+
+    A request built from a template is a new out-of-dialog request (§8.1.1): fresh From tag and
+    Call-ID, CSeq 1, no To tag. :meth:`build` returns exactly what :func:`build_request` returns
+    for the same arguments (tests/test_request_template.py holds the two equal), or None when
+    that one would take its general route (a value it must refuse, a URI to check again).
+    """
+
+    __slots__ = ("_cseq_row", "_from_text", "_head_rows", "_method", "_tail_rows")
+
+    def __init__(self, method: str, from_text: str, head_rows: tuple[HeaderRow, ...],
+                 tail_rows: tuple[HeaderRow, ...]) -> None:
+        self._method = method
+        self._from_text = from_text
+        self._head_rows = head_rows
+        self._tail_rows = tail_rows
+        self._cseq_row: HeaderRow = ("cseq", "CSeq", f"1 {method}", f"CSeq: 1 {method}")
+
+    @classmethod
+    def of(
+        cls,
+        method: str,
+        from_: NameAddr,
+        *,
+        route: Iterable[str] = (),
+        headers: Iterable[tuple[str, str]] = (),
+        content_type: str | None = None,
+    ) -> RequestTemplate | None:
+        """The template for these constant arguments of :func:`build_request`, or None when
+        build_request would not take its direct route with them (an unknown header name, a
+        line break or NUL in a value, a method Request() checks, a From with a tag or
+        parameters, a Contact): then build_request itself must be used, for its errors."""
+        if method not in _PLAIN_METHODS:
+            return None
+        if from_.tag is not None or from_.params:
+            return None
+        head = _checked_rows([("Route", r) for r in route])
+        tail_items = list(headers)
+        if any(name.lower() in {"via", "v", "content-length", "l"} for name, _ in tail_items):
+            return None
+        if content_type is not None:
+            tail_items.append(("Content-Type", content_type))
+        tail = _checked_rows(tail_items)
+        from_text = _name_addr_text(from_)
+        if head is None or tail is None or _has_break(from_text):
+            return None
+        return cls(method, from_text, (*head, _MAX_FORWARDS_ROW), tuple(tail))
+
+    def build(self, request_uri: Uri, to: Uri, body: bytes) -> Request | None:
+        """``build_request(method, request_uri, from_, NameAddr(to), body=body, ...)`` with this
+        template's constant arguments; None (nothing built) when the To URI's text has a line
+        break or NUL, which build_request would refuse through ``Headers.add``."""
+        to_text = _uri_in_angles(to)
+        if _has_break(to_text):
+            return None
+        from_value = f"{self._from_text};tag={new_tag()}"
+        call_id = new_call_id()
+        rows = [
+            *self._head_rows,
+            ("from", "From", from_value, f"From: {from_value}"),
+            ("to", "To", to_text, f"To: {to_text}"),
+            ("call-id", "Call-ID", call_id, f"Call-ID: {call_id}"),
+            self._cseq_row,
+            *self._tail_rows,
+        ]
+        headers = Headers.from_rows(rows)
+        return Request._parsed(self._method, request_uri, str(request_uri), headers, bytes(body))
+
+
+def _has_break(text: str) -> bool:
+    """What ``Headers.add`` refuses in a value: a line break (it would inject rows) or NUL."""
+    return "\r" in text or "\n" in text or "\x00" in text
+
+
+def _uri_in_angles(uri: Uri) -> str:
+    """``str(NameAddr(uri))``: ``<uri>``, cached by the (shared, immutable) Uri object."""
+    entry = _TEXT_CACHE.get(id(uri))
+    if entry is not None and entry[0] is uri:
+        return entry[1]
+    text = f"<{uri}>"
+    remember(_TEXT_CACHE, id(uri), (uri, text), _TEXT_CACHE_MAX)
+    return text

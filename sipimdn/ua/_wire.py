@@ -20,7 +20,7 @@ from .. import cpim
 from .._cache import remember
 from .._inflate import ACCEPT_ENCODING, inflate
 from ..config import ListenEndpoint, UserAgentConfig
-from ..dialog.factory import build_request
+from ..dialog.factory import RequestTemplate, build_request
 from ..dialog.transaction import TimerConfig
 from ..errors import CpimError, RemoteProtocolError
 from ..headers import AssertedIdentity, NameAddr
@@ -478,6 +478,17 @@ def _message_request(
     previous: Request | None = None,
 ) -> Request:
     config = ua.config
+    if previous is None and not extra:
+        # A new MESSAGE with only the headers every one of ours carries (every IMDN, most
+        # IMs): the constant rows come from the template, checked once.
+        template = _message_template(
+            ua.aor, config.display_name, config.outbound_proxy, config.user_agent, content_type
+        )
+        if template is not None:
+            to_uri = Uri.parse(to)  # (parsed first, as below: the same error for two bad URIs)
+            request = template.build(Uri.parse(request_uri), to_uri, body)
+            if request is not None:
+                return request
     route = [f"<{loose_route(config.outbound_proxy)}>"] if config.outbound_proxy else []
     headers = list(extra)
     if config.user_agent:
@@ -502,6 +513,19 @@ def _message_request(
         headers=headers,
         body=body,
         content_type=content_type,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _message_template(
+    aor: str, display_name: str | None, outbound_proxy: str | None, user_agent: str | None, content_type: str
+) -> RequestTemplate | None:
+    """The constant rows of our new MESSAGEs (see :func:`_message_request`): one template per
+    configuration and body type, shared by every request (a handful of each per agent)."""
+    route = [f"<{loose_route(outbound_proxy)}>"] if outbound_proxy else []
+    headers = [("User-Agent", user_agent)] if user_agent else []
+    return RequestTemplate.of(
+        "MESSAGE", _from_value(aor, display_name), route=route, headers=headers, content_type=content_type
     )
 
 
