@@ -1,7 +1,8 @@
 """A request built from a RequestTemplate is the request build_request makes from the same
 arguments: same rows (names, values, wire text), same Request-URI, same bytes; and where
 build_request would refuse a value the template declines to be made (of() gives None) or to
-build (build() gives None), so the general route raises its own error."""
+build (build() gives None), so the general route raises its own error. The first Via that
+stamp_via writes from its cached text is the Via the general route writes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sipimdn.dialog import factory
-from sipimdn.dialog.factory import RequestTemplate, build_request
+from sipimdn.dialog.factory import RequestTemplate, build_request, stamp_via
 from sipimdn.errors import LocalProtocolError
-from sipimdn.headers import NameAddr
+from sipimdn.headers import NameAddr, Via
 from sipimdn.message import Request
+from sipimdn.transport.flow import Transport
 from sipimdn.uri import Uri
 
 
@@ -116,3 +118,41 @@ def test_template_requests_are_new_requests_each_time() -> None:
     # Their header sections are their own: a write to one leaves the other as it was.
     a.headers.add("X-Mine", "1")
     assert "X-Mine" not in b.headers and b.headers.get("Max-Forwards") == "70"
+
+
+_SENT_BY = st.tuples(
+    st.sampled_from(["127.0.0.1", "192.0.2.7", "2001:db8::1", "::1", "sip.example.com"]),
+    st.sampled_from([5060, 5061, 40647, 1]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(transport=st.sampled_from(list(Transport)), sent_by=_SENT_BY, rport=st.booleans())
+def test_first_via_from_cached_parts_is_the_general_one(
+    transport: Transport, sent_by: tuple[str, int], rport: bool
+) -> None:
+    template = RequestTemplate.of("MESSAGE", NameAddr(Uri.parse("sip:alice@example.com")),
+                                  content_type="text/plain")
+    assert template is not None
+    target = Uri.parse("sip:bob@example.com")
+    for _ in range(2):  # the second time from the cache
+        fast_request = template.build(target, target, b"x")
+        general_request = template.build(target, target, b"x")
+        assert fast_request is not None and general_request is not None
+        general_request.headers._rows[:] = fast_request.headers._rows  # (the same tag and Call-ID)
+        fast = stamp_via(fast_request, transport, sent_by, rport=rport)
+        # A branch given takes the general route (Via(), str(), Headers.prepend).
+        general = stamp_via(general_request, transport, sent_by, rport=rport, branch=fast.branch)
+        assert fast == general and str(fast) == str(general)
+        assert fast.branch is not None and fast.branch.startswith("z9hG4bK") and len(fast.branch) == 31
+        _same(fast_request, general_request)
+        assert fast_request.top_via == general and Via.parse(fast_request.headers.get_all("Via")[0]) == fast
+
+
+def test_a_second_stamp_replaces_the_via_as_before() -> None:
+    request = build_request("MESSAGE", "sip:bob@example.com", "<sip:alice@example.com>",
+                            "<sip:bob@example.com>")
+    first = stamp_via(request, Transport.UDP, ("127.0.0.1", 5060))
+    second = stamp_via(request, Transport.TCP, ("127.0.0.1", 5060))
+    assert first.branch != second.branch
+    assert request.headers.get_all("Via") == [str(second)] and request.top_via == second

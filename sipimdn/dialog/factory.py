@@ -18,6 +18,7 @@ guessable from the last one costs nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 
 from .._cache import remember
 from .._tokens import token_hex
@@ -197,6 +198,13 @@ def stamp_via(request: Request, transport: Transport, sent_by: Address, *, rport
     Replaces the top Via if the request has one (our own from an earlier attempt), prepends one
     otherwise. Returns the Via written.
     """
+    if branch is None:
+        rows = request.headers._rows
+        if not any(row[0] == "via" for row in rows):
+            # A fresh request's first Via (every request we send goes through here once).
+            parts = _via_parts(transport, sent_by, rport)
+            if parts is not None:
+                return _push_first_via(request, parts, rows)
     params: dict[str, str | None] = {"branch": branch or new_branch()}
     if rport:
         params["rport"] = None  # RFC 3581 §3: ask for the source port in the response
@@ -304,3 +312,43 @@ def _uri_in_angles(uri: Uri) -> str:
     text = f"<{uri}>"
     remember(_TEXT_CACHE, id(uri), (uri, text), _TEXT_CACHE_MAX)
     return text
+
+
+# (transport, sent-by, rport) -> our Via's text around its branch ("SIP/2.0/UDP host:port;branch="
+# and ";rport" or "") as str(Via) writes them, with the Via's transport, host and port; None
+# when the text needs the general route. One entry per listening address and transport.
+# tests/test_request_template.py holds the fast route equal to the general one.
+_ViaParts = tuple[str, str, str, str, int | None]
+_VIA_PARTS: dict[tuple[Transport, Address, bool], _ViaParts | None] = {}
+_VIA_PARTS_MAX = 64
+
+
+def _via_parts(transport: Transport, sent_by: Address, rport: bool) -> _ViaParts | None:
+    key = (transport, sent_by, rport)
+    if key in _VIA_PARTS:
+        return _VIA_PARTS[key]
+    params: dict[str, str | None] = {"branch": MAGIC_COOKIE}
+    if rport:
+        params["rport"] = None
+    via = Via(transport.value, sent_by[0], sent_by[1], params)
+    head, cookie, tail = str(via).partition(f";branch={MAGIC_COOKIE}")
+    parts: _ViaParts | None = None
+    if cookie and not _has_break(head) and tail in ("", ";rport"):
+        parts = (f"{head};branch=", tail, via.transport, via.host, via.port)
+    return remember(_VIA_PARTS, key, parts, _VIA_PARTS_MAX)
+
+
+def _push_first_via(request: Request, parts: _ViaParts, rows: list[HeaderRow]) -> Via:
+    """``request.headers.prepend("Via", str(via))`` for a request without a Via (the row goes
+    first) and a fresh branch, with the text from its cached parts; the typed Via is cached as
+    stamp_via caches it."""
+    head, tail, transport, host, port = parts
+    branch = new_branch()
+    value = f"{head}{branch}{tail}"
+    params: dict[str, str | None] = {"branch": branch, "rport": None} if tail else {"branch": branch}
+    via = Via._make(transport, host, port, MappingProxyType(params))
+    rows.insert(0, ("via", "Via", value, f"Via: {value}"))
+    typed = request.headers._typed
+    typed.clear()
+    typed["via:top"] = via
+    return via
