@@ -266,7 +266,9 @@ class SipStack:
                 log.info("%s unreachable, trying the next address of %s", candidate.host, target.host)
         raise AssertionError("resolve() returned no address")  # pragma: no cover
 
-    def send_request_now(self, request: Request) -> asyncio.Future[Response] | None:
+    def send_request_now(
+        self, request: Request, *, on_final: Callable[[Response], None] | None = None
+    ) -> asyncio.Future[Response] | None:
         """Start ``request``'s client transaction here and now, without a task; or return None.
 
         The synchronous start of :meth:`send_request` with no target: the first Route or the
@@ -274,7 +276,9 @@ class SipStack:
         request fits UDP's size limit. The request is sent before this returns; the future
         gets the final response or the error :meth:`send_request` would raise. None: nothing
         was sent, use :meth:`send_request` (a host name to resolve, RFC 3263 location, a
-        switch to TCP by size whose failure has its own error).
+        switch to TCP by size whose failure has its own error). ``on_final`` is
+        :meth:`send_request`'s: called inline with the final response, just before the future
+        gets it.
         """
         loop = self._require_loop()
         if self.locator is not None:
@@ -290,7 +294,7 @@ class SipStack:
             return None
         # Its waiter is forgotten by the pump as it settles the future (_dispatch, _fail): no
         # task here to do it.
-        return self._start(loop, request, target.flow(), data)[1]
+        return self._start(loop, request, target.flow(), data, on_final)[1]
 
     def _start(
         self,

@@ -16,7 +16,8 @@ from sipimdn import UserAgent
 from sipimdn._pacing import DestinationKey, DestinationQueue
 from sipimdn.dialog import factory
 from sipimdn.dialog.factory import build_request, stamp_via
-from sipimdn.errors import LocalProtocolError
+from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.errors import LocalProtocolError, TransactionTimeout
 from sipimdn.events import NotificationSent
 from sipimdn.headers import NameAddr, Via
 from sipimdn.imdn import build_im, imdn_headers
@@ -104,14 +105,15 @@ def _is_imdn_request(request: Request) -> bool:
     return content_type is not None and content_type.subtype == "cpim" and b"message/imdn+xml" in request.body
 
 
+@pytest.mark.parametrize("status", [200, 202, 486])
 @pytest.mark.parametrize("busy", [False, True], ids=["turn-free", "turn-busy"])
 async def test_owed_imdn_goes_out_without_a_task_or_waits_its_turn_in_one_with_the_same_outcome(
-    busy: bool,
+    busy: bool, status: int
 ) -> None:
     # Turn free: the IMDN's transaction starts in the pump that made it due and its answer is
-    # handled by a callback on the response future (no task). Turn busy (RFC 3428 §8): a wire
-    # task waits for it. Either way the same request shape, the same tracker outcome, the same
-    # NotificationSent.
+    # handled inline, in the stack's pump that matched it (no task, no loop callback). Turn
+    # busy (RFC 3428 §8): a wire task waits for it. Either way the same request shape, the
+    # same tracker outcome, the same NotificationSent.
     notes = Recorder()
     async with (
         StackPeer("carol", lambda r: None if _is_imdn_request(r) else 200) as carol,
@@ -138,11 +140,19 @@ async def test_owed_imdn_goes_out_without_a_task_or_waits_its_turn_in_one_with_t
             (pending,) = bob._wire_tasks
             assert not isinstance(pending, asyncio.Task) and not pending.done()
         assert not bob._queue.try_acquire(turn)  # held while the IMDN is in flight
-        incoming.respond(200)
+        if not busy:
+            # The outcome is taken from the stack's pump: the done callback is gone from the
+            # future by the time it settles, so it wakes nothing on the loop.
+            settled: list[bool] = []
+            pending.add_done_callback(lambda f: settled.append(not bob.tracker.owed()))
+        incoming.respond(status)
         (sent,) = await notes.wait_for(NotificationSent)
         assert (sent.message_id, sent.kind, sent.status, sent.to, sent.sip_status, sent.attempt) == (
-            imdn_headers(im).message_id, "delivery", "delivered", carol.aor, 200, 1
+            imdn_headers(im).message_id, "delivery", "delivered", carol.aor, status, 1
         )
+        if not busy:
+            await asyncio.sleep(0)
+            assert pending.done() and pending.result().status_code == status and settled == [True]
         assert not bob.tracker.owed() and not bob._wire_tasks
         assert bob._queue.try_acquire(turn)  # released with the answer
         bob._queue.release(turn)
@@ -150,6 +160,33 @@ async def test_owed_imdn_goes_out_without_a_task_or_waits_its_turn_in_one_with_t
         request = incoming.request
         assert request.uri == Uri.parse(carol.aor) and request.from_.uri == Uri.parse(bob.aor)
         assert request.to.uri == Uri.parse(carol.aor) and request.cseq.number == 1
+
+
+async def test_send_request_now_calls_on_final_inline_before_the_future_settles() -> None:
+    async with SipStack() as bob, SipStack() as carol:
+        carol.on_request(lambda incoming: incoming.respond(404))
+        port = carol.endpoints[0][1][1]
+        seen: list[tuple[int, bool]] = []
+        request = build_request("MESSAGE", f"sip:carol@127.0.0.1:{port}", "<sip:bob@127.0.0.1>",
+                                f"<sip:carol@127.0.0.1:{port}>", body=b"hi", content_type="text/plain")
+        future = bob.send_request_now(request, on_final=lambda r: seen.append((r.status_code, future.done())))
+        assert future is not None
+        response = await asyncio.wait_for(future, 5)
+        assert response.status_code == 404 and seen == [(404, False)]
+
+
+async def test_send_request_now_on_final_is_not_called_without_an_answer() -> None:
+    async with SipStack(timers=TimerConfig(t1=0.01, t2=0.04, t4=0.05)) as bob, SipStack() as carol:
+        carol.on_request(lambda incoming: None)  # never answers
+        port = carol.endpoints[0][1][1]
+        seen: list[object] = []
+        request = build_request("MESSAGE", f"sip:carol@127.0.0.1:{port}", "<sip:bob@127.0.0.1>",
+                                f"<sip:carol@127.0.0.1:{port}>", body=b"hi", content_type="text/plain")
+        future = bob.send_request_now(request, on_final=seen.append)
+        assert future is not None
+        with pytest.raises(TransactionTimeout):
+            await asyncio.wait_for(future, 10)
+        assert not seen and not bob._final_hooks
 
 
 async def test_owed_imdn_started_without_a_task_reports_no_answer_after_timer_f() -> None:

@@ -6,7 +6,8 @@ sends it: at most one MESSAGE transaction at a time to one destination
 credentials after a 401/407 (RFC 3261 §22.2). Owed notifications go the
 same way and their outcome goes back to the tracker; one whose transaction
 can start at once (its destination free, nothing to resolve, no credentials)
-starts in the pump that made it due and ends in a callback, with no task.
+starts in the pump that made it due, with no task, and its answer is handled
+inline in the stack's pump that matched it.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class SendPath(AgentCore):
         The client transaction starts right here when nothing must be awaited first: the
         destination's turn is free (RFC 3428 §8), no credentials are configured (a 401/407
         would be answered with a retry) and the stack can send at once (see
-        :meth:`SipStack.send_request_now`); its answer is handled by a callback
-        (:meth:`_owed_answered`). Otherwise a wire task waits for what it must.
+        :meth:`SipStack.send_request_now`); its answer is handled inline, in the stack's pump
+        (:class:`_OwedInFlight`). Otherwise a wire task waits for what it must.
         """
         try:
             request = _wire.build_imdn_request(self, owed, now=time.time())
@@ -97,8 +98,9 @@ class SendPath(AgentCore):
             self._queue.release(turn)
             self._pump()
             return
+        flight = _OwedInFlight(self, owed, turn)
         try:
-            future = self._require_stack().send_request_now(request)
+            future = self._require_stack().send_request_now(request, on_final=flight.answered)
         except Exception as exc:  # what awaiting send_request would raise: the same handling
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
@@ -106,27 +108,33 @@ class SendPath(AgentCore):
             # Something to await (a host name to resolve, server location): a task holding the turn.
             self._spawn_wire(self._send_owed_waiting(owed, request, Uri.parse(owed.request_uri), turn=turn))
             return
+        # The future stays in the wire tasks until it settles: close() gives it the grace time.
+        flight.future = future
         self._wire_tasks.add(future)
-        future.add_done_callback(functools.partial(self._owed_answered, owed, turn))
+        future.add_done_callback(flight.settled)
 
-    def _owed_answered(
+    def _owed_answered(self, owed: OwedNotification, turn: DestinationKey, status: int) -> None:
+        """The final answer of an IMDN started by :meth:`_start_owed` (see :class:`_OwedInFlight`)."""
+        self._queue.release(turn)
+        if not self._closed:
+            # Without credentials a 401/407 is final too: its status is the outcome.
+            self._owed_done(owed, status)
+
+    def _owed_failed(
         self, owed: OwedNotification, turn: DestinationKey, future: asyncio.Future[Response]
     ) -> None:
-        """The final answer (or failure) of an IMDN started by :meth:`_start_owed`."""
+        """An IMDN started by :meth:`_start_owed` ended without an answer (or the agent closed)."""
         self._wire_tasks.discard(future)
         self._queue.release(turn)
         if self._closed or future.cancelled():
             return  # closing: as a wire task cancelled by close(), nothing more is done
         error = future.exception()
-        if error is None:
-            # Without credentials a 401/407 is final too: its status is the outcome.
-            self._owed_done(owed, future.result().status_code)
-        elif isinstance(error, (TransactionTimeout, TransportError)):
+        if isinstance(error, (TransactionTimeout, TransportError)):
             if isinstance(error, TransportError):
                 self._transport_failed()
             _log.debug("IMDN %s to %s failed: %s", owed.notification_id, owed.request_uri, error)
             self._owed_done(owed, None)
-        else:
+        elif error is not None:
             _log.error("IMDN %s to %s failed", owed.notification_id, owed.request_uri, exc_info=error)
 
     async def _send_owed_waiting(
@@ -473,6 +481,36 @@ class SendPath(AgentCore):
         if self._registrar is not None and self.config.outbound_proxy:
             # Our binding points at the flow to the proxy that just failed.
             self._registrar.reregister()
+
+
+class _OwedInFlight:
+    """An owed IMDN whose client transaction :meth:`SendPath._start_owed` started without a task.
+
+    Its final response is handled inline, in the stack's pump that matched it (``on_final``),
+    like the 2xx of a message we send: the tracker learns the outcome there, and the done
+    callback is taken off the future before the stack settles it, so an answered IMDN costs
+    no loop callback. Anything else that settles the future (Timer F, a transport error, the
+    stack closing, a cancellation) goes through the done callback, as an awaited
+    :meth:`SipStack.send_request` would raise it.
+    """
+
+    __slots__ = ("agent", "future", "owed", "turn")
+
+    def __init__(self, agent: SendPath, owed: OwedNotification, turn: DestinationKey) -> None:
+        self.agent = agent
+        self.owed = owed
+        self.turn = turn
+        self.future: asyncio.Future[Response] | None = None
+
+    def answered(self, response: Response) -> None:
+        future = self.future
+        if future is not None:
+            future.remove_done_callback(self.settled)
+            self.agent._wire_tasks.discard(future)
+        self.agent._owed_answered(self.owed, self.turn, response.status_code)
+
+    def settled(self, future: asyncio.Future[Response]) -> None:
+        self.agent._owed_failed(self.owed, self.turn, future)
 
 
 class _Held(Exception):
