@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from sipimdn.dialog import layer as layer_module
 from sipimdn.dialog import transaction as transaction_module
-from sipimdn.dialog.events import RequestReceived, TransactionKey
+from sipimdn.dialog.events import RequestReceived, ResponseReceived, TransactionKey
 from sipimdn.dialog.layer import Outgoing, TransactionLayer
-from sipimdn.dialog.transaction import Send, TxState
+from sipimdn.dialog.transaction import Deliver, Send, TxState
 from sipimdn.errors import SipParseError
 from sipimdn.message import DeferredHeaders, Request, Response, make_response
 from sipimdn.parser import parse_message
@@ -123,6 +123,15 @@ def test_the_layers_own_constructors_build_what_the_classes_build() -> None:
     assert isinstance(request, Request)
     assert layer_module._request_received(key, request, UDP) == RequestReceived(key, request, UDP)
     assert transaction_module._send(response) == Send(response)
+    assert transaction_module._deliver(response) == Deliver(response)
+    received = layer_module._response_received(key, response, UDP)
+    assert received == ResponseReceived(key, response, UDP) and repr(received) == repr(
+        ResponseReceived(key, response, UDP)
+    )
+    client_key = layer_module._client_key("z9hG4bKb", "MESSAGE")
+    assert type(client_key) is TransactionKey and client_key == TransactionKey(True, "z9hG4bKb", "MESSAGE")
+    assert client_key._asdict() == TransactionKey(True, "z9hG4bKb", "MESSAGE")._asdict()
+    assert hash(client_key) == hash(TransactionKey(True, "z9hG4bKb", "MESSAGE"))
     server_key = layer_module.server_key(request)
     assert type(server_key) is TransactionKey
     assert server_key == TransactionKey(False, "z9hG4bKa", "MESSAGE", "192.0.2.7:")

@@ -126,6 +126,24 @@ def _request_received(key: TransactionKey, request: Request, flow: Flow) -> Requ
     return event
 
 
+_set_rs_key = ResponseReceived.__dict__["key"].__set__
+_set_rs_response = ResponseReceived.__dict__["response"].__set__
+_set_rs_flow = ResponseReceived.__dict__["flow"].__set__
+
+
+def _response_received(key: TransactionKey, response: Response, flow: Flow) -> ResponseReceived:
+    event: ResponseReceived = _new(ResponseReceived)
+    _set_rs_key(event, key)
+    _set_rs_response(event, response)
+    _set_rs_flow(event, flow)
+    return event
+
+
+def _client_key(branch: str, method: str) -> TransactionKey:
+    """``TransactionKey(True, branch, method)`` (§17.1.3: branch and CSeq method) as a tuple."""
+    return _new_tuple(TransactionKey, (True, branch, method, ""))
+
+
 def _log_retransmission(tx: _Client, flow: Flow) -> None:
     """INFO line for a Timer E retransmission; its attributes let a front end show progress."""
     request = tx.request
@@ -272,7 +290,7 @@ class TransactionLayer:
             raise LocalProtocolError("a request we send needs a z9hG4bK branch (use factory.stamp_via)")
         if request.method in ("ACK", "INVITE"):
             raise LocalProtocolError(f"{request.method} is not a non-INVITE transaction")
-        key = TransactionKey(True, branch, request.method)
+        key = _client_key(branch, request.method)
         if key in self._clients:
             raise LocalProtocolError(f"branch {branch} is already in use")
         tx: _Client = ClientTransaction(request, reliable=flow.reliable, now=now, config=self.config)
@@ -464,7 +482,7 @@ class TransactionLayer:
         branch = response.top_via.branch
         if branch is None:
             return
-        key = TransactionKey(True, branch, response.cseq.method)
+        key = _client_key(branch, response.cseq.method)
         entry = self._clients.get(key)
         if entry is None:
             log.debug("dropping unmatched %d response from %s", response.status_code, flow.remote)
@@ -476,12 +494,12 @@ class TransactionLayer:
     def _collect_client(self, key: TransactionKey, tx: _Client, flow: Flow, reason: str = "",
                         arrived_on: Flow | None = None) -> None:
         for action in tx.pop_actions():
-            if isinstance(action, Send):
+            if type(action) is Send:
                 assert isinstance(action.message, Request)
-                self._outgoing.append(Outgoing(action.message, flow, key))
-            elif isinstance(action, Deliver):
+                self._outgoing.append(_outgoing(action.message, flow, key, None))
+            elif type(action) is Deliver:
                 assert isinstance(action.message, Response)
-                self._events.append(ResponseReceived(key, action.message, arrived_on or flow))
+                self._events.append(_response_received(key, action.message, arrived_on or flow))
             elif isinstance(action, Fail):
                 if action.failure is Failure.TIMEOUT:
                     self.timeouts += 1

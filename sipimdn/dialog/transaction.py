@@ -207,6 +207,16 @@ def _send(message: MsgT) -> Send[MsgT]:
     return action
 
 
+_set_deliver_message = Deliver.__dict__["message"].__set__
+
+
+def _deliver(message: MsgT) -> Deliver[MsgT]:
+    # Deliver(message) without the frozen dataclass __init__ (one per response we receive).
+    action: Deliver[MsgT] = object.__new__(Deliver)
+    _set_deliver_message(action, message)
+    return action
+
+
 class ClientTransaction(Generic[ReqT, RespT]):
     """A non-INVITE client transaction (RFC 3261 §17.1.2, Figure 6).
 
@@ -233,7 +243,7 @@ class ClientTransaction(Generic[ReqT, RespT]):
         self._interval = config.t1
         #: Timer E retransmissions so far.
         self.retransmissions = 0
-        self._actions: list[Action[ReqT | RespT]] = [Send(request)]
+        self._actions: list[Action[ReqT | RespT]] = [_send(request)]
         if not reliable:
             self.retransmit_at = now + config.t1
 
@@ -266,7 +276,12 @@ class ClientTransaction(Generic[ReqT, RespT]):
 
     def pop_actions(self) -> list[Action[ReqT | RespT]]:
         """Side effects produced since the last call, in order."""
-        actions, self._actions = self._actions, []
+        actions = self._actions
+        if actions is _NO_ACTIONS:
+            return []
+        # No list of its own while there is nothing to do: a completed transaction lingers for
+        # Timer K (5 s on UDP), and every container it holds is one more for the collector.
+        self._actions = _NO_ACTIONS
         return actions
 
     @property
@@ -275,6 +290,12 @@ class ClientTransaction(Generic[ReqT, RespT]):
         return self.state is TxState.TERMINATED
 
     # -- the machine ----------------------------------------------------------------------------
+
+    def _emit(self, action: Action[ReqT | RespT]) -> None:
+        if self._actions is _NO_ACTIONS:
+            self._actions = [action]
+        else:
+            self._actions.append(action)
 
     def _fire(self, kind: TxInput, now: float, message: RespT | None) -> None:
         try:
@@ -306,7 +327,7 @@ class ClientTransaction(Generic[ReqT, RespT]):
 
     def _retransmit(self, now: float, message: RespT | None) -> None:
         assert self.request is not None  # only in Trying and Proceeding
-        self._actions.append(Send(self.request))
+        self._emit(_send(self.request))
         self.retransmissions += 1
         if self.state is TxState.TRYING:
             self._interval = min(2 * self._interval, self.config.t2)
@@ -321,13 +342,13 @@ class ClientTransaction(Generic[ReqT, RespT]):
 
     def _deliver(self, now: float, message: RespT | None) -> None:
         assert message is not None
-        self._actions.append(Deliver(message))
+        self._emit(_deliver(message))
 
     def _time_out(self, now: float, message: RespT | None) -> None:
-        self._actions.append(Fail(Failure.TIMEOUT))
+        self._emit(Fail(Failure.TIMEOUT))
 
     def _transport_failed(self, now: float, message: RespT | None) -> None:
-        self._actions.append(Fail(Failure.TRANSPORT))
+        self._emit(Fail(Failure.TRANSPORT))
 
 
 class ServerTransaction(Generic[ReqT, RespT]):
@@ -467,7 +488,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
         self._emit(Fail(Failure.TRANSPORT))
 
 
-#: A server transaction's actions while it has none (shared, never appended to: see ``_emit``).
+#: A transaction's actions while it has none (shared, never appended to: see ``_emit``).
 _NO_ACTIONS: list[Any] = []
 
 
