@@ -42,6 +42,8 @@ def _empty() -> Mapping[str, Any]:
 # Parameters that, when present in either URI, must be present in both and
 # match (RFC 3261 §19.1.4, fourth bullet).
 _MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
+#: The comparison key's part for those parameters when a URI has none of them.
+_NONE_OF_THE_MUST_MATCH = tuple((name, None) for name in _MUST_MATCH_PARAMS)
 
 # Characters that may appear unescaped in each component when we write a URI
 # back (the complements of the ABNF classes in _abnf.py).
@@ -290,11 +292,15 @@ class Uri:
             # and parameter names compare case-insensitively.
             number = (self.user or "").translate(_TEL_SEPARATORS).lower()
             return ("tel", number, tuple(sorted((k, (v or "").lower()) for k, v in self.params.items())))
-        special = tuple(
-            (name, (self.params[name] or "").lower()) if name in self.params else (name, None)
-            for name in _MUST_MATCH_PARAMS
-        )
-        headers = tuple(sorted((k.lower(), v) for k, v in self.headers.items()))
+        params = self.params
+        if params:
+            special = tuple(
+                (name, (params[name] or "").lower()) if name in params else (name, None)
+                for name in _MUST_MATCH_PARAMS
+            )
+        else:
+            special = _NONE_OF_THE_MUST_MATCH  # (most URIs: a peer's address has no parameter)
+        headers = tuple(sorted((k.lower(), v) for k, v in self.headers.items())) if self.headers else ()
         # userinfo is compared case-sensitively, everything else not.
         return (self.scheme, self.user, self.password, self._host_key(), self.port, special, headers)
 

@@ -154,6 +154,29 @@ def test_text_key_and_hash_remembered_per_object_equal_the_computed_ones(value: 
         assert str(moved) == _twin(moved)._write() and moved != uri
 
 
+def _reference_key(uri: Uri) -> tuple[object, ...]:
+    """The comparison key of a sip/sips URI as §19.1.4 reads (every must-match parameter
+    looked up, headers sorted), written plainly: _make_key's shortcuts must give the same."""
+    special = tuple(
+        (name, (uri.params[name] or "").lower()) if name in uri.params else (name, None)
+        for name in ("user", "ttl", "method", "maddr", "transport")
+    )
+    headers = tuple(sorted((k.lower(), v) for k, v in uri.headers.items()))
+    return (uri.scheme, uri.user, uri.password, uri._host_key(), uri.port, special, headers)
+
+
+@SETTINGS
+@given(st.one_of(
+    sip_uris(),
+    st.builds(lambda u: dataclasses.replace(u, params={}, headers={}), sip_uris()),
+    st.builds(lambda u, t: dataclasses.replace(u, params={"transport": t}), sip_uris(),
+              st.sampled_from(["UDP", "tcp"])),
+))
+def test_comparison_key_is_the_plain_reading_of_section_19_1_4(uri: Uri) -> None:
+    assert _twin(uri)._make_key() == _reference_key(uri)
+    assert hash(_twin(uri)) == hash(_reference_key(uri))
+
+
 _FIELDS = ("scheme", "user", "password", "host", "port", "params", "headers", "opaque")
 
 
