@@ -198,13 +198,12 @@ def stamp_via(request: Request, transport: Transport, sent_by: Address, *, rport
     Replaces the top Via if the request has one (our own from an earlier attempt), prepends one
     otherwise. Returns the Via written.
     """
-    if branch is None:
-        rows = request.headers._rows
-        if not any(row[0] == "via" for row in rows):
-            # A fresh request's first Via (every request we send goes through here once).
-            parts = _via_parts(transport, sent_by, rport)
-            if parts is not None:
-                return _push_first_via(request, parts, rows)
+    rows = request.headers._rows
+    if branch is None and _without_via(rows):
+        # A fresh request's first Via (every request we send goes through here once).
+        parts = _via_parts(transport, sent_by, rport)
+        if parts is not None:
+            return _push_first_via(request, parts, rows)
     params: dict[str, str | None] = {"branch": branch or new_branch()}
     if rport:
         params["rport"] = None  # RFC 3581 §3: ask for the source port in the response
@@ -336,6 +335,13 @@ def _via_parts(transport: Transport, sent_by: Address, rport: bool) -> _ViaParts
     if cookie and not _has_break(head) and tail in ("", ";rport"):
         parts = (f"{head};branch=", tail, via.transport, via.host, via.port)
     return remember(_VIA_PARTS, key, parts, _VIA_PARTS_MAX)
+
+
+def _without_via(rows: list[HeaderRow]) -> bool:
+    for row in rows:  # noqa: SIM110 - a loop: 0.2 us less than all() over a generator, per request sent
+        if row[0] == "via":
+            return False
+    return True
 
 
 def _push_first_via(request: Request, parts: _ViaParts, rows: list[HeaderRow]) -> Via:
