@@ -62,7 +62,17 @@ __all__ = ["Outgoing", "TransactionLayer", "response_flow"]
 
 log = logging.getLogger(__name__)
 
-_Client = ClientTransaction[Request, Response]
+class _Client(ClientTransaction[Request, Response]):
+    """A client transaction as the layer keeps it: with its key, so that a response matched
+    through a key built from the response's own fields files its deadlines under the key the
+    table holds. A second, equal key object would otherwise live in the deadline heap for
+    Timer K (5 s on UDP) beside the first: one more object per request for the collector."""
+
+    __slots__ = ("key",)
+
+    key: TransactionKey
+
+
 #: A deadline: (when, insertion order, transaction).
 _Entry = tuple[float, int, TransactionKey]
 
@@ -293,7 +303,8 @@ class TransactionLayer:
         key = _client_key(branch, request.method)
         if key in self._clients:
             raise LocalProtocolError(f"branch {branch} is already in use")
-        tx: _Client = ClientTransaction(request, reliable=flow.reliable, now=now, config=self.config)
+        tx = _Client(request, reliable=flow.reliable, now=now, config=self.config)
+        tx.key = key
         self._clients[key] = (tx, flow)
         self._collect_client(key, tx, flow)
         return key
@@ -489,7 +500,7 @@ class TransactionLayer:
             return
         tx, tx_flow = entry
         tx.receive_response(response, now)
-        self._collect_client(key, tx, tx_flow, arrived_on=flow)
+        self._collect_client(tx.key, tx, tx_flow, arrived_on=flow)
 
     def _collect_client(self, key: TransactionKey, tx: _Client, flow: Flow, reason: str = "",
                         arrived_on: Flow | None = None) -> None:
