@@ -42,9 +42,12 @@ from .events import (
     NotificationsDeclined,
 )
 from .identity import identity_key
-from .records import OwedRecord, ReceivedRecord, evolve
+from .records import OwedRecord, ReceivedRecord, evolve, record_maker
 
 __all__ = ["DispatchSide"]
+
+#: ``OwedRecord(...)`` without the frozen dataclass ``__init__``: one per notification owed.
+_owed_record = record_maker(OwedRecord)
 
 #: The rate limiter drops idle originators once it holds more than this many (or twice what
 #: survived the last pruning).
@@ -216,7 +219,7 @@ class DispatchSide(TrackerCore):
                 attempts, in_flight, next_attempt_at = 1, True, now + self.config.in_flight_timeout
             else:
                 next_attempt_at = later
-        owed = OwedRecord(
+        owed = _owed_record(
             notification_id=notification_id,
             message_id=record.message_id,
             sender_key=record.sender_key,
