@@ -70,7 +70,7 @@ def test_a_received_message_shares_its_key_kinds_and_timer() -> None:
     first, second = (tracker.received(m) for m in ("m1", "m2"))
     assert first is not None and second is not None
     assert first.requested is second.requested == ("display", "positive-delivery")
-    assert first.expires_at is tracker._seen[seen_key].expires_at
+    assert first.expires_at is tracker._seen[seen_key][1]
     # One timer entry per message serves its dedup entry and its received record.
     assert sorted(entry[3] for entry in timers(tracker) if entry[2] in ("seen", "received")) == [
         ("sip:alice@example.com", "m1"),
@@ -452,3 +452,68 @@ def test_a_received_message_owed_its_display_notification_costs_at_most_1_kib() 
     assert tracker.tracked_received == _BUDGET_MESSAGES
     assert len(tracker.owed()) == 0
     assert used / _BUDGET_MESSAGES <= 1024, used / _BUDGET_MESSAGES
+
+
+def _tracked() -> int:
+    gc.collect()
+    return len(gc.get_objects())
+
+
+_GC_MESSAGES = 5000
+
+
+def _receive_settled(tracker: DispositionTracker, count: int, first: int = 0) -> list[Any]:
+    """``count`` messages each from its own sender, answered 200: every other one owed
+    nothing, the others positive delivery, its IMDN owed with the answer and acknowledged
+    (its received record gone, its dedup entry kept). Returns the store writes."""
+    writes: list[Any] = []
+    for i in range(first, first + count):
+        # Each input a string of its own, as the parser makes them.
+        message_id, sender, now = f"m{i}", f"sip:user{i}@example.com", i / 1000
+        requested = ("positive-delivery",) if i % 2 else ()
+        tracker.record_received(message_id=message_id, sender=sender, now=now, requested=requested)
+        tracker.message_answered(message_id, sender, 200, now)
+        for event in drain(tracker):
+            if isinstance(event, NotificationOwed):
+                tracker.notification_outcome(event.notification.notification_id, 200, now)
+        writes += tracker.writes_to_apply()
+        tracker.get_timer()
+    return writes
+
+
+def test_dedup_entries_are_not_tracked_by_the_cyclic_collector() -> None:
+    """A dedup entry is kept for days, one per received message: as a tuple of untracked
+    items (and its key a tuple of strings) the collector stops tracking it, and its timer
+    entry, at the first collection, so collections do not walk them (white-box: what the
+    collector tracks is the point). After ``_GC_MESSAGES`` messages that leave only their
+    dedup entry, far fewer new tracked objects than messages, also in a tracker restored from
+    the store's records; the records written are those of the dedup entries, and dedup
+    answers as before."""
+    tracker = make_tracker(rate_limit=10**9, byte_budget=10**12)
+    _receive_settled(tracker, 1)  # the tracker's own containers (rate window, destinations)
+    before = _tracked()
+    writes = _receive_settled(tracker, _GC_MESSAGES, first=1)
+    seen = [op.record for op in writes if isinstance(op, Put) and isinstance(op.record, SeenRecord)]
+    # Those owed nothing keep their dedup entry in memory only; the others write it twice
+    # (received, then answered).
+    assert len(seen) == _GC_MESSAGES and {r.status for r in seen} == {None, 200}
+    del writes, seen
+    assert tracker.dedup_size == _GC_MESSAGES + 1 and tracker.tracked_received == 0
+    grown = _tracked() - before
+    assert grown <= _GC_MESSAGES // 10, grown
+    snapshot = tracker.snapshot()
+    assert len(snapshot.seen) == _GC_MESSAGES // 2
+    assert {(r.sender_key, r.message_id, r.status, r.expires_at) for r in snapshot.seen} == {
+        (f"sip:user{i}@example.com", f"m{i}", 200, i / 1000 + 7 * 86400.0)
+        for i in range(1, _GC_MESSAGES + 1, 2)
+    }
+    again = DispositionTracker(TrackerConfig(), snapshot=snapshot, now=10.0)
+    del snapshot
+    assert again.dedup_size == _GC_MESSAGES // 2
+    assert _tracked() - before <= 2 * (_GC_MESSAGES // 10), _tracked() - before
+    for i in (1, 2, _GC_MESSAGES):
+        reception = tracker.record_received(message_id=f"m{i}", sender=f"sip:user{i}@example.com", now=10.0)
+        assert reception.duplicate and reception.previous_status == 200
+    reception = again.record_received(message_id="m1", sender="sip:user1@example.com", now=10.0)
+    assert reception.duplicate and reception.previous_status == 200
+    assert not again.record_received(message_id="m2", sender="sip:user2@example.com", now=10.0).duplicate

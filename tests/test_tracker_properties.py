@@ -80,6 +80,8 @@ def earliest_deadline(tracker: DispositionTracker) -> float | None:
     the dedup entries kept in memory only are in no snapshot)."""
 
     def deadline(record: Any) -> float:
+        if isinstance(record, tuple):  # a dedup entry: (status, expires_at)
+            return float(record[1])
         if isinstance(record, OwedRecord):
             return min(record.next_attempt_at, record.expires_at)
         return record.deadline if isinstance(record, SentRecord) else float(record.expires_at)

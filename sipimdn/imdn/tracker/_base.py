@@ -102,6 +102,16 @@ _TABLE_MASK = (1 << _TABLE_BITS) - 1
 #: pair of the strings the records hold anyway, where their store key (:func:`received_key`)
 #: would be a third string per message. Every other table uses its store key.
 MemKey = str | tuple[str, str]
+#: A dedup entry in memory: ``(status, expires_at)`` of the message's :class:`SeenRecord`, whose
+#: other fields are its key. One is kept per received message for ``dedup_ttl`` (up to
+#: ``dedup_max``, 100,000 by default), and a record object (a slotted dataclass is a container
+#: to the cyclic collector) would be one more object for every collection to walk: at a few
+#: thousand messages a second, tens of thousands of them, each visited by every middle and full
+#: collection (a full one walks them all: pauses of tens to hundreds of milliseconds). An exact
+#: tuple whose items are all untracked (None, int, float) is untracked by the collector at its
+#: first young collection, as is the ``(str, str)`` key; so is the timer entry holding that key.
+#: The :class:`SeenRecord` is built only where a record is needed: a store write, a snapshot.
+DedupEntry = tuple[int | None, float]
 
 
 def _store_key(key: MemKey) -> str:
@@ -173,8 +183,9 @@ class TrackerCore:
         # Ordered dicts, not plain ones: _bound_dedup takes the oldest entry at every message once
         # the cap is reached, and a plain dict finds its first live entry by stepping over every
         # slot deleted before it (tens of microseconds at 100,000 entries); a linked order is O(1).
-        self._seen: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
-        self._volatile: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
+        # Each entry is a DedupEntry (a tuple the collector does not track), never a record.
+        self._seen: OrderedDict[tuple[str, str], DedupEntry] = OrderedDict()
+        self._volatile: OrderedDict[tuple[str, str], DedupEntry] = OrderedDict()
         self._dedup_evictions = 0
         # Evictions reported in one log line a minute at most.
         self._dedup_evictions_log = RateLimitedTally(_EVICTION_LOG_INTERVAL)
@@ -318,7 +329,8 @@ class TrackerCore:
             sent=tuple(self._sent.values()),
             owed=tuple(self._owed.values()),
             received=tuple(self._received.values()),
-            seen=tuple(self._seen.values()),
+            seen=tuple(SeenRecord(key[0], key[1], status, expires_at)
+                       for key, (status, expires_at) in self._seen.items()),
             peers=tuple(self._peers.values()),
         )
 
@@ -358,7 +370,7 @@ class TrackerCore:
             first_seen = next(iter(seen.items()), None)
             first_volatile = next(iter(volatile.items()), None)
             if first_volatile is None or (
-                first_seen is not None and first_seen[1].expires_at <= first_volatile[1].expires_at
+                first_seen is not None and first_seen[1][1] <= first_volatile[1][1]
             ):
                 assert first_seen is not None
                 key = first_seen[0]
@@ -480,7 +492,8 @@ class TrackerCore:
         if key is None:
             key = _mem_key(record)
         old = entries.get(key)
-        entries[key] = record
+        # A dedup entry is kept as a DedupEntry tuple, not as its record (see DedupEntry).
+        entries[key] = (record.status, record.expires_at) if isinstance(record, SeenRecord) else record
         if old is None:
             if isinstance(record, ReceivedRecord) and isinstance(key, tuple):
                 self._index_received(record.message_id, key)
@@ -647,7 +660,9 @@ def _mem_key(record: AnyRecord) -> MemKey:
     return record.key
 
 
-def _deadline_of(record: AnyRecord) -> float:
+def _deadline_of(record: AnyRecord | DedupEntry) -> float:
+    if isinstance(record, tuple):  # a dedup entry (see DedupEntry)
+        return record[1]
     if isinstance(record, OwedRecord):
         return min(record.next_attempt_at, record.expires_at)
     if isinstance(record, SentRecord):
