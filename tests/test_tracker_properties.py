@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tracker_helpers import drain
 
+import sipimdn.imdn.tracker._base as tracker_base
 from sipimdn.imdn.tracker import (
     ALLOWED_STATUSES,
     STATE_RANK,
@@ -80,6 +81,8 @@ def earliest_deadline(tracker: DispositionTracker) -> float | None:
     the dedup entries kept in memory only are in no snapshot)."""
 
     def deadline(record: Any) -> float:
+        if isinstance(record, (tuple, float, int)):  # a dedup entry
+            return float(tracker_base.dedup_expiry(record))
         if isinstance(record, OwedRecord):
             return min(record.next_attempt_at, record.expires_at)
         return record.deadline if isinstance(record, SentRecord) else float(record.expires_at)

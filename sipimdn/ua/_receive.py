@@ -25,7 +25,6 @@ from ..errors import (
     ImdnError,
     RemoteProtocolError,
 )
-from ..imdn.vocabulary import RECIPIENT_REQUESTS
 from ..message import safe_reason_phrase
 from ..stack import IncomingRequest
 from . import _wire
@@ -175,10 +174,9 @@ class ReceivePath(WorkingSetPath):
         sender = inbound.cpim_from or inbound.sip_from
         message_id = inbound.message_id
         transaction: str | None = None
-        if message_id is not None and inbound.notify.isdisjoint(RECIPIENT_REQUESTS):
-            # Owed nothing by us: dedup of copies sent again is all the tracker keeps.
-            reception = tracker.record_unrequested(message_id, sender, now)
-        elif message_id is not None:
+        if message_id is not None:
+            # A message that requests nothing we send takes the tracker's short route (dedup in
+            # memory only) inside record_received itself: one call for both kinds.
             reception = tracker.record_received(
                 message_id=message_id,
                 sender=sender,

@@ -64,7 +64,16 @@ from .records import (
 if TYPE_CHECKING:
     from .receiver import Receipt
 
-__all__ = ["PEER_CPIM", "PEER_NO_CPIM", "PEER_NO_IMDN", "TrackerCore"]
+__all__ = [
+    "PEER_CPIM",
+    "PEER_NO_CPIM",
+    "PEER_NO_IMDN",
+    "DedupEntry",
+    "TrackerCore",
+    "dedup_entry",
+    "dedup_expiry",
+    "dedup_status",
+]
 
 #: Peer flag: the peer answered 415 (or 488) to an IMDN; send it no more.
 PEER_NO_IMDN = "no-imdn"
@@ -102,6 +111,38 @@ _TABLE_MASK = (1 << _TABLE_BITS) - 1
 #: pair of the strings the records hold anyway, where their store key (:func:`received_key`)
 #: would be a third string per message. Every other table uses its store key.
 MemKey = str | tuple[str, str]
+#: A dedup entry in memory: what the message's :class:`SeenRecord` holds beyond its key. One is
+#: kept per received message for ``dedup_ttl`` (up to ``dedup_max``, 100,000 by default), so
+#: two costs per message matter:
+#:
+#: * the cyclic collector: a record object (a slotted dataclass is a container to it) is one
+#:   more object for every collection to walk, tens of thousands at a few thousand messages a
+#:   second, all of them at every full collection (pauses of tens to hundreds of milliseconds).
+#:   An exact tuple whose items are all untracked (None, int, float) is untracked by the
+#:   collector at its first young collection, as is the ``(str, str)`` key, and so then is the
+#:   timer entry holding that key: none of them is walked again.
+#: * memory: a message answered 200 (nearly all) keeps its bare expiry time, the float object
+#:   its timer entry (and its received record, if any) holds already: no object of its own.
+#:   Any other status, or none yet, is ``(status, expires_at)``.
+#:
+#: :func:`dedup_entry`, :func:`dedup_status` and :func:`dedup_expiry` make and read them; the
+#: :class:`SeenRecord` is built only where a record is needed (a store write, a snapshot).
+DedupEntry = float | tuple[int | None, float]
+
+
+def dedup_entry(status: int | None, expires_at: float) -> DedupEntry:
+    """The in-memory form of a dedup entry (see :data:`DedupEntry`)."""
+    return expires_at if status == 200 else (status, expires_at)
+
+
+def dedup_status(entry: DedupEntry) -> int | None:
+    """The status of a dedup entry (see :data:`DedupEntry`)."""
+    return entry[0] if isinstance(entry, tuple) else 200
+
+
+def dedup_expiry(entry: DedupEntry) -> float:
+    """The expiry time of a dedup entry (see :data:`DedupEntry`)."""
+    return entry[1] if isinstance(entry, tuple) else entry
 
 
 def _store_key(key: MemKey) -> str:
@@ -173,8 +214,9 @@ class TrackerCore:
         # Ordered dicts, not plain ones: _bound_dedup takes the oldest entry at every message once
         # the cap is reached, and a plain dict finds its first live entry by stepping over every
         # slot deleted before it (tens of microseconds at 100,000 entries); a linked order is O(1).
-        self._seen: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
-        self._volatile: OrderedDict[tuple[str, str], SeenRecord] = OrderedDict()
+        # Each entry is a DedupEntry (nothing the collector tracks), never a record.
+        self._seen: OrderedDict[tuple[str, str], DedupEntry] = OrderedDict()
+        self._volatile: OrderedDict[tuple[str, str], DedupEntry] = OrderedDict()
         self._dedup_evictions = 0
         # Evictions reported in one log line a minute at most.
         self._dedup_evictions_log = RateLimitedTally(_EVICTION_LOG_INTERVAL)
@@ -318,7 +360,8 @@ class TrackerCore:
             sent=tuple(self._sent.values()),
             owed=tuple(self._owed.values()),
             received=tuple(self._received.values()),
-            seen=tuple(self._seen.values()),
+            seen=tuple(SeenRecord(key[0], key[1], dedup_status(entry), dedup_expiry(entry))
+                       for key, entry in self._seen.items()),
             peers=tuple(self._peers.values()),
         )
 
@@ -358,7 +401,7 @@ class TrackerCore:
             first_seen = next(iter(seen.items()), None)
             first_volatile = next(iter(volatile.items()), None)
             if first_volatile is None or (
-                first_seen is not None and first_seen[1].expires_at <= first_volatile[1].expires_at
+                first_seen is not None and dedup_expiry(first_seen[1]) <= dedup_expiry(first_volatile[1])
             ):
                 assert first_seen is not None
                 key = first_seen[0]
@@ -480,7 +523,10 @@ class TrackerCore:
         if key is None:
             key = _mem_key(record)
         old = entries.get(key)
-        entries[key] = record
+        if isinstance(record, SeenRecord):  # kept as a DedupEntry, not as its record
+            entries[key] = dedup_entry(record.status, record.expires_at)
+        else:
+            entries[key] = record
         if old is None:
             if isinstance(record, ReceivedRecord) and isinstance(key, tuple):
                 self._index_received(record.message_id, key)
@@ -647,7 +693,9 @@ def _mem_key(record: AnyRecord) -> MemKey:
     return record.key
 
 
-def _deadline_of(record: AnyRecord) -> float:
+def _deadline_of(record: AnyRecord | DedupEntry) -> float:
+    if isinstance(record, (tuple, float, int)):  # a dedup entry
+        return dedup_expiry(record)
     if isinstance(record, OwedRecord):
         return min(record.next_attempt_at, record.expires_at)
     if isinstance(record, SentRecord):

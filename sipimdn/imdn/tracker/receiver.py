@@ -62,7 +62,17 @@ from ..vocabulary import (
     notification_kind,
     was_requested,
 )
-from ._base import _RECEIVED, _SEEN, _VOLATILE, shared_kinds, token
+from ._base import (
+    _RECEIVED,
+    _SEEN,
+    _VOLATILE,
+    DedupEntry,
+    dedup_entry,
+    dedup_expiry,
+    dedup_status,
+    shared_kinds,
+    token,
+)
 from .dispatch import DispatchSide
 from .events import (
     DeclineReason,
@@ -207,9 +217,9 @@ class ReceiverSide(DispatchSide):
 
     def _duplicate(self, key: tuple[str, str]) -> Reception | None:
         """The reception of a copy of a message already received, or None for a new one."""
-        seen = self._seen.get(key) or self._volatile.get(key)
+        seen = self._dedup_entry(key)
         if seen is not None:
-            return Reception(duplicate=True, previous_status=seen.status, requested=())
+            return Reception(duplicate=True, previous_status=dedup_status(seen), requested=())
         known = self._received.get(key)
         if known is not None:
             # Its dedup entry was evicted (dedup_max) but the message still awaits notifications:
@@ -217,11 +227,17 @@ class ReceiverSide(DispatchSide):
             return Reception(duplicate=True, previous_status=known.answered_status, requested=())
         return None
 
+    def _dedup_entry(self, key: tuple[str, str]) -> DedupEntry | None:
+        """The dedup entry of ``key``, stored or in memory only, or None."""
+        # Not ``a or b``: an entry may be a bare expiry time (see DedupEntry), 0.0 on some clock.
+        seen = self._seen.get(key)
+        return self._volatile.get(key) if seen is None else seen
+
     def _remember_unrequested(self, key: tuple[str, str], now: float) -> None:
         """A new message owed nothing: its dedup entry lives in memory only (see the module
         docstring). New (no dedup entry yet), it needs only its table slot and its timer."""
         expiry = now + self.config.dedup_ttl
-        self._volatile[key] = SeenRecord(key[0], key[1], None, expiry)
+        self._volatile[key] = (None, expiry)  # a DedupEntry, not answered yet
         self._push(expiry, _VOLATILE, key)
 
     def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site
@@ -254,10 +270,10 @@ class ReceiverSide(DispatchSide):
         # The key is made once here and shared by the dedup entry, the received record's table
         # slot, the Message-ID index and their timer (memory per tracked message). Both records
         # are new (record_received found neither): what TrackerCore._put would do for them,
-        # without its general checks.
-        seen = SeenRecord(sender_key, message_id, None, dedup_expiry)
-        self._seen[key] = seen
-        self._writes.append(Put(seen))
+        # without its general checks. In memory the dedup entry is a DedupEntry (nothing the
+        # collector tracks); the record is built for the store write only.
+        self._seen[key] = (None, dedup_expiry)
+        self._writes.append(Put(SeenRecord(sender_key, message_id, None, dedup_expiry)))
         self._push(dedup_expiry, _SEEN, key)
         requested_kinds = shared_kinds(kinds)
         # With the default TTLs both entries expire together: one float object, and one timer
@@ -402,15 +418,17 @@ class ReceiverSide(DispatchSide):
             raise LocalProtocolError(f"{status_code} is not a final status")
         key = (self._sender_key(sender), message_id)
         seen = self._seen.get(key)
-        if seen is not None and seen.status is None:
-            self._put(evolve(seen, status=status_code), key=key)
+        if seen is not None and dedup_status(seen) is None:
+            # Same deadline, so the same timer entry: what TrackerCore._put would do is the new
+            # value in its slot and the store write of the record.
+            expires_at = dedup_expiry(seen)
+            self._seen[key] = dedup_entry(status_code, expires_at)
+            self._writes.append(Put(SeenRecord(key[0], key[1], status_code, expires_at)))
         else:
             volatile = self._volatile.get(key)
-            if volatile is not None and volatile.status is None:
+            if volatile is not None and dedup_status(volatile) is None:
                 # In memory only, same deadline: the new value in its slot is all there is to do.
-                self._volatile[key] = SeenRecord(
-                    volatile.sender_key, volatile.message_id, status_code, volatile.expires_at
-                )
+                self._volatile[key] = dedup_entry(status_code, dedup_expiry(volatile))
         record = self._received.get(key)
         if record is None or record.answered_status is not None:
             return False
@@ -610,12 +628,13 @@ class ReceiverSide(DispatchSide):
     def _answered_non_2xx(self, message_id: str, sender: str | None) -> bool:
         if sender is not None:
             key = (self._sender_key(sender), message_id)
-            seen = self._seen.get(key) or self._volatile.get(key)
-            return seen is not None and seen.status is not None and seen.status >= 300
+            seen = self._dedup_entry(key)
+            status = None if seen is None else dedup_status(seen)
+            return status is not None and status >= 300
         return any(
-            s.message_id == message_id and s.status is not None and s.status >= 300
+            key[1] == message_id and (status := dedup_status(entry)) is not None and status >= 300
             for table in (self._seen, self._volatile)
-            for s in table.values()
+            for key, entry in table.items()
         )
 
     def _common_text(self, text: str | None) -> str | None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from ._base import dedup_expiry
 from .receiver import ReceiverSide
 from .records import ReceivedRecord, SentRecord
 
@@ -144,7 +145,7 @@ class WorkingSetSide(ReceiverSide):
             del received[key]
             self._unindex_received(record.message_id, key)
             seen = self._seen.get(key)
-            if seen is None or seen.expires_at != record.expires_at:
+            if seen is None or dedup_expiry(seen) != record.expires_at:
                 self._unswept += 1  # its timer entry is stale now (else the dedup entry's, too)
             excess -= 1
             evicted += 1
