@@ -20,12 +20,13 @@ from sipimdn.dialog.events import (
 )
 from sipimdn.dialog.factory import build_request, stamp_via
 from sipimdn.dialog.layer import TransactionLayer
-from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.dialog.transaction import ServerTransaction, TimerConfig
 from sipimdn.message import Request, Response, make_response
 from sipimdn.parser import parse_message
 from sipimdn.transport.flow import Address, Flow, Transport
 
-__all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_of_wire_size", "message_request"]
+__all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_of_wire_size", "message_request",
+           "server_transactions"]
 
 
 @dataclass
@@ -94,6 +95,18 @@ def message_of_wire_size(to_host: str, to_port: int, size: int, sent_by: Address
 
 
 Responder = Callable[[RequestReceived], Response | None]
+
+
+_ServerTx = ServerTransaction[Request, Response]
+
+
+def server_transactions(layer: TransactionLayer) -> list[tuple[TransactionKey, _ServerTx]]:
+    """Every live server transaction of ``layer`` with its key: those awaiting an answer as the
+    layer holds them, the completed (parked) ones rebuilt from their records, as any input to
+    them is."""
+    found: list[tuple[TransactionKey, _ServerTx]] = list(layer._servers.items())
+    found += [(TransactionKey(*record[:4]), layer._revive(record)) for record in layer._parked.values()]
+    return found
 
 
 def answer_200(event: RequestReceived) -> Response:

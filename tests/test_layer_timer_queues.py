@@ -8,13 +8,14 @@ deadline and produces the same messages and events at every step as the referenc
 
 from __future__ import annotations
 
+from helpers_sip import server_transactions
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sipimdn.dialog.events import RequestReceived, TransactionKey
 from sipimdn.dialog.factory import build_request, stamp_via
 from sipimdn.dialog.layer import TransactionLayer
-from sipimdn.dialog.transaction import TimerConfig
+from sipimdn.dialog.transaction import ClientTransaction, ServerTransaction, TimerConfig
 from sipimdn.message import Request, make_response
 from sipimdn.parser import parse_message
 from sipimdn.transport.flow import Flow, Transport
@@ -24,13 +25,15 @@ STREAM = Flow(Transport.TCP, ("192.0.2.8", 5071), ("127.0.0.1", 5060))
 
 
 class ScanLayer(TransactionLayer):
-    """The reference: the next deadline is the minimum over every live transaction's own."""
+    """The reference: the next deadline is the minimum over every live transaction's own (a
+    completed server transaction rebuilt from the record it is parked as)."""
 
     def _deadlines(self) -> list[tuple[float, TransactionKey]]:
         found = []
-        transactions = [(key, tx) for key, (tx, _) in self._clients.items()]
-        transactions += list(self._servers.items())
+        transactions: list[tuple[TransactionKey, object]] = [(k, tx) for k, (tx, _) in self._clients.items()]
+        transactions += server_transactions(self)
         for key, tx in transactions:
+            assert isinstance(tx, ClientTransaction | ServerTransaction)
             at = tx.get_timer()
             if at is not None:
                 found.append((at, key))
@@ -51,9 +54,15 @@ class ScanLayer(TransactionLayer):
                 client[0].handle_timer(now)
                 self._collect_client(key, client[0], client[1])
                 continue
-            server = self._servers[key]
-            server.handle_timer(now)
-            self._collect_server(key, server, server.flow)
+            server = self._servers.get(key)
+            if server is not None:
+                server.handle_timer(now)
+                self._collect_server(key, server, server.flow)
+                continue
+            record = self._parked[key]
+            revived = self._revive(record)
+            revived.handle_timer(now)
+            self._drive_parked(key, record, revived)
 
 
 def raw_request(branch: int, host: str = "192.0.2.7") -> bytes:

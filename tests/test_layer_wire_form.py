@@ -8,6 +8,8 @@ spelling (folded and compact headers, several Vias) and the response's extra hea
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +17,7 @@ from sipimdn.dialog import layer as layer_module
 from sipimdn.dialog import transaction as transaction_module
 from sipimdn.dialog.events import RequestReceived, ResponseReceived, TransactionKey
 from sipimdn.dialog.layer import Outgoing, TransactionLayer
-from sipimdn.dialog.transaction import Deliver, Send, TxState
+from sipimdn.dialog.transaction import Deliver, Send, TimerConfig, TxState
 from sipimdn.errors import SipParseError
 from sipimdn.message import DeferredHeaders, Request, Response, make_response
 from sipimdn.parser import parse_message
@@ -92,7 +94,7 @@ def test_retransmissions_get_the_bytes_of_the_first_send(
         assert again.message.to == response.to
 
 
-def test_a_completed_transaction_keeps_no_request_and_no_rows() -> None:
+def test_a_completed_transaction_is_kept_as_untracked_atoms() -> None:
     data = request_bytes("Via: SIP/2.0/UDP 192.0.2.7:40000;branch=z9hG4bKk;rport\r\n",
                          "From: <sip:a@example.com>;tag=f1\r\n", "To: <sip:bob@example.com>\r\n", "")
     layer = TransactionLayer()
@@ -101,12 +103,23 @@ def test_a_completed_transaction_keeps_no_request_and_no_rows() -> None:
     assert isinstance(event, RequestReceived)
     layer.respond(event.key, make_response(event.request, 200, to_tag="t"), 0.0)
     [sent] = layer.messages_to_send()
-    tx = layer._servers[event.key]
-    assert tx.state is TxState.COMPLETED and tx.request is None
-    kept = tx.last_response
-    assert kept is not None
-    # The header section as written, as one bytes object: no rows until someone reads them.
-    assert isinstance(kept.headers, DeferredHeaders)
+    # Parked: no transaction object, no request, no response; a record of atoms holding the bytes sent.
+    assert not layer._servers and layer.transaction_count == 1
+    [record] = layer._parked.values()
+    assert type(record) is tuple and sent.data in record
+    atoms = (bool, str, bytes, int, float, type(None))
+    assert all(type(value) in atoms for value in record)
+    [key] = layer._parked
+    assert type(key) is tuple and key == event.key
+    gc.collect()  # CPython stops tracking an exact tuple of atoms at the first collection that sees it
+    assert not gc.is_tracked(record) and not gc.is_tracked(key)
+    # Rebuilt for an input, it is the transaction ``respond`` left: Completed, its response as
+    # written (the header section as one bytes object, rows built on first use) and no request.
+    revived = layer._revive(record)
+    assert revived.state is TxState.COMPLETED and revived.request is None
+    assert revived.timeout_at == TimerConfig().timer_j(False)
+    kept = revived.last_response
+    assert kept is not None and isinstance(kept.headers, DeferredHeaders)
     assert kept.to_bytes() == sent.data == sent.message.to_bytes()
 
 

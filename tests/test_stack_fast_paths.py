@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from helpers_sip import server_transactions
 from test_layer import UDP_FROM, raw_request
 from test_stack import Recorder, message_to, port_of, running, specs
 
@@ -62,7 +63,7 @@ def test_at_the_cap_the_oldest_completed_transaction_makes_room() -> None:
 def test_completed_queue_survives_transactions_ending_out_of_order() -> None:
     layer = _answered_layer(cap=100, count=5)
     # A transport error ends the middle one early; Timer J then ends the rest in order.
-    key = next(k for k in layer._servers if k.branch == "z9hG4bKold2")
+    key = next(k for k, _ in server_transactions(layer) if k.branch == "z9hG4bKold2")
     layer.transport_error(key, 10, "ICMP port unreachable")
     assert layer.transaction_count == 4
     layer.handle_timer(10 + TimerConfig().timer_j(False))

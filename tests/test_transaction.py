@@ -488,3 +488,49 @@ def test_any_input_sequence_follows_the_table_or_is_refused(kinds: list[TxInput]
         assert tx.state is expected
         if tx.state is TxState.TERMINATED:
             assert tx.get_timer() is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=server_steps, after=server_steps)
+def test_a_completed_server_transaction_rebuilt_from_its_response_and_deadline_behaves_alike(
+    before: list[tuple[str, float]], after: list[tuple[str, float]],
+) -> None:
+    """``ServerTransaction.completed`` (what a layer keeping completed transactions in a compact
+    form rebuilds them with) gives a transaction that takes every later input as the original does."""
+
+    def apply(tx: ServerTransaction[str, Resp], op: str, now: float, n: int) -> object:
+        try:
+            if op == "request":
+                tx.receive_request(now)
+            elif op == "final":
+                tx.respond(Resp(300 + n), now)
+            elif op == "bad":
+                tx.respond(Resp(100 + n % 2 * 308), now)  # 100 or 408: refused
+            elif op == "transport":
+                tx.transport_error(now)
+            else:
+                tx.handle_timer(now)
+        except LocalProtocolError as exc:
+            return str(exc)
+        return tx.pop_actions(), tx.state, tx.get_timer(), tx.last_response, tx.request
+
+    original = server()
+    now = 0.0
+    for n, (op, dt) in enumerate(before):  # any way into Completed: a 100 first or not, retransmissions
+        if original.state is TxState.COMPLETED:
+            break
+        now += dt
+        apply(original, op, now, n)
+    if original.state is TxState.TERMINATED:  # ended before any answer: start another
+        original = server(now=now)
+    if original.state is not TxState.COMPLETED:
+        original.respond(Resp(200), now)
+    original.pop_actions()
+    assert original.state is TxState.COMPLETED and original.timeout_at is not None
+    assert original.last_response is not None
+    rebuilt = ServerTransaction[str, Resp].completed(
+        original.last_response, timeout_at=original.timeout_at, reliable=original.reliable, config=CFG)
+    for n, (op, dt) in enumerate(after):
+        now += dt * 4  # (reaching Timer J now and then)
+        assert apply(rebuilt, op, now, n) == apply(original, op, now, n)
+    assert rebuilt.state is original.state and rebuilt.get_timer() == original.get_timer()

@@ -23,6 +23,7 @@ sent-by port, else sent-by.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import heapq
@@ -48,6 +49,7 @@ from .events import (
 )
 from .factory import MAGIC_COOKIE
 from .transaction import (
+    Action,
     ClientTransaction,
     Deliver,
     Fail,
@@ -75,18 +77,32 @@ class _Client(ClientTransaction[Request, Response]):
 
 #: A deadline: (when, insertion order, transaction).
 _Entry = tuple[float, int, TransactionKey]
+#: A server transaction key as an exact tuple (a TransactionKey equals and hashes as its fields do).
+_Key = tuple[bool, str, str, str]
+#: A completed UDP server transaction as the layer keeps it until Timer J (see ``_park``): its key's
+#: four fields (flat: a tuple inside would be untracked only by a later collection than the record,
+#: when the collector happens to see it after the record), the final response as sent, the length
+#: of its header section, status, reason, the Timer J deadline, the insertion order, then its route:
+#: transport, remote host and port, local host and port, TLS name.
+_Parked = tuple[bool, str, str, str, bytes, int, int, str, float, int, str, str, int, str | None, int | None,
+                str | None]
 
 
 class _Server(ServerTransaction[Request, Response]):
     """A server transaction as the layer keeps it: with its key, the flow its responses take and
     the insertion order of its entry in a deadline queue (the transaction itself is the entry:
-    one object per transaction for the collector to walk, no pair, no entry tuple)."""
+    one object per transaction for the collector to walk, no pair, no entry tuple). Once it has
+    sent its final response over UDP the layer keeps a record of atoms instead (``_parked``)."""
 
     __slots__ = ("flow", "key", "seq")
 
     flow: Flow
     key: TransactionKey
     seq: int
+
+
+#: A deadline queue: new server transactions (first deadline) or parked ones (Timer J).
+_Queue = deque[_Server] | deque[_Parked]
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,12 +292,26 @@ class TransactionLayer:
         self._scheduled: dict[TransactionKey, float] = {}
         self._seq = itertools.count()
         self._trying: deque[_Server] = deque()
-        # Completed UDP server transactions, oldest first: Timer J (expiry) order. At the cap the
-        # oldest is forgotten early to admit a new request: see ``max_server_transactions``.
-        # Transactions already gone are skipped lazily.
-        self._completed: deque[_Server] = deque()
-        # The deadline each queue was last appended with (a queue only takes a later one).
-        self._trying_last = self._completed_last = float("-inf")
+        # Completed UDP server transactions, parked until Timer J (64*T1 = 32 s) as records of
+        # atoms: ``_parked`` by key, and ``_completed`` in Timer J order (also the order of
+        # eviction at the cap: see ``max_server_transactions``), a queue entry counting while it
+        # is the record ``_parked`` holds for its key (others are skipped lazily).
+        #
+        # Why records and not the transaction objects: at thousands of requests a second tens of
+        # thousands of completed transactions wait for Timer J, and every object the collector
+        # tracks (a transaction, its TransactionKey, a tuple subclass, its response and headers)
+        # is walked by each collection of its generation: by every full one, whose pause grows
+        # with them, and by young ones while they age. CPython stops tracking an exact tuple that
+        # holds only untracked values (str, bytes, int, float, bool, None) at the first
+        # collection that sees it (gcmodule.c, untrack_tuples), so a record and its key cost the
+        # collector nothing after that. The transaction machine stays the one that decides: each
+        # input to a parked transaction rebuilds it (``ServerTransaction.completed``) and feeds
+        # it there (``_drive_parked``); in Completed a transaction holds nothing but its final
+        # response and its Timer J deadline, which the record keeps as the bytes sent and a float.
+        self._parked: dict[_Key, _Parked] = {}
+        self._completed: deque[_Parked] = deque()
+        # The deadline the first-deadline queue was last appended with (it only takes a later one).
+        self._trying_last = float("-inf")
         #: Completed server transactions forgotten before Timer J because of the cap.
         self.evicted = 0
         #: Requests sent again by Timer E/A (RFC 3261 §17.1.2.2), over the layer's life.
@@ -317,21 +347,18 @@ class TransactionLayer:
         """
         tx = self._servers.get(key)
         if tx is None:
-            return False
-        before = tx.state
+            record = self._parked.get(key)
+            if record is None:
+                return False
+            tx = self._revive(record)
+            tx.respond(response, now)  # Completed: discarded (§17.2.2), or LocalProtocolError
+            self._drive_parked(key, record, tx)
+            return True
         tx.respond(response, now)
-        wire = None
-        if tx.state is TxState.COMPLETED and before is not TxState.COMPLETED:
-            at = tx.timeout_at
-            assert at is not None  # Timer J
-            tx.seq = next(self._seq)
-            self._completed.append(tx)  # (always: the eviction order)
-            if self._completed_last <= at:
-                self._completed_last = at
-                self._scheduled[key] = at  # (so _collect_server's _schedule puts nothing in the heap)
-            if tx.last_response is response:
-                wire = _keep_wire_form(tx, response)
-        self._collect_server(key, tx, tx.flow, wire=wire)
+        if tx.state is TxState.COMPLETED:  # just now: a UDP transaction, absorbing until Timer J
+            self._park(key, tx, response)
+            return True
+        self._collect_server(key, tx, tx.flow)
         return True
 
     # -- from the transports -----------------------------------------------------------------------
@@ -384,6 +411,12 @@ class TransactionLayer:
         if server is not None and server.state is not TxState.TRYING:
             server.transport_error(now)
             self._collect_server(key, server, server.flow, reason)
+            return
+        record = self._parked.get(key)
+        if record is not None:
+            tx = self._revive(record)
+            tx.transport_error(now)
+            self._drive_parked(key, record, tx, reason)
 
     def flow_failed(self, flow: Flow, now: float, reason: str) -> None:
         """Nothing more will get through ``flow`` (ICMP error, connect refused, connection lost):
@@ -399,6 +432,9 @@ class TransactionLayer:
         for key, server in list(self._servers.items()):
             if _same_path(server.flow, flow) and server.state in (TxState.PROCEEDING, TxState.COMPLETED):
                 self.transport_error(key, now, reason)
+        transport, remote = flow.transport.value, flow.remote
+        for record in [r for r in self._parked.values() if r[10] == transport and (r[11], r[12]) == remote]:
+            self.transport_error(_new_tuple(TransactionKey, record[:4]), now, reason)
 
     # -- time and output -------------------------------------------------------------------------
 
@@ -411,11 +447,18 @@ class TransactionLayer:
         """Fire every transaction timer due at ``now``."""
         while (entry := self._earliest()) is not None and entry[0] <= now:
             source = entry[3]
+            if source is self._completed:  # Timer J of a parked transaction
+                record = self._completed.popleft()
+                revived = self._revive(record)
+                revived.handle_timer(now)
+                self._drive_parked(record[:4], record, revived)
+                continue
             if source is None:
                 heapq.heappop(self._heap)
             else:
-                source.popleft()
+                self._trying.popleft()
             key = entry[2]
+            assert key is not None
             del self._scheduled[key]
             client = self._clients.get(key)
             if client is not None:
@@ -445,7 +488,7 @@ class TransactionLayer:
     @property
     def transaction_count(self) -> int:
         """Live client plus server transactions."""
-        return len(self._clients) + len(self._servers)
+        return len(self._clients) + len(self._servers) + len(self._parked)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -462,8 +505,15 @@ class TransactionLayer:
             known.receive_request(now)
             self._collect_server(key, known, known.flow)
             return
+        parked = self._parked.get(key)
+        if parked is not None:  # a retransmission within Timer J: the final response again
+            revived = self._revive(parked)
+            revived.receive_request(now)
+            self._drive_parked(key, parked, revived)
+            return
         route = response_flow(flow, stamped)
-        if len(self._servers) >= self.max_server_transactions and not self._evict_completed():
+        if (len(self._servers) + len(self._parked) >= self.max_server_transactions
+                and not self._evict_completed()):
             busy = make_response(request, 503, "Too Many Transactions")
             busy.headers.add("Retry-After", "5")
             self._outgoing.append(Outgoing(busy, route, None))
@@ -522,40 +572,90 @@ class TransactionLayer:
             del self._clients[key]
         self._schedule(key, tx.get_timer())
 
-    def _collect_server(self, key: TransactionKey, tx: _Server, flow: Flow, reason: str = "",
-                        wire: tuple[Response, bytes] | None = None) -> None:
+    def _collect_server(self, key: TransactionKey, tx: _Server, flow: Flow, reason: str = "") -> None:
         actions = tx.pop_actions()
         if actions:
-            for action in actions:
-                if type(action) is Send:
-                    message = action.message
-                    assert isinstance(message, Response)
-                    data = wire[1] if wire is not None and message is wire[0] else None
-                    self._outgoing.append(_outgoing(message, flow, key, data))
-                elif isinstance(action, Fail):
-                    self.transport_failures += 1
-                    self._events.append(TransportFailed(key, reason or "transport error"))
+            self._carry_out(key, actions, flow, reason, None)
         if tx.state is TxState.TERMINATED:
             del self._servers[key]
             self._scheduled.pop(key, None)
-            # Usually Timer J of the oldest completed one; a transaction that ended otherwise (a
-            # transport error) leaves its entry behind, dropped here once it reaches the front.
-            completed = self._completed
-            while completed and not self._counts_completed(completed[0]):
-                completed.popleft()
             return
         self._schedule(key, tx.get_timer())
+
+    def _carry_out(self, key: TransactionKey, actions: list[Action[Request | Response]], flow: Flow,
+                   reason: str, wire: tuple[Response | None, bytes] | None) -> None:
+        """Queue what a server transaction's actions send and report; ``wire`` is a response with
+        its bytes, sent as those bytes."""
+        for action in actions:
+            if type(action) is Send:
+                message = action.message
+                assert isinstance(message, Response)
+                data = wire[1] if wire is not None and message is wire[0] else None
+                self._outgoing.append(_outgoing(message, flow, key, data))
+            elif isinstance(action, Fail):
+                self.transport_failures += 1
+                self._events.append(TransportFailed(key, reason or "transport error"))
+
+    def _park(self, key: TransactionKey, tx: _Server, response: Response) -> None:
+        """``tx`` has just sent its final response over UDP and now only absorbs retransmissions
+        until Timer J: send that response and keep the transaction as a record of atoms (see
+        ``_parked``), the response as its bytes (the same bytes for every retransmission)."""
+        at = tx.timeout_at
+        assert at is not None and not tx.reliable and tx.last_response is response  # Timer J
+        data = response.to_bytes()
+        flow = tx.flow
+        remote, local = flow.remote, flow.local
+        exact: _Key = (key[0], key[1], key[2], key[3])
+        # Every field an exact str, bytes, int, float, bool or None: the record is not tracked.
+        record: _Parked = (
+            key[0], key[1], key[2], key[3],
+            data, len(data) - len(response.body) - 4,  # to_bytes wrote head, CRLF CRLF, body
+            int(response.status_code), str(response.reason), at, next(self._seq),
+            flow.transport.value, remote[0], remote[1],
+            None if local is None else local[0], None if local is None else local[1], flow.server_name,
+        )
+        del self._servers[key]
+        self._scheduled.pop(key, None)  # (its first-deadline or heap entry is stale from now on)
+        self._parked[exact] = record
+        completed = self._completed
+        if completed and completed[-1][8] > at:  # an earlier Timer J (a clock that went back, in tests)
+            completed.insert(bisect.bisect_right(completed, at, key=_timer_j), record)
+        else:
+            completed.append(record)
+        self._carry_out(key, tx.pop_actions(), flow, "", (response, data))
+
+    def _revive(self, record: _Parked) -> _Server:
+        """The parked transaction of ``record``, rebuilt in Completed to take one input."""
+        data, head = record[4], record[5]
+        response = Response._parsed(record[6], record[7], written_headers(data[:head]), data[head + 4:])
+        return _Server.completed(response, timeout_at=record[8], reliable=False, config=self.config)
+
+    def _drive_parked(self, key: _Key, record: _Parked, tx: _Server, reason: str = "") -> None:
+        """Carry out what the revived ``tx`` of ``record`` did with its input; forget the record
+        if that ended the transaction. (An input that leaves it in Completed changes neither its
+        final response nor its Timer J deadline, so the record stands as it is.)"""
+        actions = tx.pop_actions()
+        if actions:
+            # The route and the key as the transaction had them, rebuilt only to send or report.
+            typed = key if type(key) is TransactionKey else _new_tuple(TransactionKey, key)
+            local_host, local_port = record[13], record[14]
+            local = None if local_host is None or local_port is None else (local_host, local_port)
+            flow = Flow(Transport(record[10]), (record[11], record[12]), local, record[15])
+            self._carry_out(typed, actions, flow, reason, (tx.last_response, record[4]))
+        if tx.state is TxState.TERMINATED:
+            del self._parked[key]  # (its queue entry, if still queued, no longer counts)
+        else:
+            assert tx.state is TxState.COMPLETED and tx.timeout_at == record[8]
 
     def _evict_completed(self) -> bool:
         """Forget the oldest completed server transaction; False if there is none."""
         completed = self._completed
+        parked = self._parked
         while completed:
-            tx = completed.popleft()
-            if self._counts_completed(tx):
-                key = tx.key
-                tx.seq = -1  # evicted: its queue entry no longer counts
-                del self._servers[key]
-                self._scheduled.pop(key, None)
+            record = completed.popleft()
+            key = record[:4]
+            if parked.get(key) is record:
+                del parked[key]
                 self.evicted += 1
                 return True
         return False
@@ -567,28 +667,26 @@ class TransactionLayer:
             self._scheduled[key] = at
             heapq.heappush(self._heap, (at, next(self._seq), key))
 
-    @staticmethod
-    def _counts_completed(tx: _Server) -> bool:
-        """True while ``tx``'s entry in the Timer J queue is live: a completed transaction leaves
-        the table only by Timer J or a transport error (both end it) or by eviction (which
-        marks it), and its deadline never moves. (Likewise a transaction in the first-deadline
-        queue counts while it is in Trying: it leaves that state and the table only together.)"""
-        return tx.state is _COMPLETED and tx.seq >= 0
-
-    def _earliest(self) -> tuple[float, int, TransactionKey, deque[_Server] | None] | None:
+    def _earliest(self) -> tuple[float, int, TransactionKey | None, _Queue | None] | None:
         """The first live deadline of the heap and the two queues, as (at, sequence, key, the
-        queue holding it or None for the heap); stale fronts are dropped on the way."""
-        # (Called after every input: _counts_completed and its Trying counterpart inlined.)
+        queue holding it or None for the heap); stale fronts are dropped on the way. (The key is
+        None for a parked transaction's Timer J: the record is the queue's front.)
+
+        An entry of the first-deadline queue counts while its transaction is in Trying (it
+        leaves that state and the table together); one of the Timer J queue while it is the
+        record ``_parked`` holds for its key (a record leaves by Timer J, a transport error or
+        eviction, and its deadline never moves)."""
         scheduled = self._scheduled
         heap = self._heap
         best_at = _INF
         best_seq = 0
+        found = False
         best_key: TransactionKey | None = None
-        best_source: deque[_Server] | None = None
+        best_source: _Queue | None = None
         while heap:
             at, seq, key = heap[0]
             if scheduled.get(key) == at:
-                best_at, best_seq, best_key = at, seq, key
+                best_at, best_seq, best_key, found = at, seq, key, True
                 break
             heapq.heappop(heap)  # stale: the transaction moved its deadline or ended
         trying = self._trying
@@ -596,43 +694,31 @@ class TransactionLayer:
             tx = trying[0]
             due = tx.retransmit_at
             if tx.state is _TRYING and due is not None:
-                if best_key is None or due < best_at or (due == best_at and tx.seq < best_seq):
-                    best_at, best_seq, best_key, best_source = due, tx.seq, tx.key, trying
+                if not found or due < best_at or (due == best_at and tx.seq < best_seq):
+                    best_at, best_seq, best_key, best_source, found = due, tx.seq, tx.key, trying, True
                 break
             trying.popleft()
         completed = self._completed
+        parked = self._parked
         while completed:
-            tx = completed[0]
-            due = tx.timeout_at
-            if tx.state is _COMPLETED and tx.seq >= 0 and due is not None:
-                if best_key is None or due < best_at or (due == best_at and tx.seq < best_seq):
-                    best_at, best_seq, best_key, best_source = due, tx.seq, tx.key, completed
+            record = completed[0]
+            if parked.get(record[:4]) is record:
+                due, seq = record[8], record[9]
+                if not found or due < best_at or (due == best_at and seq < best_seq):
+                    best_at, best_seq, best_key, best_source, found = due, seq, None, completed, True
                 break
             completed.popleft()
-        if best_key is None:
+        if not found:
             return None
         return best_at, best_seq, best_key, best_source
 
 
 _INF = float("inf")
 _TRYING = TxState.TRYING
-_COMPLETED = TxState.COMPLETED
 
 
-def _keep_wire_form(tx: _Server, response: Response) -> tuple[Response, bytes]:
-    """Encode the final response of a transaction that now absorbs retransmissions (Timer J,
-    32 s on UDP) and keep it as its bytes; return (response, bytes) for the first send.
-
-    What is kept is an equal response whose headers are the written header section, rows built
-    again only if a retransmission asks for them: one bytes object instead of the response's
-    row tuples and strings (which also held on to the request's), so a completed transaction
-    costs the collector and the memory a third less. The bytes on the wire are the same.
-    """
-    data = response.to_bytes()
-    body = response.body
-    head = data[: len(data) - len(body) - 4]  # to_bytes wrote head, CRLF CRLF, body
-    tx.last_response = Response._parsed(response.status_code, response.reason, written_headers(head), body)
-    return response, data
+def _timer_j(record: _Parked) -> float:
+    return record[8]
 
 
 def stamp_via_copy(via: Via, flow: Flow) -> Via:

@@ -39,7 +39,7 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeAlias, TypeVar
 
 from ..errors import LocalProtocolError
 
@@ -383,6 +383,32 @@ class ServerTransaction(Generic[ReqT, RespT]):
         self._make_trying: Callable[[], RespT] | None = make_trying
         self._pending: RespT | None = None
         self._actions: list[Action[ReqT | RespT]] = _NO_ACTIONS
+
+    @classmethod
+    def completed(cls, last_response: RespT, *, timeout_at: float, reliable: bool,
+                  config: TimerConfig) -> Self:
+        """The transaction in Completed exactly as ``respond`` left it: ``last_response`` sent,
+        Timer J due at ``timeout_at``.
+
+        On entry to Completed a transaction lets go of everything but its final response and its
+        Timer J deadline (see ``request``), so those two values describe it whole. A layer that
+        holds thousands of completed transactions for Timer J (32 s on UDP) may therefore keep
+        only them, in a form the garbage collector does not walk, and rebuild the transaction
+        with this for each input that reaches one (a retransmitted request, a late answer, a
+        transport error, Timer J): the rules stay here, in ``SERVER_TRANSITIONS``.
+        """
+        tx = cls.__new__(cls)
+        tx.request = None
+        tx.reliable = reliable
+        tx.config = config
+        tx.state = TxState.COMPLETED
+        tx.last_response = last_response
+        tx.retransmit_at = None
+        tx.timeout_at = timeout_at
+        tx._make_trying = None
+        tx._pending = None
+        tx._actions = _NO_ACTIONS
+        return tx
 
     # -- inputs -------------------------------------------------------------------------------
 

@@ -1,0 +1,257 @@
+"""Completed UDP server transactions parked as records of atoms until Timer J (RFC 3261 §17.2.2).
+
+The layer keeps a transaction that has sent its final response over UDP not as the transaction
+object but as an exact tuple of str, bytes, int, float and None, which CPython's collector stops
+tracking, and rebuilds the transaction (``ServerTransaction.completed``) for each input.
+
+Differential: over random runs of requests, retransmissions, answers (first and late), transport
+errors, failed flows and clock steps, with a small cap on server transactions, the layer sends the
+same bytes along the same flows and reports the same events as a reference that keeps every
+completed transaction as its object (Timer J in the heap, like any other deadline). Then: the
+collector tracks next to nothing per completed transaction; retransmissions within Timer J get the
+same bytes, after it a new transaction; the cap displaces the oldest parked transaction.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from sipimdn.dialog.events import RequestReceived, TransactionKey, TransportFailed
+from sipimdn.dialog.layer import TransactionLayer, _Server
+from sipimdn.dialog.transaction import TimerConfig, TxState
+from sipimdn.errors import LocalProtocolError
+from sipimdn.message import Response, make_response
+from sipimdn.parser import parse_message
+from sipimdn.transport.flow import Flow, Transport
+
+PEER = Flow(Transport.UDP, ("192.0.2.7", 5070), ("127.0.0.1", 5060))
+OTHER = Flow(Transport.UDP, ("192.0.2.9", 5080), ("127.0.0.1", 5060))
+STREAM = Flow(Transport.TCP, ("192.0.2.8", 5071), ("127.0.0.1", 5060))
+TIMER_J = TimerConfig().timer_j(False)
+
+
+class ObjectLayer(TransactionLayer):
+    """The reference: a completed transaction stays its object in the server table until Timer J
+    (scheduled in the heap); at the cap the one whose Timer J comes first is displaced."""
+
+    def _park(self, key: TransactionKey, tx: _Server, response: Response) -> None:
+        self._carry_out(key, tx.pop_actions(), tx.flow, "", None)
+        tx.seq = next(self._seq)  # completion order
+        self._schedule(key, tx.get_timer())
+
+    def respond(self, key: TransactionKey, response: Response, now: float) -> bool:
+        tx = self._servers.get(key)
+        if tx is not None and tx.state is TxState.COMPLETED:  # a late answer: discarded
+            tx.respond(response, now)
+            self._collect_server(key, tx, tx.flow)
+            return True
+        return super().respond(key, response, now)
+
+    def _evict_completed(self) -> bool:
+        done = [(tx.timeout_at or 0.0, tx.seq, key) for key, tx in self._servers.items()
+                if tx.state is TxState.COMPLETED]
+        if not done:
+            return False
+        key = min(done)[2]
+        del self._servers[key]
+        self._scheduled.pop(key, None)
+        self.evicted += 1
+        return True
+
+
+def raw_request(n: int, host: str = "192.0.2.7", body: str = "") -> bytes:
+    return (f"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:5070;branch=z9hG4bK{n};rport\r\n"
+            f"From: <sip:a@example.com>;tag=f{n}\r\nTo: <sip:bob@example.com>\r\nCall-ID: c{n}\r\n"
+            f"CSeq: 1 MESSAGE\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def answer(event: RequestReceived, status: int) -> Response:
+    response = make_response(event.request, status, to_tag=f"x{status}")
+    response.headers.add("X-Answer", f"{event.key.branch} é")  # a non-ASCII value survives the bytes
+    response.body = b"\r\n\r\nbody"
+    return response
+
+
+def step(layer: TransactionLayer, seen: dict[str, RequestReceived], operation: tuple[str, float, int],
+         now: float) -> tuple[object, ...]:
+    """Apply one operation; what it produced, as comparable values (the bytes as sent)."""
+    kind, number, extra = operation
+    n = int(number)
+    if kind == "tick":
+        layer.handle_timer(now)
+    elif kind == "request":  # new, or a retransmission of an earlier one
+        flow = (PEER, OTHER, STREAM)[extra]
+        layer.receive(parse_message(raw_request(n, flow.remote[0])), flow, now)
+    elif kind == "answer":  # the first answer, or a late one (discarded) or one to a gone transaction
+        event = seen.get(f"z9hG4bK{n}")
+        if event is not None:
+            try:
+                sent = layer.respond(event.key, answer(event, extra), now)
+            except LocalProtocolError:
+                sent = None
+            return ("answer", sent, *step(layer, seen, ("tick", 0, 0), now))
+    elif kind == "error":
+        event = seen.get(f"z9hG4bK{n}")
+        if event is not None:
+            layer.transport_error(event.key, now, "ICMP port unreachable")
+    elif kind == "flow":
+        layer.flow_failed((PEER, OTHER)[extra], now, "unreachable")
+    outgoing = sorted(
+        (o.data if o.data is not None else o.message.to_bytes(), o.flow.transport.value, o.flow.remote,
+         o.flow.local, o.flow.server_name, o.key)
+        for o in layer.messages_to_send()
+    )
+    events: list[tuple[str, object, str]] = []
+    while (event := layer.next_event()) is not None:
+        if isinstance(event, RequestReceived):
+            seen[event.key.branch] = event
+        assert type(event.key) is TransactionKey
+        events.append((type(event).__name__, event.key, getattr(event, "reason", "")))
+    return layer.get_timer(), outgoing, sorted(events), layer.transaction_count, layer.evicted
+
+
+operation = st.one_of(
+    st.tuples(st.just("request"), st.integers(0, 8), st.sampled_from([0, 0, 1, 2])),
+    st.tuples(st.just("answer"), st.integers(0, 8), st.sampled_from([200, 202, 404, 100, 408])),
+    st.tuples(st.just("error"), st.integers(0, 8), st.just(0)),
+    st.tuples(st.just("flow"), st.just(0), st.sampled_from([0, 1])),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 1.0, 3.5, 10.0, 31.0, 32.0, -2.0]), st.just(0)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(operation, max_size=40), st.sampled_from([2, 4, 50]))
+# A retransmission within Timer J, then one after it (a new transaction).
+@example([("request", 1, 0), ("answer", 1, 200), ("tick", 31.0, 0), ("request", 1, 0), ("tick", 1.0, 0),
+          ("request", 1, 0)], 50)
+# The cap displaces the oldest parked one; its retransmission is a new request.
+@example([("request", 1, 0), ("answer", 1, 200), ("request", 2, 0), ("answer", 2, 404), ("request", 3, 0),
+          ("request", 1, 0), ("request", 2, 0)], 2)
+# A clock gone back: a later answer gets an earlier Timer J.
+@example([("request", 1, 0), ("request", 2, 0), ("tick", 10.0, 0), ("answer", 1, 200), ("tick", -2.0, 0),
+          ("answer", 2, 200), ("request", 3, 0), ("tick", 31.0, 0), ("tick", 1.0, 0)], 2)
+def test_parked_transactions_behave_as_kept_objects(operations: list[tuple[str, float, int]],
+                                                     cap: int) -> None:
+    layer = TransactionLayer(TimerConfig(), max_server_transactions=cap)
+    reference = ObjectLayer(TimerConfig(), max_server_transactions=cap)
+    seen: tuple[dict[str, RequestReceived], dict[str, RequestReceived]] = ({}, {})
+    now = 0.0
+    for operation in operations:
+        if operation[0] == "tick":
+            now += operation[1]
+        got = step(layer, seen[0], operation, now)
+        expected = step(reference, seen[1], operation, now)
+        assert got == expected, (operation, now)
+    now += 200.0
+    assert step(layer, seen[0], ("tick", 0, 0), now) == step(reference, seen[1], ("tick", 0, 0), now)
+    assert layer.transaction_count == 0 and layer.get_timer() is None
+    assert not layer._parked and not layer._completed and not layer._servers
+
+
+def _complete(layer: TransactionLayer, n: int, now: float,
+              status: int = 200) -> tuple[RequestReceived, bytes]:
+    layer.receive(parse_message(raw_request(n)), PEER, now)
+    event = layer.next_event()
+    assert isinstance(event, RequestReceived)
+    assert layer.respond(event.key, answer(event, status), now)
+    [sent] = layer.messages_to_send()
+    assert sent.data is not None and sent.data == sent.message.to_bytes()
+    layer.get_timer()  # as a stack asks after every input (stale queue fronts go)
+    return event, sent.data
+
+
+def test_completed_transactions_cost_the_collector_next_to_nothing() -> None:
+    layer = TransactionLayer()
+    for i in range(200):  # warm the caches the first messages fill
+        _complete(layer, i, 0.0)
+    count = 2000
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(1000, 1000 + count):
+        _complete(layer, i, i / 1000)
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert layer.transaction_count == 200 + count  # all still absorbing retransmissions (Timer J)
+    # Kept as objects it was four tracked objects each (key, transaction, response, headers).
+    assert grown <= count / 10, grown
+    # ... and each one still answers its retransmission.
+    layer.receive(parse_message(raw_request(1000)), PEER, 3.0)
+    assert layer.next_event() is None and len(layer.messages_to_send()) == 1
+
+
+def test_retransmission_within_timer_j_gets_the_same_bytes_after_it_a_new_transaction() -> None:
+    layer = TransactionLayer()
+    event, first = _complete(layer, 7, 1.0, status=404)
+    for at in (1.5, 10.0, 1.0 + TIMER_J - 0.001):
+        layer.receive(parse_message(raw_request(7)), PEER, at)
+        assert layer.next_event() is None  # absorbed: the TU does not see it again
+        [again] = layer.messages_to_send()
+        assert again.data == first and again.message.to_bytes() == first
+        assert isinstance(again.message, Response) and again.message.status_code == 404
+        assert again.key == event.key and type(again.key) is TransactionKey
+        assert again.flow == PEER
+        assert layer.get_timer() == 1.0 + TIMER_J
+    layer.handle_timer(1.0 + TIMER_J)  # Timer J: gone, silently
+    assert layer.transaction_count == 0 and layer.messages_to_send() == [] and layer.next_event() is None
+    layer.receive(parse_message(raw_request(7)), PEER, 1.0 + TIMER_J + 0.1)
+    fresh = layer.next_event()
+    assert isinstance(fresh, RequestReceived) and fresh.key == event.key  # a new transaction
+    assert layer.messages_to_send() == []
+
+
+def test_a_late_answer_is_discarded_and_a_provisional_one_refused() -> None:
+    layer = TransactionLayer()
+    event, _ = _complete(layer, 3, 0.0)
+    assert layer.respond(event.key, answer(event, 486), 1.0)  # §17.2.2: later finals are discarded
+    assert layer.messages_to_send() == [] and layer.transaction_count == 1
+    with pytest.raises(LocalProtocolError):
+        layer.respond(event.key, answer(event, 180), 1.0)
+    layer.receive(parse_message(raw_request(3)), PEER, 2.0)
+    [again] = layer.messages_to_send()
+    assert isinstance(again.message, Response) and again.message.status_code == 200
+
+
+def test_transport_errors_end_parked_transactions_with_an_event() -> None:
+    layer = TransactionLayer()
+    one, _ = _complete(layer, 1, 0.0)
+    _complete(layer, 2, 0.0)
+    layer.receive(parse_message(raw_request(3, "192.0.2.9")), OTHER, 0.0)  # another peer
+    other = layer.next_event()
+    assert isinstance(other, RequestReceived)
+    layer.respond(other.key, answer(other, 200), 0.0)
+    layer.messages_to_send()
+    layer.transport_error(one.key, 1.0, "ICMP port unreachable")
+    failed = layer.next_event()
+    assert isinstance(failed, TransportFailed) and type(failed.key) is TransactionKey
+    assert failed.key == one.key
+    assert failed.reason == "ICMP port unreachable" and layer.transaction_count == 2
+    layer.flow_failed(PEER, 2.0, "unreachable")  # the one left toward PEER, not the other peer's
+    failed = layer.next_event()
+    assert isinstance(failed, TransportFailed) and failed.key.branch == "z9hG4bK2"
+    assert layer.next_event() is None and layer.transaction_count == 1
+    layer.handle_timer(TIMER_J)
+    assert layer.transaction_count == 0 and not layer._completed
+
+
+def test_the_cap_displaces_the_oldest_parked_transaction_first() -> None:
+    cap = 50
+    layer = TransactionLayer(max_server_transactions=cap)
+    for i in range(cap):
+        _complete(layer, i, i / 100)
+    for i in range(cap, cap + 10):  # each new request displaces the oldest completed one
+        layer.receive(parse_message(raw_request(i)), PEER, 1.0)
+        assert isinstance(layer.next_event(), RequestReceived)
+    assert layer.transaction_count == cap and layer.evicted == 10
+    assert len(layer._parked) == cap - 10 and len(layer._servers) == 10
+    layer.receive(parse_message(raw_request(9)), PEER, 2.0)  # evicted: taken for a new request ...
+    assert isinstance(layer.next_event(), RequestReceived) and layer.evicted == 11  # (displacing 10)
+    layer.receive(parse_message(raw_request(11)), PEER, 2.0)  # ... while one still parked is absorbed
+    assert layer.next_event() is None
+    [again] = layer.messages_to_send()
+    assert isinstance(again.message, Response) and again.message.status_code == 200
+    assert layer.transaction_count == cap
