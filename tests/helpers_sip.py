@@ -19,14 +19,14 @@ from sipimdn.dialog.events import (
     TransportFailed,
 )
 from sipimdn.dialog.factory import build_request, stamp_via
-from sipimdn.dialog.layer import TransactionLayer
-from sipimdn.dialog.transaction import ServerTransaction, TimerConfig
+from sipimdn.dialog.layer import TransactionLayer, _revive_client
+from sipimdn.dialog.transaction import ClientTransaction, ServerTransaction, TimerConfig
 from sipimdn.message import Request, Response, make_response
 from sipimdn.parser import parse_message
 from sipimdn.transport.flow import Address, Flow, Transport
 
-__all__ = ["FakeClock", "LayerPair", "Link", "Side", "message_of_wire_size", "message_request",
-           "server_transactions"]
+__all__ = ["FakeClock", "LayerPair", "Link", "Side", "client_transactions", "message_of_wire_size",
+           "message_request", "server_transactions"]
 
 
 @dataclass
@@ -98,6 +98,7 @@ Responder = Callable[[RequestReceived], Response | None]
 
 
 _ServerTx = ServerTransaction[Request, Response]
+_ClientTx = ClientTransaction[Request, Response]
 
 
 def server_transactions(layer: TransactionLayer) -> list[tuple[TransactionKey, _ServerTx]]:
@@ -106,6 +107,15 @@ def server_transactions(layer: TransactionLayer) -> list[tuple[TransactionKey, _
     them is."""
     found: list[tuple[TransactionKey, _ServerTx]] = list(layer._servers.items())
     found += [(TransactionKey(*record[:4]), layer._revive(record)) for record in layer._parked.values()]
+    return found
+
+
+def client_transactions(layer: TransactionLayer) -> list[tuple[TransactionKey, _ClientTx]]:
+    """Every live client transaction of ``layer`` with its key: those awaiting a final response as
+    the layer holds them, the completed (parked) ones rebuilt from their records."""
+    found: list[tuple[TransactionKey, _ClientTx]] = [(key, tx) for key, (tx, _) in layer._clients.items()]
+    found += [(TransactionKey(*record[:4]), _revive_client(record, layer.config))
+              for record in layer._parked_clients.values()]
     return found
 
 

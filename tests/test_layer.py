@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers_sip import LayerPair, Link, message_request, server_transactions
+from helpers_sip import LayerPair, Link, client_transactions, message_request, server_transactions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -503,7 +503,7 @@ def test_layer_timer_is_the_earliest_transaction_deadline(ops: list[tuple[str, f
         pair.pump()
         for side in (pair.a, pair.b):
             layer = side.layer
-            live = [tx.get_timer() for tx, _ in layer._clients.values()]
+            live = [tx.get_timer() for _, tx in client_transactions(layer)]
             live += [tx.get_timer() for _, tx in server_transactions(layer)]
             expected = min((d for d in live if d is not None), default=None)
             assert layer.get_timer() == expected

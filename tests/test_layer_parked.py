@@ -1,30 +1,37 @@
-"""Completed UDP server transactions parked as records of atoms until Timer J (RFC 3261 §17.2.2).
+"""Completed UDP transactions parked as records of atoms until Timer J or K (RFC 3261 §17.2.2,
+§17.1.2.2).
 
-The layer keeps a transaction that has sent its final response over UDP not as the transaction
-object but as an exact tuple of str, bytes, int, float and None, which CPython's collector stops
-tracking, and rebuilds the transaction (``ServerTransaction.completed``) for each input.
+The layer keeps a server transaction that has sent its final response over UDP, and a client
+transaction that has received its final response, not as the transaction object but as an exact
+tuple of str, bytes, int, float, bool and None, which CPython's collector stops tracking, and
+rebuilds the transaction (``ServerTransaction.completed``, ``ClientTransaction.completed``) for
+each input that reaches it.
 
-Differential: over random runs of requests, retransmissions, answers (first and late), transport
-errors, failed flows and clock steps, with a small cap on server transactions, the layer sends the
+Differential: over random runs of requests, retransmissions, answers (first and late), requests
+of ours and their responses (first and retransmitted), transport errors, failed flows and clock
+steps (now and then backwards), with a small cap on server transactions, the layer sends the
 same bytes along the same flows and reports the same events as a reference that keeps every
-completed transaction as its object (Timer J in the heap, like any other deadline). Then: the
-collector tracks next to nothing per completed transaction; retransmissions within Timer J get the
-same bytes, after it a new transaction; the cap displaces the oldest parked transaction.
+completed transaction as its object (Timer J or K in the heap, like any other deadline). Then:
+the collector tracks next to nothing per completed transaction; a retransmitted request within
+Timer J gets the same bytes, after it opens a new transaction; the cap displaces the oldest
+parked transaction; a completed client transaction absorbs responses until Timer K.
 """
 
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sipimdn.dialog.events import RequestReceived, TransactionKey, TransportFailed
-from sipimdn.dialog.layer import TransactionLayer, _Server
+from sipimdn.dialog.factory import build_request, stamp_via
+from sipimdn.dialog.layer import TransactionLayer, _Client, _Server
 from sipimdn.dialog.transaction import TimerConfig, TxState
 from sipimdn.errors import LocalProtocolError
-from sipimdn.message import Response, make_response
+from sipimdn.message import Request, Response, make_response
 from sipimdn.parser import parse_message
 from sipimdn.transport.flow import Flow, Transport
 
@@ -35,8 +42,12 @@ TIMER_J = TimerConfig().timer_j(False)
 
 
 class ObjectLayer(TransactionLayer):
-    """The reference: a completed transaction stays its object in the server table until Timer J
-    (scheduled in the heap); at the cap the one whose Timer J comes first is displaced."""
+    """The reference: a completed transaction stays its object in the server or client table
+    until Timer J or K (scheduled in the heap); at the cap the server transaction whose Timer J
+    comes first is displaced."""
+
+    def _park_client(self, key: TransactionKey, tx: _Client, flow: Flow) -> None:
+        self._schedule(key, tx.get_timer())
 
     def _park(self, key: TransactionKey, tx: _Server, response: Response) -> None:
         self._carry_out(key, tx.pop_actions(), tx.flow, "", None)
@@ -70,6 +81,13 @@ def raw_request(n: int, host: str = "192.0.2.7", body: str = "") -> bytes:
             f"CSeq: 1 MESSAGE\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
 
 
+def client_request(n: int) -> Request:
+    request = build_request("MESSAGE", "sip:bob@192.0.2.7:5070", "<sip:alice@example.com>",
+                            "<sip:bob@example.com>", call_id=f"out{n}", from_tag=f"t{n}")
+    stamp_via(request, Transport.UDP, ("127.0.0.1", 5060), branch=f"z9hG4bKclient{n:04d}")
+    return request
+
+
 def answer(event: RequestReceived, status: int) -> Response:
     response = make_response(event.request, status, to_tag=f"x{status}")
     response.headers.add("X-Answer", f"{event.key.branch} é")  # a non-ASCII value survives the bytes
@@ -77,18 +95,36 @@ def answer(event: RequestReceived, status: int) -> Response:
     return response
 
 
-def step(layer: TransactionLayer, seen: dict[str, RequestReceived], operation: tuple[str, float, int],
+@dataclass
+class Seen:
+    """What one side of the comparison was told: requests received and its own requests sent."""
+
+    received: dict[str, RequestReceived] = field(default_factory=dict)
+    sent: dict[int, TransactionKey] = field(default_factory=dict)
+
+
+def step(layer: TransactionLayer, seen: Seen, operation: tuple[str, float, int],
          now: float) -> tuple[object, ...]:
     """Apply one operation; what it produced, as comparable values (the bytes as sent)."""
     kind, number, extra = operation
     n = int(number)
-    if kind == "tick":
+    if kind == "send":  # a request of ours, to PEER
+        if n not in seen.sent:
+            seen.sent[n] = layer.send_request(client_request(n), PEER, now)
+    elif kind == "response":  # PEER's response to it: the first, or a retransmission (absorbed)
+        if n in seen.sent:
+            response = make_response(client_request(n), extra, to_tag="y")
+            layer.receive(parse_message(response.to_bytes()), PEER, now)
+    elif kind == "client-error":
+        if n in seen.sent:
+            layer.transport_error(seen.sent[n], now, "ICMP port unreachable")
+    elif kind == "tick":
         layer.handle_timer(now)
     elif kind == "request":  # new, or a retransmission of an earlier one
         flow = (PEER, OTHER, STREAM)[extra]
         layer.receive(parse_message(raw_request(n, flow.remote[0])), flow, now)
     elif kind == "answer":  # the first answer, or a late one (discarded) or one to a gone transaction
-        event = seen.get(f"z9hG4bK{n}")
+        event = seen.received.get(f"z9hG4bK{n}")
         if event is not None:
             try:
                 sent = layer.respond(event.key, answer(event, extra), now)
@@ -96,7 +132,7 @@ def step(layer: TransactionLayer, seen: dict[str, RequestReceived], operation: t
                 sent = None
             return ("answer", sent, *step(layer, seen, ("tick", 0, 0), now))
     elif kind == "error":
-        event = seen.get(f"z9hG4bK{n}")
+        event = seen.received.get(f"z9hG4bK{n}")
         if event is not None:
             layer.transport_error(event.key, now, "ICMP port unreachable")
     elif kind == "flow":
@@ -106,12 +142,14 @@ def step(layer: TransactionLayer, seen: dict[str, RequestReceived], operation: t
          o.flow.local, o.flow.server_name, o.key)
         for o in layer.messages_to_send()
     )
-    events: list[tuple[str, object, str]] = []
+    events: list[tuple[str, object, str, int]] = []
     while (event := layer.next_event()) is not None:
         if isinstance(event, RequestReceived):
-            seen[event.key.branch] = event
+            seen.received[event.key.branch] = event
         assert type(event.key) is TransactionKey
-        events.append((type(event).__name__, event.key, getattr(event, "reason", "")))
+        response = getattr(event, "response", None)
+        events.append((type(event).__name__, event.key, getattr(event, "reason", ""),
+                       0 if response is None else response.status_code))
     return layer.get_timer(), outgoing, sorted(events), layer.transaction_count, layer.evicted
 
 
@@ -120,7 +158,11 @@ operation = st.one_of(
     st.tuples(st.just("answer"), st.integers(0, 8), st.sampled_from([200, 202, 404, 100, 408])),
     st.tuples(st.just("error"), st.integers(0, 8), st.just(0)),
     st.tuples(st.just("flow"), st.just(0), st.sampled_from([0, 1])),
-    st.tuples(st.just("tick"), st.sampled_from([0.0, 1.0, 3.5, 10.0, 31.0, 32.0, -2.0]), st.just(0)),
+    st.tuples(st.just("send"), st.integers(0, 4), st.just(0)),
+    st.tuples(st.just("response"), st.integers(0, 4), st.sampled_from([100, 200, 200, 486])),
+    st.tuples(st.just("client-error"), st.integers(0, 4), st.just(0)),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.5, 1.0, 3.5, 5.0, 10.0, 31.0, 32.0, -2.0]),
+              st.just(0)),
 )
 
 
@@ -139,7 +181,7 @@ def test_parked_transactions_behave_as_kept_objects(operations: list[tuple[str, 
                                                      cap: int) -> None:
     layer = TransactionLayer(TimerConfig(), max_server_transactions=cap)
     reference = ObjectLayer(TimerConfig(), max_server_transactions=cap)
-    seen: tuple[dict[str, RequestReceived], dict[str, RequestReceived]] = ({}, {})
+    seen = (Seen(), Seen())
     now = 0.0
     for operation in operations:
         if operation[0] == "tick":
@@ -151,6 +193,7 @@ def test_parked_transactions_behave_as_kept_objects(operations: list[tuple[str, 
     assert step(layer, seen[0], ("tick", 0, 0), now) == step(reference, seen[1], ("tick", 0, 0), now)
     assert layer.transaction_count == 0 and layer.get_timer() is None
     assert not layer._parked and not layer._completed and not layer._servers
+    assert not layer._parked_clients and not layer._completed_clients and not layer._clients
 
 
 def _complete(layer: TransactionLayer, n: int, now: float,
@@ -255,3 +298,52 @@ def test_the_cap_displaces_the_oldest_parked_transaction_first() -> None:
     [again] = layer.messages_to_send()
     assert isinstance(again.message, Response) and again.message.status_code == 200
     assert layer.transaction_count == cap
+
+
+def _send_and_complete(layer: TransactionLayer, n: int, now: float) -> TransactionKey:
+    key = layer.send_request(client_request(n), PEER, now)
+    layer.messages_to_send()
+    response = make_response(client_request(n), 200, to_tag="y")
+    layer.receive(parse_message(response.to_bytes()), PEER, now)
+    event = layer.next_event()
+    assert event is not None and event.key == key and getattr(event, "final", False)
+    layer.get_timer()
+    return key
+
+
+def test_completed_client_transactions_cost_the_collector_next_to_nothing() -> None:
+    layer = TransactionLayer()
+    for i in range(200):
+        _send_and_complete(layer, i, 0.0)
+    count = 2000
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(1000, 1000 + count):
+        _send_and_complete(layer, i, 0.001)
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert layer.transaction_count == 200 + count  # all still absorbing response retransmissions (Timer K)
+    # Kept as objects it was five or six each (key, transaction, its list of actions, the pair
+    # with its flow, the flow, a heap entry and the key of the response it matched).
+    assert grown <= count / 10, grown
+
+
+def test_a_completed_client_transaction_absorbs_responses_until_timer_k_and_keeps_its_branch() -> None:
+    layer = TransactionLayer()
+    key = _send_and_complete(layer, 1, 1.0)
+    timer_k = TimerConfig().timer_k(False)
+    assert layer.get_timer() == 1.0 + timer_k and layer.transaction_count == 1
+    for status in (200, 100, 486):  # only one final reaches the user (§17.1.2.2)
+        again = make_response(client_request(1), status, to_tag="y")
+        layer.receive(parse_message(again.to_bytes()), PEER, 2.0)
+        assert layer.next_event() is None and layer.messages_to_send() == []
+    layer.transport_error(key, 2.0, "ICMP port unreachable")  # nothing to fail any more
+    layer.flow_failed(PEER, 2.0, "unreachable")
+    assert layer.next_event() is None and layer.transaction_count == 1
+    with pytest.raises(LocalProtocolError):  # the branch is still in use
+        layer.send_request(client_request(1), PEER, 3.0)
+    layer.handle_timer(1.0 + timer_k)
+    assert layer.transaction_count == 0 and layer.get_timer() is None and not layer._completed_clients
+    layer.receive(parse_message(make_response(client_request(1), 200, to_tag="y").to_bytes()), PEER, 7.0)
+    assert layer.next_event() is None  # unmatched now: dropped
+    assert layer.send_request(client_request(1), PEER, 7.0) == key  # free again

@@ -8,13 +8,13 @@ deadline and produces the same messages and events at every step as the referenc
 
 from __future__ import annotations
 
-from helpers_sip import server_transactions
+from helpers_sip import client_transactions, server_transactions
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sipimdn.dialog.events import RequestReceived, TransactionKey
 from sipimdn.dialog.factory import build_request, stamp_via
-from sipimdn.dialog.layer import TransactionLayer
+from sipimdn.dialog.layer import TransactionLayer, _revive_client
 from sipimdn.dialog.transaction import ClientTransaction, ServerTransaction, TimerConfig
 from sipimdn.message import Request, make_response
 from sipimdn.parser import parse_message
@@ -30,7 +30,7 @@ class ScanLayer(TransactionLayer):
 
     def _deadlines(self) -> list[tuple[float, TransactionKey]]:
         found = []
-        transactions: list[tuple[TransactionKey, object]] = [(k, tx) for k, (tx, _) in self._clients.items()]
+        transactions: list[tuple[TransactionKey, object]] = list(client_transactions(self))
         transactions += server_transactions(self)
         for key, tx in transactions:
             assert isinstance(tx, ClientTransaction | ServerTransaction)
@@ -59,10 +59,16 @@ class ScanLayer(TransactionLayer):
                 server.handle_timer(now)
                 self._collect_server(key, server, server.flow)
                 continue
-            record = self._parked[key]
-            revived = self._revive(record)
-            revived.handle_timer(now)
-            self._drive_parked(key, record, revived)
+            record = self._parked.get(key)
+            if record is not None:
+                revived = self._revive(record)
+                revived.handle_timer(now)
+                self._drive_parked(key, record, revived)
+                continue
+            parked = self._parked_clients[key]
+            revived_client = _revive_client(parked, self.config)
+            revived_client.handle_timer(now)
+            self._drive_parked_client(key, parked, revived_client)
 
 
 def raw_request(branch: int, host: str = "192.0.2.7") -> bytes:
@@ -144,4 +150,4 @@ def test_queues_and_heap_fire_what_a_scan_fires(operations: list[tuple[str, floa
     now += 200.0
     assert step(layer, *state[0], ("tick", 0, 0), now) == step(reference, *state[1], ("tick", 0, 0), now)
     assert layer.transaction_count == 0 and layer.get_timer() is None
-    assert not layer._heap and not layer._trying and not layer._completed
+    assert not layer._heap and not layer._trying and not layer._completed and not layer._completed_clients

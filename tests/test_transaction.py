@@ -534,3 +534,44 @@ def test_a_completed_server_transaction_rebuilt_from_its_response_and_deadline_b
         now += dt * 4  # (reaching Timer J now and then)
         assert apply(rebuilt, op, now, n) == apply(original, op, now, n)
     assert rebuilt.state is original.state and rebuilt.get_timer() == original.get_timer()
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=client_steps, after=client_steps)
+def test_a_completed_client_transaction_rebuilt_from_its_deadline_behaves_alike(
+    before: list[tuple[str, float]], after: list[tuple[str, float]],
+) -> None:
+    """``ClientTransaction.completed`` gives a transaction that takes every later input as the
+    original does (what a layer keeping completed transactions in a compact form relies on)."""
+
+    def apply(tx: ClientTransaction[str, Resp], op: str, now: float, n: int) -> object:
+        if op == "1xx":
+            tx.receive_response(Resp(100 + n), now)
+        elif op == "final":
+            tx.receive_response(Resp(200 + n), now)
+        elif op == "transport":
+            tx.transport_error(now)
+        else:
+            tx.handle_timer(now)
+        return tx.pop_actions(), tx.state, tx.get_timer(), tx.request, tx.retransmissions
+
+    original = client()
+    now = 0.0
+    for n, (op, dt) in enumerate(before):  # any way into Completed: retransmissions, 1xx first or not
+        if original.state is TxState.COMPLETED:
+            break
+        now += dt
+        apply(original, op, now, n)
+    if original.state is TxState.TERMINATED:  # timed out or failed first: start another
+        original = client(now=now)
+    if original.state is not TxState.COMPLETED:
+        original.receive_response(Resp(200), now)
+    original.pop_actions()
+    assert original.state is TxState.COMPLETED and original.timeout_at is not None
+    rebuilt = ClientTransaction[str, Resp].completed(
+        timeout_at=original.timeout_at, reliable=original.reliable, config=CFG,
+        retransmissions=original.retransmissions)
+    for n, (op, dt) in enumerate(after):
+        now += dt
+        assert apply(rebuilt, op, now, n) == apply(original, op, now, n)
+    assert rebuilt.state is original.state and rebuilt.get_timer() == original.get_timer()

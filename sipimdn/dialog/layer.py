@@ -33,6 +33,7 @@ import logging
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..errors import LocalProtocolError, SipError, SipParseError
 from ..headers import Via
@@ -79,13 +80,17 @@ class _Client(ClientTransaction[Request, Response]):
 _Entry = tuple[float, int, TransactionKey]
 #: A server transaction key as an exact tuple (a TransactionKey equals and hashes as its fields do).
 _Key = tuple[bool, str, str, str]
-#: A completed UDP server transaction as the layer keeps it until Timer J (see ``_park``): its key's
-#: four fields (flat: a tuple inside would be untracked only by a later collection than the record,
-#: when the collector happens to see it after the record), the final response as sent, the length
-#: of its header section, status, reason, the Timer J deadline, the insertion order, then its route:
-#: transport, remote host and port, local host and port, TLS name.
-_Parked = tuple[bool, str, str, str, bytes, int, int, str, float, int, str, str, int, str | None, int | None,
-                str | None]
+#: A completed UDP server transaction as the layer keeps it until Timer J (see ``_park``): its
+#: key's four fields (flat: a tuple inside would be untracked only by a later collection than the
+#: record, when the collector happens to see it after the record), the Timer J deadline, the
+#: insertion order, the route of its responses (transport, remote host and port, local host and
+#: port, TLS name), then its final response: as sent, the length of its header section, status
+#: and reason.
+_Parked = tuple[bool, str, str, str, float, int, str, str, int, str | None, int | None, str | None,
+                bytes, int, int, str]
+#: A completed UDP client transaction as the layer keeps it until Timer K: the same first twelve
+#: fields (the route being its request's), then its count of Timer E retransmissions.
+_ParkedClient = tuple[bool, str, str, str, float, int, str, str, int, str | None, int | None, str | None, int]
 
 
 class _Server(ServerTransaction[Request, Response]):
@@ -101,8 +106,8 @@ class _Server(ServerTransaction[Request, Response]):
     seq: int
 
 
-#: A deadline queue: new server transactions (first deadline) or parked ones (Timer J).
-_Queue = deque[_Server] | deque[_Parked]
+#: A deadline queue: new server transactions (first deadline) or parked ones (Timer J, Timer K).
+_Queue = deque[_Server] | deque[_Parked] | deque[_ParkedClient]
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,21 +300,27 @@ class TransactionLayer:
         # Completed UDP server transactions, parked until Timer J (64*T1 = 32 s) as records of
         # atoms: ``_parked`` by key, and ``_completed`` in Timer J order (also the order of
         # eviction at the cap: see ``max_server_transactions``), a queue entry counting while it
-        # is the record ``_parked`` holds for its key (others are skipped lazily).
+        # is the record ``_parked`` holds for its key (others are skipped lazily). Completed UDP
+        # client transactions likewise until Timer K (T4 = 5 s): ``_parked_clients`` and
+        # ``_completed_clients``.
         #
         # Why records and not the transaction objects: at thousands of requests a second tens of
-        # thousands of completed transactions wait for Timer J, and every object the collector
-        # tracks (a transaction, its TransactionKey, a tuple subclass, its response and headers)
-        # is walked by each collection of its generation: by every full one, whose pause grows
-        # with them, and by young ones while they age. CPython stops tracking an exact tuple that
-        # holds only untracked values (str, bytes, int, float, bool, None) at the first
-        # collection that sees it (gcmodule.c, untrack_tuples), so a record and its key cost the
-        # collector nothing after that. The transaction machine stays the one that decides: each
-        # input to a parked transaction rebuilds it (``ServerTransaction.completed``) and feeds
-        # it there (``_drive_parked``); in Completed a transaction holds nothing but its final
-        # response and its Timer J deadline, which the record keeps as the bytes sent and a float.
+        # thousands of completed transactions wait for Timer J or K, and every object the
+        # collector tracks (a transaction, its TransactionKey, a tuple subclass, its response and
+        # headers, its flow, the pair and the heap entry holding them) is walked by each
+        # collection of its generation: by every full one, whose pause grows with them, and by
+        # young ones while they age. CPython stops tracking an exact tuple that holds only
+        # untracked values (str, bytes, int, float, bool, None) at the first collection that sees
+        # it (gcmodule.c, untrack_tuples), so a record and its key cost the collector nothing
+        # after that. The transaction machine stays the one that decides: each input to a parked
+        # transaction rebuilds it (``ServerTransaction.completed``, ``ClientTransaction.completed``)
+        # and feeds it there (``_drive_parked``, ``_drive_parked_client``); in Completed a
+        # transaction holds nothing but its deadline and, on the server side, its final response,
+        # which the record keeps as the bytes sent.
         self._parked: dict[_Key, _Parked] = {}
         self._completed: deque[_Parked] = deque()
+        self._parked_clients: dict[_Key, _ParkedClient] = {}
+        self._completed_clients: deque[_ParkedClient] = deque()
         # The deadline the first-deadline queue was last appended with (it only takes a later one).
         self._trying_last = float("-inf")
         #: Completed server transactions forgotten before Timer J because of the cap.
@@ -331,7 +342,7 @@ class TransactionLayer:
         if request.method in ("ACK", "INVITE"):
             raise LocalProtocolError(f"{request.method} is not a non-INVITE transaction")
         key = _client_key(branch, request.method)
-        if key in self._clients:
+        if key in self._clients or key in self._parked_clients:
             raise LocalProtocolError(f"branch {branch} is already in use")
         tx = _Client(request, reliable=flow.reliable, now=now, config=self.config)
         tx.key = key
@@ -406,6 +417,12 @@ class TransactionLayer:
             if client is not None:
                 client[0].transport_error(now)
                 self._collect_client(key, client[0], client[1], reason)
+                return
+            parked = self._parked_clients.get(key)
+            if parked is not None:
+                revived = _revive_client(parked, self.config)
+                revived.transport_error(now)
+                self._drive_parked_client(key, parked, revived, reason)
             return
         server = self._servers.get(key)
         if server is not None and server.state is not TxState.TRYING:
@@ -433,7 +450,7 @@ class TransactionLayer:
             if _same_path(server.flow, flow) and server.state in (TxState.PROCEEDING, TxState.COMPLETED):
                 self.transport_error(key, now, reason)
         transport, remote = flow.transport.value, flow.remote
-        for record in [r for r in self._parked.values() if r[10] == transport and (r[11], r[12]) == remote]:
+        for record in [r for r in self._parked.values() if r[6] == transport and (r[7], r[8]) == remote]:
             self.transport_error(_new_tuple(TransactionKey, record[:4]), now, reason)
 
     # -- time and output -------------------------------------------------------------------------
@@ -447,11 +464,17 @@ class TransactionLayer:
         """Fire every transaction timer due at ``now``."""
         while (entry := self._earliest()) is not None and entry[0] <= now:
             source = entry[3]
-            if source is self._completed:  # Timer J of a parked transaction
+            if source is self._completed:  # Timer J of a parked server transaction
                 record = self._completed.popleft()
                 revived = self._revive(record)
                 revived.handle_timer(now)
                 self._drive_parked(record[:4], record, revived)
+                continue
+            if source is self._completed_clients:  # Timer K of a parked client transaction
+                parked = self._completed_clients.popleft()
+                revived_client = _revive_client(parked, self.config)
+                revived_client.handle_timer(now)
+                self._drive_parked_client(parked[:4], parked, revived_client)
                 continue
             if source is None:
                 heapq.heappop(self._heap)
@@ -488,7 +511,7 @@ class TransactionLayer:
     @property
     def transaction_count(self) -> int:
         """Live client plus server transactions."""
-        return len(self._clients) + len(self._servers) + len(self._parked)
+        return len(self._clients) + len(self._servers) + len(self._parked) + len(self._parked_clients)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -546,6 +569,12 @@ class TransactionLayer:
         key = _client_key(branch, response.cseq.method)
         entry = self._clients.get(key)
         if entry is None:
+            parked = self._parked_clients.get(key)
+            if parked is not None:  # a retransmitted final response within Timer K: absorbed
+                revived = _revive_client(parked, self.config)
+                revived.receive_response(response, now)
+                self._drive_parked_client(key, parked, revived, arrived_on=flow)
+                return
             log.debug("dropping unmatched %d response from %s", response.status_code, flow.remote)
             return
         tx, tx_flow = entry
@@ -554,7 +583,19 @@ class TransactionLayer:
 
     def _collect_client(self, key: TransactionKey, tx: _Client, flow: Flow, reason: str = "",
                         arrived_on: Flow | None = None) -> None:
-        for action in tx.pop_actions():
+        self._carry_out_client(key, tx.pop_actions(), flow, reason, arrived_on)
+        state = tx.state
+        if state is _COMPLETED:  # just now, over UDP: it only absorbs retransmissions until Timer K
+            self._park_client(key, tx, flow)
+            return
+        if state is TxState.TERMINATED:
+            del self._clients[key]
+        self._schedule(key, tx.get_timer())
+
+    def _carry_out_client(self, key: TransactionKey, actions: list[Action[Request | Response]], flow: Flow,
+                          reason: str, arrived_on: Flow | None) -> None:
+        """Queue what a client transaction's actions send and report."""
+        for action in actions:
             if type(action) is Send:
                 assert isinstance(action.message, Request)
                 self._outgoing.append(_outgoing(action.message, flow, key, None))
@@ -568,9 +609,32 @@ class TransactionLayer:
                 else:
                     self.transport_failures += 1
                     self._events.append(TransportFailed(key, reason or "transport error"))
-        if tx.terminated:
-            del self._clients[key]
-        self._schedule(key, tx.get_timer())
+
+    def _park_client(self, key: TransactionKey, tx: _Client, flow: Flow) -> None:
+        """``tx`` has just received its final response over UDP and now only absorbs response
+        retransmissions until Timer K: keep it as a record of atoms (see ``_parked``)."""
+        at = tx.timeout_at
+        assert at is not None and not tx.reliable  # Timer K
+        exact: _Key = (key[0], key[1], key[2], key[3])
+        record: _ParkedClient = (key[0], key[1], key[2], key[3], at, next(self._seq), *_route(flow),
+                                 tx.retransmissions)
+        del self._clients[key]
+        self._scheduled.pop(key, None)  # (its heap entry is stale from now on)
+        self._parked_clients[exact] = record
+        _enqueue(self._completed_clients, record)
+
+    def _drive_parked_client(self, key: _Key, record: _ParkedClient, tx: _Client, reason: str = "",
+                             arrived_on: Flow | None = None) -> None:
+        """Carry out what the revived ``tx`` of ``record`` did with its input; forget the record
+        if that ended the transaction."""
+        actions = tx.pop_actions()
+        if actions:
+            typed = key if type(key) is TransactionKey else _new_tuple(TransactionKey, key)
+            self._carry_out_client(typed, actions, _record_flow(record), reason, arrived_on)
+        if tx.state is TxState.TERMINATED:
+            del self._parked_clients[key]  # (its queue entry, if still queued, no longer counts)
+        else:
+            assert tx.state is _COMPLETED and tx.timeout_at == record[4]
 
     def _collect_server(self, key: TransactionKey, tx: _Server, flow: Flow, reason: str = "") -> None:
         actions = tx.pop_actions()
@@ -604,31 +668,24 @@ class TransactionLayer:
         assert at is not None and not tx.reliable and tx.last_response is response  # Timer J
         data = response.to_bytes()
         flow = tx.flow
-        remote, local = flow.remote, flow.local
         exact: _Key = (key[0], key[1], key[2], key[3])
         # Every field an exact str, bytes, int, float, bool or None: the record is not tracked.
         record: _Parked = (
-            key[0], key[1], key[2], key[3],
+            key[0], key[1], key[2], key[3], at, next(self._seq), *_route(flow),
             data, len(data) - len(response.body) - 4,  # to_bytes wrote head, CRLF CRLF, body
-            int(response.status_code), str(response.reason), at, next(self._seq),
-            flow.transport.value, remote[0], remote[1],
-            None if local is None else local[0], None if local is None else local[1], flow.server_name,
+            int(response.status_code), str(response.reason),
         )
         del self._servers[key]
         self._scheduled.pop(key, None)  # (its first-deadline or heap entry is stale from now on)
         self._parked[exact] = record
-        completed = self._completed
-        if completed and completed[-1][8] > at:  # an earlier Timer J (a clock that went back, in tests)
-            completed.insert(bisect.bisect_right(completed, at, key=_timer_j), record)
-        else:
-            completed.append(record)
+        _enqueue(self._completed, record)
         self._carry_out(key, tx.pop_actions(), flow, "", (response, data))
 
     def _revive(self, record: _Parked) -> _Server:
         """The parked transaction of ``record``, rebuilt in Completed to take one input."""
-        data, head = record[4], record[5]
-        response = Response._parsed(record[6], record[7], written_headers(data[:head]), data[head + 4:])
-        return _Server.completed(response, timeout_at=record[8], reliable=False, config=self.config)
+        data, head = record[12], record[13]
+        response = Response._parsed(record[14], record[15], written_headers(data[:head]), data[head + 4:])
+        return _Server.completed(response, timeout_at=record[4], reliable=False, config=self.config)
 
     def _drive_parked(self, key: _Key, record: _Parked, tx: _Server, reason: str = "") -> None:
         """Carry out what the revived ``tx`` of ``record`` did with its input; forget the record
@@ -638,14 +695,11 @@ class TransactionLayer:
         if actions:
             # The route and the key as the transaction had them, rebuilt only to send or report.
             typed = key if type(key) is TransactionKey else _new_tuple(TransactionKey, key)
-            local_host, local_port = record[13], record[14]
-            local = None if local_host is None or local_port is None else (local_host, local_port)
-            flow = Flow(Transport(record[10]), (record[11], record[12]), local, record[15])
-            self._carry_out(typed, actions, flow, reason, (tx.last_response, record[4]))
+            self._carry_out(typed, actions, _record_flow(record), reason, (tx.last_response, record[12]))
         if tx.state is TxState.TERMINATED:
             del self._parked[key]  # (its queue entry, if still queued, no longer counts)
         else:
-            assert tx.state is TxState.COMPLETED and tx.timeout_at == record[8]
+            assert tx.state is _COMPLETED and tx.timeout_at == record[4]
 
     def _evict_completed(self) -> bool:
         """Forget the oldest completed server transaction; False if there is none."""
@@ -698,16 +752,18 @@ class TransactionLayer:
                     best_at, best_seq, best_key, best_source, found = due, tx.seq, tx.key, trying, True
                 break
             trying.popleft()
-        completed = self._completed
-        parked = self._parked
-        while completed:
-            record = completed[0]
-            if parked.get(record[:4]) is record:
-                due, seq = record[8], record[9]
-                if not found or due < best_at or (due == best_at and seq < best_seq):
-                    best_at, best_seq, best_key, best_source, found = due, seq, None, completed, True
-                break
-            completed.popleft()
+        completed: _Queue
+        parked: dict[_Key, _Parked] | dict[_Key, _ParkedClient]
+        for completed, parked in ((self._completed, self._parked),
+                                  (self._completed_clients, self._parked_clients)):
+            while completed:
+                record = completed[0]
+                if parked.get(record[:4]) is record:
+                    due, seq = record[4], record[5]
+                    if not found or due < best_at or (due == best_at and seq < best_seq):
+                        best_at, best_seq, best_key, best_source, found = due, seq, None, completed, True
+                    break
+                completed.popleft()
         if not found:
             return None
         return best_at, best_seq, best_key, best_source
@@ -715,10 +771,46 @@ class TransactionLayer:
 
 _INF = float("inf")
 _TRYING = TxState.TRYING
+_COMPLETED = TxState.COMPLETED
 
 
-def _timer_j(record: _Parked) -> float:
-    return record[8]
+def _route(flow: Flow) -> tuple[str, str, int, str | None, int | None, str | None]:
+    """``flow`` as atoms for a parked record: transport, remote host and port, local host and
+    port, TLS name (a Flow, an instance, would keep the record tracked)."""
+    remote, local = flow.remote, flow.local
+    if local is None:
+        return flow.transport.value, remote[0], remote[1], None, None, flow.server_name
+    return flow.transport.value, remote[0], remote[1], local[0], local[1], flow.server_name
+
+
+def _record_flow(record: _Parked | _ParkedClient) -> Flow:
+    """The flow a parked record keeps as atoms (see ``_route``): an equal Flow."""
+    local_host, local_port = record[9], record[10]
+    local = None if local_host is None or local_port is None else (local_host, local_port)
+    return Flow(Transport(record[6]), (record[7], record[8]), local, record[11])
+
+
+def _revive_client(record: _ParkedClient, config: TimerConfig) -> _Client:
+    """The parked client transaction of ``record``, rebuilt in Completed to take one input."""
+    tx = _Client.completed(timeout_at=record[4], reliable=False, config=config, retransmissions=record[12])
+    tx.key = _new_tuple(TransactionKey, record[:4])
+    return tx
+
+
+_R = TypeVar("_R", _Parked, _ParkedClient)
+
+
+def _enqueue(queue: deque[_R], record: _R) -> None:
+    """Append ``record`` to its queue, which stays in (deadline, insertion) order: a deadline
+    earlier than the last one (a clock that went back, in tests) is inserted in its place."""
+    if queue and queue[-1][4] > record[4]:
+        queue.insert(bisect.bisect_right(queue, record[4], key=_deadline), record)
+    else:
+        queue.append(record)
+
+
+def _deadline(record: _Parked | _ParkedClient) -> float:
+    return record[4]
 
 
 def stamp_via_copy(via: Via, flow: Flow) -> Via:

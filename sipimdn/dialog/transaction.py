@@ -247,6 +247,31 @@ class ClientTransaction(Generic[ReqT, RespT]):
         if not reliable:
             self.retransmit_at = now + config.t1
 
+    @classmethod
+    def completed(cls, *, timeout_at: float, reliable: bool, config: TimerConfig,
+                  retransmissions: int = 0) -> Self:
+        """The transaction in Completed exactly as its final response left it: Timer K due at
+        ``timeout_at``, after ``retransmissions`` Timer E retransmissions.
+
+        On entry to Completed a transaction lets go of its request (see ``request``) and its
+        retransmit deadline, so its Timer K deadline describes it whole. A layer that holds
+        thousands of completed transactions for Timer K (5 s on UDP) may therefore keep only
+        that, in a form the garbage collector does not walk, and rebuild the transaction with
+        this for each input that reaches one (a retransmitted response, a transport error,
+        Timer K): the rules stay here, in ``CLIENT_TRANSITIONS``.
+        """
+        tx = cls.__new__(cls)
+        tx.request = None
+        tx.reliable = reliable
+        tx.config = config
+        tx.state = TxState.COMPLETED
+        tx.retransmit_at = None
+        tx.timeout_at = timeout_at
+        tx._interval = config.t2
+        tx.retransmissions = retransmissions
+        tx._actions = _NO_ACTIONS
+        return tx
+
     # -- inputs -------------------------------------------------------------------------------
 
     def receive_response(self, response: RespT, now: float) -> None:
