@@ -321,6 +321,10 @@ class TransactionLayer:
         self._completed: deque[_Parked] = deque()
         self._parked_clients: dict[_Key, _ParkedClient] = {}
         self._completed_clients: deque[_ParkedClient] = deque()
+        # The front of each parked queue as last found live (see ``_earliest``); None once the
+        # record leaves its table.
+        self._live_front: _Parked | None = None
+        self._live_front_client: _ParkedClient | None = None
         # The deadline the first-deadline queue was last appended with (it only takes a later one).
         self._trying_last = float("-inf")
         #: Completed server transactions forgotten before Timer J because of the cap.
@@ -633,6 +637,8 @@ class TransactionLayer:
             self._carry_out_client(typed, actions, _record_flow(record), reason, arrived_on)
         if tx.state is TxState.TERMINATED:
             del self._parked_clients[key]  # (its queue entry, if still queued, no longer counts)
+            if record is self._live_front_client:
+                self._live_front_client = None
         else:
             assert tx.state is _COMPLETED and tx.timeout_at == record[4]
 
@@ -698,6 +704,8 @@ class TransactionLayer:
             self._carry_out(typed, actions, _record_flow(record), reason, (tx.last_response, record[12]))
         if tx.state is TxState.TERMINATED:
             del self._parked[key]  # (its queue entry, if still queued, no longer counts)
+            if record is self._live_front:
+                self._live_front = None
         else:
             assert tx.state is _COMPLETED and tx.timeout_at == record[4]
 
@@ -710,6 +718,8 @@ class TransactionLayer:
             key = record[:4]
             if parked.get(key) is record:
                 del parked[key]
+                if record is self._live_front:
+                    self._live_front = None
                 self.evicted += 1
                 return True
         return False
@@ -752,18 +762,28 @@ class TransactionLayer:
                     best_at, best_seq, best_key, best_source, found = due, tx.seq, tx.key, trying, True
                 break
             trying.popleft()
-        completed: _Queue
-        parked: dict[_Key, _Parked] | dict[_Key, _ParkedClient]
-        for completed, parked in ((self._completed, self._parked),
-                                  (self._completed_clients, self._parked_clients)):
-            while completed:
-                record = completed[0]
-                if parked.get(record[:4]) is record:
-                    due, seq = record[4], record[5]
-                    if not found or due < best_at or (due == best_at and seq < best_seq):
-                        best_at, best_seq, best_key, best_source, found = due, seq, None, completed, True
-                    break
-                completed.popleft()
+        # The two parked queues (written out twice: this runs after every input). A front found
+        # live is remembered, so the next call skips the lookup until the record goes.
+        completed = self._completed
+        while completed:
+            record = completed[0]
+            if record is self._live_front or self._parked.get(record[:4]) is record:
+                self._live_front = record
+                due, seq = record[4], record[5]
+                if not found or due < best_at or (due == best_at and seq < best_seq):
+                    best_at, best_seq, best_key, best_source, found = due, seq, None, completed, True
+                break
+            completed.popleft()
+        clients = self._completed_clients
+        while clients:
+            parked = clients[0]
+            if parked is self._live_front_client or self._parked_clients.get(parked[:4]) is parked:
+                self._live_front_client = parked
+                due, seq = parked[4], parked[5]
+                if not found or due < best_at or (due == best_at and seq < best_seq):
+                    best_at, best_seq, best_key, best_source, found = due, seq, None, clients, True
+                break
+            clients.popleft()
         if not found:
             return None
         return best_at, best_seq, best_key, best_source
