@@ -413,12 +413,19 @@ def _build(start: _StartLine, headers: Headers, body: bytes) -> Request | Respon
     return Response._parsed(start[0], start[1], headers, body)
 
 
-def parse_message(data: bytes, limits: Limits | None = None) -> Request | Response:
+def parse_message(data: bytes, limits: Limits | None = None, *, lazy_rows: bool = True) -> Request | Response:
     """Parse one datagram into a ``Request`` or ``Response`` (RFC 3261 §18.3).
 
     With Content-Length, bytes beyond it are discarded and fewer is an error
     (400); without it, the body runs to the end of the datagram. CRLFs before
     the start line are skipped (§7.5). Raises ``SipParseError``.
+
+    ``lazy_rows=False`` builds the header rows now, through the general path
+    alone: the same message or the same error (the regular path only answers
+    for what the general path accepts, with the same result), for about 2 µs
+    less when the headers are read anyway, as they are for every message the
+    stack receives (matching needs the top Via). The regular path's match and
+    Content-Length search are what the general path gets while building the rows.
     """
     if limits is None:
         limits = DEFAULT_LIMITS
@@ -432,7 +439,7 @@ def parse_message(data: bytes, limits: Limits | None = None) -> Request | Respon
             raise _error("empty message")
     # The first CRLF CRLF ends a regular header section (one with CRLF line
     # ends only: there, no earlier LF can start an empty line).
-    end = data.find(b"\r\n\r\n", start)
+    end = data.find(b"\r\n\r\n", start) if lazy_rows else -1
     parsed = _parse_regular_head(data[start:end], limits) if end >= 0 else None
     if parsed is not None:
         body_start = end + 4
@@ -449,7 +456,7 @@ def parse_message(data: bytes, limits: Limits | None = None) -> Request | Respon
             body_start = len(data)
         else:
             raise _error("header section does not end with an empty line")
-        parsed = _parse_head(head, limits)
+        parsed = _parse_head(head, limits) if lazy_rows else _parse_head_general(head, limits)
     start_line, headers, length = parsed
     if length is None:
         body = data[body_start:]

@@ -404,7 +404,8 @@ class SipStack:
             log_wire("received", data, flow)
         now = self._now()
         try:
-            message = parse_message(data, self._limits)
+            # Matching reads the headers of every message (the top Via first): rows built now.
+            message = parse_message(data, self._limits, lazy_rows=False)
             self.layer.receive(message, flow, now)
         except SipParseError as exc:
             if not self.layer.receive_unparseable(data, exc, flow):

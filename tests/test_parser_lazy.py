@@ -53,9 +53,9 @@ def general_outcome(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
         parser_module._parse_regular_head = saved
 
 
-def outcome(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
+def outcome(data: bytes, limits: Limits = DEFAULT_LIMITS, *, lazy_rows: bool = True) -> object:
     try:
-        message = parse_message(data, limits)
+        message = parse_message(data, limits, lazy_rows=lazy_rows)
     except SipParseError as exc:
         return ("error", exc.status_code, str(exc))
     start = (
@@ -316,6 +316,34 @@ def test_parse_message_regular_path_equals_general_path_on_near_regular_input(
 ) -> None:
     data = (head_of(start, lines) + "\r\n").encode("utf-8", "surrogateescape") + body
     assert outcome(data, limits) == general_outcome(data, limits)
+
+
+@SETTINGS
+@given(start_lines, st.lists(header_lines, max_size=8), st.binary(max_size=8), tight_limits)
+def test_rows_built_at_once_equal_rows_built_lazily(
+    start: str, lines: list[str], body: bytes, limits: Limits
+) -> None:
+    # lazy_rows=False (what the stack asks for) against the default, and against the
+    # general path alone: the same message or the same error.
+    data = (head_of(start, lines) + "\r\n").encode("utf-8", "surrogateescape") + body
+    eager = outcome(data, limits, lazy_rows=False)
+    assert eager == outcome(data, limits)
+    assert eager == general_outcome(data, limits)
+
+
+@SETTINGS
+@given(good_start_lines, near_regular_heads(), st.binary(max_size=8), tight_limits)
+def test_rows_built_at_once_equal_rows_built_lazily_on_near_regular_input(
+    start: str, lines: list[str], body: bytes, limits: Limits
+) -> None:
+    data = (head_of(start, lines) + "\r\n").encode("utf-8", "surrogateescape") + body
+    assert outcome(data, limits, lazy_rows=False) == outcome(data, limits)
+
+
+def test_rows_built_at_once_for_the_typical_message() -> None:
+    message = parse_message(TYPICAL, lazy_rows=False)
+    assert type(message.headers) is Headers
+    assert outcome(TYPICAL, lazy_rows=False) == outcome(TYPICAL)
 
 
 @SETTINGS
