@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 from types import MappingProxyType
-from typing import cast
 
 from .. import _abnf
 from .._cache import remember_text
@@ -75,7 +74,7 @@ class Message:
         dropped with the typed cache when a header changes).
         """
         typed = self.headers._typed
-        index = typed.get(_INDEX)
+        index: tuple[dict[str, str], set[str]] | None = typed.get(_INDEX)
         if index is None:
             rows = self.headers._rows
             # Built back to front so the first row of each name wins.
@@ -88,7 +87,7 @@ class Message:
                         repeated.add(row[0])
                     seen.add(row[0])
             index = typed[_INDEX] = (first, repeated)
-        first, repeated = cast("tuple[dict[str, str], set[str]]", index)
+        first, repeated = index
         if key in repeated:
             raise SipParseError(f"more than one {label} header")
         return first.get(key)
@@ -105,16 +104,16 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         """Every Via value, top first."""
-        cached = self.headers._typed.get("via", _MISS)
+        cached: list[Via] = self.headers._typed.get("via", _MISS)
         if cached is _MISS:
             cached = [Via.parse(v) for v in self.headers.get_all("via")]
             self.headers._typed["via"] = cached
-        return list(cast("list[Via]", cached))
+        return list(cached)
 
     @property
     def top_via(self) -> Via:
         """The top Via (raises ``SipParseError`` if there is none)."""
-        cached = self.headers._typed.get("via:top", _MISS)
+        cached: Via = self.headers._typed.get("via:top", _MISS)
         if cached is _MISS:
             first = self.headers.get("via")
             if first is None:
@@ -125,7 +124,7 @@ class Message:
                 raise SipParseError("empty Via header")
             cached = Via.parse(values[0])
             self.headers._typed["via:top"] = cached
-        return cast(Via, cached)
+        return cached
 
     def set_top_via(self, via: Via) -> None:
         """Replace the top Via (e.g. to add received/rport, RFC 3581)."""
@@ -203,14 +202,14 @@ class Message:
     @property
     def call_id(self) -> str:
         """Call-ID, compared byte for byte."""
-        cached = self.headers._typed.get("call-id", _MISS)
+        cached: str = self.headers._typed.get("call-id", _MISS)
         if cached is _MISS:
             value = self._required("call-id", "Call-ID")
             # callid = word [ "@" word ]: no whitespace inside.
             if " " in value or "\t" in value:
                 raise SipParseError(f"bad Call-ID {value[:200]!r}")
             self.headers._typed["call-id"] = cached = value
-        return cast(str, cached)
+        return cached
 
     @property
     def cseq(self) -> CSeq:
@@ -218,34 +217,34 @@ class Message:
         return self._cseq()
 
     def _cseq(self) -> CSeq:
-        cached = self.headers._typed.get("cseq", _MISS)
+        cached: CSeq = self.headers._typed.get("cseq", _MISS)
         if cached is _MISS:
             cached = CSeq.parse(self._required("cseq", "CSeq"))
             self.headers._typed["cseq"] = cached
-        return cast(CSeq, cached)
+        return cached
 
     @property
     def from_(self) -> NameAddr:
         """From."""
-        cached = self.headers._typed.get("from", _MISS)
+        cached: NameAddr = self.headers._typed.get("from", _MISS)
         if cached is _MISS:
             cached = NameAddr.parse(self._required("from", "From"))
             self.headers._typed["from"] = cached
-        return cast(NameAddr, cached)
+        return cached
 
     @property
     def to(self) -> NameAddr:
         """To."""
-        cached = self.headers._typed.get("to", _MISS)
+        cached: NameAddr = self.headers._typed.get("to", _MISS)
         if cached is _MISS:
             cached = NameAddr.parse(self._required("to", "To"))
             self.headers._typed["to"] = cached
-        return cast(NameAddr, cached)
+        return cached
 
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards, or None if absent."""
-        cached = self.headers._typed.get("max-forwards", _MISS)
+        cached: int | None = self.headers._typed.get("max-forwards", _MISS)
         if cached is _MISS:
             value = self._single("max-forwards", "Max-Forwards")
             if value is not None:
@@ -258,24 +257,24 @@ class Message:
             else:
                 cached = None
             self.headers._typed["max-forwards"] = cached
-        return cast("int | None", cached)
+        return cached
 
     @property
     def content_type(self) -> ContentType | None:
         """Content-Type, or None if absent."""
-        cached = self.headers._typed.get("content-type", _MISS)
+        cached: ContentType | None = self.headers._typed.get("content-type", _MISS)
         if cached is _MISS:
             value = self._single("content-type", "Content-Type")
             cached = None if value is None else ContentType.parse(value)
             self.headers._typed["content-type"] = cached
-        return cast("ContentType | None", cached)
+        return cached
 
     def _name_addr_list(self, key: str) -> list[NameAddr]:
-        cached = self.headers._typed.get(key, _MISS)
+        cached: list[NameAddr] = self.headers._typed.get(key, _MISS)
         if cached is _MISS:
             cached = [NameAddr.parse(v) for v in self.headers.get_all(key)]
             self.headers._typed[key] = cached
-        return list(cast("list[NameAddr]", cached))
+        return list(cached)
 
     @property
     def contact(self) -> list[NameAddr]:
@@ -303,7 +302,7 @@ class Message:
     def expires(self) -> int | None:
         """Expires in seconds, or None if absent."""
 
-        cached = self.headers._typed.get("expires", _MISS)
+        cached: int | None = self.headers._typed.get("expires", _MISS)
         if cached is _MISS:
             value = self._single("expires", "Expires")
             if value is not None:
@@ -316,7 +315,7 @@ class Message:
             else:
                 cached = None
             self.headers._typed["expires"] = cached
-        return cast("int | None", cached)
+        return cached
 
     @property
     def content_length(self) -> int | None:

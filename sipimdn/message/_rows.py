@@ -12,6 +12,7 @@ cleared by every write; the typed accessors that fill it are :class:`~sipimdn.me
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from .. import _abnf
 from ..errors import LocalProtocolError
@@ -52,7 +53,9 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._rows: list[HeaderRow] = []
-        self._typed: dict[str, object] = {}
+        # Any: each key holds what its typed accessor returns (Message annotates its reads),
+        # so the accessors need no typing.cast call (a Python call each, several per message).
+        self._typed: dict[str, Any] = {}
         for name, value in items:
             self.add(name, value)
 
@@ -232,11 +235,11 @@ class DeferredHeaders(Headers):
         self._rows = rows
 
     @property
-    def _typed(self) -> dict[str, object]:
+    def _typed(self) -> dict[str, Any]:
         self._build()
         return self._typed
 
     @_typed.setter
-    def _typed(self, typed: dict[str, object]) -> None:
+    def _typed(self, typed: dict[str, Any]) -> None:
         self._build()
         self._typed = typed
