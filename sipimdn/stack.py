@@ -390,7 +390,9 @@ class SipStack:
         """
         if self._closed:
             return False
-        sent = self.layer.respond(key, response, self._now())
+        loop = self._loop
+        now = loop.time() if loop is not None else self._now()  # (not started: _now raises)
+        sent = self.layer.respond(key, response, now)
         self._pump()
         return sent
 
@@ -402,7 +404,8 @@ class SipStack:
             return
         if wire_log.isEnabledFor(logging.DEBUG):
             log_wire("received", data, flow)
-        now = self._now()
+        loop = self._loop
+        now = loop.time() if loop is not None else self._now()  # (the loop is set once started)
         try:
             # Matching reads the headers of every message (the top Via first): rows built now.
             message = parse_message(data, self._limits, lazy_rows=False)
@@ -455,17 +458,18 @@ class SipStack:
         if self._pumping:  # a failure reported while sending: the running pump picks it up
             return
         self._pumping = True
+        layer = self.layer
         try:
             for _ in range(10_000):
-                progressed = False
-                while (event := self.layer.next_event()) is not None:
-                    progressed = True
+                while (event := layer.next_event()) is not None:
                     self._dispatch(event)
-                for outgoing in self.layer.messages_to_send():
-                    progressed = True
-                    self._transmit(outgoing)
-                if not progressed:
+                # Only dispatching makes events, and every one was just dispatched: with
+                # nothing to send, nothing is left to do (without asking for both again).
+                outgoing = layer.messages_to_send()
+                if not outgoing:
                     break
+                for message in outgoing:
+                    self._transmit(message)
             self._arm_timer()
         finally:
             self._pumping = False
