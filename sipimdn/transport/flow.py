@@ -27,6 +27,10 @@ class Transport(enum.Enum):
     TCP = "TCP"
     TLS = "TLS"
 
+    # Members are singletons compared by identity: hash them in C, not through Enum.__hash__ in
+    # Python (a transport keys the connection table and per-message lookups).
+    __hash__ = object.__hash__
+
     @property
     def reliable(self) -> bool:
         """Stream transports need no retransmissions (§17.1.2.2) and zero K/J timers."""

@@ -32,6 +32,7 @@ from ._base import ALLOW, MessageHandler, callable_name
 from ._deadline import DeadlineQueue, Decision, HandlerOutcome, normalize_decision, outcome_of
 from ._workingset import WorkingSetPath
 from .incoming import IncomingMessage
+from .request_uri import RequestUriVerdict
 
 __all__ = ["Pending", "ReceivePath"]
 
@@ -57,9 +58,12 @@ class ReceivePath(WorkingSetPath):
             # ACK for the 405 we gave an INVITE (RFC 3261 §17.2.1): absorbed.
             return
         verdict = _wire.request_uri_verdict(self.config, self._aor, self._require_stack(), request)
-        if verdict.status is not None:  # RFC 3261 §8.2.2.1: nothing reaches the app
+        # (compared by identity: the verdict's ``status`` is an enum property and a table lookup)
+        if verdict is not RequestUriVerdict.ACCEPTED:  # RFC 3261 §8.2.2.1: nothing reaches the app
+            status = verdict.status
+            assert status is not None  # (None only for ACCEPTED)
             _log.info("%s for %s from %s: %s", method, request.uri, incoming.flow.remote, verdict.reason)
-            incoming.respond(verdict.status, verdict.reason)
+            incoming.respond(status, verdict.reason)
             return
         require = request.headers.get_all("Require")  # almost always none
         required = [tag for value in require for tag in value.split(",") if tag.strip()] if require else None

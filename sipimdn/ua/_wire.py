@@ -258,6 +258,11 @@ def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig) -> Inbo
     )
 
 
+#: ``IncomingMessage.transport`` of each transport ("udp", ...): one lookup per message
+#: instead of the enum's ``value`` descriptor and a ``lower()``.
+_TRANSPORT_NAMES: dict[Transport, str] = {kind: kind.value.lower() for kind in Transport}
+
+
 def incoming_message(
     inbound: Inbound,
     incoming: IncomingRequest,
@@ -282,7 +287,7 @@ def incoming_message(
         message_id=inbound.message_id,
         datetime=inbound.datetime,
         notify=inbound.notify,
-        transport=flow.transport.value.lower(),
+        transport=_TRANSPORT_NAMES[flow.transport],
         source=(flow.remote[0], flow.remote[1]),
         request=inbound.request,
         cpim=inbound.cpim,
