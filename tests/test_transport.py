@@ -250,6 +250,32 @@ async def test_icmp_error_of_one_peer_does_not_fail_a_send_to_another() -> None:
     assert "ECONNREFUSED" in str(errors[0][1])
 
 
+async def test_a_burst_of_datagrams_is_read_whole_and_in_order_with_empty_ones_among_them() -> None:
+    """The endpoint reads the datagrams queued behind the one asyncio hands it (in one wake-up
+    when the queue says so); an empty datagram, which the queue's size probe cannot tell from
+    none, still arrives, in its place."""
+    received: list[bytes] = []
+    endpoint = await UdpEndpoint.open("127.0.0.1", 0, lambda d, f: received.append(d), lambda a, e: None)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = [f"datagram {n}".encode() if n % 7 else b"" for n in range(1, 60)]
+    try:
+        for data in sent:  # queued faster than the loop reads them: a burst
+            sender.sendto(data, endpoint.local)
+        for _ in range(400):
+            if len(received) == len(sent):
+                break
+            await asyncio.sleep(0.005)
+        sender.sendto(b"after", endpoint.local)  # and the socket still reads once drained
+        for _ in range(400):
+            if len(received) == len(sent) + 1:
+                break
+            await asyncio.sleep(0.005)
+    finally:
+        sender.close()
+        endpoint.close()
+    assert received == [*sent, b"after"]
+
+
 # -- the manager -------------------------------------------------------------------------------------
 
 
