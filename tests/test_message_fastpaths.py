@@ -2,13 +2,14 @@
 
 Fast paths here: ``Message.stamp_received`` (edits the received Via text),
 ``make_response`` (reuses the request's row tuples), the name-addr fast path
-and its cache of tag-less values, and the parser's cache of whole header
-lines. Each must give exactly what the general path gives, and reject
-exactly what it rejects.
+and its cache of tag-less values, the parser's cache of whole header
+lines, and reads by name through the index of first values. Each must give
+exactly what the general path gives, and reject exactly what it rejects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 
@@ -436,3 +437,37 @@ def test_via_and_from_of_a_known_peer_come_from_the_caches() -> None:
     assert second.top_via == Via("UDP", "192.0.2.1", 5060, {"branch": "z9hG4bKb", "rport": None})
     assert second.from_ == NameAddr.parse("<sip:alice@a.example>").with_tag("2")
     assert second.from_.uri is first.from_.uri
+
+
+# -- reads by name through the index of first values ------------------------------------------
+
+_PROBED_NAMES = ["Via", "v", "From", "f", "to", "Call-ID", "i", "Subject", "s", "Require",
+                 "Content-Encoding", "e", "Expires", "X-Custom", "x-custom"]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_PROBED_NAMES), st.text(alphabet="ab ,;=\"<>", max_size=8)),
+        max_size=10,
+    ),
+    st.lists(st.tuples(st.sampled_from(_PROBED_NAMES), st.text(alphabet="cd,", max_size=4)), max_size=2),
+)
+def test_reads_by_name_are_the_same_once_a_single_valued_read_built_the_index(
+    rows: list[tuple[str, str]], added: list[tuple[str, str]]
+) -> None:
+    # Headers.get/get_all answer from the index of first values when a single-valued accessor
+    # has built it; held to the scan of the rows (a copy has no index), also after writes.
+    request = Request("MESSAGE", "sip:bob@biloxi.example.com", Headers(rows))
+    headers = request.headers
+    for name, value in [("", ""), *added]:
+        # (a repeated or malformed Expires raises: the index is built before that check)
+        with contextlib.suppress(SipParseError):
+            request.expires  # noqa: B018 - reads through the index, building it
+        assert "\x00index" in headers._typed
+        scanned = headers.copy()
+        for probe in _PROBED_NAMES:
+            assert headers.get(probe) == scanned.get(probe)
+            assert headers.get_all(probe) == scanned.get_all(probe)
+        if name:
+            headers.add(name, value)

@@ -19,14 +19,15 @@ from .. import _abnf
 from .._cache import remember_text
 from ..errors import LocalProtocolError, SipParseError
 from ..headers import ContentType, CSeq, NameAddr, Via, split_comma_list
-from ._rows import Headers
+from ._rows import INDEX_KEY, Headers
 
 __all__ = ["Message"]
 
 #: Cache sentinel: ``None`` is a legitimate cached value (header absent).
 _MISS: object = object()
-#: Typed-cache key of the per-message index used by single-valued accessors.
-_INDEX = "\x00index"
+#: Typed-cache key of the per-message index used by single-valued accessors (and by
+#: ``Headers.get`` while it is there).
+_INDEX = INDEX_KEY
 
 
 # Source addresses already checked by stamp_received (a UAS hears from a few).

@@ -18,8 +18,13 @@ from .. import _abnf
 from ..errors import LocalProtocolError
 from ..headers import header_key, is_list_header, split_comma_list
 
-__all__ = ["DeferredHeaders", "HeaderRow", "Headers"]
+__all__ = ["INDEX_KEY", "DeferredHeaders", "HeaderRow", "Headers"]
 
+
+#: Typed-cache key of the per-message index of first values and repeated names, built by the
+#: single-valued accessors (``Message._single``) and, like everything in the typed cache, dropped
+#: by every write: while it is there, a read by name is one dict lookup instead of a scan.
+INDEX_KEY = "\x00index"
 
 #: One header row: (lookup key, name as spelled, unfolded value, original text of the whole
 #: field "Name: value" with any folding, written back verbatim). What a parser hands to
@@ -75,6 +80,9 @@ class Headers:
     def get(self, name: str) -> str | None:
         """The value of the first row with this name, or None."""
         key = header_key(name)
+        index: tuple[dict[str, str], set[str]] | None = self._typed.get(INDEX_KEY)
+        if index is not None:
+            return index[0].get(key)
         for row in self._rows:
             if row[0] == key:
                 return row[2]
@@ -83,6 +91,9 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value of this header, in order, comma lists split."""
         key = header_key(name)
+        index: tuple[dict[str, str], set[str]] | None = self._typed.get(INDEX_KEY)
+        if index is not None and key not in index[0]:
+            return []  # (the usual answer for optional headers: Require, Content-Encoding...)
         if is_list_header(key):
             out: list[str] = []
             for row in self._rows:
