@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from sipimdn import cpim
 from sipimdn.cpim import grammar
+from sipimdn.cpim import message as message_module
 from sipimdn.cpim.message import (
     _CHECKED_ADDRESS,
     _CTL_RE,
@@ -321,3 +322,42 @@ def test_parsed_objects_are_the_frozen_dataclasses_their_init_makes() -> None:
         header.value = "m2"  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         msg.body = b""  # type: ignore[misc]
+
+
+# -- the short route of a "Name: value" line whose name was read before ---------------------
+
+
+def _line_outcome(parse: Any, raw: str) -> Any:
+    try:
+        line = parse(raw)
+    except CpimError as exc:
+        return ("refused", exc.reason, exc.status_code)
+    return (line.prefix, line.name, line.params, line.value, line.notes)
+
+
+_known_names = st.sampled_from(
+    ["imdn.Message-ID", "DateTime", "From", "Subject", "z.Key", "NS", "imdn.Disposition-Notification"]
+)
+_values = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], whitelist_characters=": ;\t\x00\x1f\x7f"),
+    max_size=12,
+)
+
+
+@SETTINGS
+@given(name=_known_names, separator=st.sampled_from([": ", ":", ":  ", " : ", ";p=1 "]), value=_values)
+def test_a_line_of_a_known_name_reads_as_the_grammar_reads_it(name: str, separator: str, value: str) -> None:
+    message_module._parse_line_general(f"{name}: warm")  # the name is now known
+    raw = f"{name}{separator}{value}"
+    expected = _line_outcome(message_module._parse_line_general, raw)
+    assert _line_outcome(message_module._parse_line, raw) == expected
+
+
+@SETTINGS
+@given(message_id=_values, datetime=_values)
+def test_per_message_lines_parse_as_the_reference_reads_them(message_id: str, datetime: str) -> None:
+    text = (
+        "From: <sip:alice@example.com>\r\nNS: imdn <urn:ietf:params:imdn>\r\n"
+        f"imdn.Message-ID: {message_id}\r\nDateTime: {datetime}\r\n\r\nContent-Type: text/plain\r\n\r\n"
+    )
+    _same(text.encode("utf-8", "surrogatepass") + b"hi")

@@ -636,7 +636,27 @@ _LINE_CACHE_MAX_KEY = 256
 _UNCACHED_NAMES = frozenset({"Message-ID", "DateTime"})
 
 
+# Header names (the text before ": ") of lines the strict grammar matched with no parameters,
+# to their (prefix, name): "<such a name>: <value>" is then exactly what that match gives again
+# (a name holds no ":", so the first ": " ends it; the value only needs to have no control
+# character). Per-message lines (Message-ID, DateTime) are not in the line cache, so their
+# name is what repeats. Bounded like the line cache.
+_PLAIN_NAMES: dict[str, tuple[str | None, str]] = {}
+_PLAIN_NAMES_MAX = 256
+
+
 def _parse_line(raw: str) -> _Line:
+    """What ``raw`` parses to: the usual "Name: value" line of a name seen before without the
+    grammar's match; any other line through :func:`_parse_line_general`."""
+    name, sep, value = raw.partition(": ")
+    known = _PLAIN_NAMES.get(name)
+    if known is not None and sep and _CTL_RE.search(value) is None:
+        return _Line(known[0], known[1], (), value, [])
+    return _parse_line_general(raw)
+
+
+def _parse_line_general(raw: str) -> _Line:
+    """The grammar's reading of a header line (RFC 3862 §3), strict first, then lenient."""
     m = grammar.HEADER_LINE_RE.fullmatch(raw)
     if m is None:
         # Neither form admits leading white space or a control character: when the strict
@@ -653,6 +673,10 @@ def _parse_line(raw: str) -> _Line:
         notes = []
     # Both forms capture exactly (prefix, local, params, value), in that order.
     prefix, local, params_text, value = m.groups()
+    if not notes and not params_text:
+        # Strict and without parameters: the name (up to the colon) takes the short route next time.
+        name = raw[: m.start("params") - 1]
+        remember_text(_PLAIN_NAMES, name, (prefix, local), _PLAIN_NAMES_MAX, max_key=64)
     params = (
         tuple((pm.group("pname"), pm.group("pvalue")) for pm in grammar.PARAMETER_RE.finditer(params_text))
         if params_text
