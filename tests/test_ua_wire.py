@@ -82,6 +82,28 @@ def test_decode_cpim_im_with_notification_requests() -> None:
     assert inbound.notification is None
 
 
+def test_decode_cpim_im_fills_every_field_in_its_place() -> None:
+    # The IM branch passes its fields by position: each must land in the field of its name
+    # (every value here differs from the others of its type).
+    body = (
+        b"From: <sip:alice-cpim@example.com>\r\nTo: <sip:bob-cpim@example.com>\r\n"
+        b"DateTime: 2026-06-15T10:00:00Z\r\nSubject: greeting\r\nNS: imdn <urn:ietf:params:imdn>\r\n"
+        b"imdn.Message-ID: m-123\r\nimdn.Disposition-Notification: positive-delivery\r\n"
+        b"imdn.Original-To: <sip:orig@example.com>\r\nimdn.IMDN-Record-Route: <sip:proxy@example.com>\r\n"
+        b"\r\nContent-Type: text/plain;charset=UTF-8\r\n\r\nhi"
+    )
+    request = _message("message/cpim", body)
+    inbound = _wire.decode_message(request, CONFIG)
+    assert inbound == _wire.Inbound(
+        request=request, sip_from="sip:alice@127.0.0.1:5060", sip_from_name="Alice",
+        sip_to="sip:bob@127.0.0.1:5070", content_type="text/plain", content_params={"charset": "UTF-8"},
+        body=b"hi", cpim=cpim.parse(body), cpim_from="sip:alice-cpim@example.com",
+        cpim_to=("sip:bob-cpim@example.com",), message_id="m-123", notify=frozenset({"positive-delivery"}),
+        datetime="2026-06-15T10:00:00Z", subject="greeting", original_to="sip:orig@example.com",
+        imdn_route=("sip:proxy@example.com",),
+    )
+
+
 @pytest.mark.parametrize(("coding", "pack"), [("deflate", zlib.compress), ("gzip", gzip.compress)])
 def test_decode_content_encoded_body(coding: str, pack: object) -> None:
     assert callable(pack)

@@ -250,11 +250,13 @@ def _decode_cpim(request: Request, body: bytes, config: UserAgentConfig) -> Inbo
         )
     requested = imdn.requested
     notify = (_NOTIFY.get(requested) or _notify(requested)) if requested else _NOTHING
+    # The instant message, every received IM's branch: its fields passed by position, in the
+    # order Inbound declares them (0.34 instead of 0.87 us for the keyword call).
     return Inbound(
-        request=request, sip_from=sip_from, sip_from_name=from_.display_name, sip_to=sip_to,
-        content_type=inner, content_params=inner_params, body=envelope.body, cpim=envelope,
-        cpim_from=cpim_from, cpim_to=cpim_to, message_id=imdn.message_id, notify=notify,
-        datetime=datetime, subject=subject, original_to=original_to, imdn_route=imdn_route,
+        request, sip_from, from_.display_name, sip_to,  # request, sip_from, sip_from_name, sip_to
+        inner, inner_params, envelope.body, envelope,  # content_type, content_params, body, cpim
+        cpim_from, cpim_to, imdn.message_id, notify,  # cpim_from, cpim_to, message_id, notify
+        datetime, subject, original_to, imdn_route,  # datetime, subject, original_to, imdn_route
     )
 
 
