@@ -35,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .._abnf import digits_value
 from ..errors import LocalProtocolError, SipError, SipParseError
 from ..headers import Via
 from ..message import Request, Response, make_response, safe_reason_phrase
@@ -233,16 +234,19 @@ def _stamped(via: Via, source: tuple[str, int]) -> Via:
 
 def response_flow(request_flow: Flow, via: Via) -> Flow:
     """Where a response to a request that came on ``request_flow`` with top ``via`` goes (§18.2.2)."""
-    if request_flow.transport.reliable:
-        return request_flow  # the same connection
+    if request_flow.transport is not Transport.UDP:
+        return request_flow  # the same connection (a reliable transport)
     port = via.port or request_flow.transport.default_port
-    maddr = via.maddr
+    # (the parameters read directly, not through Via's properties: once per request)
+    params = via.params
+    maddr = params.get("maddr")
     if maddr is not None and is_ip_literal(maddr):
         return Flow(Transport.UDP, (maddr, port), None)
-    received = via.received
+    received = params.get("received")
     if received is not None:
         received = received.strip("[]")
-        rport = via.rport
+        rport_text = params.get("rport")
+        rport = digits_value(rport_text, 5) if rport_text else None  # (Via.rport)
         remote = (received, rport if rport is not None else port)
     else:
         remote = (via.host, port)
@@ -254,9 +258,9 @@ def response_flow(request_flow: Flow, via: Via) -> Flow:
 def server_key(request: Request) -> TransactionKey:
     """The §17.2.3 key of a received request."""
     via = request.top_via
-    branch = via.branch
-    host, port = via.sent_by
-    sent_by = f"{host.lower()}:{port or ''}"
+    branch = via.params.get("branch")  # (Via.branch and Via.sent_by, without their calls)
+    port = via.port
+    sent_by = f"{via.host.lower()}:{port or ''}"
     method = "INVITE" if request.method == "ACK" else request.method
     if branch is not None and branch.startswith(MAGIC_COOKIE):
         return _new_tuple(TransactionKey, (False, branch, method, sent_by))
