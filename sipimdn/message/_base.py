@@ -93,14 +93,9 @@ class Message:
             raise SipParseError(f"more than one {label} header")
         return first.get(key)
 
-    def _required(self, key: str, label: str) -> str:
-        value = self._single(key, label)
-        if value is None:
-            raise _missing(label)
-        return value
-
     # Each accessor looks in the cache first (the common case once the
-    # transaction layer has routed the message) and parses on a miss.
+    # transaction layer has routed the message) and parses on a miss; a required
+    # header's absence is checked in place (one call fewer per read).
 
     @property
     def vias(self) -> list[Via]:
@@ -205,7 +200,9 @@ class Message:
         """Call-ID, compared byte for byte."""
         cached: str = self.headers._typed.get("call-id", _MISS)
         if cached is _MISS:
-            value = self._required("call-id", "Call-ID")
+            value = self._single("call-id", "Call-ID")
+            if value is None:
+                raise _missing("Call-ID")
             # callid = word [ "@" word ]: no whitespace inside.
             if " " in value or "\t" in value:
                 raise SipParseError(f"bad Call-ID {value[:200]!r}")
@@ -220,7 +217,10 @@ class Message:
     def _cseq(self) -> CSeq:
         cached: CSeq = self.headers._typed.get("cseq", _MISS)
         if cached is _MISS:
-            cached = CSeq.parse(self._required("cseq", "CSeq"))
+            value = self._single("cseq", "CSeq")
+            if value is None:
+                raise _missing("CSeq")
+            cached = CSeq.parse(value)
             self.headers._typed["cseq"] = cached
         return cached
 
@@ -229,7 +229,10 @@ class Message:
         """From."""
         cached: NameAddr = self.headers._typed.get("from", _MISS)
         if cached is _MISS:
-            cached = NameAddr.parse(self._required("from", "From"))
+            value = self._single("from", "From")
+            if value is None:
+                raise _missing("From")
+            cached = NameAddr.parse(value)
             self.headers._typed["from"] = cached
         return cached
 
@@ -238,7 +241,10 @@ class Message:
         """To."""
         cached: NameAddr = self.headers._typed.get("to", _MISS)
         if cached is _MISS:
-            cached = NameAddr.parse(self._required("to", "To"))
+            value = self._single("to", "To")
+            if value is None:
+                raise _missing("To")
+            cached = NameAddr.parse(value)
             self.headers._typed["to"] = cached
         return cached
 
