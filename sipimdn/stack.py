@@ -488,7 +488,7 @@ class SipStack:
             message = outgoing.message
             if isinstance(message, Response):
                 kind = SendKind.FINAL_RESPONSE if message.status_code >= 200 else SendKind.OTHER
-                if flow.reliable and not self.transports.is_open(flow):
+                if flow.transport is not Transport.UDP and not self.transports.is_open(flow):  # (reliable)
                     flow = _reconnect_flow(message, flow)
             else:
                 kind = SendKind.OTHER if message.method == "ACK" else SendKind.REQUEST

@@ -168,7 +168,8 @@ class ReceivePath(WorkingSetPath):
 
     def _receive_im(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
         sender = inbound.cpim_from or inbound.sip_from
-        if not self._claim_first(incoming, inbound, sender):
+        # (without a shared store nothing is claimed: the usual case skips the call)
+        if self._shared is None or not self._claim_first(incoming, inbound, sender):
             self._receive_claimed(incoming, inbound)
 
     def _receive_claimed(self, incoming: IncomingRequest, inbound: _wire.Inbound) -> None:
@@ -235,9 +236,9 @@ class ReceivePath(WorkingSetPath):
         pending = Pending(incoming, message_id, tracked_as, transaction)
         if message_id is not None:
             self._deciding[(message_id, sender)] = pending
-        message = _wire.incoming_message(
-            inbound, incoming, self._report, self._reply, asserted=self._asserted_identity(incoming)
-        )
+        # (no trusted asserters configured, the usual case: no identity to judge, no call)
+        asserted = self._asserted_identity(incoming) if self._asserters is not None else None
+        message = _wire.incoming_message(inbound, incoming, self._report, self._reply, asserted=asserted)
         self._decide(message, pending)
 
     def _answer(self, pending: Pending, outcome: HandlerOutcome) -> None:
@@ -270,7 +271,8 @@ class ReceivePath(WorkingSetPath):
             tracker.plain_answered(pending.sender, pending.transaction, status)
             pending.respond(status, reason)
             return
-        self._store_answer(pending, status)
+        if self._shared is not None:  # (the dedup entry lives in a shared store only)
+            self._store_answer(pending, status)
         if tracker.message_answered(pending.message_id, pending.sender, status, time.time(), sent=False):
             # The tracker holds what the answer commits us to until it is sent: those records
             # must be on disk first, or a crash right after the 2xx loses them for good. Write,
