@@ -147,15 +147,16 @@ _METHODS: dict[str, bool] = {}
 # cached-name path above enter it, so a hit is exactly what that path would
 # have built. Lines of fields that change with every message or transaction
 # stay out (they would only churn the cache). Bounded: cleared when full.
+# A To without a tag (every request outside a dialog: a UAS hears its own
+# address in it, message after message) and a CSeq (page-mode requests are
+# "1 MESSAGE") repeat, so they go in.
 _LINE_ROWS: dict[str, tuple[str, str, str, str]] = {}
 _LINE_ROWS_MAX = 4096
 _PER_MESSAGE_KEYS = frozenset(
     {
         "via",
         "from",
-        "to",
         "call-id",
-        "cseq",
         "date",
         "timestamp",
         "authorization",
@@ -377,7 +378,7 @@ def _header_rows(lines: list[str]) -> list[HeaderRow]:
             # with whitespace, so this is not a continuation line.
             row = (known[0], known[1], value.strip(" \t"), line)
             append(row)
-            if known[0] not in _PER_MESSAGE_KEYS:
+            if known[0] not in _PER_MESSAGE_KEYS and (known[0] != "to" or ";tag=" not in value):
                 remember_text(line_rows, line, row, _LINE_ROWS_MAX)
         else:
             _slow_header_line(rows, line, name, colon, value)
