@@ -192,22 +192,28 @@ class SqliteStore:
             self._announce([op.record.key for op in ops if isinstance(op, Put) and op.record.TABLE == "sent"])
 
     def _execute_grouped(self, grouped: dict[str, list[tuple[object, ...]]]) -> None:
-        if len(grouped) == 1:
-            ((sql, params),) = grouped.items()
-            if len(params) == 1:
-                with self._lock:
-                    conn = self._connection()
-                    try:
+        # The transaction of _write, spelled out: this runs for every batch the writer hands over.
+        with self._lock:
+            conn = self._connection()
+            try:
+                if len(grouped) == 1:
+                    ((sql, params),) = grouped.items()
+                    if len(params) == 1:
                         conn.execute(sql, params[0])
-                    except sqlite3.Error as exc:
-                        raise StoreError(f"store write failed: {exc}") from exc
-                return
-        with self._write("write") as conn:
-            for sql, params in grouped.items():
-                if len(params) == 1:
-                    conn.execute(sql, params[0])
-                else:
-                    conn.executemany(sql, params)
+                        return
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in grouped.items():
+                        if len(params) == 1:
+                            conn.execute(sql, params[0])
+                        else:
+                            conn.executemany(sql, params)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
