@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipimdn.errors import StoreError
 from sipimdn.imdn.tracker.records import evolve, record_maker
@@ -31,6 +33,7 @@ from sipimdn.store import (
     SharedValues,
     SqliteStore,
     Store,
+    StoreOp,
     open_store,
     record_from_json,
     record_to_json,
@@ -410,3 +413,38 @@ def test_sqlite_store_gives_up_on_a_file_held_past_its_timeout(tmp_path: Path) -
     finally:
         holder.execute("COMMIT")
         holder.close()
+
+
+# --- SQLite: a batch of distinct records goes one executemany per statement ------------------------
+
+_KEYS = st.sampled_from(["a", "b", "c"])
+_OPS = st.lists(
+    st.one_of(
+        st.builds(lambda k, e: Put(SeenRecord("sip:s@x", k, None, e)), _KEYS, st.sampled_from([5.0, 50.0])),
+        st.builds(lambda k, s: Put(SeenRecord("sip:s@x", k, s, 60.0)), _KEYS, st.sampled_from([200, 486])),
+        st.builds(lambda k: Put(owed(k)), _KEYS),
+        st.builds(lambda k: Put(received(k)), _KEYS),
+        st.builds(lambda k: Delete("seen", f"sip:s@x {k}"), _KEYS),
+        st.builds(lambda k: Delete("owed", k), _KEYS),
+        st.builds(lambda k: Delete("received", f"sip:alice@a {k}"), _KEYS),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_OPS, max_size=4))
+def test_sqlite_batches_load_as_the_same_operations_one_by_one(batches: list[list[StoreOp]]) -> None:
+    # Grouped (no record twice in a batch), in order (some record twice) or a single
+    # statement: the same rows, loaded in the same order, as each operation on its own.
+    whole, single = SqliteStore(":memory:"), SqliteStore(":memory:")
+    try:
+        for ops in batches:
+            whole.apply(ops)
+            for op in ops:
+                single.apply([op])
+        assert whole.load(10.0) == single.load(10.0)
+        assert whole.load(0.0) == single.load(0.0)
+    finally:
+        whole.close()
+        single.close()

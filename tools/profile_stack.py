@@ -39,7 +39,8 @@ machine hits both; the median per server and the ratio stack/floor are printed.
 
 ``rate`` offers a fixed rate (paced in 1 ms slots) for ``seconds`` and reports achieved rate,
 failures (no final answer after retransmissions at 0.5/1/2/4 s, as Timer E would), retransmissions
-and p50/p99/max latency.
+and p50/p99/max latency, and the server's CPU per message split by thread from
+/proc/<pid>/task: the event loop's thread and the others (a UserAgent's store worker).
 
 ``profile`` runs the stack server under cProfile with the same load and prints the top functions.
 """
@@ -406,6 +407,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of ``pid`` (by thread id), from /proc."""
+    times = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        times[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return times
+
+
+def _thread_split(pid: int, before: dict[int, float], answered: int) -> dict[str, float]:
+    """CPU per answered message of the loop's thread (the process's first) and of all others
+    (the store's worker, chiefly), since ``before``."""
+    after = thread_cpu_seconds(pid)
+    loop = after.get(pid, 0.0) - before.get(pid, 0.0)
+    others = sum(t - before.get(tid, 0.0) for tid, t in after.items() if tid != pid)
+    per = max(1, answered) / 1e6
+    return {"loop_thread_us_per_msg": loop / per, "other_threads_us_per_msg": others / per}
+
+
 def _socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
@@ -508,6 +532,7 @@ def paced(port: int, pid: int, rate: float, seconds: float, kind: str = "stack")
     pending: list[tuple[float, int, float]] = []  # heap of (next retransmission, index, interval)
     target = (HOST, port)
     cpu0 = cpu_seconds(pid)
+    threads0 = thread_cpu_seconds(pid)
     start = time.perf_counter()
     next_index = done = 0
     give_up = start + seconds + 10
@@ -539,6 +564,7 @@ def paced(port: int, pid: int, rate: float, seconds: float, kind: str = "stack")
     cpu = cpu_seconds(pid) - cpu0
     sock.close()
     latencies = sorted(a for a in answered if a > 0)
+    threads = _thread_split(pid, threads0, len(latencies))
     if os.environ.get("PROFILE_STACK_TRACE"):  # when the slow answers were sent (see _Trace)
         slow = [(round(sent_at[i], 3), round(a * 1e3, 1)) for i, a in enumerate(answered) if a > 0.05]
         Path(f"{os.environ['PROFILE_STACK_TRACE']}.{pid}.client").write_text(
@@ -550,6 +576,7 @@ def paced(port: int, pid: int, rate: float, seconds: float, kind: str = "stack")
         "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else 0.0,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else 0.0,
         "max_ms": latencies[-1] * 1e3 if latencies else 0.0,
+        **threads,
     }
 
 

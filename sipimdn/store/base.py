@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import keyword
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from json.encoder import encode_basestring
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import StoreError
@@ -195,12 +197,73 @@ _JSON_WRITERS: dict[type[Any], Callable[[Any], str]] = {}
 
 
 def _json_writer(cls: type[Any]) -> Callable[[Any], str]:
+    """The text ``_ENCODER.encode({"a": r.a, ...})`` gives for a record of ``cls``, built
+    without the dict and the encoder for the values its fields are declared to hold.
+
+    Every write of every record is serialised, on the store's thread, and the general encoder
+    costs about 2.5 us for a dedup entry (a dict, then an encoder object built per call). So
+    each field's value is spelled as the encoder spells it (strings by its own C escaper,
+    finite floats and ints by their ``repr``, None, booleans, tuples of strings) in one
+    f-string per class. A value its field does not declare (an int in a float field, a NaN,
+    a bool where an int is declared) goes through the encoder on its own, and anything the
+    fast spelling cannot take (a non-string where a string is declared raises TypeError)
+    makes the whole record go the general way (:func:`_general_json_writer`): the text is
+    the same either way (tests/test_store.py holds them equal).
+    """
+    slow = _general_json_writer(cls)
+    parts = []
+    for number, f in enumerate(fields(cls)):
+        if not f.name.isidentifier() or keyword.iskeyword(f.name):
+            raise TypeError(f"{cls.__name__}.{f.name}: not a plain field name")  # (never: our records)
+        value = f"r.{f.name}"
+        spelled = _FIELD_SPELLINGS.get(str(f.type))
+        if spelled is None:
+            spelled = f"_encode(_plain({value}))" if "Record" in str(f.type) else f"_encode({value})"
+        else:
+            spelled = spelled.format(value)
+        parts.append(f'{"," if number else ""}"{f.name}":{{{spelled}}}')
+    source = (
+        "def to_json(r):\n"
+        "    try:\n"
+        f"        return f'''{{{{{''.join(parts)}}}}}'''\n"
+        "    except TypeError:\n"
+        "        return _slow(r)\n"
+    )
+    scope: dict[str, Any] = {
+        "_encode": _ENCODER.encode,
+        "_plain": _plain,
+        "_slow": slow,
+        "_string": encode_basestring,
+        "_float": float.__repr__,
+        "_int": int.__repr__,
+        "_inf": math.inf,
+    }
+    exec(source, scope)  # source made above from the dataclass's own field names
+    writer: Callable[[Any], str] = scope["to_json"]
+    return writer
+
+
+#: How :func:`_json_writer` spells a field by its declared type (``{0}`` is the value): what
+#: ``_ENCODER`` writes for a value of that type, and the encoder itself for any other value.
+#: ``_string`` raises TypeError for a non-string (the record then goes the general way);
+#: ``-inf < x < inf`` is false for NaN and the infinities, which the encoder spells.
+_FIELD_SPELLINGS = {
+    "str": "_string({0})",
+    "str | None": '"null" if {0} is None else _string({0})',
+    "float": "_float({0}) if -_inf < {0} < _inf and type({0}) is float else _encode({0})",
+    "int": "_int({0}) if type({0}) is int else _encode({0})",
+    "int | None": '"null" if {0} is None else _int({0}) if type({0}) is int else _encode({0})',
+    "bool": '"true" if {0} is True else "false" if {0} is False else _encode({0})',
+    "tuple[str, ...]": '"[" + ",".join(map(_string, {0})) + "]" if type({0}) is tuple else _encode({0})',
+}
+
+
+def _general_json_writer(cls: type[Any]) -> Callable[[Any], str]:
     """``lambda r: encode({"a": r.a, ...})`` for the fields of ``cls``, in declaration order.
 
     Strings, numbers, None and tuples of them go as they are (the encoder writes a tuple as
     a list); only a field that may hold records (``SentRecord.recipients``) goes through
-    :func:`_plain`. One dict display per record instead of a loop over its fields: every
-    write of every record is serialised, on the store's thread.
+    :func:`_plain`. The reference :func:`_json_writer` falls back on.
     """
     items = []
     for f in fields(cls):
