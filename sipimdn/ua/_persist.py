@@ -34,12 +34,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import queue
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..store import Put, SharedStore, Snapshot, Store, StoreOp
@@ -55,7 +52,7 @@ class StoreWriter:
 
     def __init__(self, batch_delay: float = 0.01) -> None:
         self._store: Store | None = None
-        self._executor = _Worker("sipimdn-store")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipimdn-store")
         # Purges in the worker (flush waits for them too).
         self._pending: set[asyncio.Future[None]] = set()
         self._batch_delay = batch_delay
@@ -195,7 +192,7 @@ class StoreWriter:
         batch, self._buffer = self._buffer, []
         self._in_flight += 1
         # Everything submitted so far is in this batch or an earlier one (one worker, FIFO).
-        self._executor.post(self._write_batch, asyncio.get_running_loop(), batch, self._submitted)
+        self._executor.submit(self._write_batch, asyncio.get_running_loop(), batch, self._submitted)
 
     def _write_batch(self, loop: asyncio.AbstractEventLoop, batch: list[list[StoreOp]], upto: int) -> None:
         """In the worker: apply one batch, then report to the loop (see :meth:`_batch_landed`).
@@ -313,103 +310,6 @@ class StoreWriter:
                 await loop.run_in_executor(self._executor, self._store.close)
         finally:
             self._executor.shutdown(wait=True)
-
-
-#: What a :class:`_Worker` runs: the future to settle (None: nobody waits), the call, its arguments.
-_Item = tuple["Future[Any] | None", Callable[..., Any], tuple[Any, ...]]
-#: Each live worker thread and its queue, to finish their work at interpreter exit (as
-#: ``ThreadPoolExecutor`` does).
-_THREADS: weakref.WeakKeyDictionary[threading.Thread, queue.SimpleQueue[_Item | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-class _Worker(Executor):
-    """One thread running what it is handed, in order: ``ThreadPoolExecutor(max_workers=1)``
-    with a cheaper hand-off for calls nobody waits on (:meth:`post`).
-
-    The store writer hands its worker a batch every few messages under load; a pool's
-    ``submit`` builds a future and a work item per call and settles the future under its
-    condition variable in the worker, about 5 us on each side of the hand-off, which here
-    is one put on a queue. :meth:`submit` (what ``run_in_executor`` calls) still gives a
-    future, and both kinds share the one queue, so their order holds.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._shut = False
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` after everything handed over before; an exception is logged."""
-        self._put((None, fn, args))
-
-    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
-        """Run ``fn(*args, **kwargs)`` after everything handed over before; its future."""
-        future: Future[_T] = Future()
-        self._put((future, functools.partial(fn, **kwargs) if kwargs else fn, args))
-        return future
-
-    def _put(self, item: _Item) -> None:
-        if self._shut:
-            raise RuntimeError("cannot schedule new work after shutdown")
-        if self._thread is None:
-            # Not daemonic: at interpreter exit the work handed over is done first (_at_exit).
-            self._thread = threading.Thread(target=_work, args=(self._queue,), name=self._name)
-            _THREADS[self._thread] = self._queue
-            self._thread.start()
-            weakref.finalize(self, self._queue.put, None)  # dropped without shutdown: stop
-        self._queue.put(item)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop once the work handed over is done (``cancel_futures``: what has not started
-        is dropped instead, its futures cancelled)."""
-        if cancel_futures:
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    item = self._queue.get_nowait()
-                    if item is not None and item[0] is not None:
-                        item[0].cancel()
-        if not self._shut:
-            self._shut = True
-            self._queue.put(None)
-        if wait and self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-def _work(work: queue.SimpleQueue[_Item | None]) -> None:
-    """A :class:`_Worker`'s thread (it holds the queue, not the worker)."""
-    while True:
-        item = work.get()
-        if item is None:
-            return
-        future, fn, args = item
-        del item
-        if future is None:
-            try:
-                fn(*args)
-            except BaseException:
-                _log.exception("store worker call failed")
-        elif future.set_running_or_notify_cancel():
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-        del future, fn, args
-
-
-def _at_exit() -> None:
-    items = list(_THREADS.items())
-    for _, work in items:
-        work.put(None)
-    for thread, _ in items:
-        thread.join()
-
-
-threading._register_atexit(_at_exit)  # type: ignore[attr-defined]  # as concurrent.futures.thread does
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
