@@ -32,10 +32,12 @@ import itertools
 import logging
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from .._abnf import digits_value
+from .._fastinit import from_fields, maker
 from ..errors import LocalProtocolError, SipError, SipParseError
 from ..headers import Via
 from ..message import Request, Response, make_response, safe_reason_phrase
@@ -126,54 +128,20 @@ class Outgoing:
     data: bytes | None = None
 
 
-# Constructors for the objects every request makes, skipping the frozen dataclasses' __init__
-# (one object.__setattr__ per field): the slots are set through their descriptors, half the cost.
-# What they build is equal to what the class builds (a differential test holds them so).
-_new = object.__new__
-_new_tuple = tuple.__new__
-_set_out_message = Outgoing.__dict__["message"].__set__
-_set_out_flow = Outgoing.__dict__["flow"].__set__
-_set_out_key = Outgoing.__dict__["key"].__set__
-_set_out_data = Outgoing.__dict__["data"].__set__
-_set_rr_key = RequestReceived.__dict__["key"].__set__
-_set_rr_request = RequestReceived.__dict__["request"].__set__
-_set_rr_flow = RequestReceived.__dict__["flow"].__set__
-
-
-def _outgoing(message: Request | Response, flow: Flow, key: TransactionKey | None,
-              data: bytes | None) -> Outgoing:
-    out: Outgoing = _new(Outgoing)
-    _set_out_message(out, message)
-    _set_out_flow(out, flow)
-    _set_out_key(out, key)
-    _set_out_data(out, data)
-    return out
-
-
-def _request_received(key: TransactionKey, request: Request, flow: Flow) -> RequestReceived:
-    event: RequestReceived = _new(RequestReceived)
-    _set_rr_key(event, key)
-    _set_rr_request(event, request)
-    _set_rr_flow(event, flow)
-    return event
-
-
-_set_rs_key = ResponseReceived.__dict__["key"].__set__
-_set_rs_response = ResponseReceived.__dict__["response"].__set__
-_set_rs_flow = ResponseReceived.__dict__["flow"].__set__
-
-
-def _response_received(key: TransactionKey, response: Response, flow: Flow) -> ResponseReceived:
-    event: ResponseReceived = _new(ResponseReceived)
-    _set_rs_key(event, key)
-    _set_rs_response(event, response)
-    _set_rs_flow(event, flow)
-    return event
+# Constructors for the objects every request makes, without the frozen dataclasses' __init__
+# (see sipimdn._fastinit): what they build is what the class builds.
+_outgoing: Callable[[Request | Response, Flow, TransactionKey | None, bytes | None], Outgoing] = (
+    maker(Outgoing))
+_request_received: Callable[[TransactionKey, Request, Flow], RequestReceived] = maker(RequestReceived)
+_response_received: Callable[[TransactionKey, Response, Flow], ResponseReceived] = maker(ResponseReceived)
+#: A TransactionKey from a tuple of its four fields (a key kept as an exact tuple, the head of a
+#: parked record), without the class call.
+_key_of: Callable[[tuple[bool, str, str, str]], TransactionKey] = from_fields(TransactionKey)
 
 
 def _client_key(branch: str, method: str) -> TransactionKey:
-    """``TransactionKey(True, branch, method)`` (§17.1.3: branch and CSeq method) as a tuple."""
-    return _new_tuple(TransactionKey, (True, branch, method, ""))
+    """``TransactionKey(True, branch, method)`` (§17.1.3: branch and CSeq method)."""
+    return _key_of((True, branch, method, ""))
 
 
 def _log_retransmission(tx: _Client, flow: Flow) -> None:
@@ -263,7 +231,7 @@ def server_key(request: Request) -> TransactionKey:
     sent_by = f"{via.host.lower()}:{port or ''}"
     method = "INVITE" if request.method == "ACK" else request.method
     if branch is not None and branch.startswith(MAGIC_COOKIE):
-        return _new_tuple(TransactionKey, (False, branch, method, sent_by))
+        return _key_of((False, branch, method, sent_by))
     # RFC 2543 peers: the request's identifying fields stand in for the branch (§17.2.3).
     cseq = request.cseq
     parts = (str(request.uri), request.to.tag or "", request.from_.tag or "", request.call_id,
@@ -459,7 +427,7 @@ class TransactionLayer:
                 self.transport_error(key, now, reason)
         transport, remote = flow.transport.value, flow.remote
         for record in [r for r in self._parked.values() if r[6] == transport and (r[7], r[8]) == remote]:
-            self.transport_error(_new_tuple(TransactionKey, record[:4]), now, reason)
+            self.transport_error(_key_of(record[:4]), now, reason)
 
     # -- time and output -------------------------------------------------------------------------
 
@@ -637,7 +605,7 @@ class TransactionLayer:
         if that ended the transaction."""
         actions = tx.pop_actions()
         if actions:
-            typed = key if type(key) is TransactionKey else _new_tuple(TransactionKey, key)
+            typed = key if type(key) is TransactionKey else _key_of(key)
             self._carry_out_client(typed, actions, _record_flow(record), reason, arrived_on)
         if tx.state is TxState.TERMINATED:
             del self._parked_clients[key]  # (its queue entry, if still queued, no longer counts)
@@ -704,7 +672,7 @@ class TransactionLayer:
         actions = tx.pop_actions()
         if actions:
             # The route and the key as the transaction had them, rebuilt only to send or report.
-            typed = key if type(key) is TransactionKey else _new_tuple(TransactionKey, key)
+            typed = key if type(key) is TransactionKey else _key_of(key)
             self._carry_out(typed, actions, _record_flow(record), reason, (tx.last_response, record[12]))
         if tx.state is TxState.TERMINATED:
             del self._parked[key]  # (its queue entry, if still queued, no longer counts)
@@ -817,7 +785,7 @@ def _record_flow(record: _Parked | _ParkedClient) -> Flow:
 def _revive_client(record: _ParkedClient, config: TimerConfig) -> _Client:
     """The parked client transaction of ``record``, rebuilt in Completed to take one input."""
     tx = _Client.completed(timeout_at=record[4], reliable=False, config=config, retransmissions=record[12])
-    tx.key = _new_tuple(TransactionKey, record[:4])
+    tx.key = _key_of(record[:4])
     return tx
 
 

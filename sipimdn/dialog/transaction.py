@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeAlias, TypeVar
 
+from .._fastinit import maker
 from ..errors import LocalProtocolError
 
 __all__ = [
@@ -197,24 +198,10 @@ class Fail:
 
 Action: TypeAlias = Send[MsgT] | Deliver[MsgT] | Fail
 
-_set_send_message = Send.__dict__["message"].__set__
-
-
-def _send(message: MsgT) -> Send[MsgT]:
-    # Send(message) without the frozen dataclass __init__ (one per response: the hot path).
-    action: Send[MsgT] = object.__new__(Send)
-    _set_send_message(action, message)
-    return action
-
-
-_set_deliver_message = Deliver.__dict__["message"].__set__
-
-
-def _deliver(message: MsgT) -> Deliver[MsgT]:
-    # Deliver(message) without the frozen dataclass __init__ (one per response we receive).
-    action: Deliver[MsgT] = object.__new__(Deliver)
-    _set_deliver_message(action, message)
-    return action
+# Send(message) and Deliver(message) without the frozen dataclass __init__: one per response
+# sent and one per response received, on the hot path (see sipimdn._fastinit).
+_send: Callable[[MsgT], Send[MsgT]] = maker(Send)
+_deliver: Callable[[MsgT], Deliver[MsgT]] = maker(Deliver)
 
 
 class ClientTransaction(Generic[ReqT, RespT]):
