@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
 
 from . import _abnf
 from ._cache import remember_text
+from ._fastinit import maker
 from .errors import SipParseError
 from .uri import Uri
 
@@ -319,7 +320,7 @@ class NameAddr:
             # as its only parameter, exactly when the tag is a run of the characters it allows.
             base = _NAME_ADDRS.get(head)
             if base is not None and not base.params and _TAG_VALUE_RE.fullmatch(tag) is not None:
-                return cls._make(base.uri, base.display_name, MappingProxyType({"tag": tag}))
+                return _make_name_addr(base.uri, base.display_name, MappingProxyType({"tag": tag}))
         m = _abnf.NAME_ADDR_FAST_RE.fullmatch(text)
         if m is None:
             return cls._parse_general(text)
@@ -333,12 +334,12 @@ class NameAddr:
         else:
             params = MappingProxyType(_split_simple_params(params_text, "address"))
         display = quoted if quoted is not None else plain
-        parsed = cls._make(Uri.parse(uri_text), display, params)
+        parsed = _make_name_addr(Uri.parse(uri_text), display, params)
         if len(params) == 1 and "tag" in params:
             # Remember the value without its tag, for the next one from the same sender.
             head = text[: m.start("params")]
             if head not in _NAME_ADDRS:
-                remember_text(_NAME_ADDRS, head, cls._make(parsed.uri, display, _EMPTY), 1024)
+                remember_text(_NAME_ADDRS, head, _make_name_addr(parsed.uri, display, _EMPTY), 1024)
         elif "tag" not in params:
             # A To without a tag (every out-of-dialog request), a Contact, a
             # Route: the same text comes back message after message. Values
@@ -399,18 +400,7 @@ class NameAddr:
             if not uri_text or any(c in uri_text for c in ' \t,?<>"'):
                 raise SipParseError(f"bad address {text[:200]!r}")
             params = parse_params(rest, len(uri_text), "address") if semi >= 0 else {}
-        return cls._make(Uri.parse(uri_text), display, MappingProxyType(params))
-
-    @classmethod
-    def _make(cls, uri: Uri, display_name: str | None, params: Mapping[str, str | None]) -> NameAddr:
-        # The parser's constructor: skips __init__/__post_init__ (params is
-        # already read-only) and sets the slots through their descriptors
-        # (half the cost of object.__setattr__), measurable on every message.
-        self = object.__new__(cls)
-        _set_na_uri(self, uri)
-        _set_na_display_name(self, display_name)
-        _set_na_params(self, params)
-        return self
+        return _make_name_addr(Uri.parse(uri_text), display, MappingProxyType(params))
 
     @property
     def tag(self) -> str | None:
@@ -436,10 +426,11 @@ class NameAddr:
         return head + _params_text(self.params)
 
 
-# Slot setters of the frozen class, for _make (bypass the frozen __setattr__).
-_set_na_uri = NameAddr.__dict__["uri"].__set__
-_set_na_display_name = NameAddr.__dict__["display_name"].__set__
-_set_na_params = NameAddr.__dict__["params"].__set__
+#: ``NameAddr(uri, display_name, params)`` for the parsers, without __init__ and __post_init__
+#: (``params`` is already read-only): a name-addr per From, To and Contact of every message
+#: (see sipimdn._fastinit).
+_make_name_addr: Callable[[Uri, str | None, Mapping[str, str | None]], NameAddr] = maker(
+    NameAddr, skip_post_init=True)
 # Parsed name-addr values without a tag, by text (immutable, so shareable).
 _NAME_ADDRS: dict[str, NameAddr] = {}
 # A tag value the name-addr fast path takes: what its parameter pattern allows after "=".
@@ -477,7 +468,7 @@ class Via:
             cached_params = _split_simple_params(text[len(head):], "Via")
             if cached_params:
                 cls._check_params(cached_params, text)
-            return cls._make(sent[0], sent[1], sent[2], MappingProxyType(cached_params))
+            return _make_via(sent[0], sent[1], sent[2], MappingProxyType(cached_params))
         fast = _abnf.VIA_FAST_RE.fullmatch(text)
         if fast is not None:
             transport, host, port_text, params_text = fast.groups()
@@ -498,7 +489,7 @@ class Via:
             transport = transport.upper()
             sent_by = (transport, host, fast_port)
             remember_text(_VIA_HEADS, text[: fast.start("params")], sent_by, 256, max_key=128)
-            return cls._make(transport, host, fast_port, MappingProxyType(fast_params))
+            return _make_via(transport, host, fast_port, MappingProxyType(fast_params))
         m = _abnf.VIA_SENT_RE.match(text)
         if m is None:
             raise SipParseError(f"bad Via {text[:200]!r}")
@@ -524,18 +515,7 @@ class Via:
         params = parse_params(text, m.end(), "Via")
         if params:
             cls._check_params(params, text)
-        return cls._make(transport.upper(), host, port, MappingProxyType(params))
-
-    @classmethod
-    def _make(cls, transport: str, host: str, port: int | None, params: Mapping[str, str | None]) -> Via:
-        # The parser's constructor (see NameAddr._make).
-        self = object.__new__(cls)
-        _set_via_transport(self, transport)
-        _set_via_host(self, host)
-        _set_via_port(self, port)
-        _set_via_params(self, params)
-        _set_via_protocol(self, "SIP/2.0")
-        return self
+        return _make_via(transport.upper(), host, port, MappingProxyType(params))
 
     @staticmethod
     def _check_params(params: Mapping[str, str | None], text: str) -> None:
@@ -616,11 +596,9 @@ class Via:
 # accepted: one per peer, the same in every request it sends, while the parameters change.
 _VIA_HEADS: dict[str, tuple[str, str, int | None]] = {}
 
-_set_via_transport = Via.__dict__["transport"].__set__
-_set_via_host = Via.__dict__["host"].__set__
-_set_via_port = Via.__dict__["port"].__set__
-_set_via_params = Via.__dict__["params"].__set__
-_set_via_protocol = Via.__dict__["protocol"].__set__
+#: ``Via(transport, host, port, params)`` (protocol SIP/2.0) for the parser and the layers that
+#: stamp or write a Via, without __init__ and __post_init__ (``params`` is already read-only).
+_make_via: Callable[[str, str, int | None, Mapping[str, str | None]], Via] = maker(Via, skip_post_init=True)
 
 
 # -- CSeq ---------------------------------------------------------------------
@@ -648,12 +626,8 @@ class CSeq:
         # (length first: int() of thousands of digits would raise ValueError)
         if len(number_text) > 10 or (number := int(number_text)) >= 2**31:
             raise SipParseError(f"CSeq number out of range in {text[:200]!r}")
-        # (skips the dataclass __init__, slots set through their descriptors: hot path)
-        self = object.__new__(cls)
-        _set_cseq_number(self, number)
-        _set_cseq_method(self, m.group("method"))
         # Out of dialog every request says "1 MESSAGE": the same immutable value again.
-        return remember_text(_CSEQS, text, self, 256, max_key=64)
+        return remember_text(_CSEQS, text, _make_cseq(number, m.group("method")), 256, max_key=64)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -662,8 +636,8 @@ class CSeq:
 #: Parsed CSeq values by text.
 _CSEQS: dict[str, CSeq] = {}
 
-_set_cseq_number = CSeq.__dict__["number"].__set__
-_set_cseq_method = CSeq.__dict__["method"].__set__
+#: ``CSeq(number, method)`` for the parser, without __init__ (see sipimdn._fastinit).
+_make_cseq: Callable[[int, str], CSeq] = maker(CSeq)
 
 
 # -- Content-Type ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote
 
 from . import _abnf
 from ._cache import remember_text
+from ._fastinit import maker, setter
 from .errors import LocalProtocolError, SipParseError
 
 __all__ = ["Uri", "identity_key", "parse_uri"]
@@ -182,8 +183,8 @@ class Uri:
             unquote(password) if password is not None else None,
             host,
             port,
-            params=params,
-            headers=headers,
+            params,
+            headers,
         )
 
     # -- derived values --------------------------------------------------
@@ -332,41 +333,17 @@ class Uri:
         return value
 
 
-# Slot setters of the frozen class, for the values it derives once and for _make (bypass the
-# frozen __setattr__, which costs twice as much per field).
-_set_text = Uri.__dict__["_text"].__set__
-_set_cmp_key = Uri.__dict__["_cmp_key"].__set__
-_set_hash = Uri.__dict__["_hash"].__set__
-_set_scheme = Uri.__dict__["scheme"].__set__
-_set_user = Uri.__dict__["user"].__set__
-_set_password = Uri.__dict__["password"].__set__
-_set_host = Uri.__dict__["host"].__set__
-_set_port = Uri.__dict__["port"].__set__
-_set_params = Uri.__dict__["params"].__set__
-_set_headers = Uri.__dict__["headers"].__set__
-_set_opaque = Uri.__dict__["opaque"].__set__
-_new_uri = object.__new__
-
-
-def _make(scheme: str, user: str | None, password: str | None, host: str, port: int | None, *,
-          params: Mapping[str, str | None], headers: Mapping[str, str]) -> Uri:
-    """The Uri ``Uri(scheme, user, password, host, port, params, headers)`` builds, from mappings
-    already read-only and owned by it alone (the parser's), without the dataclass ``__init__``
-    (ten frozen ``__setattr__`` calls and the copies ``__post_init__`` makes of its mappings).
-    tests/test_uri_properties.py holds the two equal."""
-    uri: Uri = _new_uri(Uri)
-    _set_scheme(uri, scheme)
-    _set_user(uri, user)
-    _set_password(uri, password)
-    _set_host(uri, host)
-    _set_port(uri, port)
-    _set_params(uri, params)
-    _set_headers(uri, headers)
-    _set_opaque(uri, None)
-    _set_text(uri, None)
-    _set_cmp_key(uri, None)
-    _set_hash(uri, None)
-    return uri
+# The values a Uri works out on first use and keeps (its text, comparison key and hash), set in
+# their slots past the frozen __setattr__ (see sipimdn._fastinit).
+_set_text = setter(Uri, "_text")
+_set_cmp_key = setter(Uri, "_cmp_key")
+_set_hash = setter(Uri, "_hash")
+#: ``Uri(scheme, user, password, host, port, params, headers)`` for the parser, without the
+#: dataclass ``__init__`` (eight frozen ``__setattr__`` calls, three more for the derived values,
+#: and the copies ``__post_init__`` makes of its mappings): the parser's mappings are already
+#: read-only and owned by the Uri alone. tests/test_uri_properties.py holds the two equal.
+_make: Callable[[str, str | None, str | None, str, int | None, Mapping[str, str | None], Mapping[str, str]],
+                Uri] = maker(Uri, skip_post_init=True)
 
 
 def parse_uri(text: str) -> Uri:

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from .._cache import remember
 from .._tokens import token_hex
 from ..errors import LocalProtocolError
-from ..headers import NameAddr, Via, header_key
+from ..headers import NameAddr, Via, _make_via, header_key
 from ..message import HeaderRow, Headers, Request
 from ..transport.flow import Address, Transport
 from ..uri import Uri
@@ -352,7 +352,7 @@ def _push_first_via(request: Request, parts: _ViaParts, rows: list[HeaderRow]) -
     branch = new_branch()
     value = f"{head}{branch}{tail}"
     params: dict[str, str | None] = {"branch": branch, "rport": None} if tail else {"branch": branch}
-    via = Via._make(transport, host, port, MappingProxyType(params))
+    via = _make_via(transport, host, port, MappingProxyType(params))
     rows.insert(0, ("via", "Via", value, f"Via: {value}"))
     typed = request.headers._typed
     typed.clear()

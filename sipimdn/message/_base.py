@@ -18,7 +18,7 @@ from types import MappingProxyType
 from .. import _abnf
 from .._cache import remember_text
 from ..errors import LocalProtocolError, SipParseError
-from ..headers import ContentType, CSeq, NameAddr, Via, split_comma_list
+from ..headers import ContentType, CSeq, NameAddr, Via, _make_via, split_comma_list
 from ._rows import INDEX_KEY, Headers
 
 __all__ = ["Message"]
@@ -160,7 +160,7 @@ class Message:
         _check_ip(ip)
         merged = dict(params)
         merged.update(changes)
-        stamped = Via._make(via.transport, via.host, via.port, MappingProxyType(merged))
+        stamped = _make_via(via.transport, via.host, via.port, MappingProxyType(merged))
         rows = self.headers._rows
         i = 0
         while rows[i][0] != "via":  # (top_via found a Via row, so there is one)
