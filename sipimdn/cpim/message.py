@@ -21,10 +21,11 @@ import binascii
 import datetime as _dt
 import quopri
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from .._cache import remember_text
+from .._fastinit import maker
 from ..errors import CpimError
 from . import grammar
 from .values import CpimAddress, CpimDateTime, Subject, parse_address, parse_datetime
@@ -447,34 +448,12 @@ def parse(
     return msg
 
 
+#: ``CpimHeader(raw, prefix, name, namespace, params, value)`` for the parser, without the frozen
+#: dataclass ``__init__``: a header per line of every message (see sipimdn._fastinit).
+_header: Callable[[str, str | None, str, str | None, tuple[tuple[str, str], ...], str], CpimHeader] = maker(
+    CpimHeader)
+# (CpimMessage is not slotted: _fastinit does not serve it, and _message fills its __dict__.)
 _new_object = object.__new__
-# The slot setters of CpimHeader, in field order: what its frozen __init__ reaches through
-# object.__setattr__ once per field, for half the cost (a header per line of every message).
-_HEADER_FIELDS = ("raw", "prefix", "name", "namespace", "params", "value")
-if tuple(f.name for f in fields(CpimHeader)) != _HEADER_FIELDS:  # pragma: no cover - a guard
-    raise ImportError("CpimHeader's fields changed: update _header")
-_set_raw, _set_prefix, _set_name, _set_namespace, _set_params, _set_value = (
-    CpimHeader.__dict__[name].__set__ for name in _HEADER_FIELDS
-)
-
-
-def _header(  # noqa: PLR0917 - the fields of CpimHeader, in order
-    raw: str,
-    prefix: str | None,
-    name: str,
-    namespace: str | None,
-    params: tuple[tuple[str, str], ...],
-    value: str,
-) -> CpimHeader:
-    """``CpimHeader(raw, prefix, name, namespace, params, value)`` for the parser."""
-    header: CpimHeader = _new_object(CpimHeader)
-    _set_raw(header, raw)
-    _set_prefix(header, prefix)
-    _set_name(header, name)
-    _set_namespace(header, namespace)
-    _set_params(header, params)
-    _set_value(header, value)
-    return header
 
 
 def _message(
