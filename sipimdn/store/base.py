@@ -15,13 +15,13 @@ operation twice is harmless. :func:`record_to_json` /
 from __future__ import annotations
 
 import json
-import keyword
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from json.encoder import encode_basestring
 from typing import Any, Protocol, runtime_checkable
 
+from .._fastinit import source_fields
 from ..errors import StoreError
 from ..imdn.tracker.records import CLASSES as _CLASSES
 from ..imdn.tracker.records import (
@@ -212,9 +212,7 @@ def _json_writer(cls: type[Any]) -> Callable[[Any], str]:
     """
     slow = _general_json_writer(cls)
     parts = []
-    for number, f in enumerate(fields(cls)):
-        if not f.name.isidentifier() or keyword.iskeyword(f.name):
-            raise TypeError(f"{cls.__name__}.{f.name}: not a plain field name")  # (never: our records)
+    for number, f in enumerate(source_fields(cls)):
         value = f"r.{f.name}"
         spelled = _FIELD_SPELLINGS.get(str(f.type))
         if spelled is None:
@@ -238,7 +236,7 @@ def _json_writer(cls: type[Any]) -> Callable[[Any], str]:
         "_int": int.__repr__,
         "_inf": math.inf,
     }
-    exec(source, scope)  # source made above from the dataclass's own field names
+    exec(source, scope)  # source made above from the dataclass's own field names (source_fields)
     writer: Callable[[Any], str] = scope["to_json"]
     return writer
 
@@ -266,14 +264,12 @@ def _general_json_writer(cls: type[Any]) -> Callable[[Any], str]:
     :func:`_plain`. The reference :func:`_json_writer` falls back on.
     """
     items = []
-    for f in fields(cls):
-        if not f.name.isidentifier() or keyword.iskeyword(f.name):
-            raise TypeError(f"{cls.__name__}.{f.name}: not a plain field name")  # (never: our records)
+    for f in source_fields(cls):
         holds_records = "Record" in str(f.type)
         items.append(f"{f.name!r}: {'_plain(r.' + f.name + ')' if holds_records else 'r.' + f.name}")
     source = f"def to_json(r):\n    return _encode({{{', '.join(items)}}})\n"
     scope: dict[str, Any] = {"_encode": _ENCODER.encode, "_plain": _plain}
-    exec(source, scope)  # source made above from the dataclass's own field names
+    exec(source, scope)  # source made above from the dataclass's own field names (source_fields)
     writer: Callable[[Any], str] = scope["to_json"]
     return writer
 

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Callable
 
+from ..._fastinit import keyword_maker
 from ..vocabulary import Kind
 from ._base import PEER_NO_IMDN, TrackerCore
 from .destinations import address_key
@@ -42,12 +44,13 @@ from .events import (
     NotificationsDeclined,
 )
 from .identity import identity_key
-from .records import OwedRecord, ReceivedRecord, evolve, record_maker
+from .records import OwedRecord, ReceivedRecord, evolve
 
 __all__ = ["DispatchSide"]
 
-#: ``OwedRecord(...)`` without the frozen dataclass ``__init__``: one per notification owed.
-_owed_record = record_maker(OwedRecord)
+#: ``OwedRecord(...)`` (keywords) without the frozen dataclass ``__init__``: one per notification
+#: owed (see sipimdn._fastinit).
+_owed_record: Callable[..., OwedRecord] = keyword_maker(OwedRecord)
 
 #: The rate limiter drops idle originators once it holds more than this many (or twice what
 #: survived the last pruning).

@@ -21,10 +21,11 @@ here, beside the tracker and free of I/O; :mod:`sipimdn.store` re-exports them.
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from ..._fastinit import evolver
 
 __all__ = [
     "CLASSES",
@@ -283,79 +284,23 @@ class Snapshot:
     peers: tuple[PeerRecord, ...] = ()
 
 
-#: A record's own ``evolve``, per record class (made on first use, see :func:`_evolver`).
+#: A record's own ``evolve``, per record class (see :func:`evolve`).
 _EVOLVERS: dict[type[Any], Callable[..., Any]] = {}
-#: Default of every parameter of an evolver: "keep the record's value".
-_KEEP: Any = object()
 
 
 def evolve(record: _R, /, **changes: Any) -> _R:
-    """The tracker's own (not exported) ``dataclasses.replace`` for these records (no
-    ``__post_init__``, every field in ``__init__``), at about two thirds less than its cost:
-    the tracker replaces a few records for every message it handles. An unknown field name is
-    the same TypeError (an unexpected keyword argument)."""
+    """The tracker's own (not exported) ``dataclasses.replace`` for these records, at about two
+    thirds less than its cost (:func:`sipimdn._fastinit.evolver`): the tracker replaces a few
+    records for every message it handles. An unknown field name is the same TypeError (an
+    unexpected keyword argument)."""
     try:
-        evolver = _EVOLVERS[type(record)]
+        replace = _EVOLVERS[type(record)]
     except KeyError:
-        evolver = _EVOLVERS[type(record)] = _evolver(type(record))
-    result: _R = evolver(record, **changes)
+        replace = _EVOLVERS[type(record)] = evolver(type(record))
+    result: _R = replace(record, **changes)
     return result
-
-
-def record_maker(cls: type[_R]) -> Callable[..., _R]:
-    """``cls(**fields)`` for one of these record classes, made cheaper: a function taking the
-    same keyword arguments (the same defaults) that sets each slot through its descriptor,
-    where the frozen dataclass ``__init__`` goes through ``object.__setattr__`` per field
-    (about 1.4 against 2.4 us for the twenty fields of an :class:`OwedRecord`). The record is
-    the one ``cls`` makes: these classes have no ``__post_init__`` (tests/test_store.py
-    holds the two equal)."""
-    names = _field_names(cls)
-    record_fields = fields(cast(Any, cls))
-    params = ", ".join(f.name if f.default is MISSING else f"{f.name}=_default_{f.name}"
-                       for f in record_fields)
-    defaults = {f"_default_{f.name}": f.default for f in record_fields if f.default is not MISSING}
-    values = {name: name for name in names}
-    maker: Callable[..., _R] = _compile(cls, "make", f"*, {params}", values, defaults)
-    return maker
-
-
-def _field_names(cls: type[Any]) -> list[str]:
-    if "__post_init__" in cls.__dict__ or any(f.default_factory is not MISSING for f in fields(cls)):
-        raise TypeError(f"{cls.__name__}: not a plain record")  # (never: our records)
-    names = [f.name for f in fields(cls)]
-    for name in names:
-        if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
-            raise TypeError(f"{cls.__name__}.{name}: not a plain field name")  # (never: our records)
-    return names
-
-
-def _compile(cls: type[Any], function: str, params: str, values: dict[str, str],
-             scope: dict[str, Any]) -> Callable[..., Any]:
-    """``def function(params)`` returning a new ``cls`` object whose slots get ``values`` (field
-    name -> expression), set through the slot descriptors in field order: what the frozen
-    ``__init__`` stores, without its ``object.__setattr__`` per field. The source is made from
-    the dataclass's own field names (checked by _field_names); locals start with "_", which no
-    field name does."""
-    body = "".join(f"    _set_{name}(_r, {expression})\n" for name, expression in values.items())
-    source = f"def {function}({params}):\n    _r = _new(_cls)\n{body}    return _r\n"
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, **scope}
-    namespace.update({f"_set_{name}": cls.__dict__[name].__set__ for name in values})
-    exec(source, namespace)
-    compiled: Callable[..., Any] = namespace[function]
-    return compiled
-
-
-def _evolver(cls: type[Any]) -> Callable[..., Any]:
-    """``def evolve(record, *, a=KEEP, ...)`` for the fields of ``cls``, each slot set to
-    ``record.a if a is KEEP else a``: one call with keyword defaults, where a generic replace
-    builds and merges a dict of every field, and the record made as :func:`record_maker`
-    makes it."""
-    names = _field_names(cls)
-    params = "record, /, *, " + ", ".join(f"{name}=_KEEP" for name in names)
-    values = {name: f"record.{name} if {name} is _KEEP else {name}" for name in names}
-    return _compile(cls, "evolve", params, values, {"_KEEP": _KEEP})
 
 
 _RECORD_CLASSES: tuple[type[Any], ...] = (RecipientRecord, *CLASSES.values())
 for _cls in _RECORD_CLASSES:
-    _EVOLVERS[_cls] = _evolver(_cls)
+    _EVOLVERS[_cls] = evolver(_cls)
