@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipimdn._fastinit import keyword_maker
 from sipimdn.errors import StoreError
-from sipimdn.imdn.tracker.records import evolve, record_maker
+from sipimdn.imdn.tracker.records import evolve
 from sipimdn.store import (
     SCHEMA_VERSION,
     Delete,
@@ -253,10 +254,10 @@ def test_evolve_is_dataclasses_replace(record: AnyRecord) -> None:
 
 
 @pytest.mark.parametrize("record", every_kind(), ids=lambda r: r.TABLE)
-def test_record_maker_makes_what_the_class_makes(record: AnyRecord) -> None:
+def test_keyword_maker_makes_what_the_class_makes(record: AnyRecord) -> None:
     # The tracker's cheaper constructor: the same record from the same keywords, the
     # class's defaults for those left out, the same refusals.
-    make = record_maker(type(record))
+    make = keyword_maker(type(record))
     values = {f.name: getattr(record, f.name) for f in fields(record)}
     made = make(**values)
     assert made == record and type(made) is type(record) and repr(made) == repr(record)
