@@ -91,9 +91,18 @@ def maker(cls: type[_T], *, skip_post_init: bool = False) -> Callable[..., _T]:
         f"{f.name}=_default_{f.name}" if index >= len(in_init) - optional else f.name
         for index, f in enumerate(in_init)
     )
+    values, scope = _slots_from_arguments(fields)
+    return _remember(made_key, _compile(cls, "make", params, values, scope))
+
+
+def _slots_from_arguments(
+    fields: tuple[dataclasses.Field[Any], ...],
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """What a generated constructor sets each slot to (the argument of that name, or the field's
+    default for a field outside ``__init__``) and the defaults its code refers to."""
     values = {f.name: f.name if f.init else f"_default_{f.name}" for f in fields}
     scope = {f"_default_{f.name}": f.default for f in fields if f.default is not dataclasses.MISSING}
-    return _remember(made_key, _compile(cls, "make", params, values, scope))
+    return values, scope
 
 
 def keyword_maker(cls: type[_T]) -> Callable[..., _T]:
@@ -110,8 +119,7 @@ def keyword_maker(cls: type[_T]) -> Callable[..., _T]:
             raise TypeError(f"{cls.__qualname__}.{f.name}: a default_factory is not a plain default")
     params = ", ".join(f.name if f.default is dataclasses.MISSING else f"{f.name}=_default_{f.name}"
                        for f in fields if f.init)
-    values = {f.name: f.name if f.init else f"_default_{f.name}" for f in fields}
-    scope = {f"_default_{f.name}": f.default for f in fields if f.default is not dataclasses.MISSING}
+    values, scope = _slots_from_arguments(fields)
     return _remember(made_key, _compile(cls, "make", f"*, {params}" if params else "", values, scope))
 
 
