@@ -468,26 +468,32 @@ class TrackerCore:
         of each table at most (see :mod:`.workingset`)."""
         raise NotImplementedError
 
-    def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
-        """Hand out the next attempt of an owed notification (into ``hold`` if given)."""
+    def _dispatch(self, owed: OwedRecord, now: float) -> None:
+        """Hand out the next attempt of an owed notification."""
         self._hand_out(
             evolve(
                 owed,
                 attempts=owed.attempts + 1,
                 in_flight=True,
                 next_attempt_at=now + self.config.in_flight_timeout,
-            ),
-            hold,
+            )
         )
 
-    def _hand_out(self, owed: OwedRecord, hold: list[NotificationOwed] | None) -> None:
-        """Keep ``owed``, an attempt just started, and report it (into ``hold`` if given)."""
+    def _hand_out(self, owed: OwedRecord) -> None:
+        """Keep ``owed``, an attempt just started, and report it (or hold the report, see
+        :meth:`_held_behind_answer`)."""
         self._put(owed)
         event = NotificationOwed(owed)
-        if hold is None:
+        held = self._held_behind_answer(owed)
+        if held is None:
             self._events.append(event)
         else:
-            hold.append(event)
+            held.append(event)
+
+    def _held_behind_answer(self, owed: OwedRecord) -> list[NotificationOwed] | None:
+        """Where to keep the report of ``owed`` until its message's answer is on the wire, or
+        None to report it now (the receiver side knows answers; see its override)."""
+        return None
 
     # --- bookkeeping ---------------------------------------------------------------------------
 

@@ -40,7 +40,6 @@ from .destinations import address_key
 from .events import (
     DeclineReason,
     NotificationAbandoned,
-    NotificationOwed,
     NotificationsDeclined,
 )
 from .identity import identity_key
@@ -189,7 +188,6 @@ class DispatchSide(TrackerCore):
         now: float,
         *,
         hand_out: bool = False,
-        hold: list[NotificationOwed] | None = None,
     ) -> OwedRecord | None:
         """The notification to owe, or None (declined: peer refuses IMDNs, a budget, a parked
         destination). ``hand_out``: owe it now, as :meth:`_dispatch` of the record returned
@@ -245,7 +243,7 @@ class DispatchSide(TrackerCore):
             expires_at=now + self.config.owed_ttl,
         )
         if in_flight:
-            self._hand_out(owed, hold)
+            self._hand_out(owed)
         elif hand_out:
             self._put(owed)  # waits for its destination (see _dispatch)
         return owed
@@ -262,13 +260,13 @@ class DispatchSide(TrackerCore):
         # will with a fresh user part each time: one budget per address.
         return address
 
-    def _dispatch(self, owed: OwedRecord, now: float, hold: list[NotificationOwed] | None = None) -> None:
+    def _dispatch(self, owed: OwedRecord, now: float) -> None:
         # A parked destination, or one not yet proven alive with a notification in flight, gets
         # nothing now: the owed record waits (its attempts unchanged) until the guard's time, or
         # until the destination answers (notification_outcome hands it out then).
         later = self._guard.admit(self._address(owed.request_uri), owed.notification_id, owed.peer_key, now)
         if later is None:
-            super()._dispatch(owed, now, hold)
+            super()._dispatch(owed, now)
         else:
             self._put(evolve(owed, in_flight=False, next_attempt_at=later))
 

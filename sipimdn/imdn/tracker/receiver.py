@@ -440,23 +440,22 @@ class ReceiverSide(DispatchSide):
             self._delete(ReceivedRecord.TABLE, key)
             return False
         early = receipt.early if receipt is not None else _NO_EARLY
-        hold: list[NotificationOwed] | None = None
         if not sent:
-            receipt = Receipt(_AFTER_2XX)
-            self._receipts[key] = receipt
-            hold = receipt.held
+            # Answering: every notification handed out from here on waits in the receipt until
+            # answer_sent (see _held_behind_answer).
+            self._receipts[key] = Receipt(_AFTER_2XX)
         delivery_owed, display_owed = record.delivery_owed, record.display_owed
         requested = record.requested
         if Kind.DELIVERY in early:
-            delivery_owed = self._commit_owed(early[Kind.DELIVERY], now, hold)
+            delivery_owed = self._commit_owed(early[Kind.DELIVERY], now)
         elif "positive-delivery" in requested and self.config.auto_delivered:
             # RFC 5438 §7.2.1.1: a 2xx says the message reached us; an explicit report made
             # before the answer replaces this automatic one.
-            delivery_owed = self._owe(record, Kind.DELIVERY, "delivered", now, hold)
+            delivery_owed = self._owe(record, Kind.DELIVERY, "delivered", now)
         if Kind.DISPLAY in early:
-            display_owed = self._commit_owed(early[Kind.DISPLAY], now, hold)
+            display_owed = self._commit_owed(early[Kind.DISPLAY], now)
         elif "display" in requested and record.display_policy == DisplayPolicy.FORBIDDEN:
-            display_owed = self._owe(record, Kind.DISPLAY, "forbidden", now, hold)
+            display_owed = self._owe(record, Kind.DISPLAY, "forbidden", now)
         if _still_open(requested, delivery_owed, display_owed):
             answered = evolve(
                 record, answered_status=status_code, delivery_owed=delivery_owed, display_owed=display_owed
@@ -476,18 +475,18 @@ class ReceiverSide(DispatchSide):
         del self._receipts[key]
         self._events.extend(receipt.held)
 
-    def _hand_out(self, owed: OwedRecord, hold: list[NotificationOwed] | None) -> None:
-        # A notification can become due by another route than its message's answer: its
-        # destination proven alive by the answer to an earlier IMDN (notification_outcome), or a
-        # waiting time passing. If its message's 2xx is decided but not on the wire yet (the
-        # answer waits for the store), it still waits behind that 2xx: RFC 5438 §7.2.1.1 owes
-        # delivery notifications for a message accepted, and a peer must not see the IMDN of a
-        # message whose 200 it has not had.
-        if hold is None and self._receipts:
-            receipt = self._receipts.get((owed.sender_key, owed.message_id))
-            if receipt is not None and receipt.state is ReceiptState.ANSWERING:
-                hold = receipt.held
-        super()._hand_out(owed, hold)
+    def _held_behind_answer(self, owed: OwedRecord) -> list[NotificationOwed] | None:
+        # Whatever makes a notification due (its message's answer, a report, its destination
+        # proven alive by the answer to an earlier IMDN, a waiting time), while its message's 2xx
+        # is decided but not on the wire yet (the answer waits for the store) it waits behind
+        # that 2xx: RFC 5438 §7.2.1.1 owes delivery notifications for a message accepted, and a
+        # peer must not see the IMDN of a message whose 200 it has not had.
+        if not self._receipts:
+            return None
+        receipt = self._receipts.get((owed.sender_key, owed.message_id))
+        if receipt is not None and receipt.state is ReceiptState.ANSWERING:
+            return receipt.held
+        return None
 
     def mark_displayed(self, message_id: str, now: float, sender: str | None = None) -> OwedRecord | None:
         """The application showed the message: owe ``displayed`` if requested and the policy allows.
@@ -605,7 +604,7 @@ class ReceiverSide(DispatchSide):
             receipt.early[kind] = owed
             return owed
         owed = self._new_owed(record, kind, status, now)
-        record = self._commit(record, kind, owed, now, receipt.held if receipt is not None else None)
+        record = self._commit(record, kind, owed, now)
         self._settle_received(record)
         return None if owed is None else self._owed.get(owed.notification_id)
 
@@ -657,17 +656,16 @@ class ReceiverSide(DispatchSide):
         kind: str,
         status: str,
         now: float,
-        hold: list[NotificationOwed] | None,
     ) -> str:
         """Owe one notification now (or decline it): the status its type is marked used with."""
-        owed = self._new_owed(record, kind, status, now, hand_out=True, hold=hold)
+        owed = self._new_owed(record, kind, status, now, hand_out=True)
         return _DECLINED if owed is None else owed.status
 
-    def _commit_owed(self, owed: OwedRecord | None, now: float, hold: list[NotificationOwed] | None) -> str:
+    def _commit_owed(self, owed: OwedRecord | None, now: float) -> str:
         """Hand out ``owed`` (None: declined): the status its type is marked used with."""
         if owed is None:
             return _DECLINED
-        self._dispatch(owed, now, hold)
+        self._dispatch(owed, now)
         return owed.status
 
     def _commit(
@@ -676,10 +674,9 @@ class ReceiverSide(DispatchSide):
         kind: str,
         owed: OwedRecord | None,
         now: float,
-        hold: list[NotificationOwed] | None,
     ) -> ReceivedRecord:
         """Hand out ``owed`` (None: declined) and mark its type used on ``record``."""
-        return _with_owed(record, kind, self._commit_owed(owed, now, hold))
+        return _with_owed(record, kind, self._commit_owed(owed, now))
 
     def _settle_received(self, record: ReceivedRecord) -> None:
         """Keep a received record while a notification may still be owed for it."""
