@@ -1,13 +1,20 @@
 """Run every benchmark of sipimdn and write bench/RESULTS.md (plus PNG plots and results.json).
 
-    python bench/run.py            # the full run (about 25 minutes on 2 cores, 10 of them the soak)
+    python bench/run.py            # the full run (about 30 minutes on 2 cores, 10 of them the soak)
     python bench/run.py --quick    # a tiny load, well under a minute (what CI runs)
     python bench/run.py --out DIR  # write RESULTS.md, results.json and the plots into DIR
     python bench/run.py --only soak                     # the 10-minute soak at 1000/s alone
     python bench/run.py --only soak --soak-seconds 60   # a shorter one
+    python bench/run.py --only receive,positive-delivery --rounds 7 --no-uvloop   # the target ratios
 
 A run of some parts (``--only``) merges into the OUT/results.json already there: the parts it did
 not run keep their figures, and RESULTS.md says which command and date each of those came from.
+
+The target ratios (plain receive at 3,000/s, positive delivery at 1,000 and 2,000/s, each against
+the floor) are not read off the sweeps' single steps: the receive and positive-delivery parts end
+with ``--rounds`` alternating rounds at those rates, the floor and the sipimdn responders running
+side by side and measured back to back in each round, and the targets use the median of the
+per-round ratios (scenarios.ratio_rounds).
 
 Every figure is meant to be read as a ratio against the references measured in the same run:
 the Python floor (bench/floor_responder.py, raw asyncio, no SIP library), Kamailio answering
@@ -59,6 +66,12 @@ FULL = scenarios.Plan(
     profile_seconds=8.0,
     soak_rate=1000,
     soak_seconds=600.0,
+    # The targets' rates; five rounds of 5 s steps add about six minutes to a full run.
+    ratio_rate=3000,
+    pd_ratio_rates=(1000, 2000),
+    ratio_rounds=5,
+    ratio_seconds=5.0,
+    ratio_warmup_seconds=1.0,
 )
 
 #: Every part, in the order a full run runs them.
@@ -81,6 +94,11 @@ QUICK = scenarios.Plan(
     profile_seconds=1.0,
     soak_rate=200,
     soak_seconds=3.0,
+    ratio_rate=300,
+    pd_ratio_rates=(100,),
+    ratio_rounds=2,
+    ratio_seconds=1.0,
+    ratio_warmup_seconds=0.0,
 )
 
 
@@ -149,7 +167,40 @@ class Runner:
                     for rate in plan.latency_rates
                 ]
             out[responder.name] = entry
+        if plan.ratio_rounds > 0:
+            members = [
+                scenarios.RatioMember(scenarios.sipimdn("ua", False), reference="floor"),
+                scenarios.RatioMember(scenarios.floor(False)),
+                scenarios.RatioMember(scenarios.listen_cli(), reference="floor"),
+            ]
+            if self.uvloop:
+                members += [
+                    scenarios.RatioMember(scenarios.sipimdn("ua", True), reference="floor+uvloop"),
+                    scenarios.RatioMember(scenarios.floor(True)),
+                ]
+            self.rounds(out, members, plan.ratio_rate, self.logs / "receive" / "rounds")
         return out
+
+    def rounds(
+        self, out: dict[str, Any], members: list[scenarios.RatioMember], rate: int, log_dir: Path
+    ) -> None:
+        """The target ratios at ``rate``: alternating rounds (scenarios.ratio_rounds), each
+        member's record under ``out[name]["ratio_rounds"][rate]``."""
+        assert self.sipp is not None
+        print(f"   ratio rounds at {rate}/s: {', '.join(m.name for m in members)}", flush=True)
+        group = scenarios.ratio_rounds(
+            self.sipp,
+            members,
+            rate,
+            self.plan.ratio_seconds,
+            self.plan.ratio_rounds,
+            log_dir / str(rate),
+            warmup_seconds=self.plan.ratio_warmup_seconds,
+        )
+        kinds = {m.name: m.responder for m in members}
+        for name, record in scenarios.per_member(group).items():
+            entry = out.setdefault(name, {"kind": kinds[name].kind, "loop": kinds[name].loop})
+            entry.setdefault("ratio_rounds", {})[str(rate)] = record
 
     def positive_delivery(self) -> dict[str, Any]:
         assert self.sipp is not None
@@ -178,6 +229,22 @@ class Runner:
                     (log_dir / transport / "server-stats.json").read_text()
                 )
             out[responder.name] = entry
+        if self.plan.ratio_rounds > 0:
+            for rate in self.plan.pd_ratio_rates:
+                # The floor answers the plain scenario: what the least asyncio program pays for a
+                # MESSAGE -> 200, against the whole exchange (200 + delivered IMDN answered).
+                members = [
+                    scenarios.RatioMember(
+                        scenarios.sipimdn("ua", False), "uac_cpim_pd.xml", "ooc_imdn_ack.xml", "floor"
+                    ),
+                    scenarios.RatioMember(scenarios.floor(False)),
+                    scenarios.RatioMember(
+                        scenarios.listen_cli(), "uac_cpim_pd.xml", "ooc_imdn_ack.xml", "floor"
+                    ),
+                ]
+                self.rounds(out, members, rate, self.logs / "positive-delivery" / "rounds")
+            # The floor's steps are in each member's record (reference_step), not a PD entry.
+            out.pop("floor", None)
         return out
 
     def tls(self) -> dict[str, Any]:
@@ -300,11 +367,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny load, well under a minute (CI)")
-    parser.add_argument("--duration", type=float, help="seconds per offered-rate step (default 3, quick 1)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="seconds per offered-rate step (default 3, quick 1), the ratio rounds' steps too",
+    )
     parser.add_argument("--rates", help="comma-separated offered rates of the receive sweeps")
     parser.add_argument("--pd-rates", help="comma-separated offered rates of the positive-delivery sweeps")
     parser.add_argument(
         "--latency-rates", help="comma-separated rates of our latency client in the receive part"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="alternating rounds of the target ratios (default 5, quick 2; 0: none)",
+    )
+    parser.add_argument(
+        "--round-seconds", type=float, help="seconds per step of the ratio rounds (default 5, quick 1)"
+    )
+    parser.add_argument(
+        "--ratio-rate", type=int, help="offered rate of the plain-receive ratio rounds (default 3000)"
+    )
+    parser.add_argument(
+        "--pd-ratio-rates", help="comma-separated rates of the positive-delivery ratio rounds (1000,2000)"
     )
     parser.add_argument("--sustain", type=float, help="seconds of the sustained 10k/s run (default 60)")
     parser.add_argument("--soak-seconds", type=float, help="seconds of the soak (default 600, quick 3)")
@@ -330,13 +415,21 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
     if args.duration is not None:
-        overrides["step_seconds"] = args.duration
+        overrides["step_seconds"] = overrides["ratio_seconds"] = args.duration
+    if args.round_seconds is not None:
+        overrides["ratio_seconds"] = args.round_seconds
     if args.rates:
         overrides["rates"] = tuple(int(r) for r in args.rates.split(","))
     if args.pd_rates:
         overrides["pd_rates"] = tuple(int(r) for r in args.pd_rates.split(","))
     if args.latency_rates:
         overrides["latency_rates"] = tuple(int(r) for r in args.latency_rates.split(","))
+    if args.rounds is not None:
+        overrides["ratio_rounds"] = max(0, args.rounds)
+    if args.ratio_rate is not None:
+        overrides["ratio_rate"] = args.ratio_rate
+    if args.pd_ratio_rates:
+        overrides["pd_ratio_rates"] = tuple(int(r) for r in args.pd_ratio_rates.split(","))
     if args.sustain is not None:
         overrides["sustain_seconds"] = args.sustain
     if args.soak_seconds is not None:

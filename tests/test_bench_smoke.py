@@ -79,6 +79,10 @@ def test_entry_command_succeeds_and_writes_the_report(
     for name in ("floor", "kamailio", "sipimdn-stack", "sipimdn-ua", "sipimdn-listen"):
         assert f"| {name} | UDP |" in text, name
         assert f"| {name} | TCP |" in text, name
+    # The target ratios come from the alternating rounds (two in a quick run), not single steps.
+    assert "### Target ratios, plain receive: 2 alternating rounds at 300/s (UDP)" in text
+    assert "### Target ratios, positive delivery: 2 alternating rounds at 100/s (UDP)" in text
+    assert "median of 2 per-round ratios" in text
 
 
 def test_each_part_ran_load_through_the_real_processes(
@@ -94,6 +98,19 @@ def test_each_part_ran_load_through_the_real_processes(
             assert steps and steps[0]["successful"] > 0, (name, transport, steps)
             assert steps[0]["server_cpu"] >= 0.0
         assert entry["latency"][0]["answered"] > 0, (name, entry["latency"])
+    for part, rate, members in (
+        ("receive", "300", ("sipimdn-ua", "sipimdn-listen")),
+        ("positive-delivery", "100", ("sipimdn-ua", "sipimdn-listen")),
+    ):
+        for name in members:
+            record = results[part][name]["ratio_rounds"][rate]
+            assert record["reference"] == "floor"
+            assert [r["round"] for r in record["rounds"]] == [1, 2]
+            for r in record["rounds"]:
+                assert r["step"]["successful"] > 0 and r["reference_step"]["successful"] > 0, r
+            assert record["summary"]["ratio"]["median"] > 0, record["summary"]
+    # Each sipimdn responder of the positive-delivery rounds sent its IMDNs and saw them answered.
+    assert results["positive-delivery"]["sipimdn-ua"]["ratio_rounds"]["100"]["server"]["imdn_2xx"] > 0
     imdn_counts = results["positive-delivery"]["sipimdn-ua"]["udp_server"]
     assert imdn_counts["imdn_sent"] > 0
     # `sipimdn listen` (the CLI process): its delivered IMDNs reached SIPp and were answered 2xx.

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pstats
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -56,6 +58,17 @@ class Plan:
     profile_seconds: float
     soak_rate: int = 1000
     soak_seconds: float = 600.0
+    #: The target ratios (plain receive at ``ratio_rate``, positive delivery at each of
+    #: ``pd_ratio_rates``, both against the floor) are measured in ``ratio_rounds`` alternating
+    #: rounds of one ``ratio_seconds`` step per responder (see :func:`ratio_rounds`); 0: not at all.
+    ratio_rate: int = 3000
+    pd_ratio_rates: tuple[int, ...] = (1000, 2000)
+    ratio_rounds: int = 5
+    #: Long enough that CPU time's 10 ms ticks stay small against a step (the floor at 1,000/s
+    #: spends 0.3-0.4 s in 5 s: a tick is under 3 %).
+    ratio_seconds: float = 5.0
+    #: An unrecorded step per responder before the first round (imports, caches, first tables).
+    ratio_warmup_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,153 @@ def sweep(  # noqa: PLR0917
         )
 
     return [s.as_dict() for s in sipp_load.sweep(rates, step)]
+
+
+@dataclass(frozen=True)
+class RatioMember:
+    """One responder of a ratio measurement and the SIPp scenario it gets.
+
+    A member with a ``reference`` (the name of another member, e.g. ``floor``) is compared to
+    it round by round; a member without one is a reference.
+    """
+
+    responder: Responder
+    scenario: str = "uac_cpim.xml"
+    ooc: str | None = None
+    reference: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.responder.name
+
+
+def round_order(members: list[RatioMember], index: int) -> list[RatioMember]:
+    """The order of round ``index`` (0-based): each reference sits between the members compared
+    to it (with two, one is measured right before it and one right after), and every other
+    round runs in reverse, so no member always follows the same neighbour or comes first.
+    """
+    order: list[RatioMember] = []
+    for ref in (m for m in members if m.reference is None):
+        compared = [m for m in members if m.reference == ref.name]
+        half = len(compared) // 2
+        order += [*compared[:half], ref, *compared[half:]]
+    order += [m for m in members if m.reference is not None and m not in order]  # reference absent
+    return order if index % 2 == 0 else order[::-1]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"median": math.nan, "min": math.nan, "max": math.nan}
+    return {"median": statistics.median(finite), "min": min(finite), "max": max(finite)}
+
+
+def summarise_rounds(
+    rounds: list[dict[str, Any]], members: list[tuple[str, str | None]]
+) -> dict[str, dict[str, Any]]:
+    """Per member (``(name, reference)``): its CPU per message in every round, their median and
+    range, and for a compared member the ratio to its reference *within each round* (both
+    measured back to back), the median and range of those per-round ratios, and the ratio of
+    the two medians beside it. ``rounds`` are ``{"round", "order", "steps": {name: step}}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, reference in members:
+        cpu = [r["steps"][name]["cpu_us_per_msg"] for r in rounds if name in r["steps"]]
+        entry: dict[str, Any] = {
+            "reference": reference,
+            "rounds": len(cpu),
+            "cpu_us_per_msg": cpu,
+            "cpu": _spread(cpu),
+            "sustained_rounds": sum(1 for r in rounds if r["steps"].get(name, {}).get("sustained")),
+            "failed": sum(r["steps"][name]["failed"] for r in rounds if name in r["steps"]),
+        }
+        if reference is not None:
+            ratios = []
+            for r in rounds:
+                own, ref = r["steps"].get(name), r["steps"].get(reference)
+                if own is None or ref is None:
+                    continue
+                value, base = own["cpu_us_per_msg"], ref["cpu_us_per_msg"]
+                ratios.append(value / base if base and not math.isnan(base) else math.nan)
+            entry["ratios"] = ratios
+            entry["ratio"] = _spread(ratios)
+            ref_median = _spread(
+                [r["steps"][reference]["cpu_us_per_msg"] for r in rounds if reference in r["steps"]]
+            )["median"]
+            entry["ratio_of_medians"] = (
+                entry["cpu"]["median"] / ref_median if ref_median and not math.isnan(ref_median) else math.nan
+            )  # fmt: skip
+        out[name] = entry
+    return out
+
+
+def ratio_rounds(  # noqa: PLR0917
+    sipp: str,
+    members: list[RatioMember],
+    rate: int,
+    seconds: float,
+    rounds: int,
+    log_dir: Path,
+    *,
+    transport: str = "udp",
+    warmup_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Every member at ``rate`` offered, ``rounds`` times, in alternating rounds (:func:`round_order`).
+
+    The members run side by side for the whole measurement (fresh processes, all on the
+    responder CPU; an idle one costs nothing measurable) so that a round takes each one's step
+    within seconds of the others: a reference and the member compared to it are measured back
+    to back, and load from elsewhere on a shared machine hits both. Before each step every
+    member must be idle (the previous step's backlog drained). The report reads the median of
+    the per-round ratios and their range, not a single step.
+    """
+    names = [m.name for m in members]
+    assert len(set(names)) == len(names), names
+    out: dict[str, Any] = {
+        "rate": rate, "transport": transport, "seconds": seconds,
+        "members": {m.name: {"reference": m.reference, "scenario": m.scenario} for m in members},
+    }  # fmt: skip
+    done: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        servers = {m.name: stack.enter_context(running(m.responder, log_dir / m.name)) for m in members}
+
+        def step(member: RatioMember, seconds: float, where: Path) -> sipp_load.Step:
+            _wait_all_idle(list(servers.values()))
+            server = servers[member.name]
+            return sipp_load.run_uac(
+                sipp, member.scenario, (LOOPBACK, server.port(transport)), transport, rate, seconds,
+                where, server.cpu_seconds, ooc_scenario=member.ooc,
+            )  # fmt: skip
+
+        if warmup_seconds > 0:
+            for member in members:
+                step(member, warmup_seconds, log_dir / member.name / "warmup")
+        for index in range(rounds):
+            order = round_order(members, index)
+            steps = {
+                m.name: step(m, seconds, log_dir / m.name / f"round-{index + 1}").as_dict() for m in order
+            }
+            done.append({"round": index + 1, "order": [m.name for m in order], "steps": steps})
+    out["rounds"] = done
+    out["summary"] = summarise_rounds(done, [(m.name, m.reference) for m in members])
+    out["server"] = {
+        m.name: json.loads(path.read_text())
+        for m in members
+        if (path := log_dir / m.name / "server-stats.json").exists()
+    }
+    return out
+
+
+def _wait_all_idle(servers: list[ServerProcess], limit: float = 15.0, interval: float = 0.25) -> None:
+    """Wait until the responders together use under 5 % of a CPU (or ``limit`` seconds)."""
+    started = time.monotonic()
+    last = sum(s.cpu_seconds() for s in servers)
+    while time.monotonic() - started < limit:
+        time.sleep(interval)
+        now = sum(s.cpu_seconds() for s in servers)
+        if now - last < 0.05 * interval:
+            return
+        last = now
 
 
 def latency(
@@ -444,3 +604,30 @@ def _area(filename: str, name: str) -> str:
 
 def python_version() -> str:
     return sys.version.split()[0]
+
+
+def per_member(group: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`ratio_rounds`'s result split by member, for the member's entry in results.json:
+    its steps round by round (with its reference's step of the same round), its summary and its
+    reference's, and its counters."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in group["members"].items():
+        reference = info["reference"]
+        rounds = []
+        for r in group["rounds"]:
+            row = {"round": r["round"], "order": r["order"], "step": r["steps"].get(name)}
+            if reference is not None:
+                row["reference_step"] = r["steps"].get(reference)
+            rounds.append(row)
+        out[name] = {
+            "rate": group["rate"],
+            "transport": group["transport"],
+            "seconds": group["seconds"],
+            "scenario": info["scenario"],
+            "reference": reference,
+            "rounds": rounds,
+            "summary": group["summary"][name],
+            "reference_summary": group["summary"].get(reference) if reference is not None else None,
+            "server": group["server"].get(name, {}),
+        }
+    return out
