@@ -227,3 +227,16 @@ def test_the_report_shows_every_round_and_the_medians() -> None:
         assert f"| {ratio:.2f}x |" in text
     assert "a single sample" in text  # the sweep's every-step table says what its rows are
     assert not math.isnan(receive["sipimdn-ua"]["ratio_rounds"]["3000"]["summary"]["ratio_of_medians"])
+
+
+def test_a_reference_step_under_one_cpu_tick_gives_no_ratio_for_its_round() -> None:
+    # CPU time comes in 10 ms ticks: a tiny step of the floor can read 0, which is no ratio.
+    group = _group(300, [2.0, 3.0], floor_cpu=60.0)
+    group["rounds"][0]["steps"]["floor"]["cpu_us_per_msg"] = 0.0
+    summary = scenarios.summarise_rounds(group["rounds"], [("sipimdn-ua", "floor"), ("floor", None)])
+    assert math.isnan(summary["sipimdn-ua"]["ratios"][0])
+    assert summary["sipimdn-ua"]["ratio"] == {"median": 3.0, "min": 3.0, "max": 3.0}
+    group["rounds"][1]["steps"]["floor"]["cpu_us_per_msg"] = 0.0
+    group["summary"] = scenarios.summarise_rounds(group["rounds"], [("sipimdn-ua", "floor"), ("floor", None)])
+    measured, verdict = report.rounds_target(scenarios.per_member(group)["sipimdn-ua"], 2.0)
+    assert verdict == "not measured" and "read zero" in measured

@@ -81,7 +81,7 @@ def test_entry_command_succeeds_and_writes_the_report(
         assert f"| {name} | TCP |" in text, name
     # The target ratios come from the alternating rounds (two in a quick run), not single steps.
     assert "### Target ratios, plain receive: 2 alternating rounds at 300/s (UDP)" in text
-    assert "### Target ratios, positive delivery: 2 alternating rounds at 100/s (UDP)" in text
+    assert "### Target ratios, positive delivery: 2 alternating rounds at 300/s (UDP)" in text
     assert "median of 2 per-round ratios" in text
 
 
@@ -100,7 +100,7 @@ def test_each_part_ran_load_through_the_real_processes(
         assert entry["latency"][0]["answered"] > 0, (name, entry["latency"])
     for part, rate, members in (
         ("receive", "300", ("sipimdn-ua", "sipimdn-listen")),
-        ("positive-delivery", "100", ("sipimdn-ua", "sipimdn-listen")),
+        ("positive-delivery", "300", ("sipimdn-ua", "sipimdn-listen")),
     ):
         for name in members:
             record = results[part][name]["ratio_rounds"][rate]
@@ -110,7 +110,7 @@ def test_each_part_ran_load_through_the_real_processes(
                 assert r["step"]["successful"] > 0 and r["reference_step"]["successful"] > 0, r
             assert record["summary"]["ratio"]["median"] > 0, record["summary"]
     # Each sipimdn responder of the positive-delivery rounds sent its IMDNs and saw them answered.
-    assert results["positive-delivery"]["sipimdn-ua"]["ratio_rounds"]["100"]["server"]["imdn_2xx"] > 0
+    assert results["positive-delivery"]["sipimdn-ua"]["ratio_rounds"]["300"]["server"]["imdn_2xx"] > 0
     imdn_counts = results["positive-delivery"]["sipimdn-ua"]["udp_server"]
     assert imdn_counts["imdn_sent"] > 0
     # `sipimdn listen` (the CLI process): its delivered IMDNs reached SIPp and were answered 2xx.

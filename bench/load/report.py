@@ -232,7 +232,7 @@ def round_record(entry: dict[str, Any] | None, rate: int | None = None) -> dict[
     if not records:
         return None
     if rate is None:
-        return records[max(records, key=int)]  # type: ignore[no-any-return]
+        return records[max(records, key=int)]
     return records.get(str(rate))
 
 
@@ -243,6 +243,9 @@ def rounds_target(record: dict[str, Any], bound: float) -> tuple[str, str]:
     s = record["summary"]
     ref = record.get("reference_summary") or {}
     ratio = s["ratio"]
+    if math.isnan(ratio["median"]):
+        # CPU time comes in 10 ms ticks: a tiny step of the floor may read zero.
+        return f"no per-round ratio at {record['rate']:,}/s (the reference's CPU read zero)", "not measured"
     measured = (
         f"{ratio['median']:.2f}x, median of {s['rounds']} per-round ratios "
         f"(range {ratio['min']:.2f}-{ratio['max']:.2f}x); CPU/msg medians "
