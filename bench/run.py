@@ -1,7 +1,7 @@
 """Run every benchmark of sipimdn and write bench/RESULTS.md (plus PNG plots and results.json).
 
     python bench/run.py            # the full run (about 30 minutes on 2 cores, 10 of them the soak)
-    python bench/run.py --quick    # a tiny load, well under a minute (what CI runs)
+    python bench/run.py --quick    # a tiny load, about 70 s (what CI runs)
     python bench/run.py --out DIR  # write RESULTS.md, results.json and the plots into DIR
     python bench/run.py --only soak                     # the 10-minute soak at 1000/s alone
     python bench/run.py --only soak --soak-seconds 60   # a shorter one
