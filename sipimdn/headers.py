@@ -440,6 +440,23 @@ _TAG_VALUE_RE = re.compile(rf"[{_abnf.token_char}:]+")
 # -- Via ---------------------------------------------------------------------
 
 
+#: ``received`` values already found to be IP addresses (every response to a request we sent
+#: echoes our Via with the address the peer saw, RFC 3581 §4: the same few come back each time,
+#: and :mod:`ipaddress` costs more than the rest of the Via). Bounded; refusals are not kept.
+_RECEIVED_OK: dict[str, bool] = {}
+
+
+def _received_ok(received: str) -> bool:
+    """Whether a Via ``received`` value is an IP address (RFC 3261 §20.42: IPv4address /
+    IPv6address; the brackets of an IPv6 reference accepted), remembered when it is."""
+    try:
+        ipaddress.ip_address(received[1:-1] if received[:1] == "[" else received)
+    except ValueError:
+        return False
+    remember_text(_RECEIVED_OK, received, True, 256, max_key=64)
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
     """One via-parm (RFC 3261 §20.42, RFC 3581 rport).
@@ -536,10 +553,8 @@ class Via:
             received = params["received"]
             if received is None:
                 raise SipParseError(f"received without a value in Via {text[:200]!r}")
-            try:
-                ipaddress.ip_address(received[1:-1] if received[:1] == "[" else received)
-            except ValueError:
-                raise SipParseError(f"bad received address in Via {text[:200]!r}") from None
+            if received not in _RECEIVED_OK and not _received_ok(received):
+                raise SipParseError(f"bad received address in Via {text[:200]!r}")
         if "branch" in params and not params["branch"]:
             raise SipParseError(f"branch without a value in Via {text[:200]!r}")
 

@@ -85,7 +85,8 @@ param_name = st.sampled_from(
 param_value = st.one_of(
     st.none(),
     st.sampled_from(
-        ["z9hG4bK1", "5060", "0", "70000", "1.2.3.4", "2001:db8::9", "[2001:db8::9]", '"q;,v"', "a.b", ""]
+        ["z9hG4bK1", "5060", "0", "70000", "1.2.3.4", "2001:db8::9", "[2001:db8::9]", '"q;,v"', "a.b", "",
+         "1.2.3.256", "01.2.3.4", "[1.2.3.4]", "::ffff:1.2.3.4", "[::1"]
     ),
 )
 via_host = st.sampled_from(
@@ -383,6 +384,7 @@ def _cold(parse: object, text: str) -> object:
     headers_module._VIA_HEADS.clear()
     headers_module._NAME_ADDRS.clear()
     headers_module._CSEQS.clear()
+    headers_module._RECEIVED_OK.clear()
     return _typed_outcome(parse, text)
 
 
