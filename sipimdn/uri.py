@@ -177,7 +177,7 @@ class Uri:
                 name, _, value = item.partition("=")
                 fields[unquote(name)] = unquote(value)
             headers = MappingProxyType(fields)
-        return _make(
+        uri = _make(
             scheme,
             unquote(user) if user is not None else None,
             unquote(password) if password is not None else None,
@@ -186,6 +186,20 @@ class Uri:
             params,
             headers,
         )
+        if (
+            not params_text
+            and not headers_text
+            and password is None
+            and (user is None or "%" not in user)
+            and (port_text is None or port_text == str(port))
+            and text.startswith(scheme)
+        ):
+            # The usual ``sip:user@host[:port]`` already written as str() writes it: the scheme
+            # in lower case, a user with no escapes (quote() keeps every character the user
+            # grammar allows), a port without leading zeros, the host as given, nothing after:
+            # its text is the input (tests/test_message_fastpaths.py holds the two equal).
+            _set_text(uri, text)
+        return uri
 
     # -- derived values --------------------------------------------------
 

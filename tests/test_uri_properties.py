@@ -194,6 +194,33 @@ def test_parser_builds_what_the_constructor_builds(text: str) -> None:
         assert getattr(parsed, name) == getattr(built, name), name
     for mapping in (parsed.params, parsed.headers):
         assert type(mapping) is MappingProxyType
-    assert (parsed._text, parsed._cmp_key, parsed._hash) == (None, None, None)
+    # (the text may be kept from the parse, when it is exactly what str() writes)
+    assert parsed._text in (None, built._write())
+    assert (parsed._cmp_key, parsed._hash) == (None, None)
     assert repr(parsed) == repr(built) and parsed == built and hash(parsed) == hash(built)
     assert dataclasses.replace(parsed) == parsed
+
+
+# -- the parser's text of a URI already in written form --------------------------------------
+
+uri_shaped = st.builds(
+    "{}{}{}{}{}".format,
+    st.sampled_from(["sip:", "sips:", "SIP:", "Sip:", "im:", "tel:"]),
+    st.sampled_from(["", "alice@", "alice-7@", "a%41b@", "a%2fb@", "a:pw@", "+33.6!~*'()&=$,;?/@", "é@"]),
+    st.one_of(host, st.just("HOST.Example.COM"), st.just("[2001:DB8::1]"), st.just("1.2.3")),
+    st.sampled_from(["", ":5060", ":05060", ":0", ":65535", ":65536", ":"]),
+    st.sampled_from(["", ";lr", ";transport=udp", "?subject=x", ";", "?"]),
+)
+
+
+@SETTINGS
+@given(uri_shaped)
+def test_text_kept_from_the_parse_is_what_str_writes(text: str) -> None:
+    # Uri.parse keeps the input as the URI's text when it is already what str() writes: the
+    # text str() gives is always the one written from the parsed fields.
+    try:
+        uri = Uri._parse(text)
+    except SipParseError:
+        return
+    assert str(uri) == uri._write()
+    assert Uri.parse(str(uri)) == uri
