@@ -48,7 +48,9 @@ def test_the_package_uses_the_one_mechanism() -> None:
                      ("maker", "Send"), ("maker", "Deliver"), ("maker", "Uri"), ("maker", "NameAddr"),
                      ("maker", "Via"), ("maker", "CSeq"), ("maker", "CpimHeader"),
                      ("from_fields", "TransactionKey"), ("keyword_maker", "OwedRecord"),
-                     ("evolver", "SentRecord"), ("evolver", "OwedRecord"), ("evolver", "RecipientRecord")]:
+                     ("evolver", "SentRecord"), ("evolver", "OwedRecord"), ("evolver", "RecipientRecord"),
+                     ("maker", "CpimAddress"), ("maker", "ImdnHeaders"), ("maker", "Notification"),
+                     ("maker", "Flow"), ("maker", "Target")]:
         assert expected in names
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .._cache import remember, remember_text
+from .._fastinit import maker
 from ..cpim import grammar
 from ..cpim.message import CpimHeader, CpimMessage
 from ..cpim.values import CpimAddress, parse_address
@@ -154,6 +155,9 @@ class ImdnHeaders:
         return cached
 
 
+#: ``ImdnHeaders(...)`` by position without the frozen dataclass ``__init__``: one per received
+#: CPIM message (see sipimdn._fastinit).
+_make_imdn_headers: Callable[..., ImdnHeaders] = maker(ImdnHeaders)
 _NONE_REQUESTED: frozenset[DispositionRequest] = frozenset()
 _REQUESTED: dict[tuple[NotifyRequest, ...], frozenset[DispositionRequest]] = {}
 _REQUESTED_MAX_KEY = 8
@@ -203,7 +207,7 @@ def imdn_headers(msg: CpimMessage) -> ImdnHeaders:
         raise ImdnError("more than one Original-To header (RFC 5438 §6.4)")
     record_routes = found.get("IMDN-Record-Route")
     routes = found.get("IMDN-Route")
-    return ImdnHeaders(
+    return _make_imdn_headers(
         message_id,
         disposition,
         _address(originals[0]) if originals else None,

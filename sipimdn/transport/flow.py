@@ -10,8 +10,10 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._fastinit import maker
 from ..errors import LocalProtocolError
 
 __all__ = ["Address", "Flow", "SendKind", "Target", "Transport", "is_ip_literal"]
@@ -128,4 +130,9 @@ class Target:
         """The flow to this target; ``host`` must be an IP literal by now."""
         if not is_ip_literal(self.host):
             raise LocalProtocolError(f"target host {self.host!r} is not resolved")
-        return Flow(self.transport, (self.host, self.port), None, self.server_name)
+        return _make_flow(self.transport, (self.host, self.port), None, self.server_name)
+
+
+#: ``Flow(...)`` by position without the frozen dataclass ``__init__``: one per request sent (see
+#: sipimdn._fastinit).
+_make_flow: Callable[[Transport, Address, Address | None, str | None], Flow] = maker(Flow)

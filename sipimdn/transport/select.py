@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
+from .._fastinit import maker
 from ..errors import LocalProtocolError, TransportError
 from ..uri import Uri
 from .flow import Target, Transport, is_ip_literal
@@ -48,7 +50,12 @@ def target_for_uri(uri: Uri) -> Target:
         raise LocalProtocolError(f"a sips: URI cannot be reached over {transport.value} ({uri})")
     port = uri.port or transport.default_port
     server_name = None if is_ip_literal(host) else host
-    return Target(transport, host, port, server_name if transport is Transport.TLS else None)
+    return _make_target(transport, host, port, server_name if transport is Transport.TLS else None)
+
+
+#: ``Target(...)`` by position without the frozen dataclass ``__init__``: one per request sent (see
+#: sipimdn._fastinit).
+_make_target: Callable[[Transport, str, int, str | None], Target] = maker(Target)
 
 
 async def resolve(target: Target) -> list[Target]:
