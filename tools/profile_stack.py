@@ -9,6 +9,8 @@
     python tools/profile_stack.py run --servers ua-pd@/tmp/old,ua-pd --paced 600 --seconds 5  # fixed rate
     python tools/profile_stack.py profile --server ua-pd [--sort cumtime]
     python tools/profile_stack.py rate --server ua-pd+gc --rate 2000 --gc-log /tmp/gc   # GC pauses
+    python tools/profile_stack.py run --servers ua+gc,listen@/tmp/old,listen --paced 3000 --seconds 5
+    python tools/profile_stack.py run --servers listen@/tmp/old,listen --sipp 3000 --seconds 5  # SIPp load
 
 ``serve`` runs one responder in this process: ``stack`` is a bare ``SipStack`` whose synchronous
 handler answers every request 200; ``floor`` is a raw asyncio responder that copies the
@@ -20,10 +22,13 @@ sender: a message counts as done once its 200 *and* its delivered IMDN arrived, 
 answers every IMDN 200, so the figure covers the whole exchange (bench/run.py's
 positive-delivery part); ``ua-pd-silent`` is that server with a client that never answers the
 IMDNs (a message is done with its 200; the IMDN transactions time out and the tracker parks the
-silent destination). It prints ``READY <port>`` and stops on SIGTERM. A ``+gc`` suffix on a
-server (``ua+gc``, ``ua-pd+gc@DIR``) applies ``sipimdn._gc.tune_for_throughput()`` once it listens
-(what ``sipimdn listen`` does); ``--gc-log DIR`` on ``run``/``rate`` records every collection's
-pause (``gc.callbacks``) and the tracked objects by type at the end of the load, and prints a summary.
+silent destination). It prints ``READY <port>`` and stops on SIGTERM. ``listen`` and ``listen-pd``
+(``run``/``rate`` only) are ``python -u -m sipimdn listen`` as bench/run.py runs it, its text output
+into a log file, fed the load of ``ua`` and ``ua-pd``: the command line's cost beside the embedded one.
+A ``+gc`` suffix on a server (``ua+gc``, ``ua-pd+gc@DIR``) applies
+``sipimdn._gc.tune_for_throughput()`` once it listens (what ``sipimdn listen`` does); ``--gc-log DIR``
+on ``run``/``rate`` records every collection's pause (``gc.callbacks``) and the tracked objects by
+type at the end of the load, and prints a summary.
 ``PROFILE_STACK_LOOP_COUNTS=FILE`` counts the loop's iterations, the tasks and callbacks it
 schedules (by name) and the loop thread's CPU against the process's, into ``FILE.<server pid>``.
 ``PROFILE_STACK_TRACE=FILE`` (UserAgent servers, paced load) logs every store batch (operations,
@@ -588,13 +593,39 @@ def _pin(command: list[str], cpu: str) -> list[str]:
     return command
 
 
+#: ``sipimdn listen``'s per-destination notification budgets lifted, as in bench/load/scenarios.py:
+#: every message of the load comes from one address.
+_LISTEN_BUDGETS = ("--imdn-rate-limit", str(1 << 30), "--imdn-byte-budget", str(1 << 40))
+
+
+def _free_port() -> int:
+    """A port free for both UDP and TCP on HOST (``listen`` takes the same one for both)."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            udp.bind((HOST, 0))
+            port = udp.getsockname()[1]
+            try:
+                tcp.bind((HOST, port))
+            except OSError:
+                continue
+            return int(port)
+        finally:
+            udp.close()
+            tcp.close()
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
 class Server:
-    """A responder child process (``serve``) and its port."""
+    """A responder child process (``serve``, or ``python -m sipimdn listen``) and its port."""
 
     def __init__(self, spec: str, profile: str | None = None, gc_log: str | None = None) -> None:
         # "stack", "floor", "ua", "ua-pd", or "KIND@DIR": the code imported from DIR (e.g. an unpacked older
         # commit, `git archive REV sipimdn | tar -x -C DIR`) for before/after figures in one run.
         # "KIND+gc": the collector tuned once the server listens (see _listening).
+        # "listen" / "listen-pd": `python -u -m sipimdn listen` as bench/run.py runs it (text output
+        # into a log file), fed the load of "ua" / "ua-pd".
         kind, _, path = spec.partition("@")
         kind, _, tuned = kind.partition("+")
         self.kind = kind
@@ -602,6 +633,11 @@ class Server:
         env = dict(os.environ)
         if path:
             env["PYTHONPATH"] = path
+        self._log: Any = None
+        if kind in ("listen", "listen-pd"):
+            self.kind = "ua" if kind == "listen" else "ua-pd"
+            self._start_listen(env, path)
+            return
         if tuned == "gc":
             env["PROFILE_STACK_GC_TUNED"] = "1"
         if gc_log:
@@ -618,6 +654,28 @@ class Server:
             raise RuntimeError(f"{kind} server did not start: {line!r}")
         self.port = int(line.split()[1])
 
+    def _start_listen(self, env: dict[str, str], path: str) -> None:
+        import tempfile  # noqa: PLC0415 - the listen server only
+
+        self.port = _free_port()
+        command = [
+            sys.executable, "-u", "-m", "sipimdn", "listen", "--aor", f"sip:bob@{HOST}:{self.port}",
+            "--listen", f"udp:{HOST}:{self.port}", "--listen", f"tcp:{HOST}:{self.port}", *_LISTEN_BUDGETS,
+        ]  # fmt: skip
+        self._log = tempfile.NamedTemporaryFile(prefix="profile-listen-", suffix=".log")  # noqa: SIM115
+        # `-m` puts the working directory first on sys.path: run from DIR so DIR's sipimdn is the one.
+        cwd = path.split(os.pathsep, maxsplit=1)[0] or None
+        self.process = subprocess.Popen(
+            _pin(command, "1"), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if b" listening on " in Path(self._log.name).read_bytes():
+                return
+            time.sleep(0.05)
+        self.process.kill()
+        raise RuntimeError(f"listen did not start: {Path(self._log.name).read_bytes()[-2000:]!r}")
+
     @property
     def pid(self) -> int:
         """The process whose CPU is read (taskset execs, so it is the same pid)."""
@@ -631,6 +689,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self._log is not None:
+            self._log.close()
 
     def gc_summary(self) -> dict[str, float] | None:
         """Pauses per generation (count, max and total ms), tracked objects; None without a GC log."""
@@ -667,13 +727,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     servers = {k: Server(k, gc_log=_gc_log_path(args, k)) for k in kinds}
     try:
-        if args.paced:
+        if args.paced or args.sipp:
             for server in servers.values():
                 windowed(server.port, server.pid, args.warmup, 32, 0, server.kind)  # warm-up
         for round_ in range(args.repeat):
             for kind in kinds:
                 server = servers[kind]
-                if args.paced:
+                if args.sipp:
+                    figures = sipp_round(server, args.sipp, args.seconds)
+                elif args.paced:
                     figures = paced(server.port, server.pid, args.paced, args.seconds, server.kind)
                 else:
                     figures = windowed(
@@ -699,6 +761,30 @@ def cmd_run(args: argparse.Namespace) -> None:
         for kind in kinds:
             if kind != "floor":
                 print(f"ratio {kind}/floor = {medians[kind] / medians['floor']:.2f}")
+
+
+def sipp_round(server: Server, rate: int, seconds: float) -> dict[str, float]:
+    """SIPp offering ``rate`` calls/s for ``seconds`` as bench/run.py's receive (``ua``, ``listen``) or
+    positive-delivery (``ua-pd``, ``listen-pd``) step does; the server's CPU per successful call."""
+    import tempfile  # noqa: PLC0415 - SIPp rounds only
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from load import sipp_load  # noqa: PLC0415 - the benchmark's SIPp driver
+
+    binary = sipp_load.sipp_binary()
+    if binary is None:
+        raise SystemExit("sipp is not installed")
+    pd = server.kind == "ua-pd"
+    with tempfile.TemporaryDirectory(prefix="profile-sipp-") as logs:
+        step = sipp_load.run_uac(
+            binary, "uac_cpim_pd.xml" if pd else "uac_cpim.xml", (HOST, server.port), "udp", rate, seconds,
+            Path(logs), lambda: cpu_seconds(server.pid), ooc_scenario="ooc_imdn_ack.xml" if pd else None,
+        )  # fmt: skip
+    return {
+        "offered": rate, "successful": step.successful, "failed": step.failed,
+        "retransmissions": step.retransmissions, "achieved_rate": step.achieved,
+        "cpu_us_per_msg": step.cpu_us_per_msg,
+    }
 
 
 def _trace_summary(pid: int) -> str | None:
@@ -775,15 +861,19 @@ def main() -> None:
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--servers", default="stack,floor",
-                   help="comma-separated: stack, floor, ua, ua-pd, ua-pd-silent, KIND+gc, KIND@DIR")
+                   help="comma-separated: stack, floor, ua, ua-pd, ua-pd-silent, listen, listen-pd, "
+                        "KIND+gc, KIND@DIR")
     p.add_argument("--gc-log", help="directory for per-server GC pause logs (summary printed)")
     p.add_argument("--paced", type=float, default=0.0,
                    help="offer this rate for --seconds per round (as `rate` does) instead of windowed")
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--sipp", type=int, default=0,
+                   help="SIPp offers this rate for --seconds per round (bench/run.py's scenarios)")
     p = sub.add_parser("rate")
     p.add_argument("--rate", type=float, default=10000)
     p.add_argument("--seconds", type=float, default=10)
-    p.add_argument("--server", default="stack", help="stack, floor, ua, ua-pd, KIND+gc or KIND@DIR")
+    p.add_argument("--server", default="stack",
+                   help="stack, floor, ua, ua-pd, listen, listen-pd, KIND+gc or KIND@DIR")
     p.add_argument("--gc-log", help="directory for the server's GC pause log (summary printed)")
     p = sub.add_parser("profile")
     p.add_argument("--count", type=int, default=20000)
