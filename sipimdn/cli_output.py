@@ -72,27 +72,51 @@ def _kebab(name: str) -> str:
     return "".join("-" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
+#: How long a printed line may wait for others (seconds) before they are all written at once,
+#: when the output is not a terminal.
+FLUSH_DELAY = 0.02
+
+#: Characters held back at most: a line that brings the buffer to this many writes it at once.
+FLUSH_SIZE = 64 * 1024
+
+
 class Printer:
     """Prints events either readably or as one JSON object per line.
 
-    Lines are written in order, a loop turn's worth at a time: inside a running event loop a
-    line waits in a buffer until the loop's next turn, which writes and flushes every line of
-    the turn at once (one write instead of one or two per line, so a busy ``listen`` does not
-    pay a system call per event while ``listen --json | jq`` still sees each event a turn after
-    it happened). Outside a loop, or on a terminal (where the lines keep their place among the
-    progress and log lines of standard error), a line is written at once. The commands call
-    :meth:`flush` before they return, so nothing printed is lost at exit or on a signal.
+    On a terminal, or outside a running event loop, a line is written (and flushed) at once:
+    on a terminal the lines keep their place among the progress and log lines of standard
+    error. Otherwise (a file, a pipe) a line waits in a buffer for at most ``delay`` seconds
+    (:data:`FLUSH_DELAY`) and goes out with every line printed meanwhile in one write: a busy
+    ``listen`` pays one system call per few dozen events instead of one per event, and no extra
+    pass of the event loop, while ``listen --json | jq`` still sees each event within ``delay``.
+    A buffer reaching ``max_size`` characters (:data:`FLUSH_SIZE`) is written at once. Lines
+    are written in the order they were printed. The commands call :meth:`flush` before they
+    return, whatever ended them (a signal, an error), and before anything is written on
+    standard error (:func:`_flushed_before_logging`), so nothing printed is lost or overtaken.
+    Only a process killed outright (SIGKILL) loses what it holds: ``delay`` seconds of lines.
     """
 
-    def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        as_json: bool,
+        stream: TextIO | None = None,
+        delay: float = FLUSH_DELAY,
+        max_size: int = FLUSH_SIZE,
+    ) -> None:
         self._json = as_json
         self._stream = stream if stream is not None else sys.stdout
         try:
             self._by_line = self._stream.isatty()
         except ValueError:  # a closed stream: writing will say so
             self._by_line = True
+        self._delay = delay
+        self._max_size = max_size
         self._lines: list[str] = []
-        self._flush_handle: asyncio.Handle | None = None
+        #: Characters in ``_lines`` (without their line ends).
+        self._held = 0
+        #: The timer that writes ``_lines``: set while lines wait.
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     @property
     def as_json(self) -> bool:
@@ -117,34 +141,67 @@ class Printer:
             self.line(_describe(event) if human is None else human)
 
     def line(self, text: str) -> None:
-        """Print ``text`` as one line: at the loop's next turn, or now (outside a loop, on a terminal)."""
+        """Print ``text`` as one line: within ``delay``, or now (outside a loop, on a terminal,
+        or when the buffer is full)."""
         self._lines.append(text)
-        if self._flush_handle is not None:
-            return  # this turn's flush is already due
-        if not self._by_line:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                pass
-            else:
-                self._flush_handle = loop.call_soon(self._turn_ended)
-                return
-        self.flush()
+        self._held += len(text)
+        if self._held >= self._max_size:
+            self.flush()
+        elif self._flush_handle is None:  # the first line to wait: start the timer
+            if not self._by_line:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    pass
+                else:
+                    self._flush_handle = loop.call_later(self._delay, self._due)
+                    return
+            self.flush()
 
     def flush(self) -> None:
         """Write every line still buffered, in order, and flush the stream."""
         if self._flush_handle is not None:
-            self._flush_handle.cancel()  # the turn's flush would have nothing left to do
-        self._turn_ended()
+            self._flush_handle.cancel()  # the timer would have nothing left to write
+        self._due()
 
-    def _turn_ended(self) -> None:
+    def _due(self) -> None:
         self._flush_handle = None
         if not self._lines:
             return
         lines, self._lines = self._lines, []
+        self._held = 0
         lines.append("")  # the last line's end
         self._stream.write("\n".join(lines))
         self._stream.flush()
+
+
+class _FlushFirst(logging.Filter):
+    """A handler filter that writes what a :class:`Printer` holds before the record goes out."""
+
+    def __init__(self, printer: Printer) -> None:
+        super().__init__()
+        self._printer = printer
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Flush the printer; keep the record."""
+        self._printer.flush()
+        return True
+
+
+@contextmanager
+def _flushed_before_logging(printer: Printer) -> Iterator[None]:
+    """While inside, the handlers of the root logger and of ``sipimdn.wire`` (``-v``, ``--trace``:
+    standard error) first write what ``printer`` holds, so a log line never comes before an
+    event printed earlier when both streams go to one file (``listen > log 2>&1``)."""
+    flush_first = _FlushFirst(printer)
+    handlers = [*logging.getLogger().handlers, *logging.getLogger(WIRE_LOGGER).handlers]
+    for handler in handlers:
+        handler.addFilter(flush_first)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(flush_first)
 
 
 def _describe(event: object) -> str:
@@ -260,12 +317,17 @@ class _Progress(logging.Handler):
     other one: with default timers at 1.5, 3.5, 7.5, 15.5, 23.5 and 31.5 s. With ``-v`` the log
     line itself shows each one, so nothing is printed twice. :meth:`waiting` prints the lines of
     the waits with no retransmission to show (a stream transport, a notification to come).
+    ``before`` (a :meth:`Printer.flush`) is called before each line, so the events printed
+    earlier come first when both streams go to one file.
     """
 
-    def __init__(self, command: str, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, command: str, stream: TextIO | None = None, *, before: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(logging.INFO)
         self._command = command
         self._stream = stream if stream is not None else sys.stderr
+        self._before = before
         #: Retransmissions seen so far.
         self.retransmissions = 0
         #: Set once the outcome is printed: retransmissions while closing are not news.
@@ -284,13 +346,15 @@ class _Progress(logging.Handler):
 
     def say(self, text: str) -> None:
         """Print one progress line."""
+        if self._before is not None:
+            self._before()
         print(f"sipimdn {self._command}: {text}", file=self._stream, flush=True)
 
 
 @contextmanager
-def _progress(command: str) -> Iterator[_Progress]:
+def _progress(command: str, printer: Printer | None = None) -> Iterator[_Progress]:
     layer_log = logging.getLogger("sipimdn.dialog.layer")
-    handler = _Progress(command)
+    handler = _Progress(command, before=None if printer is None else printer.flush)
     saved = layer_log.level
     layer_log.addHandler(handler)
     if not layer_log.isEnabledFor(logging.INFO):

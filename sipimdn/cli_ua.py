@@ -67,6 +67,7 @@ from .cli_options import (
 from .cli_output import (
     Printer,
     _describe,
+    _flushed_before_logging,
     _message_fields,
     _message_line,
     _Progress,
@@ -175,6 +176,7 @@ async def _listen(args: argparse.Namespace, printer: Printer) -> int:
                 endpoints=[str(e) for e in ua.endpoints],
                 **metrics,
             )
+            printer.flush()  # the ready signal scripts wait for: not held back
             await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -205,15 +207,16 @@ def run_listen(args: argparse.Namespace) -> int:
     """``sipimdn listen``: print every message and notification until SIGINT/SIGTERM."""
     printer = Printer(as_json=args.json)
     try:
-        with _tracing(args.trace), _progress("listen"):
-            return asyncio.run(_listen(args, printer))
+        try:
+            with _tracing(args.trace), _progress("listen", printer), _flushed_before_logging(printer):
+                return asyncio.run(_listen(args, printer))
+        finally:
+            printer.flush()  # what is still buffered, whatever ended the run, before any error line
     except _UsageError as exc:
         return _usage_error("listen", exc)
     except StoreError as exc:  # unreachable database, unwritable file: one line, exit 1
         print(f"sipimdn listen: error: {exc}", file=sys.stderr, flush=True)
         return 1
-    finally:
-        printer.flush()  # what the last loop turn printed, whatever ended the run
 
 
 # -- send --------------------------------------------------------------------------------------
@@ -361,12 +364,17 @@ def run_send(args: argparse.Namespace) -> int:
     """``sipimdn send``: one message, then the SIP outcome and every notification."""
     printer = Printer(as_json=args.json)
     try:
-        with _tracing(args.trace), _progress("send") as progress:
-            return asyncio.run(_send(args, printer, progress))
+        try:
+            with (
+                _tracing(args.trace),
+                _progress("send", printer) as progress,
+                _flushed_before_logging(printer),
+            ):
+                return asyncio.run(_send(args, printer, progress))
+        finally:
+            printer.flush()
     except _UsageError as exc:
         return _usage_error("send", exc)
-    finally:
-        printer.flush()
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -423,7 +431,11 @@ def run_demo(args: argparse.Namespace) -> int:
     """``sipimdn demo``: two user agents on loopback, a message and its two notifications."""
     printer = Printer(as_json=args.json)
     try:
-        with _tracing(args.trace), _progress("demo") as progress:
+        with (
+            _tracing(args.trace),
+            _progress("demo", printer) as progress,
+            _flushed_before_logging(printer),
+        ):
             return asyncio.run(_demo(args, printer, progress))
     finally:
         printer.flush()

@@ -332,7 +332,7 @@ def test_trace_escapes_control_characters() -> None:
     )
 
 
-# -- the printer: a loop turn's lines in one write, nothing lost --------------------------------
+# -- the printer: the lines of a short delay in one write, nothing lost or reordered ----------
 
 
 class _Writes(io.StringIO):
@@ -352,34 +352,123 @@ class _Writes(io.StringIO):
         super().flush()
 
 
-async def test_printer_writes_a_turns_lines_at_once_at_the_next_turn() -> None:
+async def test_printer_writes_the_lines_of_its_delay_at_once_when_it_ends() -> None:
     out = _Writes()
-    printer = Printer(as_json=False, stream=out)
+    printer = Printer(as_json=False, stream=out, delay=0.05)
     printer.line("one")
-    printer.emit("x", "two", ignored=1)
-    printer.emit_dataclass(Unregistered(aor="sip:bob@example.com", confirmed=True))
-    assert out.writes == []  # still this turn
     await asyncio.sleep(0)
+    printer.emit("x", "two", ignored=1)
+    await asyncio.sleep(0.01)  # loop turns go by: the lines still wait
+    printer.emit_dataclass(Unregistered(aor="sip:bob@example.com", confirmed=True))
+    assert out.writes == []
+    await asyncio.sleep(0.1)
     assert out.writes == ["one\ntwo\nsip:bob@example.com unregistered\n"]
     assert out.flushes == 1
-    printer.line("three")
-    await asyncio.sleep(0)
+    printer.line("three")  # the next line starts the next delay
+    assert out.writes[1:] == []
+    await asyncio.sleep(0.1)
     assert out.getvalue().splitlines() == ["one", "two", "sip:bob@example.com unregistered", "three"]
     assert out.flushes == 2
 
 
-async def test_printer_flush_writes_what_is_buffered_and_leaves_no_empty_write() -> None:
+async def test_printer_default_delay_is_tens_of_milliseconds() -> None:
+    """What ``listen --json | jq`` waits at most for an event: well under a second."""
+    assert 0.005 <= cli_output.FLUSH_DELAY <= 0.1
     out = _Writes()
     printer = Printer(as_json=True, stream=out)
+    printer.emit("message", "", text="hi")
+    assert out.writes == []
+    await asyncio.sleep(cli_output.FLUSH_DELAY * 3)
+    assert out.writes == ['{"event": "message", "text": "hi"}\n']
+
+
+async def test_printer_flush_writes_what_is_buffered_and_leaves_no_empty_write() -> None:
+    out = _Writes()
+    printer = Printer(as_json=True, stream=out, delay=0.01)
     printer.emit("stopped", "stopped")
     printer.flush()  # as the commands do before they return
     assert out.writes == ['{"event": "stopped"}\n']
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.03)  # the cancelled timer writes nothing
     assert out.writes == ['{"event": "stopped"}\n'] and out.flushes == 1
-    printer.line("after")  # a new turn schedules a new flush
-    await asyncio.sleep(0)
+    printer.line("after")  # a new delay begins
+    await asyncio.sleep(0.03)
     assert out.writes[-1] == "after\n"
+
+
+async def test_printer_buffer_is_bounded_a_full_one_is_written_at_once() -> None:
+    out = _Writes()
+    printer = Printer(as_json=False, stream=out, delay=60.0, max_size=10)
+    printer.line("abcd")
+    printer.line("efg")
+    assert out.writes == []  # 7 characters held
+    printer.line("hij")  # 10: written now, without waiting for the minute
+    assert out.writes == ["abcd\nefg\nhij\n"]
+    printer.line("a line longer than the bound")  # alone over the bound: at once too
+    assert out.writes[1:] == ["a line longer than the bound\n"]
+    printer.line("k")
+    assert out.writes[2:] == []
+    printer.flush()
+    assert out.getvalue() == "abcd\nefg\nhij\na line longer than the bound\nk\n"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.text(alphabet="abc xyz", min_size=0, max_size=7).map(lambda t: ("line", t)),
+            st.sampled_from([("wait", ""), ("flush", ""), ("turn", "")]),
+        ),
+        max_size=25,
+    )
+)
+def test_printer_keeps_every_line_in_order_whatever_flushes_them(steps: list[tuple[str, str]]) -> None:
+    """Lines written by the timer, by a full buffer and by explicit flushes, interleaved: the
+    stream ends up with every line once, in the order printed, each write whole lines."""
+    out = _Writes()
+
+    async def run() -> None:
+        printer = Printer(as_json=False, stream=out, delay=0.002, max_size=12)
+        for kind, text in steps:
+            if kind == "line":
+                printer.line(text)
+            elif kind == "wait":
+                await asyncio.sleep(0.005)
+            elif kind == "turn":
+                await asyncio.sleep(0)
+            else:
+                printer.flush()
+        printer.flush()
+
+    asyncio.run(run())
+    printed = [text for kind, text in steps if kind == "line"]
+    assert out.getvalue() == "".join(f"{text}\n" for text in printed)
+    assert all(write.endswith("\n") for write in out.writes)
+    assert "" not in out.writes
+
+
+async def test_a_log_record_on_stderr_comes_after_the_lines_printed_before_it() -> None:
+    """``listen > log 2>&1``: one file behind both streams; a warning does not overtake the
+    events printed before it (nor does a progress line)."""
+    shared = _Writes()
+    printer = Printer(as_json=False, stream=shared, delay=60.0)
+    with logging_to_stderr(0, stream=shared), cli_output._flushed_before_logging(printer):
+        printer.line("message one")
+        logging.getLogger("sipimdn.test").warning("something odd")
+        printer.line("message two")
+        cli_output._Progress("listen", shared, before=printer.flush).say("still waiting")
+        printer.line("message three")
+    printer.flush()
+    lines = shared.getvalue().splitlines()
+    assert lines[0] == "message one"
+    assert lines[1].endswith("WARNING sipimdn.test: something odd")
+    assert lines[2:] == ["message two", "sipimdn listen: still waiting", "message three"]
+    # Out of the context the handlers no longer flush the printer.
+    with logging_to_stderr(0, stream=shared):
+        printer.line("later")
+        logging.getLogger("sipimdn.test").warning("after")
+    assert shared.getvalue().splitlines()[-1].endswith("after")
+    printer.flush()
+    assert shared.getvalue().splitlines()[-1] == "later"
 
 
 class _Terminal(_Writes):
@@ -393,7 +482,7 @@ async def test_printer_on_a_terminal_writes_each_line_at_once() -> None:
     printer.line("a")
     printer.emit("b", "b")
     assert out.writes == ["a\n", "b\n"] and out.flushes == 2
-    await asyncio.sleep(0)
+    await asyncio.sleep(cli_output.FLUSH_DELAY * 2)
     assert out.writes == ["a\n", "b\n"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import IO, Any
 
 import pytest
 from kamailio.harness import Kamailio, kamailio  # noqa: F401  (fixture)
+from test_cli_ua import _read_line
 
 pytestmark = pytest.mark.interop
 
@@ -31,17 +31,16 @@ def _events(stream: IO[str], until: str, timeout: float) -> list[dict[str, Any]]
     """JSON lines from a child's stdout until one named ``until`` (bounded in time)."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = stream.readline()
-            if not line:
-                break
-            seen.append(json.loads(line))
-            if seen[-1]["event"] == until:
-                return seen
+    while time.monotonic() < deadline:
+        try:
+            line = _read_line(stream, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        if not line:
+            break
+        seen.append(json.loads(line))
+        if seen[-1]["event"] == until:
+            return seen
     raise AssertionError(f"no {until!r} event in time; got {seen}")
 
 

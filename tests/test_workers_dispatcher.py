@@ -61,6 +61,9 @@ def test_every_accepted_message_is_notified_once_across_a_worker_crash(
             finals: dict[str, int] = {}
             for i in range(MESSAGES):
                 if i == KILL_AT:
+                    # First the printer's delay: the lines of the messages w1 took are written
+                    # (a SIGKILL loses what a process holds, and listen holds lines for tens of ms).
+                    time.sleep(0.2)
                     w1.kill()  # SIGKILL mid-run, not restarted
                 mid = f"crash-{i}"
                 finals[mid] = sender.send(f"message {i}", mid, timeout=15)

@@ -58,6 +58,9 @@ async def test_two_workers_one_killed_every_message_delivered_once(postgres_url:
             for i in range(MESSAGES):
                 if i == KILL_AT:
                     # SIGKILL mid-run, not restarted; its IMDNs are owed, in flight, unanswered.
+                    # First the printer's delay: the lines of the messages it took are written
+                    # (a SIGKILL loses what a process holds, and listen holds lines for tens of ms).
+                    await asyncio.sleep(0.2)
                     procs[0].kill()
                     procs[0].wait(10)
                 mid, turn = f"e2e-{i}", i % 2
