@@ -14,12 +14,12 @@ import pytest
 
 from sipimdn.errors import LocalProtocolError, SipParseError, TransportError
 from sipimdn.message import Request, Response
-from sipimdn.transport.base import ListenSpec, TransportConfig
+from sipimdn.transport.base import STREAM_READ_SIZE, ListenSpec, TransportConfig, limit_reads
 from sipimdn.transport.flow import Flow, Transport, is_ip_literal
 from sipimdn.transport.manager import TransportManager
 from sipimdn.transport.select import Target, needs_stream, resolve, target_for_uri
 from sipimdn.transport.stream import StreamConnection
-from sipimdn.transport.udp import UdpEndpoint
+from sipimdn.transport.udp import MAX_DATAGRAM, UdpEndpoint
 from sipimdn.uri import Uri
 
 # -- flows and selection --------------------------------------------------------------------------
@@ -274,6 +274,53 @@ async def test_a_burst_of_datagrams_is_read_whole_and_in_order_with_empty_ones_a
         sender.close()
         endpoint.close()
     assert received == [*sent, b"after"]
+
+
+async def test_the_largest_datagram_arrives_whole_through_the_first_read() -> None:
+    """asyncio reads the first datagram of each wake-up with the size the endpoint gave it
+    (smaller than asyncio's own 256 KiB): the largest datagram IPv4 carries (65,507 bytes) still
+    arrives whole, alone and behind a small one."""
+    received: list[bytes] = []
+    endpoint = await UdpEndpoint.open("127.0.0.1", 0, lambda d, f: received.append(d), lambda a, e: None)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    largest = bytes(range(256)) * 255 + b"x" * (65507 - 256 * 255)
+    sent = [largest, b"small", largest]
+    try:
+        for count, data in enumerate(sent, 1):
+            sender.sendto(data, endpoint.local)
+            for _ in range(400):  # one wake-up each: asyncio's read, not the endpoint's batch
+                if len(received) == count:
+                    break
+                await asyncio.sleep(0.005)
+    finally:
+        sender.close()
+        endpoint.close()
+    assert [len(d) for d in received] == [65507, 5, 65507]
+    assert received == sent
+
+
+class _OtherLoopsTransport:
+    """A transport with no read size to set (as uvloop's)."""
+
+
+async def test_limit_reads_sets_asyncios_read_size_and_leaves_other_transports_alone() -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        assert transport.max_size == 256 * 1024  # type: ignore[attr-defined]  # asyncio's own
+        limit_reads(transport, MAX_DATAGRAM)
+        assert transport.max_size == MAX_DATAGRAM  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+    other = _OtherLoopsTransport()
+    limit_reads(other, MAX_DATAGRAM)
+    assert not hasattr(other, "max_size")
+
+
+def test_stream_read_size_stays_below_the_mmap_threshold() -> None:
+    """glibc serves allocations under 128 KiB from the heap: no memory mapping per read."""
+    assert STREAM_READ_SIZE < 128 * 1024 and MAX_DATAGRAM < 128 * 1024
 
 
 # -- the manager -------------------------------------------------------------------------------------

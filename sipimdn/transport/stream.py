@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, cast
 from ..errors import SipParseError, TransportError
 from ..message import Request
 from ..parser import KeepAliveReceived, Limits, StreamFramer
+from .base import STREAM_READ_SIZE, limit_reads
 from .flow import Address, Flow, SendKind, Transport
 
 if TYPE_CHECKING:
@@ -220,6 +221,7 @@ class StreamConnection(asyncio.Protocol):
         # Not an isinstance check: other event loops' transports (uvloop's TCPTransport, ...)
         # offer the asyncio.Transport methods without deriving from that class.
         self._transport = transport = cast(asyncio.Transport, transport)
+        limit_reads(transport, STREAM_READ_SIZE)
         local = _address(transport.get_extra_info("sockname"))
         remote = _address(transport.get_extra_info("peername")) or self.flow.remote
         self.flow = Flow(self.kind, remote, local, self.flow.server_name)

@@ -20,6 +20,7 @@ from typing import cast
 
 from .._cache import remember
 from ..errors import TransportError
+from .base import limit_reads
 from .flow import Address, Flow, Transport
 
 __all__ = ["UdpEndpoint"]
@@ -149,6 +150,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's selector datagram transport does not subclass DatagramTransport on every version
         self._transport = cast(asyncio.DatagramTransport, transport)
+        # asyncio reads the first datagram of each wake-up itself: with a buffer that fits any
+        # datagram (as our own reads below), not one that costs a memory mapping per datagram.
+        limit_reads(transport, MAX_DATAGRAM)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self._deliver(data, addr)
