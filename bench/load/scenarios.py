@@ -114,8 +114,9 @@ LISTEN_BUDGETS = ("--imdn-rate-limit", str(1 << 30), "--imdn-byte-budget", str(1
 
 def listen_cli(extra: tuple[str, ...] = (), suffix: str = "") -> Responder:
     """``python -m sipimdn listen`` as a user runs it: its text output (one line per message and per
-    notification sent, line-buffered as on a terminal) into the log, the delivered IMDNs sent on its
-    own, the collector tuned as the CLI tunes it, the notification state in SQLite ``:memory:``."""
+    notification sent, written some milliseconds' worth at a time) into the log, the delivered
+    IMDNs sent on its own, the collector tuned as the CLI tunes it, the notification state in
+    SQLite ``:memory:``."""
 
     def start(log_dir: Path) -> ServerProcess:
         port = free_port()
