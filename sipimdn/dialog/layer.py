@@ -24,7 +24,6 @@ sent-by port, else sent-by.
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import heapq
 import ipaddress
@@ -35,7 +34,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 from .._abnf import digits_value
 from .._fastinit import from_fields, maker
@@ -109,6 +108,18 @@ class _Server(ServerTransaction[Request, Response]):
     key: TransactionKey
     seq: int
 
+    def _trying_response(self) -> Response:
+        # Built from the request it keeps while in Trying: no callable made per request
+        # (a partial and its arguments were two more objects per request for the collector).
+        request = self.request
+        assert request is not None  # only asked in Trying
+        return make_response(request, 100)
+
+
+def _made_by_the_transaction() -> Response:
+    """``make_trying`` of a ``_Server``, which builds its 100 Trying itself."""
+    raise AssertionError("a _Server builds its 100 Trying from its request")
+
 
 _R = TypeVar("_R", _Parked, _ParkedClient)
 
@@ -152,15 +163,20 @@ class _ParkedTable(Generic[_R]):
 
     def get(self, key: _Key) -> _R | None:
         """The record parked under ``key``, or None."""
-        data = self._by_key.get(_text_key(key))
-        return None if data is None else cast("_R", marshal.loads(data))
+        # (the key written out: asked about every request received)
+        data = self._by_key.get(f"{key[2]}\x00{key[3]}\x00{key[1]}")
+        if data is None:
+            return None
+        record: _R = marshal.loads(data)
+        return record
 
     def __getitem__(self, key: _Key) -> _R:
-        return cast("_R", marshal.loads(self._by_key[_text_key(key)]))
+        record: _R = marshal.loads(self._by_key[_text_key(key)])
+        return record
 
     def values(self) -> list[_R]:
         """Every record parked, in the order they were parked."""
-        return [cast("_R", marshal.loads(data)) for data in self._by_key.values()]
+        return [marshal.loads(data) for data in self._by_key.values()]
 
     @property
     def queued(self) -> int:
@@ -170,7 +186,7 @@ class _ParkedTable(Generic[_R]):
     def add(self, record: _R) -> None:
         """Park ``record`` (its key not parked already)."""
         data = marshal.dumps(record)
-        self._by_key[_text_key(record)] = data
+        self._by_key[f"{record[2]}\x00{record[3]}\x00{record[1]}"] = data
         at = record[4]
         if self._head < self._tail and self._last_at > at:
             self._insert(data, at)
@@ -184,7 +200,7 @@ class _ParkedTable(Generic[_R]):
         clock that went back)."""
         order = self._order
         entries = [order.pop(index) for index in range(self._head, self._tail)]
-        deadlines = [cast("_R", marshal.loads(entry))[4] for entry in entries]
+        deadlines = [marshal.loads(entry)[4] for entry in entries]
         entries.insert(bisect.bisect_right(deadlines, at), data)
         for index, entry in enumerate(entries, self._head):
             order[index] = entry
@@ -203,8 +219,8 @@ class _ParkedTable(Generic[_R]):
             data = order[self._head]
             if data is self._front_bytes:
                 return self._front
-            record = cast("_R", marshal.loads(data))
-            if self._by_key.get(_text_key(record)) is data:
+            record: _R = marshal.loads(data)
+            if self._by_key.get(f"{record[2]}\x00{record[3]}\x00{record[1]}") is data:
                 self._front, self._front_bytes = record, data
                 return record
             del order[self._head]
@@ -628,9 +644,8 @@ class TransactionLayer:
             busy.headers.add("Retry-After", "5")
             self._outgoing.append(Outgoing(busy, route, None))
             return
-        make_trying = functools.partial(make_response, request, 100)
         tx = _Server(request, reliable=flow.transport.reliable, now=now, config=self.config,
-                     make_trying=make_trying)
+                     make_trying=_made_by_the_transaction)
         tx.key = key
         tx.flow = route
         self._servers[key] = tx
