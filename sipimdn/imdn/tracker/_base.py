@@ -156,9 +156,9 @@ class DedupTable:
     its value), several times the rest of the live set of an embedded agent whose collector is
     not tuned. Here the key ``(sender key, Message-ID)`` is one string (neither part holds a
     NUL: a URI and a CPIM token, RFC 3862 §5.3), an entry answered 200 its bare expiry time
-    (a float), any other a complex number (expiry time, status or 0 for none yet), and the
-    insertion order a dict from consecutive integers to the keys, read from ``head``: str or
-    int keys and str, int, float or complex values, for which CPython never tracks a dict.
+    (a float), any other a string of its status and expiry time, and the insertion order a
+    dict from consecutive integers to those strings, read from ``head``: str or int keys and
+    float or str values, for which CPython never tracks a dict.
 
     The mapping methods the tracker uses take and give the entries as tuples and floats, as
     the ordered dict did; a key written again keeps its place (as there)."""
@@ -166,7 +166,7 @@ class DedupTable:
     __slots__ = ("_entries", "_head", "_order", "_slot", "_tail")
 
     def __init__(self) -> None:
-        self._entries: dict[str, float | complex] = {}
+        self._entries: dict[str, float | str] = {}
         self._slot: dict[str, int] = {}
         self._order: dict[int, str] = {}
         self._head: int = 0
@@ -179,11 +179,8 @@ class DedupTable:
         return _dedup_text(key) in self._entries
 
     def get(self, key: MemKey) -> DedupEntry | None:
-        # (written out: asked about every message received)
-        value = self._entries.get(key if type(key) is str else f"{key[0]}\x00{key[1]}")
-        if value is None or type(value) is float:
-            return value
-        return _decode_entry(value)
+        value = self._entries.get(_dedup_text(key))
+        return None if value is None else _decode_entry(value)
 
     def __setitem__(self, key: MemKey, entry: DedupEntry) -> None:
         self.put(key, entry)
@@ -191,7 +188,7 @@ class DedupTable:
     def put(self, key: MemKey, entry: DedupEntry) -> str:
         """Store ``entry`` under ``key``; return the key's string (the timer entry's key: a
         string, where a tuple would cost a tracked object per message until a collection)."""
-        text = key if type(key) is str else f"{key[0]}\x00{key[1]}"
+        text = _dedup_text(key)
         entries = self._entries
         if text not in entries:
             self._slot[text] = self._tail
@@ -242,18 +239,21 @@ def _dedup_text(key: MemKey) -> str:
     return key if type(key) is str else f"{key[0]}\x00{key[1]}"
 
 
-def _encode_entry(entry: DedupEntry) -> float | complex:
-    """A dedup entry as a float (answered 200: its expiry time) or a complex number (expiry
-    time, status or 0 for none yet): both exact, neither anything the collector tracks."""
-    if isinstance(entry, tuple):
-        return complex(entry[1], entry[0] or 0)
-    return float(entry)  # (an int on a test's clock)
+def _encode_entry(entry: DedupEntry) -> float | str:
+    """A dedup entry as a float (answered 200: its expiry time) or a string (status, expiry)."""
+    if isinstance(entry, float):
+        return entry
+    if isinstance(entry, int):  # an expiry time given as an int (a test's clock)
+        return float(entry)
+    status, expires_at = entry
+    return f"{'' if status is None else status} {float(expires_at)!r}"
 
 
-def _decode_entry(value: float | complex) -> DedupEntry:
-    if type(value) is complex:
-        return (int(value.imag) or None, value.real)
-    return value  # type: ignore[return-value]  # a float
+def _decode_entry(value: float | str) -> DedupEntry:
+    if isinstance(value, float):
+        return value
+    status, _, expires_at = value.partition(" ")
+    return (int(status) if status else None, float(expires_at))
 
 
 def _store_key(key: MemKey) -> str:
