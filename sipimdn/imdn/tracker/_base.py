@@ -36,7 +36,7 @@ import heapq
 import itertools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from ..._ratelog import RateLimitedTally
@@ -146,116 +146,6 @@ def dedup_expiry(entry: DedupEntry) -> float:
     return entry[1] if isinstance(entry, tuple) else entry
 
 
-class DedupTable:
-    """Dedup entries kept in memory only (see :data:`DedupEntry`), in insertion order, in plain
-    dicts the cyclic collector never tracks.
-
-    One entry per received message owed nothing (nearly every message in most deployments),
-    up to ``dedup_max`` (100,000 by default) for ``dedup_ttl`` (a week): an ``OrderedDict`` of
-    them is a container every full collection walks three references per entry (its key twice,
-    its value), several times the rest of the live set of an embedded agent whose collector is
-    not tuned. Here the key ``(sender key, Message-ID)`` is one string (neither part holds a
-    NUL: a URI and a CPIM token, RFC 3862 §5.3), an entry answered 200 its bare expiry time
-    (a float), any other a string of its status and expiry time, and the insertion order a
-    dict from consecutive integers to those strings, read from ``head``: str or int keys and
-    float or str values, for which CPython never tracks a dict.
-
-    The mapping methods the tracker uses take and give the entries as tuples and floats, as
-    the ordered dict did; a key written again keeps its place (as there)."""
-
-    __slots__ = ("_entries", "_head", "_order", "_slot", "_tail")
-
-    def __init__(self) -> None:
-        self._entries: dict[str, float | str] = {}
-        self._slot: dict[str, int] = {}
-        self._order: dict[int, str] = {}
-        self._head: int = 0
-        self._tail: int = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: MemKey) -> bool:
-        return _dedup_text(key) in self._entries
-
-    def get(self, key: MemKey) -> DedupEntry | None:
-        value = self._entries.get(_dedup_text(key))
-        return None if value is None else _decode_entry(value)
-
-    def __setitem__(self, key: MemKey, entry: DedupEntry) -> None:
-        self.put(key, entry)
-
-    def put(self, key: MemKey, entry: DedupEntry) -> str:
-        """Store ``entry`` under ``key``; return the key's string (the timer entry's key: a
-        string, where a tuple would cost a tracked object per message until a collection)."""
-        text = _dedup_text(key)
-        entries = self._entries
-        if text not in entries:
-            self._slot[text] = self._tail
-            self._order[self._tail] = text
-            self._tail += 1
-        entries[text] = entry if type(entry) is float else _encode_entry(entry)
-        return text
-
-    def pop(self, key: MemKey, default: None = None) -> DedupEntry | None:
-        text = _dedup_text(key)
-        value = self._entries.pop(text, None)
-        if value is None:
-            return default
-        del self._order[self._slot.pop(text)]
-        return _decode_entry(value)
-
-    def __delitem__(self, key: MemKey) -> None:
-        if self.pop(key) is None:
-            raise KeyError(key)
-
-    def items(self) -> Iterator[tuple[tuple[str, str], DedupEntry]]:
-        """Every (key, entry), oldest first."""
-        order, entries = self._order, self._entries
-        for index in range(self._head, self._tail):
-            text = order.get(index)
-            if text is not None:
-                sender, _, message_id = text.partition("\x00")
-                yield (sender, message_id), _decode_entry(entries[text])
-
-    def values(self) -> list[DedupEntry]:
-        return [entry for _, entry in self.items()]
-
-    def first(self) -> tuple[tuple[str, str], DedupEntry] | None:
-        """The oldest (key, entry), or None (the slots of entries gone before it are skipped
-        for good: amortised O(1))."""
-        order = self._order
-        while self._head < self._tail:
-            text = order.get(self._head)
-            if text is not None:
-                sender, _, message_id = text.partition("\x00")
-                return (sender, message_id), _decode_entry(self._entries[text])
-            self._head += 1
-        return None
-
-
-def _dedup_text(key: MemKey) -> str:
-    """A dedup key as :class:`DedupTable` keeps it (a string is kept as it is)."""
-    return key if type(key) is str else f"{key[0]}\x00{key[1]}"
-
-
-def _encode_entry(entry: DedupEntry) -> float | str:
-    """A dedup entry as a float (answered 200: its expiry time) or a string (status, expiry)."""
-    if isinstance(entry, float):
-        return entry
-    if isinstance(entry, int):  # an expiry time given as an int (a test's clock)
-        return float(entry)
-    status, expires_at = entry
-    return f"{'' if status is None else status} {float(expires_at)!r}"
-
-
-def _decode_entry(value: float | str) -> DedupEntry:
-    if isinstance(value, float):
-        return value
-    status, _, expires_at = value.partition(" ")
-    return (int(status) if status else None, float(expires_at))
-
-
 def _store_key(key: MemKey) -> str:
     return key if isinstance(key, str) else received_key(*key)
 
@@ -327,7 +217,7 @@ class TrackerCore:
         # slot deleted before it (tens of microseconds at 100,000 entries); a linked order is O(1).
         # Each entry is a DedupEntry (nothing the collector tracks), never a record.
         self._seen: OrderedDict[tuple[str, str], DedupEntry] = OrderedDict()
-        self._volatile = DedupTable()
+        self._volatile: OrderedDict[tuple[str, str], DedupEntry] = OrderedDict()
         self._dedup_evictions = 0
         # Evictions reported in one log line a minute at most.
         self._dedup_evictions_log = RateLimitedTally(_EVICTION_LOG_INTERVAL)
@@ -387,8 +277,7 @@ class TrackerCore:
         self._top_live: tuple[float, int, MemKey] | None = None
         self._top_unswept = 0
         self._seq = 0
-        # (a DedupTable has the methods of a dict the tracker uses, keyed as the others)
-        self._tables: dict[str, Any] = {
+        self._tables: dict[str, dict[Any, Any]] = {
             _SENT: self._sent,
             _OWED: self._owed,
             _RECEIVED: self._received,
@@ -511,7 +400,7 @@ class TrackerCore:
         evicted = 0
         while excess > 0:
             first_seen = next(iter(seen.items()), None)
-            first_volatile = volatile.first()
+            first_volatile = next(iter(volatile.items()), None)
             if first_volatile is None or (
                 first_seen is not None and dedup_expiry(first_seen[1]) <= dedup_expiry(first_volatile[1])
             ):

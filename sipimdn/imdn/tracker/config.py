@@ -25,9 +25,9 @@ class TrackerConfig:
     #: it the oldest are forgotten first. The trade-off: a copy of a message older than the
     #: window (``dedup_ttl``, or the last ``dedup_max`` messages if they came faster) reaches
     #: the application again. Without a cap a peer sending fresh Message-IDs grows memory
-    #: without bound. 100,000 entries cost about 40 MB (about 400 bytes each, the tables'
-    #: order included, which keeps forgetting the oldest O(1): measured with tracemalloc in
-    #: tests/test_tracker_dedup_cap.py) and, at ten messages a second, still
+    #: without bound. 100,000 entries cost about 37 MB (about 320 bytes each, measured with
+    #: tracemalloc in tests/test_tracker_dedup_cap.py, and about 50 more for the tables' order,
+    #: which keeps forgetting the oldest O(1)) and, at ten messages a second, still
     #: cover almost three hours: far longer than any resend (a transaction lasts 32 s, a
     #: restarted sender resends within minutes).
     dedup_max: int = 100_000

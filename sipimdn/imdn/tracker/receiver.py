@@ -237,8 +237,8 @@ class ReceiverSide(DispatchSide):
         """A new message owed nothing: its dedup entry lives in memory only (see the module
         docstring). New (no dedup entry yet), it needs only its table slot and its timer."""
         expiry = now + self.config.dedup_ttl
-        # A DedupEntry not answered yet; its timer entry holds the table's string for the key.
-        self._push(expiry, _VOLATILE, self._volatile.put(key, (None, expiry)))
+        self._volatile[key] = (None, expiry)  # a DedupEntry, not answered yet
+        self._push(expiry, _VOLATILE, key)
 
     def _record_new(  # noqa: PLR0917 - the arguments of record_received, one call site
         self,
