@@ -192,8 +192,8 @@ def test_parked_transactions_behave_as_kept_objects(operations: list[tuple[str, 
     now += 200.0
     assert step(layer, seen[0], ("tick", 0, 0), now) == step(reference, seen[1], ("tick", 0, 0), now)
     assert layer.transaction_count == 0 and layer.get_timer() is None
-    assert not layer._parked and not layer._completed and not layer._servers
-    assert not layer._parked_clients and not layer._completed_clients and not layer._clients
+    assert not layer._parked and not layer._parked.queued and not layer._servers
+    assert not layer._parked_clients and not layer._parked_clients.queued and not layer._clients
 
 
 def _complete(layer: TransactionLayer, n: int, now: float,
@@ -278,7 +278,7 @@ def test_transport_errors_end_parked_transactions_with_an_event() -> None:
     assert isinstance(failed, TransportFailed) and failed.key.branch == "z9hG4bK2"
     assert layer.next_event() is None and layer.transaction_count == 1
     layer.handle_timer(TIMER_J)
-    assert layer.transaction_count == 0 and not layer._completed
+    assert layer.transaction_count == 0 and not layer._parked.queued
 
 
 def test_the_cap_displaces_the_oldest_parked_transaction_first() -> None:
@@ -343,7 +343,31 @@ def test_a_completed_client_transaction_absorbs_responses_until_timer_k_and_keep
     with pytest.raises(LocalProtocolError):  # the branch is still in use
         layer.send_request(client_request(1), PEER, 3.0)
     layer.handle_timer(1.0 + timer_k)
-    assert layer.transaction_count == 0 and layer.get_timer() is None and not layer._completed_clients
+    assert layer.transaction_count == 0 and layer.get_timer() is None and not layer._parked_clients.queued
     layer.receive(parse_message(make_response(client_request(1), 200, to_tag="y").to_bytes()), PEER, 7.0)
     assert layer.next_event() is None  # unmatched now: dropped
     assert layer.send_request(client_request(1), PEER, 7.0) == key  # free again
+
+
+def _visits() -> int:
+    """The references a full collection follows now: every tracked object's referents (a
+    container is walked entry by entry even when none of its entries is tracked)."""
+    return sum(len(gc.get_referents(obj)) for obj in gc.get_objects())
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_a_full_collection_visits_next_to_nothing_per_parked_transaction(side: str) -> None:
+    layer = TransactionLayer()
+    for i in range(200):  # warm the caches the first messages fill
+        _complete(layer, i, 0.0) if side == "server" else _send_and_complete(layer, i, 0.0)
+    count = 2000
+    gc.collect()
+    before = _visits()
+    for i in range(1000, 1000 + count):
+        _complete(layer, i, i / 1000) if side == "server" else _send_and_complete(layer, i, 0.001)
+    # No collection in between: a table of tuples keyed by tuples is tracked again by every
+    # record parked (a fresh tuple is tracked), and a deque is always walked, entry by entry.
+    grown = _visits() - before
+    assert layer.transaction_count == 200 + count  # all still parked (Timer J or K)
+    # As a dict of tuples and a deque of them it was three references each (key, record, entry).
+    assert grown <= count / 10, grown

@@ -150,4 +150,5 @@ def test_queues_and_heap_fire_what_a_scan_fires(operations: list[tuple[str, floa
     now += 200.0
     assert step(layer, *state[0], ("tick", 0, 0), now) == step(reference, *state[1], ("tick", 0, 0), now)
     assert layer.transaction_count == 0 and layer.get_timer() is None
-    assert not layer._heap and not layer._trying and not layer._completed and not layer._completed_clients
+    assert not layer._heap and not layer._trying
+    assert not layer._parked.queued and not layer._parked_clients.queued

@@ -68,7 +68,7 @@ def test_completed_queue_survives_transactions_ending_out_of_order() -> None:
     assert layer.transaction_count == 4
     layer.handle_timer(10 + TimerConfig().timer_j(False))
     assert layer.transaction_count == 0
-    assert not layer._completed  # nothing left behind to grow without bound
+    assert not layer._parked.queued  # nothing left behind to grow without bound
     assert layer.get_timer() is None
 
 

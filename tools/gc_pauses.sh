@@ -49,4 +49,7 @@ for generation in (0, 1, 2):
 print("pauses over 10 ms: CPU", sum(p[2] > 10 for p in pauses), "wall", sum(p[1] > 10 for p in pauses))
 print("tracked at the end", log["tracked"], "frozen", log["frozen"], "thresholds", log["thresholds"])
 print("by type", log["histogram"][:10])
+print("full collection at the end", round(log.get("full_collection_ms", 0.0), 2), "ms CPU;", log.get("visits"),
+      "references visited; largest containers",
+      log.get("big", []))
 PY

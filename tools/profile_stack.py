@@ -110,6 +110,11 @@ class _GcLog:
         # time includes preemption, the CPU time is what the pause would be on a core of its own.
         self.pauses: list[tuple[int, float, float, int]] = []
         self.histogram: list[tuple[str, int]] = []
+        self.big: list[tuple[str, int]] = []
+        self.full_ms = 0.0
+        self.visits = 0
+        self.young: dict[str, int] | None = {} if os.environ.get("PROFILE_STACK_GC_YOUNG") else None
+        self.young_collections = 0
         self.tracked = 0
         self.listening_at = 0  # pauses before this index happened during start-up
         self.rss_kib: dict[str, int] = {}
@@ -122,6 +127,13 @@ class _GcLog:
         self.rss_kib["listening"] = _rss_kib()["VmRSS"]
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and self.young is not None and info["generation"] == 0:
+            # PROFILE_STACK_GC_YOUNG: what the young collections find alive (and walk), by type.
+            self.young_collections += 1
+            if self.young_collections % 10 == 0:
+                for obj in gc.get_objects(0):
+                    name = type(obj).__qualname__
+                    self.young[name] = self.young.get(name, 0) + 1
         if phase == "start":
             self._started = (time.perf_counter(), time.thread_time())
         else:
@@ -139,15 +151,59 @@ class _GcLog:
         for obj in objects:
             name = type(obj).__qualname__
             counts[name] = counts.get(name, 0) + 1
+        # The containers a full collection spends its time in: those holding many references,
+        # tracked or not (an OrderedDict, a deque or a list is walked entry by entry even when
+        # every entry is untracked), named by the attribute that holds them.
+        big: list[tuple[int, str]] = []
+        self.visits = 0
+        for obj in objects:
+            size = len(gc.get_referents(obj))  # what the collector's traversal visits
+            self.visits += size
+            if size >= 1000:
+                sample = next(iter(obj.items()), None) if isinstance(obj, dict) else None
+                big.append((size, f"{type(obj).__qualname__} {_holder(obj, objects)} e.g. {sample!r:.160}"))
         del objects
         self.histogram = sorted(counts.items(), key=lambda kv: -kv[1])[:25]
+        self.big = [(name, size) for size, name in sorted(big, reverse=True)[:15]]
+        # What a full collection costs now, the load's state still alive (CPU ms of this thread).
+        started = time.thread_time()
+        gc.collect()
+        self.full_ms = (time.thread_time() - started) * 1e3
 
     def dump(self, path: str) -> None:
         gc.callbacks.remove(self._callback)
         data = {"pauses": self.pauses[self.listening_at:], "startup_pauses": self.pauses[:self.listening_at],
-                "tracked": self.tracked, "histogram": self.histogram, "rss_kib": self.rss_kib,
+                "tracked": self.tracked, "histogram": self.histogram,
+                "big": self.big, "full_collection_ms": self.full_ms, "visits": self.visits,
+                "young": sorted((self.young or {}).items(), key=lambda kv: -kv[1])[:40],
+                "young_sampled": self.young_collections // 10, "rss_kib": self.rss_kib,
                 "frozen": gc.get_freeze_count(), "thresholds": gc.get_threshold()}
         Path(path).write_text(json.dumps(data))
+
+
+def _holder(obj: object, objects: list[object]) -> str:
+    """``Class.attribute`` of the first object found holding ``obj`` in its ``__dict__`` or slots."""
+    ident = id(obj)
+    for owner in gc.get_referrers(obj):
+        if owner is objects:
+            continue
+        names = [n for n in getattr(type(owner), "__slots__", ()) if id(getattr(owner, n, None)) == ident]
+        fields = getattr(owner, "__dict__", None)
+        if isinstance(fields, dict):
+            names += [n for n, v in fields.items() if v is obj]
+        if type(owner).__name__ == "cell":  # a closure's variable: the function and the name
+            for closure in gc.get_referrers(owner):
+                for function in gc.get_referrers(closure) if isinstance(closure, tuple) else ():
+                    code = getattr(function, "__code__", None)
+                    if code is not None and function.__closure__ is closure:
+                        name = code.co_freevars[closure.index(owner)]
+                        return f"closure {function.__module__}.{function.__qualname__}:{name}"
+        if isinstance(owner, dict):  # an instance's own __dict__ or a table: the key
+            names += [f"[{k!r}]" for k, v in owner.items() if v is obj][:1]
+        if names:
+            return f"{type(owner).__qualname__}.{names[0]}"
+    held = {type(o).__qualname__ for o in gc.get_referrers(obj) if o is not objects}
+    return "held by " + ",".join(sorted(held))
 
 
 def _rss_kib() -> dict[str, int]:

@@ -24,17 +24,17 @@ sent-by port, else sent-by.
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 import heapq
 import ipaddress
 import itertools
 import logging
+import marshal
 import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from .._abnf import digits_value
 from .._fastinit import from_fields, maker
@@ -108,9 +108,144 @@ class _Server(ServerTransaction[Request, Response]):
     key: TransactionKey
     seq: int
 
+    def _trying_response(self) -> Response:
+        # Built from the request it keeps while in Trying: no callable made per request
+        # (a partial and its arguments were two more objects per request for the collector).
+        request = self.request
+        assert request is not None  # only asked in Trying
+        return make_response(request, 100)
+
+
+def _made_by_the_transaction() -> Response:
+    """``make_trying`` of a ``_Server``, which builds its 100 Trying itself."""
+    raise AssertionError("a _Server builds its 100 Trying from its request")
+
+
+_R = TypeVar("_R", _Parked, _ParkedClient)
+
+
+class _ParkedTable(Generic[_R]):
+    """Completed UDP transactions of one side, parked as records of atoms (see ``_park``), by
+    key and in deadline order, in two plain dicts the cyclic collector never tracks.
+
+    CPython tracks a dict as soon as it holds one tracked key or value, and stops only when a
+    full collection finds none; a fresh tuple is tracked until a collection sees it. A table of
+    records as tuples keyed by tuples is therefore tracked again by the next record parked, and
+    every collection of its generation then visits each of its tens of thousands of entries (a
+    read of each entry's header: most of a full collection's pause at a few thousand requests a
+    second), as it does each entry of a deque. So a record is kept as its ``marshal`` bytes,
+    keyed by a string made of the key's fields, and the deadline order is a dict from
+    consecutive integers to those bytes, read from ``head`` and appended at ``tail``: str or int
+    keys and bytes values, which a dict never needs tracking for.
+
+    A queue entry counts while it is the bytes the table holds for its key (a record leaves by
+    its deadline, an input that ends it or eviction; stale entries are skipped from the front,
+    lazily). The queue stays in (deadline, insertion) order: a deadline earlier than the last
+    one queued (a clock that went back, in tests) is inserted in its place."""
+
+    __slots__ = ("_by_key", "_front", "_front_bytes", "_head", "_last_at", "_order", "_tail")
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, bytes] = {}
+        self._order: dict[int, bytes] = {}
+        self._head: int = 0
+        self._tail: int = 0
+        self._last_at: float = _INF
+        # The front of the queue as last found live, decoded, with its bytes (see ``front``).
+        self._front: _R | None = None
+        self._front_bytes: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, key: _Key) -> bool:
+        return _text_key(key) in self._by_key
+
+    def get(self, key: _Key) -> _R | None:
+        """The record parked under ``key``, or None."""
+        # (the key written out: asked about every request received)
+        data = self._by_key.get(f"{key[2]}\x00{key[3]}\x00{key[1]}")
+        if data is None:
+            return None
+        record: _R = marshal.loads(data)
+        return record
+
+    def __getitem__(self, key: _Key) -> _R:
+        record: _R = marshal.loads(self._by_key[_text_key(key)])
+        return record
+
+    def values(self) -> list[_R]:
+        """Every record parked, in the order they were parked."""
+        return [marshal.loads(data) for data in self._by_key.values()]
+
+    @property
+    def queued(self) -> int:
+        """Entries in the deadline queue, stale ones included (until they reach its front)."""
+        return self._tail - self._head
+
+    def add(self, record: _R) -> None:
+        """Park ``record`` (its key not parked already)."""
+        data = marshal.dumps(record)
+        self._by_key[f"{record[2]}\x00{record[3]}\x00{record[1]}"] = data
+        at = record[4]
+        if self._head < self._tail and self._last_at > at:
+            self._insert(data, at)
+            return
+        self._order[self._tail] = data
+        self._tail += 1
+        self._last_at = at
+
+    def _insert(self, data: bytes, at: float) -> None:
+        """Queue ``data``, due at ``at``, after every entry due at or before ``at`` (O(n): a
+        clock that went back)."""
+        order = self._order
+        entries = [order.pop(index) for index in range(self._head, self._tail)]
+        deadlines = [marshal.loads(entry)[4] for entry in entries]
+        entries.insert(bisect.bisect_right(deadlines, at), data)
+        for index, entry in enumerate(entries, self._head):
+            order[index] = entry
+        self._tail = self._head + len(entries)
+
+    def remove(self, key: _Key) -> None:
+        """Forget the record parked under ``key`` (its queue entry no longer counts)."""
+        data = self._by_key.pop(_text_key(key))
+        if data is self._front_bytes:
+            self._front = self._front_bytes = None
+
+    def front(self) -> _R | None:
+        """The first live record in deadline order, or None; stale entries before it go."""
+        order = self._order
+        while self._head < self._tail:
+            data = order[self._head]
+            if data is self._front_bytes:
+                return self._front
+            record: _R = marshal.loads(data)
+            if self._by_key.get(f"{record[2]}\x00{record[3]}\x00{record[1]}") is data:
+                self._front, self._front_bytes = record, data
+                return record
+            del order[self._head]
+            self._head += 1
+        return None
+
+    def pop_front(self) -> _R:
+        """Take the live front (``front`` found it) out of the queue; it stays parked."""
+        record = self._front
+        assert record is not None and self._order[self._head] is self._front_bytes
+        del self._order[self._head]
+        self._head += 1
+        self._front = self._front_bytes = None
+        return record
+
+
+def _text_key(key: _Key | _Parked | _ParkedClient) -> str:
+    """A key's fields as one string (a str key keeps a dict untracked, a tuple does not): the
+    method and the sent-by (neither holds a NUL: a token, a host and port), then the branch
+    (RFC 3261 §17.2.3; the stand-in of an RFC 2543 request joins its fields with NULs)."""
+    return f"{key[2]}\x00{key[3]}\x00{key[1]}"
+
 
 #: A deadline queue: new server transactions (first deadline) or parked ones (Timer J, Timer K).
-_Queue = deque[_Server] | deque[_Parked] | deque[_ParkedClient]
+_Queue = deque[_Server] | _ParkedTable[_Parked] | _ParkedTable[_ParkedClient]
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,33 +405,25 @@ class TransactionLayer:
         self._seq = itertools.count()
         self._trying: deque[_Server] = deque()
         # Completed UDP server transactions, parked until Timer J (64*T1 = 32 s) as records of
-        # atoms: ``_parked`` by key, and ``_completed`` in Timer J order (also the order of
-        # eviction at the cap: see ``max_server_transactions``), a queue entry counting while it
-        # is the record ``_parked`` holds for its key (others are skipped lazily). Completed UDP
-        # client transactions likewise until Timer K (T4 = 5 s): ``_parked_clients`` and
-        # ``_completed_clients``.
+        # atoms in ``_parked``, by key and in Timer J order (also the order of eviction at the
+        # cap: see ``max_server_transactions``). Completed UDP client transactions likewise
+        # until Timer K (T4 = 5 s) in ``_parked_clients``.
         #
         # Why records and not the transaction objects: at thousands of requests a second tens of
         # thousands of completed transactions wait for Timer J or K, and every object the
         # collector tracks (a transaction, its TransactionKey, a tuple subclass, its response and
         # headers, its flow, the pair and the heap entry holding them) is walked by each
         # collection of its generation: by every full one, whose pause grows with them, and by
-        # young ones while they age. CPython stops tracking an exact tuple that holds only
-        # untracked values (str, bytes, int, float, bool, None) at the first collection that sees
-        # it (gcmodule.c, untrack_tuples), so a record and its key cost the collector nothing
-        # after that. The transaction machine stays the one that decides: each input to a parked
-        # transaction rebuilds it (``ServerTransaction.completed``, ``ClientTransaction.completed``)
-        # and feeds it there (``_drive_parked``, ``_drive_parked_client``); in Completed a
-        # transaction holds nothing but its deadline and, on the server side, its final response,
-        # which the record keeps as the bytes sent.
-        self._parked: dict[_Key, _Parked] = {}
-        self._completed: deque[_Parked] = deque()
-        self._parked_clients: dict[_Key, _ParkedClient] = {}
-        self._completed_clients: deque[_ParkedClient] = deque()
-        # The front of each parked queue as last found live (see ``_earliest``); None once the
-        # record leaves its table.
-        self._live_front: _Parked | None = None
-        self._live_front_client: _ParkedClient | None = None
+        # young ones while they age. A record holds only str, bytes, int, float, bool and None,
+        # and its table keeps it in a form the collector never tracks (see ``_ParkedTable``),
+        # so parked transactions cost the collector nothing. The transaction machine stays the
+        # one that decides: each input to a parked transaction rebuilds it
+        # (``ServerTransaction.completed``, ``ClientTransaction.completed``) and feeds it there
+        # (``_drive_parked``, ``_drive_parked_client``); in Completed a transaction holds nothing
+        # but its deadline and, on the server side, its final response, which the record keeps
+        # as the bytes sent.
+        self._parked: _ParkedTable[_Parked] = _ParkedTable()
+        self._parked_clients: _ParkedTable[_ParkedClient] = _ParkedTable()
         # The deadline the first-deadline queue was last appended with (it only takes a later one).
         self._trying_last = float("-inf")
         #: Completed server transactions forgotten before Timer J because of the cap.
@@ -440,14 +567,14 @@ class TransactionLayer:
         """Fire every transaction timer due at ``now``."""
         while (entry := self._earliest()) is not None and entry[0] <= now:
             source = entry[3]
-            if source is self._completed:  # Timer J of a parked server transaction
-                record = self._completed.popleft()
+            if source is self._parked:  # Timer J of a parked server transaction
+                record = self._parked.pop_front()
                 revived = self._revive(record)
                 revived.handle_timer(now)
                 self._drive_parked(record[:4], record, revived)
                 continue
-            if source is self._completed_clients:  # Timer K of a parked client transaction
-                parked = self._completed_clients.popleft()
+            if source is self._parked_clients:  # Timer K of a parked client transaction
+                parked = self._parked_clients.pop_front()
                 revived_client = _revive_client(parked, self.config)
                 revived_client.handle_timer(now)
                 self._drive_parked_client(parked[:4], parked, revived_client)
@@ -517,9 +644,8 @@ class TransactionLayer:
             busy.headers.add("Retry-After", "5")
             self._outgoing.append(Outgoing(busy, route, None))
             return
-        make_trying = functools.partial(make_response, request, 100)
         tx = _Server(request, reliable=flow.transport.reliable, now=now, config=self.config,
-                     make_trying=make_trying)
+                     make_trying=_made_by_the_transaction)
         tx.key = key
         tx.flow = route
         self._servers[key] = tx
@@ -591,13 +717,11 @@ class TransactionLayer:
         retransmissions until Timer K: keep it as a record of atoms (see ``_parked``)."""
         at = tx.timeout_at
         assert at is not None and not tx.reliable  # Timer K
-        exact: _Key = (key[0], key[1], key[2], key[3])
         record: _ParkedClient = (key[0], key[1], key[2], key[3], at, next(self._seq), *_route(flow),
                                  tx.retransmissions)
         del self._clients[key]
         self._scheduled.pop(key, None)  # (its heap entry is stale from now on)
-        self._parked_clients[exact] = record
-        _enqueue(self._completed_clients, record)
+        self._parked_clients.add(record)
 
     def _drive_parked_client(self, key: _Key, record: _ParkedClient, tx: _Client, reason: str = "",
                              arrived_on: Flow | None = None) -> None:
@@ -608,9 +732,7 @@ class TransactionLayer:
             typed = key if type(key) is TransactionKey else _key_of(key)
             self._carry_out_client(typed, actions, _record_flow(record), reason, arrived_on)
         if tx.state is TxState.TERMINATED:
-            del self._parked_clients[key]  # (its queue entry, if still queued, no longer counts)
-            if record is self._live_front_client:
-                self._live_front_client = None
+            self._parked_clients.remove(key)  # (its queue entry, if still queued, no longer counts)
         else:
             assert tx.state is _COMPLETED and tx.timeout_at == record[4]
 
@@ -646,7 +768,6 @@ class TransactionLayer:
         assert at is not None and not tx.reliable and tx.last_response is response  # Timer J
         data = response.to_bytes()
         flow = tx.flow
-        exact: _Key = (key[0], key[1], key[2], key[3])
         # Every field an exact str, bytes, int, float, bool or None: the record is not tracked.
         record: _Parked = (
             key[0], key[1], key[2], key[3], at, next(self._seq), *_route(flow),
@@ -655,8 +776,7 @@ class TransactionLayer:
         )
         del self._servers[key]
         self._scheduled.pop(key, None)  # (its first-deadline or heap entry is stale from now on)
-        self._parked[exact] = record
-        _enqueue(self._completed, record)
+        self._parked.add(record)
         self._carry_out(key, tx.pop_actions(), flow, "", (response, data))
 
     def _revive(self, record: _Parked) -> _Server:
@@ -675,26 +795,20 @@ class TransactionLayer:
             typed = key if type(key) is TransactionKey else _key_of(key)
             self._carry_out(typed, actions, _record_flow(record), reason, (tx.last_response, record[12]))
         if tx.state is TxState.TERMINATED:
-            del self._parked[key]  # (its queue entry, if still queued, no longer counts)
-            if record is self._live_front:
-                self._live_front = None
+            self._parked.remove(key)  # (its queue entry, if still queued, no longer counts)
         else:
             assert tx.state is _COMPLETED and tx.timeout_at == record[4]
 
     def _evict_completed(self) -> bool:
         """Forget the oldest completed server transaction; False if there is none."""
-        completed = self._completed
         parked = self._parked
-        while completed:
-            record = completed.popleft()
-            key = record[:4]
-            if parked.get(key) is record:
-                del parked[key]
-                if record is self._live_front:
-                    self._live_front = None
-                self.evicted += 1
-                return True
-        return False
+        record = parked.front()
+        if record is None:
+            return False
+        parked.pop_front()
+        parked.remove(record[:4])
+        self.evicted += 1
+        return True
 
     def _schedule(self, key: TransactionKey, at: float | None) -> None:
         if at is None:
@@ -734,28 +848,25 @@ class TransactionLayer:
                     best_at, best_seq, best_key, best_source, found = due, tx.seq, tx.key, trying, True
                 break
             trying.popleft()
-        # The two parked queues (written out twice: this runs after every input). A front found
-        # live is remembered, so the next call skips the lookup until the record goes.
-        completed = self._completed
-        while completed:
-            record = completed[0]
-            if record is self._live_front or self._parked.get(record[:4]) is record:
-                self._live_front = record
-                due, seq = record[4], record[5]
-                if not found or due < best_at or (due == best_at and seq < best_seq):
-                    best_at, best_seq, best_key, best_source, found = due, seq, None, completed, True
-                break
-            completed.popleft()
-        clients = self._completed_clients
-        while clients:
-            parked = clients[0]
-            if parked is self._live_front_client or self._parked_clients.get(parked[:4]) is parked:
-                self._live_front_client = parked
-                due, seq = parked[4], parked[5]
-                if not found or due < best_at or (due == best_at and seq < best_seq):
-                    best_at, best_seq, best_key, best_source, found = due, seq, None, clients, True
-                break
-            clients.popleft()
+        # The two parked queues (a front found live is remembered by its table, so this call,
+        # made after every input, decodes nothing until that record goes).
+        parked_table = self._parked
+        # (front()'s first test written out for the server side: the front is nearly always the
+        # one found live last time, and this runs after every input)
+        if (parked_table._head < parked_table._tail
+                and parked_table._order[parked_table._head] is parked_table._front_bytes):
+            record = parked_table._front
+        else:
+            record = parked_table.front()
+        if record is not None:
+            due, seq = record[4], record[5]
+            if not found or due < best_at or (due == best_at and seq < best_seq):
+                best_at, best_seq, best_key, best_source, found = due, seq, None, self._parked, True
+        parked = self._parked_clients.front()
+        if parked is not None:
+            due, seq = parked[4], parked[5]
+            if not found or due < best_at or (due == best_at and seq < best_seq):
+                best_at, best_seq, best_key, best_source, found = due, seq, None, self._parked_clients, True
         if not found:
             return None
         return best_at, best_seq, best_key, best_source
@@ -789,20 +900,6 @@ def _revive_client(record: _ParkedClient, config: TimerConfig) -> _Client:
     return tx
 
 
-_R = TypeVar("_R", _Parked, _ParkedClient)
-
-
-def _enqueue(queue: deque[_R], record: _R) -> None:
-    """Append ``record`` to its queue, which stays in (deadline, insertion) order: a deadline
-    earlier than the last one (a clock that went back, in tests) is inserted in its place."""
-    if queue and queue[-1][4] > record[4]:
-        queue.insert(bisect.bisect_right(queue, record[4], key=_deadline), record)
-    else:
-        queue.append(record)
-
-
-def _deadline(record: _Parked | _ParkedClient) -> float:
-    return record[4]
 
 
 def stamp_via_copy(via: Via, flow: Flow) -> Via:

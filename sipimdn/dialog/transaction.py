@@ -506,9 +506,14 @@ class ServerTransaction(Generic[ReqT, RespT]):
         pass
 
     def _send_trying(self, now: float) -> None:
-        assert self._make_trying is not None  # only called in Trying
-        self.last_response = self._make_trying()
+        self.last_response = self._trying_response()
         self._emit(_send(self.last_response))
+
+    def _trying_response(self) -> RespT:
+        """The "100 Trying" to send (only asked in Trying): ``make_trying``'s. A subclass that
+        builds it from ``request`` itself may override this (and pass any ``make_trying``)."""
+        assert self._make_trying is not None  # only called in Trying
+        return self._make_trying()
 
     def _send_final(self, now: float) -> None:
         assert self._pending is not None

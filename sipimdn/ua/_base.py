@@ -125,6 +125,10 @@ class AgentCore:
         # that arrive meanwhile: the tracker says they are duplicates; these wait for the
         # first copy's answer (the transactions to answer are ours, the state the tracker's).
         self._deciding: dict[tuple[str, str], Pending] = {}
+        # The report and reply callbacks every received IncomingMessage holds, bound once (on
+        # the first message): a bound method made per message is one more object for the
+        # collector per message in flight, two here. None until then.
+        self._message_callbacks: tuple[Any, Any] | None = None
         # Answers waiting for their records to reach the store (a writer callback each, no
         # task): protocol work that close() gives close_grace, like the wire tasks.
         self._durable_answers = 0

@@ -207,13 +207,18 @@ class ReceivePath(WorkingSetPath):
             if message_id is not None:
                 self._pump()
                 deciding = self._deciding.get((message_id, sender))
-                if deciding is not None and len(deciding.followers) < _MAX_FOLLOWERS:
+                if deciding is not None:
                     # A resend in a new transaction while the first copy is still being
                     # decided: not handed up again, and answered with the first copy's
                     # answer when it comes (the sender may only hear this one). Bounded:
                     # past a few, a flood of copies gets the deadline status at once.
-                    deciding.followers.append(incoming)
-                    return
+                    followers = deciding.followers
+                    if followers is None:
+                        deciding.followers = [incoming]
+                        return
+                    if len(followers) < _MAX_FOLLOWERS:
+                        followers.append(incoming)
+                        return
             status = reception.previous_status or self.config.deadline_status
             self._counters.duplicates_received += 1
             _log.info(
@@ -238,7 +243,10 @@ class ReceivePath(WorkingSetPath):
             self._deciding[(message_id, sender)] = pending
         # (no trusted asserters configured, the usual case: no identity to judge, no call)
         asserted = self._asserted_identity(incoming) if self._asserters is not None else None
-        message = _wire.incoming_message(inbound, incoming, self._report, self._reply, asserted=asserted)
+        callbacks = self._message_callbacks
+        if callbacks is None:
+            callbacks = self._message_callbacks = (self._report, self._reply)
+        message = _wire.incoming_message(inbound, incoming, callbacks[0], callbacks[1], asserted=asserted)
         self._decide(message, pending)
 
     def _answer(self, pending: Pending, outcome: HandlerOutcome) -> None:
@@ -448,13 +456,15 @@ class Pending:
         self.transaction = transaction
         self.answered = False
         self.task: asyncio.Task[Any] | None = None
-        #: Resends (same Message-ID, new transaction) received while deciding: same answer.
-        self.followers: list[IncomingRequest] = []
+        #: Resends (same Message-ID, new transaction) received while deciding: same answer
+        #: (None while there is none: nearly always, and a list per message would be one more
+        #: object for the collector per message being decided).
+        self.followers: list[IncomingRequest] | None = None
 
     def respond(self, status: int, reason: str | None, headers: list[tuple[str, str]] | None = None) -> None:
         """Send the final response to this message and to its resends."""
         self.incoming.respond(status, reason, headers or ())
-        for follower in self.followers:
+        for follower in self.followers or ():
             follower.respond(status, reason, headers or ())
 
 

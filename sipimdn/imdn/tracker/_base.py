@@ -62,6 +62,7 @@ from .records import (
 )
 
 if TYPE_CHECKING:
+    from .dispatch import LongWindow
     from .receiver import Receipt
 
 __all__ = [
@@ -227,7 +228,7 @@ class TrackerCore:
         # answered, or None while deciding; expiry order is insertion order (one TTL).
         self._plain: OrderedDict[tuple[str, str], tuple[float, int | None]] = OrderedDict()
         # Rate limit: originator key -> times of the notifications generated for it in the window.
-        self._rate: dict[str, float | list[float] | deque[float]] = {}
+        self._rate: dict[str, float | list[float] | LongWindow] = {}
         # Size past which the limiter prunes idle originators (the first call sets it).
         self._rate_prune_at = 0
         # Per destination address: byte budget, proof of life, parking (see .destinations).

@@ -30,7 +30,7 @@ owed notification from then on:
 from __future__ import annotations
 
 import functools
-from collections import deque
+from array import array
 from collections.abc import Callable
 
 from ..._fastinit import keyword_maker
@@ -54,8 +54,48 @@ _owed_record: Callable[..., OwedRecord] = keyword_maker(OwedRecord)
 #: The rate limiter drops idle originators once it holds more than this many (or twice what
 #: survived the last pruning).
 _RATE_PRUNE_MIN = 4 * 4096
-#: Times kept in a list per originator at most; a longer window is a deque.
+#: Times kept in a list per originator at most; a longer window is a :class:`LongWindow`.
 _LONG_WINDOW = 64
+
+
+class LongWindow:
+    """An originator's notification times in the rate window, oldest first, when there are more
+    than :data:`_LONG_WINDOW`: a queue of floats in an ``array`` read from ``head``.
+
+    Not a deque: a deque is a container the cyclic collector walks entry by entry (a float
+    object each), and with a high rate limit one busy address (a proxy relaying everyone's
+    messages) keeps up to ``rate_limit`` times, every one of them read again by each
+    collection. An array holds the numbers themselves, nothing the collector visits. Times
+    leave from the front by moving ``head``; the array drops them once they are half of it
+    (amortised O(1) per time)."""
+
+    __slots__ = ("head", "times")
+
+    def __init__(self, times: list[float]) -> None:
+        self.times = array("d", times)
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def expire(self, cutoff: float) -> None:
+        """Drop the times at or before ``cutoff`` from the front."""
+        times = self.times
+        head = self.head
+        end = len(times)
+        while head < end and times[head] <= cutoff:
+            head += 1
+        if head > _LONG_WINDOW and 2 * head > end:
+            del times[:head]
+            head = 0
+        self.head = head
+
+    def append(self, now: float) -> None:
+        self.times.append(now)
+
+    def latest(self) -> float:
+        """The latest time (minus infinity once empty)."""
+        return self.times[-1] if len(self.times) > self.head else float("-inf")
 
 
 class DispatchSide(TrackerCore):
@@ -141,7 +181,7 @@ class DispatchSide(TrackerCore):
         window = rate.get(peer_key)
         # An originator's times in the window, oldest first: a bare number while there is one
         # (the usual case: many originators with one message each awaiting notifications would
-        # otherwise cost a container each), a list from the second on, a deque past
+        # otherwise cost a container each), a list from the second on, a LongWindow past
         # _LONG_WINDOW (a list's front deletion moves all the rest: with a high limit, one
         # busy address makes it thousands of times long). Times at or before the cutoff leave
         # from the front, as they came.
@@ -154,10 +194,9 @@ class DispatchSide(TrackerCore):
                 return False
             window.append(now)
             if len(window) > _LONG_WINDOW:
-                rate[peer_key] = deque(window)
-        elif isinstance(window, deque):
-            while window and window[0] <= cutoff:
-                window.popleft()
+                rate[peer_key] = LongWindow(window)
+        elif isinstance(window, LongWindow):
+            window.expire(cutoff)
             if len(window) >= self.config.rate_limit:
                 return False
             window.append(now)
@@ -332,8 +371,10 @@ def _address_of(uri: str) -> str:
     return address_key(key, uri) if key is not None else uri
 
 
-def _latest(window: float | list[float] | deque[float]) -> float:
+def _latest(window: float | list[float] | LongWindow) -> float:
     """The latest time in a rate-limit window (an emptied list counts as long expired)."""
-    if isinstance(window, (list, deque)):
+    if isinstance(window, list):
         return window[-1] if window else float("-inf")
+    if isinstance(window, LongWindow):
+        return window.latest()
     return window
