@@ -233,12 +233,13 @@ class _Trace:
         coalesce = _persist.coalesce
         batches = self.batches
 
-        def traced(writer: object, batch: list[list[object]]) -> None:
+        def traced(writer: object, batch: list[list[object]], *inline: object) -> object:
             started = time.perf_counter()
             submitted = sum(len(ops) for ops in batch)
             written = len(coalesce([op for ops in batch for op in ops]))  # type: ignore[misc]
-            original(writer, batch)  # type: ignore[arg-type]
+            through = original(writer, batch, *inline)  # type: ignore[arg-type]
             batches.append((started, submitted, written, time.perf_counter() - started))
+            return through
 
         _persist.StoreWriter._apply = traced  # type: ignore[method-assign,assignment]
 

@@ -41,12 +41,43 @@ class MemoryStore:
         for op in ops:
             check_op(op)
         with self._lock:
-            self._check_open()
-            for op in ops:
-                if isinstance(op, Put):
-                    self._tables[op.record.TABLE][op.record.key] = op.record
-                elif isinstance(op, Delete):
-                    self._tables[op.table].pop(op.key, None)
+            self._apply_locked(ops)
+
+    def _apply_locked(self, ops: Sequence[StoreOp]) -> None:
+        self._check_open()
+        for op in ops:
+            if isinstance(op, Put):
+                self._tables[op.record.TABLE][op.record.key] = op.record
+            elif isinstance(op, Delete):
+                self._tables[op.table].pop(op.key, None)
+
+    # -- InlineStore: a write is a few dictionary updates ---------------------------------------
+
+    @property
+    def inline_writes(self) -> bool:
+        """True unless a subclass changed :meth:`apply` (what it does there may wait: this
+        class cannot vouch for it, so its writes keep to the writer's worker thread)."""
+        return type(self).apply is MemoryStore.apply
+
+    def try_apply(self, ops: Sequence[StoreOp]) -> bool:
+        """:meth:`apply` unless another thread holds the store (then False, nothing done)."""
+        for op in ops:
+            check_op(op)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._apply_locked(ops)
+        finally:
+            self._lock.release()
+        return True
+
+    @property
+    def upkeep_due(self) -> bool:
+        """Never: nothing is put off."""
+        return False
+
+    def upkeep(self) -> None:
+        """Nothing to do."""
 
     def load(self, now: float) -> Snapshot:
         """Every record that has not expired at ``now``."""

@@ -13,6 +13,19 @@ any worker thread. A file database runs in WAL mode with ``synchronous=NORMAL``:
 a crash may lose the last committed batches but never corrupts the file, and
 readers never block the writer.
 
+Writes on the event loop (:class:`~sipimdn.store.base.InlineStore`): in that
+mode a commit is local and short (no fsync), so the asyncio adapter may call
+:meth:`SqliteStore.try_apply` on its loop thread when its worker is idle. That
+call never waits: it only try-acquires ``self._lock`` and runs with SQLite's
+busy timeout at zero (another process holding the file makes it return False,
+not block for the timeout). SQLite's automatic WAL checkpoint would run inside
+whichever commit crosses its threshold, copying pages and fsyncing on the
+loop, so it is off on this connection (``wal_autocheckpoint=0``) and the store
+checkpoints itself: in the calls that may wait (:meth:`SqliteStore.apply` and
+the other writes) and in :meth:`SqliteStore.upkeep`, which the adapter runs on
+its worker once :attr:`SqliteStore.upkeep_due` says the WAL has grown by about
+SQLite's own threshold (:data:`_CHECKPOINT_FRAMES`) since the last checkpoint.
+
 Shared-state primitives (:class:`~sipimdn.store.base.SharedStore`): implemented
 in their one-worker form, so code written for several workers runs on SQLite
 too: dedup claims are atomic, every record is this worker's, nothing is ever
@@ -74,6 +87,12 @@ def _create_v2(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX IF NOT EXISTS received_message_id ON received({_RECEIVED_ID})")
 
 
+#: WAL frames (pages written) after which a checkpoint is due: SQLite's default ``wal_autocheckpoint``.
+_CHECKPOINT_FRAMES = 1000
+#: Commits between checkpoints: the first guess (a few rows, about five frames each), then
+#: measured at each checkpoint and kept within these bounds.
+_CHECKPOINT_COMMITS = (200, 16, 10_000)
+
 #: The statements :meth:`SqliteStore.apply` runs, per table.
 _PUT_SQL = {t: f"INSERT OR REPLACE INTO {t} (key, expires_at, data) VALUES (?, ?, ?)" for t in TABLES}
 _DELETE_SQL = {t: f"DELETE FROM {t} WHERE key = ?" for t in TABLES}
@@ -107,6 +126,15 @@ class SqliteStore:
         self._listeners: list[Callable[[str], None]] = []
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # The busy timeout in ms, and whether the connection waits it out now (see _waiting).
+        self._timeout_ms = round(timeout * 1000)
+        self._waits = True
+        # Inline writes (InlineStore): possible at all; a WAL file (checkpointed by us); the
+        # commits since the last checkpoint, and how many make one due.
+        self._inline = path == ":memory:"
+        self._wal = False
+        self._commits = 0
+        self._checkpoint_every = _CHECKPOINT_COMMITS[0]
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
             conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
@@ -116,6 +144,13 @@ class SqliteStore:
             if path != ":memory:":
                 _switch_to_wal(conn, timeout)
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # As set, not as asked: a file system without shared memory keeps another journal.
+                self._wal = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+                synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+                # NORMAL (1) in WAL mode: a commit appends to the WAL with no fsync.
+                self._inline = self._wal and synchronous == 1
+                if self._wal:
+                    conn.execute("PRAGMA wal_autocheckpoint=0")  # ours instead (module docstring)
             self._migrate(conn)
         except (sqlite3.Error, StoreError) as exc:
             conn.close()
@@ -151,9 +186,29 @@ class SqliteStore:
             return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+        """The connection, waiting out the busy timeout (for the calls that may wait); under
+        ``self._lock``."""
+        conn = self._conn
+        if conn is None:
             raise StoreError("store is closed")
-        return self._conn
+        if not self._waits:
+            self._waiting(conn, True)
+        return conn
+
+    def _waiting(self, conn: sqlite3.Connection, waits: bool) -> None:
+        # The busy timeout is set only when it changes: no statement more per write while the
+        # writes keep to one kind (inline ones on the loop, or the worker's).
+        conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms if waits else 0}")
+        self._waits = waits
+
+    def _committed(self, conn: sqlite3.Connection) -> None:
+        """Count a commit; checkpoint the WAL when due (only from the calls that may wait)."""
+        self._commits += 1
+        if self._wal and self._commits >= self._checkpoint_every:
+            try:
+                self._checkpoint(conn)
+            except StoreError:  # what was committed stands; the next commit tries again
+                _log.warning("WAL checkpoint failed", exc_info=True)
 
     def apply(self, ops: Sequence[StoreOp]) -> None:
         """Apply operations in order in one transaction.
@@ -166,54 +221,79 @@ class SqliteStore:
         """
         if not ops:
             return
-        rows: list[tuple[str, tuple[object, ...]]] = []
-        idents: set[tuple[str, str]] = set()
-        for op in ops:
-            check_op(op)
-            if isinstance(op, Put):
-                record = op.record
-                table, key = record.TABLE, record.key
-                rows.append((_PUT_SQL[table], (key, record.expires_at, record_to_json(record))))
-            else:
-                assert isinstance(op, Delete)
-                table, key = op.table, op.key
-                rows.append((_DELETE_SQL[table], (key,)))
-            idents.add((table, key))
-        if len(idents) == len(rows):
-            grouped: dict[str, list[tuple[object, ...]]] = {}
-            for sql, params in rows:
-                grouped.setdefault(sql, []).append(params)
-            self._execute_grouped(grouped)
-        else:
-            with self._write("write") as conn:
-                for sql, params in rows:
-                    conn.execute(sql, params)
-        if self._listeners:
-            self._announce([op.record.key for op in ops if isinstance(op, Put) and op.record.TABLE == "sent"])
-
-    def _execute_grouped(self, grouped: dict[str, list[tuple[object, ...]]]) -> None:
-        # The transaction of _write, spelled out: this runs for every batch the writer hands over.
+        plan = _plan(ops)
         with self._lock:
             conn = self._connection()
             try:
-                if len(grouped) == 1:
-                    ((sql, params),) = grouped.items()
-                    if len(params) == 1:
-                        conn.execute(sql, params[0])
-                        return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for sql, params in grouped.items():
-                        if len(params) == 1:
-                            conn.execute(sql, params[0])
-                        else:
-                            conn.executemany(sql, params)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+                _execute(conn, plan)
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
+            self._committed(conn)
+        if self._listeners:
+            self._announce([op.record.key for op in ops if isinstance(op, Put) and op.record.TABLE == "sent"])
+
+    # -- InlineStore: writes on the event loop's thread (module docstring) ------------------------
+
+    @property
+    def inline_writes(self) -> bool:
+        """True for ``:memory:`` and for a file in WAL mode with ``synchronous=NORMAL`` (a commit
+        appends to the WAL, no fsync), unless a subclass changed :meth:`apply`."""
+        return self._inline and type(self).apply is SqliteStore.apply
+
+    def try_apply(self, ops: Sequence[StoreOp]) -> bool:
+        """:meth:`apply` without waiting: False (nothing written) when another thread holds the
+        connection, another process holds the database's write lock, a listener is registered
+        (it runs in the writing thread: not on the caller's) or writes are not :attr:`inline_writes`;
+        never checkpoints (:meth:`upkeep` does)."""
+        if not self._inline or self._listeners:
+            return False
+        if not ops:
+            return True
+        plan = _plan(ops)
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("store is closed")
+            if self._waits and self._wal:  # (a private database has nobody to wait for)
+                self._waiting(conn, False)
+            try:
+                _execute(conn, plan)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    return False  # rolled back (_execute): nothing written
+                raise StoreError(f"store write failed: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
+            self._commits += 1
+        finally:
+            self._lock.release()
+        return True
+
+    @property
+    def upkeep_due(self) -> bool:
+        """True once the WAL has grown by about :data:`_CHECKPOINT_FRAMES` since the last checkpoint."""
+        return self._wal and self._commits >= self._checkpoint_every
+
+    def upkeep(self) -> None:
+        """Checkpoint the WAL now if due (it may wait: the worker's call)."""
+        with self._lock:
+            conn = self._connection()
+            if self._wal and self._commits >= self._checkpoint_every:
+                self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """A passive checkpoint (what SQLite's automatic one runs), under ``self._lock``; the
+        commits between checkpoints are re-estimated from the frames this one found."""
+        try:
+            _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store checkpoint failed: {exc}") from exc
+        commits, self._commits = self._commits, 0
+        if frames > 0:
+            _first, low, high = _CHECKPOINT_COMMITS
+            self._checkpoint_every = max(low, min(high, commits * _CHECKPOINT_FRAMES // frames))
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -232,6 +312,7 @@ class SqliteStore:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"store {action} failed: {exc}") from exc
+            self._committed(conn)
 
     def load(self, now: float) -> Snapshot:
         """Every record that has not expired at ``now``."""
@@ -339,6 +420,7 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise StoreError(f"store purge failed: {exc}") from exc
+            self._committed(conn)
         return removed
 
     def close(self) -> None:
@@ -502,6 +584,57 @@ class SqliteStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: One SQL statement and its rows: ``executemany`` for several, ``execute`` for one.
+_Plan = list[tuple[str, list[tuple[object, ...]]]]
+
+
+def _plan(ops: Sequence[StoreOp]) -> _Plan:
+    """The statements applying ``ops`` (checked), in an order with the same outcome.
+
+    Operations on different records commute (one row each), so when no record comes twice
+    the rows of each statement are grouped; otherwise they stay one by one, in order.
+    """
+    rows: list[tuple[str, tuple[object, ...]]] = []
+    idents: set[tuple[str, str]] = set()
+    for op in ops:
+        check_op(op)
+        if isinstance(op, Put):
+            record = op.record
+            table, key = record.TABLE, record.key
+            rows.append((_PUT_SQL[table], (key, record.expires_at, record_to_json(record))))
+        else:
+            assert isinstance(op, Delete)
+            table, key = op.table, op.key
+            rows.append((_DELETE_SQL[table], (key,)))
+        idents.add((table, key))
+    if len(idents) < len(rows):
+        return [(sql, [params]) for sql, params in rows]
+    grouped: dict[str, list[tuple[object, ...]]] = {}
+    for sql, params in rows:
+        grouped.setdefault(sql, []).append(params)
+    return list(grouped.items())
+
+
+def _execute(conn: sqlite3.Connection, plan: _Plan) -> None:
+    """Run ``plan`` as one transaction (rolled back if it fails); a plan of one statement on
+    one row is one implicit transaction (as atomic, and two statements fewer)."""
+    if len(plan) == 1 and len(plan[0][1]) == 1:
+        conn.execute(plan[0][0], plan[0][1][0])
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in plan:
+            if len(params) == 1:
+                conn.execute(sql, params[0])
+            else:
+                conn.executemany(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _switch_to_wal(conn: sqlite3.Connection, timeout: float) -> None:
