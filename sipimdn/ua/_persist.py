@@ -106,6 +106,8 @@ class StoreWriter:
         self._upkeep_queued = False
         #: Batches of those applied on the loop's thread (see _write_inline).
         self.inline_writes = 0
+        # Set by an inline write until the loop's next turn (see _write_inline).
+        self._inline_turn: asyncio.Handle | None = None
 
     @property
     def failures(self) -> int:
@@ -271,6 +273,13 @@ class StoreWriter:
         finished, so everything submitted before the buffer is through already and the buffer
         is exactly what the worker would apply next; what it cannot take (the store would have
         to wait) stays at the head of the buffer for the worker. FIFO holds across both paths.
+
+        One inline write per loop turn: under load a turn answers many messages at once (the
+        UDP transport reads up to 32 datagrams a turn), and one commit each would lose the
+        group commit that keeps the store's cost per message down (coalesced records, one
+        transaction and one release of answers per batch; measured saturated: 470 against
+        370 us per positive-delivery message). So the first goes inline and the others of
+        that turn go to the worker, whose batches then grow while it writes, as before.
         """
         store = self._inline
         if store is None or self._in_flight or self._jobs_done != self._jobs_queued or self._closed:
@@ -282,6 +291,7 @@ class StoreWriter:
                 self._buffer = batch[through:]
                 return False
             self.inline_writes += 1
+            self._inline_turn = asyncio.get_running_loop().call_soon(self._turn_over)
         if store.upkeep_due and not self._upkeep_queued:
             self._upkeep_queued = True
             self._queue(self._upkeep, store)
@@ -335,6 +345,9 @@ class StoreWriter:
             except Exception:  # one failing callback must not strand the others
                 _log.exception("callback after a store write failed")
 
+    def _turn_over(self) -> None:
+        self._inline_turn = None
+
     def when_written(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once every write submitted before this call has been through the store.
 
@@ -350,13 +363,14 @@ class StoreWriter:
             return
         self._waiters.append((target, callback))
         if not self._in_flight:
-            # Idle worker: write now rather than after batch_delay, here if the store can
-            # (_write_inline), else on the worker. Busy: the buffer goes as one batch the
-            # moment the current one completes (_batch_done).
+            # Idle worker: write now rather than after batch_delay: here if the store can
+            # and no write went inline earlier in this loop turn (_write_inline), else on
+            # the worker. Busy: the buffer goes as one batch the moment the current one
+            # completes (_batch_done).
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
                 self._flush_handle = None
-            if not self._write_inline():
+            if self._inline_turn is not None or not self._write_inline():
                 self._send_buffer()
 
     async def written(self) -> None:
