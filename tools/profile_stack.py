@@ -34,6 +34,9 @@ schedules (by name) and the loop thread's CPU against the process's, into ``FILE
 ``PROFILE_STACK_TRACE=FILE`` (UserAgent servers, paced load) logs every store batch (operations,
 seconds in the worker), every event-loop stall over 20 ms and the answers slower than 50 ms by
 send time, on one monotonic clock, to ``FILE.<server pid>`` and ``FILE.<server pid>.client``.
+``PROFILE_STACK_STORE=PATH`` gives the UserAgent servers that SQLite file (WAL) instead of
+``:memory:``: each server process appends its pid to PATH, and prints the file's and its WAL's
+size on stop.
 
 ``run`` starts each server in a child process (pinned to CPU 1 when there are two cores, the
 client to CPU 0), sends ``count`` pre-built MESSAGEs with a ~600-byte CPIM body, each with a unique
@@ -356,9 +359,13 @@ async def _serve_ua(stop: asyncio.Event) -> None:
     # not have those settings.
     known = {field.name for field in dataclasses.fields(UserAgentConfig)}
     lifted = {"imdn_rate_limit": 1 << 30, "imdn_byte_budget": 1 << 40}
+    store_path = os.environ.get("PROFILE_STACK_STORE")
+    if store_path:
+        store_path = f"{store_path}.{os.getpid()}"
     config = UserAgentConfig(
         aor=f"sip:bob@{HOST}:0",
         listen=(ListenEndpoint("udp", HOST, 0),),
+        store_path=store_path or ":memory:",
         **{name: value for name, value in lifted.items() if name in known},
     )
     async with UserAgent(config) as ua:
@@ -374,6 +381,9 @@ async def _serve_ua(stop: asyncio.Event) -> None:
         await _wait_for_stop(stop)
         if watcher is not None:
             watcher.cancel()
+        if store_path:
+            sizes = {p: os.path.getsize(p) for p in (store_path, f"{store_path}-wal") if os.path.exists(p)}
+            print(f"STORE {json.dumps(sizes)}", file=sys.stderr, flush=True)
 
 
 def serve(kind: str, profile: str | None) -> None:

@@ -89,9 +89,9 @@ def _create_v2(conn: sqlite3.Connection) -> None:
 
 #: WAL frames (pages written) after which a checkpoint is due: SQLite's default ``wal_autocheckpoint``.
 _CHECKPOINT_FRAMES = 1000
-#: Commits between checkpoints: the first guess (a few rows, about five frames each), then
-#: measured at each checkpoint and kept within these bounds.
-_CHECKPOINT_COMMITS = (200, 16, 10_000)
+#: Rows changed between checkpoints: the first guess (a row and its index entries make two to
+#: three frames in small commits), then measured at each checkpoint and kept within these bounds.
+_CHECKPOINT_ROWS = (400, 50, 100_000)
 
 #: The statements :meth:`SqliteStore.apply` runs, per table.
 _PUT_SQL = {t: f"INSERT OR REPLACE INTO {t} (key, expires_at, data) VALUES (?, ?, ?)" for t in TABLES}
@@ -130,11 +130,13 @@ class SqliteStore:
         self._timeout_ms = round(timeout * 1000)
         self._waits = True
         # Inline writes (InlineStore): possible at all; a WAL file (checkpointed by us); the
-        # commits since the last checkpoint, and how many make one due.
+        # connection's total_changes at the last checkpoint, the rows changed since (as of the
+        # last commit) and how many make a checkpoint due.
         self._inline = path == ":memory:"
         self._wal = False
-        self._commits = 0
-        self._checkpoint_every = _CHECKPOINT_COMMITS[0]
+        self._changes_mark = 0
+        self._changed = 0
+        self._checkpoint_rows = _CHECKPOINT_ROWS[0]
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
             conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
@@ -202,9 +204,9 @@ class SqliteStore:
         self._waits = waits
 
     def _committed(self, conn: sqlite3.Connection) -> None:
-        """Count a commit; checkpoint the WAL when due (only from the calls that may wait)."""
-        self._commits += 1
-        if self._wal and self._commits >= self._checkpoint_every:
+        """After a commit: checkpoint the WAL when due (only from the calls that may wait)."""
+        self._changed = conn.total_changes - self._changes_mark
+        if self._wal and self._changed >= self._checkpoint_rows:
             try:
                 self._checkpoint(conn)
             except StoreError:  # what was committed stands; the next commit tries again
@@ -266,7 +268,7 @@ class SqliteStore:
                 raise StoreError(f"store write failed: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
-            self._commits += 1
+            self._changed = conn.total_changes - self._changes_mark
         finally:
             self._lock.release()
         return True
@@ -274,26 +276,28 @@ class SqliteStore:
     @property
     def upkeep_due(self) -> bool:
         """True once the WAL has grown by about :data:`_CHECKPOINT_FRAMES` since the last checkpoint."""
-        return self._wal and self._commits >= self._checkpoint_every
+        return self._wal and self._changed >= self._checkpoint_rows
 
     def upkeep(self) -> None:
         """Checkpoint the WAL now if due (it may wait: the worker's call)."""
         with self._lock:
             conn = self._connection()
-            if self._wal and self._commits >= self._checkpoint_every:
+            if self._wal and self._changed >= self._checkpoint_rows:
                 self._checkpoint(conn)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """A passive checkpoint (what SQLite's automatic one runs), under ``self._lock``; the
-        commits between checkpoints are re-estimated from the frames this one found."""
+        rows changed between checkpoints are re-estimated from the frames this one found (rows,
+        not commits: a commit's frames grow with its batch)."""
         try:
             _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"store checkpoint failed: {exc}") from exc
-        commits, self._commits = self._commits, 0
-        if frames > 0:
-            _first, low, high = _CHECKPOINT_COMMITS
-            self._checkpoint_every = max(low, min(high, commits * _CHECKPOINT_FRAMES // frames))
+        total = conn.total_changes
+        rows, self._changes_mark, self._changed = total - self._changes_mark, total, 0
+        if frames > 0 and rows > 0:
+            _first, low, high = _CHECKPOINT_ROWS
+            self._checkpoint_rows = max(low, min(high, rows * _CHECKPOINT_FRAMES // frames))
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
