@@ -169,9 +169,14 @@ async def test_stores_that_are_not_local_and_short_never_go_inline(tmp_path: Pat
             super().apply(ops)
 
     assert MemoryStore().inline_writes and not Wrapped().inline_writes
-    with SqliteStore(":memory:") as memory, SqliteStore(str(tmp_path / "x.sqlite")) as wal:
-        assert memory.inline_writes and wal.inline_writes
-        assert isinstance(wal, InlineStore)
+    with SqliteStore(":memory:") as memory, SqliteStore(str(tmp_path / "x.sqlite")) as disk:
+        assert memory.inline_writes and isinstance(memory, InlineStore)
+        assert not disk.inline_writes  # a file's commit may wait on the disk: asked for only
+        assert disk.try_apply([Put(_peer("a"))]) is False and disk.load(0.0).peers == ()
+    with SqliteStore(str(tmp_path / "y.sqlite"), inline_writes=True) as wal:
+        assert wal.inline_writes
+    with SqliteStore(":memory:", inline_writes=False) as declined:
+        assert not declined.inline_writes
     # A store fencing its writes (several workers) reports the fence from the worker's writes.
     applied_on: list[int] = []
 
@@ -361,7 +366,7 @@ def _received_like(i: int) -> list[StoreOp]:
 
 def test_sqlite_try_apply_does_not_wait_for_another_process_holding_the_file(tmp_path: Path) -> None:
     path = str(tmp_path / "busy.sqlite")
-    with SqliteStore(path, timeout=5.0) as store:
+    with SqliteStore(path, timeout=5.0, inline_writes=True) as store:
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # the write lock, as another worker process would
         try:
@@ -394,7 +399,7 @@ def test_sqlite_try_apply_does_not_wait_for_another_thread() -> None:
 async def test_busy_file_sends_the_write_to_the_worker_without_blocking_the_loop(tmp_path: Path) -> None:
     path = str(tmp_path / "busy.sqlite")
     writer = StoreWriter(batch_delay=10.0)
-    await writer.open(lambda: SqliteStore(path, timeout=5.0))
+    await writer.open(lambda: SqliteStore(path, timeout=5.0, inline_writes=True))
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     calls: list[str] = []
@@ -421,7 +426,7 @@ async def test_wal_stays_bounded_with_checkpoints_on_the_worker(tmp_path: Path) 
             super().upkeep()
 
     writer = StoreWriter(batch_delay=10.0)
-    await writer.open(lambda: Watched(path))
+    await writer.open(lambda: Watched(path, inline_writes=True))
     largest = 0
     for i in range(3000):
         writer.submit(_received_like(i))
@@ -440,7 +445,7 @@ async def test_wal_stays_bounded_with_checkpoints_on_the_worker(tmp_path: Path) 
 
 def test_sqlite_inline_commits_never_checkpoint_and_upkeep_does(tmp_path: Path) -> None:
     path = str(tmp_path / "wal.sqlite")
-    with SqliteStore(path) as store:
+    with SqliteStore(path, inline_writes=True) as store:
         for i in range(600):
             assert store.try_apply(_received_like(i))
         assert store.upkeep_due
@@ -471,7 +476,7 @@ async def test_the_200_leaves_after_its_records_are_in_the_file_written_inline(t
                 inline_on.append(threading.get_ident())
             return done
 
-    store = Watched(path)
+    store = Watched(path, inline_writes=True)
     raw = await RawPeer.open()
     at_200: list[list[str]] = []
     original = raw.datagram_received

@@ -27,8 +27,9 @@ writes can starve it nor does every waiter force its own transaction.
 The one exception to "off the loop": a write someone waits on (``written``,
 ``when_written``) while the worker is idle, to a store whose writes are local
 and short (:class:`~sipimdn.store.base.InlineStore`: in memory, SQLite
-``:memory:`` or a WAL file without an fsync per commit; never PostgreSQL, nor
-a store fencing its writes, see ``on_fenced``). Then the batch is applied
+``:memory:``, a SQLite file only when opened with ``inline_writes=True``, as
+its commits may wait on the disk; never PostgreSQL, nor a store fencing its
+writes, see ``on_fenced``). Then the batch is applied
 right here, on the loop's thread, and the waiters called before returning,
 so a 2xx and the IMDN it releases leave in the loop turn their MESSAGE arrived
 in. The round trip through the worker cost more than the write: at 1,000
