@@ -462,6 +462,23 @@ def test_sqlite_inline_commits_never_checkpoint_and_upkeep_does(tmp_path: Path) 
         assert not store.upkeep_due and os.path.getsize(path + "-wal") == grown
 
 
+def test_sqlite_checkpoints_stay_due_when_commits_change_size(tmp_path: Path) -> None:
+    """Calibrated on large batches (the worker under load), then small inline commits: the
+    WAL still stays near SQLite's own threshold (a row in a small commit costs more frames)."""
+    path = str(tmp_path / "wal.sqlite")
+    with SqliteStore(path, inline_writes=True) as store:
+        for i in range(40):
+            store.apply([Put(_peer(f"big{i}-{j}", float(i))) for j in range(300)])
+        largest = 0
+        for i in range(3000):
+            assert store.try_apply(_received_like(i))
+            if store.upkeep_due:
+                store.upkeep()  # (the writer queues it to its worker)
+            if i % 50 == 0:
+                largest = max(largest, os.path.getsize(path + "-wal"))
+        assert largest < 8 << 20
+
+
 # -- the user agent: a message's records are in the file before its 200 leaves --------------------
 
 

@@ -91,9 +91,13 @@ def _create_v2(conn: sqlite3.Connection) -> None:
 
 #: WAL frames (pages written) after which a checkpoint is due: SQLite's default ``wal_autocheckpoint``.
 _CHECKPOINT_FRAMES = 1000
-#: Rows changed between checkpoints: the first guess (a row and its index entries make two to
-#: three frames in small commits), then measured at each checkpoint and kept within these bounds.
+#: Rows changed and commits between checkpoints: the first guesses (a row and its index entries
+#: make two to three frames in small commits, a commit of a few rows about five), then measured
+#: at each checkpoint and kept within these bounds. A checkpoint is due when either count is
+#: reached: a commit's frames grow with its rows but less than in proportion (rows of one commit
+#: share pages), so whichever way the commits' size changes, one of the two fires early.
 _CHECKPOINT_ROWS = (400, 50, 100_000)
+_CHECKPOINT_COMMITS = (200, 16, 10_000)
 
 #: The statements :meth:`SqliteStore.apply` runs, per table.
 _PUT_SQL = {t: f"INSERT OR REPLACE INTO {t} (key, expires_at, data) VALUES (?, ?, ?)" for t in TABLES}
@@ -147,6 +151,8 @@ class SqliteStore:
         self._changes_mark = 0
         self._changed = 0
         self._checkpoint_rows = _CHECKPOINT_ROWS[0]
+        self._commits = 0
+        self._checkpoint_commits = _CHECKPOINT_COMMITS[0]
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a batch is one transaction.
             conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, isolation_level=None)
@@ -217,7 +223,8 @@ class SqliteStore:
     def _committed(self, conn: sqlite3.Connection) -> None:
         """After a commit: checkpoint the WAL when due (only from the calls that may wait)."""
         self._changed = conn.total_changes - self._changes_mark
-        if self._wal and self._changed >= self._checkpoint_rows:
+        self._commits += 1
+        if self.upkeep_due:
             try:
                 self._checkpoint(conn)
             except StoreError:  # what was committed stands; the next commit tries again
@@ -290,6 +297,7 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
             self._changed = conn.total_changes - self._changes_mark
+            self._commits += 1
         finally:
             self._lock.release()
         return True
@@ -297,28 +305,33 @@ class SqliteStore:
     @property
     def upkeep_due(self) -> bool:
         """True once the WAL has grown by about :data:`_CHECKPOINT_FRAMES` since the last checkpoint."""
-        return self._wal and self._changed >= self._checkpoint_rows
+        return self._wal and (
+            self._changed >= self._checkpoint_rows or self._commits >= self._checkpoint_commits
+        )
 
     def upkeep(self) -> None:
         """Checkpoint the WAL now if due (it may wait: the worker's call)."""
         with self._lock:
             conn = self._connection()
-            if self._wal and self._changed >= self._checkpoint_rows:
+            if self.upkeep_due:
                 self._checkpoint(conn)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """A passive checkpoint (what SQLite's automatic one runs), under ``self._lock``; the
-        rows changed between checkpoints are re-estimated from the frames this one found (rows,
-        not commits: a commit's frames grow with its batch)."""
+        rows changed and the commits between checkpoints are re-estimated from the frames this
+        one found (see :data:`_CHECKPOINT_ROWS`)."""
         try:
             _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"store checkpoint failed: {exc}") from exc
         total = conn.total_changes
         rows, self._changes_mark, self._changed = total - self._changes_mark, total, 0
-        if frames > 0 and rows > 0:
+        commits, self._commits = self._commits, 0
+        if frames > 0:
             _first, low, high = _CHECKPOINT_ROWS
             self._checkpoint_rows = max(low, min(high, rows * _CHECKPOINT_FRAMES // frames))
+            _first, low, high = _CHECKPOINT_COMMITS
+            self._checkpoint_commits = max(low, min(high, commits * _CHECKPOINT_FRAMES // frames))
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
