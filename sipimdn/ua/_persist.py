@@ -31,13 +31,14 @@ and short (:class:`~sipimdn.store.base.InlineStore`: in memory, SQLite
 its commits may wait on the disk; never PostgreSQL, nor a store fencing its
 writes, see ``on_fenced``). Then the batch is applied
 right here, on the loop's thread, and the waiters called before returning,
-so a 2xx and the IMDN it releases leave in the loop turn their MESSAGE arrived
-in. The round trip through the worker cost more than the write: at 1,000
+so a 2xx and the IMDN it releases leave in the loop turn that answers their
+MESSAGE. The round trip through the worker cost more than the write: at 1,000
 positive-delivery messages a second, about one batch per message, each a
 hand-off to the worker, a wake-up of the loop through its self-pipe and two
-more loop turns before the 2xx could leave (about 94 us of worker CPU per
-message and 3.6 loop turns; a commit of a few rows takes about 17 us on the
-calling thread against about 60 us on a worker just woken). The store only
+more loop turns before the 2xx could leave (about 90 us of worker CPU per
+message and 3.2 loop turns; a commit of a few rows takes about 17 us on the
+calling thread against about 60 us on a worker just woken). Measured with
+this (bench/README.md): 634 -> 586 us of CPU per message, 2.0 loop turns. The store only
 ever tries (``InlineStore.try_apply`` takes its lock only if free and does not
 wait out SQLite's busy timeout) and puts off what may wait (WAL checkpoints)
 for ``InlineStore.upkeep``, queued to the worker. Order holds across both
