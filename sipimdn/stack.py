@@ -52,6 +52,10 @@ __all__ = ["IncomingRequest", "RequestHandler", "SipStack"]
 
 log = logging.getLogger(__name__)
 
+#: How many ports the system picks for an ephemeral UDP listener before its TCP companion gives
+#: up on sharing the port (each try fails only when that TCP port is taken: rare).
+_SAME_PORT_ATTEMPTS = 32
+
 
 class IncomingRequest:
     """A request the stack received, waiting for its final response.
@@ -172,22 +176,53 @@ class SipStack:
         self._loop = asyncio.get_running_loop()
         self._started = True
         try:
+            # UDP listeners whose port the system picked: one may move to another port when the
+            # TCP port beside it is taken (see _listen_beside_udp).
+            movable: set[Address] = set()
             for spec in self._listen:
-                await self._listen_one(spec)
+                await self._listen_one(spec, movable)
         except BaseException:
             await self.close()
             raise
 
-    async def _listen_one(self, spec: ListenSpec) -> None:
+    async def _listen_one(self, spec: ListenSpec, movable: set[Address]) -> None:
+        if spec.transport is Transport.UDP:
+            _, local = await self.transports.listen(spec)
+            if spec.port == 0:
+                movable.add(local)
+            return
         if spec.transport is Transport.TCP and spec.port == 0:
-            # §18.2.1: every UDP port is also listened on with TCP. With port 0 we try the port the
-            # UDP socket on the same host got, so a peer switching to TCP (§18.1.1) finds us.
-            for kind, (host, port) in self.transports.endpoints:
-                if kind is Transport.UDP and host == spec.host:
-                    with contextlib.suppress(TransportError):
-                        await self.transports.listen(ListenSpec(Transport.TCP, spec.host, port))
+            for kind, local in self.transports.endpoints:
+                if kind is Transport.UDP and local[0] == spec.host:
+                    if await self._listen_beside_udp(local, movable):
                         return
+                    break
         await self.transports.listen(spec)
+
+    async def _listen_beside_udp(self, udp: Address, movable: set[Address]) -> bool:
+        """Listen with TCP on the port of the UDP listener ``udp``; False if that cannot be done.
+
+        §18.2.1: every UDP port is also listened on with TCP, so a peer switching to TCP for a
+        large request (§18.1.1) finds us at the same address. The system picks the UDP port
+        without looking at TCP, so that port may already be taken for TCP (by any socket of the
+        host, an outgoing connection's local port included): then, while nothing has been sent,
+        the UDP listener moves to another port the system picks and TCP is tried there, a
+        bounded number of times.
+        """
+        for _ in range(_SAME_PORT_ATTEMPTS):
+            try:
+                await self.transports.listen(ListenSpec(Transport.TCP, udp[0], udp[1]))
+                return True
+            except TransportError as exc:
+                if udp not in movable:
+                    log.warning("TCP beside UDP %s:%d not possible (%s): TCP on another port", *udp, exc)
+                    return False
+                movable.discard(udp)
+                udp = await self.transports.reopen_udp(udp)
+                movable.add(udp)
+        log.warning("no port of %s free for both UDP and TCP after %d tries: TCP on another port",
+                    udp[0], _SAME_PORT_ATTEMPTS)
+        return False
 
     async def close(self) -> None:
         """Fail pending requests, cancel handlers and close every socket."""

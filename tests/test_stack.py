@@ -23,6 +23,7 @@ from sipimdn.parser import Limits, parse_message
 from sipimdn.stack import IncomingRequest, SipStack
 from sipimdn.transport.base import ListenSpec, TransportConfig
 from sipimdn.transport.flow import Transport
+from sipimdn.transport.manager import TransportManager
 from sipimdn.transport.select import Target
 
 FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.2)
@@ -93,18 +94,11 @@ async def running(*stacks: SipStack) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def udp_tcp_stack() -> AsyncIterator[SipStack]:
-    """A running stack listening on UDP and TCP at the same 127.0.0.1 port.
-
-    §18.2.1 gives TCP the UDP socket's port when it is free; on a busy machine it may be taken
-    (another connection's local port), and then a request switched to TCP at the UDP port
-    finds nobody. Tests that rely on the shared port take a stack where it worked (bounded).
-    """
-    for _ in range(20):
-        async with SipStack(specs("127.0.0.1", Transport.UDP, Transport.TCP)) as stack:
-            if port_of(stack, Transport.TCP) == port_of(stack, Transport.UDP):
-                yield stack
-                return
-    raise AssertionError("no stack got the same UDP and TCP port in 20 tries")
+    """A running stack listening on UDP and TCP at the same 127.0.0.1 port (§18.2.1: the stack
+    moves an ephemeral UDP port until TCP is free beside it)."""
+    async with SipStack(specs("127.0.0.1", Transport.UDP, Transport.TCP)) as stack:
+        assert port_of(stack, Transport.TCP) == port_of(stack, Transport.UDP)
+        yield stack
 
 
 def port_of(stack: SipStack, kind: Transport, host: str | None = None) -> int:
@@ -354,6 +348,64 @@ async def test_large_request_switches_to_tcp() -> None:
         assert [r.flow.transport for r in recorder.seen] == [Transport.UDP, Transport.TCP]
         assert recorder.seen[1].request.top_via.transport == "TCP"
         assert len(recorder.seen[1].request.to_bytes()) > 1300
+
+
+async def test_an_ephemeral_udp_port_moves_until_tcp_is_free_beside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """§18.2.1: TCP listens on the UDP port. The system picks that port for UDP without looking
+    at TCP; when the TCP port is taken (here by real sockets bound just before the stack tries
+    it), the UDP listener moves to another port the system picks, until both share one, and a
+    large request switched to TCP at the UDP port (§18.1.1) arrives."""
+    squatters: list[socket.socket] = []
+    real_listen = TransportManager.listen
+
+    async def listen_after_a_squatter(self: TransportManager, spec: ListenSpec) -> object:
+        if spec.transport is Transport.TCP and spec.port and len(squatters) < 2:
+            squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            squatter.bind((spec.host, spec.port))
+            squatter.listen()
+            squatters.append(squatter)
+        return await real_listen(self, spec)
+
+    monkeypatch.setattr(TransportManager, "listen", listen_after_a_squatter)
+    a = SipStack(specs("127.0.0.1", Transport.UDP, Transport.TCP))
+    recorder = Recorder()
+    try:
+        async with asyncio.timeout(5), running(a):
+            b = SipStack(specs("127.0.0.1", Transport.UDP, Transport.TCP))
+            b.on_request(recorder)
+            async with b:
+                kinds = [kind for kind, _ in b.endpoints]
+                assert kinds == [Transport.UDP, Transport.TCP]  # the abandoned UDP ports are gone
+                port = port_of(b, Transport.UDP)
+                assert port_of(b, Transport.TCP) == port
+                assert len(squatters) == 2 and port not in {s.getsockname()[1] for s in squatters}
+                big = await a.send_request(message_to("127.0.0.1", port, body=b"x" * 1300))
+                assert big.status_code == 200
+                assert [r.flow.transport for r in recorder.seen] == [Transport.TCP]
+    finally:
+        for squatter in squatters:
+            squatter.close()
+
+
+async def test_tcp_beside_a_fixed_udp_port_that_is_taken_goes_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A UDP port the user chose does not move: TCP asked for port 0 beside it takes another
+    port when that TCP port is taken, and says so."""
+    udp, tcp = udp_and_tcp_on_one_port()
+    port = udp.getsockname()[1]
+    udp.close()  # the UDP port is free again; the TCP one stays taken
+    try:
+        with caplog.at_level("WARNING", logger="sipimdn.stack"):
+            async with SipStack([ListenSpec(Transport.UDP, "127.0.0.1", port),
+                                 ListenSpec(Transport.TCP, "127.0.0.1", 0)]) as stack:
+                assert port_of(stack, Transport.UDP) == port
+                assert port_of(stack, Transport.TCP) != port
+        assert any("TCP on another port" in r.getMessage() for r in caplog.records)
+    finally:
+        tcp.close()
 
 
 def udp_and_tcp_on_one_port() -> tuple[socket.socket, socket.socket]:

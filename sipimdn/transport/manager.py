@@ -197,6 +197,22 @@ class TransportManager:
         self._arm_sweeper()
         return (kind, local)
 
+    async def reopen_udp(self, local: Address) -> Address:
+        """Close the UDP listener bound to ``local`` and listen on a new port the system picks on
+        the same host, in its place; returns the new address.
+
+        For start-up only, before any traffic: the stack asks for it when the TCP port beside an
+        ephemeral UDP port is taken (RFC 3261 §18.2.1 wants both on one port)."""
+        index = next((i for i, endpoint in enumerate(self._udp) if endpoint.local == local), None)
+        if index is None:
+            raise TransportError(f"no UDP listener on {local[0]}:{local[1]}")
+        endpoint = self._udp[index]
+        replacement = await UdpEndpoint.open(local[0], 0, self._user.datagram_received, self._udp_error)
+        endpoint.close()
+        self._udp[index] = replacement
+        self._sockets_changed()
+        return replacement.local
+
     async def open_udp_for_sending(self) -> list[Address]:
         """Give every address family listened on without UDP a UDP socket for sending requests.
 
