@@ -204,6 +204,14 @@ def _flushed_before_logging(printer: Printer) -> Iterator[None]:
             handler.removeFilter(flush_first)
 
 
+@contextmanager
+def command_output(command: str, printer: Printer, *, trace: bool) -> Iterator[_Progress]:
+    """What each command runs inside: the wire trace when asked (``--trace``), progress lines on
+    standard error, and ``printer``'s buffered lines written before any of those log lines."""
+    with _tracing(trace), _progress(command, printer) as progress, _flushed_before_logging(printer):
+        yield progress
+
+
 def _describe(event: object) -> str:
     """One readable line for a library event."""
     if isinstance(event, DispositionChanged):

@@ -67,13 +67,11 @@ from .cli_options import (
 from .cli_output import (
     Printer,
     _describe,
-    _flushed_before_logging,
     _message_fields,
     _message_line,
     _Progress,
-    _progress,
-    _tracing,
     _waiting,
+    command_output,
 )
 from .config import UserAgentConfig
 from .errors import StoreError
@@ -208,7 +206,7 @@ def run_listen(args: argparse.Namespace) -> int:
     printer = Printer(as_json=args.json)
     try:
         try:
-            with _tracing(args.trace), _progress("listen", printer), _flushed_before_logging(printer):
+            with command_output("listen", printer, trace=args.trace):
                 return asyncio.run(_listen(args, printer))
         finally:
             printer.flush()  # what is still buffered, whatever ended the run, before any error line
@@ -365,11 +363,7 @@ def run_send(args: argparse.Namespace) -> int:
     printer = Printer(as_json=args.json)
     try:
         try:
-            with (
-                _tracing(args.trace),
-                _progress("send", printer) as progress,
-                _flushed_before_logging(printer),
-            ):
+            with command_output("send", printer, trace=args.trace) as progress:
                 return asyncio.run(_send(args, printer, progress))
         finally:
             printer.flush()
@@ -431,11 +425,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """``sipimdn demo``: two user agents on loopback, a message and its two notifications."""
     printer = Printer(as_json=args.json)
     try:
-        with (
-            _tracing(args.trace),
-            _progress("demo", printer) as progress,
-            _flushed_before_logging(printer),
-        ):
+        with command_output("demo", printer, trace=args.trace) as progress:
             return asyncio.run(_demo(args, printer, progress))
     finally:
         printer.flush()
