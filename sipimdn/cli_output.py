@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO, TypeVar
@@ -181,10 +182,17 @@ class _FlushFirst(logging.Filter):
     def __init__(self, printer: Printer) -> None:
         super().__init__()
         self._printer = printer
+        # The printer belongs to the event loop's thread (its timer, its buffer).
+        self._thread = threading.get_ident()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Flush the printer; keep the record."""
-        self._printer.flush()
+        """Flush the printer (from its own thread only); keep the record.
+
+        A record from another thread (the store's worker logging a failed write) goes out as
+        it comes: flushing from there would race the loop on the buffer and cancel its timer
+        from the wrong thread."""
+        if threading.get_ident() == self._thread:
+            self._printer.flush()
         return True
 
 

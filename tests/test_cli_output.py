@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -469,6 +470,23 @@ async def test_a_log_record_on_stderr_comes_after_the_lines_printed_before_it() 
     assert shared.getvalue().splitlines()[-1].endswith("after")
     printer.flush()
     assert shared.getvalue().splitlines()[-1] == "later"
+
+
+async def test_a_log_record_from_another_thread_leaves_the_printer_to_its_loop() -> None:
+    """The store's worker thread may log (a failed write): that record goes out, but the
+    printer's buffer and timer stay the loop's (no flush from the worker's thread)."""
+    shared = _Writes()
+    printer = Printer(as_json=False, stream=shared, delay=60.0)
+    with logging_to_stderr(0, stream=shared), cli_output._flushed_before_logging(printer):
+        printer.line("held")
+        worker = threading.Thread(target=lambda: logging.getLogger("sipimdn.test").warning("from the worker"))
+        worker.start()
+        worker.join(5.0)
+        written = shared.getvalue().splitlines()
+        assert len(written) == 1 and written[0].endswith("WARNING sipimdn.test: from the worker")
+        logging.getLogger("sipimdn.test").warning("from the loop")  # the loop's own: "held" first
+    lines = shared.getvalue().splitlines()
+    assert len(lines) == 3 and lines[1] == "held" and lines[2].endswith("from the loop")
 
 
 class _Terminal(_Writes):
