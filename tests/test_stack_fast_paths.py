@@ -75,7 +75,7 @@ def test_completed_queue_survives_transactions_ending_out_of_order() -> None:
 def test_completed_server_transaction_lets_its_request_go() -> None:
     request = parse_message(raw_request("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKgo"))
     tx: ServerTransaction[object, Response] = ServerTransaction(
-        request, reliable=False, now=0, config=TimerConfig(), make_trying=lambda: Response(100))
+        request, reliable=False, now=0, config=TimerConfig(), make_trying=lambda _request: Response(100))
     assert tx.request is request
     tx.respond(Response(200), 1)
     assert tx.state is TxState.COMPLETED and tx.request is None

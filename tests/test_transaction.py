@@ -41,7 +41,7 @@ def client(reliable: bool = False, now: float = 0.0) -> ClientTransaction[str, R
 
 
 def server(reliable: bool = False, now: float = 0.0) -> ServerTransaction[str, Resp]:
-    return ServerTransaction(REQ, reliable=reliable, now=now, config=CFG, make_trying=lambda: TRYING_100)
+    return ServerTransaction(REQ, reliable=reliable, now=now, config=CFG, make_trying=lambda _: TRYING_100)
 
 
 AnyTx = ClientTransaction[str, Resp] | ServerTransaction[str, Resp]

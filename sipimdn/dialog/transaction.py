@@ -368,8 +368,8 @@ class ServerTransaction(Generic[ReqT, RespT]):
 
     Created when a new request arrives (the layer reports it to the TU). Retransmissions of the
     request go to ``receive_request`` and never reach the TU; the TU's final answer goes to
-    ``respond``. ``make_trying`` builds the "100 Trying" this transaction sends by itself if the TU
-    has not answered within ``TimerConfig.trying_delay``.
+    ``respond``. ``make_trying(request)`` builds the "100 Trying" this transaction sends by itself
+    if the TU has not answered within ``TimerConfig.trying_delay``.
     """
 
     # Slots, and no list of actions while there are none: a completed UDP transaction lingers
@@ -379,7 +379,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
                  "retransmit_at", "state", "timeout_at")
 
     def __init__(self, request: ReqT, *, reliable: bool, now: float, config: TimerConfig,
-                 make_trying: Callable[[], RespT]) -> None:
+                 make_trying: Callable[[ReqT], RespT]) -> None:
         #: The request, until the transaction completes: from then on only ``last_response`` is
         #: needed (to answer retransmissions for Timer J, 32 s on UDP), so the request and its
         #: body are let go rather than held by every completed transaction.
@@ -392,7 +392,7 @@ class ServerTransaction(Generic[ReqT, RespT]):
         self.retransmit_at: float | None = now + config.trying_delay
         #: Give-up deadline, then Timer J.
         self.timeout_at: float | None = now + config.timer_f
-        self._make_trying: Callable[[], RespT] | None = make_trying
+        self._make_trying: Callable[[ReqT], RespT] | None = make_trying
         self._pending: RespT | None = None
         self._actions: list[Action[ReqT | RespT]] = _NO_ACTIONS
 
@@ -506,14 +506,9 @@ class ServerTransaction(Generic[ReqT, RespT]):
         pass
 
     def _send_trying(self, now: float) -> None:
-        self.last_response = self._trying_response()
+        assert self._make_trying is not None and self.request is not None  # only called in Trying
+        self.last_response = self._make_trying(self.request)
         self._emit(_send(self.last_response))
-
-    def _trying_response(self) -> RespT:
-        """The "100 Trying" to send (only asked in Trying): ``make_trying``'s. A subclass that
-        builds it from ``request`` itself may override this (and pass any ``make_trying``)."""
-        assert self._make_trying is not None  # only called in Trying
-        return self._make_trying()
 
     def _send_final(self, now: float) -> None:
         assert self._pending is not None
