@@ -220,10 +220,15 @@ class SqliteStore:
         conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms if waits else 0}")
         self._waits = waits
 
-    def _committed(self, conn: sqlite3.Connection) -> None:
-        """After a commit: checkpoint the WAL when due (only from the calls that may wait)."""
+    def _counted(self, conn: sqlite3.Connection) -> None:
+        """After a commit: count it and the rows changed since the last checkpoint."""
         self._changed = conn.total_changes - self._changes_mark
         self._commits += 1
+
+    def _committed(self, conn: sqlite3.Connection) -> None:
+        """After a commit: count it, and checkpoint the WAL when due (only from the calls that
+        may wait)."""
+        self._counted(conn)
         if self.upkeep_due:
             try:
                 self._checkpoint(conn)
@@ -296,8 +301,7 @@ class SqliteStore:
                 raise StoreError(f"store write failed: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
-            self._changed = conn.total_changes - self._changes_mark
-            self._commits += 1
+            self._counted(conn)
         finally:
             self._lock.release()
         return True
